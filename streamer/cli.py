@@ -1,0 +1,452 @@
+"""The ``tomo-streamer`` command line: parse, then call the library.
+
+User errors (bad options, unreadable scans, protocol or transport problems) print one
+``error: …`` line without a traceback and exit with status 2. Commands that account
+for scans exit with 1 when a scan ended incomplete, so scripts can tell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from streamer.demo import run_demo
+from streamer.errors import ConfigError, StreamerError
+from streamer.ingest.report import format_report, report_document, write_report
+from streamer.ingest.service import IngestService, IngestSettings
+from streamer.protocol import Limits
+from streamer.sources.capture import is_capture, record, replay_capture
+from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
+from streamer.sources.sender import SendOptions, send_scan
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.transport import DEFAULT_SOURCE_ADDRESS, Endpoint, bound_address, open_socket
+
+EXAMPLES = {
+    "demo": "example:\n  tomo-streamer demo --projections 360 --order shuffle",
+    "simulate": (
+        "examples:\n"
+        "  tomo-streamer simulate --rows 64 --cols 256 --projections 720 --rate 200\n"
+        "  tomo-streamer simulate --range 360 --zingers 2 --dead-column 40 --save scan.nxs"
+    ),
+    "replay": (
+        "examples:\n"
+        "  tomo-streamer replay tooth.h5 --block 8\n"
+        "  tomo-streamer replay k11-18014.nxs --rows 5:15 --order shuffle\n"
+        "  tomo-streamer replay tiffs/ --darks dark.tiff --flats flat.tiff \\\n"
+        "      --angles-path 24737_processed.nxs:/entry/input_data/tomo/rotation_angle\n"
+        "  tomo-streamer replay sinogram.tif --angles 0,360,459\n"
+        "  tomo-streamer replay RealDataDend.mat --normalised --scale 0.001\n"
+        "  tomo-streamer replay capture.h5 --realtime"
+    ),
+    "record": "example:\n  tomo-streamer record --from tcp://127.0.0.1:5555 -o capture.h5",
+    "ingest": (
+        "example:\n"
+        "  tomo-streamer ingest --from tcp://127.0.0.1:5555 --scans 1 --report-dir reports"
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tomo-streamer`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+        return result
+    except StreamerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tomo-streamer",
+        description="Streaming processor for parallel-beam X-ray tomography.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> Any:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command("demo", "Stream a simulated scan through ingest and print the accounting.",
+                   _run_demo)
+    _simulation_options(demo, projections=180)
+    _send_options(demo)
+    demo.add_argument("--out", type=Path, help="folder for the run report (default: a temp dir)")
+
+    simulate = command("simulate", "Act as a detector: stream a simulated phantom scan.",
+                       _run_simulate)
+    _simulation_options(simulate, projections=360)
+    _send_options(simulate)
+    _source_endpoint_options(simulate)
+    simulate.add_argument("--save", type=Path, metavar="FILE.nxs",
+                          help="write the scan as an NXtomo file instead of streaming it")
+
+    replay = command("replay", "Stream a stored scan (NeXus, data-exchange, TIFF, sinogram, "
+                     "capture).", _run_replay)
+    replay.add_argument("scan", type=Path, metavar="SCAN")
+    _load_options(replay)
+    _send_options(replay)
+    _source_endpoint_options(replay)
+    replay.add_argument("--realtime", action="store_true",
+                        help="captures only: keep the recorded gaps between messages")
+
+    record = command("record", "Capture a live stream byte-exactly to an HDF5 file.", _run_record)
+    _consumer_endpoint_options(record)
+    record.add_argument("-o", "--output", type=Path, required=True, metavar="CAPTURE.h5")
+    record.add_argument("--scans", type=int, default=1,
+                        help="stop after this many scans ended (0: until idle/interrupted)")
+    record.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                        help="stop after S seconds without a message")
+
+    ingest = command("ingest", "Receive scans, validate and account for every frame, write "
+                     "a JSON report per scan.", _run_ingest)
+    _consumer_endpoint_options(ingest)
+    ingest.add_argument("--scans", type=int, default=0,
+                        help="stop after this many scans (0: serve until interrupted)")
+    ingest.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                        help="close a scan as incomplete after S s without messages")
+    ingest.add_argument("--report-dir", type=Path, default=Path("reports"))
+    _limit_options(ingest)
+    ingest.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    ingest.add_argument("--json", action="store_true", help="print each report as JSON")
+    return parser
+
+
+# --- option groups ---------------------------------------------------------------------
+
+
+def _simulation_options(parser: argparse.ArgumentParser, *, projections: int) -> None:
+    group = parser.add_argument_group("simulated detector")
+    group.add_argument("--rows", type=int, default=32)
+    group.add_argument("--cols", type=int, default=128)
+    group.add_argument("--projections", type=int, default=projections)
+    group.add_argument("--flats", type=int, default=20)
+    group.add_argument("--darks", type=int, default=10)
+    group.add_argument("--flats-at", choices=("start", "start_end"), default="start")
+    group.add_argument("--range", type=int, choices=(180, 360), default=180, dest="scan_range")
+    group.add_argument("--cor", type=float, default=None, metavar="PX",
+                       help="axis position, 0-based detector column (default: centre)")
+    group.add_argument("--zingers", type=float, default=0.0, metavar="PER_FRAME",
+                       help="mean number of zingers per projection")
+    group.add_argument("--dead-column", type=int, action="append", default=[])
+    group.add_argument("--hot-column", type=int, action="append", default=[])
+    group.add_argument("--dtype", choices=("uint16", "float32"), default="uint16")
+    group.add_argument("--seed", type=int, default=0, help="noise seed")
+
+
+def _send_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("streaming")
+    group.add_argument("--block", type=int, default=16, help="frames per message")
+    group.add_argument("--rate", type=float, default=None, metavar="FPS",
+                       help="frames per second (default: as fast as the consumer takes them)")
+    group.add_argument("--order", choices=("sequential", "shuffle", "interleave"),
+                       default="sequential", help="block order (out-of-order testing)")
+    group.add_argument("--order-seed", type=int, default=0)
+    group.add_argument("--scan-id", default=None)
+
+
+def _source_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where to send")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--bind", default=None, metavar="ADDR",
+                       help=f"bind a PUSH socket here (default {DEFAULT_SOURCE_ADDRESS})")
+    where.add_argument("--connect", default=None, metavar="ADDR",
+                       help="connect the PUSH socket to a consumer that listens")
+    group.add_argument("--allow-remote", action="store_true",
+                       help="allow binding a non-loopback address")
+    group.add_argument("--send-timeout", type=float, default=60.0, metavar="S",
+                       help="fail if no consumer takes a message for S seconds")
+    group.add_argument("--hwm", type=int, default=16, help="send high-water mark (messages)")
+
+
+def _consumer_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where to receive from")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--from", dest="from_address", default=None, metavar="ADDR",
+                       help=f"connect to a source (default {DEFAULT_SOURCE_ADDRESS})")
+    where.add_argument("--listen", default=None, metavar="ADDR",
+                       help="bind here and let sources connect")
+    group.add_argument("--allow-remote", action="store_true",
+                       help="allow binding a non-loopback address")
+    group.add_argument("--hwm", type=int, default=16, help="receive high-water mark (messages)")
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    defaults = Limits()
+    group = parser.add_argument_group("limits (bytes)")
+    group.add_argument("--max-header-bytes", type=int, default=defaults.max_header_bytes)
+    group.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes)
+    group.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes)
+    group.add_argument("--max-metadata-bytes", type=int, default=defaults.max_metadata_bytes)
+    group.add_argument("--max-frames-per-message", type=int,
+                       default=defaults.max_frames_per_message)
+
+
+def _load_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading the scan")
+    group.add_argument("--format", default="auto",
+                       choices=("auto", "nexus", "dxchange", "tiff", "mat", "sinogram-tif"))
+    group.add_argument("--data-path", default=None, help="HDF5 dataset of the frames")
+    group.add_argument("--image-key-path", default=None, help="HDF5 dataset of image_key")
+    group.add_argument("--angles-path", default=None, metavar="[FILE:]DATASET",
+                       help="angles (degrees unless the dataset says radians)")
+    group.add_argument("--darks", nargs="+", default=[], metavar="FILE",
+                       help="separate dark files (TIFF or FILE:DATASET)")
+    group.add_argument("--flats", nargs="+", default=[], metavar="FILE",
+                       help="separate flat files (TIFF or FILE:DATASET)")
+    group.add_argument("--rows", type=_row_range, default=None, metavar="A:B",
+                       help="detector rows A..B-1 only (0-based)")
+    group.add_argument("--angles", type=_angle_range, default=None, metavar="START,STOP,COUNT",
+                       help="angles in degrees, endpoint included, for files without angles")
+    group.add_argument("--normalised", action="store_true",
+                       help="data are already -log attenuation: skip normalisation")
+    group.add_argument("--scale", type=float, default=None,
+                       help="multiply pixel values by this factor (output float32)")
+
+
+def _row_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        start, stop = int(first), int(last)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (two integers), got {text!r}") from None
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"expected 0 <= A < B, got {text!r}")
+    return start, stop
+
+
+def _angle_range(text: str) -> tuple[float, float, int]:
+    pieces = text.split(",")
+    try:
+        if len(pieces) != 3:
+            raise ValueError
+        start, stop, count = float(pieces[0]), float(pieces[1]), int(pieces[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START,STOP,COUNT (degrees, degrees, integer), got {text!r}"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"COUNT must be >= 1, got {count}")
+    return start, stop, count
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """A stop event set by SIGINT/SIGTERM so services shut down cleanly (reports written)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _source_socket(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> Any:
+    if args.connect:
+        endpoint = Endpoint.parse(args.connect, bind=False)
+    else:
+        endpoint = Endpoint.parse(args.bind or DEFAULT_SOURCE_ADDRESS, bind=True)
+    socket = open_socket(
+        context, "push", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
+        send_timeout_ms=int(args.send_timeout * 1000), linger_ms=int(args.send_timeout * 1000),
+    )
+    where = bound_address(socket) if endpoint.bind else endpoint.address
+    print(f"sending on {where} ({'bound' if endpoint.bind else 'connected'})", file=sys.stderr)
+    return socket
+
+
+def _consumer_socket(
+    context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace, max_bytes: int | None
+) -> Any:
+    if args.listen:
+        endpoint = Endpoint.parse(args.listen, bind=True)
+    else:
+        endpoint = Endpoint.parse(args.from_address or DEFAULT_SOURCE_ADDRESS, bind=False)
+    return open_socket(
+        context, "pull", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
+        max_message_bytes=max_bytes,
+    )
+
+
+def _send_options_from(args: argparse.Namespace) -> SendOptions:
+    return SendOptions(
+        block=args.block, rate_fps=args.rate, order=args.order, seed=args.order_seed,
+        scan_id=args.scan_id,
+    )
+
+
+def _simulated_scan(args: argparse.Namespace) -> SimulatedScan:
+    config = SimulationConfig.from_kwargs(
+        rows=args.rows, cols=args.cols, projections=args.projections, flats=args.flats,
+        darks=args.darks, flats_at=args.flats_at, scan_range_deg=args.scan_range,
+        cor_px=args.cor, zinger_rate=args.zingers, dead_columns=args.dead_column,
+        hot_columns=args.hot_column, dtype=args.dtype, seed=args.seed,
+    )
+    return SimulatedScan(config)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    report_path, report = run_demo(_simulated_scan(args), _send_options_from(args), args.out)
+    print(format_report(report))
+    print(f"run report: {report_path}")
+    return 0 if report.complete else 1
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    scan = _simulated_scan(args)
+    if args.save is not None:
+        write_nxtomo(args.save, scan)
+        print(f"wrote {scan.layout.frames} frames to {args.save}")
+        return 0
+    return _stream(scan, args)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    if not args.scan.exists():
+        raise ConfigError(f"SCAN: no such file or folder: {args.scan}")
+    if args.scan.is_file() and is_capture(args.scan):
+        with zmq.Context() as context, _stop_on_signal() as stop:
+            socket = _source_socket(context, args)
+            try:
+                sent = replay_capture(socket, args.scan, realtime=args.realtime, stop=stop)
+            finally:
+                socket.close()
+        print(f"replayed {sent} messages from {args.scan}")
+        return 0
+    options = LoadOptions(
+        format=args.format, data_path=args.data_path, image_key_path=args.image_key_path,
+        angles_path=args.angles_path, darks=tuple(args.darks), flats=tuple(args.flats),
+        rows=args.rows, angles=args.angles, normalised=args.normalised, scale=args.scale,
+    )
+    reader = open_scan(args.scan, options)
+    try:
+        return _stream(reader, args)
+    finally:
+        reader.close()
+
+
+def _stream(reader: Any, args: argparse.Namespace) -> int:
+    layout = reader.layout
+    print(
+        f"scan: {layout.frames} frames ({layout.projections} projections, {layout.flats} flats, "
+        f"{layout.darks} darks) of {layout.rows}x{layout.cols} {layout.dtype_name}",
+        file=sys.stderr,
+    )
+    with zmq.Context() as context, _stop_on_signal() as stop:
+        socket = _source_socket(context, args)
+        try:
+            summary = send_scan(socket, reader, _send_options_from(args), stop=stop)
+        finally:
+            socket.close()
+    state = "ABORTED" if summary.aborted else "sent"
+    print(
+        f"{state} scan {summary.scan_id}: {summary.frames_sent} frames, "
+        f"{summary.bytes_sent / 1e6:.1f} MB in {summary.seconds:.2f} s"
+    )
+    return 1 if summary.aborted else 0
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    with zmq.Context() as context, _stop_on_signal() as stop:
+        socket = _consumer_socket(context, args, None)
+        try:
+            summary = record(
+                socket, args.output, source=args.listen or args.from_address or
+                DEFAULT_SOURCE_ADDRESS, scans=args.scans or None,
+                idle_timeout_s=args.idle_timeout, stop=stop,
+            )
+        finally:
+            socket.close()
+    print(
+        f"recorded {summary.messages} messages ({summary.bytes / 1e6:.1f} MB, "
+        f"{summary.scans_closed} scans ended) to {summary.path}"
+    )
+    return 0
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    try:
+        limits = Limits(
+            max_header_bytes=args.max_header_bytes, max_frame_bytes=args.max_frame_bytes,
+            max_message_bytes=args.max_message_bytes,
+            max_metadata_bytes=args.max_metadata_bytes,
+            max_frames_per_message=args.max_frames_per_message,
+        )
+        settings = IngestSettings(limits=limits, idle_timeout_s=args.idle_timeout)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    config = {
+        "address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
+        "bind": bool(args.listen),
+        "idle_timeout_s": args.idle_timeout,
+        "limits": limits.__dict__,
+    }
+    incomplete = 0
+    with zmq.Context() as context, _stop_on_signal() as stop:
+        socket = _consumer_socket(
+            context, args, limits.max_message_bytes + limits.max_header_bytes
+        )
+        service: IngestService
+
+        def on_report(report: Any) -> None:
+            nonlocal incomplete
+            incomplete += not report.complete
+            document = report_document(
+                report, config=config, between_scans=service.state.between_scans
+            )
+            path = write_report(document, args.report_dir)
+            if args.json:
+                print(json.dumps(document, indent=2))
+            elif not args.quiet:
+                print(format_report(report))
+                print(f"  report: {path}", flush=True)
+
+        service = IngestService(socket, settings, on_report=on_report)
+        if not args.quiet:
+            print(f"ingest listening ({config['address']}); Ctrl-C to stop", file=sys.stderr)
+        try:
+            service.run(max_scans=args.scans or None, stop=stop)
+        finally:
+            socket.close()
+    return 1 if incomplete else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

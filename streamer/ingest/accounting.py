@@ -1,0 +1,269 @@
+"""Per-scan frame accounting: what arrived, what was a duplicate, what is missing.
+
+:class:`ScanAccount` is pure bookkeeping (no sockets, no clocks of its own): it is told
+about each ``frames`` header and answers which frames are new. Every frame of a scan ends
+in exactly one bucket — received (unique), duplicate, out of range, rejected (by
+reason), or missing at the end — and :meth:`ScanAccount.report` turns that into the
+JSON-ready :class:`ScanReport`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer.protocol import IMAGE_KEY_NAMES, FramesHeader, StartHeader
+
+Status = Literal["complete", "incomplete", "aborted"]
+MAX_LISTED_GAPS: Final = 1000
+_KEY_ORDER: Final = (0, 1, 2)
+
+
+@dataclass
+class Rejections:
+    """Rejected messages and frames, keyed by reason code."""
+
+    messages: Counter[str] = field(default_factory=Counter)
+    frames: Counter[str] = field(default_factory=Counter)
+
+    def add(self, reason: str, frames: int = 0) -> None:
+        self.messages[reason] += 1
+        if frames:
+            self.frames[reason] += frames
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {
+            reason: {"messages": self.messages[reason], "frames": self.frames.get(reason, 0)}
+            for reason in sorted(self.messages)
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+
+@dataclass
+class Timing:
+    """Arrival-time and transit statistics (seconds)."""
+
+    first_message: float | None = None
+    last_message: float | None = None
+    first_frame: float | None = None
+    last_frame: float | None = None
+    transit_s: list[float] = field(default_factory=list)
+
+    def saw_message(self, now: float) -> None:
+        if self.first_message is None:
+            self.first_message = now
+        self.last_message = now
+
+    def saw_frames(self, now: float, sent_at: float | None) -> None:
+        if self.first_frame is None:
+            self.first_frame = now
+        self.last_frame = now
+        if sent_at is not None and len(self.transit_s) < 100_000:
+            self.transit_s.append(now - sent_at)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """The accounting of one scan, as written to the JSON run report."""
+
+    scan: str
+    status: Status
+    close_reason: str
+    expected: dict[str, int]
+    received: dict[str, int]
+    missing: dict[str, int]
+    duplicate: int
+    out_of_range: int
+    rejected: dict[str, dict[str, int]]
+    missing_ranges: list[list[int]]
+    missing_ranges_truncated: bool
+    sent_by_source: int | None
+    restarts: int
+    bytes_received: int
+    timing: dict[str, float | None]
+    start: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def total_missing(self) -> int:
+        return sum(self.missing.values())
+
+    @property
+    def total_rejected_frames(self) -> int:
+        return sum(entry["frames"] for entry in self.rejected.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scan": self.scan,
+            "status": self.status,
+            "complete": self.complete,
+            "close_reason": self.close_reason,
+            "expected": self.expected,
+            "received": self.received,
+            "missing": self.missing,
+            "duplicate": self.duplicate,
+            "out_of_range": self.out_of_range,
+            "rejected": self.rejected,
+            "missing_ranges": self.missing_ranges,
+            "missing_ranges_truncated": self.missing_ranges_truncated,
+            "sent_by_source": self.sent_by_source,
+            "restarts": self.restarts,
+            "bytes_received": self.bytes_received,
+            "timing": self.timing,
+            "start": self.start,
+        }
+
+
+class ScanAccount:
+    """Bookkeeping of one open scan.
+
+    Parameters
+    ----------
+    start : StartHeader
+        The scan's ``start`` message; fixes the frame range, shape, dtype and the
+        expected count per image key.
+    """
+
+    def __init__(self, start: StartHeader) -> None:
+        self.start = start
+        self.seen: npt.NDArray[np.bool_] = np.zeros(start.frames, dtype=bool)
+        self.key_of: npt.NDArray[np.int8] = np.full(start.frames, -1, dtype=np.int8)
+        self.received = dict.fromkeys(_KEY_ORDER, 0)
+        self.expected = {0: start.projections, 1: start.flats, 2: start.darks}
+        self.duplicate = 0
+        self.out_of_range = 0
+        self.rejected = Rejections()
+        self.sent_by_source: int | None = None
+        self.restarts = 0
+        self.bytes_received = 0
+        self.timing = Timing()
+
+    @property
+    def unique_received(self) -> int:
+        return sum(self.received.values())
+
+    @property
+    def all_received(self) -> bool:
+        return self.unique_received == self.start.frames
+
+    def check_frames(self, header: FramesHeader) -> str | None:
+        """Reason code if a frames message does not fit this scan, else ``None``."""
+        if header.dtype != self.start.dtype:
+            return "dtype_mismatch"
+        if tuple(header.shape) != (self.start.rows, self.start.cols):
+            return "shape_mismatch"
+        return None
+
+    def add_frames(self, header: FramesHeader, now: float) -> npt.NDArray[np.bool_]:
+        """Account for a ``frames`` message that passed :meth:`check_frames`.
+
+        Returns
+        -------
+        ndarray of shape (count,), bool
+            True for the frames that are new and now held; duplicates, out-of-range
+            frames and frames beyond their key's expected count are False (and counted).
+        """
+        count = header.count
+        first = header.first
+        accepted = np.zeros(count, dtype=bool)
+        in_range = max(0, min(count, self.start.frames - first))
+        self.out_of_range += count - in_range
+        if in_range:
+            window = slice(first, first + in_range)
+            keys = np.asarray(header.keys[:in_range], dtype=np.int8)
+            fresh = ~self.seen[window]
+            self.duplicate += int(in_range - np.count_nonzero(fresh))
+            for key in _KEY_ORDER:
+                of_key = fresh & (keys == key)
+                wanted = int(np.count_nonzero(of_key))
+                room = self.expected[key] - self.received[key]
+                if wanted > room:
+                    # More distinct frames of this key than `start` announced: keep the
+                    # first `room` of them and reject the excess, by reason.
+                    excess = np.flatnonzero(of_key)[max(room, 0):]
+                    of_key[excess] = False
+                    fresh[excess] = False
+                    self.rejected.add("key_count_exceeded", len(excess))
+                    wanted = max(room, 0)
+                self.received[key] += wanted
+            self.seen[window] |= fresh
+            self.key_of[window][fresh] = keys[fresh]
+            accepted[:in_range] = fresh
+        self.bytes_received += header.payload_bytes
+        self.timing.saw_frames(now, header.t)
+        return accepted
+
+    def missing(self) -> dict[int, int]:
+        return {key: max(0, self.expected[key] - self.received[key]) for key in _KEY_ORDER}
+
+    def missing_ranges(self) -> tuple[list[list[int]], bool]:
+        """Half-open ``[start, stop)`` index runs never received (at most 1000 listed)."""
+        absent = ~self.seen
+        if not absent.any():
+            return [], False
+        edges = np.diff(np.concatenate(([0], absent.view(np.int8), [0])))
+        starts = np.flatnonzero(edges == 1)
+        stops = np.flatnonzero(edges == -1)
+        runs = [[int(a), int(b)] for a, b in zip(starts, stops, strict=True)]
+        return runs[:MAX_LISTED_GAPS], len(runs) > MAX_LISTED_GAPS
+
+    def report(self, close_reason: str, *, aborted: bool = False) -> ScanReport:
+        missing = self.missing()
+        if aborted:
+            status: Status = "aborted"
+        elif any(missing.values()):
+            status = "incomplete"
+        else:
+            status = "complete"
+        ranges, truncated = self.missing_ranges()
+        timing = self.timing
+        duration = (
+            timing.last_frame - timing.first_frame
+            if timing.first_frame is not None and timing.last_frame is not None
+            else None
+        )
+        transit = np.asarray(timing.transit_s) if timing.transit_s else None
+        rate_window = duration if duration and duration > 0 else None
+        return ScanReport(
+            scan=self.start.scan,
+            status=status,
+            close_reason=close_reason,
+            expected=_named(self.expected),
+            received=_named(self.received),
+            missing=_named(missing),
+            duplicate=self.duplicate,
+            out_of_range=self.out_of_range,
+            rejected=self.rejected.as_dict(),
+            missing_ranges=ranges,
+            missing_ranges_truncated=truncated,
+            sent_by_source=self.sent_by_source,
+            restarts=self.restarts,
+            bytes_received=self.bytes_received,
+            timing={
+                "first_message_unix": timing.first_message,
+                "last_message_unix": timing.last_message,
+                "frames_duration_s": duration,
+                "frames_per_s": self.unique_received / rate_window if rate_window else None,
+                "bytes_per_s": self.bytes_received / rate_window if rate_window else None,
+                "transit_median_ms": (
+                    float(np.median(transit) * 1e3) if transit is not None else None
+                ),
+                "transit_p95_ms": (
+                    float(np.percentile(transit, 95) * 1e3) if transit is not None else None
+                ),
+            },
+            start=self.start.model_dump(mode="json", exclude_none=True),
+        )
+
+
+def _named(by_key: dict[int, int]) -> dict[str, int]:
+    return {IMAGE_KEY_NAMES[key]: value for key, value in by_key.items()}

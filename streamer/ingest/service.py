@@ -1,0 +1,210 @@
+"""The ingest service: pulls messages, validates them, accounts for every frame.
+
+One service stays up across consecutive scans. Each loop iteration polls the socket with
+a timeout (no receive ever blocks forever), drains up to a burst of messages without
+blocking, decodes and validates each one (:func:`streamer.protocol.decode`), feeds the
+result to the sans-IO :class:`~streamer.ingest.state.IngestState`, and acts on the
+events: accepted frames go to the :class:`~streamer.ingest.store.FrameStore`, closed
+scans produce a :class:`~streamer.ingest.accounting.ScanReport` handed to ``on_report``.
+When the store is full the service stops reading, so the high-water marks fill and the
+source slows down (backpressure), and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from streamer.errors import ProtocolError
+from streamer.ingest.accounting import ScanReport
+from streamer.ingest.state import FramesAccepted, IngestState, ScanClosed, ScanOpened
+from streamer.ingest.store import FrameStore
+from streamer.protocol import FramesHeader, Limits, decode, decode_header
+
+_SIZE_REASONS = ("missing_payload", "wrong_part_count", "payload_size_mismatch")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Tunables of the ingest service.
+
+    Parameters
+    ----------
+    limits : Limits
+        Protocol size limits.
+    idle_timeout_s : float
+        A scan whose source is silent this long is closed as incomplete.
+    poll_ms : int
+        Longest wait for a message before timers are checked.
+    burst : int
+        Most messages handled per poll before timers and the store are checked.
+    store_bytes : int
+        Capacity of the frame store (bytes of held frames).
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    idle_timeout_s: float = 30.0
+    poll_ms: int = 100
+    burst: int = 64
+    store_bytes: int = 2 * 1024**3
+
+
+class IngestService:
+    """Runs ingest on a connected PULL socket until told to stop.
+
+    Parameters
+    ----------
+    socket : zmq.Socket
+        A PULL socket (see :func:`streamer.transport.open_socket`).
+    settings : IngestSettings
+    drain : callable, optional
+        Called with the store each iteration: the downstream step that takes frames.
+        The default takes everything (accounting-only ingest).
+    on_report : callable, optional
+        Called with each closed scan's report.
+    on_event : callable, optional
+        Called with every state event (scan opened, frames accepted, scan closed), for
+        monitors and tests.
+    clock : callable
+        Wall clock (Unix seconds); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        socket: zmq.Socket[bytes],
+        settings: IngestSettings = IngestSettings(),
+        *,
+        drain: Callable[[FrameStore], Any] | None = None,
+        on_report: Callable[[ScanReport], None] | None = None,
+        on_event: Callable[[Any], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.socket = socket
+        self.settings = settings
+        self.state = IngestState(settings.idle_timeout_s)
+        self.store = FrameStore(settings.store_bytes)
+        self.drain = drain if drain is not None else _take_all
+        self.on_report = on_report
+        self.on_event = on_event
+        self.clock = clock
+        self.reports: list[ScanReport] = []
+        self.messages = 0
+        self._stop: threading.Event | None = None
+
+    def run(
+        self,
+        *,
+        max_scans: int | None = None,
+        stop: threading.Event | None = None,
+        max_idle_s: float | None = None,
+    ) -> list[ScanReport]:
+        """Serve until ``max_scans`` scans closed, ``stop`` is set, or nothing at all
+        arrived for ``max_idle_s`` while no scan is open. Returns the reports of the
+        scans closed in this call."""
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        self._stop = stop
+        closed_before = len(self.reports)
+        idle_since = self.clock()
+        try:
+            while stop is None or not stop.is_set():
+                self.drain(self.store)
+                if self.store.full:
+                    # Downstream is behind: do not read; the HWMs fill and the source
+                    # waits. Wake on stop or after a poll period to try draining again.
+                    self._pause()
+                    self._tick()
+                    continue
+                if poller.poll(self.settings.poll_ms):
+                    handled = self._receive_burst()
+                    if handled:
+                        idle_since = self.clock()
+                self._tick()
+                if max_scans is not None and len(self.reports) - closed_before >= max_scans:
+                    break
+                if (
+                    max_idle_s is not None
+                    and self.state.current is None
+                    and self.clock() - idle_since > max_idle_s
+                ):
+                    break
+        finally:
+            for event in self.state.shutdown():
+                self._dispatch(event)
+        return self.reports[closed_before:]
+
+    def _receive_burst(self) -> int:
+        handled = 0
+        for _ in range(self.settings.burst):
+            try:
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.handle_parts(parts)
+            handled += 1
+        return handled
+
+    def handle_parts(self, parts: list[Any]) -> None:
+        """Decode, validate and account for one multipart message."""
+        self.messages += 1
+        now = self.clock()
+        try:
+            message = decode(parts, self.settings.limits)
+        except ProtocolError as error:
+            frames = _frames_claimed(parts, error, self.settings.limits)
+            for event in self.state.handle_rejected(error, now, frames):
+                self._dispatch(event)
+            return
+        for event in self.state.handle_message(message, now):
+            self._dispatch(event)
+
+    def _pause(self) -> None:
+        if self._stop is not None:
+            self._stop.wait(self.settings.poll_ms / 1000)
+        else:
+            time.sleep(self.settings.poll_ms / 1000)
+
+    def _hand_over_held_frames(self) -> None:
+        """Before a scan is forgotten, downstream must take every frame it still holds:
+        wait for it (the socket is not read meanwhile, so sources wait too)."""
+        self.drain(self.store)
+        while len(self.store) and not (self._stop is not None and self._stop.is_set()):
+            self._pause()
+            self.drain(self.store)
+
+    def _tick(self) -> None:
+        for event in self.state.handle_tick(self.clock()):
+            self._dispatch(event)
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, ScanOpened):
+            self.store.open(event.start)
+        elif isinstance(event, FramesAccepted):
+            self.store.put(event)
+        elif isinstance(event, ScanClosed):
+            self._hand_over_held_frames()
+            self.reports.append(event.report)
+            if self.on_report is not None:
+                self.on_report(event.report)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _take_all(store: FrameStore) -> None:
+    store.take()
+
+
+def _frames_claimed(parts: list[Any], error: ProtocolError, limits: Limits) -> int:
+    """How many frames a rejected message said it carried (0 if its header was bad)."""
+    if error.reason not in _SIZE_REASONS or not parts:
+        return 0
+    try:
+        header = decode_header(getattr(parts[0], "buffer", parts[0]), limits)
+    except ProtocolError:
+        return 0
+    return header.count if isinstance(header, FramesHeader) else 0

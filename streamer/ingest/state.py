@@ -1,0 +1,159 @@
+"""The ingest state machine across consecutive scans, without any I/O.
+
+``handle_*`` methods take one stimulus (a decoded message, a rejected message, a clock
+tick) and return the events the driver must act on: a scan opened, frames accepted, a
+scan closed with its report. The driver (:mod:`streamer.ingest.service`) owns the
+sockets; this class owns the rules:
+
+* ``start`` opens a scan. A ``start`` for another scan while one is open closes the open
+  one as incomplete (``superseded``). A repeated identical ``start`` (a source that
+  restarted and resends) is counted as a restart; one that differs is rejected.
+* ``frames`` for the open scan are accounted; for a scan that closed recently they are
+  rejected as ``scan_closed``; for no known scan as ``unknown_scan``.
+* ``end`` closes the scan: ``complete`` if nothing is missing, else ``incomplete``.
+* ``abort`` closes it as ``aborted``.
+* No message for ``idle_timeout_s`` while a scan is open closes it as incomplete
+  (``source_timeout``): a source that died mid-scan never leaves the service stuck.
+* Rejected messages while no scan is open are kept in :attr:`IngestState.between_scans`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer.errors import ProtocolError
+from streamer.ingest.accounting import Rejections, ScanAccount, ScanReport
+from streamer.protocol import AbortHeader, EndHeader, FramesMessage, Message, StartHeader
+
+RECENTLY_CLOSED: Final = 64
+
+
+@dataclass(frozen=True)
+class ScanOpened:
+    start: StartHeader
+
+
+@dataclass(frozen=True)
+class FramesAccepted:
+    """Frames of the open scan; ``accepted[i]`` is True for frames that are new."""
+
+    start: StartHeader
+    message: FramesMessage
+    accepted: npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class ScanClosed:
+    report: ScanReport
+
+
+Event = ScanOpened | FramesAccepted | ScanClosed
+
+
+class IngestState:
+    """Rules of ingest over any number of scans (sans-IO).
+
+    Parameters
+    ----------
+    idle_timeout_s : float
+        Close an open scan as incomplete after this long without any message.
+    """
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s: expected > 0, got {idle_timeout_s}")
+        self.idle_timeout_s = idle_timeout_s
+        self.current: ScanAccount | None = None
+        self.between_scans = Rejections()
+        self.closed: deque[str] = deque(maxlen=RECENTLY_CLOSED)
+        self.last_message_at: float | None = None
+
+    def handle_message(self, message: Message, now: float) -> list[Event]:
+        """Account for one valid decoded message arriving at time ``now``."""
+        self.last_message_at = now
+        if isinstance(message, StartHeader):
+            return self._start(message, now)
+        scan_id = message.header.scan if isinstance(message, FramesMessage) else message.scan
+        account = self.current
+        if account is None or account.start.scan != scan_id:
+            reason = "scan_closed" if scan_id in self.closed else "unknown_scan"
+            frames = message.header.count if isinstance(message, FramesMessage) else 0
+            self._reject(reason, frames, now)
+            return []
+        account.timing.saw_message(now)
+        if isinstance(message, FramesMessage):
+            mismatch = account.check_frames(message.header)
+            if mismatch is not None:
+                account.rejected.add(mismatch, message.header.count)
+                return []
+            accepted = account.add_frames(message.header, now)
+            return [FramesAccepted(account.start, message, accepted)]
+        if isinstance(message, EndHeader):
+            account.sent_by_source = message.sent
+            return [self._close("end")]
+        assert isinstance(message, AbortHeader)
+        reason = f"abort: {message.reason}" if message.reason else "abort"
+        return [self._close(reason, aborted=True)]
+
+    def handle_rejected(self, error: ProtocolError, now: float, frames: int = 0) -> list[Event]:
+        """Count a message that failed decoding (``frames`` if the header said how many)."""
+        self.last_message_at = now
+        self._reject(error.reason, frames, now)
+        return []
+
+    def handle_tick(self, now: float) -> list[Event]:
+        """Close the open scan if its source has been silent for too long."""
+        account = self.current
+        if account is None or self.last_message_at is None:
+            return []
+        silent = now - self.last_message_at
+        if silent < self.idle_timeout_s:
+            return []
+        return [self._close(f"source_timeout: no message for {silent:.1f} s")]
+
+    def shutdown(self) -> list[Event]:
+        """Close the open scan, if any, because the service stops."""
+        if self.current is None:
+            return []
+        return [self._close("service_stopped")]
+
+    def _start(self, start: StartHeader, now: float) -> list[Event]:
+        events: list[Event] = []
+        account = self.current
+        if account is not None:
+            if account.start.scan == start.scan:
+                if _same_scan(account.start, start):
+                    account.restarts += 1
+                    account.timing.saw_message(now)
+                else:
+                    account.rejected.add("start_mismatch")
+                return []
+            events.append(self._close(f"superseded by scan {start.scan!r}"))
+        self.current = ScanAccount(start)
+        self.current.timing.saw_message(now)
+        events.append(ScanOpened(start))
+        return events
+
+    def _close(self, reason: str, *, aborted: bool = False) -> ScanClosed:
+        account = self.current
+        assert account is not None
+        self.current = None
+        self.closed.append(account.start.scan)
+        return ScanClosed(account.report(reason, aborted=aborted))
+
+    def _reject(self, reason: str, frames: int, now: float) -> None:
+        if self.current is not None:
+            self.current.rejected.add(reason, frames)
+            self.current.timing.saw_message(now)
+        else:
+            self.between_scans.add(reason, frames)
+
+
+def _same_scan(first: StartHeader, again: StartHeader) -> bool:
+    """Two ``start`` messages describe the same scan (the send time may differ)."""
+    return first.model_copy(update={"t": None}) == again.model_copy(update={"t": None})
