@@ -182,19 +182,17 @@ class ScanAccount:
             keys = np.asarray(header.keys[:in_range], dtype=np.int8)
             fresh = ~self.seen[window]
             self.duplicate += int(in_range - np.count_nonzero(fresh))
+            wanted = np.bincount(keys[fresh], minlength=3)
             for key in _KEY_ORDER:
-                of_key = fresh & (keys == key)
-                wanted = int(np.count_nonzero(of_key))
                 room = self.expected[key] - self.received[key]
-                if wanted > room:
+                if wanted[key] > room:
                     # More distinct frames of this key than `start` announced: keep the
                     # first `room` of them and reject the excess, by reason.
-                    excess = np.flatnonzero(of_key)[max(room, 0):]
-                    of_key[excess] = False
+                    excess = np.flatnonzero(fresh & (keys == key))[max(room, 0):]
                     fresh[excess] = False
                     self.rejected.add("key_count_exceeded", len(excess))
-                    wanted = max(room, 0)
-                self.received[key] += wanted
+                    wanted[key] = max(room, 0)
+                self.received[key] += int(wanted[key])
             self.seen[window] |= fresh
             self.key_of[window][fresh] = keys[fresh]
             accepted[:in_range] = fresh

@@ -147,6 +147,12 @@ class IngestService:
                 break
             self.handle_parts(parts)
             handled += 1
+            # Hand frames downstream after every message: buffers are released while
+            # still hot in cache instead of piling up for a whole burst.
+            if len(self.store):
+                self.drain(self.store)
+            if self.store.full:
+                break
         return handled
 
     def handle_parts(self, parts: list[Any]) -> None:

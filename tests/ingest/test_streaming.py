@@ -31,6 +31,7 @@ from streamer.protocol import (
 )
 from streamer.sources.memory import ArrayScan
 from streamer.sources.sender import SendOptions, send_scan, start_header
+from streamer.transport import Endpoint, bound_address, open_socket
 
 JOIN_S = 30.0
 
@@ -177,15 +178,21 @@ def test_bad_messages_are_rejected_with_reasons_and_good_ones_still_count(loopba
     }
 
 
-def test_oversized_message_is_refused_before_buffering_and_reported_missing(
-    loopback_pair,
-) -> None:
+def test_oversized_message_is_refused_before_buffering_and_reported_missing(context) -> None:
     """libzmq's MAXMSGSIZE drops a peer that sends a part over the limit before the part
     is buffered; what was in flight on that connection is lost with it, and ingest must
     report exactly that as missing (never silently), then serve the reconnected source."""
     limit = 4096
-    push, pull = loopback_pair(max_message_bytes=limit)
+    pull = open_socket(
+        context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True), hwm=16,
+        max_message_bytes=limit,
+    )
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.setsockopt(zmq.SNDTIMEO, 10_000)
+    # The monitor is attached before connecting, so no connection event can be missed.
     monitor = push.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    push.connect(bound_address(pull))
     scan = make_scan(projections=10, rows=8, cols=16)  # 256-byte frames
     big = np.zeros((1, 64, 64), np.uint16)  # an 8 KiB part > MAXMSGSIZE
     settings = IngestSettings(limits=Limits(max_message_bytes=limit), idle_timeout_s=0.5)
@@ -193,15 +200,16 @@ def test_oversized_message_is_refused_before_buffering_and_reported_missing(
         _wait_for_event(monitor, zmq.EVENT_CONNECTED)
         with running_ingest(pull, settings, scans=2) as service:
             push.send(encode_header(start_header(scan.layout, "big")))
-            push.send_multipart(
-                encode_frames(_frames_header("big", 0, scan, 1, shape=(64, 64)), big)
-            )
+            header = _frames_header("big", 0, scan, 1, shape=(64, 64))
+            push.send_multipart(encode_frames(header, big))
             _wait_for_event(monitor, zmq.EVENT_DISCONNECTED)
             _wait_for_event(monitor, zmq.EVENT_CONNECTED)  # the PUSH reconnects by itself
             send_scan(push, scan, SendOptions(scan_id="after", block=3))
     finally:
         push.disable_monitor()
         monitor.close(linger=0)
+        push.close(linger=0)
+        pull.close(linger=0)
     big_report, after = service.reports
     assert big_report.scan == "big" and big_report.status == "incomplete"
     assert big_report.close_reason.startswith(("source_timeout", "superseded"))
@@ -253,8 +261,6 @@ def test_source_killed_mid_scan_is_closed_incomplete_by_idle_timeout(
     context, python: str, cli_env: dict[str, str], tmp_path
 ) -> None:
     address = f"ipc://{tmp_path}/ingest.sock"
-    from streamer.transport import Endpoint, open_socket
-
     pull = open_socket(context, "pull", Endpoint(address, bind=True), hwm=4)
     got_frames = threading.Event()
 

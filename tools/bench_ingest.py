@@ -1,0 +1,181 @@
+"""Benchmark: simulate → ingest against a raw pyzmq PUSH/PULL of the same frames.
+
+Both paths send the same simulated frames over the same transport (TCP loopback by
+default) from a separate sender process, alternating raw and ingest runs so machine
+noise hits both alike. The raw path receives each frame zero-copy and drops it — the
+ceiling of the transport. The ingest path runs the real service: msgpack header decode,
+validation before allocation, accounting, and the frame stored (zero-copy view) in the
+frame store, from which a drain takes it as downstream would.
+
+Usage::
+
+    python tools/bench_ingest.py                       # 2048² and 512² uint16, 5 runs each
+    python tools/bench_ingest.py --sizes 512 --runs 7 --json out.json
+
+Prints medians of frames/s and GB/s for each path and the ratio ingest/raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.store import FrameStore
+from streamer.sources.scan import ScanLayout
+from streamer.sources.sender import SendOptions, send_scan
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.transport import Endpoint, open_socket
+
+POOL = 4  # distinct simulated frames, cycled
+
+
+@dataclass(frozen=True)
+class PoolScan:
+    """A scan of ``frames`` projections cycling through a pool of simulated frames."""
+
+    pool: np.ndarray
+    frames: int
+
+    @property
+    def layout(self) -> ScanLayout:
+        return ScanLayout(
+            rows=self.pool.shape[1], cols=self.pool.shape[2], dtype=self.pool.dtype,
+            image_keys=np.zeros(self.frames, np.int8),
+            angles_deg=np.linspace(0, 180, self.frames, endpoint=False),
+            normalisation="air", source="bench",
+        )
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if stop - start == 1:
+            return self.pool[start % len(self.pool)][None]  # a view: no copy in the sender
+        return np.stack([self.pool[i % len(self.pool)] for i in range(start, stop)])
+
+    def close(self) -> None:
+        pass
+
+
+def simulated_pool(size: int) -> np.ndarray:
+    scan = SimulatedScan(SimulationConfig(rows=size, cols=size, projections=POOL, flats=1,
+                                          darks=1))
+    first = scan.layout.frames - POOL
+    return np.ascontiguousarray(scan.read(first, first + POOL))
+
+
+def sender_main(address: str, size: int, frames: int, mode: str, ready: Any) -> None:
+    pool = simulated_pool(size)
+    scan = PoolScan(pool, frames)
+    with zmq.Context() as context:
+        push = open_socket(context, "push", Endpoint(address, bind=False), hwm=16,
+                           send_timeout_ms=60_000, linger_ms=60_000)
+        ready.set()
+        if mode == "raw":
+            for index in range(frames):
+                push.send(pool[index % POOL], copy=False)
+            push.send(b"")  # end marker
+        else:
+            send_scan(push, scan, SendOptions(block=1, scan_id=f"bench-{size}"))
+        push.close()
+
+
+def receive_raw(pull: zmq.Socket[Any], frames: int) -> float:
+    got = 0
+    began = 0.0
+    while True:
+        if not pull.poll(60_000):
+            raise RuntimeError("raw: no message within 60 s")
+        message = pull.recv(copy=False)
+        if got == 0:
+            began = time.perf_counter()
+        if len(message) == 0:
+            break
+        got += 1
+    if got != frames:
+        raise RuntimeError(f"raw: expected {frames} frames, got {got}")
+    return time.perf_counter() - began
+
+
+def receive_ingest(pull: zmq.Socket[Any], frames: int) -> float:
+    taken = 0
+    marks: dict[str, float] = {}
+
+    def drain(store: FrameStore) -> None:
+        nonlocal taken
+        taken += len(store.take())
+
+    def on_event(event: Any) -> None:
+        marks.setdefault("first", time.perf_counter())
+
+    service = IngestService(pull, IngestSettings(poll_ms=50, burst=256), drain=drain,
+                            on_event=on_event)
+    reports = service.run(max_scans=1)
+    ended = time.perf_counter()
+    report = reports[0]
+    if not report.complete or taken != frames:
+        raise RuntimeError(f"ingest: scan not complete ({report.status}), took {taken}")
+    return ended - marks["first"]
+
+
+def one_run(size: int, frames: int, mode: str) -> float:
+    ctx = mp.get_context("spawn")
+    with zmq.Context() as context:
+        pull = open_socket(context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True), hwm=16)
+        address = pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        ready = ctx.Event()
+        sender = ctx.Process(target=sender_main, args=(address, size, frames, mode, ready))
+        sender.start()
+        try:
+            if not ready.wait(120):
+                raise RuntimeError("sender did not start")
+            seconds = receive_raw(pull, frames) if mode == "raw" else receive_ingest(pull, frames)
+        finally:
+            sender.join(120)
+            pull.close(linger=0)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 512])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--bytes-per-run", type=float, default=2.0e9)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results = []
+    for size in args.sizes:
+        frame_bytes = size * size * 2
+        frames = max(50, int(args.bytes_per_run // frame_bytes))
+        times: dict[str, list[float]] = {"raw": [], "ingest": []}
+        for _ in range(args.runs):
+            for mode in ("raw", "ingest"):
+                times[mode].append(one_run(size, frames, mode))
+        row: dict[str, Any] = {"frame": f"{size}x{size} uint16", "frame_bytes": frame_bytes,
+                               "frames_per_run": frames, "runs": args.runs}
+        for mode, values in times.items():
+            median = statistics.median(values)
+            row[mode] = {"median_s": median, "frames_per_s": frames / median,
+                         "GB_per_s": frames * frame_bytes / median / 1e9,
+                         "all_s": [round(v, 4) for v in values]}
+        row["ratio"] = row["ingest"]["frames_per_s"] / row["raw"]["frames_per_s"]
+        results.append(row)
+        print(f"{row['frame']:>18s}: raw {row['raw']['GB_per_s']:.2f} GB/s "
+              f"({row['raw']['frames_per_s']:.0f} f/s), ingest {row['ingest']['GB_per_s']:.2f} "
+              f"GB/s ({row['ingest']['frames_per_s']:.0f} f/s), ratio {row['ratio']:.3f}",
+              flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
