@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
@@ -28,7 +29,15 @@ from typing import Annotated, Any, Final, Literal
 import msgpack
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetPydanticSchema,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamer.errors import ProtocolError
 
@@ -50,7 +59,17 @@ IMAGE_KEY_NAMES: Final[dict[int, str]] = {0: "projections", 1: "flats", 2: "dark
 
 WireDtype = Literal["uint8", "uint16", "uint32", "float32"]
 Normalisation = Literal["flat_dark", "air", "none"]
-MetadataValue = str | int | float | bool
+
+
+def _one_union_error(source: Any, handler: Any) -> Any:
+    # One error for a bad metadata value instead of one per union member.
+    schema = handler(source)
+    schema["custom_error_type"] = "metadata_value"
+    schema["custom_error_message"] = "Input should be a string, integer, number or boolean"
+    return schema
+
+
+MetadataValue = Annotated[str | int | float | bool, GetPydanticSchema(_one_union_error)]
 
 ScanId = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*$")
@@ -58,7 +77,9 @@ ScanId = Annotated[
 DetectorSize = Annotated[int, Field(ge=1, le=65536)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-ImageKey = Literal[0, 1, 2]
+#: An int range rather than ``Literal[0, 1, 2]``: pydantic matches literals by equality,
+#: so a Literal would accept ``True`` and ``1.0`` as image keys even in strict mode.
+ImageKey = Annotated[int, Field(ge=0, le=2)]
 MAX_METADATA_ENTRIES: Final = 256
 MAX_TEXT: Final = 1024
 
@@ -189,6 +210,13 @@ class FramesHeader(_Header):
     #: Frame shape ``[rows, cols]``; the payload holds ``count`` such frames.
     shape: tuple[DetectorSize, DetectorSize]
 
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _shape_from_array(cls, value: Any) -> Any:
+        # msgpack has no tuple: the shape arrives as a 2-element array (a list), which strict
+        # validation would refuse for a tuple field. The items stay strictly validated.
+        return tuple(value) if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _per_frame_lists_match_count(self) -> FramesHeader:
         if len(self.keys) != self.count:
@@ -250,8 +278,17 @@ class FramesMessage:
 Message = StartHeader | FramesMessage | EndHeader | AbortHeader
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
 def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
+    # reprlib bounds the depth: a plain repr of a deeply nested msgpack array (msgpack
+    # allows ~1000 levels) raised RecursionError instead of ProtocolError.
+    text = _REPR.repr(value)
+    if isinstance(value, list | dict) and len(value) > _REPR.maxlist:
+        text = f"{len(value)} items {text}"  # the count is cut off from a long container
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -271,7 +308,11 @@ def _unpack_header(raw: bytes | memoryview, limits: Limits) -> dict[str, Any]:
         # expand into an unbounded allocation; extension types are refused outright.
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
     except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError("malformed_header", f"header: not valid msgpack ({exc})") from None
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ProtocolError(
+            "malformed_header",
+            f"header: expected one msgpack map, got {size} bytes that do not unpack ({detail})",
+        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError(
             "malformed_header", f"header: expected a msgpack map, got {type(obj).__name__}"
@@ -291,7 +332,7 @@ def decode_header(raw: bytes | memoryview, limits: Limits = Limits()) -> Header:
     """
     obj = _unpack_header(raw, limits)
     version = obj.get("v")
-    if version != PROTOCOL_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != PROTOCOL_VERSION:  # refuses True and 1.0
         raise ProtocolError(
             "unsupported_version",
             f"header.v: expected protocol version {PROTOCOL_VERSION}, got {_short(version)}",
@@ -303,7 +344,9 @@ def decode_header(raw: bytes | memoryview, limits: Limits = Limits()) -> Header:
             f"header.type: expected one of {'|'.join(_MODELS)}, got {_short(kind)}",
         )
     try:
-        header = _MODELS[kind].model_validate(obj)
+        # Strict on the wire: no "1" -> 1, 1.0 -> 1, True -> 1 or b"x" -> "x" coercion (floats
+        # still take ints, so an angle may be sent as 0). Headers built in Python stay lax.
+        header = _MODELS[kind].model_validate(obj, strict=True)
     except ValidationError as exc:
         raise ProtocolError("invalid_field", _describe(kind, exc)) from None
     _check_sizes(header, limits)
@@ -313,9 +356,13 @@ def decode_header(raw: bytes | memoryview, limits: Limits = Limits()) -> Header:
 def _describe(kind: str, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "(header)"
-        got = "" if where == "(header)" else f", got {_short(error.get('input'))}"
-        problems.append(f"{kind}.{where}: {error['msg']}{got}")
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "missing":  # its input is the whole header: not worth printing
+            problems.append(f"{kind}.{where}: required field is missing")
+        elif where:
+            problems.append(f"{kind}.{where}: {error['msg']}, got {_short(error.get('input'))}")
+        else:  # a whole-model check: its message names the fields itself
+            problems.append(f"{kind}: {error['msg']}")
     return "; ".join(problems)
 
 
@@ -373,15 +420,16 @@ def decode(parts: list[Any], limits: Limits = Limits()) -> Message:
             )
         payload = _buffer(parts[1])
         expected = header.payload_bytes
-        if len(payload) != expected:
+        if payload.nbytes != expected:
             raise ProtocolError(
                 "payload_size_mismatch",
                 f"frames.payload: expected {header.count}x{header.shape[0]}x{header.shape[1]}"
-                f"x{header.wire_dtype.itemsize} = {expected} bytes, got {len(payload)}",
+                f"x{header.wire_dtype.itemsize} = {expected} bytes, got {payload.nbytes}",
             )
         data = np.frombuffer(payload, dtype=header.wire_dtype).reshape(
             header.count, header.shape[0], header.shape[1]
         )
+        data.flags.writeable = False  # also when the part was a writable bytearray
         return FramesMessage(header=header, data=data)
     if len(parts) != 1:
         raise ProtocolError(
@@ -392,11 +440,17 @@ def decode(parts: list[Any], limits: Limits = Limits()) -> Message:
 
 def _buffer(part: Any) -> memoryview:
     if isinstance(part, bytes | bytearray | memoryview):
-        return memoryview(part)
-    buffer = getattr(part, "buffer", None)  # zmq.Frame received with copy=False
-    if buffer is None:
-        raise TypeError(f"message part: expected bytes or zmq.Frame, got {type(part).__name__}")
-    return memoryview(buffer)
+        view = memoryview(part)
+    else:
+        buffer = getattr(part, "buffer", None)  # zmq.Frame received with copy=False
+        if buffer is None:
+            raise TypeError(
+                f"message part: expected bytes or zmq.Frame, got {type(part).__name__}"
+            )
+        view = memoryview(buffer)
+    # A flat byte view (no copy), so that len() counts bytes even for a typed or
+    # multi-dimensional memoryview such as ndarray.data.
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def encode_header(header: _Header) -> bytes:
@@ -423,20 +477,30 @@ def wire_dtype_name(dtype: npt.DTypeLike) -> str:
     """Return the protocol name of ``dtype`` or raise naming the allowed ones."""
     resolved = np.dtype(dtype)
     for name, wire in WIRE_DTYPES.items():
-        if resolved == wire or resolved == wire.newbyteorder("="):
+        if resolved == wire:  # byte order included: big-endian data is refused, not swapped
             return name
+    got = resolved.name
+    if resolved.str.startswith(">"):  # also a native dtype on a big-endian host
+        got = f"big-endian {got} {resolved.str!r} (convert with .astype('<{resolved.str[1:]}'))"
     raise ProtocolError(
         "invalid_field",
-        f"dtype: expected one of {'|'.join(WIRE_DTYPES)}, got {resolved.name}",
+        f"dtype: expected one of {'|'.join(WIRE_DTYPES)} (little-endian), got {got}",
     )
 
 
 def json_schema() -> dict[str, Any]:
     """JSON schema of every header type, as published in docs/reference."""
+    messages = {}
+    for name, model in _MODELS.items():
+        schema = model.model_json_schema()
+        # ``v`` and ``type`` have defaults for building headers in Python, but a header on the
+        # wire without them is refused (unsupported_version, unknown_type): publish as required.
+        schema["required"] = ["v", "type", *schema.get("required", [])]
+        messages[name] = schema
     return {
         "title": "tomo-streamer wire protocol headers",
         "protocol_version": PROTOCOL_VERSION,
-        "messages": {name: model.model_json_schema() for name, model in _MODELS.items()},
+        "messages": messages,
     }
 
 

@@ -20,6 +20,8 @@ from streamer.protocol import IMAGE_KEY_NAMES, FramesHeader, StartHeader
 
 Status = Literal["complete", "incomplete", "aborted"]
 MAX_LISTED_GAPS: Final = 1000
+MAX_TRANSIT_SAMPLES: Final = 100_000
+PARTIAL_TRANSIT_SAMPLES: Final = 2_000
 _KEY_ORDER: Final = (0, 1, 2)
 
 
@@ -64,7 +66,7 @@ class Timing:
         if self.first_frame is None:
             self.first_frame = now
         self.last_frame = now
-        if sent_at is not None and len(self.transit_s) < 100_000:
+        if sent_at is not None and len(self.transit_s) < MAX_TRANSIT_SAMPLES:
             self.transit_s.append(now - sent_at)
 
 
@@ -261,6 +263,82 @@ class ScanAccount:
             },
             start=self.start.model_dump(mode="json", exclude_none=True),
         )
+
+
+    def to_partial(self) -> dict[str, Any]:
+        """This rank's bookkeeping as a msgpack-ready map (no pickle), for merging."""
+        timing = self.timing
+        transit = timing.transit_s
+        if len(transit) > PARTIAL_TRANSIT_SAMPLES:
+            step = len(transit) / PARTIAL_TRANSIT_SAMPLES
+            transit = [transit[int(i * step)] for i in range(PARTIAL_TRANSIT_SAMPLES)]
+        return {
+            "scan": self.start.scan,
+            "start": self.start.model_dump(mode="json"),
+            "seen": np.packbits(self.seen).tobytes(),
+            "key_of": self.key_of.tobytes(),
+            "duplicate": self.duplicate,
+            "out_of_range": self.out_of_range,
+            "rejected_messages": dict(self.rejected.messages),
+            "rejected_frames": dict(self.rejected.frames),
+            "sent_by_source": self.sent_by_source,
+            "restarts": self.restarts,
+            "bytes_received": self.bytes_received,
+            "times": [timing.first_message, timing.last_message, timing.first_frame,
+                      timing.last_frame],
+            "transit": transit,
+        }
+
+    @classmethod
+    def merge(cls, start: StartHeader, partials: list[dict[str, Any]]) -> ScanAccount:
+        """Combine the partial accounts of several ranks into one scan account.
+
+        A frame held by two ranks (a resend that the round-robin dealt to another rank)
+        counts once as received and once as a duplicate, as on a single rank.
+        """
+        merged = cls(start)
+        frames = start.frames
+        seen_total = np.zeros(frames, dtype=np.int32)
+        for partial in partials:
+            seen = np.unpackbits(
+                np.frombuffer(partial["seen"], dtype=np.uint8), count=frames
+            ).astype(bool)
+            key_of = np.frombuffer(partial["key_of"], dtype=np.int8)
+            if key_of.shape != (frames,):
+                raise ValueError(
+                    f"partial account of scan {start.scan!r}: key_of has {key_of.size} "
+                    f"entries, expected {frames}"
+                )
+            seen_total += seen
+            merged.key_of = np.maximum(merged.key_of, key_of)
+            merged.duplicate += int(partial["duplicate"])
+            merged.out_of_range += int(partial["out_of_range"])
+            merged.rejected.messages.update(partial["rejected_messages"])
+            merged.rejected.frames.update(partial["rejected_frames"])
+            if partial["sent_by_source"] is not None:
+                merged.sent_by_source = int(partial["sent_by_source"])
+            merged.restarts = max(merged.restarts, int(partial["restarts"]))
+            merged.bytes_received += int(partial["bytes_received"])
+            merged.timing.transit_s.extend(partial["transit"])
+            first_message, last_message, first_frame, last_frame = partial["times"]
+            merged.timing.first_message = _earliest(merged.timing.first_message, first_message)
+            merged.timing.last_message = _latest(merged.timing.last_message, last_message)
+            merged.timing.first_frame = _earliest(merged.timing.first_frame, first_frame)
+            merged.timing.last_frame = _latest(merged.timing.last_frame, last_frame)
+        merged.seen = seen_total > 0
+        merged.duplicate += int(np.sum(np.maximum(seen_total - 1, 0)))
+        held_keys = merged.key_of[merged.seen]
+        counts = np.bincount(held_keys[held_keys >= 0], minlength=3)
+        merged.received = {key: int(counts[key]) for key in _KEY_ORDER}
+        return merged
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _named(by_key: dict[int, int]) -> dict[str, int]:

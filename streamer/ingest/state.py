@@ -15,6 +15,13 @@ sockets; this class owns the rules:
 * No message for ``idle_timeout_s`` while a scan is open closes it as incomplete
   (``source_timeout``): a source that died mid-scan never leaves the service stuck.
 * Rejected messages while no scan is open are kept in :attr:`IngestState.between_scans`.
+
+With ``coordinated=True`` (one rank of a multi-rank ingest, see
+:mod:`streamer.ingest.cluster`) this rank does not decide alone when a scan ends: ``end``
+and ``abort`` only raise :class:`EndSeen` / :class:`AbortSeen`, the idle timer is the
+coordinator's, and the scan closes when :meth:`IngestState.close_scan` is called. Frames
+for a scan whose ``start`` has not reached this rank yet (it went to another rank and is
+being forwarded) are held, a bounded number of messages, until it does.
 """
 
 from __future__ import annotations
@@ -49,10 +56,30 @@ class FramesAccepted:
 
 @dataclass(frozen=True)
 class ScanClosed:
+    """A scan closed on this rank; ``account`` is its full bookkeeping (for merging)."""
+
     report: ScanReport
+    account: ScanAccount
 
 
-Event = ScanOpened | FramesAccepted | ScanClosed
+@dataclass(frozen=True)
+class EndSeen:
+    """Coordinated mode: this rank received the scan's ``end`` from the wire."""
+
+    scan: str
+    sent: int
+
+
+@dataclass(frozen=True)
+class AbortSeen:
+    """Coordinated mode: this rank received the scan's ``abort`` from the wire."""
+
+    scan: str
+    reason: str
+
+
+Event = ScanOpened | FramesAccepted | ScanClosed | EndSeen | AbortSeen
+PENDING_MESSAGES: Final = 256
 
 
 class IngestState:
@@ -64,10 +91,12 @@ class IngestState:
         Close an open scan as incomplete after this long without any message.
     """
 
-    def __init__(self, idle_timeout_s: float) -> None:
+    def __init__(self, idle_timeout_s: float, *, coordinated: bool = False) -> None:
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s: expected > 0, got {idle_timeout_s}")
         self.idle_timeout_s = idle_timeout_s
+        self.coordinated = coordinated
+        self.pending: list[tuple[FramesMessage, float]] = []
         self.current: ScanAccount | None = None
         self.between_scans = Rejections()
         self.closed: deque[str] = deque(maxlen=RECENTLY_CLOSED)
@@ -81,6 +110,14 @@ class IngestState:
         scan_id = message.header.scan if isinstance(message, FramesMessage) else message.scan
         account = self.current
         if account is None or account.start.scan != scan_id:
+            if (
+                self.coordinated
+                and isinstance(message, FramesMessage)
+                and scan_id not in self.closed
+                and len(self.pending) < PENDING_MESSAGES
+            ):
+                self.pending.append((message, now))  # its start is on its way
+                return []
             reason = "scan_closed" if scan_id in self.closed else "unknown_scan"
             frames = message.header.count if isinstance(message, FramesMessage) else 0
             self._reject(reason, frames, now)
@@ -95,10 +132,25 @@ class IngestState:
             return [FramesAccepted(account.start, message, accepted)]
         if isinstance(message, EndHeader):
             account.sent_by_source = message.sent
+            if self.coordinated:
+                return [EndSeen(scan_id, message.sent)]
             return [self._close("end")]
         assert isinstance(message, AbortHeader)
         reason = f"abort: {message.reason}" if message.reason else "abort"
+        if self.coordinated:
+            return [AbortSeen(scan_id, reason)]
         return [self._close(reason, aborted=True)]
+
+    def close_scan(self, scan_id: str, reason: str, *, aborted: bool = False) -> list[Event]:
+        """Close ``scan_id`` if it is open here (coordinated mode: the coordinator says)."""
+        if self.current is None or self.current.start.scan != scan_id:
+            self.closed.append(scan_id)
+            self._reject_pending(scan_id)
+            return []
+        return [self._close(reason, aborted=aborted)]
+
+    def is_closed(self, scan_id: str) -> bool:
+        return scan_id in self.closed
 
     def handle_rejected(self, error: ProtocolError, now: float, frames: int = 0) -> list[Event]:
         """Count a message that failed decoding (``frames`` if the header said how many)."""
@@ -109,7 +161,7 @@ class IngestState:
     def handle_tick(self, now: float) -> list[Event]:
         """Close the open scan if its source has been silent for too long."""
         account = self.current
-        if account is None or self.last_message_at is None:
+        if self.coordinated or account is None or self.last_message_at is None:
             return []
         silent = now - self.last_message_at
         if silent < self.idle_timeout_s:
@@ -137,14 +189,23 @@ class IngestState:
         self.current = ScanAccount(start)
         self.current.timing.saw_message(now)
         events.append(ScanOpened(start))
+        waiting = [item for item in self.pending if item[0].header.scan == start.scan]
+        self.pending = [item for item in self.pending if item[0].header.scan != start.scan]
+        for message, arrived in waiting:
+            events.extend(self.handle_message(message, arrived))
         return events
+
+    def _reject_pending(self, scan_id: str) -> None:
+        for message, arrived in [m for m in self.pending if m[0].header.scan == scan_id]:
+            self._reject("scan_closed", message.header.count, arrived)
+        self.pending = [item for item in self.pending if item[0].header.scan != scan_id]
 
     def _close(self, reason: str, *, aborted: bool = False) -> ScanClosed:
         account = self.current
         assert account is not None
         self.current = None
         self.closed.append(account.start.scan)
-        return ScanClosed(account.report(reason, aborted=aborted))
+        return ScanClosed(account.report(reason, aborted=aborted), account)
 
     def _reject(self, reason: str, frames: int, now: float) -> None:
         if self.current is not None:

@@ -1,0 +1,337 @@
+"""Ingest on several MPI ranks: every rank pulls, rank 0 keeps the books for all.
+
+Every rank connects a PULL socket to the source; the source's PUSH deals messages
+round-robin, so one rank gets a scan's ``start``, another its ``end``, and each rank a
+share of the frames. This module makes them agree, with small non-blocking messages over
+a :class:`Link` (MPI in production, :class:`streamer.exchange.RankLink`):
+
+1. a rank that receives ``start`` from the wire forwards it to every other rank, so all
+   open the scan (frames that beat their ``start`` to a rank wait in a bounded queue);
+2. ``end`` and ``abort`` go to rank 0, the coordinator; every rank reports its progress
+   (frames handled, last activity) to rank 0;
+3. rank 0 closes the scan for everybody (``CLOSE``) when the source's ``end`` has been
+   seen and the ranks together handled the ``sent`` frames, on ``abort``, or when all
+   ranks have been silent for the idle timeout;
+4. each rank then sends its partial account (bitmap of frames held, keys, counters) to
+   rank 0, which merges them (:meth:`ScanAccount.merge`) into the one scan report.
+
+Only rank 0 produces reports. When rank 0 stops serving it tells the others (``STOP``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import msgpack
+
+from streamer.exchange import Received
+from streamer.ingest.accounting import ScanAccount, ScanReport
+from streamer.ingest.state import Event, IngestState, ScanClosed
+from streamer.protocol import (
+    AbortHeader,
+    EndHeader,
+    Limits,
+    Message,
+    StartHeader,
+    decode_header,
+)
+
+TAG_START: Final = 101
+TAG_END: Final = 102
+TAG_PROGRESS: Final = 103
+TAG_CLOSE: Final = 104
+TAG_PARTIAL: Final = 105
+TAG_STOP: Final = 106
+COORDINATOR: Final = 0
+PROGRESS_INTERVAL_S: Final = 0.25
+
+
+class Link(Protocol):
+    """Point-to-point byte messages between ranks (see :class:`streamer.exchange.RankLink`)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def send(self, dest: int, tag: int, payload: bytes) -> None: ...
+
+    def send_to_others(self, tag: int, payload: bytes) -> None: ...
+
+    def poll(self, limit: int = 1000) -> list[Received]: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class MergedReport:
+    """Rank 0: a scan's report merged from every rank's partial account."""
+
+    report: ScanReport
+
+
+@dataclass
+class _Tracked:
+    """Rank 0's view of one scan across all ranks."""
+
+    start: StartHeader
+    handled: dict[int, int] = field(default_factory=dict)
+    last_activity: dict[int, float] = field(default_factory=dict)
+    end_sent: int | None = None
+    abort_reason: str | None = None
+    close_reason: str | None = None
+    aborted: bool = False
+    closed_at: float | None = None
+    partials: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class ClusterIngest:
+    """One rank's part in a multi-rank ingest (use with ``IngestState(coordinated=True)``).
+
+    Parameters
+    ----------
+    link : Link
+        Messages to and from the other ranks.
+    idle_timeout_s : float
+        Rank 0 closes a scan when every rank has been silent this long.
+    limits : Limits
+        Limits for decoding forwarded headers.
+    """
+
+    def __init__(self, link: Link, idle_timeout_s: float, limits: Limits | None = None) -> None:
+        self.link = link
+        self.idle_timeout_s = idle_timeout_s
+        self.limits = limits or Limits()
+        self.stopped = False
+        self._tracked: dict[str, _Tracked] = {}
+        self._early_progress: dict[str, dict[int, tuple[int, float | None]]] = {}
+        self._partial_sent: set[str] = set()
+        self._last_progress: tuple[str, int] | None = None
+        self._last_progress_at = 0.0
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.link.rank == COORDINATOR
+
+    # --- from this rank's socket -----------------------------------------------------
+
+    def on_wire(self, message: Message, raw_header: bytes, now: float) -> None:
+        """Share a control message this rank received from the source."""
+        if isinstance(message, StartHeader):
+            self.link.send_to_others(TAG_START, raw_header)
+            if self.is_coordinator:
+                self._track(message)
+        elif isinstance(message, EndHeader | AbortHeader):
+            if self.is_coordinator:
+                self._note_end(message)
+            else:
+                self.link.send(COORDINATOR, TAG_END, raw_header)
+
+    def on_local_close(self, event: ScanClosed) -> None:
+        """A scan closed on this rank: hand its partial account to rank 0."""
+        partial = event.account.to_partial()
+        partial["close_reason"] = event.report.close_reason
+        partial["aborted"] = event.report.status == "aborted"
+        self._send_partial(event.account.start.scan, partial)
+
+    # --- every loop iteration --------------------------------------------------------
+
+    def step(self, state: IngestState, now: float) -> list[Event | MergedReport]:
+        """Handle messages from other ranks, report progress, and (rank 0) decide."""
+        events: list[Event | MergedReport] = []
+        for received in self.link.poll():
+            events.extend(self._handle(received, state, now))
+        self._report_progress(state, now)
+        if self.is_coordinator:
+            events.extend(self._decide(state, now))
+            events.extend(self._merge_ready(now))
+        return events
+
+    def finish(self, state: IngestState, now: float) -> list[Event | MergedReport]:
+        """Rank 0 is stopping: close every open scan everywhere; others: deliver."""
+        events: list[Event | MergedReport] = []
+        if self.is_coordinator:
+            for scan_id, tracked in self._tracked.items():
+                if tracked.close_reason is None:
+                    events.extend(self._close_everywhere(scan_id, "service_stopped", now,
+                                                         state))
+        return events
+
+    def pending_merges(self) -> bool:
+        return any(t.close_reason is not None for t in self._tracked.values())
+
+    def force_merge(self, now: float) -> list[Event | MergedReport]:
+        """Rank 0: merge whatever partials arrived, naming the ranks that sent none."""
+        events: list[Event | MergedReport] = []
+        for scan_id in list(self._tracked):
+            tracked = self._tracked[scan_id]
+            if tracked.close_reason is not None:
+                events.append(self._merge(scan_id, tracked))
+        return events
+
+    def stop_others(self) -> None:
+        if self.is_coordinator:
+            self.link.send_to_others(TAG_STOP, b"")
+        self.link.flush()
+
+    # --- internals -------------------------------------------------------------------
+
+    def _handle(self, received: Received, state: IngestState, now: float) -> list[Any]:
+        tag, payload = received.tag, received.payload
+        if tag == TAG_START:
+            start = decode_header(payload, self.limits)
+            assert isinstance(start, StartHeader)
+            if self.is_coordinator:
+                self._track(start)
+            if state.is_closed(start.scan):
+                return []
+            return list(state.handle_message(start, now))
+        if tag == TAG_END and self.is_coordinator:
+            header = decode_header(payload, self.limits)
+            assert isinstance(header, EndHeader | AbortHeader)
+            self._note_end(header)
+            return []
+        if tag == TAG_PROGRESS and self.is_coordinator:
+            progress = msgpack.unpackb(payload)
+            self._note_progress(received.source, progress["scan"], progress["handled"],
+                                progress["last"])
+            return []
+        if tag == TAG_CLOSE:
+            close = msgpack.unpackb(payload)
+            events = state.close_scan(close["scan"], close["reason"], aborted=close["aborted"])
+            if not events:
+                self._send_partial(close["scan"], {"scan": close["scan"], "empty": True})
+            return list(events)
+        if tag == TAG_PARTIAL and self.is_coordinator:
+            partial = msgpack.unpackb(payload)
+            tracked = self._tracked.get(partial["scan"])
+            if tracked is not None:
+                tracked.partials[received.source] = partial
+            return []
+        if tag == TAG_STOP:
+            self.stopped = True
+        return []
+
+    def _send_partial(self, scan_id: str, partial: dict[str, Any]) -> None:
+        if scan_id in self._partial_sent:
+            return
+        self._partial_sent.add(scan_id)
+        if self.is_coordinator:
+            tracked = self._tracked.get(scan_id)
+            if tracked is not None:
+                tracked.partials[COORDINATOR] = partial
+        else:
+            self.link.send(COORDINATOR, TAG_PARTIAL, msgpack.packb(partial))
+
+    def _report_progress(self, state: IngestState, now: float) -> None:
+        account = state.current
+        if account is None:
+            return
+        handled = _handled(account)
+        key = (account.start.scan, handled)
+        if key == self._last_progress and now - self._last_progress_at < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress, self._last_progress_at = key, now
+        if self.is_coordinator:
+            self._note_progress(COORDINATOR, account.start.scan, handled, state.last_message_at)
+        else:
+            payload = {"scan": account.start.scan, "handled": handled,
+                       "last": state.last_message_at}
+            self.link.send(COORDINATOR, TAG_PROGRESS, msgpack.packb(payload))
+
+    def _track(self, start: StartHeader) -> None:
+        if start.scan in self._tracked:
+            return
+        tracked = _Tracked(start)
+        for rank, (handled, last) in self._early_progress.pop(start.scan, {}).items():
+            tracked.handled[rank] = handled
+            if last is not None:
+                tracked.last_activity[rank] = last
+        self._tracked[start.scan] = tracked
+
+    def _note_end(self, header: EndHeader | AbortHeader) -> None:
+        tracked = self._tracked.get(header.scan)
+        if tracked is None:
+            return
+        if isinstance(header, EndHeader):
+            tracked.end_sent = header.sent
+        else:
+            tracked.abort_reason = f"abort: {header.reason}" if header.reason else "abort"
+
+    def _note_progress(self, rank: int, scan_id: str, handled: int, last: float | None) -> None:
+        tracked = self._tracked.get(scan_id)
+        if tracked is None:
+            self._early_progress.setdefault(scan_id, {})[rank] = (handled, last)
+            return
+        tracked.handled[rank] = handled
+        if last is not None:
+            tracked.last_activity[rank] = last
+
+    def _decide(self, state: IngestState, now: float) -> list[Any]:
+        events: list[Any] = []
+        for scan_id, tracked in self._tracked.items():
+            if tracked.close_reason is not None:
+                continue
+            if tracked.abort_reason is not None:
+                events.extend(self._close_everywhere(scan_id, tracked.abort_reason, now, state,
+                                                     aborted=True))
+            elif tracked.end_sent is not None and sum(tracked.handled.values()) >= tracked.end_sent:
+                events.extend(self._close_everywhere(scan_id, "end", now, state))
+            elif state.is_closed(scan_id) and COORDINATOR in tracked.partials:
+                # closed here already (superseded by a newer scan): make it final
+                reason = str(tracked.partials[COORDINATOR].get("close_reason", "superseded"))
+                events.extend(self._close_everywhere(scan_id, reason, now, state))
+            else:
+                activity = [*tracked.last_activity.values()]
+                if state.last_message_at is not None:
+                    activity.append(state.last_message_at)
+                last = max(activity) if activity else None
+                if last is not None and now - last >= self.idle_timeout_s:
+                    reason = f"source_timeout: no message for {now - last:.1f} s on any rank"
+                    events.extend(self._close_everywhere(scan_id, reason, now, state))
+        return events
+
+    def _close_everywhere(
+        self, scan_id: str, reason: str, now: float, state: IngestState, *,
+        aborted: bool = False,
+    ) -> list[Any]:
+        tracked = self._tracked[scan_id]
+        tracked.close_reason, tracked.aborted, tracked.closed_at = reason, aborted, now
+        message = msgpack.packb({"scan": scan_id, "reason": reason, "aborted": aborted})
+        self.link.send_to_others(TAG_CLOSE, message)
+        events = state.close_scan(scan_id, reason, aborted=aborted)
+        if not events:
+            self._send_partial(scan_id, {"scan": scan_id, "empty": True})
+        return list(events)
+
+    def _merge_ready(self, now: float) -> list[MergedReport]:
+        ready = []
+        for scan_id in list(self._tracked):
+            tracked = self._tracked[scan_id]
+            if tracked.close_reason is None:
+                continue
+            waited = now - (tracked.closed_at or now)
+            if len(tracked.partials) == self.link.size or waited > self.idle_timeout_s:
+                ready.append(self._merge(scan_id, tracked))
+        return ready
+
+    def _merge(self, scan_id: str, tracked: _Tracked) -> MergedReport:
+        del self._tracked[scan_id]
+        partials = [p for p in tracked.partials.values() if not p.get("empty")]
+        account = ScanAccount.merge(tracked.start, partials)
+        if account.sent_by_source is None:
+            account.sent_by_source = tracked.end_sent
+        reason = tracked.close_reason or "end"
+        silent = sorted(set(range(self.link.size)) - set(tracked.partials))
+        if silent:
+            reason += f" (no account from ranks {silent}: their frames count as missing)"
+        return MergedReport(account.report(reason, aborted=tracked.aborted))
+
+
+def _handled(account: ScanAccount) -> int:
+    """Frames of ``frames`` messages this rank attributed to the scan, whatever became
+    of them (held, duplicate, out of range or rejected)."""
+    return (account.unique_received + account.duplicate + account.out_of_range
+            + sum(account.rejected.frames.values()))
