@@ -21,6 +21,8 @@ import zmq
 
 from streamer.demo import run_demo
 from streamer.errors import ConfigError, StreamerError
+from streamer.exchange import RankLink, launched_with_ranks
+from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.protocol import Limits
@@ -49,8 +51,9 @@ EXAMPLES = {
     ),
     "record": "example:\n  tomo-streamer record --from tcp://127.0.0.1:5555 -o capture.h5",
     "ingest": (
-        "example:\n"
-        "  tomo-streamer ingest --from tcp://127.0.0.1:5555 --scans 1 --report-dir reports"
+        "examples:\n"
+        "  tomo-streamer ingest --from tcp://127.0.0.1:5555 --scans 1 --report-dir reports\n"
+        "  mpiexec -n 4 tomo-streamer ingest --from tcp://127.0.0.1:5555   # every rank pulls"
     ),
 }
 
@@ -290,16 +293,24 @@ def _source_socket(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Names
 
 
 def _consumer_socket(
-    context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace, max_bytes: int | None
+    context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace, max_bytes: int | None,
+    *, announce: str | None,
 ) -> Any:
+    """Open the PULL socket; ``announce`` names the command in the line that says where
+    it receives (with a ``*`` port resolved, so scripts and tests can read it)."""
     if args.listen:
         endpoint = Endpoint.parse(args.listen, bind=True)
     else:
         endpoint = Endpoint.parse(args.from_address or DEFAULT_SOURCE_ADDRESS, bind=False)
-    return open_socket(
+    socket = open_socket(
         context, "pull", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
         max_message_bytes=max_bytes,
     )
+    if announce is not None:
+        where = bound_address(socket) if endpoint.bind else endpoint.address
+        how = "listening on" if endpoint.bind else "receiving from"
+        print(f"{announce}: {how} {where}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    return socket
 
 
 def _send_options_from(args: argparse.Namespace) -> SendOptions:
@@ -385,7 +396,7 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
 
 def _run_record(args: argparse.Namespace) -> int:
     with zmq.Context() as context, _stop_on_signal() as stop:
-        socket = _consumer_socket(context, args, None)
+        socket = _consumer_socket(context, args, None, announce="record")
         try:
             summary = record(
                 socket, args.output, source=args.listen or args.from_address or
@@ -418,10 +429,21 @@ def _run_ingest(args: argparse.Namespace) -> int:
         "idle_timeout_s": args.idle_timeout,
         "limits": limits.__dict__,
     }
+    cluster = None
+    if launched_with_ranks() > 1:
+        if args.listen:
+            raise ConfigError(
+                "--listen: with several MPI ranks every rank connects to the source; "
+                "use --from ADDR (the source binds)"
+            )
+        cluster = ClusterIngest(RankLink.world(), args.idle_timeout, limits)
+        config["ranks"] = cluster.link.size
+    speaks = cluster is None or cluster.is_coordinator
     incomplete = 0
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _consumer_socket(
-            context, args, limits.max_message_bytes + limits.max_header_bytes
+            context, args, limits.max_message_bytes + limits.max_header_bytes,
+            announce="ingest" if speaks and not args.quiet else None,
         )
         service: IngestService
 
@@ -433,14 +455,15 @@ def _run_ingest(args: argparse.Namespace) -> int:
             )
             path = write_report(document, args.report_dir)
             if args.json:
-                print(json.dumps(document, indent=2))
+                print(json.dumps(document, indent=2), flush=True)
             elif not args.quiet:
                 print(format_report(report))
                 print(f"  report: {path}", flush=True)
 
-        service = IngestService(socket, settings, on_report=on_report)
-        if not args.quiet:
-            print(f"ingest listening ({config['address']}); Ctrl-C to stop", file=sys.stderr)
+        service = IngestService(socket, settings, on_report=on_report, cluster=cluster)
+        if cluster is not None and speaks and not args.quiet:
+            print(f"ingest: {cluster.link.size} MPI ranks pull from the source",
+                  file=sys.stderr, flush=True)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:

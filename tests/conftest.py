@@ -82,3 +82,38 @@ def cli_env() -> dict[str, str]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``mpi`` tests run only under mpiexec (tests/mpi/test_launch.py starts them)."""
+    from streamer.exchange import launched_with_ranks
+
+    under_mpi = launched_with_ranks() > 1
+    skip = pytest.mark.skip(reason="runs under mpiexec: see tests/mpi/test_launch.py")
+    for item in items:
+        if item.get_closest_marker("mpi") is not None and not under_mpi:
+            item.add_marker(skip)
+
+
+RANDOM_LOOPBACK = "tcp://127.0.0.1:*"
+
+
+def start_consumer_cli(python: str, env: dict[str, str], *args: str) -> tuple[Any, str]:
+    """Start ``tomo-streamer ingest|record --listen tcp://127.0.0.1:* …`` and return the
+    process and the address it bound, read from its announcement line (a readiness
+    handshake: the socket is bound once the line is printed)."""
+    import re
+    import subprocess
+
+    process = subprocess.Popen(
+        [python, "-m", "streamer.cli", *args, "--listen", RANDOM_LOOPBACK], env=env,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()  # bounded: the process prints it right after binding
+    match = re.search(r"listening on (tcp://\S+);", line)
+    if match is None:
+        process.kill()
+        rest = process.stderr.read()
+        raise AssertionError(f"no address announced: {line!r} {rest[-2000:]!r}")
+    return process, match.group(1)

@@ -15,7 +15,8 @@ from streamer.cli import EXAMPLES, build_parser, main
 from streamer.protocol import StartHeader, decode, decode_header
 from streamer.sources.capture import read_capture
 from streamer.sources.formats import open_scan
-from streamer.transport import Endpoint, open_socket
+from streamer.transport import Endpoint, bound_address, open_socket
+from tests.conftest import start_consumer_cli
 
 TIMEOUT_S = 120
 
@@ -33,6 +34,10 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     finally:
         process.kill()
     return process.returncode, out, err
+
+
+# Sockets here are TCP on loopback with random ports, never ipc://: libzmq's ipc transport
+# can drop messages still queued when a PUSH closes (libzmq issue #4660).
 
 
 @pytest.mark.parametrize("command", sorted(EXAMPLES))
@@ -63,10 +68,9 @@ def test_simulate_save_then_replay_into_ingest(tmp_path: Path, python: str, cli_
                  "--flats-at", "start_end", "--save", str(scan_file)]) == 0
     with open_scan(scan_file) as reader:
         assert reader.layout.projections == 30 and reader.layout.flats == 20
-    address = f"ipc://{tmp_path}/in.sock"
     reports = tmp_path / "reports"
-    ingest = run_cli(python, cli_env, "ingest", "--listen", address, "--scans", "1",
-                     "--report-dir", str(reports))
+    ingest, address = start_consumer_cli(python, cli_env, "ingest", "--scans", "1",
+                                         "--report-dir", str(reports))
     try:
         assert main(["replay", str(scan_file), "--connect", address, "--scan-id", "saved",
                      "--order", "interleave", "--block", "7"]) == 0
@@ -82,9 +86,8 @@ def test_simulate_save_then_replay_into_ingest(tmp_path: Path, python: str, cli_
 def test_ingest_exits_1_and_reports_missing_frames_when_the_source_aborts(
     tmp_path: Path, python: str, cli_env, context
 ) -> None:
-    address = f"ipc://{tmp_path}/in.sock"
-    ingest = run_cli(python, cli_env, "ingest", "--listen", address, "--scans", "1",
-                     "--report-dir", str(tmp_path), "--json")
+    ingest, address = start_consumer_cli(python, cli_env, "ingest", "--scans", "1",
+                                         "--report-dir", str(tmp_path), "--json")
     push = open_socket(context, "push", Endpoint(address, bind=False), hwm=4,
                        send_timeout_ms=60_000)
     try:
@@ -109,10 +112,9 @@ def test_ingest_exits_1_and_reports_missing_frames_when_the_source_aborts(
 def test_record_then_replay_capture_is_byte_exact(
     tmp_path: Path, python: str, cli_env, context
 ) -> None:
-    record_address = f"ipc://{tmp_path}/rec.sock"
     capture = tmp_path / "capture.h5"
-    recorder = run_cli(python, cli_env, "record", "--listen", record_address, "-o",
-                       str(capture))
+    recorder, record_address = start_consumer_cli(python, cli_env, "record", "-o",
+                                                  str(capture))
     try:
         assert main(["simulate", "--connect", record_address, "--rows", "4", "--cols", "16",
                      "--projections", "12", "--block", "5", "--scan-id", "rec"]) == 0
@@ -125,8 +127,8 @@ def test_record_then_replay_capture_is_byte_exact(
         assert file["capture"].attrs["complete"]
         assert np.all(np.diff(file["capture/arrival_s"][:]) >= 0)
 
-    replay_address = f"ipc://{tmp_path}/replay.sock"
-    pull = open_socket(context, "pull", Endpoint(replay_address, bind=True), hwm=64)
+    pull = open_socket(context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True), hwm=64)
+    replay_address = bound_address(pull)
     try:
         assert main(["replay", str(capture), "--connect", replay_address]) == 0
         poller = zmq.Poller()
@@ -144,9 +146,8 @@ def test_record_then_replay_capture_is_byte_exact(
 
 def test_replay_real_scan_into_ingest(shared_data: Path, tmp_path: Path, python: str,
                                       cli_env) -> None:
-    address = f"ipc://{tmp_path}/in.sock"
-    ingest = run_cli(python, cli_env, "ingest", "--listen", address, "--scans", "1",
-                     "--report-dir", str(tmp_path))
+    ingest, address = start_consumer_cli(python, cli_env, "ingest", "--scans", "1",
+                                         "--report-dir", str(tmp_path))
     try:
         assert main(["replay", str(shared_data / "real/aps_tooth/tooth.h5"), "--connect",
                      address, "--scan-id", "tooth", "--order", "shuffle"]) == 0

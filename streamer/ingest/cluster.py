@@ -5,13 +5,19 @@ round-robin, so one rank gets a scan's ``start``, another its ``end``, and each 
 share of the frames. This module makes them agree, with small non-blocking messages over
 a :class:`Link` (MPI in production, :class:`streamer.exchange.RankLink`):
 
-1. a rank that receives ``start`` from the wire forwards it to every other rank, so all
-   open the scan (frames that beat their ``start`` to a rank wait in a bounded queue);
+1. a rank that receives ``start`` from the wire forwards it to rank 0, which opens the
+   scan and tells every rank to open it (``START``). Only rank 0 orders opens and
+   closes, and MPI keeps messages from one sender in order, so every rank sees the same
+   sequence of scans even when a stale ``start`` is still in flight (frames that beat
+   their ``start`` to a rank wait in a bounded queue);
 2. ``end`` and ``abort`` go to rank 0, the coordinator; every rank reports its progress
    (frames handled, last activity) to rank 0;
 3. rank 0 closes the scan for everybody (``CLOSE``) when the source's ``end`` has been
-   seen and the ranks together handled the ``sent`` frames, on ``abort``, or when all
-   ranks have been silent for the idle timeout;
+   seen and the ranks together handled the ``sent`` frames, on ``abort``, when all ranks
+   have been silent for the idle timeout, or an idle timeout after ``end`` if frames
+   never came. A new scan's ``start`` waits while the open scan is ending (its last
+   frames may still be queued on another rank) and for a short grace otherwise (its
+   ``end`` may be on its way from another rank); only then does it supersede;
 4. each rank then sends its partial account (bitmap of frames held, keys, counters) to
    rank 0, which merges them (:meth:`ScanAccount.merge`) into the one scan report.
 
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import msgpack
+import numpy as np
 
 from streamer.exchange import Received
 from streamer.ingest.accounting import ScanAccount, ScanReport
@@ -43,8 +50,11 @@ TAG_PROGRESS: Final = 103
 TAG_CLOSE: Final = 104
 TAG_PARTIAL: Final = 105
 TAG_STOP: Final = 106
+TAG_START_REQUEST: Final = 107
 COORDINATOR: Final = 0
 PROGRESS_INTERVAL_S: Final = 0.25
+MAX_EARLY: Final = 64  # scans whose notes arrived before their start (bounded)
+SUPERSEDE_GRACE_S: Final = 2.0
 
 
 class Link(Protocol):
@@ -80,6 +90,7 @@ class _Tracked:
     handled: dict[int, int] = field(default_factory=dict)
     last_activity: dict[int, float] = field(default_factory=dict)
     end_sent: int | None = None
+    ended_at: float | None = None
     abort_reason: str | None = None
     close_reason: str | None = None
     aborted: bool = False
@@ -107,6 +118,8 @@ class ClusterIngest:
         self.stopped = False
         self._tracked: dict[str, _Tracked] = {}
         self._early_progress: dict[str, dict[int, tuple[int, float | None]]] = {}
+        self._early_end: dict[str, EndHeader | AbortHeader] = {}
+        self._starts: list[tuple[StartHeader, bytes, float]] = []  # rank 0: not yet opened
         self._partial_sent: set[str] = set()
         self._last_progress: tuple[str, int] | None = None
         self._last_progress_at = 0.0
@@ -117,17 +130,23 @@ class ClusterIngest:
 
     # --- from this rank's socket -----------------------------------------------------
 
-    def on_wire(self, message: Message, raw_header: bytes, now: float) -> None:
-        """Share a control message this rank received from the source."""
+    def on_wire(self, message: Message, raw_header: bytes, now: float) -> bool:
+        """Share a control message this rank received from the source.
+
+        Returns False when this rank must not apply the message itself (a ``start`` on a
+        rank other than 0: it is applied when rank 0 orders it)."""
         if isinstance(message, StartHeader):
-            self.link.send_to_others(TAG_START, raw_header)
             if self.is_coordinator:
-                self._track(message)
-        elif isinstance(message, EndHeader | AbortHeader):
+                self._starts.append((message, raw_header, now))  # opened by step()
+            else:
+                self.link.send(COORDINATOR, TAG_START_REQUEST, raw_header)
+            return False
+        if isinstance(message, EndHeader | AbortHeader):
             if self.is_coordinator:
-                self._note_end(message)
+                self._note_end(message, now)
             else:
                 self.link.send(COORDINATOR, TAG_END, raw_header)
+        return True
 
     def on_local_close(self, event: ScanClosed) -> None:
         """A scan closed on this rank: hand its partial account to rank 0."""
@@ -146,8 +165,31 @@ class ClusterIngest:
         self._report_progress(state, now)
         if self.is_coordinator:
             events.extend(self._decide(state, now))
+            events.extend(self._open_due(state, now))
             events.extend(self._merge_ready(now))
         return events
+
+    def _open_due(self, state: IngestState, now: float) -> list[Any]:
+        """Rank 0: open the waiting starts whose turn has come, in arrival order."""
+        events: list[Any] = []
+        while self._starts:
+            start, raw, since = self._starts[0]
+            current = state.current
+            if current is not None and current.start.scan != start.scan:
+                tracked = self._tracked.get(current.start.scan)
+                if tracked is not None and tracked.close_reason is None and (
+                    tracked.end_sent is not None or now - since < self._grace
+                ):
+                    break  # the open scan is ending, or its end may still be on its way
+            self._starts.pop(0)
+            self.link.send_to_others(TAG_START, raw)
+            self._track(start, now)
+            events.extend(state.handle_message(start, now))
+        return events
+
+    @property
+    def _grace(self) -> float:
+        return min(SUPERSEDE_GRACE_S, self.idle_timeout_s)
 
     def finish(self, state: IngestState, now: float) -> list[Event | MergedReport]:
         """Rank 0 is stopping: close every open scan everywhere; others: deliver."""
@@ -180,18 +222,19 @@ class ClusterIngest:
 
     def _handle(self, received: Received, state: IngestState, now: float) -> list[Any]:
         tag, payload = received.tag, received.payload
-        if tag == TAG_START:
+        if tag == TAG_START_REQUEST and self.is_coordinator:
             start = decode_header(payload, self.limits)
             assert isinstance(start, StartHeader)
-            if self.is_coordinator:
-                self._track(start)
-            if state.is_closed(start.scan):
-                return []
+            self._starts.append((start, payload, now))
+            return []
+        if tag == TAG_START and not self.is_coordinator:
+            start = decode_header(payload, self.limits)
+            assert isinstance(start, StartHeader)
             return list(state.handle_message(start, now))
         if tag == TAG_END and self.is_coordinator:
             header = decode_header(payload, self.limits)
             assert isinstance(header, EndHeader | AbortHeader)
-            self._note_end(header)
+            self._note_end(header, now)
             return []
         if tag == TAG_PROGRESS and self.is_coordinator:
             progress = msgpack.unpackb(payload)
@@ -208,7 +251,7 @@ class ClusterIngest:
             partial = msgpack.unpackb(payload)
             tracked = self._tracked.get(partial["scan"])
             if tracked is not None:
-                tracked.partials[received.source] = partial
+                self._note_partial(tracked, received.source, partial)
             return []
         if tag == TAG_STOP:
             self.stopped = True
@@ -221,9 +264,20 @@ class ClusterIngest:
         if self.is_coordinator:
             tracked = self._tracked.get(scan_id)
             if tracked is not None:
-                tracked.partials[COORDINATOR] = partial
+                self._note_partial(tracked, COORDINATOR, partial)
         else:
             self.link.send(COORDINATOR, TAG_PARTIAL, msgpack.packb(partial))
+
+    @staticmethod
+    def _note_partial(tracked: _Tracked, rank: int, partial: dict[str, Any]) -> None:
+        """Keep a rank's account; its counts are final, so they replace its progress."""
+        tracked.partials[rank] = partial
+        if not partial.get("empty"):
+            seen = np.unpackbits(np.frombuffer(partial["seen"], dtype=np.uint8))
+            tracked.handled[rank] = (
+                int(seen.sum()) + int(partial["duplicate"]) + int(partial["out_of_range"])
+                + sum(int(v) for v in partial["rejected_frames"].values())
+            )
 
     def _report_progress(self, state: IngestState, now: float) -> None:
         account = state.current
@@ -241,7 +295,7 @@ class ClusterIngest:
                        "last": state.last_message_at}
             self.link.send(COORDINATOR, TAG_PROGRESS, msgpack.packb(payload))
 
-    def _track(self, start: StartHeader) -> None:
+    def _track(self, start: StartHeader, now: float) -> None:
         if start.scan in self._tracked:
             return
         tracked = _Tracked(start)
@@ -250,20 +304,27 @@ class ClusterIngest:
             if last is not None:
                 tracked.last_activity[rank] = last
         self._tracked[start.scan] = tracked
+        early_end = self._early_end.pop(start.scan, None)
+        if early_end is not None:
+            self._note_end(early_end, now)
 
-    def _note_end(self, header: EndHeader | AbortHeader) -> None:
+    def _note_end(self, header: EndHeader | AbortHeader, now: float | None) -> None:
         tracked = self._tracked.get(header.scan)
-        if tracked is None:
+        if tracked is None:  # the scan's start has not reached rank 0 yet
+            if len(self._early_end) < MAX_EARLY:
+                self._early_end[header.scan] = header
             return
         if isinstance(header, EndHeader):
             tracked.end_sent = header.sent
+            tracked.ended_at = now
         else:
             tracked.abort_reason = f"abort: {header.reason}" if header.reason else "abort"
 
     def _note_progress(self, rank: int, scan_id: str, handled: int, last: float | None) -> None:
         tracked = self._tracked.get(scan_id)
         if tracked is None:
-            self._early_progress.setdefault(scan_id, {})[rank] = (handled, last)
+            if scan_id in self._early_progress or len(self._early_progress) < MAX_EARLY:
+                self._early_progress.setdefault(scan_id, {})[rank] = (handled, last)
             return
         tracked.handled[rank] = handled
         if last is not None:
@@ -279,6 +340,11 @@ class ClusterIngest:
                                                      aborted=True))
             elif tracked.end_sent is not None and sum(tracked.handled.values()) >= tracked.end_sent:
                 events.extend(self._close_everywhere(scan_id, "end", now, state))
+            elif tracked.end_sent is not None and now - (tracked.ended_at or now) >= (
+                self.idle_timeout_s
+            ):
+                reason = f"end (frames still missing {self.idle_timeout_s:.1f} s after it)"
+                events.extend(self._close_everywhere(scan_id, reason, now, state))
             elif state.is_closed(scan_id) and COORDINATOR in tracked.partials:
                 # closed here already (superseded by a newer scan): make it final
                 reason = str(tracked.partials[COORDINATOR].get("close_reason", "superseded"))
@@ -307,14 +373,17 @@ class ClusterIngest:
         return list(events)
 
     def _merge_ready(self, now: float) -> list[MergedReport]:
+        """Merge closed scans whose every rank has reported, in the order rank 0 opened
+        them (a later scan waits for an earlier one, at most the idle timeout)."""
         ready = []
         for scan_id in list(self._tracked):
             tracked = self._tracked[scan_id]
             if tracked.close_reason is None:
-                continue
+                break
             waited = now - (tracked.closed_at or now)
-            if len(tracked.partials) == self.link.size or waited > self.idle_timeout_s:
-                ready.append(self._merge(scan_id, tracked))
+            if len(tracked.partials) < self.link.size and waited <= self.idle_timeout_s:
+                break
+            ready.append(self._merge(scan_id, tracked))
         return ready
 
     def _merge(self, scan_id: str, tracked: _Tracked) -> MergedReport:

@@ -22,9 +22,18 @@ import zmq
 
 from streamer.errors import ProtocolError
 from streamer.ingest.accounting import ScanReport
+from streamer.ingest.cluster import ClusterIngest, MergedReport
 from streamer.ingest.state import FramesAccepted, IngestState, ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore
-from streamer.protocol import FramesHeader, Limits, decode, decode_header
+from streamer.protocol import (
+    AbortHeader,
+    EndHeader,
+    FramesHeader,
+    Limits,
+    StartHeader,
+    decode,
+    decode_header,
+)
 
 _SIZE_REASONS = ("missing_payload", "wrong_part_count", "payload_size_mismatch")
 
@@ -72,6 +81,9 @@ class IngestService:
         monitors and tests.
     clock : callable
         Wall clock (Unix seconds); injectable for tests.
+    cluster : ClusterIngest, optional
+        This rank's part in a multi-rank ingest (``mpiexec -n R``): scans are then opened
+        and closed in agreement with the other ranks, and only rank 0 reports.
     """
 
     def __init__(
@@ -83,10 +95,12 @@ class IngestService:
         on_report: Callable[[ScanReport], None] | None = None,
         on_event: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.time,
+        cluster: ClusterIngest | None = None,
     ) -> None:
         self.socket = socket
         self.settings = settings
-        self.state = IngestState(settings.idle_timeout_s)
+        self.cluster = cluster
+        self.state = IngestState(settings.idle_timeout_s, coordinated=cluster is not None)
         self.store = FrameStore(settings.store_bytes)
         self.drain = drain if drain is not None else _take_all
         self.on_report = on_report
@@ -113,10 +127,15 @@ class IngestService:
         idle_since = self.clock()
         try:
             while stop is None or not stop.is_set():
+                if self.cluster is not None:
+                    self._cluster_step()
+                    if self.cluster.stopped:
+                        break
                 self.drain(self.store)
-                if self.store.full:
-                    # Downstream is behind: do not read; the HWMs fill and the source
-                    # waits. Wake on stop or after a poll period to try draining again.
+                if self.store.full or self.state.pending_full:
+                    # Downstream is behind (or frames wait for their scan's start): do not
+                    # read; the HWMs fill and the source waits. Wake on stop or after a
+                    # poll period to try again.
                     self._pause()
                     self._tick()
                     continue
@@ -134,9 +153,35 @@ class IngestService:
                 ):
                     break
         finally:
+            if self.cluster is not None:
+                self._cluster_finish()
             for event in self.state.shutdown():
                 self._dispatch(event)
+            if self.cluster is not None:
+                self.cluster.stop_others()
         return self.reports[closed_before:]
+
+    def _cluster_step(self) -> None:
+        assert self.cluster is not None
+        for event in self.cluster.step(self.state, self.clock()):
+            self._dispatch(event)
+
+    def _cluster_finish(self) -> None:
+        """Rank 0 closes what is open everywhere and waits (bounded) for every rank's
+        account; other ranks just hand in theirs."""
+        cluster = self.cluster
+        assert cluster is not None
+        if not cluster.is_coordinator:
+            return
+        for event in cluster.finish(self.state, self.clock()):
+            self._dispatch(event)
+        deadline = self.clock() + self.settings.idle_timeout_s
+        while cluster.pending_merges() and self.clock() < deadline:
+            self._cluster_step()
+            if cluster.pending_merges():
+                time.sleep(self.settings.poll_ms / 1000)
+        for event in cluster.force_merge(self.clock()):
+            self._dispatch(event)
 
     def _receive_burst(self) -> int:
         handled = 0
@@ -151,7 +196,7 @@ class IngestService:
             # still hot in cache instead of piling up for a whole burst.
             if len(self.store):
                 self.drain(self.store)
-            if self.store.full:
+            if self.store.full or self.state.pending_full:
                 break
         return handled
 
@@ -166,6 +211,10 @@ class IngestService:
             for event in self.state.handle_rejected(error, now, frames):
                 self._dispatch(event)
             return
+        if self.cluster is not None and isinstance(message, StartHeader | EndHeader | AbortHeader):
+            raw = bytes(getattr(parts[0], "buffer", parts[0]))
+            if not self.cluster.on_wire(message, raw, now):
+                return
         for event in self.state.handle_message(message, now):
             self._dispatch(event)
 
@@ -194,11 +243,20 @@ class IngestService:
             self.store.put(event)
         elif isinstance(event, ScanClosed):
             self._hand_over_held_frames()
-            self.reports.append(event.report)
-            if self.on_report is not None:
-                self.on_report(event.report)
+            if self.cluster is not None:
+                self.cluster.on_local_close(event)  # rank 0 reports the merged account
+            else:
+                self._report(event.report)
+        elif isinstance(event, MergedReport):
+            self._report(event.report)
         if self.on_event is not None:
             self.on_event(event)
+
+
+    def _report(self, report: ScanReport) -> None:
+        self.reports.append(report)
+        if self.on_report is not None:
+            self.on_report(report)
 
 
 def _take_all(store: FrameStore) -> None:

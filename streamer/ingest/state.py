@@ -96,7 +96,7 @@ class IngestState:
             raise ValueError(f"idle_timeout_s: expected > 0, got {idle_timeout_s}")
         self.idle_timeout_s = idle_timeout_s
         self.coordinated = coordinated
-        self.pending: list[tuple[FramesMessage, float]] = []
+        self.pending: list[tuple[FramesMessage | EndHeader | AbortHeader, float]] = []
         self.current: ScanAccount | None = None
         self.between_scans = Rejections()
         self.closed: deque[str] = deque(maxlen=RECENTLY_CLOSED)
@@ -112,7 +112,6 @@ class IngestState:
         if account is None or account.start.scan != scan_id:
             if (
                 self.coordinated
-                and isinstance(message, FramesMessage)
                 and scan_id not in self.closed
                 and len(self.pending) < PENDING_MESSAGES
             ):
@@ -152,6 +151,12 @@ class IngestState:
     def is_closed(self, scan_id: str) -> bool:
         return scan_id in self.closed
 
+    @property
+    def pending_full(self) -> bool:
+        """Coordinated mode: so many messages wait for their ``start`` that the socket
+        must not be read until it arrives (backpressure instead of rejection)."""
+        return len(self.pending) >= PENDING_MESSAGES
+
     def handle_rejected(self, error: ProtocolError, now: float, frames: int = 0) -> list[Event]:
         """Count a message that failed decoding (``frames`` if the header said how many)."""
         self.last_message_at = now
@@ -189,16 +194,17 @@ class IngestState:
         self.current = ScanAccount(start)
         self.current.timing.saw_message(now)
         events.append(ScanOpened(start))
-        waiting = [item for item in self.pending if item[0].header.scan == start.scan]
-        self.pending = [item for item in self.pending if item[0].header.scan != start.scan]
+        waiting = [item for item in self.pending if _scan_of(item[0]) == start.scan]
+        self.pending = [item for item in self.pending if _scan_of(item[0]) != start.scan]
         for message, arrived in waiting:
             events.extend(self.handle_message(message, arrived))
         return events
 
     def _reject_pending(self, scan_id: str) -> None:
-        for message, arrived in [m for m in self.pending if m[0].header.scan == scan_id]:
-            self._reject("scan_closed", message.header.count, arrived)
-        self.pending = [item for item in self.pending if item[0].header.scan != scan_id]
+        for message, arrived in [m for m in self.pending if _scan_of(m[0]) == scan_id]:
+            frames = message.header.count if isinstance(message, FramesMessage) else 0
+            self._reject("scan_closed", frames, arrived)
+        self.pending = [item for item in self.pending if _scan_of(item[0]) != scan_id]
 
     def _close(self, reason: str, *, aborted: bool = False) -> ScanClosed:
         account = self.current
@@ -213,6 +219,10 @@ class IngestState:
             self.current.timing.saw_message(now)
         else:
             self.between_scans.add(reason, frames)
+
+
+def _scan_of(message: FramesMessage | EndHeader | AbortHeader) -> str:
+    return message.header.scan if isinstance(message, FramesMessage) else message.scan
 
 
 def _same_scan(first: StartHeader, again: StartHeader) -> bool:
