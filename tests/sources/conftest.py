@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-#: The repository is ``<x>/main``; the real scans are in ``<x>/shared/data``.
-DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-REAL = DATA_ROOT / "real"
-
 
 @pytest.fixture
-def real() -> Path:
-    """``shared/data/real`` (skips with the reason when the data are not present)."""
-    if not REAL.is_dir():
-        pytest.skip(f"real scans not found at {REAL} (see shared/data/README.md)")
-    return REAL
+def real(shared_data: Path) -> Path:
+    """``shared/data/real`` (the ``shared_data`` fixture skips when it is absent)."""
+    return shared_data / "real"
 
 
 @pytest.fixture
