@@ -1,0 +1,1 @@
+"""Pipelines: YAML configuration, block planning (later: scheduler, workers)."""

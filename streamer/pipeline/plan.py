@@ -1,0 +1,85 @@
+"""Block sizes from a memory budget, per section of a pipeline (no data needed).
+
+A pipeline splits into sections where the stage pattern changes (projection ↔ sinogram),
+as in HTTomo. Within a section, a block of ``n`` frames (projection) or ``n`` sinograms
+(sinogram) needs the largest of its stages' ``memory`` estimates; the plan takes the
+largest ``n`` that keeps that peak within the budget. A scan whose single frame or
+sinogram cannot fit is refused here, before it starts, never with an out-of-memory
+error mid-scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stages.spec import Pattern
+from streamer.errors import ConfigError
+from streamer.pipeline.config import PipelineStep
+
+
+@dataclass(frozen=True)
+class SectionPlan:
+    """Block size of one section: ``block`` frames or sinograms per block."""
+
+    pattern: Pattern
+    steps: tuple[str, ...]
+    block: int
+    units: int  # frames (projection) or sinograms (sinogram) in the whole scan
+    peak_bytes: int
+    limiting_step: str
+
+    def describe(self) -> str:
+        unit = "frames" if self.pattern is Pattern.PROJECTION else "sinograms"
+        return (f"{self.pattern.value} section [{', '.join(self.steps)}]: blocks of "
+                f"{self.block} {unit} (of {self.units}), peak {self.peak_bytes / 2**20:,.1f} "
+                f"MiB set by {self.limiting_step!r}")
+
+
+def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[PipelineStep]]]:
+    """Consecutive steps grouped by pattern."""
+    grouped: list[tuple[Pattern, list[PipelineStep]]] = []
+    for step in steps:
+        if grouped and grouped[-1][0] is step.spec.pattern:
+            grouped[-1][1].append(step)
+        else:
+            grouped.append((step.spec.pattern, [step]))
+    return grouped
+
+
+def plan_blocks(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    dtype: np.dtype[Any],
+    budget_bytes: int,
+) -> list[SectionPlan]:
+    """Plan every section for a scan of ``angles`` projections of ``rows × cols``."""
+    if budget_bytes < 1:
+        raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
+    plans = []
+    for pattern, members in sections(steps):
+        if pattern is Pattern.PROJECTION:
+            units, unit_shape = angles, (1, rows, cols)
+        else:
+            units, unit_shape = rows, (1, angles, cols)
+        per_unit = {s.name: s.spec.memory(unit_shape, dtype, s.params) for s in members}
+        limiting = max(per_unit, key=lambda name: per_unit[name])
+        need = per_unit[limiting]
+        if need > budget_bytes:
+            what = "frame" if pattern is Pattern.PROJECTION else "sinogram"
+            raise ConfigError(
+                f"stage {limiting!r}: one {what} of shape {unit_shape[1:]} needs "
+                f"{need / 2**20:,.1f} MiB, the memory budget is {budget_bytes / 2**20:,.1f} MiB"
+            )
+        block = max(1, min(units, budget_bytes // max(need, 1)))
+        peak = max(
+            s.spec.memory((block, *unit_shape[1:]), dtype, s.params) for s in members
+        )
+        plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units, peak,
+                                 limiting))
+    return plans
