@@ -164,7 +164,12 @@ def _parse_entry(
                      f"of ours is registered under that name{hint}")
         return None
     parameters_node = fields.get("parameters")
-    raw = _construct(parameters_node) if parameters_node is not None else {}
+    try:
+        raw = _construct(parameters_node) if parameters_node is not None else {}
+    except yaml.YAMLError as error:  # e.g. a !!python/... tag: never constructed
+        problem = getattr(error, "problem", None) or str(error)
+        problems.add(parameters_node, f"{where}.parameters", f"unsupported YAML: {problem}")
+        return None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -206,7 +211,12 @@ def _resolve(
 
 
 def _scalar(node: yaml.Node | None) -> Any:
-    return _construct(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        return _construct(node)
+    except yaml.YAMLError:
+        return None
 
 
 def _construct(node: yaml.Node | None) -> Any:

@@ -102,9 +102,17 @@ def test_all_problems_are_reported_together() -> None:
     assert len(lines) == 2 and lines[0].startswith("p.yaml:2") and lines[1].startswith("p.yaml:4")
 
 
-def test_yaml_cannot_execute_code() -> None:
-    with pytest.raises(ConfigError, match="not valid YAML|expected"):
-        parse("pipeline:\n  - !!python/object/apply:os.system ['true']\n")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pipeline:\n  - !!python/object/apply:os.system ['true']\n",
+        "pipeline:\n  - method: scale\n    parameters: !!python/object/apply:os.system ['true']\n",
+        "pipeline:\n  - method: !!python/name:os.system\n",
+    ],
+)
+def test_yaml_cannot_execute_code(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"p\.yaml:\d+: pipeline\[0\]"):
+        parse(text)
 
 
 def test_block_plan_splits_sections_and_respects_the_budget() -> None:
