@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -17,14 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
+from stages.registry import REGISTRY
 from streamer.demo import run_demo
 from streamer.errors import ConfigError, StreamerError
 from streamer.exchange import RankLink, launched_with_ranks
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
+from streamer.pipeline.config import load_pipeline
+from streamer.pipeline.plan import plan_blocks
 from streamer.protocol import Limits
 from streamer.sources.capture import is_capture, record, replay_capture
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
@@ -48,6 +53,12 @@ EXAMPLES = {
         "  tomo-streamer replay sinogram.tif --angles 0,360,459\n"
         "  tomo-streamer replay RealDataDend.mat --normalised --scale 0.001\n"
         "  tomo-streamer replay capture.h5 --realtime"
+    ),
+    "check": (
+        "examples:\n"
+        "  tomo-streamer check configs/standard.yaml\n"
+        "  tomo-streamer check configs/httomo_standard.yaml --frame 2048x2560 --projections 3600 "
+        "--memory 16"
     ),
     "record": "example:\n  tomo-streamer record --from tcp://127.0.0.1:5555 -o capture.h5",
     "ingest": (
@@ -113,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     _source_endpoint_options(replay)
     replay.add_argument("--realtime", action="store_true",
                         help="captures only: keep the recorded gaps between messages")
+
+    check = command("check", "Validate a YAML pipeline and print its memory plan (no data "
+                    "needed).", _run_check)
+    check.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml")
+    check.add_argument("--frame", type=_frame_shape, default=(2048, 2048), metavar="ROWSxCOLS",
+                       help="detector frame to plan for (default 2048x2048)")
+    check.add_argument("--projections", type=int, default=1800,
+                       help="projections in the scan (default 1800)")
+    check.add_argument("--dtype", choices=("uint8", "uint16", "uint32", "float32"),
+                       default="uint16", help="pixel type of the incoming frames")
+    check.add_argument("--memory", type=float, default=None, metavar="GiB",
+                       help="host memory budget (default: half of this machine's memory)")
 
     record = command("record", "Capture a live stream byte-exactly to an HDF5 file.", _run_record)
     _consumer_endpoint_options(record)
@@ -239,6 +262,13 @@ def _row_range(text: str) -> tuple[int, int]:
     if not 0 <= start < stop:
         raise argparse.ArgumentTypeError(f"expected 0 <= A < B, got {text!r}")
     return start, stop
+
+
+def _frame_shape(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS (positive integers), got {text!r}")
+    return int(rows), int(cols)
 
 
 def _angle_range(text: str) -> tuple[float, float, int]:
@@ -392,6 +422,31 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
         f"{summary.bytes_sent / 1e6:.1f} MB in {summary.seconds:.2f} s"
     )
     return 1 if summary.aborted else 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.pipeline, REGISTRY)
+    if args.projections < 1:
+        raise ConfigError(f"--projections: expected at least 1, got {args.projections}")
+    if args.memory is not None and not args.memory > 0:
+        raise ConfigError(f"--memory: expected GiB > 0, got {args.memory}")
+    budget = (int(args.memory * 2**30) if args.memory is not None
+              else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    rows, cols = args.frame
+    plans = plan_blocks(pipeline.steps, rows=rows, cols=cols, angles=args.projections,
+                        dtype=np.dtype(args.dtype), budget_bytes=budget)
+    print(f"{args.pipeline}: valid, {len(pipeline.steps)} stages")
+    for number, step in enumerate(pipeline.steps, 1):
+        params = ", ".join(f"{key}={value!r}" for key, value in dict(step.params).items())
+        print(f"  {number}. {step.name:<30s} {step.spec.pattern.value:<10s} {step.backend:<8s} "
+              f"{params}")
+    for note in pipeline.notes:
+        print(f"  note: {note}")
+    print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
+          f"budget {budget / 2**30:.1f} GiB")
+    for plan in plans:
+        print(f"  {plan.describe()}")
+    return 0
 
 
 def _run_record(args: argparse.Namespace) -> int:

@@ -3,13 +3,15 @@
 A pipeline splits into sections where the stage pattern changes (projection ↔ sinogram),
 as in HTTomo. Within a section, a block of ``n`` frames (projection) or ``n`` sinograms
 (sinogram) needs the largest of its stages' ``memory`` estimates; the plan takes the
-largest ``n`` that keeps that peak within the budget. A scan whose single frame or
+largest ``n`` that keeps that peak within the budget (a binary search over ``n``, so
+estimates that are not proportional to ``n`` are honoured). A scan whose single frame or
 sinogram cannot fit is refused here, before it starts, never with an out-of-memory
 error mid-scan.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,19 @@ class SectionPlan:
         return (f"{self.pattern.value} section [{', '.join(self.steps)}]: blocks of "
                 f"{self.block} {unit} (of {self.units}), peak {self.peak_bytes / 2**20:,.1f} "
                 f"MiB set by {self.limiting_step!r}")
+
+
+def _largest_fitting(peak_for: Callable[[int], int], units: int, budget: int) -> int:
+    """Largest ``n <= units`` with ``peak_for(n) <= budget`` (estimates grow with ``n``;
+    some, like Paganin's chunked scratch, are not proportional to it)."""
+    low, high = 1, units
+    while low < high:
+        middle = (low + high + 1) // 2
+        if peak_for(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[PipelineStep]]]:
@@ -76,10 +91,12 @@ def plan_blocks(
                 f"stage {limiting!r}: one {what} of shape {unit_shape[1:]} needs "
                 f"{need / 2**20:,.1f} MiB, the memory budget is {budget_bytes / 2**20:,.1f} MiB"
             )
-        block = max(1, min(units, budget_bytes // max(need, 1)))
-        peak = max(
-            s.spec.memory((block, *unit_shape[1:]), dtype, s.params) for s in members
-        )
+        def peak_for(count: int, members: list[PipelineStep] = members,
+                     tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> int:
+            return max(s.spec.memory((count, *tail), dtype, s.params) for s in members)
+
+        block = _largest_fitting(peak_for, units, budget_bytes)
+        peak = peak_for(block)
         plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units, peak,
                                  limiting))
     return plans

@@ -1,0 +1,200 @@
+"""Rescale a float block to unsigned integers (for 8/16-bit TIFF or preview output).
+
+The intensity window ``[lo, hi]`` maps linearly onto ``[0, 2**bits - 1]``: values below
+``lo`` become 0, above ``hi`` the maximum, and NaN becomes 0 (±inf clip like any other
+value). The window is, in order of precedence:
+
+* ``window=(lo, hi)``: fixed values, the same for every block (use this when a scan is
+  processed in many blocks and the output must be comparable across them);
+* ``range_percent=(p_lo, p_hi)``: ``min + p/100 · (max - min)`` of the finite values of
+  the block, the rule of ``httomolib(gpu).misc.rescale.rescale_to_int`` (its
+  ``perc_range_min`` / ``perc_range_max`` / ``bits`` are accepted and mapped here);
+* ``percentiles=(q_lo, q_hi)``: the ``q``-th percentiles of the finite values of the
+  block (default 0.5 and 99.5, robust to a few hot pixels).
+
+Differences from httomolib: values are rounded to the nearest integer (httomolib
+truncates), NaN maps to 0 in the output (httomolib sets NaN to 0 in the *input*, which
+lands at ``-lo · scale``), and ``glob_stats`` is not supported (use ``window``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, model_validator
+
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from streamer.errors import StageError
+
+IntegerType = Literal["uint8", "uint16"]
+
+_HTTOMOLIB_KEYS = ("perc_range_min", "perc_range_max", "bits")
+
+
+def _ordered_pair(value: tuple[float, float] | None, name: str, lo: float, hi: float) -> None:
+    if value is None:
+        return
+    if not lo <= value[0] < value[1] <= hi:
+        raise ValueError(f"{name}: expected {lo} <= low < high <= {hi}, got {value}")
+
+
+class RescaleParams(StageParams):
+    """Parameters of :func:`rescale` (httomolib's ``perc_range_min``, ``perc_range_max``
+    and ``bits`` are mapped to ``range_percent`` and ``dtype``)."""
+
+    dtype: IntegerType = Field("uint8", description="output integer type")
+    percentiles: tuple[float, float] | None = Field(
+        (0.5, 99.5), description="percentiles (0-100) of the block giving lo and hi"
+    )
+    window: tuple[float, float] | None = Field(
+        None, description="fixed (lo, hi) in the unit of the block; overrides the others"
+    )
+    range_percent: tuple[float, float] | None = Field(
+        None, description="lo, hi = min + p/100*(max-min) (httomolib); overrides percentiles"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_httomolib(cls, data: Any) -> Any:
+        """Map ``rescale_to_int(perc_range_min=0, perc_range_max=100, bits=8)``."""
+        if not isinstance(data, dict) or not any(key in data for key in _HTTOMOLIB_KEYS):
+            return data
+        mapped = {key: value for key, value in data.items() if key not in _HTTOMOLIB_KEYS}
+        if "range_percent" in mapped:
+            raise ValueError("give either range_percent or perc_range_min/perc_range_max")
+        mapped["range_percent"] = (
+            data.get("perc_range_min", 0.0),
+            data.get("perc_range_max", 100.0),
+        )
+        bits = data.get("bits", 8)
+        if bits not in (8, 16):
+            raise ValueError(f"bits: expected 8|16, got {bits!r}")
+        if "dtype" in mapped and mapped["dtype"] != f"uint{bits}":
+            raise ValueError(f"bits={bits} contradicts dtype={mapped['dtype']!r}")
+        mapped["dtype"] = f"uint{bits}"
+        return mapped
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> RescaleParams:
+        _ordered_pair(self.percentiles, "percentiles", 0.0, 100.0)
+        _ordered_pair(self.range_percent, "range_percent", 0.0, 100.0)
+        _ordered_pair(self.window, "window", -np.inf, np.inf)
+        if self.window is None and self.percentiles is None and self.range_percent is None:
+            raise ValueError("one of window, range_percent or percentiles is needed")
+        return self
+
+
+def _window(
+    finite: npt.NDArray[np.float32],
+    percentiles: tuple[float, float] | None,
+    window: tuple[float, float] | None,
+    range_percent: tuple[float, float] | None,
+) -> tuple[float, float]:
+    if window is not None:
+        return float(window[0]), float(window[1])
+    if finite.size == 0:
+        return 0.0, 0.0
+    if range_percent is not None:
+        low, high = float(finite.min()), float(finite.max())
+        span = high - low
+        return low + range_percent[0] / 100.0 * span, low + range_percent[1] / 100.0 * span
+    if percentiles is None:
+        raise StageError(
+            "stage 'rescale': expected one of window, range_percent or percentiles, got none"
+        )
+    lo, hi = np.percentile(finite, percentiles)
+    return float(lo), float(hi)
+
+
+def rescale(
+    block: npt.NDArray[Any],
+    *,
+    dtype: IntegerType = "uint8",
+    percentiles: tuple[float, float] | None = (0.5, 99.5),
+    window: tuple[float, float] | None = None,
+    range_percent: tuple[float, float] | None = None,
+) -> npt.NDArray[np.unsignedinteger[Any]]:
+    """Map the window ``[lo, hi]`` of ``block`` linearly onto the range of ``dtype``.
+
+    Parameters
+    ----------
+    block : ndarray of shape (n0, n1, n2)
+        Any 3-D real block (typically a reconstruction); any unit.
+    dtype : {"uint8", "uint16"}
+        Output type; ``hi`` maps to 255 or 65535.
+    percentiles : (float, float) or None
+        Percentiles (0-100) of the finite values of the block that give ``lo`` and
+        ``hi``, used when ``window`` and ``range_percent`` are None.
+    window : (float, float) or None
+        Fixed ``(lo, hi)``, in the unit of the block, with ``lo < hi``.
+    range_percent : (float, float) or None
+        ``lo, hi = min + p/100 · (max - min)`` over the finite values (httomolib's rule).
+
+    Returns
+    -------
+    ndarray of shape (n0, n1, n2), uint8 or uint16, C-contiguous
+        ``round(clip((x - lo) / (hi - lo), 0, 1) · (2**bits - 1))``; NaN gives 0. When
+        ``hi == lo`` (a constant block), everything above ``lo`` gives the maximum and the
+        rest 0.
+
+    Raises
+    ------
+    StageError
+        If ``block`` is not a real 3-D array, ``dtype`` is not supported, or a range is
+        not ordered.
+    """
+    stage = "rescale"
+    if block.ndim != 3:
+        raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
+    if block.dtype.kind not in "uif":
+        raise StageError(
+            f"stage {stage!r}: block.dtype: expected an integer or real float type, "
+            f"got {block.dtype.name!r}"
+        )
+    if dtype not in ("uint8", "uint16"):
+        raise StageError(f"stage {stage!r}: dtype: expected uint8|uint16, got {dtype!r}")
+    try:
+        _ordered_pair(percentiles, "percentiles", 0.0, 100.0)
+        _ordered_pair(range_percent, "range_percent", 0.0, 100.0)
+        _ordered_pair(window, "window", -np.inf, np.inf)
+    except ValueError as exc:
+        raise StageError(f"stage {stage!r}: {exc}") from None
+    if window is None and percentiles is None and range_percent is None:
+        raise StageError(
+            f"stage {stage!r}: window: expected one of window, range_percent or "
+            "percentiles, got none"
+        )
+    data = np.asarray(block, dtype=np.float32)
+    finite = data[np.isfinite(data)]
+    lo, hi = _window(finite, percentiles, window, range_percent)
+    top = float(np.iinfo(dtype).max)
+    scaled = data.astype(np.float64)
+    if hi > lo:
+        scaled -= lo
+        scaled *= top / (hi - lo)
+    else:
+        scaled = np.where(scaled > lo, top, 0.0)
+    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=top, neginf=0.0)
+    np.clip(scaled, 0.0, top, out=scaled)
+    np.rint(scaled, out=scaled)
+    return np.ascontiguousarray(scaled.astype(dtype))
+
+
+SPECS: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="rescale",
+        fn=rescale,
+        pattern=Pattern.SINOGRAM,
+        params=RescaleParams,
+        # input + float32 view/copy + finite values (≤ 1) + float64 working copy (2 float32
+        # blocks) + the integer output (≤ 0.5): about 5.5 block-sized float32 buffers.
+        memory=scaled_memory(5.5),
+        summary="map an intensity window onto uint8/uint16 (percentiles, range or fixed)",
+        aliases=(
+            "httomolib.misc.rescale.rescale_to_int",
+            "httomolibgpu.misc.rescale.rescale_to_int",
+        ),
+    ),
+)

@@ -1,0 +1,580 @@
+"""Flat/dark-field normalisation and the minus-log transform (projection blocks).
+
+Every stage here works on ``projection`` blocks ``(angles, rows, cols)`` and returns a
+C-contiguous float32 block. References (``darks``, ``flats``) are ``(n, rows, cols)``
+stacks of raw detector frames in counts; ``n`` may be 0 for darks (dark taken as 0).
+
+Reference behaviour (checked against tomopy's unit-test outputs, see the tests):
+
+* :func:`normalize` is ``tomopy.prep.normalize.normalize`` bit for bit (float32 means,
+  float32 arithmetic);
+* :func:`normalize_nf` is ``tomopy.prep.normalize.normalize_nf`` computed in float64 and
+  returned as float32 (tomopy's reference output is float64; the difference is the
+  float32 rounding, below 6e-8 relative);
+* :func:`normalize_bg` is ``tomopy.prep.normalize.normalize_bg`` (float32 arithmetic);
+* :func:`minus_log` is ``tomopy.prep.normalize.minus_log`` for positive input.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import AliasChoices, Field
+
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from streamer.errors import StageError
+
+Averaging = Literal["mean", "median"]
+
+#: The value non-positive transmissions are clamped to before ``-log``: the smallest
+#: normal float32 (``-log`` of it is about 87.3), so the result stays finite.
+LOG_FLOOR = np.float32(np.finfo(np.float32).tiny)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_block(stage: str, block: npt.NDArray[Any]) -> None:
+    if not isinstance(block, np.ndarray) or block.ndim != 3:
+        shape = getattr(block, "shape", type(block).__name__)
+        raise StageError(f"stage {stage!r}: block: expected a 3-D projection block, got {shape}")
+
+
+def _check_refs(
+    stage: str, name: str, refs: npt.NDArray[Any] | None, block: npt.NDArray[Any]
+) -> npt.NDArray[Any]:
+    """Check a reference stack is ``(n, rows, cols)`` matching the block's frames."""
+    rows, cols = block.shape[1:]
+    if refs is None:
+        raise StageError(
+            f"stage {stage!r}: {name}: expected an array of shape (n, {rows}, {cols}), got None"
+        )
+    refs = np.asarray(refs)
+    if refs.ndim != 3 or refs.shape[1:] != (rows, cols):
+        raise StageError(
+            f"stage {stage!r}: {name}: expected shape (n, {rows}, {cols}) matching the "
+            f"block's frames, got {refs.shape}"
+        )
+    return refs
+
+
+def _average(refs: npt.NDArray[Any], averaging: str) -> npt.NDArray[np.float32]:
+    """Mean (float32 accumulation, as tomopy) or median over frames of ``refs``."""
+    if averaging == "median":
+        return np.median(refs.astype(np.float32, copy=False), axis=0).astype(np.float32)
+    mean: npt.NDArray[np.float32] = np.mean(refs, axis=0, dtype=np.float32)
+    return mean
+
+
+def _dark_reference(
+    stage: str, darks: npt.NDArray[Any] | None, block: npt.NDArray[Any], averaging: str
+) -> npt.NDArray[np.float32]:
+    darks = _check_refs(stage, "darks", darks, block)
+    if darks.shape[0] == 0:
+        return np.zeros(block.shape[1:], dtype=np.float32)
+    return _average(darks, averaging)
+
+
+def _flat_stack(
+    stage: str, flats: npt.NDArray[Any] | None, block: npt.NDArray[Any]
+) -> npt.NDArray[Any]:
+    flats = _check_refs(stage, "flats", flats, block)
+    if flats.shape[0] == 0:
+        raise StageError(
+            f"stage {stage!r}: flats: expected at least 1 flat frame, got 0 "
+            "(use normalize_bg for scans without flats)"
+        )
+    return flats
+
+
+def _finish(
+    out: npt.NDArray[np.float32],
+    *,
+    cutoff: float | None,
+    minus_log: bool,
+    nonnegative: bool,
+    remove_nans: bool,
+) -> npt.NDArray[np.float32]:
+    """Apply, in place and in this order, cutoff, -log, nonnegativity and NaN removal."""
+    if cutoff is not None:
+        np.minimum(out, np.float32(cutoff), out=out)
+    if minus_log:
+        _minus_log_inplace(out)
+    if nonnegative:
+        np.maximum(out, np.float32(0), out=out)
+    if remove_nans:
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def _minus_log_inplace(out: npt.NDArray[np.float32]) -> None:
+    np.maximum(out, LOG_FLOOR, out=out)  # NaN stays NaN (no warning)
+    np.log(out, out=out)
+    np.negative(out, out=out)
+
+
+# ------------------------------------------------------------------------- normalize
+
+
+class NormalizeParams(StageParams):
+    """Parameters of :func:`normalize` (``nonnegativity`` is accepted for ``nonnegative``)."""
+
+    averaging: Averaging = "mean"
+    cutoff: float | None = Field(default=None, gt=0)
+    minus_log: bool = False
+    nonnegative: bool = Field(
+        default=False, validation_alias=AliasChoices("nonnegative", "nonnegativity")
+    )
+    remove_nans: bool = False
+    eps: float = Field(default=1e-6, gt=0)
+
+
+def normalize(
+    block: npt.NDArray[Any],
+    *,
+    darks: npt.NDArray[Any] | None,
+    flats: npt.NDArray[Any] | None,
+    averaging: Averaging = "mean",
+    cutoff: float | None = None,
+    minus_log: bool = False,
+    nonnegative: bool = False,
+    remove_nans: bool = False,
+    eps: float = 1e-6,
+) -> npt.NDArray[np.float32]:
+    """Flat/dark-field correction: ``(block - dark) / max(flat - dark, eps)``.
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Raw projections in detector counts (any real dtype).
+    darks : ndarray of shape (n, rows, cols)
+        Dark frames in counts; ``n = 0`` means a dark of 0.
+    flats : ndarray of shape (m, rows, cols)
+        Flat frames in counts, ``m >= 1``.
+    averaging : {"mean", "median"}
+        How the reference frames are combined over ``n`` (``m``). The mean accumulates
+        in float32, as tomopy does.
+    cutoff : float, optional
+        Upper limit of the transmission (applied before ``minus_log``).
+    minus_log : bool
+        Return ``-log(T)``; transmissions ``<= 0`` are first clamped to
+        :data:`LOG_FLOOR` (the smallest normal float32), so the result is finite.
+    nonnegative : bool
+        Set negative results (after ``minus_log``) to 0, as httomolibgpu's
+        ``nonnegativity``.
+    remove_nans : bool
+        Replace NaN and ±inf in the result by 0.
+    eps : float
+        Lower bound of the denominator ``flat - dark`` (counts).
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+        Transmission (unitless), or ``-log`` of it.
+
+    Notes
+    -----
+    With the defaults this is ``tomopy.prep.normalize.normalize(block, flats, darks)``
+    exactly (same float32 operations in the same order).
+    """
+    _check_block("normalize", block)
+    flat_frames = _flat_stack("normalize", flats, block)
+    dark = _dark_reference("normalize", darks, block, averaging)
+    flat = _average(flat_frames, averaging)
+    denom = flat - dark
+    np.maximum(denom, np.float32(eps), out=denom)
+    out = np.array(block, dtype=np.float32, order="C", copy=True)
+    out -= dark
+    out /= denom
+    return _finish(
+        out, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
+        remove_nans=remove_nans,
+    )
+
+
+# ------------------------------------------------------- flats interpolated in time
+
+
+def flat_groups(
+    flat_frames: npt.NDArray[Any],
+    flat_indices: npt.ArrayLike,
+    averaging: Averaging = "mean",
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+    """Split flats into runs of consecutive frame indices and average each run.
+
+    Parameters
+    ----------
+    flat_frames : ndarray of shape (n, rows, cols)
+        Flat frames in counts, in acquisition order.
+    flat_indices : array_like of int, shape (n,)
+        Frame index (position in the scan's acquisition sequence) of each flat; must be
+        strictly increasing. A new group starts wherever the index jumps by more than 1.
+    averaging : {"mean", "median"}
+        How each group is combined.
+
+    Returns
+    -------
+    positions : ndarray of shape (g,), float64
+        Mean frame index of each group.
+    references : ndarray of shape (g, rows, cols), float32
+        One averaged flat per group.
+    """
+    stage = "interpolated_flats"
+    flat_frames = np.asarray(flat_frames)
+    indices = np.asarray(flat_indices)
+    if flat_frames.ndim != 3 or flat_frames.shape[0] == 0:
+        raise StageError(
+            f"stage {stage!r}: flat_frames: expected shape (n>=1, rows, cols), "
+            f"got {flat_frames.shape}"
+        )
+    if indices.shape != (flat_frames.shape[0],) or not np.issubdtype(indices.dtype, np.integer):
+        raise StageError(
+            f"stage {stage!r}: flat_indices: expected {flat_frames.shape[0]} integers, "
+            f"got shape {indices.shape} dtype {indices.dtype}"
+        )
+    if np.any(np.diff(indices) <= 0):
+        raise StageError(
+            f"stage {stage!r}: flat_indices: expected strictly increasing, got {indices.tolist()}"
+        )
+    starts = np.flatnonzero(np.diff(indices) > 1) + 1
+    bounds = [0, *starts.tolist(), len(indices)]
+    positions = np.array(
+        [indices[a:b].mean() for a, b in pairwise(bounds)],
+        dtype=np.float64,
+    )
+    references = np.stack(
+        [_average(flat_frames[a:b], averaging) for a, b in pairwise(bounds)]
+    )
+    return positions, references
+
+
+def interpolated_flats(
+    flat_frames: npt.NDArray[Any],
+    flat_indices: npt.ArrayLike,
+    frame_indices: npt.ArrayLike,
+    averaging: Averaging = "mean",
+) -> npt.NDArray[np.float32]:
+    """One flat per projection, linearly interpolated in time between flat groups.
+
+    Scans such as DIAD's take flats before and after the projections, and the beam
+    drifts in between (DIAD k11-18014: the first 50 flats average 44 975 counts, the
+    last 50 average 45 660). The flats are grouped into runs of consecutive frame
+    indices (:func:`flat_groups`); a projection between two groups gets
+    ``(1 - w) * before + w * after`` with ``w`` its fractional position between the
+    groups' mean indices; one before the first (after the last) group gets that group.
+
+    Parameters
+    ----------
+    flat_frames : ndarray of shape (n, rows, cols)
+        Flat frames in counts.
+    flat_indices : array_like of int, shape (n,)
+        Acquisition frame index of each flat (strictly increasing).
+    frame_indices : array_like of int, shape (angles,)
+        Acquisition frame index of each projection of the block.
+    averaging : {"mean", "median"}
+        How each group of flats is combined.
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+        The flat to use for each projection (counts).
+    """
+    positions, references = flat_groups(flat_frames, flat_indices, averaging)
+    frames = np.asarray(frame_indices, dtype=np.float64)
+    if frames.ndim != 1:
+        raise StageError(
+            "stage 'interpolated_flats': frame_indices: expected a 1-D sequence, "
+            f"got shape {frames.shape}"
+        )
+    if len(positions) == 1:
+        return np.ascontiguousarray(np.broadcast_to(references[0], (len(frames),
+                                                                    *references.shape[1:])))
+    after = np.clip(np.searchsorted(positions, frames, side="right"), 1, len(positions) - 1)
+    before = after - 1
+    span = positions[after] - positions[before]
+    weight = np.clip((frames - positions[before]) / span, 0.0, 1.0).astype(np.float32)
+    w = weight[:, None, None]
+    out = (1 - w) * references[before] + w * references[after]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def normalize_per_frame(
+    block: npt.NDArray[Any],
+    *,
+    darks: npt.NDArray[Any] | None,
+    flat_per_frame: npt.NDArray[Any],
+    averaging: Averaging = "mean",
+    cutoff: float | None = None,
+    minus_log: bool = False,
+    nonnegative: bool = False,
+    remove_nans: bool = False,
+    eps: float = 1e-6,
+) -> npt.NDArray[np.float32]:
+    """:func:`normalize` with one flat per projection (from :func:`interpolated_flats`).
+
+    Not a registered stage yet: the stage contract passes only ``darks``/``flats``, not
+    frame indices. The pipeline can call this with the block's frame indices once it
+    tracks them; the parameters are those of :class:`NormalizeParams`.
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Raw projections in counts.
+    darks : ndarray of shape (n, rows, cols)
+        Dark frames (``n = 0``: dark of 0), combined with ``averaging``.
+    flat_per_frame : ndarray of shape (angles, rows, cols)
+        The flat for each projection, in counts.
+    averaging, cutoff, minus_log, nonnegative, remove_nans, eps
+        As in :func:`normalize`.
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+    """
+    stage = "normalize_per_frame"
+    _check_block(stage, block)
+    flat_per_frame = np.asarray(flat_per_frame)
+    if flat_per_frame.shape != block.shape:
+        raise StageError(
+            f"stage {stage!r}: flat_per_frame: expected shape {block.shape} (one flat per "
+            f"projection), got {flat_per_frame.shape}"
+        )
+    dark = _dark_reference(stage, darks, block, averaging)
+    denom = flat_per_frame.astype(np.float32) - dark
+    np.maximum(denom, np.float32(eps), out=denom)
+    out = np.array(block, dtype=np.float32, order="C", copy=True)
+    out -= dark
+    out /= denom
+    return _finish(
+        out, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
+        remove_nans=remove_nans,
+    )
+
+
+# ---------------------------------------------------------------------- normalize_nf
+
+
+class NormalizeNfParams(StageParams):
+    """Parameters of :func:`normalize_nf`."""
+
+    flat_loc: tuple[int, ...] = Field(min_length=1)
+    averaging: Averaging = "median"
+    cutoff: float | None = Field(default=None, gt=0)
+    frame_offset: int = Field(default=0, ge=0)
+
+
+def normalize_nf(
+    block: npt.NDArray[Any],
+    *,
+    darks: npt.NDArray[Any] | None,
+    flats: npt.NDArray[Any] | None,
+    flat_loc: tuple[int, ...] | list[int],
+    averaging: Averaging = "median",
+    cutoff: float | None = None,
+    frame_offset: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Normalise each projection by the nearest group of flats (tomopy ``normalize_nf``).
+
+    The ``m`` flats are split, in order, into ``len(flat_loc)`` equal groups; group ``k``
+    was taken at projection index ``flat_loc[k]``. Projection ``i`` uses group ``k`` for
+    ``b[k] <= i < b[k+1]``, with ``b[0] = -inf``, ``b[len] = +inf`` and
+    ``b[k+1] = int(np.round((flat_loc[k+1] - flat_loc[k]) / 2)) + flat_loc[k]``
+    (numpy's round-half-to-even, as tomopy).
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Raw projections in counts.
+    darks : ndarray of shape (n, rows, cols)
+        Dark frames, combined by their mean (``n = 0``: dark of 0).
+    flats : ndarray of shape (m, rows, cols)
+        All flat groups one after the other; ``m`` must be a multiple of
+        ``len(flat_loc)`` (tomopy silently drops the remainder; we refuse it).
+    flat_loc : sequence of int
+        Projection index of each flat group, non-decreasing.
+    averaging : {"mean", "median"}
+        How each flat group is combined (tomopy: median).
+    cutoff : float, optional
+        Upper limit of the result.
+    frame_offset : int
+        Scan projection index of the block's first frame (0 when the block is the whole
+        scan), so that a streamed block picks the same groups.
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+        Transmission. Computed in float64 and rounded once to float32; tomopy's
+        reference output is float64 and agrees to float32 rounding (< 6e-8 relative).
+    """
+    stage = "normalize_nf"
+    _check_block(stage, block)
+    flat_frames = _flat_stack(stage, flats, block)
+    loc = [int(x) for x in flat_loc]
+    groups = len(loc)
+    if groups == 0 or any(b < a for a, b in pairwise(loc)):
+        raise StageError(
+            f"stage {stage!r}: flat_loc: expected a non-empty non-decreasing list, got {loc}"
+        )
+    if flat_frames.shape[0] % groups != 0:
+        raise StageError(
+            f"stage {stage!r}: flats: expected a multiple of len(flat_loc)={groups} frames, "
+            f"got {flat_frames.shape[0]}"
+        )
+    per_group = flat_frames.shape[0] // groups
+    darks_checked = _check_refs(stage, "darks", darks, block)
+    dark = (
+        np.zeros(block.shape[1:], dtype=np.float64)
+        if darks_checked.shape[0] == 0
+        else np.mean(darks_checked.astype(np.float64), axis=0)
+    )
+    # Boundaries in scan projection indices, then shifted into the block.
+    bounds = [int(np.round((loc[m + 1] - loc[m]) / 2)) + loc[m] for m in range(groups - 1)]
+    frame = np.arange(block.shape[0]) + frame_offset
+    group_of_frame = np.searchsorted(np.asarray(bounds, dtype=np.int64), frame, side="right")
+    out = np.empty(block.shape, dtype=np.float32)
+    for m in range(groups):
+        selected = group_of_frame == m
+        if not selected.any():
+            continue
+        group = flat_frames[m * per_group:(m + 1) * per_group].astype(np.float64)
+        flat = np.median(group, axis=0) if averaging == "median" else np.mean(group, axis=0)
+        denom = np.maximum(flat - dark, 1e-6)
+        out[selected] = (block[selected].astype(np.float64) - dark) / denom
+    if cutoff is not None:
+        np.minimum(out, np.float32(cutoff), out=out)
+    return out
+
+
+# ---------------------------------------------------------------------- normalize_bg
+
+
+class NormalizeBgParams(StageParams):
+    """Parameters of :func:`normalize_bg`."""
+
+    air: int = Field(default=1, ge=1)
+
+
+def normalize_bg(block: npt.NDArray[Any], *, air: int = 1) -> npt.NDArray[np.float32]:
+    """Scale each detector row so its left and right air regions become 1.
+
+    For each projection and row, ``left`` (``right``) is the mean of the ``air``
+    leftmost (rightmost) pixels, replaced by 1 where ``<= 0``; the row is divided by
+    the straight line from ``left`` at column 0 to ``right`` at column ``cols - 1``.
+    This is the "air" normalisation for scans without flats, and it is
+    ``tomopy.prep.normalize.normalize_bg`` (float32 arithmetic).
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Projections (counts or transmission), ``cols >= 2``.
+    air : int
+        Width in pixels of each air region, ``1 <= air <= cols``.
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+        Data relative to the air level (unitless).
+    """
+    stage = "normalize_bg"
+    _check_block(stage, block)
+    cols = block.shape[2]
+    if cols < 2:
+        raise StageError(f"stage {stage!r}: block: expected at least 2 columns, got {cols}")
+    if not 1 <= air <= cols:
+        raise StageError(f"stage {stage!r}: air: expected 1 <= air <= {cols}, got {air}")
+    out = np.array(block, dtype=np.float32, order="C", copy=True)
+    nair = np.float32(air)
+    left = out[:, :, :air].sum(axis=2, dtype=np.float32) / nair
+    right = out[:, :, cols - air:].sum(axis=2, dtype=np.float32) / nair
+    left[left <= 0] = 1
+    right[right <= 0] = 1
+    slope = (right - left) / np.float32(cols - 1)
+    j = np.arange(cols, dtype=np.float32)
+    level = left[:, :, None] + slope[:, :, None] * j
+    out /= level
+    return out
+
+
+# ------------------------------------------------------------------------- minus_log
+
+
+class MinusLogParams(StageParams):
+    """:func:`minus_log` takes no parameters."""
+
+
+def minus_log(block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """``-log(block)``, with values ``<= 0`` clamped to :data:`LOG_FLOOR` first.
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Transmission (unitless), normally in (0, 1].
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+        Line integrals of the attenuation (unitless); finite for finite input
+        (at most about 87.3, from the clamp). NaN stays NaN. Equals
+        ``tomopy.prep.normalize.minus_log`` wherever the input is positive.
+    """
+    _check_block("minus_log", block)
+    out = np.array(block, dtype=np.float32, order="C", copy=True)
+    _minus_log_inplace(out)
+    return out
+
+
+# ---------------------------------------------------------------------------- specs
+
+SPECS: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="normalize",
+        fn=normalize,
+        pattern=Pattern.PROJECTION,
+        params=NormalizeParams,
+        # float32 input copy converted in place into the output (1) plus the caller's
+        # block when it is float32 (1); references are frame-sized, not block-sized.
+        memory=scaled_memory(2),
+        summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log",
+        needs_references=True,
+        aliases=(
+            "tomopy.prep.normalize.normalize",
+            "httomolibgpu.prep.normalize.normalize",
+            "httomolib.prep.normalize.normalize",
+        ),
+    ),
+    StageSpec(
+        name="normalize_nf",
+        fn=normalize_nf,
+        pattern=Pattern.PROJECTION,
+        params=NormalizeNfParams,
+        # input (1) + float32 output (1) + float64 copies of the selected frames and of
+        # their difference (2 x 2 in float32 units at worst, for a block in one group).
+        memory=scaled_memory(6),
+        summary="flat/dark correction with the nearest of several flat groups (tomopy)",
+        needs_references=True,
+        aliases=("tomopy.prep.normalize.normalize_nf",),
+    ),
+    StageSpec(
+        name="normalize_bg",
+        fn=normalize_bg,
+        pattern=Pattern.PROJECTION,
+        params=NormalizeBgParams,
+        # input (1) + output (1) + the per-pixel air level (1).
+        memory=scaled_memory(3),
+        summary="scale each row so its left/right air columns are 1 (no flats needed)",
+        aliases=("tomopy.prep.normalize.normalize_bg",),
+    ),
+    StageSpec(
+        name="minus_log",
+        fn=minus_log,
+        pattern=Pattern.PROJECTION,
+        params=MinusLogParams,
+        # input (1) + output computed in place (1).
+        memory=scaled_memory(2),
+        summary="-log of the transmission (values <= 0 clamped to the smallest float32)",
+        aliases=("tomopy.prep.normalize.minus_log",),
+    ),
+)
