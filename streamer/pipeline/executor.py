@@ -1,0 +1,254 @@
+"""Run a validated pipeline on frames as they arrive (one rank: a complete pipeline).
+
+:class:`ScanProcessor` takes frames in any order (from the ingest frame store, or read
+from a stored scan) and:
+
+1. keeps the scan's darks and flats (converted to float32 once) — stages that need
+   references get them;
+2. runs the projection section (the pipeline's leading ``projection`` stages) on blocks
+   of projections as soon as the references are complete, so correction happens while the
+   scan is still arriving;
+3. on one rank, collects the corrected projections and, when the scan is complete, runs
+   the sinogram section on blocks of sinograms (``(rows, angles, cols)``); with several
+   ranks the reslice (issue 5) will hand each rank its band instead.
+
+Blocks leave through ``on_projections`` / ``on_sinograms`` callbacks. A scan without all
+its references by the end is still processed with what arrived, and the result is marked
+``complete=False``; a ``flat_dark`` scan with no flat at all cannot be normalised and is
+refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stages.spec import Pattern
+from streamer.errors import StageError
+from streamer.ingest.store import FrameStore, HeldFrame
+from streamer.pipeline.config import PipelineStep
+from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
+from streamer.sources.scan import FrameReader
+
+
+@dataclass(frozen=True)
+class ProcessedBlock:
+    """Corrected data and where it belongs.
+
+    ``data`` is ``(n, rows, cols)`` projections (``indices`` are frame indices of the scan,
+    ``angles_deg`` theirs) or ``(n, angles, cols)`` sinograms (``indices`` are detector
+    rows, ``angles_deg`` the scan's projection angles in frame order).
+    """
+
+    pattern: Pattern
+    indices: npt.NDArray[np.int64]
+    angles_deg: npt.NDArray[np.float64]
+    data: npt.NDArray[np.float32]
+    complete: bool
+
+
+def split_sections(
+    steps: tuple[PipelineStep, ...],
+) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
+    """The leading projection stages, and the sinogram stages after them."""
+    cut = 0
+    while cut < len(steps) and steps[cut].spec.pattern is Pattern.PROJECTION:
+        cut += 1
+    rest = steps[cut:]
+    stray = [s for s in rest if s.spec.pattern is Pattern.PROJECTION]
+    if stray:
+        raise StageError(
+            f"stage {stray[0].name!r} ({stray[0].where}): projection stages after sinogram "
+            "stages need a second reslice, which is not supported; move it before "
+            f"{rest[0].name!r}"
+        )
+    return steps[:cut], rest
+
+
+def apply_steps(
+    steps: Iterable[PipelineStep],
+    block: npt.NDArray[Any],
+    *,
+    darks: npt.NDArray[np.float32] | None,
+    flats: npt.NDArray[np.float32] | None,
+) -> npt.NDArray[np.float32]:
+    """Run ``steps`` in order on one block (float32 in, float32 out)."""
+    data = np.ascontiguousarray(block, dtype=np.float32)
+    for step in steps:
+        try:
+            data = step.spec.run(data, step.params, darks=darks, flats=flats)
+        except StageError as error:
+            raise StageError(f"{error} (pipeline entry at {step.where})") from None
+        data = np.ascontiguousarray(data, dtype=np.float32)
+    return data
+
+
+class ScanProcessor:
+    """Runs one scan through a pipeline, frames in any order.
+
+    Parameters
+    ----------
+    steps : tuple of PipelineStep
+        The validated pipeline.
+    start : StartHeader
+        The scan's ``start`` (shape, expected counts, normalisation).
+    block_frames, block_sinograms : int
+        Block sizes (from :func:`streamer.pipeline.plan.plan_blocks`).
+    on_projections, on_sinograms : callable, optional
+        Receive each :class:`ProcessedBlock` of the projection / sinogram section.
+    keep_sinogram_section : bool
+        Collect corrected projections and run the sinogram section at the end (one rank).
+    """
+
+    def __init__(
+        self,
+        steps: tuple[PipelineStep, ...],
+        start: StartHeader,
+        *,
+        block_frames: int = 16,
+        block_sinograms: int = 16,
+        on_projections: Callable[[ProcessedBlock], None] | None = None,
+        on_sinograms: Callable[[ProcessedBlock], None] | None = None,
+        keep_sinogram_section: bool = True,
+    ) -> None:
+        if block_frames < 1 or block_sinograms < 1:
+            raise StageError(
+                f"block sizes: expected >= 1, got {block_frames} frames, {block_sinograms} "
+                "sinograms"
+            )
+        self.projection_steps, self.sinogram_steps = split_sections(steps)
+        self.start = start
+        self.block_frames = block_frames
+        self.block_sinograms = block_sinograms
+        self.on_projections = on_projections
+        self.on_sinograms = on_sinograms
+        frame = (start.rows, start.cols)
+        self._darks: dict[int, npt.NDArray[np.float32]] = {}
+        self._flats: dict[int, npt.NDArray[np.float32]] = {}
+        self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
+        self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+        self._collect = keep_sinogram_section and bool(self.sinogram_steps)
+        self._corrected: dict[int, tuple[float, npt.NDArray[np.float32]]] = {}
+        self.frame_shape = frame
+        self.projections_done = 0
+
+    # --- input ---------------------------------------------------------------------
+
+    def add(self, frames: Iterable[HeldFrame]) -> None:
+        """Take frames (any order); process whatever is ready."""
+        for frame in frames:
+            if frame.key == IMAGE_KEY_DARK:
+                self._darks[frame.index] = np.array(frame.data, dtype=np.float32)  # a copy
+            elif frame.key == IMAGE_KEY_FLAT:
+                self._flats[frame.index] = np.array(frame.data, dtype=np.float32)  # a copy
+            elif frame.key == IMAGE_KEY_PROJECTION:
+                # a copy: the view belongs to a received message that is released next
+                self._waiting[frame.index] = (frame.angle_deg, np.array(frame.data))
+        if self._references is None and self._references_complete():
+            self._references = self._stack_references()
+        if self._references is not None:
+            while len(self._waiting) >= self.block_frames:
+                self._process_projections(self.block_frames)
+
+    def drain(self, store: FrameStore) -> None:
+        """Use as the ingest service's drain: take every held frame from the store."""
+        self.add(store.take())
+
+    def finish(self) -> None:
+        """The scan is over: process what is left, then the sinogram section."""
+        if self._references is None:
+            self._references = self._stack_references()
+        while self._waiting:
+            self._process_projections(self.block_frames)
+        if self._collect:
+            self._run_sinogram_section()
+
+    # --- internals -----------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        start = self.start
+        return (len(self._darks) == start.darks and len(self._flats) == start.flats
+                and self.projections_done == start.projections)
+
+    def _references_complete(self) -> bool:
+        return len(self._darks) >= self.start.darks and len(self._flats) >= self.start.flats
+
+    def _stack_references(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        needs = any(step.spec.needs_references for step in self.projection_steps)
+        if needs and self.start.normalisation == "flat_dark" and not self._flats:
+            raise StageError(
+                f"scan {self.start.scan!r}: no flat frame arrived, so flat/dark "
+                "normalisation is impossible (expected "
+                f"{self.start.flats} flats)"
+            )
+        empty = np.empty((0, *self.frame_shape), dtype=np.float32)
+        darks = np.stack([self._darks[i] for i in sorted(self._darks)]) if self._darks else empty
+        flats = np.stack([self._flats[i] for i in sorted(self._flats)]) if self._flats else empty
+        return darks, flats
+
+    def _process_projections(self, count: int) -> None:
+        assert self._references is not None
+        indices = sorted(self._waiting)[:count]
+        angles = np.array([self._waiting[i][0] for i in indices], dtype=np.float64)
+        block = np.stack([self._waiting.pop(i)[1] for i in indices])
+        darks, flats = self._references
+        data = apply_steps(self.projection_steps, block, darks=darks, flats=flats)
+        self.projections_done += len(indices)
+        processed = ProcessedBlock(Pattern.PROJECTION, np.array(indices, dtype=np.int64),
+                                   angles, data, self._references_complete())
+        if self.on_projections is not None:
+            self.on_projections(processed)
+        if self._collect:
+            for position, index in enumerate(indices):
+                self._corrected[index] = (float(angles[position]), data[position])
+
+    def _run_sinogram_section(self) -> None:
+        if not self._corrected:
+            return
+        order = sorted(self._corrected)
+        angles = np.array([self._corrected[i][0] for i in order], dtype=np.float64)
+        stack = np.stack([self._corrected[i][1] for i in order])  # (angles, rows, cols)
+        self._corrected.clear()
+        rows = stack.shape[1]
+        complete = self.complete
+        for first in range(0, rows, self.block_sinograms):
+            last = min(first + self.block_sinograms, rows)
+            sinograms = np.ascontiguousarray(stack[:, first:last, :].transpose(1, 0, 2))
+            data = apply_steps(self.sinogram_steps, sinograms, darks=None, flats=None)
+            if self.on_sinograms is not None:
+                self.on_sinograms(ProcessedBlock(
+                    Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,
+                    complete,
+                ))
+
+
+def process_reader(
+    steps: tuple[PipelineStep, ...],
+    reader: FrameReader,
+    start: StartHeader,
+    *,
+    block_frames: int = 16,
+    block_sinograms: int = 16,
+    on_projections: Callable[[ProcessedBlock], None] | None = None,
+    on_sinograms: Callable[[ProcessedBlock], None] | None = None,
+) -> ScanProcessor:
+    """Run a pipeline over a stored scan read block by block (the batch path)."""
+    processor = ScanProcessor(steps, start, block_frames=block_frames,
+                              block_sinograms=block_sinograms, on_projections=on_projections,
+                              on_sinograms=on_sinograms)
+    layout = reader.layout
+    for first in range(0, layout.frames, block_frames):
+        last = min(first + block_frames, layout.frames)
+        data = reader.read(first, last)
+        processor.add(
+            HeldFrame(index, int(layout.image_keys[index]), float(layout.angles_deg[index]),
+                      data[index - first])
+            for index in range(first, last)
+        )
+    processor.finish()
+    return processor
