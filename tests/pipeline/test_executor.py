@@ -153,5 +153,5 @@ def test_flat_dark_scan_without_any_flat_is_refused() -> None:
 def test_projection_stage_after_a_sinogram_stage_is_refused() -> None:
     steps = pipeline("pipeline:\n  - method: remove_all_stripe\n  - method: normalize\n")
     scan = SimulatedScan(SimulationConfig(rows=2, cols=16, projections=4))
-    with pytest.raises(StageError, match="'normalize' .*test.yaml:3.*second reslice"):
+    with pytest.raises(StageError, match=r"'normalize' .*test\.yaml:3.*second reslice"):
         ScanProcessor(steps, start_header(scan.layout, "x"))
