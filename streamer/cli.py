@@ -364,10 +364,13 @@ def _simulated_scan(args: argparse.Namespace) -> SimulatedScan:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    report_path, report = run_demo(_simulated_scan(args), _send_options_from(args), args.out)
-    print(format_report(report))
-    print(f"run report: {report_path}")
-    return 0 if report.complete else 1
+    result = run_demo(_simulated_scan(args), _send_options_from(args), args.out)
+    print(format_report(result.report))
+    print(f"corrected {result.corrected} projections as they arrived (flat/dark, -log)")
+    if result.median_abs_error is not None:
+        print(f"  median |corrected - phantom line integral| = {result.median_abs_error:.4f}")
+    print(f"run report: {result.report_path}")
+    return 0 if result.report.complete else 1
 
 
 def _run_simulate(args: argparse.Namespace) -> int:

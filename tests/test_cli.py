@@ -55,6 +55,9 @@ def test_demo_prints_the_accounting_and_writes_a_complete_report(tmp_path: Path,
     out = capsys.readouterr().out
     assert code == 0, out
     assert "COMPLETE" in out and "projections" in out
+    assert "corrected 45 projections as they arrived" in out
+    error = float(out.split("phantom line integral| = ")[1].split()[0])
+    assert error < 0.02  # Poisson noise of ~20000 counts: σ(-log) ≈ 0.01-0.02
     (report_path,) = tmp_path.glob("*.json")
     report = json.loads(report_path.read_text())
     assert report["complete"] and report["received"] == {"projections": 45, "flats": 20,
