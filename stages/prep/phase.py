@@ -21,11 +21,11 @@ whole frame with its last row when ``p == 0``; here ``p == 0`` simply means no p
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field
+from pydantic import AliasChoices, Field, model_validator
 from scipy import fft
 
 from stages.spec import Pattern, StageParams, StageSpec
@@ -172,6 +172,233 @@ def _paganin_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
     return 2 * block_bytes + scratch
 
 
+# -------------------------------------------------------------------- paganin_filter
+#
+# Paganin (2002) in httomolibgpu's parameterisation (``httomolibgpu.prep.phase.
+# paganin_filter``: pixel size in µm, distance in m, energy in keV, δ/β). For a single
+# homogeneous material of refractive index 1 - δ + iβ, μ = 4πβ/λ, and a thickness map t,
+# the transport-of-intensity equation gives at distance z
+#
+#     I_z / I_0 = F⁻¹[ F[exp(-μ t)] · (1 + a |k|²) ],   a = z δ / μ = z λ (δ/β) / (4π),
+#
+# with k the angular spatial frequency (rad/m). The filter inverts this exactly:
+#
+#     μ t = -ln( F⁻¹[ F[I_z / I_0] / (1 + a |k|²) ] ).
+#
+# As httomolibgpu does, the stage returns μ t (dimensionless projected attenuation,
+# ``-ln`` of the filtered transmission), not t: dividing by μ needs β itself, which a
+# δ/β ratio does not give. Differences from httomolibgpu, on purpose:
+#
+# * k is the exact FFT grid, ``2π · fftfreq(n, pixel_size)`` (Nyquist π/pixel), so the
+#   filter is the exact inverse of the operator above and has gain 1 at k = 0.
+#   httomolibgpu's grid (TomoPy's, with 2π in place of 1/2) has n evenly spaced values
+#   from -2π/pixel to +2π/pixel, about twice these frequencies, so for the same
+#   parameters its filter is as strong as this one with about 4× the distance (or δ/β);
+#   it then normalises the filter to max 1.
+# * ``next_fast_length`` uses SciPy's ``next_fast_len`` (cupy's may pick other sizes).
+# * Work is in float64 (httomolibgpu: complex64); the output is float32.
+
+
+def paganin_filter_pad(
+    n: int,
+    method: Literal["next_power_of_2", "next_fast_length", "use_pad_x_y"],
+    pad: int = 0,
+) -> tuple[int, int]:
+    """Pixels added (before, after) to an ``n``-pixel frame axis, httomolibgpu's rules.
+
+    ``next_power_of_2``: to the smallest power of two *greater* than ``n`` (so a
+    power-of-two axis doubles); ``next_fast_length``: to ``scipy.fft.next_fast_len(n)``;
+    ``use_pad_x_y``: ``pad`` on each side. The extra pixels are split evenly, the odd one
+    (if any) after.
+    """
+    if method == "next_power_of_2":
+        total = (1 << n.bit_length()) - n
+    elif method == "next_fast_length":
+        total = fft.next_fast_len(n) - n
+    else:
+        total = 2 * pad
+    return total // 2, total - total // 2
+
+
+def paganin_filter_kernel_m2(
+    distance_m: float, energy_kev: float, ratio_delta_beta: float
+) -> float:
+    """``a = z δ/μ = z λ (δ/β) / (4π)`` in m², the coefficient of ``|k|²`` in the filter."""
+    wavelength_m = wavelength_cm(energy_kev) * 1e-2
+    return distance_m * wavelength_m * ratio_delta_beta / (4.0 * math.pi)
+
+
+def paganin_filter_transfer(
+    shape: tuple[int, int], pixel_size_um: float, distance_m: float, energy_kev: float,
+    ratio_delta_beta: float,
+) -> npt.NDArray[np.float64]:
+    """``1 / (1 + a |k|²)`` for a padded frame of ``shape``, laid out for ``rfft2``."""
+    spacing_m = pixel_size_um * 1e-6
+    k_rows = 2.0 * math.pi * fft.fftfreq(shape[0], spacing_m)
+    k_cols = 2.0 * math.pi * fft.rfftfreq(shape[1], spacing_m)
+    a = paganin_filter_kernel_m2(distance_m, energy_kev, ratio_delta_beta)
+    k2 = k_rows[:, None] ** 2 + k_cols[None, :] ** 2
+    transfer: npt.NDArray[np.float64] = 1.0 / (1.0 + a * k2)
+    return transfer
+
+
+PaddingMethod = Literal["next_power_of_2", "next_fast_length", "use_pad_x_y"]
+
+
+class PaganinFilterParams(StageParams):
+    """Parameters of :func:`paganin_filter`; httomolibgpu's names are accepted as aliases
+    (``pixel_size`` µm, ``distance`` m, ``energy`` keV), with httomolibgpu's defaults."""
+
+    pixel_size_um: float = Field(
+        1.28, gt=0.0, allow_inf_nan=False, description="detector pixel size, µm",
+        validation_alias=AliasChoices("pixel_size_um", "pixel_size"),
+    )
+    distance_m: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="sample-detector distance, m",
+        validation_alias=AliasChoices("distance_m", "distance"),
+    )
+    energy_kev: float = Field(
+        53.0, gt=0.0, allow_inf_nan=False, description="photon energy, keV",
+        validation_alias=AliasChoices("energy_kev", "energy"),
+    )
+    ratio_delta_beta: float = Field(
+        250.0, gt=0.0, allow_inf_nan=False, description="δ/β of the material"
+    )
+    calculate_padding_value_method: PaddingMethod = "next_power_of_2"
+    pad_x_y: tuple[int, int] | None = Field(
+        None, description="[x, y] pixels added on each side, with use_pad_x_y only"
+    )
+
+    @model_validator(mode="after")
+    def _check_padding(self) -> PaganinFilterParams:
+        _check_pad_x_y(self.calculate_padding_value_method, self.pad_x_y)
+        return self
+
+
+def _check_pad_x_y(method: str, pad_x_y: tuple[int, int] | None) -> None:
+    if method == "use_pad_x_y":
+        if pad_x_y is None or len(pad_x_y) != 2 or min(pad_x_y) < 0:
+            raise ValueError(
+                "pad_x_y: expected two integers >= 0 with "
+                f"calculate_padding_value_method='use_pad_x_y', got {pad_x_y!r}"
+            )
+    elif pad_x_y is not None:
+        raise ValueError("pad_x_y: only allowed with calculate_padding_value_method='use_pad_x_y'")
+
+
+def _paganin_filter_padding(
+    shape: tuple[int, int], method: PaddingMethod, pad_x_y: tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    pad_x, pad_y = pad_x_y if pad_x_y is not None else (0, 0)
+    return paganin_filter_pad(shape[0], method, pad_y), paganin_filter_pad(shape[1], method, pad_x)
+
+
+def paganin_filter(
+    block: npt.NDArray[Any],
+    *,
+    pixel_size_um: float = 1.28,
+    distance_m: float = 1.0,
+    energy_kev: float = 53.0,
+    ratio_delta_beta: float = 250.0,
+    calculate_padding_value_method: PaddingMethod = "next_power_of_2",
+    pad_x_y: tuple[int, int] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Paganin single-material phase retrieval, httomolibgpu's ``paganin_filter`` units.
+
+    Each frame ``I`` (flat-field corrected transmission ``I_z/I_0``, not ``-log``) is
+    edge-padded, filtered and cropped back, and the stage returns
+
+        μ t = -ln( F⁻¹[ F[I] / (1 + a |k|²) ] ),   a = distance · λ · (δ/β) / (4π),
+
+    ``λ = 2π ħ c / energy``, ``k = 2π · fftfreq(n, pixel_size)`` (rad/m): the projected
+    attenuation of the single-material sample (thickness ``t`` times ``μ = 4πβ/λ``),
+    dimensionless, as httomolibgpu returns it. Unlike httomolibgpu, ``k`` is the exact
+    FFT grid: httomolibgpu's runs from -2π/pixel to +2π/pixel, about twice these
+    frequencies, so its filter matches this one at about 4× the distance (or δ/β).
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Flat-field corrected transmission (any real dtype).
+    pixel_size_um : float
+        Detector pixel size in µm (httomolibgpu ``pixel_size``).
+    distance_m : float
+        Sample to detector distance in m (httomolibgpu ``distance``).
+    energy_kev : float
+        Photon energy in keV (httomolibgpu ``energy``).
+    ratio_delta_beta : float
+        δ/β of the material (larger: more smoothing).
+    calculate_padding_value_method : {"next_power_of_2", "next_fast_length", "use_pad_x_y"}
+        How far each frame is edge-padded (see :func:`paganin_filter_pad`).
+    pad_x_y : (int, int) or None
+        Columns (x) and rows (y) added on each side; only with ``"use_pad_x_y"``.
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32, C-contiguous
+        ``μ t`` per pixel. Where the filtered transmission is not positive the logarithm
+        gives ``inf`` or ``nan`` (no warning), as on httomolibgpu.
+
+    Raises
+    ------
+    StageError
+        If ``block`` is not a real 3-D array, a physical parameter is not a finite
+        positive number, or the padding arguments do not fit together.
+    """
+    stage = "paganin_filter"
+    if block.ndim != 3:
+        raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
+    if block.dtype.kind not in "uif":
+        raise StageError(
+            f"stage {stage!r}: block.dtype: expected an integer or real float type, "
+            f"got {block.dtype.name!r}"
+        )
+    for name, value in (
+        ("pixel_size_um", pixel_size_um), ("distance_m", distance_m),
+        ("energy_kev", energy_kev), ("ratio_delta_beta", ratio_delta_beta),
+    ):
+        if not (math.isfinite(value) and value > 0):
+            raise StageError(f"stage {stage!r}: {name}: expected a finite value > 0, got {value}")
+    try:
+        _check_pad_x_y(calculate_padding_value_method, pad_x_y)
+    except ValueError as error:
+        raise StageError(f"stage {stage!r}: {error}") from None
+    n_frames, rows, cols = block.shape
+    pad_r, pad_c = _paganin_filter_padding((rows, cols), calculate_padding_value_method, pad_x_y)
+    padded_shape = (rows + sum(pad_r), cols + sum(pad_c))
+    transfer = paganin_filter_transfer(
+        padded_shape, pixel_size_um, distance_m, energy_kev, ratio_delta_beta
+    )
+    out = np.empty(block.shape, dtype=np.float32)
+    chunk = _frames_per_chunk(padded_shape[0] * padded_shape[1], n_frames)
+    for start in range(0, n_frames, chunk):
+        frames = np.asarray(block[start : start + chunk], dtype=np.float64)
+        padded = np.pad(frames, ((0, 0), pad_r, pad_c), mode="edge")
+        spectrum = fft.rfft2(padded, axes=(-2, -1), workers=-1)
+        spectrum *= transfer
+        filtered = fft.irfft2(spectrum, s=padded_shape, axes=(-2, -1), workers=-1)
+        cropped = filtered[:, pad_r[0] : pad_r[0] + rows, pad_c[0] : pad_c[0] + cols]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[start : start + chunk] = -np.log(cropped)
+    return out
+
+
+def _paganin_filter_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+    """Input + float32 output, plus one chunk of float64 padded frames, their filtered
+    copy and half-spectrum (about 8 + 8 + 8 B a padded pixel), and the float64 filter."""
+    _, rows, cols = shape
+    if not isinstance(params, PaganinFilterParams):
+        params = PaganinFilterParams()
+    pad_r, pad_c = _paganin_filter_padding(
+        (rows, cols), params.calculate_padding_value_method, params.pad_x_y
+    )
+    n_r, n_c = rows + sum(pad_r), cols + sum(pad_c)
+    block_bytes = int(np.prod(shape)) * max(4, np.dtype(dtype).itemsize)
+    chunk = _frames_per_chunk(n_r * n_c, shape[0])
+    scratch = chunk * n_r * n_c * _BYTES_PER_PADDED_PIXEL + n_r * (n_c // 2 + 1) * 8
+    return 2 * block_bytes + scratch
+
+
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="paganin",
@@ -181,5 +408,14 @@ SPECS: tuple[StageSpec, ...] = (
         memory=_paganin_memory,
         summary="Paganin single-distance phase retrieval, TomoPy's filter and units (cm, keV)",
         aliases=("tomopy.prep.phase.retrieve_phase",),
+    ),
+    StageSpec(
+        name="paganin_filter",
+        fn=paganin_filter,
+        pattern=Pattern.PROJECTION,
+        params=PaganinFilterParams,
+        memory=_paganin_filter_memory,
+        summary="Paganin phase retrieval, httomolibgpu's units (µm, m, keV, δ/β); returns μ·t",
+        aliases=("httomolibgpu.prep.phase.paganin_filter",),
     ),
 )
