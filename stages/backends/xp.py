@@ -1,0 +1,120 @@
+"""Array module of a block, GPU availability and counted host↔device transfers.
+
+The array module comes from the input (``cupy.get_array_module``), so a stage written
+against ``xp = array_module(block)`` runs on whichever device holds its block. cupy is
+imported lazily inside the functions, never at import time, so this module costs
+nothing where the ``gpu`` extra is not installed.
+
+Data stay on the device between consecutive GPU stages: the pipeline calls
+:func:`to_device` once where a run of GPU stages begins and :func:`to_host` once where it
+ends, with a :class:`TransferStats` it owns (no globals), so a report can show how many
+round trips a pipeline made.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from streamer.errors import StageError
+
+GPU_EXTRA_HINT = "pip install 'tomo-streamer[gpu]'"
+
+
+@dataclass
+class TransferStats:
+    """Host↔device transfers made by one caller (a pipeline section, a test).
+
+    Counts only real copies: a block already on the target side is passed through and
+    not counted.
+    """
+
+    to_device: int = 0
+    to_host: int = 0
+    bytes_to_device: int = 0
+    bytes_to_host: int = 0
+    seconds_to_device: float = 0.0
+    seconds_to_host: float = 0.0
+
+    @property
+    def transfers(self) -> int:
+        """Copies in both directions."""
+        return self.to_device + self.to_host
+
+
+def _import_cupy() -> ModuleType | None:
+    try:
+        import cupy  # noqa: PLC0415 - lazy on purpose: cupy is an optional extra
+    except ImportError:
+        return None
+    module: ModuleType = cupy
+    return module
+
+
+def array_module(block: Any) -> ModuleType:
+    """``numpy`` or ``cupy``, whichever the block belongs to (numpy without cupy)."""
+    cupy = _import_cupy()
+    if cupy is None:
+        return np
+    module: ModuleType = cupy.get_array_module(block)
+    return module
+
+
+def gpu_available() -> bool:
+    """Whether cupy is importable and sees a usable CUDA device.
+
+    Never raises: a missing driver, a CUDA runtime error or a broken install all read
+    as ``False``.
+    """
+    cupy = _import_cupy()
+    if cupy is None:
+        return False
+    try:
+        return bool(cupy.is_available())
+    except Exception:  # CUDARuntimeError and friends: no usable device
+        return False
+
+
+def require_gpu(backend: str = "cupy") -> ModuleType:
+    """The cupy module, or a :class:`StageError` saying why the GPU cannot be used."""
+    cupy = _import_cupy()
+    if cupy is None:
+        raise StageError(f"backend {backend!r} needs the gpu extra: {GPU_EXTRA_HINT}")
+    if not gpu_available():
+        raise StageError(
+            f"backend {backend!r}: no CUDA device is available (cupy.is_available() is "
+            "False); use backend 'numpy'"
+        )
+    return cupy
+
+
+def to_device(block: Any, stats: TransferStats, *, backend: str = "cupy") -> Any:
+    """Copy a host block to the GPU (counted in ``stats``); device blocks pass through."""
+    cupy = require_gpu(backend)
+    if cupy.get_array_module(block) is cupy:
+        return block
+    start = time.perf_counter()
+    out = cupy.asarray(block)
+    stats.seconds_to_device += time.perf_counter() - start
+    stats.to_device += 1
+    stats.bytes_to_device += int(block.nbytes)
+    return out
+
+
+def to_host(block: Any, stats: TransferStats) -> Any:
+    """Copy a device block to a numpy array (counted in ``stats``); numpy passes through."""
+    if isinstance(block, np.ndarray):
+        return block
+    cupy = _import_cupy()
+    if cupy is None or cupy.get_array_module(block) is not cupy:
+        return np.asarray(block)
+    start = time.perf_counter()
+    out = cupy.asnumpy(block)  # synchronous: waits for the device work producing it
+    stats.seconds_to_host += time.perf_counter() - start
+    stats.to_host += 1
+    stats.bytes_to_host += int(out.nbytes)
+    return out
