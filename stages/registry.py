@@ -9,16 +9,32 @@ stage reference (``docs/reference/stages.md``; a test fails when it is stale).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
+from typing import Any
 
 from pydantic_core import PydanticUndefined
 
+from stages.backends import httomolibgpu as gpu
+from stages.backends import tomopy as tp
 from stages.misc import filters, geometry, rescale
 from stages.prep import normalize, phase, stripe, zinger
 from stages.spec import StageSpec
 
 _MODULES = (normalize, zinger, stripe, phase, filters, geometry, rescale)
+#: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
+#: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.
+#: httomolibgpu's remove_outlier (3-D window, both signs) and remove_stripe_ti (another
+#: formulation) do not match our stages and are not offered.
+_ADAPTERS: dict[str, dict[str, Callable[..., Any]]] = {
+    "normalize": {"tomopy": tp.normalize, "httomolibgpu": gpu.normalize},
+    "remove_outlier": {"tomopy": tp.remove_outlier},
+    "median_filter": {"httomolibgpu": gpu.median_filter},
+    "remove_all_stripe": {"httomolibgpu": gpu.remove_all_stripe},
+    "paganin": {"tomopy": tp.paganin},
+    "remove_stripe_fw": {"tomopy": tp.remove_stripe_fw},
+}
 
 
 def _collect() -> Mapping[str, StageSpec]:
@@ -35,6 +51,8 @@ def _collect() -> Mapping[str, StageSpec]:
                         f"alias {alias!r} names both {seen_aliases[alias]!r} and {spec.name!r}"
                     )
                 seen_aliases[alias] = spec.name
+    for name, adapters in _ADAPTERS.items():
+        table[name] = replace(table[name], adapters=MappingProxyType(adapters))
     return MappingProxyType(table)
 
 

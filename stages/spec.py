@@ -16,9 +16,11 @@ HTTomo/TomoPy users know it by, and an estimate of the memory it needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -76,8 +78,9 @@ class StageSpec:
         ``memory(shape, dtype, params) -> bytes`` at the stage's peak for one block.
     summary : str
         One line for ``tomo-streamer check`` and the docs.
-    backends : tuple of str
-        Where it can run (``numpy`` first).
+    adapters : mapping of str to callable
+        Other backends (``tomopy``, ``httomolibgpu``): functions with our parameter names
+        that call the library; they take the subset of parameters they support.
     needs_references : bool
         Whether ``fn`` takes ``darks`` and ``flats``.
     aliases : tuple of str
@@ -91,9 +94,16 @@ class StageSpec:
     params: type[StageParams]
     memory: MemoryEstimate
     summary: str
-    backends: tuple[str, ...] = ("numpy",)
     needs_references: bool = False
     aliases: tuple[str, ...] = ()
+    adapters: Mapping[str, Callable[..., Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Where the stage can run: ``numpy`` (our own code) first, then the adapters."""
+        return ("numpy", *self.adapters)
 
     def run(
         self,
@@ -102,8 +112,13 @@ class StageSpec:
         *,
         darks: npt.NDArray[Any] | None = None,
         flats: npt.NDArray[Any] | None = None,
+        backend: str = "numpy",
     ) -> npt.NDArray[Any]:
-        """Call the stage with validated parameters, checking the block's shape."""
+        """Call the stage on ``backend`` with validated parameters.
+
+        An adapter gets only the parameters it supports; a parameter it does not support
+        must keep its default, or the call is refused by name (never silently ignored).
+        """
         if block.ndim != 3:
             raise StageError(
                 f"stage {self.name!r}: expected a 3-D {self.pattern.value} block, "
@@ -113,4 +128,28 @@ class StageSpec:
         if self.needs_references:
             kwargs["darks"] = darks
             kwargs["flats"] = flats
-        return self.fn(block, **kwargs)
+        if backend == "numpy":
+            return self.fn(block, **kwargs)
+        adapter = self.adapters.get(backend)
+        if adapter is None:
+            raise StageError(
+                f"stage {self.name!r}: expected backend {'|'.join(self.backends)}, "
+                f"got {backend!r}"
+            )
+        accepted = inspect.signature(adapter).parameters
+        fields = type(params).model_fields
+        for name in list(kwargs):
+            if name in accepted:
+                continue
+            value = kwargs.pop(name)
+            if name in ("darks", "flats"):
+                continue
+            default = fields[name].default if not fields[name].is_required() else None
+            if value != default:
+                raise StageError(
+                    f"stage {self.name!r} on backend {backend!r}: parameter {name}={value!r} "
+                    f"is not supported there (only its default {default!r}); use backend "
+                    "'numpy'"
+                )
+        result: npt.NDArray[Any] = adapter(block, **kwargs)
+        return result

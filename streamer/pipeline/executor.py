@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stages.backends.xp import TransferStats, to_device, to_host
 from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.ingest.store import FrameStore, HeldFrame
@@ -69,22 +70,61 @@ def split_sections(
     return steps[:cut], rest
 
 
+DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
+
+
+@dataclass
+class DeviceReferences:
+    """Darks and flats uploaded to the device once per scan (not once per block)."""
+
+    darks: Any = None
+    flats: Any = None
+
+
 def apply_steps(
     steps: Iterable[PipelineStep],
     block: npt.NDArray[Any],
     *,
     darks: npt.NDArray[np.float32] | None,
     flats: npt.NDArray[np.float32] | None,
+    transfers: TransferStats | None = None,
+    device_references: DeviceReferences | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Run ``steps`` in order on one block (float32 in, float32 out)."""
-    data = np.ascontiguousarray(block, dtype=np.float32)
+    """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
+
+    A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
+    device once where it begins and back once where it ends; references go up once per
+    scan (``device_references``). Every move is counted in ``transfers``.
+    """
+    stats = transfers if transfers is not None else TransferStats()
+    cache = device_references if device_references is not None else DeviceReferences()
+    data: Any = np.ascontiguousarray(block, dtype=np.float32)
+    on_device = False
     for step in steps:
+        wants_device = step.backend in DEVICE_BACKENDS
+        if wants_device and not on_device:
+            data = to_device(data, stats, backend=step.backend)
+            on_device = True
+        elif on_device and not wants_device:
+            data = to_host(data, stats)
+            on_device = False
+        step_darks, step_flats = darks, flats
+        if wants_device and step.spec.needs_references:
+            if cache.flats is None:
+                cache.darks = to_device(darks, stats, backend=step.backend)
+                cache.flats = to_device(flats, stats, backend=step.backend)
+            step_darks, step_flats = cache.darks, cache.flats
         try:
-            data = step.spec.run(data, step.params, darks=darks, flats=flats)
+            data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
+                                 backend=step.backend)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
-        data = np.ascontiguousarray(data, dtype=np.float32)
-    return data
+        if not on_device:
+            data = np.ascontiguousarray(data, dtype=np.float32)
+    if on_device:
+        data = to_host(data, stats)
+    result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
+    return result
 
 
 class ScanProcessor:
@@ -135,6 +175,8 @@ class ScanProcessor:
         self._corrected: dict[int, tuple[float, npt.NDArray[np.float32]]] = {}
         self.frame_shape = frame
         self.projections_done = 0
+        self.transfers = TransferStats()
+        self._device_references = DeviceReferences()
 
     # --- input ---------------------------------------------------------------------
 
@@ -197,7 +239,9 @@ class ScanProcessor:
         angles = np.array([self._waiting[i][0] for i in indices], dtype=np.float64)
         block = np.stack([self._waiting.pop(i)[1] for i in indices])
         darks, flats = self._references
-        data = apply_steps(self.projection_steps, block, darks=darks, flats=flats)
+        data = apply_steps(self.projection_steps, block, darks=darks, flats=flats,
+                           transfers=self.transfers,
+                           device_references=self._device_references)
         self.projections_done += len(indices)
         processed = ProcessedBlock(Pattern.PROJECTION, np.array(indices, dtype=np.int64),
                                    angles, data, self._references_complete())
@@ -219,7 +263,8 @@ class ScanProcessor:
         for first in range(0, rows, self.block_sinograms):
             last = min(first + self.block_sinograms, rows)
             sinograms = np.ascontiguousarray(stack[:, first:last, :].transpose(1, 0, 2))
-            data = apply_steps(self.sinogram_steps, sinograms, darks=None, flats=None)
+            data = apply_steps(self.sinogram_steps, sinograms, darks=None, flats=None,
+                               transfers=self.transfers)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,

@@ -36,7 +36,7 @@ REGISTRY = {
                             "httomolibgpu.misc.corr.remove_outlier"),
     ),
     "ring": StageSpec("ring", _identity, Pattern.SINOGRAM, ScaleParams, scaled_memory(4),
-                      "rings", backends=("numpy", "algotom")),
+                      "rings", adapters={"algotom": _identity}),
 }
 
 
