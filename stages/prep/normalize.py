@@ -521,8 +521,11 @@ def minus_log(block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         ``tomopy.prep.normalize.minus_log`` wherever the input is positive.
     """
     _check_block("minus_log", block)
-    out = np.array(block, dtype=np.float32, order="C", copy=True)
-    _minus_log_inplace(out)
+    out = np.empty(block.shape, dtype=np.float32)
+    # clamp while converting (one pass instead of a copy and a clamp); NaN stays NaN
+    np.maximum(block, LOG_FLOOR, out=out, casting="unsafe")
+    np.log(out, out=out)
+    np.negative(out, out=out)
     return out
 
 
