@@ -7,7 +7,9 @@ globals; its array module comes from its input. Its layout is its :class:`Patter
 * ``sinogram`` blocks are ``(rows, angles, cols)``: one sinogram per detector row.
 
 A stage that needs the scan's reference frames takes them as keyword-only ``darks`` and
-``flats`` (``ndarray of shape (n, rows, cols)``, possibly ``n = 0``). Parameters are
+``flats`` (``ndarray of shape (n, rows, cols)``, possibly ``n = 0``); a stage that needs
+the projection angles (reconstruction) takes ``angles_deg`` (``ndarray of shape
+(angles,)``, degrees, in the order of the block's angle axis). Parameters are
 keyword-only and described by a frozen pydantic model (``extra="forbid"``), so a YAML
 pipeline is validated before any data arrive. :class:`StageSpec` keeps, next to the
 function, the pattern, the backends it can run on, the parameter model, the aliases
@@ -83,6 +85,8 @@ class StageSpec:
         that call the library; they take the subset of parameters they support.
     needs_references : bool
         Whether ``fn`` takes ``darks`` and ``flats``.
+    needs_angles : bool
+        Whether ``fn`` takes ``angles_deg`` (reconstruction stages).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -95,6 +99,7 @@ class StageSpec:
     memory: MemoryEstimate
     summary: str
     needs_references: bool = False
+    needs_angles: bool = False
     aliases: tuple[str, ...] = ()
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -112,6 +117,7 @@ class StageSpec:
         *,
         darks: npt.NDArray[Any] | None = None,
         flats: npt.NDArray[Any] | None = None,
+        angles_deg: npt.NDArray[np.float64] | None = None,
         backend: str = "numpy",
     ) -> npt.NDArray[Any]:
         """Call the stage on ``backend`` with validated parameters.
@@ -128,6 +134,10 @@ class StageSpec:
         if self.needs_references:
             kwargs["darks"] = darks
             kwargs["flats"] = flats
+        if self.needs_angles:
+            if angles_deg is None:
+                raise StageError(f"stage {self.name!r}: needs the projection angles, got none")
+            kwargs["angles_deg"] = angles_deg
         if backend == "numpy":
             return self.fn(block, **kwargs)
         adapter = self.adapters.get(backend)
@@ -142,7 +152,7 @@ class StageSpec:
             if name in accepted:
                 continue
             value = kwargs.pop(name)
-            if name in ("darks", "flats"):
+            if name in ("darks", "flats", "angles_deg"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

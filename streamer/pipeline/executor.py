@@ -89,6 +89,7 @@ def apply_steps(
     flats: npt.NDArray[np.float32] | None,
     transfers: TransferStats | None = None,
     device_references: DeviceReferences | None = None,
+    angles_deg: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -116,7 +117,7 @@ def apply_steps(
             step_darks, step_flats = cache.darks, cache.flats
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
-                                 backend=step.backend)
+                                 angles_deg=angles_deg, backend=step.backend)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -264,7 +265,7 @@ class ScanProcessor:
             last = min(first + self.block_sinograms, rows)
             sinograms = np.ascontiguousarray(stack[:, first:last, :].transpose(1, 0, 2))
             data = apply_steps(self.sinogram_steps, sinograms, darks=None, flats=None,
-                               transfers=self.transfers)
+                               transfers=self.transfers, angles_deg=angles)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,
