@@ -21,7 +21,7 @@ refused with a clear error.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -143,6 +143,11 @@ class ScanProcessor:
         Receive each :class:`ProcessedBlock` of the projection / sinogram section.
     keep_sinogram_section : bool
         Collect corrected projections and run the sinogram section at the end (one rank).
+    resolve_center : callable, optional
+        ``resolve_center(projections, angles_deg) -> float``: called once per scan, on
+        the corrected projections ``(angles, rows, cols)``, to set the ``center`` of every
+        sinogram stage that has one left as ``None`` (automatic CoR); the value used is
+        kept in :attr:`center`.
     """
 
     def __init__(
@@ -155,6 +160,8 @@ class ScanProcessor:
         on_projections: Callable[[ProcessedBlock], None] | None = None,
         on_sinograms: Callable[[ProcessedBlock], None] | None = None,
         keep_sinogram_section: bool = True,
+        resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], float]
+        | None = None,
     ) -> None:
         if block_frames < 1 or block_sinograms < 1:
             raise StageError(
@@ -178,6 +185,8 @@ class ScanProcessor:
         self.projections_done = 0
         self.transfers = TransferStats()
         self._device_references = DeviceReferences()
+        self.resolve_center = resolve_center
+        self.center: float | None = None
 
     # --- input ---------------------------------------------------------------------
 
@@ -261,16 +270,36 @@ class ScanProcessor:
         self._corrected.clear()
         rows = stack.shape[1]
         complete = self.complete
+        steps = self._with_center(self.sinogram_steps, stack, angles)
         for first in range(0, rows, self.block_sinograms):
             last = min(first + self.block_sinograms, rows)
             sinograms = np.ascontiguousarray(stack[:, first:last, :].transpose(1, 0, 2))
-            data = apply_steps(self.sinogram_steps, sinograms, darks=None, flats=None,
+            data = apply_steps(steps, sinograms, darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,
                     complete,
                 ))
+
+
+    def _with_center(
+        self,
+        steps: tuple[PipelineStep, ...],
+        stack: npt.NDArray[np.float32],
+        angles: npt.NDArray[np.float64],
+    ) -> tuple[PipelineStep, ...]:
+        """Steps with an unset ``center`` get the scan's CoR, found once."""
+        unset = [s for s in steps if "center" in type(s.params).model_fields
+                 and dict(s.params)["center"] is None]
+        if not unset or self.resolve_center is None:
+            return steps
+        self.center = float(self.resolve_center(stack, angles))
+        return tuple(
+            replace(s, params=s.params.model_copy(update={"center": self.center}))
+            if s in unset else s
+            for s in steps
+        )
 
 
 def process_reader(
@@ -282,11 +311,13 @@ def process_reader(
     block_sinograms: int = 16,
     on_projections: Callable[[ProcessedBlock], None] | None = None,
     on_sinograms: Callable[[ProcessedBlock], None] | None = None,
+    resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], float]
+    | None = None,
 ) -> ScanProcessor:
     """Run a pipeline over a stored scan read block by block (the batch path)."""
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_projections=on_projections,
-                              on_sinograms=on_sinograms)
+                              on_sinograms=on_sinograms, resolve_center=resolve_center)
     layout = reader.layout
     for first in range(0, layout.frames, block_frames):
         last = min(first + block_frames, layout.frames)
