@@ -1,0 +1,209 @@
+"""The TIFF stack writer: one TIFF per slice plus a ``volume.json`` sidecar.
+
+Files are named ``slice_{row:05d}.tif`` after the detector row of the slice. Each slice
+is written to a temporary name and renamed, so a file that exists is a whole slice: after
+a crash the files present are exactly the slices written. ``volume.json`` is written
+atomically when the writer opens (``complete: false``) and again at close. The layout is
+documented in ``docs/reference/output.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+import tifffile
+
+from streamer.errors import SinkError
+from streamer.ingest.report import software_versions
+from streamer.sinks.hdf5 import (
+    FORMAT_VERSION,
+    MetadataValue,
+    OutputDtype,
+    describe_written,
+    now_iso,
+    validate_band,
+    validate_geometry,
+    written_ranges,
+)
+
+SIDECAR = "volume.json"
+
+
+def slice_name(row: int) -> str:
+    """The file name of the slice of detector row ``row``."""
+    return f"slice_{row:05d}.tif"
+
+
+class TiffStackWriter:
+    """Write a volume as one TIFF per slice into ``folder``; same interface as HDF5."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        detector_rows: Sequence[int] | npt.NDArray[Any],
+        slice_shape: tuple[int, int],
+        angles_deg: npt.NDArray[Any] | Sequence[float],
+        center_of_rotation: float,
+        center_method: str,
+        pipeline_yaml: str,
+        scan: str,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        dtype: OutputDtype = "float32",
+        window: tuple[float, float] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.geometry = validate_geometry(
+            self.folder,
+            detector_rows=detector_rows,
+            slice_shape=slice_shape,
+            angles_deg=angles_deg,
+            center_of_rotation=center_of_rotation,
+            center_method=center_method,
+            pipeline_yaml=pipeline_yaml,
+            scan=scan,
+            metadata=metadata or {},
+            dtype=dtype,
+            window=window,
+        )
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SinkError(
+                f"{self.folder}: output folder: expected a folder, got an existing file"
+            )
+        old = self._previous_output()
+        if old and not overwrite:
+            raise SinkError(
+                f"{self.folder}: output folder: expected no previous stack, got "
+                f"{len(old)} file(s) such as {old[0].name} (pass overwrite=True to replace them)"
+            )
+        self._written = np.zeros(self.geometry.n_slices, dtype=bool)
+        self._closed = False
+        self._created = now_iso()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for path in old:
+                path.unlink()
+        except OSError as error:
+            raise SinkError(f"{self.folder}: cannot prepare the output folder: {error}") from error
+        self._write_sidecar(complete=False, report=None)
+
+    def _previous_output(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        found = sorted(self.folder.glob("slice_*.tif"))
+        if (self.folder / SIDECAR).exists():
+            found.insert(0, self.folder / SIDECAR)
+        return found
+
+    @property
+    def slices_written(self) -> npt.NDArray[np.bool_]:
+        """A copy of the per-slice written flags."""
+        return self._written.copy()
+
+    def sidecar_document(
+        self, *, complete: bool, report: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """The content of ``volume.json``."""
+        g = self.geometry
+        q = g.quantisation
+        return {
+            "format": "tomo-streamer tiff stack",
+            "format_version": FORMAT_VERSION,
+            "scan": g.scan,
+            "complete": complete,
+            "created": self._created,
+            "file_pattern": "slice_{row:05d}.tif",
+            "detector_rows": g.detector_rows.tolist(),
+            "slice_shape": list(g.slice_shape),
+            "dtype": g.dtype,
+            "window": None if q is None else [q.window_min, q.window_max],
+            "scale": None if q is None else q.scale,
+            "offset": None if q is None else q.offset,
+            "slices_written": int(self._written.sum()),
+            "written_ranges": [list(r) for r in written_ranges(self._written)],
+            "angles_count": int(g.angles_deg.shape[0]),
+            "angles_deg": g.angles_deg.tolist(),
+            "center_of_rotation": g.center_of_rotation,
+            "center_method": g.center_method,
+            "pipeline": g.pipeline_yaml,
+            "metadata": g.metadata,
+            "software_versions": software_versions(),
+            "report": None if report is None else dict(report),
+        }
+
+    def _write_sidecar(self, *, complete: bool, report: Mapping[str, Any] | None) -> None:
+        path = self.folder / SIDECAR
+        temporary = self.folder / f".{SIDECAR}.tmp"
+        try:
+            text = json.dumps(
+                self.sidecar_document(complete=complete, report=report), indent=2, default=str
+            )
+            temporary.write_text(text + "\n", encoding="utf-8")
+            os.replace(temporary, path)
+        except (OSError, TypeError, ValueError) as error:
+            raise SinkError(f"{path}: cannot write the sidecar: {error}") from error
+
+    def write(self, first_slice: int, slices: npt.NDArray[np.float32]) -> None:
+        """Store each slice of the band as its own TIFF (written, then renamed)."""
+        if self._closed:
+            raise SinkError(f"{self.folder}: write: expected an open writer, got a closed one")
+        band = validate_band(self.geometry, first_slice, slices)
+        first = int(first_slice)
+        q = self.geometry.quantisation
+        stored = band if q is None else q.apply(band)
+        for offset in range(stored.shape[0]):
+            index = first + offset
+            name = slice_name(int(self.geometry.detector_rows[index]))
+            temporary = self.folder / f".{name}.tmp"
+            try:
+                tifffile.imwrite(
+                    temporary, np.ascontiguousarray(stored[offset]), photometric="minisblack"
+                )
+                os.replace(temporary, self.folder / name)
+            except OSError as error:
+                raise SinkError(
+                    f"{self.folder / name}: writing slice {index} failed: {error}; "
+                    f"{describe_written(self._written)}"
+                ) from error
+            self._written[index] = True
+
+    def close(self, *, complete: bool, report: Mapping[str, Any] | None = None) -> None:
+        """Rewrite ``volume.json`` with the complete flag and ``report``.
+
+        ``complete=True`` with slices missing writes ``complete: false`` and raises
+        :class:`SinkError`. Closing twice is a no-op.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        missing = not bool(self._written.all())
+        self._write_sidecar(complete=bool(complete and not missing), report=report)
+        if complete and missing:
+            raise SinkError(
+                f"{self.folder}: close(complete=True): expected every slice written, got "
+                f"{describe_written(self._written)}; the stack is marked incomplete"
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            with contextlib.suppress(SinkError):  # the original exception matters more
+                self.close(complete=False)
+        else:
+            self.close(complete=bool(self._written.all()))
