@@ -31,6 +31,7 @@ from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import load_pipeline
 from streamer.pipeline.plan import plan_blocks
 from streamer.protocol import Limits
+from streamer.recon import ReconSettings, run_recon
 from streamer.sources.capture import is_capture, record, replay_capture
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
@@ -59,6 +60,13 @@ EXAMPLES = {
         "  tomo-streamer check configs/standard.yaml\n"
         "  tomo-streamer check configs/httomo_standard.yaml --frame 2048x2560 --projections 3600 "
         "--memory 16"
+    ),
+    "recon": (
+        "examples:\n"
+        "  tomo-streamer recon tooth.h5 -o tooth_recon.h5\n"
+        "  tomo-streamer recon k11-18014.nxs -o diad.h5 --center 12.5 --rows 5:15\n"
+        "  tomo-streamer recon scan.nxs -o out.h5 --pipeline configs/standard.yaml "
+        "--center auto"
     ),
     "record": "example:\n  tomo-streamer record --from tcp://127.0.0.1:5555 -o capture.h5",
     "ingest": (
@@ -136,6 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
                        default="uint16", help="pixel type of the incoming frames")
     check.add_argument("--memory", type=float, default=None, metavar="GiB",
                        help="host memory budget (default: half of this machine's memory)")
+
+    recon = command("recon", "Reconstruct a stored scan on one process: replay + pipeline + "
+                    "FBP, slices to HDF5 (or TIFF).", _run_recon)
+    recon.add_argument("scan", type=Path, metavar="SCAN")
+    recon.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5",
+                       help="HDF5 file (or folder with --tiff)")
+    recon.add_argument("--pipeline", type=Path, default=None, metavar="PIPELINE.yaml",
+                       help="default: flat/dark (or air) correction and -log, then fbp")
+    recon.add_argument("--center", type=_center, default=None, metavar="VALUE|auto",
+                       help="CoR, 0-based detector column; auto: Vo's method (default: the "
+                       "pipeline's, else auto)")
+    recon.add_argument("--block", type=int, default=32, help="projections per block")
+    recon.add_argument("--sinogram-block", type=int, default=8, help="slices per band")
+    recon.add_argument("--tiff", action="store_true", help="write a TIFF stack instead")
+    recon.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _load_options(recon)
 
     record = command("record", "Capture a live stream byte-exactly to an HDF5 file.", _run_record)
     _consumer_endpoint_options(record)
@@ -262,6 +286,20 @@ def _row_range(text: str) -> tuple[int, int]:
     if not 0 <= start < stop:
         raise argparse.ArgumentTypeError(f"expected 0 <= A < B, got {text!r}")
     return start, stop
+
+
+def _center(text: str) -> float | str:
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a detector column (number) or 'auto', got {text!r}"
+        ) from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite column, got {text!r}")
+    return value
 
 
 def _frame_shape(text: str) -> tuple[int, int]:
@@ -394,12 +432,7 @@ def _run_replay(args: argparse.Namespace) -> int:
                 socket.close()
         print(f"replayed {sent} messages from {args.scan}")
         return 0
-    options = LoadOptions(
-        format=args.format, data_path=args.data_path, image_key_path=args.image_key_path,
-        angles_path=args.angles_path, darks=tuple(args.darks), flats=tuple(args.flats),
-        rows=args.rows, angles=args.angles, normalised=args.normalised, scale=args.scale,
-    )
-    reader = open_scan(args.scan, options)
+    reader = open_scan(args.scan, _load_options_from(args))
     try:
         return _stream(reader, args)
     finally:
@@ -425,6 +458,37 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
         f"{summary.bytes_sent / 1e6:.1f} MB in {summary.seconds:.2f} s"
     )
     return 1 if summary.aborted else 0
+
+
+def _load_options_from(args: argparse.Namespace) -> LoadOptions:
+    """The stored-scan options shared by ``replay`` and ``recon``."""
+    return LoadOptions(
+        format=args.format, data_path=args.data_path, image_key_path=args.image_key_path,
+        angles_path=args.angles_path, darks=tuple(args.darks), flats=tuple(args.flats),
+        rows=args.rows, angles=args.angles, normalised=args.normalised, scale=args.scale,
+    )
+
+
+def _run_recon(args: argparse.Namespace) -> int:
+    if not args.scan.exists():
+        raise ConfigError(f"SCAN: no such file or folder: {args.scan}")
+    options = _load_options_from(args)
+    settings = ReconSettings(
+        output=args.output, pipeline=args.pipeline, center=args.center,
+        first_row=args.rows[0] if args.rows else 0, block_frames=args.block,
+        block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
+        overwrite=args.overwrite,
+    )
+    with open_scan(args.scan, options) as reader:
+        layout = reader.layout
+        print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
+              f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})",
+              file=sys.stderr)
+        result = run_recon(reader, settings)
+    state = "complete" if result.complete else "INCOMPLETE"
+    print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
+          f"CoR {result.center:.2f} ({result.center_method})")
+    return 0 if result.complete else 1
 
 
 def _run_check(args: argparse.Namespace) -> int:

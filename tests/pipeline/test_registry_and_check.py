@@ -39,7 +39,8 @@ def test_every_stage_runs_on_a_small_block(name: str) -> None:
     frame_shape = (block.shape[1], block.shape[2])
     darks = np.full((2, *frame_shape), 0.1, np.float32)
     flats = np.full((2, *frame_shape), 2.0, np.float32)
-    out = spec.run(block, params, darks=darks, flats=flats)
+    angles = np.linspace(0.0, 180.0, block.shape[1], endpoint=False)  # sinogram angle axis
+    out = spec.run(block, params, darks=darks, flats=flats, angles_deg=angles)
     assert out.ndim == 3
     if spec.name not in ("rescale",):
         assert np.all(np.isfinite(out)), name

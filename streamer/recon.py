@@ -1,0 +1,179 @@
+"""``tomo-streamer recon``: a stored scan to a reconstructed volume, on one rank.
+
+The batch path: the scan is read block by block (the same loaders as ``replay``), frames
+go through the same :class:`~streamer.pipeline.executor.ScanProcessor` as a live stream
+(correction as they come, sinogram stages and reconstruction once all projections are
+in), and slices are written band by band to HDF5 (or a TIFF stack), flushed per band and
+marked complete only at the end.
+
+Without ``--pipeline`` the correction follows the scan's normalisation: flat/dark and
+−log (``flat_dark``), air-column normalisation and −log (``air``), nothing (``none``:
+already −log). A pipeline without a reconstruction stage gets ``fbp`` appended. The CoR
+is ``--center VALUE``, else the pipeline's, else found once per scan with Vo's method on
+the middle detector row (over the first 180° of a 360° scan); the value used and how it
+was found are stored in the output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from stages.recon.rotation import find_center_vo
+from stages.registry import REGISTRY
+from streamer.errors import ConfigError, StreamerError
+from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
+from streamer.pipeline.executor import ProcessedBlock, process_reader
+from streamer.protocol import Normalisation
+from streamer.sinks.hdf5 import Hdf5VolumeWriter
+from streamer.sinks.tiff import TiffStackWriter
+from streamer.sources.scan import FrameReader
+from streamer.sources.sender import new_scan_id, start_header
+
+CORRECTIONS: dict[Normalisation, str] = {
+    "flat_dark": "  - method: normalize\n    parameters: {minus_log: true}\n",
+    "air": "  - method: normalize_bg\n  - method: minus_log\n",
+    "none": "",
+}
+RECONSTRUCTION = "  - method: fbp\n"
+
+
+@dataclass(frozen=True)
+class ReconSettings:
+    """What ``recon`` was asked to do.
+
+    ``center`` is a 0-based detector column, ``"auto"`` (Vo's method, overriding a CoR in
+    the pipeline), or ``None`` (the pipeline's, else automatic).
+    ``first_row`` is the detector row of the scan's first row (after a ``--rows`` crop).
+    """
+
+    output: Path
+    pipeline: Path | None = None
+    center: float | Literal["auto"] | None = None
+    first_row: int = 0
+    block_frames: int = 32
+    block_sinograms: int = 8
+    output_format: Literal["hdf5", "tiff"] = "hdf5"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ReconResult:
+    output: Path
+    slices: int
+    center: float
+    center_method: str
+    complete: bool
+    seconds: float
+    pipeline_text: str
+
+
+def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
+    tuple[PipelineStep, ...], str
+]:
+    """The steps to run and their YAML (stored in the output)."""
+    if settings.pipeline is not None:
+        text = settings.pipeline.read_text()
+        steps = load_pipeline(settings.pipeline, REGISTRY).steps
+        if not any(step.spec.needs_angles for step in steps):
+            steps += parse_pipeline("pipeline:\n" + RECONSTRUCTION, REGISTRY,
+                                    source="recon default").steps
+            text += "\n# appended by recon:\n#" + RECONSTRUCTION
+    else:
+        text = "pipeline:\n" + CORRECTIONS[normalisation] + RECONSTRUCTION
+        steps = parse_pipeline(text, REGISTRY, source="recon default").steps
+    if settings.center is not None:
+        value = None if settings.center == "auto" else settings.center
+        steps = tuple(
+            replace(step, params=step.params.model_copy(update={"center": value}))
+            if "center" in type(step.params).model_fields else step
+            for step in steps
+        )
+    return steps, text
+
+
+def auto_center(
+    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64]
+) -> float:
+    """Vo's CoR on the middle detector row, over the first 180° of the scan."""
+    middle = projections.shape[1] // 2
+    half = angles_deg - angles_deg[0] <= 180.0 + 1e-6
+    sinogram = np.ascontiguousarray(projections[half, middle, :])
+    if sinogram.shape[0] < 8:
+        raise StreamerError(
+            f"automatic CoR: needs at least 8 projections within 180°, got {sinogram.shape[0]}"
+            "; give --center"
+        )
+    return float(find_center_vo(sinogram))
+
+
+def run_recon(reader: FrameReader, settings: ReconSettings,
+              scan_id: str | None = None) -> ReconResult:
+    """Reconstruct ``reader`` into ``settings.output``."""
+    began = time.perf_counter()
+    layout = reader.layout
+    if layout.projections == 0:
+        raise ConfigError("recon: the scan has no projections")
+    steps, text = pipeline_for(settings, layout.normalisation)
+    start = start_header(layout, scan_id or new_scan_id())
+    fixed = [dict(s.params)["center"] for s in steps
+             if "center" in type(s.params).model_fields and dict(s.params)["center"] is not None]
+    given = settings.center is not None and settings.center != "auto"
+    method = "given" if given else ("pipeline" if fixed else "vo")
+    writer: Any = None
+    slices = 0
+
+    def write(block: ProcessedBlock) -> None:
+        nonlocal writer, slices
+        if writer is None:
+            writer = _open_writer(settings, block, rows=layout.rows, center=center_used(),
+                                  method=method, text=text, scan=start.scan)
+        writer.write(int(block.indices[0]), block.data)
+        slices += block.data.shape[0]
+
+    found: list[float] = []
+
+    def resolve(projections: npt.NDArray[np.float32],
+                angles_deg: npt.NDArray[np.float64]) -> float:
+        found.append(auto_center(projections, angles_deg))
+        return found[0]
+
+    def center_used() -> float:
+        if found:
+            return found[0]
+        return float(fixed[0]) if fixed else (layout.cols - 1) / 2
+
+    complete = False
+    try:
+        processor = process_reader(
+            steps, reader, start, block_frames=settings.block_frames,
+            block_sinograms=settings.block_sinograms, on_sinograms=write,
+            resolve_center=resolve,
+        )
+        complete = processor.complete
+    finally:
+        if writer is not None:
+            writer.close(complete=complete)
+    if writer is None:
+        raise StreamerError("recon: no slice was reconstructed")
+    return ReconResult(settings.output, slices, center_used(), method, complete,
+                       time.perf_counter() - began, text)
+
+
+def _open_writer(settings: ReconSettings, block: ProcessedBlock, *, rows: int, center: float,
+                 method: str, text: str, scan: str) -> Any:
+    detector_rows = list(range(settings.first_row, settings.first_row + rows))
+    shape = (int(block.data.shape[1]), int(block.data.shape[2]))
+    common: dict[str, Any] = {
+        "detector_rows": detector_rows, "slice_shape": shape, "angles_deg": block.angles_deg,
+        "center_of_rotation": center, "center_method": method, "pipeline_yaml": text,
+        "scan": scan,
+    }
+    if settings.output_format == "tiff":
+        return TiffStackWriter(settings.output, overwrite=settings.overwrite, **common)
+    return Hdf5VolumeWriter(settings.output, overwrite=settings.overwrite, **common)
