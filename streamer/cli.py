@@ -28,10 +28,11 @@ from streamer.exchange import RankLink, launched_with_ranks
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
+from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import load_pipeline
 from streamer.pipeline.plan import plan_blocks
 from streamer.protocol import Limits
-from streamer.recon import ReconSettings, run_recon
+from streamer.recon import ReconSettings, pipeline_for, run_recon
 from streamer.sources.capture import is_capture, record, replay_capture
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
@@ -60,6 +61,11 @@ EXAMPLES = {
         "  tomo-streamer check configs/standard.yaml\n"
         "  tomo-streamer check configs/httomo_standard.yaml --frame 2048x2560 --projections 3600 "
         "--memory 16"
+    ),
+    "run": (
+        "examples:\n"
+        "  tomo-streamer run configs/standard.yaml --from tcp://127.0.0.1:5555 --out volumes\n"
+        "  tomo-streamer run configs/standard.yaml --listen tcp://127.0.0.1:6000 --scans 1"
     ),
     "recon": (
         "examples:\n"
@@ -144,6 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
                        default="uint16", help="pixel type of the incoming frames")
     check.add_argument("--memory", type=float, default=None, metavar="GiB",
                        help="host memory budget (default: half of this machine's memory)")
+
+    run = command("run", "The service: receive scans, correct frames as they arrive, "
+                  "reconstruct each scan when it closes, write volumes and reports.", _run_run)
+    run.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml")
+    _consumer_endpoint_options(run)
+    run.add_argument("--out", type=Path, default=Path("volumes"),
+                     help="one <scan>.h5 per scan here (default: volumes)")
+    run.add_argument("--center", type=_center, default=None, metavar="VALUE|auto",
+                     help="CoR for every scan (default: the pipeline's, else auto)")
+    run.add_argument("--scans", type=int, default=0,
+                     help="stop after this many scans (0: serve until interrupted)")
+    run.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                     help="close a scan as incomplete after S s without messages")
+    run.add_argument("--report-dir", type=Path, default=None,
+                     help="JSON run reports here (default: the --out folder)")
+    run.add_argument("--block", type=int, default=32, help="projections per block")
+    run.add_argument("--sinogram-block", type=int, default=8, help="slices per band")
+    run.add_argument("--tiff", action="store_true", help="write TIFF stacks instead")
+    _limit_options(run)
 
     recon = command("recon", "Reconstruct a stored scan on one process: replay + pipeline + "
                     "FBP, slices to HDF5 (or TIFF).", _run_recon)
@@ -467,6 +492,66 @@ def _load_options_from(args: argparse.Namespace) -> LoadOptions:
         angles_path=args.angles_path, darks=tuple(args.darks), flats=tuple(args.flats),
         rows=args.rows, angles=args.angles, normalised=args.normalised, scale=args.scale,
     )
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    if launched_with_ranks() > 1:
+        raise ConfigError(
+            "run: several MPI ranks need the reslice, which is not built yet; run one rank "
+            "(mpiexec -n R tomo-streamer ingest … accounts on many ranks)"
+        )
+    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
+                                          center=args.center)
+    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
+    try:
+        limits = Limits(
+            max_header_bytes=args.max_header_bytes, max_frame_bytes=args.max_frame_bytes,
+            max_message_bytes=args.max_message_bytes,
+            max_metadata_bytes=args.max_metadata_bytes,
+            max_frames_per_message=args.max_frames_per_message,
+        )
+        settings = IngestSettings(limits=limits, idle_timeout_s=args.idle_timeout)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    report_dir = args.report_dir or args.out
+    config = {"address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
+              "pipeline": str(args.pipeline), "limits": limits.__dict__}
+    incomplete = 0
+
+    def on_output(output: ScanOutput) -> None:
+        nonlocal incomplete
+        incomplete += not output.complete
+        if output.path is not None:
+            state = "complete" if output.complete else "INCOMPLETE"
+            print(f"  volume: {output.path} ({output.slices} slices, CoR "
+                  f"{output.center:.2f}, {state})", flush=True)
+        else:
+            print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
+
+    live = LiveReconstruction(steps, text, args.out,
+                              output_format="tiff" if args.tiff else "hdf5",
+                              block_frames=args.block, block_sinograms=args.sinogram_block,
+                              on_output=on_output)
+    with zmq.Context() as context, _stop_on_signal() as stop:
+        socket = _consumer_socket(context, args,
+                                  limits.max_message_bytes + limits.max_header_bytes,
+                                  announce="run")
+        service: IngestService
+
+        def on_report(report: Any) -> None:
+            document = report_document(report, config=config,
+                                       between_scans=service.state.between_scans)
+            path = write_report(document, report_dir)
+            print(format_report(report))
+            print(f"  report: {path}", flush=True)
+
+        service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
+                                on_event=live.on_event)
+        try:
+            service.run(max_scans=args.scans or None, stop=stop)
+        finally:
+            socket.close()
+    return 1 if incomplete else 0
 
 
 def _run_recon(args: argparse.Namespace) -> int:
