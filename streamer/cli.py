@@ -432,6 +432,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"corrected {result.corrected} projections as they arrived (flat/dark, -log)")
     if result.median_abs_error is not None:
         print(f"  median |corrected - phantom line integral| = {result.median_abs_error:.4f}")
+    if result.volume_path is not None:
+        center = f"{result.center:.2f}" if result.center is not None else "?"
+        print(f"reconstructed {result.report.start['rows']} slices (FBP, CoR {center} found "
+              f"by Vo's method): {result.volume_path}")
+        if result.volume_error is not None:
+            print(f"  relative L2 error against the phantom: {result.volume_error:.3f}")
     print(f"run report: {result.report_path}")
     return 0 if result.report.complete else 1
 

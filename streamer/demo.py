@@ -3,8 +3,10 @@
 The ingest service binds a random loopback port and runs in a thread; the simulated scan
 is sent from the calling thread over TCP, the same path a real detector takes. Frames are
 corrected as they arrive (flat/dark and −log, the pipeline's projection section) and
-compared with the phantom's exact line integrals. The run report is written to
-``out_dir`` (a fresh temporary folder by default).
+compared with the phantom's exact line integrals; when the scan is in, it is
+reconstructed (FBP, CoR found by Vo's method) into ``demo.h5`` and compared with the
+phantom. The run report and the volume go to ``out_dir`` (a fresh temporary folder by
+default).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from streamer.ingest.report import report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
+from streamer.recon import auto_center
+from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import SendOptions, new_scan_id, send_scan, start_header
 from streamer.transport import Endpoint, bound_address, open_socket
@@ -33,6 +37,7 @@ DEMO_PIPELINE = """\
 pipeline:
   - method: normalize
     parameters: {minus_log: true}
+  - method: fbp
 """
 
 
@@ -42,6 +47,9 @@ class DemoResult:
     report: ScanReport
     corrected: int
     median_abs_error: float | None  # against the phantom, when the source knows it
+    volume_path: Path | None
+    center: float | None
+    volume_error: float | None  # relative L2 against the phantom inside the field of view
 
 
 def run_demo(
@@ -53,8 +61,10 @@ def run_demo(
         options = replace(options, scan_id=new_scan_id())
     steps = parse_pipeline(DEMO_PIPELINE, REGISTRY, source="demo pipeline").steps
     corrected: list[ProcessedBlock] = []
+    slices: list[ProcessedBlock] = []
     processor = ScanProcessor(steps, start_header(reader.layout, str(options.scan_id)),
-                              block_frames=16, on_projections=corrected.append)
+                              block_frames=16, on_projections=corrected.append,
+                              on_sinograms=slices.append, resolve_center=auto_center)
     settings = IngestSettings(idle_timeout_s=10.0)
     with zmq.Context() as context:
         pull = open_socket(
@@ -88,8 +98,44 @@ def run_demo(
         report_document(report, config={"demo": True, "address": address,
                                         "pipeline": DEMO_PIPELINE}), out
     )
+    volume_path = _write_volume(out / "demo.h5", slices, processor, report)
     return DemoResult(path, report, sum(len(b.indices) for b in corrected),
-                      _error_against_truth(reader, corrected))
+                      _error_against_truth(reader, corrected), volume_path,
+                      processor.center, _volume_error(reader, slices))
+
+
+def _write_volume(path: Path, slices: list[ProcessedBlock], processor: ScanProcessor,
+                  report: ScanReport) -> Path | None:
+    if not slices:
+        return None
+    first = slices[0]
+    rows = sum(block.data.shape[0] for block in slices)
+    writer = Hdf5VolumeWriter(
+        path, detector_rows=list(range(rows)), slice_shape=first.data.shape[1:],
+        angles_deg=first.angles_deg, center_of_rotation=float(processor.center or 0.0),
+        center_method="vo", pipeline_yaml=DEMO_PIPELINE, scan=report.scan, overwrite=True,
+    )
+    try:
+        for block in slices:
+            writer.write(int(block.indices[0]), block.data)
+    finally:
+        writer.close(complete=report.complete and processor.complete,
+                     report=report.as_dict())
+    return path
+
+
+def _volume_error(reader: FrameReader, slices: list[ProcessedBlock]) -> float | None:
+    """Relative L2 of the reconstruction against the phantom, inside the field of view."""
+    ground_truth = getattr(reader, "ground_truth", None)
+    if ground_truth is None or not slices:
+        return None
+    volume = np.concatenate([block.data for block in slices])
+    truth = ground_truth()
+    n = volume.shape[-1]
+    axis = np.arange(n) - (n - 1) / 2
+    inside = np.hypot(*np.meshgrid(axis, axis)) < 0.42 * n
+    return float(np.linalg.norm((volume - truth)[:, inside])
+                 / np.linalg.norm(truth[:, inside]))
 
 
 def _error_against_truth(reader: FrameReader, blocks: list[ProcessedBlock]) -> float | None:
