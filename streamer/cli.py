@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import load_pipeline
-from streamer.pipeline.plan import plan_blocks
+from streamer.pipeline.plan import default_budget_bytes, plan_blocks
 from streamer.protocol import Limits
 from streamer.recon import ReconSettings, pipeline_for, run_recon
 from streamer.sources.capture import is_capture, record, replay_capture
@@ -165,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="close a scan as incomplete after S s without messages")
     run.add_argument("--report-dir", type=Path, default=None,
                      help="JSON run reports here (default: the --out folder)")
-    run.add_argument("--block", type=int, default=32, help="projections per block")
-    run.add_argument("--sinogram-block", type=int, default=8, help="slices per band")
+    run.add_argument("--block", type=int, default=None,
+                     help="projections per block (default: from the memory plan)")
+    run.add_argument("--sinogram-block", type=int, default=None,
+                     help="slices per band (default: from the memory plan)")
+    run.add_argument("--memory", type=float, default=None, metavar="GiB",
+                     help="host memory budget for blocks (default: half of this machine's)")
     run.add_argument("--tiff", action="store_true", help="write TIFF stacks instead")
     _limit_options(run)
 
@@ -180,8 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--center", type=_center, default=None, metavar="VALUE|auto",
                        help="CoR, 0-based detector column; auto: Vo's method (default: the "
                        "pipeline's, else auto)")
-    recon.add_argument("--block", type=int, default=32, help="projections per block")
-    recon.add_argument("--sinogram-block", type=int, default=8, help="slices per band")
+    recon.add_argument("--block", type=int, default=None,
+                       help="projections per block (default: from the memory plan)")
+    recon.add_argument("--sinogram-block", type=int, default=None,
+                       help="slices per band (default: from the memory plan)")
+    recon.add_argument("--memory", type=float, default=None, metavar="GiB",
+                       help="host memory budget for blocks (default: half of this machine's)")
     recon.add_argument("--tiff", action="store_true", help="write a TIFF stack instead")
     recon.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _load_options(recon)
@@ -500,6 +507,14 @@ def _load_options_from(args: argparse.Namespace) -> LoadOptions:
     )
 
 
+def _budget(memory_gib: float | None) -> int | None:
+    if memory_gib is None:
+        return None
+    if not memory_gib > 0:
+        raise ConfigError(f"--memory: expected GiB > 0, got {memory_gib}")
+    return int(memory_gib * 2**30)
+
+
 def _run_run(args: argparse.Namespace) -> int:
     if launched_with_ranks() > 1:
         raise ConfigError(
@@ -537,7 +552,8 @@ def _run_run(args: argparse.Namespace) -> int:
     live = LiveReconstruction(steps, text, args.out,
                               output_format="tiff" if args.tiff else "hdf5",
                               block_frames=args.block, block_sinograms=args.sinogram_block,
-                              on_output=on_output)
+                              memory_bytes=_budget(args.memory), on_output=on_output,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,
@@ -568,14 +584,15 @@ def _run_recon(args: argparse.Namespace) -> int:
         output=args.output, pipeline=args.pipeline, center=args.center,
         first_row=args.rows[0] if args.rows else 0, block_frames=args.block,
         block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, memory_bytes=_budget(args.memory),
     )
     with open_scan(args.scan, options) as reader:
         layout = reader.layout
         print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
               f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})",
               file=sys.stderr)
-        result = run_recon(reader, settings)
+        result = run_recon(reader, settings,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
     state = "complete" if result.complete else "INCOMPLETE"
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
           f"CoR {result.center:.2f} ({result.center_method})")
@@ -586,10 +603,7 @@ def _run_check(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline, REGISTRY)
     if args.projections < 1:
         raise ConfigError(f"--projections: expected at least 1, got {args.projections}")
-    if args.memory is not None and not args.memory > 0:
-        raise ConfigError(f"--memory: expected GiB > 0, got {args.memory}")
-    budget = (int(args.memory * 2**30) if args.memory is not None
-              else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    budget = _budget(args.memory) or default_budget_bytes()
     rows, cols = args.frame
     plans = plan_blocks(pipeline.steps, rows=rows, cols=cols, angles=args.projections,
                         dtype=np.dtype(args.dtype), budget_bytes=budget)

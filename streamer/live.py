@@ -26,6 +26,7 @@ from streamer.ingest.state import ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
+from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.recon import auto_center
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.tiff import TiffStackWriter
@@ -62,9 +63,11 @@ class LiveReconstruction:
     pipeline_text: str
     out_dir: Path
     output_format: Literal["hdf5", "tiff"] = "hdf5"
-    block_frames: int = 32
-    block_sinograms: int = 8
+    block_frames: int | None = None  # None: from the memory plan, per scan
+    block_sinograms: int | None = None
+    memory_bytes: int | None = None  # None: half of this machine's memory
     on_output: Callable[[ScanOutput], None] | None = None
+    log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     _processor: ScanProcessor | None = None
     _blocks: list[ProcessedBlock] = field(default_factory=list)
@@ -78,10 +81,19 @@ class LiveReconstruction:
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
             self._blocks = []
+            start = event.start
+            frames, sinograms, plans = block_sizes(
+                self.steps, rows=start.rows, cols=start.cols,
+                angles=max(start.projections, 1), dtype=start.wire_dtype,
+                budget_bytes=self.memory_bytes or default_budget_bytes(),
+            )
+            if self.log is not None:
+                for plan in plans:
+                    self.log(f"scan {start.scan}: plan: {plan.describe()}")
             self._processor = ScanProcessor(
-                self.steps, event.start, block_frames=self.block_frames,
-                block_sinograms=self.block_sinograms, on_sinograms=self._blocks.append,
-                resolve_center=auto_center,
+                self.steps, start, block_frames=self.block_frames or frames,
+                block_sinograms=self.block_sinograms or sinograms,
+                on_sinograms=self._blocks.append, resolve_center=auto_center,
             )
         elif isinstance(event, ScanClosed) and self._processor is not None:
             output = self._finish(self._processor, event.report)

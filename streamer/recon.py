@@ -17,6 +17,7 @@ was found are stored in the output.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, process_reader
+from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.protocol import Normalisation
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.tiff import TiffStackWriter
@@ -56,8 +58,9 @@ class ReconSettings:
     pipeline: Path | None = None
     center: float | Literal["auto"] | None = None
     first_row: int = 0
-    block_frames: int = 32
-    block_sinograms: int = 8
+    block_frames: int | None = None  # None: from the memory plan
+    block_sinograms: int | None = None
+    memory_bytes: int | None = None  # None: half of this machine's memory
     output_format: Literal["hdf5", "tiff"] = "hdf5"
     overwrite: bool = False
 
@@ -112,15 +115,23 @@ def auto_center(
     return float(find_center_vo(sinogram))
 
 
-def run_recon(reader: FrameReader, settings: ReconSettings,
-              scan_id: str | None = None) -> ReconResult:
-    """Reconstruct ``reader`` into ``settings.output``."""
+def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None = None,
+              log: Callable[[str], None] = lambda line: None) -> ReconResult:
+    """Reconstruct ``reader`` into ``settings.output``; ``log`` gets the block plan."""
     began = time.perf_counter()
     layout = reader.layout
     if layout.projections == 0:
         raise ConfigError("recon: the scan has no projections")
     steps, text = pipeline_for(settings, layout.normalisation)
     start = start_header(layout, scan_id or new_scan_id())
+    planned_frames, planned_sinograms, plans = block_sizes(
+        steps, rows=layout.rows, cols=layout.cols, angles=layout.projections,
+        dtype=layout.dtype, budget_bytes=settings.memory_bytes or default_budget_bytes(),
+    )
+    block_frames = settings.block_frames or planned_frames
+    block_sinograms = settings.block_sinograms or planned_sinograms
+    for plan in plans:
+        log(f"plan: {plan.describe()}")
     fixed = [dict(s.params)["center"] for s in steps
              if "center" in type(s.params).model_fields and dict(s.params)["center"] is not None]
     given = settings.center is not None and settings.center != "auto"
@@ -151,8 +162,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings,
     complete = False
     try:
         processor = process_reader(
-            steps, reader, start, block_frames=settings.block_frames,
-            block_sinograms=settings.block_sinograms, on_sinograms=write,
+            steps, reader, start, block_frames=block_frames,
+            block_sinograms=block_sinograms, on_sinograms=write,
             resolve_center=resolve,
         )
         complete = processor.complete

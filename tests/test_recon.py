@@ -100,3 +100,23 @@ def test_real_scans_find_their_known_cor(shared_data: Path, tmp_path: Path, scan
     assert facts["complete"] and np.all(np.isfinite(data))
     if "--rows" in args:
         assert facts["rows"] == [60, 61, 62, 63]  # slice -> detector row map
+
+
+def test_block_sizes_come_from_the_memory_plan_and_are_logged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan_path, _ = simulated(tmp_path)
+    assert main(["recon", str(scan_path), "-o", str(tmp_path / "a.h5"), "--memory", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: projection section [normalize]: blocks of 180 frames" in err
+    assert "plan: sinogram section [fbp]: blocks of 4 sinograms" in err
+
+
+def test_a_budget_too_small_for_one_frame_is_refused_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan_path, _ = simulated(tmp_path)
+    out = tmp_path / "never.h5"
+    assert main(["recon", str(scan_path), "-o", str(out), "--memory", "0.000001"]) == 2
+    assert "the memory budget is" in capsys.readouterr().err
+    assert not out.exists()

@@ -100,3 +100,28 @@ def plan_blocks(
         plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units, peak,
                                  limiting))
     return plans
+
+
+def default_budget_bytes() -> int:
+    """Half of this machine's physical memory: the host budget when none is given."""
+    import os  # noqa: PLC0415  # only where a default budget is needed
+
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+
+
+def block_sizes(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    dtype: np.dtype[Any],
+    budget_bytes: int,
+) -> tuple[int, int, list[SectionPlan]]:
+    """Frames per projection block and sinograms per sinogram block for one scan, from
+    the plan (a section that is absent gets a block of 1)."""
+    plans = plan_blocks(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                        budget_bytes=budget_bytes)
+    frames = next((p.block for p in plans if p.pattern is Pattern.PROJECTION), 1)
+    sinograms = next((p.block for p in plans if p.pattern is Pattern.SINOGRAM), 1)
+    return frames, sinograms, plans
