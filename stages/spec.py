@@ -87,6 +87,11 @@ class StageSpec:
         Whether ``fn`` takes ``darks`` and ``flats``.
     needs_angles : bool
         Whether ``fn`` takes ``angles_deg`` (reconstruction stages).
+    finds_center : callable, optional
+        A CoR finder, not a transform: ``finds_center(projections, angles_deg, params)``
+        on the corrected ``(angles, rows, cols)`` projections, run once per scan; its
+        result becomes the ``center`` of the reconstruction (HTTomo's ``find_center_vo``
+        entries map here).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -100,6 +105,9 @@ class StageSpec:
     summary: str
     needs_references: bool = False
     needs_angles: bool = False
+    finds_center: (
+        Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], float] | None
+    ) = None
     aliases: tuple[str, ...] = ()
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})

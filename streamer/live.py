@@ -121,7 +121,8 @@ class LiveReconstruction:
             fixed = [dict(s.params).get("center") for s in self.steps if s.spec.needs_angles]
             center = float(fixed[0]) if fixed and fixed[0] is not None else (
                 (processor.start.cols - 1) / 2)
-        method = "vo" if processor.center is not None else "pipeline"
+        found = processor.center_method
+        method = "vo" if found == "auto" else (found or "pipeline")
         common: dict[str, Any] = {
             "detector_rows": list(range(rows)), "slice_shape": first.data.shape[1:],
             "angles_deg": first.angles_deg, "center_of_rotation": center,

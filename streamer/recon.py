@@ -29,7 +29,7 @@ from stages.recon.rotation import find_center_vo
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
-from streamer.pipeline.executor import ProcessedBlock, process_reader
+from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.protocol import Normalisation
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
@@ -143,36 +143,34 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
         nonlocal writer, slices
         if writer is None:
             writer = _open_writer(settings, block, rows=layout.rows, center=center_used(),
-                                  method=method, text=text, scan=start.scan)
+                                  method=method_used(), text=text,
+                                  scan=start.scan)
         writer.write(int(block.indices[0]), block.data)
         slices += block.data.shape[0]
 
-    found: list[float] = []
-
-    def resolve(projections: npt.NDArray[np.float32],
-                angles_deg: npt.NDArray[np.float64]) -> float:
-        found.append(auto_center(projections, angles_deg))
-        return found[0]
+    processor = ScanProcessor(steps, start, block_frames=block_frames,
+                              block_sinograms=block_sinograms, on_sinograms=write,
+                              resolve_center=auto_center)
 
     def center_used() -> float:
-        if found:
-            return found[0]
+        if processor.center is not None:
+            return processor.center
         return float(fixed[0]) if fixed else (layout.cols - 1) / 2
+
+    def method_used() -> str:
+        found = processor.center_method
+        return "vo" if found == "auto" else (found or method)
 
     complete = False
     try:
-        processor = process_reader(
-            steps, reader, start, block_frames=block_frames,
-            block_sinograms=block_sinograms, on_sinograms=write,
-            resolve_center=resolve,
-        )
+        feed_reader(processor, reader, block_frames)
         complete = processor.complete
     finally:
         if writer is not None:
             writer.close(complete=complete)
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
-    return ReconResult(settings.output, slices, center_used(), method, complete,
+    return ReconResult(settings.output, slices, center_used(), method_used(), complete,
                        time.perf_counter() - began, text)
 
 

@@ -120,3 +120,28 @@ def test_a_budget_too_small_for_one_frame_is_refused_before_starting(
     assert main(["recon", str(scan_path), "-o", str(out), "--memory", "0.000001"]) == 2
     assert "the memory budget is" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_httomo_pipeline_with_find_center_vo_sets_the_cor(shared_data: Path,
+                                                          tmp_path: Path) -> None:
+    """HTTomo's find_center_vo entry runs once per scan and its CoR is the one used."""
+    out = tmp_path / "tooth.h5"
+    assert main(["recon", str(shared_data / "real/aps_tooth/tooth.h5"), "-o", str(out),
+                 "--pipeline", str(Path(__file__).parents[1] / "configs/httomo_standard.yaml"),
+                 ]) == 0
+    _, facts = volume(out)
+    assert abs(facts["center"] - 295.0) <= 0.5
+    assert facts["method"] == "find_center_vo (pipeline)"
+    assert "httomolibgpu.recon.rotation" in facts["pipeline"]
+
+
+def test_find_center_vo_step_errors_name_the_entry(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    scan_path, _ = simulated(tmp_path)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
+                        "  - method: find_center_vo\n    parameters: {ind: 99}\n")
+    assert main(["recon", str(scan_path), "-o", str(tmp_path / "x.h5"), "--pipeline",
+                 str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert "ind: expected a row below 4, got 99" in err and f"{pipeline}:4" in err

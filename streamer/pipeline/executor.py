@@ -187,6 +187,7 @@ class ScanProcessor:
         self._device_references = DeviceReferences()
         self.resolve_center = resolve_center
         self.center: float | None = None
+        self.center_method: str | None = None
 
     # --- input ---------------------------------------------------------------------
 
@@ -289,16 +290,31 @@ class ScanProcessor:
         stack: npt.NDArray[np.float32],
         angles: npt.NDArray[np.float64],
     ) -> tuple[PipelineStep, ...]:
-        """Steps with an unset ``center`` get the scan's CoR, found once."""
-        unset = [s for s in steps if "center" in type(s.params).model_fields
+        """The data steps, those with an unset ``center`` given the scan's CoR, found
+        once: by the pipeline's CoR-finder step if it has one, else ``resolve_center``."""
+        finders = [s for s in steps if s.spec.finds_center is not None]
+        data_steps = tuple(s for s in steps if s.spec.finds_center is None)
+        unset = [s for s in data_steps if "center" in type(s.params).model_fields
                  and dict(s.params)["center"] is None]
-        if not unset or self.resolve_center is None:
-            return steps
-        self.center = float(self.resolve_center(stack, angles))
+        if not unset:
+            return data_steps
+        if finders:
+            finder = finders[-1]
+            assert finder.spec.finds_center is not None
+            try:
+                self.center = float(finder.spec.finds_center(stack, angles, finder.params))
+            except StageError as error:
+                raise StageError(f"{error} (pipeline entry at {finder.where})") from None
+            self.center_method = f"{finder.name} (pipeline)"
+        elif self.resolve_center is not None:
+            self.center = float(self.resolve_center(stack, angles))
+            self.center_method = "auto"
+        else:
+            return data_steps
         return tuple(
             replace(s, params=s.params.model_copy(update={"center": self.center}))
             if s in unset else s
-            for s in steps
+            for s in data_steps
         )
 
 
@@ -318,6 +334,12 @@ def process_reader(
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_projections=on_projections,
                               on_sinograms=on_sinograms, resolve_center=resolve_center)
+    feed_reader(processor, reader, block_frames)
+    return processor
+
+
+def feed_reader(processor: ScanProcessor, reader: FrameReader, block_frames: int) -> None:
+    """Give ``processor`` every frame of ``reader``, block by block, then finish it."""
     layout = reader.layout
     for first in range(0, layout.frames, block_frames):
         last = min(first + block_frames, layout.frames)
@@ -328,4 +350,3 @@ def process_reader(
             for index in range(first, last)
         )
     processor.finish()
-    return processor

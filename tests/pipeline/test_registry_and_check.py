@@ -57,13 +57,13 @@ def test_example_pipelines_pass_check(config: Path, capsys: pytest.CaptureFixtur
 def test_check_reports_errors_with_file_and_line(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("- method: find_center_vo\n  module_path: httomolibgpu.recon.rotation\n"
+    bad.write_text("- method: FBP3d_tomobar\n  module_path: httomolibgpu.recon.algorithm\n"
                    "- method: remove_outlier\n  module_path: tomopy.misc.corr\n"
                    "  parameters: {dif: -1}\n")
     assert main(["check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:1: pipeline[0].method: unknown method " in err
-    assert "'httomolibgpu.recon.rotation.find_center_vo'" in err
+    assert "'httomolibgpu.recon.algorithm.FBP3d_tomobar'" in err
     assert f"{bad}:5: pipeline[1].parameters.dif: Input should be greater than 0" in err
 
 
