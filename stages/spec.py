@@ -87,6 +87,9 @@ class StageSpec:
         Whether ``fn`` takes ``darks`` and ``flats``.
     needs_angles : bool
         Whether ``fn`` takes ``angles_deg`` (reconstruction stages).
+    needs_frame_indices : bool
+        Whether ``fn`` takes ``frame_indices`` (the block's frames) and ``flat_indices``
+        (those of ``flats``): for corrections that interpolate in time.
     finds_center : callable, optional
         A CoR finder, not a transform: ``finds_center(projections, angles_deg, params)``
         on the corrected ``(angles, rows, cols)`` projections, run once per scan; its
@@ -105,6 +108,7 @@ class StageSpec:
     summary: str
     needs_references: bool = False
     needs_angles: bool = False
+    needs_frame_indices: bool = False
     finds_center: (
         Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], float] | None
     ) = None
@@ -126,6 +130,8 @@ class StageSpec:
         darks: npt.NDArray[Any] | None = None,
         flats: npt.NDArray[Any] | None = None,
         angles_deg: npt.NDArray[np.float64] | None = None,
+        frame_indices: npt.NDArray[np.int64] | None = None,
+        flat_indices: npt.NDArray[np.int64] | None = None,
         backend: str = "numpy",
     ) -> npt.NDArray[Any]:
         """Call the stage on ``backend`` with validated parameters.
@@ -146,6 +152,13 @@ class StageSpec:
             if angles_deg is None:
                 raise StageError(f"stage {self.name!r}: needs the projection angles, got none")
             kwargs["angles_deg"] = angles_deg
+        if self.needs_frame_indices:
+            if frame_indices is None or flat_indices is None:
+                raise StageError(
+                    f"stage {self.name!r}: needs the frame indices of the block and flats"
+                )
+            kwargs["frame_indices"] = frame_indices
+            kwargs["flat_indices"] = flat_indices
         if backend == "numpy":
             return self.fn(block, **kwargs)
         adapter = self.adapters.get(backend)
@@ -160,7 +173,7 @@ class StageSpec:
             if name in accepted:
                 continue
             value = kwargs.pop(name)
-            if name in ("darks", "flats", "angles_deg"):
+            if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

@@ -315,9 +315,8 @@ def normalize_per_frame(
 ) -> npt.NDArray[np.float32]:
     """:func:`normalize` with one flat per projection (from :func:`interpolated_flats`).
 
-    Not a registered stage yet: the stage contract passes only ``darks``/``flats``, not
-    frame indices. The pipeline can call this with the block's frame indices once it
-    tracks them; the parameters are those of :class:`NormalizeParams`.
+    The registered stage is :func:`normalize_interpolated`, which builds
+    ``flat_per_frame`` from the block's frame indices.
 
     Parameters
     ----------
@@ -529,9 +528,71 @@ def minus_log(block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return out
 
 
+def normalize_interpolated(
+    block: npt.NDArray[Any],
+    *,
+    darks: npt.NDArray[Any] | None,
+    flats: npt.NDArray[Any] | None,
+    frame_indices: npt.ArrayLike,
+    flat_indices: npt.ArrayLike,
+    averaging: Averaging = "mean",
+    cutoff: float | None = None,
+    minus_log: bool = False,
+    nonnegative: bool = False,
+    remove_nans: bool = False,
+    eps: float = 1e-6,
+) -> npt.NDArray[np.float32]:
+    """:func:`normalize` with the flat of each projection interpolated in time.
+
+    For scans with flats before *and* after the projections (DIAD, many fly scans): the
+    flats are grouped by runs of consecutive frame indices, each group averaged, and each
+    projection gets the linear interpolation between the groups around it
+    (:func:`interpolated_flats`), which follows a beam that drifts during the scan.
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Raw projections in counts.
+    darks, flats : ndarray of shape (n, rows, cols)
+        Reference frames; ``flats`` must not be empty.
+    frame_indices : array_like of shape (angles,)
+        Frame index of each projection of ``block``.
+    flat_indices : array_like of shape (n_flats,)
+        Frame index of each flat.
+    averaging, cutoff, minus_log, nonnegative, remove_nans, eps
+        As in :func:`normalize`.
+
+    Returns
+    -------
+    ndarray of shape (angles, rows, cols), float32
+    """
+    if flats is None or flats.shape[0] == 0:
+        raise StageError(
+            "stage 'normalize_interpolated': flats: expected at least one flat frame, got "
+            "none (use normalize_bg for scans without flats)"
+        )
+    per_frame = interpolated_flats(flats, flat_indices, frame_indices, averaging)
+    return normalize_per_frame(
+        block, darks=darks, flat_per_frame=per_frame, averaging=averaging, cutoff=cutoff,
+        minus_log=minus_log, nonnegative=nonnegative, remove_nans=remove_nans, eps=eps,
+    )
+
+
 # ---------------------------------------------------------------------------- specs
 
 SPECS: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="normalize_interpolated",
+        fn=normalize_interpolated,
+        pattern=Pattern.PROJECTION,
+        params=NormalizeParams,
+        # as normalize, plus one flat per projection (1 block)
+        memory=scaled_memory(3),
+        summary="flat/dark-field correction with each projection's flat interpolated "
+        "in time between the flat groups around it (flats at start and end)",
+        needs_references=True,
+        needs_frame_indices=True,
+    ),
     StageSpec(
         name="normalize",
         fn=normalize,

@@ -90,6 +90,8 @@ def apply_steps(
     transfers: TransferStats | None = None,
     device_references: DeviceReferences | None = None,
     angles_deg: npt.NDArray[np.float64] | None = None,
+    frame_indices: npt.NDArray[np.int64] | None = None,
+    flat_indices: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -117,7 +119,8 @@ def apply_steps(
             step_darks, step_flats = cache.darks, cache.flats
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
-                                 angles_deg=angles_deg, backend=step.backend)
+                                 angles_deg=angles_deg, frame_indices=frame_indices,
+                                 flat_indices=flat_indices, backend=step.backend)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -252,7 +255,9 @@ class ScanProcessor:
         darks, flats = self._references
         data = apply_steps(self.projection_steps, block, darks=darks, flats=flats,
                            transfers=self.transfers,
-                           device_references=self._device_references)
+                           device_references=self._device_references,
+                           frame_indices=np.array(indices, dtype=np.int64),
+                           flat_indices=np.array(sorted(self._flats), dtype=np.int64))
         self.projections_done += len(indices)
         processed = ProcessedBlock(Pattern.PROJECTION, np.array(indices, dtype=np.int64),
                                    angles, data, self._references_complete())
