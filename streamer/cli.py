@@ -507,6 +507,20 @@ def _load_options_from(args: argparse.Namespace) -> LoadOptions:
     )
 
 
+def _ingest_settings(args: argparse.Namespace) -> tuple[Limits, IngestSettings]:
+    """Limits and ingest settings from the options shared by ``ingest`` and ``run``."""
+    try:
+        limits = Limits(
+            max_header_bytes=args.max_header_bytes, max_frame_bytes=args.max_frame_bytes,
+            max_message_bytes=args.max_message_bytes,
+            max_metadata_bytes=args.max_metadata_bytes,
+            max_frames_per_message=args.max_frames_per_message,
+        )
+        return limits, IngestSettings(limits=limits, idle_timeout_s=args.idle_timeout)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _budget(memory_gib: float | None) -> int | None:
     if memory_gib is None:
         return None
@@ -524,16 +538,7 @@ def _run_run(args: argparse.Namespace) -> int:
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
-    try:
-        limits = Limits(
-            max_header_bytes=args.max_header_bytes, max_frame_bytes=args.max_frame_bytes,
-            max_message_bytes=args.max_message_bytes,
-            max_metadata_bytes=args.max_metadata_bytes,
-            max_frames_per_message=args.max_frames_per_message,
-        )
-        settings = IngestSettings(limits=limits, idle_timeout_s=args.idle_timeout)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    limits, settings = _ingest_settings(args)
     report_dir = args.report_dir or args.out
     config = {"address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
               "pipeline": str(args.pipeline), "limits": limits.__dict__}
@@ -640,16 +645,7 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
-    try:
-        limits = Limits(
-            max_header_bytes=args.max_header_bytes, max_frame_bytes=args.max_frame_bytes,
-            max_message_bytes=args.max_message_bytes,
-            max_metadata_bytes=args.max_metadata_bytes,
-            max_frames_per_message=args.max_frames_per_message,
-        )
-        settings = IngestSettings(limits=limits, idle_timeout_s=args.idle_timeout)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    limits, settings = _ingest_settings(args)
     config = {
         "address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
         "bind": bool(args.listen),

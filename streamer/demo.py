@@ -26,8 +26,7 @@ from streamer.ingest.report import report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
-from streamer.recon import auto_center
-from streamer.sinks.hdf5 import Hdf5VolumeWriter
+from streamer.recon import auto_center, open_volume
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import SendOptions, new_scan_id, send_scan, start_header
 from streamer.transport import Endpoint, bound_address, open_socket
@@ -110,11 +109,10 @@ def _write_volume(path: Path, slices: list[ProcessedBlock], processor: ScanProce
         return None
     first = slices[0]
     rows = sum(block.data.shape[0] for block in slices)
-    writer = Hdf5VolumeWriter(
-        path, detector_rows=list(range(rows)), slice_shape=first.data.shape[1:],
-        angles_deg=first.angles_deg, center_of_rotation=float(processor.center or 0.0),
-        center_method="vo", pipeline_yaml=DEMO_PIPELINE, scan=report.scan, overwrite=True,
-    )
+    writer = open_volume(path, first, output_format="hdf5",
+                         detector_rows=list(range(rows)),
+                         center=float(processor.center or 0.0), method="vo",
+                         pipeline_text=DEMO_PIPELINE, scan=report.scan, overwrite=True)
     try:
         for block in slices:
             writer.write(int(block.indices[0]), block.data)

@@ -27,9 +27,7 @@ from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
-from streamer.recon import auto_center
-from streamer.sinks.hdf5 import Hdf5VolumeWriter
-from streamer.sinks.tiff import TiffStackWriter
+from streamer.recon import auto_center, open_volume
 
 
 @dataclass(frozen=True)
@@ -123,13 +121,9 @@ class LiveReconstruction:
                 (processor.start.cols - 1) / 2)
         found = processor.center_method
         method = "vo" if found == "auto" else (found or "pipeline")
-        common: dict[str, Any] = {
-            "detector_rows": list(range(rows)), "slice_shape": first.data.shape[1:],
-            "angles_deg": first.angles_deg, "center_of_rotation": center,
-            "center_method": method, "pipeline_yaml": self.pipeline_text, "scan": scan,
-        }
-        writer: Any = (TiffStackWriter(path, **common) if self.output_format == "tiff"
-                       else Hdf5VolumeWriter(path, **common))
+        writer = open_volume(path, first, output_format=self.output_format,
+                             detector_rows=list(range(rows)), center=center, method=method,
+                             pipeline_text=self.pipeline_text, scan=scan)
         try:
             for block in self._blocks:
                 writer.write(int(block.indices[0]), block.data)

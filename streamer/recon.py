@@ -142,9 +142,13 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     def write(block: ProcessedBlock) -> None:
         nonlocal writer, slices
         if writer is None:
-            writer = _open_writer(settings, block, rows=layout.rows, center=center_used(),
-                                  method=method_used(), text=text,
-                                  scan=start.scan)
+            first = settings.first_row
+            writer = open_volume(
+                settings.output, block, output_format=settings.output_format,
+                detector_rows=list(range(first, first + layout.rows)), center=center_used(),
+                method=method_used(), pipeline_text=text, scan=start.scan,
+                overwrite=settings.overwrite,
+            )
         writer.write(int(block.indices[0]), block.data)
         slices += block.data.shape[0]
 
@@ -174,15 +178,26 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
                        time.perf_counter() - began, text)
 
 
-def _open_writer(settings: ReconSettings, block: ProcessedBlock, *, rows: int, center: float,
-                 method: str, text: str, scan: str) -> Any:
-    detector_rows = list(range(settings.first_row, settings.first_row + rows))
-    shape = (int(block.data.shape[1]), int(block.data.shape[2]))
+def open_volume(
+    path: Path,
+    first_block: ProcessedBlock,
+    *,
+    output_format: Literal["hdf5", "tiff"],
+    detector_rows: list[int],
+    center: float,
+    method: str,
+    pipeline_text: str,
+    scan: str,
+    overwrite: bool = False,
+) -> Any:
+    """An HDF5 or TIFF volume writer shaped after the first block of slices."""
     common: dict[str, Any] = {
-        "detector_rows": detector_rows, "slice_shape": shape, "angles_deg": block.angles_deg,
-        "center_of_rotation": center, "center_method": method, "pipeline_yaml": text,
-        "scan": scan,
+        "detector_rows": detector_rows,
+        "slice_shape": (int(first_block.data.shape[1]), int(first_block.data.shape[2])),
+        "angles_deg": first_block.angles_deg, "center_of_rotation": center,
+        "center_method": method, "pipeline_yaml": pipeline_text, "scan": scan,
+        "overwrite": overwrite,
     }
-    if settings.output_format == "tiff":
-        return TiffStackWriter(settings.output, overwrite=settings.overwrite, **common)
-    return Hdf5VolumeWriter(settings.output, overwrite=settings.overwrite, **common)
+    if output_format == "tiff":
+        return TiffStackWriter(path, **common)
+    return Hdf5VolumeWriter(path, **common)
