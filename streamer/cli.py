@@ -27,9 +27,11 @@ from streamer.exchange import RankLink, launched_with_ranks
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.state import FramesAccepted, ScanOpened
 from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import load_pipeline
 from streamer.pipeline.plan import default_budget_bytes, plan_blocks
+from streamer.progress import Progress
 from streamer.protocol import Limits
 from streamer.recon import ReconSettings, pipeline_for, run_recon
 from streamer.sources.capture import is_capture, record, replay_capture
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", type=float, default=None, metavar="GiB",
                      help="host memory budget for blocks (default: half of this machine's)")
     run.add_argument("--tiff", action="store_true", help="write TIFF stacks instead")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
     _limit_options(run)
 
     recon = command("recon", "Reconstruct a stored scan on one process: replay + pipeline + "
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="host memory budget for blocks (default: half of this machine's)")
     recon.add_argument("--tiff", action="store_true", help="write a TIFF stack instead")
     recon.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    recon.add_argument("--quiet", action="store_true", help="no progress line")
     _load_options(recon)
 
     record = command("record", "Capture a live stream byte-exactly to an HDF5 file.", _run_record)
@@ -260,6 +264,8 @@ def _source_endpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--send-timeout", type=float, default=60.0, metavar="S",
                        help="fail if no consumer takes a message for S seconds")
     group.add_argument("--hwm", type=int, default=16, help="send high-water mark (messages)")
+    group.add_argument("--quiet", action="store_true",
+                       help="no progress line (it is shown only on a terminal anyway)")
 
 
 def _consumer_endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -486,9 +492,12 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
     )
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _source_socket(context, args)
+        progress = Progress(sys.stderr, "sending", quiet=args.quiet)
         try:
-            summary = send_scan(socket, reader, _send_options_from(args), stop=stop)
+            summary = send_scan(socket, reader, _send_options_from(args), stop=stop,
+                                on_progress=progress.update)
         finally:
+            progress.close()
             socket.close()
     state = "ABORTED" if summary.aborted else "sent"
     print(
@@ -519,6 +528,21 @@ def _ingest_settings(args: argparse.Namespace) -> tuple[Limits, IngestSettings]:
         return limits, IngestSettings(limits=limits, idle_timeout_s=args.idle_timeout)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _receiving(progress: Progress) -> Callable[[Any], None]:
+    """An ingest ``on_event`` that shows frames received for the open scan."""
+    received = 0
+
+    def watch(event: Any) -> None:
+        nonlocal received
+        if isinstance(event, ScanOpened):
+            received = 0
+        elif isinstance(event, FramesAccepted):
+            received += int(event.accepted.sum())
+            progress.update(received, event.start.frames, f"scan {event.start.scan}")
+
+    return watch
 
 
 def _budget(memory_gib: float | None) -> int | None:
@@ -565,7 +589,15 @@ def _run_run(args: argparse.Namespace) -> int:
                                   announce="run")
         service: IngestService
 
+        progress = Progress(sys.stderr, "receiving", quiet=args.quiet)
+        watch = _receiving(progress)
+
+        def on_event(event: Any) -> None:
+            watch(event)
+            live.on_event(event)
+
         def on_report(report: Any) -> None:
+            progress.close()
             document = report_document(report, config=config,
                                        between_scans=service.state.between_scans)
             path = write_report(document, report_dir)
@@ -573,7 +605,7 @@ def _run_run(args: argparse.Namespace) -> int:
             print(f"  report: {path}", flush=True)
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
-                                on_event=live.on_event)
+                                on_event=on_event)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
@@ -596,8 +628,13 @@ def _run_recon(args: argparse.Namespace) -> int:
         print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
               f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})",
               file=sys.stderr)
-        result = run_recon(reader, settings,
-                           log=lambda line: print(line, file=sys.stderr, flush=True))
+        progress = Progress(sys.stderr, "reading", quiet=args.quiet)
+        try:
+            result = run_recon(reader, settings,
+                               log=lambda line: print(line, file=sys.stderr, flush=True),
+                               on_read=progress.update)
+        finally:
+            progress.close()
     state = "complete" if result.complete else "INCOMPLETE"
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
           f"CoR {result.center:.2f} ({result.center_method})")
@@ -672,6 +709,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
         def on_report(report: Any) -> None:
             nonlocal incomplete
+            progress.close()
             incomplete += not report.complete
             document = report_document(
                 report, config=config, between_scans=service.state.between_scans
@@ -683,7 +721,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
                 print(format_report(report))
                 print(f"  report: {path}", flush=True)
 
-        service = IngestService(socket, settings, on_report=on_report, cluster=cluster)
+        progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
+        service = IngestService(socket, settings, on_report=on_report, cluster=cluster,
+                                on_event=_receiving(progress))
         if cluster is not None and speaks and not args.quiet:
             print(f"ingest: {cluster.link.size} MPI ranks pull from the source",
                   file=sys.stderr, flush=True)

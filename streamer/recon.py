@@ -112,12 +112,21 @@ def auto_center(
             f"automatic CoR: needs at least 8 projections within 180°, got {sinogram.shape[0]}"
             "; give --center"
         )
-    return float(find_center_vo(sinogram))
+    # Search the middle ± a quarter of the width (at most 100 px): wide enough for the
+    # axis offsets seen in practice, and on narrow detectors wider than algotom's default
+    # (which misses the minimum on a 26-column scan).
+    cols = sinogram.shape[1]
+    middle = (cols - 1) / 2
+    reach = max(2.0, min(cols / 4, 100.0))
+    start, stop = max(1.0, middle - reach), min(cols - 2.0, middle + reach)
+    return float(find_center_vo(sinogram, start=start, stop=stop))
 
 
 def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None = None,
-              log: Callable[[str], None] = lambda line: None) -> ReconResult:
-    """Reconstruct ``reader`` into ``settings.output``; ``log`` gets the block plan."""
+              log: Callable[[str], None] = lambda line: None,
+              on_read: Callable[[int, int], None] | None = None) -> ReconResult:
+    """Reconstruct ``reader`` into ``settings.output``; ``log`` gets the block plan,
+    ``on_read(frames_read, frames)`` the progress of reading."""
     began = time.perf_counter()
     layout = reader.layout
     if layout.projections == 0:
@@ -167,7 +176,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
 
     complete = False
     try:
-        feed_reader(processor, reader, block_frames)
+        feed_reader(processor, reader, block_frames, on_read=on_read)
         complete = processor.complete
     finally:
         if writer is not None:

@@ -82,6 +82,7 @@ def test_tiff_stack_output(tmp_path: Path) -> None:
     ("scan", "extra", "known_cor"),
     [
         ("aps_tooth/tooth.h5", [], 295.0),
+        ("diad_k11-18014/k11-18014.nxs", [], 12.5),  # 26 columns: no algotom range warning
         ("dls_i13_24737/tiffs", ["--darks", "{base}/dark_00001.tiff", "--flats",
                                  "{base}/flat_00001.tiff", "--angles-path",
                                  "{base}/24737_processed.nxs:/entry/input_data/tomo/"

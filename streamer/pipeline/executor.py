@@ -343,8 +343,15 @@ def process_reader(
     return processor
 
 
-def feed_reader(processor: ScanProcessor, reader: FrameReader, block_frames: int) -> None:
-    """Give ``processor`` every frame of ``reader``, block by block, then finish it."""
+def feed_reader(
+    processor: ScanProcessor,
+    reader: FrameReader,
+    block_frames: int,
+    *,
+    on_read: Callable[[int, int], None] | None = None,
+) -> None:
+    """Give ``processor`` every frame of ``reader``, block by block, then finish it;
+    ``on_read(frames_read, frames)`` follows the reading."""
     layout = reader.layout
     for first in range(0, layout.frames, block_frames):
         last = min(first + block_frames, layout.frames)
@@ -354,4 +361,6 @@ def feed_reader(processor: ScanProcessor, reader: FrameReader, block_frames: int
                       data[index - first])
             for index in range(first, last)
         )
+        if on_read is not None:
+            on_read(last, layout.frames)
     processor.finish()
