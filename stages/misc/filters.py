@@ -17,30 +17,11 @@ import numpy.typing as npt
 from pydantic import AliasChoices, Field
 from scipy import ndimage
 
+from stages.checks import check_axis, float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
 BoundaryMode = Literal["reflect", "nearest", "mirror", "wrap", "constant"]
-
-
-def _float_block(block: npt.NDArray[Any], stage: str) -> npt.NDArray[np.float32]:
-    """Check that ``block`` is a real 3-D array and return it as C-contiguous float32."""
-    if block.ndim != 3:
-        raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
-    if block.dtype.kind not in "uif":
-        raise StageError(
-            f"stage {stage!r}: block.dtype: expected an integer or real float type, "
-            f"got {block.dtype.name!r}"
-        )
-    return np.ascontiguousarray(block, dtype=np.float32)
-
-
-def _check_axis(axis: int | None, stage: str, allow_none: bool) -> None:
-    allowed: tuple[int | None, ...] = (0, 1, 2, None) if allow_none else (0, 1, 2)
-    if axis not in allowed:
-        raise StageError(
-            f"stage {stage!r}: axis: expected one of {'|'.join(map(str, allowed))}, got {axis!r}"
-        )
 
 
 class MedianFilterParams(StageParams):
@@ -90,8 +71,8 @@ def median_filter(
         If ``block`` is not a real 3-D array, or ``size`` or ``axis`` is out of range.
     """
     stage = "median_filter"
-    data = _float_block(block, stage)
-    _check_axis(axis, stage, allow_none=True)
+    data = float_block(block, stage)
+    check_axis(axis, stage, allow_none=True)
     if size < 1:
         raise StageError(f"stage {stage!r}: size: expected an integer >= 1, got {size}")
     if axis is None:
@@ -152,8 +133,8 @@ def gaussian_filter(
         out of range.
     """
     stage = "gaussian_filter"
-    data = _float_block(block, stage)
-    _check_axis(axis, stage, allow_none=False)
+    data = float_block(block, stage)
+    check_axis(axis, stage, allow_none=False)
     if not sigma > 0:
         raise StageError(f"stage {stage!r}: sigma: expected a value > 0, got {sigma}")
     if order not in (0, 1, 2, 3):

@@ -14,26 +14,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
+from stages.checks import check_axis, float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
-
-
-def _float_block(block: npt.NDArray[Any], stage: str) -> npt.NDArray[np.float32]:
-    """Check that ``block`` is a real 3-D array and return it as C-contiguous float32."""
-    if block.ndim != 3:
-        raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
-    if block.dtype.kind not in "uif":
-        raise StageError(
-            f"stage {stage!r}: block.dtype: expected an integer or real float type, "
-            f"got {block.dtype.name!r}"
-        )
-    return np.ascontiguousarray(block, dtype=np.float32)
-
-
-def _check_axis(axis: int, stage: str) -> None:
-    if axis not in (0, 1, 2):
-        raise StageError(f"stage {stage!r}: axis: expected one of 0|1|2, got {axis!r}")
-
 
 # --------------------------------------------------------------------------- circular mask
 
@@ -89,10 +72,12 @@ def circular_mask(
         If ``block`` is not a real 3-D array or ``ratio`` or ``axis`` is out of range.
     """
     stage = "circular_mask"
-    _check_axis(axis, stage)
+    check_axis(axis, stage)
     if not ratio > 0:
         raise StageError(f"stage {stage!r}: ratio: expected a value > 0, got {ratio}")
-    out = np.array(_float_block(block, stage), dtype=np.float32, order="C", copy=True)
+    out = float_block(block, stage)
+    if np.shares_memory(out, block):  # never write into the caller's block
+        out = out.copy()
     slices = np.moveaxis(out, axis, 0)
     outside = ~circle_inside(slices.shape[1], slices.shape[2], ratio)
     slices[:, outside] = np.float32(value)
@@ -137,10 +122,10 @@ def downsample(
         ``block.shape[axis] < 2**level``.
     """
     stage = "downsample"
-    _check_axis(axis, stage)
+    check_axis(axis, stage)
     if level < 0:
         raise StageError(f"stage {stage!r}: level: expected an integer >= 0, got {level}")
-    data = _float_block(block, stage)
+    data = float_block(block, stage)
     factor = 2**level
     n_out = data.shape[axis] // factor
     if n_out == 0:
@@ -178,10 +163,10 @@ def upsample(
         If ``block`` is not a real 3-D array or ``axis`` or ``level`` is out of range.
     """
     stage = "upsample"
-    _check_axis(axis, stage)
+    check_axis(axis, stage)
     if level < 0:
         raise StageError(f"stage {stage!r}: level: expected an integer >= 0, got {level}")
-    data = _float_block(block, stage)
+    data = float_block(block, stage)
     return np.ascontiguousarray(np.repeat(data, 2**level, axis=axis))
 
 
@@ -227,7 +212,7 @@ def binning(
         frame.
     """
     stage = "binning"
-    data = _float_block(block, stage)
+    data = float_block(block, stage)
     _, rows, cols = data.shape
     checks = (("factor_rows", factor_rows, rows), ("factor_cols", factor_cols, cols))
     for name, factor, size in checks:
