@@ -90,6 +90,24 @@ def _flat_stack(
     return flats
 
 
+#: Flats whose signal (flat − dark) is not positive in more than this share of pixels are
+#: refused: empty flats, a closed shutter, or flats and darks swapped.
+_MAX_DARK_FLAT_SHARE = 0.5
+
+
+def _check_flat_signal(stage: str, flat: npt.NDArray[np.float32],
+                       dark: npt.NDArray[np.float32]) -> None:
+    """Refuse flats that carry no beam: the correction would divide by ``eps``."""
+    share = float(np.mean(flat - dark <= 0))
+    if share > _MAX_DARK_FLAT_SHARE:
+        raise StageError(
+            f"stage {stage!r}: flats: expected flat − dark > 0 in most pixels, got <= 0 in "
+            f"{100 * share:.0f} % of them (mean flat {float(flat.mean()):.4g}, mean dark "
+            f"{float(dark.mean()):.4g}): empty flats, a closed shutter, or flats and darks "
+            "swapped?"
+        )
+
+
 def _finish(
     out: npt.NDArray[np.float32],
     *,
@@ -184,6 +202,7 @@ def normalize(
     flat_frames = _flat_stack("normalize", flats, block)
     dark = _dark_reference("normalize", darks, block, averaging)
     flat = _average(flat_frames, averaging)
+    _check_flat_signal("normalize", flat, dark)
     denom = flat - dark
     np.maximum(denom, np.float32(eps), out=denom)
     out = np.array(block, dtype=np.float32, order="C", copy=True)

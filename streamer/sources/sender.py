@@ -18,8 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
-from streamer.errors import ConfigError, TransportError
+from streamer.errors import ConfigError, StreamerError, TransportError
 from streamer.protocol import (
+    MAX_TEXT,
     AbortHeader,
     EndHeader,
     FramesHeader,
@@ -48,6 +49,13 @@ class SendOptions:
         Seed of the ``shuffle`` permutation.
     scan_id : str, optional
         Scan id on the wire; a fresh unique id when not given.
+    cannot_wait : bool
+        Act as a detector that cannot be held back: a ``frames`` message the consumer
+        cannot take at once (its queues are full) is dropped, not waited for. Drops are
+        counted (:attr:`SendSummary.frames_dropped`, ranges in
+        :attr:`SendSummary.dropped_ranges`); ``end.sent`` counts only what went out, so
+        the consumer's report shows the dropped frames as missing. ``start`` and
+        ``end`` are always waited for.
     """
 
     block: int = 16
@@ -55,6 +63,7 @@ class SendOptions:
     order: Order = "sequential"
     seed: int = 0
     scan_id: str | None = None
+    cannot_wait: bool = False
 
     def __post_init__(self) -> None:
         if self.block < 1:
@@ -75,6 +84,8 @@ class SendSummary:
     bytes_sent: int
     seconds: float
     aborted: bool
+    frames_dropped: int = 0
+    dropped_ranges: tuple[tuple[int, int], ...] = ()  # [first, stop) of each dropped block
 
 
 def new_scan_id() -> str:
@@ -132,15 +143,23 @@ def send_scan(
     angles = layout.angles_deg.tolist()
     began = time.perf_counter()
     sent = messages = sent_bytes = 0
+    dropped: list[tuple[int, int]] = []
     _send(socket, [encode_header(start_header(layout, scan_id))])
     for first, stop_index in block_order(layout.frames, options):
         if stop is not None and stop.is_set():
             abort = AbortHeader(scan=scan_id, reason="sender stopped", t=time.time())
             _send(socket, [encode_header(abort)])
-            return SendSummary(scan_id, sent, messages, sent_bytes, _since(began), True)
+            return SendSummary(scan_id, sent, messages, sent_bytes, _since(began), True,
+                               sum(b - a for a, b in dropped), tuple(sorted(dropped)))
         if options.rate_fps is not None:
             _pace(began, sent, options.rate_fps, stop)
-        data = reader.read(first, stop_index)
+        try:
+            data = reader.read(first, stop_index)
+        except StreamerError as error:  # tell the consumer now, not by its idle timeout
+            reason = f"source failed: {error}"[:MAX_TEXT]
+            _send(socket, [encode_header(AbortHeader(scan=scan_id, reason=reason,
+                                                     t=time.time()))])
+            raise
         header = FramesHeader(
             scan=scan_id,
             first=first,
@@ -151,14 +170,23 @@ def send_scan(
             shape=(layout.rows, layout.cols),
             t=time.time(),
         )
-        _send(socket, encode_frames(header, data))
+        if options.cannot_wait:
+            try:
+                socket.send_multipart(encode_frames(header, data), flags=zmq.NOBLOCK,
+                                      copy=False)
+            except zmq.Again:
+                dropped.append((first, stop_index))
+                continue
+        else:
+            _send(socket, encode_frames(header, data))
         sent += header.count
         messages += 1
         sent_bytes += data.nbytes
         if on_progress is not None:
             on_progress(sent, layout.frames)
     _send(socket, [encode_header(EndHeader(scan=scan_id, sent=sent, t=time.time()))])
-    return SendSummary(scan_id, sent, messages + 2, sent_bytes, _since(began), False)
+    return SendSummary(scan_id, sent, messages + 2, sent_bytes, _since(began), False,
+                       sum(b - a for a, b in dropped), tuple(sorted(dropped)))
 
 
 def _send(socket: zmq.Socket[bytes], parts: list[Any]) -> None:

@@ -107,9 +107,21 @@ def test_normalize_cutoff_log_nonnegative_nans() -> None:
     np.testing.assert_allclose(logged[positive], -np.log(t[positive]), rtol=1e-6)
     nonneg = nm.normalize(block, darks=darks, flats=flats, minus_log=True, nonnegative=True)
     assert nonneg.min() >= 0
-    # flat == dark everywhere: denominator clamped to eps; 0/eps = 0, no NaN
-    same = nm.normalize(darks[:1], darks=darks[:1], flats=darks[:1], remove_nans=True)
-    assert np.isfinite(same).all()
+    # a few dead pixels (flat == dark): denominator clamped to eps, no NaN
+    dead = flats.copy()
+    dead[:, 0, :2] = darks.mean(axis=0)[0, :2]
+    finite = nm.normalize(block, darks=darks, flats=dead, remove_nans=True)
+    assert np.isfinite(finite).all()
+
+
+@pytest.mark.parametrize("case", ["zero", "equal", "swapped"])
+def test_flats_without_beam_are_refused(case: str) -> None:
+    block, darks, flats = synthetic()
+    bad = {"zero": np.zeros_like(flats), "equal": darks.copy(), "swapped": darks}[case]
+    refs = flats if case == "swapped" else darks
+    with pytest.raises(StageError, match=r"flats: expected flat − dark > 0 in most pixels, "
+                                         r"got <= 0 in 100 % .*swapped\?"):
+        nm.normalize(block, darks=refs, flats=bad)
 
 
 def test_minus_log() -> None:

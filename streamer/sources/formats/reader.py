@@ -86,7 +86,24 @@ class StoredScan:
             index = end
         if self._scale is not None:
             out *= self._scale
+        if out.dtype.kind == "f":
+            self._check_finite(out, start)
         return out
+
+    def _check_finite(self, out: npt.NDArray[Any], start: int) -> None:
+        """Refuse NaN/Inf pixels: one would turn whole reconstructed slices into NaN."""
+        finite = np.isfinite(out)
+        if finite.all():
+            return
+        bad_frames = np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1)) + start
+        first = int(bad_frames[0])
+        kind = {0: "projection", 1: "flat", 2: "dark"}.get(
+            int(self._layout.image_keys[first]), "frame")
+        raise ScanFormatError(
+            f"{self._layout.source}: frame {first} ({kind}): expected finite pixel values, "
+            f"got {int((~finite).sum())} NaN/Inf pixels in {len(bad_frames)} frames of "
+            f"{start}…{start + len(out) - 1}"
+        )
 
     def close(self) -> None:
         """Release every file handle; further reads raise. Safe to call twice."""
