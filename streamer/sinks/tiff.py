@@ -23,6 +23,7 @@ import tifffile
 
 from streamer.errors import SinkError
 from streamer.ingest.report import software_versions
+from streamer.sinks.disk import RESERVE_BYTES, free_bytes, os_reason
 from streamer.sinks.hdf5 import (
     FORMAT_VERSION,
     MetadataValue,
@@ -93,7 +94,9 @@ class TiffStackWriter:
             for path in old:
                 path.unlink()
         except OSError as error:
-            raise SinkError(f"{self.folder}: cannot prepare the output folder: {error}") from error
+            raise SinkError(
+                f"{self.folder}: cannot prepare the output folder: {os_reason(error)}"
+            ) from error
         self._write_sidecar(complete=False, report=None)
 
     def _previous_output(self) -> list[Path]:
@@ -149,8 +152,15 @@ class TiffStackWriter:
             )
             temporary.write_text(text + "\n", encoding="utf-8")
             os.replace(temporary, path)
-        except (OSError, TypeError, ValueError) as error:
+        except (TypeError, ValueError) as error:
             raise SinkError(f"{path}: cannot write the sidecar: {error}") from error
+        except OSError as error:
+            with contextlib.suppress(OSError):  # a partial temporary file, never the sidecar
+                temporary.unlink()
+            raise SinkError(
+                f"{path}: cannot write the sidecar: {os_reason(error)}; the previous "
+                f"{SIDECAR} (if any) is unchanged"
+            ) from error
 
     def write(self, first_slice: int, slices: npt.NDArray[np.float32]) -> None:
         """Store each slice of the band as its own TIFF (written, then renamed)."""
@@ -164,14 +174,29 @@ class TiffStackWriter:
             index = first + offset
             name = slice_name(int(self.geometry.detector_rows[index]))
             temporary = self.folder / f".{name}.tmp"
+            free = free_bytes(self.folder)
+            if free is not None and free < stored[offset].nbytes + RESERVE_BYTES:
+                raise SinkError(
+                    f"{self.folder / name}: writing slice {index} refused: no space left on "
+                    f"device ({free} bytes free, the slice needs {stored[offset].nbytes} "
+                    f"and {RESERVE_BYTES} stay reserved for {SIDECAR}); "
+                    f"{describe_written(self._written)}"
+                )
             try:
                 tifffile.imwrite(
                     temporary, np.ascontiguousarray(stored[offset]), photometric="minisblack"
                 )
                 os.replace(temporary, self.folder / name)
             except OSError as error:
+                with contextlib.suppress(OSError):  # a partial slice is never left behind
+                    temporary.unlink()
+                reason = os_reason(error)
+                free = free_bytes(self.folder)
+                if getattr(error, "errno", None) is None and free is not None and (
+                        free < stored[offset].nbytes):  # tifffile's short-write error
+                    reason += f" (No space left on device: {free} bytes free)"
                 raise SinkError(
-                    f"{self.folder / name}: writing slice {index} failed: {error}; "
+                    f"{self.folder / name}: writing slice {index} failed: {reason}; "
                     f"{describe_written(self._written)}"
                 ) from error
             self._written[index] = True
