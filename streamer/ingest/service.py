@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
@@ -35,6 +35,9 @@ from streamer.protocol import (
     decode_header,
 )
 
+#: Reports kept in memory by a running service (the newest); every one is also handed to
+#: ``on_report`` (written to disk by the commands).
+MAX_KEPT_REPORTS: Final = 1000
 _SIZE_REASONS = ("missing_payload", "wrong_part_count", "payload_size_mismatch")
 
 
@@ -106,7 +109,10 @@ class IngestService:
         self.on_report = on_report
         self.on_event = on_event
         self.clock = clock
+        #: The most recent reports (at most ``MAX_KEPT_REPORTS``: a service that runs for
+        #: months must not grow); ``scans_reported`` counts them all.
         self.reports: list[ScanReport] = []
+        self.scans_reported = 0
         self.messages = 0
         self._stop: threading.Event | None = None
 
@@ -123,7 +129,7 @@ class IngestService:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         self._stop = stop
-        closed_before = len(self.reports)
+        closed_before = self.scans_reported
         idle_since = self.clock()
         try:
             while stop is None or not stop.is_set():
@@ -144,7 +150,7 @@ class IngestService:
                     if handled:
                         idle_since = self.clock()
                 self._tick()
-                if max_scans is not None and len(self.reports) - closed_before >= max_scans:
+                if max_scans is not None and self.scans_reported - closed_before >= max_scans:
                     break
                 if (
                     max_idle_s is not None
@@ -159,7 +165,8 @@ class IngestService:
                 self._dispatch(event)
             if self.cluster is not None:
                 self.cluster.stop_others()
-        return self.reports[closed_before:]
+        closed = self.scans_reported - closed_before
+        return self.reports[len(self.reports) - min(closed, len(self.reports)):]
 
     def _cluster_step(self) -> None:
         assert self.cluster is not None
@@ -255,6 +262,9 @@ class IngestService:
 
     def _report(self, report: ScanReport) -> None:
         self.reports.append(report)
+        self.scans_reported += 1
+        if len(self.reports) > MAX_KEPT_REPORTS:
+            del self.reports[: len(self.reports) - MAX_KEPT_REPORTS]
         if self.on_report is not None:
             self.on_report(report)
 

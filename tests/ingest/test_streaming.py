@@ -312,3 +312,28 @@ def test_source_killed_mid_scan_is_closed_incomplete_by_idle_timeout(
     assert report.missing["projections"] > 0
     assert report.missing_ranges, "missing frame indices must be listed"
     assert isinstance(StartHeader.model_validate(report.start), StartHeader)
+
+
+def test_a_long_running_service_keeps_only_the_newest_reports(loopback_pair,
+                                                              monkeypatch) -> None:
+    """Months of scans must not grow memory: only the newest reports are kept, every
+    one still counted and handed to on_report."""
+    import streamer.ingest.service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_KEPT_REPORTS", 2)
+    push, pull = loopback_pair()
+    handed: list[str] = []
+    service = IngestService(pull, IngestSettings(), on_report=lambda r: handed.append(r.scan))
+    stop = threading.Event()
+    returned: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: returned.extend(service.run(max_scans=3, stop=stop)))
+    thread.start()
+    for number in range(3):
+        send_scan(push, make_scan(projections=4), SendOptions(scan_id=f"s{number}"))
+    thread.join(JOIN_S)
+    stop.set()
+    assert not thread.is_alive()
+    assert handed == ["s0", "s1", "s2"] and service.scans_reported == 3
+    assert [r.scan for r in service.reports] == ["s1", "s2"]
+    assert [r.scan for r in returned] == ["s1", "s2"]  # what is still kept
