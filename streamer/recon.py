@@ -8,10 +8,11 @@ marked complete only at the end.
 
 Without ``--pipeline`` the correction follows the scan's normalisation: flat/dark and
 −log (``flat_dark``), air-column normalisation and −log (``air``), nothing (``none``:
-already −log). A pipeline without a reconstruction stage gets ``fbp`` appended. The CoR
-is ``--center VALUE``, else the pipeline's, else found once per scan with Vo's method on
-the middle detector row (over the first 180° of a 360° scan); the value used and how it
-was found are stored in the output.
+already −log). A pipeline without a reconstruction stage gets ``fourier_fbp`` appended
+(the default CPU reconstructor: Fourier-domain FBP, see
+docs/explanation/fourier-reconstruction.md). The CoR is ``--center VALUE``, else the
+pipeline's, else found once per scan with Vo's method on the middle detector row (over the
+first 180° of a 360° scan); the value used and how it was found are stored in the output.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ CORRECTIONS: dict[Normalisation, str] = {
     "air": "  - method: normalize_bg\n  - method: minus_log\n",
     "none": "",
 }
-RECONSTRUCTION = "  - method: fbp\n"
+RECONSTRUCTION = "  - method: fourier_fbp\n"
 
 
 @dataclass(frozen=True)
