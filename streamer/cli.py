@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,9 @@ import zmq
 
 from stages.registry import REGISTRY
 from streamer.demo import run_demo
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError, SinkError, StageError, StreamerError
 from streamer.exchange import RankLink, launched_with_ranks
+from streamer.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
@@ -34,6 +37,7 @@ from streamer.pipeline.plan import default_budget_bytes, plan_blocks
 from streamer.progress import Progress
 from streamer.protocol import Limits
 from streamer.recon import ReconSettings, pipeline_for, run_recon
+from streamer.sinks.disk import check_writable, os_reason
 from streamer.sources.capture import is_capture, record, replay_capture
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
@@ -66,20 +70,30 @@ EXAMPLES = {
     "run": (
         "examples:\n"
         "  tomo-streamer run configs/standard.yaml --from tcp://127.0.0.1:5555 --out volumes\n"
-        "  tomo-streamer run configs/standard.yaml --listen tcp://127.0.0.1:6000 --scans 1"
+        "  tomo-streamer run configs/standard.yaml --listen tcp://127.0.0.1:6000 --scans 1\n"
+        "  mpiexec -n 4 tomo-streamer run configs/standard.yaml --from tcp://127.0.0.1:5555"
+        "   # a band of rows per rank"
     ),
     "recon": (
         "examples:\n"
         "  tomo-streamer recon tooth.h5 -o tooth_recon.h5\n"
         "  tomo-streamer recon k11-18014.nxs -o diad.h5 --center 12.5 --rows 5:15\n"
         "  tomo-streamer recon scan.nxs -o out.h5 --pipeline configs/standard.yaml "
-        "--center auto"
+        "--center auto\n"
+        "  mpiexec -n 4 tomo-streamer recon tooth.h5 -o tooth_recon.h5   # parts + master file"
     ),
     "record": "example:\n  tomo-streamer record --from tcp://127.0.0.1:5555 -o capture.h5",
     "ingest": (
         "examples:\n"
         "  tomo-streamer ingest --from tcp://127.0.0.1:5555 --scans 1 --report-dir reports\n"
         "  mpiexec -n 4 tomo-streamer ingest --from tcp://127.0.0.1:5555   # every rank pulls"
+    ),
+    "view": (
+        "examples:\n"
+        "  tomo-streamer demo --rate 60 --feed tcp://127.0.0.1:5600 --control "
+        "tcp://127.0.0.1:5601 --hold 600\n"
+        "  tomo-streamer view --feed tcp://127.0.0.1:5600 --control tcp://127.0.0.1:5601   "
+        "# then open http://127.0.0.1:8765/"
     ),
 }
 
@@ -122,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     _simulation_options(demo, projections=180)
     _send_options(demo)
     demo.add_argument("--out", type=Path, help="folder for the run report (default: a temp dir)")
+    _feed_options(demo)
+    demo.add_argument("--hold", type=float, default=0.0, metavar="S",
+                      help="with --feed: keep the feed up S s after the scan, for viewers")
 
     simulate = command("simulate", "Act as a detector: stream a simulated phantom scan.",
                        _run_simulate)
@@ -175,14 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tiff", action="store_true", help="write TIFF stacks instead")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     _limit_options(run)
+    _feed_options(run)
 
-    recon = command("recon", "Reconstruct a stored scan on one process: replay + pipeline + "
-                    "FBP, slices to HDF5 (or TIFF).", _run_recon)
+    recon = command("recon", "Reconstruct a stored scan (one process, or a band of rows per "
+                    "MPI rank): replay + pipeline + reconstruction, slices to HDF5 (or "
+                    "TIFF).", _run_recon)
     recon.add_argument("scan", type=Path, metavar="SCAN")
     recon.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5",
                        help="HDF5 file (or folder with --tiff)")
     recon.add_argument("--pipeline", type=Path, default=None, metavar="PIPELINE.yaml",
-                       help="default: flat/dark (or air) correction and -log, then fbp")
+                       help="default: flat/dark (or air) correction and -log, then fourier_fbp")
     recon.add_argument("--center", type=_center, default=None, metavar="VALUE|auto",
                        help="CoR, 0-based detector column; auto: Vo's method (default: the "
                        "pipeline's, else auto)")
@@ -216,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     _limit_options(ingest)
     ingest.add_argument("--quiet", action="store_true", help="print nothing but errors")
     ingest.add_argument("--json", action="store_true", help="print each report as JSON")
+
+    view = command("view", "Serve a web page that shows a live feed: previews, final slices, "
+                   "cuts, counters, rates and a CoR check.", _run_view)
+    view.add_argument("--feed", required=True, metavar="ADDR",
+                      help="the feed's address (run/demo --feed prints it)")
+    view.add_argument("--control", default=None, metavar="ADDR",
+                      help="the feed's control address (CoR sweep, set the CoR, slices); "
+                      "without it the page only watches")
+    view.add_argument("--host", default="127.0.0.1", help="serve on this address")
+    view.add_argument("--port", type=int, default=8765, help="HTTP port (0: any free one)")
+    view.add_argument("--allow-remote", action="store_true",
+                      help="allow a non-loopback --host")
+    view.add_argument("--feed-token", default=None, metavar="TOKEN",
+                      help="the feed's control token (default: $TOMO_STREAMER_FEED_TOKEN)")
     return parser
 
 
@@ -249,6 +282,9 @@ def _send_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--order", choices=("sequential", "shuffle", "interleave"),
                        default="sequential", help="block order (out-of-order testing)")
     group.add_argument("--order-seed", type=int, default=0)
+    group.add_argument("--cannot-wait", action="store_true",
+                       help="a detector that cannot be held back: drop (and count) frames "
+                            "the consumer cannot take at once instead of waiting")
     group.add_argument("--scan-id", default=None)
 
 
@@ -422,7 +458,7 @@ def _consumer_socket(
 def _send_options_from(args: argparse.Namespace) -> SendOptions:
     return SendOptions(
         block=args.block, rate_fps=args.rate, order=args.order, seed=args.order_seed,
-        scan_id=args.scan_id,
+        scan_id=args.scan_id, cannot_wait=args.cannot_wait,
     )
 
 
@@ -440,7 +476,16 @@ def _simulated_scan(args: argparse.Namespace) -> SimulatedScan:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    result = run_demo(_simulated_scan(args), _send_options_from(args), args.out)
+    feed = _open_feed(args)
+    try:
+        return _demo(args, feed)
+    finally:
+        if feed is not None:
+            feed.close()
+
+
+def _demo(args: argparse.Namespace, feed: LiveFeed | None) -> int:
+    result = run_demo(_simulated_scan(args), _send_options_from(args), args.out, feed=feed)
     print(format_report(result.report))
     print(f"corrected {result.corrected} projections as they arrived (flat/dark, -log)")
     if result.median_abs_error is not None:
@@ -452,6 +497,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         if result.volume_error is not None:
             print(f"  relative L2 error against the phantom: {result.volume_error:.3f}")
     print(f"run report: {result.report_path}")
+    _hold_feed(feed, args.hold)
     return 0 if result.report.complete else 1
 
 
@@ -504,6 +550,11 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
         f"{state} scan {summary.scan_id}: {summary.frames_sent} frames, "
         f"{summary.bytes_sent / 1e6:.1f} MB in {summary.seconds:.2f} s"
     )
+    if summary.frames_dropped:
+        ranges = ", ".join(f"{a}-{b - 1}" for a, b in summary.dropped_ranges[:10])
+        more = " …" if len(summary.dropped_ranges) > 10 else ""
+        print(f"DROPPED {summary.frames_dropped} frames (--cannot-wait: the consumer was "
+              f"behind): {ranges}{more}")
     return 1 if summary.aborted else 0
 
 
@@ -545,6 +596,70 @@ def _receiving(progress: Progress) -> Callable[[Any], None]:
     return watch
 
 
+def _feed_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("live feed (watch with tomo-streamer view)")
+    group.add_argument("--feed", default=None, metavar="ADDR",
+                       help="publish previews, slices and counters on a ZeroMQ PUB socket "
+                       "bound here, e.g. tcp://127.0.0.1:5600 (port *: any free one)")
+    group.add_argument("--control", default=None, metavar="ADDR",
+                       help="with --feed: bind the control socket (CoR sweep, set the CoR, "
+                       f"slices) here (default {DEFAULT_FEED_ADDRESS})")
+    group.add_argument("--preview-rows", type=_rows_list, default=None, metavar="R,R,...",
+                       help="detector rows of the preview (default: 3 spread over the frame)")
+    group.add_argument("--feed-token", default=None, metavar="TOKEN",
+                       help="require this token in control requests; needed when --control "
+                       "is not loopback (default: $TOMO_STREAMER_FEED_TOKEN)")
+    group.add_argument("--feed-allow-remote", action="store_true",
+                       help="allow binding --feed/--control on a non-loopback address")
+
+
+def _rows_list(text: str) -> tuple[int, ...]:
+    try:
+        rows = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R,R,... (integers), got {text!r}") from None
+    if not 1 <= len(rows) <= 16 or min(rows) < 0:
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 rows >= 0, got {text!r}")
+    return rows
+
+
+def _open_feed(args: argparse.Namespace) -> LiveFeed | None:
+    """The live feed asked for with ``--feed`` (its addresses printed), or ``None``."""
+    if args.feed is None:
+        if args.control is not None:
+            raise ConfigError("--control: the control socket belongs to a feed; give --feed too")
+        return None
+    token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
+    feed = LiveFeed(FeedSettings(
+        address=args.feed, control=args.control or DEFAULT_FEED_ADDRESS,
+        allow_remote=args.feed_allow_remote, token=token, preview_rows=args.preview_rows,
+    ))
+    print(f"feed: publishing on {feed.address}, control on {feed.control_address}; watch with "
+          f"tomo-streamer view --feed {feed.address} --control {feed.control_address}",
+          file=sys.stderr, flush=True)
+    return feed
+
+
+def _hold_feed(feed: LiveFeed | None, seconds: float) -> None:
+    """Keep the feed up ``seconds`` after the scan (viewers can still ask for slices)."""
+    if feed is None or not seconds > 0:
+        return
+    print(f"feed: held for {seconds:g} s (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    with _stop_on_signal() as stop:
+        stop.wait(seconds)
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from streamer.viewer.server import ViewerSettings, serve  # noqa: PLC0415  # aiohttp
+
+    token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
+    settings = ViewerSettings(feed=args.feed, control=args.control, host=args.host,
+                              port=args.port, allow_remote=args.allow_remote, token=token)
+    serve(settings, announce=lambda url: print(f"view: serving {url}; Ctrl-C to stop",
+                                               file=sys.stderr, flush=True))
+    return 0
+
+
 def _budget(memory_gib: float | None) -> int | None:
     if memory_gib is None:
         return None
@@ -554,11 +669,11 @@ def _budget(memory_gib: float | None) -> int | None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    check_writable(args.out, folder=True, what="--out")  # before any scan is received
+    if args.report_dir is not None:
+        check_writable(args.report_dir, folder=True, what="--report-dir")
     if launched_with_ranks() > 1:
-        raise ConfigError(
-            "run: several MPI ranks need the reslice, which is not built yet; run one rank "
-            "(mpiexec -n R tomo-streamer ingest … accounts on many ranks)"
-        )
+        return _run_run_ranks(args)
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
@@ -573,8 +688,9 @@ def _run_run(args: argparse.Namespace) -> int:
         incomplete += not output.complete
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
+            error = f": {output.error}" if output.error else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
-                  f"{output.center:.2f}, {state})", flush=True)
+                  f"{output.center:.2f}, {state}){error}", flush=True)
         else:
             print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
 
@@ -587,6 +703,7 @@ def _run_run(args: argparse.Namespace) -> int:
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,
                                   announce="run")
+        feed = live.feed = _open_feed(args)
         service: IngestService
 
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet)
@@ -600,22 +717,33 @@ def _run_run(args: argparse.Namespace) -> int:
             progress.close()
             document = report_document(report, config=config,
                                        between_scans=service.state.between_scans)
-            path = write_report(document, report_dir)
             print(format_report(report))
-            print(f"  report: {path}", flush=True)
+            try:
+                print(f"  report: {write_report(document, report_dir)}", flush=True)
+            except OSError as error:  # a full or read-only disk must not stop the service
+                print(f"  report: not written to {report_dir}: {os_reason(error)}", flush=True)
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
                                 on_event=on_event)
+        if feed is not None:
+            feed.watch(service.state)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             socket.close()
+            if feed is not None:
+                feed.close()
     return 1 if incomplete else 0
 
 
 def _run_recon(args: argparse.Namespace) -> int:
     if not args.scan.exists():
         raise ConfigError(f"SCAN: no such file or folder: {args.scan}")
+    # The output is written after the whole scan is read: check it can be, first.
+    check_writable(args.output, folder=args.tiff, what="-o/--output")
+    if not args.tiff and args.output.exists() and not args.overwrite:
+        raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
+                        "one (pass --overwrite to replace it)")
     options = _load_options_from(args)
     settings = ReconSettings(
         output=args.output, pipeline=args.pipeline, center=args.center,
@@ -623,6 +751,8 @@ def _run_recon(args: argparse.Namespace) -> int:
         block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
         overwrite=args.overwrite, memory_bytes=_budget(args.memory),
     )
+    if launched_with_ranks() > 1:
+        return _run_recon_ranks(args, options, settings)
     with open_scan(args.scan, options) as reader:
         layout = reader.layout
         print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
@@ -633,6 +763,8 @@ def _run_recon(args: argparse.Namespace) -> int:
             result = run_recon(reader, settings,
                                log=lambda line: print(line, file=sys.stderr, flush=True),
                                on_read=progress.update)
+        except StageError as error:  # say which scan the data problem is in
+            raise StageError(f"{args.scan}: {error}") from None
         finally:
             progress.close()
     state = "complete" if result.complete else "INCOMPLETE"
@@ -732,6 +864,113 @@ def _run_ingest(args: argparse.Namespace) -> int:
         finally:
             socket.close()
     return 1 if incomplete else 0
+
+
+def _run_run_ranks(args: argparse.Namespace) -> int:
+    """``mpiexec -n R tomo-streamer run``: every rank pulls, reslices, reconstructs its
+    band into its own part file; rank 0 reports and writes each scan's master file."""
+    if args.listen:
+        raise ConfigError(
+            "--listen: with several MPI ranks every rank connects to the source; "
+            "use --from ADDR (the source binds)"
+        )
+    from streamer.live_ranks import RankedReconstruction  # noqa: PLC0415  # MPI runs only
+
+    if args.tiff:
+        raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
+                          "file per rank and a master file); run one rank for TIFF")
+    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
+                                          center=args.center)
+    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
+    limits, settings = _ingest_settings(args)
+    link = RankLink.world()
+    control, band_link = link.duplicate(), link.duplicate()
+    cluster = ClusterIngest(link, args.idle_timeout, limits)
+    speaks = cluster.is_coordinator
+    report_dir = args.report_dir or args.out
+    config = {"address": args.from_address or DEFAULT_SOURCE_ADDRESS,
+              "pipeline": str(args.pipeline), "limits": limits.__dict__, "ranks": link.size}
+    incomplete = 0
+
+    def on_output(output: ScanOutput) -> None:
+        nonlocal incomplete
+        incomplete += not output.complete
+        if output.path is not None:
+            state = "complete" if output.complete else "INCOMPLETE"
+            center = "?" if output.center is None else f"{output.center:.2f}"
+            print(f"  volume: {output.path} ({output.slices} slices from {link.size} "
+                  f"ranks, CoR {center}, {state})", flush=True)
+        if output.error:
+            print(f"  volume: {output.scan}: {output.error}", flush=True)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    ranked = RankedReconstruction(steps, text, args.out, control, band_link,
+                                  block_frames=args.block, block_sinograms=args.sinogram_block,
+                                  memory_bytes=_budget(args.memory), on_output=on_output,
+                                  log=log)
+    with zmq.Context() as context, _stop_on_signal() as stop:
+        socket = _consumer_socket(context, args,
+                                  limits.max_message_bytes + limits.max_header_bytes,
+                                  announce="run" if speaks else None)
+        service: IngestService
+        progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
+        watch = _receiving(progress)
+
+        def on_event(event: Any) -> None:
+            watch(event)
+            ranked.on_event(event)
+
+        def on_report(report: Any) -> None:
+            progress.close()
+            document = report_document(report, config=config,
+                                       between_scans=service.state.between_scans)
+            print(format_report(report))
+            try:
+                print(f"  report: {write_report(document, report_dir)}", flush=True)
+            except OSError as error:  # a full or read-only disk must not stop the service
+                print(f"  report: not written to {report_dir}: {os_reason(error)}", flush=True)
+
+        service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
+                                on_event=on_event, cluster=cluster)
+        if speaks and not args.quiet:
+            print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
+                  "a band of rows each", file=sys.stderr, flush=True)
+        try:
+            service.run(max_scans=args.scans or None, stop=stop)
+        finally:
+            socket.close()
+    return 1 if incomplete else 0
+
+
+def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
+                     settings: ReconSettings) -> int:
+    """``mpiexec -n R tomo-streamer recon``: each rank reads and corrects a share of the
+    projections and reconstructs a band of rows; rank 0 writes the master file."""
+    from streamer.live_ranks import recon_on_ranks  # noqa: PLC0415  # MPI runs only
+
+    link = RankLink.world()
+    began = time.perf_counter()
+    with open_scan(args.scan, options) as reader:
+        if link.rank == 0:
+            layout = reader.layout
+            print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
+                  f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation}); "
+                  f"{link.size} MPI ranks", file=sys.stderr, flush=True)
+        output = recon_on_ranks(reader, settings, link,
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    if output is None:  # not rank 0
+        return 0
+    if output.path is None:
+        raise StreamerError(f"recon: nothing was written: {output.error}")
+    state = "complete" if output.complete else "INCOMPLETE"
+    center = "?" if output.center is None else f"{output.center:.2f}"
+    print(f"wrote {output.slices} slices to {output.path} ({state}, {link.size} part files) "
+          f"in {time.perf_counter() - began:.1f} s; CoR {center}")
+    if output.error:
+        print(f"  errors: {output.error}", file=sys.stderr)
+    return 0 if output.complete else 1
 
 
 if __name__ == "__main__":

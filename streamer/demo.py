@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -24,6 +26,7 @@ from streamer.errors import StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.report import report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.state import FramesAccepted
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.recon import auto_center, open_volume
@@ -31,12 +34,15 @@ from streamer.sources.scan import FrameReader
 from streamer.sources.sender import SendOptions, new_scan_id, send_scan, start_header
 from streamer.transport import Endpoint, bound_address, open_socket
 
+if TYPE_CHECKING:
+    from streamer.feed import LiveFeed
+
 DEMO_TIMEOUT_S = 120.0
 DEMO_PIPELINE = """\
 pipeline:
   - method: normalize
     parameters: {minus_log: true}
-  - method: fbp
+  - method: fourier_fbp
 """
 
 
@@ -52,18 +58,24 @@ class DemoResult:
 
 
 def run_demo(
-    reader: FrameReader, options: SendOptions, out_dir: Path | None = None
+    reader: FrameReader, options: SendOptions, out_dir: Path | None = None,
+    *, feed: LiveFeed | None = None,
 ) -> DemoResult:
-    """Stream ``reader`` through ingest and correct the frames as they arrive."""
+    """Stream ``reader`` through ingest and correct the frames as they arrive; ``feed``
+    publishes previews, slices and counters for viewers."""
     out = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="tomo-streamer-demo-"))
     if options.scan_id is None:
         options = replace(options, scan_id=new_scan_id())
     steps = parse_pipeline(DEMO_PIPELINE, REGISTRY, source="demo pipeline").steps
     corrected: list[ProcessedBlock] = []
     slices: list[ProcessedBlock] = []
-    processor = ScanProcessor(steps, start_header(reader.layout, str(options.scan_id)),
-                              block_frames=16, on_projections=corrected.append,
-                              on_sinograms=slices.append, resolve_center=auto_center)
+    start = start_header(reader.layout, str(options.scan_id))
+    processor = ScanProcessor(
+        steps, start, block_frames=16, resolve_center=auto_center,
+        on_projections=_both(corrected.append, feed.projections if feed else None),
+        on_sinograms=_both(slices.append, feed.slices if feed else None))
+    if feed is not None:
+        feed.scan_opened(start, target=processor)
     settings = IngestSettings(idle_timeout_s=10.0)
     with zmq.Context() as context:
         pull = open_socket(
@@ -71,7 +83,10 @@ def run_demo(
             max_message_bytes=settings.limits.max_message_bytes,
         )
         address = bound_address(pull)
-        service = IngestService(pull, settings, drain=processor.drain)
+        service = IngestService(pull, settings, drain=processor.drain,
+                                on_event=_counting(feed) if feed is not None else None)
+        if feed is not None:
+            feed.watch(service.state)
         stop = threading.Event()
         worker = threading.Thread(
             target=service.run, kwargs={"max_scans": 1, "stop": stop}, name="ingest"
@@ -92,12 +107,17 @@ def run_demo(
     if not service.reports:
         raise StreamerError("demo: ingest closed no scan; see the messages above")
     report = service.reports[0]
+    if feed is not None:
+        feed.scan_closing()
     processor.finish()
     path = write_report(
         report_document(report, config={"demo": True, "address": address,
                                         "pipeline": DEMO_PIPELINE}), out
     )
     volume_path = _write_volume(out / "demo.h5", slices, processor, report)
+    if feed is not None:
+        feed.scan_closed(report, center=processor.center, center_method=_method(processor),
+                         output=str(volume_path) if volume_path else None)
     return DemoResult(path, report, sum(len(b.indices) for b in corrected),
                       _error_against_truth(reader, corrected), volume_path,
                       processor.center, _volume_error(reader, slices))
@@ -111,7 +131,7 @@ def _write_volume(path: Path, slices: list[ProcessedBlock], processor: ScanProce
     rows = sum(block.data.shape[0] for block in slices)
     writer = open_volume(path, first, output_format="hdf5",
                          detector_rows=list(range(rows)),
-                         center=float(processor.center or 0.0), method="vo",
+                         center=float(processor.center or 0.0), method=_method(processor),
                          pipeline_text=DEMO_PIPELINE, scan=report.scan, overwrite=True)
     try:
         for block in slices:
@@ -120,6 +140,30 @@ def _write_volume(path: Path, slices: list[ProcessedBlock], processor: ScanProce
         writer.close(complete=report.complete and processor.complete,
                      report=report.as_dict())
     return path
+
+
+def _method(processor: ScanProcessor) -> str:
+    """How the CoR was found: Vo's method, or the value a viewer set."""
+    method = processor.center_method
+    return "vo" if method in (None, "auto") else str(method)
+
+
+def _both(first: Callable[[ProcessedBlock], Any],
+          second: Callable[[ProcessedBlock], Any] | None) -> Callable[[ProcessedBlock], None]:
+    """One processor callback that calls two (the demo's lists and the live feed)."""
+    def call(block: ProcessedBlock) -> None:
+        first(block)
+        if second is not None:
+            second(block)
+    return call
+
+
+def _counting(feed: LiveFeed) -> Callable[[Any], None]:
+    """An ingest ``on_event`` that counts accepted frames for the feed."""
+    def on_event(event: Any) -> None:
+        if isinstance(event, FramesAccepted):
+            feed.frames_accepted(event)
+    return on_event
 
 
 def _volume_error(reader: FrameReader, slices: list[ProcessedBlock]) -> float | None:

@@ -18,16 +18,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from streamer.errors import StreamerError
 from streamer.ingest.accounting import ScanReport
-from streamer.ingest.state import ScanClosed, ScanOpened
+from streamer.ingest.state import FramesAccepted, ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.recon import auto_center, open_volume
+from streamer.sinks.disk import os_reason
+
+if TYPE_CHECKING:
+    from streamer.feed import LiveFeed
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class LiveReconstruction:
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
+    feed: LiveFeed | None = None  # live view: previews, slices, counters (streamer.feed)
     _processor: ScanProcessor | None = None
     _blocks: list[ProcessedBlock] = field(default_factory=list)
 
@@ -91,15 +96,43 @@ class LiveReconstruction:
             self._processor = ScanProcessor(
                 self.steps, start, block_frames=self.block_frames or frames,
                 block_sinograms=self.block_sinograms or sinograms,
-                on_sinograms=self._blocks.append, resolve_center=auto_center,
+                on_sinograms=self._on_sinograms, resolve_center=auto_center,
+                on_projections=self.feed.projections if self.feed is not None else None,
             )
+            if self.feed is not None:
+                center, size = self._feed_geometry()
+                self.feed.scan_opened(start, target=self._processor, center=center,
+                                      slice_size=size)
+        elif isinstance(event, FramesAccepted) and self.feed is not None:
+            self.feed.frames_accepted(event)
         elif isinstance(event, ScanClosed) and self._processor is not None:
+            if self.feed is not None:
+                self.feed.scan_closing()
             output = self._finish(self._processor, event.report)
+            method = self._processor.center_method
             self._processor = None
             self._blocks = []
             self.outputs.append(output)
+            if self.feed is not None:
+                self.feed.scan_closed(
+                    event.report, center=output.center, output=str(output.path or "") or None,
+                    center_method="vo" if method == "auto" else (method or "pipeline"),
+                    error=output.error)
             if self.on_output is not None:
                 self.on_output(output)
+
+    def _on_sinograms(self, block: ProcessedBlock) -> None:
+        self._blocks.append(block)
+        if self.feed is not None:
+            self.feed.slices(block)
+
+    def _feed_geometry(self) -> tuple[float | None, int | None]:
+        """The pipeline's fixed CoR and slice size, if it sets them (for the preview)."""
+        params = [dict(s.params) for s in self.steps if s.spec.needs_angles]
+        first = params[0] if params else {}
+        center, size = first.get("center"), first.get("output_size")
+        return (float(center) if center is not None else None,
+                int(size) if size is not None else None)
 
     def _finish(self, processor: ScanProcessor, report: ScanReport) -> ScanOutput:
         scan = report.scan
@@ -111,7 +144,6 @@ class LiveReconstruction:
             return ScanOutput(scan, None, 0, processor.center, False,
                               "no projection arrived: nothing to reconstruct")
         complete = report.complete and processor.complete
-        path = self._path_for(scan)
         first = self._blocks[0]
         rows = sum(block.data.shape[0] for block in self._blocks)
         center = processor.center
@@ -121,15 +153,30 @@ class LiveReconstruction:
                 (processor.start.cols - 1) / 2)
         found = processor.center_method
         method = "vo" if found == "auto" else (found or "pipeline")
-        writer = open_volume(path, first, output_format=self.output_format,
-                             detector_rows=list(range(rows)), center=center, method=method,
-                             pipeline_text=self.pipeline_text, scan=scan)
+        # A disk error (full, read-only) ends this scan's output, never the service: the
+        # volume keeps what was written, marked incomplete, and the error is reported.
+        try:
+            path = self._path_for(scan)
+            writer = open_volume(path, first, output_format=self.output_format,
+                                 detector_rows=list(range(rows)), center=center,
+                                 method=method, pipeline_text=self.pipeline_text, scan=scan)
+        except OSError as error:
+            return ScanOutput(scan, None, 0, center, False,
+                              f"{self.out_dir}: cannot write there: {os_reason(error)}")
+        except StreamerError as error:
+            return ScanOutput(scan, None, 0, center, False, str(error))
+        failure: str | None = None
         try:
             for block in self._blocks:
                 writer.write(int(block.indices[0]), block.data)
+        except StreamerError as error:
+            failure = str(error)
         finally:
-            writer.close(complete=complete, report=report.as_dict())
-        return ScanOutput(scan, path, rows, center, complete)
+            try:
+                writer.close(complete=complete and failure is None, report=report.as_dict())
+            except StreamerError as error:
+                failure = failure or str(error)
+        return ScanOutput(scan, path, rows, center, complete and failure is None, failure)
 
     def _path_for(self, scan: str) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -191,6 +191,10 @@ class ScanProcessor:
         self.resolve_center = resolve_center
         self.center: float | None = None
         self.center_method: str | None = None
+        #: A CoR chosen while the scan runs (the live viewer's ``set_center``, set from the
+        #: feed's thread): used, if set before the sinogram section starts, by every stage
+        #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
+        self.center_override: float | None = None
 
     # --- input ---------------------------------------------------------------------
 
@@ -299,6 +303,14 @@ class ScanProcessor:
         once: by the pipeline's CoR-finder step if it has one, else ``resolve_center``."""
         finders = [s for s in steps if s.spec.finds_center is not None]
         data_steps = tuple(s for s in steps if s.spec.finds_center is None)
+        override = self.center_override  # read once: another thread may set it
+        if override is not None:
+            self.center, self.center_method = float(override), "user (viewer)"
+            return tuple(
+                replace(s, params=s.params.model_copy(update={"center": self.center}))
+                if "center" in type(s.params).model_fields else s
+                for s in data_steps
+            )
         unset = [s for s in data_steps if "center" in type(s.params).model_fields
                  and dict(s.params)["center"] is None]
         if not unset:

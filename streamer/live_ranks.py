@@ -1,0 +1,579 @@
+"""``mpiexec -n R tomo-streamer run``: live reconstruction on several MPI ranks.
+
+Every rank pulls a share of the frames (see ADR 0002) and corrects its projections as
+they arrive; the reslice (:class:`~streamer.reslice.BandExchange`) sends each rank the
+rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
+sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
+rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
+(:func:`streamer.sinks.hdf5.write_master`).
+
+Per scan, in the order every rank sees (rank 0 orders opens and closes):
+
+1. **References.** Darks and flats reach arbitrary ranks; each rank forwards the ones it
+   received to every other rank, so every rank can normalise its projections. At close,
+   each rank announces how many it forwarded and waits (bounded) until it has the
+   announced ones from everyone: no rank normalises with fewer references than arrived.
+2. **Reslice.** Corrected projection blocks are scattered as they come; at close each
+   rank finishes sending and waits for its band.
+3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
+   the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
+   it to everyone — the same value on every rank, the same row as on one rank.
+4. **Band.** The sinogram section runs on the band, block by block, into the part file.
+5. **Master.** Each rank tells rank 0 what it wrote; rank 0 writes the master when the
+   merged report is in.
+
+All waits poll (MPICH busy-polls a rank blocked in a receive) and are bounded by
+``exchange_timeout_s``; a rank that does not answer is named in the error, and the
+scan's files are then marked incomplete rather than the job hanging.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import msgpack
+import numpy as np
+
+from streamer.errors import ConfigError, ExchangeError, StreamerError
+from streamer.exchange import Received
+from streamer.ingest.cluster import MergedReport
+from streamer.ingest.state import ScanClosed, ScanOpened
+from streamer.ingest.store import FrameStore, HeldFrame
+from streamer.live import ScanOutput
+from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.executor import ScanProcessor, apply_steps, split_sections
+from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
+from streamer.recon import ReconSettings, auto_center, pipeline_for
+from streamer.reslice import Band, BandExchange, row_bands
+from streamer.sinks.hdf5 import Hdf5VolumeWriter
+from streamer.sinks.master import part_path, write_master
+from streamer.sources.scan import FrameReader
+from streamer.sources.sender import start_header
+
+TAG_REFERENCE: Final = 301
+TAG_REFERENCES_DONE: Final = 302
+TAG_CENTER: Final = 303
+TAG_PART_DONE: Final = 304
+#: How long a rank waits for its peers at each step of a scan's close.
+DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
+_POLL_PAUSE_S: Final = 0.0005
+
+
+class ControlLink(Protocol):
+    """What this module needs of a link (``RankLink`` or an in-memory test link)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def send(self, dest: int, tag: int, payload: bytes) -> None: ...
+
+    def send_to_others(self, tag: int, payload: bytes) -> None: ...
+
+    def poll(self, limit: int = 1000) -> list[Received]: ...
+
+
+@dataclass(frozen=True)
+class PartWritten:
+    """What one rank wrote for one scan (sent to rank 0 for the master)."""
+
+    rank: int
+    path: str | None
+    rows: tuple[int, int]
+    slices: int
+    complete: bool
+    error: str | None
+
+
+@dataclass
+class _ScanState:
+    serial: int
+    start: StartHeader
+    processor: ScanProcessor
+    exchange: BandExchange
+    path: Path
+    forwarded: int = 0
+    references_here: int = 0  # darks and flats that reached this rank from the source
+    received_references: dict[int, int] = field(default_factory=dict)  # rank -> count
+    references_done: dict[int, int] = field(default_factory=dict)  # rank -> announced
+    center: float | None = None
+    center_method: str | None = None
+    center_error: str | None = None
+    center_known: bool = False
+
+
+@dataclass
+class RankedReconstruction:
+    """Reconstructs every scan ingest closes, each rank its band of detector rows; use
+    ``drain`` and ``on_event`` with a cluster :class:`~streamer.ingest.service.IngestService`.
+
+    Parameters
+    ----------
+    steps, pipeline_text, out_dir :
+        As for :class:`~streamer.live.LiveReconstruction`.
+    control : ControlLink
+        Small messages between ranks (references, CoR, parts written): a link of its own
+        (``RankLink.duplicate()``), separate from ingest's and the reslice's.
+    band_link :
+        The reslice's own link (``RankLink.duplicate()``).
+    """
+
+    steps: tuple[PipelineStep, ...]
+    pipeline_text: str
+    out_dir: Path
+    control: ControlLink
+    band_link: Any
+    block_frames: int | None = None
+    block_sinograms: int | None = None
+    memory_bytes: int | None = None
+    exchange_timeout_s: float = DEFAULT_EXCHANGE_TIMEOUT_S
+    output: Path | None = None  # one fixed master path (``recon``); None: per scan
+    first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
+    overwrite: bool = False
+    on_output: Callable[[ScanOutput], None] | None = None
+    log: Callable[[str], None] | None = None
+    outputs: list[ScanOutput] = field(default_factory=list)
+    _scan: _ScanState | None = None
+    _serial: int = 0
+    _inbox: list[Received] = field(default_factory=list)
+    _parts: dict[int, dict[int, PartWritten]] = field(default_factory=dict)  # serial->rank
+    _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
+
+    # --- ingest hooks ----------------------------------------------------------------
+
+    def drain(self, store: FrameStore) -> None:
+        self.add(store.take())
+
+    def on_event(self, event: Any) -> None:
+        if isinstance(event, ScanOpened):
+            self.open_scan(event.start)
+        elif isinstance(event, ScanClosed):
+            self.close_scan()
+        elif isinstance(event, MergedReport) and self.control.rank == 0:
+            report = event.report
+            self.write_master(report.scan, complete=report.complete,
+                              document=report.as_dict())
+
+    # --- the same, driven directly (``recon`` on several ranks) --------------------------
+
+    def add(self, frames: list[HeldFrame]) -> None:
+        """Frames of the open scan that reached this rank (any order)."""
+        scan = self._scan
+        if scan is None:
+            return
+        self._forward_references(scan, frames)
+        scan.processor.add(frames)
+        self._serve(scan)
+
+    def close_scan(self) -> None:
+        """The open scan is over on every rank: reslice, reconstruct, write this rank's
+        part and tell rank 0."""
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            self._close(scan)
+
+    # --- per scan ----------------------------------------------------------------------
+
+    def open_scan(self, start: StartHeader) -> None:
+        """A scan opened (on every rank, in the same order)."""
+        self._serial += 1
+        frames, sinograms, plans = block_sizes(
+            self.steps, rows=start.rows, cols=start.cols,
+            angles=max(start.projections, 1), dtype=start.wire_dtype,
+            budget_bytes=self.memory_bytes or default_budget_bytes(),
+        )
+        if self.log is not None and self.control.rank == 0:
+            for plan in plans:
+                self.log(f"scan {start.scan}: plan: {plan.describe()}")
+        # Projections usually follow the darks and flats: with ``first_index`` a piece
+        # lands straight in its sorted column (a wrong guess only costs a final sort).
+        exchange = BandExchange(self.band_link, scan_serial=self._serial, rows=start.rows,
+                                cols=start.cols, projections=start.projections,
+                                frames=start.frames, first_index=start.darks + start.flats)
+        processor = ScanProcessor(
+            self.steps, start, block_frames=self.block_frames or frames,
+            block_sinograms=self.block_sinograms or sinograms,
+            on_projections=lambda block: exchange.scatter(
+                block.indices, block.angles_deg, block.data),
+            keep_sinogram_section=False,
+        )
+        self._scan = scan = _ScanState(self._serial, start, processor, exchange,
+                                       self._master_path(start.scan))
+        early, self._inbox = self._inbox, []
+        for received in early:  # sent by a rank that opened this scan before this one
+            self._handle(received, scan)
+
+    def _close(self, scan: _ScanState) -> None:
+        start = scan.start
+        path = scan.path
+        if self.control.rank == 0:
+            self._closed[start.scan] = (scan.serial, path, start.rows)
+        try:
+            self._settle_references(scan)
+            scan.processor.finish()
+            scan.exchange.finish_sending()
+            band = scan.exchange.wait(self.exchange_timeout_s,
+                                      on_idle=lambda: self._serve(scan))
+            self._agree_center(scan, band)
+            part = self._write_part(scan, band, path)
+        except StreamerError as error:
+            rows = row_bands(start.rows, self.control.size)[self.control.rank]
+            part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
+            if self.log is not None:
+                self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
+                                 "rows": list(part.rows), "slices": part.slices,
+                                 "complete": part.complete, "error": part.error})
+        if self.control.rank == 0:
+            self._parts.setdefault(scan.serial, {})[0] = part
+        else:
+            self.control.send(0, TAG_PART_DONE, message)
+
+    # --- references --------------------------------------------------------------------
+
+    def _forward_references(self, scan: _ScanState, frames: list[HeldFrame]) -> None:
+        for frame in frames:
+            if frame.key not in (IMAGE_KEY_DARK, IMAGE_KEY_FLAT):
+                continue
+            scan.references_here += 1
+            if self.control.size == 1:
+                continue
+            data = np.ascontiguousarray(frame.data)
+            payload = msgpack.packb({
+                "serial": scan.serial, "index": frame.index, "key": frame.key,
+                "angle": frame.angle_deg, "dtype": data.dtype.str,
+                "shape": list(data.shape), "data": data.tobytes(),
+            })
+            self.control.send_to_others(TAG_REFERENCE, payload)
+            scan.forwarded += 1
+
+    def _settle_references(self, scan: _ScanState) -> None:
+        """Announce how many references this rank forwarded and wait for every rank's
+        announced ones, so all ranks normalise with the same darks and flats."""
+        self.control.send_to_others(TAG_REFERENCES_DONE, msgpack.packb(
+            {"serial": scan.serial, "count": scan.forwarded}))
+        peers = set(range(self.control.size)) - {self.control.rank}
+
+        def settled() -> bool:
+            return all(rank in scan.references_done
+                       and scan.received_references.get(rank, 0) >= scan.references_done[rank]
+                       for rank in peers)
+
+        self._wait(scan, settled, "the darks and flats forwarded by ranks",
+                   lambda: sorted(r for r in peers if r not in scan.references_done))
+
+    # --- centre of rotation ------------------------------------------------------------
+
+    def _agree_center(self, scan: _ScanState, band: Band) -> None:
+        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+        _, sinogram_steps = split_sections(self.steps)
+        finders = [s for s in sinogram_steps if s.spec.finds_center is not None]
+        unset = [s for s in sinogram_steps if s.spec.finds_center is None
+                 and "center" in type(s.params).model_fields
+                 and dict(s.params)["center"] is None]
+        if not unset:
+            return
+        finder = finders[-1] if finders else None
+        row = scan.start.rows // 2
+        if finder is not None and dict(finder.params).get("ind") is not None:
+            row = int(dict(finder.params)["ind"])
+        bands = row_bands(scan.start.rows, self.control.size)
+        owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
+        if owner is None:
+            raise StreamerError(
+                f"scan {scan.start.scan!r}: CoR finder row: expected a detector row below "
+                f"{scan.start.rows}, got {row}")
+        if owner == self.control.rank:
+            try:
+                scan.center, scan.center_method = _find_center(finder, band, row)
+            except StreamerError as error:
+                scan.center_error = str(error)
+            scan.center_known = True
+            self.control.send_to_others(TAG_CENTER, msgpack.packb({
+                "serial": scan.serial, "center": scan.center,
+                "method": scan.center_method, "error": scan.center_error}))
+        else:
+            self._wait(scan, lambda: scan.center_known, "the CoR from rank", lambda: [owner])
+        if scan.center_error is not None:
+            raise StreamerError(scan.center_error)
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _write_part(self, scan: _ScanState, band: Band, master: Path) -> PartWritten:
+        rank, ranks = self.control.rank, self.control.size
+        first, last = band.rows
+        if last == first:
+            return PartWritten(rank, None, band.rows, 0, True, None)
+        if band.sinograms.shape[1] == 0:
+            return PartWritten(rank, None, band.rows, 0, False,
+                               "no projection arrived: nothing to reconstruct")
+        _, sinogram_steps = split_sections(self.steps)
+        data_steps = tuple(
+            replace(s, params=s.params.model_copy(update={"center": scan.center}))
+            if scan.center is not None and "center" in type(s.params).model_fields
+            and dict(s.params)["center"] is None else s
+            for s in sinogram_steps if s.spec.finds_center is None
+        )
+        data_steps = _share_threads(data_steps, self.control.size)
+        center = scan.center
+        if center is None:
+            fixed = [dict(s.params).get("center") for s in data_steps if s.spec.needs_angles]
+            center = float(fixed[0]) if fixed and fixed[0] is not None else (
+                (scan.start.cols - 1) / 2)
+        found = scan.center_method
+        method = "vo" if found == "auto" else (found or "pipeline")
+        references = scan.references_here + sum(scan.received_references.values())
+        complete = (band.sinograms.shape[1] == scan.start.projections
+                    and references == scan.start.darks + scan.start.flats)
+        path = part_path(master, rank, ranks)
+        block = self.block_sinograms or scan.processor.block_sinograms
+        writer: Hdf5VolumeWriter | None = None
+        written = 0
+        try:
+            for begin in range(0, last - first, block):
+                end = min(begin + block, last - first)
+                data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
+                                   flats=None, angles_deg=band.angles_deg)
+                if writer is None:
+                    writer = Hdf5VolumeWriter(
+                        path, detector_rows=list(range(self.first_row + first,
+                                                       self.first_row + last)),
+                        slice_shape=(int(data.shape[1]), int(data.shape[2])),
+                        angles_deg=band.angles_deg, center_of_rotation=center,
+                        center_method=method, pipeline_yaml=self.pipeline_text,
+                        scan=scan.start.scan, overwrite=self.overwrite)
+                writer.write(begin, data)
+                written += end - begin
+        finally:
+            if writer is not None:
+                writer.close(complete=complete and written == last - first)
+        return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def write_master(self, scan_id: str, *, complete: bool,
+                     document: dict[str, Any] | None) -> ScanOutput | None:
+        """Rank 0: the scan's accounting is final; wait (bounded) for every rank's part
+        and write the master file. ``complete`` is the accounting's verdict; the master
+        is complete only if every part is too."""
+        closed = self._closed.pop(scan_id, None)
+        if closed is None:
+            return None
+        serial, path, rows = closed
+        parts = self._parts.setdefault(serial, {})
+        deadline = time.monotonic() + self.exchange_timeout_s
+        while len(parts) < self.control.size and time.monotonic() < deadline:
+            self._take_messages(None)
+            if len(parts) < self.control.size:
+                time.sleep(_POLL_PAUSE_S)
+        self._parts.pop(serial, None)
+        silent = sorted(set(range(self.control.size)) - set(parts))
+        errors = [f"rank {p.rank}: {p.error}" for p in parts.values() if p.error]
+        errors += [f"rank {r}: wrote nothing within {self.exchange_timeout_s:g} s"
+                   for r in silent]
+        # Every planned part, written or not: a part that is missing reads as a NaN band
+        # in the master (which is then incomplete and says why).
+        ranks = self.control.size
+        planned = [(rank, band) for rank, band in enumerate(row_bands(rows, ranks))
+                   if band[1] > band[0]]
+        files = [part_path(path, rank, ranks) for rank, _ in planned]
+        band_rows = [list(range(self.first_row + a, self.first_row + b)) for _, (a, b) in planned]
+        complete = (complete and not silent and not errors
+                    and all(p.complete for p in parts.values()))
+        document = dict(document or {})
+        if errors:
+            document["reconstruction_errors"] = errors
+        written = [file for file in files if file.exists()]
+        if not written:
+            output = ScanOutput(scan_id, None, 0, None, False,
+                                "; ".join(errors) or "no slices were written")
+        else:
+            try:
+                write_master(path, files, complete=complete, report=document,
+                             overwrite=self.overwrite, bands=band_rows)
+                slices = sum(p.slices for p in parts.values())
+                output = ScanOutput(scan_id, path, slices, _center_of(written[0]),
+                                    complete, "; ".join(errors) or None)
+            except StreamerError as error:
+                output = ScanOutput(scan_id, None, 0, None, False, str(error))
+        self.outputs.append(output)
+        if self.on_output is not None:
+            self.on_output(output)
+        return output
+
+    # --- messages ----------------------------------------------------------------------
+
+    def _serve(self, scan: _ScanState) -> None:
+        self._take_messages(scan)
+        scan.exchange.poll()
+
+    def _take_messages(self, scan: _ScanState | None) -> None:
+        for received in self.control.poll():
+            self._handle(received, scan)
+
+    def _handle(self, received: Received, scan: _ScanState | None) -> None:
+        try:
+            message = msgpack.unpackb(received.payload, raw=False)
+        except (ValueError, msgpack.ExtraData) as error:
+            raise ExchangeError(
+                f"rank {received.source}: control message (tag {received.tag}): expected "
+                f"msgpack, got undecodable bytes ({error})") from None
+        if not isinstance(message, dict) or not isinstance(message.get("serial"), int):
+            raise ExchangeError(
+                f"rank {received.source}: control message (tag {received.tag}): expected a "
+                f"map with an integer 'serial', got {type(message).__name__}")
+        if received.tag == TAG_PART_DONE:
+            part = PartWritten(int(message["rank"]), message["path"],
+                               (int(message["rows"][0]), int(message["rows"][1])),
+                               int(message["slices"]), bool(message["complete"]),
+                               message["error"])
+            self._parts.setdefault(message["serial"], {})[part.rank] = part
+            return
+        if scan is None or message["serial"] > scan.serial:
+            self._inbox.append(received)  # a scan this rank has not opened yet
+            return
+        if message["serial"] < scan.serial:
+            return  # a scan this rank already closed (cannot happen: same order everywhere)
+        if received.tag == TAG_REFERENCE:
+            data = np.frombuffer(message["data"], dtype=np.dtype(message["dtype"]))
+            frame = HeldFrame(int(message["index"]), int(message["key"]),
+                              float(message["angle"]),
+                              data.reshape(tuple(int(n) for n in message["shape"])))
+            scan.received_references[received.source] = (
+                scan.received_references.get(received.source, 0) + 1)
+            scan.processor.add([frame])
+        elif received.tag == TAG_REFERENCES_DONE:
+            scan.references_done[received.source] = int(message["count"])
+        elif received.tag == TAG_CENTER:
+            center = message["center"]
+            scan.center = None if center is None else float(center)
+            scan.center_method = message["method"]
+            scan.center_error = message["error"]
+            scan.center_known = True
+
+    def _wait(self, scan: _ScanState, done: Callable[[], bool], what: str,
+              missing: Callable[[], list[int]]) -> None:
+        deadline = time.monotonic() + self.exchange_timeout_s
+        while not done():
+            self._serve(scan)
+            if done():
+                return
+            if time.monotonic() > deadline:
+                raise ExchangeError(
+                    f"scan {scan.start.scan!r}: rank {self.control.rank} waited "
+                    f"{self.exchange_timeout_s:g} s for {what} {missing()}: none came "
+                    "(a rank died or is stuck)")
+            time.sleep(_POLL_PAUSE_S)
+
+    def _master_path(self, scan: str) -> Path:
+        """``<scan>.h5`` in ``out_dir`` (or ``output``), ``<scan>-2.h5`` … when that name
+        or its parts exist. Every rank decides alike: each sees at least its own parts
+        of an earlier scan of that name, all written before this scan opened."""
+        if self.output is not None:
+            return self.output
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", scan)
+        name, number = stem, 2
+        while (self.out_dir / f"{name}.h5").exists() or any(
+                self.out_dir.glob(f"{glob.escape(name)}.part*of*.h5")):
+            name = f"{stem}-{number}"
+            number += 1
+        return self.out_dir / f"{name}.h5"
+
+
+def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
+                   log: Callable[[str], None] = lambda line: None) -> ScanOutput | None:
+    """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
+
+    Every rank opens the scan; rank 0 reads the darks and flats (and forwards them, as
+    in a stream); the blocks of projections are dealt round-robin, so each rank reads
+    and corrects ``1/R`` of them; then the reslice and the band reconstruction run as
+    in ``run``. Rank 0 returns what it wrote; the others return None.
+    """
+    layout = reader.layout
+    if layout.projections == 0:
+        raise ConfigError("recon: the scan has no projections")
+    if settings.output_format != "hdf5":
+        raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
+                          "file per rank and a master file); run one rank for TIFF")
+    steps, text = pipeline_for(settings, layout.normalisation)
+    scan_id = re.sub(r"[^A-Za-z0-9._-]", "_", settings.output.stem)
+    control, band_link = link.duplicate(), link.duplicate()
+    ranked = RankedReconstruction(
+        steps, text, settings.output.parent, control, band_link,
+        block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
+        memory_bytes=settings.memory_bytes, output=settings.output,
+        first_row=settings.first_row, overwrite=settings.overwrite, log=log)
+    ranked.open_scan(start_header(layout, scan_id))
+    assert ranked._scan is not None
+    block = ranked._scan.processor.block_frames
+    rank, ranks = control.rank, control.size
+    keys, angles = layout.image_keys, layout.angles_deg
+    for number, first in enumerate(range(0, layout.frames, block)):
+        last = min(first + block, layout.frames)
+        projections_here = number % ranks == rank
+        references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))
+        if not (projections_here or references_here):
+            continue
+        data = reader.read(first, last)
+        ranked.add([
+            HeldFrame(index, int(keys[index]), float(angles[index]), data[index - first])
+            for index in range(first, last)
+            if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
+            or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
+        ])
+    ranked.close_scan()
+    if rank != 0:
+        return None
+    return ranked.write_master(scan_id, complete=True, document=None)
+
+
+def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[PipelineStep, ...]:
+    """Stages that run threads (``threads: None`` = every CPU) get this rank's share of
+    the CPUs, so R ranks on one node do not run R × CPUs threads."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    share = max(1, cpus // max(1, ranks))
+    return tuple(
+        replace(s, params=s.params.model_copy(update={"threads": share}))
+        if "threads" in type(s.params).model_fields and dict(s.params)["threads"] is None
+        else s
+        for s in steps
+    )
+
+
+def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[float, str]:
+    """The CoR from detector row ``row`` of ``band`` (which owns it)."""
+    local = row - band.rows[0]
+    # (angles, 1, cols): the corrected projections of that one row, as the finders take.
+    stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
+    if finder is None:
+        return auto_center(stack, band.angles_deg), "auto"
+    assert finder.spec.finds_center is not None
+    params = finder.params
+    if "ind" in type(params).model_fields:
+        params = params.model_copy(update={"ind": 0})
+    value = float(finder.spec.finds_center(stack, band.angles_deg, params))
+    return value, f"{finder.name} (pipeline)"
+
+
+def _center_of(part: Path) -> float | None:
+    import h5py  # noqa: PLC0415  # only rank 0, once per scan
+
+    try:
+        with h5py.File(part, "r") as handle:
+            return float(handle["/entry/process/center_of_rotation"][()])
+    except (OSError, KeyError):
+        return None
+
+
+__all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "PartWritten", "RankedReconstruction",
+           "recon_on_ranks"]

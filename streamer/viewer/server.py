@@ -1,0 +1,537 @@
+"""``tomo-streamer view``: a web page that shows a live feed (HTTP + WebSocket, aiohttp).
+
+One asyncio loop does everything: a task subscribes to the feed (:mod:`streamer.feed`)
+and validates every message (:func:`streamer.client.decode_message`); each browser holds a
+WebSocket that gets the newest message of each kind — latest wins, per browser, so a
+slow browser skips old previews and never holds the others back. Images go to the
+browser as they came (float32 or uint8 with their window), and the page applies the
+contrast. The browser may ask for three things, each validated here and forwarded to the
+feed's control socket with the token: a CoR sweep, the CoR to use, a final slice.
+
+Endpoints: ``GET /`` (the page), ``GET /static/{viewer.js,viewer.css}``, ``GET /api/state``
+(JSON: what the viewer knows), ``GET /ws`` (the WebSocket; a browser's ``Origin`` must be
+this server, so another web site cannot drive it). The server binds 127.0.0.1 unless
+told otherwise (``allow_remote``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.asyncio
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamer.client import (
+    CorSweep,
+    Counters,
+    Cuts,
+    FeedMessage,
+    FeedRequestError,
+    Preview,
+    ScanEnd,
+    ScanStart,
+    Slice,
+    decode_message,
+    parse_reply,
+)
+from streamer.errors import ConfigError, ProtocolError, StreamerError
+from streamer.feed_messages import (
+    CorSweepRequest,
+    CutsRequest,
+    FeedLimits,
+    SetCenterRequest,
+    SliceRequest,
+    StateRequest,
+    pack_request,
+)
+from streamer.transport import LOOPBACK_NAMES, check_address
+
+STATIC: Final = {"viewer.js": "application/javascript", "viewer.css": "text/css"}
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+MAX_OP_BYTES: Final = 4096
+
+
+@dataclass(frozen=True)
+class ViewerSettings:
+    """What ``tomo-streamer view`` serves and where.
+
+    Parameters
+    ----------
+    feed : str
+        The feed's PUB address.
+    control : str, optional
+        The feed's control address (CoR sweep, set CoR, slices); without it the page
+        is read-only.
+    host, port : str, int
+        Where the page is served (port 0: a free one).
+    allow_remote : bool
+        Allow a non-loopback ``host``.
+    token : str, optional
+        The feed's control token (never sent to the browser).
+    history : int
+        Counters kept for the rate plot (one a second).
+    """
+
+    feed: str
+    control: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allow_remote: bool = False
+    token: str | None = None
+    history: int = 900
+    request_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_address(self.feed)
+        if self.control is not None:
+            check_address(self.control)
+        if not self.allow_remote and self.host not in LOOPBACK_NAMES:
+            raise ConfigError(f"--host: refusing to serve on non-loopback {self.host!r}; use "
+                              "127.0.0.1 or pass --allow-remote on purpose")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port: expected 0..65535, got {self.port}")
+        if not 1 <= self.history <= 100_000:
+            raise ConfigError(f"history: expected 1..100000 points, got {self.history}")
+
+
+class _Op(BaseModel):
+    """A browser's request (JSON over the WebSocket), validated strictly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SweepOp(_Op):
+    op: Literal["cor_sweep"]
+    center: float | None = None
+    half_width: float = 5.0
+    step: float = 0.5
+    row: int | None = None
+
+
+class CenterOp(_Op):
+    op: Literal["set_center"]
+    value: float
+    scan: str | None = None
+
+
+class SliceOp(_Op):
+    op: Literal["slice"]
+    index: int = Field(ge=0, le=65535)
+
+
+Op = SweepOp | CenterOp | SliceOp
+_OPS: Final[dict[str, type[SweepOp] | type[CenterOp] | type[SliceOp]]] = {
+    "cor_sweep": SweepOp, "set_center": CenterOp, "slice": SliceOp,
+}
+
+
+def browser_frame(kind: str, header: Any, images: tuple[Any, ...], extra: dict[str, Any]
+                  ) -> bytes:
+    """One binary WebSocket message: ``uint32 n``, ``n`` bytes of JSON (padded with spaces
+    to a multiple of 4 so the images can be viewed as a ``Float32Array``), the images."""
+    meta = {"kind": kind, **header.model_dump(mode="json"), **extra}
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    head += b" " * (-(4 + len(head)) % 4)
+    return struct.pack("<I", len(head)) + head + b"".join(image.tobytes() for image in images)
+
+
+def _text(kind: str, header: Any) -> str:
+    return json.dumps({"kind": kind, **header.model_dump(mode="json")})
+
+
+@dataclass(eq=False)  # hashed by identity: kept in a set
+class _Client:
+    """One browser: the newest message of each kind waits here until sent."""
+
+    ws: web.WebSocketResponse
+    pending: dict[str, str | bytes] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    skipped: int = 0
+
+    def offer(self, kind: str, payload: str | bytes) -> None:
+        if kind in self.pending:
+            self.skipped += 1  # latest wins
+        self.pending[kind] = payload
+        self.wake.set()
+
+    async def pump(self) -> None:
+        while not self.ws.closed:
+            await self.wake.wait()
+            self.wake.clear()
+            batch, self.pending = self.pending, {}
+            for payload in batch.values():
+                if isinstance(payload, bytes):
+                    await self.ws.send_bytes(payload)
+                else:
+                    await self.ws.send_str(payload)
+
+
+@dataclass
+class _Hub:
+    """What the viewer knows, and the browsers to tell (one event loop: no locks)."""
+
+    settings: ViewerSettings
+    latest: dict[str, str | bytes] = field(default_factory=dict)
+    history: deque[dict[str, float]] = field(default_factory=deque)
+    clients: set[_Client] = field(default_factory=set)
+    received: int = 0
+    rejected: int = 0
+    missed: int = 0
+    last_seq: int | None = None
+    scan: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    cuts_of: set[str] = field(default_factory=set)  # scans whose cuts we have or asked for
+
+    def take(self, message: FeedMessage) -> None:
+        self.received += 1
+        seq = message.header.seq
+        if self.last_seq is not None and seq > self.last_seq:
+            self.missed += seq - self.last_seq - 1
+        self.last_seq = seq
+        if isinstance(message, ScanStart):
+            self.scan = message.header.scan
+            self.latest.clear()
+            self.history.clear()
+            for client in self.clients:
+                client.pending.clear()
+            self._post("scan_start", _text("scan_start", message.header))
+            self.summary = {"scan_start": message.header.model_dump(mode="json")}
+        elif isinstance(message, Counters):
+            header = message.header
+            self.scan = header.scan
+            point = {"t": header.t, "elapsed_s": header.elapsed_s,
+                     "received_fps": header.rates.received_fps,
+                     "processed_fps": header.rates.processed_fps,
+                     "previewed_fps": header.rates.previewed_fps}
+            self.history.append(point)
+            while len(self.history) > self.settings.history:
+                self.history.popleft()
+            self._post("counters", _text("counters", header))
+            self._post("point", json.dumps({"kind": "point", **point}))
+            self.summary["counters"] = header.model_dump(mode="json")
+        elif isinstance(message, ScanEnd):
+            self._post("scan_end", _text("scan_end", message.header))
+            self.summary["scan_end"] = message.header.model_dump(mode="json")
+        elif isinstance(message, Preview | Slice | Cuts | CorSweep):
+            kind = message.header.type
+            if isinstance(message, Cuts) and message.header.scan is not None:
+                self.cuts_of.add(message.header.scan)
+            self._post(kind, browser_frame(kind, message.header, message.images, {}))
+            self.summary[kind] = {k: v for k, v in message.header.model_dump(mode="json").items()
+                                  if k != "images"}
+
+    def _post(self, kind: str, payload: str | bytes) -> None:
+        self.latest[kind] = payload
+        for client in self.clients:
+            client.offer(kind, payload)
+
+    def welcome(self, client: _Client) -> None:
+        client.offer("history", json.dumps({"kind": "history", "points": list(self.history)}))
+        for kind, payload in self.latest.items():
+            if kind != "point":
+                client.offer(kind, payload)
+        client.offer("hello", json.dumps({"kind": "hello",
+                                          "control": self.settings.control is not None}))
+
+
+class ViewerServer:
+    """The viewer's HTTP/WebSocket server and its feed subscription, on one event loop."""
+
+    def __init__(self, settings: ViewerSettings, limits: FeedLimits | None = None) -> None:
+        self.settings = settings
+        self.limits = limits if limits is not None else FeedLimits()
+        self.hub = _Hub(settings)
+        self.url: str | None = None
+        self._context: zmq.asyncio.Context | None = None
+        self._control: zmq.asyncio.Socket | None = None
+        self._control_lock = asyncio.Lock()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> str:
+        """Subscribe to the feed and start serving; returns the page's URL."""
+        self._context = zmq.asyncio.Context()
+        sub = self._context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 8)
+        sub.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(self.settings.feed)
+        if self.settings.control is not None:
+            self._control = self._new_control()
+        self._tasks.append(asyncio.create_task(self._follow(sub)))
+        self._tasks.append(asyncio.create_task(self._catch_up()))
+        app = web.Application(client_max_size=MAX_OP_BYTES)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/api/state", self._state)
+        app.router.add_get("/favicon.ico", self._no_icon)
+        app.router.add_get("/ws", self._ws)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await site.start()
+        server = site._server  # the bound port, also when port 0 was asked for
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        host = self.settings.host
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        return self.url
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in list(self.hub.clients):
+            await client.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._context is not None:
+            self._context.destroy(linger=0)
+
+    def _new_control(self) -> zmq.asyncio.Socket:
+        assert self._context is not None and self.settings.control is not None
+        control = self._context.socket(zmq.REQ)
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.REQ_RELAXED, 1)
+        control.setsockopt(zmq.REQ_CORRELATE, 1)
+        control.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        control.connect(self.settings.control)
+        return control
+
+    async def _follow(self, sub: zmq.asyncio.Socket) -> None:
+        while True:
+            parts = await sub.recv_multipart(copy=False)
+            try:
+                message = decode_message(list(parts), self.limits)
+            except ProtocolError:
+                self.hub.rejected += 1
+                continue
+            self.hub.take(message)
+            scan = message.header.scan
+            if isinstance(message, ScanEnd) and scan and scan not in self.hub.cuts_of:
+                self.hub.cuts_of.add(scan)  # asked once
+                self._tasks.append(asyncio.create_task(self._fetch_cuts()))
+
+    async def _fetch_cuts(self) -> None:
+        """The cuts of a scan whose ``cuts`` message was lost, from the control socket."""
+        with contextlib.suppress(StreamerError):
+            reply = await self.request(CutsRequest(token=self.settings.token))
+            if isinstance(reply, Cuts):
+                self.hub.take(reply)
+
+    async def _catch_up(self) -> None:
+        """A viewer started mid-scan asks the feed what is going on (no wait if none)."""
+        if self._control is None:
+            return
+        with contextlib.suppress(StreamerError):
+            state = await self.request(StateRequest(token=self.settings.token))
+            if isinstance(state, dict) and state.get("scan") and self.hub.scan is None:
+                self.hub.summary.setdefault("state", state)
+                self.hub.latest["state"] = json.dumps({"kind": "state", **state})
+
+    async def request(self, request: Any) -> dict[str, Any] | Slice | Cuts:
+        """Send one control request; the reply, or ``FeedRequestError``/``StreamerError``."""
+        if self._control is None:
+            raise FeedRequestError("no_control", "this viewer has no --control address")
+        async with self._control_lock:
+            await self._control.send(pack_request(request))
+            if not await self._control.poll(int(self.settings.request_timeout_s * 1000)):
+                raise StreamerError(f"control {self.settings.control}: no reply within "
+                                    f"{self.settings.request_timeout_s:g} s")
+            parts = await self._control.recv_multipart(copy=False)
+        return parse_reply(list(parts), self.limits)
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text=_asset("index.html"), content_type="text/html",
+                            headers=SECURITY_HEADERS)
+
+    async def _no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC:
+            raise web.HTTPNotFound()
+        return web.Response(text=_asset(name), content_type=STATIC[name],
+                            headers=SECURITY_HEADERS)
+
+    async def _state(self, request: web.Request) -> web.Response:
+        hub = self.hub
+        body = {"feed": self.settings.feed, "control": self.settings.control,
+                "scan": hub.scan, "received": hub.received, "rejected": hub.rejected,
+                "missed": hub.missed, "browsers": len(hub.clients),
+                "history": list(hub.history), **hub.summary}
+        return web.json_response(_finite(body), headers=SECURITY_HEADERS)
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise web.HTTPForbidden(text=f"origin {origin!r} is not this viewer")
+        ws = web.WebSocketResponse(max_msg_size=MAX_OP_BYTES, heartbeat=30.0)
+        await ws.prepare(request)
+        client = _Client(ws)
+        self.hub.clients.add(client)
+        self.hub.welcome(client)
+        pump = asyncio.create_task(client.pump())
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await self._operate(client, message.data)
+                elif message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.hub.clients.discard(client)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await pump
+        return ws
+
+    async def _operate(self, client: _Client, text: str) -> None:
+        """One request from a browser: validated, forwarded, answered to that browser."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("op") not in _OPS:
+                raise ValueError("expected {\"op\": \"cor_sweep\"|\"set_center\"|\"slice\", …}")
+            op: Op = _OPS[data["op"]].model_validate(data)
+        except (ValueError, ValidationError) as error:
+            client.offer("reply", json.dumps({"kind": "reply", "op": None, "ok": False,
+                                              "reason": "invalid_field",
+                                              "message": str(error)[:500]}))
+            return
+        token = self.settings.token
+        try:
+            if isinstance(op, SweepOp):
+                forward: Any = CorSweepRequest(center=op.center, half_width=op.half_width,
+                                               step=op.step, row=op.row, token=token)
+            elif isinstance(op, CenterOp):
+                forward = SetCenterRequest(value=op.value, scan=op.scan, token=token)
+            else:
+                forward = SliceRequest(index=op.index, token=token)
+        except ValidationError as error:
+            message = "; ".join(e["msg"] for e in error.errors(include_url=False))
+            client.offer("reply", json.dumps({"kind": "reply", "op": op.op, "ok": False,
+                                              "reason": "invalid_field", "message": message}))
+            return
+        try:
+            reply = await self.request(forward)
+        except FeedRequestError as error:
+            client.offer("reply", json.dumps({"kind": "reply", "op": op.op, "ok": False,
+                                              "reason": error.reason, "message": str(error)}))
+            return
+        except StreamerError as error:
+            client.offer("reply", json.dumps({"kind": "reply", "op": op.op, "ok": False,
+                                              "reason": "control", "message": str(error)}))
+            return
+        if isinstance(reply, Slice):
+            client.offer("slice", browser_frame("slice", reply.header, reply.images,
+                                                {"requested": True}))
+            client.offer("reply", json.dumps({"kind": "reply", "op": op.op, "ok": True,
+                                              "index": reply.header.index}))
+        elif isinstance(reply, dict):
+            client.offer("reply", json.dumps(_finite({"kind": "reply", "op": op.op, "ok": True,
+                                                      **reply})))
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _asset(name: str) -> str:
+    return resources.files("streamer.viewer").joinpath("static", name).read_text("utf-8")
+
+
+def serve(settings: ViewerSettings, *, announce: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM; ``announce`` gets the page's URL once it is up."""
+
+    async def main() -> None:
+        server = ViewerServer(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            announce(await server.start())
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+class ViewerThread:
+    """The viewer on its own event loop in a background thread (tests, notebooks).
+
+    ``url`` is set once it serves; :meth:`close` stops it.
+    """
+
+    def __init__(self, settings: ViewerSettings, *, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.server = ViewerServer(settings)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="viewer", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise StreamerError(f"viewer: not serving within {timeout_s:g} s")
+        if self._error is not None:
+            raise self._error
+        assert self.server.url is not None
+        self.url: str = self.server.url
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self.server.start())
+        except BaseException as error:  # reported to the constructor's caller
+            self._error = error
+            self._ready.set()
+            self._loop.close()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.server.stop())
+        self._loop.close()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> ViewerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

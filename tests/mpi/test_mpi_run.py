@@ -1,0 +1,118 @@
+"""``tomo-streamer run`` on several MPI ranks for real: ingest, reslice, band
+reconstruction, part files and the master file.
+
+Run by tests/mpi/test_launch.py under ``mpiexec -n R``; every rank runs the same test.
+Rank 0 also plays the source (see test_mpi_ingest.py). The oracle is the one-rank batch
+path (``run_recon``) on the same simulated scan and pipeline: the stitched volume must be
+the same slices, the same CoR (found by the rank owning the middle row).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from streamer.cli import main
+from streamer.exchange import RankLink
+from streamer.recon import ReconSettings, run_recon
+from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
+from streamer.sources.sender import SendOptions, send_scan
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from tests.mpi.test_mpi_ingest import JOIN_S, link, shared_dir, source
+
+__all__ = ["link", "shared_dir"]  # fixtures used by the tests below
+pytestmark = pytest.mark.mpi
+
+PIPELINE = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: fbp
+    parameters: {filter_name: hann}
+"""
+
+
+def test_run_on_ranks_writes_parts_and_a_master_equal_to_one_rank(
+    link: RankLink, shared_dir: Path
+) -> None:
+    config = SimulationConfig.from_kwargs(rows=13, cols=40, projections=72, flats=4, darks=3,
+                                          cor_px=20.5, seed=5)
+    scan = SimulatedScan(config)
+    pipeline = shared_dir / "pipeline.yaml"
+    if link.rank == 0:
+        pipeline.write_text(PIPELINE)
+    ready = threading.Event()
+    thread = None
+
+    def play(push: zmq.Socket[Any]) -> None:
+        send_scan(push, scan, SendOptions(scan_id="ranks", block=3, order="shuffle", seed=2))
+
+    if link.rank == 0:
+        thread = source(shared_dir, link.size, ready, play)
+        assert ready.wait(JOIN_S)
+    link.comm.Barrier()
+    address = (shared_dir / "address.txt").read_text()
+    out = shared_dir / "volumes"
+    code = main(["run", str(pipeline), "--from", address, "--out", str(out), "--scans", "1",
+                 "--idle-timeout", "10", "--quiet"])
+    if thread is not None:
+        thread.join(JOIN_S)
+        assert not thread.is_alive()
+    assert code == 0
+    link.comm.Barrier()
+    parts = sorted(out.glob("ranks.part*.h5"))
+    rows_per_rank = [13 // link.size + (r < 13 % link.size) for r in range(link.size)]
+    assert len(parts) == sum(1 for rows in rows_per_rank if rows)
+    if link.rank != 0:
+        return
+    reference = run_recon(SimulatedScan(config), ReconSettings(
+        output=shared_dir / "one-rank.h5", pipeline=pipeline))
+    with h5py.File(out / "ranks.h5", "r") as master, \
+            h5py.File(reference.output, "r") as single:
+        data = master["/entry/reconstruction/data"]
+        assert data.is_virtual
+        assert bool(master["/entry"].attrs["complete"])
+        np.testing.assert_array_equal(master["/entry/reconstruction/detector_row"][()],
+                                      np.arange(13))
+        assert master["/entry/reconstruction/slice_written"][()].all()
+        center = float(master["/entry/process/center_of_rotation"][()])
+        assert center == float(single["/entry/process/center_of_rotation"][()])
+        expected = single["/entry/reconstruction/data"][()]
+        np.testing.assert_allclose(data[()], expected, rtol=1e-5, atol=1e-5 * np.abs(
+            expected).max())
+
+
+def test_recon_on_ranks_equals_one_rank(link: RankLink, shared_dir: Path) -> None:
+    config = SimulationConfig.from_kwargs(rows=11, cols=36, projections=60, flats=3, darks=2,
+                                          cor_px=17.0, seed=9)
+    stored = shared_dir / "scan.nxs"
+    pipeline = shared_dir / "pipeline.yaml"
+    if link.rank == 0:
+        write_nxtomo(stored, SimulatedScan(config))
+        pipeline.write_text(PIPELINE)
+    link.comm.Barrier()
+    out = shared_dir / "ranks.h5"
+    code = main(["recon", str(stored), "-o", str(out), "--pipeline", str(pipeline),
+                 "--rows", "2:9", "--block", "7", "--quiet"])
+    assert code == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return
+    single = shared_dir / "single.h5"
+    with open_scan(stored, LoadOptions(rows=(2, 9))) as reader:
+        run_recon(reader, ReconSettings(output=single, pipeline=pipeline, first_row=2))
+    with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
+        assert bool(master["/entry"].attrs["complete"])
+        np.testing.assert_array_equal(master["/entry/reconstruction/detector_row"][()],
+                                      np.arange(2, 9))
+        assert (float(master["/entry/process/center_of_rotation"][()])
+                == float(one["/entry/process/center_of_rotation"][()]))
+        expected = one["/entry/reconstruction/data"][()]
+        np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
+                                   rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -1,0 +1,134 @@
+"""A rank of ``mpiexec -n 3 tomo-streamer run`` is killed mid-scan.
+
+The launcher (MPICH's hydra, from pip) ends the job: the test bounds how long that
+takes, checks the exit status and the launcher's message, that the scan completed
+before the fault is intact and marked complete, and that nothing claims the
+interrupted scan is complete (its parts are written only when it closes, so there is
+no master file for it). Not an ``mpi``-marked test: it launches mpiexec itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamer.protocol import FramesHeader, encode_frames, encode_header
+from streamer.sources.sender import SendOptions, send_scan, start_header
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.transport import Endpoint, bound_address, open_socket
+from tests.mpi.test_launch import mpiexec
+
+RANKS = 3
+JOIN_S = 60.0
+END_WITHIN_S = 30.0
+PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
+
+
+def descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int | None:
+    for pid in descendants(launcher_pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def wait_for_ranks(monitor: zmq.Socket[Any], peers: int) -> None:
+    poller = zmq.Poller()
+    poller.register(monitor, zmq.POLLIN)
+    joined = 0
+    while joined < peers:
+        assert poller.poll(JOIN_S * 1000), f"only {joined} of {peers} ranks connected"
+        if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            joined += 1
+
+
+def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path: Path,
+                                                                       cli_env: dict[str, str]
+                                                                       ) -> None:
+    launcher = mpiexec()
+    if launcher is None:
+        pytest.skip("mpiexec not found: pip install 'tomo-streamer[mpi]'")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    out = tmp_path / "volumes"
+    config = SimulationConfig.from_kwargs(rows=6, cols=32, projections=90, flats=3, darks=2)
+    first, second = SimulatedScan(config), SimulatedScan(config)
+    with zmq.Context() as context:
+        push = open_socket(context, "push", Endpoint("tcp://127.0.0.1:*", bind=True), hwm=4,
+                           send_timeout_ms=int(JOIN_S * 1000), linger_ms=0)
+        monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        job = subprocess.Popen(
+            [launcher, "-n", str(RANKS), sys.executable, "-m", "streamer.cli", "run",
+             str(pipeline), "--from", bound_address(push), "--out", str(out),
+             "--idle-timeout", "20", "--quiet"],
+            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            wait_for_ranks(monitor, RANKS)
+            send_scan(push, first, SendOptions(scan_id="before", block=5))
+            deadline = time.monotonic() + JOIN_S
+            while not (out / "before.h5").exists():  # rank 0 writes the master last
+                assert time.monotonic() < deadline, "the first scan was never written"
+                assert job.poll() is None, job.communicate()[0]
+                time.sleep(0.05)
+            layout = second.layout
+            push.send(encode_header(start_header(layout, "during")))
+            for begin in range(0, 45, 5):
+                header = FramesHeader(scan="during", first=begin, count=5,
+                                      keys=layout.image_keys[begin:begin + 5].tolist(),
+                                      angles=layout.angles_deg[begin:begin + 5].tolist(),
+                                      dtype="uint16", shape=(6, 32))
+                push.send_multipart(encode_frames(header, second.read(begin, begin + 5)))
+            victim = rank_pid(job.pid, 1)
+            assert victim is not None, "rank 1's process not found"
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            output, _ = job.communicate(timeout=END_WITHIN_S)
+            ended_after = time.monotonic() - killed_at
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.communicate()
+            push.disable_monitor()
+            monitor.close(linger=0)
+            push.close()
+    assert job.returncode != 0, output
+    assert ended_after < END_WITHIN_S
+    assert "BAD TERMINATION" in output and "Killed" in output, output[-3000:]
+    # The last scan the job named before the launcher's message is the interrupted one.
+    before_fault = output[:output.index("BAD TERMINATION")]
+    assert before_fault.rfind("scan during:") > before_fault.rfind("scan before:") >= 0
+    with h5py.File(out / "before.h5", "r") as volume:
+        assert bool(volume["/entry"].attrs["complete"])
+        assert volume["/entry/reconstruction/data"].shape == (6, 32, 32)
+    assert not (out / "during.h5").exists()
+    for part in out.glob("during.part*.h5"):  # none expected; if any, never "complete"
+        with h5py.File(part, "r") as handle:
+            assert not bool(handle["/entry"].attrs["complete"])
