@@ -876,6 +876,9 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         )
     from streamer.live_ranks import RankedReconstruction  # noqa: PLC0415  # MPI runs only
 
+    if args.feed:
+        raise ConfigError("--feed: the live feed runs on one rank for now (with several "
+                          "MPI ranks each sees only a share of the projections)")
     if args.tiff:
         raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
                           "file per rank and a master file); run one rank for TIFF")

@@ -8,8 +8,7 @@ what arrived and the volume is written: ``complete`` only if the scan was comple
 otherwise it is still written, marked incomplete, with the accounting report inside.
 
 While a scan is reconstructed the service does not read its socket, so the next scan's
-source waits (backpressure). Several MPI ranks need the reslice (not yet): the command
-refuses them rather than reconstruct wrong bands.
+source waits (backpressure). Several MPI ranks: :mod:`streamer.live_ranks`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from streamer.errors import StreamerError
 from streamer.ingest.accounting import ScanReport
@@ -32,6 +31,17 @@ from streamer.sinks.disk import os_reason
 
 if TYPE_CHECKING:
     from streamer.feed import LiveFeed
+
+
+#: Outputs kept in memory by a running service (the newest): months of scans must not grow it.
+MAX_KEPT_OUTPUTS: Final = 1000
+
+
+def keep_newest(outputs: list[ScanOutput], output: ScanOutput) -> None:
+    """Append ``output``, dropping the oldest beyond ``MAX_KEPT_OUTPUTS``."""
+    outputs.append(output)
+    if len(outputs) > MAX_KEPT_OUTPUTS:
+        del outputs[: len(outputs) - MAX_KEPT_OUTPUTS]
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ class LiveReconstruction:
             method = self._processor.center_method
             self._processor = None
             self._blocks = []
-            self.outputs.append(output)
+            keep_newest(self.outputs, output)
             if self.feed is not None:
                 self.feed.scan_closed(
                     event.report, center=output.center, output=str(output.path or "") or None,

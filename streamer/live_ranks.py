@@ -46,7 +46,7 @@ from streamer.exchange import Received
 from streamer.ingest.cluster import MergedReport
 from streamer.ingest.state import ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
-from streamer.live import ScanOutput
+from streamer.live import ScanOutput, keep_newest
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps, split_sections
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
@@ -404,7 +404,7 @@ class RankedReconstruction:
                                     complete, "; ".join(errors) or None)
             except StreamerError as error:
                 output = ScanOutput(scan_id, None, 0, None, False, str(error))
-        self.outputs.append(output)
+        keep_newest(self.outputs, output)
         if self.on_output is not None:
             self.on_output(output)
         return output

@@ -81,3 +81,14 @@ def test_run_command_serves_a_scan(tmp_path: Path, python: str, cli_env) -> None
         assert file["/entry/reconstruction/data"].shape == (2, 48, 48)
         assert "remove_all_stripe" in file["/entry/process/pipeline"][()].decode()
     assert json.loads((out / "served.json").read_text())["complete"]
+
+
+def test_a_long_running_service_keeps_only_the_newest_outputs(monkeypatch) -> None:
+    import streamer.live as live_module
+
+    monkeypatch.setattr(live_module, "MAX_KEPT_OUTPUTS", 2)
+    outputs: list[live_module.ScanOutput] = []
+    for number in range(3):
+        live_module.keep_newest(outputs, live_module.ScanOutput(f"s{number}", None, 0, None,
+                                                                False))
+    assert [output.scan for output in outputs] == ["s1", "s2"]
