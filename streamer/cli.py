@@ -940,6 +940,9 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         if speaks and not args.quiet:
             print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
                   "a band of rows each", file=sys.stderr, flush=True)
+        # One line per rank, so that a launcher's report of a dead process (by pid) can
+        # be read as a rank.
+        print(f"run: rank {link.rank} is pid {os.getpid()}", file=sys.stderr, flush=True)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:

@@ -54,7 +54,7 @@ from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTI
 from streamer.recon import ReconSettings, auto_center, pipeline_for
 from streamer.reslice import Band, BandExchange, row_bands
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
-from streamer.sinks.master import part_path, write_master
+from streamer.sinks.master import part_path, write_master, write_placeholder
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 
@@ -62,6 +62,7 @@ TAG_REFERENCE: Final = 301
 TAG_REFERENCES_DONE: Final = 302
 TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
+TAG_PATH: Final = 305
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
@@ -101,7 +102,7 @@ class _ScanState:
     start: StartHeader
     processor: ScanProcessor
     exchange: BandExchange
-    path: Path
+    path: Path | None  # the master file; decided by rank 0 (others learn it by message)
     forwarded: int = 0
     references_here: int = 0  # darks and flats that reached this rank from the source
     received_references: dict[int, int] = field(default_factory=dict)  # rank -> count
@@ -207,18 +208,33 @@ class RankedReconstruction:
                 block.indices, block.angles_deg, block.data),
             keep_sinogram_section=False,
         )
-        self._scan = scan = _ScanState(self._serial, start, processor, exchange,
-                                       self._master_path(start.scan))
+        path = None
+        if self.control.rank == 0:
+            # Rank 0 alone names the output (a name taken by an earlier scan gets a
+            # suffix) and marks it in progress: a job that dies leaves a file that says so.
+            path = self._master_path(start.scan)
+            try:
+                write_placeholder(path, scan=start.scan, ranks=self.control.size)
+            except StreamerError as error:  # the disk: reported again at close if it stays
+                if self.log is not None:
+                    self.log(f"scan {start.scan}: {error}")
+            self.control.send_to_others(TAG_PATH, msgpack.packb(
+                {"serial": self._serial, "path": str(path)}))
+        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
             self._handle(received, scan)
 
     def _close(self, scan: _ScanState) -> None:
         start = scan.start
-        path = scan.path
         if self.control.rank == 0:
-            self._closed[start.scan] = (scan.serial, path, start.rows)
+            assert scan.path is not None
+            self._closed[start.scan] = (scan.serial, scan.path, start.rows)
         try:
+            self._wait(scan, lambda: scan.path is not None, "the output path from rank",
+                       lambda: [0])
+            assert scan.path is not None
+            path = scan.path
             self._settle_references(scan)
             scan.processor.finish()
             scan.exchange.finish_sending()
@@ -397,8 +413,10 @@ class RankedReconstruction:
                                 "; ".join(errors) or "no slices were written")
         else:
             try:
+                # Replaces rank 0's in-progress placeholder (the name was free, or the
+                # command was allowed to overwrite it, when the scan opened).
                 write_master(path, files, complete=complete, report=document,
-                             overwrite=self.overwrite, bands=band_rows)
+                             overwrite=True, bands=band_rows)
                 slices = sum(p.slices for p in parts.values())
                 output = ScanOutput(scan_id, path, slices, _center_of(written[0]),
                                     complete, "; ".join(errors) or None)
@@ -452,6 +470,8 @@ class RankedReconstruction:
             scan.processor.add([frame])
         elif received.tag == TAG_REFERENCES_DONE:
             scan.references_done[received.source] = int(message["count"])
+        elif received.tag == TAG_PATH:
+            scan.path = Path(str(message["path"]))
         elif received.tag == TAG_CENTER:
             center = message["center"]
             scan.center = None if center is None else float(center)
@@ -475,8 +495,7 @@ class RankedReconstruction:
 
     def _master_path(self, scan: str) -> Path:
         """``<scan>.h5`` in ``out_dir`` (or ``output``), ``<scan>-2.h5`` … when that name
-        or its parts exist. Every rank decides alike: each sees at least its own parts
-        of an earlier scan of that name, all written before this scan opened."""
+        or its parts exist (rank 0 decides; the other ranks are told)."""
         if self.output is not None:
             return self.output
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,15 @@ _SAME_LINE_DEG = 1e-6
 #: Oversampling of the gridding: a 1.25·N grid (its FFT costs ~40 % of a 2·N grid's; the
 #: kernel is one cell wider for the same tolerance).
 _UPSAMPFAC = 1.25
+#: Angular decimation: thinned sets keep at least this many lines; a frequency uses one
+#: below this fraction of the radius where its arcs match the full set's at the edge.
+_DECIMATE_MIN_LINES = 16
+_DECIMATE_SAFETY = 1.0
+#: As in fbp.angle_weights: a gap of more than this many median gaps is a missing wedge.
+_WEDGE_STEPS = 4
+#: Projections filtered together: the working set (a few × CHUNK × L complex64) stays
+#: in a core's L2 cache, which makes the element-wise passes 2-3× faster than whole-block.
+_CHUNK = 32
 #: Kernel probe: sub-cell samples per cell, and cells between probe points (> kernel width).
 _PROBE_STEPS, _PROBE_SPACING = 16, 24
 
@@ -196,18 +205,44 @@ def _check(  # noqa: PLR0917 - one argument per parameter, checked in order
 class _Lines:
     """The Fourier-space lines: NUFFT points, per-projection multipliers, line of each.
 
-    ``multiplier[p, j]`` turns the ``M``-point FFT of projection ``p``'s cropped window
-    into its NUFFT coefficient at frequency ``ω_j`` (``j < M``: ``fftfreq(M)``, ``j = M``:
-    ``+1/2``); projection ``p`` adds into line ``line[p]``, with its frequencies negated
-    when ``flipped[p]`` (it is ``180°`` away from the line's angle).
+    A line holds ``M+1`` frequencies in *line order*: ``0, 1/M, …, (M/2−1)/M`` (columns
+    ``0 … M/2−1``), ``+1/2`` (column ``M/2``), then ``−1/2, …, −1/M`` (``M/2+1 … M``): the
+    ``M``-point FFT's order with the split Nyquist term moved to the middle, so that the
+    low frequencies sit at both ends and what angular decimation keeps of a line is one
+    run of columns. ``multiplier[p, j]`` turns the FFT coefficient of projection ``p``'s
+    cropped window into its NUFFT strength at column ``j``.
+
+    Every projection on its own line (the usual case): projections are processed in the
+    order ``order``; ``pieces`` lists ``(first, last, lo, hi, offset)``: processed
+    projections ``first … last−1`` keep columns ``lo … hi−1``, stored from ``offset`` in
+    the strengths (their thinned weights are in ``multiplier``). Repeated lines (360°
+    scans): projection ``p`` adds into line ``line[p]``, its frequencies negated when
+    ``flipped[p]``; the merged ``(lines, M+1)`` strengths are then thinned by
+    ``keep`` and ``scale``.
     """
 
-    rows_y: npt.NDArray[np.float32]  # (lines·(M+1),) NUFFT coordinate along iy
-    cols_x: npt.NDArray[np.float32]  # (lines·(M+1),) NUFFT coordinate along ix
-    multiplier: npt.NDArray[np.complex64]  # (P, M+1)
+    rows_y: npt.NDArray[np.float32]  # (points,) NUFFT coordinate along iy
+    cols_x: npt.NDArray[np.float32]  # (points,) NUFFT coordinate along ix
+    multiplier: npt.NDArray[np.complex64]  # (P, M+1), line order
+    order: npt.NDArray[np.intp]  # (P,) processing order of the projections
+    pieces: tuple[tuple[int, int, int, int, int], ...]
     line: npt.NDArray[np.intp]  # (P,)
     flipped: npt.NDArray[np.bool_]  # (P,)
     n_lines: int
+    keep: npt.NDArray[np.intp] | None  # merged lines only: kept entries, None: all
+    scale: npt.NDArray[np.float32] | None  # their weight factors
+
+    @property
+    def points(self) -> int:
+        """Number of NUFFT points."""
+        return int(self.rows_y.shape[0])
+
+
+def _line_frequencies(length: int) -> npt.NDArray[np.float64]:
+    """The ``M+1`` frequencies of a line, in line order (see :class:`_Lines`)."""
+    half = length // 2
+    omega = np.fft.fftfreq(length)
+    return np.concatenate([omega[:half], [0.5], omega[half:]])
 
 
 def _lines(
@@ -219,21 +254,10 @@ def _lines(
     ``half_pixel`` (even ``N``) pixel centres sit at ``mode + 1/2``.
     """
     count = angles_deg.shape[0]
-    weights = angle_weights(angles_deg)
-    omega = np.append(np.fft.fftfreq(length), 0.5)  # (M+1,), last: the split Nyquist
+    columns = length + 1
+    omega = _line_frequencies(length)
     theta = np.deg2rad(angles_deg)
     cos, sin = np.cos(theta), np.sin(theta)
-    offset = 0.5 if half_pixel else 0.0
-    # Phase in turns, reduced to [0, 1) in float64 before the float32 sine and cosine
-    # (the shift reaches hundreds of turns; float32 keeps ~1e-7 of a turn after this).
-    turns = omega[None, :] * (phase_shift + offset * (cos + sin)[:, None])
-    angle = (2.0 * np.pi * (turns - np.floor(turns))).astype(np.float32)
-    multiplier = np.empty(angle.shape, dtype=np.complex64)
-    np.cos(angle, out=multiplier.real)
-    np.sin(angle, out=multiplier.imag)
-    multiplier *= (weights / length).astype(np.float32)[:, None]
-    multiplier[:, length // 2] *= 0.5  # Nyquist: half at -1/2 ...
-    multiplier[:, length] *= 0.5  # ... half at +1/2
     # Lines: angles reduced mod 180°; θ and θ + 180° share one line (reversed).
     reduced = np.mod(angles_deg, 360.0)
     flipped = reduced >= 180.0
@@ -244,31 +268,146 @@ def _lines(
     flipped ^= wrap
     reduced = np.where(wrap, 0.0, reduced)
     _, first, line = np.unique(key, return_index=True, return_inverse=True)
-    if first.size == count:  # every projection on its own line: keep its own angle
+    shared = first.size < count
+    if shared:
+        line_theta = np.deg2rad(reduced[first])
+    else:  # every projection on its own line: keep its own angle
         line_theta = theta
         line = np.arange(count)
         flipped = np.zeros(count, dtype=bool)
-    else:
-        line_theta = np.deg2rad(reduced[first])
+    depth, factors = _decimation(np.rad2deg(line_theta), omega)
+    weights = angle_weights(angles_deg)[:, None]  # (P, 1), or (P, M+1) once thinned
+    if not shared:
+        weights = weights * factors  # thinned weights on the kept columns
+    # Phase in turns, reduced to [0, 1) in float64 before the float32 sine and cosine
+    # (the shift reaches hundreds of turns; float32 keeps ~1e-7 of a turn after this).
+    offset = 0.5 if half_pixel else 0.0
+    turns = omega[None, :] * (phase_shift + offset * (cos + sin)[:, None])
+    angle = (2.0 * np.pi * (turns - np.floor(turns))).astype(np.float32)
+    multiplier = np.empty(angle.shape, dtype=np.complex64)
+    np.cos(angle, out=multiplier.real)
+    np.sin(angle, out=multiplier.imag)
+    multiplier *= (weights / length).astype(np.float32)
+    multiplier[:, length // 2 : length // 2 + 2] *= 0.5  # Nyquist: half at ±1/2
+    kept = _kept(depth, omega, factors)  # (lines, M+1)
+    lo = np.argmax(kept, axis=1)
+    hi = columns - np.argmax(kept[:, ::-1], axis=1)
     radial = (2.0 * np.pi * omega).astype(np.float32)
-    rows_y = np.multiply.outer(np.sin(line_theta).astype(np.float32), radial).ravel()
-    cols_x = np.multiply.outer(np.cos(line_theta).astype(np.float32), radial).ravel()
+    sin_line = np.sin(line_theta).astype(np.float32)
+    cos_line = np.cos(line_theta).astype(np.float32)
+    if shared:  # 360°: merge whole lines, then thin them (a gather)
+        keep = np.flatnonzero(kept)
+        rows_y = np.multiply.outer(sin_line, radial).ravel()[keep]
+        cols_x = np.multiply.outer(cos_line, radial).ravel()[keep]
+        order = np.arange(count)
+        pieces = tuple(
+            (s, min(s + _CHUNK, count), 0, columns, s * columns) for s in range(0, count, _CHUNK)
+        )
+        scale = factors.ravel()[keep].astype(np.float32)
+        return _Lines(rows_y, cols_x, multiplier, order.astype(np.intp), pieces,
+                      line.astype(np.intp), flipped, int(first.size),
+                      keep.astype(np.intp), scale)
+    # One line per projection: group the projections by their kept run of columns.
+    order = np.lexsort((np.arange(count), lo))
+    runs = (lo[order], hi[order])
+    rows_y_parts, cols_x_parts, piece_list = [], [], []
+    stored = 0
+    for s in range(0, count, _CHUNK):
+        e = min(s + _CHUNK, count)
+        p = s
+        while p < e:
+            q = p + 1
+            while q < e and runs[0][q] == runs[0][p] and runs[1][q] == runs[1][p]:
+                q += 1
+            a, b = int(runs[0][p]), int(runs[1][p])
+            piece_list.append((p, q, a, b, stored))
+            chosen = order[p:q]
+            rows_y_parts.append(np.multiply.outer(sin_line[chosen], radial[a:b]).ravel())
+            cols_x_parts.append(np.multiply.outer(cos_line[chosen], radial[a:b]).ravel())
+            stored += (q - p) * (b - a)
+            p = q
     return _Lines(
-        rows_y=rows_y,
-        cols_x=cols_x,
-        multiplier=multiplier,
+        rows_y=np.concatenate(rows_y_parts),
+        cols_x=np.concatenate(cols_x_parts),
+        multiplier=multiplier[order],
+        order=order.astype(np.intp),
+        pieces=tuple(piece_list),
         line=line.astype(np.intp),
         flipped=flipped,
         n_lines=int(first.size),
+        keep=None,
+        scale=None,
     )
 
 
+def _kept(
+    depth: npt.NDArray[np.intp], omega: npt.NDArray[np.float64], factors: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """Which columns of each line are spread: those with a non-zero thinned weight."""
+    del depth, omega
+    kept: npt.NDArray[np.bool_] = factors > 0.0
+    return kept
+
+
+def _max_gap(ordered_deg: npt.NDArray[np.float64]) -> float:
+    """Largest circular gap (degrees, mod 180°) of sorted angles, a missing wedge (a gap
+    over ``_WEDGE_STEPS`` median gaps) left out as in :func:`~stages.recon.fbp.angle_weights`."""
+    gaps = np.diff(np.append(ordered_deg, ordered_deg[0] + 180.0))
+    regular = gaps[gaps <= _WEDGE_STEPS * float(np.median(gaps))]
+    return float(regular.max())
+
+
+def _decimation(
+    line_deg: npt.NDArray[np.float64], omega: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """Angular decimation: fewer lines at low frequency, with the same worst arc spacing.
+
+    The arc between neighbouring lines at frequency ``|ω|`` is ``|ω|·Δθ``; the scan's
+    worst, at the edge ``|ω| = 1/2``, sets the angular sampling of the result. Ordered
+    by angle (mod 180°), the lines of rank divisible by ``2^b`` form a thinned set with
+    largest gap ``g_b``; at ``|ω| < g_0/(2·g_b)`` its arcs are no wider than the full set's
+    at the edge, so only those lines are spread there, each with its weight in the thinned
+    set (:func:`~stages.recon.fbp.angle_weights`), i.e. ``2^b`` times its own for a
+    uniform scan. About a third fewer points at every size.
+
+    Returns the depth of each line (the coarsest thinned set it belongs to) and
+    ``factors (lines, M+1)``: thinned weight / full weight at each frequency, 0 where the
+    line is not spread.
+    """
+    count = line_deg.shape[0]
+    reduced = np.mod(line_deg, 180.0)
+    order = np.argsort(reduced, kind="stable")
+    ordered = reduced[order]
+    factors = np.ones((count, omega.shape[0]))
+    depth = np.zeros(count, dtype=np.intp)
+    if count < 2 * _DECIMATE_MIN_LINES or np.any(np.diff(ordered) <= 1e-9):
+        return depth, factors
+    full_gap = _max_gap(ordered)
+    full_weight = angle_weights(ordered)
+    band = np.zeros(omega.shape[0], dtype=np.intp)  # coarsest thinning allowed at ω
+    ratio = [np.ones(count)]
+    level = 1
+    while count >> level >= _DECIMATE_MIN_LINES:
+        subset = ordered[:: 1 << level]
+        reach = 0.5 * full_gap / _max_gap(subset) * _DECIMATE_SAFETY
+        band[np.abs(omega) < reach] = level
+        thinned = np.zeros(count)
+        thinned[:: 1 << level] = angle_weights(subset) / full_weight[:: 1 << level]
+        ratio.append(thinned)
+        level += 1
+    rank = np.arange(count)
+    for b in range(1, level):
+        depth[order[rank % (1 << b) == 0]] = b
+    factors[order] = np.stack(ratio)[band[None, :], rank[:, None]]
+    return depth, factors
+
+
 def _negated(length: int) -> npt.NDArray[np.intp]:
-    """Column of ``-ω_j`` for each column ``j`` of a line (``M`` fftfreq columns + ``+1/2``)."""
-    index = (length - np.arange(length + 1)) % length
-    index[length // 2] = length  # -(-1/2) = +1/2
-    index[length] = length // 2  # -(+1/2) = -1/2
-    return index.astype(np.intp)
+    """Column of ``-ω_j`` for each column ``j`` of a line (line order, see :class:`_Lines`)."""
+    steps = np.round(_line_frequencies(length) * length).astype(np.int64)  # −M/2 … M/2
+    position = np.empty(length + 1, dtype=np.intp)
+    position[steps + length // 2] = np.arange(length + 1)
+    return position[-steps + length // 2]
 
 
 @dataclass(frozen=True)
@@ -279,11 +418,6 @@ class _Layout:
     left: int  # padded index of detector column 0
     start: int  # padded index of window sample 0
     window: int  # M
-
-
-#: Projections filtered together: the working set (a few × CHUNK × L complex64) stays
-#: in a core's L2 cache, which makes the element-wise passes 2-3× faster than whole-block.
-_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -300,29 +434,34 @@ class _Filter:
 def _pair_strengths(
     sino: npt.NDArray[np.float32], pair: int, setup: _Filter, threads: int
 ) -> npt.NDArray[np.complex64]:
-    """NUFFT strengths ``(lines·(M+1),)`` of rows ``2·pair`` (real) and ``2·pair+1`` (imag).
+    """NUFFT strengths ``(points,)`` of rows ``2·pair`` (real) and ``2·pair+1`` (imag).
 
-    Per chunk of projections: pack ``a + i·b`` padded to ``L``, FFT, × filter, inverse
-    FFT, crop the window, FFT, × multiplier; ``threads`` for the FFTs (pairs run in
-    parallel, so usually 1).
+    Per chunk of projections (in the lines' processing order): pack ``a + i·b`` padded
+    to ``L``, FFT, × filter, inverse FFT, crop the window, FFT, × multiplier on the kept
+    columns; ``threads`` for the FFTs (pairs run in parallel, so usually 1).
     """
     rows, n_angles, cols = sino.shape
     layout, lines, pad = setup.layout, setup.lines, setup.pad
     left, length, start, window = layout.left, layout.length, layout.start, layout.window
+    half = window // 2
     inside = start >= 0 and start + window <= length
     lo, hi = max(start, 0), min(start + window, length)
-    strengths = np.empty((n_angles, window + 1), dtype=np.complex64)
+    shared = lines.keep is not None or lines.n_lines < n_angles
+    total = n_angles * (window + 1) if shared else lines.points
+    strengths = np.empty(total, dtype=np.complex64)
     packed = np.empty((_CHUNK, length), dtype=np.complex64)
     parts = packed.view(np.float32).reshape(_CHUNK, length, 2)
+    in_order = bool(np.all(lines.order[1:] > lines.order[:-1]))
     for first in range(0, n_angles, _CHUNK):
         last = min(first + _CHUNK, n_angles)
         count = last - first
+        chosen = lines.order[first:last]
         for part, row in enumerate((2 * pair, 2 * pair + 1)):
             target = parts[:count, :, part]
             if row >= rows:  # odd block: the last imaginary part is 0
                 target[...] = 0.0
                 continue
-            data = sino[row, first:last]
+            data = sino[row, first:last] if in_order else sino[row][chosen]
             target[:, left : left + cols] = data
             target[:, :left] = data[:, :1] if pad else 0.0
             target[:, left + cols :] = data[:, -1:] if pad else 0.0
@@ -336,15 +475,25 @@ def _pair_strengths(
             if hi > lo:
                 cropped[:, lo - start : hi - start] = filtered[:, lo:hi]
         coefficients = scipy.fft.fft(cropped, axis=-1, workers=threads)
-        out = strengths[first:last]
-        np.multiply(coefficients, lines.multiplier[first:last, :window], out=out[:, :window])
-        np.multiply(
-            coefficients[:, window // 2], lines.multiplier[first:last, window], out=out[:, window]
-        )
-    if lines.n_lines == n_angles:
-        return strengths.reshape(-1)
+        for p, q, a, b, stored in lines.pieces:
+            if p < first or p >= last:
+                continue
+            # Line columns a … b-1: coefficients a … M/2 (the last as +1/2), then
+            # M/2 … M-1 (from -1/2 on): two runs of the FFT's own order.
+            out = strengths[stored : stored + (q - p) * (b - a)].reshape(q - p, b - a)
+            mult = lines.multiplier[p:q]
+            coef = coefficients[p - first : q - first]
+            split = max(min(half + 1, b) - a, 0)
+            if split:
+                np.multiply(coef[:, a : a + split], mult[:, a : a + split], out=out[:, :split])
+            if split < b - a:
+                c0 = a + split
+                np.multiply(coef[:, c0 - 1 : b - 1], mult[:, c0:b], out=out[:, split:])
+    if not shared:
+        return strengths
     # Sum the projections of each line (θ and θ + 180°: frequencies reversed). Within one
     # pass every target line appears once (fancy-index += does not accumulate repeats).
+    full = strengths.reshape(n_angles, window + 1)
     merged = np.zeros((lines.n_lines, window + 1), dtype=np.complex64)
     rank = _occurrence(lines.line)
     for level in range(int(rank.max()) + 1):
@@ -352,11 +501,15 @@ def _pair_strengths(
             chosen = np.flatnonzero((rank == level) & (lines.flipped == flip))
             if chosen.size == 0:
                 continue
-            values = strengths[chosen]
+            values = full[chosen]
             if flip:
                 values = values[:, setup.negated]
             merged[lines.line[chosen]] += values
-    return merged.reshape(-1)
+    if lines.keep is None or lines.scale is None:
+        return merged.reshape(-1)
+    kept = merged.reshape(-1)[lines.keep]
+    kept *= lines.scale
+    return kept
 
 
 def _occurrence(labels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:

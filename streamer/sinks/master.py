@@ -315,6 +315,37 @@ def _check_no_overlap(path: Path, pieces: list[_Piece]) -> None:
             seen[row] = piece.index
 
 
+def write_placeholder(path: Path, *, scan: str, ranks: int) -> Path:
+    """Mark ``path`` as the master of a scan being acquired on ``ranks`` ranks.
+
+    Written by rank 0 when the scan opens and replaced by :func:`write_master` when it
+    closes. If the job dies in between (a rank killed: the launcher ends every rank), the
+    file that is left opens, names the scan, says ``complete = False`` and why — no data,
+    nothing that could pass for a volume. Written to a temporary name and renamed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as file:
+            file.attrs["format"] = FORMAT_NAME
+            file.attrs["format_version"] = FORMAT_VERSION
+            entry = file.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            entry.attrs["scan"] = scan
+            entry.attrs["complete"] = False
+            entry.attrs["status"] = "in progress"
+            entry.attrs["created"] = now_iso()
+            entry.attrs["incomplete_reasons"] = json.dumps([
+                f"scan {scan!r} was being acquired on {ranks} ranks: its parts are written "
+                "when it closes; if this is still here, the job ended before that"])
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise SinkError(f"{path}: cannot write the master file: {error}") from error
+    return path
+
+
 def _write_layout(
     file: h5py.File,
     master: Path,

@@ -1,10 +1,11 @@
 """A rank of ``mpiexec -n 3 tomo-streamer run`` is killed mid-scan.
 
 The launcher (MPICH's hydra, from pip) ends the job: the test bounds how long that
-takes, checks the exit status and the launcher's message, that the scan completed
-before the fault is intact and marked complete, and that nothing claims the
-interrupted scan is complete (its parts are written only when it closes, so there is
-no master file for it). Not an ``mpi``-marked test: it launches mpiexec itself.
+takes, checks the exit status, that the launcher's message names the killed process
+and our start-up line maps it to rank 1, that the scan completed before the fault is
+intact and marked complete, and that the interrupted scan's master file is rank 0's
+placeholder: it opens, names the scan and says incomplete (parts are written only when a
+scan closes). Not an ``mpi``-marked test: it launches mpiexec itself.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def rank_pid(launcher_pid: int, rank: int) -> int | None:
     return None
 
 
+def master_complete(path: Path) -> bool:
+    """The master file exists and says complete (it replaces rank 0's placeholder)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return bool(handle["/entry"].attrs["complete"])
+    except (OSError, KeyError):
+        return False
+
+
 def wait_for_ranks(monitor: zmq.Socket[Any], peers: int) -> None:
     poller = zmq.Poller()
     poller.register(monitor, zmq.POLLIN)
@@ -94,7 +104,7 @@ def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path:
             wait_for_ranks(monitor, RANKS)
             send_scan(push, first, SendOptions(scan_id="before", block=5))
             deadline = time.monotonic() + JOIN_S
-            while not (out / "before.h5").exists():  # rank 0 writes the master last
+            while not master_complete(out / "before.h5"):  # rank 0 writes it last
                 assert time.monotonic() < deadline, "the first scan was never written"
                 assert job.poll() is None, job.communicate()[0]
                 time.sleep(0.05)
@@ -106,6 +116,10 @@ def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path:
                                       angles=layout.angles_deg[begin:begin + 5].tolist(),
                                       dtype="uint16", shape=(6, 32))
                 push.send_multipart(encode_frames(header, second.read(begin, begin + 5)))
+            while not (out / "during.h5").exists():  # rank 0 opened the scan everywhere
+                assert time.monotonic() < deadline + JOIN_S, "the second scan never opened"
+                assert job.poll() is None, job.communicate()[0]
+                time.sleep(0.05)
             victim = rank_pid(job.pid, 1)
             assert victim is not None, "rank 1's process not found"
             killed_at = time.monotonic()
@@ -128,7 +142,17 @@ def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path:
     with h5py.File(out / "before.h5", "r") as volume:
         assert bool(volume["/entry"].attrs["complete"])
         assert volume["/entry/reconstruction/data"].shape == (6, 32, 32)
-    assert not (out / "during.h5").exists()
+    # The killed process is named as a rank: every rank printed its pid at start.
+    assert f"run: rank 1 is pid {victim}" in output
+    assert f"PID {victim} RUNNING" in output
+    # The interrupted scan's master is rank 0's placeholder: it opens, names the scan and
+    # says it is incomplete, and why; no part claims completeness.
+    with h5py.File(out / "during.h5", "r") as master:
+        entry = master["/entry"]
+        assert entry.attrs["scan"] == "during" and not bool(entry.attrs["complete"])
+        assert entry.attrs["status"] == "in progress"
+        assert "the job ended before that" in entry.attrs["incomplete_reasons"]
+        assert "reconstruction" not in entry
     for part in out.glob("during.part*.h5"):  # none expected; if any, never "complete"
         with h5py.File(part, "r") as handle:
             assert not bool(handle["/entry"].attrs["complete"])
