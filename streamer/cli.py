@@ -27,6 +27,7 @@ from streamer.demo import run_demo
 from streamer.errors import ConfigError, SinkError, StageError, StreamerError
 from streamer.exchange import RankLink, launched_with_ranks
 from streamer.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
+from streamer.ingest.accounting import Rejections, ScanReport
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.report import format_report, report_document, write_report
 from streamer.ingest.service import IngestService, IngestSettings
@@ -715,13 +716,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
         def on_report(report: Any) -> None:
             progress.close()
-            document = report_document(report, config=config,
-                                       between_scans=service.state.between_scans)
-            print(format_report(report))
-            try:
-                print(f"  report: {write_report(document, report_dir)}", flush=True)
-            except OSError as error:  # a full or read-only disk must not stop the service
-                print(f"  report: not written to {report_dir}: {os_reason(error)}", flush=True)
+            _print_and_write_report(report, service.state.between_scans, config, report_dir)
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
                                 on_event=on_event)
@@ -734,6 +729,18 @@ def _run_run(args: argparse.Namespace) -> int:
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0
+
+
+def _print_and_write_report(report: ScanReport, between_scans: Rejections | None,
+                            config: dict[str, Any], report_dir: Path) -> None:
+    """The service's end of a scan: the accounting on stdout, the JSON report on disk (a
+    full or read-only disk is reported, never allowed to stop the service)."""
+    document = report_document(report, config=config, between_scans=between_scans)
+    print(format_report(report))
+    try:
+        print(f"  report: {write_report(document, report_dir)}", flush=True)
+    except OSError as error:
+        print(f"  report: not written to {report_dir}: {os_reason(error)}", flush=True)
 
 
 def _run_recon(args: argparse.Namespace) -> int:
@@ -927,13 +934,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
 
         def on_report(report: Any) -> None:
             progress.close()
-            document = report_document(report, config=config,
-                                       between_scans=service.state.between_scans)
-            print(format_report(report))
-            try:
-                print(f"  report: {write_report(document, report_dir)}", flush=True)
-            except OSError as error:  # a full or read-only disk must not stop the service
-                print(f"  report: not written to {report_dir}: {os_reason(error)}", flush=True)
+            _print_and_write_report(report, service.state.between_scans, config, report_dir)
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
                                 on_event=on_event, cluster=cluster)

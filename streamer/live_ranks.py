@@ -36,14 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgpack
 import numpy as np
 
 from streamer.errors import ConfigError, ExchangeError, StreamerError
 from streamer.exchange import Received
-from streamer.ingest.cluster import MergedReport
+from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.live import ScanOutput, keep_newest
@@ -66,22 +66,6 @@ TAG_PATH: Final = 305
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
-
-
-class ControlLink(Protocol):
-    """What this module needs of a link (``RankLink`` or an in-memory test link)."""
-
-    @property
-    def rank(self) -> int: ...
-
-    @property
-    def size(self) -> int: ...
-
-    def send(self, dest: int, tag: int, payload: bytes) -> None: ...
-
-    def send_to_others(self, tag: int, payload: bytes) -> None: ...
-
-    def poll(self, limit: int = 1000) -> list[Received]: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +106,7 @@ class RankedReconstruction:
     ----------
     steps, pipeline_text, out_dir :
         As for :class:`~streamer.live.LiveReconstruction`.
-    control : ControlLink
+    control : Link
         Small messages between ranks (references, CoR, parts written): a link of its own
         (``RankLink.duplicate()``), separate from ingest's and the reslice's.
     band_link :
@@ -132,7 +116,7 @@ class RankedReconstruction:
     steps: tuple[PipelineStep, ...]
     pipeline_text: str
     out_dir: Path
-    control: ControlLink
+    control: Link
     band_link: Any
     block_frames: int | None = None
     block_sinograms: int | None = None

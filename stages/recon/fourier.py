@@ -82,9 +82,10 @@ _UPSAMPFAC = 1.25
 #: Angular decimation: thinned sets keep at least this many lines; a frequency uses one
 #: below this fraction of the radius where its arcs match the full set's at the edge.
 _DECIMATE_MIN_LINES = 16
+#: Lines count as equally spaced (and are thinned) when every gap is within this fraction
+#: of 180°/lines.
+_UNIFORM_TOLERANCE = 1e-3
 _DECIMATE_SAFETY = 1.0
-#: As in fbp.angle_weights: a gap of more than this many median gaps is a missing wedge.
-_WEDGE_STEPS = 4
 #: Projections filtered together: the working set (a few × CHUNK × L complex64) stays
 #: in a core's L2 cache, which makes the element-wise passes 2-3× faster than whole-block.
 _CHUNK = 32
@@ -349,57 +350,55 @@ def _kept(
     return kept
 
 
-def _max_gap(ordered_deg: npt.NDArray[np.float64]) -> float:
-    """Largest circular gap (degrees, mod 180°) of sorted angles, a missing wedge (a gap
-    over ``_WEDGE_STEPS`` median gaps) left out as in :func:`~stages.recon.fbp.angle_weights`."""
-    gaps = np.diff(np.append(ordered_deg, ordered_deg[0] + 180.0))
-    regular = gaps[gaps <= _WEDGE_STEPS * float(np.median(gaps))]
-    return float(regular.max())
-
-
 def _decimation(
     line_deg: npt.NDArray[np.float64], omega: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
     """Angular decimation: fewer lines at low frequency, with the same worst arc spacing.
 
-    The arc between neighbouring lines at frequency ``|ω|`` is ``|ω|·Δθ``; the scan's
-    worst, at the edge ``|ω| = 1/2``, sets the angular sampling of the result. Ordered
-    by angle (mod 180°), the lines of rank divisible by ``2^b`` form a thinned set with
-    largest gap ``g_b``; at ``|ω| < g_0/(2·g_b)`` its arcs are no wider than the full set's
-    at the edge, so only those lines are spread there, each with its weight in the thinned
-    set (:func:`~stages.recon.fbp.angle_weights`), i.e. ``2^b`` times its own for a
-    uniform scan. About a third fewer points at every size.
+    The arc between neighbouring lines at frequency ``|ω|`` is ``|ω|·Δθ``: at the edge,
+    ``|ω| = 1/2``, it sets the angular sampling of the result; nearer the origin the
+    lines are oversampled. For equally spaced lines (mod 180°), every ``2^b``-th line is
+    again an equally spaced set, whose arcs at ``|ω| < 2^-b/2`` are no wider than the
+    full set's at the edge: only those lines are spread there, with ``2^b`` times their
+    weight (the trapezoidal rule on the thinned set, as exact for the angular harmonics
+    that remain as the full set is at the edge). About a third fewer points.
+    Non-uniform angles are left whole: on an irregular set the thinned weights are only
+    first-order accurate, which showed (0.049 → 0.071 on the shuffled-angles test).
 
     Returns the depth of each line (the coarsest thinned set it belongs to) and
     ``factors (lines, M+1)``: thinned weight / full weight at each frequency, 0 where the
     line is not spread.
     """
     count = line_deg.shape[0]
-    reduced = np.mod(line_deg, 180.0)
-    order = np.argsort(reduced, kind="stable")
-    ordered = reduced[order]
+    order = np.argsort(np.mod(line_deg, 180.0), kind="stable")
+    gaps = np.diff(np.append(np.mod(line_deg, 180.0)[order], np.mod(line_deg[order[0]], 180.0) + 180.0))
     factors = np.ones((count, omega.shape[0]))
     depth = np.zeros(count, dtype=np.intp)
-    if count < 2 * _DECIMATE_MIN_LINES or np.any(np.diff(ordered) <= 1e-9):
+    step = 180.0 / count
+    if np.abs(gaps - step).max() > _UNIFORM_TOLERANCE * step:
         return depth, factors
-    full_gap = _max_gap(ordered)
-    full_weight = angle_weights(ordered)
     band = np.zeros(omega.shape[0], dtype=np.intp)  # coarsest thinning allowed at ω
-    ratio = [np.ones(count)]
-    level = 1
-    while count >> level >= _DECIMATE_MIN_LINES:
-        subset = ordered[:: 1 << level]
-        reach = 0.5 * full_gap / _max_gap(subset) * _DECIMATE_SAFETY
-        band[np.abs(omega) < reach] = level
-        thinned = np.zeros(count)
-        thinned[:: 1 << level] = angle_weights(subset) / full_weight[:: 1 << level]
-        ratio.append(thinned)
+    level = 0
+    while count % (2 << level) == 0 and count >> (level + 1) >= _DECIMATE_MIN_LINES:
         level += 1
+        band[np.abs(omega) < 0.5 * _DECIMATE_SAFETY / (1 << level)] = level
     rank = np.arange(count)
-    for b in range(1, level):
-        depth[order[rank % (1 << b) == 0]] = b
-    factors[order] = np.stack(ratio)[band[None, :], rank[:, None]]
+    depth[order] = np.minimum(_trailing_zeros(rank), level)
+    spread = band[None, :] <= depth[order][:, None]  # sorted order of lines
+    factors[order] = np.where(spread, np.exp2(band)[None, :], 0.0)
     return depth, factors
+
+
+def _trailing_zeros(values: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """Trailing zero bits of each value (0 counts as many: it is in every thinned set)."""
+    result = np.zeros(values.shape, dtype=np.intp)
+    rest = values.copy()
+    rest[rest == 0] = 1 << 30
+    while np.any(rest % 2 == 0):
+        even = rest % 2 == 0
+        result += even
+        rest = np.where(even, rest // 2, rest)
+    return result
 
 
 def _negated(length: int) -> npt.NDArray[np.intp]:

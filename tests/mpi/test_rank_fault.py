@@ -16,18 +16,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import h5py
 import pytest
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from streamer.protocol import FramesHeader, encode_frames, encode_header
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.transport import Endpoint, bound_address, open_socket
 from tests.mpi.test_launch import mpiexec
+from tests.mpi.test_mpi_ingest import wait_for_peers
 
 RANKS = 3
 JOIN_S = 60.0
@@ -69,16 +68,6 @@ def master_complete(path: Path) -> bool:
         return False
 
 
-def wait_for_ranks(monitor: zmq.Socket[Any], peers: int) -> None:
-    poller = zmq.Poller()
-    poller.register(monitor, zmq.POLLIN)
-    joined = 0
-    while joined < peers:
-        assert poller.poll(JOIN_S * 1000), f"only {joined} of {peers} ranks connected"
-        if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            joined += 1
-
-
 def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path: Path,
                                                                        cli_env: dict[str, str]
                                                                        ) -> None:
@@ -101,7 +90,7 @@ def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path:
             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         try:
-            wait_for_ranks(monitor, RANKS)
+            wait_for_peers(push, monitor, RANKS)
             send_scan(push, first, SendOptions(scan_id="before", block=5))
             deadline = time.monotonic() + JOIN_S
             while not master_complete(out / "before.h5"):  # rank 0 writes it last
