@@ -37,6 +37,12 @@ Algorithm
    non-uniform, missing wedge). A projection at ``θ + 180°`` lies on the same line of
    Fourier space as ``θ`` (reversed), so repeated lines (360° scans) are summed before
    the NUFFT: a 360° scan costs the NUFFT of a 180° scan.
+6. **Angular decimation.** Near the origin the lines are angularly oversampled: for
+   equally spaced lines, only every ``2^b``-th line is spread at ``|ω| < 2^-b/2`` (with
+   ``2^b`` times its weight), which keeps the arcs between lines no wider than at the
+   edge and drops about a third of the NUFFT points. Each line keeps one run of
+   columns: the line order puts the low frequencies at both ends (see :class:`_Lines`).
+   Irregular angle sets (and odd counts) are spread whole.
 
 The output differs from :func:`~stages.recon.fbp.fbp` only by the interpolation of the
 filtered projections: trigonometric (exact for band-limited data) here, linear in FBP,
@@ -49,7 +55,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,7 +230,9 @@ class _Lines:
 
     rows_y: npt.NDArray[np.float32]  # (points,) NUFFT coordinate along iy
     cols_x: npt.NDArray[np.float32]  # (points,) NUFFT coordinate along ix
-    multiplier: npt.NDArray[np.complex64]  # (P, M+1), line order
+    shift: npt.NDArray[np.float64]  # (P,) window index of the axis, for the phases
+    weights: npt.NDArray[np.float64]  # (P,) angle weight / M
+    factor: npt.NDArray[np.float64]  # (M+1,) thinned weight / own weight (2^band)
     order: npt.NDArray[np.intp]  # (P,) processing order of the projections
     pieces: tuple[tuple[int, int, int, int, int], ...]
     line: npt.NDArray[np.intp]  # (P,)
@@ -258,7 +266,9 @@ def _lines(
     columns = length + 1
     omega = _line_frequencies(length)
     theta = np.deg2rad(angles_deg)
-    cos, sin = np.cos(theta), np.sin(theta)
+    offset = 0.5 if half_pixel else 0.0
+    shift = phase_shift + offset * (np.cos(theta) + np.sin(theta))  # (P,) axis, in samples
+    weights = angle_weights(angles_deg) / length
     # Lines: angles reduced mod 180°; θ and θ + 180° share one line (reversed).
     reduced = np.mod(angles_deg, 360.0)
     flipped = reduced >= 180.0
@@ -276,83 +286,86 @@ def _lines(
         line_theta = theta
         line = np.arange(count)
         flipped = np.zeros(count, dtype=bool)
-    depth, factors = _decimation(np.rad2deg(line_theta), omega)
-    weights = angle_weights(angles_deg)[:, None]  # (P, 1), or (P, M+1) once thinned
-    if not shared:
-        weights = weights * factors  # thinned weights on the kept columns
-    # Phase in turns, reduced to [0, 1) in float64 before the float32 sine and cosine
-    # (the shift reaches hundreds of turns; float32 keeps ~1e-7 of a turn after this).
-    offset = 0.5 if half_pixel else 0.0
-    turns = omega[None, :] * (phase_shift + offset * (cos + sin)[:, None])
-    angle = (2.0 * np.pi * (turns - np.floor(turns))).astype(np.float32)
-    multiplier = np.empty(angle.shape, dtype=np.complex64)
-    np.cos(angle, out=multiplier.real)
-    np.sin(angle, out=multiplier.imag)
-    multiplier *= (weights / length).astype(np.float32)
-    multiplier[:, length // 2 : length // 2 + 2] *= 0.5  # Nyquist: half at ±1/2
-    kept = _kept(depth, omega, factors)  # (lines, M+1)
-    lo = np.argmax(kept, axis=1)
-    hi = columns - np.argmax(kept[:, ::-1], axis=1)
+    depth, band = _decimation(np.rad2deg(line_theta), omega)
+    kept = band[None, :] <= depth[:, None]  # (lines, M+1)
+    factor = np.exp2(band)  # (M+1,) thinned weight / own weight
     radial = (2.0 * np.pi * omega).astype(np.float32)
     sin_line = np.sin(line_theta).astype(np.float32)
     cos_line = np.cos(line_theta).astype(np.float32)
-    if shared:  # 360°: merge whole lines, then thin them (a gather)
-        keep = np.flatnonzero(kept)
-        rows_y = np.multiply.outer(sin_line, radial).ravel()[keep]
-        cols_x = np.multiply.outer(cos_line, radial).ravel()[keep]
+    if shared:  # 360°: whole lines (own weights) are merged, then thinned by a gather
         order = np.arange(count)
-        pieces = tuple(
-            (s, min(s + _CHUNK, count), 0, columns, s * columns) for s in range(0, count, _CHUNK)
-        )
-        scale = factors.ravel()[keep].astype(np.float32)
-        return _Lines(rows_y, cols_x, multiplier, order.astype(np.intp), pieces,
-                      line.astype(np.intp), flipped, int(first.size),
-                      keep.astype(np.intp), scale)
-    # One line per projection: group the projections by their kept run of columns.
-    order = np.lexsort((np.arange(count), lo))
-    runs = (lo[order], hi[order])
-    rows_y_parts, cols_x_parts, piece_list = [], [], []
+        lo, hi = np.zeros(count, dtype=np.intp), np.full(count, columns, dtype=np.intp)
+    else:  # group the projections by the run of columns they keep (one run per line)
+        lo = np.argmax(kept, axis=1)
+        hi = columns - np.argmax(kept[:, ::-1], axis=1)
+        order = np.lexsort((np.arange(count), lo))
+        lo, hi = lo[order], hi[order]
+    pieces: list[tuple[int, int, int, int, int]] = []
+    rows_y, cols_x = [], []
     stored = 0
-    for s in range(0, count, _CHUNK):
-        e = min(s + _CHUNK, count)
-        p = s
-        while p < e:
-            q = p + 1
-            while q < e and runs[0][q] == runs[0][p] and runs[1][q] == runs[1][p]:
-                q += 1
-            a, b = int(runs[0][p]), int(runs[1][p])
-            piece_list.append((p, q, a, b, stored))
+    for chunk in range(0, count, _CHUNK):
+        end = min(chunk + _CHUNK, count)
+        p = chunk
+        while p < end:
+            same = (lo[p:end] == lo[p]) & (hi[p:end] == hi[p])
+            q = p + (int(np.argmin(same)) if not same.all() else end - p)
+            a, b = int(lo[p]), int(hi[p])
             chosen = order[p:q]
-            rows_y_parts.append(np.multiply.outer(sin_line[chosen], radial[a:b]).ravel())
-            cols_x_parts.append(np.multiply.outer(cos_line[chosen], radial[a:b]).ravel())
+            if not shared:
+                rows_y.append(np.multiply.outer(sin_line[chosen], radial[a:b]).ravel())
+                cols_x.append(np.multiply.outer(cos_line[chosen], radial[a:b]).ravel())
+            pieces.append((p, q, a, b, stored))
             stored += (q - p) * (b - a)
             p = q
+    keep: npt.NDArray[np.intp] | None = None
+    scale_kept: npt.NDArray[np.float32] | None = None
+    if shared:
+        keep = np.flatnonzero(kept).astype(np.intp)
+        rows_y.append(np.multiply.outer(sin_line, radial).ravel()[keep])
+        cols_x.append(np.multiply.outer(cos_line, radial).ravel()[keep])
+        scale_kept = np.broadcast_to(factor, kept.shape).ravel()[keep].astype(np.float32)
     return _Lines(
-        rows_y=np.concatenate(rows_y_parts),
-        cols_x=np.concatenate(cols_x_parts),
-        multiplier=multiplier[order],
+        rows_y=np.concatenate(rows_y),
+        cols_x=np.concatenate(cols_x),
+        shift=shift,
+        weights=weights,
+        factor=np.ones(columns) if shared else factor,
         order=order.astype(np.intp),
-        pieces=tuple(piece_list),
+        pieces=tuple(pieces),
         line=line.astype(np.intp),
         flipped=flipped,
         n_lines=int(first.size),
-        keep=None,
-        scale=None,
+        keep=keep,
+        scale=scale_kept,
     )
 
 
-def _kept(
-    depth: npt.NDArray[np.intp], omega: npt.NDArray[np.float64], factors: npt.NDArray[np.float64]
-) -> npt.NDArray[np.bool_]:
-    """Which columns of each line are spread: those with a non-zero thinned weight."""
-    del depth, omega
-    kept: npt.NDArray[np.bool_] = factors > 0.0
-    return kept
+def _multipliers(lines: _Lines, length: int) -> npt.NDArray[np.complex64]:
+    """Multipliers ``(stored,)``, laid out as the strengths before merging: for each kept
+    column ``j`` of each projection, ``weight · factor_j · exp(2πi ω_j · shift)``, the two
+    Nyquist columns at half weight. (Its own step: it runs while the plans sort points.)"""
+    omega = _line_frequencies(length)
+    parts = []
+    for p, q, a, b, _ in lines.pieces:
+        chosen = lines.order[p:q]
+        # Phase in turns, reduced to [0, 1) in float64 before the float32 sine and cosine
+        # (the shift reaches hundreds of turns; float32 keeps ~1e-7 of a turn after this).
+        turns = np.multiply.outer(lines.shift[chosen], omega[a:b])
+        angle = (2.0 * np.pi * (turns - np.floor(turns))).astype(np.float32)
+        out = np.empty(angle.shape, dtype=np.complex64)
+        np.cos(angle, out=out.real)
+        np.sin(angle, out=out.imag)
+        out *= np.multiply.outer(lines.weights[chosen], lines.factor[a:b]).astype(np.float32)
+        for nyquist in (length // 2, length // 2 + 1):  # half at +1/2, half at -1/2
+            if a <= nyquist < b:
+                out[:, nyquist - a] *= 0.5
+        parts.append(out.ravel())
+    return np.concatenate(parts)
 
 
 def _decimation(
     line_deg: npt.NDArray[np.float64], omega: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Angular decimation: fewer lines at low frequency, with the same worst arc spacing.
 
     The arc between neighbouring lines at frequency ``|ω|`` is ``|ω|·Δθ``: at the edge,
@@ -365,28 +378,26 @@ def _decimation(
     Non-uniform angles are left whole: on an irregular set the thinned weights are only
     first-order accurate, which showed (0.049 → 0.071 on the shuffled-angles test).
 
-    Returns the depth of each line (the coarsest thinned set it belongs to) and
-    ``factors (lines, M+1)``: thinned weight / full weight at each frequency, 0 where the
-    line is not spread.
+    Returns the depth of each line (the coarsest thinned set it belongs to) and the band
+    of each frequency (the thinned set spread there): a line is spread at the frequencies
+    whose band is at most its depth, with ``2^band`` times its weight.
     """
     count = line_deg.shape[0]
-    order = np.argsort(np.mod(line_deg, 180.0), kind="stable")
-    gaps = np.diff(np.append(np.mod(line_deg, 180.0)[order], np.mod(line_deg[order[0]], 180.0) + 180.0))
-    factors = np.ones((count, omega.shape[0]))
+    reduced = np.mod(line_deg, 180.0)
+    order = np.argsort(reduced, kind="stable")
+    gaps = np.diff(np.append(reduced[order], reduced[order[0]] + 180.0))
     depth = np.zeros(count, dtype=np.intp)
+    band = np.zeros(omega.shape[0], dtype=np.intp)  # coarsest thinning allowed at ω
     step = 180.0 / count
     if np.abs(gaps - step).max() > _UNIFORM_TOLERANCE * step:
-        return depth, factors
-    band = np.zeros(omega.shape[0], dtype=np.intp)  # coarsest thinning allowed at ω
+        return depth, band
     level = 0
     while count % (2 << level) == 0 and count >> (level + 1) >= _DECIMATE_MIN_LINES:
         level += 1
         band[np.abs(omega) < 0.5 * _DECIMATE_SAFETY / (1 << level)] = level
     rank = np.arange(count)
     depth[order] = np.minimum(_trailing_zeros(rank), level)
-    spread = band[None, :] <= depth[order][:, None]  # sorted order of lines
-    factors[order] = np.where(spread, np.exp2(band)[None, :], 0.0)
-    return depth, factors
+    return depth, band
 
 
 def _trailing_zeros(values: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
@@ -426,6 +437,7 @@ class _Filter:
     layout: _Layout
     response: npt.NDArray[np.float32]  # (L,) filter in complex-FFT bin order
     lines: _Lines
+    multiplier: npt.NDArray[np.complex64]  # (stored,) see _multipliers
     negated: npt.NDArray[np.intp]  # (M+1,) column of -ω
     pad: bool
 
@@ -479,15 +491,15 @@ def _pair_strengths(
                 continue
             # Line columns a … b-1: coefficients a … M/2 (the last as +1/2), then
             # M/2 … M-1 (from -1/2 on): two runs of the FFT's own order.
-            out = strengths[stored : stored + (q - p) * (b - a)].reshape(q - p, b - a)
-            mult = lines.multiplier[p:q]
+            size = (q - p) * (b - a)
+            out = strengths[stored : stored + size].reshape(q - p, b - a)
+            mult = setup.multiplier[stored : stored + size].reshape(q - p, b - a)
             coef = coefficients[p - first : q - first]
             split = max(min(half + 1, b) - a, 0)
             if split:
-                np.multiply(coef[:, a : a + split], mult[:, a : a + split], out=out[:, :split])
+                np.multiply(coef[:, a : a + split], mult[:, :split], out=out[:, :split])
             if split < b - a:
-                c0 = a + split
-                np.multiply(coef[:, c0 - 1 : b - 1], mult[:, c0:b], out=out[:, split:])
+                np.multiply(coef[:, a + split - 1 : b - 1], mult[:, split:], out=out[:, split:])
     if not shared:
         return strengths
     # Sum the projections of each line (θ and θ + 180°: frequencies reversed). Within one
@@ -567,7 +579,8 @@ def _deconvolution(eps: float, size: int) -> npt.NDArray[np.float32]:
     modes = np.arange(-(size // 2), (size + 1) // 2)
     # Grid cell m is at 2π(m - grid/2)/grid: the centre offset is a (-1)^k factor.
     kernel = _kernel_transform(eps, grid, modes) * np.where(modes % 2, -1.0, 1.0)
-    return (1.0 / np.outer(kernel, kernel)).astype(np.float32)
+    inverse = (1.0 / kernel).astype(np.float32)
+    return np.multiply.outer(inverse, inverse)
 
 
 class _Gridder:
@@ -671,44 +684,68 @@ def fourier_fbp(
     window = window_length(size, circle_mask)
     start = math.floor(left + axis_col + 0.5) - window // 2
     layout = _Layout(length=length, left=left, start=start, window=window)
-    lines = _lines(angles, window, left + axis_col - start, size % 2 == 0)
-    rfft_response = filter_response(length, filter_name)
-    # Full-spectrum (complex FFT order) copy of the real, even rfft response.
-    response = np.concatenate([rfft_response, rfft_response[1 : length // 2][::-1]])
-    setup = _Filter(layout, response.astype(np.float32), lines, _negated(window), pad)
-
     n_pairs = (rows + 1) // 2
     n_workers = min(n_pairs, workers)
     per_worker = max(1, workers // n_workers)  # threads inside a worker (few pairs)
-    deconvolve = _deconvolution(eps, size)
-    if circle_mask:  # zero outside the circle on the way out: no extra pass
-        deconvolve[~circle_inside(size, size)] = 0.0
     out = np.empty((rows, size, size), dtype=np.float32)
-    pending = iter(range(n_pairs))
-    lock = threading.Lock()
 
-    def work() -> None:
-        """Take pairs until none is left: filter, grid, deconvolve, write out."""
-        gridder = _Gridder(lines, size, eps, per_worker)
-        image = np.empty((size, size), dtype=np.complex64)
-        while True:
-            with lock:
-                pair = next(pending, None)
-            if pair is None:
-                return
-            gridder(_pair_strengths(sino, pair, setup, per_worker), image)
-            np.multiply(image.real, deconvolve, out=out[2 * pair])
-            if 2 * pair + 1 < rows:
-                np.multiply(image.imag, deconvolve, out=out[2 * pair + 1])
+    def deconvolution() -> npt.NDArray[np.float32]:
+        """The kernel's deconvolution, 0 outside the circle with ``circle_mask`` (zeroed on
+        the way out: no extra pass)."""
+        result = _deconvolution(eps, size)
+        if circle_mask:
+            result[~circle_inside(size, size)] = 0.0
+        return result
+
+    def reconstruct(
+        deconvolve: Future[npt.NDArray[np.float32]] | npt.NDArray[np.float32],
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        lines = _lines(angles, window, left + axis_col - start, size % 2 == 0)
+        plans = [
+            pool.submit(_Gridder, lines, size, eps, per_worker) for _ in range(n_workers)
+        ] if pool is not None else []
+        rfft_response = filter_response(length, filter_name)
+        # Full-spectrum (complex FFT order) copy of the real, even rfft response.
+        response = np.concatenate([rfft_response, rfft_response[1 : length // 2][::-1]])
+        setup = _Filter(
+            layout, response.astype(np.float32), lines, _multipliers(lines, window),
+            _negated(window), pad,
+        )
+        pending = iter(range(n_pairs))
+        lock = threading.Lock()
+
+        def work(plan: Future[_Gridder] | None) -> None:
+            """Take pairs until none is left: filter, grid, deconvolve, write out."""
+            gridder = _Gridder(lines, size, eps, per_worker) if plan is None else plan.result()
+            image = np.empty((size, size), dtype=np.complex64)
+            while True:
+                with lock:
+                    pair = next(pending, None)
+                if pair is None:
+                    return
+                gridder(_pair_strengths(sino, pair, setup, per_worker), image)
+                factor = deconvolve if isinstance(deconvolve, np.ndarray) else deconvolve.result()
+                np.multiply(image.real, factor, out=out[2 * pair])
+                if 2 * pair + 1 < rows:
+                    np.multiply(image.imag, factor, out=out[2 * pair + 1])
+
+        if pool is None:
+            work(None)
+            return
+        # Jobs wait only on jobs submitted before them: no deadlock in a pool this size.
+        for job in [pool.submit(work, plan) for plan in plans]:
+            job.result()
 
     # Each worker runs whole pairs on its own plan: no barrier between the filtering and
-    # the gridding, so a core slowed by other load does not hold the others back.
+    # the gridding, so a core slowed by other load does not hold the others back. The
+    # deconvolution and the plans (sorting the points) are made by the pool while this
+    # thread lays out the lines and computes the multipliers.
     if n_workers == 1:
-        work()
+        reconstruct(deconvolution(), None)
     else:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for job in [pool.submit(work) for _ in range(n_workers)]:
-                job.result()
+            reconstruct(pool.submit(deconvolution), pool)
     return out
 
 
