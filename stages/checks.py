@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,3 +30,43 @@ def check_axis(axis: int | None, stage: str, *, allow_none: bool = False) -> Non
         raise StageError(
             f"stage {stage!r}: axis: expected one of {'|'.join(map(str, allowed))}, got {axis!r}"
         )
+
+
+def sinogram_inputs(
+    stage: str, block: Any, angles_deg: Any, center: float | None, output_size: int | None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """The inputs every reconstructor checks: a non-empty real ``(rows, angles, cols)``
+    block, one finite angle (degrees) per angle row, a finite ``center`` and
+    ``output_size >= 1`` when given. Returns the block as C-contiguous float32 and the
+    angles as float64."""
+    if not isinstance(block, np.ndarray) or block.ndim != 3:
+        raise StageError(
+            f"stage {stage!r}: block: expected a 3-D sinogram block (rows, angles, cols), "
+            f"got shape {getattr(block, 'shape', None)}"
+        )
+    if block.dtype.kind not in "uif":
+        raise StageError(
+            f"stage {stage!r}: block.dtype: expected an integer or real float type, "
+            f"got {block.dtype.name!r}"
+        )
+    if 0 in block.shape:
+        raise StageError(f"stage {stage!r}: block: expected a non-empty block, got {block.shape}")
+    angles = np.asarray(angles_deg)
+    if angles.ndim != 1 or angles.dtype.kind not in "uif":
+        raise StageError(
+            f"stage {stage!r}: angles_deg: expected a 1-D array of real numbers, "
+            f"got shape {angles.shape} of {angles.dtype.name!r}"
+        )
+    if angles.shape[0] != block.shape[1]:
+        raise StageError(
+            f"stage {stage!r}: angles_deg: expected {block.shape[1]} angles "
+            f"(the block's angle axis), got {angles.shape[0]}"
+        )
+    angles = angles.astype(np.float64)
+    if not np.isfinite(angles).all():
+        raise StageError(f"stage {stage!r}: angles_deg: expected finite angles, got NaN or inf")
+    if center is not None and not math.isfinite(center):
+        raise StageError(f"stage {stage!r}: center: expected a finite column, got {center}")
+    if output_size is not None and output_size < 1:
+        raise StageError(f"stage {stage!r}: output_size: expected >= 1, got {output_size}")
+    return np.ascontiguousarray(block, dtype=np.float32), angles

@@ -65,6 +65,7 @@ import numpy.typing as npt
 import scipy.fft
 from pydantic import Field
 
+from stages.checks import sinogram_inputs
 from stages.misc.geometry import circle_inside
 from stages.recon.fbp import FilterName, angle_weights, filter_response, padded_length
 from stages.spec import Pattern, StageParams, StageSpec
@@ -164,48 +165,19 @@ def _check(  # noqa: PLR0917 - one argument per parameter, checked in order
     eps: float,
     threads: int | None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    if not isinstance(block, np.ndarray) or block.ndim != 3:
-        raise StageError(
-            f"stage {_STAGE!r}: block: expected a 3-D sinogram block (rows, angles, cols), "
-            f"got shape {getattr(block, 'shape', None)}"
-        )
-    if block.dtype.kind not in "uif":
-        raise StageError(
-            f"stage {_STAGE!r}: block.dtype: expected an integer or real float type, "
-            f"got {block.dtype.name!r}"
-        )
-    if 0 in block.shape:
-        raise StageError(f"stage {_STAGE!r}: block: expected a non-empty block, got {block.shape}")
-    angles = np.asarray(angles_deg)
-    if angles.ndim != 1 or angles.dtype.kind not in "uif":
-        raise StageError(
-            f"stage {_STAGE!r}: angles_deg: expected a 1-D array of real numbers, "
-            f"got shape {angles.shape} of {angles.dtype.name!r}"
-        )
-    if angles.shape[0] != block.shape[1]:
-        raise StageError(
-            f"stage {_STAGE!r}: angles_deg: expected {block.shape[1]} angles "
-            f"(the block's angle axis), got {angles.shape[0]}"
-        )
-    angles = angles.astype(np.float64)
-    if not np.isfinite(angles).all():
-        raise StageError(f"stage {_STAGE!r}: angles_deg: expected finite angles, got NaN or inf")
-    if center is not None and not math.isfinite(center):
-        raise StageError(f"stage {_STAGE!r}: center: expected a finite column, got {center}")
+    data, angles = sinogram_inputs(_STAGE, block, angles_deg, center, output_size)
     if filter_name not in _FILTERS:
         raise StageError(
             f"stage {_STAGE!r}: filter_name: expected one of {'|'.join(_FILTERS)}, "
             f"got {filter_name!r}"
         )
-    if output_size is not None and output_size < 1:
-        raise StageError(f"stage {_STAGE!r}: output_size: expected >= 1, got {output_size}")
     if not _EPS_MIN <= eps <= _EPS_MAX:
         raise StageError(
             f"stage {_STAGE!r}: eps: expected {_EPS_MIN:g} <= eps <= {_EPS_MAX:g}, got {eps}"
         )
     if threads is not None and threads < 1:
         raise StageError(f"stage {_STAGE!r}: threads: expected >= 1 or None, got {threads}")
-    return np.ascontiguousarray(block, dtype=np.float32), angles
+    return data, angles
 
 
 @dataclass(frozen=True)
