@@ -67,8 +67,14 @@ from pydantic import Field
 
 from stages.checks import sinogram_inputs
 from stages.misc.geometry import circle_inside
-from stages.recon.fbp import FilterName, angle_weights, filter_response, padded_length
-from stages.spec import Pattern, StageParams, StageSpec
+from stages.recon.fbp import (
+    FbpParams,
+    FilterName,
+    angle_weights,
+    filter_response,
+    padded_length,
+)
+from stages.spec import Pattern, StageSpec
 from streamer.errors import StageError
 
 __all__ = ["SPECS", "FourierFbpParams", "fourier_fbp", "window_length"]
@@ -100,23 +106,10 @@ _CHUNK = 32
 _PROBE_STEPS, _PROBE_SPACING = 16, 24
 
 
-class FourierFbpParams(StageParams):
-    """Parameters of :func:`fourier_fbp` (the first five mean what they mean for ``fbp``)."""
+class FourierFbpParams(FbpParams):
+    """Parameters of :func:`fourier_fbp`: those of ``fbp`` (same meaning), plus the
+    NUFFT tolerance and the threads."""
 
-    center: float | None = Field(
-        None,
-        allow_inf_nan=False,
-        description="rotation axis, 0-based detector column; None: (cols-1)/2",
-    )
-    filter_name: FilterName = Field(
-        "ramlak", description="window on the ramp filter: ramlak|shepp|cosine|hamming|hann|parzen"
-    )
-    pad: bool = Field(
-        True, description="pad projections with edge values (False: zeros) before filtering"
-    )
-    output_size: int | None = Field(
-        None, ge=1, description="edge N of the square output slices; None: cols"
-    )
     circle_mask: bool = Field(
         False,
         description="set pixels outside the inscribed circle to 0 (and skip the corners' "

@@ -8,7 +8,6 @@ inside the field of view (a disc of radius 0.45·N, where every ray was measured
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,53 +25,15 @@ from stages.recon.fourier import SPECS, FourierFbpParams, fourier_fbp, window_le
 from stages.registry import REGISTRY
 from streamer.errors import StageError
 from streamer.sources.formats import LoadOptions, open_scan
-from streamer.sources.phantom import Ellipsoid, fit_radius_px, project, voxelise
+from streamer.sources.phantom import Ellipsoid, fit_radius_px
+from tests.stages.phantoms import ASYMMETRIC, ROWS, Float32
+from tests.stages.phantoms import fov as _fov
+from tests.stages.phantoms import rel_l2 as _rel_l2
+from tests.stages.phantoms import sinogram as _sinogram
+from tests.stages.phantoms import truth as _truth
+from tests.stages.phantoms import uniform_angles as _angles
 
-Float32 = npt.NDArray[np.float32]
-ROWS = 2
 FILTERS = ("ramlak", "shepp", "cosine", "hamming", "hann", "parzen")
-#: Off-centre, asymmetric, tall along z (every row sees the same slice): a uniform body of
-#: 1.0 with features of both signs (the phantom of tests/stages/test_fbp.py).
-ASYMMETRIC = (
-    Ellipsoid(0.08, -0.06, 0.0, 0.82, 0.62, 2.0, 20.0, 1.0),
-    Ellipsoid(0.38, 0.18, 0.0, 0.18, 0.09, 2.0, 30.0, 0.5),
-    Ellipsoid(-0.32, -0.22, 0.0, 0.12, 0.12, 2.0, 0.0, -0.6),
-    Ellipsoid(-0.12, 0.36, 0.0, 0.16, 0.06, 2.0, -40.0, 0.8),
-)
-
-
-def _angles(count: int, span: float = 180.0) -> npt.NDArray[np.float64]:
-    return np.arange(count, dtype=np.float64) * (span / count)
-
-
-def _sinogram(
-    ellipsoids: Sequence[Ellipsoid],
-    angles: npt.NDArray[np.float64],
-    cols: int,
-    *,
-    radius: float,
-    cor: float | None = None,
-    rows: int = ROWS,
-) -> Float32:
-    proj = project(ellipsoids, angles, rows, cols, radius_px=radius, cor_px=cor, z_scale_px=radius)
-    return np.ascontiguousarray(proj.transpose(1, 0, 2), dtype=np.float32)
-
-
-def _truth(ellipsoids: Sequence[Ellipsoid], n: int, *, radius: float) -> Float32:
-    return voxelise(ellipsoids, ROWS, n, radius_px=radius, z_scale_px=radius, supersample=8)
-
-
-def _fov(n: int) -> npt.NDArray[np.bool_]:
-    grid = np.arange(n) - (n - 1) / 2
-    inside: npt.NDArray[np.bool_] = grid[:, None] ** 2 + grid[None, :] ** 2 < (0.45 * n) ** 2
-    return inside
-
-
-def _rel_l2(rec: Float32, truth: Float32) -> float:
-    fov = _fov(truth.shape[-1])
-    return float(np.linalg.norm((rec - truth)[..., fov]) / np.linalg.norm(truth[..., fov]))
-
-
 @pytest.fixture(scope="module")
 def asym128() -> tuple[Float32, Float32, float]:
     """Sinogram (180 angles over 180°), truth and radius of the asymmetric phantom."""
