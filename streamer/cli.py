@@ -493,8 +493,10 @@ def _demo(args: argparse.Namespace, feed: LiveFeed | None) -> int:
         print(f"  median |corrected - phantom line integral| = {result.median_abs_error:.4f}")
     if result.volume_path is not None:
         center = f"{result.center:.2f}" if result.center is not None else "?"
-        print(f"reconstructed {result.report.start['rows']} slices (FBP, CoR {center} found "
-              f"by Vo's method): {result.volume_path}")
+        how = "found by Vo's method" if result.center_method == "vo" else (
+            f"set by {result.center_method}")
+        print(f"reconstructed {result.report.start['rows']} slices (Fourier-domain FBP, CoR "
+              f"{center} {how}): {result.volume_path}")
         if result.volume_error is not None:
             print(f"  relative L2 error against the phantom: {result.volume_error:.3f}")
     print(f"run report: {result.report_path}")

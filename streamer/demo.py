@@ -4,7 +4,7 @@ The ingest service binds a random loopback port and runs in a thread; the simula
 is sent from the calling thread over TCP, the same path a real detector takes. Frames are
 corrected as they arrive (flat/dark and −log, the pipeline's projection section) and
 compared with the phantom's exact line integrals; when the scan is in, it is
-reconstructed (FBP, CoR found by Vo's method) into ``demo.h5`` and compared with the
+reconstructed (``fourier_fbp``, CoR found by Vo's method) into ``demo.h5`` and compared with the
 phantom. The run report and the volume go to ``out_dir`` (a fresh temporary folder by
 default).
 """
@@ -43,6 +43,7 @@ pipeline:
   - method: normalize
     parameters: {minus_log: true}
   - method: fourier_fbp
+    parameters: {filter_name: shepp}  # a mild window: the simulated scan has photon noise
 """
 
 
@@ -55,6 +56,7 @@ class DemoResult:
     volume_path: Path | None
     center: float | None
     volume_error: float | None  # relative L2 against the phantom inside the field of view
+    center_method: str = "vo"  # "vo" (Vo's method) or "user (viewer)"
 
 
 def run_demo(
@@ -120,7 +122,7 @@ def run_demo(
                          output=str(volume_path) if volume_path else None)
     return DemoResult(path, report, sum(len(b.indices) for b in corrected),
                       _error_against_truth(reader, corrected), volume_path,
-                      processor.center, _volume_error(reader, slices))
+                      processor.center, _volume_error(reader, slices), _method(processor))
 
 
 def _write_volume(path: Path, slices: list[ProcessedBlock], processor: ScanProcessor,

@@ -58,7 +58,7 @@ def test_demo_prints_the_accounting_and_writes_a_complete_report(tmp_path: Path,
     assert "corrected 45 projections as they arrived" in out
     error = float(out.split("phantom line integral| = ")[1].split()[0])
     assert error < 0.02  # Poisson noise of ~20000 counts: σ(-log) ≈ 0.01-0.02
-    assert "reconstructed 8 slices (FBP, CoR 23.50 found by Vo's method)" in out
+    assert "reconstructed 8 slices (Fourier-domain FBP, CoR 23.50 found by Vo's method)" in out
     volume_error = float(out.split("error against the phantom: ")[1].split()[0])
     # N = 48 with 45 angles and Poisson noise; measured ≈ 0.2 (0.117 at the default
     # 128 × 180); a wrong CoR or orientation gives > 0.5
