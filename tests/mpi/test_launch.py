@@ -55,3 +55,11 @@ def test_mpi_suite_passes_on_two_ranks(tmp_path: Path) -> None:
 def test_reslice_passes_on_four_ranks(tmp_path: Path) -> None:
     target = Path(__file__).resolve().with_name("test_mpi_reslice.py")
     launch(RESLICE_RANKS, tmp_path, target, MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
+
+
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_run_and_recon_on_three_and_four_ranks(tmp_path: Path, ranks: int) -> None:
+    """`run` and `recon` equal one rank also when the bands are uneven (13 rows on 3
+    ranks: 5, 4, 4) and on 4 ranks (4, 3, 3, 3)."""
+    target = Path(__file__).resolve().with_name("test_mpi_run.py")
+    launch(ranks, tmp_path, target, MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
