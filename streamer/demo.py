@@ -29,7 +29,7 @@ from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
-from streamer.recon import auto_center, open_volume
+from streamer.recon import auto_center, center_label, open_volume
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import SendOptions, new_scan_id, send_scan, start_header
 from streamer.transport import Endpoint, bound_address, open_socket
@@ -146,8 +146,7 @@ def _write_volume(path: Path, slices: list[ProcessedBlock], processor: ScanProce
 
 def _method(processor: ScanProcessor) -> str:
     """How the CoR was found: Vo's method, or the value a viewer set."""
-    method = processor.center_method
-    return "vo" if method in (None, "auto") else str(method)
+    return center_label(processor.center_method, "vo")
 
 
 def _both(first: Callable[[ProcessedBlock], Any],

@@ -26,7 +26,7 @@ from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
-from streamer.recon import auto_center, open_volume
+from streamer.recon import auto_center, center_in_use, center_label, open_volume
 from streamer.sinks.disk import os_reason
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class LiveReconstruction:
             if self.feed is not None:
                 self.feed.scan_closed(
                     event.report, center=output.center, output=str(output.path or "") or None,
-                    center_method="vo" if method == "auto" else (method or "pipeline"),
+                    center_method=center_label(method, "pipeline"),
                     error=output.error)
             if self.on_output is not None:
                 self.on_output(output)
@@ -156,13 +156,8 @@ class LiveReconstruction:
         complete = report.complete and processor.complete
         first = self._blocks[0]
         rows = sum(block.data.shape[0] for block in self._blocks)
-        center = processor.center
-        if center is None:
-            fixed = [dict(s.params).get("center") for s in self.steps if s.spec.needs_angles]
-            center = float(fixed[0]) if fixed and fixed[0] is not None else (
-                (processor.start.cols - 1) / 2)
-        found = processor.center_method
-        method = "vo" if found == "auto" else (found or "pipeline")
+        center = center_in_use(processor.center, self.steps, processor.start.cols)
+        method = center_label(processor.center_method, "pipeline")
         # A disk error (full, read-only) ends this scan's output, never the service: the
         # volume keeps what was written, marked incomplete, and the error is reported.
         try:

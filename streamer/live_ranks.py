@@ -51,7 +51,13 @@ from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps, split_sections
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
-from streamer.recon import ReconSettings, auto_center, pipeline_for
+from streamer.recon import (
+    ReconSettings,
+    auto_center,
+    center_in_use,
+    center_label,
+    pipeline_for,
+)
 from streamer.reslice import Band, BandExchange, row_bands
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.master import part_path, write_master, write_placeholder
@@ -325,13 +331,8 @@ class RankedReconstruction:
             for s in sinogram_steps if s.spec.finds_center is None
         )
         data_steps = _share_threads(data_steps, self.control.size)
-        center = scan.center
-        if center is None:
-            fixed = [dict(s.params).get("center") for s in data_steps if s.spec.needs_angles]
-            center = float(fixed[0]) if fixed and fixed[0] is not None else (
-                (scan.start.cols - 1) / 2)
-        found = scan.center_method
-        method = "vo" if found == "auto" else (found or "pipeline")
+        center = center_in_use(scan.center, data_steps, scan.start.cols)
+        method = center_label(scan.center_method, "pipeline")
         references = scan.references_here + sum(scan.received_references.values())
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)

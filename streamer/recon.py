@@ -123,6 +123,22 @@ def auto_center(
     return float(find_center_vo(sinogram, start=start, stop=stop))
 
 
+def center_label(found: str | None, default: str) -> str:
+    """How the CoR in an output was decided, as stored beside it: ``"vo"`` when found
+    automatically (``found == "auto"``), the finder or viewer that set it, else
+    ``default`` (``"pipeline"``, ``"given"`` …)."""
+    return "vo" if found == "auto" else (found or default)
+
+
+def center_in_use(found: float | None, steps: tuple[PipelineStep, ...], cols: int) -> float:
+    """The CoR a reconstruction used: the one found for the scan, else the first
+    reconstruction step's fixed ``center``, else the detector middle ``(cols-1)/2``."""
+    if found is not None:
+        return found
+    fixed = [dict(s.params).get("center") for s in steps if s.spec.needs_angles]
+    return float(fixed[0]) if fixed and fixed[0] is not None else (cols - 1) / 2
+
+
 def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None = None,
               log: Callable[[str], None] = lambda line: None,
               on_read: Callable[[int, int], None] | None = None) -> ReconResult:
@@ -172,8 +188,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
         return float(fixed[0]) if fixed else (layout.cols - 1) / 2
 
     def method_used() -> str:
-        found = processor.center_method
-        return "vo" if found == "auto" else (found or method)
+        return center_label(processor.center_method, method)
 
     complete = False
     try:
