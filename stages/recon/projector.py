@@ -1,0 +1,243 @@
+"""Parallel-beam projector pair (forward ``A`` and its exact adjoint ``Aᵀ``) by NUFFT.
+
+The iterative reconstructors (:mod:`stages.recon.iterative`) need ``A`` (slices to a
+sinogram) and ``Aᵀ`` (sinogram to slices, the unfiltered back-projection) many times, so
+both go through the Fourier slice theorem at the cost of about one Fourier FBP each:
+
+* **forward**: the 2-D Fourier transform of each slice is evaluated at the polar points
+  ``2πω (sin θ, cos θ)`` by a type-2 NUFFT (finufft), multiplied by a phase that puts the
+  rotation axis at detector column ``center``, and each angle's half spectrum is turned
+  into a projection by an inverse real FFT of ``M`` samples (the window of detector
+  columns the slice can reach), of which the detector's columns are kept;
+* **adjoint**: exactly the transpose of each step, in reverse: the detector columns are
+  placed in the window, the real FFT's transpose (``c_m/M · rfft``, ``c_m = 2`` except at
+  0 and Nyquist), the conjugate phase, and a type-1 NUFFT onto the slice's modes, whose
+  real part is the back-projection. finufft's type 1 and type 2 with the same kernel and
+  oversampling are transposes of each other, so ``<A x, y> = <x, Aᵀ y>`` holds to
+  float32 rounding whatever the tolerance (``tests/stages/test_projector.py``).
+
+Model: each voxel is a band-limited point (the Dirac pixel seen through the detector's
+Nyquist band), so a projection is the trigonometric interpolation of the voxels' shadows
+on the window; this is the model whose approximate inverse is
+:func:`stages.recon.fourier.fourier_fbp` (``A · fourier_fbp(sino) ≈ sino``, tested), not
+ASTRA's strip or line kernels (differences of a few % at edges).
+
+Geometry: that of :func:`stages.recon.fbp.fbp` and :func:`~stages.recon.fourier.fourier_fbp`
+(``img[iy, ix]`` with ``x = ix − (N−1)/2``, ``y = ROW_SIGN · (iy − (N−1)/2)``, the ray
+through ``(x, y)`` at angle ``θ`` meets column ``center + x cos θ + y sin θ``). The slice
+orientation is the one constant :data:`ROW_SIGN`: if the reconstructors flip their rows,
+this constant follows (``test_forward_inverts_fourier_fbp`` fails otherwise).
+
+Array module: the arithmetic uses the module of the data (``numpy``; ``cupy`` with
+``cufinufft`` has the same calls: :func:`_nufft_backend`), so the iterations run on the
+device that holds the band. The GPU path is written but has not been run (no GPU here).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft
+
+from streamer.errors import StageError
+
+__all__ = ["ROW_SIGN", "Projector", "window_geometry"]
+
+#: Slice orientation: ``y = ROW_SIGN · (iy − (N−1)/2)``. It must match the reconstructors
+#: in :mod:`stages.recon.fbp` and :mod:`stages.recon.fourier` (checked by the tests
+#: ``A · fourier_fbp(sino) ≈ sino`` on an asymmetric phantom).
+ROW_SIGN = 1
+#: Samples beyond the farthest detector position the slice reaches, each side of the window.
+_MARGIN = 8
+#: Oversampling of finufft's grid; the same for both types keeps them exact transposes.
+_UPSAMPFAC = 2.0
+_EPS_MIN, _EPS_MAX = 1e-6, 1e-1
+
+
+def _threads(threads: int | None) -> int:
+    if threads is not None:
+        return int(threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def window_geometry(size: int, center: float) -> tuple[int, int]:
+    """``(start, M)``: the window of ``M`` detector columns ``start … start+M−1`` that the
+    shadow of an ``N × N`` slice (``N = size``) can reach when the axis is at ``center``,
+    plus a margin; ``M`` even and FFT-friendly."""
+    reach = (size - 1) / math.sqrt(2.0)
+    length = int(scipy.fft.next_fast_len(2 * math.ceil(reach) + 2 * _MARGIN + 2))
+    while length % 2:
+        length = int(scipy.fft.next_fast_len(length + 1))
+    start = math.floor(center + 0.5) - length // 2
+    return start, length
+
+
+def _nufft_backend(xp: ModuleType) -> Any:
+    """The NUFFT library for arrays of ``xp``: finufft for numpy, cufinufft for cupy
+    (same ``Plan(type, modes, n_trans, eps, dtype=…)``, ``setpts``, ``execute``)."""
+    name = "finufft" if xp is np else "cufinufft"
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:  # pragma: no cover - cufinufft: the optional GPU extra
+        raise StageError(
+            f"projector: a {xp.__name__} band needs {name} (pip install {name}), "
+            "not installed"
+        ) from error
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    rows: int
+    angles: int
+    cols: int
+    size: int
+    start: int
+    window: int
+
+
+class Projector:
+    """``A`` and ``Aᵀ`` for a band of ``rows`` slices of ``size × size`` voxels.
+
+    Parameters
+    ----------
+    angles_deg : ndarray of shape (angles,)
+        Projection angles in degrees (any order, spacing and span).
+    cols : int
+        Detector columns of the sinograms.
+    size : int
+        Edge ``N`` of the square slices (voxels of one detector pixel).
+    center : float
+        Rotation axis as a 0-based detector column (any real value).
+    rows : int
+        Slices per call (the NUFFT plans transform them together).
+    eps : float
+        Relative tolerance of the single-precision NUFFT (``1e-6 … 1e-1``).
+    threads : int, optional
+        Threads of the NUFFT and FFTs; the CPUs this process may use when omitted.
+    xp : module
+        ``numpy`` (default) or ``cupy``: where the arrays live.
+    """
+
+    def __init__(
+        self,
+        angles_deg: npt.NDArray[np.float64],
+        cols: int,
+        size: int,
+        center: float,
+        rows: int,
+        *,
+        eps: float = 1e-5,
+        threads: int | None = None,
+        xp: ModuleType = np,
+    ) -> None:
+        if not _EPS_MIN <= eps <= _EPS_MAX:
+            raise StageError(
+                f"projector: eps: expected {_EPS_MIN:g} <= eps <= {_EPS_MAX:g}, got {eps}"
+            )
+        if min(cols, size, rows, len(angles_deg)) < 1:
+            raise StageError(
+                f"projector: expected >= 1 angles, columns, slices and rows, got "
+                f"{len(angles_deg)} angles, {cols} columns, size {size}, {rows} rows"
+            )
+        start, window = window_geometry(size, center)
+        self.geometry = _Geometry(rows, len(angles_deg), cols, size, start, window)
+        self.xp = xp
+        self.threads = _threads(threads)
+        theta = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+        omega = np.arange(window // 2 + 1) / window  # rfft frequencies, cycles/pixel
+        radial = 2.0 * np.pi * omega
+        along_y = (ROW_SIGN * np.multiply.outer(np.sin(theta), radial)).ravel()
+        along_x = np.multiply.outer(np.cos(theta), radial).ravel()
+        # Pixel ix sits at x = kx + half (kx the NUFFT mode), likewise y: half a pixel for
+        # even N. The phase also moves the axis from column `center` to the window start.
+        half = 0.5 if size % 2 == 0 else 0.0
+        offset = center - start + half * (np.cos(theta) + ROW_SIGN * np.sin(theta))
+        turns = np.mod(np.multiply.outer(offset, omega), 1.0)
+        phase = np.exp(-2j * np.pi * turns).astype(np.complex64)
+        # Transpose of irfft: c_m / M · rfft, c_m = 2 except at 0 and Nyquist.
+        weight = np.full(omega.size, 2.0 / window)
+        weight[0] = weight[-1] = 1.0 / window
+        self._phase = xp.asarray(phase)  # (angles, M/2+1)
+        self._adjoint_phase = xp.asarray((np.conj(phase) * weight).astype(np.complex64))
+        # Detector column k is window sample k - start; those inside the window:
+        self._det = (max(0, start), min(cols, start + window))
+        nufft = _nufft_backend(xp)
+        options: dict[str, Any] = {"upsampfac": _UPSAMPFAC}
+        if xp is np:
+            options["nthreads"] = self.threads
+        points_y = xp.asarray(along_y.astype(np.float32))
+        points_x = xp.asarray(along_x.astype(np.float32))
+        self._forward_plan = nufft.Plan(2, (size, size), n_trans=rows, eps=eps,
+                                        isign=-1, dtype="complex64", **options)
+        self._forward_plan.setpts(points_y, points_x)
+        self._adjoint_plan = nufft.Plan(1, (size, size), n_trans=rows, eps=eps,
+                                        isign=1, dtype="complex64", **options)
+        self._adjoint_plan.setpts(points_y, points_x)
+
+    @property
+    def shape_image(self) -> tuple[int, int, int]:
+        """``(rows, N, N)``."""
+        g = self.geometry
+        return (g.rows, g.size, g.size)
+
+    @property
+    def shape_sinogram(self) -> tuple[int, int, int]:
+        """``(rows, angles, cols)``."""
+        g = self.geometry
+        return (g.rows, g.angles, g.cols)
+
+    def _check(self, array: Any, shape: tuple[int, int, int], what: str) -> None:
+        if tuple(array.shape) != shape:
+            raise StageError(f"projector: {what}: expected shape {shape}, got {array.shape}")
+
+    def forward(self, image: Any) -> Any:
+        """``A x``: slices ``(rows, N, N)`` to sinograms ``(rows, angles, cols)``, float32."""
+        self._check(image, self.shape_image, "image")
+        xp, g = self.xp, self.geometry
+        spectrum = self._forward_plan.execute(image.astype(xp.complex64))
+        spectrum = spectrum.reshape(g.rows, g.angles, -1)
+        spectrum *= self._phase
+        projections = self._irfft(spectrum, g.window)
+        out = xp.zeros((g.rows, g.angles, g.cols), dtype=xp.float32)
+        lo, hi = self._det
+        if hi > lo:
+            out[..., lo:hi] = projections[..., lo - g.start : hi - g.start]
+        return out
+
+    def adjoint(self, sinogram: Any) -> Any:
+        """``Aᵀ y``: sinograms ``(rows, angles, cols)`` to slices ``(rows, N, N)``, float32."""
+        self._check(sinogram, self.shape_sinogram, "sinogram")
+        xp, g = self.xp, self.geometry
+        window = xp.zeros((g.rows, g.angles, g.window), dtype=xp.float32)
+        lo, hi = self._det
+        if hi > lo:
+            window[..., lo - g.start : hi - g.start] = sinogram[..., lo:hi]
+        spectrum = self._rfft(window)
+        spectrum *= self._adjoint_phase
+        image = self._adjoint_plan.execute(spectrum.reshape(g.rows, -1))
+        return xp.ascontiguousarray(image.real, dtype=xp.float32)
+
+    def normal(self, image: Any) -> Any:
+        """``Aᵀ A x``."""
+        return self.adjoint(self.forward(image))
+
+    def _irfft(self, spectrum: Any, length: int) -> Any:
+        if self.xp is np:
+            result = scipy.fft.irfft(spectrum, n=length, axis=-1, workers=self.threads)
+            return result.astype(np.float32, copy=False)
+        return self.xp.fft.irfft(spectrum, n=length, axis=-1).astype(self.xp.float32)
+
+    def _rfft(self, window: Any) -> Any:
+        if self.xp is np:
+            return scipy.fft.rfft(window, axis=-1, workers=self.threads)
+        return self.xp.fft.rfft(window, axis=-1)
