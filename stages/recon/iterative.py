@@ -98,7 +98,7 @@ class IterativeParams(StageParams):
         description="zero voxels outside radius·N/2 at the end (2.0: no mask)",
     )
     nonnegativity: bool = Field(True, description="clamp the slices at 0")
-    eps: float = Field(1e-5, ge=1e-6, le=1e-1, description="tolerance of the NUFFT projector")
+    eps: float = Field(1e-3, ge=1e-4, le=1e-1, description="tolerance of the NUFFT projector")
     threads: int | None = Field(None, ge=1, description="threads; None: the CPUs allowed")
 
 
