@@ -29,8 +29,9 @@ the padded detector and cropped), ``recon_mask_radius`` (voxels outside
 ``radius · N/2`` set to 0 at the end, as ToMoBAR; 2.0: no mask) and ``initialisation``.
 
 Each slice is solved on its own and no step depends on other rows, so bands on 1..R ranks
-give the same volume. Progress: ``on_iteration(done, total)`` is called after each
-iteration (pass it when calling the functions; a pipeline run does not). The arithmetic
+give the same volume. Progress: ``on_iteration(done, total, iterate)`` is called after
+each iteration (pass it when calling the functions; a pipeline run does not: the stage
+contract has no progress channel). The arithmetic
 uses the band's array module, so cupy with cufinufft runs the same code (not tested here).
 """
 
@@ -65,7 +66,9 @@ __all__ = [
     "sirt",
 ]
 
-Progress = Callable[[int, int], None]
+#: ``on_iteration(done, total, iterate)``: ``iterate`` is the working ``(rows, n, n)``
+#: float32 slices (before the final clamp, crop and mask), to read, not to modify.
+Progress = Callable[[int, int, npt.NDArray[np.float32]], None]
 Regulariser = Literal["PD_TV", "ROF_TV"]
 Start = Literal["FBP", "CGLS"]
 #: Power iterations for ``‖A‖²`` (from the constant image, the top eigenvector's
@@ -254,9 +257,10 @@ def lipschitz(projector: Projector) -> float:
     return _POWER_SAFETY * value
 
 
-def _notify(on_iteration: Progress | None, done: int, total: int) -> None:
+def _notify(on_iteration: Progress | None, done: int, total: int,
+            iterate: npt.NDArray[np.float32]) -> None:
     if on_iteration is not None:
-        on_iteration(done, total)
+        on_iteration(done, total, iterate)
 
 
 def _cgls_loop(
@@ -282,7 +286,7 @@ def _cgls_loop(
         beta = np.divide(gamma_new, gamma, out=np.zeros_like(gamma), where=gamma > 0)
         direction = s + beta.astype(np.float32)[:, None, None] * direction
         gamma = gamma_new
-        _notify(on_iteration, done + 1, iterations)
+        _notify(on_iteration, done + 1, iterations, x)
     return x
 
 
@@ -324,7 +328,7 @@ def sirt(
         x += weight_c * a.adjoint(weight_r * (problem.data - a.forward(x)))
         if problem.nonnegativity:
             np.maximum(x, 0.0, out=x)
-        _notify(on_iteration, done + 1, p["iterations"])
+        _notify(on_iteration, done + 1, p["iterations"], x)
     return problem.finish(x)
 
 
@@ -371,7 +375,7 @@ def fista(
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
             y = x + np.float32((t - 1.0) / t_new) * (x - x_old)
             t = t_new
-        _notify(on_iteration, done + 1, p["iterations"])
+        _notify(on_iteration, done + 1, p["iterations"], x)
     return problem.finish(x)
 
 
@@ -405,7 +409,7 @@ def admm(
             x = _prox(z + u, p["regularisation_type"], p["regularisation_parameter"] / rho,
                       p["regularisation_iterations"], problem.nonnegativity)
         u += z - x
-        _notify(on_iteration, done + 1, p["iterations"])
+        _notify(on_iteration, done + 1, p["iterations"], x)
     return problem.finish(x)
 
 

@@ -107,10 +107,12 @@ def test_a_band_gives_the_rows_of_single_rows(method: object) -> None:
 def test_progress_mask_size_and_padding() -> None:
     angles = uniform_angles(40)
     sino = sinogram(ASYMMETRIC, angles, 40, radius=16.0)
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, tuple[int, ...]]] = []
     out = sirt(sino, angles_deg=angles, iterations=3, recon_size=50, detector_pad=True,
-               recon_mask_radius=0.8, on_iteration=lambda done, total: seen.append((done, total)))
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+               recon_mask_radius=0.8,
+               on_iteration=lambda done, total, x: seen.append((done, total, x.shape)))
+    # detector_pad=True on 40 columns: 12 columns per side, solved on a 64² grid, cropped.
+    assert seen == [(1, 3, (2, 64, 64)), (2, 3, (2, 64, 64)), (3, 3, (2, 64, 64))]
     assert out.shape == (sino.shape[0], 50, 50) and out.dtype == np.float32
     grid = np.arange(50) - 24.5
     outside = grid[:, None] ** 2 + grid[None, :] ** 2 >= (0.8 * 25) ** 2
