@@ -184,10 +184,18 @@ class _Problem:
         self.rows = rows
         order = np.argsort(np.mod(angles, 180.0), kind="stable")
         self.subsets = [np.sort(order[s::subsets]) for s in range(subsets)]
-        self.full = self.projector(np.arange(n_angles))
+        self._full: Projector | None = None
         self.parts = (
             [self.full] if subsets == 1 else [self.projector(s) for s in self.subsets]
         )
+
+    @property
+    def full(self) -> Projector:
+        """The projector over all angles (made on first use: FISTA/ADMM with subsets need
+        it only for a CGLS start)."""
+        if self._full is None:
+            self._full = self.projector(np.arange(self.angles.shape[0]))
+        return self._full
 
     def projector(self, chosen: npt.NDArray[np.intp]) -> Projector:
         return Projector(self.angles[chosen], self.cols, self.work, self.center, self.rows,
