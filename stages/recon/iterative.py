@@ -29,9 +29,11 @@ the padded detector and cropped), ``recon_mask_radius`` (voxels outside
 ``radius · N/2`` set to 0 at the end, as ToMoBAR; 2.0: no mask) and ``initialisation``.
 
 Each slice is solved on its own and no step depends on other rows, so bands on 1..R ranks
-give the same volume. Progress: ``on_iteration(done, total, iterate)`` is called after
-each iteration (pass it when calling the functions; a pipeline run does not: the stage
-contract has no progress channel). The arithmetic
+give the same volume (bit-identical with the same thread count; with another, finufft's
+threaded spreading rounds differently and CGLS may amplify it to ~0.5 % in its middle
+iterations, see the explanation page). Progress: ``on_iteration(done, total, iterate)``
+is called after each iteration (pass it when calling the functions; a pipeline run does
+not: the stage contract has no progress channel). The arithmetic
 uses the band's array module, so cupy with cufinufft runs the same code (not tested here).
 """
 
