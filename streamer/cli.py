@@ -692,8 +692,9 @@ def _run_run(args: argparse.Namespace) -> int:
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             error = f": {output.error}" if output.error else ""
+            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
-                  f"{output.center:.2f}, {state}){error}", flush=True)
+                  f"{output.center:.2f}, {state}{repaired}){error}", flush=True)
         else:
             print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
 
@@ -779,6 +780,10 @@ def _run_recon(args: argparse.Namespace) -> int:
     state = "complete" if result.complete else "INCOMPLETE"
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
           f"CoR {result.center:.2f} ({result.center_method})")
+    repairs = result.repairs
+    if repairs.total:
+        print(f"  repaired {repairs.total} pixel values ({100 * repairs.fraction:.3f} % of the "
+              f"projections: {repairs.describe()})")
     return 0 if result.complete else 1
 
 
@@ -910,8 +915,9 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             center = "?" if output.center is None else f"{output.center:.2f}"
+            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
             print(f"  volume: {output.path} ({output.slices} slices from {link.size} "
-                  f"ranks, CoR {center}, {state})", flush=True)
+                  f"ranks, CoR {center}, {state}{repaired})", flush=True)
         if output.error:
             print(f"  volume: {output.scan}: {output.error}", flush=True)
 
@@ -977,6 +983,8 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
     center = "?" if output.center is None else f"{output.center:.2f}"
     print(f"wrote {output.slices} slices to {output.path} ({state}, {link.size} part files) "
           f"in {time.perf_counter() - began:.1f} s; CoR {center}")
+    if output.repaired:
+        print(f"  repaired {output.repaired} pixel values (see the report in the output)")
     if output.error:
         print(f"  errors: {output.error}", file=sys.stderr)
     return 0 if output.complete else 1

@@ -54,6 +54,7 @@ class ScanOutput:
     center: float | None
     complete: bool
     error: str | None = None
+    repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
 
 
 @dataclass
@@ -154,6 +155,10 @@ class LiveReconstruction:
             return ScanOutput(scan, None, 0, processor.center, False,
                               "no projection arrived: nothing to reconstruct")
         complete = report.complete and processor.complete
+        repairs = processor.repairs
+        warning = repairs.warning()
+        if warning is not None and self.log is not None:
+            self.log(f"scan {scan}: warning: {warning}")
         first = self._blocks[0]
         rows = sum(block.data.shape[0] for block in self._blocks)
         center = center_in_use(processor.center, self.steps, processor.start.cols)
@@ -164,7 +169,8 @@ class LiveReconstruction:
             path = self._path_for(scan)
             writer = open_volume(path, first, output_format=self.output_format,
                                  detector_rows=list(range(rows)), center=center,
-                                 method=method, pipeline_text=self.pipeline_text, scan=scan)
+                                 method=method, pipeline_text=self.pipeline_text, scan=scan,
+                                 metadata=repairs.as_metadata())
         except OSError as error:
             return ScanOutput(scan, None, 0, center, False,
                               f"{self.out_dir}: cannot write there: {os_reason(error)}")
@@ -178,10 +184,12 @@ class LiveReconstruction:
             failure = str(error)
         finally:
             try:
-                writer.close(complete=complete and failure is None, report=report.as_dict())
+                writer.close(complete=complete and failure is None,
+                             report={**report.as_dict(), "repairs": repairs.as_dict()})
             except StreamerError as error:
                 failure = failure or str(error)
-        return ScanOutput(scan, path, rows, center, complete and failure is None, failure)
+        return ScanOutput(scan, path, rows, center, complete and failure is None, failure,
+                          repairs.total)
 
     def _path_for(self, scan: str) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
