@@ -151,6 +151,7 @@ def _fill_lines(lines: npt.NDArray[np.floating[Any]], marks: npt.NDArray[np.bool
     cols = lines.shape[1]
     values = lines[which].astype(np.float64)
     broken = marks[which]
+    values[broken] = 0.0  # never read where it matters; keeps NaN/inf out of the arithmetic
     index = np.arange(cols)
     before = np.maximum.accumulate(np.where(broken, -1, index), axis=1)
     after = np.minimum.accumulate(np.where(broken, cols, index)[:, ::-1], axis=1)[:, ::-1]
