@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tifffile
 from algotom.prep.calculation import find_center_vo
-from algotom.rec.reconstruction import fbp_reconstruction
 
 from streamer.cli import main
 from streamer.sources.formats import LoadOptions, open_scan
+from tests.algotom_reference import algotom_fbp
 
 PIPELINE = """\
 pipeline:
@@ -80,9 +80,7 @@ def test_recon_matches_algotom_fbp_on_real_scans(shared_data: Path, tmp_path: Pa
     axis = np.arange(size) - (size - 1) / 2
     inside = np.hypot(*np.meshgrid(axis, axis)) < 0.45 * size
     for ours_slice, sinogram in zip(ours, sinograms, strict=True):
-        reference = fbp_reconstruction(sinogram.astype(np.float32), cor,
-                                       angles=np.deg2rad(angles), apply_log=False,
-                                       gpu=False, filter_name="hann", ncore=1)
+        reference = algotom_fbp(sinogram, cor, np.deg2rad(angles), filter_name="hann")
         r = np.corrcoef(ours_slice[inside], reference[inside])[0, 1]
         print(f"{scan}: Pearson r {r:.5f} against algotom FBP")
         assert r >= 0.99, f"{scan}: Pearson r {r:.4f} against algotom FBP"
@@ -102,8 +100,7 @@ def sarepy_reference(path: Path) -> tuple[np.ndarray, float]:
     sino = -np.log(sino)
     cor = float(find_center_vo(sino[0:rows // 2 + 1], cols // 2 - 50, cols // 2 + 50))
     angles = np.deg2rad(np.linspace(0.0, 360.0, rows))
-    return fbp_reconstruction(sino, cor, angles=angles, apply_log=False, gpu=False,
-                              ncore=1), cor
+    return algotom_fbp(sino, cor, angles), cor
 
 
 def test_plain_recon_repairs_the_dead_pixels_of_the_neutron_360_scan(

@@ -616,8 +616,8 @@ def normalize_interpolated(
     """
     if flats is None or flats.shape[0] == 0:
         raise StageError(
-            "stage 'normalize_interpolated': flats: expected at least one flat frame, got "
-            "none (use normalize_bg for scans without flats)"
+            "stage 'normalize_interpolated': flats: expected at least 1 flat frame, got 0 "
+            "(use normalize_bg for scans without flats)"
         )
     per_frame = interpolated_flats(flats, flat_indices, frame_indices, averaging)
     return normalize_per_frame(
