@@ -14,6 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 from algotom.rec.reconstruction import fbp_reconstruction
+from scipy import ndimage
 
 
 def algotom_fbp(sinogram: np.ndarray, center: float, angles_rad: np.ndarray,
@@ -28,3 +29,18 @@ def algotom_fbp(sinogram: np.ndarray, center: float, angles_rad: np.ndarray,
             apply_log=False, gpu=False, ncore=1, **options))
     finally:
         numba.set_num_threads(threads)
+
+
+def smoothed_r(ours: np.ndarray, reference: np.ndarray, sigma: float) -> float:
+    """Pearson r over the reconstruction circle (radius 0.45 N) of the two slices, each
+    set to 0 outside the inscribed circle (algotom masks it) and smoothed by a Gaussian
+    of ``sigma`` px.
+    """
+    size = ours.shape[-1]
+    axis = np.arange(size) - (size - 1) / 2
+    radius = np.hypot(*np.meshgrid(axis, axis))
+    inside = radius < 0.45 * size
+    disc = radius < 0.5 * size
+    a = ndimage.gaussian_filter(np.where(disc, ours, 0.0), sigma)
+    b = ndimage.gaussian_filter(np.where(disc, reference, 0.0), sigma)
+    return float(np.corrcoef(a[inside], b[inside])[0, 1])

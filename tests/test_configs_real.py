@@ -43,11 +43,10 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from scipy import ndimage
 
 from streamer.cli import main
 from streamer.sources.formats import LoadOptions
-from tests.algotom_reference import algotom_fbp
+from tests.algotom_reference import algotom_fbp, smoothed_r
 from tests.conftest import SHARED_DATA
 from tests.test_recon_real import corrected_sinograms, i13_options
 
@@ -129,21 +128,6 @@ def references() -> Callable[[str, Path | None], list[np.ndarray]]:
         return made[scan, phase]
 
     return reference
-
-
-def smoothed_r(ours: np.ndarray, reference: np.ndarray, sigma: float) -> float:
-    """Pearson r over the reconstruction circle (radius 0.45 N) of the two slices, each
-    set to 0 outside the inscribed circle (algotom masks it) and smoothed by a Gaussian
-    of ``sigma`` px.
-    """
-    size = ours.shape[-1]
-    axis = np.arange(size) - (size - 1) / 2
-    radius = np.hypot(*np.meshgrid(axis, axis))
-    inside = radius < 0.45 * size
-    disc = radius < 0.5 * size
-    a = ndimage.gaussian_filter(np.where(disc, ours, 0.0), sigma)
-    b = ndimage.gaussian_filter(np.where(disc, reference, 0.0), sigma)
-    return float(np.corrcoef(a[inside], b[inside])[0, 1])
 
 
 def _recon(path: Path, out: Path, args: list[str], cor: float, config: Path | None) -> Any:

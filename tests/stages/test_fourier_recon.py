@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
-from algotom.rec import reconstruction as algotom_rec
 from pydantic import ValidationError
 from scipy import ndimage, special
 
@@ -26,6 +25,7 @@ from stages.registry import REGISTRY
 from streamer.errors import StageError
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.phantom import Ellipsoid, fit_radius_px
+from tests.algotom_reference import algotom_fbp
 from tests.stages.phantoms import ASYMMETRIC, ROWS, Float32
 from tests.stages.phantoms import fov as _fov
 from tests.stages.phantoms import rel_l2 as _rel_l2
@@ -382,12 +382,11 @@ def _pearson_in_circle(a: Float32, b: npt.NDArray[Any]) -> float:
 def _algotom_fbp(sino: Float32, center: float, angles_deg: npt.NDArray[np.float64]) -> Float32:
     """algotom's CPU FBP (Hann) of one ``(angles, cols)`` sinogram, as algotom writes it.
 
-    No flip: our slices have algotom's orientation (docs/explanation/conventions.md).
+    No flip: our slices have algotom's orientation (docs/explanation/conventions.md). On
+    one numba thread: algotom's parallel back-projection loses updates
+    (tests/algotom_reference.py).
     """
-    rec = algotom_rec.fbp_reconstruction(
-        sino, center, angles=np.deg2rad(angles_deg), apply_log=False, gpu=False,
-        filter_name="hann", ratio=None, ncore=1,
-    )
+    rec = algotom_fbp(sino, center, np.deg2rad(angles_deg), filter_name="hann", ratio=None)
     return np.ascontiguousarray(rec, dtype=np.float32)
 
 
