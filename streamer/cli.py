@@ -953,11 +953,11 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
+    limits, settings = _ingest_settings(args)
     from streamer.ingest.cluster import ClusterIngest
     from streamer.ingest.report import format_report, report_document, write_report
     from streamer.ingest.service import IngestService
 
-    limits, settings = _ingest_settings(args)
     config = {
         "address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
         "bind": bool(args.listen),
