@@ -162,3 +162,30 @@ def test_recon_loud_prints_the_scan_and_plan_lines(shared_data: Path, tmp_path: 
     assert result.returncode == 0, result.stderr
     assert "scan: 181 projections of 2x640" in result.stderr
     assert "plan: " in result.stderr
+
+
+def test_run_refuses_only_the_scan_whose_detector_the_center_is_off(
+    tmp_path: Path, python: str, cli_env: dict[str, str]
+) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("pipeline:\n  - method: normalize\n  - method: fourier_fbp\n")
+    out = tmp_path / "volumes"
+    service, address = start_consumer_cli(python, cli_env, "run", str(pipeline), "--out",
+                                          str(out), "--scans", "2", "--center", "20")
+    try:
+        for scan_id, cols in (("narrow", 16), ("wide", 48)):  # CoR 20: off, then on
+            assert main(["simulate", "--connect", address, "--rows", "2", "--cols",
+                         str(cols), "--projections", "30", "--scan-id", scan_id]) == 0
+        stdout, stderr = service.communicate(timeout=120)
+    finally:
+        service.kill()
+        service.communicate()
+    assert service.returncode == 1, stderr  # one scan without a volume
+    assert ("volume: none for scan narrow: refused at its start: fourier_fbp: center: "
+            "expected a detector column in [0, 15] (the detector has 16 columns), got 20"
+            ) in stdout
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in out.glob("*.h5")) == ["wide.h5"]
+    with h5py.File(out / "wide.h5") as file:
+        assert file["entry"].attrs["complete"]
+        assert float(file["entry/process/center_of_rotation"][()]) == 20.0
