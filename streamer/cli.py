@@ -64,6 +64,7 @@ EXAMPLES = {
     "check": (
         "examples:\n"
         "  tomo-streamer check configs/standard.yaml\n"
+        "  tomo-streamer check standard --frame 135x160 --projections 91   # a shipped one\n"
         "  tomo-streamer check configs/httomo_standard.yaml --frame 2048x2560 --projections 3600 "
         "--memory 16"
     ),
@@ -1052,9 +1053,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         if output.error:
             print(f"  volume: {output.scan}: {output.error}", flush=True)
 
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
+    log = _log(args.quiet)
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=_budget(args.memory), on_output=on_output,
@@ -1110,7 +1109,7 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
                   f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation}); "
                   f"{link.size} MPI ranks", file=sys.stderr, flush=True)
         output = recon_on_ranks(reader, settings, link,
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
+                                log=_log(args.quiet))
     if output is None:  # not rank 0
         return 0
     if output.path is None:
