@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from streamer.center_check import center_outside
 from streamer.errors import StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanOpened
@@ -84,6 +85,7 @@ class LiveReconstruction:
     outputs: list[ScanOutput] = field(default_factory=list)
     feed: LiveFeed | None = None  # live view: previews, slices, counters (streamer.feed)
     _processor: ScanProcessor | None = None
+    _refused: str | None = None  # why the open scan was refused at its start
     _blocks: list[ProcessedBlock] = field(default_factory=list)
 
     def drain(self, store: FrameStore) -> None:
@@ -96,6 +98,15 @@ class LiveReconstruction:
         if isinstance(event, ScanOpened):
             self._blocks = []
             start = event.start
+            # A fixed CoR off this scan's detector: refuse the scan (its frames are
+            # dropped by drain), report it when it closes; the service goes on.
+            refusal = center_outside(self.steps, start.cols)
+            self._refused = None if refusal is None else f"refused at its start: {refusal}"
+            if self._refused is not None:
+                self._processor = None
+                if self.log is not None:
+                    self.log(f"scan {start.scan}: {self._refused}")
+                return
             frames, sinograms, plans = block_sizes(
                 self.steps, rows=start.rows, cols=start.cols,
                 angles=max(start.projections, 1), dtype=start.wire_dtype,
@@ -114,8 +125,15 @@ class LiveReconstruction:
                 center, size = self._feed_geometry()
                 self.feed.scan_opened(start, target=self._processor, center=center,
                                       slice_size=size)
+        elif isinstance(event, ScanClosed) and self._refused is not None:
+            output = ScanOutput(event.report.scan, None, 0, None, False, self._refused)
+            self._refused = None
+            keep_newest(self.outputs, output)
+            if self.on_output is not None:
+                self.on_output(output)
         elif isinstance(event, FramesAccepted) and self.feed is not None:
-            self.feed.frames_accepted(event)
+            if self._refused is None:
+                self.feed.frames_accepted(event)
         elif isinstance(event, ScanClosed) and self._processor is not None:
             if self.feed is not None:
                 self.feed.scan_closing()
