@@ -16,14 +16,18 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pytest
 
 from stages.recon.fbp import fbp
 from stages.registry import REGISTRY
+from streamer.cli import main
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.live import LiveReconstruction
 from streamer.pipeline.config import parse_pipeline
 from streamer.protocol import EndHeader, FramesHeader, StartHeader, encode_frames, encode_header
+from streamer.sources.formats import write_nxtomo
 from streamer.sources.phantom import fit_radius_px, project, shepp_logan_3d
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
 
 PIPELINE = "pipeline:\n  - method: fbp\n    parameters: {filter_name: hann}\n"
 JOIN_S = 60.0
@@ -85,3 +89,29 @@ def test_nan_and_inf_pixels_are_repaired_counted_and_reported(loopback_pair,
                     center=float(output.center or (COLS - 1) / 2), filter_name="hann")
     r = np.corrcoef(volume.ravel(), reference.ravel())[0, 1]
     assert r > 0.99, r
+
+
+def test_a_large_repaired_fraction_is_warned_about(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Above 1 % of the projection values repaired, recon logs a warning and the volume
+    says so; the volume is still finite and complete (the data were repairable)."""
+    config = SimulationConfig.from_kwargs(rows=4, cols=40, projections=30, flats=3, darks=2,
+                                          seed=3)
+    stored = tmp_path / "dead.nxs"
+    write_nxtomo(stored, SimulatedScan(config))
+    first = config.darks + config.flats
+    with h5py.File(stored, "r+") as file:
+        file["/entry/instrument/detector/data"][first:, :, 10:12] = 0  # 2 dead columns: 5 %
+    out = tmp_path / "dead.h5"
+    assert main(["recon", str(stored), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    dead = config.projections * config.rows * 2
+    total = config.projections * config.rows * config.cols
+    assert (f"warning: repaired {dead} of {total} projection pixel values (5.00 %, above "
+            f"the 1 % warning threshold; no_signal {dead})") in captured.err
+    assert f"repaired {dead} pixel values (5.000 % of the projections: no_signal {dead})" \
+        in captured.out
+    with h5py.File(out) as file:
+        assert file["/entry"].attrs["complete"]
+        assert np.isfinite(file["/entry/reconstruction/data"][...]).all()
+        assert file["/entry/metadata"].attrs["repaired_fraction"] == pytest.approx(0.05)
