@@ -33,14 +33,11 @@ def algotom_fbp(sinogram: np.ndarray, center: float, angles_rad: np.ndarray,
 
 def smoothed_r(ours: np.ndarray, reference: np.ndarray, sigma: float) -> float:
     """Pearson r over the reconstruction circle (radius 0.45 N) of the two slices, each
-    set to 0 outside the inscribed circle (algotom masks it) and smoothed by a Gaussian
-    of ``sigma`` px.
-    """
+    smoothed by a Gaussian of ``sigma`` px. Give the reference unmasked (algotom's
+    ``ratio=None``): a mask on one side only would leak its edge into the circle."""
     size = ours.shape[-1]
     axis = np.arange(size) - (size - 1) / 2
-    radius = np.hypot(*np.meshgrid(axis, axis))
-    inside = radius < 0.45 * size
-    disc = radius < 0.5 * size
-    a = ndimage.gaussian_filter(np.where(disc, ours, 0.0), sigma)
-    b = ndimage.gaussian_filter(np.where(disc, reference, 0.0), sigma)
+    inside = np.hypot(*np.meshgrid(axis, axis)) < 0.45 * size
+    a = ndimage.gaussian_filter(np.asarray(ours, dtype=np.float64), sigma)
+    b = ndimage.gaussian_filter(np.asarray(reference, dtype=np.float64), sigma)
     return float(np.corrcoef(a[inside], b[inside])[0, 1])
