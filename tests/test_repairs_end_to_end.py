@@ -4,7 +4,7 @@ A scan whose float payload carries NaN and ±inf pixels (normalisation ``none``:
 payload is already attenuation, no correction stage runs) is sent with raw pyzmq to a
 running ``LiveReconstruction``; the volume must be finite, complete and close to the
 clean scan's, with every repaired value counted in the report, the output's metadata
-and the ``ScanOutput``.
+and the ``ScanOutput``; the next (clean) scan to the same service comes back complete.
 """
 
 from __future__ import annotations
@@ -65,12 +65,14 @@ def test_nan_and_inf_pixels_are_repaired_counted_and_reported(loopback_pair,
     push, pull = loopback_pair()
     service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
                             on_event=live.on_event)
-    thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
+    thread = threading.Thread(target=service.run, kwargs={"max_scans": 2})
     thread.start()
     _send_attenuation_scan(push, "dirty", dirty, angles)
+    _send_attenuation_scan(push, "clean", clean, angles)  # the service goes on as usual
     thread.join(JOIN_S)
     assert not thread.is_alive()
-    (output,) = live.outputs
+    output, after = live.outputs
+    assert after.scan == "clean" and after.complete and after.repaired == 0
     assert output.complete and output.error is None
     assert output.repaired == 60
     assert output.path is not None
