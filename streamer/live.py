@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from streamer.center_check import center_outside
 from streamer.errors import StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanOpened
@@ -54,6 +55,7 @@ class ScanOutput:
     center: float | None
     complete: bool
     error: str | None = None
+    repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
 
 
 @dataclass
@@ -83,6 +85,7 @@ class LiveReconstruction:
     outputs: list[ScanOutput] = field(default_factory=list)
     feed: LiveFeed | None = None  # live view: previews, slices, counters (streamer.feed)
     _processor: ScanProcessor | None = None
+    _refused: str | None = None  # why the open scan was refused at its start
     _blocks: list[ProcessedBlock] = field(default_factory=list)
 
     def drain(self, store: FrameStore) -> None:
@@ -95,6 +98,15 @@ class LiveReconstruction:
         if isinstance(event, ScanOpened):
             self._blocks = []
             start = event.start
+            # A fixed CoR off this scan's detector: refuse the scan (its frames are
+            # dropped by drain), report it when it closes; the service goes on.
+            refusal = center_outside(self.steps, start.cols)
+            self._refused = None if refusal is None else f"refused at its start: {refusal}"
+            if self._refused is not None:
+                self._processor = None
+                if self.log is not None:
+                    self.log(f"scan {start.scan}: {self._refused}")
+                return
             frames, sinograms, plans = block_sizes(
                 self.steps, rows=start.rows, cols=start.cols,
                 angles=max(start.projections, 1), dtype=start.wire_dtype,
@@ -113,8 +125,15 @@ class LiveReconstruction:
                 center, size = self._feed_geometry()
                 self.feed.scan_opened(start, target=self._processor, center=center,
                                       slice_size=size)
+        elif isinstance(event, ScanClosed) and self._refused is not None:
+            output = ScanOutput(event.report.scan, None, 0, None, False, self._refused)
+            self._refused = None
+            keep_newest(self.outputs, output)
+            if self.on_output is not None:
+                self.on_output(output)
         elif isinstance(event, FramesAccepted) and self.feed is not None:
-            self.feed.frames_accepted(event)
+            if self._refused is None:
+                self.feed.frames_accepted(event)
         elif isinstance(event, ScanClosed) and self._processor is not None:
             if self.feed is not None:
                 self.feed.scan_closing()
@@ -154,6 +173,10 @@ class LiveReconstruction:
             return ScanOutput(scan, None, 0, processor.center, False,
                               "no projection arrived: nothing to reconstruct")
         complete = report.complete and processor.complete
+        repairs = processor.repairs
+        warning = repairs.warning()
+        if warning is not None and self.log is not None:
+            self.log(f"scan {scan}: warning: {warning}")
         first = self._blocks[0]
         rows = sum(block.data.shape[0] for block in self._blocks)
         center = center_in_use(processor.center, self.steps, processor.start.cols)
@@ -164,7 +187,8 @@ class LiveReconstruction:
             path = self._path_for(scan)
             writer = open_volume(path, first, output_format=self.output_format,
                                  detector_rows=list(range(rows)), center=center,
-                                 method=method, pipeline_text=self.pipeline_text, scan=scan)
+                                 method=method, pipeline_text=self.pipeline_text, scan=scan,
+                                 metadata=repairs.as_metadata())
         except OSError as error:
             return ScanOutput(scan, None, 0, center, False,
                               f"{self.out_dir}: cannot write there: {os_reason(error)}")
@@ -178,10 +202,12 @@ class LiveReconstruction:
             failure = str(error)
         finally:
             try:
-                writer.close(complete=complete and failure is None, report=report.as_dict())
+                writer.close(complete=complete and failure is None,
+                             report={**report.as_dict(), "repairs": repairs.as_dict()})
             except StreamerError as error:
                 failure = failure or str(error)
-        return ScanOutput(scan, path, rows, center, complete and failure is None, failure)
+        return ScanOutput(scan, path, rows, center, complete and failure is None, failure,
+                          repairs.total)
 
     def _path_for(self, scan: str) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
+from stages.prep.repair import RepairCounts
 from streamer.errors import ConfigError, ExchangeError, StreamerError
 from streamer.exchange import Received
 from streamer.ingest.cluster import Link, MergedReport
@@ -84,6 +85,8 @@ class PartWritten:
     slices: int
     complete: bool
     error: str | None
+    repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
+    pixels: int = 0  # projection pixel values this rank corrected
 
 
 @dataclass
@@ -237,9 +240,12 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        repairs = scan.processor.repairs
+        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels)
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
-                                 "complete": part.complete, "error": part.error})
+                                 "complete": part.complete, "error": part.error,
+                                 "repaired": part.repaired, "pixels": part.pixels})
         if self.control.rank == 0:
             self._parts.setdefault(scan.serial, {})[0] = part
         else:
@@ -392,6 +398,13 @@ class RankedReconstruction:
         document = dict(document or {})
         if errors:
             document["reconstruction_errors"] = errors
+        repairs = RepairCounts()
+        for part in parts.values():
+            repairs.merge(part.repaired, part.pixels)
+        document["repairs"] = repairs.as_dict()
+        warning = repairs.warning()
+        if warning is not None and self.log is not None:
+            self.log(f"scan {scan_id}: warning: {warning}")
         written = [file for file in files if file.exists()]
         if not written:
             output = ScanOutput(scan_id, None, 0, None, False,
@@ -404,7 +417,7 @@ class RankedReconstruction:
                              overwrite=True, bands=band_rows)
                 slices = sum(p.slices for p in parts.values())
                 output = ScanOutput(scan_id, path, slices, _center_of(written[0]),
-                                    complete, "; ".join(errors) or None)
+                                    complete, "; ".join(errors) or None, repairs.total)
             except StreamerError as error:
                 output = ScanOutput(scan_id, None, 0, None, False, str(error))
         keep_newest(self.outputs, output)
@@ -437,7 +450,10 @@ class RankedReconstruction:
             part = PartWritten(int(message["rank"]), message["path"],
                                (int(message["rows"][0]), int(message["rows"][1])),
                                int(message["slices"]), bool(message["complete"]),
-                               message["error"])
+                               message["error"],
+                               {str(key): int(count) for key, count
+                                in dict(message.get("repaired") or {}).items()},
+                               int(message.get("pixels") or 0))
             self._parts.setdefault(message["serial"], {})[part.rank] = part
             return
         if scan is None or message["serial"] > scan.serial:
