@@ -59,10 +59,11 @@ from streamer.errors import StageError
 
 __all__ = ["ROW_SIGN", "Projector", "window_geometry"]
 
-#: Slice orientation: ``y = ROW_SIGN · (iy − (N−1)/2)``. It must match the reconstructors
+#: Slice orientation: ``y = ROW_SIGN · (iy − (N−1)/2)``; −1: ``y`` up the image, row 0 at
+#: the top (TomoPy's, ASTRA's and algotom's orientation). It must match the reconstructors
 #: in :mod:`stages.recon.fbp` and :mod:`stages.recon.fourier` (checked by the tests
 #: ``A · fourier_fbp(sino) ≈ sino`` on an asymmetric phantom).
-ROW_SIGN = 1
+ROW_SIGN = -1
 #: Samples beyond the farthest detector position the slice reaches, each side of the window.
 _MARGIN = 8
 #: Oversampling of finufft's grid; the same for both types keeps them exact transposes.
