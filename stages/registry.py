@@ -20,11 +20,11 @@ from stages.backends import httomolibgpu as gpu
 from stages.backends import tomopy as tp
 from stages.misc import filters, geometry, rescale
 from stages.prep import normalize, phase, stripe, zinger
-from stages.recon import fbp, fourier, rotation
+from stages.recon import centering, fbp, fourier
 from stages.spec import StageSpec
 
 _MODULES = (
-    normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, rotation
+    normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, centering
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

@@ -776,9 +776,15 @@ def _run_recon(args: argparse.Namespace) -> int:
             raise StageError(f"{args.scan}: {error}") from None
         finally:
             progress.close()
+    for warning in result.center_warnings:
+        print(f"warning: CoR {result.center:.2f}: {warning}", file=sys.stderr)
     state = "complete" if result.complete else "INCOMPLETE"
+    if result.center_warnings:
+        state += ", CoR UNCERTAIN"
+    sure = ("" if result.center_confidence is None
+            else f", confidence {result.center_confidence:.2f}")
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
-          f"CoR {result.center:.2f} ({result.center_method})")
+          f"CoR {result.center:.2f} ({result.center_method}{sure})")
     return 0 if result.complete else 1
 
 

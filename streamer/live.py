@@ -157,7 +157,8 @@ class LiveReconstruction:
         first = self._blocks[0]
         rows = sum(block.data.shape[0] for block in self._blocks)
         center = center_in_use(processor.center, self.steps, processor.start.cols)
-        method = center_label(processor.center_method, "pipeline")
+        method = center_label(processor.center_method, "pipeline",
+                              warnings=processor.center_warnings)
         # A disk error (full, read-only) ends this scan's output, never the service: the
         # volume keeps what was written, marked incomplete, and the error is reported.
         try:

@@ -560,7 +560,7 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
     if finder is None:
-        return auto_center(stack, band.angles_deg), "auto"
+        return float(auto_center(stack, band.angles_deg)), "auto"
     assert finder.spec.finds_center is not None
     params = finder.params
     if "ind" in type(params).model_fields:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from stages.recon.rotation import find_center_vo
+from stages.recon.center_policy import CorEstimate, find_center
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
@@ -75,6 +75,8 @@ class ReconResult:
     complete: bool
     seconds: float
     pipeline_text: str
+    center_warnings: tuple[str, ...] = ()
+    center_confidence: float | None = None
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -103,31 +105,25 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
 
 def auto_center(
     projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64]
-) -> float:
-    """Vo's CoR on the middle detector row, over the first 180° of the scan."""
-    middle = projections.shape[1] // 2
-    half = angles_deg - angles_deg[0] <= 180.0 + 1e-6
-    sinogram = np.ascontiguousarray(projections[half, middle, :])
-    if sinogram.shape[0] < 8:
-        raise StreamerError(
-            f"automatic CoR: needs at least 8 projections within 180°, got {sinogram.shape[0]}"
-            "; give --center"
-        )
-    # Search the middle ± a quarter of the width (at most 100 px): wide enough for the
-    # axis offsets seen in practice, and on narrow detectors wider than algotom's default
-    # (which misses the minimum on a 26-column scan).
-    cols = sinogram.shape[1]
-    middle = (cols - 1) / 2
-    reach = max(2.0, min(cols / 4, 100.0))
-    start, stop = max(1.0, middle - reach), min(cols - 2.0, middle + reach)
-    return float(find_center_vo(sinogram, start=start, stop=stop))
+) -> CorEstimate:
+    """The CoR policy with its defaults: Vo's method on the middle detector row over the
+    first 180° of the scan, searched over the detector's reliable range, cross-checked
+    with the 0°/180° pair (see :mod:`stages.recon.center_policy`)."""
+    try:
+        return find_center(projections, angles_deg)
+    except StreamerError as error:  # keep the class: a data problem stays a StageError
+        raise type(error)(f"automatic {error}; give --center") from None
 
 
-def center_label(found: str | None, default: str) -> str:
+def center_label(found: str | None, default: str, *,
+                 warnings: tuple[str, ...] = ()) -> str:
     """How the CoR in an output was decided, as stored beside it: ``"vo"`` when found
     automatically (``found == "auto"``), the finder or viewer that set it, else
-    ``default`` (``"pipeline"``, ``"given"`` …)."""
-    return "vo" if found == "auto" else (found or default)
+    ``default`` (``"pipeline"``, ``"given"`` …); then the finder's warnings, if it had
+    any (``"vo; WARNING: low confidence 0.31 ..."``), so a doubtful CoR is never stored
+    as if it were sure."""
+    label = "vo" if found == "auto" else (found or default)
+    return label + "".join(f"; WARNING: {warning}" for warning in warnings)
 
 
 def center_in_use(found: float | None, steps: tuple[PipelineStep, ...], cols: int) -> float:
@@ -188,7 +184,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
         return float(fixed[0]) if fixed else (layout.cols - 1) / 2
 
     def method_used() -> str:
-        return center_label(processor.center_method, method)
+        return center_label(processor.center_method, method,
+                            warnings=processor.center_warnings)
 
     complete = False
     try:
@@ -200,7 +197,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
     return ReconResult(settings.output, slices, center_used(), method_used(), complete,
-                       time.perf_counter() - began, text)
+                       time.perf_counter() - began, text, processor.center_warnings,
+                       processor.center_confidence)
 
 
 def open_volume(
