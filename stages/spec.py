@@ -37,6 +37,9 @@ class Pattern(StrEnum):
 
     PROJECTION = "projection"
     SINOGRAM = "sinogram"
+    #: Either layout (element-wise maths, cubic 3-D kernels, output steps): the step runs
+    #: in whichever section it falls (HTTomo's ``all``).
+    ALL = "all"
 
 
 class StageParams(BaseModel):

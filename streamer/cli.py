@@ -34,6 +34,7 @@ from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted, ScanOpened
 from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import load_pipeline
+from streamer.pipeline.httomo_loader import with_loader
 from streamer.pipeline.plan import default_budget_bytes, plan_blocks
 from streamer.progress import Progress
 from streamer.protocol import Limits
@@ -754,9 +755,11 @@ def _run_recon(args: argparse.Namespace) -> int:
         raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
                         "one (pass --overwrite to replace it)")
     options = _load_options_from(args)
+    if args.pipeline is not None:  # an HTTomo loader entry fills what the options leave
+        options = with_loader(options, load_pipeline(args.pipeline, REGISTRY).loader)
     settings = ReconSettings(
         output=args.output, pipeline=args.pipeline, center=args.center,
-        first_row=args.rows[0] if args.rows else 0, block_frames=args.block,
+        first_row=options.rows[0] if options.rows else 0, block_frames=args.block,
         block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
         overwrite=args.overwrite, memory_bytes=_budget(args.memory),
     )
@@ -803,6 +806,10 @@ def _run_check(args: argparse.Namespace) -> int:
               f"{params}")
     for note in pipeline.notes:
         print(f"  note: {note}")
+    if pipeline.sweep is not None:
+        variants = pipeline.variants()  # validates every value
+        print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "
+              f"{', '.join(label for label, _ in variants)}")
     print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
           f"budget {budget / 2**30:.1f} GiB")
     for plan in plans:

@@ -48,8 +48,9 @@ from streamer.ingest.state import ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.live import ScanOutput, keep_newest
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.executor import ScanProcessor, apply_steps, split_sections
+from streamer.pipeline.executor import ScanProcessor, apply_steps
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.recon import (
     ReconSettings,

@@ -32,6 +32,7 @@ from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.sources.scan import FrameReader
 
@@ -50,24 +51,6 @@ class ProcessedBlock:
     angles_deg: npt.NDArray[np.float64]
     data: npt.NDArray[np.float32]
     complete: bool
-
-
-def split_sections(
-    steps: tuple[PipelineStep, ...],
-) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
-    """The leading projection stages, and the sinogram stages after them."""
-    cut = 0
-    while cut < len(steps) and steps[cut].spec.pattern is Pattern.PROJECTION:
-        cut += 1
-    rest = steps[cut:]
-    stray = [s for s in rest if s.spec.pattern is Pattern.PROJECTION]
-    if stray:
-        raise StageError(
-            f"stage {stray[0].name!r} ({stray[0].where}): projection stages after sinogram "
-            "stages need a second reslice, which is not supported; move it before "
-            f"{rest[0].name!r}"
-        )
-    return steps[:cut], rest
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})

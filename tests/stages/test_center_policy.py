@@ -125,7 +125,8 @@ def test_bad_input_is_refused_with_one_line() -> None:
 HTTOMO_VO_PIPELINE = """\
 - method: standard_tomo
   module_path: httomo.data.hdf.loaders
-  parameters: {data_path: auto, image_key_path: auto, rotation_angles: auto}
+  parameters: {data_path: auto, image_key_path: auto, rotation_angles: auto,
+               preview: {detector_y: {start: %s, stop: %s}}}
 - method: normalize
   module_path: tomopy.prep.normalize
   parameters: {cutoff: null, averaging: mean}
@@ -136,13 +137,15 @@ HTTOMO_VO_PIPELINE = """\
   module_path: httomolibgpu.recon.rotation
   parameters: {ind: null, average_radius: 0, cor_initialisation_value: null,
                smin: %s, smax: %s, srad: 6.0, step: 0.5, ratio: 0.5, drop: 20}
+  id: centering
+  side_outputs: {cor: centre_of_rotation}
 """
 
 
 def test_recon_with_httomo_template_finds_diad_centre(
         shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(HTTOMO_VO_PIPELINE % (-50, 50))
+    pipeline.write_text(HTTOMO_VO_PIPELINE % (4, 18, -50, 50))  # rows 4 … 17
     out = tmp_path / "diad.h5"
     scan = shared_data / "real/diad_k11-18014/k11-18014.nxs"
     assert main(["recon", str(scan), "-o", str(out), "--pipeline", str(pipeline)]) == 0
@@ -152,12 +155,14 @@ def test_recon_with_httomo_template_finds_diad_centre(
         cor = handle["/entry/process/center_of_rotation"]
         assert float(cor[()]) == pytest.approx(12.5, abs=0.25)
         assert "WARNING" not in cor.attrs["method"]
+        # the loader's preview crop was honoured
+        assert handle["/entry/reconstruction/detector_row"][()].tolist() == list(range(4, 18))
 
 
 def test_recon_warns_in_terminal_and_output_when_unsure(
         shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(HTTOMO_VO_PIPELINE % (-10, 10))
+    pipeline.write_text(HTTOMO_VO_PIPELINE % ("null", "null", -10, 10))
     out = tmp_path / "tooth.h5"
     scan = shared_data / "real/aps_tooth/tooth.h5"
     assert main(["recon", str(scan), "-o", str(out), "--pipeline", str(pipeline)]) == 0
