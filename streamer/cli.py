@@ -788,6 +788,8 @@ def _run_recon(args: argparse.Namespace) -> int:
             else f", confidence {result.center_confidence:.2f}")
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
           f"CoR {result.center:.2f} ({result.center_method}{sure})")
+    if result.images is not None:
+        print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
     return 0 if result.complete else 1
 
 

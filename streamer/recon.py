@@ -31,6 +31,7 @@ from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
+from streamer.pipeline.images import image_tail, write_images
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.protocol import Normalisation
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
@@ -77,6 +78,7 @@ class ReconResult:
     pipeline_text: str
     center_warnings: tuple[str, ...] = ()
     center_confidence: float | None = None
+    images: tuple[Path, int] | None = None  # save_to_images: folder and image count
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -196,9 +198,12 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
             writer.close(complete=complete)
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
+    tail = image_tail(steps)  # HTTomo's calculate_stats → rescale_to_int → save_to_images
+    images = (write_images(settings.output, settings.output_format, tail)
+              if tail is not None else None)
     return ReconResult(settings.output, slices, center_used(), method_used(), complete,
                        time.perf_counter() - began, text, processor.center_warnings,
-                       processor.center_confidence)
+                       processor.center_confidence, images)
 
 
 def open_volume(

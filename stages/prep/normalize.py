@@ -653,11 +653,11 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="minus_log",
         fn=minus_log,
-        pattern=Pattern.PROJECTION,
+        pattern=Pattern.ALL,  # element-wise: either section (HTTomo's "all")
         params=MinusLogParams,
         # input (1) + output computed in place (1).
         memory=scaled_memory(2),
         summary="-log of the transmission (values <= 0 clamped to the smallest float32)",
-        aliases=("tomopy.prep.normalize.minus_log",),
+        aliases=("tomopy.prep.normalize.minus_log", "httomolibgpu.prep.normalize.minus_log"),
     ),
 )

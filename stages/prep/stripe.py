@@ -592,8 +592,7 @@ SPECS: tuple[StageSpec, ...] = (
         aliases=(
             "algotom.prep.removal.remove_all_stripe",
             "tomopy.prep.stripe.remove_all_stripe",
-            "httomolibgpu.prep.stripe.remove_all_stripe",
-        ),
+        ),  # httomolibgpu's (other parameters): remove_all_stripe_httomo, httomo_prep.py
     ),
     StageSpec(
         name="remove_stripe_fw", fn=remove_stripe_fw,

@@ -48,7 +48,7 @@ from stages.recon.rotation import find_center_pair
 from streamer.errors import StageError
 
 __all__ = ["LOW_CONFIDENCE", "PAIR_TOLERANCE_DEG", "CorEstimate", "VoSearch", "find_center",
-           "reliable_window", "vo_search"]
+           "find_center_from_pair", "reliable_window", "vo_search"]
 
 #: Below this confidence the CoR is reported with a warning.
 LOW_CONFIDENCE = 0.5
@@ -281,4 +281,53 @@ def find_center(
         warnings.append(f"low confidence {confidence:.2f} (< {LOW_CONFIDENCE}): check the "
                         "centre (e.g. a centre sweep) or give it")
     return CorEstimate(float(center), float(confidence), method, (lo, hi), tuple(notes),
+                       tuple(warnings))
+
+
+def find_center_from_pair(
+    projections: npt.NDArray[np.floating], angles_deg: npt.NDArray[np.float64], *,
+    around: float | None = None,
+) -> CorEstimate:
+    """The CoR from the 0°/180° projection pair (HTTomo's ``find_center_pc``), cross-checked
+    with Vo's method as :func:`find_center` does the other way round.
+
+    ``around`` (``rotc_guess``) restricts the pair search to the reliable range around it.
+    Raises :class:`StageError` when the scan has no projection 180° from the first.
+    """
+    data = np.asarray(projections)
+    angles = np.asarray(angles_deg, dtype=np.float64)
+    if data.ndim != 3 or angles.shape != (data.shape[0],):
+        raise StageError(f"CoR: expected projections (angles, rows, cols) and one angle "
+                         f"each, got {data.shape} and {angles.shape}")
+    cols = data.shape[2]
+    pair_at = _pair_index(angles)
+    if pair_at is None:
+        raise StageError(f"find_center_pc: needs a projection 180° (± {PAIR_TOLERANCE_DEG}°) "
+                         f"from the first, got none (last at "
+                         f"{angles[-1] - angles[0]:.3f}°); use find_center_vo")
+    lo_ok, hi_ok = reliable_window(cols)
+    middle = (cols - 1) / 2
+    reach = max(abs(lo_ok - middle), abs(hi_ok - middle))
+    shift = min(int(np.ceil(2 * reach)), cols - 2)
+    pair = find_center_pair(data[0], data[pair_at], max_shift=shift)
+    warnings: list[str] = []
+    notes: list[str] = []
+    if around is not None and abs(pair.center - around) > reach:
+        warnings.append(f"the pair's centre {pair.center:.2f} is far from rotc_guess {around}")
+    vo = find_center(data, angles, smin=None, smax=None)
+    tolerance = max(1.0, cols / 500)
+    confidence = max(pair.confidence, 0.0)
+    method = "pair"
+    if abs(vo.center - pair.center) <= tolerance:
+        method = "pair+vo"
+        confidence = 1 - (1 - confidence) * (1 - vo.confidence)
+        notes.append(f"Vo's method agrees: {vo.center:.2f}")
+    else:
+        confidence = min(confidence, 0.2)
+        warnings.append(f"the pair's centre {pair.center:.2f} and Vo's {vo.center:.2f} "
+                        f"disagree by more than {tolerance:.1f} px")
+    if confidence < LOW_CONFIDENCE:
+        warnings.append(f"low confidence {confidence:.2f} (< {LOW_CONFIDENCE}): check the "
+                        "centre (e.g. a centre sweep) or give it")
+    return CorEstimate(pair.center, float(confidence), method, (lo_ok, hi_ok), tuple(notes),
                        tuple(warnings))

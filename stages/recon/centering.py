@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from stages.recon.center_policy import CorEstimate, find_center
+from stages.recon.center_policy import CorEstimate, find_center, find_center_from_pair
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 
-__all__ = ["SPECS", "FindCenterVoParams"]
+__all__ = ["SPECS", "FindCenterPcParams", "FindCenterVoParams"]
 
 
 class FindCenterVoParams(StageParams):
@@ -55,6 +55,24 @@ def center_of_scan(
     )
 
 
+class FindCenterPcParams(StageParams):
+    """httomolibgpu's ``find_center_pc``: ``proj1``/``proj2`` ``auto`` (the first
+    projection and the one 180° later); ``tol`` accepted (our sub-pixel refinement is a
+    parabola through the correlation peak); ``rotc_guess`` an expected centre."""
+
+    proj1: Literal["auto"] = "auto"
+    proj2: Literal["auto"] = "auto"
+    tol: float = Field(default=0.5, gt=0)
+    rotc_guess: float | None = None
+
+
+def center_from_pair(
+    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any
+) -> CorEstimate:
+    """Once per scan: the 0°/180° pair, cross-checked with Vo's method."""
+    return find_center_from_pair(projections, angles_deg, around=params.rotc_guess)
+
+
 def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
     return block
 
@@ -74,5 +92,17 @@ SPECS: tuple[StageSpec, ...] = (
         aliases=("httomolibgpu.recon.rotation.find_center_vo",
                  "httomolib.recon.rotation.find_center_vo",
                  "tomopy.recon.rotation.find_center_vo"),
+    ),
+    StageSpec(
+        name="find_center_pc",
+        fn=_unchanged,
+        pattern=Pattern.SINOGRAM,
+        params=FindCenterPcParams,
+        memory=scaled_memory(0.01),
+        summary="Centre of rotation from the 0°/180° projection pair (mirrored "
+        "correlation), cross-checked with Vo's method; sets the reconstruction's center.",
+        finds_center=center_from_pair,
+        aliases=("httomolibgpu.recon.rotation.find_center_pc",
+                 "tomopy.recon.rotation.find_center_pc"),
     ),
 )

@@ -331,6 +331,10 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no stage "
                      f"of ours is registered under that name{hint}")
+        if entry_id is not None:  # keep its id known: references to it are not errors too
+            side = _construct(fields["side_outputs"]) if "side_outputs" in fields else None
+            named = {str(v): str(k) for k, v in side.items()} if isinstance(side, dict) else {}
+            context.ids[entry_id] = (None, named, index)
         return
     if entry_id is not None:
         _side_outputs(entry_id, spec, fields, where=where, index=index, context=context)
@@ -450,6 +454,7 @@ def _references(raw: dict[str, Any], parameters_node: yaml.Node | None, where: s
             continue
         spot = _key_node(parameters_node, key) or node
         label = f"{where}.parameters.{key}"
+        out[key] = None  # checked below; never validated as a value
         match = REFERENCE.match(value)
         if match is None or match["kind"] != "side_outputs":
             context.problems.add(spot, label, f"expected a reference "
@@ -468,12 +473,13 @@ def _references(raw: dict[str, Any], parameters_node: yaml.Node | None, where: s
                                  f"{name!r}; it names {', '.join(named) or 'none'}")
             continue
         output = named[name]
+        if stage is None:  # an unknown method, already reported
+            continue
         if key not in SIDE_OUTPUT_TARGETS.get(output, ()):
             context.problems.add(spot, label, f"side output {output!r} of {stage} cannot set "
                                  f"parameter {key!r} (it sets "
                                  f"{', '.join(SIDE_OUTPUT_TARGETS.get(output, ())) or 'nothing'})")
             continue
-        out[key] = None
         linked.append((key, f"{ref_id}.{output}"))
     return out, tuple(linked)
 
