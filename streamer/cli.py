@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -765,6 +766,26 @@ def _run_recon(args: argparse.Namespace) -> int:
     )
     if launched_with_ranks() > 1:
         return _run_recon_ranks(args, options, settings)
+    sweep = (load_pipeline(args.pipeline, REGISTRY).variants()
+             if args.pipeline is not None else [("", ())])
+    if len(sweep) > 1 or sweep[0][0]:  # one output per sweep value, named by it
+        return max(_recon_one(args, options, replace(
+            settings, sweep_value=label, output=_sweep_output(args.output, label)))
+            for label, _ in sweep)
+    return _recon_one(args, options, settings)
+
+
+def _sweep_output(output: Path, label: str) -> Path:
+    """``out.h5`` → ``out_center=80.5.h5`` (a TIFF folder gets the suffix too)."""
+    safe = "".join(c if c.isalnum() or c in "=.-_" else "_" for c in label)
+    return output.with_name(f"{output.stem}_{safe}{output.suffix}")
+
+
+def _recon_one(args: argparse.Namespace, options: LoadOptions,
+               settings: ReconSettings) -> int:
+    if not args.tiff and settings.output.exists() and not args.overwrite:
+        raise SinkError(f"{settings.output}: -o/--output: expected a new file, got an "
+                        "existing one (pass --overwrite to replace it)")
     with open_scan(args.scan, options) as reader:
         layout = reader.layout
         print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "

@@ -65,6 +65,8 @@ class ReconSettings:
     memory_bytes: int | None = None  # None: half of this machine's memory
     output_format: Literal["hdf5", "tiff"] = "hdf5"
     overwrite: bool = False
+    #: For a pipeline with a parameter sweep: which variant (``"center=80"``) to run.
+    sweep_value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,16 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
     """The steps to run and their YAML (stored in the output)."""
     if settings.pipeline is not None:
         text = settings.pipeline.read_text()
-        steps = load_pipeline(settings.pipeline, REGISTRY).steps
+        pipeline = load_pipeline(settings.pipeline, REGISTRY)
+        steps = pipeline.steps
+        if pipeline.sweep is not None:
+            variants = dict(pipeline.variants())
+            label = settings.sweep_value or next(iter(variants))
+            if label not in variants:
+                raise ConfigError(f"{settings.pipeline}: sweep value: expected one of "
+                                  f"{', '.join(variants)}, got {label!r}")
+            steps = variants[label]
+            text += f"\n# sweep variant run: {label}\n"
         if not any(step.spec.needs_angles for step in steps):
             steps += parse_pipeline("pipeline:\n" + RECONSTRUCTION, REGISTRY,
                                     source="recon default").steps
