@@ -99,6 +99,11 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
                                   f"{', '.join(variants)}, got {label!r}")
             steps = variants[label]
             text += f"\n# sweep variant run: {label}\n"
+        correction = CORRECTIONS[normalisation]
+        if not steps and correction:  # an HTTomo loader entry alone: correct as default
+            steps = parse_pipeline("pipeline:\n" + correction, REGISTRY,
+                                   source="recon default").steps
+            text += "\n# appended by recon:\n#" + correction.rstrip().replace("\n", "\n#")
         if not any(step.spec.needs_angles for step in steps):
             steps += parse_pipeline("pipeline:\n" + RECONSTRUCTION, REGISTRY,
                                     source="recon default").steps

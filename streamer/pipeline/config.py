@@ -220,7 +220,7 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
     if context.httomo and entries and not context.loader_seen_first:
         problems.add(entries[0], "pipeline[0]", "an HTTomo pipeline starts with its loader "
                      f"({LOADER_MODULES[0]}.standard_tomo), got another method")
-    if not problems.messages and not context.steps:
+    if not problems.messages and not context.steps and context.loader is None:
         problems.add(root, "pipeline", "expected at least one stage, got none")
     if problems.messages:
         raise ConfigError("\n".join(problems.messages))
