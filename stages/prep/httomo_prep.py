@@ -14,6 +14,8 @@ httomolibgpu's methods differ from tomopy's namesakes, so they are separate stag
   neighbours are replaced by the voxel's own coordinate along that axis, as the CUDA
   kernel does. The cube is symmetric, so the result does not depend on the layout: the
   stage runs in either section.
+* ``median_filter3d`` (``httomolibgpu.misc.corr.median_filter``): the same 3-D median;
+  with ``dif > 0`` it is the dezinger above.
 * ``remove_stripe_ti_httomo`` (``httomolibgpu.prep.stripe.remove_stripe_ti``, TomoCuPy's
   Titarenko filter with one parameter ``beta``): the mean over angles of each detector
   row, minus its first column, is convolved (circularly, by FFT) with
@@ -38,7 +40,7 @@ from pydantic import Field, model_validator
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
-__all__ = ["SPECS", "dark_flat_field_correction", "remove_all_stripe_httomo",
+__all__ = ["SPECS", "dark_flat_field_correction", "median_filter3d", "remove_all_stripe_httomo",
            "remove_outlier3d", "remove_stripe_ti_httomo"]
 
 #: httomolibgpu's floor on ``flat - dark``.
@@ -181,6 +183,23 @@ def remove_outlier3d(block: npt.NDArray[Any], *, kernel_size: int = 3,
     return np.where(np.abs(data - median) >= np.float32(dif), median, data).astype(np.float32)
 
 
+class Median3dParams(StageParams):
+    """httomolibgpu's ``median_filter`` (``dif`` 0: a plain 3-D median)."""
+
+    kernel_size: Literal[3, 5, 7, 9, 11, 13] = 3
+    dif: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+def median_filter3d(block: npt.NDArray[Any], *, kernel_size: int = 3, dif: float = 0.0
+                    ) -> npt.NDArray[np.float32]:
+    """httomolibgpu's 3-D median (``dif > 0``: only voxels at least ``dif`` away)."""
+    data = _block("median_filter3d", block)
+    median = median3d(data, kernel_size)
+    if dif <= 0:
+        return median
+    return np.where(np.abs(data - median) >= np.float32(dif), median, data).astype(np.float32)
+
+
 # ------------------------------------------------------------ remove_stripe_ti (TomoCuPy)
 
 
@@ -252,6 +271,12 @@ SPECS: tuple[StageSpec, ...] = (
         summary="replace voxels at least dif from their 3-D median, both signs "
         "(httomolibgpu)",
         aliases=("httomolibgpu.misc.corr.remove_outlier",),
+    ),
+    StageSpec(
+        name="median_filter3d", fn=median_filter3d, pattern=Pattern.ALL,
+        params=Median3dParams, memory=scaled_memory(4.5),
+        summary="3-D kernel_size³ median, or a dezinger with dif > 0 (httomolibgpu)",
+        aliases=("httomolibgpu.misc.corr.median_filter",),
     ),
     StageSpec(
         name="remove_stripe_ti_httomo", fn=remove_stripe_ti_httomo, pattern=Pattern.SINOGRAM,
