@@ -561,13 +561,16 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
     if finder is None:
-        return float(auto_center(stack, band.angles_deg)), "auto"
+        found = auto_center(stack, band.angles_deg)
+        return float(found), center_label("auto", "auto", warnings=found.warnings)
     assert finder.spec.finds_center is not None
     params = finder.params
     if "ind" in type(params).model_fields:
         params = params.model_copy(update={"ind": 0})
-    value = float(finder.spec.finds_center(stack, band.angles_deg, params))
-    return value, f"{finder.name} (pipeline)"
+    estimate = finder.spec.finds_center(stack, band.angles_deg, params)
+    # the finder's doubts travel with the label that is stored beside the CoR
+    return float(estimate), center_label(f"{finder.name} (pipeline)", "",
+                                         warnings=tuple(getattr(estimate, "warnings", ())))
 
 
 def _center_of(part: Path) -> float | None:

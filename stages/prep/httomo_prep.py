@@ -21,6 +21,7 @@ httomolibgpu's methods differ from tomopy's namesakes, so they are separate stag
   row, minus its first column, is convolved (circularly, by FFT) with
   ``γ(k) = β ((1-β)/(1+β))^|k| - δ(k)`` and added to every angle. An odd width is padded
   with one edge column first.
+* ``raven_filter`` (``httomolibgpu.prep.stripe.raven_filter``): see :func:`raven_filter`.
 * ``remove_all_stripe_httomo`` (``httomolibgpu.prep.stripe.remove_all_stripe``): Vo's
   dead/fluctuating stripe removal (``la_size``), then large-stripe removal (``la_size``,
   normalised when ``normalize``), then sorting-based small stripe removal
@@ -40,8 +41,8 @@ from pydantic import Field, model_validator
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
-__all__ = ["SPECS", "dark_flat_field_correction", "median_filter3d", "remove_all_stripe_httomo",
-           "remove_outlier3d", "remove_stripe_ti_httomo"]
+__all__ = ["SPECS", "dark_flat_field_correction", "median_filter3d", "raven_filter",
+           "remove_all_stripe_httomo", "remove_outlier3d", "remove_stripe_ti_httomo"]
 
 #: httomolibgpu's floor on ``flat - dark``.
 EPS = 1.0e-7
@@ -255,6 +256,48 @@ def remove_all_stripe_httomo(block: npt.NDArray[Any], *, snr: float = 3.0, la_si
     return out
 
 
+# ---------------------------------------------------------------------------- raven
+
+
+class RavenParams(StageParams):
+    """httomolibgpu's ``raven_filter`` parameters and defaults."""
+
+    pad_y: int = Field(default=20, ge=0)
+    pad_x: int = Field(default=20, ge=0)
+    pad_method: Literal["edge", "constant", "reflect", "symmetric", "wrap", "mean",
+                        "median", "minimum", "maximum", "linear_ramp"] = "edge"
+    uvalue: int = Field(default=20, ge=1)
+    nvalue: int = Field(default=4, ge=1)
+    vvalue: int = Field(default=2, ge=0)
+
+
+def raven_filter(block: npt.NDArray[Any], *, pad_y: int = 20, pad_x: int = 20,
+                 pad_method: str = "edge", uvalue: int = 20, nvalue: int = 4,
+                 vvalue: int = 2) -> npt.NDArray[np.float32]:
+    """Raven's Fourier stripe filter on each sinogram of ``(rows, angles, cols)``.
+
+    As httomolibgpu (``prep/stripe.py`` and ``cuda_kernels/raven_filter.cu``): pad angles
+    by ``pad_y`` and columns by ``pad_x``; 2-D FFT over (angles, columns), shifted; the
+    ``2·vvalue + 1`` angular-frequency rows around the centre are multiplied by
+    ``(1 + i)·f`` with ``f = 1 / (1 + ((kx - w//2 + 1) / uvalue)^(2·nvalue))``; inverse
+    FFT, real part, padding removed.
+    """
+    stage = "raven_filter"
+    data = _block(stage, block)
+    padded = np.pad(data, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)),
+                    mode=pad_method)  # type: ignore[call-overload]
+    spectrum = np.fft.fftshift(np.fft.fft2(padded, axes=(1, 2)), axes=(1, 2))
+    height, width = padded.shape[1], padded.shape[2]
+    centre_x, centre_z = width // 2, height // 2
+    base = (np.arange(width) - centre_x + 1).astype(np.float64) / uvalue
+    factor = 1.0 / (1.0 + base ** (2 * nvalue))
+    band = slice(max(0, centre_z - vvalue), min(height, centre_z + vvalue + 1))
+    spectrum[:, band, :] *= (factor * (1 + 1j))[np.newaxis, np.newaxis, :]
+    filtered = np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(1, 2)), axes=(1, 2)).real
+    out = filtered[:, pad_y:height - pad_y, pad_x:width - pad_x]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="dark_flat_field_correction", fn=dark_flat_field_correction,
@@ -283,6 +326,12 @@ SPECS: tuple[StageSpec, ...] = (
         params=StripeTiParams, memory=scaled_memory(3),
         summary="Titarenko stripe filter, TomoCuPy's one-parameter form (httomolibgpu)",
         aliases=("httomolibgpu.prep.stripe.remove_stripe_ti",),
+    ),
+    StageSpec(
+        name="raven_filter", fn=raven_filter, pattern=Pattern.SINOGRAM,
+        params=RavenParams, memory=scaled_memory(8),
+        summary="Raven's Fourier-domain stripe filter (httomolibgpu)",
+        aliases=("httomolibgpu.prep.stripe.raven_filter",),
     ),
     StageSpec(
         name="remove_all_stripe_httomo", fn=remove_all_stripe_httomo,
