@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.interpolate import interpn
 
 from stages.misc.httomo_output import data_resampler
 from stages.prep.httomo_prep import (
     dark_flat_field_correction,
+    raven_filter,
+    remove_all_stripe_httomo,
     remove_outlier3d,
     remove_stripe_ti_httomo,
 )
@@ -247,7 +250,7 @@ def test_find_center_pc_on_i13(shared_data: Path) -> None:
         center_from_pair(tooth, tooth_angles, FindCenterPcParams())
 
 
-def upstream_raven(data: np.ndarray, pad_y: int, pad_x: int, uvalue: int, nvalue: int,
+def upstream_raven(data: np.ndarray, *, pad_y: int, pad_x: int, uvalue: int, nvalue: int,
                    vvalue: int) -> np.ndarray:
     """httomolibgpu prep/stripe.py ``raven_filter`` on (angles, detY, detX), with
     cuda_kernels/raven_filter.cu ``raven_filter_impl`` written out per output element."""
@@ -274,11 +277,10 @@ def upstream_raven(data: np.ndarray, pad_y: int, pad_x: int, uvalue: int, nvalue
 
 @pytest.mark.parametrize(("angles", "cols"), [(30, 40), (31, 41)])
 def test_raven_filter_matches_the_cuda_kernel(angles: int, cols: int) -> None:
-    from stages.prep.httomo_prep import raven_filter  # noqa: PLC0415
-
     projections_ = RNG.normal(1, 0.1, size=(angles, 2, cols)).astype(np.float32)
     projections_[:, :, 12] += 0.3
-    expected = upstream_raven(projections_.astype(np.complex128).real, 5, 6, 20, 4, 2)
+    expected = upstream_raven(projections_.astype(np.float64), pad_y=5, pad_x=6, uvalue=20,
+                              nvalue=4, vvalue=2)
     ours = raven_filter(np.ascontiguousarray(projections_.transpose(1, 0, 2)), pad_y=5,
                         pad_x=6, uvalue=20, nvalue=4, vvalue=2).transpose(1, 0, 2)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
@@ -310,8 +312,6 @@ def upstream_remove_all_stripe(sino: np.ndarray, snr: float, la_size: int, sm_si
                                normalize: bool) -> np.ndarray:
     """httomolibgpu (2ec6a92) ``remove_all_stripe`` on one sinogram: ``_rs_dead``,
     ``_rs_large``, ``_rs_sort`` (dim 1), ``nan_to_num``; cupyx → scipy.ndimage."""
-    from scipy import ndimage  # noqa: PLC0415
-
     sinogram = sino.copy()
     smooth = ndimage.uniform_filter1d(sinogram, 10, axis=0)
     listdiff = np.sum(np.abs(sinogram - smooth), axis=0)
@@ -352,8 +352,6 @@ def upstream_remove_all_stripe(sino: np.ndarray, snr: float, la_size: int, sm_si
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_remove_all_stripe_httomo_against_upstream(normalize: bool) -> None:
-    from stages.prep.httomo_prep import remove_all_stripe_httomo  # noqa: PLC0415
-
     sino = RNG.normal(1.0, 0.02, size=(90, 120)).astype(np.float32)
     sino += np.linspace(0, 0.5, 120, dtype=np.float32)  # a smooth object
     sino[:, 40] *= 1.3  # a large stripe
