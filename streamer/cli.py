@@ -694,8 +694,11 @@ def _run_run(args: argparse.Namespace) -> int:
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             error = f": {output.error}" if output.error else ""
+            doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
-                  f"{output.center:.2f}, {state}){error}", flush=True)
+                  f"{output.center:.2f}, {state}{doubt}){error}", flush=True)
+            for warning in output.center_warnings:
+                print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
         else:
             print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
 

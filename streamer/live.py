@@ -54,6 +54,8 @@ class ScanOutput:
     center: float | None
     complete: bool
     error: str | None = None
+    #: The CoR finder's doubts (:class:`~stages.recon.center_policy.CorEstimate`).
+    center_warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -126,7 +128,8 @@ class LiveReconstruction:
             if self.feed is not None:
                 self.feed.scan_closed(
                     event.report, center=output.center, output=str(output.path or "") or None,
-                    center_method=center_label(method, "pipeline"),
+                    center_method=center_label(method, "pipeline",
+                                               warnings=output.center_warnings),
                     error=output.error)
             if self.on_output is not None:
                 self.on_output(output)
@@ -182,7 +185,8 @@ class LiveReconstruction:
                 writer.close(complete=complete and failure is None, report=report.as_dict())
             except StreamerError as error:
                 failure = failure or str(error)
-        return ScanOutput(scan, path, rows, center, complete and failure is None, failure)
+        return ScanOutput(scan, path, rows, center, complete and failure is None, failure,
+                          processor.center_warnings)
 
     def _path_for(self, scan: str) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
