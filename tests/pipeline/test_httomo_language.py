@@ -3,13 +3,16 @@ duplicate keys, required values, the loader entry (streamer/pipeline/config.py).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from pydantic import Field
 
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from streamer.cli import main
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import split_sections
@@ -198,3 +201,36 @@ def test_one_sectionizer_all_steps_and_finders_do_not_cut() -> None:
                                                                 "tomopy.misc.corr"))
     with pytest.raises(StageError, match="needs a second reslice"):
         split_sections(twice.steps)
+
+
+DIAD_LOADER = """\
+- method: standard_tomo
+  module_path: httomo.data.hdf.loaders
+  parameters:
+    data_path: %s
+    image_key_path: /entry/instrument/imaging/image_key
+    rotation_angles: {data_path: /entry/imaging_sum/gts_theta_value}
+    preview: {detector_y: {start: 9, stop: 12}, detector_x: {start: null, stop: null}}
+- method: normalize
+  module_path: tomopy.prep.normalize
+  parameters: {cutoff: null, averaging: mean}
+- method: minus_log
+  module_path: tomopy.prep.normalize
+  parameters: {}
+"""
+
+
+def test_recon_reads_the_scan_where_the_loader_says(shared_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    scan = shared_data / "real/diad_k11-18014/k11-18014.nxs"
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(DIAD_LOADER % "/entry/imaging/data")
+    bad.write_text(DIAD_LOADER % "/entry/imaging/nothing_here")
+    out = tmp_path / "diad.h5"
+    assert main(["recon", str(scan), "-o", str(out), "--pipeline", str(good),
+                 "--center", "12.5"]) == 0
+    with h5py.File(out) as handle:
+        assert handle["/entry/reconstruction/detector_row"][()].tolist() == [9, 10, 11]
+    assert main(["recon", str(scan), "-o", str(tmp_path / "x.h5"), "--pipeline",
+                 str(bad)]) == 2
+    assert "/entry/imaging/nothing_here" in capsys.readouterr().err
