@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage
 from scipy.interpolate import interpn
 
+from stages.misc.elementwise import adjust_range, remove_nan, remove_neg
 from stages.misc.httomo_output import data_resampler
 from stages.prep.httomo_prep import (
     dark_flat_field_correction,
@@ -365,3 +366,20 @@ def test_remove_all_stripe_httomo_against_upstream(normalize: bool) -> None:
     np.testing.assert_allclose(ours[:, inner], expected[:, inner], atol=1e-5)
     np.testing.assert_allclose(ours, expected, rtol=0.01)
     assert abs(ours[:, 40].mean() - ours[:, 39].mean()) < 0.05  # the stripe is gone
+
+
+def test_tomopy_elementwise_corrections_match_upstream() -> None:
+    data = RNG.normal(size=(3, 4, 5)).astype(np.float32)
+    data[0, 0, :2] = np.nan
+    # tomopy.misc.corr: ne.evaluate("where(arr!=arr, val, arr)"), ("where(arr<0, val, arr)")
+    np.testing.assert_array_equal(remove_nan(data, val=7.0),
+                                  np.where(data != data, np.float32(7), data))  # noqa: PLR0124
+    clean = np.nan_to_num(data)
+    np.testing.assert_array_equal(remove_neg(clean, val=-1.0),
+                                  np.where(clean < 0, np.float32(-1), clean))
+    # adjust_range: arr[arr > dmax] = dmax; arr[arr < dmin] = dmin (None: the extremes)
+    expected = clean.copy()
+    expected[expected > 0.5] = 0.5
+    np.testing.assert_array_equal(adjust_range(clean, dmax=0.5), expected)
+    np.testing.assert_array_equal(adjust_range(clean), clean)
+    assert np.isnan(data[0, 0, 0])  # the input is left alone
