@@ -56,6 +56,8 @@ class ScanOutput:
     complete: bool
     error: str | None = None
     repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
+    #: The CoR finder's doubts (:class:`~stages.recon.center_policy.CorEstimate`).
+    center_warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -145,7 +147,8 @@ class LiveReconstruction:
             if self.feed is not None:
                 self.feed.scan_closed(
                     event.report, center=output.center, output=str(output.path or "") or None,
-                    center_method=center_label(method, "pipeline"),
+                    center_method=center_label(method, "pipeline",
+                                               warnings=output.center_warnings),
                     error=output.error)
             if self.on_output is not None:
                 self.on_output(output)
@@ -180,7 +183,8 @@ class LiveReconstruction:
         first = self._blocks[0]
         rows = sum(block.data.shape[0] for block in self._blocks)
         center = center_in_use(processor.center, self.steps, processor.start.cols)
-        method = center_label(processor.center_method, "pipeline")
+        method = center_label(processor.center_method, "pipeline",
+                              warnings=processor.center_warnings)
         # A disk error (full, read-only) ends this scan's output, never the service: the
         # volume keeps what was written, marked incomplete, and the error is reported.
         try:
@@ -207,7 +211,7 @@ class LiveReconstruction:
             except StreamerError as error:
                 failure = failure or str(error)
         return ScanOutput(scan, path, rows, center, complete and failure is None, failure,
-                          repairs.total)
+                          repairs.total, processor.center_warnings)
 
     def _path_for(self, scan: str) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)

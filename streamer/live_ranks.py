@@ -49,8 +49,9 @@ from streamer.ingest.state import ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.live import ScanOutput, keep_newest
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.executor import ScanProcessor, apply_steps, split_sections
+from streamer.pipeline.executor import ScanProcessor, apply_steps
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.recon import (
     ReconSettings,
@@ -576,13 +577,16 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
     if finder is None:
-        return auto_center(stack, band.angles_deg), "auto"
+        found = auto_center(stack, band.angles_deg)
+        return float(found), center_label("auto", "auto", warnings=found.warnings)
     assert finder.spec.finds_center is not None
     params = finder.params
     if "ind" in type(params).model_fields:
         params = params.model_copy(update={"ind": 0})
-    value = float(finder.spec.finds_center(stack, band.angles_deg, params))
-    return value, f"{finder.name} (pipeline)"
+    estimate = finder.spec.finds_center(stack, band.angles_deg, params)
+    # the finder's doubts travel with the label that is stored beside the CoR
+    return float(estimate), center_label(f"{finder.name} (pipeline)", "",
+                                         warnings=tuple(getattr(estimate, "warnings", ())))
 
 
 def _center_of(part: Path) -> float | None:

@@ -92,3 +92,28 @@ def test_a_long_running_service_keeps_only_the_newest_outputs(monkeypatch) -> No
         live_module.keep_newest(outputs, live_module.ScanOutput(f"s{number}", None, 0, None,
                                                                 False))
     assert [output.scan for output in outputs] == ["s1", "s2"]
+
+
+def test_a_doubtful_cor_is_reported_not_silent(loopback_pair, tmp_path: Path) -> None:
+    # the axis at 42.5 of 64 columns, a finder window of ±2 px around the middle (31.5):
+    # Vo's minimum lands on the window's edge, which the output must say
+    text = ("pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
+            "  - method: find_center_vo\n    parameters: {smin: -2, smax: 2}\n"
+            "  - method: fbp\n")
+    steps = parse_pipeline(text, REGISTRY, source="live.yaml").steps
+    live = LiveReconstruction(steps, text, tmp_path, block_frames=16, block_sinograms=2)
+    push, pull = loopback_pair()
+    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
+                            on_event=live.on_event)
+    thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
+    thread.start()
+    scan = SimulatedScan(SimulationConfig(rows=2, cols=64, projections=120, cor_px=42.5))
+    send_scan(push, scan, SendOptions(scan_id="doubt", block=10))
+    thread.join(JOIN_S)
+    assert not thread.is_alive()
+    (output,) = live.outputs
+    assert output.complete and output.path is not None
+    assert any("edge of the search window" in w for w in output.center_warnings)
+    with h5py.File(output.path) as file:
+        assert "WARNING: Vo's minimum lies on the edge" in (
+            file["/entry/process/center_of_rotation"].attrs["method"])

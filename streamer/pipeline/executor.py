@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.sources.scan import FrameReader
 
@@ -63,24 +64,6 @@ class ProcessedBlock:
     angles_deg: npt.NDArray[np.float64]
     data: npt.NDArray[np.float32]
     complete: bool
-
-
-def split_sections(
-    steps: tuple[PipelineStep, ...],
-) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
-    """The leading projection stages, and the sinogram stages after them."""
-    cut = 0
-    while cut < len(steps) and steps[cut].spec.pattern is Pattern.PROJECTION:
-        cut += 1
-    rest = steps[cut:]
-    stray = [s for s in rest if s.spec.pattern is Pattern.PROJECTION]
-    if stray:
-        raise StageError(
-            f"stage {stray[0].name!r} ({stray[0].where}): projection stages after sinogram "
-            "stages need a second reslice, which is not supported; move it before "
-            f"{rest[0].name!r}"
-        )
-    return steps[:cut], rest
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
@@ -179,7 +162,7 @@ class ScanProcessor:
         on_projections: Callable[[ProcessedBlock], None] | None = None,
         on_sinograms: Callable[[ProcessedBlock], None] | None = None,
         keep_sinogram_section: bool = True,
-        resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], float]
+        resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
         | None = None,
     ) -> None:
         if block_frames < 1 or block_sinograms < 1:
@@ -209,6 +192,10 @@ class ScanProcessor:
         self.resolve_center = resolve_center
         self.center: float | None = None
         self.center_method: str | None = None
+        #: How sure the finder was (0 … 1) and why to doubt it, when it says so (a
+        #: :class:`~stages.recon.center_policy.CorEstimate`); printed and stored beside it.
+        self.center_confidence: float | None = None
+        self.center_warnings: tuple[str, ...] = ()
         #: A CoR chosen while the scan runs (the live viewer's ``set_center``, set from the
         #: feed's thread): used, if set before the sinogram section starts, by every stage
         #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
@@ -348,15 +335,18 @@ class ScanProcessor:
             finder = finders[-1]
             assert finder.spec.finds_center is not None
             try:
-                self.center = float(finder.spec.finds_center(stack, angles, finder.params))
+                found = finder.spec.finds_center(stack, angles, finder.params)
             except StageError as error:
                 raise StageError(f"{error} (pipeline entry at {finder.where})") from None
             self.center_method = f"{finder.name} (pipeline)"
         elif self.resolve_center is not None:
-            self.center = float(self.resolve_center(stack, angles))
+            found = self.resolve_center(stack, angles)
             self.center_method = "auto"
         else:
             return data_steps
+        self.center = float(found)
+        self.center_confidence = getattr(found, "confidence", None)
+        self.center_warnings = tuple(getattr(found, "warnings", ()))
         return tuple(
             replace(s, params=s.params.model_copy(update={"center": self.center}))
             if s in unset else s
@@ -373,7 +363,7 @@ def process_reader(
     block_sinograms: int = 16,
     on_projections: Callable[[ProcessedBlock], None] | None = None,
     on_sinograms: Callable[[ProcessedBlock], None] | None = None,
-    resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], float]
+    resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
     | None = None,
 ) -> ScanProcessor:
     """Run a pipeline over a stored scan read block by block (the batch path)."""

@@ -1,12 +1,12 @@
 """Block sizes from a memory budget, per section of a pipeline (no data needed).
 
-A pipeline splits into sections where the stage pattern changes (projection ↔ sinogram),
-as in HTTomo. Within a section, a block of ``n`` frames (projection) or ``n`` sinograms
-(sinogram) needs the largest of its stages' ``memory`` estimates; the plan takes the
-largest ``n`` that keeps that peak within the budget (a binary search over ``n``, so
-estimates that are not proportional to ``n`` are honoured). A scan whose single frame or
-sinogram cannot fit is refused here, before it starts, never with an out-of-memory
-error mid-scan.
+A pipeline splits into a projection and a sinogram section as the run splits it
+(:func:`~streamer.pipeline.sections.split_sections`, as in HTTomo). Within a section, a
+block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
+its stages' ``memory`` estimates; the plan takes the largest ``n`` that keeps that peak
+within the budget (a binary search over ``n``, so estimates that are not proportional
+to ``n`` are honoured). A scan whose single frame or sinogram cannot fit is refused
+here, before it starts, never with an out-of-memory error mid-scan.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from stages.spec import Pattern
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.sections import split_sections
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,11 @@ def _largest_fitting(peak_for: Callable[[int], int], units: int, budget: int) ->
 
 
 def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[PipelineStep]]]:
-    """Consecutive steps grouped by pattern."""
-    grouped: list[tuple[Pattern, list[PipelineStep]]] = []
-    for step in steps:
-        if grouped and grouped[-1][0] is step.spec.pattern:
-            grouped[-1][1].append(step)
-        else:
-            grouped.append((step.spec.pattern, [step]))
-    return grouped
+    """The non-empty sections of :func:`~streamer.pipeline.sections.split_sections`
+    (the one sectionizer, shared with the run)."""
+    projection, sinogram = split_sections(steps)
+    return [(pattern, list(members)) for pattern, members in
+            ((Pattern.PROJECTION, projection), (Pattern.SINOGRAM, sinogram)) if members]
 
 
 def plan_blocks(
