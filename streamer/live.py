@@ -156,7 +156,7 @@ class LiveReconstruction:
     def _open(self, start: StartHeader) -> None:
         self._scan, self._processor, self._failure = start.scan, None, None
         try:
-            _check_normalisation(self.steps, start)
+            check_normalisation(self.steps, start)
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
@@ -310,7 +310,7 @@ class _Volume:
         self.written += int(block.data.shape[0])
 
 
-def _check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
+def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
     """Refuse a scan whose ``start`` announces a normalisation the pipeline cannot do
     (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
     projection_steps, _ = split_sections(steps)

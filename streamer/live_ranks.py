@@ -41,15 +41,15 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
-from streamer.errors import ConfigError, ExchangeError, StreamerError
+from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
 from streamer.exchange import Received
 from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import ScanClosed, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
-from streamer.live import ScanOutput, keep_newest
+from streamer.live import ScanOutput, check_normalisation, keep_newest
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps, split_sections
-from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.recon import (
     ReconSettings,
@@ -101,6 +101,7 @@ class _ScanState:
     center_method: str | None = None
     center_error: str | None = None
     center_known: bool = False
+    failure: str | None = None  # a stage refused this rank's data: no part is written
 
 
 @dataclass
@@ -139,6 +140,7 @@ class RankedReconstruction:
     _inbox: list[Received] = field(default_factory=list)
     _parts: dict[int, dict[int, PartWritten]] = field(default_factory=dict)  # serial->rank
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
+    _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -152,6 +154,13 @@ class RankedReconstruction:
             self.close_scan()
         elif isinstance(event, MergedReport) and self.control.rank == 0:
             report = event.report
+            refused = self._refused.pop(report.scan, None)
+            if refused is not None:
+                output = ScanOutput(report.scan, None, 0, None, False, refused)
+                keep_newest(self.outputs, output)
+                if self.on_output is not None:
+                    self.on_output(output)
+                return
             self.write_master(report.scan, complete=report.complete,
                               document=report.as_dict())
 
@@ -163,7 +172,17 @@ class RankedReconstruction:
         if scan is None:
             return
         self._forward_references(scan, frames)
-        scan.processor.add(frames)
+        if scan.failure is None:
+            try:
+                scan.processor.add(frames)
+            except StreamerError as error:
+                # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
+                # still takes its part in the close, so no peer waits for it.
+                scan.failure = f"scan {scan.start.scan}: {error}"
+                if self.log is not None:
+                    self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
+                             f"{error}")
+                raise ScanFailedError(scan.failure) from None
         self._serve(scan)
 
     def close_scan(self) -> None:
@@ -178,12 +197,26 @@ class RankedReconstruction:
     def open_scan(self, start: StartHeader) -> None:
         """A scan opened (on every rank, in the same order)."""
         self._serial += 1
-        frames, sinograms, plans = block_sizes(
-            self.steps, rows=start.rows, cols=start.cols,
-            angles=max(start.projections, 1), dtype=start.wire_dtype,
-            budget_bytes=self.memory_bytes or default_budget_bytes(),
-        )
+        self._scan = None
+        ranks = self.control.size
+        try:
+            # The same figures on every rank, so every rank refuses the same scans.
+            check_normalisation(self.steps, start)
+            frames, sinograms, plans, memory = plan_scan(
+                self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
+                references=start.darks + start.flats, dtype=start.wire_dtype,
+                budget_bytes=self.memory_bytes or default_budget_bytes(),
+                band_rows=-(-start.rows // ranks),
+            )
+        except StreamerError as error:
+            reason = f"scan {start.scan}: refused at start: {error}"
+            if self.control.rank == 0:
+                self._refused[start.scan] = reason
+                if self.log is not None:
+                    self.log(reason)
+            raise ScanFailedError(reason) from None
         if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {start.scan}: per rank: {memory.describe()}")
             for plan in plans:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
         # Projections usually follow the darks and flats: with ``first_index`` a piece
@@ -226,11 +259,17 @@ class RankedReconstruction:
             assert scan.path is not None
             path = scan.path
             self._settle_references(scan)
-            scan.processor.finish()
+            if scan.failure is None:
+                try:
+                    scan.processor.finish()
+                except StreamerError as error:
+                    scan.failure = f"scan {start.scan}: {error}"
             scan.exchange.finish_sending()
             band = scan.exchange.wait(self.exchange_timeout_s,
                                       on_idle=lambda: self._serve(scan))
             self._agree_center(scan, band)
+            if scan.failure is not None:
+                raise StreamerError(scan.failure)
             part = self._write_part(scan, band, path)
         except StreamerError as error:
             rows = row_bands(start.rows, self.control.size)[self.control.rank]

@@ -141,6 +141,7 @@ class IngestService:
                     # read; the HWMs fill and the source waits. Wake on stop or after a
                     # poll period to try again.
                     self._pause()
+                    self.state.paused(self.clock())
                     self._tick()
                     continue
                 if poller.poll(self.settings.poll_ms):

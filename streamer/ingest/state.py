@@ -169,6 +169,12 @@ class IngestState:
         self._reject(error.reason, frames, now)
         return []
 
+    def paused(self, now: float) -> None:
+        """The driver is not reading (downstream is behind: backpressure). The source's
+        silence meanwhile is ours, so it does not count towards the idle timeout."""
+        if self.current is not None:
+            self.last_message_at = now
+
     def fail_scan(self, scan_id: str, reason: str) -> None:
         """Downstream cannot process ``scan_id`` (bad data, too big for the memory
         budget): its later frames are counted rejected (``scan_failed``), never held, and
