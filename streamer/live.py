@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
-from streamer.ingest.state import FramesAccepted, ScanClosed, ScanOpened
+from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, split_sections
@@ -135,6 +135,13 @@ class LiveReconstruction:
             self._open(event.start)
         elif isinstance(event, FramesAccepted) and self.feed is not None:
             self.feed.frames_accepted(event)
+        elif (isinstance(event, ScanClosing) and event.scan == self._scan
+              and self._processor is not None):
+            self.wait()  # one scan's data in memory at a time
+            try:  # the last projections: a stage that refuses them fails the report too
+                self._processor.finish_projections()
+            except StreamerError as error:
+                raise self._fail(str(error)) from None
         elif isinstance(event, ScanClosed) and event.report.scan == self._scan:
             processor, failure = self._processor, self._failure
             self._processor, self._scan, self._failure = None, None, None

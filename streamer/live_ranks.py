@@ -44,7 +44,7 @@ import numpy as np
 from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
 from streamer.exchange import Received
 from streamer.ingest.cluster import Link, MergedReport
-from streamer.ingest.state import ScanClosed, ScanOpened
+from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.live import ScanOutput, check_normalisation, keep_newest
 from streamer.pipeline.config import PipelineStep
@@ -102,6 +102,8 @@ class _ScanState:
     center_error: str | None = None
     center_known: bool = False
     failure: str | None = None  # a stage refused this rank's data: no part is written
+    prepared: bool = False  # references settled and projections corrected
+    close_error: str | None = None  # settling failed (a rank did not answer)
 
 
 @dataclass
@@ -150,6 +152,11 @@ class RankedReconstruction:
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
             self.open_scan(event.start)
+        elif isinstance(event, ScanClosing) and self._scan is not None:
+            scan = self._scan
+            self._prepare_close(scan)
+            if scan.failure is not None:  # in the report too, not only in the output
+                raise ScanFailedError(scan.failure)
         elif isinstance(event, ScanClosed):
             self.close_scan()
         elif isinstance(event, MergedReport) and self.control.rank == 0:
@@ -258,16 +265,17 @@ class RankedReconstruction:
                        lambda: [0])
             assert scan.path is not None
             path = scan.path
-            self._settle_references(scan)
-            if scan.failure is None:
-                try:
-                    scan.processor.finish()
-                except StreamerError as error:
-                    scan.failure = f"scan {start.scan}: {error}"
+            self._prepare_close(scan)
+            if scan.close_error is not None:
+                raise StreamerError(scan.close_error)
             scan.exchange.finish_sending()
             band = scan.exchange.wait(self.exchange_timeout_s,
                                       on_idle=lambda: self._serve(scan))
-            self._agree_center(scan, band)
+            try:  # every rank takes part, failed or not, so no peer waits for it
+                self._agree_center(scan, band)
+            except StreamerError:
+                if scan.failure is None:
+                    raise
             if scan.failure is not None:
                 raise StreamerError(scan.failure)
             part = self._write_part(scan, band, path)
@@ -283,6 +291,24 @@ class RankedReconstruction:
             self._parts.setdefault(scan.serial, {})[0] = part
         else:
             self.control.send(0, TAG_PART_DONE, message)
+
+    def _prepare_close(self, scan: _ScanState) -> None:
+        """Settle the references and correct the last projections (once): a stage that
+        refuses the data sets ``scan.failure``; a peer that does not answer,
+        ``scan.close_error``."""
+        if scan.prepared:
+            return
+        scan.prepared = True
+        try:
+            self._settle_references(scan)
+        except StreamerError as error:
+            scan.close_error = str(error)
+            return
+        if scan.failure is None:
+            try:
+                scan.processor.finish()  # no sinogram section here: it sends the blocks
+            except StreamerError as error:
+                scan.failure = f"scan {scan.start.scan}: {error}"
 
     # --- references --------------------------------------------------------------------
 
@@ -595,6 +621,8 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
 
 def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[float, str]:
     """The CoR from detector row ``row`` of ``band`` (which owns it)."""
+    if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
+        raise StreamerError("CoR: no corrected projection reached this rank's band")
     local = row - band.rows[0]
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))

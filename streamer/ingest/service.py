@@ -23,7 +23,13 @@ import zmq
 from streamer.errors import ProtocolError, ScanFailedError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.cluster import ClusterIngest, MergedReport
-from streamer.ingest.state import FramesAccepted, IngestState, ScanClosed, ScanOpened
+from streamer.ingest.state import (
+    FramesAccepted,
+    IngestState,
+    ScanClosed,
+    ScanClosing,
+    ScanOpened,
+)
 from streamer.ingest.store import FrameStore
 from streamer.protocol import (
     AbortHeader,
@@ -269,6 +275,11 @@ class IngestService:
             self.store.put(event)
         elif isinstance(event, ScanClosed):
             failure = self._hand_over_held_frames()
+            if failure is None and self.on_event is not None:
+                try:  # downstream finishes what it can before the report is final
+                    self.on_event(ScanClosing(event.report.scan))
+                except ScanFailedError as error:
+                    failure = str(error)
             if failure is not None:
                 event.account.fail(failure)
                 event = ScanClosed(event.report.failed(failure), event.account)

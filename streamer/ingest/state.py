@@ -63,6 +63,14 @@ class ScanClosed:
 
 
 @dataclass(frozen=True)
+class ScanClosing:
+    """Sent by the service to downstream just before a closed scan is reported: the
+    last moment to fail it (:class:`~streamer.errors.ScanFailedError`) in its report."""
+
+    scan: str
+
+
+@dataclass(frozen=True)
 class EndSeen:
     """Coordinated mode: this rank received the scan's ``end`` from the wire."""
 

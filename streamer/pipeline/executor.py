@@ -227,12 +227,17 @@ class ScanProcessor:
         """Use as the ingest service's drain: take every held frame from the store."""
         self.add(store.take())
 
-    def finish(self) -> None:
-        """The scan is over: process what is left, then the sinogram section."""
+    def finish_projections(self) -> None:
+        """The scan is over: correct the projections still waiting (fewer than a block).
+        A stage that refuses the data raises here, before the sinogram section."""
         if self._references is None:
             self._references = self._stack_references()
         while self._waiting:
             self._process_projections(self.block_frames)
+
+    def finish(self) -> None:
+        """The scan is over: process what is left, then the sinogram section."""
+        self.finish_projections()
         if self._collect:
             self._run_sinogram_section()
 
