@@ -270,6 +270,13 @@ class ScanAccount:
             # figure means frames were lost or came from elsewhere.
             flags.append(f"end.sent: the source says it sent {self.sent_by_source} frames, "
                          f"{valid} valid ones arrived ({arrived} with the rejected)")
+        exceeded = self.rejected.frames.get("key_count_exceeded", 0)
+        if exceeded and any(missing.values()):
+            flags.append(
+                f"image_key: {exceeded} frames came with a key whose announced count was "
+                "already reached (mislabelled?): per-key missing counts follow the counts "
+                "in start, missing_ranges the frame indices never received; per key they "
+                "may disagree")
         if self.failure is not None:
             status: Status = "failed"
         elif aborted:
