@@ -290,8 +290,13 @@ class ScanProcessor:
             slots = self.band.claim(processed.indices, angles)
             self.band.store(slots, data)
 
+    def _stopping(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+        return self.stopped
+
     def _run_sinogram_section(self) -> None:
-        if self.band is None or not self.band.received:
+        if self.band is None or not self.band.received or self._stopping():
             return
         assembled = self.band.assemble()
         angles = assembled.angles_deg
@@ -302,8 +307,7 @@ class ScanProcessor:
         steps = self._with_center(self.sinogram_steps, sinograms_all.transpose(1, 0, 2),
                                   angles)
         for first in range(0, rows, self.block_sinograms):
-            if self.should_stop is not None and self.should_stop():
-                self.stopped = True
+            if self._stopping():
                 return
             last = min(first + self.block_sinograms, rows)
             data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
