@@ -26,6 +26,7 @@ marked incomplete. Several MPI ranks: :mod:`streamer.live_ranks`.
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 from collections.abc import Callable
@@ -57,6 +58,12 @@ def keep_newest(outputs: list[ScanOutput], output: ScanOutput) -> None:
     outputs.append(output)
     if len(outputs) > MAX_KEPT_OUTPUTS:
         del outputs[: len(outputs) - MAX_KEPT_OUTPUTS]
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,10 @@ class LiveReconstruction:
     _processor: ScanProcessor | None = None
     _scan: str | None = None  # the open scan
     _failure: str | None = None  # why the open scan failed, if it did
-    _worker: threading.Thread | None = None
+    _worker: threading.Thread | None = None  # one for the service's life (one malloc arena)
+    _jobs: queue.SimpleQueue[tuple[ScanProcessor, ScanReport]] = field(
+        default_factory=queue.SimpleQueue)
+    _idle: threading.Event = field(default_factory=_set_event)
     _writing: _Volume | None = None
 
     def drain(self, store: FrameStore) -> None:
@@ -121,14 +131,30 @@ class LiveReconstruction:
 
     @property
     def busy(self) -> bool:
-        """A worker still reconstructs a closed scan."""
-        return self._worker is not None and self._worker.is_alive()
+        """The worker still reconstructs a closed scan."""
+        return not self._idle.is_set()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for the worker's reconstruction, if any; True when none is left."""
-        if self._worker is not None:
-            self._worker.join(timeout_s)
-        return not self.busy
+        return self._idle.wait(timeout_s)
+
+    def _submit(self, processor: ScanProcessor, report: ScanReport) -> None:
+        self.wait()  # one reconstruction at a time: one scan's plan in memory
+        self._idle.clear()
+        if self._worker is None:
+            # A daemon: idle it holds nothing; the drivers wait() before they exit.
+            self._worker = threading.Thread(target=self._work, name="reconstruction",
+                                            daemon=True)
+            self._worker.start()
+        self._jobs.put((processor, report))
+
+    def _work(self) -> None:
+        while True:
+            processor, report = self._jobs.get()
+            try:
+                self._reconstruct(processor, report)
+            finally:
+                self._idle.set()
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
@@ -152,11 +178,7 @@ class LiveReconstruction:
                 self._publish(ScanOutput(event.report.scan, None, 0, None, False, reason),
                               event.report, None)
             elif self.background:
-                self.wait()  # one reconstruction at a time: one scan's plan in memory
-                self._worker = threading.Thread(
-                    target=self._reconstruct, args=(processor, event.report),
-                    name=f"reconstruct {event.report.scan}")
-                self._worker.start()
+                self._submit(processor, event.report)
             else:
                 self._reconstruct(processor, event.report)
 
@@ -244,6 +266,7 @@ class LiveReconstruction:
             failure = str(error)
         finally:
             self._writing = None
+            processor.should_stop = None  # no cycle keeps the scan's buffers alive
         center = center_in_use(processor.center, self.steps, processor.start.cols)
         rows = processor.band.height if processor.band is not None else 0
         failure = failure or volume.failure
