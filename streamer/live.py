@@ -117,6 +117,9 @@ class LiveReconstruction:
         default_factory=queue.SimpleQueue)
     _idle: threading.Event = field(default_factory=_set_event)
     _writing: _Volume | None = None
+    #: The open scan's feed opening, held back while the worker still publishes the
+    #: previous scan to the feed (the feed sees scans one after the other).
+    _feed_pending: tuple[StartHeader, ScanProcessor] | None = None
 
     def drain(self, store: FrameStore) -> None:
         if self._processor is None:  # a failed scan: nothing is held for it
@@ -124,6 +127,7 @@ class LiveReconstruction:
             return
         if self.busy:
             return  # the previous scan is still reconstructed: frames wait in the store
+        self._feed_catch_up()
         try:
             self._processor.drain(store)
         except StreamerError as error:
@@ -164,6 +168,7 @@ class LiveReconstruction:
         elif (isinstance(event, ScanClosing) and event.scan == self._scan
               and self._processor is not None):
             self.wait()  # one scan's data in memory at a time
+            self._feed_catch_up()
             try:  # the last projections: a stage that refuses them fails the report too
                 self._processor.finish_projections()
             except StreamerError as error:
@@ -172,6 +177,8 @@ class LiveReconstruction:
             processor, failure = self._processor, self._failure
             self._processor, self._scan, self._failure = None, None, None
             if self.feed is not None:
+                self.wait()  # the feed sees the previous scan closed first
+                self._feed_catch_up()
                 self.feed.scan_closing()
             if processor is None:
                 reason = failure or event.report.failure or "refused"
@@ -204,9 +211,18 @@ class LiveReconstruction:
             on_projections=self.feed.projections if self.feed is not None else None,
         )
         if self.feed is not None:
+            self._feed_pending = (start, self._processor)
+            if not self.busy:
+                self._feed_catch_up()
+
+    def _feed_catch_up(self) -> None:
+        """Open the scan in the feed once the worker is done with the previous one
+        (called from the ingest thread, as the feed expects)."""
+        pending, self._feed_pending = self._feed_pending, None
+        if pending is not None and self.feed is not None:
+            start, processor = pending
             center, size = self._feed_geometry()
-            self.feed.scan_opened(start, target=self._processor, center=center,
-                                  slice_size=size)
+            self.feed.scan_opened(start, target=processor, center=center, slice_size=size)
 
     def _fail(self, reason: str) -> ScanFailedError:
         """The open scan cannot be processed: drop what it holds, say why."""
