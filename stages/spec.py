@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
+from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 
 
@@ -90,6 +91,9 @@ class StageSpec:
     needs_frame_indices : bool
         Whether ``fn`` takes ``frame_indices`` (the block's frames) and ``flat_indices``
         (those of ``flats``): for corrections that interpolate in time.
+    counts_repairs : bool
+        Whether ``fn`` takes ``repairs`` (a :class:`stages.prep.repair.RepairCounts`):
+        stages that replace bad pixel values count them there, per scan.
     finds_center : callable, optional
         A CoR finder, not a transform: ``finds_center(projections, angles_deg, params)``
         on the corrected ``(angles, rows, cols)`` projections, run once per scan; its
@@ -109,6 +113,7 @@ class StageSpec:
     needs_references: bool = False
     needs_angles: bool = False
     needs_frame_indices: bool = False
+    counts_repairs: bool = False
     finds_center: (
         Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], float] | None
     ) = None
@@ -133,6 +138,7 @@ class StageSpec:
         frame_indices: npt.NDArray[np.int64] | None = None,
         flat_indices: npt.NDArray[np.int64] | None = None,
         backend: str = "numpy",
+        repairs: RepairCounts | None = None,
     ) -> npt.NDArray[Any]:
         """Call the stage on ``backend`` with validated parameters.
 
@@ -159,6 +165,8 @@ class StageSpec:
                 )
             kwargs["frame_indices"] = frame_indices
             kwargs["flat_indices"] = flat_indices
+        if self.counts_repairs:
+            kwargs["repairs"] = repairs
         if backend == "numpy":
             return self.fn(block, **kwargs)
         adapter = self.adapters.get(backend)
@@ -173,7 +181,8 @@ class StageSpec:
             if name in accepted:
                 continue
             value = kwargs.pop(name)
-            if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices"):
+            if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices",
+                        "repairs"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from streamer.center_check import center_outside
 from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
@@ -76,6 +77,7 @@ class ScanOutput:
     center: float | None
     complete: bool
     error: str | None = None
+    repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
 
 
 @dataclass
@@ -192,6 +194,11 @@ class LiveReconstruction:
     def _open(self, start: StartHeader) -> None:
         self._scan, self._processor, self._failure = start.scan, None, None
         try:
+            # A fixed CoR off this scan's detector, a normalisation the pipeline cannot
+            # do, a scan bigger than the budget: refused before any frame is held.
+            refusal = center_outside(self.steps, start.cols)
+            if refusal is not None:
+                raise ScanFailedError(refusal)
             check_normalisation(self.steps, start)
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
@@ -199,7 +206,7 @@ class LiveReconstruction:
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
             )
         except StreamerError as error:
-            raise self._fail(f"refused at start: {error}") from None
+            raise self._fail(f"refused at its start: {error}") from None
         if self.log is not None:
             self.log(f"scan {start.scan}: {memory.describe()}")
             for plan in plans:
@@ -226,7 +233,7 @@ class LiveReconstruction:
 
     def _fail(self, reason: str) -> ScanFailedError:
         """The open scan cannot be processed: drop what it holds, say why."""
-        self._failure = f"scan {self._scan}: {reason}"
+        self._failure = reason
         self._processor = None
         if self.log is not None:
             self.log(f"scan {self._scan}: FAILED: {reason}")
@@ -286,16 +293,20 @@ class LiveReconstruction:
         center = center_in_use(processor.center, self.steps, processor.start.cols)
         rows = processor.band.height if processor.band is not None else 0
         failure = failure or volume.failure
+        repairs = processor.repairs
+        warning = repairs.warning()
+        if warning is not None and self.log is not None:
+            self.log(f"scan {scan}: warning: {warning}")
         if failure is None and processor.stopped:
             failure = (f"stopped by the service (SIGINT/SIGTERM) after {volume.written} of "
                        f"{rows} slices")
         if volume.writer is None:
             if failure is None and processor.band is None:
                 failure = "no projection arrived: nothing to reconstruct"
-            return ScanOutput(scan, None, 0, center, False, failure)
+            return ScanOutput(scan, None, 0, center, False, failure, repairs.total)
         complete = (report.complete and processor.complete and failure is None
                     and volume.written == rows)
-        document = report.as_dict()
+        document = {**report.as_dict(), "repairs": repairs.as_dict()}
         if failure is not None:
             document["reconstruction_error"] = failure
         try:
@@ -303,7 +314,8 @@ class LiveReconstruction:
         except StreamerError as error:
             failure = failure or str(error)
             complete = False
-        return ScanOutput(scan, volume.path, volume.written, center, complete, failure)
+        return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
+                          repairs.total)
 
     def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
         """Name and open this scan's volume, shaped after its first block of slices."""
@@ -316,7 +328,7 @@ class LiveReconstruction:
             return path, open_volume(path, first, output_format=self.output_format,
                                      detector_rows=list(range(rows)), center=center,
                                      method=method, pipeline_text=self.pipeline_text,
-                                     scan=scan)
+                                     scan=scan, metadata=processor.repairs.as_metadata())
         except OSError as error:
             raise SinkError(f"{self.out_dir}: cannot write there: {os_reason(error)}") from None
 

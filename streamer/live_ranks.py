@@ -41,6 +41,8 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
+from stages.prep.repair import RepairCounts
+from streamer.center_check import center_outside
 from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
 from streamer.exchange import Received
 from streamer.ingest.cluster import Link, MergedReport
@@ -84,6 +86,8 @@ class PartWritten:
     slices: int
     complete: bool
     error: str | None
+    repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
+    pixels: int = 0  # projection pixel values this rank corrected
 
 
 @dataclass
@@ -185,7 +189,7 @@ class RankedReconstruction:
             except StreamerError as error:
                 # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
                 # still takes its part in the close, so no peer waits for it.
-                scan.failure = f"scan {scan.start.scan}: {error}"
+                scan.failure = str(error)
                 if self.log is not None:
                     self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
                              f"{error}")
@@ -208,6 +212,9 @@ class RankedReconstruction:
         ranks = self.control.size
         try:
             # The same figures on every rank, so every rank refuses the same scans.
+            refusal = center_outside(self.steps, start.cols)
+            if refusal is not None:
+                raise ScanFailedError(refusal)
             check_normalisation(self.steps, start)
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
@@ -216,7 +223,7 @@ class RankedReconstruction:
                 band_rows=-(-start.rows // ranks),
             )
         except StreamerError as error:
-            reason = f"scan {start.scan}: refused at start: {error}"
+            reason = f"refused at its start: {error}"
             if self.control.rank == 0:
                 self._refused[start.scan] = reason
                 if self.log is not None:
@@ -284,9 +291,12 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        repairs = scan.processor.repairs
+        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels)
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
-                                 "complete": part.complete, "error": part.error})
+                                 "complete": part.complete, "error": part.error,
+                                 "repaired": part.repaired, "pixels": part.pixels})
         if self.control.rank == 0:
             self._parts.setdefault(scan.serial, {})[0] = part
         else:
@@ -308,7 +318,7 @@ class RankedReconstruction:
             try:
                 scan.processor.finish()  # no sinogram section here: it sends the blocks
             except StreamerError as error:
-                scan.failure = f"scan {scan.start.scan}: {error}"
+                scan.failure = str(error)
 
     # --- references --------------------------------------------------------------------
 
@@ -457,6 +467,13 @@ class RankedReconstruction:
         document = dict(document or {})
         if errors:
             document["reconstruction_errors"] = errors
+        repairs = RepairCounts()
+        for part in parts.values():
+            repairs.merge(part.repaired, part.pixels)
+        document["repairs"] = repairs.as_dict()
+        warning = repairs.warning()
+        if warning is not None and self.log is not None:
+            self.log(f"scan {scan_id}: warning: {warning}")
         written = [file for file in files if file.exists()]
         if not written:
             output = ScanOutput(scan_id, None, 0, None, False,
@@ -469,7 +486,7 @@ class RankedReconstruction:
                              overwrite=True, bands=band_rows)
                 slices = sum(p.slices for p in parts.values())
                 output = ScanOutput(scan_id, path, slices, _center_of(written[0]),
-                                    complete, "; ".join(errors) or None)
+                                    complete, "; ".join(errors) or None, repairs.total)
             except StreamerError as error:
                 output = ScanOutput(scan_id, None, 0, None, False, str(error))
         keep_newest(self.outputs, output)
@@ -502,7 +519,10 @@ class RankedReconstruction:
             part = PartWritten(int(message["rank"]), message["path"],
                                (int(message["rows"][0]), int(message["rows"][1])),
                                int(message["slices"]), bool(message["complete"]),
-                               message["error"])
+                               message["error"],
+                               {str(key): int(count) for key, count
+                                in dict(message.get("repaired") or {}).items()},
+                               int(message.get("pixels") or 0))
             self._parts.setdefault(message["serial"], {})[part.rank] = part
             return
         if scan is None or message["serial"] > scan.serial:

@@ -18,21 +18,22 @@ first 180° of a 360° scan); the value used and how it was found are stored in 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from stages.prep.repair import RepairCounts
 from stages.recon.rotation import find_center_vo
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
-from streamer.protocol import Normalisation
+from streamer.protocol import MetadataValue, Normalisation
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.tiff import TiffStackWriter
 from streamer.sources.scan import FrameReader
@@ -75,6 +76,7 @@ class ReconResult:
     complete: bool
     seconds: float
     pipeline_text: str
+    repairs: RepairCounts = field(default_factory=RepairCounts)
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -173,7 +175,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
                 settings.output, block, output_format=settings.output_format,
                 detector_rows=list(range(first, first + layout.rows)), center=center_used(),
                 method=method_used(), pipeline_text=text, scan=start.scan,
-                overwrite=settings.overwrite,
+                overwrite=settings.overwrite, metadata=processor.repairs.as_metadata(),
             )
         writer.write(int(block.indices[0]), block.data)
         slices += block.data.shape[0]
@@ -199,8 +201,11 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
             writer.close(complete=complete)
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
+    warning = processor.repairs.warning()
+    if warning is not None:
+        log(f"warning: {warning}")
     return ReconResult(settings.output, slices, center_used(), method_used(), complete,
-                       time.perf_counter() - began, text)
+                       time.perf_counter() - began, text, processor.repairs)
 
 
 def open_volume(
@@ -214,14 +219,16 @@ def open_volume(
     pipeline_text: str,
     scan: str,
     overwrite: bool = False,
+    metadata: Mapping[str, MetadataValue] | None = None,
 ) -> Any:
-    """An HDF5 or TIFF volume writer shaped after the first block of slices."""
+    """An HDF5 or TIFF volume writer shaped after the first block of slices;
+    ``metadata`` (e.g. the repaired-pixel counts) goes to ``/entry/metadata``."""
     common: dict[str, Any] = {
         "detector_rows": detector_rows,
         "slice_shape": (int(first_block.data.shape[1]), int(first_block.data.shape[2])),
         "angles_deg": first_block.angles_deg, "center_of_rotation": center,
         "center_method": method, "pipeline_yaml": pipeline_text, "scan": scan,
-        "overwrite": overwrite,
+        "overwrite": overwrite, "metadata": dict(metadata or {}),
     }
     if output_format == "tiff":
         return TiffStackWriter(path, **common)

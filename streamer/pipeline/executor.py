@@ -14,6 +14,13 @@ from a stored scan) and:
    scan is over, runs the sinogram section on blocks of that buffer (``(rows, angles,
    cols)``); with several ranks the reslice hands each rank its band instead.
 
+Bad pixel values are repaired and counted per scan in :attr:`ScanProcessor.repairs`
+(:mod:`stages.prep.repair`): NaN/±inf pixels of received frames (float payloads, any
+normalisation, ``none`` included) as they arrive (``nonfinite_input``); pixels without
+signal by the correction stages that declare ``counts_repairs`` (``no_signal``); and any
+NaN/±inf a correction stage still leaves, before the sinogram section
+(``nonfinite_corrected``), so a volume is never NaN because of its input.
+
 Blocks leave through ``on_projections`` / ``on_sinograms`` callbacks. A scan without all
 its references by the end is still processed with what arrived, and the result is marked
 ``complete=False``; a ``flat_dark`` scan with no flat at all cannot be normalised and is
@@ -30,6 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.backends.xp import TransferStats, to_device, to_host
+from stages.prep.repair import (
+    NONFINITE_CORRECTED,
+    NONFINITE_INPUT,
+    RepairCounts,
+    repair_nonfinite,
+)
 from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.ingest.store import FrameStore, HeldFrame
@@ -95,12 +108,14 @@ def apply_steps(
     angles_deg: npt.NDArray[np.float64] | None = None,
     frame_indices: npt.NDArray[np.int64] | None = None,
     flat_indices: npt.NDArray[np.int64] | None = None,
+    repairs: RepairCounts | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
     A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
     device once where it begins and back once where it ends; references go up once per
-    scan (``device_references``). Every move is counted in ``transfers``.
+    scan (``device_references``). Every move is counted in ``transfers``; stages that
+    repair pixel values count them in ``repairs``.
     """
     stats = transfers if transfers is not None else TransferStats()
     cache = device_references if device_references is not None else DeviceReferences()
@@ -123,7 +138,8 @@ def apply_steps(
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
                                  angles_deg=angles_deg, frame_indices=frame_indices,
-                                 flat_indices=flat_indices, backend=step.backend)
+                                 flat_indices=flat_indices, backend=step.backend,
+                                 repairs=repairs)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -196,6 +212,8 @@ class ScanProcessor:
         self.frame_shape = frame
         self.projections_done = 0
         self.transfers = TransferStats()
+        #: Pixel values repaired in this scan, by reason (see the module docstring).
+        self.repairs = RepairCounts()
         self._device_references = DeviceReferences()
         self.resolve_center = resolve_center
         self.center: float | None = None
@@ -211,12 +229,12 @@ class ScanProcessor:
         """Take frames (any order); process whatever is ready."""
         for frame in frames:
             if frame.key == IMAGE_KEY_DARK:
-                self._darks[frame.index] = np.array(frame.data, dtype=np.float32)  # a copy
+                self._darks[frame.index] = self._finite(frame.data, np.float32)  # a copy
             elif frame.key == IMAGE_KEY_FLAT:
-                self._flats[frame.index] = np.array(frame.data, dtype=np.float32)  # a copy
+                self._flats[frame.index] = self._finite(frame.data, np.float32)  # a copy
             elif frame.key == IMAGE_KEY_PROJECTION:
                 # a copy: the view belongs to a received message that is released next
-                self._waiting[frame.index] = (frame.angle_deg, np.array(frame.data))
+                self._waiting[frame.index] = (frame.angle_deg, self._finite(frame.data))
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
@@ -242,6 +260,13 @@ class ScanProcessor:
             self._run_sinogram_section()
 
     # --- internals -----------------------------------------------------------------
+
+    def _finite(self, data: npt.NDArray[Any], dtype: Any = None) -> npt.NDArray[Any]:
+        """A copy of a received frame, NaN/±inf pixels repaired along rows and counted."""
+        copy = np.array(data, dtype=dtype)
+        repaired, count = repair_nonfinite(copy)
+        self.repairs.add(NONFINITE_INPUT, count)
+        return repaired
 
     @property
     def complete(self) -> bool:
@@ -275,7 +300,11 @@ class ScanProcessor:
                            transfers=self.transfers,
                            device_references=self._device_references,
                            frame_indices=np.array(indices, dtype=np.int64),
-                           flat_indices=np.array(sorted(self._flats), dtype=np.int64))
+                           flat_indices=np.array(sorted(self._flats), dtype=np.int64),
+                           repairs=self.repairs)
+        data, count = repair_nonfinite(data)
+        self.repairs.add(NONFINITE_CORRECTED, count)
+        self.repairs.pixels += data.size
         self.projections_done += len(indices)
         processed = ProcessedBlock(Pattern.PROJECTION, np.array(indices, dtype=np.int64),
                                    angles, data, self._references_complete())

@@ -89,7 +89,7 @@ def test_each_bad_scan_ends_alone_and_the_next_is_served() -> None:
     assert reports["shut"]["status"] == "failed"
     assert "flat − dark > 0" in reports["shut"]["failure"]
     assert reports["huge"]["status"] == "failed"
-    assert "refused at start" in reports["huge"]["failure"]
+    assert "refused at its start" in reports["huge"]["failure"]
     assert "budget is 64.0 MiB" in reports["huge"]["failure"]
     assert reports["air"]["status"] == "failed" and "'air'" in reports["air"]["failure"]
     assert reports["good"]["status"] == "complete"

@@ -185,7 +185,7 @@ def test_a_normalisation_the_pipeline_cannot_do_is_refused_at_start(
     report = service.next_report()
     output = service.next_output()
     assert report.status == "failed" and report.failure is not None
-    assert "refused at start" in report.failure and repr(normalisation) in report.failure
+    assert "refused at its start" in report.failure and repr(normalisation) in report.failure
     # refused before any frame was held: every frame counted rejected, none received
     assert sum(report.received.values()) == 0
     assert report.rejected["scan_failed"]["frames"] == len(keys)
