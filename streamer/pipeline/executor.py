@@ -312,10 +312,13 @@ class ScanProcessor:
             self.on_projections(processed)
         if self._collect:
             if self.band is None:
+                # Home columns from the first corrected index (blocks go in index order;
+                # flats at both ends put the first projection after the first flats
+                # only): a wrong guess costs a sort at the end, never a wrong column.
                 self.band = SinogramBand((0, int(data.shape[1])), int(data.shape[2]),
                                          max(self.start.projections, 1),
                                          frames=self.start.frames,
-                                         first_index=self.start.darks + self.start.flats)
+                                         first_index=int(processed.indices[0]))
             slots = self.band.claim(processed.indices, angles)
             self.band.store(slots, data)
 
