@@ -145,3 +145,17 @@ def test_a_mislabelled_key_is_flagged_where_per_key_counts_and_ranges_disagree()
     assert report.rejected["key_count_exceeded"]["frames"] == 1
     assert any("mislabelled" in flag for flag in report.flags)
     assert not report.complete
+
+
+def test_the_idle_timer_does_not_run_while_the_service_holds_the_source_back() -> None:
+    """While downstream is behind (store full: the service does not read), the source's
+    silence is the service's doing: the scan stays open; the timer restarts when reading
+    resumes."""
+    state = IngestState(idle_timeout_s=5)
+    header = start()
+    state.handle_message(header, 0.0)
+    for now in (3.0, 6.0, 9.0):  # 9 s without a message, all of it held back
+        state.paused(now)
+        assert state.handle_tick(now) == []
+    assert state.handle_tick(13.9) == []  # reading again since 9 s
+    assert closed(state.handle_tick(14.0)).report.close_reason.startswith("source_timeout")
