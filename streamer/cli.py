@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="slices per band (default: from the memory plan)")
     run.add_argument("--memory", type=float, default=None, metavar="GiB",
                      help="host memory budget for blocks (default: half of this machine's)")
-    run.add_argument("--tiff", action="store_true", help="write TIFF stacks instead")
+    _format_options(run, "write TIFF stacks (same as --format tiff)")
     run.add_argument("--quiet", action="store_true",
                      help="no progress line, no scan and plan lines (warnings still show)")
     _limit_options(run)
@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="slices per band (default: from the memory plan)")
     recon.add_argument("--memory", type=float, default=None, metavar="GiB",
                        help="host memory budget for blocks (default: half of this machine's)")
-    recon.add_argument("--tiff", action="store_true", help="write a TIFF stack instead")
+    _format_options(recon, "write a TIFF stack (same as --format tiff; default: from the "
+                    "output's suffix)")
     recon.add_argument("--overwrite", action="store_true", help="replace an existing output")
     recon.add_argument("--quiet", action="store_true",
                        help="no progress line, no scan and plan lines (warnings still show)")
@@ -325,6 +326,23 @@ def _consumer_endpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-remote", action="store_true",
                        help="allow binding a non-loopback address")
     group.add_argument("--hwm", type=int, default=16, help="receive high-water mark (messages)")
+
+
+def _format_options(parser: argparse.ArgumentParser, tiff_help: str) -> None:
+    """``--output-format NAME`` (a sink of streamer.sinks.registry; ``--format`` is the
+    input scan's format) and ``--tiff``, its alias."""
+    parser.add_argument("--output-format", dest="output_format", default=None,
+                        metavar="hdf5|tiff",
+                        help="output format (default: from the output's suffix, else hdf5)")
+    parser.add_argument("--tiff", dest="output_format", action="store_const", const="tiff",
+                        help=tiff_help)
+
+
+def _output_format(args: argparse.Namespace, output: Path | None) -> str:
+    """The sink that writes ``output``: ``--output-format``/``--tiff``, else its suffix."""
+    from streamer.sinks.registry import format_for
+
+    return format_for(output, args.output_format)
 
 
 def _limit_options(parser: argparse.ArgumentParser) -> None:
@@ -786,7 +804,7 @@ def _run_run(args: argparse.Namespace) -> int:
             print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
 
     live = LiveReconstruction(steps, text, args.out,
-                              output_format="tiff" if args.tiff else "hdf5",
+                              output_format=_output_format(args, None),
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
                               log=_log(args.quiet), background=True)
@@ -849,8 +867,10 @@ def _run_recon(args: argparse.Namespace) -> int:
     from streamer.sinks.disk import check_writable
 
     # The output is written after the whole scan is read: check it can be, first.
-    check_writable(args.output, folder=args.tiff, what="-o/--output")
-    if not args.tiff and args.output.exists() and not args.overwrite:
+    output_format = _output_format(args, args.output)
+    folder = output_format == "tiff"
+    check_writable(args.output, folder=folder, what="-o/--output")
+    if not folder and args.output.exists() and not args.overwrite:
         raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
                         "one (pass --overwrite to replace it)")
     options = _load_options_from(args)
@@ -859,7 +879,7 @@ def _run_recon(args: argparse.Namespace) -> int:
     settings = ReconSettings(
         output=args.output, pipeline=args.pipeline, center=args.center,
         first_row=options.rows[0] if options.rows else 0, block_frames=args.block,
-        block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
+        block_sinograms=args.sinogram_block, output_format=output_format,
         overwrite=args.overwrite, memory_bytes=_budget(args.memory),
     )
     if launched_with_ranks() > 1:
@@ -881,7 +901,7 @@ def _sweep_output(output: Path, label: str) -> Path:
 
 def _recon_one(args: argparse.Namespace, options: LoadOptions,
                settings: ReconSettings) -> int:
-    if not args.tiff and settings.output.exists() and not args.overwrite:
+    if settings.output_format != "tiff" and settings.output.exists() and not args.overwrite:
         raise SinkError(f"{settings.output}: -o/--output: expected a new file, got an "
                         "existing one (pass --overwrite to replace it)")
     from streamer.center_check import check_center
@@ -1077,9 +1097,10 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     if args.feed:
         raise ConfigError("--feed: the live feed runs on one rank for now (with several "
                           "MPI ranks each sees only a share of the projections)")
-    if args.tiff:
-        raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
-                          "file per rank and a master file); run one rank for TIFF")
+    if _output_format(args, None) != "hdf5":
+        raise ConfigError("--tiff/--output-format: with several MPI ranks the output is "
+                          "HDF5 (a part file per rank and a master file); run one rank "
+                          "for TIFF")
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")

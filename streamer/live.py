@@ -27,12 +27,11 @@ marked incomplete. Several MPI ranks: :mod:`streamer.live_ranks`.
 from __future__ import annotations
 
 import queue
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 from streamer.center_check import center_outside
 from streamer.errors import ScanFailedError, SinkError, StreamerError
@@ -46,6 +45,7 @@ from streamer.pipeline.sections import split_sections
 from streamer.protocol import StartHeader
 from streamer.recon import auto_center, center_in_use, center_label, open_volume
 from streamer.sinks.disk import os_reason
+from streamer.sinks.registry import DEFAULT_FORMAT, free_output_path
 
 if TYPE_CHECKING:
     from streamer.feed import LiveFeed
@@ -101,7 +101,7 @@ class LiveReconstruction:
     steps: tuple[PipelineStep, ...]
     pipeline_text: str
     out_dir: Path
-    output_format: Literal["hdf5", "tiff"] = "hdf5"
+    output_format: str = DEFAULT_FORMAT  # a name in streamer.sinks.registry.SINKS
     block_frames: int | None = None  # None: from the memory plan, per scan
     block_sinograms: int | None = None
     memory_bytes: int | None = None  # None: half of this machine's memory
@@ -340,15 +340,7 @@ class LiveReconstruction:
             raise SinkError(f"{self.out_dir}: cannot write there: {os_reason(error)}") from None
 
     def _path_for(self, scan: str) -> Path:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", scan)
-        suffix = "" if self.output_format == "tiff" else ".h5"
-        path = self.out_dir / f"{stem}{suffix}"
-        number = 2
-        while path.exists():
-            path = self.out_dir / f"{stem}-{number}{suffix}"
-            number += 1
-        return path
+        return free_output_path(self.out_dir, scan, self.output_format)
 
 
 @dataclass

@@ -29,9 +29,7 @@ scan's files are then marked incomplete rather than the job hanging.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -64,6 +62,7 @@ from streamer.recon import (
 from streamer.reslice import Band, BandExchange, row_bands
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.master import part_path, write_master, write_placeholder
+from streamer.sinks.registry import free_output_path, output_stem
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 
@@ -569,14 +568,7 @@ class RankedReconstruction:
         or its parts exist (rank 0 decides; the other ranks are told)."""
         if self.output is not None:
             return self.output
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", scan)
-        name, number = stem, 2
-        while (self.out_dir / f"{name}.h5").exists() or any(
-                self.out_dir.glob(f"{glob.escape(name)}.part*of*.h5")):
-            name = f"{stem}-{number}"
-            number += 1
-        return self.out_dir / f"{name}.h5"
+        return free_output_path(self.out_dir, scan, "hdf5")
 
 
 def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
@@ -595,7 +587,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
                           "file per rank and a master file); run one rank for TIFF")
     steps, text = pipeline_for(settings, layout.normalisation)
-    scan_id = re.sub(r"[^A-Za-z0-9._-]", "_", settings.output.stem)
+    scan_id = output_stem(settings.output.stem)
     control, band_link = link.duplicate(), link.duplicate()
     ranked = RankedReconstruction(
         steps, text, settings.output.parent, control, band_link,

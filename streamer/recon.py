@@ -35,8 +35,7 @@ from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reade
 from streamer.pipeline.images import image_tail, write_images
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.protocol import MetadataValue, Normalisation
-from streamer.sinks.hdf5 import Hdf5VolumeWriter
-from streamer.sinks.tiff import TiffStackWriter
+from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import new_scan_id, start_header
 
@@ -64,7 +63,8 @@ class ReconSettings:
     block_frames: int | None = None  # None: from the memory plan
     block_sinograms: int | None = None
     memory_bytes: int | None = None  # None: half of this machine's memory
-    output_format: Literal["hdf5", "tiff"] = "hdf5"
+    #: A name in :data:`streamer.sinks.registry.SINKS`.
+    output_format: str = DEFAULT_FORMAT
     overwrite: bool = False
     #: For a pipeline with a parameter sweep: which variant (``"center=80"``) to run.
     sweep_value: str | None = None
@@ -178,7 +178,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
              if "center" in type(s.params).model_fields and dict(s.params)["center"] is not None]
     given = settings.center is not None and settings.center != "auto"
     method = "given" if given else ("pipeline" if fixed else "vo")
-    writer: Any = None
+    writer: VolumeSink | None = None
     slices = 0
 
     def write(block: ProcessedBlock) -> None:
@@ -231,7 +231,7 @@ def open_volume(
     path: Path,
     first_block: ProcessedBlock,
     *,
-    output_format: Literal["hdf5", "tiff"],
+    output_format: str,
     detector_rows: list[int],
     center: float,
     method: str,
@@ -239,8 +239,8 @@ def open_volume(
     scan: str,
     overwrite: bool = False,
     metadata: Mapping[str, MetadataValue] | None = None,
-) -> Any:
-    """An HDF5 or TIFF volume writer shaped after the first block of slices;
+) -> VolumeSink:
+    """A writer of ``output_format`` (a registered sink) shaped after the first block of slices;
     ``metadata`` (e.g. the repaired-pixel counts) goes to ``/entry/metadata``."""
     common: dict[str, Any] = {
         "detector_rows": detector_rows,
@@ -249,6 +249,4 @@ def open_volume(
         "center_method": method, "pipeline_yaml": pipeline_text, "scan": scan,
         "overwrite": overwrite, "metadata": dict(metadata or {}),
     }
-    if output_format == "tiff":
-        return TiffStackWriter(path, **common)
-    return Hdf5VolumeWriter(path, **common)
+    return open_sink(output_format, path, **common)
