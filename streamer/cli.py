@@ -771,7 +771,7 @@ def _run_run(args: argparse.Namespace) -> int:
     _resolve_pipeline(args, "PIPELINE")
     from streamer.ingest.service import IngestService
     from streamer.live import LiveReconstruction
-    from streamer.recon import ReconSettings, pipeline_for
+    from streamer.recon import ReconSettings, center_source, pipeline_for
     from streamer.sinks.disk import check_writable
 
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
@@ -805,6 +805,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     live = LiveReconstruction(steps, text, args.out,
                               output_format=_output_format(args, None),
+                              center_source=center_source(args.center),
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
                               log=_log(args.quiet), background=True)
@@ -1092,7 +1093,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     from streamer.ingest.cluster import ClusterIngest
     from streamer.ingest.service import IngestService
     from streamer.live_ranks import RankedReconstruction
-    from streamer.recon import ReconSettings, pipeline_for
+    from streamer.recon import ReconSettings, center_source, pipeline_for
 
     if args.feed:
         raise ConfigError("--feed: the live feed runs on one rank for now (with several "
@@ -1130,7 +1131,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=_budget(args.memory), on_output=on_output,
-                                  log=log)
+                                  center_source=center_source(args.center), log=log)
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,

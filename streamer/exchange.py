@@ -339,12 +339,15 @@ class MemoryIncoming:
 
 
 class MemoryNetwork:
-    """``size`` ranks in one process, joined by queues (thread-safe): the array path of
-    :class:`RankLink` (``send_parts`` / ``probe_header`` / ``probe_array``) with MPI's
-    ordering (FIFO per source, destination and tag) and rendezvous completion (a send
-    completes when the receiver has taken the array). For one rank without MPI, and for
-    testing rank logic with several ranks stepped in one process; ``lazy_receives``
-    makes every receive take two ``test()`` calls, as receives in progress do under MPI.
+    """``size`` ranks in one process, joined by queues (thread-safe): the byte messages of
+    :class:`RankLink` (``send`` / ``send_to_others`` / ``poll``, FIFO per source and
+    destination) and its array path (``send_parts`` / ``probe_header`` /
+    ``probe_array``) with MPI's ordering (FIFO per source, destination and tag) and
+    rendezvous completion (a send completes when the receiver has taken the array).
+    :meth:`MemoryLink.duplicate` gives a separate context, as ``Comm.Dup``. For one rank
+    without MPI, and for running rank logic with several ranks in one process (threads);
+    ``lazy_receives`` makes every receive take two ``test()`` calls, as receives in
+    progress do under MPI.
     """
 
     def __init__(self, size: int, *, lazy_receives: bool = False) -> None:
@@ -353,8 +356,10 @@ class MemoryNetwork:
         self.size = size
         self.lazy_receives = lazy_receives
         self._lock = threading.Lock()
-        self._headers: dict[tuple[int, int], deque[Received]] = {}
-        self._arrays: dict[tuple[int, int, int], deque[_Parcel]] = {}
+        self._headers: dict[tuple[int, int, int], deque[Received]] = {}
+        self._arrays: dict[tuple[int, int, int, int], deque[_Parcel]] = {}
+        self._messages: dict[tuple[int, int], deque[Received]] = {}
+        self._duplicates: dict[int, int] = {}  # rank -> contexts it made
 
     def link(self, rank: int) -> MemoryLink:
         if not 0 <= rank < self.size:
@@ -362,57 +367,111 @@ class MemoryNetwork:
                                 f"got {rank}")
         return MemoryLink(self, rank)
 
-    def post(self, source: int, dest: int, tag: int, header: bytes,
-             array: npt.NDArray[Any] | None) -> MemoryPending:
+    def new_context(self, rank: int) -> int:
+        """The next context of ``rank``: the n-th duplicate on every rank is context n,
+        so ranks that duplicate in the same order (as MPI requires) meet."""
+        self._check(rank)
+        with self._lock:
+            self._duplicates[rank] = self._duplicates.get(rank, 0) + 1
+            return self._duplicates[rank]
+
+    def _check(self, dest: int) -> None:
         if not 0 <= dest < self.size:
             raise ExchangeError(f"send to rank {dest}: expected a rank in [0, {self.size})")
+
+    def post(self, source: int, dest: int, tag: int, header: bytes,
+             array: npt.NDArray[Any] | None, *, context: int = 0) -> MemoryPending:
+        self._check(dest)
         parcels = []
         with self._lock:
-            self._headers.setdefault((dest, tag), deque()).append(
+            self._headers.setdefault((context, dest, tag), deque()).append(
                 Received(source, tag, bytes(header)))
             if array is not None and array.nbytes:
                 parcel = _Parcel(array)
-                self._arrays.setdefault((dest, source, tag + 1), deque()).append(parcel)
+                self._arrays.setdefault((context, dest, source, tag + 1), deque()).append(
+                    parcel)
                 parcels.append(parcel)
         return MemoryPending(parcels)
 
-    def take_header(self, dest: int, tag: int) -> Received | None:
+    def take_header(self, dest: int, tag: int, context: int = 0) -> Received | None:
         with self._lock:
-            queue = self._headers.get((dest, tag))
+            queue = self._headers.get((context, dest, tag))
             return queue.popleft() if queue else None
 
-    def take_array(self, dest: int, source: int, tag: int) -> MemoryIncoming | None:
+    def take_array(self, dest: int, source: int, tag: int,
+                   context: int = 0) -> MemoryIncoming | None:
         with self._lock:
-            queue = self._arrays.get((dest, source, tag + 1))
+            queue = self._arrays.get((context, dest, source, tag + 1))
             if not queue:
                 return None
             parcel = queue.popleft()
         return MemoryIncoming(parcel, source, parcel.array.nbytes, self.lazy_receives)
 
+    def deliver(self, source: int, dest: int, tag: int, payload: bytes,
+                context: int = 0) -> None:
+        """A byte message (a copy of ``payload``) for ``dest``'s :meth:`receive`."""
+        self._check(dest)
+        with self._lock:
+            self._messages.setdefault((context, dest), deque()).append(
+                Received(source, tag, bytes(payload)))
+
+    def receive(self, dest: int, limit: int, context: int = 0) -> list[Received]:
+        """Up to ``limit`` byte messages for ``dest``, oldest first, without waiting."""
+        with self._lock:
+            queue = self._messages.get((context, dest))
+            taken: list[Received] = []
+            while queue and len(taken) < limit:
+                taken.append(queue.popleft())
+            return taken
+
     def pending(self) -> int:
-        """Messages (headers and arrays) sent and not yet taken."""
+        """Messages (headers, arrays and byte messages) sent and not yet taken."""
         with self._lock:
             return (sum(len(q) for q in self._headers.values())
-                    + sum(len(q) for q in self._arrays.values()))
+                    + sum(len(q) for q in self._arrays.values())
+                    + sum(len(q) for q in self._messages.values()))
 
 
 @dataclass(frozen=True)
 class MemoryLink:
-    """One rank's end of a :class:`MemoryNetwork` (same array methods as RankLink)."""
+    """One rank's end of a :class:`MemoryNetwork`: the same methods as :class:`RankLink`
+    (byte messages, arrays, ``duplicate``), so rank logic runs unchanged on it."""
 
     network: MemoryNetwork
     rank: int
+    context: int = 0
 
     @property
     def size(self) -> int:
         return self.network.size
 
+    def send(self, dest: int, tag: int, payload: bytes) -> None:
+        self.network.deliver(self.rank, dest, tag, payload, self.context)
+
+    def send_to_others(self, tag: int, payload: bytes) -> None:
+        for dest in range(self.size):
+            if dest != self.rank:
+                self.send(dest, tag, payload)
+
+    def poll(self, limit: int = 1000) -> list[Received]:
+        return self.network.receive(self.rank, limit, self.context)
+
+    def flush(self) -> None:
+        """Nothing to wait for: a byte message is delivered when it is sent."""
+
+    def duplicate(self) -> MemoryLink:
+        """A link on a new context (as ``Comm.Dup``): its messages never meet this one's."""
+        return MemoryLink(self.network, self.rank, self.network.new_context(self.rank))
+
+    def free(self) -> None:
+        """Nothing to free (as :meth:`RankLink.free`)."""
+
     def send_parts(self, dest: int, tag: int, header: bytes,
                    array: npt.NDArray[Any] | None = None) -> MemoryPending:
-        return self.network.post(self.rank, dest, tag, header, array)
+        return self.network.post(self.rank, dest, tag, header, array, context=self.context)
 
     def probe_header(self, tag: int) -> Received | None:
-        return self.network.take_header(self.rank, tag)
+        return self.network.take_header(self.rank, tag, self.context)
 
     def probe_array(self, source: int, tag: int) -> MemoryIncoming | None:
-        return self.network.take_array(self.rank, source, tag)
+        return self.network.take_array(self.rank, source, tag, self.context)

@@ -102,6 +102,8 @@ class LiveReconstruction:
     pipeline_text: str
     out_dir: Path
     output_format: str = DEFAULT_FORMAT  # a name in streamer.sinks.registry.SINKS
+    #: How a fixed CoR came (``streamer.recon.center_source``): "given" or "pipeline".
+    center_source: str = "pipeline"
     block_frames: int | None = None  # None: from the memory plan, per scan
     block_sinograms: int | None = None
     memory_bytes: int | None = None  # None: half of this machine's memory
@@ -257,7 +259,7 @@ class LiveReconstruction:
         if self.feed is not None:
             self.feed.scan_closed(
                 report, center=output.center, output=str(output.path or "") or None,
-                center_method=center_label(method, "pipeline",
+                center_method=center_label(method, self.center_source,
                                            warnings=output.center_warnings),
                 error=output.error)
         if self.on_output is not None:
@@ -328,7 +330,7 @@ class LiveReconstruction:
         scan = processor.start.scan
         rows = processor.band.height if processor.band is not None else processor.start.rows
         center = center_in_use(processor.center, self.steps, processor.start.cols)
-        method = center_label(processor.center_method, "pipeline",
+        method = center_label(processor.center_method, self.center_source,
                               warnings=processor.center_warnings)
         try:
             path = self._path_for(scan)

@@ -57,6 +57,7 @@ from streamer.recon import (
     auto_center,
     center_in_use,
     center_label,
+    center_source,
     pipeline_for,
 )
 from streamer.reslice import Band, BandExchange, row_bands
@@ -138,6 +139,8 @@ class RankedReconstruction:
     output: Path | None = None  # one fixed master path (``recon``); None: per scan
     first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
     overwrite: bool = False
+    #: How a fixed CoR came (``streamer.recon.center_source``): "given" or "pipeline".
+    center_source: str = "pipeline"
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
@@ -407,7 +410,7 @@ class RankedReconstruction:
         )
         data_steps = _share_threads(data_steps, self.control.size)
         center = center_in_use(scan.center, data_steps, scan.start.cols)
-        method = center_label(scan.center_method, "pipeline")
+        method = center_label(scan.center_method, self.center_source)
         references = scan.references_here + sum(scan.received_references.values())
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
@@ -593,7 +596,8 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         steps, text, settings.output.parent, control, band_link,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
         memory_bytes=settings.memory_bytes, output=settings.output,
-        first_row=settings.first_row, overwrite=settings.overwrite, log=log)
+        first_row=settings.first_row, overwrite=settings.overwrite,
+        center_source=center_source(settings.center), log=log)
     ranked.open_scan(start_header(layout, scan_id))
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames

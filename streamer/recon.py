@@ -135,6 +135,13 @@ def auto_center(
         raise type(error)(f"automatic {error}; give --center") from None
 
 
+def center_source(center: float | Literal["auto"] | None) -> str:
+    """How a fixed CoR came, as stored beside it: ``"given"`` when the command line gave
+    a number (``--center 47.5``), else ``"pipeline"`` (the pipeline's own value). One rule
+    for ``recon`` and ``run`` on any number of ranks."""
+    return "given" if center is not None and center != "auto" else "pipeline"
+
+
 def center_label(found: str | None, default: str, *,
                  warnings: tuple[str, ...] = ()) -> str:
     """How the CoR in an output was decided, as stored beside it: ``"vo"`` when found
@@ -177,7 +184,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     fixed = [dict(s.params)["center"] for s in steps
              if "center" in type(s.params).model_fields and dict(s.params)["center"] is not None]
     given = settings.center is not None and settings.center != "auto"
-    method = "given" if given else ("pipeline" if fixed else "vo")
+    method = center_source(settings.center) if given or fixed else "vo"
     writer: VolumeSink | None = None
     slices = 0
 
