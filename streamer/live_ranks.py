@@ -61,6 +61,7 @@ from streamer.recon import (
     pipeline_for,
 )
 from streamer.reslice import Band, BandExchange, row_bands
+from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.master import part_path, write_master, write_placeholder
 from streamer.sinks.registry import free_output_path, output_stem
@@ -98,14 +99,11 @@ class _ScanState:
     processor: ScanProcessor
     exchange: BandExchange
     path: Path | None  # the master file; decided by rank 0 (others learn it by message)
-    forwarded: int = 0
+    #: The close handshake (references settled, CoR agreed, parts written): no I/O.
+    close: CloseHandshake[PartWritten]
     references_here: int = 0  # darks and flats that reached this rank from the source
-    received_references: dict[int, int] = field(default_factory=dict)  # rank -> count
-    references_done: dict[int, int] = field(default_factory=dict)  # rank -> announced
     center: float | None = None
     center_method: str | None = None
-    center_error: str | None = None
-    center_known: bool = False
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
@@ -147,7 +145,8 @@ class RankedReconstruction:
     _scan: _ScanState | None = None
     _serial: int = 0
     _inbox: list[Received] = field(default_factory=list)
-    _parts: dict[int, dict[int, PartWritten]] = field(default_factory=dict)  # serial->rank
+    #: Rank 0: the handshakes of scans whose parts are still awaited (serial -> close).
+    _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
 
@@ -225,6 +224,7 @@ class RankedReconstruction:
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
                 band_rows=-(-start.rows // ranks),
             )
+            owner = self._center_owner(start)
         except StreamerError as error:
             reason = f"refused at its start: {error}"
             if self.control.rank == 0:
@@ -260,7 +260,12 @@ class RankedReconstruction:
                     self.log(f"scan {start.scan}: {error}")
             self.control.send_to_others(TAG_PATH, msgpack.packb(
                 {"serial": self._serial, "path": str(path)}))
-        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path)
+        close: CloseHandshake[PartWritten] = CloseHandshake(
+            start.scan, self.control.rank, ranks, self.exchange_timeout_s,
+            center_owner=owner)
+        if self.control.rank == 0:
+            self._closing[self._serial] = close
+        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
             self._handle(received, scan)
@@ -271,8 +276,7 @@ class RankedReconstruction:
             assert scan.path is not None
             self._closed[start.scan] = (scan.serial, scan.path, start.rows)
         try:
-            self._wait(scan, lambda: scan.path is not None, "the output path from rank",
-                       lambda: [0])
+            self._wait(scan, Step.PATH)
             assert scan.path is not None
             path = scan.path
             self._prepare_close(scan)
@@ -301,7 +305,7 @@ class RankedReconstruction:
                                  "complete": part.complete, "error": part.error,
                                  "repaired": part.repaired, "pixels": part.pixels})
         if self.control.rank == 0:
-            self._parts.setdefault(scan.serial, {})[0] = part
+            scan.close.part_written(0, part)
         else:
             self.control.send(0, TAG_PART_DONE, message)
 
@@ -339,57 +343,72 @@ class RankedReconstruction:
                 "shape": list(data.shape), "data": data.tobytes(),
             })
             self.control.send_to_others(TAG_REFERENCE, payload)
-            scan.forwarded += 1
+            scan.close.reference_forwarded()
 
     def _settle_references(self, scan: _ScanState) -> None:
         """Announce how many references this rank forwarded and wait for every rank's
         announced ones, so all ranks normalise with the same darks and flats."""
         self.control.send_to_others(TAG_REFERENCES_DONE, msgpack.packb(
-            {"serial": scan.serial, "count": scan.forwarded}))
-        peers = set(range(self.control.size)) - {self.control.rank}
-
-        def settled() -> bool:
-            return all(rank in scan.references_done
-                       and scan.received_references.get(rank, 0) >= scan.references_done[rank]
-                       for rank in peers)
-
-        self._wait(scan, settled, "the darks and flats forwarded by ranks",
-                   lambda: sorted(r for r in peers if r not in scan.references_done))
+            {"serial": scan.serial, "count": scan.close.forwarded}))
+        self._wait(scan, Step.REFERENCES)
 
     # --- centre of rotation ------------------------------------------------------------
 
-    def _agree_center(self, scan: _ScanState, band: Band) -> None:
-        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+    def _center_owner(self, start: StartHeader) -> int | None:
+        """The rank that finds the CoR: the owner of the finder's row (the middle row, or
+        the finder's ``ind``); None when the pipeline's CoR is fixed. A row off the
+        detector is refused."""
         _, sinogram_steps = split_sections(self.steps)
-        finders = [s for s in sinogram_steps if s.spec.finds_center is not None]
         unset = [s for s in sinogram_steps if s.spec.finds_center is None
                  and "center" in type(s.params).model_fields
                  and dict(s.params)["center"] is None]
         if not unset:
-            return
-        finder = finders[-1] if finders else None
-        row = scan.start.rows // 2
+            return None
+        finder = self._finder()
+        row = start.rows // 2
         if finder is not None and dict(finder.params).get("ind") is not None:
             row = int(dict(finder.params)["ind"])
-        bands = row_bands(scan.start.rows, self.control.size)
+        bands = row_bands(start.rows, self.control.size)
         owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
         if owner is None:
-            raise StreamerError(
-                f"scan {scan.start.scan!r}: CoR finder row: expected a detector row below "
-                f"{scan.start.rows}, got {row}")
+            raise ScanFailedError(
+                f"scan {start.scan!r}: CoR finder row: expected a detector row below "
+                f"{start.rows}, got {row}")
+        return owner
+
+    def _finder(self) -> PipelineStep | None:
+        _, sinogram_steps = split_sections(self.steps)
+        finders = [s for s in sinogram_steps if s.spec.finds_center is not None]
+        return finders[-1] if finders else None
+
+    def _agree_center(self, scan: _ScanState, band: Band) -> None:
+        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+        owner = scan.close.center_owner
+        if owner is None:
+            return
         if owner == self.control.rank:
+            finder = self._finder()
+            row = scan.start.rows // 2
+            if finder is not None and dict(finder.params).get("ind") is not None:
+                row = int(dict(finder.params)["ind"])
+            center: float | None = None
+            method: str | None = None
+            error: str | None = None
             try:
-                scan.center, scan.center_method = _find_center(finder, band, row)
-            except StreamerError as error:
-                scan.center_error = str(error)
-            scan.center_known = True
+                center, method = _find_center(finder, band, row)
+            except StreamerError as failure:
+                error = str(failure)
+            scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
-                "serial": scan.serial, "center": scan.center,
-                "method": scan.center_method, "error": scan.center_error}))
+                "serial": scan.serial, "center": center, "method": method,
+                "error": error}))
         else:
-            self._wait(scan, lambda: scan.center_known, "the CoR from rank", lambda: [owner])
-        if scan.center_error is not None:
-            raise StreamerError(scan.center_error)
+            self._wait(scan, Step.CENTER)
+        agreed = scan.close.center
+        assert agreed is not None
+        if agreed.error is not None:
+            raise StreamerError(agreed.error)
+        scan.center, scan.center_method = agreed.center, agreed.method
 
     # --- writing -----------------------------------------------------------------------
 
@@ -411,7 +430,7 @@ class RankedReconstruction:
         data_steps = _share_threads(data_steps, self.control.size)
         center = center_in_use(scan.center, data_steps, scan.start.cols)
         method = center_label(scan.center_method, self.center_source)
-        references = scan.references_here + sum(scan.received_references.values())
+        references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
         path = part_path(master, rank, ranks)
@@ -447,14 +466,15 @@ class RankedReconstruction:
         if closed is None:
             return None
         serial, path, rows = closed
-        parts = self._parts.setdefault(serial, {})
-        deadline = time.monotonic() + self.exchange_timeout_s
-        while len(parts) < self.control.size and time.monotonic() < deadline:
-            self._take_messages(None)
-            if len(parts) < self.control.size:
+        close = self._closing.pop(serial, None) or CloseHandshake(
+            scan_id, 0, self.control.size, self.exchange_timeout_s)
+        close.begin(Step.PARTS, time.monotonic())
+        while isinstance(close.check(time.monotonic()), Waiting):
+            self._take_messages(None, close)
+            if close.missing(Step.PARTS):
                 time.sleep(_POLL_PAUSE_S)
-        self._parts.pop(serial, None)
-        silent = sorted(set(range(self.control.size)) - set(parts))
+        parts = close.parts
+        silent = list(close.missing(Step.PARTS))
         errors = [f"rank {p.rank}: {p.error}" for p in parts.values() if p.error]
         errors += [f"rank {r}: wrote nothing within {self.exchange_timeout_s:g} s"
                    for r in silent]
@@ -503,11 +523,13 @@ class RankedReconstruction:
         self._take_messages(scan)
         scan.exchange.poll()
 
-    def _take_messages(self, scan: _ScanState | None) -> None:
+    def _take_messages(self, scan: _ScanState | None,
+                       closing: CloseHandshake[PartWritten] | None = None) -> None:
         for received in self.control.poll():
-            self._handle(received, scan)
+            self._handle(received, scan, closing)
 
-    def _handle(self, received: Received, scan: _ScanState | None) -> None:
+    def _handle(self, received: Received, scan: _ScanState | None,
+                closing: CloseHandshake[PartWritten] | None = None) -> None:
         try:
             message = msgpack.unpackb(received.payload, raw=False)
         except (ValueError, msgpack.ExtraData) as error:
@@ -526,7 +548,11 @@ class RankedReconstruction:
                                {str(key): int(count) for key, count
                                 in dict(message.get("repaired") or {}).items()},
                                int(message.get("pixels") or 0))
-            self._parts.setdefault(message["serial"], {})[part.rank] = part
+            close = self._closing.get(message["serial"])
+            if close is None and closing is not None:
+                close = closing  # the scan whose master rank 0 is writing now
+            if close is not None:
+                close.part_written(part.rank, part)
             return
         if scan is None or message["serial"] > scan.serial:
             self._inbox.append(received)  # a scan this rank has not opened yet
@@ -538,32 +564,30 @@ class RankedReconstruction:
             frame = HeldFrame(int(message["index"]), int(message["key"]),
                               float(message["angle"]),
                               data.reshape(tuple(int(n) for n in message["shape"])))
-            scan.received_references[received.source] = (
-                scan.received_references.get(received.source, 0) + 1)
+            scan.close.reference_received(received.source)
             scan.processor.add([frame])
         elif received.tag == TAG_REFERENCES_DONE:
-            scan.references_done[received.source] = int(message["count"])
+            scan.close.references_announced(received.source, int(message["count"]))
         elif received.tag == TAG_PATH:
             scan.path = Path(str(message["path"]))
+            scan.close.path_received()
         elif received.tag == TAG_CENTER:
             center = message["center"]
-            scan.center = None if center is None else float(center)
-            scan.center_method = message["method"]
-            scan.center_error = message["error"]
-            scan.center_known = True
+            scan.close.center_agreed(CenterAgreed(
+                None if center is None else float(center), message["method"],
+                message["error"]))
 
-    def _wait(self, scan: _ScanState, done: Callable[[], bool], what: str,
-              missing: Callable[[], list[int]]) -> None:
-        deadline = time.monotonic() + self.exchange_timeout_s
-        while not done():
+    def _wait(self, scan: _ScanState, step: Step) -> None:
+        """Serve the link until the close handshake's ``step`` is complete; a peer
+        that stays silent past ``exchange_timeout_s`` is named in the error."""
+        scan.close.begin(step, time.monotonic())
+        while True:
             self._serve(scan)
-            if done():
+            outcome = scan.close.check(time.monotonic())
+            if isinstance(outcome, Ready):
                 return
-            if time.monotonic() > deadline:
-                raise ExchangeError(
-                    f"scan {scan.start.scan!r}: rank {self.control.rank} waited "
-                    f"{self.exchange_timeout_s:g} s for {what} {missing()}: none came "
-                    "(a rank died or is stuck)")
+            if isinstance(outcome, TimedOut):
+                raise ExchangeError(outcome.message)
             time.sleep(_POLL_PAUSE_S)
 
     def _master_path(self, scan: str) -> Path:
