@@ -483,11 +483,13 @@ def encode_frames(header: FramesHeader, data: npt.NDArray[Any]) -> list[Any]:
     """
     expected_shape = (header.count, *header.shape)
     if data.shape != expected_shape:
-        raise ValueError(f"data: expected shape {expected_shape}, got {data.shape}")
+        raise ProtocolError("bad_frames", f"data: expected shape {expected_shape}, "
+                            f"got {data.shape}")
     if data.dtype != header.wire_dtype:
-        raise ValueError(f"data: expected dtype {header.wire_dtype}, got {data.dtype}")
+        raise ProtocolError("bad_frames", f"data: expected dtype {header.wire_dtype}, "
+                            f"got {data.dtype}")
     if not data.flags.c_contiguous:
-        raise ValueError("data: expected a C-contiguous array")
+        raise ProtocolError("bad_frames", "data: expected a C-contiguous array")
     return [encode_header(header), data.data.cast("B")]
 
 

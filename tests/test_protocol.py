@@ -640,11 +640,12 @@ def test_big_endian_dtypes_are_refused_with_the_fix(dtype: str) -> None:
 def test_encode_frames_refuses_big_endian_and_bad_arrays() -> None:
     header = FramesHeader.model_validate(frames_fields())
     good = np.zeros((2, 3, 4), dtype="<u2")
-    with pytest.raises(ValueError, match=r"data: expected dtype uint16, got >u2"):
+    with pytest.raises(ProtocolError, match=r"data: expected dtype uint16, got >u2"):
         encode_frames(header, good.astype(">u2"))
-    with pytest.raises(ValueError, match=r"data: expected shape \(2, 3, 4\), got \(2, 4, 3\)"):
+    with pytest.raises(ProtocolError,
+                       match=r"data: expected shape \(2, 3, 4\), got \(2, 4, 3\)"):
         encode_frames(header, np.zeros((2, 4, 3), dtype="<u2"))
-    with pytest.raises(ValueError, match="C-contiguous"):
+    with pytest.raises(ProtocolError, match="C-contiguous"):
         encode_frames(header, np.zeros((2, 4, 3), dtype="<u2").transpose(0, 2, 1))
 
 

@@ -33,7 +33,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from streamer.errors import ProtocolError
+from streamer.errors import ConfigError, ProtocolError
 from streamer.ingest.accounting import Rejections, ScanAccount, ScanReport
 from streamer.protocol import AbortHeader, EndHeader, FramesMessage, Message, StartHeader
 
@@ -101,7 +101,7 @@ class IngestState:
 
     def __init__(self, idle_timeout_s: float, *, coordinated: bool = False) -> None:
         if not idle_timeout_s > 0:
-            raise ValueError(f"idle_timeout_s: expected > 0, got {idle_timeout_s}")
+            raise ConfigError(f"idle_timeout_s: expected > 0, got {idle_timeout_s}")
         self.idle_timeout_s = idle_timeout_s
         self.coordinated = coordinated
         self.pending: list[tuple[FramesMessage | EndHeader | AbortHeader, float]] = []

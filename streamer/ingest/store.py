@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamer.errors import ConfigError
 from streamer.ingest.state import FramesAccepted
 from streamer.protocol import StartHeader
 
@@ -39,7 +40,7 @@ class FrameStore:
 
     def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes < 1:
-            raise ValueError(f"capacity_bytes: expected >= 1, got {capacity_bytes}")
+            raise ConfigError(f"capacity_bytes: expected >= 1, got {capacity_bytes}")
         self.capacity_bytes = capacity_bytes
         self.start: StartHeader | None = None
         self._held: dict[int, HeldFrame] = {}

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamer.errors import ScanFormatError
 from streamer.protocol import Geometry, MetadataValue, Normalisation
 from streamer.sources.scan import ScanLayout, as_wire_array, check_block
 
@@ -38,7 +39,7 @@ class ArrayScan:
         metadata: dict[str, MetadataValue] | None = None,
     ) -> None:
         if frames.ndim != 3:
-            raise ValueError(
+            raise ScanFormatError(
                 f"frames: expected a 3-D (frames, rows, cols) array, got {frames.shape}"
             )
         keys = np.asarray(image_keys, dtype=np.int8)
@@ -56,7 +57,7 @@ class ArrayScan:
             metadata=dict(metadata or {}),
         )
         if keys.shape[0] != frames.shape[0]:
-            raise ValueError(
+            raise ScanFormatError(
                 f"image_keys: expected {frames.shape[0]} entries (one per frame), "
                 f"got {keys.shape[0]}"
             )
