@@ -33,7 +33,7 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.images import image_tail, write_images
-from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.protocol import MetadataValue, Normalisation
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
@@ -173,12 +173,16 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
         raise ConfigError("recon: the scan has no projections")
     steps, text = pipeline_for(settings, layout.normalisation)
     start = start_header(layout, scan_id or new_scan_id())
-    planned_frames, planned_sinograms, plans = block_sizes(
+    # What the scan holds while it runs (its sinogram buffer and references) is counted
+    # first, as on R ranks and in ``run``: a scan that cannot fit is refused here.
+    planned_frames, planned_sinograms, plans, memory = plan_scan(
         steps, rows=layout.rows, cols=layout.cols, angles=layout.projections,
-        dtype=layout.dtype, budget_bytes=settings.memory_bytes or default_budget_bytes(),
+        references=layout.darks + layout.flats, dtype=layout.dtype,
+        budget_bytes=settings.memory_bytes or default_budget_bytes(),
     )
     block_frames = settings.block_frames or planned_frames
     block_sinograms = settings.block_sinograms or planned_sinograms
+    log(memory.describe())
     for plan in plans:
         log(f"plan: {plan.describe()}")
     fixed = [dict(s.params)["center"] for s in steps
