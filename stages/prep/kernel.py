@@ -1,0 +1,151 @@
+"""The flat/dark correction kernel: one fused, cache-sized, multi-threaded pass.
+
+Correcting a projection block is ``T = (P - dark) / denom`` followed by the repair of
+pixels without signal, an optional cutoff, ``-log``, nonnegativity and NaN removal.
+Done as whole-block NumPy passes, each step streams the block through memory once more
+(a 2048² float32 frame is 16 MiB, far above the caches), and ``np.log`` runs on one core:
+on the project's 2-core machine the stage ran at 0.87 of plain NumPy and 3.7 % of
+``np.copyto`` bandwidth.
+
+Here the block is cut into *tiles* of a few detector rows of one frame (about
+:data:`TILE_ELEMENTS` values, a few hundred KiB: they stay in L2 between the steps) and
+every step runs on a tile before the next tile is read. The tiles are shared out to
+threads: NumPy's ufuncs release the GIL in their inner loops, so the threads run on
+separate cores. Each step is the same float32 NumPy operation as the whole-block code,
+applied to the same values in the same order, so the results are identical; the repair
+interpolates along detector rows only, so it gives the same values tile by tile, and its
+counts are added up per tile.
+
+Why not numexpr: it would fuse the arithmetic too, but the repair between the division
+and the log needs the tile anyway, and a thread pool over tiles gets both cores with no
+new dependency (``docs/explanation/dependencies.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from stages.prep.repair import repair_no_signal
+
+#: Values per tile: 64 Ki float32 values (256 KiB) fit with their input in a core's L2.
+TILE_ELEMENTS: Final = 1 << 16
+
+#: Blocks smaller than this many values are corrected on the calling thread: starting
+#: threads costs more than it saves.
+THREAD_MIN_ELEMENTS: Final = 1 << 20
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What to do after the division, in this order (see :func:`correct`)."""
+
+    cutoff: float | None = None
+    minus_log: bool = False
+    nonnegative: bool = False
+    remove_nans: bool = False
+
+
+def worker_count() -> int:
+    """Threads to use: the CPUs this process may run on (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def correct(
+    block: npt.NDArray[Any],
+    dark: npt.NDArray[np.float32] | None,
+    denom: npt.NDArray[np.float32] | None,
+    dead: npt.NDArray[np.bool_] | None,
+    steps: Correction,
+    *,
+    threads: int | None = None,
+) -> tuple[npt.NDArray[np.float32], int]:
+    """Corrected float32 copy of ``block`` and the number of values repaired.
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Raw projections (any real dtype), converted to float32 tile by tile.
+    dark : ndarray of shape (rows, cols), float32, optional
+        Dark reference subtracted from every frame (``None``: the block is a
+        transmission already, and is only converted; ``denom`` must be ``None`` too).
+    denom : ndarray of shape (rows, cols) or (angles, rows, cols), float32, optional
+        Divisor (``max(flat - dark, eps)``), one frame for all, or one per projection.
+    dead : ndarray of bool, same shape as ``denom``, optional
+        Pixels without signal whatever their value (flat not above dark): repaired.
+    steps : Correction
+        Cutoff, ``-log``, nonnegativity and NaN removal, applied after the repair.
+    threads : int, optional
+        Worker threads (default: :func:`worker_count`).
+
+    Returns
+    -------
+    (ndarray of shape (angles, rows, cols), float32, C-contiguous; int)
+        The result, identical to the whole-block NumPy passes, and the repairs.
+    """
+    angles, rows, cols = block.shape
+    out = np.empty((angles, rows, cols), dtype=np.float32)
+    per_frame = denom is not None and denom.ndim == 3
+    dead_rows: npt.NDArray[np.bool_] | None = (
+        None if dead is None else np.asarray(dead.reshape(-1, rows, cols).any(axis=2)))
+    step = max(1, TILE_ELEMENTS // max(cols, 1))
+    tiles = [(a, r, min(r + step, rows)) for a in range(angles) for r in range(0, rows, step)]
+
+    def run(share: list[tuple[int, int, int]]) -> int:
+        repaired = 0
+        for a, r0, r1 in share:
+            d = a if per_frame else 0
+            tile = out[a, r0:r1]
+            if dark is None or denom is None:
+                np.copyto(tile, block[a, r0:r1], casting="unsafe")
+            else:
+                np.subtract(block[a, r0:r1], dark[r0:r1], out=tile, dtype=np.float32,
+                            casting="unsafe")
+                np.divide(tile, denom[a, r0:r1] if per_frame else denom[r0:r1], out=tile)
+            tile_dead = None
+            if dead is not None and dead_rows is not None and dead_rows[d, r0:r1].any():
+                tile_dead = dead[a, r0:r1] if per_frame else dead[r0:r1]
+            repaired += _repair_tile(tile, tile_dead, steps.minus_log)
+            _finish_tile(tile, steps)
+        return repaired
+
+    workers = threads if threads is not None else worker_count()
+    if workers <= 1 or block.size < THREAD_MIN_ELEMENTS or len(tiles) < 2:
+        return out, run(tiles)
+    shares = [tiles[i::workers] for i in range(workers)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="correct") as pool:
+        counts = list(pool.map(run, shares))
+    return out, sum(counts)
+
+
+def _repair_tile(tile: npt.NDArray[np.float32], dead: npt.NDArray[np.bool_] | None,
+                 positive: bool) -> int:
+    """:func:`repair_no_signal` on one tile, skipped when two reductions show it has
+    nothing to repair (all finite, and all positive before ``-log``; NaN fails both)."""
+    if dead is None:
+        low, high = tile.min(), tile.max()
+        clean = (low > 0 if positive else low > -np.inf) and high < np.inf
+        if clean:
+            return 0
+    return repair_no_signal(tile, dead=dead, positive=positive)
+
+
+def _finish_tile(tile: npt.NDArray[np.float32], steps: Correction) -> None:
+    """Cutoff, ``-log``, nonnegativity and NaN removal, in place, in that order."""
+    if steps.cutoff is not None:
+        np.minimum(tile, np.float32(steps.cutoff), out=tile)
+    if steps.minus_log:
+        np.log(tile, out=tile)
+        np.negative(tile, out=tile)
+    if steps.nonnegative:
+        np.maximum(tile, np.float32(0), out=tile)
+    if steps.remove_nans:
+        np.nan_to_num(tile, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
