@@ -567,9 +567,6 @@ class _Gridder:
             upsampfac=_UPSAMPFAC, nthreads=threads,
         )
         self.plan.setpts(lines.rows_y, lines.cols_x)
-        # The spread grid, reused by every pair of this thread: a fresh 1.25²·N² complex64
-        # array per pair (finufft's default) costs its page faults every time.
-        self.grid = np.empty((grid, grid), dtype=np.complex64)
         # Modes -size//2 … -1 sit at the end of the grid's FFT, 0 … at its start.
         self.negative = size // 2
         self.nonnegative = size - size // 2
@@ -580,9 +577,10 @@ class _Gridder:
         """Write the image (modes ``(k_y, k_x)`` in C order, not yet deconvolved, see
         :func:`_deconvolution`) into ``out`` of shape ``(size, size)``."""
         neg, nonneg = self.negative, self.nonnegative
-        self.plan.execute(strengths, out=self.grid)
-        rows = scipy.fft.ifft(self.grid, axis=-1, norm="forward", workers=self.threads,
+        spread = self.plan.execute(strengths[None])[0]
+        rows = scipy.fft.ifft(spread, axis=-1, norm="forward", workers=self.threads,
                               overwrite_x=True)
+        del spread
         # Second axis only on the wanted columns (two runs of the grid, no gather copy).
         for target, columns in ((out[:, :neg], rows[:, -neg:] if neg else rows[:, :0]),
                                 (out[:, neg:], rows[:, :nonneg])):
