@@ -98,6 +98,7 @@ def correct(
     per_frame = denom is not None and denom.ndim == 3
     dead_rows: npt.NDArray[np.bool_] | None = (
         None if dead is None else np.asarray(dead.reshape(-1, rows, cols).any(axis=2)))
+    bounded = _cannot_overflow(block.dtype, dark, denom)
     step = max(1, TILE_ELEMENTS // max(cols, 1))
     tiles = [(a, r, min(r + step, rows)) for a in range(angles) for r in range(0, rows, step)]
 
@@ -114,7 +115,7 @@ def correct(
         part_dead = None
         if dead is not None and dead_rows is not None and dead_rows[d, r0:r1].any():
             part_dead = dead[a, r0:r1] if per_frame else dead[r0:r1]
-        repaired = _repair_tile(part, part_dead, steps.minus_log)
+        repaired = _repair_tile(part, part_dead, steps.minus_log, bounded)
         _finish_tile(part, steps)
         return repaired
 
@@ -182,13 +183,34 @@ class _TileQueue:
                 self._idle.notify_all()
 
 
+def _cannot_overflow(dtype: np.dtype[Any], dark: npt.NDArray[np.float32] | None,
+                     denom: npt.NDArray[np.float32] | None) -> bool:
+    """Whether ``(block - dark) / denom`` is sure to be finite or NaN, never ±inf: integer
+    counts, a finite dark and a divisor bounded away from 0 (checked on the frame-sized
+    references, once). Then a tile's minimum alone says whether it needs repair (NaN, from
+    a NaN divisor, propagates into the minimum)."""
+    if not np.issubdtype(dtype, np.integer):
+        return False
+    if dark is None or denom is None:
+        return True
+    largest = float(np.iinfo(dtype).max) + float(np.abs(dark).max(initial=0.0))
+    smallest = float(denom.min(initial=np.inf))
+    limit = float(np.finfo(np.float32).max) / 4
+    # NaN in dark or denom fails the comparisons: not bounded
+    return bool(largest < limit and smallest > 0 and largest / smallest < limit)
+
+
 def _repair_tile(tile: npt.NDArray[np.float32], dead: npt.NDArray[np.bool_] | None,
-                 positive: bool) -> int:
-    """:func:`repair_no_signal` on one tile, skipped when two reductions show it has
-    nothing to repair (all finite, and all positive before ``-log``; NaN fails both)."""
+                 positive: bool, bounded: bool) -> int:
+    """:func:`repair_no_signal` on one tile, skipped when reductions show it has nothing
+    to repair: all finite, and all positive before ``-log`` (NaN fails every comparison).
+    ``bounded``: no value can be ±inf (integer counts, finite dark), so the minimum alone
+    decides."""
     if dead is None:
-        low, high = tile.min(), tile.max()
-        clean = (low > 0 if positive else low > -np.inf) and high < np.inf
+        low = tile.min()
+        clean = low > 0 if positive else low > -np.inf
+        if clean and not bounded:
+            clean = tile.max() < np.inf
         if clean:
             return 0
     return repair_no_signal(tile, dead=dead, positive=positive)

@@ -8,6 +8,7 @@ the tile size.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -135,3 +136,27 @@ def test_normalize_and_minus_log_stages_count_their_repairs() -> None:
                                         Correction(minus_log=True))
     np.testing.assert_array_equal(logged, expected)
     assert counts.counts == {NO_SIGNAL: 10}  # the first pass left every value finite
+
+
+@pytest.mark.parametrize("case", ["inf_dark", "nan_denom", "tiny_denom", "huge_dark"])
+def test_integer_counts_with_references_that_overflow_are_still_repaired(case: str) -> None:
+    """Integer input lets the kernel check only each tile's minimum; references that make
+    the quotient ±inf or NaN must turn that shortcut off (or be caught by it)."""
+    block, dark, denom, _ = raw_scan(4)
+    if case == "inf_dark":
+        dark[10, 20] = -np.inf  # T = +inf there
+    elif case == "nan_denom":
+        denom[30, 40] = np.nan
+    elif case == "tiny_denom":
+        denom[50, 60] = np.float32(1e-38)  # 4000 / 1e-38 overflows float32
+    else:
+        dark[70, 80] = np.float32(-3e38)  # 4000 + 3e38 / 1 overflows after the division
+        denom[70, 80] = np.float32(0.5)
+    for steps in (Correction(minus_log=True), Correction()):
+        with warnings.catch_warnings():  # the overflow is the point (all threads)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected, expected_count = whole_block_reference(block, dark, denom, None, steps)
+            out, count = correct(block, dark, denom, None, steps, threads=2)
+        np.testing.assert_array_equal(out, expected)
+        assert count == expected_count
+        assert count >= SHAPE[0]  # the bad pixel of every frame at least
