@@ -627,9 +627,10 @@ SPECS: tuple[StageSpec, ...] = (
         fn=normalize,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
-        # float32 input copy converted in place into the output (1) plus the caller's
-        # block when it is float32 (1); references are frame-sized, not block-sized; the
-        # repair's masks (up to 3 bool blocks, 0.75; its interpolation is bounded, 20 MiB).
+        # the float32 output (1) plus the caller's block when it is float32 (1);
+        # references are frame-sized, not block-sized. The kernel's temporaries and the
+        # repair's masks are per tile (stages.prep.kernel: a few hundred KiB per thread),
+        # so the third block is headroom kept from the whole-block implementation.
         memory=scaled_memory(3),
         summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log; "
         "pixels without signal repaired from their row neighbours",
@@ -668,7 +669,7 @@ SPECS: tuple[StageSpec, ...] = (
         fn=minus_log,
         pattern=Pattern.PROJECTION,
         params=MinusLogParams,
-        # input (1) + output computed in place (1) + the repair's masks (0.75, see normalize).
+        # input (1) + output computed in place (1) + headroom (see normalize).
         memory=scaled_memory(3),
         summary="-log of the transmission (values <= 0 or not finite repaired from their "
         "row neighbours first)",
