@@ -886,6 +886,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
+    from streamer.pipeline.streaming import streaming_kind
     from streamer.recon import ReconSettings, pipeline_for
 
     pipeline = load_pipeline(args.pipeline, REGISTRY)
@@ -909,6 +910,7 @@ def _run_check(args: argparse.Namespace) -> int:
               f"{', '.join(step.name for step in steps[-appended:])} (shown above)")
     for note in pipeline.notes:
         print(f"  note: {note}")
+    print(streaming_kind(steps).describe())
     print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
           f"budget {budget / 2**30:.1f} GiB")
     for plan in plans:

@@ -632,6 +632,7 @@ def normalize_interpolated(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="normalize_interpolated",
+        angle_local=True,  # per projection, given the references
         fn=normalize_interpolated,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
@@ -645,6 +646,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize",
+        angle_local=True,  # per projection, given the references
         fn=normalize,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
@@ -664,6 +666,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize_nf",
+        angle_local=True,  # per projection, given the references
         fn=normalize_nf,
         pattern=Pattern.PROJECTION,
         params=NormalizeNfParams,
@@ -676,6 +679,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize_bg",
+        angle_local=True,  # each frame's own air columns
         fn=normalize_bg,
         pattern=Pattern.PROJECTION,
         params=NormalizeBgParams,
@@ -686,6 +690,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="minus_log",
+        angle_local=True,  # element-wise, repairs from row neighbours
         fn=minus_log,
         pattern=Pattern.PROJECTION,
         params=MinusLogParams,

@@ -309,6 +309,7 @@ def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="find_center_vo",
+        angle_local=False,  # the whole sinogram
         fn=_unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenterVoParams,
