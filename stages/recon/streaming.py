@@ -37,12 +37,13 @@ The spread grids, ``⌈rows/2⌉ · G² · 8`` bytes with ``G ≈ 1.25 N`` (abou
 band's float32 output: 6.6 MB per row at ``N = 1024``), the contribution table
 (``≈ 24`` bytes per NUFFT point, about ``P · 1.2 N`` points, shared by the band's rows)
 and one block's temporaries; the band's output ``rows · N² · 4`` is allocated at finish,
-when the grids are released pair by pair. :func:`streaming_memory` gives the figure.
+while the grids are still held (the peak). :func:`streaming_memory` gives the figure.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +212,12 @@ class StreamingFbp:
         self.spread: npt.NDArray[np.complex64] | None = np.zeros(
             (self.pairs, self.grid, self.grid), dtype=np.complex64
         )
+        # The kernel's deconvolution (0 outside the circle with circle_mask), read upside
+        # down as the slices are: made now, not after the last frame.
+        factor = _deconvolution(params.eps, self.size)
+        if params.circle_mask:
+            factor[~circle_inside(self.size, self.size)] = 0.0
+        self.deconvolve = np.ascontiguousarray(factor[::-1])
         self.received = np.zeros(self.angles.shape[0], dtype=bool)
         self._sorted = np.argsort(self.angles, kind="stable")
 
@@ -326,6 +333,26 @@ class StreamingFbp:
         ).astype(np.complex64, copy=False)
         return result
 
+    def _transform(
+        self, grid: npt.NDArray[np.complex64], pair: int, out: npt.NDArray[np.float32],
+        threads: int,
+    ) -> None:
+        """Grid FFT (pruned to the ``N`` wanted columns) and deconvolution of one row pair,
+        written into ``out[2·pair]`` (real part) and ``out[2·pair + 1]`` (imaginary)."""
+        size = self.size
+        neg, nonneg = size // 2, size - size // 2
+        rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=threads, overwrite_x=True)
+        image = np.empty((size, size), dtype=np.complex64)
+        for target, columns in ((image[:, :neg], rows[:, self.grid - neg :]),
+                                (image[:, neg:], rows[:, :nonneg])):
+            full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
+            target[:neg] = full[full.shape[0] - neg :]
+            target[neg:] = full[:nonneg]
+        # Modes run along +y, the slice's rows down: both read upside down (views).
+        np.multiply(image.real[::-1], self.deconvolve, out=out[2 * pair])
+        if 2 * pair + 1 < self.rows:
+            np.multiply(image.imag[::-1], self.deconvolve, out=out[2 * pair + 1])
+
     def finish(self) -> npt.NDArray[np.float32]:
         """The band's slices ``(rows, N, N)`` float32, as :func:`fourier_fbp` returns them.
 
@@ -349,27 +376,18 @@ class StreamingFbp:
                 f"projections, got {self.received.size - self.missing} ({self.missing} "
                 "missing); reconstruct the received sinogram in batch"
             )
-        size, grid = self.size, self.grid
-        factor = _deconvolution(self.params.eps, size)
-        if self.params.circle_mask:
-            factor[~circle_inside(size, size)] = 0.0
-        flipped = factor[::-1]
-        neg, nonneg = size // 2, size - size // 2
-        out = np.empty((self.rows, size, size), dtype=np.float32)
-        image = np.empty((size, size), dtype=np.complex64)
+        out = np.empty((self.rows, self.size, self.size), dtype=np.float32)
         spread, self.spread = self.spread, None
-        for pair in range(self.pairs):
-            rows = scipy.fft.ifft(
-                spread[pair], axis=-1, norm="forward", workers=self.threads, overwrite_x=True
-            )
-            for target, columns in ((image[:, :neg], rows[:, grid - neg :]),
-                                    (image[:, neg:], rows[:, :nonneg])):
-                full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=self.threads)
-                target[:neg] = full[full.shape[0] - neg :]
-                target[neg:] = full[:nonneg]
-            np.multiply(image.real[::-1], flipped, out=out[2 * pair])
-            if 2 * pair + 1 < self.rows:
-                np.multiply(image.imag[::-1], flipped, out=out[2 * pair + 1])
+        workers = min(self.pairs, self.threads)
+        if workers == 1:
+            for pair in range(self.pairs):
+                self._transform(spread[pair], pair, out, self.threads)
+        else:  # whole pairs per thread, one FFT thread each (as the batch call)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                jobs = [pool.submit(self._transform, spread[pair], pair, out, 1)
+                        for pair in range(self.pairs)]
+                for job in jobs:
+                    job.result()
         return out
 
 
