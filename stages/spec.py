@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,9 @@ class Pattern(StrEnum):
 
     PROJECTION = "projection"
     SINOGRAM = "sinogram"
+    #: Either layout (element-wise maths, cubic 3-D kernels, output steps): the step runs
+    #: in whichever section it falls (HTTomo's ``all``).
+    ALL = "all"
 
 
 class StageParams(BaseModel):
@@ -97,8 +100,9 @@ class StageSpec:
     finds_center : callable, optional
         A CoR finder, not a transform: ``finds_center(projections, angles_deg, params)``
         on the corrected ``(angles, rows, cols)`` projections, run once per scan; its
-        result becomes the ``center`` of the reconstruction (HTTomo's ``find_center_vo``
-        entries map here).
+        result (a float, or a :class:`~stages.recon.center_policy.CorEstimate` with a
+        confidence and warnings) becomes the ``center`` of the reconstruction (HTTomo's
+        ``find_center_vo`` entries map here).
     angle_local : bool or callable
         Whether the output for one projection depends only on that projection (and the
         scan's references and parameters): the stage can run on projection blocks as
@@ -123,7 +127,8 @@ class StageSpec:
     needs_frame_indices: bool = False
     counts_repairs: bool = False
     finds_center: (
-        Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], float] | None
+        Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], SupportsFloat]
+        | None
     ) = None
     angle_local: bool | Callable[[Any], bool] = False
     aliases: tuple[str, ...] = ()

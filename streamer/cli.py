@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -776,8 +777,11 @@ def _run_run(args: argparse.Namespace) -> int:
             state = "complete" if output.complete else "INCOMPLETE"
             error = f": {output.error}" if output.error else ""
             repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
+            doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
-                  f"{output.center:.2f}, {state}{repaired}){error}", flush=True)
+                  f"{output.center:.2f}, {state}{doubt}{repaired}){error}", flush=True)
+            for warning in output.center_warnings:
+                print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
         else:
             print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
 
@@ -785,8 +789,9 @@ def _run_run(args: argparse.Namespace) -> int:
                               output_format="tiff" if args.tiff else "hdf5",
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
-                              log=_log(args.quiet))
+                              log=_log(args.quiet), background=True)
     with zmq.Context() as context, _stop_on_signal() as stop:
+        live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,
                                   announce="run")
@@ -811,6 +816,7 @@ def _run_run(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
+            live.wait()  # the last reconstruction (stopped between blocks on a signal)
             socket.close()
             if feed is not None:
                 feed.close()
@@ -835,10 +841,12 @@ def _print_and_write_report(report: ScanReport, between_scans: Rejections | None
 def _run_recon(args: argparse.Namespace) -> int:
     _scan_argument(args.scan)
     _resolve_pipeline(args, "--pipeline")
-    from streamer.center_check import check_center
-    from streamer.recon import ReconSettings, pipeline_for, run_recon
+
+    from stages.registry import REGISTRY
+    from streamer.pipeline.config import load_pipeline
+    from streamer.pipeline.httomo_loader import with_loader
+    from streamer.recon import ReconSettings
     from streamer.sinks.disk import check_writable
-    from streamer.sources.formats import open_scan
 
     # The output is written after the whole scan is read: check it can be, first.
     check_writable(args.output, folder=args.tiff, what="-o/--output")
@@ -846,14 +854,40 @@ def _run_recon(args: argparse.Namespace) -> int:
         raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
                         "one (pass --overwrite to replace it)")
     options = _load_options_from(args)
+    if args.pipeline is not None:  # an HTTomo loader entry fills what the options leave
+        options = with_loader(options, load_pipeline(args.pipeline, REGISTRY).loader)
     settings = ReconSettings(
         output=args.output, pipeline=args.pipeline, center=args.center,
-        first_row=args.rows[0] if args.rows else 0, block_frames=args.block,
+        first_row=options.rows[0] if options.rows else 0, block_frames=args.block,
         block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
         overwrite=args.overwrite, memory_bytes=_budget(args.memory),
     )
     if launched_with_ranks() > 1:
         return _run_recon_ranks(args, options, settings)
+    sweep = (load_pipeline(args.pipeline, REGISTRY).variants()
+             if args.pipeline is not None else [("", ())])
+    if len(sweep) > 1 or sweep[0][0]:  # one output per sweep value, named by it
+        return max(_recon_one(args, options, replace(
+            settings, sweep_value=label, output=_sweep_output(args.output, label)))
+            for label, _ in sweep)
+    return _recon_one(args, options, settings)
+
+
+def _sweep_output(output: Path, label: str) -> Path:
+    """``out.h5`` → ``out_center=80.5.h5`` (a TIFF folder gets the suffix too)."""
+    safe = "".join(c if c.isalnum() or c in "=.-_" else "_" for c in label)
+    return output.with_name(f"{output.stem}_{safe}{output.suffix}")
+
+
+def _recon_one(args: argparse.Namespace, options: LoadOptions,
+               settings: ReconSettings) -> int:
+    if not args.tiff and settings.output.exists() and not args.overwrite:
+        raise SinkError(f"{settings.output}: -o/--output: expected a new file, got an "
+                        "existing one (pass --overwrite to replace it)")
+    from streamer.center_check import check_center
+    from streamer.recon import pipeline_for, run_recon
+    from streamer.sources.formats import open_scan
+
     log = _log(args.quiet)
     with open_scan(args.scan, options) as reader:
         layout = reader.layout
@@ -869,13 +903,21 @@ def _run_recon(args: argparse.Namespace) -> int:
             raise StageError(f"{args.scan}: {error}") from None
         finally:
             progress.close()
+    for warning in result.center_warnings:
+        print(f"warning: CoR {result.center:.2f}: {warning}", file=sys.stderr)
     state = "complete" if result.complete else "INCOMPLETE"
+    if result.center_warnings:
+        state += ", CoR UNCERTAIN"
+    sure = ("" if result.center_confidence is None
+            else f", confidence {result.center_confidence:.2f}")
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
-          f"CoR {result.center:.2f} ({result.center_method})")
+          f"CoR {result.center:.2f} ({result.center_method}{sure})")
     repairs = result.repairs
     if repairs.total:
         print(f"  repaired {repairs.total} pixel values ({100 * repairs.fraction:.3f} % of the "
               f"projections: {repairs.describe()})")
+    if result.images is not None:
+        print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
     return 0 if result.complete else 1
 
 
@@ -910,6 +952,10 @@ def _run_check(args: argparse.Namespace) -> int:
               f"{', '.join(step.name for step in steps[-appended:])} (shown above)")
     for note in pipeline.notes:
         print(f"  note: {note}")
+    if pipeline.sweep is not None:
+        variants = pipeline.variants()  # validates every value
+        print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "
+              f"{', '.join(label for label, _ in variants)}")
     print(streaming_kind(steps).describe())
     print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
           f"budget {budget / 2**30:.1f} GiB")

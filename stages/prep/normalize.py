@@ -692,13 +692,13 @@ SPECS: tuple[StageSpec, ...] = (
         name="minus_log",
         angle_local=True,  # element-wise, repairs from row neighbours
         fn=minus_log,
-        pattern=Pattern.PROJECTION,
+        pattern=Pattern.ALL,  # element-wise: either section (HTTomo's "all")
         params=MinusLogParams,
         # input (1) + output computed in place (1) + the repair's masks (0.75, see normalize).
         memory=scaled_memory(3),
         summary="-log of the transmission (values <= 0 or not finite repaired from their "
         "row neighbours first)",
         counts_repairs=True,
-        aliases=("tomopy.prep.normalize.minus_log",),
+        aliases=("tomopy.prep.normalize.minus_log", "httomolibgpu.prep.normalize.minus_log"),
     ),
 )

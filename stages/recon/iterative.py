@@ -134,6 +134,10 @@ class RegularisedParams(IterativeParams):
     regularisation_half_precision: bool = Field(
         True, description="accepted for HTTomo; float32 here"
     )
+    data_fidelity: Literal["LS"] = Field(
+        "LS", description="data term: LS (least squares, httomolibgpu's default) only; "
+        "ToMoBAR's PWLS/SWLS/KL need raw counts, which a sinogram section does not have"
+    )
 
 
 class FistaParams(RegularisedParams):

@@ -22,17 +22,19 @@ PARAMS: dict[str, dict[str, Any]] = {
 ANGLE_LOCAL = {
     "normalize_interpolated", "normalize", "normalize_nf", "normalize_bg", "minus_log",
     "remove_outlier", "paganin", "paganin_filter", "median_filter", "gaussian_filter",
-    "downsample", "upsample", "binning", "crop",
+    "downsample", "upsample", "binning", "crop", "dark_flat_field_correction", "remove_nan",
+    "remove_neg", "adjust_range",
 }
 
 
 def _run(name: str, block: np.ndarray[Any, Any], first: int, params: Any) -> np.ndarray[Any, Any]:
     """Run stage ``name`` on ``block`` whose first frame is scan frame ``first``."""
     spec = REGISTRY[name]
-    frame = block.shape[1:] if spec.pattern is Pattern.PROJECTION else (block.shape[0], 16)
+    projection = spec.pattern is not Pattern.SINOGRAM  # "all": run on projection blocks
+    frame = block.shape[1:] if projection else (block.shape[0], 16)
     if name == "normalize_nf":
         params = params.model_copy(update={"frame_offset": first})
-    angles_axis = 0 if spec.pattern is Pattern.PROJECTION else 1
+    angles_axis = 0 if projection else 1
     count = block.shape[angles_axis]
     return spec.run(
         block, params,
@@ -47,7 +49,10 @@ def _run(name: str, block: np.ndarray[Any, Any], first: int, params: Any) -> np.
 def test_declared_angle_local_stages_with_default_parameters() -> None:
     local = {
         name for name, spec in REGISTRY.items()
-        if spec.is_angle_local(spec.params.model_validate(PARAMS.get(name, {})))
+        if spec.angle_local is True or (
+            callable(spec.angle_local)
+            and spec.is_angle_local(spec.params.model_validate(PARAMS.get(name, {})))
+        )
     }
     assert local == ANGLE_LOCAL
 
@@ -63,7 +68,7 @@ def test_angle_local_stage_gives_the_same_frames_one_at_a_time(
     params = spec.params.model_validate({**PARAMS.get(name, {}), **settings})
     assert spec.is_angle_local(params)
     rng = np.random.default_rng(1)
-    if spec.pattern is Pattern.PROJECTION:
+    if spec.pattern is not Pattern.SINOGRAM:
         block = rng.uniform(0.3, 0.9, size=(10, 16, 16)).astype(np.float32)
         block[3, 5, 5] = 50.0  # an outlier to remove
         whole = _run(name, block, 0, params)
