@@ -73,7 +73,8 @@ def _tooth(real: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]
     return _minus_log((data - dark) / (flat - dark)), angles
 
 
-def _i13(real: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def i13_scan(real: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The I13 scan's flat/dark-corrected ``-log`` projections (91, 135, 160) and angles."""
     base = real / "dls_i13_24737"
     data = np.stack([tifffile.imread(base / f"tiffs/raw_{i:05d}.tiff") for i in range(91)])
     dark = tifffile.imread(base / "dark_00001.tiff").astype(np.float64)
@@ -104,6 +105,6 @@ def _diad(real: Path) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
     ],
 )
 def test_real_scans(shared_data: Path, name: str, expected: float, tolerance: float) -> None:
-    loader = {"tooth": _tooth, "i13": _i13, "diad": _diad}[name]
+    loader = {"tooth": _tooth, "i13": i13_scan, "diad": _diad}[name]
     projections, angles = loader(shared_data / "real")
     assert pair_center(projections, angles) == pytest.approx(expected, abs=tolerance)
