@@ -85,6 +85,15 @@ def test_in_order_blocks_and_nonuniform_angles_equal_batch() -> None:
     assert _relative(_stream(sino, angles, params, blocks), _batch(sino, angles, params)) < 1e-5
 
 
+def test_repeated_angles_equal_batch() -> None:
+    """0° and 360° (one line, reversed) and a projection taken twice at the same angle."""
+    sino, _ = _gaussian_sinogram(3, 122, 40, 360.0, seed=9)
+    angles = np.concatenate([np.linspace(0.0, 360.0, 121), [90.0]])
+    params = FourierFbpParams(threads=1)
+    blocks = list(np.array_split(np.random.default_rng(9).permutation(122), 5))
+    assert _relative(_stream(sino, angles, params, blocks), _batch(sino, angles, params)) < 1e-5
+
+
 def test_one_block_at_a_time_equals_whole() -> None:
     sino, angles = _gaussian_sinogram(3, 40, 32, 180.0, seed=1)
     params = FourierFbpParams(threads=1)
