@@ -7,7 +7,8 @@ projection blocks of ``--block`` frames. Per run:
 * **batch**: ``fourier_fbp`` on the whole sinogram after the last frame (today's
   ``run``): latency = its wall time;
 * **streaming**: :class:`stages.recon.streaming.StreamingFbp` takes each block as it
-  arrives; latency = the last block's ``add`` + ``finish`` (grid FFT and deconvolution).
+  arrives; latency = the last block's ``add`` + ``finish`` (the FFT along y and the
+  deconvolution; with ``--whole-grid`` the whole grid FFT).
   The other blocks' ``add`` times are what the accumulator spends while the scan
   arrives: ``keeps up`` is the detector rate (frames/s) it sustains for this band, and
   ``total`` is all its work against batch.
@@ -50,14 +51,14 @@ def _load() -> str:
 
 
 def _run_once(sino: np.ndarray[Any, Any], angles: np.ndarray[Any, Any],
-              params: FourierFbpParams, block: int) -> dict[str, float]:
+              params: FourierFbpParams, block: int, rows_early: bool) -> dict[str, float]:
     rows, count, cols = sino.shape
     started = time.perf_counter()
     want = fourier_fbp(sino, angles_deg=angles, **params.model_dump())
     batch = time.perf_counter() - started
 
     started = time.perf_counter()
-    band = StreamingFbp(rows, cols, angles, params)
+    band = StreamingFbp(rows, cols, angles, params, rows_early=rows_early)
     setup = time.perf_counter() - started
     adds = []
     starts = list(range(0, count, block))
@@ -92,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=100, help="frames per projection block")
     parser.add_argument("--runs", type=int, default=5, help="runs (medians are reported)")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: CPUs)")
+    parser.add_argument("--whole-grid", action="store_true",
+                        help="keep G x G grids and run the whole FFT at finish "
+                        "(rows_early=False)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     if min(args.size, args.angles, args.rows, args.block, args.runs) < 1:
@@ -105,14 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sino = np.ascontiguousarray(np.transpose(frames, (1, 0, 2)), dtype=np.float32)
     params = FourierFbpParams(filter_name="hann", threads=args.threads)
     load_before = _load()
-    runs = [_run_once(sino, angles, params, args.block) for _ in range(args.runs)]
+    early = not args.whole_grid
+    runs = [_run_once(sino, angles, params, args.block, early) for _ in range(args.runs)]
     load_after = _load()
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     ratio = median["latency_s"] / median["batch_s"]
-    memory = streaming_memory(args.rows, args.size, args.angles, params)
-    print(f"streaming vs batch, N = {args.size}, P = {args.angles}, {args.rows} rows, blocks "
-          f"of {args.block} frames, {args.runs} runs; load before {load_before}, after "
-          f"{load_after}")
+    memory = streaming_memory(args.rows, args.size, args.angles, params, rows_early=early)
+    mode = "whole grid at finish" if args.whole_grid else "x FFT per block"
+    print(f"streaming ({mode}) vs batch, N = {args.size}, P = {args.angles}, {args.rows} "
+          f"rows, blocks of {args.block} frames, {args.runs} runs; load before {load_before}, "
+          f"after {load_after}")
     print(f"  batch fourier_fbp after the last frame: {median['batch_s']:.3f} s")
     print(f"  streaming, last block + finish:         {median['latency_s']:.3f} s "
           f"(ratio {ratio:.3f}; finish alone {median['finish_s']:.3f} s)")
@@ -125,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({
             "size": args.size, "angles": args.angles, "rows": args.rows, "block": args.block,
+            "rows_early": early,
             "runs": runs, "median": median, "latency_ratio": ratio, "memory_bytes": memory,
             "load_before": load_before, "load_after": load_after,
         }, indent=2))
