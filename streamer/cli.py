@@ -928,6 +928,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
+    from streamer.pipeline.streaming import streaming_kind
     from streamer.recon import ReconSettings, pipeline_for
 
     pipeline = load_pipeline(args.pipeline, REGISTRY)
@@ -955,6 +956,7 @@ def _run_check(args: argparse.Namespace) -> int:
         variants = pipeline.variants()  # validates every value
         print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "
               f"{', '.join(label for label, _ in variants)}")
+    print(streaming_kind(steps).describe())
     print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
           f"budget {budget / 2**30:.1f} GiB")
     for plan in plans:
