@@ -28,6 +28,7 @@ fetch a final slice, state).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -271,15 +272,20 @@ class Subscription:
         self._connected = False
         self._socket.connect(address)
 
-    def wait_connected(self, timeout_s: float = 5.0) -> None:
+    def wait_connected(self, timeout_s: float | None = None) -> None:
         """Return once the connection to the feed is up (so that a scan started next is
-        seen from its ``scan_start``); :class:`FeedTimeoutError` after ``timeout_s``."""
+        seen from its ``scan_start``); :class:`FeedTimeoutError` after ``timeout_s``
+        (default: the subscription's ``timeout_s``, so a client started before the feed
+        waits as long as it would for a message)."""
         monitor = self._monitor
         if self._connected or monitor is None:
             return
-        if not monitor.poll(int(timeout_s * 1000), zmq.POLLIN):
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not wait_s > 0:
+            raise ValueError(f"timeout_s: expected > 0, got {wait_s}")
+        if not monitor.poll(math.ceil(wait_s * 1000), zmq.POLLIN):
             raise FeedTimeoutError(f"feed {self.address}: not connected within "
-                                   f"{timeout_s:g} s; is the feed running?")
+                                   f"{wait_s:g} s; is the feed running?")
         self._connected = True
         self._stop_monitor()
 

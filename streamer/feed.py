@@ -37,9 +37,11 @@ import contextlib
 import hmac
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -89,6 +91,7 @@ from streamer.preview import (
     to_uint8,
 )
 from streamer.protocol import StartHeader
+from streamer.recon import center_label
 from streamer.transport import check_address, is_loopback
 
 DEFAULT_FEED_ADDRESS: Final = "tcp://127.0.0.1:*"
@@ -98,12 +101,23 @@ BACKPROJECT_SLICE_S: Final = 0.05
 CLOSE_LINGER_MS: Final = 1000
 #: Most projections filtered and back-projected as one batch.
 CHUNK_PROJECTIONS: Final = 32
+#: Failures of the feed thread in a row (no loop turn completed between them) after which
+#: it stops for good, saying so, instead of restarting once more.
+MAX_FAILURES_IN_ROW: Final = 3
+
+
+def log_to_stderr(line: str) -> None:
+    """The feed's default log: one line on stderr (the service's log)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 class CenterTarget(Protocol):
-    """What takes a CoR chosen in a viewer: a ``ScanProcessor``'s ``center_override``."""
+    """The scan's processor (a ``ScanProcessor``): takes a CoR chosen in a viewer as its
+    ``center_override``, and calls ``on_center(center, method)`` when it settles the CoR
+    the scan is reconstructed at (the feed sets it to :meth:`LiveFeed.center_resolved`)."""
 
     center_override: float | None
+    on_center: Callable[[float, str], None] | None
 
 
 @dataclass(frozen=True)
@@ -210,6 +224,7 @@ class _Opened:
     rows: tuple[int, ...]
     geometry: PreviewGeometry
     center: float
+    center_method: str
     at: float
 
 
@@ -237,6 +252,14 @@ class _Closing:
 
 
 @dataclass(frozen=True)
+class _Center:
+    """The CoR the scan is reconstructed at, once the processor has settled it."""
+
+    center: float
+    method: str
+
+
+@dataclass(frozen=True)
 class _Closed:
     report: ScanReport
     center: float | None
@@ -245,7 +268,7 @@ class _Closed:
     error: str | None
 
 
-_Item = _Opened | _Rows | _Slices | _Closing | _Closed
+_Item = _Opened | _Rows | _Slices | _Closing | _Center | _Closed
 
 
 @dataclass(frozen=True)
@@ -335,6 +358,18 @@ class LiveFeed:
     settings : FeedSettings
     context : zmq.Context, optional
         Shared context; a private one (terminated by :meth:`close`) when omitted.
+    log : callable, optional
+        Gets one line per event worth a log entry (a refused control request, the feed
+        thread failing and being restarted or stopping); stderr when omitted.
+    clock : callable, optional
+        Wall clock, Unix seconds (``time.time``): message times, the counters and
+        preview periods, rates. Tests inject one to make the periods deterministic.
+
+    The feed's thread never dies silently: an unexpected error is logged and the thread
+    restarted; after :data:`MAX_FAILURES_IN_ROW` failures in a row it stops, saying so
+    (:attr:`alive` turns false; the pipeline's calls keep working and drop what they
+    hand over, counted). Control requests that fail are answered with an ``internal``
+    error, never left without a reply.
 
     Raises
     ------
@@ -343,8 +378,12 @@ class LiveFeed:
     """
 
     def __init__(self, settings: FeedSettings = FeedSettings(),
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, *,
+                 log: Callable[[str], None] = log_to_stderr,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self._log = log
+        self._clock = clock
         self._own_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context()
         self._pub: zmq.Socket[Any] | None = None
@@ -384,6 +423,12 @@ class LiveFeed:
         self._rate_base: tuple[float, int, int, int] | None = None
         self._last_counters: CountersHeader | None = None
         self.published: dict[str, int] = {}
+        # Health: control requests refused (bad token) or failed, thread restarts.
+        self._refused_requests = 0
+        self._failed_requests = 0
+        self._restarts = 0
+        self._failures_in_row = 0
+        self._stopped_by_failure: str | None = None
         # Wake-up pipe: the pipeline thread writes a byte, the feed thread polls it.
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -408,17 +453,29 @@ class LiveFeed:
             start.rows)
         geometry = PreviewGeometry.for_detector(start.cols, self.settings.preview_size,
                                                 slice_size)
+        method = "pipeline"
         if center is None:
-            center = start.geometry.cor_px
-        if center is None:
-            center = (start.cols - 1) / 2
-        now = time.time()
+            center, method = start.geometry.cor_px, "scan start"
+        if center is None:  # until the processor settles it (center_resolved)
+            center, method = (start.cols - 1) / 2, "detector middle"
+        now = self._clock()
         self._pipe = _PipelineScan(start, rows, geometry, now)
         with self._center_lock:
             self._center_target = target
             self._center_scan = start.scan
+        if target is not None:
+            target.on_center = self.center_resolved
         self._refresh(force=True)  # before the scan's first message: counters are ready
-        self._put(_Opened(start, rows, geometry, float(center), now), 0, force=True)
+        self._put(_Opened(start, rows, geometry, float(center), method, now), 0, force=True)
+
+    def center_resolved(self, center: float, method: str) -> None:
+        """The processor settled the CoR the scan is reconstructed at (found by a finder
+        or Vo's method, or set from a viewer): the preview is re-rendered at it and every
+        later label (slices, counters, state, ``scan_end``) says it, with ``method``
+        (``"auto"`` is labelled ``"vo"``)."""
+        if self._pipe is None:
+            return
+        self._put(_Center(float(center), center_label(method, "pipeline")), 0, force=True)
 
     def frames_accepted(self, event: FramesAccepted) -> None:
         """Count the frames of one accepted message."""
@@ -438,10 +495,12 @@ class LiveFeed:
             return
         pipe.processed += len(block.indices)
         rows = np.ascontiguousarray(block.data[:, list(pipe.rows), :], dtype=np.float32)
-        item = _Rows(block.indices.copy(), block.angles_deg.copy(), rows, time.time())
+        item = _Rows(block.indices.copy(), block.angles_deg.copy(), rows, self._clock())
+        # The counts first: a preview of these rows is never followed by older counters.
+        self._refresh()
         if not self._put(item, rows.nbytes):
             pipe.dropped_rows += len(block.indices)
-        self._refresh()
+            self._refresh()
 
     def slices(self, block: ProcessedBlock) -> None:
         """A band of final slices ``(n, N, N)``, ``block.indices`` their detector rows."""
@@ -475,7 +534,7 @@ class LiveFeed:
         if self._pipe is not None:
             self._pipe.state = "reconstructing"
         self._refresh(force=True)
-        self._put(_Closing(time.time()), 0, force=True)
+        self._put(_Closing(self._clock()), 0, force=True)
 
     def scan_closed(self, report: ScanReport, *, center: float | None = None,
                     center_method: str | None = None, output: str | None = None,
@@ -513,12 +572,22 @@ class LiveFeed:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Messages published by type, and what the feed dropped (for tests and benches)."""
+        """Messages published by type, what the feed dropped, control requests refused
+        (bad token) or failed, and restarts of its thread (for tests and benches)."""
         return {**self.published, "dropped_previews": self._dropped_previews,
-                "dropped_messages": self._dropped_messages}
+                "dropped_messages": self._dropped_messages,
+                "refused_requests": self._refused_requests,
+                "failed_requests": self._failed_requests, "restarts": self._restarts}
+
+    @property
+    def alive(self) -> bool:
+        """Whether the feed's thread is serving (false once closed or stopped by failures)."""
+        return self._thread.is_alive() and self._stopped_by_failure is None
 
     def _put(self, item: _Item, nbytes: int, *, force: bool = False) -> bool:
         with self._lock:
+            if self._stopped_by_failure is not None:
+                return False  # nobody would take it
             if not force and (self._pending_bytes + self._stored_bytes + nbytes
                               > self.settings.memory_bytes):
                 return False
@@ -591,7 +660,7 @@ class LiveFeed:
 
     def _publish(self, header: Any, images: list[npt.NDArray[Any]] | None = None) -> None:
         assert self._pub is not None
-        header = header.model_copy(update={"seq": self._seq, "t": time.time()})
+        header = header.model_copy(update={"seq": self._seq, "t": self._clock()})
         self._seq += 1
         try:
             self._pub.send_multipart(encode(header, images), flags=zmq.NOBLOCK, copy=False)
@@ -604,6 +673,29 @@ class LiveFeed:
     # --- the feed thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The thread: the loop, restarted after an unexpected error (logged); stopped,
+        saying so, after :data:`MAX_FAILURES_IN_ROW` failures with no turn completed."""
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception as error:  # the service must hear of any failure
+                self._failures_in_row += 1
+                reason = f"{type(error).__name__}: {error}"[:300]
+                if self._failures_in_row >= MAX_FAILURES_IN_ROW:
+                    self._stopped_by_failure = reason
+                    with self._lock:
+                        self._inbox.clear()
+                        self._pending_bytes = 0
+                    self._log(f"feed: stopped after {self._failures_in_row} failures in a row "
+                              f"({reason}); the scans go on without a live feed")
+                    return
+                self._restarts += 1
+                self._sweep = None  # the step that failed may have been the sweep's
+                self._log(f"feed: thread failed ({reason}); restarted "
+                          f"(restart {self._restarts})")
+
+    def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._wake_read, zmq.POLLIN)
         if self._control is not None:
@@ -622,6 +714,7 @@ class LiveFeed:
             self._maybe_publish_preview()
             self._sweep_step()
             self._maybe_publish_counters()
+            self._failures_in_row = 0
         # What the pipeline handed over before close() (a scan's end, typically) still
         # goes out: bounded work, the inbox is bounded.
         self._take_inbox()
@@ -632,7 +725,7 @@ class LiveFeed:
             view is not None and view.done_chunks < len(view.chunks)
         ):
             return 0
-        now = time.time()
+        now = self._clock()
         due = self._last_counters_at + self.settings.counters_interval_s - now
         if view is not None and view.version > view.published_version:
             due = min(due, self._last_preview_at + self.settings.preview_interval_s - now)
@@ -657,6 +750,13 @@ class LiveFeed:
                 if self._view is not None:
                     self._view.state = "reconstructing"
                 self._publish_counters()
+            elif isinstance(item, _Center):
+                view = self._view
+                if view is not None and view.center != item.center:
+                    self._recenter(view, item.center, item.method)  # re-rendered at it
+                if view is not None:
+                    view.center_method = item.method
+                    self._publish_counters()
             else:
                 self._close_scan(item)
             with self._lock:
@@ -668,7 +768,7 @@ class LiveFeed:
         self._view = _ScanView(
             opened=item, response=filter_response(geometry.length, self.settings.filter_name),
             x=x, y=y, acc=np.zeros((len(item.rows), geometry.size ** 2), dtype=np.float32),
-            center=item.center, center_method="preview",
+            center=item.center, center_method=item.center_method,
         )
         self._sweep = None
         self._stored_bytes = 0
@@ -710,7 +810,8 @@ class LiveFeed:
         images, specs, dtype = self._images([(f"slice {index}", image)])
         self._publish(SliceHeader(scan=view.scan, dtype=dtype, images=specs, index=index,
                                   band=(item.first, item.last), binning=item.binning,
-                                  center=view.center), images)
+                                  center=view.center, center_method=view.center_method),
+                      images)
 
     def _close_scan(self, item: _Closed) -> None:
         view = self._view
@@ -721,7 +822,7 @@ class LiveFeed:
         if view.version > view.published_version or view.previewed:
             self._publish_preview(view)
         view.closed = item
-        view.closed_at = time.time()
+        view.closed_at = self._clock()
         view.state = "closed"
         if view.volume:
             self._publish(*self._cuts(view))
@@ -766,7 +867,7 @@ class LiveFeed:
         view = self._view
         if view is None or view.version <= view.published_version:
             return
-        if time.time() - self._last_preview_at < self.settings.preview_interval_s:
+        if self._clock() - self._last_preview_at < self.settings.preview_interval_s:
             return
         self._publish_preview(view)
 
@@ -781,11 +882,11 @@ class LiveFeed:
         self._publish(PreviewHeader(
             scan=view.scan, dtype=dtype, images=specs, rows=list(opened.rows),
             projections=view.previewed, expected=opened.start.projections,
-            center=view.center, binning=geometry.binning, newest_frame=newest_frame,
-            newest_at=newest_at,
+            center=view.center, center_method=view.center_method, binning=geometry.binning,
+            newest_frame=newest_frame, newest_at=newest_at,
         ), arrays)
         view.published_version = view.version
-        self._last_preview_at = time.time()
+        self._last_preview_at = self._clock()
 
     def _recenter(self, view: _ScanView, center: float, method: str) -> None:
         """Recompute the preview at another CoR from the kept filtered rows."""
@@ -824,7 +925,7 @@ class LiveFeed:
     # --- counters ----------------------------------------------------------------------------
 
     def _maybe_publish_counters(self) -> None:
-        if time.time() - self._last_counters_at >= self.settings.counters_interval_s:
+        if self._clock() - self._last_counters_at >= self.settings.counters_interval_s:
             self._publish_counters()
             view = self._view
             # The scan's latest state again, every counters period until the next scan: a
@@ -835,12 +936,12 @@ class LiveFeed:
                 self._publish_preview(view)
 
     def _publish_counters(self) -> None:
-        self._last_counters_at = time.time()
+        self._last_counters_at = self._clock()
         snapshot = self._snapshot
         view = self._view
         if snapshot is None or view is None or snapshot.scan != view.scan:
             return
-        now = time.time()
+        now = self._clock()
         total = sum(snapshot.received)
         rates = Rates()
         base = self._rate_base
@@ -893,6 +994,14 @@ class LiveFeed:
                 reply = self._handle_request(parts)
             except ProtocolError as error:
                 reply = [_error(error.reason, str(error))]
+                if error.reason == "unauthorised":
+                    self._refused_requests += 1
+                    self._log(f"feed: control request refused ({error})")
+            except Exception as error:  # answered, logged, counted
+                self._failed_requests += 1
+                reason = f"{type(error).__name__}: {error}"[:300]
+                self._log(f"feed: control request failed ({reason})")
+                reply = [_error("internal", f"request failed in the feed: {reason}")]
             control.send_multipart(reply, copy=False)
 
     def _handle_request(self, parts: list[Any]) -> list[Any]:
@@ -901,8 +1010,11 @@ class LiveFeed:
                                 f"request: expected 1 part (a msgpack map), got {len(parts)}")
         request = decode_request(as_bytes_view(parts[0]))
         token = self.settings.token
+        # Bytes, not str: compare_digest refuses str with non-ASCII characters (TypeError).
         if token is not None and not (
-            request.token is not None and hmac.compare_digest(request.token, token)
+            request.token is not None
+            and hmac.compare_digest(request.token.encode("utf-8", "surrogatepass"),
+                                    token.encode("utf-8", "surrogatepass"))
         ):
             raise ProtocolError("unauthorised",
                                 "request.token: expected the feed's token, got "
@@ -918,7 +1030,7 @@ class LiveFeed:
             if view is None or not view.volume:
                 raise ProtocolError("no_slices", "cuts: no final slice yet")
             header, arrays = self._cuts(view)
-            return encode(header.model_copy(update={"t": time.time()}), arrays)
+            return encode(header.model_copy(update={"t": self._clock()}), arrays)
         assert isinstance(request, StateRequest)
         return [self._state_reply()]
 
@@ -1002,9 +1114,10 @@ class LiveFeed:
         indices = sorted(view.volume)
         index = min(indices, key=lambda i: (abs(i - request.index), i))
         arrays, specs, dtype = self._images([(f"slice {index}", view.volume[index])])
-        header = SliceHeader(v=FEED_VERSION, seq=0, t=time.time(), scan=view.scan, dtype=dtype,
+        header = SliceHeader(v=FEED_VERSION, seq=0, t=self._clock(), scan=view.scan, dtype=dtype,
                              images=specs, index=index, band=(indices[0], indices[-1] + 1),
-                             binning=view.slice_binning, center=view.center)
+                             binning=view.slice_binning, center=view.center,
+                             center_method=view.center_method)
         return encode(header, arrays)
 
     def _state_reply(self) -> bytes:

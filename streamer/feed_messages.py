@@ -216,6 +216,9 @@ class PreviewHeader(_ImagesHeader):
     projections: Count
     expected: Count
     center: FiniteFloat
+    #: How ``center`` was decided: ``pipeline``, ``scan start``, ``detector middle``
+    #: (until the scan's CoR is known), the finder (``vo`` …) or ``user (viewer)``.
+    center_method: Text | None = None
     binning: Annotated[int, Field(ge=1, le=4096)]
     #: Frame index of the newest projection in the preview, and when the pipeline handed
     #: it to the feed (Unix seconds): for latency figures.
@@ -240,7 +243,9 @@ class SliceHeader(_ImagesHeader):
     #: slices the feed holds (a ``slice`` control reply).
     band: tuple[DetectorIndex, Annotated[int, Field(ge=1, le=65536)]]
     binning: Annotated[int, Field(ge=1, le=4096)]
+    #: The CoR the slice was reconstructed at, and how it was decided.
     center: FiniteFloat | None = None
+    center_method: Text | None = None
 
     @field_validator("band", mode="before")
     @classmethod
