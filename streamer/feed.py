@@ -778,7 +778,7 @@ class LiveFeed:
             scan=start.scan, rows=start.rows, cols=start.cols, projections=start.projections,
             flats=start.flats, darks=start.darks, preview_rows=list(item.rows),
             binning=geometry.binning, preview_size=geometry.size, center=item.center,
-            source=start.source,
+            center_method=item.center_method, source=start.source,
         ))
         self._publish_counters()
 

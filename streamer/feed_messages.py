@@ -163,8 +163,10 @@ class ScanStartHeader(_FeedHeader):
     binning: Annotated[int, Field(ge=1, le=4096)]
     #: Edge of the square preview images, pixels.
     preview_size: Edge
-    #: CoR the preview uses, 0-based detector column.
+    #: CoR the preview uses, 0-based detector column, and how it was decided
+    #: (``pipeline``, ``scan start``, or ``detector middle`` until the scan's CoR is known).
     center: FiniteFloat
+    center_method: Text | None = None
     source: Text = ""
 
 
