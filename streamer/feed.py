@@ -344,6 +344,11 @@ class _ScanView:
     end: ScanEndHeader | None = None
     state: str = "open"
     stored_bytes: int = 0
+    #: Re-rendering at a new CoR: the preview is not published until it holds every kept
+    #: projection again (it never goes back to a few projections on screen).
+    rerendering: bool = False
+    #: Projections in the last preview published.
+    shown: int = 0
 
     @property
     def scan(self) -> str:
@@ -662,13 +667,16 @@ class LiveFeed:
         assert self._pub is not None
         header = header.model_copy(update={"seq": self._seq, "t": self._clock()})
         self._seq += 1
+        parts = encode(header, images)
+        # Counted before the send, so that a subscriber holding the message never reads a
+        # count without it (``stats`` is read from other threads; replaced, not mutated).
+        before = self.published
+        self.published = {**before, header.type: before.get(header.type, 0) + 1}
         try:
-            self._pub.send_multipart(encode(header, images), flags=zmq.NOBLOCK, copy=False)
+            self._pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
+            self.published = before
             self._dropped_messages += 1
-            return
-        # Replaced, not mutated: ``stats`` reads it from other threads.
-        self.published = {**self.published, header.type: self.published.get(header.type, 0) + 1}
 
     # --- the feed thread -------------------------------------------------------------------
 
@@ -857,15 +865,17 @@ class LiveFeed:
             view.previewed += len(angles)
             if view.newest is None or at >= view.newest[1]:
                 view.newest = (newest, at)
-            if view.version > view.published_version:
+            if view.version > view.published_version and not view.rerendering:
                 self._dropped_previews += 1  # the unsent version is superseded
             view.version += 1
             if time.perf_counter() - began > budget_s:
                 break
+        if view.done_chunks == len(view.chunks):
+            view.rerendering = False
 
     def _maybe_publish_preview(self) -> None:
         view = self._view
-        if view is None or view.version <= view.published_version:
+        if view is None or view.version <= view.published_version or view.rerendering:
             return
         if self._clock() - self._last_preview_at < self.settings.preview_interval_s:
             return
@@ -886,15 +896,18 @@ class LiveFeed:
             newest_frame=newest_frame, newest_at=newest_at,
         ), arrays)
         view.published_version = view.version
+        view.shown = view.previewed
         self._last_preview_at = self._clock()
 
     def _recenter(self, view: _ScanView, center: float, method: str) -> None:
-        """Recompute the preview at another CoR from the kept filtered rows."""
+        """Recompute the preview at another CoR from the kept filtered rows (published
+        once it holds all of them again)."""
         view.center, view.center_method = center, method
         view.acc[...] = 0.0
         view.done_chunks = 0
         view.previewed = 0
         view.newest = None
+        view.rerendering = bool(view.chunks)
 
     def _images(self, named: list[tuple[str, npt.NDArray[np.float32]]]
                 ) -> tuple[list[npt.NDArray[Any]], list[ImageSpec], ImageDtype]:
@@ -932,7 +945,8 @@ class LiveFeed:
             # subscriber that lost it (slow, or joined late) has it within a period.
             if view is not None and view.end is not None:
                 self._publish(view.end)  # (small messages before the large preview)
-            if view is not None and view.previewed and view.state != "reconstructing":
+            if (view is not None and view.previewed and view.state != "reconstructing"
+                    and not view.rerendering):
                 self._publish_preview(view)
 
     def _publish_counters(self) -> None:
@@ -943,22 +957,24 @@ class LiveFeed:
             return
         now = self._clock()
         total = sum(snapshot.received)
+        # While re-rendering at a new CoR the images shown still hold ``shown`` projections.
+        previewed = view.shown if view.rerendering else view.previewed
         rates = Rates()
         base = self._rate_base
         if base is not None and now - base[0] > 0.2:
             span = now - base[0]
             rates = Rates(received_fps=max(0.0, (total - base[1]) / span),
                           processed_fps=max(0.0, (snapshot.processed - base[2]) / span),
-                          previewed_fps=max(0.0, (view.previewed - base[3]) / span))
+                          previewed_fps=max(0.0, (previewed - base[3]) / span))
         if base is None or now - base[0] > 0.2:
-            self._rate_base = (now, total, snapshot.processed, view.previewed)
+            self._rate_base = (now, total, snapshot.processed, previewed)
         state = "closed" if view.state == "closed" else snapshot.state
         header = CountersHeader(
             scan=view.scan, state=state, expected=_counts(snapshot.expected),
             received=_counts(snapshot.received), duplicate=snapshot.duplicate,
             out_of_range=snapshot.out_of_range, rejected=snapshot.rejected,
             missing=_counts(snapshot.missing) if snapshot.missing is not None else None,
-            processed=snapshot.processed, previewed=view.previewed,
+            processed=snapshot.processed, previewed=previewed,
             elapsed_s=max(0.0, (view.closed_at or now) - view.opened.at), rates=rates,
             dropped=Dropped(preview_rows=snapshot.dropped_rows, slices=snapshot.dropped_slices,
                             previews=self._dropped_previews, messages=self._dropped_messages),

@@ -111,16 +111,32 @@ class FrozenClock:
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:
         self.now = now
+        self._stop = threading.Event()
 
     def __call__(self) -> float:
         return self.now
 
+    def run(self) -> None:
+        """From now on, move on by a second every 20 ms of real time (until stopped)."""
+        def tick() -> None:
+            while not self._stop.wait(0.02):
+                self.now += 1.0
+
+        threading.Thread(target=tick, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
 
 def test_a_stalled_subscriber_loses_old_previews_and_gets_the_newest() -> None:
     scan = SimulatedScan(SimulationConfig(rows=4, cols=192, projections=240))
-    settings = FeedSettings(preview_interval_s=0.0, counters_interval_s=0.2,
+    settings = FeedSettings(preview_interval_s=0.0, counters_interval_s=0.5,
                             sndbuf_bytes=64 * 1024)
-    with LiveFeed(settings) as feed, \
+    # While the scan runs the clock stands still: no periodic counters or re-sent previews,
+    # only one preview per block, read by the reader before the next block (so the reader
+    # can never fall behind, however slow the machine).
+    clock = FrozenClock()
+    with LiveFeed(settings, clock=clock) as feed, \
             Subscription(feed.address, timeout_s=TIMEOUT_S, hwm=10_000) as reader, \
             Subscription(feed.address, timeout_s=TIMEOUT_S, hwm=1, rcvbuf_bytes=64 * 1024,
                          conflate=True) as stalled:
@@ -139,9 +155,13 @@ def test_a_stalled_subscriber_loses_old_previews_and_gets_the_newest() -> None:
                                         after_block=shown)
         published = feed.stats["preview"]
         # The stalled subscriber has read nothing so far; now it reads until it has the
-        # newest preview (re-sent with the counters, every period).
-        got = read_until(stalled, lambda m: isinstance(m, Preview)
-                         and m.header.projections == 240)
+        # newest preview (re-sent with the counters every period, once the clock runs).
+        clock.run()
+        try:
+            got = read_until(stalled, lambda m: isinstance(m, Preview)
+                             and m.header.projections == 240)
+        finally:
+            clock.stop()
         finish(feed, processor, start)
     previews = [m for m in got if isinstance(m, Preview)]
     assert published >= 60  # one per block of 4 projections, at least (the handshake)
