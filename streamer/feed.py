@@ -503,7 +503,7 @@ class LiveFeed:
         item = _Rows(block.indices.copy(), block.angles_deg.copy(), rows, self._clock())
         # The counts first: a preview of these rows is never followed by older counters.
         self._refresh()
-        if not self._put(item, rows.nbytes):
+        if not self._put(item, _item_bytes(item)):
             pipe.dropped_rows += len(block.indices)
             self._refresh()
 
@@ -528,7 +528,7 @@ class LiveFeed:
             shown_image = bin_image(block.data[middle], binning)
         item = _Slices(indices[0], indices[-1] + 1, kept, (indices[middle], shown_image),
                        binning, stride)
-        if not self._put(item, sum(image.nbytes for _, image in kept) + shown_image.nbytes):
+        if not self._put(item, _item_bytes(item)):
             pipe.dropped_slices += len(indices)
 
     def scan_closing(self) -> None:
@@ -745,30 +745,33 @@ class LiveFeed:
                 if not self._inbox:
                     return
                 item = self._inbox.popleft()
-            nbytes = 0
-            if isinstance(item, _Opened):
-                self._open(item)
-            elif isinstance(item, _Rows):
-                nbytes = item.data.nbytes
-                self._add_rows(item)
-            elif isinstance(item, _Slices):
-                nbytes = sum(image.nbytes for _, image in item.kept) + item.shown[1].nbytes
-                self._add_slices(item)
-            elif isinstance(item, _Closing):
-                if self._view is not None:
-                    self._view.state = "reconstructing"
+            try:
+                self._take(item)
+            finally:  # also when it fails: the budget must not shrink for good
+                with self._lock:
+                    self._pending_bytes -= _item_bytes(item)
+
+    def _take(self, item: _Item) -> None:
+        """One item of the inbox, in the feed's thread."""
+        if isinstance(item, _Opened):
+            self._open(item)
+        elif isinstance(item, _Rows):
+            self._add_rows(item)
+        elif isinstance(item, _Slices):
+            self._add_slices(item)
+        elif isinstance(item, _Closing):
+            if self._view is not None:
+                self._view.state = "reconstructing"
+            self._publish_counters()
+        elif isinstance(item, _Center):
+            view = self._view
+            if view is not None and view.center != item.center:
+                self._recenter(view, item.center, item.method)  # re-rendered at it
+            if view is not None:
+                view.center_method = item.method
                 self._publish_counters()
-            elif isinstance(item, _Center):
-                view = self._view
-                if view is not None and view.center != item.center:
-                    self._recenter(view, item.center, item.method)  # re-rendered at it
-                if view is not None:
-                    view.center_method = item.method
-                    self._publish_counters()
-            else:
-                self._close_scan(item)
-            with self._lock:
-                self._pending_bytes -= nbytes
+        else:
+            self._close_scan(item)
 
     def _open(self, item: _Opened) -> None:
         geometry = item.geometry
@@ -1152,6 +1155,15 @@ class LiveFeed:
             counters=counters.model_dump(mode="python", exclude_none=True)
             if counters is not None else None,
         )
+
+
+def _item_bytes(item: _Item) -> int:
+    """What an inbox item counts against the feed's memory budget."""
+    if isinstance(item, _Rows):
+        return item.data.nbytes
+    if isinstance(item, _Slices):
+        return sum(image.nbytes for _, image in item.kept) + item.shown[1].nbytes
+    return 0
 
 
 def _triple(counts: dict[str, int]) -> tuple[int, int, int]:

@@ -188,8 +188,8 @@ class _Client:
     skipped: int = 0
 
     def offer(self, kind: str, payload: str | bytes) -> None:
-        if kind in self.pending:
-            self.skipped += 1  # latest wins
+        if self.pending.pop(kind, None) is not None:
+            self.skipped += 1  # latest wins, and goes out in the order it came
         self.pending[kind] = payload
         self.wake.set()
 
