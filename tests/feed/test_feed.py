@@ -446,3 +446,21 @@ def test_on_i13_the_live_view_shows_the_cor_vo_finds(live_run: Any, shared_data:
     errors = {c: float(np.linalg.norm(image - final) / np.linalg.norm(final))
               for c, image in zip(sweep.header.centers, sweep.images, strict=True)}
     assert errors[output.center] < errors[79.5] / 3, errors
+
+
+def test_the_processor_says_its_cor_before_the_first_reconstructed_block() -> None:
+    steps = parse_pipeline(PIPELINE, REGISTRY, source="feed-test").steps
+    scan = SimulatedScan(SimulationConfig(rows=4, cols=64, projections=60, cor_px=34.0))
+    events: list[tuple[str, Any]] = []
+    processor = ScanProcessor(
+        steps, start_header(scan.layout, "told"), block_frames=8, block_sinograms=2,
+        resolve_center=auto_center,
+        on_sinograms=lambda block: events.append(("band", int(block.indices[0]))),
+        on_center=lambda center, method: events.append(("center", (center, method))))
+    layout = scan.layout
+    data = scan.read(0, layout.frames)
+    processor.add(HeldFrame(i, int(layout.image_keys[i]), float(layout.angles_deg[i]), data[i])
+                  for i in range(layout.frames))
+    processor.finish()
+    assert processor.center is not None
+    assert events == [("center", (processor.center, "auto")), ("band", 0), ("band", 2)]
