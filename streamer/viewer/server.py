@@ -131,6 +131,10 @@ class ViewerSettings:
             raise ConfigError(f"--port: expected 0..65535, got {self.port}")
         if not 1 <= self.history <= 100_000:
             raise ConfigError(f"history: expected 1..100000 points, got {self.history}")
+        for name in self.allowed_hosts:
+            if not 0 < len(name) <= 253 or any(c.isspace() or c in "/@?#" for c in name):
+                raise ConfigError(f"--allowed-host: expected a host name or address, got "
+                                  f"{name[:80]!r}")
 
 
 class _Op(BaseModel):
@@ -286,6 +290,7 @@ class ViewerServer:
         #: Requests refused for their Host/Origin, and restarts of the feed task.
         self.refused = 0
         self.restarts = 0
+        self._failures_in_row = 0
         self._guard: HostGuard | None = None
         self._context: zmq.asyncio.Context | None = None
         self._control: zmq.asyncio.Socket | None = None

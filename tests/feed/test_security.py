@@ -17,6 +17,7 @@ import msgpack
 import pytest
 
 from streamer.client import Control, FeedRequestError, ScanStart, Subscription
+from streamer.errors import ConfigError
 from streamer.feed import MAX_FAILURES_IN_ROW, FeedSettings, LiveFeed
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
@@ -176,6 +177,12 @@ def test_host_guard(host: str | None, origin: str | None, refused: bool) -> None
     assert (reason is not None) == refused, reason
     if reason is not None:
         assert "\n" not in reason
+
+
+@pytest.mark.parametrize("name", ["", "evil.example/x", "a b", "user@host"])
+def test_allowed_hosts_are_checked(name: str) -> None:
+    with pytest.raises(ConfigError, match="--allowed-host"):
+        ViewerSettings(feed="tcp://127.0.0.1:5600", allowed_hosts=(name,))
 
 
 def test_host_guard_of_a_remote_viewer_takes_the_names_given() -> None:
