@@ -62,6 +62,7 @@ from streamer.feed_messages import (
     CutsHeader,
     CutsRequest,
     Dropped,
+    HelloHeader,
     ImageDtype,
     ImageSpec,
     PreviewHeader,
@@ -394,7 +395,9 @@ class LiveFeed:
         self._pub: zmq.Socket[Any] | None = None
         self._control: zmq.Socket[Any] | None = None
         try:
-            self._pub = self._bind(zmq.PUB, settings.address)
+            # XPUB: a PUB socket that also reads subscriptions (each one, XPUB_VERBOSE),
+            # so that a new subscriber gets a ``hello`` once it is subscribed.
+            self._pub = self._bind(zmq.XPUB, settings.address)
             self.address = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.control_address: str | None = None
             if settings.control is not None:
@@ -432,6 +435,7 @@ class LiveFeed:
         self._refused_requests = 0
         self._failed_requests = 0
         self._restarts = 0
+        self._subscriptions = 0
         self._failures_in_row = 0
         self._stopped_by_failure: str | None = None
         # Wake-up pipe: the pipeline thread writes a byte, the feed thread polls it.
@@ -649,6 +653,8 @@ class LiveFeed:
             else:
                 socket.setsockopt(zmq.SNDHWM, self.settings.sndhwm)
                 socket.setsockopt(zmq.SNDBUF, self.settings.sndbuf_bytes)
+                socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+                socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)  # subscriptions only
             socket.bind(address)
         except zmq.ZMQError as exc:
             socket.close(linger=0)
@@ -708,6 +714,8 @@ class LiveFeed:
         poller.register(self._wake_read, zmq.POLLIN)
         if self._control is not None:
             poller.register(self._control, zmq.POLLIN)
+        assert self._pub is not None
+        poller.register(self._pub, zmq.POLLIN)  # subscriptions
         while not self._stop.is_set():
             ready = dict(poller.poll(self._poll_ms()))
             if self._wake_read in ready:
@@ -718,6 +726,8 @@ class LiveFeed:
             self._take_inbox()
             if self._control is not None and self._control in ready:
                 self._serve_control()
+            if self._pub in ready:
+                self._welcome()
             self._backproject(BACKPROJECT_SLICE_S)
             self._maybe_publish_preview()
             self._sweep_step()
@@ -726,6 +736,22 @@ class LiveFeed:
         # What the pipeline handed over before close() (a scan's end, typically) still
         # goes out: bounded work, the inbox is bounded.
         self._take_inbox()
+
+    def _welcome(self) -> None:
+        """Read the subscriptions that came; if one is new, say ``hello`` (every
+        subscriber gets it: the new one then knows the feed has its subscription)."""
+        assert self._pub is not None
+        joined = 0
+        for _ in range(64):
+            try:
+                event = self._pub.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                joined += 1
+        self._subscriptions += joined
+        if joined:
+            self._publish(HelloHeader(scan=self._view.scan if self._view else None))
 
     def _poll_ms(self) -> int:
         view = self._view

@@ -312,9 +312,17 @@ class CorSweepHeader(_ImagesHeader):
         return self
 
 
+class HelloHeader(_FeedHeader):
+    """``hello``: published when a subscriber joins, so that it knows its subscription is
+    active (every later message reaches it); clients take it and hand out nothing."""
+
+    type: Literal["hello"] = "hello"
+
+
 FeedHeader = (ScanStartHeader | CountersHeader | PreviewHeader | SliceHeader | CutsHeader
-              | ScanEndHeader | CorSweepHeader)
+              | ScanEndHeader | CorSweepHeader | HelloHeader)
 HEADER_MODELS: Final[dict[str, type[_FeedHeader]]] = {
+    "hello": HelloHeader,
     "scan_start": ScanStartHeader,
     "counters": CountersHeader,
     "preview": PreviewHeader,

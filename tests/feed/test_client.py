@@ -34,6 +34,7 @@ from streamer.feed_messages import (
     Counts,
     CutsHeader,
     FeedLimits,
+    HelloHeader,
     ImageSpec,
     PreviewHeader,
     ScanEndHeader,
@@ -41,6 +42,7 @@ from streamer.feed_messages import (
     SliceHeader,
     encode,
 )
+from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.feed.test_feed import process_scan
 
@@ -177,6 +179,32 @@ def test_queue_counts_gaps_and_keeps_only_the_newest_preview() -> None:
     plain.add(preview_header(seq=1), arrays)
     plain.add(preview_header(seq=2), arrays)
     assert len(plain) == 2 and plain.conflated == 0
+
+
+def test_queue_takes_hellos_and_carries_their_gaps() -> None:
+    queue = MessageQueue()
+    counters = EXAMPLES[1][0]
+    queue.add(counters.model_copy(update={"seq": 0}), ())
+    queue.add(HelloHeader(seq=3), ())  # 1 and 2 lost
+    queue.add(counters.model_copy(update={"seq": 5}), ())  # 4 lost
+    got = [queue.pop() for _ in range(len(queue))]
+    assert [m.header.seq for m in got] == [0, 5]  # the hello is not handed out
+    assert got[1].missed == 3 and queue.missed == 3
+    assert (queue.hellos, queue.received) == (1, 3)
+
+
+def test_after_wait_connected_the_next_scan_start_is_seen() -> None:
+    """wait_connected returns once the feed has the subscription (its hello came), so a
+    scan opened right after is seen from its first message, every time."""
+    with LiveFeed(FeedSettings(counters_interval_s=60.0)) as feed:
+        for number in range(20):
+            with Subscription(feed.address, timeout_s=20) as sub:
+                sub.wait_connected()
+                scan = SimulatedScan(SimulationConfig(rows=4, cols=32, projections=4))
+                feed.scan_opened(start_header(scan.layout, f"seen-{number}"))
+                first = sub.receive()
+                assert isinstance(first, ScanStart), (number, first)
+                assert first.header.scan == f"seen-{number}"
 
 
 def how_to_example(marker: str) -> str:
