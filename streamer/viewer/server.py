@@ -474,11 +474,17 @@ class ViewerServer:
         client = _Client(ws)
         self.hub.clients.add(client)
         self.hub.welcome(client)
-        pump = asyncio.create_task(client.pump())
+        pump = asyncio.create_task(self._pump(client))
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
-                    await self._operate(client, message.data)
+                    try:
+                        await self._operate(client, message.data)
+                    except Exception as error:  # answered and logged; the page stays on
+                        self.log(f"view: a request from the page failed ({describe(error)})")
+                        client.offer("reply", json.dumps({
+                            "kind": "reply", "op": None, "ok": False, "reason": "internal",
+                            "message": f"the viewer failed: {describe(error)}"}))
                 elif message.type == WSMsgType.ERROR:
                     break
         finally:
@@ -487,6 +493,18 @@ class ViewerServer:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await pump
         return ws
+
+    async def _pump(self, client: _Client) -> None:
+        """Send a browser its messages; a browser that went away ends it quietly, any
+        other failure is one log line and closes the WebSocket (the page reconnects)."""
+        try:
+            await client.pump()
+        except ConnectionError:
+            return
+        except Exception as error:  # the log must hear of it; the page reconnects
+            self.log(f"view: sending to a browser failed ({describe(error)}); closed")
+            with contextlib.suppress(Exception):
+                await client.ws.close()
 
     async def _operate(self, client: _Client, text: str) -> None:
         """One request from a browser: validated, forwarded, answered to that browser."""

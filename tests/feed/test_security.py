@@ -192,6 +192,20 @@ def test_host_guard_of_a_remote_viewer_takes_the_names_given() -> None:
     assert "0.0.0.0" not in guard.names
 
 
+async def next_reply(ws: aiohttp.ClientWebSocketResponse) -> str:
+    """The next ``reply`` the viewer sends (other messages skipped); fails at once if the
+    WebSocket closes, and after ``TIMEOUT_S`` without a reply."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        message = await ws.receive(timeout=TIMEOUT_S)
+        assert message.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR), (
+            f"the viewer closed the WebSocket: {message}")
+        if message.type == aiohttp.WSMsgType.TEXT and '"kind": "reply"' in message.data:
+            return str(message.data)
+    raise AssertionError(f"no reply within {TIMEOUT_S} s")
+
+
 @dataclass
 class Served:
     feed: LiveFeed
@@ -237,11 +251,8 @@ def test_a_rebinding_page_cannot_set_the_center(served: Served) -> None:
             own = {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"}
             async with session.ws_connect(url + "ws", headers=own) as ws:
                 await ws.send_json({"op": "set_center", "value": 30.5})
-                while True:
-                    message = await ws.receive(timeout=TIMEOUT_S)
-                    if message.type == aiohttp.WSMsgType.TEXT and '"reply"' in message.data:
-                        assert '"ok": true' in message.data, message.data
-                        break
+                reply = await next_reply(ws)
+                assert '"ok": true' in reply, reply
 
     asyncio.run(check())
     assert served.target.center_override == 30.5  # only the viewer's own page set it
@@ -299,11 +310,7 @@ def test_validation_errors_reach_the_page_as_one_clean_line(served: Served) -> N
                         {"op": "cor_sweep", "step": 0.01}, {"op": "set_center", "value": 31,
                                                              "extra": 1}):
                 await ws.send_json(bad)
-                while True:
-                    message = await ws.receive(timeout=TIMEOUT_S)
-                    if message.type == aiohttp.WSMsgType.TEXT and '"reply"' in message.data:
-                        replies.append(message.data)
-                        break
+                replies.append(await next_reply(ws))
         return replies
 
     replies = asyncio.run(check())
@@ -335,3 +342,28 @@ def test_the_viewer_restarts_its_feed_task_after_a_failure(
     while hub.received <= received and time.monotonic() < deadline:
         time.sleep(0.05)  # polling a counter the viewer's thread raises, with a deadline
     assert hub.received > received  # the feed's counters keep coming in
+
+
+def test_a_failing_page_request_is_answered_and_the_page_stays_connected(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, port = served.viewer.url, served.port
+
+    async def broken(request: Any) -> Any:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(served.viewer.server, "request", broken)
+
+    async def check() -> tuple[str, str]:
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(url + "ws", headers={"Origin": f"http://127.0.0.1:{port}"}
+                                   ) as ws:
+            await ws.send_json({"op": "set_center", "value": 30.0})
+            failed = await next_reply(ws)
+            await ws.send_json({"op": "slice", "index": -1})  # still served
+            return failed, await next_reply(ws)
+
+    failed, after = asyncio.run(check())
+    assert '"reason": "internal"' in failed and "RuntimeError: injected failure" in failed
+    assert '"reason": "invalid_field"' in after
+    assert "RuntimeError: injected failure" in served.log.wait_for(
+        "view: a request from the page failed")
