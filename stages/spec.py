@@ -23,12 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
+from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 
 
@@ -37,6 +38,9 @@ class Pattern(StrEnum):
 
     PROJECTION = "projection"
     SINOGRAM = "sinogram"
+    #: Either layout (element-wise maths, cubic 3-D kernels, output steps): the step runs
+    #: in whichever section it falls (HTTomo's ``all``).
+    ALL = "all"
 
 
 class StageParams(BaseModel):
@@ -90,11 +94,15 @@ class StageSpec:
     needs_frame_indices : bool
         Whether ``fn`` takes ``frame_indices`` (the block's frames) and ``flat_indices``
         (those of ``flats``): for corrections that interpolate in time.
+    counts_repairs : bool
+        Whether ``fn`` takes ``repairs`` (a :class:`stages.prep.repair.RepairCounts`):
+        stages that replace bad pixel values count them there, per scan.
     finds_center : callable, optional
         A CoR finder, not a transform: ``finds_center(projections, angles_deg, params)``
         on the corrected ``(angles, rows, cols)`` projections, run once per scan; its
-        result becomes the ``center`` of the reconstruction (HTTomo's ``find_center_vo``
-        entries map here).
+        result (a float, or a :class:`~stages.recon.center_policy.CorEstimate` with a
+        confidence and warnings) becomes the ``center`` of the reconstruction (HTTomo's
+        ``find_center_vo`` entries map here).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -109,8 +117,10 @@ class StageSpec:
     needs_references: bool = False
     needs_angles: bool = False
     needs_frame_indices: bool = False
+    counts_repairs: bool = False
     finds_center: (
-        Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], float] | None
+        Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], SupportsFloat]
+        | None
     ) = None
     aliases: tuple[str, ...] = ()
     adapters: Mapping[str, Callable[..., Any]] = field(
@@ -133,6 +143,7 @@ class StageSpec:
         frame_indices: npt.NDArray[np.int64] | None = None,
         flat_indices: npt.NDArray[np.int64] | None = None,
         backend: str = "numpy",
+        repairs: RepairCounts | None = None,
     ) -> npt.NDArray[Any]:
         """Call the stage on ``backend`` with validated parameters.
 
@@ -159,6 +170,8 @@ class StageSpec:
                 )
             kwargs["frame_indices"] = frame_indices
             kwargs["flat_indices"] = flat_indices
+        if self.counts_repairs:
+            kwargs["repairs"] = repairs
         if backend == "numpy":
             return self.fn(block, **kwargs)
         adapter = self.adapters.get(backend)
@@ -173,7 +186,8 @@ class StageSpec:
             if name in accepted:
                 continue
             value = kwargs.pop(name)
-            if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices"):
+            if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices",
+                        "repairs"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

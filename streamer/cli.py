@@ -8,7 +8,9 @@ for scans exit with 1 when a scan ended incomplete, so scripts can tell.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import math
 import os
 import signal
 import sys
@@ -16,34 +18,32 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
-from stages.registry import REGISTRY
-from streamer.demo import run_demo
-from streamer.errors import ConfigError, SinkError, StageError, StreamerError
+from streamer.errors import ConfigError, SinkError, StageError, StreamerError, TransportError
 from streamer.exchange import RankLink, launched_with_ranks
-from streamer.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
-from streamer.ingest.accounting import Rejections, ScanReport
-from streamer.ingest.cluster import ClusterIngest
-from streamer.ingest.report import format_report, report_document, write_report
-from streamer.ingest.service import IngestService, IngestSettings
-from streamer.ingest.state import FramesAccepted, ScanOpened
-from streamer.live import LiveReconstruction, ScanOutput
-from streamer.pipeline.config import load_pipeline
-from streamer.pipeline.plan import default_budget_bytes, plan_blocks
 from streamer.progress import Progress
 from streamer.protocol import Limits
-from streamer.recon import ReconSettings, pipeline_for, run_recon
-from streamer.sinks.disk import check_writable, os_reason
-from streamer.sources.capture import is_capture, record, replay_capture
-from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
-from streamer.sources.sender import SendOptions, send_scan
-from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.shipped import pipeline_file
 from streamer.transport import DEFAULT_SOURCE_ADDRESS, Endpoint, bound_address, open_socket
+
+# Everything heavier (the stage registry with algotom and SciPy, h5py, the feed, the
+# viewer) is imported by the command that needs it, so that ``--help`` and a mistake on
+# the command line answer about as fast as ``import numpy`` (tests/test_cli_startup.py).
+if TYPE_CHECKING:
+    from streamer.feed import LiveFeed
+    from streamer.ingest.accounting import Rejections, ScanReport
+    from streamer.ingest.service import IngestSettings
+    from streamer.live import ScanOutput
+    from streamer.recon import ReconSettings
+    from streamer.sources.formats import LoadOptions
+    from streamer.sources.sender import SendOptions
+    from streamer.sources.simulate import SimulatedScan
 
 EXAMPLES = {
     "demo": "example:\n  tomo-streamer demo --projections 360 --order shuffle",
@@ -65,6 +65,7 @@ EXAMPLES = {
     "check": (
         "examples:\n"
         "  tomo-streamer check configs/standard.yaml\n"
+        "  tomo-streamer check standard --frame 135x160 --projections 91   # a shipped one\n"
         "  tomo-streamer check configs/httomo_standard.yaml --frame 2048x2560 --projections 3600 "
         "--memory 16"
     ),
@@ -151,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = command("replay", "Stream a stored scan (NeXus, data-exchange, TIFF, sinogram, "
                      "capture).", _run_replay)
-    replay.add_argument("scan", type=Path, metavar="SCAN")
+    replay.add_argument("scan", type=Path, metavar="SCAN",
+                        help="a scan file, a folder of TIFFs or a quoted glob such as "
+                        "'tiffs/raw_*.tiff'")
     _load_options(replay)
     _send_options(replay)
     _source_endpoint_options(replay)
@@ -160,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check", "Validate a YAML pipeline and print its memory plan (no data "
                     "needed).", _run_check)
-    check.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml")
+    check.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml|NAME",
+                       help="a YAML file, or the name of a shipped pipeline (standard, …)")
     check.add_argument("--frame", type=_frame_shape, default=(2048, 2048), metavar="ROWSxCOLS",
                        help="detector frame to plan for (default 2048x2048)")
     check.add_argument("--projections", type=int, default=1800,
@@ -172,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "The service: receive scans, correct frames as they arrive, "
                   "reconstruct each scan when it closes, write volumes and reports.", _run_run)
-    run.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml")
+    run.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml|NAME",
+                     help="a YAML file, or the name of a shipped pipeline (standard, …)")
     _consumer_endpoint_options(run)
     run.add_argument("--out", type=Path, default=Path("volumes"),
                      help="one <scan>.h5 per scan here (default: volumes)")
@@ -191,18 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", type=float, default=None, metavar="GiB",
                      help="host memory budget for blocks (default: half of this machine's)")
     run.add_argument("--tiff", action="store_true", help="write TIFF stacks instead")
-    run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress line, no scan and plan lines (warnings still show)")
     _limit_options(run)
     _feed_options(run)
 
     recon = command("recon", "Reconstruct a stored scan (one process, or a band of rows per "
                     "MPI rank): replay + pipeline + reconstruction, slices to HDF5 (or "
                     "TIFF).", _run_recon)
-    recon.add_argument("scan", type=Path, metavar="SCAN")
+    recon.add_argument("scan", type=Path, metavar="SCAN",
+                       help="a scan file, a folder of TIFFs or a quoted glob such as "
+                       "'tiffs/raw_*.tiff'")
     recon.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5",
                        help="HDF5 file (or folder with --tiff)")
-    recon.add_argument("--pipeline", type=Path, default=None, metavar="PIPELINE.yaml",
-                       help="default: flat/dark (or air) correction and -log, then fourier_fbp")
+    recon.add_argument("--pipeline", type=Path, default=None, metavar="PIPELINE.yaml|NAME",
+                       help="a YAML file or a shipped pipeline's name (default: flat/dark "
+                       "(or air) correction and -log, then fourier_fbp)")
     recon.add_argument("--center", type=_center, default=None, metavar="VALUE|auto",
                        help="CoR, 0-based detector column; auto: Vo's method (default: the "
                        "pipeline's, else auto)")
@@ -214,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="host memory budget for blocks (default: half of this machine's)")
     recon.add_argument("--tiff", action="store_true", help="write a TIFF stack instead")
     recon.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    recon.add_argument("--quiet", action="store_true", help="no progress line")
+    recon.add_argument("--quiet", action="store_true",
+                       help="no progress line, no scan and plan lines (warnings still show)")
     _load_options(recon)
 
     record = command("record", "Capture a live stream byte-exactly to an HDF5 file.", _run_record)
@@ -347,8 +357,12 @@ def _load_options(parser: argparse.ArgumentParser) -> None:
                        help="detector rows A..B-1 only (0-based)")
     group.add_argument("--angles", type=_angle_range, default=None, metavar="START,STOP,COUNT",
                        help="angles in degrees, endpoint included, for files without angles")
-    group.add_argument("--normalised", action="store_true",
-                       help="data are already -log attenuation: skip normalisation")
+    counts = group.add_mutually_exclusive_group()
+    counts.add_argument("--normalised", action="store_true",
+                        help="data are already -log attenuation: skip normalisation")
+    counts.add_argument("--counts", action="store_true",
+                        help="data are detector counts even where they look like "
+                        "attenuation (a single sinogram without flats is checked)")
     group.add_argument("--scale", type=float, default=None,
                        help="multiply pixel values by this factor (output float32)")
 
@@ -375,7 +389,7 @@ def _center(text: str) -> float | str:
         raise argparse.ArgumentTypeError(
             f"expected a detector column (number) or 'auto', got {text!r}"
         ) from None
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite column, got {text!r}")
     return value
 
@@ -424,11 +438,17 @@ def _stop_on_signal() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def _source_socket(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> Any:
+def _source_endpoint(args: argparse.Namespace) -> Endpoint:
+    """Where ``simulate``/``replay`` send (checked before any scan is read)."""
     if args.connect:
-        endpoint = Endpoint.parse(args.connect, bind=False)
-    else:
-        endpoint = Endpoint.parse(args.bind or DEFAULT_SOURCE_ADDRESS, bind=True)
+        return Endpoint.parse(args.connect, bind=False)
+    return Endpoint.parse(args.bind or DEFAULT_SOURCE_ADDRESS, bind=True)
+
+
+def _source_socket(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> Any:
+    """The PUSH socket; it lingers up to the send timeout on close (so a scan's last
+    messages reach a slow consumer) unless closed with ``linger=0`` after a stop."""
+    endpoint = _source_endpoint(args)
     socket = open_socket(
         context, "push", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
         send_timeout_ms=int(args.send_timeout * 1000), linger_ms=int(args.send_timeout * 1000),
@@ -460,6 +480,8 @@ def _consumer_socket(
 
 
 def _send_options_from(args: argparse.Namespace) -> SendOptions:
+    from streamer.sources.sender import SendOptions
+
     return SendOptions(
         block=args.block, rate_fps=args.rate, order=args.order, seed=args.order_seed,
         scan_id=args.scan_id, cannot_wait=args.cannot_wait,
@@ -467,6 +489,8 @@ def _send_options_from(args: argparse.Namespace) -> SendOptions:
 
 
 def _simulated_scan(args: argparse.Namespace) -> SimulatedScan:
+    from streamer.sources.simulate import SimulatedScan, SimulationConfig
+
     config = SimulationConfig.from_kwargs(
         rows=args.rows, cols=args.cols, projections=args.projections, flats=args.flats,
         darks=args.darks, flats_at=args.flats_at, scan_range_deg=args.scan_range,
@@ -489,6 +513,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, feed: LiveFeed | None) -> int:
+    from streamer.demo import run_demo
+    from streamer.ingest.report import format_report
+
     result = run_demo(_simulated_scan(args), _send_options_from(args), args.out, feed=feed)
     print(format_report(result.report))
     print(f"corrected {result.corrected} projections as they arrived (flat/dark, -log)")
@@ -508,26 +535,50 @@ def _demo(args: argparse.Namespace, feed: LiveFeed | None) -> int:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    if args.save is None:
+        _source_endpoint(args)  # a bad address is refused before the scan is made
     scan = _simulated_scan(args)
     if args.save is not None:
+        from streamer.sources.formats import write_nxtomo
+
         write_nxtomo(args.save, scan)
         print(f"wrote {scan.layout.frames} frames to {args.save}")
         return 0
     return _stream(scan, args)
 
 
+def _scan_argument(scan: Path) -> None:
+    """Refuse a SCAN that is neither a file, a folder nor a glob that matches files."""
+    if scan.exists():
+        return
+    text = str(scan)
+    if glob.has_magic(text):
+        if not any(Path(match).is_file() for match in glob.glob(text)):
+            raise ConfigError(f"SCAN: no file matches the pattern {text!r}")
+        return
+    raise ConfigError(f"SCAN: no such file or folder: {scan}")
+
+
 def _run_replay(args: argparse.Namespace) -> int:
-    if not args.scan.exists():
-        raise ConfigError(f"SCAN: no such file or folder: {args.scan}")
+    _scan_argument(args.scan)
+    _source_endpoint(args)
+    from streamer.sources.capture import is_capture, replay_capture
+
     if args.scan.is_file() and is_capture(args.scan):
         with zmq.Context() as context, _stop_on_signal() as stop:
             socket = _source_socket(context, args)
             try:
                 sent = replay_capture(socket, args.scan, realtime=args.realtime, stop=stop)
             finally:
-                socket.close()
+                socket.close(linger=0 if stop.is_set() else None)
+        if stop.is_set():
+            print(f"STOPPED after replaying {sent} messages of {args.scan} (interrupted; "
+                  "the consumer did not get the rest)")
+            return 130
         print(f"replayed {sent} messages from {args.scan}")
         return 0
+    from streamer.sources.formats import open_scan
+
     reader = open_scan(args.scan, _load_options_from(args))
     try:
         return _stream(reader, args)
@@ -536,6 +587,8 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 
 def _stream(reader: Any, args: argparse.Namespace) -> int:
+    from streamer.sources.sender import send_scan
+
     layout = reader.layout
     print(
         f"scan: {layout.frames} frames ({layout.projections} projections, {layout.flats} flats, "
@@ -545,12 +598,20 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _source_socket(context, args)
         progress = Progress(sys.stderr, "sending", quiet=args.quiet)
+        summary = None
         try:
             summary = send_scan(socket, reader, _send_options_from(args), stop=stop,
                                 on_progress=progress.update)
         finally:
             progress.close()
-            socket.close()
+            # Stopped: do not wait (up to --send-timeout) for queued messages to go.
+            socket.close(linger=0 if summary is None or summary.stopped else None)
+    if summary.stopped:
+        told = ("an abort was sent" if summary.abort_sent else
+                "no consumer was told: none took messages")
+        print(f"STOPPED scan {summary.scan_id} after {summary.frames_sent} of "
+              f"{summary.frames} frames (interrupted; {told})")
+        return 130
     state = "ABORTED" if summary.aborted else "sent"
     print(
         f"{state} scan {summary.scan_id}: {summary.frames_sent} frames, "
@@ -566,15 +627,20 @@ def _stream(reader: Any, args: argparse.Namespace) -> int:
 
 def _load_options_from(args: argparse.Namespace) -> LoadOptions:
     """The stored-scan options shared by ``replay`` and ``recon``."""
+    from streamer.sources.formats import LoadOptions
+
     return LoadOptions(
         format=args.format, data_path=args.data_path, image_key_path=args.image_key_path,
         angles_path=args.angles_path, darks=tuple(args.darks), flats=tuple(args.flats),
-        rows=args.rows, angles=args.angles, normalised=args.normalised, scale=args.scale,
+        rows=args.rows, angles=args.angles, normalised=args.normalised, counts=args.counts,
+        scale=args.scale,
     )
 
 
 def _ingest_settings(args: argparse.Namespace) -> tuple[Limits, IngestSettings]:
     """Limits and ingest settings from the options shared by ``ingest`` and ``run``."""
+    from streamer.ingest.service import IngestSettings
+
     try:
         limits = Limits(
             max_header_bytes=args.max_header_bytes, max_frame_bytes=args.max_frame_bytes,
@@ -589,6 +655,8 @@ def _ingest_settings(args: argparse.Namespace) -> tuple[Limits, IngestSettings]:
 
 def _receiving(progress: Progress) -> Callable[[Any], None]:
     """An ingest ``on_event`` that shows frames received for the open scan."""
+    from streamer.ingest.state import FramesAccepted, ScanOpened
+
     received = 0
 
     def watch(event: Any) -> None:
@@ -609,7 +677,7 @@ def _feed_options(parser: argparse.ArgumentParser) -> None:
                        "bound here, e.g. tcp://127.0.0.1:5600 (port *: any free one)")
     group.add_argument("--control", default=None, metavar="ADDR",
                        help="with --feed: bind the control socket (CoR sweep, set the CoR, "
-                       f"slices) here (default {DEFAULT_FEED_ADDRESS})")
+                       "slices) here (default: the feed's own, printed when it starts)")
     group.add_argument("--preview-rows", type=_rows_list, default=None, metavar="R,R,...",
                        help="detector rows of the preview (default: 3 spread over the frame)")
     group.add_argument("--feed-token", default=None, metavar="TOKEN",
@@ -635,6 +703,8 @@ def _open_feed(args: argparse.Namespace) -> LiveFeed | None:
         if args.control is not None:
             raise ConfigError("--control: the control socket belongs to a feed; give --feed too")
         return None
+    from streamer.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
+
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
     feed = LiveFeed(FeedSettings(
         address=args.feed, control=args.control or DEFAULT_FEED_ADDRESS,
@@ -656,14 +726,22 @@ def _hold_feed(feed: LiveFeed | None, seconds: float) -> None:
 
 
 def _run_view(args: argparse.Namespace) -> int:
-    from streamer.viewer.server import ViewerSettings, serve  # noqa: PLC0415  # aiohttp
+    from streamer.viewer.server import ViewerSettings, serve
 
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
     settings = ViewerSettings(feed=args.feed, control=args.control, host=args.host,
                               port=args.port, allow_remote=args.allow_remote, token=token,
                               allowed_hosts=tuple(args.allowed_host))
-    serve(settings, announce=lambda url: print(f"view: serving {url}; Ctrl-C to stop",
-                                               file=sys.stderr, flush=True))
+    try:
+        serve(settings, announce=lambda url: print(f"view: serving {url}; Ctrl-C to stop",
+                                                   file=sys.stderr, flush=True))
+    except OSError as error:  # the port is taken, the host is not this machine's, …
+        from streamer.sinks.disk import os_reason
+
+        raise TransportError(
+            f"view: cannot serve on {args.host}:{args.port}: {os_reason(error)} (another "
+            "server on that port? pick a free one with --port, or --port 0 for any)"
+        ) from None
     return 0
 
 
@@ -676,6 +754,12 @@ def _budget(memory_gib: float | None) -> int | None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    _resolve_pipeline(args, "PIPELINE")
+    from streamer.ingest.service import IngestService
+    from streamer.live import LiveReconstruction
+    from streamer.recon import ReconSettings, pipeline_for
+    from streamer.sinks.disk import check_writable
+
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
     if args.report_dir is not None:
         check_writable(args.report_dir, folder=True, what="--report-dir")
@@ -696,8 +780,12 @@ def _run_run(args: argparse.Namespace) -> int:
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             error = f": {output.error}" if output.error else ""
+            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
+            doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
-                  f"{output.center:.2f}, {state}){error}", flush=True)
+                  f"{output.center:.2f}, {state}{doubt}{repaired}){error}", flush=True)
+            for warning in output.center_warnings:
+                print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
         else:
             print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
 
@@ -705,8 +793,9 @@ def _run_run(args: argparse.Namespace) -> int:
                               output_format="tiff" if args.tiff else "hdf5",
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
-                              log=lambda line: print(line, file=sys.stderr, flush=True))
+                              log=_log(args.quiet), background=True)
     with zmq.Context() as context, _stop_on_signal() as stop:
+        live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,
                                   announce="run")
@@ -731,6 +820,7 @@ def _run_run(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
+            live.wait()  # the last reconstruction (stopped between blocks on a signal)
             socket.close()
             if feed is not None:
                 feed.close()
@@ -741,6 +831,9 @@ def _print_and_write_report(report: ScanReport, between_scans: Rejections | None
                             config: dict[str, Any], report_dir: Path) -> None:
     """The service's end of a scan: the accounting on stdout, the JSON report on disk (a
     full or read-only disk is reported, never allowed to stop the service)."""
+    from streamer.ingest.report import format_report, report_document, write_report
+    from streamer.sinks.disk import os_reason
+
     document = report_document(report, config=config, between_scans=between_scans)
     print(format_report(report))
     try:
@@ -750,57 +843,122 @@ def _print_and_write_report(report: ScanReport, between_scans: Rejections | None
 
 
 def _run_recon(args: argparse.Namespace) -> int:
-    if not args.scan.exists():
-        raise ConfigError(f"SCAN: no such file or folder: {args.scan}")
+    _scan_argument(args.scan)
+    _resolve_pipeline(args, "--pipeline")
+
+    from stages.registry import REGISTRY
+    from streamer.pipeline.config import load_pipeline
+    from streamer.pipeline.httomo_loader import with_loader
+    from streamer.recon import ReconSettings
+    from streamer.sinks.disk import check_writable
+
     # The output is written after the whole scan is read: check it can be, first.
     check_writable(args.output, folder=args.tiff, what="-o/--output")
     if not args.tiff and args.output.exists() and not args.overwrite:
         raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
                         "one (pass --overwrite to replace it)")
     options = _load_options_from(args)
+    if args.pipeline is not None:  # an HTTomo loader entry fills what the options leave
+        options = with_loader(options, load_pipeline(args.pipeline, REGISTRY).loader)
     settings = ReconSettings(
         output=args.output, pipeline=args.pipeline, center=args.center,
-        first_row=args.rows[0] if args.rows else 0, block_frames=args.block,
+        first_row=options.rows[0] if options.rows else 0, block_frames=args.block,
         block_sinograms=args.sinogram_block, output_format="tiff" if args.tiff else "hdf5",
         overwrite=args.overwrite, memory_bytes=_budget(args.memory),
     )
     if launched_with_ranks() > 1:
         return _run_recon_ranks(args, options, settings)
+    sweep = (load_pipeline(args.pipeline, REGISTRY).variants()
+             if args.pipeline is not None else [("", ())])
+    if len(sweep) > 1 or sweep[0][0]:  # one output per sweep value, named by it
+        return max(_recon_one(args, options, replace(
+            settings, sweep_value=label, output=_sweep_output(args.output, label)))
+            for label, _ in sweep)
+    return _recon_one(args, options, settings)
+
+
+def _sweep_output(output: Path, label: str) -> Path:
+    """``out.h5`` → ``out_center=80.5.h5`` (a TIFF folder gets the suffix too)."""
+    safe = "".join(c if c.isalnum() or c in "=.-_" else "_" for c in label)
+    return output.with_name(f"{output.stem}_{safe}{output.suffix}")
+
+
+def _recon_one(args: argparse.Namespace, options: LoadOptions,
+               settings: ReconSettings) -> int:
+    if not args.tiff and settings.output.exists() and not args.overwrite:
+        raise SinkError(f"{settings.output}: -o/--output: expected a new file, got an "
+                        "existing one (pass --overwrite to replace it)")
+    from streamer.center_check import check_center
+    from streamer.recon import pipeline_for, run_recon
+    from streamer.sources.formats import open_scan
+
+    log = _log(args.quiet)
     with open_scan(args.scan, options) as reader:
         layout = reader.layout
-        print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
-              f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})",
-              file=sys.stderr)
+        # A fixed CoR off the detector is refused before a frame is read.
+        check_center(pipeline_for(settings, layout.normalisation)[0], layout.cols,
+                     f"{args.scan}")
+        log(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
+            f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})")
         progress = Progress(sys.stderr, "reading", quiet=args.quiet)
         try:
-            result = run_recon(reader, settings,
-                               log=lambda line: print(line, file=sys.stderr, flush=True),
-                               on_read=progress.update)
+            result = run_recon(reader, settings, log=log, on_read=progress.update)
         except StageError as error:  # say which scan the data problem is in
             raise StageError(f"{args.scan}: {error}") from None
         finally:
             progress.close()
+    for warning in result.center_warnings:
+        print(f"warning: CoR {result.center:.2f}: {warning}", file=sys.stderr)
     state = "complete" if result.complete else "INCOMPLETE"
+    if result.center_warnings:
+        state += ", CoR UNCERTAIN"
+    sure = ("" if result.center_confidence is None
+            else f", confidence {result.center_confidence:.2f}")
     print(f"wrote {result.slices} slices to {result.output} ({state}) in {result.seconds:.1f} s; "
-          f"CoR {result.center:.2f} ({result.center_method})")
+          f"CoR {result.center:.2f} ({result.center_method}{sure})")
+    repairs = result.repairs
+    if repairs.total:
+        print(f"  repaired {repairs.total} pixel values ({100 * repairs.fraction:.3f} % of the "
+              f"projections: {repairs.describe()})")
+    if result.images is not None:
+        print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
     return 0 if result.complete else 1
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    """Validate a pipeline and print what ``recon``/``run`` will run: its stages, the
+    reconstruction they append when it has none, and the memory plan of the whole."""
+    _resolve_pipeline(args, "PIPELINE")
+    from stages.registry import REGISTRY
+    from streamer.pipeline.config import load_pipeline
+    from streamer.pipeline.plan import default_budget_bytes, plan_blocks
+    from streamer.recon import ReconSettings, pipeline_for
+
     pipeline = load_pipeline(args.pipeline, REGISTRY)
     if args.projections < 1:
         raise ConfigError(f"--projections: expected at least 1, got {args.projections}")
     budget = _budget(args.memory) or default_budget_bytes()
     rows, cols = args.frame
-    plans = plan_blocks(pipeline.steps, rows=rows, cols=cols, angles=args.projections,
+    steps, _text = pipeline_for(ReconSettings(output=Path(), pipeline=args.pipeline),
+                                "flat_dark")
+    appended = len(steps) - len(pipeline.steps)
+    plans = plan_blocks(steps, rows=rows, cols=cols, angles=args.projections,
                         dtype=np.dtype(args.dtype), budget_bytes=budget)
-    print(f"{args.pipeline}: valid, {len(pipeline.steps)} stages")
-    for number, step in enumerate(pipeline.steps, 1):
+    extra = f" (+{appended} appended by recon/run)" if appended else ""
+    print(f"{args.pipeline}: valid, {len(pipeline.steps)} stages{extra}")
+    for number, step in enumerate(steps, 1):
         params = ", ".join(f"{key}={value!r}" for key, value in dict(step.params).items())
         print(f"  {number}. {step.name:<30s} {step.spec.pattern.value:<10s} {step.backend:<8s} "
               f"{params}")
+    if appended:
+        print(f"  note: the pipeline has no reconstruction stage: recon and run append "
+              f"{', '.join(step.name for step in steps[-appended:])} (shown above)")
     for note in pipeline.notes:
         print(f"  note: {note}")
+    if pipeline.sweep is not None:
+        variants = pipeline.variants()  # validates every value
+        print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "
+              f"{', '.join(label for label, _ in variants)}")
     print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
           f"budget {budget / 2**30:.1f} GiB")
     for plan in plans:
@@ -808,7 +966,31 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_pipeline(args: argparse.Namespace, what: str) -> None:
+    """Replace ``args.pipeline`` (a path or a shipped pipeline's name) by its file, before
+    anything else is done; a note says when a shipped one stands in for a missing path."""
+    if args.pipeline is None:
+        return
+    args.pipeline, note = pipeline_file(args.pipeline, what)
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    """Where ``recon``/``run`` send their lines (stderr). ``--quiet`` keeps warnings and
+    drops the informational ``scan:`` and ``plan:`` lines."""
+
+    def log(line: str) -> None:
+        informational = line.startswith(("scan: ", "plan: ")) or ": plan: " in line
+        if not (quiet and informational):
+            print(line, file=sys.stderr, flush=True)
+
+    return log
+
+
 def _run_record(args: argparse.Namespace) -> int:
+    from streamer.sources.capture import record
+
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _consumer_socket(context, args, None, announce="record")
         try:
@@ -828,6 +1010,10 @@ def _run_record(args: argparse.Namespace) -> int:
 
 def _run_ingest(args: argparse.Namespace) -> int:
     limits, settings = _ingest_settings(args)
+    from streamer.ingest.cluster import ClusterIngest
+    from streamer.ingest.report import format_report, report_document, write_report
+    from streamer.ingest.service import IngestService
+
     config = {
         "address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
         "bind": bool(args.listen),
@@ -887,7 +1073,10 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
             "--listen: with several MPI ranks every rank connects to the source; "
             "use --from ADDR (the source binds)"
         )
-    from streamer.live_ranks import RankedReconstruction  # noqa: PLC0415  # MPI runs only
+    from streamer.ingest.cluster import ClusterIngest
+    from streamer.ingest.service import IngestService
+    from streamer.live_ranks import RankedReconstruction
+    from streamer.recon import ReconSettings, pipeline_for
 
     if args.feed:
         raise ConfigError("--feed: the live feed runs on one rank for now (with several "
@@ -914,14 +1103,13 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             center = "?" if output.center is None else f"{output.center:.2f}"
+            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
             print(f"  volume: {output.path} ({output.slices} slices from {link.size} "
-                  f"ranks, CoR {center}, {state})", flush=True)
+                  f"ranks, CoR {center}, {state}{repaired})", flush=True)
         if output.error:
             print(f"  volume: {output.scan}: {output.error}", flush=True)
 
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
+    log = _log(args.quiet)
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=_budget(args.memory), on_output=on_output,
@@ -961,18 +1149,23 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
                      settings: ReconSettings) -> int:
     """``mpiexec -n R tomo-streamer recon``: each rank reads and corrects a share of the
     projections and reconstructs a band of rows; rank 0 writes the master file."""
-    from streamer.live_ranks import recon_on_ranks  # noqa: PLC0415  # MPI runs only
+    from streamer.center_check import check_center
+    from streamer.live_ranks import recon_on_ranks
+    from streamer.recon import pipeline_for
+    from streamer.sources.formats import open_scan
 
     link = RankLink.world()
     began = time.perf_counter()
     with open_scan(args.scan, options) as reader:
-        if link.rank == 0:
-            layout = reader.layout
+        layout = reader.layout
+        check_center(pipeline_for(settings, layout.normalisation)[0], layout.cols,
+                     f"{args.scan}")  # every rank: all stop before reading
+        if link.rank == 0 and not args.quiet:
             print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
                   f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation}); "
                   f"{link.size} MPI ranks", file=sys.stderr, flush=True)
         output = recon_on_ranks(reader, settings, link,
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
+                                log=_log(args.quiet))
     if output is None:  # not rank 0
         return 0
     if output.path is None:
@@ -981,6 +1174,8 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
     center = "?" if output.center is None else f"{output.center:.2f}"
     print(f"wrote {output.slices} slices to {output.path} ({state}, {link.size} part files) "
           f"in {time.perf_counter() - began:.1f} s; CoR {center}")
+    if output.repaired:
+        print(f"  repaired {output.repaired} pixel values (see the report in the output)")
     if output.error:
         print(f"  errors: {output.error}", file=sys.stderr)
     return 0 if output.complete else 1

@@ -77,7 +77,8 @@ class PreviewGeometry:
         index = (np.arange(edge, dtype=np.float64) + 0.5) * scale - 0.5  # preview pixels
         d = self.binning
         coords = (index + (d - 1) / (2 * d) - (self.slice_size - 1) / (2 * d)).astype(np.float32)
-        return np.tile(coords, edge), np.repeat(coords, edge)
+        # x grows along a row; y grows up the image (row 0 at the top), as in the slices
+        return np.tile(coords, edge), np.repeat(-coords, edge)
 
 
 def bin_columns(rows: npt.NDArray[np.float32], binning: int) -> npt.NDArray[np.float32]:

@@ -18,21 +18,23 @@ first 180° of a 360° scan); the value used and how it was found are stored in 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from stages.recon.rotation import find_center_vo
+from stages.prep.repair import RepairCounts
+from stages.recon.center_policy import CorEstimate, find_center
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
+from streamer.pipeline.images import image_tail, write_images
 from streamer.pipeline.plan import block_sizes, default_budget_bytes
-from streamer.protocol import Normalisation
+from streamer.protocol import MetadataValue, Normalisation
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.tiff import TiffStackWriter
 from streamer.sources.scan import FrameReader
@@ -64,6 +66,8 @@ class ReconSettings:
     memory_bytes: int | None = None  # None: half of this machine's memory
     output_format: Literal["hdf5", "tiff"] = "hdf5"
     overwrite: bool = False
+    #: For a pipeline with a parameter sweep: which variant (``"center=80"``) to run.
+    sweep_value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class ReconResult:
     complete: bool
     seconds: float
     pipeline_text: str
+    repairs: RepairCounts = field(default_factory=RepairCounts)
+    center_warnings: tuple[str, ...] = ()
+    center_confidence: float | None = None
+    images: tuple[Path, int] | None = None  # save_to_images: folder and image count
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -83,7 +91,21 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
     """The steps to run and their YAML (stored in the output)."""
     if settings.pipeline is not None:
         text = settings.pipeline.read_text()
-        steps = load_pipeline(settings.pipeline, REGISTRY).steps
+        pipeline = load_pipeline(settings.pipeline, REGISTRY)
+        steps = pipeline.steps
+        if pipeline.sweep is not None:
+            variants = dict(pipeline.variants())
+            label = settings.sweep_value or next(iter(variants))
+            if label not in variants:
+                raise ConfigError(f"{settings.pipeline}: sweep value: expected one of "
+                                  f"{', '.join(variants)}, got {label!r}")
+            steps = variants[label]
+            text += f"\n# sweep variant run: {label}\n"
+        correction = CORRECTIONS[normalisation]
+        if not steps and correction:  # an HTTomo loader entry alone: correct as default
+            steps = parse_pipeline("pipeline:\n" + correction, REGISTRY,
+                                   source="recon default").steps
+            text += "\n# appended by recon:\n#" + correction.rstrip().replace("\n", "\n#")
         if not any(step.spec.needs_angles for step in steps):
             steps += parse_pipeline("pipeline:\n" + RECONSTRUCTION, REGISTRY,
                                     source="recon default").steps
@@ -103,31 +125,25 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
 
 def auto_center(
     projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64]
-) -> float:
-    """Vo's CoR on the middle detector row, over the first 180° of the scan."""
-    middle = projections.shape[1] // 2
-    half = angles_deg - angles_deg[0] <= 180.0 + 1e-6
-    sinogram = np.ascontiguousarray(projections[half, middle, :])
-    if sinogram.shape[0] < 8:
-        raise StreamerError(
-            f"automatic CoR: needs at least 8 projections within 180°, got {sinogram.shape[0]}"
-            "; give --center"
-        )
-    # Search the middle ± a quarter of the width (at most 100 px): wide enough for the
-    # axis offsets seen in practice, and on narrow detectors wider than algotom's default
-    # (which misses the minimum on a 26-column scan).
-    cols = sinogram.shape[1]
-    middle = (cols - 1) / 2
-    reach = max(2.0, min(cols / 4, 100.0))
-    start, stop = max(1.0, middle - reach), min(cols - 2.0, middle + reach)
-    return float(find_center_vo(sinogram, start=start, stop=stop))
+) -> CorEstimate:
+    """The CoR policy with its defaults: Vo's method on the middle detector row over the
+    first 180° of the scan, searched over the detector's reliable range, cross-checked
+    with the 0°/180° pair (see :mod:`stages.recon.center_policy`)."""
+    try:
+        return find_center(projections, angles_deg)
+    except StreamerError as error:  # keep the class: a data problem stays a StageError
+        raise type(error)(f"automatic {error}; give --center") from None
 
 
-def center_label(found: str | None, default: str) -> str:
+def center_label(found: str | None, default: str, *,
+                 warnings: tuple[str, ...] = ()) -> str:
     """How the CoR in an output was decided, as stored beside it: ``"vo"`` when found
     automatically (``found == "auto"``), the finder or viewer that set it, else
-    ``default`` (``"pipeline"``, ``"given"`` …)."""
-    return "vo" if found == "auto" else (found or default)
+    ``default`` (``"pipeline"``, ``"given"`` …); then the finder's warnings, if it had
+    any (``"vo; WARNING: low confidence 0.31 ..."``), so a doubtful CoR is never stored
+    as if it were sure."""
+    label = "vo" if found == "auto" else (found or default)
+    return label + "".join(f"; WARNING: {warning}" for warning in warnings)
 
 
 def center_in_use(found: float | None, steps: tuple[PipelineStep, ...], cols: int) -> float:
@@ -173,7 +189,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
                 settings.output, block, output_format=settings.output_format,
                 detector_rows=list(range(first, first + layout.rows)), center=center_used(),
                 method=method_used(), pipeline_text=text, scan=start.scan,
-                overwrite=settings.overwrite,
+                overwrite=settings.overwrite, metadata=processor.repairs.as_metadata(),
             )
         writer.write(int(block.indices[0]), block.data)
         slices += block.data.shape[0]
@@ -188,7 +204,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
         return float(fixed[0]) if fixed else (layout.cols - 1) / 2
 
     def method_used() -> str:
-        return center_label(processor.center_method, method)
+        return center_label(processor.center_method, method,
+                            warnings=processor.center_warnings)
 
     complete = False
     try:
@@ -199,8 +216,15 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
             writer.close(complete=complete)
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
+    warning = processor.repairs.warning()
+    if warning is not None:
+        log(f"warning: {warning}")
+    tail = image_tail(steps)  # HTTomo's calculate_stats → rescale_to_int → save_to_images
+    images = (write_images(settings.output, settings.output_format, tail)
+              if tail is not None else None)
     return ReconResult(settings.output, slices, center_used(), method_used(), complete,
-                       time.perf_counter() - began, text)
+                       time.perf_counter() - began, text, processor.repairs,
+                       processor.center_warnings, processor.center_confidence, images)
 
 
 def open_volume(
@@ -214,14 +238,16 @@ def open_volume(
     pipeline_text: str,
     scan: str,
     overwrite: bool = False,
+    metadata: Mapping[str, MetadataValue] | None = None,
 ) -> Any:
-    """An HDF5 or TIFF volume writer shaped after the first block of slices."""
+    """An HDF5 or TIFF volume writer shaped after the first block of slices;
+    ``metadata`` (e.g. the repaired-pixel counts) goes to ``/entry/metadata``."""
     common: dict[str, Any] = {
         "detector_rows": detector_rows,
         "slice_shape": (int(first_block.data.shape[1]), int(first_block.data.shape[2])),
         "angles_deg": first_block.angles_deg, "center_of_rotation": center,
         "center_method": method, "pipeline_yaml": pipeline_text, "scan": scan,
-        "overwrite": overwrite,
+        "overwrite": overwrite, "metadata": dict(metadata or {}),
     }
     if output_format == "tiff":
         return TiffStackWriter(path, **common)

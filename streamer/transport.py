@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import urlsplit
 
 import zmq
 
@@ -42,7 +41,8 @@ class Endpoint:
 
 def check_address(address: str) -> None:
     """Raise ``TransportError`` unless ``address`` is ``tcp://host:port``, ``ipc://path``
-    or ``inproc://name``."""
+    or ``inproc://name``; an IPv6 host is written in brackets (``tcp://[::1]:5555``) and
+    only an IPv6 address may be (``tcp://[127.0.0.1]:5555`` is refused)."""
     scheme, sep, rest = address.partition("://")
     if not sep or scheme not in SCHEMES or not rest:
         raise TransportError(
@@ -54,13 +54,41 @@ def check_address(address: str) -> None:
             raise TransportError(f"address: expected tcp://HOST:PORT, got {address!r}")
         if port != "*" and not 0 < int(port) < 65536:
             raise TransportError(f"address: port must be 1..65535, got {port} in {address!r}")
+        _tcp_host(address)
+
+
+def _tcp_host(address: str) -> str:
+    """The host of a ``tcp://`` address, brackets removed; a bracketed host must be an
+    IPv6 address (``TransportError`` otherwise, never a ``ValueError``)."""
+    host = address.partition("://")[2].rpartition(":")[0]
+    if not (host.startswith("[") or host.endswith("]")):
+        if ":" in host or "[" in host or "]" in host:
+            raise TransportError(
+                f"address: expected an IPv6 host in brackets (tcp://[::1]:PORT), got {address!r}"
+            )
+        return host
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+    try:
+        ipaddress.IPv6Address(inner)
+    except ValueError:
+        raise TransportError(
+            f"address: expected an IPv6 address in brackets such as tcp://[::1]:PORT, got "
+            f"{address!r} (write an IPv4 address or a host name without brackets)"
+        ) from None
+    return inner
+
+
+def is_ipv6(address: str) -> bool:
+    """True for a ``tcp://`` address with a bracketed (IPv6) host; ZeroMQ needs its
+    ``IPV6`` option for those."""
+    return address.startswith("tcp://[")
 
 
 def is_loopback(address: str) -> bool:
     """True for ipc/inproc addresses and TCP addresses on a loopback host."""
     if not address.startswith("tcp://"):
         return True
-    host = urlsplit(address).hostname or ""
+    host = _tcp_host(address)
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -113,6 +141,8 @@ def open_socket(
     socket = context.socket(zmq.PUSH if kind == "push" else zmq.PULL)
     try:
         socket.setsockopt(zmq.LINGER, linger_ms)
+        if is_ipv6(endpoint.address):
+            socket.setsockopt(zmq.IPV6, 1)
         socket.setsockopt(zmq.SNDHWM, hwm)
         socket.setsockopt(zmq.RCVHWM, hwm)
         if max_message_bytes is not None:

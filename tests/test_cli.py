@@ -176,6 +176,11 @@ def test_replay_real_scan_into_ingest(shared_data: Path, tmp_path: Path, python:
         (["ingest", "--listen", "tcp://0.0.0.0:5999", "--scans", "1"], "non-loopback"),
         (["ingest", "--from", "http://x"], "expected tcp://"),
         (["ingest", "--max-frame-bytes", "0"], "max_frame_bytes"),
+        (["ingest", "--listen", "tcp://[127.0.0.1]:5999", "--scans", "1"], "IPv6 address"),
+        (["record", "--from", "tcp://[127.0.0.1]:5999", "-o", "x.h5"], "IPv6 address"),
+        (["simulate", "--bind", "tcp://[127.0.0.1]:5999"], "IPv6 address"),
+        (["simulate", "--connect", "tcp://[::1:5999"], "IPv6 address"),
+        (["simulate", "--connect", "tcp://::1:5999"], "in brackets"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(argv: list[str], message: str, capsys) -> None:

@@ -93,8 +93,8 @@ def _algotom(kind: str) -> Recon:
             rec = algotom_rec.fbp_reconstruction(projections, center, gpu=False, **common)
         else:
             rec = algotom_rec.dfi_reconstruction(projections, center, **common)
-        # algotom: (N, rows, N), y flipped relative to ours (checked on the phantom).
-        return np.ascontiguousarray(np.asarray(rec).transpose(1, 0, 2)[:, ::-1, :])
+        # algotom: (N, rows, N), in our orientation (docs/explanation/conventions.md).
+        return np.ascontiguousarray(np.asarray(rec).transpose(1, 0, 2))
     return run
 
 

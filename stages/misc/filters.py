@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from scipy import ndimage
 
 from stages.checks import check_axis, float_block
@@ -35,6 +35,12 @@ class MedianFilterParams(StageParams):
         0, description="filter each slice perpendicular to this axis; None: 3-D filter"
     )
     mode: BoundaryMode = Field("reflect", description="scipy.ndimage boundary mode")
+
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _auto_axis(cls, value: Any) -> Any:
+        """HTTomo's ``axis: auto`` is the slicing axis of a projection block: 0."""
+        return 0 if value == "auto" else value
 
 
 def median_filter(
@@ -95,6 +101,12 @@ class GaussianFilterParams(StageParams):
     )
     axis: Literal[0, 1, 2] = Field(0, description="filter each slice perpendicular to this axis")
     mode: BoundaryMode = Field("reflect", description="scipy.ndimage boundary mode")
+
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _auto_axis(cls, value: Any) -> Any:
+        """HTTomo's ``axis: auto`` is the slicing axis of a projection block: 0."""
+        return 0 if value == "auto" else value
 
 
 def gaussian_filter(
@@ -157,7 +169,8 @@ SPECS: tuple[StageSpec, ...] = (
         # scratch of scipy is one slice.
         memory=scaled_memory(3.0),
         summary="2-D median filter on each slice along an axis (3-D with axis=None)",
-        aliases=("tomopy.misc.corr.median_filter", "httomolibgpu.misc.corr.median_filter"),
+        # httomolibgpu's median_filter (3-D, dif) is median_filter3d, stages/prep/httomo_prep.py
+        aliases=("tomopy.misc.corr.median_filter",),
     ),
     StageSpec(
         name="gaussian_filter",

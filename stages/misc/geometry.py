@@ -93,6 +93,12 @@ class SampleParams(StageParams):
     level: int = Field(1, ge=0, le=8, description="factor 2**level")
     axis: Literal[0, 1, 2] = Field(2, description="axis that is resampled")
 
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _auto_axis(cls, value: Any) -> Any:
+        """HTTomo's ``axis: auto`` is the slicing axis of a projection block: 0."""
+        return 0 if value == "auto" else value
+
 
 def downsample(
     block: npt.NDArray[Any], *, level: int = 1, axis: int = 2

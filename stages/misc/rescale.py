@@ -15,6 +15,9 @@ value). The window is, in order of precedence:
 Differences from httomolib: values are rounded to the nearest integer (httomolib
 truncates), NaN maps to 0 in the output (httomolib sets NaN to 0 in the *input*, which
 lands at ``-lo · scale``), and ``glob_stats`` is not supported (use ``window``).
+HTTomo pipelines' ``rescale_to_int`` entries map to the output step ``rescale_to_int``
+(stages/misc/httomo_output.py), which rescales the finished volume with its global
+statistics.
 """
 
 from __future__ import annotations
@@ -192,9 +195,7 @@ SPECS: tuple[StageSpec, ...] = (
         # blocks) + the integer output (≤ 0.5): about 5.5 block-sized float32 buffers.
         memory=scaled_memory(5.5),
         summary="map an intensity window onto uint8/uint16 (percentiles, range or fixed)",
-        aliases=(
-            "httomolib.misc.rescale.rescale_to_int",
-            "httomolibgpu.misc.rescale.rescale_to_int",
-        ),
+        # httomolib's rescale_to_int (global statistics, an output step) is the stage
+        # rescale_to_int of stages/misc/httomo_output.py
     ),
 )

@@ -13,6 +13,13 @@ Reference behaviour (checked against tomopy's unit-test outputs, see the tests):
   float32 rounding, below 6e-8 relative);
 * :func:`normalize_bg` is ``tomopy.prep.normalize.normalize_bg`` (float32 arithmetic);
 * :func:`minus_log` is ``tomopy.prep.normalize.minus_log`` for positive input.
+
+Pixels without signal are repaired, not clamped (:mod:`stages.prep.repair`): before
+``-log``, a transmission that is ``<= 0`` or not finite, or whose pixel's flat is no
+brighter than its dark, is replaced by linear interpolation from the nearest valid pixels
+along its detector row, and counted (``repairs``, per scan). Without ``-log`` only the
+non-finite values and the dead-flat pixels are repaired: a small negative transmission
+is noise, kept as tomopy keeps it. Where every input is valid, the results are tomopy's.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import AliasChoices, Field
 
+from stages.prep.repair import NO_SIGNAL, RepairCounts, repair_no_signal
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
 Averaging = Literal["mean", "median"]
 
-#: The value non-positive transmissions are clamped to before ``-log``: the smallest
-#: normal float32 (``-log`` of it is about 87.3), so the result stays finite.
+#: The smallest normal float32 (``-log`` of it is about 87.3). Our stages repair
+#: transmissions ``<= 0`` from their neighbours instead (:mod:`stages.prep.repair`); the
+#: device backends, which cannot count repairs, still clamp to it.
 LOG_FLOOR = np.float32(np.finfo(np.float32).tiny)
 
 
@@ -111,12 +120,18 @@ def _check_flat_signal(stage: str, flat: npt.NDArray[np.float32],
 def _finish(
     out: npt.NDArray[np.float32],
     *,
+    dead: npt.NDArray[np.bool_] | None,
     cutoff: float | None,
     minus_log: bool,
     nonnegative: bool,
     remove_nans: bool,
+    repairs: RepairCounts | None,
 ) -> npt.NDArray[np.float32]:
-    """Apply, in place and in this order, cutoff, -log, nonnegativity and NaN removal."""
+    """Apply, in place and in this order, the repair of pixels without signal (``dead``:
+    flat <= dark), cutoff, -log, nonnegativity and NaN removal."""
+    repaired = repair_no_signal(out, dead=dead, positive=minus_log)
+    if repairs is not None:
+        repairs.add(NO_SIGNAL, repaired)
     if cutoff is not None:
         np.minimum(out, np.float32(cutoff), out=out)
     if minus_log:
@@ -129,7 +144,7 @@ def _finish(
 
 
 def _minus_log_inplace(out: npt.NDArray[np.float32]) -> None:
-    np.maximum(out, LOG_FLOOR, out=out)  # NaN stays NaN (no warning)
+    """``-log`` of transmissions already repaired (all positive and finite)."""
     np.log(out, out=out)
     np.negative(out, out=out)
 
@@ -161,6 +176,7 @@ def normalize(
     nonnegative: bool = False,
     remove_nans: bool = False,
     eps: float = 1e-6,
+    repairs: RepairCounts | None = None,
 ) -> npt.NDArray[np.float32]:
     """Flat/dark-field correction: ``(block - dark) / max(flat - dark, eps)``.
 
@@ -178,8 +194,8 @@ def normalize(
     cutoff : float, optional
         Upper limit of the transmission (applied before ``minus_log``).
     minus_log : bool
-        Return ``-log(T)``; transmissions ``<= 0`` are first clamped to
-        :data:`LOG_FLOOR` (the smallest normal float32), so the result is finite.
+        Return ``-log(T)``; transmissions ``<= 0`` or not finite are first repaired from
+        their row neighbours (:mod:`stages.prep.repair`), so the result is finite.
     nonnegative : bool
         Set negative results (after ``minus_log``) to 0, as httomolibgpu's
         ``nonnegativity``.
@@ -187,6 +203,8 @@ def normalize(
         Replace NaN and ±inf in the result by 0.
     eps : float
         Lower bound of the denominator ``flat - dark`` (counts).
+    repairs : RepairCounts, optional
+        Counts the repaired values (key ``no_signal``); the executor passes the scan's.
 
     Returns
     -------
@@ -195,8 +213,10 @@ def normalize(
 
     Notes
     -----
-    With the defaults this is ``tomopy.prep.normalize.normalize(block, flats, darks)``
-    exactly (same float32 operations in the same order).
+    With the defaults and valid input (every flat above its dark, finite data) this is
+    ``tomopy.prep.normalize.normalize(block, flats, darks)`` exactly (same float32
+    operations in the same order). Pixels whose flat is not above their dark are
+    repaired from their row neighbours (tomopy divides by ``eps`` there).
     """
     _check_block("normalize", block)
     flat_frames = _flat_stack("normalize", flats, block)
@@ -204,13 +224,14 @@ def normalize(
     flat = _average(flat_frames, averaging)
     _check_flat_signal("normalize", flat, dark)
     denom = flat - dark
+    dead = ~(denom > 0)
     np.maximum(denom, np.float32(eps), out=denom)
     out = np.array(block, dtype=np.float32, order="C", copy=True)
     out -= dark
     out /= denom
     return _finish(
-        out, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
-        remove_nans=remove_nans,
+        out, dead=dead, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
+        remove_nans=remove_nans, repairs=repairs,
     )
 
 
@@ -331,6 +352,7 @@ def normalize_per_frame(
     nonnegative: bool = False,
     remove_nans: bool = False,
     eps: float = 1e-6,
+    repairs: RepairCounts | None = None,
 ) -> npt.NDArray[np.float32]:
     """:func:`normalize` with one flat per projection (from :func:`interpolated_flats`).
 
@@ -345,7 +367,7 @@ def normalize_per_frame(
         Dark frames (``n = 0``: dark of 0), combined with ``averaging``.
     flat_per_frame : ndarray of shape (angles, rows, cols)
         The flat for each projection, in counts.
-    averaging, cutoff, minus_log, nonnegative, remove_nans, eps
+    averaging, cutoff, minus_log, nonnegative, remove_nans, eps, repairs
         As in :func:`normalize`.
 
     Returns
@@ -362,13 +384,14 @@ def normalize_per_frame(
         )
     dark = _dark_reference(stage, darks, block, averaging)
     denom = flat_per_frame.astype(np.float32) - dark
+    dead = ~(denom > 0)
     np.maximum(denom, np.float32(eps), out=denom)
     out = np.array(block, dtype=np.float32, order="C", copy=True)
     out -= dark
     out /= denom
     return _finish(
-        out, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
-        remove_nans=remove_nans,
+        out, dead=dead, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
+        remove_nans=remove_nans, repairs=repairs,
     )
 
 
@@ -523,25 +546,30 @@ class MinusLogParams(StageParams):
     """:func:`minus_log` takes no parameters."""
 
 
-def minus_log(block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    """``-log(block)``, with values ``<= 0`` clamped to :data:`LOG_FLOOR` first.
+def minus_log(
+    block: npt.NDArray[Any], *, repairs: RepairCounts | None = None
+) -> npt.NDArray[np.float32]:
+    """``-log(block)``, values without signal repaired from their row neighbours first.
 
     Parameters
     ----------
     block : ndarray of shape (angles, rows, cols)
         Transmission (unitless), normally in (0, 1].
+    repairs : RepairCounts, optional
+        Counts the values ``<= 0`` or not finite that were repaired (key ``no_signal``)
+        by linear interpolation along their detector row (:mod:`stages.prep.repair`).
 
     Returns
     -------
     ndarray of shape (angles, rows, cols), float32, C-contiguous
-        Line integrals of the attenuation (unitless); finite for finite input
-        (at most about 87.3, from the clamp). NaN stays NaN. Equals
-        ``tomopy.prep.normalize.minus_log`` wherever the input is positive.
+        Line integrals of the attenuation (unitless), always finite. Equals
+        ``tomopy.prep.normalize.minus_log`` wherever the input is positive and finite.
     """
     _check_block("minus_log", block)
-    out = np.empty(block.shape, dtype=np.float32)
-    # clamp while converting (one pass instead of a copy and a clamp); NaN stays NaN
-    np.maximum(block, LOG_FLOOR, out=out, casting="unsafe")
+    out = np.array(block, dtype=np.float32, order="C", copy=True)
+    repaired = repair_no_signal(out, positive=True)
+    if repairs is not None:
+        repairs.add(NO_SIGNAL, repaired)
     np.log(out, out=out)
     np.negative(out, out=out)
     return out
@@ -560,6 +588,7 @@ def normalize_interpolated(
     nonnegative: bool = False,
     remove_nans: bool = False,
     eps: float = 1e-6,
+    repairs: RepairCounts | None = None,
 ) -> npt.NDArray[np.float32]:
     """:func:`normalize` with the flat of each projection interpolated in time.
 
@@ -578,7 +607,7 @@ def normalize_interpolated(
         Frame index of each projection of ``block``.
     flat_indices : array_like of shape (n_flats,)
         Frame index of each flat.
-    averaging, cutoff, minus_log, nonnegative, remove_nans, eps
+    averaging, cutoff, minus_log, nonnegative, remove_nans, eps, repairs
         As in :func:`normalize`.
 
     Returns
@@ -587,13 +616,14 @@ def normalize_interpolated(
     """
     if flats is None or flats.shape[0] == 0:
         raise StageError(
-            "stage 'normalize_interpolated': flats: expected at least one flat frame, got "
-            "none (use normalize_bg for scans without flats)"
+            "stage 'normalize_interpolated': flats: expected at least 1 flat frame, got 0 "
+            "(use normalize_bg for scans without flats)"
         )
     per_frame = interpolated_flats(flats, flat_indices, frame_indices, averaging)
     return normalize_per_frame(
         block, darks=darks, flat_per_frame=per_frame, averaging=averaging, cutoff=cutoff,
         minus_log=minus_log, nonnegative=nonnegative, remove_nans=remove_nans, eps=eps,
+        repairs=repairs,
     )
 
 
@@ -606,11 +636,12 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
         # as normalize, plus one flat per projection (1 block)
-        memory=scaled_memory(3),
+        memory=scaled_memory(4),
         summary="flat/dark-field correction with each projection's flat interpolated "
         "in time between the flat groups around it (flats at start and end)",
         needs_references=True,
         needs_frame_indices=True,
+        counts_repairs=True,
     ),
     StageSpec(
         name="normalize",
@@ -618,10 +649,13 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
         # float32 input copy converted in place into the output (1) plus the caller's
-        # block when it is float32 (1); references are frame-sized, not block-sized.
-        memory=scaled_memory(2),
-        summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log",
+        # block when it is float32 (1); references are frame-sized, not block-sized; the
+        # repair's masks (up to 3 bool blocks, 0.75; its interpolation is bounded, 20 MiB).
+        memory=scaled_memory(3),
+        summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log; "
+        "pixels without signal repaired from their row neighbours",
         needs_references=True,
+        counts_repairs=True,
         aliases=(
             "tomopy.prep.normalize.normalize",
             "httomolibgpu.prep.normalize.normalize",
@@ -653,11 +687,13 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="minus_log",
         fn=minus_log,
-        pattern=Pattern.PROJECTION,
+        pattern=Pattern.ALL,  # element-wise: either section (HTTomo's "all")
         params=MinusLogParams,
-        # input (1) + output computed in place (1).
-        memory=scaled_memory(2),
-        summary="-log of the transmission (values <= 0 clamped to the smallest float32)",
-        aliases=("tomopy.prep.normalize.minus_log",),
+        # input (1) + output computed in place (1) + the repair's masks (0.75, see normalize).
+        memory=scaled_memory(3),
+        summary="-log of the transmission (values <= 0 or not finite repaired from their "
+        "row neighbours first)",
+        counts_repairs=True,
+        aliases=("tomopy.prep.normalize.minus_log", "httomolibgpu.prep.normalize.minus_log"),
     ),
 )

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pywt
 from algotom.prep import removal
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -82,15 +82,22 @@ def _check_positive(stage: str, name: str, size: int) -> None:
 # Vo's methods (algotom)
 
 
-def remove_stripe_based_sorting(block: Array, *, size: int = 21, dim: int = 1) -> F32:
+def tomopy_size(cols: int) -> int:
+    """tomopy's window when ``size`` is None: 21 above 2000 columns, else
+    ``max(5, int(0.01 · cols))``."""
+    return 21 if cols > 2000 else max(5, int(0.01 * cols))
+
+
+def remove_stripe_based_sorting(block: Array, *, size: int | None = 21, dim: int = 1) -> F32:
     """Remove full and partial stripes by sorting each column and median filtering.
 
     Parameters
     ----------
     block : ndarray, shape (rows, angles, cols)
         Sinogram block (any real dtype; attenuation or intensity).
-    size : int
-        Median-filter window size, in pixels (across columns).
+    size : int or None
+        Median-filter window size, in pixels (across columns); None: tomopy's rule
+        (:func:`tomopy_size`).
     dim : {1, 2}
         1-D or 2-D median filter.
 
@@ -99,6 +106,7 @@ def remove_stripe_based_sorting(block: Array, *, size: int = 21, dim: int = 1) -
     ndarray of float32, shape (rows, angles, cols)
         ``algotom.prep.removal.remove_stripe_based_sorting`` of each sinogram.
     """
+    size = tomopy_size(block.shape[-1]) if size is None else size
     _check_positive("remove_stripe_based_sorting", "size", size)
     return _per_sinogram(
         "remove_stripe_based_sorting", block,
@@ -107,7 +115,7 @@ def remove_stripe_based_sorting(block: Array, *, size: int = 21, dim: int = 1) -
 
 
 def remove_stripe_based_filtering(
-    block: Array, *, sigma: float = 3, size: int = 21, dim: int = 1, sort: bool = True
+    block: Array, *, sigma: float = 3, size: int | None = 21, dim: int = 1, sort: bool = True
 ) -> F32:
     """Remove stripes by separating low/high frequencies along angles and filtering.
 
@@ -118,8 +126,8 @@ def remove_stripe_based_filtering(
     sigma : float
         Sigma of the Gaussian window that splits low and high frequencies, in
         (angle-axis) frequency samples.
-    size : int
-        Median-filter window size, in pixels.
+    size : int or None
+        Median-filter window size, in pixels; None: tomopy's rule (:func:`tomopy_size`).
     dim : {1, 2}
         1-D or 2-D median filter.
     sort : bool
@@ -129,6 +137,7 @@ def remove_stripe_based_filtering(
     -------
     ndarray of float32, shape (rows, angles, cols)
     """
+    size = tomopy_size(block.shape[-1]) if size is None else size
     _check_positive("remove_stripe_based_filtering", "size", size)
     return _per_sinogram(
         "remove_stripe_based_filtering", block,
@@ -473,13 +482,15 @@ def remove_stripe_ti(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F3
 
 
 class SortingParams(StageParams):
-    size: int = Field(21, ge=1, description="median window, px")
+    size: int | None = Field(21, ge=1, description="median window, px; None: tomopy's "
+                             "rule from the width")
     dim: int = Field(1, ge=1, le=2, description="1-D or 2-D median filter")
 
 
 class FilteringParams(StageParams):
     sigma: float = Field(3, gt=0, description="Gaussian window sigma, frequency samples")
-    size: int = Field(21, ge=1, description="median window, px")
+    size: int | None = Field(21, ge=1, description="median window, px; None: tomopy's "
+                             "rule from the width")
     dim: int = Field(1, ge=1, le=2)
     sort: bool = True
 
@@ -494,7 +505,7 @@ class FittingParams(StageParams):
 class DeadStripeParams(StageParams):
     snr: float = Field(3.0, gt=0)
     size: int = Field(51, ge=1, description="median window, px")
-    residual: bool = True
+    residual: bool = Field(True, validation_alias=AliasChoices("residual", "norm"))
     smooth_strength: int = Field(10, ge=1, description="uniform-filter window, px")
 
 
@@ -592,8 +603,7 @@ SPECS: tuple[StageSpec, ...] = (
         aliases=(
             "algotom.prep.removal.remove_all_stripe",
             "tomopy.prep.stripe.remove_all_stripe",
-            "httomolibgpu.prep.stripe.remove_all_stripe",
-        ),
+        ),  # httomolibgpu's (other parameters): remove_all_stripe_httomo, httomo_prep.py
     ),
     StageSpec(
         name="remove_stripe_fw", fn=remove_stripe_fw,

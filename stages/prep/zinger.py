@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from scipy import ndimage
 
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
@@ -48,6 +48,12 @@ class RemoveOutlierParams(StageParams):
     size: int = Field(default=3, ge=1, validation_alias=AliasChoices("size", "kernel_size"))
     axis: int = Field(default=0, ge=0, le=2)
 
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _auto_axis(cls, value: Any) -> Any:
+        """HTTomo's ``axis: auto`` is the slicing axis of a projection block: 0."""
+        return 0 if value == "auto" else value
+
 
 def remove_outlier(
     block: npt.NDArray[Any], *, dif: float, size: int = 3, axis: int = 0
@@ -75,9 +81,8 @@ def remove_outlier(
     Notes
     -----
     Equals ``tomopy.misc.corr.remove_outlier(block, dif, size, axis)``.
-    ``httomolibgpu.misc.corr.remove_outlier(data, kernel_size, dif)`` is accepted as an
-    alias, but it filters with a 3-D ``kernel_size`` cube, so its results differ
-    slightly near structures that change between frames.
+    ``httomolibgpu.misc.corr.remove_outlier(data, kernel_size, dif)`` (a 3-D cube, both
+    signs) is the stage ``remove_outlier3d`` (stages/prep/httomo_prep.py).
     """
     stage = "remove_outlier"
     data = _check_block(stage, block)
@@ -155,7 +160,7 @@ SPECS: tuple[StageSpec, ...] = (
         # output, reused as the result (1) + difference temporary (1) + mask (0.25).
         memory=scaled_memory(4.25),
         summary="replace bright outliers by the 2-D median of their frame (tomopy)",
-        aliases=("tomopy.misc.corr.remove_outlier", "httomolibgpu.misc.corr.remove_outlier"),
+        aliases=("tomopy.misc.corr.remove_outlier",),
     ),
     StageSpec(
         name="dezinger_temporal",

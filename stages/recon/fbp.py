@@ -3,8 +3,9 @@
 Geometry
 --------
 Exactly the inverse of :mod:`streamer.sources.phantom`: a slice is ``img[iy, ix]`` of
-shape ``(N, N)`` with ``x = ix - (N-1)/2``, ``y = iy - (N-1)/2`` (pixels, origin on the
-rotation axis), and at angle ``θ`` the ray through ``(x, y)`` hits detector column
+shape ``(N, N)`` with ``x = ix - (N-1)/2``, ``y = (N-1)/2 - iy`` (pixels, origin on the
+rotation axis, ``y`` pointing up the image: TomoPy's, ASTRA's and algotom's orientation),
+and at angle ``θ`` the ray through ``(x, y)`` hits detector column
 ``u = center + x·cos θ + y·sin θ``. The output is in attenuation per pixel of path, the
 unit of ``SimulatedScan.ground_truth()`` and ``phantom.voxelise`` (a sinogram of ``-log``
 transmissions whose pixel is the voxel edge).
@@ -247,7 +248,7 @@ def fbp(
 
     grid = np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2)
     x = np.tile(grid, size)  # x of pixel (iy, ix), flattened in C order
-    y = np.repeat(grid, size)
+    y = np.repeat(-grid, size)  # y points up: row 0 is the top of the slice
     base = np.float32(offset + axis_col)
     acc = np.zeros((size * size, rows), dtype=np.float32)
     value = np.empty_like(acc)

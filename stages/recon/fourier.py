@@ -27,10 +27,11 @@ Algorithm
    the pixel centres at ``x = m + 1/2``. The Nyquist term is split half at ``ω = −1/2``,
    half at ``+1/2``, so each packed image stays real.
 4. **Gridding** by a type-1 NUFFT at the points ``2πω (sin θ, cos θ)`` onto the modes
-   ``(iy, ix)``; its real part is the slice of row ``a``, its imaginary part that of
-   row ``b``. finufft spreads onto a 1.25× oversampled grid (single precision,
-   tolerance ``eps``; its ``spreadinterponly`` mode, points sorted once per plan);
-   scipy's FFT (pruned to the wanted columns) and the kernel's deconvolution finish
+   ``(k_y, k_x)``, read upside down into ``(iy, ix)`` (``y = (N-1)/2 - iy``, the
+   orientation of TomoPy, ASTRA and algotom); its real part is the slice of row ``a``,
+   its imaginary part that of row ``b``. finufft spreads onto a 1.25× oversampled grid
+   (single precision, tolerance ``eps``; its ``spreadinterponly`` mode, points sorted
+   once per plan); scipy's FFT (pruned to the wanted columns) and the kernel's deconvolution finish
    the transform, as finufft's own type 1 would, without FFTW's planning stalls.
    Each thread takes whole row pairs, one plan per thread for the block.
 5. **Angles.** Weights are :func:`stages.recon.fbp.angle_weights` (180°, 360°,
@@ -691,9 +692,12 @@ def fourier_fbp(
                     return
                 gridder(_pair_strengths(sino, pair, setup, per_worker), image)
                 factor = deconvolve if isinstance(deconvolve, np.ndarray) else deconvolve.result()
-                np.multiply(image.real, factor, out=out[2 * pair])
+                # Modes run along +y; the slice's rows run down (y = (N-1)/2 - iy):
+                # read both upside down (a view, no copy).
+                flipped = factor[::-1]
+                np.multiply(image.real[::-1], flipped, out=out[2 * pair])
                 if 2 * pair + 1 < rows:
-                    np.multiply(image.imag, factor, out=out[2 * pair + 1])
+                    np.multiply(image.imag[::-1], flipped, out=out[2 * pair + 1])
 
         if pool is None:
             work(None)

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from algotom.prep import calculation
-from pydantic import Field
 
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import StageSpec
 from streamer.errors import StageError
 
-__all__ = ["SPECS", "CorResult", "FindCenterVoParams", "find_center_pair", "find_center_vo"]
+__all__ = ["SPECS", "CorResult", "find_center_pair", "find_center_vo"]
 
 
 @dataclass(frozen=True)
@@ -260,65 +259,6 @@ def find_center_pair(
     )
 
 
-#: No block stages here: CoR estimators reduce data to a number (see the module notes).
-
-
-class FindCenterVoParams(StageParams):
-    """Parameters of the ``find_center_vo`` pipeline step, in HTTomo's names.
-
-    ``ind``: detector row (of the scan, after any crop) whose sinogram is used; ``None``
-    is the middle row. ``smin``/``smax``: search range relative to the detector middle,
-    pixels. ``srad``, ``step``, ``ratio``, ``drop``: as Vo's method (``srad`` is the
-    fine-search radius, ``drop`` the rows dropped around the sinogram centre).
-    """
-
-    ind: int | None = Field(default=None, ge=0)
-    smin: float = -50.0
-    smax: float = 50.0
-    srad: float = Field(default=6.0, gt=0)
-    step: float = Field(default=0.25, gt=0)
-    ratio: float = Field(default=0.5, gt=0)
-    drop: int = Field(default=20, ge=0)
-
-
-def _center_of_scan(
-    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any
-) -> float:
-    """Run Vo's method once per scan, on row ``ind`` over the first 180° of the scan."""
-    rows, cols = projections.shape[1], projections.shape[2]
-    row = rows // 2 if params.ind is None else params.ind
-    if row >= rows:
-        raise StageError(
-            f"stage 'find_center_vo': ind: expected a row below {rows}, got {row}"
-        )
-    half = angles_deg - angles_deg[0] <= 180.0 + 1e-6
-    middle = (cols - 1) / 2
-    start = max(0.0, middle + min(params.smin, params.smax))
-    stop = min(cols - 1.0, middle + max(params.smin, params.smax))
-    return find_center_vo(
-        np.ascontiguousarray(projections[half, row, :]), start=start, stop=stop,
-        step=params.step, radius=params.srad, ratio=params.ratio,
-        hor_drop=params.drop,
-    )
-
-
-def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
-    return block
-
-
-SPECS: tuple[StageSpec, ...] = (
-    StageSpec(
-        name="find_center_vo",
-        fn=_unchanged,
-        pattern=Pattern.SINOGRAM,
-        params=FindCenterVoParams,
-        # runs once per scan on one sinogram: negligible against a block
-        memory=scaled_memory(0.01),
-        summary="Centre of rotation by Vo's method, once per scan; sets the "
-        "reconstruction's center (data pass through unchanged).",
-        finds_center=_center_of_scan,
-        aliases=("httomolibgpu.recon.rotation.find_center_vo",
-                 "httomolib.recon.rotation.find_center_vo",
-                 "tomopy.recon.rotation.find_center_vo"),
-    ),
-)
+#: No block stages here: CoR estimators reduce data to a number (see the module notes);
+#: the ``find_center_vo`` pipeline step is in :mod:`stages.recon.centering`.
+SPECS: tuple[StageSpec, ...] = ()

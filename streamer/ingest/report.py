@@ -6,6 +6,7 @@ atomically (temporary file, then rename) so a reader never sees half a report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -59,7 +60,11 @@ def report_document(
 
 
 def write_report(document: dict[str, Any], directory: Path) -> Path:
-    """Write ``document`` as ``<directory>/<scan>.json`` (``-2``, ``-3`` … if taken)."""
+    """Write ``document`` as ``<directory>/<scan>.json`` (``-2``, ``-3`` … if taken).
+
+    Written to ``<name>.json.tmp`` and renamed; if that fails (a full disk) the temporary
+    file is removed and the ``OSError`` raised.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(document.get("scan", "scan")))
     path = directory / f"{stem}.json"
@@ -68,8 +73,15 @@ def write_report(document: dict[str, Any], directory: Path) -> Path:
         path = directory / f"{stem}-{number}.json"
         number += 1
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        # A full or failing disk leaves no half-written ``.json.tmp`` behind: the caller
+        # reports the error, and the folder holds only whole reports.
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     return path
 
 

@@ -8,9 +8,18 @@ from a stored scan) and:
 2. runs the projection section (the pipeline's leading ``projection`` stages) on blocks
    of projections as soon as the references are complete, so correction happens while the
    scan is still arriving;
-3. on one rank, collects the corrected projections and, when the scan is complete, runs
-   the sinogram section on blocks of sinograms (``(rows, angles, cols)``); with several
-   ranks the reslice (issue 5) will hand each rank its band instead.
+3. on one rank, writes the corrected projections straight into their columns of one
+   preallocated sinogram buffer (:class:`~streamer.sinobuffer.SinogramBand` over every
+   row: the corrected scan is held once, never stacked or transposed again) and, when the
+   scan is over, runs the sinogram section on blocks of that buffer (``(rows, angles,
+   cols)``); with several ranks the reslice hands each rank its band instead.
+
+Bad pixel values are repaired and counted per scan in :attr:`ScanProcessor.repairs`
+(:mod:`stages.prep.repair`): NaN/±inf pixels of received frames (float payloads, any
+normalisation, ``none`` included) as they arrive (``nonfinite_input``); pixels without
+signal by the correction stages that declare ``counts_repairs`` (``no_signal``); and any
+NaN/±inf a correction stage still leaves, before the sinogram section
+(``nonfinite_corrected``), so a volume is never NaN because of its input.
 
 Blocks leave through ``on_projections`` / ``on_sinograms`` callbacks. A scan without all
 its references by the end is still processed with what arrived, and the result is marked
@@ -22,17 +31,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
 
 from stages.backends.xp import TransferStats, to_device, to_host
+from stages.prep.repair import (
+    NONFINITE_CORRECTED,
+    NONFINITE_INPUT,
+    RepairCounts,
+    repair_nonfinite,
+)
 from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
+from streamer.sinobuffer import SinogramBand
 from streamer.sources.scan import FrameReader
 
 
@@ -50,24 +67,6 @@ class ProcessedBlock:
     angles_deg: npt.NDArray[np.float64]
     data: npt.NDArray[np.float32]
     complete: bool
-
-
-def split_sections(
-    steps: tuple[PipelineStep, ...],
-) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
-    """The leading projection stages, and the sinogram stages after them."""
-    cut = 0
-    while cut < len(steps) and steps[cut].spec.pattern is Pattern.PROJECTION:
-        cut += 1
-    rest = steps[cut:]
-    stray = [s for s in rest if s.spec.pattern is Pattern.PROJECTION]
-    if stray:
-        raise StageError(
-            f"stage {stray[0].name!r} ({stray[0].where}): projection stages after sinogram "
-            "stages need a second reslice, which is not supported; move it before "
-            f"{rest[0].name!r}"
-        )
-    return steps[:cut], rest
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
@@ -92,12 +91,14 @@ def apply_steps(
     angles_deg: npt.NDArray[np.float64] | None = None,
     frame_indices: npt.NDArray[np.int64] | None = None,
     flat_indices: npt.NDArray[np.int64] | None = None,
+    repairs: RepairCounts | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
     A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
     device once where it begins and back once where it ends; references go up once per
-    scan (``device_references``). Every move is counted in ``transfers``.
+    scan (``device_references``). Every move is counted in ``transfers``; stages that
+    repair pixel values count them in ``repairs``.
     """
     stats = transfers if transfers is not None else TransferStats()
     cache = device_references if device_references is not None else DeviceReferences()
@@ -120,7 +121,8 @@ def apply_steps(
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
                                  angles_deg=angles_deg, frame_indices=frame_indices,
-                                 flat_indices=flat_indices, backend=step.backend)
+                                 flat_indices=flat_indices, backend=step.backend,
+                                 repairs=repairs)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -166,7 +168,7 @@ class ScanProcessor:
         on_projections: Callable[[ProcessedBlock], None] | None = None,
         on_sinograms: Callable[[ProcessedBlock], None] | None = None,
         keep_sinogram_section: bool = True,
-        resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], float]
+        resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
         | None = None,
         on_center: Callable[[float, str], None] | None = None,
     ) -> None:
@@ -187,14 +189,26 @@ class ScanProcessor:
         self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         self._collect = keep_sinogram_section and bool(self.sinogram_steps)
-        self._corrected: dict[int, tuple[float, npt.NDArray[np.float32]]] = {}
+        #: The corrected scan in sinogram layout (one rank), allocated at the first
+        #: corrected block (whose shape it takes: a projection stage may crop or bin).
+        self.band: SinogramBand | None = None
+        #: Asked between sinogram blocks: True stops the section (Ctrl-C, SIGTERM); the
+        #: blocks done so far have been handed out, :attr:`stopped` says it stopped early.
+        self.should_stop: Callable[[], bool] | None = None
+        self.stopped = False
         self.frame_shape = frame
         self.projections_done = 0
         self.transfers = TransferStats()
+        #: Pixel values repaired in this scan, by reason (see the module docstring).
+        self.repairs = RepairCounts()
         self._device_references = DeviceReferences()
         self.resolve_center = resolve_center
         self.center: float | None = None
         self.center_method: str | None = None
+        #: How sure the finder was (0 … 1) and why to doubt it, when it says so (a
+        #: :class:`~stages.recon.center_policy.CorEstimate`); printed and stored beside it.
+        self.center_confidence: float | None = None
+        self.center_warnings: tuple[str, ...] = ()
         #: A CoR chosen while the scan runs (the live viewer's ``set_center``, set from the
         #: feed's thread): used, if set before the sinogram section starts, by every stage
         #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
@@ -207,12 +221,12 @@ class ScanProcessor:
         """Take frames (any order); process whatever is ready."""
         for frame in frames:
             if frame.key == IMAGE_KEY_DARK:
-                self._darks[frame.index] = np.array(frame.data, dtype=np.float32)  # a copy
+                self._darks[frame.index] = self._finite(frame.data, np.float32)  # a copy
             elif frame.key == IMAGE_KEY_FLAT:
-                self._flats[frame.index] = np.array(frame.data, dtype=np.float32)  # a copy
+                self._flats[frame.index] = self._finite(frame.data, np.float32)  # a copy
             elif frame.key == IMAGE_KEY_PROJECTION:
                 # a copy: the view belongs to a received message that is released next
-                self._waiting[frame.index] = (frame.angle_deg, np.array(frame.data))
+                self._waiting[frame.index] = (frame.angle_deg, self._finite(frame.data))
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
@@ -223,16 +237,28 @@ class ScanProcessor:
         """Use as the ingest service's drain: take every held frame from the store."""
         self.add(store.take())
 
-    def finish(self) -> None:
-        """The scan is over: process what is left, then the sinogram section."""
+    def finish_projections(self) -> None:
+        """The scan is over: correct the projections still waiting (fewer than a block).
+        A stage that refuses the data raises here, before the sinogram section."""
         if self._references is None:
             self._references = self._stack_references()
         while self._waiting:
             self._process_projections(self.block_frames)
+
+    def finish(self) -> None:
+        """The scan is over: process what is left, then the sinogram section."""
+        self.finish_projections()
         if self._collect:
             self._run_sinogram_section()
 
     # --- internals -----------------------------------------------------------------
+
+    def _finite(self, data: npt.NDArray[Any], dtype: Any = None) -> npt.NDArray[Any]:
+        """A copy of a received frame, NaN/±inf pixels repaired along rows and counted."""
+        copy = np.array(data, dtype=dtype)
+        repaired, count = repair_nonfinite(copy)
+        self.repairs.add(NONFINITE_INPUT, count)
+        return repaired
 
     @property
     def complete(self) -> bool:
@@ -266,32 +292,51 @@ class ScanProcessor:
                            transfers=self.transfers,
                            device_references=self._device_references,
                            frame_indices=np.array(indices, dtype=np.int64),
-                           flat_indices=np.array(sorted(self._flats), dtype=np.int64))
+                           flat_indices=np.array(sorted(self._flats), dtype=np.int64),
+                           repairs=self.repairs)
+        data, count = repair_nonfinite(data)
+        self.repairs.add(NONFINITE_CORRECTED, count)
+        self.repairs.pixels += data.size
         self.projections_done += len(indices)
         processed = ProcessedBlock(Pattern.PROJECTION, np.array(indices, dtype=np.int64),
                                    angles, data, self._references_complete())
         if self.on_projections is not None:
             self.on_projections(processed)
         if self._collect:
-            for position, index in enumerate(indices):
-                self._corrected[index] = (float(angles[position]), data[position])
+            if self.band is None:
+                # Home columns from the first corrected index (blocks go in index order;
+                # flats at both ends put the first projection after the first flats
+                # only): a wrong guess costs a sort at the end, never a wrong column.
+                self.band = SinogramBand((0, int(data.shape[1])), int(data.shape[2]),
+                                         max(self.start.projections, 1),
+                                         frames=self.start.frames,
+                                         first_index=int(processed.indices[0]))
+            slots = self.band.claim(processed.indices, angles)
+            self.band.store(slots, data)
+
+    def _stopping(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+        return self.stopped
 
     def _run_sinogram_section(self) -> None:
-        if not self._corrected:
+        if self.band is None or not self.band.received or self._stopping():
             return
-        order = sorted(self._corrected)
-        angles = np.array([self._corrected[i][0] for i in order], dtype=np.float64)
-        stack = np.stack([self._corrected[i][1] for i in order])  # (angles, rows, cols)
-        self._corrected.clear()
-        rows = stack.shape[1]
+        assembled = self.band.assemble()
+        angles = assembled.angles_deg
+        sinograms_all = assembled.sinograms  # (rows, angles, cols), a view of the buffer
+        rows = sinograms_all.shape[0]
         complete = self.complete
-        steps = self._with_center(self.sinogram_steps, stack, angles)
+        # The CoR finders take projections (angles, rows, cols): a transposed view.
+        steps = self._with_center(self.sinogram_steps, sinograms_all.transpose(1, 0, 2),
+                                  angles)
         if self.on_center is not None and self.center is not None:
             self.on_center(self.center, self.center_method or "pipeline")
         for first in range(0, rows, self.block_sinograms):
+            if self._stopping():
+                return
             last = min(first + self.block_sinograms, rows)
-            sinograms = np.ascontiguousarray(stack[:, first:last, :].transpose(1, 0, 2))
-            data = apply_steps(steps, sinograms, darks=None, flats=None,
+            data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
@@ -326,15 +371,18 @@ class ScanProcessor:
             finder = finders[-1]
             assert finder.spec.finds_center is not None
             try:
-                self.center = float(finder.spec.finds_center(stack, angles, finder.params))
+                found = finder.spec.finds_center(stack, angles, finder.params)
             except StageError as error:
                 raise StageError(f"{error} (pipeline entry at {finder.where})") from None
             self.center_method = f"{finder.name} (pipeline)"
         elif self.resolve_center is not None:
-            self.center = float(self.resolve_center(stack, angles))
+            found = self.resolve_center(stack, angles)
             self.center_method = "auto"
         else:
             return data_steps
+        self.center = float(found)
+        self.center_confidence = getattr(found, "confidence", None)
+        self.center_warnings = tuple(getattr(found, "warnings", ()))
         return tuple(
             replace(s, params=s.params.model_copy(update={"center": self.center}))
             if s in unset else s
@@ -351,7 +399,7 @@ def process_reader(
     block_sinograms: int = 16,
     on_projections: Callable[[ProcessedBlock], None] | None = None,
     on_sinograms: Callable[[ProcessedBlock], None] | None = None,
-    resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], float]
+    resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
     | None = None,
 ) -> ScanProcessor:
     """Run a pipeline over a stored scan read block by block (the batch path)."""

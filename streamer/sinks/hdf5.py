@@ -14,12 +14,17 @@ The layout is documented field by field in ``docs/reference/output.md``. In shor
         report              the JSON run report (string, written at close)
     /entry/metadata             NXcollection, one attribute per metadata item
 
-The file is written at its final path from the start, with ``/entry@complete`` False
-until :meth:`Hdf5VolumeWriter.close` is called with ``complete=True``. A crash mid-scan
+The file is created under a hidden temporary name (``.<name>.tmp`` beside it) and renamed
+to its final path as soon as its layout is written and flushed, so the visible path always
+opens: a crash (even ``kill -9``) before the rename leaves no ``<name>`` at all (only the
+temporary file, replaced by the next writer of that path), and after it a file that opens.
+From then on the file is written in place, with ``/entry@complete`` False until
+:meth:`Hdf5VolumeWriter.close` is called with ``complete=True``. A crash mid-scan
 therefore leaves a file that opens, says plainly that it is incomplete, and whose
 ``slice_written`` tells exactly which slices are valid: every band is flushed before its
-``slice_written`` entries are set, and those are flushed again. Writing to a temporary
-name and renaming at the end would instead lose every slice already reconstructed.
+``slice_written`` entries are set, and those are flushed again. Renaming only at the end
+would instead lose every slice already reconstructed. With ``overwrite=True`` an old file
+stays readable until the new one replaces it.
 
 A full disk is met before HDF5 meets it: each band is checked against the free space
 (:mod:`streamer.sinks.disk`), and if HDF5 fails anyway the file is frozen at its last
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -258,6 +264,11 @@ def describe_written(written: npt.NDArray[np.bool_]) -> str:
     return f"{int(written.sum())} of {written.shape[0]} slices written ({shown or 'none'})"
 
 
+def temporary_path(path: Path) -> Path:
+    """The hidden name a file is created under before it is renamed to ``path``."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def now_iso() -> str:
     """The current time, UTC, ISO 8601 with seconds."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -325,11 +336,12 @@ class Hdf5VolumeWriter:
                 f"{self.path}: cannot create the output file: no space left on device "
                 f"({free} bytes free, expected at least {RESERVE_BYTES})"
             )
+        temporary = temporary_path(self.path)
         try:
             # No chunk cache: every write covers whole chunks (one slice each) that are
             # never read back, so caching them only adds a copy and a flush on close
             # (measured: 1.4x slower per band with the default 1 MiB cache).
-            self._file = h5py.File(self.path, "w", rdcc_nbytes=0)
+            self._file = h5py.File(temporary, "w", rdcc_nbytes=0)
         except OSError as error:
             raise SinkError(
                 f"{self.path}: cannot create the output file: {os_reason(error)}"
@@ -337,6 +349,9 @@ class Hdf5VolumeWriter:
         try:
             self._create_layout()
             self._file.flush()
+            # The layout is on disk: only now does the file take its visible name (the
+            # open handle writes on through the rename).
+            os.replace(temporary, self.path)
             # Handles kept open: opening a chunked dataset per band costs more than the
             # band's bookkeeping.
             self._data: h5py.Dataset = self._file[VOLUME_PATH]
@@ -346,7 +361,7 @@ class Hdf5VolumeWriter:
             with contextlib.suppress(OSError, RuntimeError):
                 self._file.close()
             with contextlib.suppress(OSError):  # a new file that holds nothing yet
-                self.path.unlink()
+                temporary.unlink()
             raise SinkError(
                 f"{self.path}: cannot write the file layout: {os_reason(error)}; "
                 "no file was left"

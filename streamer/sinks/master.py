@@ -38,7 +38,13 @@ import numpy.typing as npt
 
 from streamer.errors import SinkError
 from streamer.ingest.report import software_versions
-from streamer.sinks.hdf5 import FORMAT_VERSION, VOLUME_PATH, describe_written, now_iso
+from streamer.sinks.hdf5 import (
+    FORMAT_VERSION,
+    VOLUME_PATH,
+    describe_written,
+    now_iso,
+    temporary_path,
+)
 
 FORMAT_NAME = "tomo-streamer volume"
 QUANTISATION_ATTRS = ("window_min", "window_max", "scale", "offset")
@@ -282,7 +288,7 @@ def write_master(
         f"part {p.index} ({p.path.name}): its rows are unknown (no bands given), so they are "
         "absent from the master" for p in pieces if p.rows.shape[0] == 0
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(tmp, "w") as file:
@@ -324,7 +330,7 @@ def write_placeholder(path: Path, *, scan: str, ranks: int) -> Path:
     nothing that could pass for a volume. Written to a temporary name and renamed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(tmp, "w") as file:

@@ -32,8 +32,9 @@ import h5py
 import numpy as np
 import zmq
 
-from streamer.errors import ProtocolError, ScanFormatError, TransportError
+from streamer.errors import ProtocolError, ScanFormatError
 from streamer.protocol import AbortHeader, EndHeader, Limits, decode_header
+from streamer.sources.sender import send_message
 
 CAPTURE_FORMAT: Final = "tomo-streamer-capture"
 CAPTURE_VERSION: Final = 1
@@ -218,7 +219,11 @@ def replay_capture(
     stop: threading.Event | None = None,
     on_message: Callable[[int], Any] | None = None,
 ) -> int:
-    """Send a capture's messages byte-exactly; returns the number of messages sent."""
+    """Send a capture's messages byte-exactly; returns the number of messages sent.
+
+    A set ``stop`` ends the replay within
+    :data:`~streamer.sources.sender.STOP_POLL_S`, even while no consumer takes messages
+    (the caller tells a stopped replay by ``stop.is_set()``)."""
     began = time.perf_counter()
     sent = 0
     for message in read_capture(path):
@@ -227,13 +232,12 @@ def replay_capture(
         if realtime:
             delay = began + message.arrival_s - time.perf_counter()
             if delay > 0:
-                time.sleep(delay)
-        try:
-            socket.send_multipart(message.parts)
-        except zmq.Again:
-            raise TransportError(
-                "send: no consumer took a message within the send timeout"
-            ) from None
+                if stop is not None:
+                    stop.wait(delay)
+                else:
+                    time.sleep(delay)
+        if not send_message(socket, list(message.parts), stop):
+            break
         sent += 1
         if on_message is not None:
             on_message(sent)

@@ -9,7 +9,8 @@ Geometry convention
 All lengths are in detector pixels (the detector pixel is the voxel edge).
 
 * **Slices.** A reconstructed slice is ``img[iy, ix]`` of shape ``(N, N)``; voxel
-  ``(iy, ix)`` is centred at ``x = ix - (N-1)/2``, ``y = iy - (N-1)/2``. The origin
+  ``(iy, ix)`` is centred at ``x = ix - (N-1)/2``, ``y = (N-1)/2 - iy`` (``y`` points up
+  the image, row 0 at the top: TomoPy's, ASTRA's and algotom's orientation). The origin
   ``x = y = 0`` lies on the rotation axis.
 * **Rotation and columns.** At rotation angle ``θ`` (degrees on every public API, radians
   inside) the parallel ray through the point ``(x, y)`` hits the 0-based detector column
@@ -32,7 +33,7 @@ All lengths are in detector pixels (the detector pixel is the voxel edge).
 
 For a projection ``p = project(...)`` at ``θ = 0`` and a volume ``v = voxelise(...)`` with
 ``N = cols`` and the default CoR, ``p[0] ≈ v.sum(axis=1)``; at ``θ = 90°``
-``p[0] ≈ v.sum(axis=2)``.
+``p[0] ≈ v.sum(axis=2)[:, ::-1]`` (``y`` grows as ``iy`` falls).
 """
 
 from __future__ import annotations
@@ -305,11 +306,11 @@ def voxelise(
         half_y = math.hypot(semi_a * sin_p, semi_b * cos_p)
         # Voxels whose footprint (±0.5 px) may overlap the ellipse's bounding box.
         x_lo, x_hi = _index_range(cx, half_x + 0.5, centre_px, n)
-        y_lo, y_hi = _index_range(cy, half_y + 0.5, centre_px, n)
+        y_lo, y_hi = _index_range(-cy, half_y + 0.5, centre_px, n)  # row iy: y = c - iy
         if r_lo >= r_hi or x_lo >= x_hi or y_lo >= y_hi:
             continue
         xs = ((np.arange(x_lo, x_hi) - centre_px)[:, None] + sub[None, :]).ravel() - cx
-        ys = ((np.arange(y_lo, y_hi) - centre_px)[:, None] + sub[None, :]).ravel() - cy
+        ys = ((centre_px - np.arange(y_lo, y_hi))[:, None] + sub[None, :]).ravel() - cy
         local_a = xs[None, :] * cos_p + ys[:, None] * sin_p
         local_b = -xs[None, :] * sin_p + ys[:, None] * cos_p
         q = (local_a / semi_a) ** 2 + (local_b / semi_b) ** 2  # (ny·ss, nx·ss)

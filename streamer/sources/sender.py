@@ -4,6 +4,12 @@
 frames sent. Options pace the stream (``rate_fps``) and reorder the blocks for testing
 (``shuffle``: a seeded random permutation; ``interleave``: even blocks, then odd ones).
 Payloads are sent zero-copy from the reader's arrays.
+
+A sender waiting for a consumer (no one connected, or the queues full) still answers
+its ``stop`` event within :data:`STOP_POLL_S`: every send polls the socket with a short
+timeout instead of blocking for the whole send timeout, so Ctrl-C or SIGTERM stops
+``simulate``/``replay`` at once. A stopped scan says so (:attr:`SendSummary.stopped`);
+its ``abort`` message is sent only if a consumer can take it at once.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from streamer.protocol import (
 from streamer.sources.scan import FrameReader, ScanLayout
 
 Order = Literal["sequential", "shuffle", "interleave"]
+
+STOP_POLL_S = 0.05
+"""How often a send waiting for a consumer looks at its stop event (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,10 @@ class SendOptions:
 
 @dataclass(frozen=True)
 class SendSummary:
+    """What a sender did. ``aborted``: the scan did not go out whole (``end`` was not
+    sent); ``stopped``: because the stop event was set; ``abort_sent``: the consumer was
+    told with an ``abort`` message (not when no consumer could take one at once)."""
+
     scan_id: str
     frames_sent: int
     messages_sent: int
@@ -86,6 +99,9 @@ class SendSummary:
     aborted: bool
     frames_dropped: int = 0
     dropped_ranges: tuple[tuple[int, int], ...] = ()  # [first, stop) of each dropped block
+    frames: int = 0  # frames in the scan
+    stopped: bool = False
+    abort_sent: bool = False
 
 
 def new_scan_id() -> str:
@@ -132,6 +148,9 @@ def send_scan(
 ) -> SendSummary:
     """Stream ``reader`` as one scan; ``abort`` is sent if ``stop`` is set midway.
 
+    A set ``stop`` is seen within :data:`STOP_POLL_S` even while no consumer takes the
+    messages; the summary then says ``stopped`` and how many frames went out.
+
     Raises
     ------
     TransportError
@@ -144,21 +163,35 @@ def send_scan(
     began = time.perf_counter()
     sent = messages = sent_bytes = 0
     dropped: list[tuple[int, int]] = []
-    _send(socket, [encode_header(start_header(layout, scan_id))])
+
+    def summary(*, aborted: bool, abort_sent: bool = False) -> SendSummary:
+        return SendSummary(scan_id, sent, messages, sent_bytes, _since(began), aborted,
+                           sum(b - a for a, b in dropped), tuple(sorted(dropped)),
+                           frames=layout.frames,
+                           stopped=aborted and stop is not None and stop.is_set(),
+                           abort_sent=abort_sent)
+
+    def stopped() -> SendSummary:
+        abort = AbortHeader(scan=scan_id, reason="sender stopped", t=time.time())
+        told = messages > 0 and _offer(socket, [encode_header(abort)])
+        return summary(aborted=True, abort_sent=told)
+
+    if not send_message(socket, [encode_header(start_header(layout, scan_id))], stop):
+        return stopped()
+    messages += 1
     for first, stop_index in block_order(layout.frames, options):
         if stop is not None and stop.is_set():
-            abort = AbortHeader(scan=scan_id, reason="sender stopped", t=time.time())
-            _send(socket, [encode_header(abort)])
-            return SendSummary(scan_id, sent, messages, sent_bytes, _since(began), True,
-                               sum(b - a for a, b in dropped), tuple(sorted(dropped)))
+            return stopped()
         if options.rate_fps is not None:
             _pace(began, sent, options.rate_fps, stop)
+            if stop is not None and stop.is_set():
+                return stopped()
         try:
             data = reader.read(first, stop_index)
         except StreamerError as error:  # tell the consumer now, not by its idle timeout
             reason = f"source failed: {error}"[:MAX_TEXT]
-            _send(socket, [encode_header(AbortHeader(scan=scan_id, reason=reason,
-                                                     t=time.time()))])
+            send_message(socket, [encode_header(AbortHeader(scan=scan_id, reason=reason,
+                                                            t=time.time()))], stop)
             raise
         header = FramesHeader(
             scan=scan_id,
@@ -171,34 +204,64 @@ def send_scan(
             t=time.time(),
         )
         if options.cannot_wait:
-            try:
-                socket.send_multipart(encode_frames(header, data), flags=zmq.NOBLOCK,
-                                      copy=False)
-            except zmq.Again:
+            if not _offer(socket, encode_frames(header, data)):
                 dropped.append((first, stop_index))
                 continue
-        else:
-            _send(socket, encode_frames(header, data))
+        elif not send_message(socket, encode_frames(header, data), stop):
+            return stopped()
         sent += header.count
         messages += 1
         sent_bytes += data.nbytes
         if on_progress is not None:
             on_progress(sent, layout.frames)
-    _send(socket, [encode_header(EndHeader(scan=scan_id, sent=sent, t=time.time()))])
-    return SendSummary(scan_id, sent, messages + 2, sent_bytes, _since(began), False,
-                       sum(b - a for a, b in dropped), tuple(sorted(dropped)))
+    if not send_message(socket, [encode_header(EndHeader(scan=scan_id, sent=sent,
+                                                         t=time.time()))], stop):
+        return stopped()
+    messages += 1
+    return summary(aborted=False)
 
 
-def _send(socket: zmq.Socket[bytes], parts: list[Any]) -> None:
+def send_message(socket: zmq.Socket[bytes], parts: list[Any],
+                 stop: threading.Event | None = None) -> bool:
+    """Send one multi-part message, waiting for a consumer up to the socket's send
+    timeout (``SNDTIMEO``; -1 waits for ever) but looking at ``stop`` every
+    :data:`STOP_POLL_S`. Returns False, having sent nothing, if ``stop`` was set first.
+
+    Raises
+    ------
+    TransportError
+        If no consumer takes the message within the send timeout.
+    """
+    timeout_ms = socket.getsockopt(zmq.SNDTIMEO)
+    assert isinstance(timeout_ms, int)
+    deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+    while True:
+        if stop is not None and stop.is_set():
+            return False
+        if _offer(socket, parts):
+            return True
+        wait_s = STOP_POLL_S
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(
+                    f"send: no consumer took a message within {timeout_ms} ms; is ingest "
+                    "running and connected to this address?"
+                )
+            wait_s = min(wait_s, left)
+        socket.poll(max(1, int(wait_s * 1000)), zmq.POLLOUT)
+
+
+def _offer(socket: zmq.Socket[bytes], parts: list[Any]) -> bool:
+    """Send ``parts`` if a consumer can take them now; False (nothing sent) if not.
+
+    libzmq checks the high-water mark on a message's first part only, so a message whose
+    first part was taken goes out whole."""
     try:
-        socket.send_multipart(parts, copy=False)
+        socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
     except zmq.Again:
-        timeout = socket.getsockopt(zmq.SNDTIMEO)
-        assert isinstance(timeout, int)
-        raise TransportError(
-            f"send: no consumer took a message within {timeout} ms; is ingest running and "
-            "connected to this address?"
-        ) from None
+        return False
+    return True
 
 
 def _pace(began: float, sent: int, rate_fps: float, stop: threading.Event | None) -> None:

@@ -87,7 +87,7 @@ def test_killed_rank_ends_the_job_quickly_and_leaves_no_false_complete(tmp_path:
         job = subprocess.Popen(
             [launcher, "-n", str(RANKS), sys.executable, "-m", "streamer.cli", "run",
              str(pipeline), "--from", bound_address(push), "--out", str(out),
-             "--idle-timeout", "20", "--quiet"],
+             "--idle-timeout", "20"],  # not --quiet: the "scan …: plan:" lines are read below
             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         try:

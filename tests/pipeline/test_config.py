@@ -52,7 +52,7 @@ def test_our_format_with_defaults_and_backend() -> None:
     assert pipeline.steps[1].backend == "algotom" and pipeline.steps[1].where == "p.yaml:3"
 
 
-def test_httomo_entries_map_to_our_stages_and_loaders_are_skipped() -> None:
+def test_httomo_entries_map_to_our_stages_and_the_loader_is_read() -> None:
     text = (
         "- method: standard_tomo\n  module_path: httomo.data.hdf.loaders\n"
         "  parameters: {data_path: /entry/imaging/data}\n"
@@ -61,7 +61,8 @@ def test_httomo_entries_map_to_our_stages_and_loaders_are_skipped() -> None:
     )
     pipeline = parse(text)
     assert [s.name for s in pipeline.steps] == ["remove_outlier"]
-    assert "standard_tomo skipped" in pipeline.notes[0]
+    assert pipeline.loader is not None and pipeline.loader.data_path == "/entry/imaging/data"
+    assert "HTTomo loader standard_tomo: data_path='/entry/imaging/data'" in pipeline.notes[0]
 
 
 @pytest.mark.parametrize(

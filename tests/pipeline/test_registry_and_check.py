@@ -18,6 +18,7 @@ REQUIRED = {
     "remove_outlier": {"dif": 0.5},
     "dezinger_temporal": {"dif": 0.5},
     "normalize_nf": {"flat_loc": [0]},
+    "data_resampler": {"newshape": [16, 16]},
 }
 
 
@@ -59,13 +60,13 @@ def test_example_pipelines_pass_check(config: Path, capsys: pytest.CaptureFixtur
 def test_check_reports_errors_with_file_and_line(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("- method: FBP3d_tomobar\n  module_path: httomolibgpu.recon.algorithm\n"
+    bad.write_text("- method: FBP4d_tomobar\n  module_path: httomolibgpu.recon.algorithm\n"
                    "- method: remove_outlier\n  module_path: tomopy.misc.corr\n"
                    "  parameters: {dif: -1}\n")
     assert main(["check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:1: pipeline[0].method: unknown method " in err
-    assert "'httomolibgpu.recon.algorithm.FBP3d_tomobar'" in err
+    assert "'httomolibgpu.recon.algorithm.FBP4d_tomobar'" in err
     assert f"{bad}:5: pipeline[1].parameters.dif: Input should be greater than 0" in err
 
 

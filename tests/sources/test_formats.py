@@ -26,6 +26,7 @@ from streamer.sources.formats import (
     parse_rows,
     write_nxtomo,
 )
+from streamer.sources.formats.sinogram import attenuation_signs
 from streamer.sources.scan import FrameReader, ScanLayout, check_block
 
 #: The paths HTTomo's DIAD loader config uses (shared/data/README.md, A1).
@@ -286,17 +287,32 @@ def test_dendrite_mat_sinogram(real: Path) -> None:
         assert float(data.min()) == pytest.approx(0.289, abs=1e-3)
         assert float(data.max()) == pytest.approx(2.124, abs=1e-3)
         np.testing.assert_allclose(data[:, 0, :], stored["sinoRD"].T * 0.001, rtol=1e-6)
-    with open_scan(scan) as raw:  # not normalised: streamed as stored, normalised by air
+    # Attenuation read as counts would be inverted silently: refused, naming --normalised.
+    with pytest.raises(ScanFormatError, match=r"looks like attenuation.*--normalised"):
+        open_scan(scan)
+    with open_scan(scan, LoadOptions(counts=True)) as raw:  # the user insists: as stored
         assert raw.layout.normalisation == "air"
         assert raw.read(7, 8)[0, 0, 3] == stored["sinoRD"][3, 7]
 
 
+def test_count_sinograms_are_not_taken_for_attenuation(real: Path) -> None:
+    neutron = real / "sarepy_neutron360" / "sinogram_360_neutron_image.tif"
+    with open_scan(neutron, LoadOptions(angles=(0.0, 360.0, 459))) as reader:
+        assert reader.layout.normalisation == "air"
+    # The same counts turned into attenuation (-log of counts over the air) are caught.
+    counts = tifffile.imread(neutron).astype(np.float64)
+    attenuation = -np.log(np.maximum(counts, 1.0) / counts.max())
+    assert attenuation_signs(counts) is None
+    assert "darker than the middle" in str(attenuation_signs(attenuation))
+    assert "negative" in str(attenuation_signs(attenuation - 0.5))
+
+
 def test_sinogram_rows_only_zero_one(real: Path) -> None:
     scan = real / "dls_i12_dendrite" / "RealDataDend.mat"
-    with open_scan(scan, LoadOptions(rows=(0, 1))) as reader:
+    with open_scan(scan, LoadOptions(rows=(0, 1), normalised=True)) as reader:
         assert reader.layout.rows == 1
     with pytest.raises(ScanFormatError, match=r"RealDataDend\.mat: --rows 0:2: .*<= 1"):
-        open_scan(scan, LoadOptions(rows=(0, 2)))
+        open_scan(scan, LoadOptions(rows=(0, 2), normalised=True))
 
 
 # --- A5 sarepy neutron 360°: sinogram TIFF without angles -------------------------------------

@@ -83,19 +83,20 @@ def test_asymmetric_phantom_values_and_no_cupping(asym128: tuple[Float32, Float3
 def test_orientation_of_an_off_centre_disc() -> None:
     cols = 128
     radius = 50.0
-    # A disc of radius 4 px centred at x = +20.5, y = -30.5 px: voxel (iy, ix) = (33, 84).
+    # A disc of radius 4 px centred at x = +20.5, y = -30.5 px: voxel (iy, ix) = (94, 84)
+    # (y = 63.5 - iy: rows run down the image, y up, as TomoPy/ASTRA/algotom).
     disc = (Ellipsoid(20.5 / radius, -30.5 / radius, 0.0, 4 / radius, 4 / radius, 2.0),)
     rec = fbp(
         _sinogram(disc, _uniform_angles(180), cols, radius=radius), angles_deg=_uniform_angles(180)
     )
     image = np.clip(rec[0], 0.0, None)
     iy, ix = ndimage.center_of_mass(image * (image > 0.5))
-    assert abs(iy - 33.0) < 0.05  # measured 33.004
+    assert abs(iy - 94.0) < 0.05  # measured 93.996
     assert abs(ix - 84.0) < 0.05  # measured 83.998
-    assert rec[0, 33, 84] == pytest.approx(1.0, abs=0.05)  # measured 0.986
-    assert abs(float(rec[0, 84, 33])) < 0.05  # transposed position is empty
-    assert abs(float(rec[0, 94, 84])) < 0.05  # mirrored in y
-    assert abs(float(rec[0, 33, 43])) < 0.05  # mirrored in x
+    assert rec[0, 94, 84] == pytest.approx(1.0, abs=0.05)  # measured 0.986
+    assert abs(float(rec[0, 84, 94])) < 0.05  # transposed position is empty
+    assert abs(float(rec[0, 33, 84])) < 0.05  # mirrored in y (the old orientation)
+    assert abs(float(rec[0, 94, 43])) < 0.05  # mirrored in x
 
 
 # --- 3. centre of rotation ----------------------------------------------------------------

@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
-from algotom.rec import reconstruction as algotom_rec
 from pydantic import ValidationError
 from scipy import ndimage, special
 
@@ -26,6 +25,7 @@ from stages.registry import REGISTRY
 from streamer.errors import StageError
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.phantom import Ellipsoid, fit_radius_px
+from tests.algotom_reference import algotom_fbp
 from tests.stages.phantoms import ASYMMETRIC, ROWS, Float32
 from tests.stages.phantoms import fov as _fov
 from tests.stages.phantoms import rel_l2 as _rel_l2
@@ -73,19 +73,20 @@ def test_asymmetric_phantom_values_and_no_cupping(asym128: tuple[Float32, Float3
 
 def test_orientation_of_an_off_centre_disc() -> None:
     radius = 50.0
-    # A disc of radius 4 px centred at x = +20.5, y = -30.5 px: voxel (iy, ix) = (33, 84).
+    # A disc of radius 4 px centred at x = +20.5, y = -30.5 px: voxel (iy, ix) = (94, 84)
+    # (y = 63.5 - iy: rows run down the image, y up, as TomoPy/ASTRA/algotom).
     disc = (Ellipsoid(20.5 / radius, -30.5 / radius, 0.0, 4 / radius, 4 / radius, 2.0),)
     angles = _angles(180)
     rec = fourier_fbp(_sinogram(disc, angles, 128, radius=radius), angles_deg=angles)
     image = np.clip(rec[0], 0.0, None)
     iy, ix = ndimage.center_of_mass(image * (image > 0.5))
-    assert abs(iy - 33.0) < 0.05
+    assert abs(iy - 94.0) < 0.05
     assert abs(ix - 84.0) < 0.05
     # The bare ramp with exact (trigonometric) interpolation gives the disc band-limited
     # to 0.5 cycles/px, whose centre is 1 - J0(2π·0.5·4) = 0.854 (fbp's linear
     # interpolation gives 0.986); measured 0.847.
-    assert rec[0, 33, 84] == pytest.approx(1.0 - special.j0(4 * np.pi), abs=0.02)
-    for empty in ((84, 33), (94, 84), (33, 43)):  # transposed, mirrored in y, in x
+    assert rec[0, 94, 84] == pytest.approx(1.0 - special.j0(4 * np.pi), abs=0.02)
+    for empty in ((84, 94), (33, 84), (94, 43)):  # transposed, mirrored in y, in x
         assert abs(float(rec[0][empty])) < 0.05
 
 
@@ -379,16 +380,14 @@ def _pearson_in_circle(a: Float32, b: npt.NDArray[Any]) -> float:
 
 
 def _algotom_fbp(sino: Float32, center: float, angles_deg: npt.NDArray[np.float64]) -> Float32:
-    """algotom's CPU FBP (Hann) of one ``(angles, cols)`` sinogram, in our orientation.
+    """algotom's CPU FBP (Hann) of one ``(angles, cols)`` sinogram, as algotom writes it.
 
-    algotom's slice is ours flipped along y (checked on the asymmetric phantom: Pearson
-    r 0.9999 flipped, 0.73 as is).
+    No flip: our slices have algotom's orientation (docs/explanation/conventions.md). On
+    one numba thread: algotom's parallel back-projection loses updates
+    (tests/algotom_reference.py).
     """
-    rec = algotom_rec.fbp_reconstruction(
-        sino, center, angles=np.deg2rad(angles_deg), apply_log=False, gpu=False,
-        filter_name="hann", ratio=None, ncore=1,
-    )
-    return np.ascontiguousarray(rec[::-1], dtype=np.float32)
+    rec = algotom_fbp(sino, center, np.deg2rad(angles_deg), filter_name="hann", ratio=None)
+    return np.ascontiguousarray(rec, dtype=np.float32)
 
 
 def _attenuation(frames: npt.NDArray[np.float64], keys: npt.NDArray[Any]) -> Float32:

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from stages.prep import normalize as nm
+from stages.prep.repair import RepairCounts
 from stages.spec import StageParams
 from streamer.errors import StageError
 
@@ -95,23 +96,39 @@ def test_normalize_median_and_zero_darks() -> None:
 
 def test_normalize_cutoff_log_nonnegative_nans() -> None:
     block, darks, flats = synthetic()
-    block[0, 0, 0] = 0  # T < 0: -log clamps to the floor, result finite
+    block[0, 0, 0] = 0  # T < 0: no signal, repaired from its row neighbour before -log
     t = nm.normalize(block, darks=darks, flats=flats)
+    assert t[0, 0, 0] < 0  # without -log a negative transmission is kept (noise), as tomopy
     clipped = nm.normalize(block, darks=darks, flats=flats, cutoff=1.0)
     assert clipped.max() <= 1.0
     np.testing.assert_array_equal(clipped, np.minimum(t, np.float32(1)))
-    logged = nm.normalize(block, darks=darks, flats=flats, minus_log=True)
+    repairs = RepairCounts()
+    logged = nm.normalize(block, darks=darks, flats=flats, minus_log=True, repairs=repairs)
     assert np.isfinite(logged).all()
-    assert logged[0, 0, 0] == pytest.approx(-np.log(np.finfo(np.float32).tiny), rel=1e-6)
+    # T <= 0 (pixel [0, 0, 0] and the noise of the random block below the dark) is
+    # interpolated along its row from the nearest valid pixels (np.interp: the same line,
+    # the nearest value beyond the last valid one)
+    bad = t <= 0
+    assert bad[0, 0, 0]
+    for a, r in zip(*np.nonzero(bad.any(axis=2)), strict=True):
+        good = ~bad[a, r]
+        expected = np.interp(np.arange(t.shape[2]), np.flatnonzero(good), t[a, r][good])
+        np.testing.assert_allclose(logged[a, r], -np.log(expected), rtol=1e-5, atol=1e-6)
+    assert repairs.counts == {"no_signal": int(bad.sum())}
     positive = t > 0
     np.testing.assert_allclose(logged[positive], -np.log(t[positive]), rtol=1e-6)
     nonneg = nm.normalize(block, darks=darks, flats=flats, minus_log=True, nonnegative=True)
     assert nonneg.min() >= 0
-    # a few dead pixels (flat == dark): denominator clamped to eps, no NaN
+    # two dead pixels (flat == dark) at the start of row 0: repaired in every frame from
+    # the first live pixel of the row, with or without -log (no division by eps)
     dead = flats.copy()
     dead[:, 0, :2] = darks.mean(axis=0)[0, :2]
-    finite = nm.normalize(block, darks=darks, flats=dead, remove_nans=True)
+    repairs = RepairCounts()
+    finite = nm.normalize(block, darks=darks, flats=dead, repairs=repairs)
     assert np.isfinite(finite).all()
+    np.testing.assert_array_equal(finite[:, 0, 0], finite[:, 0, 2])
+    np.testing.assert_array_equal(finite[:, 0, 1], finite[:, 0, 2])
+    assert repairs.counts == {"no_signal": 2 * block.shape[0]}
 
 
 @pytest.mark.parametrize("case", ["zero", "equal", "swapped"])
@@ -126,14 +143,22 @@ def test_flats_without_beam_are_refused(case: str) -> None:
 
 def test_minus_log() -> None:
     t = np.array([[[1.0, 0.5, 0.0, -1.0]]], dtype=np.float64)
-    out = nm.minus_log(t)
+    repairs = RepairCounts()
+    out = nm.minus_log(t, repairs=repairs)
     check_output(out, t.shape)
     np.testing.assert_allclose(out[0, 0, :2], [0.0, np.log(2.0)], rtol=1e-7)
-    floor = -np.log(np.float32(np.finfo(np.float32).tiny))
-    np.testing.assert_allclose(out[0, 0, 2:], [floor, floor], rtol=1e-7)
+    # no signal at the end of the row: the nearest valid value (0.5), never -log(tiny)
+    np.testing.assert_allclose(out[0, 0, 2:], [np.log(2.0), np.log(2.0)], rtol=1e-7)
+    assert repairs.counts == {"no_signal": 2}
 
 
-# ------------------------------------------------------------ interpolated flats
+def test_minus_log_interpolates_dead_pixels_between_neighbours() -> None:
+    t = np.array([[[0.8, 0.0, np.nan, np.inf, 0.2, 0.4]]], dtype=np.float32)
+    out = nm.minus_log(t)
+    # 0, NaN and inf between 0.8 (column 0) and 0.2 (column 4): the straight line
+    np.testing.assert_allclose(np.exp(-out[0, 0]), [0.8, 0.65, 0.5, 0.35, 0.2, 0.4],
+                               rtol=1e-6)
+    assert float(out.max()) < 2.0  # not the ≈ 87 of a clamp to the smallest float32
 
 
 def test_interpolated_flats_linear_between_groups() -> None:

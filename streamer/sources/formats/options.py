@@ -46,6 +46,9 @@ class LoadOptions:
     normalised : bool
         The data are already ``-log`` attenuation: the scan is announced with
         normalisation ``none``.
+    counts : bool
+        The data are detector counts even if they look like attenuation: skips the check
+        a single sinogram without flats gets (see :mod:`streamer.sources.formats.sinogram`).
     scale : float, optional
         Multiply every pixel by this (the frames are then float32), e.g. ``0.001`` for data
         stored as ``1000 × attenuation``.
@@ -60,6 +63,7 @@ class LoadOptions:
     rows: tuple[int, int] | None = None
     angles: tuple[float, float, int] | None = None
     normalised: bool = False
+    counts: bool = False
     scale: float | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +88,8 @@ class LoadOptions:
                 raise ConfigError(
                     "--angles and --angles-path: expected at most one source of angles, got both"
                 )
+        if self.normalised and self.counts:
+            raise ConfigError("--normalised and --counts: expected at most one, got both")
         if self.scale is not None and (
             isinstance(self.scale, bool)
             or not isinstance(self.scale, int | float)

@@ -10,6 +10,17 @@ the only 2-D numeric variable (else the one with a dimension equal to the angle 
 angles are ``--angles-path NAME`` or the 1-D variable whose name contains ``angle`` or
 ``theta``. Their unit comes from the name: radians if it contains ``rad``, else degrees
 (values alone cannot tell degrees from radians safely).
+
+A sinogram without flats is normalised by its air (``air``) unless ``--normalised`` says
+it is attenuation already. Reading attenuation as counts inverts it silently (dense
+becomes bright air), so a sinogram read as counts is checked first
+(:func:`attenuation_signs`): counts are largest in the air beside the sample, so their
+outer columns are brighter than the middle, and never negative; attenuation is the
+opposite. A sinogram that looks like attenuation is refused with a message naming
+``--normalised`` (and ``--counts`` for counts that only look so, e.g. a sample wider
+than the detector with dense edges), rather than switched silently: the check is a
+heuristic and the user should decide. The ToMoBAR dendrite (``1000 × -log``) is refused
+this way; every count sinogram in ``../shared/data`` passes.
 """
 
 from __future__ import annotations
@@ -100,11 +111,40 @@ def _assemble(
         )
     check_numeric(sinogram.dtype, where)
     oriented = _orient(where, sinogram, count, angles_from or "--angles")
+    read_as_counts = not (options.normalised or options.darks or options.flats)
+    if read_as_counts and not options.counts:
+        signs = attenuation_signs(oriented if options.scale is None
+                                  else oriented * options.scale)
+        if signs is not None:
+            raise ScanFormatError(
+                f"{where}: the sinogram looks like attenuation (-log), not detector counts "
+                f"({signs}); pass --normalised if it is attenuation (with --scale 0.001 "
+                "for 1000 x -log data), or --counts if these really are counts"
+            )
     frames = np.ascontiguousarray(oriented[:, np.newaxis, :])
     keys = keys_like(frames.shape[0], IMAGE_KEY_PROJECTION)
     part = Part(ArraySegment(frames, where), keys, angles, angles_from)
     return assemble(scan=path, format_name=format_name, parts=[part], options=options,
                     resources=resources, metadata=metadata)
+
+
+def attenuation_signs(sinogram: npt.NDArray[Any]) -> str | None:
+    """Why ``sinogram`` (angles, det) looks like attenuation rather than counts, or
+    ``None``: negative values, or outer columns (5 % each side, the air beside the
+    sample in a count sinogram) darker in median than the middle quarter."""
+    values = np.asarray(sinogram, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size and float(finite.min()) < 0:
+        return f"negative values down to {float(finite.min()):.4g}"
+    cols = values.shape[1]
+    edge = max(1, cols // 20)
+    outer = np.concatenate((values[:, :edge], values[:, -edge:]), axis=1)
+    middle = values[:, cols // 2 - max(1, cols // 8): cols // 2 + max(1, cols // 8)]
+    outer_median, middle_median = float(np.nanmedian(outer)), float(np.nanmedian(middle))
+    if outer_median < middle_median:
+        return (f"its outer columns, where counts would see air, are darker than the middle: "
+                f"median {outer_median:.4g} against {middle_median:.4g}")
+    return None
 
 
 def _orient(

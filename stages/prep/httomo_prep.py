@@ -1,0 +1,342 @@
+"""httomolibgpu's corrections, in its names, parameters and semantics, on the CPU.
+
+httomolibgpu's methods differ from tomopy's namesakes, so they are separate stages here
+(each file-named method maps to one of them; see docs/reference/httomo-methods.md):
+
+* ``dark_flat_field_correction`` (``httomolibgpu.prep.normalize``): ``(data - d·D) /
+  max(f·F - d·D, 1e-7)`` with ``D``, ``F`` the mean dark and flat and ``d``, ``f`` the
+  ``darks_multiplier`` / ``flats_multiplier``; then values above ``upper_bound`` become
+  ``upper_bound`` and values at or below ``lower_bound`` become ``lower_bound``. No
+  ``-log`` (that is ``minus_log``).
+* ``remove_outlier3d`` (``httomolibgpu.misc.corr.remove_outlier``): a 3-D
+  ``kernel_size³`` median; a voxel whose distance to it is ``>= dif`` **in either
+  direction** is replaced by it (tomopy's only replaces bright outliers). Out-of-volume
+  neighbours are replaced by the voxel's own coordinate along that axis, as the CUDA
+  kernel does. The cube is symmetric, so the result does not depend on the layout: the
+  stage runs in either section.
+* ``median_filter3d`` (``httomolibgpu.misc.corr.median_filter``): the same 3-D median;
+  with ``dif > 0`` it is the dezinger above.
+* ``remove_stripe_ti_httomo`` (``httomolibgpu.prep.stripe.remove_stripe_ti``, TomoCuPy's
+  Titarenko filter with one parameter ``beta``): the mean over angles of each detector
+  row, minus its first column, is convolved (circularly, by FFT) with
+  ``γ(k) = β ((1-β)/(1+β))^|k| - δ(k)`` and added to every angle. An odd width is padded
+  with one edge column first.
+* ``raven_filter`` (``httomolibgpu.prep.stripe.raven_filter``): see :func:`raven_filter`.
+* ``remove_all_stripe_httomo`` (``httomolibgpu.prep.stripe.remove_all_stripe``): Vo's
+  dead/fluctuating stripe removal (``la_size``), then large-stripe removal (``la_size``,
+  normalised when ``normalize``), then sorting-based small stripe removal
+  (``sm_size``, ``dim``), NaN set to 0 — algotom's building blocks in httomolibgpu's
+  order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from algotom.prep import removal
+from pydantic import Field, model_validator
+
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from streamer.errors import StageError
+
+__all__ = ["SPECS", "dark_flat_field_correction", "median_filter3d", "raven_filter",
+           "remove_all_stripe_httomo", "remove_outlier3d", "remove_stripe_ti_httomo"]
+
+#: httomolibgpu's floor on ``flat - dark``.
+EPS = 1.0e-7
+
+
+def _block(stage: str, block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    if not isinstance(block, np.ndarray) or block.ndim != 3 or 0 in block.shape:
+        raise StageError(f"stage {stage!r}: block: expected a non-empty 3-D array, got "
+                         f"{getattr(block, 'shape', type(block).__name__)}")
+    if block.dtype.kind not in "uif":
+        raise StageError(f"stage {stage!r}: block.dtype: expected real numbers, got "
+                         f"{block.dtype}")
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+# ------------------------------------------------------------ dark_flat_field_correction
+
+
+class DarkFlatParams(StageParams):
+    """httomolibgpu 1.3's ``dark_flat_field_correction`` parameters and defaults.
+
+    ``clipping_warning`` is accepted for compatibility; the clipped fraction is not
+    printed (HTTomo prints a warning above 50 %).
+    """
+
+    flats_multiplier: float = Field(default=1.0, allow_inf_nan=False)
+    darks_multiplier: float = Field(default=1.0, allow_inf_nan=False)
+    upper_bound: float | None = Field(default=None, allow_inf_nan=False)
+    lower_bound: float | None = Field(default=None, allow_inf_nan=False)
+    clipping_warning: bool = False
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> DarkFlatParams:
+        if (self.upper_bound is not None and self.lower_bound is not None
+                and self.lower_bound >= self.upper_bound):
+            raise ValueError(f"lower_bound: expected below upper_bound {self.upper_bound}, "
+                             f"got {self.lower_bound}")
+        return self
+
+
+def dark_flat_field_correction(
+    block: npt.NDArray[Any], *, darks: npt.NDArray[Any] | None,
+    flats: npt.NDArray[Any] | None, flats_multiplier: float = 1.0,
+    darks_multiplier: float = 1.0, upper_bound: float | None = None,
+    lower_bound: float | None = None, clipping_warning: bool = False,
+) -> npt.NDArray[np.float32]:
+    """Flat/dark correction without ``-log`` (see the module notes).
+
+    Parameters
+    ----------
+    block : ndarray of shape (angles, rows, cols)
+        Raw projections.
+    darks, flats : ndarray of shape (n, rows, cols)
+        The scan's references (``n >= 1`` flats; no dark means a zero dark).
+    flats_multiplier, darks_multiplier : float
+        Scale of the mean flat / mean dark (intensity compensation).
+    upper_bound, lower_bound : float, optional
+        Clip values above / at or below these.
+    clipping_warning : bool
+        Accepted, not used (see :class:`DarkFlatParams`).
+    """
+    stage = "dark_flat_field_correction"
+    data = _block(stage, block)
+    rows, cols = data.shape[1:]
+    if flats is None or flats.ndim != 3 or flats.shape[0] == 0 or flats.shape[1:] != (
+            rows, cols):
+        raise StageError(f"stage {stage!r}: flats: expected (n >= 1, {rows}, {cols}), got "
+                         f"{getattr(flats, 'shape', None)}")
+    if darks is not None and darks.ndim == 3 and darks.shape[0] > 0:
+        if darks.shape[1:] != (rows, cols):
+            raise StageError(f"stage {stage!r}: darks: expected (n, {rows}, {cols}), got "
+                             f"{darks.shape}")
+        dark = darks.mean(axis=0, dtype=np.float32) * np.float32(darks_multiplier)
+    else:
+        dark = np.zeros((rows, cols), np.float32)
+    flat = flats.mean(axis=0, dtype=np.float32) * np.float32(flats_multiplier)
+    denominator = np.maximum(flat - dark, np.float32(EPS))
+    out = (data - dark) / denominator
+    if upper_bound is not None:
+        out[out > upper_bound] = np.float32(upper_bound)
+    if lower_bound is not None:
+        out[out <= lower_bound] = np.float32(lower_bound)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# ------------------------------------------------------------------- remove_outlier3d
+
+
+class Outlier3dParams(StageParams):
+    """httomolibgpu's ``remove_outlier`` parameters (template defaults)."""
+
+    kernel_size: Literal[3, 5, 7, 9, 11, 13] = 3
+    dif: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+
+
+def _clamped_offsets(length: int, offset: int) -> npt.NDArray[np.intp]:
+    """Indices ``i + offset``, with out-of-range ones replaced by ``i`` (the CUDA rule)."""
+    index = np.arange(length) + offset
+    inside = (index >= 0) & (index < length)
+    return np.where(inside, index, np.arange(length)).astype(np.intp)
+
+
+def median3d(data: npt.NDArray[np.float32], kernel_size: int) -> npt.NDArray[np.float32]:
+    """The ``kernel_size³`` median of every voxel, with httomolibgpu's edge rule; slabs of
+    the first axis keep the neighbour stack within ~64 MiB."""
+    radius = kernel_size // 2
+    depth, height, width = data.shape
+    offsets = range(-radius, radius + 1)
+    rows = [_clamped_offsets(height, o) for o in offsets]
+    cols = [_clamped_offsets(width, o) for o in offsets]
+    out = np.empty_like(data)
+    per_voxel = kernel_size**3 * 4
+    slab = max(1, (64 << 20) // max(1, per_voxel * height * width))
+    for first in range(0, depth, slab):
+        last = min(depth, first + slab)
+        stack = np.empty((kernel_size**3, last - first, height, width), np.float32)
+        count = 0
+        for dz in offsets:
+            planes = _clamped_offsets(depth, dz)[first:last]
+            for row_index in rows:
+                for col_index in cols:
+                    stack[count] = data[planes][:, row_index][:, :, col_index]
+                    count += 1
+        out[first:last] = np.median(stack, axis=0)
+    return out
+
+
+def remove_outlier3d(block: npt.NDArray[Any], *, kernel_size: int = 3,
+                     dif: float = 0.1) -> npt.NDArray[np.float32]:
+    """Replace voxels at least ``dif`` from their 3-D median, either sign (module notes)."""
+    stage = "remove_outlier3d"
+    data = _block(stage, block)
+    if kernel_size not in (3, 5, 7, 9, 11, 13):
+        raise StageError(f"stage {stage!r}: kernel_size: expected 3, 5, …, 13, got "
+                         f"{kernel_size}")
+    if not dif > 0:
+        raise StageError(f"stage {stage!r}: dif: expected > 0, got {dif}")
+    median = median3d(data, kernel_size)
+    return np.where(np.abs(data - median) >= np.float32(dif), median, data).astype(np.float32)
+
+
+class Median3dParams(StageParams):
+    """httomolibgpu's ``median_filter`` (``dif`` 0: a plain 3-D median)."""
+
+    kernel_size: Literal[3, 5, 7, 9, 11, 13] = 3
+    dif: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+def median_filter3d(block: npt.NDArray[Any], *, kernel_size: int = 3, dif: float = 0.0
+                    ) -> npt.NDArray[np.float32]:
+    """httomolibgpu's 3-D median (``dif > 0``: only voxels at least ``dif`` away)."""
+    data = _block("median_filter3d", block)
+    median = median3d(data, kernel_size)
+    if dif <= 0:
+        return median
+    return np.where(np.abs(data - median) >= np.float32(dif), median, data).astype(np.float32)
+
+
+# ------------------------------------------------------------ remove_stripe_ti (TomoCuPy)
+
+
+class StripeTiParams(StageParams):
+    """httomolibgpu's ``remove_stripe_ti`` (``beta``: lower is stronger)."""
+
+    beta: float = Field(default=0.1, gt=0, lt=1)
+
+
+def remove_stripe_ti_httomo(block: npt.NDArray[Any], *, beta: float = 0.1
+                            ) -> npt.NDArray[np.float32]:
+    """TomoCuPy's Titarenko stripe filter on a sinogram block ``(rows, angles, cols)``."""
+    stage = "remove_stripe_ti_httomo"
+    data = _block(stage, block)
+    width = data.shape[2]
+    padded = np.pad(data, ((0, 0), (0, 0), (0, 1)), mode="edge") if width % 2 else data
+    size = padded.shape[2]
+    gamma = beta * ((1 - beta) / (1 + beta)) ** np.abs(np.fft.fftfreq(size) * size)
+    gamma[0] -= 1
+    mean = padded.mean(axis=1)  # (rows, cols): the mean over angles
+    mean = mean - mean[:, 0:1]
+    correction = np.fft.irfft(np.fft.rfft(mean) * np.fft.rfft(gamma), n=size).astype(
+        np.float32)
+    out = padded + correction[:, np.newaxis, :]
+    return np.ascontiguousarray(out[:, :, :width], dtype=np.float32)
+
+
+# ----------------------------------------------------------- remove_all_stripe (httomo)
+
+
+class AllStripeHttomoParams(StageParams):
+    """httomolibgpu 1.3's ``remove_all_stripe`` parameters and defaults."""
+
+    snr: float = Field(default=3.0, gt=0)
+    la_size: int = Field(default=61, ge=3)
+    sm_size: int = Field(default=21, ge=3)
+    dim: Literal[1, 2] = 1
+    normalize: bool = False
+
+
+def remove_all_stripe_httomo(block: npt.NDArray[Any], *, snr: float = 3.0, la_size: int = 61,
+                             sm_size: int = 21, dim: int = 1, normalize: bool = False
+                             ) -> npt.NDArray[np.float32]:
+    """Dead, large and small stripes removed from each sinogram ``(rows, angles, cols)``."""
+    stage = "remove_all_stripe_httomo"
+    data = _block(stage, block)
+    out = np.empty_like(data)
+    for row in range(data.shape[0]):
+        sino = removal.remove_dead_stripe(data[row], snr=snr, size=la_size, residual=False)
+        sino = removal.remove_large_stripe(sino, snr=snr, size=la_size, norm=normalize)
+        sino = removal.remove_stripe_based_sorting(sino, size=sm_size, dim=dim)
+        out[row] = np.nan_to_num(sino)
+    return out
+
+
+# ---------------------------------------------------------------------------- raven
+
+
+class RavenParams(StageParams):
+    """httomolibgpu's ``raven_filter`` parameters and defaults."""
+
+    pad_y: int = Field(default=20, ge=0)
+    pad_x: int = Field(default=20, ge=0)
+    pad_method: Literal["edge", "constant", "reflect", "symmetric", "wrap", "mean",
+                        "median", "minimum", "maximum", "linear_ramp"] = "edge"
+    uvalue: int = Field(default=20, ge=1)
+    nvalue: int = Field(default=4, ge=1)
+    vvalue: int = Field(default=2, ge=0)
+
+
+def raven_filter(block: npt.NDArray[Any], *, pad_y: int = 20, pad_x: int = 20,
+                 pad_method: str = "edge", uvalue: int = 20, nvalue: int = 4,
+                 vvalue: int = 2) -> npt.NDArray[np.float32]:
+    """Raven's Fourier stripe filter on each sinogram of ``(rows, angles, cols)``.
+
+    As httomolibgpu (``prep/stripe.py`` and ``cuda_kernels/raven_filter.cu``): pad angles
+    by ``pad_y`` and columns by ``pad_x``; 2-D FFT over (angles, columns), shifted; the
+    ``2·vvalue + 1`` angular-frequency rows around the centre are multiplied by
+    ``(1 + i)·f`` with ``f = 1 / (1 + ((kx - w//2 + 1) / uvalue)^(2·nvalue))``; inverse
+    FFT, real part, padding removed.
+    """
+    stage = "raven_filter"
+    data = _block(stage, block)
+    padded = np.pad(data, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)),
+                    mode=pad_method)  # type: ignore[call-overload]
+    spectrum = np.fft.fftshift(np.fft.fft2(padded, axes=(1, 2)), axes=(1, 2))
+    height, width = padded.shape[1], padded.shape[2]
+    centre_x, centre_z = width // 2, height // 2
+    base = (np.arange(width) - centre_x + 1).astype(np.float64) / uvalue
+    factor = 1.0 / (1.0 + base ** (2 * nvalue))
+    band = slice(max(0, centre_z - vvalue), min(height, centre_z + vvalue + 1))
+    spectrum[:, band, :] *= (factor * (1 + 1j))[np.newaxis, np.newaxis, :]
+    filtered = np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(1, 2)), axes=(1, 2)).real
+    out = filtered[:, pad_y:height - pad_y, pad_x:width - pad_x]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+SPECS: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="dark_flat_field_correction", fn=dark_flat_field_correction,
+        pattern=Pattern.PROJECTION, params=DarkFlatParams, memory=scaled_memory(3),
+        summary="flat/dark correction with multipliers and bounds, no -log (httomolibgpu)",
+        needs_references=True,
+        aliases=("httomolibgpu.prep.normalize.dark_flat_field_correction",),
+    ),
+    StageSpec(
+        name="remove_outlier3d", fn=remove_outlier3d, pattern=Pattern.ALL,
+        params=Outlier3dParams,
+        # input, float32 copy, median, result, plus a slab of neighbours (<= 64 MiB)
+        memory=scaled_memory(4.5),
+        summary="replace voxels at least dif from their 3-D median, both signs "
+        "(httomolibgpu)",
+        aliases=("httomolibgpu.misc.corr.remove_outlier",),
+    ),
+    StageSpec(
+        name="median_filter3d", fn=median_filter3d, pattern=Pattern.ALL,
+        params=Median3dParams, memory=scaled_memory(4.5),
+        summary="3-D kernel_size³ median, or a dezinger with dif > 0 (httomolibgpu)",
+        aliases=("httomolibgpu.misc.corr.median_filter",),
+    ),
+    StageSpec(
+        name="remove_stripe_ti_httomo", fn=remove_stripe_ti_httomo, pattern=Pattern.SINOGRAM,
+        params=StripeTiParams, memory=scaled_memory(3),
+        summary="Titarenko stripe filter, TomoCuPy's one-parameter form (httomolibgpu)",
+        aliases=("httomolibgpu.prep.stripe.remove_stripe_ti",),
+    ),
+    StageSpec(
+        name="raven_filter", fn=raven_filter, pattern=Pattern.SINOGRAM,
+        params=RavenParams, memory=scaled_memory(8),
+        summary="Raven's Fourier-domain stripe filter (httomolibgpu)",
+        aliases=("httomolibgpu.prep.stripe.raven_filter",),
+    ),
+    StageSpec(
+        name="remove_all_stripe_httomo", fn=remove_all_stripe_httomo,
+        pattern=Pattern.SINOGRAM, params=AllStripeHttomoParams, memory=scaled_memory(6),
+        summary="Vo's dead + large + sorting stripe removal in httomolibgpu's order",
+        aliases=("httomolibgpu.prep.stripe.remove_all_stripe",),
+    ),
+)

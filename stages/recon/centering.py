@@ -1,0 +1,108 @@
+"""The CoR-finder pipeline steps, in HTTomo's names and parameters.
+
+``find_center_vo`` (httomolibgpu, httomolib, tomopy) runs once per scan on the corrected
+projections and sets the ``center`` of the reconstruction; the data pass through
+unchanged. It goes through the one CoR policy, :func:`stages.recon.center_policy.find_center`
+(window clamped to the detector, 0°/180° cross-check, confidence and warnings), so
+HTTomo's template defaults (``smin: -50, smax: 50``) find the right centre on narrow
+detectors too instead of a detector edge.
+
+Parameters, as httomolibgpu 1.3 / tomopy: ``ind`` (row; ``null`` or ``mid`` = middle),
+``average_radius`` (rows averaged around ``ind``), ``cor_initialisation_value`` (centre
+of the window; default the detector middle), ``smin``/``smax`` (window relative to it,
+px), ``srad`` (fine radius), ``step`` (fine step), ``ratio`` (sample/detector width, sets
+Vo's mask), ``drop`` (mask rows dropped around the centre).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from stages.recon.center_policy import CorEstimate, find_center, find_center_from_pair
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+
+__all__ = ["SPECS", "FindCenterPcParams", "FindCenterVoParams"]
+
+
+class FindCenterVoParams(StageParams):
+    """Parameters of the ``find_center_vo`` step (httomolibgpu's names and defaults)."""
+
+    ind: int | Literal["mid"] | None = None
+    average_radius: int = Field(default=0, ge=0)
+    cor_initialisation_value: float | None = None
+    smin: float = -50.0
+    smax: float = 50.0
+    srad: float = Field(default=6.0, gt=0)
+    step: float = Field(default=0.25, gt=0)
+    ratio: float = Field(default=0.5, gt=0, le=1)
+    drop: int = Field(default=20, ge=0)
+
+
+def center_of_scan(
+    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any
+) -> CorEstimate:
+    """Once per scan: the CoR policy with the step's parameters."""
+    row = None if params.ind in (None, "mid") else int(params.ind)
+    return find_center(
+        projections, angles_deg, row=row, average_radius=params.average_radius,
+        smin=min(params.smin, params.smax), smax=max(params.smin, params.smax),
+        around=params.cor_initialisation_value, step=params.step, srad=params.srad,
+        ratio=params.ratio, drop=params.drop,
+    )
+
+
+class FindCenterPcParams(StageParams):
+    """httomolibgpu's ``find_center_pc``: ``proj1``/``proj2`` ``auto`` (the first
+    projection and the one 180° later); ``tol`` accepted (our sub-pixel refinement is a
+    parabola through the correlation peak); ``rotc_guess`` an expected centre."""
+
+    proj1: Literal["auto"] = "auto"
+    proj2: Literal["auto"] = "auto"
+    tol: float = Field(default=0.5, gt=0)
+    rotc_guess: float | None = None
+
+
+def center_from_pair(
+    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any
+) -> CorEstimate:
+    """Once per scan: the 0°/180° pair, cross-checked with Vo's method."""
+    return find_center_from_pair(projections, angles_deg, around=params.rotc_guess)
+
+
+def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
+    return block
+
+
+SPECS: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="find_center_vo",
+        fn=_unchanged,
+        pattern=Pattern.SINOGRAM,
+        params=FindCenterVoParams,
+        # runs once per scan on one sinogram: negligible against a block
+        memory=scaled_memory(0.01),
+        summary="Centre of rotation by Vo's method, once per scan, window clamped to the "
+        "detector and cross-checked with the 0°/180° pair; sets the reconstruction's "
+        "center (data pass through unchanged).",
+        finds_center=center_of_scan,
+        aliases=("httomolibgpu.recon.rotation.find_center_vo",
+                 "httomolib.recon.rotation.find_center_vo",
+                 "tomopy.recon.rotation.find_center_vo"),
+    ),
+    StageSpec(
+        name="find_center_pc",
+        fn=_unchanged,
+        pattern=Pattern.SINOGRAM,
+        params=FindCenterPcParams,
+        memory=scaled_memory(0.01),
+        summary="Centre of rotation from the 0°/180° projection pair (mirrored "
+        "correlation), cross-checked with Vo's method; sets the reconstruction's center.",
+        finds_center=center_from_pair,
+        aliases=("httomolibgpu.recon.rotation.find_center_pc",
+                 "tomopy.recon.rotation.find_center_pc"),
+    ),
+)
