@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--port", type=int, default=8765, help="HTTP port (0: any free one)")
     view.add_argument("--allow-remote", action="store_true",
                       help="allow a non-loopback --host")
+    view.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                      help="a name or address the page may be opened by besides the loopback "
+                      "ones (and, with --allow-remote, this machine's); repeatable")
     view.add_argument("--feed-token", default=None, metavar="TOKEN",
                       help="the feed's control token (default: $TOMO_STREAMER_FEED_TOKEN)")
     return parser
@@ -727,7 +730,8 @@ def _run_view(args: argparse.Namespace) -> int:
 
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
     settings = ViewerSettings(feed=args.feed, control=args.control, host=args.host,
-                              port=args.port, allow_remote=args.allow_remote, token=token)
+                              port=args.port, allow_remote=args.allow_remote, token=token,
+                              allowed_hosts=tuple(args.allowed_host))
     try:
         serve(settings, announce=lambda url: print(f"view: serving {url}; Ctrl-C to stop",
                                                    file=sys.stderr, flush=True))
