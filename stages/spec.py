@@ -103,6 +103,14 @@ class StageSpec:
         result (a float, or a :class:`~stages.recon.center_policy.CorEstimate` with a
         confidence and warnings) becomes the ``center`` of the reconstruction (HTTomo's
         ``find_center_vo`` entries map here).
+    angle_local : bool or callable
+        Whether the output for one projection depends only on that projection (and the
+        scan's references and parameters): the stage can run on projection blocks as
+        they arrive, and a pipeline whose stages before the reconstructor are all
+        angle-local can reconstruct while the scan arrives
+        (``docs/explanation/streaming-reconstruction.md``). A callable
+        ``angle_local(params) -> bool`` where it depends on a parameter (the axis of a
+        slice-wise filter); see :meth:`is_angle_local`. ``False`` unless declared.
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -122,6 +130,7 @@ class StageSpec:
         Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], SupportsFloat]
         | None
     ) = None
+    angle_local: bool | Callable[[Any], bool] = False
     aliases: tuple[str, ...] = ()
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -131,6 +140,12 @@ class StageSpec:
     def backends(self) -> tuple[str, ...]:
         """Where the stage can run: ``numpy`` (our own code) first, then the adapters."""
         return ("numpy", *self.adapters)
+
+    def is_angle_local(self, params: StageParams) -> bool:
+        """Whether this stage, with ``params``, acts on each projection on its own."""
+        if callable(self.angle_local):
+            return bool(self.angle_local(params))
+        return self.angle_local
 
     def run(
         self,

@@ -611,6 +611,7 @@ def normalize_interpolated(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="normalize_interpolated",
+        angle_local=True,  # per projection, given the references
         fn=normalize_interpolated,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
@@ -624,6 +625,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize",
+        angle_local=True,  # per projection, given the references
         fn=normalize,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
@@ -644,6 +646,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize_nf",
+        angle_local=True,  # per projection, given the references
         fn=normalize_nf,
         pattern=Pattern.PROJECTION,
         params=NormalizeNfParams,
@@ -656,6 +659,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize_bg",
+        angle_local=True,  # each frame's own air columns
         fn=normalize_bg,
         pattern=Pattern.PROJECTION,
         params=NormalizeBgParams,
@@ -666,6 +670,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="minus_log",
+        angle_local=True,  # element-wise, repairs from row neighbours
         fn=minus_log,
         pattern=Pattern.ALL,  # element-wise: either section (HTTomo's "all")
         params=MinusLogParams,
