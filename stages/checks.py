@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stages.backends.xp import array_module
 from streamer.errors import StageError
 
 
 def float_block(block: npt.NDArray[Any], stage: str) -> npt.NDArray[np.float32]:
-    """Check that ``block`` is a real 3-D array and return it as C-contiguous float32."""
+    """Check that ``block`` is a real 3-D array and return it as C-contiguous float32
+    (in the block's own array namespace: a device block stays on its device)."""
     if block.ndim != 3:
         raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
     if block.dtype.kind not in "uif":
@@ -20,7 +22,9 @@ def float_block(block: npt.NDArray[Any], stage: str) -> npt.NDArray[np.float32]:
             f"stage {stage!r}: block.dtype: expected an integer or real float type, "
             f"got {block.dtype.name!r}"
         )
-    return np.ascontiguousarray(block, dtype=np.float32)
+    xp = array_module(block)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(block, dtype=xp.float32)
+    return result
 
 
 def check_axis(axis: int | None, stage: str, *, allow_none: bool = False) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
+from stages.backends.xp import require_gpu
 from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 
@@ -103,6 +104,11 @@ class StageSpec:
         result (a float, or a :class:`~stages.recon.center_policy.CorEstimate` with a
         confidence and warnings) becomes the ``center`` of the reconstruction (HTTomo's
         ``find_center_vo`` entries map here).
+    device : bool
+        Whether ``fn`` is written against the array namespace of its input (``xp =
+        array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
+        block: the stage then offers the ``cupy`` backend (checked on CPU by
+        ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -123,14 +129,16 @@ class StageSpec:
         | None
     ) = None
     aliases: tuple[str, ...] = ()
+    device: bool = False
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
 
     @property
     def backends(self) -> tuple[str, ...]:
-        """Where the stage can run: ``numpy`` (our own code) first, then the adapters."""
-        return ("numpy", *self.adapters)
+        """Where the stage can run: ``numpy`` (our own code) first, ``cupy`` (the same
+        code on a CUDA device) where the stage is device-ready, then the adapters."""
+        return ("numpy", *(("cupy",) if self.device else ()), *self.adapters)
 
     def run(
         self,
@@ -173,6 +181,9 @@ class StageSpec:
         if self.counts_repairs:
             kwargs["repairs"] = repairs
         if backend == "numpy":
+            return self.fn(block, **kwargs)
+        if backend == "cupy" and self.device:
+            require_gpu(backend)  # a clear refusal without a device, before any work
             return self.fn(block, **kwargs)
         adapter = self.adapters.get(backend)
         if adapter is None:

@@ -55,13 +55,58 @@ def _import_cupy() -> ModuleType | None:
     return module
 
 
-def array_module(block: Any) -> ModuleType:
-    """``numpy`` or ``cupy``, whichever the block belongs to (numpy without cupy)."""
-    cupy = _import_cupy()
-    if cupy is None:
+def array_module(block: Any) -> Any:
+    """The array namespace of ``block``: ``numpy``, ``cupy``, or the namespace an array
+    names through the Array API's ``__array_namespace__`` (numpy without cupy).
+
+    numpy arrays and scalars are checked first, so the common case never imports cupy.
+    """
+    if isinstance(block, (np.ndarray, np.generic)):
         return np
-    module: ModuleType = cupy.get_array_module(block)
-    return module
+    cupy = _import_cupy()
+    if cupy is not None and cupy.get_array_module(block) is cupy:
+        return cupy
+    namespace = getattr(block, "__array_namespace__", None)
+    if namespace is not None:
+        return namespace()
+    return np
+
+
+def _twin(xp: Any, attribute: str, host: str, device: str) -> Any:
+    """The SciPy module ``host`` for numpy, its CuPy twin ``device`` for cupy, or the
+    twin a namespace carries as ``attribute`` (one made for tests)."""
+    import importlib  # noqa: PLC0415 - the twins are imported only where asked for
+
+    if xp is np:
+        return importlib.import_module(host)
+    twin = getattr(xp, attribute, None)
+    if twin is not None:
+        return twin
+    if getattr(xp, "__name__", "") == "cupy":
+        return importlib.import_module(device)
+    raise StageError(f"array namespace {getattr(xp, '__name__', xp)!r}: expected numpy or "
+                     f"cupy, got one without a {host} twin")
+
+
+def ndimage_module(xp: Any) -> Any:
+    """``scipy.ndimage`` for numpy blocks, ``cupyx.scipy.ndimage`` for cupy blocks."""
+    return _twin(xp, "scipy_ndimage", "scipy.ndimage", "cupyx.scipy.ndimage")
+
+
+def fft_module(xp: Any) -> Any:
+    """``scipy.fft`` for numpy blocks, ``cupyx.scipy.fft`` for cupy blocks."""
+    return _twin(xp, "scipy_fft", "scipy.fft", "cupyx.scipy.fft")
+
+
+def to_numpy(value: Any) -> Any:
+    """A small device result (a scalar, a few statistics) as numpy, for host-side logic
+    such as a branch or a message; never use it on a block."""
+    if isinstance(value, (np.ndarray, np.generic, int, float)):
+        return value
+    getter = getattr(value, "get", None)  # cupy arrays, and namespaces made like them
+    if getter is not None:
+        return getter()
+    return np.asarray(value)
 
 
 def gpu_available() -> bool:
