@@ -7,19 +7,27 @@ its stages' ``memory`` estimates; the plan takes the largest ``n`` that keeps th
 within the budget (a binary search over ``n``, so estimates that are not proportional
 to ``n`` are honoured). A scan whose single frame or sinogram cannot fit is refused
 here, before it starts, never with an out-of-memory error mid-scan.
+
+The same plan runs against a device (as HTTomo sizes its GPU blocks): with a device's
+usable bytes (:func:`stages.backends.device.device_budget_bytes`, from the free memory
+measured by cupy or a stated size), only the steps that run there (``cupy``,
+``httomolibgpu``) count, and a section's block is the smaller of its host and device
+blocks. A device-ready stage uses the same estimate on both backends: it is the same
+code, holding the same buffers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from stages.spec import Pattern
+from stages.spec import Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.executor import DEVICE_BACKENDS
 from streamer.pipeline.sections import split_sections
 
 
@@ -62,6 +70,23 @@ def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[Pipeli
             ((Pattern.PROJECTION, projection), (Pattern.SINOGRAM, sinogram)) if members]
 
 
+def on_device(step: PipelineStep) -> bool:
+    """Whether the step runs on a CUDA device."""
+    return step.backend in DEVICE_BACKENDS
+
+
+def steps_on_device(steps: tuple[PipelineStep, ...]) -> tuple[PipelineStep, ...]:
+    """``--device gpu``: every device-ready stage left on ``numpy`` moves to ``cupy``;
+    stages with another backend chosen, or not device-ready, keep theirs."""
+    def moved(step: PipelineStep) -> PipelineStep:
+        spec: StageSpec = step.spec
+        if step.backend == "numpy" and spec.device:
+            return replace(step, backend="cupy")
+        return step
+
+    return tuple(moved(step) for step in steps)
+
+
 def plan_blocks(
     steps: tuple[PipelineStep, ...],
     *,
@@ -72,10 +97,43 @@ def plan_blocks(
     budget_bytes: int,
 ) -> list[SectionPlan]:
     """Plan every section for a scan of ``angles`` projections of ``rows × cols``."""
+    return _plan(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                 budget_bytes=budget_bytes, counts=lambda step: True, what="memory budget")
+
+
+def plan_device_blocks(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    dtype: np.dtype[Any],
+    device_bytes: int,
+) -> list[SectionPlan]:
+    """Plan the sections that have device steps against ``device_bytes`` usable on the
+    device (only those steps count); a frame or sinogram that cannot fit is refused."""
+    return _plan(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                 budget_bytes=device_bytes, counts=on_device, what="usable device memory")
+
+
+def _plan(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    dtype: np.dtype[Any],
+    budget_bytes: int,
+    counts: Callable[[PipelineStep], bool],
+    what: str,
+) -> list[SectionPlan]:
     if budget_bytes < 1:
-        raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
+        raise ConfigError(f"{what}: expected > 0 bytes, got {budget_bytes}")
     plans = []
-    for pattern, members in sections(steps):
+    for pattern, all_members in sections(steps):
+        members = [step for step in all_members if counts(step)]
+        if not members:
+            continue
         if pattern is Pattern.PROJECTION:
             units, unit_shape = angles, (1, rows, cols)
         else:
@@ -84,10 +142,10 @@ def plan_blocks(
         limiting = max(per_unit, key=lambda name: per_unit[name])
         need = per_unit[limiting]
         if need > budget_bytes:
-            what = "frame" if pattern is Pattern.PROJECTION else "sinogram"
+            unit = "frame" if pattern is Pattern.PROJECTION else "sinogram"
             raise ConfigError(
-                f"stage {limiting!r}: one {what} of shape {unit_shape[1:]} needs "
-                f"{need / 2**20:,.1f} MiB, the memory budget is {budget_bytes / 2**20:,.1f} MiB"
+                f"stage {limiting!r}: one {unit} of shape {unit_shape[1:]} needs "
+                f"{need / 2**20:,.1f} MiB, the {what} is {budget_bytes / 2**20:,.1f} MiB"
             )
         def peak_for(count: int, members: list[PipelineStep] = members,
                      tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> int:
@@ -115,11 +173,19 @@ def block_sizes(
     angles: int,
     dtype: np.dtype[Any],
     budget_bytes: int,
+    device_bytes: int | None = None,
 ) -> tuple[int, int, list[SectionPlan]]:
     """Frames per projection block and sinograms per sinogram block for one scan, from
-    the plan (a section that is absent gets a block of 1)."""
+    the plan (a section that is absent gets a block of 1); with ``device_bytes``, the
+    device plan of the device steps too, each block the smaller of the two. The plans
+    returned are the host's then the device's."""
     plans = plan_blocks(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
                         budget_bytes=budget_bytes)
-    frames = next((p.block for p in plans if p.pattern is Pattern.PROJECTION), 1)
-    sinograms = next((p.block for p in plans if p.pattern is Pattern.SINOGRAM), 1)
-    return frames, sinograms, plans
+    if device_bytes is not None:
+        plans += plan_device_blocks(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                                    device_bytes=device_bytes)
+
+    def smallest(pattern: Pattern) -> int:
+        return min((p.block for p in plans if p.pattern is pattern), default=1)
+
+    return smallest(Pattern.PROJECTION), smallest(Pattern.SINOGRAM), plans
