@@ -37,6 +37,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "rescale": ({"dtype": "uint16", "percentiles": (1.0, 99.0)}, (3, 8, 9)),
     "total_variation_rof": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
     "total_variation_pd": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
+    "fbp": ({"center": 10.3, "filter_name": "shepp", "circle_mask": True}, (2, 15, 21)),
 }
 
 #: float32 agreement of the cupy run with numpy (different reduction orders and FMA).
@@ -87,12 +88,13 @@ def _params(name: str) -> Any:
 def test_stage_runs_in_the_namespace_of_its_input(name: str, xp: Namespace) -> None:
     spec = REGISTRY[name]
     block = _block(CASES[name][1])
-    if spec.pattern.value == "sinogram" and name.startswith("total_variation"):
-        block = np.nan_to_num(block, nan=0.0)  # TV denoising of a reconstruction: finite
-    expected = spec.run(block.copy(), _params(name))
+    if spec.pattern.value == "sinogram":
+        block = np.nan_to_num(block, nan=0.0)  # reconstruction and TV: finite input
+    angles = {"angles_deg": np.linspace(0.0, 180.0, block.shape[1], endpoint=False)}
+    expected = spec.run(block.copy(), _params(name), **angles)
     source = xp.upload(block.copy())
     backend = "cupy" if xp.name == "cupy" else "numpy"
-    result = spec.run(source, _params(name), backend=backend)
+    result = spec.run(source, _params(name), backend=backend, **angles)
     assert array_module(result) is array_module(source), "the result left the input's device"
     host = xp.download(result)
     assert host.shape == expected.shape and host.dtype == expected.dtype
