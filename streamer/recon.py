@@ -226,6 +226,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     warning = processor.repairs.warning()
     if warning is not None:
         log(f"warning: {warning}")
+    if processor.transfers.transfers:
+        log(f"transfers: {processor.transfers.describe()}")
     tail = image_tail(steps)  # HTTomo's calculate_stats → rescale_to_int → save_to_images
     images = (write_images(settings.output, settings.output_format, tail)
               if tail is not None else None)

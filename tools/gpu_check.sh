@@ -70,7 +70,7 @@ fi
 
 say "gpu-marked tests"
 set +e
-(cd "$REPO" && timeout 240 "$PYTHON" -m pytest -m gpu -q -p no:randomly tests \
+(cd "$REPO" && timeout 240 "$PYTHON" -m pytest -m gpu -q -p no:randomly tests/stages \
     --junitxml="$OUT/gpu-tests.xml") > "$OUT/gpu-tests.log" 2>&1
 tests_rc=$?
 set -e

@@ -45,6 +45,12 @@ class TransferStats:
         """Copies in both directions."""
         return self.to_device + self.to_host
 
+    def describe(self) -> str:
+        """One line for a run's log and report."""
+        return (f"host->device {self.to_device} copies, {self.bytes_to_device / 2**20:,.1f} "
+                f"MiB in {self.seconds_to_device:.3f} s; device->host {self.to_host} copies, "
+                f"{self.bytes_to_host / 2**20:,.1f} MiB in {self.seconds_to_host:.3f} s")
+
 
 def _import_cupy() -> ModuleType | None:
     try:

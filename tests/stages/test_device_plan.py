@@ -158,3 +158,12 @@ def test_gpu_runs_without_a_device_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error: --device gpu: expected a usable CUDA device, got none")
     assert err.count("\n") == 1 and not (tmp_path / "o.h5").exists()
+
+
+def test_transfers_are_described_in_one_line_for_the_run_log() -> None:
+    from stages.backends.xp import TransferStats
+
+    stats = TransferStats(to_device=3, to_host=2, bytes_to_device=3 * 2**20,
+                          bytes_to_host=2**21, seconds_to_device=0.5, seconds_to_host=0.25)
+    assert stats.describe() == ("host->device 3 copies, 3.0 MiB in 0.500 s; device->host 2 "
+                                "copies, 2.0 MiB in 0.250 s")
