@@ -109,6 +109,9 @@ class StageSpec:
         array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
         block: the stage then offers the ``cupy`` backend (checked on CPU by
         ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
+    device_memory : callable, optional
+        The estimate on the device where the device code holds other buffers than the
+        host code (the planner's device plan uses it; ``None``: ``memory``).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -130,6 +133,7 @@ class StageSpec:
     ) = None
     aliases: tuple[str, ...] = ()
     device: bool = False
+    device_memory: MemoryEstimate | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )

@@ -54,6 +54,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "total_variation_rof": {"regularisation_parameter": 0.02, "iterations": 50},
     "total_variation_pd": {"regularisation_parameter": 0.02, "iterations": 50},
     "fbp": {"filter_name": "shepp"},
+    "remove_stripe_based_sorting": {"size": 21, "dim": 1},
 }
 
 

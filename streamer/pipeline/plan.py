@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.spec import Pattern, StageSpec
+from stages.spec import MemoryEstimate, Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import DEVICE_BACKENDS
@@ -70,6 +70,13 @@ def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[Pipeli
             ((Pattern.PROJECTION, projection), (Pattern.SINOGRAM, sinogram)) if members]
 
 
+def _estimate(step: PipelineStep, device: bool) -> MemoryEstimate:
+    """The step's memory estimate on the host, or on the device (its own where given)."""
+    if device and step.spec.device_memory is not None:
+        return step.spec.device_memory
+    return step.spec.memory
+
+
 def on_device(step: PipelineStep) -> bool:
     """Whether the step runs on a CUDA device."""
     return step.backend in DEVICE_BACKENDS
@@ -98,7 +105,7 @@ def plan_blocks(
 ) -> list[SectionPlan]:
     """Plan every section for a scan of ``angles`` projections of ``rows × cols``."""
     return _plan(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
-                 budget_bytes=budget_bytes, counts=lambda step: True, what="memory budget")
+                 budget_bytes=budget_bytes, device=False, what="memory budget")
 
 
 def plan_device_blocks(
@@ -113,7 +120,7 @@ def plan_device_blocks(
     """Plan the sections that have device steps against ``device_bytes`` usable on the
     device (only those steps count); a frame or sinogram that cannot fit is refused."""
     return _plan(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
-                 budget_bytes=device_bytes, counts=on_device, what="usable device memory")
+                 budget_bytes=device_bytes, device=True, what="usable device memory")
 
 
 def _plan(
@@ -124,21 +131,21 @@ def _plan(
     angles: int,
     dtype: np.dtype[Any],
     budget_bytes: int,
-    counts: Callable[[PipelineStep], bool],
+    device: bool,
     what: str,
 ) -> list[SectionPlan]:
     if budget_bytes < 1:
         raise ConfigError(f"{what}: expected > 0 bytes, got {budget_bytes}")
     plans = []
     for pattern, all_members in sections(steps):
-        members = [step for step in all_members if counts(step)]
+        members = [step for step in all_members if not device or on_device(step)]
         if not members:
             continue
         if pattern is Pattern.PROJECTION:
             units, unit_shape = angles, (1, rows, cols)
         else:
             units, unit_shape = rows, (1, angles, cols)
-        per_unit = {s.name: s.spec.memory(unit_shape, dtype, s.params) for s in members}
+        per_unit = {s.name: _estimate(s, device)(unit_shape, dtype, s.params) for s in members}
         limiting = max(per_unit, key=lambda name: per_unit[name])
         need = per_unit[limiting]
         if need > budget_bytes:
@@ -149,7 +156,7 @@ def _plan(
             )
         def peak_for(count: int, members: list[PipelineStep] = members,
                      tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> int:
-            return max(s.spec.memory((count, *tail), dtype, s.params) for s in members)
+            return max(_estimate(s, device)((count, *tail), dtype, s.params) for s in members)
 
         block = _largest_fitting(peak_for, units, budget_bytes)
         peak = peak_for(block)

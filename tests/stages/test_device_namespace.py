@@ -38,7 +38,10 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "total_variation_rof": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
     "total_variation_pd": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
     "fbp": ({"center": 10.3, "filter_name": "shepp", "circle_mask": True}, (2, 15, 21)),
+    "remove_stripe_based_sorting": ({"size": 5, "dim": 2}, (3, 20, 24)),
 }
+#: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
+TIE_FREE = frozenset({"remove_stripe_based_sorting"})
 
 #: float32 agreement of the cupy run with numpy (different reduction orders and FMA).
 CUPY_RTOL, CUPY_ATOL = 1e-5, 1e-5
@@ -88,6 +91,8 @@ def _params(name: str) -> Any:
 def test_stage_runs_in_the_namespace_of_its_input(name: str, xp: Namespace) -> None:
     spec = REGISTRY[name]
     block = _block(CASES[name][1])
+    if name in TIE_FREE:
+        block = np.random.default_rng(5).random(CASES[name][1], dtype=np.float32)
     if spec.pattern.value == "sinogram":
         block = np.nan_to_num(block, nan=0.0)  # reconstruction and TV: finite input
     angles = {"angles_deg": np.linspace(0.0, 180.0, block.shape[1], endpoint=False)}
@@ -152,3 +157,20 @@ def test_cupy_backend_without_a_device_is_refused_in_one_line() -> None:
 def test_a_namespace_without_a_scipy_twin_is_refused() -> None:
     with pytest.raises(StageError, match=r"scipy\.ndimage twin"):
         ndimage_module(object())
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_device_sorting_follows_algotom_on_tie_free_data(dim: int) -> None:
+    """The device version of Vo's sorting method (written from the paper) against
+    algotom's, called directly on each sinogram: the CPU result is the oracle."""
+    from algotom.prep import removal
+
+    from stages.prep.stripe import remove_stripe_based_sorting
+
+    block = np.random.default_rng(dim).random((2, 40, 33), dtype=np.float32)
+    block += np.linspace(0.0, 0.3, 33, dtype=np.float32)  # a gradient with stripes on it
+    block[:, :, 9] += 0.2
+    result = remove_stripe_based_sorting(device_like.DeviceLikeArray(block), size=7, dim=dim)
+    expected = np.stack([removal.remove_stripe_based_sorting(s, size=7, dim=dim)
+                         for s in block]).astype(np.float32)
+    np.testing.assert_array_equal(device_like.NAMESPACE.asnumpy(result), expected)
