@@ -104,17 +104,6 @@ def fft_module(xp: Any) -> Any:
     return _twin(xp, "scipy_fft", "scipy.fft", "cupyx.scipy.fft")
 
 
-def to_numpy(value: Any) -> Any:
-    """A small device result (a scalar, a few statistics) as numpy, for host-side logic
-    such as a branch or a message; never use it on a block."""
-    if isinstance(value, (np.ndarray, np.generic, int, float)):
-        return value
-    getter = getattr(value, "get", None)  # cupy arrays, and namespaces made like them
-    if getter is not None:
-        return getter()
-    return np.asarray(value)
-
-
 def gpu_available() -> bool:
     """Whether cupy is importable and sees a usable CUDA device.
 

@@ -250,8 +250,8 @@ def fbp(
     # the angle loop (numpy) or the CUDA kernel (cupy) of stages/recon/backproject.py
     out: npt.NDArray[np.float32] = backproject(q, dq, np.deg2rad(angles), size,
                                                float(np.float32(offset + axis_col)))
-    if circle_mask:
-        out[:, ~xp.asarray(circle_inside(size, size))] = 0.0
+    if circle_mask:  # where(), not a masked assignment: the same on every namespace
+        out = xp.where(xp.asarray(circle_inside(size, size))[None], out, np.float32(0.0))
     return out
 
 
