@@ -106,6 +106,22 @@ def stated_device(size_gib: float) -> DeviceInfo:
     return DeviceInfo(name="stated", index=0, total_bytes=size, free_bytes=size)
 
 
+def use_device_for_rank(rank: int, ranks: int) -> tuple[DeviceInfo, int]:
+    """Make rank ``rank``'s device (:func:`device_for_rank`) cupy's current one; return
+    it with the bytes this rank may plan for (its free memory less the headroom, split
+    between the ranks that share it; ``ranks`` is the launch's rank count, an upper
+    bound of those on one node). Raises :class:`ConfigError` without a device."""
+    info = detect_device(rank)
+    if info is None:
+        raise ConfigError(f"rank {rank}: --device gpu: expected a usable CUDA device, got none")
+    import cupy  # noqa: PLC0415 - detect_device found it
+
+    cupy.cuda.Device(info.index).use()
+    detected = int(cupy.cuda.runtime.getDeviceCount())
+    sharing = ranks_per_device(ranks, os.environ, detected)
+    return info, device_budget_bytes(info.free_bytes, sharing=sharing)
+
+
 def detect_device(rank: int = 0, environ: Mapping[str, str] | None = None) -> DeviceInfo | None:
     """The device this rank would use, measured by cupy; ``None`` without cupy or a
     usable device (never raises for that)."""

@@ -182,3 +182,12 @@ def test_the_device_plan_uses_a_stage_s_own_device_estimate() -> None:
     plans = plan_device_blocks(pipeline, rows=512, cols=1024, angles=900, dtype=dtype,
                                device_bytes=40 * one)
     assert plans[0].block == 40 and plans[0].peak_bytes == 40 * one
+
+
+@pytest.mark.skipif(gpu_available(), reason="a CUDA device is present")
+def test_a_rank_without_a_device_is_refused() -> None:
+    from stages.backends.device import detect_device, use_device_for_rank
+
+    assert detect_device() is None
+    with pytest.raises(ConfigError, match="rank 3: --device gpu: expected a usable CUDA"):
+        use_device_for_rank(3, 4)
