@@ -817,7 +817,8 @@ def _run_run(args: argparse.Namespace) -> int:
                               output_format="tiff" if args.tiff else "hdf5",
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
-                              log=_log(args.quiet))
+                              log=_log(args.quiet),
+                              device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, _stop_on_signal() as stop:
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,

@@ -82,6 +82,7 @@ class LiveReconstruction:
     block_frames: int | None = None  # None: from the memory plan, per scan
     block_sinograms: int | None = None
     memory_bytes: int | None = None  # None: half of this machine's memory
+    device_bytes: int | None = None  # --device gpu: usable device memory for the plan
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
@@ -113,6 +114,7 @@ class LiveReconstruction:
                 self.steps, rows=start.rows, cols=start.cols,
                 angles=max(start.projections, 1), dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
+                device_bytes=self.device_bytes,
             )
             if self.log is not None:
                 for plan in plans:

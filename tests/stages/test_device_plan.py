@@ -158,6 +158,8 @@ def test_gpu_runs_without_a_device_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error: --device gpu: expected a usable CUDA device, got none")
     assert err.count("\n") == 1 and not (tmp_path / "o.h5").exists()
+    assert main(["run", str(path), "--out", str(tmp_path / "vol"), "--device", "gpu"]) == 2
+    assert "--device gpu: expected a usable CUDA device" in capsys.readouterr().err
 
 
 def test_transfers_are_described_in_one_line_for_the_run_log() -> None:
