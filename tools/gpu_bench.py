@@ -72,6 +72,9 @@ def _sizes(dry_run: bool, width: int) -> dict[str, tuple[int, int, int]]:
 def _shape_for(name: str, sizes: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
     if name.startswith("total_variation"):
         return sizes["slices"]
+    if name == "fbp":  # one slice: NumPy back-projects 2048² pixels at ~10 angles/s
+        _, angles, cols = sizes["sinogram"]
+        return (1, min(angles, 360), cols)
     return sizes[REGISTRY[name].pattern.value]
 
 
