@@ -817,9 +817,10 @@ def _run_run(args: argparse.Namespace) -> int:
                               output_format="tiff" if args.tiff else "hdf5",
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
-                              log=_log(args.quiet),
+                              log=_log(args.quiet), background=True,
                               device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, _stop_on_signal() as stop:
+        live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,
                                   announce="run")
@@ -844,6 +845,7 @@ def _run_run(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
+            live.wait()  # the last reconstruction (stopped between blocks on a signal)
             socket.close()
             if feed is not None:
                 feed.close()

@@ -37,6 +37,11 @@ class TransportError(StreamerError):
     """A socket could not be bound or connected, or an address is not allowed."""
 
 
+class ScanFailedError(StreamerError):
+    """One scan cannot be processed (its data, or its size against the memory budget):
+    that scan ends, marked failed with this reason, and the service serves the next."""
+
+
 class StageError(StreamerError):
     """A processing stage got input it cannot handle."""
 

@@ -7,26 +7,43 @@ projections as soon as the scan's darks and flats are in. When the scan closes (
 what arrived and the volume is written: ``complete`` only if the scan was complete;
 otherwise it is still written, marked incomplete, with the accounting report inside.
 
-While a scan is reconstructed the service does not read its socket, so the next scan's
-source waits (backpressure). Several MPI ranks: :mod:`streamer.live_ranks`.
+A scan that cannot be processed ends alone, never the service: one too big for the
+memory budget (:func:`~streamer.pipeline.plan.plan_scan`) or whose ``start`` announces a
+normalisation the pipeline cannot do is refused at its ``start``, before any frame is
+held; one whose data a stage refuses (a closed shutter, all-zero or saturated frames)
+fails at that block. Either raises :class:`~streamer.errors.ScanFailedError` to the
+ingest service, which counts the scan's later frames as rejected (``scan_failed``) and
+reports it ``failed`` with the reason; its output record says the same.
+
+With ``background=True`` (``tomo-streamer run``) the sinogram section and the writing run
+in a worker thread while the ingest service keeps reading and validating its socket:
+garbage is refused at once instead of piling up in libzmq's queues, and the next scan's
+valid frames wait in the ingest frame store (bounded; beyond it the source waits). The
+next scan is processed once the worker is done: one scan's plan in memory at a time.
+``stop`` (SIGINT/SIGTERM) stops a reconstruction between blocks; what was written is kept,
+marked incomplete. Several MPI ranks: :mod:`streamer.live_ranks`.
 """
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from streamer.center_check import center_outside
-from streamer.errors import StreamerError
+from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
-from streamer.ingest.state import FramesAccepted, ScanClosed, ScanOpened
+from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
-from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.pipeline.plan import default_budget_bytes, plan_scan
+from streamer.pipeline.sections import split_sections
+from streamer.protocol import StartHeader
 from streamer.recon import auto_center, center_in_use, center_label, open_volume
 from streamer.sinks.disk import os_reason
 
@@ -43,6 +60,12 @@ def keep_newest(outputs: list[ScanOutput], output: ScanOutput) -> None:
     outputs.append(output)
     if len(outputs) > MAX_KEPT_OUTPUTS:
         del outputs[: len(outputs) - MAX_KEPT_OUTPUTS]
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 @dataclass(frozen=True)
@@ -87,76 +110,165 @@ class LiveReconstruction:
     log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     feed: LiveFeed | None = None  # live view: previews, slices, counters (streamer.feed)
+    #: Reconstruct in a worker thread while ingest keeps reading (the service); False:
+    #: in the caller's thread, done when ``on_event`` returns (tests, simple drivers).
+    background: bool = False
+    #: Set to stop a reconstruction between blocks (SIGINT/SIGTERM).
+    stop: threading.Event | None = None
     _processor: ScanProcessor | None = None
-    _refused: str | None = None  # why the open scan was refused at its start
-    _blocks: list[ProcessedBlock] = field(default_factory=list)
+    _scan: str | None = None  # the open scan
+    _failure: str | None = None  # why the open scan failed, if it did
+    _worker: threading.Thread | None = None  # one for the service's life (one malloc arena)
+    _jobs: queue.SimpleQueue[tuple[ScanProcessor, ScanReport]] = field(
+        default_factory=queue.SimpleQueue)
+    _idle: threading.Event = field(default_factory=_set_event)
+    _writing: _Volume | None = None
+    #: The open scan's feed opening, held back while the worker still publishes the
+    #: previous scan to the feed (the feed sees scans one after the other).
+    _feed_pending: tuple[StartHeader, ScanProcessor] | None = None
 
     def drain(self, store: FrameStore) -> None:
-        if self._processor is not None:
-            self._processor.drain(store)
-        else:  # frames with no open scan cannot happen (start opens the store); keep safe
+        if self._processor is None:  # a failed scan: nothing is held for it
             store.take()
+            return
+        if self.busy:
+            return  # the previous scan is still reconstructed: frames wait in the store
+        self._feed_catch_up()
+        try:
+            self._processor.drain(store)
+        except StreamerError as error:
+            raise self._fail(str(error)) from None
+
+    @property
+    def busy(self) -> bool:
+        """The worker still reconstructs a closed scan."""
+        return not self._idle.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the worker's reconstruction, if any; True when none is left."""
+        return self._idle.wait(timeout_s)
+
+    def _submit(self, processor: ScanProcessor, report: ScanReport) -> None:
+        self.wait()  # one reconstruction at a time: one scan's plan in memory
+        self._idle.clear()
+        if self._worker is None:
+            # A daemon: idle it holds nothing; the drivers wait() before they exit.
+            self._worker = threading.Thread(target=self._work, name="reconstruction",
+                                            daemon=True)
+            self._worker.start()
+        self._jobs.put((processor, report))
+
+    def _work(self) -> None:
+        while True:
+            processor, report = self._jobs.get()
+            try:
+                self._reconstruct(processor, report)
+            finally:
+                self._idle.set()
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
-            self._blocks = []
-            start = event.start
-            # A fixed CoR off this scan's detector: refuse the scan (its frames are
-            # dropped by drain), report it when it closes; the service goes on.
+            self._open(event.start)
+        elif isinstance(event, FramesAccepted) and self.feed is not None:
+            self.feed.frames_accepted(event)
+        elif (isinstance(event, ScanClosing) and event.scan == self._scan
+              and self._processor is not None):
+            self.wait()  # one scan's data in memory at a time
+            self._feed_catch_up()
+            try:  # the last projections: a stage that refuses them fails the report too
+                self._processor.finish_projections()
+            except StreamerError as error:
+                raise self._fail(str(error)) from None
+        elif isinstance(event, ScanClosed) and event.report.scan == self._scan:
+            processor, failure = self._processor, self._failure
+            self._processor, self._scan, self._failure = None, None, None
+            if self.feed is not None:
+                self.wait()  # the feed sees the previous scan closed first
+                self._feed_catch_up()
+                self.feed.scan_closing()
+            if processor is None:
+                reason = failure or event.report.failure or "refused"
+                self._publish(ScanOutput(event.report.scan, None, 0, None, False, reason),
+                              event.report, None)
+            elif self.background:
+                self._submit(processor, event.report)
+            else:
+                self._reconstruct(processor, event.report)
+
+    def _open(self, start: StartHeader) -> None:
+        self._scan, self._processor, self._failure = start.scan, None, None
+        try:
+            # A fixed CoR off this scan's detector, a normalisation the pipeline cannot
+            # do, a scan bigger than the budget: refused before any frame is held.
             refusal = center_outside(self.steps, start.cols)
-            self._refused = None if refusal is None else f"refused at its start: {refusal}"
-            if self._refused is not None:
-                self._processor = None
-                if self.log is not None:
-                    self.log(f"scan {start.scan}: {self._refused}")
-                return
-            frames, sinograms, plans = block_sizes(
-                self.steps, rows=start.rows, cols=start.cols,
-                angles=max(start.projections, 1), dtype=start.wire_dtype,
+            if refusal is not None:
+                raise ScanFailedError(refusal)
+            check_normalisation(self.steps, start)
+            frames, sinograms, plans, memory = plan_scan(
+                self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
+                references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
                 device_bytes=self.device_bytes,
             )
-            if self.log is not None:
-                for plan in plans:
-                    self.log(f"scan {start.scan}: plan: {plan.describe()}")
-            self._processor = ScanProcessor(
-                self.steps, start, block_frames=self.block_frames or frames,
-                block_sinograms=self.block_sinograms or sinograms,
-                on_sinograms=self._on_sinograms, resolve_center=auto_center,
-                on_projections=self.feed.projections if self.feed is not None else None,
-            )
-            if self.feed is not None:
-                center, size = self._feed_geometry()
-                self.feed.scan_opened(start, target=self._processor, center=center,
-                                      slice_size=size)
-        elif isinstance(event, ScanClosed) and self._refused is not None:
-            output = ScanOutput(event.report.scan, None, 0, None, False, self._refused)
-            self._refused = None
-            keep_newest(self.outputs, output)
-            if self.on_output is not None:
-                self.on_output(output)
-        elif isinstance(event, FramesAccepted) and self.feed is not None:
-            if self._refused is None:
-                self.feed.frames_accepted(event)
-        elif isinstance(event, ScanClosed) and self._processor is not None:
-            if self.feed is not None:
-                self.feed.scan_closing()
-            output = self._finish(self._processor, event.report)
-            method = self._processor.center_method
-            self._processor = None
-            self._blocks = []
-            keep_newest(self.outputs, output)
-            if self.feed is not None:
-                self.feed.scan_closed(
-                    event.report, center=output.center, output=str(output.path or "") or None,
-                    center_method=center_label(method, "pipeline",
-                                               warnings=output.center_warnings),
-                    error=output.error)
-            if self.on_output is not None:
-                self.on_output(output)
+        except StreamerError as error:
+            raise self._fail(f"refused at its start: {error}") from None
+        if self.log is not None:
+            self.log(f"scan {start.scan}: {memory.describe()}")
+            for plan in plans:
+                self.log(f"scan {start.scan}: plan: {plan.describe()}")
+        self._processor = ScanProcessor(
+            self.steps, start, block_frames=self.block_frames or frames,
+            block_sinograms=self.block_sinograms or sinograms,
+            on_sinograms=self._on_sinograms, resolve_center=auto_center,
+            on_projections=self.feed.projections if self.feed is not None else None,
+        )
+        if self.feed is not None:
+            self._feed_pending = (start, self._processor)
+            if not self.busy:
+                self._feed_catch_up()
+
+    def _feed_catch_up(self) -> None:
+        """Open the scan in the feed once the worker is done with the previous one
+        (called from the ingest thread, as the feed expects)."""
+        pending, self._feed_pending = self._feed_pending, None
+        if pending is not None and self.feed is not None:
+            start, processor = pending
+            center, size = self._feed_geometry()
+            self.feed.scan_opened(start, target=processor, center=center, slice_size=size)
+
+    def _fail(self, reason: str) -> ScanFailedError:
+        """The open scan cannot be processed: drop what it holds, say why."""
+        self._failure = reason
+        self._processor = None
+        if self.log is not None:
+            self.log(f"scan {self._scan}: FAILED: {reason}")
+        return ScanFailedError(self._failure)
+
+    def _reconstruct(self, processor: ScanProcessor, report: ScanReport) -> None:
+        """Finish one closed scan and publish its output (in the worker, if any): a
+        failure of any kind becomes that scan's output error, never a dead thread."""
+        try:
+            output = self._finish(processor, report)
+        except Exception as error:  # a bug must not kill the service silently
+            output = ScanOutput(report.scan, None, 0, processor.center, False,
+                                f"internal error while reconstructing: {error!r}")
+        self._publish(output, report, processor.center_method)
+
+    def _publish(self, output: ScanOutput, report: ScanReport, method: str | None) -> None:
+        keep_newest(self.outputs, output)
+        if self.feed is not None:
+            self.feed.scan_closed(
+                report, center=output.center, output=str(output.path or "") or None,
+                center_method=center_label(method, "pipeline",
+                                           warnings=output.center_warnings),
+                error=output.error)
+        if self.on_output is not None:
+            self.on_output(output)
 
     def _on_sinograms(self, block: ProcessedBlock) -> None:
-        self._blocks.append(block)
+        volume = self._writing
+        assert volume is not None
+        volume.write(block)
         if self.feed is not None:
             self.feed.slices(block)
 
@@ -169,51 +281,65 @@ class LiveReconstruction:
                 int(size) if size is not None else None)
 
     def _finish(self, processor: ScanProcessor, report: ScanReport) -> ScanOutput:
+        """The sinogram section, each block written as it comes (no volume is kept in
+        memory); a disk error, a stage error or ``stop`` ends this scan's output, never
+        the service: the volume keeps what was written, marked incomplete, and says why."""
         scan = report.scan
+        volume = self._writing = _Volume(lambda first: self._open_writer(processor, first))
+        stop = self.stop
+        processor.should_stop = lambda: volume.failure is not None or (
+            stop is not None and stop.is_set())
+        failure: str | None = None
         try:
             processor.finish()
         except StreamerError as error:
-            return ScanOutput(scan, None, 0, processor.center, False, str(error))
-        if not self._blocks:
-            return ScanOutput(scan, None, 0, processor.center, False,
-                              "no projection arrived: nothing to reconstruct")
-        complete = report.complete and processor.complete
+            failure = str(error)
+        finally:
+            self._writing = None
+            processor.should_stop = None  # no cycle keeps the scan's buffers alive
+        center = center_in_use(processor.center, self.steps, processor.start.cols)
+        rows = processor.band.height if processor.band is not None else 0
+        failure = failure or volume.failure
         repairs = processor.repairs
         warning = repairs.warning()
         if warning is not None and self.log is not None:
             self.log(f"scan {scan}: warning: {warning}")
-        first = self._blocks[0]
-        rows = sum(block.data.shape[0] for block in self._blocks)
+        if failure is None and processor.stopped:
+            failure = (f"stopped by the service (SIGINT/SIGTERM) after {volume.written} of "
+                       f"{rows} slices")
+        if volume.writer is None:
+            if failure is None and processor.band is None:
+                failure = "no projection arrived: nothing to reconstruct"
+            return ScanOutput(scan, None, 0, center, False, failure, repairs.total,
+                              processor.center_warnings)
+        complete = (report.complete and processor.complete and failure is None
+                    and volume.written == rows)
+        document = {**report.as_dict(), "repairs": repairs.as_dict()}
+        if failure is not None:
+            document["reconstruction_error"] = failure
+        try:
+            volume.writer.close(complete=complete, report=document)
+        except StreamerError as error:
+            failure = failure or str(error)
+            complete = False
+        return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
+                          repairs.total, processor.center_warnings)
+
+    def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
+        """Name and open this scan's volume, shaped after its first block of slices."""
+        scan = processor.start.scan
+        rows = processor.band.height if processor.band is not None else processor.start.rows
         center = center_in_use(processor.center, self.steps, processor.start.cols)
         method = center_label(processor.center_method, "pipeline",
                               warnings=processor.center_warnings)
-        # A disk error (full, read-only) ends this scan's output, never the service: the
-        # volume keeps what was written, marked incomplete, and the error is reported.
         try:
             path = self._path_for(scan)
-            writer = open_volume(path, first, output_format=self.output_format,
-                                 detector_rows=list(range(rows)), center=center,
-                                 method=method, pipeline_text=self.pipeline_text, scan=scan,
-                                 metadata=repairs.as_metadata())
+            return path, open_volume(path, first, output_format=self.output_format,
+                                     detector_rows=list(range(rows)), center=center,
+                                     method=method, pipeline_text=self.pipeline_text,
+                                     scan=scan, metadata=processor.repairs.as_metadata())
         except OSError as error:
-            return ScanOutput(scan, None, 0, center, False,
-                              f"{self.out_dir}: cannot write there: {os_reason(error)}")
-        except StreamerError as error:
-            return ScanOutput(scan, None, 0, center, False, str(error))
-        failure: str | None = None
-        try:
-            for block in self._blocks:
-                writer.write(int(block.indices[0]), block.data)
-        except StreamerError as error:
-            failure = str(error)
-        finally:
-            try:
-                writer.close(complete=complete and failure is None,
-                             report={**report.as_dict(), "repairs": repairs.as_dict()})
-            except StreamerError as error:
-                failure = failure or str(error)
-        return ScanOutput(scan, path, rows, center, complete and failure is None, failure,
-                          repairs.total, processor.center_warnings)
+            raise SinkError(f"{self.out_dir}: cannot write there: {os_reason(error)}") from None
 
     def _path_for(self, scan: str) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,3 +351,39 @@ class LiveReconstruction:
             path = self.out_dir / f"{stem}-{number}{suffix}"
             number += 1
         return path
+
+
+@dataclass
+class _Volume:
+    """The volume of the scan being reconstructed, written block by block as the
+    sinogram section hands the blocks out; the first error stops it (kept in ``failure``)."""
+
+    opener: Callable[[ProcessedBlock], tuple[Path, Any]]
+    path: Path | None = None
+    writer: Any = None
+    written: int = 0
+    failure: str | None = None
+
+    def write(self, block: ProcessedBlock) -> None:
+        if self.failure is not None:
+            return
+        try:
+            if self.writer is None:
+                self.path, self.writer = self.opener(block)
+            self.writer.write(int(block.indices[0]), block.data)
+        except StreamerError as error:
+            self.failure = str(error)
+            return
+        self.written += int(block.data.shape[0])
+
+
+def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
+    """Refuse a scan whose ``start`` announces a normalisation the pipeline cannot do
+    (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
+    projection_steps, _ = split_sections(steps)
+    needs = [s for s in projection_steps if s.spec.needs_references]
+    if needs and (start.normalisation != "flat_dark" or start.flats == 0):
+        raise ScanFailedError(
+            f"start.normalisation: the pipeline's stage {needs[0].name!r} needs flat/dark "
+            f"references, got normalisation {start.normalisation!r} with {start.flats} "
+            "flats (serve such scans with a pipeline for them, e.g. normalize_bg)")

@@ -42,15 +42,16 @@ import msgpack
 import numpy as np
 
 from stages.prep.repair import RepairCounts
-from streamer.errors import ConfigError, ExchangeError, StreamerError
+from streamer.center_check import center_outside
+from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
 from streamer.exchange import Received
 from streamer.ingest.cluster import Link, MergedReport
-from streamer.ingest.state import ScanClosed, ScanOpened
+from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
-from streamer.live import ScanOutput, keep_newest
+from streamer.live import ScanOutput, check_normalisation, keep_newest
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps
-from streamer.pipeline.plan import block_sizes, default_budget_bytes
+from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.recon import (
@@ -105,6 +106,9 @@ class _ScanState:
     center_method: str | None = None
     center_error: str | None = None
     center_known: bool = False
+    failure: str | None = None  # a stage refused this rank's data: no part is written
+    prepared: bool = False  # references settled and projections corrected
+    close_error: str | None = None  # settling failed (a rank did not answer)
 
 
 @dataclass
@@ -143,6 +147,7 @@ class RankedReconstruction:
     _inbox: list[Received] = field(default_factory=list)
     _parts: dict[int, dict[int, PartWritten]] = field(default_factory=dict)  # serial->rank
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
+    _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -152,10 +157,22 @@ class RankedReconstruction:
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
             self.open_scan(event.start)
+        elif isinstance(event, ScanClosing) and self._scan is not None:
+            scan = self._scan
+            self._prepare_close(scan)
+            if scan.failure is not None:  # in the report too, not only in the output
+                raise ScanFailedError(scan.failure)
         elif isinstance(event, ScanClosed):
             self.close_scan()
         elif isinstance(event, MergedReport) and self.control.rank == 0:
             report = event.report
+            refused = self._refused.pop(report.scan, None)
+            if refused is not None:
+                output = ScanOutput(report.scan, None, 0, None, False, refused)
+                keep_newest(self.outputs, output)
+                if self.on_output is not None:
+                    self.on_output(output)
+                return
             self.write_master(report.scan, complete=report.complete,
                               document=report.as_dict())
 
@@ -167,7 +184,17 @@ class RankedReconstruction:
         if scan is None:
             return
         self._forward_references(scan, frames)
-        scan.processor.add(frames)
+        if scan.failure is None:
+            try:
+                scan.processor.add(frames)
+            except StreamerError as error:
+                # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
+                # still takes its part in the close, so no peer waits for it.
+                scan.failure = str(error)
+                if self.log is not None:
+                    self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
+                             f"{error}")
+                raise ScanFailedError(scan.failure) from None
         self._serve(scan)
 
     def close_scan(self) -> None:
@@ -182,12 +209,29 @@ class RankedReconstruction:
     def open_scan(self, start: StartHeader) -> None:
         """A scan opened (on every rank, in the same order)."""
         self._serial += 1
-        frames, sinograms, plans = block_sizes(
-            self.steps, rows=start.rows, cols=start.cols,
-            angles=max(start.projections, 1), dtype=start.wire_dtype,
-            budget_bytes=self.memory_bytes or default_budget_bytes(),
-        )
+        self._scan = None
+        ranks = self.control.size
+        try:
+            # The same figures on every rank, so every rank refuses the same scans.
+            refusal = center_outside(self.steps, start.cols)
+            if refusal is not None:
+                raise ScanFailedError(refusal)
+            check_normalisation(self.steps, start)
+            frames, sinograms, plans, memory = plan_scan(
+                self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
+                references=start.darks + start.flats, dtype=start.wire_dtype,
+                budget_bytes=self.memory_bytes or default_budget_bytes(),
+                band_rows=-(-start.rows // ranks),
+            )
+        except StreamerError as error:
+            reason = f"refused at its start: {error}"
+            if self.control.rank == 0:
+                self._refused[start.scan] = reason
+                if self.log is not None:
+                    self.log(reason)
+            raise ScanFailedError(reason) from None
         if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {start.scan}: per rank: {memory.describe()}")
             for plan in plans:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
         # Projections usually follow the darks and flats: with ``first_index`` a piece
@@ -229,12 +273,19 @@ class RankedReconstruction:
                        lambda: [0])
             assert scan.path is not None
             path = scan.path
-            self._settle_references(scan)
-            scan.processor.finish()
+            self._prepare_close(scan)
+            if scan.close_error is not None:
+                raise StreamerError(scan.close_error)
             scan.exchange.finish_sending()
             band = scan.exchange.wait(self.exchange_timeout_s,
                                       on_idle=lambda: self._serve(scan))
-            self._agree_center(scan, band)
+            try:  # every rank takes part, failed or not, so no peer waits for it
+                self._agree_center(scan, band)
+            except StreamerError:
+                if scan.failure is None:
+                    raise
+            if scan.failure is not None:
+                raise StreamerError(scan.failure)
             part = self._write_part(scan, band, path)
         except StreamerError as error:
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
@@ -251,6 +302,24 @@ class RankedReconstruction:
             self._parts.setdefault(scan.serial, {})[0] = part
         else:
             self.control.send(0, TAG_PART_DONE, message)
+
+    def _prepare_close(self, scan: _ScanState) -> None:
+        """Settle the references and correct the last projections (once): a stage that
+        refuses the data sets ``scan.failure``; a peer that does not answer,
+        ``scan.close_error``."""
+        if scan.prepared:
+            return
+        scan.prepared = True
+        try:
+            self._settle_references(scan)
+        except StreamerError as error:
+            scan.close_error = str(error)
+            return
+        if scan.failure is None:
+            try:
+                scan.processor.finish()  # no sinogram section here: it sends the blocks
+            except StreamerError as error:
+                scan.failure = str(error)
 
     # --- references --------------------------------------------------------------------
 
@@ -578,6 +647,8 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
 
 def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[float, str]:
     """The CoR from detector row ``row`` of ``band`` (which owns it)."""
+    if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
+        raise StreamerError("CoR: no corrected projection reached this rank's band")
     local = row - band.rows[0]
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))

@@ -438,6 +438,24 @@ def decode(parts: list[Any], limits: Limits = Limits()) -> Message:
     return header
 
 
+def frames_claimed(parts: list[Any], limits: Limits = Limits()) -> int:
+    """How many frames a rejected message said it carried, for the accounting: the
+    ``count`` of a header that unpacks to a ``frames`` map, whatever else was wrong with it
+    (a float64 dtype, a bogus ``image_key``, a frame over the size limit, a payload of the
+    wrong size). 0 when the header does not unpack or its ``count`` is not an integer in
+    ``1 … max_frames_per_message`` (an absurd claim is not believed)."""
+    if not parts:
+        return 0
+    try:
+        obj = _unpack_header(_buffer(parts[0]), limits)
+    except (ProtocolError, TypeError):
+        return 0
+    count = obj.get("count")
+    if obj.get("type") != "frames" or type(count) is not int:
+        return 0
+    return count if 1 <= count <= limits.max_frames_per_message else 0
+
+
 def _buffer(part: Any) -> memoryview:
     if isinstance(part, bytes | bytearray | memoryview):
         view = memoryview(part)

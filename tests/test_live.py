@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.state import ScanOpened
 from streamer.live import LiveReconstruction
 from streamer.pipeline.config import parse_pipeline
 from streamer.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
@@ -117,3 +119,76 @@ def test_a_doubtful_cor_is_reported_not_silent(loopback_pair, tmp_path: Path) ->
     with h5py.File(output.path) as file:
         assert "WARNING: Vo's minimum lies on the edge" in (
             file["/entry/process/center_of_rotation"].attrs["method"])
+
+
+class RecordingFeed:
+    """Stands in for ``LiveFeed``: records each call and its thread; ``slices`` of the
+    first scan waits for ``release`` (the reconstruction held open)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []  # (method, scan, thread)
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        self._scan = ""
+
+    def _note(self, method: str, scan: str) -> None:
+        self.calls.append((method, scan, threading.current_thread().name))
+
+    def scan_opened(self, start: Any, **_: Any) -> None:
+        self._scan = start.scan
+        self._note("scan_opened", start.scan)
+
+    def frames_accepted(self, event: Any) -> None:
+        self._note("frames_accepted", event.start.scan)
+
+    def projections(self, block: Any) -> None:
+        self._note("projections", self._scan)
+
+    def slices(self, block: Any) -> None:
+        self.holding.set()
+        assert self.release.wait(JOIN_S)
+
+    def scan_closing(self) -> None:
+        self._note("scan_closing", self._scan)
+
+    def scan_closed(self, report: Any, **_: Any) -> None:
+        self._note("scan_closed", report.scan)
+
+
+def test_the_feed_sees_scans_in_order_while_the_worker_reconstructs(
+        loopback_pair, tmp_path: Path) -> None:
+    """In the background mode the next scan is received while the previous one is
+    reconstructed; the feed still sees scan 1 closed before scan 2 opens, and its
+    per-scan calls (open, frames, closing) come from the ingest thread."""
+    steps = parse_pipeline(PIPELINE, REGISTRY, source="live.yaml").steps
+    feed = RecordingFeed()
+    live = LiveReconstruction(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=3,
+                              background=True, feed=feed)  # type: ignore[arg-type]
+    push, pull = loopback_pair()
+    opened_two = threading.Event()
+
+    def on_event(event: Any) -> None:
+        live.on_event(event)
+        if isinstance(event, ScanOpened) and event.start.scan == "two":
+            opened_two.set()
+
+    service = IngestService(pull, IngestSettings(idle_timeout_s=30), drain=live.drain,
+                            on_event=on_event)
+    thread = threading.Thread(target=service.run, kwargs={"max_scans": 2}, name="ingest")
+    thread.start()
+    config = SimulationConfig(rows=3, cols=32, projections=40)
+    send_scan(push, SimulatedScan(config), SendOptions(scan_id="one", block=8))
+    assert feed.holding.wait(JOIN_S)  # scan one is being reconstructed
+    send_scan(push, SimulatedScan(config), SendOptions(scan_id="two", block=8))
+    assert opened_two.wait(JOIN_S), "scan two was not received meanwhile"
+    assert ("scan_opened", "two") not in [call[:2] for call in feed.calls]  # … held back
+    feed.release.set()
+    thread.join(JOIN_S)
+    assert not thread.is_alive() and live.wait(JOIN_S)
+    order = [call[:2] for call in feed.calls if call[0] in ("scan_opened", "scan_closed")]
+    assert order == [("scan_opened", "one"), ("scan_closed", "one"),
+                     ("scan_opened", "two"), ("scan_closed", "two")]
+    ingest_side = {call[2] for call in feed.calls
+                   if call[0] in ("scan_opened", "frames_accepted", "scan_closing")}
+    assert ingest_side == {"ingest"}
+    assert [output.complete for output in live.outputs] == [True, True]

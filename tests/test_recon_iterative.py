@@ -14,7 +14,10 @@ from streamer.cli import main
 from streamer.sources.formats import write_nxtomo
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 
-NORMALIZE = """- method: normalize
+NORMALIZE = """- method: standard_tomo
+  module_path: httomo.data.hdf.loaders
+  parameters: {data_path: auto, image_key_path: auto, rotation_angles: auto}
+- method: normalize
   module_path: httomolibgpu.prep.normalize
   parameters:
     minus_log: true
@@ -87,7 +90,8 @@ def test_fbp_then_total_variation_pd(scan: tuple[Path, SimulatedScan], tmp_path:
     slices (measured 0.20 → 0.10)."""
     scan_path, simulated = scan
     fbp_error, _ = _error(_recon(tmp_path / "fbp", scan_path, None), simulated)
-    text = NORMALIZE + "- method: fourier_fbp\n" + DENOISE
+    text = (NORMALIZE + "- method: FBP3d_tomobar\n  module_path: httomolibgpu.recon.algorithm\n"
+            "  parameters: {}\n" + DENOISE)
     error, stored = _error(_recon(tmp_path, scan_path, text), simulated)
     assert "total_variation_PD" in stored
     assert error < 0.8 * fbp_error, (error, fbp_error)

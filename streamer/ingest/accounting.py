@@ -10,7 +10,7 @@ JSON-ready :class:`ScanReport`.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from streamer.protocol import IMAGE_KEY_NAMES, FramesHeader, StartHeader
 
-Status = Literal["complete", "incomplete", "aborted"]
+Status = Literal["complete", "incomplete", "aborted", "failed"]
 MAX_LISTED_GAPS: Final = 1000
 MAX_TRANSIT_SAMPLES: Final = 100_000
 PARTIAL_TRANSIT_SAMPLES: Final = 2_000
@@ -90,6 +90,10 @@ class ScanReport:
     bytes_received: int
     timing: dict[str, float | None]
     start: dict[str, Any]
+    #: Why the scan could not be processed (``status == "failed"``), else None.
+    failure: str | None = None
+    #: Disagreements that keep a scan from reading complete (e.g. ``end.sent``).
+    flags: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -122,7 +126,15 @@ class ScanReport:
             "bytes_received": self.bytes_received,
             "timing": self.timing,
             "start": self.start,
+            "failure": self.failure,
+            "flags": list(self.flags),
         }
+
+    def failed(self, reason: str) -> ScanReport:
+        """This report with the scan marked failed for ``reason`` (the first one stays)."""
+        if self.failure is not None:
+            return self
+        return replace(self, status="failed", failure=reason)
 
 
 class ScanAccount:
@@ -148,10 +160,42 @@ class ScanAccount:
         self.restarts = 0
         self.bytes_received = 0
         self.timing = Timing()
+        #: Frames handled before the source's latest restart (a resend starts ``sent``
+        #: from zero again).
+        self.handled_before_restart = 0
+        self.rejected_before_restart = 0
+        self.failure: str | None = None
 
     @property
     def unique_received(self) -> int:
         return sum(self.received.values())
+
+    @property
+    def handled(self) -> int:
+        """Frames of this scan's messages, whatever became of them (held, duplicate, out
+        of range, rejected): ``received + duplicate + out_of_range + rejected``."""
+        return (self.unique_received + self.duplicate + self.out_of_range
+                + sum(self.rejected.frames.values()))
+
+    @property
+    def arrived_since_start(self) -> int:
+        """Frames handled since the latest ``start``: what ``end.sent`` should say."""
+        return self.handled - self.handled_before_restart
+
+    @property
+    def rejected_since_start(self) -> int:
+        return sum(self.rejected.frames.values()) - self.rejected_before_restart
+
+    def restarted(self) -> None:
+        """The source sent the same ``start`` again (it restarted and resends)."""
+        self.restarts += 1
+        self.handled_before_restart = self.handled
+        self.rejected_before_restart = sum(self.rejected.frames.values())
+
+    def fail(self, reason: str) -> None:
+        """The scan cannot be processed: it will be reported failed (first reason kept)."""
+        if self.failure is None:
+            self.failure = reason
 
     @property
     def all_received(self) -> bool:
@@ -218,9 +262,26 @@ class ScanAccount:
 
     def report(self, close_reason: str, *, aborted: bool = False) -> ScanReport:
         missing = self.missing()
-        if aborted:
-            status: Status = "aborted"
-        elif any(missing.values()):
+        flags: list[str] = []
+        arrived = self.arrived_since_start
+        valid = arrived - self.rejected_since_start
+        if self.sent_by_source is not None and self.sent_by_source not in (valid, arrived):
+            # A source may count its refused messages in ``sent`` or not; any other
+            # figure means frames were lost or came from elsewhere.
+            flags.append(f"end.sent: the source says it sent {self.sent_by_source} frames, "
+                         f"{valid} valid ones arrived ({arrived} with the rejected)")
+        exceeded = self.rejected.frames.get("key_count_exceeded", 0)
+        if exceeded and any(missing.values()):
+            flags.append(
+                f"image_key: {exceeded} frames came with a key whose announced count was "
+                "already reached (mislabelled?): per-key missing counts follow the counts "
+                "in start, missing_ranges the frame indices never received; per key they "
+                "may disagree")
+        if self.failure is not None:
+            status: Status = "failed"
+        elif aborted:
+            status = "aborted"
+        elif any(missing.values()) or flags:
             status = "incomplete"
         else:
             status = "complete"
@@ -262,6 +323,8 @@ class ScanAccount:
                 ),
             },
             start=self.start.model_dump(mode="json", exclude_none=True),
+            failure=self.failure,
+            flags=tuple(flags),
         )
 
 
@@ -283,6 +346,9 @@ class ScanAccount:
             "rejected_frames": dict(self.rejected.frames),
             "sent_by_source": self.sent_by_source,
             "restarts": self.restarts,
+            "handled_before_restart": self.handled_before_restart,
+            "rejected_before_restart": self.rejected_before_restart,
+            "failure": self.failure,
             "bytes_received": self.bytes_received,
             "times": [timing.first_message, timing.last_message, timing.first_frame,
                       timing.last_frame],
@@ -318,6 +384,10 @@ class ScanAccount:
             if partial["sent_by_source"] is not None:
                 merged.sent_by_source = int(partial["sent_by_source"])
             merged.restarts = max(merged.restarts, int(partial["restarts"]))
+            merged.handled_before_restart += int(partial.get("handled_before_restart", 0))
+            merged.rejected_before_restart += int(partial.get("rejected_before_restart", 0))
+            if partial.get("failure") is not None and merged.failure is None:
+                merged.failure = str(partial["failure"])
             merged.bytes_received += int(partial["bytes_received"])
             merged.timing.transit_s.extend(partial["transit"])
             first_message, last_message, first_frame, last_frame = partial["times"]

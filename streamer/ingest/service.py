@@ -20,25 +20,29 @@ from typing import Any, Final
 
 import zmq
 
-from streamer.errors import ProtocolError
+from streamer.errors import ProtocolError, ScanFailedError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.cluster import ClusterIngest, MergedReport
-from streamer.ingest.state import FramesAccepted, IngestState, ScanClosed, ScanOpened
+from streamer.ingest.state import (
+    FramesAccepted,
+    IngestState,
+    ScanClosed,
+    ScanClosing,
+    ScanOpened,
+)
 from streamer.ingest.store import FrameStore
 from streamer.protocol import (
     AbortHeader,
     EndHeader,
-    FramesHeader,
     Limits,
     StartHeader,
     decode,
-    decode_header,
+    frames_claimed,
 )
 
 #: Reports kept in memory by a running service (the newest); every one is also handed to
 #: ``on_report`` (written to disk by the commands).
 MAX_KEPT_REPORTS: Final = 1000
-_SIZE_REASONS = ("missing_payload", "wrong_part_count", "payload_size_mismatch")
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,13 @@ class IngestService:
                     self._cluster_step()
                     if self.cluster.stopped:
                         break
-                self.drain(self.store)
+                self._drain()
                 if self.store.full or self.state.pending_full:
                     # Downstream is behind (or frames wait for their scan's start): do not
                     # read; the HWMs fill and the source waits. Wake on stop or after a
                     # poll period to try again.
                     self._pause()
+                    self.state.paused(self.clock())
                     self._tick()
                     continue
                 if poller.poll(self.settings.poll_ms):
@@ -202,7 +207,7 @@ class IngestService:
             # Hand frames downstream after every message: buffers are released while
             # still hot in cache instead of piling up for a whole burst.
             if len(self.store):
-                self.drain(self.store)
+                self._drain()
             if self.store.full or self.state.pending_full:
                 break
         return handled
@@ -214,7 +219,7 @@ class IngestService:
         try:
             message = decode(parts, self.settings.limits)
         except ProtocolError as error:
-            frames = _frames_claimed(parts, error, self.settings.limits)
+            frames = frames_claimed(parts, self.settings.limits)
             for event in self.state.handle_rejected(error, now, frames):
                 self._dispatch(event)
             return
@@ -231,13 +236,33 @@ class IngestService:
         else:
             time.sleep(self.settings.poll_ms / 1000)
 
-    def _hand_over_held_frames(self) -> None:
-        """Before a scan is forgotten, downstream must take every frame it still holds:
-        wait for it (the socket is not read meanwhile, so sources wait too)."""
-        self.drain(self.store)
-        while len(self.store) and not (self._stop is not None and self._stop.is_set()):
-            self._pause()
+    def _drain(self) -> None:
+        """Hand held frames downstream; a scan downstream cannot process
+        (:class:`~streamer.errors.ScanFailedError`) ends as failed, the service goes on."""
+        try:
             self.drain(self.store)
+        except ScanFailedError as failure:
+            self._fail_open_scan(str(failure))
+
+    def _fail_open_scan(self, reason: str) -> None:
+        account = self.state.current
+        if account is not None:
+            self.state.fail_scan(account.start.scan, reason)
+        self.store.take()  # received and counted; nothing more is done with them
+
+    def _hand_over_held_frames(self) -> str | None:
+        """Before a scan is forgotten, downstream must take every frame it still holds:
+        wait for it (the socket is not read meanwhile, so sources wait too). Returns why
+        downstream failed the scan, if it did while taking them."""
+        while True:
+            try:
+                self.drain(self.store)
+            except ScanFailedError as failure:
+                self.store.take()
+                return str(failure)
+            if not len(self.store) or (self._stop is not None and self._stop.is_set()):
+                return None
+            self._pause()
 
     def _tick(self) -> None:
         for event in self.state.handle_tick(self.clock()):
@@ -249,7 +274,15 @@ class IngestService:
         elif isinstance(event, FramesAccepted):
             self.store.put(event)
         elif isinstance(event, ScanClosed):
-            self._hand_over_held_frames()
+            failure = self._hand_over_held_frames()
+            if failure is None and self.on_event is not None:
+                try:  # downstream finishes what it can before the report is final
+                    self.on_event(ScanClosing(event.report.scan))
+                except ScanFailedError as error:
+                    failure = str(error)
+            if failure is not None:
+                event.account.fail(failure)
+                event = ScanClosed(event.report.failed(failure), event.account)
             if self.cluster is not None:
                 self.cluster.on_local_close(event)  # rank 0 reports the merged account
             else:
@@ -257,8 +290,18 @@ class IngestService:
         elif isinstance(event, MergedReport):
             self._report(event.report)
         if self.on_event is not None:
-            self.on_event(event)
-
+            try:
+                self.on_event(event)
+            except ScanFailedError as failure:
+                # Downstream refused the scan (at its start: too big for the memory budget,
+                # a normalisation the pipeline cannot do; or on its frames): that scan
+                # ends failed, never the service.
+                if isinstance(event, ScanOpened | FramesAccepted):
+                    account = self.state.current
+                    if account is not None and account.start.scan == event.start.scan:
+                        self._fail_open_scan(str(failure))
+                else:
+                    raise
 
     def _report(self, report: ScanReport) -> None:
         self.reports.append(report)
@@ -272,13 +315,3 @@ class IngestService:
 def _take_all(store: FrameStore) -> None:
     store.take()
 
-
-def _frames_claimed(parts: list[Any], error: ProtocolError, limits: Limits) -> int:
-    """How many frames a rejected message said it carried (0 if its header was bad)."""
-    if error.reason not in _SIZE_REASONS or not parts:
-        return 0
-    try:
-        header = decode_header(getattr(parts[0], "buffer", parts[0]), limits)
-    except ProtocolError:
-        return 0
-    return header.count if isinstance(header, FramesHeader) else 0

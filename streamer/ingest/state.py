@@ -63,6 +63,14 @@ class ScanClosed:
 
 
 @dataclass(frozen=True)
+class ScanClosing:
+    """Sent by the service to downstream just before a closed scan is reported: the
+    last moment to fail it (:class:`~streamer.errors.ScanFailedError`) in its report."""
+
+    scan: str
+
+
+@dataclass(frozen=True)
 class EndSeen:
     """Coordinated mode: this rank received the scan's ``end`` from the wire."""
 
@@ -104,8 +112,8 @@ class IngestState:
 
     def handle_message(self, message: Message, now: float) -> list[Event]:
         """Account for one valid decoded message arriving at time ``now``."""
-        self.last_message_at = now
         if isinstance(message, StartHeader):
+            self.last_message_at = now
             return self._start(message, now)
         scan_id = message.header.scan if isinstance(message, FramesMessage) else message.scan
         account = self.current
@@ -121,8 +129,14 @@ class IngestState:
             frames = message.header.count if isinstance(message, FramesMessage) else 0
             self._reject(reason, frames, now)
             return []
+        # Only valid messages of the open scan keep its idle timer alive: garbage from
+        # another peer must not keep a dead source's scan open.
+        self.last_message_at = now
         account.timing.saw_message(now)
         if isinstance(message, FramesMessage):
+            if account.failure is not None:  # the scan failed: nothing more is held
+                account.rejected.add("scan_failed", message.header.count)
+                return []
             mismatch = account.check_frames(message.header)
             if mismatch is not None:
                 account.rejected.add(mismatch, message.header.count)
@@ -158,10 +172,23 @@ class IngestState:
         return len(self.pending) >= PENDING_MESSAGES
 
     def handle_rejected(self, error: ProtocolError, now: float, frames: int = 0) -> list[Event]:
-        """Count a message that failed decoding (``frames`` if the header said how many)."""
-        self.last_message_at = now
+        """Count a message that failed decoding (``frames`` if the header said how many).
+        It does not keep the open scan's idle timer alive (anyone can send garbage)."""
         self._reject(error.reason, frames, now)
         return []
+
+    def paused(self, now: float) -> None:
+        """The driver is not reading (downstream is behind: backpressure). The source's
+        silence meanwhile is ours, so it does not count towards the idle timeout."""
+        if self.current is not None:
+            self.last_message_at = now
+
+    def fail_scan(self, scan_id: str, reason: str) -> None:
+        """Downstream cannot process ``scan_id`` (bad data, too big for the memory
+        budget): its later frames are counted rejected (``scan_failed``), never held, and
+        its report says ``failed`` with ``reason``. It closes as usual (end, timeout)."""
+        if self.current is not None and self.current.start.scan == scan_id:
+            self.current.fail(reason)
 
     def handle_tick(self, now: float) -> list[Event]:
         """Close the open scan if its source has been silent for too long."""
@@ -185,7 +212,7 @@ class IngestState:
         if account is not None:
             if account.start.scan == start.scan:
                 if _same_scan(account.start, start):
-                    account.restarts += 1
+                    account.restarted()
                     account.timing.saw_message(now)
                 else:
                     account.rejected.add("start_mismatch")
@@ -216,7 +243,6 @@ class IngestState:
     def _reject(self, reason: str, frames: int, now: float) -> None:
         if self.current is not None:
             self.current.rejected.add(reason, frames)
-            self.current.timing.saw_message(now)
         else:
             self.between_scans.add(reason, frames)
 

@@ -8,9 +8,11 @@ from a stored scan) and:
 2. runs the projection section (the pipeline's leading ``projection`` stages) on blocks
    of projections as soon as the references are complete, so correction happens while the
    scan is still arriving;
-3. on one rank, collects the corrected projections and, when the scan is complete, runs
-   the sinogram section on blocks of sinograms (``(rows, angles, cols)``); with several
-   ranks the reslice (issue 5) will hand each rank its band instead.
+3. on one rank, writes the corrected projections straight into their columns of one
+   preallocated sinogram buffer (:class:`~streamer.sinobuffer.SinogramBand` over every
+   row: the corrected scan is held once, never stacked or transposed again) and, when the
+   scan is over, runs the sinogram section on blocks of that buffer (``(rows, angles,
+   cols)``); with several ranks the reslice hands each rank its band instead.
 
 Bad pixel values are repaired and counted per scan in :attr:`ScanProcessor.repairs`
 (:mod:`stages.prep.repair`): NaN/±inf pixels of received frames (float payloads, any
@@ -47,6 +49,7 @@ from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.sections import split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
+from streamer.sinobuffer import SinogramBand
 from streamer.sources.scan import FrameReader
 
 
@@ -182,7 +185,13 @@ class ScanProcessor:
         self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         self._collect = keep_sinogram_section and bool(self.sinogram_steps)
-        self._corrected: dict[int, tuple[float, npt.NDArray[np.float32]]] = {}
+        #: The corrected scan in sinogram layout (one rank), allocated at the first
+        #: corrected block (whose shape it takes: a projection stage may crop or bin).
+        self.band: SinogramBand | None = None
+        #: Asked between sinogram blocks: True stops the section (Ctrl-C, SIGTERM); the
+        #: blocks done so far have been handed out, :attr:`stopped` says it stopped early.
+        self.should_stop: Callable[[], bool] | None = None
+        self.stopped = False
         self.frame_shape = frame
         self.projections_done = 0
         self.transfers = TransferStats()
@@ -223,12 +232,17 @@ class ScanProcessor:
         """Use as the ingest service's drain: take every held frame from the store."""
         self.add(store.take())
 
-    def finish(self) -> None:
-        """The scan is over: process what is left, then the sinogram section."""
+    def finish_projections(self) -> None:
+        """The scan is over: correct the projections still waiting (fewer than a block).
+        A stage that refuses the data raises here, before the sinogram section."""
         if self._references is None:
             self._references = self._stack_references()
         while self._waiting:
             self._process_projections(self.block_frames)
+
+    def finish(self) -> None:
+        """The scan is over: process what is left, then the sinogram section."""
+        self.finish_projections()
         if self._collect:
             self._run_sinogram_section()
 
@@ -284,23 +298,38 @@ class ScanProcessor:
         if self.on_projections is not None:
             self.on_projections(processed)
         if self._collect:
-            for position, index in enumerate(indices):
-                self._corrected[index] = (float(angles[position]), data[position])
+            if self.band is None:
+                # Home columns from the first corrected index (blocks go in index order;
+                # flats at both ends put the first projection after the first flats
+                # only): a wrong guess costs a sort at the end, never a wrong column.
+                self.band = SinogramBand((0, int(data.shape[1])), int(data.shape[2]),
+                                         max(self.start.projections, 1),
+                                         frames=self.start.frames,
+                                         first_index=int(processed.indices[0]))
+            slots = self.band.claim(processed.indices, angles)
+            self.band.store(slots, data)
+
+    def _stopping(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+        return self.stopped
 
     def _run_sinogram_section(self) -> None:
-        if not self._corrected:
+        if self.band is None or not self.band.received or self._stopping():
             return
-        order = sorted(self._corrected)
-        angles = np.array([self._corrected[i][0] for i in order], dtype=np.float64)
-        stack = np.stack([self._corrected[i][1] for i in order])  # (angles, rows, cols)
-        self._corrected.clear()
-        rows = stack.shape[1]
+        assembled = self.band.assemble()
+        angles = assembled.angles_deg
+        sinograms_all = assembled.sinograms  # (rows, angles, cols), a view of the buffer
+        rows = sinograms_all.shape[0]
         complete = self.complete
-        steps = self._with_center(self.sinogram_steps, stack, angles)
+        # The CoR finders take projections (angles, rows, cols): a transposed view.
+        steps = self._with_center(self.sinogram_steps, sinograms_all.transpose(1, 0, 2),
+                                  angles)
         for first in range(0, rows, self.block_sinograms):
+            if self._stopping():
+                return
             last = min(first + self.block_sinograms, rows)
-            sinograms = np.ascontiguousarray(stack[:, first:last, :].transpose(1, 0, 2))
-            data = apply_steps(steps, sinograms, darks=None, flats=None,
+            data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(

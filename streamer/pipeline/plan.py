@@ -1,5 +1,11 @@
 """Block sizes from a memory budget, per section of a pipeline (no data needed).
 
+What a scan holds for its whole duration is counted first (:func:`plan_scan`): the
+corrected scan in sinogram layout (every row on one rank, the band on each of R ranks)
+and the darks and flats as float32. The blocks are planned in what that leaves of the
+budget; a scan whose held part alone exceeds the budget is refused at its ``start``, with
+the figures, before any frame is held.
+
 A pipeline splits into a projection and a sinogram section as the run splits it
 (:func:`~streamer.pipeline.sections.split_sections`, as in HTTomo). Within a section, a
 block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
@@ -41,10 +47,12 @@ class SectionPlan:
     units: int  # frames (projection) or sinograms (sinogram) in the whole scan
     peak_bytes: int
     limiting_step: str
+    device: bool = False  # planned against the device's memory, not the host's
 
     def describe(self) -> str:
         unit = "frames" if self.pattern is Pattern.PROJECTION else "sinograms"
-        return (f"{self.pattern.value} section [{', '.join(self.steps)}]: blocks of "
+        where = "device: " if self.device else ""
+        return (f"{where}{self.pattern.value} section [{', '.join(self.steps)}]: blocks of "
                 f"{self.block} {unit} (of {self.units}), peak {self.peak_bytes / 2**20:,.1f} "
                 f"MiB set by {self.limiting_step!r}")
 
@@ -161,7 +169,7 @@ def _plan(
         block = _largest_fitting(peak_for, units, budget_bytes)
         peak = peak_for(block)
         plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units, peak,
-                                 limiting))
+                                 limiting, device))
     return plans
 
 
@@ -196,3 +204,71 @@ def block_sizes(
         return min((p.block for p in plans if p.pattern is pattern), default=1)
 
     return smallest(Pattern.PROJECTION), smallest(Pattern.SINOGRAM), plans
+
+
+@dataclass(frozen=True)
+class ScanMemory:
+    """Bytes one rank holds for one scan, by part (see :func:`plan_scan`)."""
+
+    sinogram_buffer: int  #: the corrected band, ``band_rows × angles × cols`` float32
+    references: int  #: darks and flats, float32, kept for the whole scan
+    blocks: int  #: the largest section peak of the block plan
+    budget: int
+
+    @property
+    def total(self) -> int:
+        return self.sinogram_buffer + self.references + self.blocks
+
+    def describe(self) -> str:
+        mib = 2**20
+        return (f"memory {self.total / mib:,.1f} MiB of {self.budget / mib:,.1f} MiB: "
+                f"sinogram buffer {self.sinogram_buffer / mib:,.1f} + references "
+                f"{self.references / mib:,.1f} + largest block {self.blocks / mib:,.1f}")
+
+
+def plan_scan(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    references: int,
+    dtype: np.dtype[Any],
+    budget_bytes: int,
+    band_rows: int | None = None,
+    device_bytes: int | None = None,
+) -> tuple[int, int, list[SectionPlan], ScanMemory]:
+    """Block sizes and the memory of one scan on one rank, or a ``ConfigError`` with the
+    figures when the scan cannot fit ``budget_bytes``.
+
+    ``band_rows`` is the most detector rows one rank reconstructs (all ``rows`` on one
+    rank); ``references`` the darks and flats the scan announces; ``device_bytes`` the
+    usable memory of the rank's device (``--device gpu``), whose plan also bounds the
+    blocks (the host figures count the host plans only).
+    """
+    if budget_bytes < 1:
+        raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
+    mib = 2**20
+    has_sinogram_section = any(p is Pattern.SINOGRAM for p, _ in sections(steps))
+    band = rows if band_rows is None else band_rows
+    buffer = band * max(angles, 1) * cols * 4 if has_sinogram_section else 0
+    held = references * rows * cols * 4
+    if buffer + held >= budget_bytes:
+        raise ConfigError(
+            f"memory: the scan needs {(buffer + held) / mib:,.1f} MiB held while it runs "
+            f"(sinogram buffer {band} rows x {angles} projections x {cols} columns float32 "
+            f"= {buffer / mib:,.1f} MiB + {references} darks and flats "
+            f"{held / mib:,.1f} MiB) before any block, the memory budget is "
+            f"{budget_bytes / mib:,.1f} MiB (--memory)")
+    left = budget_bytes - buffer - held
+    try:
+        frames, sinograms, plans = block_sizes(steps, rows=rows, cols=cols, angles=angles,
+                                               dtype=dtype, budget_bytes=left,
+                                               device_bytes=device_bytes)
+    except ConfigError as error:
+        raise ConfigError(
+            f"memory: {error} left of {budget_bytes / mib:,.1f} MiB after the sinogram "
+            f"buffer ({buffer / mib:,.1f} MiB) and references ({held / mib:,.1f} MiB)"
+        ) from None
+    peak = max((p.peak_bytes for p in plans if not p.device), default=0)
+    return frames, sinograms, plans, ScanMemory(buffer, held, peak, budget_bytes)
