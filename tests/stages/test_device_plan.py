@@ -193,3 +193,19 @@ def test_a_rank_without_a_device_is_refused() -> None:
     assert detect_device() is None
     with pytest.raises(ConfigError, match="rank 3: --device gpu: expected a usable CUDA"):
         use_device_for_rank(3, 4)
+
+
+def test_plan_scan_takes_the_device_plan_and_counts_host_memory_only() -> None:
+    from streamer.pipeline.plan import plan_scan
+
+    pipeline = steps()
+    usable = device_budget_bytes(stated_device(1.0).free_bytes)
+    host_frames, _, _, host_memory = plan_scan(
+        pipeline, **SHAPE, references=20, budget_bytes=64 * GIB)
+    frames, _, plans, memory = plan_scan(pipeline, **SHAPE, references=20,
+                                         budget_bytes=64 * GIB, device_bytes=usable)
+    device_plans = [plan for plan in plans if plan.device]
+    assert [plan.steps for plan in device_plans] == [("median_filter",)]
+    assert frames == device_plans[0].block < host_frames
+    assert memory == host_memory  # the device's blocks are not host memory
+    assert device_plans[0].describe().startswith("device: projection section")
