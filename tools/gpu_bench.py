@@ -55,6 +55,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "total_variation_pd": {"regularisation_parameter": 0.02, "iterations": 50},
     "fbp": {"filter_name": "shepp"},
     "remove_stripe_based_sorting": {"size": 21, "dim": 1},
+    "paganin": {"pixel_size": 1e-4, "dist": 50.0, "energy": 20.0, "alpha": 1e-3},
+    "paganin_filter": {"pixel_size_um": 1.0, "distance_m": 0.5, "energy_kev": 20.0,
+                       "ratio_delta_beta": 250.0},
 }
 
 

@@ -39,6 +39,9 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "total_variation_pd": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
     "fbp": ({"center": 10.3, "filter_name": "shepp", "circle_mask": True}, (2, 15, 21)),
     "remove_stripe_based_sorting": ({"size": 5, "dim": 2}, (3, 20, 24)),
+    "paganin": ({"pixel_size": 1e-4, "dist": 50.0, "energy": 20.0, "alpha": 1e-3}, (3, 20, 24)),
+    "paganin_filter": ({"pixel_size_um": 1.0, "distance_m": 0.5, "energy_kev": 20.0,
+                        "ratio_delta_beta": 250.0}, (3, 20, 24)),
 }
 #: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
 TIE_FREE = frozenset({"remove_stripe_based_sorting"})
@@ -93,8 +96,9 @@ def test_stage_runs_in_the_namespace_of_its_input(name: str, xp: Namespace) -> N
     block = _block(CASES[name][1])
     if name in TIE_FREE:
         block = np.random.default_rng(5).random(CASES[name][1], dtype=np.float32)
-    if spec.pattern.value == "sinogram":
-        block = np.nan_to_num(block, nan=0.0)  # reconstruction and TV: finite input
+    if spec.pattern.value == "sinogram" or name.startswith("paganin"):
+        # reconstruction, TV, phase retrieval: finite (and for paganin, positive) input
+        block = np.abs(np.nan_to_num(block, nan=0.0)) + np.float32(0.5)
     angles = {"angles_deg": np.linspace(0.0, 180.0, block.shape[1], endpoint=False)}
     expected = spec.run(block.copy(), _params(name), **angles)
     source = xp.upload(block.copy())
