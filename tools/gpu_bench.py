@@ -58,6 +58,11 @@ PARAMS: dict[str, dict[str, Any]] = {
     "paganin": {"pixel_size": 1e-4, "dist": 50.0, "energy": 20.0, "alpha": 1e-3},
     "paganin_filter": {"pixel_size_um": 1.0, "distance_m": 0.5, "energy_kev": 20.0,
                        "ratio_delta_beta": 250.0},
+    "circular_mask": {"ratio": 0.95},
+    "downsample": {"level": 1, "axis": 2},
+    "upsample": {"level": 1, "axis": 2},
+    "binning": {"factor_rows": 2, "factor_cols": 2},
+    "crop": {"rows": (1, 15), "cols": (1, 31)},  # fits the --dry-run frames too
 }
 
 

@@ -42,6 +42,11 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "paganin": ({"pixel_size": 1e-4, "dist": 50.0, "energy": 20.0, "alpha": 1e-3}, (3, 20, 24)),
     "paganin_filter": ({"pixel_size_um": 1.0, "distance_m": 0.5, "energy_kev": 20.0,
                         "ratio_delta_beta": 250.0}, (3, 20, 24)),
+    "circular_mask": ({"ratio": 0.8, "value": -1.0, "axis": 1}, (4, 9, 10)),
+    "downsample": ({"level": 1, "axis": 2}, (3, 8, 9)),
+    "upsample": ({"level": 2, "axis": 1}, (3, 8, 9)),
+    "binning": ({"factor_rows": 2, "factor_cols": 3}, (3, 8, 10)),
+    "crop": ({"rows": (1, 6), "cols": (2, 9)}, (3, 8, 10)),
 }
 #: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
 TIE_FREE = frozenset({"remove_stripe_based_sorting"})
