@@ -47,6 +47,11 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "upsample": ({"level": 2, "axis": 1}, (3, 8, 9)),
     "binning": ({"factor_rows": 2, "factor_cols": 3}, (3, 8, 10)),
     "crop": ({"rows": (1, 6), "cols": (2, 9)}, (3, 8, 10)),
+    "dark_flat_field_correction": ({"upper_bound": 0.9, "lower_bound": 0.05}, (3, 8, 9)),
+    "remove_outlier3d": ({"kernel_size": 3, "dif": 0.3}, (4, 9, 10)),
+    "median_filter3d": ({"kernel_size": 5, "dif": 0.0}, (4, 9, 10)),
+    "remove_stripe_ti_httomo": ({"beta": 0.2}, (2, 12, 15)),
+    "raven_filter": ({"pad_y": 4, "pad_x": 5, "vvalue": 2}, (2, 12, 15)),
 }
 #: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
 TIE_FREE = frozenset({"remove_stripe_based_sorting"})
@@ -104,11 +109,15 @@ def test_stage_runs_in_the_namespace_of_its_input(name: str, xp: Namespace) -> N
     if spec.pattern.value == "sinogram" or name.startswith("paganin"):
         # reconstruction, TV, phase retrieval: finite (and for paganin, positive) input
         block = np.abs(np.nan_to_num(block, nan=0.0)) + np.float32(0.5)
-    angles = {"angles_deg": np.linspace(0.0, 180.0, block.shape[1], endpoint=False)}
-    expected = spec.run(block.copy(), _params(name), **angles)
+    extra: dict[str, Any] = {
+        "angles_deg": np.linspace(0.0, 180.0, block.shape[1], endpoint=False)}
+    references = {"darks": np.full((2, *block.shape[1:]), 0.05, dtype=np.float32),
+                  "flats": np.full((3, *block.shape[1:]), 1.1, dtype=np.float32)}
+    expected = spec.run(block.copy(), _params(name), **extra, **references)
     source = xp.upload(block.copy())
     backend = "cupy" if xp.name == "cupy" else "numpy"
-    result = spec.run(source, _params(name), backend=backend, **angles)
+    extra |= {key: xp.upload(value) for key, value in references.items()}
+    result = spec.run(source, _params(name), backend=backend, **extra)
     assert array_module(result) is array_module(source), "the result left the input's device"
     host = xp.download(result)
     assert host.shape == expected.shape and host.dtype == expected.dtype
