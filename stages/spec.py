@@ -104,6 +104,14 @@ class StageSpec:
         result (a float, or a :class:`~stages.recon.center_policy.CorEstimate` with a
         confidence and warnings) becomes the ``center`` of the reconstruction (HTTomo's
         ``find_center_vo`` entries map here).
+    angle_local : bool or callable
+        Whether the output for one projection depends only on that projection (and the
+        scan's references and parameters): the stage can run on projection blocks as
+        they arrive, and a pipeline whose stages before the reconstructor are all
+        angle-local can reconstruct while the scan arrives
+        (``docs/explanation/streaming-reconstruction.md``). A callable
+        ``angle_local(params) -> bool`` where it depends on a parameter (the axis of a
+        slice-wise filter); see :meth:`is_angle_local`. ``False`` unless declared.
     device : bool
         Whether ``fn`` is written against the array namespace of its input (``xp =
         array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
@@ -131,6 +139,7 @@ class StageSpec:
         Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], SupportsFloat]
         | None
     ) = None
+    angle_local: bool | Callable[[Any], bool] = False
     aliases: tuple[str, ...] = ()
     device: bool = False
     device_memory: MemoryEstimate | None = None
@@ -143,6 +152,12 @@ class StageSpec:
         """Where the stage can run: ``numpy`` (our own code) first, ``cupy`` (the same
         code on a CUDA device) where the stage is device-ready, then the adapters."""
         return ("numpy", *(("cupy",) if self.device else ()), *self.adapters)
+
+    def is_angle_local(self, params: StageParams) -> bool:
+        """Whether this stage, with ``params``, acts on each projection on its own."""
+        if callable(self.angle_local):
+            return bool(self.angle_local(params))
+        return self.angle_local
 
     def run(
         self,

@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--port", type=int, default=8765, help="HTTP port (0: any free one)")
     view.add_argument("--allow-remote", action="store_true",
                       help="allow a non-loopback --host")
+    view.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                      help="a name or address the page may be opened by besides the loopback "
+                      "ones (and, with --allow-remote, this machine's); repeatable")
     view.add_argument("--feed-token", default=None, metavar="TOKEN",
                       help="the feed's control token (default: $TOMO_STREAMER_FEED_TOKEN)")
     return parser
@@ -732,7 +735,8 @@ def _run_view(args: argparse.Namespace) -> int:
 
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
     settings = ViewerSettings(feed=args.feed, control=args.control, host=args.host,
-                              port=args.port, allow_remote=args.allow_remote, token=token)
+                              port=args.port, allow_remote=args.allow_remote, token=token,
+                              allowed_hosts=tuple(args.allowed_host))
     try:
         serve(settings, announce=lambda url: print(f"view: serving {url}; Ctrl-C to stop",
                                                    file=sys.stderr, flush=True))
@@ -958,6 +962,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
+    from streamer.pipeline.streaming import streaming_kind
     from streamer.recon import ReconSettings, pipeline_for
 
     pipeline = load_pipeline(args.pipeline, REGISTRY)
@@ -990,6 +995,7 @@ def _run_check(args: argparse.Namespace) -> int:
         variants = pipeline.variants()  # validates every value
         print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "
               f"{', '.join(label for label, _ in variants)}")
+    print(streaming_kind(steps).describe())
     print(f"memory plan: {args.projections} projections of {rows}x{cols} {args.dtype}, "
           f"budget {budget / 2**30:.1f} GiB")
     for plan in plans:

@@ -28,6 +28,8 @@ fetch a final slice, state).
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from streamer.feed_messages import (
     CutsRequest,
     FeedHeader,
     FeedLimits,
+    HelloHeader,
     PreviewHeader,
     ScanEndHeader,
     ScanStartHeader,
@@ -146,7 +149,16 @@ class CorSweep:
     missed: int = 0
 
 
-FeedMessage = ScanStart | Counters | Preview | Slice | Cuts | ScanEnd | CorSweep
+@dataclass(frozen=True)
+class Hello:
+    """The feed saw a subscriber join (its subscription is active from here on).
+    :class:`Subscription` takes these itself and never hands them out."""
+
+    header: HelloHeader
+    missed: int = 0
+
+
+FeedMessage = ScanStart | Counters | Preview | Slice | Cuts | ScanEnd | CorSweep | Hello
 
 
 def decode_message(parts: list[Any], limits: FeedLimits = DEFAULT_LIMITS, *,
@@ -180,6 +192,8 @@ def _wrap(header: FeedHeader, images: Images, missed: int) -> FeedMessage:
         return Cuts(header, images, missed)
     if isinstance(header, ScanEndHeader):
         return ScanEnd(header, missed)
+    if isinstance(header, HelloHeader):
+        return Hello(header, missed)
     return CorSweep(header, images, missed)
 
 
@@ -189,7 +203,9 @@ class MessageQueue:
     Counts the messages the publisher dropped for this subscriber (gaps in ``seq``: they
     go into each message's ``missed`` and the total :attr:`missed`) and, with
     ``conflate``, keeps only the newest preview waiting (:attr:`conflated` counts those
-    skipped); every other message waits in order.
+    skipped); every other message waits in order. ``hello`` messages are taken, not
+    handed out (counted in :attr:`hellos`; what was lost before one is counted in the
+    next message handed out). :attr:`received` counts every message.
     """
 
     def __init__(self, *, conflate: bool = False) -> None:
@@ -197,7 +213,9 @@ class MessageQueue:
         self.missed = 0
         self.conflated = 0
         self.received = 0
+        self.hellos = 0
         self._last_seq: int | None = None
+        self._carried = 0
         self._ready: deque[FeedMessage] = deque()
 
     def add(self, header: FeedHeader, images: Images) -> None:
@@ -208,6 +226,11 @@ class MessageQueue:
         self._last_seq = header.seq
         self.missed += missed
         self.received += 1
+        if isinstance(header, HelloHeader):
+            self.hellos += 1
+            self._carried += missed
+            return
+        missed, self._carried = missed + self._carried, 0
         message = _wrap(header, images, missed)
         if self.conflate and isinstance(message, Preview):
             older = sum(isinstance(m, Preview) for m in self._ready)
@@ -271,17 +294,30 @@ class Subscription:
         self._connected = False
         self._socket.connect(address)
 
-    def wait_connected(self, timeout_s: float = 5.0) -> None:
-        """Return once the connection to the feed is up (so that a scan started next is
-        seen from its ``scan_start``); :class:`FeedTimeoutError` after ``timeout_s``."""
+    def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Return once the feed has this subscription (so that a scan started next is
+        seen from its ``scan_start``): the connection is up and a first message came
+        (the feed says ``hello`` to every new subscriber; messages that come meanwhile
+        are kept for :meth:`receive`). :class:`FeedTimeoutError` after ``timeout_s``
+        (default: the subscription's ``timeout_s``, so a client started before the feed
+        waits as long as it would for a message)."""
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not wait_s > 0:
+            raise ValueError(f"timeout_s: expected > 0, got {wait_s}")
+        deadline = time.monotonic() + wait_s
         monitor = self._monitor
-        if self._connected or monitor is None:
-            return
-        if not monitor.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise FeedTimeoutError(f"feed {self.address}: not connected within "
-                                   f"{timeout_s:g} s; is the feed running?")
-        self._connected = True
-        self._stop_monitor()
+        if not self._connected and monitor is not None:
+            if not monitor.poll(math.ceil(wait_s * 1000), zmq.POLLIN):
+                raise FeedTimeoutError(f"feed {self.address}: not connected within "
+                                       f"{wait_s:g} s; is the feed running?")
+            self._connected = True
+            self._stop_monitor()
+        while not (self.queue.hellos or len(self.queue)):
+            left_ms = math.ceil(1000 * (deadline - time.monotonic()))
+            if left_ms <= 0 or not self._socket.poll(left_ms, zmq.POLLIN):
+                raise FeedTimeoutError(f"feed {self.address}: connected, but no message "
+                                       f"within {wait_s:g} s; is it a tomo-streamer feed?")
+            self._take(self._socket.recv_multipart(copy=False))
 
     def _stop_monitor(self) -> None:
         if self._monitor is not None:
@@ -308,11 +344,13 @@ class Subscription:
     def receive(self, timeout_s: float | None = None) -> FeedMessage:
         """The next message; :class:`FeedTimeoutError` after ``timeout_s`` (default: the
         subscription's) without one."""
-        if not len(self.queue):
-            wait_ms = int(1000 * (self.timeout_s if timeout_s is None else timeout_s))
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
+        while not len(self.queue):  # (a hello is taken, not handed out: wait on)
+            wait_ms = max(0, math.ceil(1000 * (deadline - time.monotonic())))
             if not self._socket.poll(wait_ms, zmq.POLLIN):
                 raise FeedTimeoutError(f"feed {self.address}: no message within "
-                                       f"{wait_ms / 1000:g} s; is the feed running?")
+                                       f"{wait_s:g} s; is the feed running?")
             self._take(self._socket.recv_multipart(copy=False))
             if self.conflate:  # everything already here, so that old previews are skipped
                 while self._socket.poll(0, zmq.POLLIN):

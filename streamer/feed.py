@@ -37,9 +37,11 @@ import contextlib
 import hmac
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -60,6 +62,7 @@ from streamer.feed_messages import (
     CutsHeader,
     CutsRequest,
     Dropped,
+    HelloHeader,
     ImageDtype,
     ImageSpec,
     PreviewHeader,
@@ -89,6 +92,7 @@ from streamer.preview import (
     to_uint8,
 )
 from streamer.protocol import StartHeader
+from streamer.recon import center_label
 from streamer.transport import check_address, is_loopback
 
 DEFAULT_FEED_ADDRESS: Final = "tcp://127.0.0.1:*"
@@ -98,12 +102,23 @@ BACKPROJECT_SLICE_S: Final = 0.05
 CLOSE_LINGER_MS: Final = 1000
 #: Most projections filtered and back-projected as one batch.
 CHUNK_PROJECTIONS: Final = 32
+#: Failures of the feed thread in a row (no loop turn completed between them) after which
+#: it stops for good, saying so, instead of restarting once more.
+MAX_FAILURES_IN_ROW: Final = 3
+
+
+def log_to_stderr(line: str) -> None:
+    """The feed's default log: one line on stderr (the service's log)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 class CenterTarget(Protocol):
-    """What takes a CoR chosen in a viewer: a ``ScanProcessor``'s ``center_override``."""
+    """The scan's processor (a ``ScanProcessor``): takes a CoR chosen in a viewer as its
+    ``center_override``, and calls ``on_center(center, method)`` when it settles the CoR
+    the scan is reconstructed at (the feed sets it to :meth:`LiveFeed.center_resolved`)."""
 
     center_override: float | None
+    on_center: Callable[[float, str], None] | None
 
 
 @dataclass(frozen=True)
@@ -210,6 +225,7 @@ class _Opened:
     rows: tuple[int, ...]
     geometry: PreviewGeometry
     center: float
+    center_method: str
     at: float
 
 
@@ -237,6 +253,14 @@ class _Closing:
 
 
 @dataclass(frozen=True)
+class _Center:
+    """The CoR the scan is reconstructed at, once the processor has settled it."""
+
+    center: float
+    method: str
+
+
+@dataclass(frozen=True)
 class _Closed:
     report: ScanReport
     center: float | None
@@ -245,7 +269,7 @@ class _Closed:
     error: str | None
 
 
-_Item = _Opened | _Rows | _Slices | _Closing | _Closed
+_Item = _Opened | _Rows | _Slices | _Closing | _Center | _Closed
 
 
 @dataclass(frozen=True)
@@ -321,6 +345,11 @@ class _ScanView:
     end: ScanEndHeader | None = None
     state: str = "open"
     stored_bytes: int = 0
+    #: Re-rendering at a new CoR: the preview is not published until it holds every kept
+    #: projection again (it never goes back to a few projections on screen).
+    rerendering: bool = False
+    #: Projections in the last preview published.
+    shown: int = 0
 
     @property
     def scan(self) -> str:
@@ -335,6 +364,18 @@ class LiveFeed:
     settings : FeedSettings
     context : zmq.Context, optional
         Shared context; a private one (terminated by :meth:`close`) when omitted.
+    log : callable, optional
+        Gets one line per event worth a log entry (a refused control request, the feed
+        thread failing and being restarted or stopping); stderr when omitted.
+    clock : callable, optional
+        Wall clock, Unix seconds (``time.time``): message times, the counters and
+        preview periods, rates. Tests inject one to make the periods deterministic.
+
+    The feed's thread never dies silently: an unexpected error is logged and the thread
+    restarted; after :data:`MAX_FAILURES_IN_ROW` failures in a row it stops, saying so
+    (:attr:`alive` turns false; the pipeline's calls keep working and drop what they
+    hand over, counted). Control requests that fail are answered with an ``internal``
+    error, never left without a reply.
 
     Raises
     ------
@@ -343,14 +384,20 @@ class LiveFeed:
     """
 
     def __init__(self, settings: FeedSettings = FeedSettings(),
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, *,
+                 log: Callable[[str], None] = log_to_stderr,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self._log = log
+        self._clock = clock
         self._own_context = context is None
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context()
         self._pub: zmq.Socket[Any] | None = None
         self._control: zmq.Socket[Any] | None = None
         try:
-            self._pub = self._bind(zmq.PUB, settings.address)
+            # XPUB: a PUB socket that also reads subscriptions (each one, XPUB_VERBOSE),
+            # so that a new subscriber gets a ``hello`` once it is subscribed.
+            self._pub = self._bind(zmq.XPUB, settings.address)
             self.address = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.control_address: str | None = None
             if settings.control is not None:
@@ -384,6 +431,13 @@ class LiveFeed:
         self._rate_base: tuple[float, int, int, int] | None = None
         self._last_counters: CountersHeader | None = None
         self.published: dict[str, int] = {}
+        # Health: control requests refused (bad token) or failed, thread restarts.
+        self._refused_requests = 0
+        self._failed_requests = 0
+        self._restarts = 0
+        self._subscriptions = 0
+        self._failures_in_row = 0
+        self._stopped_by_failure: str | None = None
         # Wake-up pipe: the pipeline thread writes a byte, the feed thread polls it.
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -408,17 +462,29 @@ class LiveFeed:
             start.rows)
         geometry = PreviewGeometry.for_detector(start.cols, self.settings.preview_size,
                                                 slice_size)
+        method = "pipeline"
         if center is None:
-            center = start.geometry.cor_px
-        if center is None:
-            center = (start.cols - 1) / 2
-        now = time.time()
+            center, method = start.geometry.cor_px, "scan start"
+        if center is None:  # until the processor settles it (center_resolved)
+            center, method = (start.cols - 1) / 2, "detector middle"
+        now = self._clock()
         self._pipe = _PipelineScan(start, rows, geometry, now)
         with self._center_lock:
             self._center_target = target
             self._center_scan = start.scan
+        if target is not None:
+            target.on_center = self.center_resolved
         self._refresh(force=True)  # before the scan's first message: counters are ready
-        self._put(_Opened(start, rows, geometry, float(center), now), 0, force=True)
+        self._put(_Opened(start, rows, geometry, float(center), method, now), 0, force=True)
+
+    def center_resolved(self, center: float, method: str) -> None:
+        """The processor settled the CoR the scan is reconstructed at (found by a finder
+        or Vo's method, or set from a viewer): the preview is re-rendered at it and every
+        later label (slices, counters, state, ``scan_end``) says it, with ``method``
+        (``"auto"`` is labelled ``"vo"``)."""
+        if self._pipe is None:
+            return
+        self._put(_Center(float(center), center_label(method, "pipeline")), 0, force=True)
 
     def frames_accepted(self, event: FramesAccepted) -> None:
         """Count the frames of one accepted message."""
@@ -438,10 +504,12 @@ class LiveFeed:
             return
         pipe.processed += len(block.indices)
         rows = np.ascontiguousarray(block.data[:, list(pipe.rows), :], dtype=np.float32)
-        item = _Rows(block.indices.copy(), block.angles_deg.copy(), rows, time.time())
-        if not self._put(item, rows.nbytes):
-            pipe.dropped_rows += len(block.indices)
+        item = _Rows(block.indices.copy(), block.angles_deg.copy(), rows, self._clock())
+        # The counts first: a preview of these rows is never followed by older counters.
         self._refresh()
+        if not self._put(item, _item_bytes(item)):
+            pipe.dropped_rows += len(block.indices)
+            self._refresh()
 
     def slices(self, block: ProcessedBlock) -> None:
         """A band of final slices ``(n, N, N)``, ``block.indices`` their detector rows."""
@@ -464,7 +532,7 @@ class LiveFeed:
             shown_image = bin_image(block.data[middle], binning)
         item = _Slices(indices[0], indices[-1] + 1, kept, (indices[middle], shown_image),
                        binning, stride)
-        if not self._put(item, sum(image.nbytes for _, image in kept) + shown_image.nbytes):
+        if not self._put(item, _item_bytes(item)):
             pipe.dropped_slices += len(indices)
 
     def scan_closing(self) -> None:
@@ -475,7 +543,7 @@ class LiveFeed:
         if self._pipe is not None:
             self._pipe.state = "reconstructing"
         self._refresh(force=True)
-        self._put(_Closing(time.time()), 0, force=True)
+        self._put(_Closing(self._clock()), 0, force=True)
 
     def scan_closed(self, report: ScanReport, *, center: float | None = None,
                     center_method: str | None = None, output: str | None = None,
@@ -513,12 +581,22 @@ class LiveFeed:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Messages published by type, and what the feed dropped (for tests and benches)."""
+        """Messages published by type, what the feed dropped, control requests refused
+        (bad token) or failed, and restarts of its thread (for tests and benches)."""
         return {**self.published, "dropped_previews": self._dropped_previews,
-                "dropped_messages": self._dropped_messages}
+                "dropped_messages": self._dropped_messages,
+                "refused_requests": self._refused_requests,
+                "failed_requests": self._failed_requests, "restarts": self._restarts}
+
+    @property
+    def alive(self) -> bool:
+        """Whether the feed's thread is serving (false once closed or stopped by failures)."""
+        return self._thread.is_alive() and self._stopped_by_failure is None
 
     def _put(self, item: _Item, nbytes: int, *, force: bool = False) -> bool:
         with self._lock:
+            if self._stopped_by_failure is not None:
+                return False  # nobody would take it
             if not force and (self._pending_bytes + self._stored_bytes + nbytes
                               > self.settings.memory_bytes):
                 return False
@@ -575,6 +653,8 @@ class LiveFeed:
             else:
                 socket.setsockopt(zmq.SNDHWM, self.settings.sndhwm)
                 socket.setsockopt(zmq.SNDBUF, self.settings.sndbuf_bytes)
+                socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+                socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)  # subscriptions only
             socket.bind(address)
         except zmq.ZMQError as exc:
             socket.close(linger=0)
@@ -591,23 +671,51 @@ class LiveFeed:
 
     def _publish(self, header: Any, images: list[npt.NDArray[Any]] | None = None) -> None:
         assert self._pub is not None
-        header = header.model_copy(update={"seq": self._seq, "t": time.time()})
+        header = header.model_copy(update={"seq": self._seq, "t": self._clock()})
         self._seq += 1
+        parts = encode(header, images)
+        # Counted before the send, so that a subscriber holding the message never reads a
+        # count without it (``stats`` is read from other threads; replaced, not mutated).
+        before = self.published
+        self.published = {**before, header.type: before.get(header.type, 0) + 1}
         try:
-            self._pub.send_multipart(encode(header, images), flags=zmq.NOBLOCK, copy=False)
+            self._pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
+            self.published = before
             self._dropped_messages += 1
-            return
-        # Replaced, not mutated: ``stats`` reads it from other threads.
-        self.published = {**self.published, header.type: self.published.get(header.type, 0) + 1}
 
     # --- the feed thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The thread: the loop, restarted after an unexpected error (logged); stopped,
+        saying so, after :data:`MAX_FAILURES_IN_ROW` failures with no turn completed."""
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception as error:  # the service must hear of any failure
+                self._failures_in_row += 1
+                reason = f"{type(error).__name__}: {error}"[:300]
+                if self._failures_in_row >= MAX_FAILURES_IN_ROW:
+                    self._stopped_by_failure = reason
+                    with self._lock:
+                        self._inbox.clear()
+                        self._pending_bytes = 0
+                    self._log(f"feed: stopped after {self._failures_in_row} failures in a row "
+                              f"({reason}); the scans go on without a live feed")
+                    return
+                self._restarts += 1
+                self._sweep = None  # the step that failed may have been the sweep's
+                self._log(f"feed: thread failed ({reason}); restarted "
+                          f"(restart {self._restarts})")
+
+    def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._wake_read, zmq.POLLIN)
         if self._control is not None:
             poller.register(self._control, zmq.POLLIN)
+        assert self._pub is not None
+        poller.register(self._pub, zmq.POLLIN)  # subscriptions
         while not self._stop.is_set():
             ready = dict(poller.poll(self._poll_ms()))
             if self._wake_read in ready:
@@ -618,13 +726,32 @@ class LiveFeed:
             self._take_inbox()
             if self._control is not None and self._control in ready:
                 self._serve_control()
+            if self._pub in ready:
+                self._welcome()
             self._backproject(BACKPROJECT_SLICE_S)
             self._maybe_publish_preview()
             self._sweep_step()
             self._maybe_publish_counters()
+            self._failures_in_row = 0
         # What the pipeline handed over before close() (a scan's end, typically) still
         # goes out: bounded work, the inbox is bounded.
         self._take_inbox()
+
+    def _welcome(self) -> None:
+        """Read the subscriptions that came; if one is new, say ``hello`` (every
+        subscriber gets it: the new one then knows the feed has its subscription)."""
+        assert self._pub is not None
+        joined = 0
+        for _ in range(64):
+            try:
+                event = self._pub.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                joined += 1
+        self._subscriptions += joined
+        if joined:
+            self._publish(HelloHeader(scan=self._view.scan if self._view else None))
 
     def _poll_ms(self) -> int:
         view = self._view
@@ -632,7 +759,7 @@ class LiveFeed:
             view is not None and view.done_chunks < len(view.chunks)
         ):
             return 0
-        now = time.time()
+        now = self._clock()
         due = self._last_counters_at + self.settings.counters_interval_s - now
         if view is not None and view.version > view.published_version:
             due = min(due, self._last_preview_at + self.settings.preview_interval_s - now)
@@ -644,23 +771,33 @@ class LiveFeed:
                 if not self._inbox:
                     return
                 item = self._inbox.popleft()
-            nbytes = 0
-            if isinstance(item, _Opened):
-                self._open(item)
-            elif isinstance(item, _Rows):
-                nbytes = item.data.nbytes
-                self._add_rows(item)
-            elif isinstance(item, _Slices):
-                nbytes = sum(image.nbytes for _, image in item.kept) + item.shown[1].nbytes
-                self._add_slices(item)
-            elif isinstance(item, _Closing):
-                if self._view is not None:
-                    self._view.state = "reconstructing"
+            try:
+                self._take(item)
+            finally:  # also when it fails: the budget must not shrink for good
+                with self._lock:
+                    self._pending_bytes -= _item_bytes(item)
+
+    def _take(self, item: _Item) -> None:
+        """One item of the inbox, in the feed's thread."""
+        if isinstance(item, _Opened):
+            self._open(item)
+        elif isinstance(item, _Rows):
+            self._add_rows(item)
+        elif isinstance(item, _Slices):
+            self._add_slices(item)
+        elif isinstance(item, _Closing):
+            if self._view is not None:
+                self._view.state = "reconstructing"
+            self._publish_counters()
+        elif isinstance(item, _Center):
+            view = self._view
+            if view is not None and view.center != item.center:
+                self._recenter(view, item.center, item.method)  # re-rendered at it
+            if view is not None:
+                view.center_method = item.method
                 self._publish_counters()
-            else:
-                self._close_scan(item)
-            with self._lock:
-                self._pending_bytes -= nbytes
+        else:
+            self._close_scan(item)
 
     def _open(self, item: _Opened) -> None:
         geometry = item.geometry
@@ -668,7 +805,7 @@ class LiveFeed:
         self._view = _ScanView(
             opened=item, response=filter_response(geometry.length, self.settings.filter_name),
             x=x, y=y, acc=np.zeros((len(item.rows), geometry.size ** 2), dtype=np.float32),
-            center=item.center, center_method="preview",
+            center=item.center, center_method=item.center_method,
         )
         self._sweep = None
         self._stored_bytes = 0
@@ -678,7 +815,7 @@ class LiveFeed:
             scan=start.scan, rows=start.rows, cols=start.cols, projections=start.projections,
             flats=start.flats, darks=start.darks, preview_rows=list(item.rows),
             binning=geometry.binning, preview_size=geometry.size, center=item.center,
-            source=start.source,
+            center_method=item.center_method, source=start.source,
         ))
         self._publish_counters()
 
@@ -710,7 +847,8 @@ class LiveFeed:
         images, specs, dtype = self._images([(f"slice {index}", image)])
         self._publish(SliceHeader(scan=view.scan, dtype=dtype, images=specs, index=index,
                                   band=(item.first, item.last), binning=item.binning,
-                                  center=view.center), images)
+                                  center=view.center, center_method=view.center_method),
+                      images)
 
     def _close_scan(self, item: _Closed) -> None:
         view = self._view
@@ -721,7 +859,7 @@ class LiveFeed:
         if view.version > view.published_version or view.previewed:
             self._publish_preview(view)
         view.closed = item
-        view.closed_at = time.time()
+        view.closed_at = self._clock()
         view.state = "closed"
         if view.volume:
             self._publish(*self._cuts(view))
@@ -756,17 +894,19 @@ class LiveFeed:
             view.previewed += len(angles)
             if view.newest is None or at >= view.newest[1]:
                 view.newest = (newest, at)
-            if view.version > view.published_version:
+            if view.version > view.published_version and not view.rerendering:
                 self._dropped_previews += 1  # the unsent version is superseded
             view.version += 1
             if time.perf_counter() - began > budget_s:
                 break
+        if view.done_chunks == len(view.chunks):
+            view.rerendering = False
 
     def _maybe_publish_preview(self) -> None:
         view = self._view
-        if view is None or view.version <= view.published_version:
+        if view is None or view.version <= view.published_version or view.rerendering:
             return
-        if time.time() - self._last_preview_at < self.settings.preview_interval_s:
+        if self._clock() - self._last_preview_at < self.settings.preview_interval_s:
             return
         self._publish_preview(view)
 
@@ -781,19 +921,22 @@ class LiveFeed:
         self._publish(PreviewHeader(
             scan=view.scan, dtype=dtype, images=specs, rows=list(opened.rows),
             projections=view.previewed, expected=opened.start.projections,
-            center=view.center, binning=geometry.binning, newest_frame=newest_frame,
-            newest_at=newest_at,
+            center=view.center, center_method=view.center_method, binning=geometry.binning,
+            newest_frame=newest_frame, newest_at=newest_at,
         ), arrays)
         view.published_version = view.version
-        self._last_preview_at = time.time()
+        view.shown = view.previewed
+        self._last_preview_at = self._clock()
 
     def _recenter(self, view: _ScanView, center: float, method: str) -> None:
-        """Recompute the preview at another CoR from the kept filtered rows."""
+        """Recompute the preview at another CoR from the kept filtered rows (published
+        once it holds all of them again)."""
         view.center, view.center_method = center, method
         view.acc[...] = 0.0
         view.done_chunks = 0
         view.previewed = 0
         view.newest = None
+        view.rerendering = bool(view.chunks)
 
     def _images(self, named: list[tuple[str, npt.NDArray[np.float32]]]
                 ) -> tuple[list[npt.NDArray[Any]], list[ImageSpec], ImageDtype]:
@@ -824,40 +967,43 @@ class LiveFeed:
     # --- counters ----------------------------------------------------------------------------
 
     def _maybe_publish_counters(self) -> None:
-        if time.time() - self._last_counters_at >= self.settings.counters_interval_s:
+        if self._clock() - self._last_counters_at >= self.settings.counters_interval_s:
             self._publish_counters()
             view = self._view
             # The scan's latest state again, every counters period until the next scan: a
             # subscriber that lost it (slow, or joined late) has it within a period.
             if view is not None and view.end is not None:
                 self._publish(view.end)  # (small messages before the large preview)
-            if view is not None and view.previewed and view.state != "reconstructing":
+            if (view is not None and view.previewed and view.state != "reconstructing"
+                    and not view.rerendering):
                 self._publish_preview(view)
 
     def _publish_counters(self) -> None:
-        self._last_counters_at = time.time()
+        self._last_counters_at = self._clock()
         snapshot = self._snapshot
         view = self._view
         if snapshot is None or view is None or snapshot.scan != view.scan:
             return
-        now = time.time()
+        now = self._clock()
         total = sum(snapshot.received)
+        # While re-rendering at a new CoR the images shown still hold ``shown`` projections.
+        previewed = view.shown if view.rerendering else view.previewed
         rates = Rates()
         base = self._rate_base
         if base is not None and now - base[0] > 0.2:
             span = now - base[0]
             rates = Rates(received_fps=max(0.0, (total - base[1]) / span),
                           processed_fps=max(0.0, (snapshot.processed - base[2]) / span),
-                          previewed_fps=max(0.0, (view.previewed - base[3]) / span))
+                          previewed_fps=max(0.0, (previewed - base[3]) / span))
         if base is None or now - base[0] > 0.2:
-            self._rate_base = (now, total, snapshot.processed, view.previewed)
+            self._rate_base = (now, total, snapshot.processed, previewed)
         state = "closed" if view.state == "closed" else snapshot.state
         header = CountersHeader(
             scan=view.scan, state=state, expected=_counts(snapshot.expected),
             received=_counts(snapshot.received), duplicate=snapshot.duplicate,
             out_of_range=snapshot.out_of_range, rejected=snapshot.rejected,
             missing=_counts(snapshot.missing) if snapshot.missing is not None else None,
-            processed=snapshot.processed, previewed=view.previewed,
+            processed=snapshot.processed, previewed=previewed,
             elapsed_s=max(0.0, (view.closed_at or now) - view.opened.at), rates=rates,
             dropped=Dropped(preview_rows=snapshot.dropped_rows, slices=snapshot.dropped_slices,
                             previews=self._dropped_previews, messages=self._dropped_messages),
@@ -893,6 +1039,14 @@ class LiveFeed:
                 reply = self._handle_request(parts)
             except ProtocolError as error:
                 reply = [_error(error.reason, str(error))]
+                if error.reason == "unauthorised":
+                    self._refused_requests += 1
+                    self._log(f"feed: control request refused ({error})")
+            except Exception as error:  # answered, logged, counted
+                self._failed_requests += 1
+                reason = f"{type(error).__name__}: {error}"[:300]
+                self._log(f"feed: control request failed ({reason})")
+                reply = [_error("internal", f"request failed in the feed: {reason}")]
             control.send_multipart(reply, copy=False)
 
     def _handle_request(self, parts: list[Any]) -> list[Any]:
@@ -901,8 +1055,11 @@ class LiveFeed:
                                 f"request: expected 1 part (a msgpack map), got {len(parts)}")
         request = decode_request(as_bytes_view(parts[0]))
         token = self.settings.token
+        # Bytes, not str: compare_digest refuses str with non-ASCII characters (TypeError).
         if token is not None and not (
-            request.token is not None and hmac.compare_digest(request.token, token)
+            request.token is not None
+            and hmac.compare_digest(request.token.encode("utf-8", "surrogatepass"),
+                                    token.encode("utf-8", "surrogatepass"))
         ):
             raise ProtocolError("unauthorised",
                                 "request.token: expected the feed's token, got "
@@ -918,7 +1075,7 @@ class LiveFeed:
             if view is None or not view.volume:
                 raise ProtocolError("no_slices", "cuts: no final slice yet")
             header, arrays = self._cuts(view)
-            return encode(header.model_copy(update={"t": time.time()}), arrays)
+            return encode(header.model_copy(update={"t": self._clock()}), arrays)
         assert isinstance(request, StateRequest)
         return [self._state_reply()]
 
@@ -1002,9 +1159,10 @@ class LiveFeed:
         indices = sorted(view.volume)
         index = min(indices, key=lambda i: (abs(i - request.index), i))
         arrays, specs, dtype = self._images([(f"slice {index}", view.volume[index])])
-        header = SliceHeader(v=FEED_VERSION, seq=0, t=time.time(), scan=view.scan, dtype=dtype,
+        header = SliceHeader(v=FEED_VERSION, seq=0, t=self._clock(), scan=view.scan, dtype=dtype,
                              images=specs, index=index, band=(indices[0], indices[-1] + 1),
-                             binning=view.slice_binning, center=view.center)
+                             binning=view.slice_binning, center=view.center,
+                             center_method=view.center_method)
         return encode(header, arrays)
 
     def _state_reply(self) -> bytes:
@@ -1023,6 +1181,15 @@ class LiveFeed:
             counters=counters.model_dump(mode="python", exclude_none=True)
             if counters is not None else None,
         )
+
+
+def _item_bytes(item: _Item) -> int:
+    """What an inbox item counts against the feed's memory budget."""
+    if isinstance(item, _Rows):
+        return item.data.nbytes
+    if isinstance(item, _Slices):
+        return sum(image.nbytes for _, image in item.kept) + item.shown[1].nbytes
+    return 0
 
 
 def _triple(counts: dict[str, int]) -> tuple[int, int, int]:

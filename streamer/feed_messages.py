@@ -163,8 +163,10 @@ class ScanStartHeader(_FeedHeader):
     binning: Annotated[int, Field(ge=1, le=4096)]
     #: Edge of the square preview images, pixels.
     preview_size: Edge
-    #: CoR the preview uses, 0-based detector column.
+    #: CoR the preview uses, 0-based detector column, and how it was decided
+    #: (``pipeline``, ``scan start``, or ``detector middle`` until the scan's CoR is known).
     center: FiniteFloat
+    center_method: Text | None = None
     source: Text = ""
 
 
@@ -216,6 +218,9 @@ class PreviewHeader(_ImagesHeader):
     projections: Count
     expected: Count
     center: FiniteFloat
+    #: How ``center`` was decided: ``pipeline``, ``scan start``, ``detector middle``
+    #: (until the scan's CoR is known), the finder (``vo`` …) or ``user (viewer)``.
+    center_method: Text | None = None
     binning: Annotated[int, Field(ge=1, le=4096)]
     #: Frame index of the newest projection in the preview, and when the pipeline handed
     #: it to the feed (Unix seconds): for latency figures.
@@ -240,7 +245,9 @@ class SliceHeader(_ImagesHeader):
     #: slices the feed holds (a ``slice`` control reply).
     band: tuple[DetectorIndex, Annotated[int, Field(ge=1, le=65536)]]
     binning: Annotated[int, Field(ge=1, le=4096)]
+    #: The CoR the slice was reconstructed at, and how it was decided.
     center: FiniteFloat | None = None
+    center_method: Text | None = None
 
     @field_validator("band", mode="before")
     @classmethod
@@ -305,9 +312,17 @@ class CorSweepHeader(_ImagesHeader):
         return self
 
 
+class HelloHeader(_FeedHeader):
+    """``hello``: published when a subscriber joins, so that it knows its subscription is
+    active (every later message reaches it); clients take it and hand out nothing."""
+
+    type: Literal["hello"] = "hello"
+
+
 FeedHeader = (ScanStartHeader | CountersHeader | PreviewHeader | SliceHeader | CutsHeader
-              | ScanEndHeader | CorSweepHeader)
+              | ScanEndHeader | CorSweepHeader | HelloHeader)
 HEADER_MODELS: Final[dict[str, type[_FeedHeader]]] = {
+    "hello": HelloHeader,
     "scan_start": ScanStartHeader,
     "counters": CountersHeader,
     "preview": PreviewHeader,

@@ -28,7 +28,10 @@ def test_bench_recon_runs_every_method(tmp_path: Path, capsys: pytest.CaptureFix
     assert rc == 0
     results = json.loads(out.read_text())["results"]
     assert [row["method"] for row in results] == labels
-    timed = [row for row in results if "absent" not in row]
+    bound = [row for row in results if row["method"].startswith("FFT-only bound")]
+    assert len(bound) == 1 and bound[0]["slices_per_s"] > 0
+    assert bound[0]["rel_l2_fit"] != bound[0]["rel_l2_fit"]  # NaN: a bound has no accuracy
+    timed = [row for row in results if "absent" not in row and row not in bound]
     assert len(timed) >= 7  # ours ×4, fbp, algotom FBP and DFI; astra/TomoPy where present
     for row in timed:
         assert row["slices_per_s"] > 0
@@ -41,4 +44,7 @@ def test_bench_recon_runs_every_method(tmp_path: Path, capsys: pytest.CaptureFix
     # transposed 0.73).
     assert all(row["rel_l2_fit"] < 0.33 for row in ours), ours
     assert all(row["rows"] == 3 for row in ours)
-    assert "| reconstructor | N=64: slices/s | N=64: rel. L2 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| reconstructor | N=64: slices/s | N=64: rel. L2 |" in printed
+    assert "/ FFT-only bound = " in printed
+    assert results[0]["of_fft_bound"] > 0

@@ -7,11 +7,12 @@ it:
 * **raw**: ``h5py.File(path, "w")``, one ``create_dataset`` (contiguous, float32),
   ``ds[a:b] = band`` for each band, one ``flush``, ``close``: the ceiling;
 * **sink**: :class:`streamer.sinks.Hdf5VolumeWriter` (NeXus layout, metadata, angles,
-  pipeline, one slice per chunk, NaN fill; every band flushed, then its ``slice_written``
-  marks set and flushed again, for crash consistency), ``close(complete=True, report=…)``;
+  pipeline, one slice per chunk, NaN fill, each slice's bytes written as its chunk with
+  ``write_direct_chunk``; every band flushed, then its ``slice_written`` marks set and
+  flushed again, for crash consistency), ``close(complete=True, report=…)``;
 * **raw_chunked** (diagnostic, ``--modes``): raw with the writer's chunking
-  ``(1, ny, nx)`` and a flush after every band, to tell the cost of the layout from the
-  cost of the bookkeeping.
+  ``(1, ny, nx)``, ``ds[a:b] = band`` and a flush after every band: what the writer did
+  before it wrote chunks directly.
 
 Before each timed run the file of the previous run is deleted and ``os.sync()`` pushes
 dirty pages out (not timed), so every run starts with a clean page cache; no run calls

@@ -10,6 +10,12 @@ reconstructed, in the same run, by
   one thread (``--per-core``: slices/s per core);
 * ``fbp`` (ours: direct back-projection, the accuracy reference);
 * algotom's CPU FBP (numba) and DFI (direct Fourier inversion), ``ncore`` = cores;
+* the **FFT-only bound** of ``fourier_fbp``: the FFTs it cannot avoid, on the same
+  shapes and the same threads (per pair of rows: the filter's forward and inverse FFT of
+  ``P × L``, the window FFT of ``P × M``, the gridding grid's 2-D inverse FFT pruned to
+  ``N`` columns as ``fourier_fbp`` prunes it), and nothing else: no spreading, no
+  element-wise work. ``fourier_fbp / bound`` is printed per size, from ``--runs`` further
+  runs of the two alternating (the ratio of their medians);
 * astra-toolbox's CPU FBP and TomoPy's gridrec (edge-padded to 2N and unpadded) when
   they are importable (neither installs here: astra's wheels pull CUDA libraries, TomoPy
   is not on PyPI), else listed as absent.
@@ -40,16 +46,18 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.fft
 from algotom.rec import reconstruction as algotom_rec
 
-from stages.recon.fbp import fbp
-from stages.recon.fourier import fourier_fbp
+from stages.recon.fbp import fbp, padded_length
+from stages.recon.fourier import _grid_size, fourier_fbp, window_length
 from streamer.sources.phantom import fit_radius_px, project, shepp_logan_3d, voxelise
 
 Array = npt.NDArray[Any]
@@ -64,6 +72,7 @@ class Method:
     run: Recon | None  # None: not importable here
     peer: bool  # peers get --peer-rows rows per call
     note: str = ""
+    ceiling: bool = False  # a speed bound, not a reconstruction: no accuracy
 
 
 def cores() -> int:
@@ -77,6 +86,30 @@ def _fourier(threads: int, circle: bool) -> Recon:
     def run(block: Array, angles: Array, center: float) -> Array:
         return fourier_fbp(block, angles_deg=angles, center=center, filter_name="hann",
                            circle_mask=circle, threads=threads)
+    return run
+
+
+def _fft_bound(threads: int) -> Recon:
+    """The FFTs of ``fourier_fbp`` on the same shapes, one worker per pair of rows."""
+    def run(block: Array, angles: Array, center: float) -> Array:
+        rows, count, cols = block.shape
+        length, window, grid = padded_length(cols), window_length(cols, False), _grid_size(cols)
+        pairs = (rows + 1) // 2
+        workers = min(pairs, threads)
+        inner = max(1, threads // workers)
+
+        def pair(_: int) -> None:
+            projections = np.ones((count, length), dtype=np.complex64)
+            filtered = scipy.fft.ifft(scipy.fft.fft(projections, axis=-1, workers=inner),
+                                      axis=-1, workers=inner, overwrite_x=True)
+            scipy.fft.fft(filtered[:, :window], axis=-1, workers=inner)
+            spread = np.ones((grid, grid), dtype=np.complex64)
+            lines = scipy.fft.ifft(spread, axis=-1, workers=inner, overwrite_x=True)
+            scipy.fft.ifft(lines[:, :cols], axis=0, workers=inner)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(pair, range(pairs)))
+        return np.zeros((rows, cols, cols), dtype=np.float32)
     return run
 
 
@@ -149,6 +182,8 @@ def methods(per_core: bool) -> list[Method]:
     table = [
         Method(f"fourier_fbp ({n} threads)", _fourier(n, False), False),
         Method(f"fourier_fbp circle_mask ({n} threads)", _fourier(n, True), False),
+        Method(f"FFT-only bound of fourier_fbp ({n} threads)", _fft_bound(n), False,
+               ceiling=True),
     ]
     if per_core:
         table.append(Method("fourier_fbp (1 thread)", _fourier(1, False), False))
@@ -203,13 +238,28 @@ def bench_method(method: Method, block: Array, angles: Array, truth: Array, cent
         began = time.perf_counter()
         rec = method.run(block, angles, center)
         times.append(time.perf_counter() - began)
-        if len(times) == 1:
+        if len(times) == 1 and not method.ceiling:
             error = fitted_error(rec[0], truth)
         del rec
     median = statistics.median(times)
     row.update({"runs": len(times), "median_s": median, "slices_per_s": block.shape[0] / median,
                 "all_s": [round(t, 4) for t in times], "rel_l2_fit": error})
     return row
+
+
+def paired_ratio(ours: Method, bound: Method, block: Array, angles: Array, *, center: float,
+                 runs: int) -> float:
+    """Speed of ``ours`` over ``bound``, their runs alternating (order swapped every run)
+    so that the machine's load hits both alike; the ratio of the median times."""
+    assert ours.run is not None and bound.run is not None
+    times: dict[str, list[float]] = {"ours": [], "bound": []}
+    sides = [("ours", ours.run), ("bound", bound.run)]
+    for run in range(runs):
+        for name, fn in sides if run % 2 == 0 else sides[::-1]:
+            began = time.perf_counter()
+            fn(block, angles, center)
+            times[name].append(time.perf_counter() - began)
+    return statistics.median(times["bound"]) / statistics.median(times["ours"])
 
 
 def markdown_table(results: Sequence[dict[str, Any]], sizes: Sequence[int]) -> str:
@@ -230,7 +280,8 @@ def markdown_table(results: Sequence[dict[str, Any]], sizes: Sequence[int]) -> s
             else:
                 r = found[0]
                 runs = "" if r["runs"] >= 5 else f" ({r['runs']} run{'s' * (r['runs'] > 1)})"
-                cells += [f"{r['slices_per_s']:.3g}{runs}", f"{r['rel_l2_fit']:.4f}"]
+                error = "—" if r["rel_l2_fit"] != r["rel_l2_fit"] else f"{r['rel_l2_fit']:.4f}"
+                cells += [f"{r['slices_per_s']:.3g}{runs}", error]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if notes:
         lines.append("")
@@ -303,6 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"N={size:5d} P={angles_count:5d} {method.label:>40s}: "
                       f"{row['slices_per_s']:8.3g} slices/s ({row['rows']} rows, "
                       f"{row['runs']} runs), rel. L2 {row['rel_l2_fit']:.4f}", flush=True)
+        pair = [next((m for m in table if m.label.startswith(prefix)), None)
+                for prefix in ("fourier_fbp (", "FFT-only bound")]  # all threads, first
+        ours, bound = pair
+        if ours is not None and bound is not None:
+            share = paired_ratio(ours, bound, block[: args.rows], angles, center=center,
+                                 runs=args.runs)
+            row = next(r for r in results if r["size"] == size and r["method"] == ours.label)
+            row["of_fft_bound"] = share
+            print(f"N={size:5d}: {ours.label} / FFT-only bound = {share:.2f} (runs "
+                  "alternating, ratio of medians)", flush=True)
     print()
     print(markdown_table(results, args.sizes))
     if args.json:

@@ -4,9 +4,13 @@ Each stage is called through the registry (``REGISTRY[name].run(block, params, .
 parameter model, shape check and all) on a float32 block, and, in the same run, the
 same operation is done the most direct way with the library a user would otherwise call:
 
-* ``normalize`` (and with ``minus_log``), ``minus_log``: plain NumPy,
-  ``(x - dark.mean(0)) / (flat.mean(0) - dark.mean(0))`` (``-log`` of it): the ceiling
-  of a straightforward implementation (no ``eps`` clamp, no checks);
+* ``normalize`` (and with ``minus_log``, also on raw ``uint16`` counts as a detector
+  sends them), ``minus_log``: plain NumPy,
+  ``(x - dark.mean(0)) / (flat.mean(0) - dark.mean(0))`` (``-log`` of it; float32 means):
+  the ceiling of a straightforward implementation (no ``eps`` clamp, no checks);
+* every projection stage is also timed against ``np.copyto`` of its block into a new
+  float32 block (column "ours / copy"): the memory-bandwidth ceiling of a stage that
+  returns a new block;
 * ``remove_outlier``: ``scipy.ndimage.median_filter`` + ``np.where`` (what TomoPy does);
 * ``median_filter`` / ``gaussian_filter``: one ``scipy.ndimage`` call on the whole block;
 * ``remove_stripe_based_sorting`` / ``remove_all_stripe``: ``algotom.prep.removal``
@@ -17,7 +21,7 @@ same operation is done the most direct way with the library a user would otherwi
 Runs of "ours" and "peer" are interleaved (order alternating from run to run) so machine
 noise hits both alike; each figure is the median of ``--runs`` runs. Throughput is
 frames/s (projection stages; sinograms/s for ``remove_stripe_fw``, which loops over
-the sinograms of a projection block) or sinograms/s, and GB/s of float32 input.
+the sinograms of a projection block) or sinograms/s, and GB/s of the input block.
 
 Usage::
 
@@ -59,11 +63,21 @@ class Case:
     layout: str  # "projection" (angles, rows, cols) or "sinogram" (rows, angles, cols)
     peer_name: str
     peer: Callable[[Array, Array, Array], Array] | None
+    #: "float32", or "uint16": raw detector counts (frames, darks and flats), as streamed
+    dtype: str = "float32"
+
+
+def _copy_to_float32(x: Array) -> Array:
+    """The bandwidth ceiling of a stage that returns a new float32 block: one converting copy."""
+    out = np.empty(x.shape, dtype=np.float32)
+    np.copyto(out, x, casting="unsafe")
+    return out
 
 
 def _np_normalize(x: Array, darks: Array, flats: Array) -> Array:
-    dark = darks.mean(0)
-    out: Array = (x - dark) / (flats.mean(0) - dark)
+    # float32 means, so uint16 references do not turn the peer into float64 arithmetic
+    dark = darks.mean(0, dtype=np.float32)
+    out: Array = (x - dark) / (flats.mean(0, dtype=np.float32) - dark)
     return out
 
 
@@ -106,6 +120,8 @@ CASES: tuple[Case, ...] = (
     Case("normalize", "normalize", {}, "frames", "projection", "NumPy", _np_normalize),
     Case("normalize minus_log", "normalize", {"minus_log": True}, "frames", "projection",
          "NumPy + -log", _np_normalize_log),
+    Case("normalize minus_log uint16", "normalize", {"minus_log": True}, "frames",
+         "projection", "NumPy + -log", _np_normalize_log, dtype="uint16"),
     Case("minus_log", "minus_log", {}, "frames", "projection", "NumPy -log", _np_minus_log),
     Case("remove_outlier", "remove_outlier", {"dif": OUTLIER_DIF}, "frames", "projection",
          "ndimage.median_filter + where", _scipy_outlier),
@@ -137,6 +153,8 @@ def make_inputs(args: argparse.Namespace) -> dict[str, Array]:
     sinos[:, :, stripe_cols] *= 1.2
     return {
         "frames": frames, "darks": darks, "flats": flats, "transmission": transmission,
+        "frames_uint16": frames.astype(np.uint16), "darks_uint16": darks.astype(np.uint16),
+        "flats_uint16": flats.astype(np.uint16),
         "sinogram": sinos,
         # remove_stripe_fw takes a projection block (angles, rows, cols): same sinograms.
         "fw": np.ascontiguousarray(sinos.transpose(1, 0, 2)),
@@ -149,7 +167,7 @@ def block_for(case: Case, data: dict[str, Array]) -> Array:
     if case.stage == "remove_stripe_fw":
         return data["fw"]
     if case.stage == "normalize":
-        return data["frames"]
+        return data["frames_uint16" if case.dtype == "uint16" else "frames"]
     return data["transmission"]
 
 
@@ -170,7 +188,8 @@ def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
     spec = REGISTRY[case.stage]
     params = spec.params(**case.params)
     block = block_for(case, data)
-    darks, flats = data["darks"], data["flats"]
+    suffix = "_uint16" if case.dtype == "uint16" else ""
+    darks, flats = data["darks" + suffix], data["flats" + suffix]
 
     def ours() -> Array:
         return spec.run(block, params, darks=darks, flats=flats)
@@ -179,6 +198,8 @@ def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
     if case.peer is not None:
         peer = case.peer
         sides["peer"] = lambda: peer(block, darks, flats)
+    if case.kind == "frames":
+        sides["copy"] = lambda: _copy_to_float32(block)
     times: dict[str, list[float]] = {side: [] for side in sides}
     order = list(sides)
     for run in range(runs):
@@ -188,7 +209,8 @@ def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
     row: dict[str, Any] = {
         "stage": case.label, "params": case.params, "peer_name": case.peer_name,
         "unit": "frame" if case.kind == "frames" else "sinogram",
-        "block": list(block.shape), "input_bytes": block.nbytes, "runs": runs,
+        "block": list(block.shape), "dtype": str(block.dtype), "input_bytes": block.nbytes,
+        "runs": runs,
     }
     for side, values in times.items():
         median = statistics.median(values)
@@ -197,6 +219,8 @@ def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
                      "all_s": [round(v, 4) for v in values]}
     if "peer" in row:
         row["ratio"] = row["ours"]["units_per_s"] / row["peer"]["units_per_s"]
+    if "copy" in row:
+        row["of_copy"] = row["ours"]["units_per_s"] / row["copy"]["units_per_s"]
     return row
 
 
@@ -206,13 +230,16 @@ def _fmt(side: dict[str, Any], unit: str) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| stage | block | peer | ours | peer | ours / peer |", "|---|---|---|---|---|---|"]
+    lines = ["| stage | block | peer | ours | peer | ours / peer | ours / copy |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         shape = "×".join(str(n) for n in row["block"])
         peer = _fmt(row["peer"], row["unit"]) if "peer" in row else "—"
         ratio = f"**{row['ratio']:.2f}**" if "ratio" in row else "—"
+        of_copy = f"{100 * row['of_copy']:.1f} %" if "of_copy" in row else "—"
+        shape += f" {row['dtype']}"
         lines.append(f"| {row['stage']} | {shape} | {row['peer_name']} | "
-                     f"{_fmt(row['ours'], row['unit'])} | {peer} | {ratio} |")
+                     f"{_fmt(row['ours'], row['unit'])} | {peer} | {ratio} | {of_copy} |")
     return "\n".join(lines)
 
 
@@ -265,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = bench_case(case, data, args.runs)
         rows.append(row)
         ratio = f", ours/peer {row['ratio']:.2f}" if "ratio" in row else ""
+        if "of_copy" in row:
+            ratio += f", ours/np.copyto {100 * row['of_copy']:.1f} %"
         peer = f" | {row['peer_name']}: {_fmt(row['peer'], row['unit'])}" if "peer" in row else ""
         print(f"{row['stage']:>28s}: ours {_fmt(row['ours'], row['unit'])}{peer}{ratio}",
               flush=True)

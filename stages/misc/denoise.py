@@ -224,6 +224,7 @@ def total_variation_pd(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="total_variation_rof",
+        angle_local=False,  # whole slices
         fn=total_variation_rof,
         pattern=Pattern.SINOGRAM,
         params=TvRofParams,
@@ -235,6 +236,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="total_variation_pd",
+        angle_local=False,  # whole slices
         fn=total_variation_pd,
         pattern=Pattern.SINOGRAM,
         params=TvPdParams,

@@ -79,14 +79,17 @@ def adjust_range(block: npt.NDArray[Any], *, dmin: float | None = None,
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(name="remove_nan", fn=remove_nan, pattern=Pattern.ALL, params=ValueParams,
+              angle_local=True,  # element-wise
               memory=scaled_memory(2), device=True,
               summary="NaN replaced by val (tomopy)",
               aliases=("tomopy.misc.corr.remove_nan",)),
     StageSpec(name="remove_neg", fn=remove_neg, pattern=Pattern.ALL, params=ValueParams,
+              angle_local=True,  # element-wise
               memory=scaled_memory(2), device=True,
               summary="negative values replaced by val (tomopy)",
               aliases=("tomopy.misc.corr.remove_neg",)),
     StageSpec(name="adjust_range", fn=adjust_range, pattern=Pattern.ALL, params=RangeParams,
+              angle_local=True,  # element-wise
               memory=scaled_memory(2), device=True,
               summary="values clipped to [dmin, dmax] (tomopy)",
               aliases=("tomopy.misc.corr.adjust_range",)),

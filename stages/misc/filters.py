@@ -168,6 +168,7 @@ def gaussian_filter(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="median_filter",
+        angle_local=lambda p: p.axis == 0,  # each frame on its own
         fn=median_filter,
         pattern=Pattern.PROJECTION,
         params=MedianFilterParams,
@@ -181,6 +182,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="gaussian_filter",
+        angle_local=lambda p: p.axis == 0,  # each frame on its own
         fn=gaussian_filter,
         pattern=Pattern.PROJECTION,
         params=GaussianFilterParams,

@@ -303,6 +303,7 @@ def crop(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="circular_mask",
+        angle_local=lambda p: p.axis == 1,  # axis 1 of a sinogram block: each projection
         fn=circular_mask,
         pattern=Pattern.SINOGRAM,
         params=CircularMaskParams,
@@ -314,6 +315,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="downsample",
+        angle_local=lambda p: p.axis != 0,  # within each frame
         fn=downsample,
         pattern=Pattern.PROJECTION,
         params=SampleParams,
@@ -326,6 +328,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="upsample",
+        angle_local=lambda p: p.axis != 0,  # within each frame
         fn=upsample,
         pattern=Pattern.PROJECTION,
         params=SampleParams,
@@ -336,6 +339,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="binning",
+        angle_local=True,  # within each frame
         fn=binning,
         pattern=Pattern.PROJECTION,
         params=BinningParams,
@@ -347,6 +351,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="crop",
+        angle_local=True,  # within each frame
         fn=crop,
         pattern=Pattern.PROJECTION,
         params=CropParams,

@@ -131,22 +131,26 @@ def _resampled_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params:
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(name="calculate_stats", fn=_unchanged, pattern=Pattern.ALL,
+              angle_local=False,  # the finished volume
               params=CalculateStatsParams, memory=scaled_memory(1),
               summary="output step: min/max/mean/count of the finished volume, for "
               "rescale_to_int (the data pass through)",
               aliases=("httomo.methods.calculate_stats",)),
     StageSpec(name="rescale_to_int", fn=_unchanged, pattern=Pattern.ALL,
+              angle_local=False,  # the finished volume
               params=RescaleToIntParams, memory=scaled_memory(1),
               summary="output step: the finished volume rescaled to 8/16-bit integers with "
               "its global statistics, for save_to_images (the data pass through)",
               aliases=("httomolib.misc.rescale.rescale_to_int",
                        "httomolibgpu.misc.rescale.rescale_to_int")),
     StageSpec(name="save_to_images", fn=_unchanged, pattern=Pattern.ALL,
+              angle_local=False,  # the finished volume
               params=SaveToImagesParams, memory=scaled_memory(1),
               summary="output step: one TIFF per slice of the finished volume in "
               "subfolder_name (the data pass through)",
               aliases=("httomolib.misc.images.save_to_images",)),
     StageSpec(name="data_resampler", fn=data_resampler, pattern=Pattern.SINOGRAM,
+              angle_local=False,  # resamples whole sinogram slices
               params=DataResamplerParams, memory=_resampled_memory,
               summary="resample every slice to newshape (httomolibgpu, interpn)",
               aliases=("httomolibgpu.misc.morph.data_resampler",)),

@@ -192,6 +192,7 @@ def rescale(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="rescale",
+        angle_local=False,  # percentiles of the whole block
         fn=rescale,
         pattern=Pattern.SINOGRAM,
         params=RescaleParams,

@@ -317,6 +317,7 @@ def raven_filter(block: npt.NDArray[Any], *, pad_y: int = 20, pad_x: int = 20,
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="dark_flat_field_correction", fn=dark_flat_field_correction,
+        angle_local=True,  # per projection, given the references
         pattern=Pattern.PROJECTION, params=DarkFlatParams, memory=scaled_memory(3),
         device=True,
         summary="flat/dark correction with multipliers and bounds, no -log (httomolibgpu)",
@@ -325,6 +326,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_outlier3d", fn=remove_outlier3d, pattern=Pattern.ALL,
+        angle_local=False,  # a 3-D median: neighbouring frames
         params=Outlier3dParams,
         # input, float32 copy, median, result, plus a slab of neighbours (<= 64 MiB)
         memory=scaled_memory(4.5),
@@ -335,6 +337,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="median_filter3d", fn=median_filter3d, pattern=Pattern.ALL,
+        angle_local=False,  # a 3-D median: neighbouring frames
         params=Median3dParams, memory=scaled_memory(4.5),
         device=True,
         summary="3-D kernel_size³ median, or a dezinger with dif > 0 (httomolibgpu)",
@@ -342,6 +345,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_stripe_ti_httomo", fn=remove_stripe_ti_httomo, pattern=Pattern.SINOGRAM,
+        angle_local=False,  # the whole sinogram
         params=StripeTiParams, memory=scaled_memory(3),
         device=True,
         summary="Titarenko stripe filter, TomoCuPy's one-parameter form (httomolibgpu)",
@@ -349,6 +353,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="raven_filter", fn=raven_filter, pattern=Pattern.SINOGRAM,
+        angle_local=False,  # the whole sinogram (Fourier along the angles)
         params=RavenParams, memory=scaled_memory(8),
         device=True,
         summary="Raven's Fourier-domain stripe filter (httomolibgpu)",
@@ -356,6 +361,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_all_stripe_httomo", fn=remove_all_stripe_httomo,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=AllStripeHttomoParams, memory=scaled_memory(6),
         summary="Vo's dead + large + sorting stripe removal in httomolibgpu's order",
         aliases=("httomolibgpu.prep.stripe.remove_all_stripe",),

@@ -31,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import AliasChoices, Field
 
-from stages.prep.repair import NO_SIGNAL, RepairCounts, repair_no_signal
+from stages.prep.kernel import Correction, correct
+from stages.prep.repair import NO_SIGNAL, RepairCounts
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -117,36 +118,27 @@ def _check_flat_signal(stage: str, flat: npt.NDArray[np.float32],
         )
 
 
-def _finish(
-    out: npt.NDArray[np.float32],
+def _correct(
+    block: npt.NDArray[Any],
+    dark: npt.NDArray[np.float32],
+    denom: npt.NDArray[np.float32],
+    dead: npt.NDArray[np.bool_],
     *,
-    dead: npt.NDArray[np.bool_] | None,
     cutoff: float | None,
     minus_log: bool,
     nonnegative: bool,
     remove_nans: bool,
     repairs: RepairCounts | None,
 ) -> npt.NDArray[np.float32]:
-    """Apply, in place and in this order, the repair of pixels without signal (``dead``:
-    flat <= dark), cutoff, -log, nonnegativity and NaN removal."""
-    repaired = repair_no_signal(out, dead=dead, positive=minus_log)
+    """``(block - dark) / denom``, then in this order the repair of pixels without signal
+    (``dead``: flat <= dark), cutoff, -log, nonnegativity and NaN removal; fused and
+    threaded (:mod:`stages.prep.kernel`: the same float32 operations, the same results)."""
+    steps = Correction(cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
+                       remove_nans=remove_nans)
+    out, repaired = correct(block, dark, denom, dead if dead.any() else None, steps)
     if repairs is not None:
         repairs.add(NO_SIGNAL, repaired)
-    if cutoff is not None:
-        np.minimum(out, np.float32(cutoff), out=out)
-    if minus_log:
-        _minus_log_inplace(out)
-    if nonnegative:
-        np.maximum(out, np.float32(0), out=out)
-    if remove_nans:
-        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return out
-
-
-def _minus_log_inplace(out: npt.NDArray[np.float32]) -> None:
-    """``-log`` of transmissions already repaired (all positive and finite)."""
-    np.log(out, out=out)
-    np.negative(out, out=out)
 
 
 # ------------------------------------------------------------------------- normalize
@@ -226,13 +218,8 @@ def normalize(
     denom = flat - dark
     dead = ~(denom > 0)
     np.maximum(denom, np.float32(eps), out=denom)
-    out = np.array(block, dtype=np.float32, order="C", copy=True)
-    out -= dark
-    out /= denom
-    return _finish(
-        out, dead=dead, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
-        remove_nans=remove_nans, repairs=repairs,
-    )
+    return _correct(block, dark, denom, dead, cutoff=cutoff, minus_log=minus_log,
+                    nonnegative=nonnegative, remove_nans=remove_nans, repairs=repairs)
 
 
 # ------------------------------------------------------- flats interpolated in time
@@ -386,13 +373,8 @@ def normalize_per_frame(
     denom = flat_per_frame.astype(np.float32) - dark
     dead = ~(denom > 0)
     np.maximum(denom, np.float32(eps), out=denom)
-    out = np.array(block, dtype=np.float32, order="C", copy=True)
-    out -= dark
-    out /= denom
-    return _finish(
-        out, dead=dead, cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
-        remove_nans=remove_nans, repairs=repairs,
-    )
+    return _correct(block, dark, denom, dead, cutoff=cutoff, minus_log=minus_log,
+                    nonnegative=nonnegative, remove_nans=remove_nans, repairs=repairs)
 
 
 # ---------------------------------------------------------------------- normalize_nf
@@ -566,12 +548,9 @@ def minus_log(
         ``tomopy.prep.normalize.minus_log`` wherever the input is positive and finite.
     """
     _check_block("minus_log", block)
-    out = np.array(block, dtype=np.float32, order="C", copy=True)
-    repaired = repair_no_signal(out, positive=True)
+    out, repaired = correct(block, None, None, None, Correction(minus_log=True))
     if repairs is not None:
         repairs.add(NO_SIGNAL, repaired)
-    np.log(out, out=out)
-    np.negative(out, out=out)
     return out
 
 
@@ -632,6 +611,7 @@ def normalize_interpolated(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="normalize_interpolated",
+        angle_local=True,  # per projection, given the references
         fn=normalize_interpolated,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
@@ -645,12 +625,14 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize",
+        angle_local=True,  # per projection, given the references
         fn=normalize,
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
-        # float32 input copy converted in place into the output (1) plus the caller's
-        # block when it is float32 (1); references are frame-sized, not block-sized; the
-        # repair's masks (up to 3 bool blocks, 0.75; its interpolation is bounded, 20 MiB).
+        # the float32 output (1) plus the caller's block when it is float32 (1);
+        # references are frame-sized, not block-sized. The kernel's temporaries and the
+        # repair's masks are per tile (stages.prep.kernel: a few hundred KiB per thread),
+        # so the third block is headroom kept from the whole-block implementation.
         memory=scaled_memory(3),
         summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log; "
         "pixels without signal repaired from their row neighbours",
@@ -664,6 +646,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize_nf",
+        angle_local=True,  # per projection, given the references
         fn=normalize_nf,
         pattern=Pattern.PROJECTION,
         params=NormalizeNfParams,
@@ -676,6 +659,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="normalize_bg",
+        angle_local=True,  # each frame's own air columns
         fn=normalize_bg,
         pattern=Pattern.PROJECTION,
         params=NormalizeBgParams,
@@ -686,10 +670,11 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="minus_log",
+        angle_local=True,  # element-wise, repairs from row neighbours
         fn=minus_log,
         pattern=Pattern.ALL,  # element-wise: either section (HTTomo's "all")
         params=MinusLogParams,
-        # input (1) + output computed in place (1) + the repair's masks (0.75, see normalize).
+        # input (1) + output computed in place (1) + headroom (see normalize).
         memory=scaled_memory(3),
         summary="-log of the transmission (values <= 0 or not finite repaired from their "
         "row neighbours first)",

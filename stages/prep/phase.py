@@ -414,6 +414,7 @@ def _paganin_filter_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], pa
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="paganin",
+        angle_local=True,  # a 2-D filter of each frame
         fn=paganin,
         pattern=Pattern.PROJECTION,
         params=PaganinParams,
@@ -424,6 +425,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="paganin_filter",
+        angle_local=True,  # a 2-D filter of each frame
         fn=paganin_filter,
         pattern=Pattern.PROJECTION,
         params=PaganinFilterParams,

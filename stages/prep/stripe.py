@@ -583,6 +583,7 @@ _VO_MEMORY = scaled_memory(3.0)
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_sorting", fn=remove_stripe_based_sorting,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=SortingParams, memory=_VO_MEMORY, device=True,
         # the whole block at once: input, float32 copy, int64 order and inverse (2 each),
         # sorted, filtered, result
@@ -596,6 +597,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_stripe_based_filtering", fn=remove_stripe_based_filtering,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=FilteringParams, memory=_VO_MEMORY,
         summary="Vo's filtering-based stripe removal (algotom)",
         aliases=(
@@ -605,6 +607,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_stripe_based_fitting", fn=remove_stripe_based_fitting,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=FittingParams, memory=_VO_MEMORY,
         summary="Vo's fitting-based stripe removal (algotom)",
         aliases=(
@@ -614,6 +617,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_dead_stripe", fn=remove_dead_stripe,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=DeadStripeParams, memory=_VO_MEMORY,
         summary="Vo's unresponsive/fluctuating stripe removal (algotom)",
         aliases=(
@@ -623,6 +627,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_large_stripe", fn=remove_large_stripe,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=LargeStripeParams, memory=_VO_MEMORY,
         summary="Vo's large-stripe removal (algotom)",
         aliases=(
@@ -632,6 +637,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_all_stripe", fn=remove_all_stripe,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=AllStripeParams, memory=_VO_MEMORY,
         summary="Vo's combined dead/large/small stripe removal (algotom)",
         aliases=(
@@ -641,6 +647,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_stripe_fw", fn=remove_stripe_fw,
+        angle_local=False,  # the whole sinogram (wavelets along the angles)
         pattern=Pattern.PROJECTION, params=FwParams, memory=scaled_memory(3.0),
         summary="Münch wavelet-Fourier stripe removal (tomopy's algorithm)",
         aliases=(
@@ -650,6 +657,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="remove_stripe_ti", fn=remove_stripe_ti,
+        angle_local=False,  # the whole sinogram
         pattern=Pattern.PROJECTION, params=TiParams, memory=scaled_memory(4.0),
         summary="Titarenko regularised stripe removal (tomopy's algorithm)",
         aliases=("tomopy.prep.stripe.remove_stripe_ti",),

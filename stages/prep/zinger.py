@@ -157,6 +157,7 @@ def dezinger_temporal(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_outlier",
+        angle_local=lambda p: p.axis == 0,  # the median of each frame
         fn=remove_outlier,
         pattern=Pattern.PROJECTION,
         params=RemoveOutlierParams,
@@ -169,6 +170,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="dezinger_temporal",
+        angle_local=False,  # the same pixel in nearby frames
         fn=dezinger_temporal,
         pattern=Pattern.PROJECTION,
         params=DezingerTemporalParams,

@@ -80,6 +80,7 @@ def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="find_center_vo",
+        angle_local=False,  # the whole sinogram
         fn=_unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenterVoParams,
@@ -95,6 +96,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="find_center_pc",
+        angle_local=False,  # the opposite pair: the scan's end (see streamer.pair_center)
         fn=_unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenterPcParams,

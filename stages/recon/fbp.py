@@ -286,6 +286,7 @@ def _fbp_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="fbp",
+        angle_local=False,  # a reconstructor: all angles (streamed by stages.recon.streaming)
         fn=fbp,
         pattern=Pattern.SINOGRAM,
         params=FbpParams,

@@ -758,6 +758,7 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name=_STAGE,
+        angle_local=False,  # a reconstructor: all angles (streamed by stages.recon.streaming)
         fn=fourier_fbp,
         pattern=Pattern.SINOGRAM,
         params=FourierFbpParams,

@@ -464,24 +464,28 @@ _ALIAS = "httomolibgpu.recon.algorithm."
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="sirt", fn=sirt, pattern=Pattern.SINOGRAM, params=SirtParams,
+        angle_local=False,  # all angles, every iteration
         memory=_iterative_memory, needs_angles=True,
         summary="SIRT with the NUFFT projector pair (about 2 Fourier FBPs per iteration)",
         aliases=(_ALIAS + "SIRT3d_tomobar",),
     ),
     StageSpec(
         name="cgls", fn=cgls, pattern=Pattern.SINOGRAM, params=CglsParams,
+        angle_local=False,  # all angles, every iteration
         memory=_iterative_memory, needs_angles=True,
         summary="CGLS (conjugate gradients on the normal equations), per slice",
         aliases=(_ALIAS + "CGLS3d_tomobar",),
     ),
     StageSpec(
         name="fista", fn=fista, pattern=Pattern.SINOGRAM, params=FistaParams,
+        angle_local=False,  # all angles, every iteration
         memory=_iterative_memory, needs_angles=True,
         summary="FISTA with ordered subsets and a TV proximal step (PD_TV or ROF_TV)",
         aliases=(_ALIAS + "FISTA3d_tomobar",),
     ),
     StageSpec(
         name="admm", fn=admm, pattern=Pattern.SINOGRAM, params=AdmmParams,
+        angle_local=False,  # all angles, every iteration
         memory=_iterative_memory, needs_angles=True,
         summary="linearised ADMM with ordered subsets and a TV proximal step (ToMoBAR's)",
         aliases=(_ALIAS + "ADMM3d_tomobar",),

@@ -153,6 +153,9 @@ class ScanProcessor:
         the corrected projections ``(angles, rows, cols)``, to set the ``center`` of every
         sinogram stage that has one left as ``None`` (automatic CoR); the value used is
         kept in :attr:`center`.
+    on_center : callable, optional
+        ``on_center(center, method)``: told the CoR as soon as it is settled (found, or
+        set from a viewer), before the first reconstructed block (the live view).
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class ScanProcessor:
         keep_sinogram_section: bool = True,
         resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
         | None = None,
+        on_center: Callable[[float, str], None] | None = None,
     ) -> None:
         if block_frames < 1 or block_sinograms < 1:
             raise StageError(
@@ -209,6 +213,7 @@ class ScanProcessor:
         #: feed's thread): used, if set before the sinogram section starts, by every stage
         #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
         self.center_override: float | None = None
+        self.on_center = on_center
 
     # --- input ---------------------------------------------------------------------
 
@@ -325,6 +330,8 @@ class ScanProcessor:
         # The CoR finders take projections (angles, rows, cols): a transposed view.
         steps = self._with_center(self.sinogram_steps, sinograms_all.transpose(1, 0, 2),
                                   angles)
+        if self.on_center is not None and self.center is not None:
+            self.on_center(self.center, self.center_method or "pipeline")
         for first in range(0, rows, self.block_sinograms):
             if self._stopping():
                 return

@@ -9,9 +9,15 @@ contrast. The browser may ask for three things, each validated here and forwarde
 feed's control socket with the token: a CoR sweep, the CoR to use, a final slice.
 
 Endpoints: ``GET /`` (the page), ``GET /static/{viewer.js,viewer.css}``, ``GET /api/state``
-(JSON: what the viewer knows), ``GET /ws`` (the WebSocket; a browser's ``Origin`` must be
-this server, so another web site cannot drive it). The server binds 127.0.0.1 unless
-told otherwise (``allow_remote``).
+(JSON: what the viewer knows), ``GET /ws`` (the WebSocket). Every request and WebSocket
+upgrade must name this viewer in ``Host`` and, when a browser sends one, ``Origin``
+(:mod:`streamer.viewer.guard`): another web site cannot drive it, not even by DNS
+rebinding; a refusal is a 403 and one log line. The server binds 127.0.0.1 unless told
+otherwise (``allow_remote``).
+
+The log gets one line per problem (:mod:`streamer.viewer.oneline`), never a traceback; a
+task that follows the feed and fails is logged and restarted (after
+:data:`MAX_FAILURES_IN_ROW` failures in a row it stops, saying so).
 """
 
 from __future__ import annotations
@@ -22,13 +28,13 @@ import json
 import math
 import signal
 import struct
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
@@ -59,6 +65,8 @@ from streamer.feed_messages import (
     pack_request,
 )
 from streamer.transport import LOOPBACK_NAMES, check_address
+from streamer.viewer.guard import HostGuard
+from streamer.viewer.oneline import OneLineLogger, describe, loop_exception_line
 
 STATIC: Final = {"viewer.js": "application/javascript", "viewer.css": "text/css"}
 SECURITY_HEADERS: Final = {
@@ -68,6 +76,14 @@ SECURITY_HEADERS: Final = {
     "Cache-Control": "no-store",
 }
 MAX_OP_BYTES: Final = 4096
+#: Failures in a row (no message taken between them) after which the task that follows
+#: the feed stops, saying so, instead of restarting.
+MAX_FAILURES_IN_ROW: Final = 3
+
+
+def log_to_stderr(line: str) -> None:
+    """The viewer's default log: one line on stderr."""
+    print(line, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,9 @@ class ViewerSettings:
         The feed's control token (never sent to the browser).
     history : int
         Counters kept for the rate plot (one a second).
+    allowed_hosts : tuple of str
+        Names (or addresses) besides the loopback ones that requests may give in
+        ``Host``/``Origin``; with ``allow_remote`` this machine's names are added.
     """
 
     feed: str
@@ -99,6 +118,7 @@ class ViewerSettings:
     token: str | None = None
     history: int = 900
     request_timeout_s: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_address(self.feed)
@@ -111,6 +131,10 @@ class ViewerSettings:
             raise ConfigError(f"--port: expected 0..65535, got {self.port}")
         if not 1 <= self.history <= 100_000:
             raise ConfigError(f"history: expected 1..100000 points, got {self.history}")
+        for name in self.allowed_hosts:
+            if not 0 < len(name) <= 253 or any(c.isspace() or c in "/@?#" for c in name):
+                raise ConfigError(f"--allowed-host: expected a host name or address, got "
+                                  f"{name[:80]!r}")
 
 
 class _Op(BaseModel):
@@ -168,8 +192,8 @@ class _Client:
     skipped: int = 0
 
     def offer(self, kind: str, payload: str | bytes) -> None:
-        if kind in self.pending:
-            self.skipped += 1  # latest wins
+        if self.pending.pop(kind, None) is not None:
+            self.skipped += 1  # latest wins, and goes out in the order it came
         self.pending[kind] = payload
         self.wake.set()
 
@@ -256,11 +280,18 @@ class _Hub:
 class ViewerServer:
     """The viewer's HTTP/WebSocket server and its feed subscription, on one event loop."""
 
-    def __init__(self, settings: ViewerSettings, limits: FeedLimits | None = None) -> None:
+    def __init__(self, settings: ViewerSettings, limits: FeedLimits | None = None, *,
+                 log: Callable[[str], None] = log_to_stderr) -> None:
         self.settings = settings
         self.limits = limits if limits is not None else FeedLimits()
         self.hub = _Hub(settings)
         self.url: str | None = None
+        self.log = log
+        #: Requests refused for their Host/Origin, and restarts of the feed task.
+        self.refused = 0
+        self.restarts = 0
+        self._failures_in_row = 0
+        self._guard: HostGuard | None = None
         self._context: zmq.asyncio.Context | None = None
         self._control: zmq.asyncio.Socket | None = None
         self._control_lock = asyncio.Lock()
@@ -278,15 +309,17 @@ class ViewerServer:
         sub.connect(self.settings.feed)
         if self.settings.control is not None:
             self._control = self._new_control()
-        self._tasks.append(asyncio.create_task(self._follow(sub)))
-        self._tasks.append(asyncio.create_task(self._catch_up()))
-        app = web.Application(client_max_size=MAX_OP_BYTES)
+        asyncio.get_running_loop().set_exception_handler(loop_exception_line(self.log))
+        self._tasks.append(asyncio.create_task(self._follow_supervised(sub)))
+        self._tasks.append(asyncio.create_task(self._logged(self._catch_up(), "catching up")))
+        app = web.Application(client_max_size=MAX_OP_BYTES, middlewares=[self._check_host])
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/favicon.ico", self._no_icon)
         app.router.add_get("/ws", self._ws)
-        self._runner = web.AppRunner(app, access_log=None)
+        # aiohttp's request handler logs through this: one line per bad request.
+        self._runner = web.AppRunner(app, access_log=None, logger=OneLineLogger(self.log))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
@@ -294,6 +327,8 @@ class ViewerServer:
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self.settings.port
         host = self.settings.host
+        self._guard = HostGuard.for_bound(host, port, remote=self.settings.allow_remote,
+                                          extra=self.settings.allowed_hosts)
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         return self.url
 
@@ -320,6 +355,26 @@ class ViewerServer:
         control.connect(self.settings.control)
         return control
 
+    async def _follow_supervised(self, sub: zmq.asyncio.Socket) -> None:
+        """Follow the feed; an unexpected error is logged and the task restarted, and
+        after :data:`MAX_FAILURES_IN_ROW` in a row it stops, saying so."""
+        self._failures_in_row = 0
+        while True:
+            try:
+                await self._follow(sub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the log must hear of any failure
+                self._failures_in_row += 1
+                if self._failures_in_row >= MAX_FAILURES_IN_ROW:
+                    self.log(f"view: following the feed stopped after {self._failures_in_row} "
+                             f"failures in a row ({describe(error)}); the page is no longer "
+                             "updated: restart tomo-streamer view")
+                    return
+                self.restarts += 1
+                self.log(f"view: following the feed failed ({describe(error)}); restarted "
+                         f"(restart {self.restarts})")
+
     async def _follow(self, sub: zmq.asyncio.Socket) -> None:
         while True:
             parts = await sub.recv_multipart(copy=False)
@@ -329,10 +384,21 @@ class ViewerServer:
                 self.hub.rejected += 1
                 continue
             self.hub.take(message)
+            self._failures_in_row = 0
             scan = message.header.scan
             if isinstance(message, ScanEnd) and scan and scan not in self.hub.cuts_of:
                 self.hub.cuts_of.add(scan)  # asked once
-                self._tasks.append(asyncio.create_task(self._fetch_cuts()))
+                self._tasks.append(asyncio.create_task(
+                    self._logged(self._fetch_cuts(), "fetching the cuts")))
+
+    async def _logged(self, work: Any, what: str) -> None:
+        """Await ``work``; an unexpected error is one log line, not a lost task."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the log must hear of any failure
+            self.log(f"view: {what} failed ({describe(error)})")
 
     async def _fetch_cuts(self) -> None:
         """The cuts of a scan whose ``cuts`` message was lost, from the control socket."""
@@ -365,6 +431,21 @@ class ViewerServer:
 
     # --- HTTP ------------------------------------------------------------------------------
 
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every request and WebSocket upgrade: ``Host`` and ``Origin`` must be this
+        viewer's (see :mod:`streamer.viewer.guard`); else 403 and one log line."""
+        guard = self._guard
+        reason = "not serving yet" if guard is None else guard.refusal(
+            request.headers.get("Host"), request.headers.get("Origin"))
+        if reason is not None:
+            self.refused += 1
+            self.log(f"view: refused {request.method} {request.path[:80]} from "
+                     f"{request.remote}: {reason}")
+            raise web.HTTPForbidden(text=f"refused: {reason}\n", headers=SECURITY_HEADERS)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text=_asset("index.html"), content_type="text/html",
                             headers=SECURITY_HEADERS)
@@ -388,19 +469,22 @@ class ViewerServer:
         return web.json_response(_finite(body), headers=SECURITY_HEADERS)
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
-            raise web.HTTPForbidden(text=f"origin {origin!r} is not this viewer")
         ws = web.WebSocketResponse(max_msg_size=MAX_OP_BYTES, heartbeat=30.0)
         await ws.prepare(request)
         client = _Client(ws)
         self.hub.clients.add(client)
         self.hub.welcome(client)
-        pump = asyncio.create_task(client.pump())
+        pump = asyncio.create_task(self._pump(client))
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
-                    await self._operate(client, message.data)
+                    try:
+                        await self._operate(client, message.data)
+                    except Exception as error:  # answered and logged; the page stays on
+                        self.log(f"view: a request from the page failed ({describe(error)})")
+                        client.offer("reply", json.dumps({
+                            "kind": "reply", "op": None, "ok": False, "reason": "internal",
+                            "message": f"the viewer failed: {describe(error)}"}))
                 elif message.type == WSMsgType.ERROR:
                     break
         finally:
@@ -410,6 +494,18 @@ class ViewerServer:
                 await pump
         return ws
 
+    async def _pump(self, client: _Client) -> None:
+        """Send a browser its messages; a browser that went away ends it quietly, any
+        other failure is one log line and closes the WebSocket (the page reconnects)."""
+        try:
+            await client.pump()
+        except ConnectionError:
+            return
+        except Exception as error:  # the log must hear of it; the page reconnects
+            self.log(f"view: sending to a browser failed ({describe(error)}); closed")
+            with contextlib.suppress(Exception):
+                await client.ws.close()
+
     async def _operate(self, client: _Client, text: str) -> None:
         """One request from a browser: validated, forwarded, answered to that browser."""
         try:
@@ -417,10 +513,15 @@ class ViewerServer:
             if not isinstance(data, dict) or data.get("op") not in _OPS:
                 raise ValueError("expected {\"op\": \"cor_sweep\"|\"set_center\"|\"slice\", …}")
             op: Op = _OPS[data["op"]].model_validate(data)
-        except (ValueError, ValidationError) as error:
+        except ValidationError as error:
+            client.offer("reply", json.dumps({"kind": "reply", "op": data["op"], "ok": False,
+                                              "reason": "invalid_field",
+                                              "message": _one_line(error)}))
+            return
+        except ValueError as error:
             client.offer("reply", json.dumps({"kind": "reply", "op": None, "ok": False,
                                               "reason": "invalid_field",
-                                              "message": str(error)[:500]}))
+                                              "message": str(error).splitlines()[0][:500]}))
             return
         token = self.settings.token
         try:
@@ -432,7 +533,7 @@ class ViewerServer:
             else:
                 forward = SliceRequest(index=op.index, token=token)
         except ValidationError as error:
-            message = "; ".join(e["msg"] for e in error.errors(include_url=False))
+            message = _one_line(error)
             client.offer("reply", json.dumps({"kind": "reply", "op": op.op, "ok": False,
                                               "reason": "invalid_field", "message": message}))
             return
@@ -456,6 +557,15 @@ class ViewerServer:
                                                       **reply})))
 
 
+def _one_line(error: ValidationError) -> str:
+    """A validation error as one line, ``field: problem; …`` (no documentation URLs)."""
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+    return "; ".join(problems)[:500]
+
+
 def _finite(value: Any) -> Any:
     """JSON-safe: NaN and infinities become None."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -471,11 +581,13 @@ def _asset(name: str) -> str:
     return resources.files("streamer.viewer").joinpath("static", name).read_text("utf-8")
 
 
-def serve(settings: ViewerSettings, *, announce: Callable[[str], None]) -> None:
-    """Serve until SIGINT/SIGTERM; ``announce`` gets the page's URL once it is up."""
+def serve(settings: ViewerSettings, *, announce: Callable[[str], None],
+          log: Callable[[str], None] = log_to_stderr) -> None:
+    """Serve until SIGINT/SIGTERM; ``announce`` gets the page's URL once it is up, ``log``
+    one line per problem."""
 
     async def main() -> None:
-        server = ViewerServer(settings)
+        server = ViewerServer(settings, log=log)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -496,9 +608,10 @@ class ViewerThread:
     ``url`` is set once it serves; :meth:`close` stops it.
     """
 
-    def __init__(self, settings: ViewerSettings, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, settings: ViewerSettings, *, timeout_s: float = 10.0,
+                 log: Callable[[str], None] = log_to_stderr) -> None:
         self.settings = settings
-        self.server = ViewerServer(settings)
+        self.server = ViewerServer(settings, log=log)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None

@@ -4,7 +4,6 @@ components (ingest → LiveReconstruction) with a feed attached."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +50,11 @@ class LiveRun:
         send_scan(self.push, scan, options, on_progress=on_progress)
 
     def send_refs_first_shuffled(self, scan: SimulatedScan, scan_id: str, *, block: int = 8,
-                                 seed: int = 0, rate_fps: float = 600.0) -> None:
-        """Darks and flats first, then the projections in blocks of shuffled order, paced at
-        ``rate_fps`` (so the preview sees the angles arrive in random order)."""
+                                 seed: int = 0,
+                                 after_block: Callable[[int], None] | None = None) -> None:
+        """Darks and flats first, then the projections in blocks of shuffled order (so the
+        preview sees the angles arrive in random order); ``after_block(projections sent)``
+        after each message (a handshake: the next block waits for it)."""
         layout = scan.layout
         self.push.send(encode_header(start_header(layout, scan_id)))
         refs = int(np.count_nonzero(layout.image_keys != 0))
@@ -61,18 +62,16 @@ class LiveRun:
                                 for first in range(refs, layout.frames, block)]
         order = [firsts[0]] + [firsts[1:][i] for i in
                                np.random.default_rng(seed).permutation(len(firsts) - 1)]
-        began = time.perf_counter()
         sent = 0
         for first, last in order:
-            delay = began + sent / rate_fps - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)  # pacing a detector, not synchronisation
             header = FramesHeader(scan=scan_id, first=first, count=last - first,
                                   keys=layout.image_keys[first:last].tolist(),
                                   angles=layout.angles_deg[first:last].tolist(),
                                   dtype=layout.dtype_name, shape=(layout.rows, layout.cols))
             self.push.send_multipart(encode_frames(header, scan.read(first, last)))
             sent += last - first
+            if after_block is not None:
+                after_block(sent - refs)
         self.push.send(encode_header(EndHeader(scan=scan_id, sent=sent)))
 
     def join(self) -> None:

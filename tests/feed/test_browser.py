@@ -4,7 +4,12 @@ A scan streams into the ``run`` service's components with a feed; ``view`` serve
 page; Chromium, driven by Playwright with the system's ``/usr/bin/chromium`` (never a
 downloaded build), watches the preview change, runs the CoR check half way through the
 scan and picks a value, and at the end the counters on the page are compared with the
-run report. The screenshot is kept as a test artefact (``test-artifacts/viewer.png``).
+run report; when a second scan starts, nothing of the first (final slice, cuts, volume
+path) stays on the page. The screenshot is kept as a test artefact
+(``test-artifacts/viewer.png``).
+
+The sender is held at fixed points by handshakes (half way until the CoR is picked; the
+second scan after its first block until the page is checked), never by timing.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ sync_api = pytest.importorskip("playwright.sync_api",
 
 
 def test_viewer_in_chromium_during_a_scan(live_run: Any, tmp_path: Path) -> None:
-    run = live_run(counters_interval_s=0.2)
+    run = live_run(scans=2, counters_interval_s=0.2)
     viewer = ViewerThread(ViewerSettings(feed=run.feed.address,
                                          control=run.feed.control_address, port=0))
     scan = SimulatedScan(SimulationConfig(rows=8, cols=96, projections=240, cor_px=49.0))
@@ -52,8 +57,21 @@ def test_viewer_in_chromium_during_a_scan(live_run: Any, tmp_path: Path) -> None
             paused.set()
             picked.wait(60)
 
-    sender = threading.Thread(target=run.send, name="sender", args=(
-        scan, SendOptions(block=4, rate_fps=150, scan_id="browser-scan"), halfway))
+    first_checked = threading.Event()
+    second_started, second_checked = threading.Event(), threading.Event()
+
+    def first_block(sent: int, frames: int) -> None:
+        if not second_started.is_set():
+            second_started.set()
+            second_checked.wait(60)
+
+    def send_both() -> None:
+        run.send(scan, SendOptions(block=4, rate_fps=150, scan_id="browser-scan"), halfway)
+        first_checked.wait(60)  # the page is checked at the end of the first scan
+        run.send(SimulatedScan(SimulationConfig(rows=8, cols=96, projections=40)),
+                 SendOptions(block=4, scan_id="second-scan"), first_block)
+
+    sender = threading.Thread(target=send_both, name="sender")
     errors: list[str] = []
     try:
         with sync_api.sync_playwright() as playwright:
@@ -81,14 +99,11 @@ def test_viewer_in_chromium_during_a_scan(live_run: Any, tmp_path: Path) -> None
                                        ".textContent === 'live'")
                 sender.start()
 
-                # The preview appears and changes as projections arrive.
+                # The preview appears (and changes once the sender goes on, below).
                 page.wait_for_function("Number(document.getElementById('preview-0')"
                                        "?.dataset.projections) > 0")
                 first = page.evaluate("document.getElementById('preview-0').toDataURL()")
                 shown = int(page.get_attribute("#preview-0", "data-projections") or 0)
-                page.wait_for_function(
-                    f"Number(document.getElementById('preview-0').dataset.projections) > {shown}")
-                assert page.evaluate("document.getElementById('preview-0').toDataURL()") != first
                 assert page.locator("#previews canvas").count() == 3
 
                 # CoR check half way: sweep around the preview's CoR, pick 48.5, use it.
@@ -104,6 +119,10 @@ def test_viewer_in_chromium_during_a_scan(live_run: Any, tmp_path: Path) -> None
                 page.wait_for_function("document.getElementById('sweep-status').textContent"
                                        ".includes('is used for the rest of scan')")
                 picked.set()
+                # The rest of the scan comes: the preview changes.
+                page.wait_for_function(
+                    f"Number(document.getElementById('preview-0').dataset.projections) > {shown}")
+                assert page.evaluate("document.getElementById('preview-0').toDataURL()") != first
 
                 # The end: status, final slice, cuts, counters.
                 page.wait_for_function("document.getElementById('scan-state').textContent"
@@ -121,18 +140,44 @@ def test_viewer_in_chromium_during_a_scan(live_run: Any, tmp_path: Path) -> None
                         "count-rejected", "count-duplicate", "center-value", "center-method")
                 }
                 page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
+                assert page.get_attribute("#slice-canvas", "data-scan") == "browser-scan"
+                assert page.get_attribute("#cut-xz", "data-scan") == "browser-scan"
+                assert "volume: " in (page.text_content("#scan-result") or "")
+                first_checked.set()
+
+                # The next scan starts (held after its first block): the page keeps
+                # nothing of the previous one.
+                assert second_started.wait(WAIT_MS / 1000)
+                page.wait_for_function("document.getElementById('scan-id').textContent"
+                                       " === 'second-scan'")
+                cleared = page.evaluate("""() => {
+                    const ids = ["slice-canvas", "cut-xy", "cut-xz", "cut-yz"];
+                    return {
+                      versions: ids.map((id) => document.getElementById(id).dataset.version),
+                      scans: ids.map((id) => document.getElementById(id).dataset.scan ?? null),
+                      result: document.getElementById("scan-result").textContent,
+                      cuts: document.getElementById("cuts-info").textContent,
+                      slice: document.getElementById("slice-info").textContent,
+                      chosen: document.getElementById("sweep-chosen").textContent,
+                    };
+                }""")
+                second_checked.set()
             finally:
                 browser.close()
         sender.join(WAIT_MS / 1000)
         run.join()
     finally:
         picked.set()
+        first_checked.set()
+        second_checked.set()
         viewer.close()
     ARTEFACT.parent.mkdir(exist_ok=True)
     shutil.copyfile(tmp_path / "viewer.png", ARTEFACT)
 
+    assert cleared == {"versions": ["0"] * 4, "scans": [None] * 4, "result": "", "cuts": "",
+                       "slice": "after the scan", "chosen": "–"}, cleared
     report = run.service.reports[0]
-    assert report.complete
+    assert report.complete and run.service.reports[1].complete
     assert shown_counts["expected-projections"] == "240"
     assert shown_counts["received-projections"] == str(report.received["projections"])
     assert shown_counts["received-flats"] == str(report.received["flats"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -82,17 +83,31 @@ def test_preview_rows_are_checked_by_the_parser(capsys: pytest.CaptureFixture[st
 
 def test_view_serves_until_terminated(python: str, cli_env: dict[str, str]) -> None:
     process = subprocess.Popen(
-        [python, "-m", "streamer.cli", "view", "--feed", "tcp://127.0.0.1:5999", "--port", "0"],
+        [python, "-m", "streamer.cli", "view", "--feed", "tcp://127.0.0.1:5999", "--port", "0",
+         "--allowed-host", "viewer.example"],
         env=cli_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
-        match = re.search(r"view: serving (http://127\.0\.0\.1:\d+/);", line)
+        match = re.search(r"view: serving (http://127\.0\.0\.1:(\d+)/);", line)
         assert match is not None, line
-        with urllib.request.urlopen(match.group(1), timeout=TIMEOUT_S) as page:
+        url, port = match.group(1), match.group(2)
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as page:
             assert page.status == 200 and b"tomo-streamer" in page.read()
+        named = urllib.request.Request(url, headers={"Host": f"viewer.example:{port}"})
+        with urllib.request.urlopen(named, timeout=TIMEOUT_S) as page:
+            assert page.status == 200  # --allowed-host
+        foreign = urllib.request.Request(url, headers={"Host": f"evil.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(foreign, timeout=TIMEOUT_S)
+        refused.value.close()
+        assert refused.value.code == 403
+        refusal = process.stderr.readline()
+        assert refusal.startswith("view: refused GET / from 127.0.0.1: Host 'evil.example:"), \
+            refusal
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=TIMEOUT_S)
+        _, err = process.communicate(timeout=TIMEOUT_S)
     finally:
         process.kill()
     assert process.returncode == 0
+    assert "Traceback" not in err

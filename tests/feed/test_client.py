@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,13 @@ from streamer.client import (
     CorSweep,
     Counters,
     Cuts,
+    FeedTimeoutError,
     MessageQueue,
     Preview,
     ScanEnd,
     ScanStart,
     Slice,
+    Subscription,
     decode_message,
 )
 from streamer.errors import ProtocolError
@@ -30,6 +34,7 @@ from streamer.feed_messages import (
     Counts,
     CutsHeader,
     FeedLimits,
+    HelloHeader,
     ImageSpec,
     PreviewHeader,
     ScanEndHeader,
@@ -37,6 +42,7 @@ from streamer.feed_messages import (
     SliceHeader,
     encode,
 )
+from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.feed.test_feed import process_scan
 
@@ -175,6 +181,37 @@ def test_queue_counts_gaps_and_keeps_only_the_newest_preview() -> None:
     assert len(plain) == 2 and plain.conflated == 0
 
 
+def test_queue_takes_hellos_and_carries_their_gaps() -> None:
+    queue = MessageQueue()
+    counters = EXAMPLES[1][0]
+    queue.add(counters.model_copy(update={"seq": 0}), ())
+    queue.add(HelloHeader(seq=3), ())  # 1 and 2 lost
+    queue.add(counters.model_copy(update={"seq": 5}), ())  # 4 lost
+    got = [queue.pop() for _ in range(len(queue))]
+    assert [m.header.seq for m in got] == [0, 5]  # the hello is not handed out
+    assert got[1].missed == 3 and queue.missed == 3
+    assert (queue.hellos, queue.received) == (1, 3)
+
+
+def test_after_wait_connected_the_next_scan_start_is_seen() -> None:
+    """wait_connected returns once the feed has the subscription (its hello came), so a
+    scan opened right after is seen from its first message, every time."""
+    with LiveFeed(FeedSettings(counters_interval_s=60.0)) as feed:
+        for number in range(20):
+            with Subscription(feed.address, timeout_s=20) as sub:
+                sub.wait_connected()
+                scan = SimulatedScan(SimulationConfig(rows=4, cols=32, projections=4))
+                feed.scan_opened(start_header(scan.layout, f"seen-{number}"))
+                # (The previous scan's last messages may come first: they were published
+                # after this subscription began.)
+                message = sub.receive()
+                while not isinstance(message, ScanStart):
+                    assert message.header.scan == f"seen-{number - 1}", (number, message)
+                    message = sub.receive()
+                assert message.header.scan == f"seen-{number}"
+                assert sub.missed == 0
+
+
 def how_to_example(marker: str) -> str:
     """The code block of docs/how-to/watch-live.md that follows ``marker``."""
     text = HOW_TO.read_text()
@@ -183,22 +220,66 @@ def how_to_example(marker: str) -> str:
     return after[start:after.index("```", start)]
 
 
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_wait_connected_waits_the_subscriptions_timeout() -> None:
+    address = f"tcp://127.0.0.1:{free_loopback_port()}"  # no feed there
+    with Subscription(address, timeout_s=0.3) as sub, \
+            pytest.raises(FeedTimeoutError, match=r"not connected within 0\.3 s"):
+        sub.wait_connected()  # the subscription's timeout, not a fixed 5 s
+    with Subscription(address, timeout_s=30) as sub, \
+            pytest.raises(FeedTimeoutError, match=r"within 0\.2 s"):
+        sub.wait_connected(timeout_s=0.2)  # an explicit one wins
+    with Subscription(address) as sub, pytest.raises(ValueError, match="timeout_s"):
+        sub.wait_connected(timeout_s=0)
+
+
+def test_wait_connected_before_the_feed_exists() -> None:
+    address = f"tcp://127.0.0.1:{free_loopback_port()}"
+    outcome: list[BaseException | None] = []
+    waiting = threading.Event()
+    with Subscription(address, timeout_s=30) as sub:
+        def wait() -> None:
+            waiting.set()
+            try:
+                sub.wait_connected()
+                outcome.append(None)
+            except BaseException as error:  # reported below
+                outcome.append(error)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        assert waiting.wait(10)
+        with LiveFeed(FeedSettings(address=address)) as feed:  # the feed comes later
+            waiter.join(30)
+            assert outcome == [None]
+            scan = SimulatedScan(SimulationConfig(rows=4, cols=32, projections=8))
+            process_scan(feed, scan, "late-feed", reconstruct=False)
+            assert isinstance(sub.receive(), ScanStart)
+
+
 def test_the_how_to_client_example_runs_against_a_feed(tmp_path: Path) -> None:
     script = tmp_path / "watch.py"
     script.write_text(how_to_example("<!-- example: python client -->"))
     scan = SimulatedScan(SimulationConfig(rows=4, cols=48, projections=60))
-    with LiveFeed(FeedSettings(counters_interval_s=0.1)) as feed:
-        process = subprocess.Popen(
-            [sys.executable, str(script), feed.address], text=True, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-        try:
+    address = f"tcp://127.0.0.1:{free_loopback_port()}"
+    # The example is started before the feed (as a user may): it waits to connect.
+    process = subprocess.Popen(
+        [sys.executable, str(script), address], text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    try:
+        with LiveFeed(FeedSettings(address=address, counters_interval_s=0.1)) as feed:
             assert process.stdout is not None
             first = process.stdout.readline()  # the example says when it is connected
             assert first.startswith("connected to "), (first, process.stderr.read())
             process_scan(feed, scan, "how-to")
             out, err = process.communicate(timeout=30)
-        finally:
-            process.kill()
+    finally:
+        process.kill()
     assert process.returncode == 0, err
     assert "scan how-to: 60 projections expected" in out
     assert "preview: 60/60 projections" in out

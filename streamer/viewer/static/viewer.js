@@ -125,15 +125,43 @@
     }));
   }
 
+  // A canvas back to its empty state: nothing drawn, no scan, version 0.
+  function clearCanvas(id) {
+    const canvas = $(id);
+    canvas.width = 1;
+    canvas.height = 1;
+    canvas.getContext("2d").clearRect(0, 0, 1, 1);
+    canvas.dataset.version = "0";
+    delete canvas.dataset.scan;
+    delete canvas.dataset.index;
+    canvas.title = "";
+    canvas.style.height = "";
+    state.images.delete(id);
+  }
+
+  // A new scan: nothing of the previous one stays on the page (its final slice, cuts,
+  // volume path, CoR choice), so that no image or label is taken for the new scan's.
   function onScanStart(m) {
     text("scan-id", m.scan);
     badge("scan-state", "open", "ok");
-    setCenter(m.center, "preview");
+    setCenter(m.center, m.center_method || "preview");
     setRows(m.preview_rows);
     text("preview-info", `rows ${m.preview_rows.join(", ")}, binning ${m.binning}`);
     text("scan-result", "");
+    $("scan-result").className = "";
     $("previews").replaceChildren();
     $("sweep-grid").replaceChildren();
+    for (const id of ["slice-canvas", "cut-xy", "cut-xz", "cut-yz"]) clearCanvas(id);
+    text("slice-info", "after the scan");
+    text("cuts-info", "");
+    for (const id of ["slice-index", "slice-number"]) {
+      $(id).max = "0";
+      $(id).value = "0";
+    }
+    state.chosen = null;
+    text("sweep-chosen", "–");
+    $("sweep-apply").disabled = true;
+    text("sweep-status", "");
     state.images.clear();
     state.history = [];
     state.sliceMax = 0;
@@ -209,13 +237,15 @@
       text(`preview-caption-${i}`, `row ${meta.rows[i]}`);
     });
     setRows(meta.rows);
+    const method = meta.center_method ? ` (${meta.center_method})` : "";
     text("preview-info", `${meta.projections} / ${meta.expected} projections, CoR `
-      + `${meta.center.toFixed(2)}, binning ${meta.binning}`);
+      + `${meta.center.toFixed(2)}${method}, binning ${meta.binning}`);
   }
 
   function onSlice(meta, images) {
     draw($("slice-canvas"), images[0]);
     $("slice-canvas").dataset.index = String(meta.index);
+    $("slice-canvas").dataset.scan = meta.scan;
     state.sliceMax = Math.max(state.sliceMax, meta.band[1] - 1);
     $("slice-index").max = String(state.sliceMax);
     $("slice-number").max = String(state.sliceMax);
@@ -223,7 +253,9 @@
       $("slice-index").value = String(meta.index);
       $("slice-number").value = String(meta.index);
     }
-    const center = meta.center === null ? "" : `, CoR ${meta.center.toFixed(2)}`;
+    const method = meta.center_method ? ` (${meta.center_method})` : "";
+    const center = meta.center === null || meta.center === undefined ? ""
+      : `, CoR ${meta.center.toFixed(2)}${method}`;
     text("slice-info", `slice ${meta.index} of 0…${state.sliceMax}${center}`);
   }
 
@@ -232,6 +264,7 @@
     draw($("cut-xy"), xy);
     draw($("cut-xz"), xz);
     draw($("cut-yz"), yz);
+    for (const id of ["cut-xy", "cut-xz", "cut-yz"]) $(id).dataset.scan = meta.scan;
     // xz and yz: one row per kept slice, slice_stride detector rows apart.
     const aspect = meta.slice_stride / meta.binning;
     for (const [id, image] of [["cut-xz", xz], ["cut-yz", yz]]) {

@@ -1,0 +1,113 @@
+"""The streaming CoR state machine: event sequences and their decisions (no I/O)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from streamer.errors import StreamerError
+from streamer.streaming_center import (
+    CenterMemory,
+    CenterSource,
+    Outcome,
+    Start,
+    StreamingCenter,
+)
+
+
+def test_given_centre_starts_at_once_and_is_kept_against_the_final_estimate() -> None:
+    machine = StreamingCenter(tolerance=0.5, given=295.0, carried=290.0)
+    assert machine.opened() == Start(295.0, CenterSource.GIVEN, restart=False)
+    assert machine.pair_found(296.5) is None  # a person's choice is not replaced
+    outcome = machine.closed(296.2)
+    assert outcome.center == 295.0 and not outcome.redone and not outcome.at_close
+    assert outcome.reason == (
+        "kept the given CoR 295.00; the final estimate 296.20 differs by 1.20 px"
+    )
+
+
+def test_no_centre_waits_for_the_pair_then_final_agrees() -> None:
+    machine = StreamingCenter(tolerance=0.5)
+    assert machine.opened() is None
+    assert machine.pair_found(85.66) == Start(85.66, CenterSource.PAIR, restart=False)
+    assert machine.closed(85.5) == Outcome(85.66, CenterSource.PAIR, False, False, None)
+
+
+def test_pair_estimate_off_by_more_than_the_tolerance_is_redone_at_close() -> None:
+    machine = StreamingCenter(tolerance=0.5)
+    machine.opened()
+    machine.pair_found(295.9)
+    outcome = machine.closed(295.0)
+    assert outcome == Outcome(
+        295.0, CenterSource.FINAL, True, True,
+        "redone: the final CoR estimate 295.00 differs from the pair CoR 295.90 by 0.90 px "
+        "(tolerance 0.5)",
+    )
+    report = json.loads(json.dumps(machine.report()))
+    assert report["redone"] and report["estimates"] == {"pair": 295.9, "final": 295.0}
+
+
+def test_carried_centre_is_replaced_by_a_disagreeing_pair() -> None:
+    machine = StreamingCenter(tolerance=0.5, carried=12.0)
+    assert machine.opened() == Start(12.0, CenterSource.CARRIED, restart=False)
+    assert machine.pair_found(12.3) is None  # agrees: keep streaming
+    assert machine.pair_found(13.0) == Start(13.0, CenterSource.PAIR, restart=True)
+    assert machine.restarts == 1
+    assert not machine.closed(12.9).redone
+
+
+def test_viewer_wins_over_everything_and_restarts() -> None:
+    machine = StreamingCenter(given=100.0)
+    machine.opened()
+    assert machine.viewer_set(101.5) == Start(101.5, CenterSource.VIEWER, restart=True)
+    assert machine.viewer_set(101.5) is None  # unchanged: nothing to redo
+    assert machine.pair_found(99.0) is None
+    outcome = machine.closed(99.0)
+    assert outcome.center == 101.5 and outcome.source is CenterSource.VIEWER
+    assert not outcome.redone
+
+
+def test_nothing_before_close_reconstructs_at_close() -> None:
+    machine = StreamingCenter()
+    assert machine.opened() is None
+    outcome = machine.closed(64.25)
+    assert outcome.at_close and not outcome.redone and outcome.center == 64.25
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (lambda m: m.closed(None), "expected a centre .* got none"),
+        (lambda m: m.pair_found(float("nan")), "pair: expected a finite column, got nan"),
+    ],
+)
+def test_mistakes_refused(action: Callable[[StreamingCenter], object], message: str) -> None:
+    machine = StreamingCenter()
+    machine.opened()
+    with pytest.raises(StreamerError, match=message):
+        action(machine)
+
+
+def test_closed_scan_refuses_events() -> None:
+    machine = StreamingCenter(given=5.0)
+    machine.opened()
+    machine.closed(None)
+    with pytest.raises(StreamerError, match="expected an open scan, got a closed one"):
+        machine.viewer_set(6.0)
+
+
+def test_bad_tolerance_refused() -> None:
+    with pytest.raises(StreamerError, match="tolerance: expected a finite value >= 0, got -1"):
+        StreamingCenter(tolerance=-1.0)
+
+
+def test_memory_keeps_the_newest_samples() -> None:
+    memory = CenterMemory(limit=2)
+    memory.remember("tooth", 295.0)
+    memory.remember("rod", 85.5)
+    memory.remember("tooth", 295.5)  # refreshed: now the newest
+    memory.remember("dendrite", 630.0)
+    assert memory.recall("rod") is None
+    assert memory.recall("tooth") == 295.5 and memory.recall("dendrite") == 630.0
