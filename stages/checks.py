@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stages.backends.xp import array_module
 from streamer.errors import StageError
 
 
 def float_block(block: npt.NDArray[Any], stage: str) -> npt.NDArray[np.float32]:
-    """Check that ``block`` is a real 3-D array and return it as C-contiguous float32."""
+    """Check that ``block`` is a real 3-D array and return it as C-contiguous float32
+    (in the block's own array namespace: a device block stays on its device)."""
     if block.ndim != 3:
         raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
     if block.dtype.kind not in "uif":
@@ -20,7 +22,9 @@ def float_block(block: npt.NDArray[Any], stage: str) -> npt.NDArray[np.float32]:
             f"stage {stage!r}: block.dtype: expected an integer or real float type, "
             f"got {block.dtype.name!r}"
         )
-    return np.ascontiguousarray(block, dtype=np.float32)
+    xp = array_module(block)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(block, dtype=xp.float32)
+    return result
 
 
 def check_axis(axis: int | None, stage: str, *, allow_none: bool = False) -> None:
@@ -39,10 +43,11 @@ def sinogram_inputs(
     block, one finite angle (degrees) per angle row, a finite ``center`` and
     ``output_size >= 1`` when given. Returns the block as C-contiguous float32 and the
     angles as float64."""
-    if not isinstance(block, np.ndarray) or block.ndim != 3:
+    shape = getattr(block, "shape", None)
+    if shape is None or getattr(block, "dtype", None) is None or len(shape) != 3:
         raise StageError(
             f"stage {stage!r}: block: expected a 3-D sinogram block (rows, angles, cols), "
-            f"got shape {getattr(block, 'shape', None)}"
+            f"got shape {shape}"
         )
     if block.dtype.kind not in "uif":
         raise StageError(
@@ -69,4 +74,5 @@ def sinogram_inputs(
         raise StageError(f"stage {stage!r}: center: expected a finite column, got {center}")
     if output_size is not None and output_size < 1:
         raise StageError(f"stage {stage!r}: output_size: expected >= 1, got {output_size}")
-    return np.ascontiguousarray(block, dtype=np.float32), angles
+    xp = array_module(block)  # the block stays on its device; the angles are host facts
+    return xp.ascontiguousarray(block, dtype=xp.float32), angles

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
+from stages.backends.xp import require_gpu
 from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 
@@ -111,6 +112,14 @@ class StageSpec:
         (``docs/explanation/streaming-reconstruction.md``). A callable
         ``angle_local(params) -> bool`` where it depends on a parameter (the axis of a
         slice-wise filter); see :meth:`is_angle_local`. ``False`` unless declared.
+    device : bool
+        Whether ``fn`` is written against the array namespace of its input (``xp =
+        array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
+        block: the stage then offers the ``cupy`` backend (checked on CPU by
+        ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
+    device_memory : callable, optional
+        The estimate on the device where the device code holds other buffers than the
+        host code (the planner's device plan uses it; ``None``: ``memory``).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -132,14 +141,17 @@ class StageSpec:
     ) = None
     angle_local: bool | Callable[[Any], bool] = False
     aliases: tuple[str, ...] = ()
+    device: bool = False
+    device_memory: MemoryEstimate | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
 
     @property
     def backends(self) -> tuple[str, ...]:
-        """Where the stage can run: ``numpy`` (our own code) first, then the adapters."""
-        return ("numpy", *self.adapters)
+        """Where the stage can run: ``numpy`` (our own code) first, ``cupy`` (the same
+        code on a CUDA device) where the stage is device-ready, then the adapters."""
+        return ("numpy", *(("cupy",) if self.device else ()), *self.adapters)
 
     def is_angle_local(self, params: StageParams) -> bool:
         """Whether this stage, with ``params``, acts on each projection on its own."""
@@ -188,6 +200,9 @@ class StageSpec:
         if self.counts_repairs:
             kwargs["repairs"] = repairs
         if backend == "numpy":
+            return self.fn(block, **kwargs)
+        if backend == "cupy" and self.device:
+            require_gpu(backend)  # a clear refusal without a device, before any work
             return self.fn(block, **kwargs)
         adapter = self.adapters.get(backend)
         if adapter is None:

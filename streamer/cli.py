@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default="uint16", help="pixel type of the incoming frames")
     check.add_argument("--memory", type=float, default=None, metavar="GiB",
                        help="host memory budget (default: half of this machine's memory)")
+    check.add_argument("--device", nargs="?", const="auto", default=None,
+                       metavar="GiB|auto", help="also plan for a CUDA device of this size, "
+                       "or the one cupy detects (auto), as --device gpu would run")
 
     run = command("run", "The service: receive scans, correct frames as they arrive, "
                   "reconstruct each scan when it closes, write volumes and reports.", _run_run)
@@ -196,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", type=float, default=None, metavar="GiB",
                      help="host memory budget for blocks (default: half of this machine's)")
     _format_options(run, "write TIFF stacks (same as --format tiff)")
+    _device_option(run)
     run.add_argument("--quiet", action="store_true",
                      help="no progress line, no scan and plan lines (warnings still show)")
     _limit_options(run)
@@ -223,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="host memory budget for blocks (default: half of this machine's)")
     _format_options(recon, "write a TIFF stack (same as --format tiff; default: from the "
                     "output's suffix)")
+    _device_option(recon)
     recon.add_argument("--overwrite", action="store_true", help="replace an existing output")
     recon.add_argument("--quiet", action="store_true",
                        help="no progress line, no scan and plan lines (warnings still show)")
@@ -763,6 +768,28 @@ def _run_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: every device-ready stage runs with backend cupy, blocks "
+                        "also sized from free device memory (refused without a CUDA device)")
+
+
+def _device_bytes(device: str) -> int | None:
+    """Usable bytes of this process's CUDA device for ``--device gpu`` (``None`` for cpu);
+    refused in one line where there is no device."""
+    if device != "gpu":
+        return None
+    from stages.backends.device import detect_device, device_budget_bytes
+    from stages.backends.xp import GPU_EXTRA_HINT, gpu_available
+
+    info = detect_device() if gpu_available() else None
+    if info is None:
+        raise ConfigError("--device gpu: expected a usable CUDA device, got none (cupy is "
+                          f"absent or cupy.is_available() is False; {GPU_EXTRA_HINT}); use "
+                          "--device cpu")
+    return device_budget_bytes(info.free_bytes)
+
+
 def _budget(memory_gib: float | None) -> int | None:
     if memory_gib is None:
         return None
@@ -784,7 +811,8 @@ def _run_run(args: argparse.Namespace) -> int:
     if launched_with_ranks() > 1:
         return _run_run_ranks(args)
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
-                                          center=args.center)
+                                          center=args.center, device=args.device,
+                                          device_bytes=_device_bytes(args.device))
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
     limits, settings = _ingest_settings(args)
     report_dir = args.report_dir or args.out
@@ -812,7 +840,8 @@ def _run_run(args: argparse.Namespace) -> int:
                               center_source=center_source(args.center),
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=_budget(args.memory), on_output=on_output,
-                              log=_log(args.quiet), background=True)
+                              log=_log(args.quiet), background=True,
+                              device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, _stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
         socket = _consumer_socket(context, args,
@@ -886,6 +915,7 @@ def _run_recon(args: argparse.Namespace) -> int:
         first_row=options.rows[0] if options.rows else 0, block_frames=args.block,
         block_sinograms=args.sinogram_block, output_format=output_format,
         overwrite=args.overwrite, memory_bytes=_budget(args.memory),
+        device=args.device, device_bytes=_device_bytes(args.device),
     )
     if launched_with_ranks() > 1:
         return _run_recon_ranks(args, options, settings)
@@ -961,11 +991,16 @@ def _run_check(args: argparse.Namespace) -> int:
         raise ConfigError(f"--projections: expected at least 1, got {args.projections}")
     budget = _budget(args.memory) or default_budget_bytes()
     rows, cols = args.frame
-    steps, _text = pipeline_for(ReconSettings(output=Path(), pipeline=args.pipeline),
+    device = None if args.device is None else _planned_device(args.device)
+    steps, _text = pipeline_for(ReconSettings(output=Path(), pipeline=args.pipeline,
+                                              device="cpu" if device is None else "gpu"),
                                 "flat_dark")
     appended = len(steps) - len(pipeline.steps)
     plans = plan_blocks(steps, rows=rows, cols=cols, angles=args.projections,
                         dtype=np.dtype(args.dtype), budget_bytes=budget)
+    device_lines = ([] if device is None else  # refused here, before any output
+                    _device_plan_lines(steps, device, rows=rows, cols=cols,
+                                       angles=args.projections, dtype=np.dtype(args.dtype)))
     extra = f" (+{appended} appended by recon/run)" if appended else ""
     print(f"{args.pipeline}: valid, {len(pipeline.steps)} stages{extra}")
     for number, step in enumerate(steps, 1):
@@ -986,7 +1021,46 @@ def _run_check(args: argparse.Namespace) -> int:
           f"budget {budget / 2**30:.1f} GiB")
     for plan in plans:
         print(f"  {plan.describe()}")
+    if device_lines:
+        print("\n".join(device_lines))
     return 0
+
+
+def _planned_device(text: str) -> Any:
+    """``check --device``: the device detected by cupy (``auto``) or one of a stated size."""
+    from stages.backends.device import detect_device, stated_device
+
+    if text == "auto":
+        info = detect_device()
+        if info is None:
+            raise ConfigError("--device auto: expected a CUDA device detected by cupy, got "
+                              "none; state its size instead, e.g. --device 80")
+        return info
+    try:
+        size = float(text)
+    except ValueError:
+        raise ConfigError(f"--device: expected a size in GiB or 'auto', got {text!r}") from None
+    return stated_device(size)
+
+
+def _device_plan_lines(steps: Any, device: Any, *, rows: int, cols: int, angles: int,
+                       dtype: np.dtype[Any]) -> list[str]:
+    from stages.backends.device import DEVICE_HEADROOM, device_budget_bytes
+    from streamer.pipeline.plan import on_device, plan_device_blocks
+
+    usable = device_budget_bytes(device.free_bytes)
+    plans = plan_device_blocks(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                               device_bytes=usable)
+    lines = [f"device plan ({device.describe()}; usable {usable / 2**30:.1f} GiB after "
+             f"{DEVICE_HEADROOM:.0%} headroom, one device per rank):"]
+    lines += [f"  {plan.describe()}" for plan in plans]
+    host = [step.name for step in steps if not on_device(step)]
+    if not plans:
+        lines.append("  no stage runs on the device (none is device-ready or has a GPU "
+                     "backend)")
+    if host:
+        lines.append(f"  on the host (not device-ready): {', '.join(host)}")
+    return lines
 
 
 def _resolve_pipeline(args: argparse.Namespace, what: str) -> None:

@@ -107,6 +107,7 @@ class LiveReconstruction:
     block_frames: int | None = None  # None: from the memory plan, per scan
     block_sinograms: int | None = None
     memory_bytes: int | None = None  # None: half of this machine's memory
+    device_bytes: int | None = None  # --device gpu: usable device memory for the plan
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
@@ -209,6 +210,7 @@ class LiveReconstruction:
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
+                device_bytes=self.device_bytes,
             )
         except StreamerError as error:
             raise self._fail(f"refused at its start: {error}") from None

@@ -614,6 +614,11 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
                           "file per rank and a master file); run one rank for TIFF")
     steps, text = pipeline_for(settings, layout.normalisation)
+    if settings.device == "gpu":  # one GPU per rank (docs/how-to/gpu-and-backends.md)
+        from stages.backends.device import use_device_for_rank  # noqa: PLC0415
+
+        device, usable = use_device_for_rank(link.rank, link.size)
+        log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
     scan_id = output_stem(settings.output.stem)
     control, band_link = link.duplicate(), link.duplicate()
     ranked = RankedReconstruction(

@@ -33,7 +33,7 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.images import image_tail, write_images
-from streamer.pipeline.plan import default_budget_bytes, plan_scan
+from streamer.pipeline.plan import default_budget_bytes, plan_scan, steps_on_device
 from streamer.protocol import MetadataValue, Normalisation
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
@@ -68,6 +68,10 @@ class ReconSettings:
     overwrite: bool = False
     #: For a pipeline with a parameter sweep: which variant (``"center=80"``) to run.
     sweep_value: str | None = None
+    #: ``gpu``: device-ready stages run with backend ``cupy`` (:func:`steps_on_device`),
+    #: blocks also sized from ``device_bytes`` usable on the device.
+    device: Literal["cpu", "gpu"] = "cpu"
+    device_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
     else:
         text = "pipeline:\n" + CORRECTIONS[normalisation] + RECONSTRUCTION
         steps = parse_pipeline(text, REGISTRY, source="recon default").steps
+    if settings.device == "gpu":
+        steps = steps_on_device(steps)
     if settings.center is not None:
         value = None if settings.center == "auto" else settings.center
         steps = tuple(
@@ -179,6 +185,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
         steps, rows=layout.rows, cols=layout.cols, angles=layout.projections,
         references=layout.darks + layout.flats, dtype=layout.dtype,
         budget_bytes=settings.memory_bytes or default_budget_bytes(),
+        device_bytes=settings.device_bytes,
     )
     block_frames = settings.block_frames or planned_frames
     block_sinograms = settings.block_sinograms or planned_sinograms
@@ -230,6 +237,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     warning = processor.repairs.warning()
     if warning is not None:
         log(f"warning: {warning}")
+    if processor.transfers.transfers:
+        log(f"transfers: {processor.transfers.describe()}")
     tail = image_tail(steps)  # HTTomo's calculate_stats → rescale_to_int → save_to_images
     images = (write_images(settings.output, settings.output_format, tail)
               if tail is not None else None)

@@ -45,6 +45,12 @@ class TransferStats:
         """Copies in both directions."""
         return self.to_device + self.to_host
 
+    def describe(self) -> str:
+        """One line for a run's log and report."""
+        return (f"host->device {self.to_device} copies, {self.bytes_to_device / 2**20:,.1f} "
+                f"MiB in {self.seconds_to_device:.3f} s; device->host {self.to_host} copies, "
+                f"{self.bytes_to_host / 2**20:,.1f} MiB in {self.seconds_to_host:.3f} s")
+
 
 def _import_cupy() -> ModuleType | None:
     try:
@@ -55,13 +61,47 @@ def _import_cupy() -> ModuleType | None:
     return module
 
 
-def array_module(block: Any) -> ModuleType:
-    """``numpy`` or ``cupy``, whichever the block belongs to (numpy without cupy)."""
-    cupy = _import_cupy()
-    if cupy is None:
+def array_module(block: Any) -> Any:
+    """The array namespace of ``block``: ``numpy``, ``cupy``, or the namespace an array
+    names through the Array API's ``__array_namespace__`` (numpy without cupy).
+
+    numpy arrays and scalars are checked first, so the common case never imports cupy.
+    """
+    if isinstance(block, (np.ndarray, np.generic)):
         return np
-    module: ModuleType = cupy.get_array_module(block)
-    return module
+    cupy = _import_cupy()
+    if cupy is not None and cupy.get_array_module(block) is cupy:
+        return cupy
+    namespace = getattr(block, "__array_namespace__", None)
+    if namespace is not None:
+        return namespace()
+    return np
+
+
+def _twin(xp: Any, attribute: str, host: str, device: str) -> Any:
+    """The SciPy module ``host`` for numpy, its CuPy twin ``device`` for cupy, or the
+    twin a namespace carries as ``attribute`` (one made for tests)."""
+    import importlib  # noqa: PLC0415 - the twins are imported only where asked for
+
+    if xp is np:
+        return importlib.import_module(host)
+    twin = getattr(xp, attribute, None)
+    if twin is not None:
+        return twin
+    if getattr(xp, "__name__", "") == "cupy":
+        return importlib.import_module(device)
+    raise StageError(f"array namespace {getattr(xp, '__name__', xp)!r}: expected numpy or "
+                     f"cupy, got one without a {host} twin")
+
+
+def ndimage_module(xp: Any) -> Any:
+    """``scipy.ndimage`` for numpy blocks, ``cupyx.scipy.ndimage`` for cupy blocks."""
+    return _twin(xp, "scipy_ndimage", "scipy.ndimage", "cupyx.scipy.ndimage")
+
+
+def fft_module(xp: Any) -> Any:
+    """``scipy.fft`` for numpy blocks, ``cupyx.scipy.fft`` for cupy blocks."""
+    return _twin(xp, "scipy_fft", "scipy.fft", "cupyx.scipy.fft")
 
 
 def gpu_available() -> bool:

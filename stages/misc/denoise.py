@@ -229,6 +229,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.SINOGRAM,
         params=TvRofParams,
         memory=scaled_memory(9.0),
+        device=True,
         summary="ROF total-variation denoising of reconstructed slices (explicit time "
         "marching, CCPi's scheme), slice by slice",
         aliases=("httomolibgpu.misc.denoise.total_variation_ROF",),
@@ -240,6 +241,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.SINOGRAM,
         params=TvPdParams,
         memory=scaled_memory(10.0),
+        device=True,
         summary="primal-dual (Chambolle-Pock) total-variation denoising of reconstructed "
         "slices, slice by slice",
         aliases=("httomolibgpu.misc.denoise.total_variation_PD",),

@@ -5,7 +5,8 @@
 * ``adjust_range``: values above ``dmax`` → ``dmax``, below ``dmin`` → ``dmin``; a bound
   left ``None`` is the block's own extreme in tomopy, i.e. no clipping on that side.
 
-All return float32 (tomopy converts with ``as_float32``) and work on either layout.
+All return float32 (tomopy converts with ``as_float32``) and work on either layout, in
+the array namespace of their input (numpy or cupy).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, model_validator
 
+from stages.backends.xp import array_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -26,7 +28,9 @@ def _float(stage: str, block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     if block.ndim != 3 or block.dtype.kind not in "uif":
         raise StageError(f"stage {stage!r}: block: expected a real 3-D array, got "
                          f"{block.shape} {block.dtype}")
-    return np.array(block, dtype=np.float32)  # a copy: the input is left alone
+    xp = array_module(block)
+    copy: npt.NDArray[np.float32] = xp.array(block, dtype=xp.float32)  # the input is left alone
+    return copy
 
 
 class ValueParams(StageParams):
@@ -51,7 +55,7 @@ class RangeParams(StageParams):
 def remove_nan(block: npt.NDArray[Any], *, val: float = 0.0) -> npt.NDArray[np.float32]:
     """NaN replaced by ``val``."""
     data = _float("remove_nan", block)
-    data[np.isnan(data)] = np.float32(val)
+    data[array_module(data).isnan(data)] = np.float32(val)
     return data
 
 
@@ -76,14 +80,17 @@ def adjust_range(block: npt.NDArray[Any], *, dmin: float | None = None,
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(name="remove_nan", fn=remove_nan, pattern=Pattern.ALL, params=ValueParams,
               angle_local=True,  # element-wise
-              memory=scaled_memory(2), summary="NaN replaced by val (tomopy)",
+              memory=scaled_memory(2), device=True,
+              summary="NaN replaced by val (tomopy)",
               aliases=("tomopy.misc.corr.remove_nan",)),
     StageSpec(name="remove_neg", fn=remove_neg, pattern=Pattern.ALL, params=ValueParams,
               angle_local=True,  # element-wise
-              memory=scaled_memory(2), summary="negative values replaced by val (tomopy)",
+              memory=scaled_memory(2), device=True,
+              summary="negative values replaced by val (tomopy)",
               aliases=("tomopy.misc.corr.remove_neg",)),
     StageSpec(name="adjust_range", fn=adjust_range, pattern=Pattern.ALL, params=RangeParams,
               angle_local=True,  # element-wise
-              memory=scaled_memory(2), summary="values clipped to [dmin, dmax] (tomopy)",
+              memory=scaled_memory(2), device=True,
+              summary="values clipped to [dmin, dmax] (tomopy)",
               aliases=("tomopy.misc.corr.adjust_range",)),
 )

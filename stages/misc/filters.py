@@ -5,7 +5,8 @@ filter is two-dimensional and runs on each slice perpendicular to ``axis`` (with
 ``axis=0`` on a projection block, on each frame), with ``scipy.ndimage``'s ``reflect``
 boundary (``d c b a | a b c d | d c b a``). They reproduce TomoPy's test references
 ``median_filter_{0,1,2}.npy`` and ``gaussian_filter_{0,1,2}.npy`` (max abs difference
-0 and 6e-8).
+0 and 6e-8). They run in the array namespace of their input: ``cupyx.scipy.ndimage``
+for a CuPy block.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import AliasChoices, Field, field_validator
-from scipy import ndimage
 
+from stages.backends.xp import array_module, ndimage_module
 from stages.checks import check_axis, float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -81,12 +82,15 @@ def median_filter(
     check_axis(axis, stage, allow_none=True)
     if size < 1:
         raise StageError(f"stage {stage!r}: size: expected an integer >= 1, got {size}")
+    xp = array_module(data)
+    ndimage = ndimage_module(xp)
     if axis is None:
         result: npt.NDArray[np.float32] = ndimage.median_filter(data, size=size, mode=mode)
-        return np.ascontiguousarray(result, dtype=np.float32)
-    out = np.empty_like(data)
-    src = np.moveaxis(data, axis, 0)
-    dst = np.moveaxis(out, axis, 0)
+        contiguous: npt.NDArray[np.float32] = xp.ascontiguousarray(result, dtype=xp.float32)
+        return contiguous
+    out: npt.NDArray[np.float32] = xp.empty_like(data)
+    src = xp.moveaxis(data, axis, 0)
+    dst = xp.moveaxis(out, axis, 0)
     for i in range(src.shape[0]):
         ndimage.median_filter(src[i], size=(size, size), mode=mode, output=dst[i])
     return out
@@ -151,9 +155,11 @@ def gaussian_filter(
         raise StageError(f"stage {stage!r}: sigma: expected a value > 0, got {sigma}")
     if order not in (0, 1, 2, 3):
         raise StageError(f"stage {stage!r}: order: expected one of 0|1|2|3, got {order!r}")
-    out = np.empty_like(data)
-    src = np.moveaxis(data, axis, 0)
-    dst = np.moveaxis(out, axis, 0)
+    xp = array_module(data)
+    ndimage = ndimage_module(xp)
+    out: npt.NDArray[np.float32] = xp.empty_like(data)
+    src = xp.moveaxis(data, axis, 0)
+    dst = xp.moveaxis(out, axis, 0)
     for i in range(src.shape[0]):
         ndimage.gaussian_filter(src[i], sigma=sigma, order=order, mode=mode, output=dst[i])
     return out
@@ -169,6 +175,7 @@ SPECS: tuple[StageSpec, ...] = (
         # input + float32 copy (when the input is not float32) + output; the per-slice
         # scratch of scipy is one slice.
         memory=scaled_memory(3.0),
+        device=True,
         summary="2-D median filter on each slice along an axis (3-D with axis=None)",
         # httomolibgpu's median_filter (3-D, dif) is median_filter3d, stages/prep/httomo_prep.py
         aliases=("tomopy.misc.corr.median_filter",),
@@ -182,6 +189,7 @@ SPECS: tuple[StageSpec, ...] = (
         # input + float32 copy (when the input is not float32) + output; scipy's separable
         # pass needs one slice of scratch.
         memory=scaled_memory(3.0),
+        device=True,
         summary="2-D Gaussian filter on each slice along an axis",
         aliases=("tomopy.misc.corr.gaussian_filter",),
     ),

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
+from stages.backends.xp import array_module
 from stages.checks import check_axis, float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -75,13 +76,13 @@ def circular_mask(
     check_axis(axis, stage)
     if not ratio > 0:
         raise StageError(f"stage {stage!r}: ratio: expected a value > 0, got {ratio}")
-    out = float_block(block, stage)
-    if np.shares_memory(out, block):  # never write into the caller's block
-        out = out.copy()
-    slices = np.moveaxis(out, axis, 0)
-    outside = ~circle_inside(slices.shape[1], slices.shape[2], ratio)
-    slices[:, outside] = np.float32(value)
-    return out
+    data = float_block(block, stage)
+    xp = array_module(data)
+    edges = [n for i, n in enumerate(data.shape) if i != axis]
+    inside = np.expand_dims(circle_inside(edges[0], edges[1], ratio), axis)
+    # where(): a new array (the caller's block is never written), on any namespace
+    masked: npt.NDArray[np.float32] = xp.where(xp.asarray(inside), data, np.float32(value))
+    return masked
 
 
 # ------------------------------------------------------------------ down/upsample (tomopy)
@@ -139,9 +140,12 @@ def downsample(
             f"stage {stage!r}: level: expected 2**level <= block.shape[{axis}] = "
             f"{data.shape[axis]}, got level={level} (factor {factor})"
         )
-    moved = np.moveaxis(data, axis, 0)[: n_out * factor]
-    binned = moved.reshape(n_out, factor, *moved.shape[1:]).mean(axis=1, dtype=np.float64)
-    return np.ascontiguousarray(np.moveaxis(binned, 0, axis), dtype=np.float32)
+    xp = array_module(data)
+    moved = xp.moveaxis(data, axis, 0)[: n_out * factor]
+    binned = moved.reshape(n_out, factor, *moved.shape[1:]).mean(axis=1, dtype=xp.float64)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(xp.moveaxis(binned, 0, axis),
+                                                           dtype=xp.float32)
+    return result
 
 
 def upsample(
@@ -173,7 +177,9 @@ def upsample(
     if level < 0:
         raise StageError(f"stage {stage!r}: level: expected an integer >= 0, got {level}")
     data = float_block(block, stage)
-    return np.ascontiguousarray(np.repeat(data, 2**level, axis=axis))
+    xp = array_module(data)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(xp.repeat(data, 2**level, axis=axis))
+    return result
 
 
 def _upsample_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
@@ -227,7 +233,10 @@ def binning(
     n_r, n_c = rows // factor_rows, cols // factor_cols
     trimmed = data[:, : n_r * factor_rows, : n_c * factor_cols]
     bins = trimmed.reshape(data.shape[0], n_r, factor_rows, n_c, factor_cols)
-    return np.ascontiguousarray(bins.mean(axis=(2, 4), dtype=np.float64), dtype=np.float32)
+    xp = array_module(bins)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(
+        bins.mean(axis=(2, 4), dtype=xp.float64), dtype=xp.float32)
+    return result
 
 
 # ---------------------------------------------------------------------------------- crop
@@ -300,6 +309,7 @@ SPECS: tuple[StageSpec, ...] = (
         params=CircularMaskParams,
         # input + float32 copy that is masked in place and returned.
         memory=scaled_memory(2.0),
+        device=True,
         summary="set pixels outside a centred circle of each slice to a value",
         aliases=("tomopy.misc.corr.circ_mask",),
     ),
@@ -312,6 +322,7 @@ SPECS: tuple[StageSpec, ...] = (
         # input + float32 copy + float64 bin means (at most half the block in float64,
         # i.e. one float32 block) + the float32 output (at most half a block).
         memory=scaled_memory(3.5),
+        device=True,
         summary="shrink one axis by 2**level, averaging bins",
         aliases=("tomopy.misc.morph.downsample",),
     ),
@@ -322,6 +333,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=SampleParams,
         memory=_upsample_memory,
+        device=True,
         summary="enlarge one axis by 2**level, repeating samples",
         aliases=("tomopy.misc.morph.upsample",),
     ),
@@ -334,6 +346,7 @@ SPECS: tuple[StageSpec, ...] = (
         # input + float32 copy + float64 means (half a float32 block for 2x2 bins, at most
         # one) + float32 output (a quarter block for 2x2).
         memory=scaled_memory(3.5),
+        device=True,
         summary="average factor_rows x factor_cols pixel bins of each frame",
     ),
     StageSpec(
@@ -344,6 +357,7 @@ SPECS: tuple[StageSpec, ...] = (
         params=CropParams,
         # input + the cropped copy (at most one block).
         memory=scaled_memory(2.0),
+        device=True,
         summary="keep a (rows, cols) rectangle of each frame (preview)",
     ),
 )

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, model_validator
 
+from stages.backends.xp import array_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -107,7 +108,8 @@ def _window(
         raise StageError(
             "stage 'rescale': expected one of window, range_percent or percentiles, got none"
         )
-    lo, hi = np.percentile(finite, percentiles)
+    xp = array_module(finite)
+    lo, hi = xp.percentile(finite, xp.asarray(percentiles, dtype=xp.float64))
     return float(lo), float(hi)
 
 
@@ -169,20 +171,22 @@ def rescale(
             f"stage {stage!r}: window: expected one of window, range_percent or "
             "percentiles, got none"
         )
-    data = np.asarray(block, dtype=np.float32)
-    finite = data[np.isfinite(data)]
+    xp = array_module(block)
+    data = xp.asarray(block, dtype=xp.float32)
+    finite = data[xp.isfinite(data)]
     lo, hi = _window(finite, percentiles, window, range_percent)
-    top = float(np.iinfo(dtype).max)
-    scaled = data.astype(np.float64)
+    top = float(np.iinfo(dtype).max)  # host facts about the type, not data
+    scaled = data.astype(xp.float64)
     if hi > lo:
         scaled -= lo
         scaled *= top / (hi - lo)
     else:
-        scaled = np.where(scaled > lo, top, 0.0)
-    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=top, neginf=0.0)
-    np.clip(scaled, 0.0, top, out=scaled)
-    np.rint(scaled, out=scaled)
-    return np.ascontiguousarray(scaled.astype(dtype))
+        scaled = xp.where(scaled > lo, top, 0.0)
+    scaled = xp.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
+    xp.clip(scaled, 0.0, top, out=scaled)
+    xp.rint(scaled, out=scaled)
+    result: npt.NDArray[np.unsignedinteger[Any]] = xp.ascontiguousarray(scaled.astype(dtype))
+    return result
 
 
 SPECS: tuple[StageSpec, ...] = (
@@ -195,6 +199,7 @@ SPECS: tuple[StageSpec, ...] = (
         # input + float32 view/copy + finite values (≤ 1) + float64 working copy (2 float32
         # blocks) + the integer output (≤ 0.5): about 5.5 block-sized float32 buffers.
         memory=scaled_memory(5.5),
+        device=True,
         summary="map an intensity window onto uint8/uint16 (percentiles, range or fixed)",
         # httomolib's rescale_to_int (global statistics, an output step) is the stage
         # rescale_to_int of stages/misc/httomo_output.py

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from algotom.prep import removal
 from pydantic import Field, model_validator
 
+from stages.backends.xp import array_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -49,13 +50,16 @@ EPS = 1.0e-7
 
 
 def _block(stage: str, block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    if not isinstance(block, np.ndarray) or block.ndim != 3 or 0 in block.shape:
+    shape = getattr(block, "shape", None)
+    if shape is None or getattr(block, "dtype", None) is None or len(shape) != 3 or 0 in shape:
         raise StageError(f"stage {stage!r}: block: expected a non-empty 3-D array, got "
-                         f"{getattr(block, 'shape', type(block).__name__)}")
+                         f"{shape if shape is not None else type(block).__name__}")
     if block.dtype.kind not in "uif":
         raise StageError(f"stage {stage!r}: block.dtype: expected real numbers, got "
                          f"{block.dtype}")
-    return np.ascontiguousarray(block, dtype=np.float32)
+    xp = array_module(block)
+    data: npt.NDArray[np.float32] = xp.ascontiguousarray(block, dtype=xp.float32)
+    return data
 
 
 # ------------------------------------------------------------ dark_flat_field_correction
@@ -106,6 +110,7 @@ def dark_flat_field_correction(
     """
     stage = "dark_flat_field_correction"
     data = _block(stage, block)
+    xp = array_module(data)
     rows, cols = data.shape[1:]
     if flats is None or flats.ndim != 3 or flats.shape[0] == 0 or flats.shape[1:] != (
             rows, cols):
@@ -117,15 +122,16 @@ def dark_flat_field_correction(
                              f"{darks.shape}")
         dark = darks.mean(axis=0, dtype=np.float32) * np.float32(darks_multiplier)
     else:
-        dark = np.zeros((rows, cols), np.float32)
+        dark = xp.zeros((rows, cols), xp.float32)
     flat = flats.mean(axis=0, dtype=np.float32) * np.float32(flats_multiplier)
-    denominator = np.maximum(flat - dark, np.float32(EPS))
+    denominator = xp.maximum(flat - dark, np.float32(EPS))
     out = (data - dark) / denominator
     if upper_bound is not None:
         out[out > upper_bound] = np.float32(upper_bound)
     if lower_bound is not None:
         out[out <= lower_bound] = np.float32(lower_bound)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(out, dtype=xp.float32)
+    return result
 
 
 # ------------------------------------------------------------------- remove_outlier3d
@@ -150,23 +156,24 @@ def median3d(data: npt.NDArray[np.float32], kernel_size: int) -> npt.NDArray[np.
     the first axis keep the neighbour stack within ~64 MiB."""
     radius = kernel_size // 2
     depth, height, width = data.shape
+    xp = array_module(data)
     offsets = range(-radius, radius + 1)
-    rows = [_clamped_offsets(height, o) for o in offsets]
-    cols = [_clamped_offsets(width, o) for o in offsets]
-    out = np.empty_like(data)
+    rows = [xp.asarray(_clamped_offsets(height, o)) for o in offsets]
+    cols = [xp.asarray(_clamped_offsets(width, o)) for o in offsets]
+    out: npt.NDArray[np.float32] = xp.empty_like(data)
     per_voxel = kernel_size**3 * 4
     slab = max(1, (64 << 20) // max(1, per_voxel * height * width))
     for first in range(0, depth, slab):
         last = min(depth, first + slab)
-        stack = np.empty((kernel_size**3, last - first, height, width), np.float32)
+        stack = xp.empty((kernel_size**3, last - first, height, width), xp.float32)
         count = 0
         for dz in offsets:
-            planes = _clamped_offsets(depth, dz)[first:last]
+            planes = xp.asarray(_clamped_offsets(depth, dz)[first:last])
             for row_index in rows:
                 for col_index in cols:
                     stack[count] = data[planes][:, row_index][:, :, col_index]
                     count += 1
-        out[first:last] = np.median(stack, axis=0)
+        out[first:last] = xp.median(stack, axis=0)
     return out
 
 
@@ -181,7 +188,10 @@ def remove_outlier3d(block: npt.NDArray[Any], *, kernel_size: int = 3,
     if not dif > 0:
         raise StageError(f"stage {stage!r}: dif: expected > 0, got {dif}")
     median = median3d(data, kernel_size)
-    return np.where(np.abs(data - median) >= np.float32(dif), median, data).astype(np.float32)
+    xp = array_module(data)
+    result: npt.NDArray[np.float32] = xp.where(xp.abs(data - median) >= np.float32(dif), median,
+                                               data).astype(xp.float32)
+    return result
 
 
 class Median3dParams(StageParams):
@@ -198,7 +208,10 @@ def median_filter3d(block: npt.NDArray[Any], *, kernel_size: int = 3, dif: float
     median = median3d(data, kernel_size)
     if dif <= 0:
         return median
-    return np.where(np.abs(data - median) >= np.float32(dif), median, data).astype(np.float32)
+    xp = array_module(data)
+    result: npt.NDArray[np.float32] = xp.where(xp.abs(data - median) >= np.float32(dif), median,
+                                               data).astype(xp.float32)
+    return result
 
 
 # ------------------------------------------------------------ remove_stripe_ti (TomoCuPy)
@@ -216,16 +229,18 @@ def remove_stripe_ti_httomo(block: npt.NDArray[Any], *, beta: float = 0.1
     stage = "remove_stripe_ti_httomo"
     data = _block(stage, block)
     width = data.shape[2]
-    padded = np.pad(data, ((0, 0), (0, 0), (0, 1)), mode="edge") if width % 2 else data
+    xp = array_module(data)
+    padded = xp.pad(data, ((0, 0), (0, 0), (0, 1)), mode="edge") if width % 2 else data
     size = padded.shape[2]
     gamma = beta * ((1 - beta) / (1 + beta)) ** np.abs(np.fft.fftfreq(size) * size)
     gamma[0] -= 1
     mean = padded.mean(axis=1)  # (rows, cols): the mean over angles
     mean = mean - mean[:, 0:1]
-    correction = np.fft.irfft(np.fft.rfft(mean) * np.fft.rfft(gamma), n=size).astype(
-        np.float32)
-    out = padded + correction[:, np.newaxis, :]
-    return np.ascontiguousarray(out[:, :, :width], dtype=np.float32)
+    gamma_spectrum = xp.asarray(np.fft.rfft(gamma))  # a host constant, uploaded once
+    correction = xp.fft.irfft(xp.fft.rfft(mean) * gamma_spectrum, n=size).astype(xp.float32)
+    out = padded + correction[:, None, :]
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(out[:, :, :width], dtype=xp.float32)
+    return result
 
 
 # ----------------------------------------------------------- remove_all_stripe (httomo)
@@ -284,18 +299,19 @@ def raven_filter(block: npt.NDArray[Any], *, pad_y: int = 20, pad_x: int = 20,
     """
     stage = "raven_filter"
     data = _block(stage, block)
-    padded = np.pad(data, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)),
-                    mode=pad_method)  # type: ignore[call-overload]
-    spectrum = np.fft.fftshift(np.fft.fft2(padded, axes=(1, 2)), axes=(1, 2))
+    xp = array_module(data)
+    padded = xp.pad(data, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)), mode=pad_method)
+    spectrum = xp.fft.fftshift(xp.fft.fft2(padded, axes=(1, 2)), axes=(1, 2))
     height, width = padded.shape[1], padded.shape[2]
     centre_x, centre_z = width // 2, height // 2
     base = (np.arange(width) - centre_x + 1).astype(np.float64) / uvalue
     factor = 1.0 / (1.0 + base ** (2 * nvalue))
     band = slice(max(0, centre_z - vvalue), min(height, centre_z + vvalue + 1))
-    spectrum[:, band, :] *= (factor * (1 + 1j))[np.newaxis, np.newaxis, :]
-    filtered = np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(1, 2)), axes=(1, 2)).real
+    spectrum[:, band, :] *= xp.asarray(factor * (1 + 1j))[None, None, :]
+    filtered = xp.fft.ifft2(xp.fft.ifftshift(spectrum, axes=(1, 2)), axes=(1, 2)).real
     out = filtered[:, pad_y:height - pad_y, pad_x:width - pad_x]
-    return np.ascontiguousarray(out, dtype=np.float32)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(out, dtype=xp.float32)
+    return result
 
 
 SPECS: tuple[StageSpec, ...] = (
@@ -303,6 +319,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="dark_flat_field_correction", fn=dark_flat_field_correction,
         angle_local=True,  # per projection, given the references
         pattern=Pattern.PROJECTION, params=DarkFlatParams, memory=scaled_memory(3),
+        device=True,
         summary="flat/dark correction with multipliers and bounds, no -log (httomolibgpu)",
         needs_references=True,
         aliases=("httomolibgpu.prep.normalize.dark_flat_field_correction",),
@@ -313,6 +330,7 @@ SPECS: tuple[StageSpec, ...] = (
         params=Outlier3dParams,
         # input, float32 copy, median, result, plus a slab of neighbours (<= 64 MiB)
         memory=scaled_memory(4.5),
+        device=True,
         summary="replace voxels at least dif from their 3-D median, both signs "
         "(httomolibgpu)",
         aliases=("httomolibgpu.misc.corr.remove_outlier",),
@@ -321,6 +339,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="median_filter3d", fn=median_filter3d, pattern=Pattern.ALL,
         angle_local=False,  # a 3-D median: neighbouring frames
         params=Median3dParams, memory=scaled_memory(4.5),
+        device=True,
         summary="3-D kernel_size³ median, or a dezinger with dif > 0 (httomolibgpu)",
         aliases=("httomolibgpu.misc.corr.median_filter",),
     ),
@@ -328,6 +347,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_ti_httomo", fn=remove_stripe_ti_httomo, pattern=Pattern.SINOGRAM,
         angle_local=False,  # the whole sinogram
         params=StripeTiParams, memory=scaled_memory(3),
+        device=True,
         summary="Titarenko stripe filter, TomoCuPy's one-parameter form (httomolibgpu)",
         aliases=("httomolibgpu.prep.stripe.remove_stripe_ti",),
     ),
@@ -335,6 +355,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="raven_filter", fn=raven_filter, pattern=Pattern.SINOGRAM,
         angle_local=False,  # the whole sinogram (Fourier along the angles)
         params=RavenParams, memory=scaled_memory(8),
+        device=True,
         summary="Raven's Fourier-domain stripe filter (httomolibgpu)",
         aliases=("httomolibgpu.prep.stripe.raven_filter",),
     ),

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from pydantic import AliasChoices, Field, model_validator
 from scipy import fft
 
+from stages.backends.xp import array_module, fft_module
 from stages.spec import Pattern, StageParams, StageSpec
 from streamer.errors import StageError
 
@@ -38,6 +39,11 @@ SPEED_OF_LIGHT_CM_S = 2.99792458e10
 #: scratch budget for the frames filtered together (float64 frames + complex spectrum)
 _SCRATCH_BYTES = 1 << 28
 _BYTES_PER_PADDED_PIXEL = 8 + 16
+
+
+def _workers(xp: Any) -> dict[str, int]:
+    """scipy.fft's ``workers`` (all cores) for numpy; cupyx.scipy.fft has no such option."""
+    return {"workers": -1} if xp is np else {}
 
 
 def wavelength_cm(energy_kev: float) -> float:
@@ -141,15 +147,19 @@ def paganin(
     n_frames, rows, cols = block.shape
     p_r = pad_width(rows, pixel_size, dist, energy) if pad else 0
     p_c = pad_width(cols, pixel_size, dist, energy) if pad else 0
-    transfer = paganin_transfer((rows + 2 * p_r, cols + 2 * p_c), pixel_size, dist, energy, alpha)
-    out = np.empty(block.shape, dtype=np.float32)
-    chunk = _frames_per_chunk(transfer.size, n_frames)
+    host_transfer = paganin_transfer((rows + 2 * p_r, cols + 2 * p_c), pixel_size, dist,
+                                     energy, alpha)
+    xp = array_module(block)
+    transforms, workers = fft_module(xp), _workers(xp)
+    transfer = xp.asarray(host_transfer)
+    out: npt.NDArray[np.float32] = xp.empty(block.shape, dtype=xp.float32)
+    chunk = _frames_per_chunk(host_transfer.size, n_frames)
     for start in range(0, n_frames, chunk):
-        frames = np.asarray(block[start : start + chunk], dtype=np.float64)
-        padded = np.pad(frames, ((0, 0), (p_r, p_r), (p_c, p_c)), mode="edge")
-        spectrum = fft.fft2(padded, axes=(-2, -1), workers=-1)
+        frames = xp.asarray(block[start : start + chunk], dtype=xp.float64)
+        padded = xp.pad(frames, ((0, 0), (p_r, p_r), (p_c, p_c)), mode="edge")
+        spectrum = transforms.fft2(padded, axes=(-2, -1), **workers)
         spectrum *= transfer
-        filtered = fft.ifft2(spectrum, axes=(-2, -1), overwrite_x=True, workers=-1).real
+        filtered = transforms.ifft2(spectrum, axes=(-2, -1), overwrite_x=True, **workers).real
         out[start : start + chunk] = filtered[:, p_r : p_r + rows, p_c : p_c + cols]
     return out
 
@@ -366,20 +376,22 @@ def paganin_filter(
     n_frames, rows, cols = block.shape
     pad_r, pad_c = _paganin_filter_padding((rows, cols), calculate_padding_value_method, pad_x_y)
     padded_shape = (rows + sum(pad_r), cols + sum(pad_c))
-    transfer = paganin_filter_transfer(
+    xp = array_module(block)
+    transforms, workers = fft_module(xp), _workers(xp)
+    transfer = xp.asarray(paganin_filter_transfer(
         padded_shape, pixel_size_um, distance_m, energy_kev, ratio_delta_beta
-    )
-    out = np.empty(block.shape, dtype=np.float32)
+    ))
+    out: npt.NDArray[np.float32] = xp.empty(block.shape, dtype=xp.float32)
     chunk = _frames_per_chunk(padded_shape[0] * padded_shape[1], n_frames)
     for start in range(0, n_frames, chunk):
-        frames = np.asarray(block[start : start + chunk], dtype=np.float64)
-        padded = np.pad(frames, ((0, 0), pad_r, pad_c), mode="edge")
-        spectrum = fft.rfft2(padded, axes=(-2, -1), workers=-1)
+        frames = xp.asarray(block[start : start + chunk], dtype=xp.float64)
+        padded = xp.pad(frames, ((0, 0), pad_r, pad_c), mode="edge")
+        spectrum = transforms.rfft2(padded, axes=(-2, -1), **workers)
         spectrum *= transfer
-        filtered = fft.irfft2(spectrum, s=padded_shape, axes=(-2, -1), workers=-1)
+        filtered = transforms.irfft2(spectrum, s=padded_shape, axes=(-2, -1), **workers)
         cropped = filtered[:, pad_r[0] : pad_r[0] + rows, pad_c[0] : pad_c[0] + cols]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[start : start + chunk] = -np.log(cropped)
+        with np.errstate(divide="ignore", invalid="ignore"):  # numpy's warnings only
+            out[start : start + chunk] = -xp.log(cropped)
     return out
 
 
@@ -407,6 +419,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=PaganinParams,
         memory=_paganin_memory,
+        device=True,
         summary="Paganin single-distance phase retrieval, TomoPy's filter and units (cm, keV)",
         aliases=("tomopy.prep.phase.retrieve_phase",),
     ),
@@ -417,6 +430,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=PaganinFilterParams,
         memory=_paganin_filter_memory,
+        device=True,
         summary="Paganin phase retrieval, httomolibgpu's units (µm, m, keV, δ/β); returns μ·t",
         aliases=("httomolibgpu.prep.phase.paganin_filter",),
     ),

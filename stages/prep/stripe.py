@@ -29,6 +29,7 @@ import pywt
 from algotom.prep import removal
 from pydantic import AliasChoices, Field
 
+from stages.backends.xp import array_module, ndimage_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -49,8 +50,9 @@ F32 = npt.NDArray[np.float32]
 
 
 def _check_block(stage: str, block: Array, layout: str) -> None:
-    if not isinstance(block, np.ndarray) or block.ndim != 3:
-        got = getattr(block, "shape", type(block).__name__)
+    shape = getattr(block, "shape", None)
+    if shape is None or getattr(block, "dtype", None) is None or len(shape) != 3:
+        got = shape if shape is not None else type(block).__name__
         raise StageError(f"{stage}: block: expected a 3-D {layout} array, got {got}")
     if block.dtype.kind not in "uif":
         raise StageError(f"{stage}: block.dtype: expected a real numeric type, got {block.dtype}")
@@ -108,10 +110,39 @@ def remove_stripe_based_sorting(block: Array, *, size: int | None = 21, dim: int
     """
     size = tomopy_size(block.shape[-1]) if size is None else size
     _check_positive("remove_stripe_based_sorting", "size", size)
+    if dim not in (1, 2):
+        raise StageError(f"remove_stripe_based_sorting: dim: expected 1|2, got {dim!r}")
+    if array_module(block) is not np:
+        return _sorting_on_device(block, size=size, dim=dim)
     return _per_sinogram(
         "remove_stripe_based_sorting", block,
         lambda s: removal.remove_stripe_based_sorting(s, size=size, dim=dim),
     )
+
+
+def _sorting_on_device(block: Array, *, size: int, dim: int) -> F32:
+    """Vo's algorithm 3 written from the paper for any array namespace (CuPy has no
+    algotom): sort every column of every sinogram along the angles, median-filter the
+    sorted block across columns (``1 × size``, or ``size × size`` with ``dim=2``;
+    scipy's ``reflect`` edges, as algotom), and put each value back where it came from.
+    The whole block at once: the window never spans two sinograms. Equals algotom's
+    result where a column has no two equal values; among equal values algotom's
+    (unstable) sort order decides which filtered value each gets, so results there may
+    differ by the filter's spread."""
+    stage = "remove_stripe_based_sorting"
+    _check_block(stage, block, "sinogram (rows, angles, cols)")
+    if block.shape[1] < 2 or block.shape[2] < 2:
+        raise StageError(f"{stage}: block.shape: expected at least 2 angles and 2 columns, "
+                         f"got {block.shape}")
+    xp = array_module(block)
+    data = xp.asarray(block, dtype=xp.float32)
+    order = xp.argsort(data, axis=1)
+    ordered = xp.take_along_axis(data, order, axis=1)
+    window = (1, size, size) if dim == 2 else (1, 1, size)
+    filtered = ndimage_module(xp).median_filter(ordered, size=window)
+    back = xp.argsort(order, axis=1)  # the inverse permutation, as algotom's sort_backward
+    result: F32 = xp.ascontiguousarray(xp.take_along_axis(filtered, back, axis=1))
+    return result
 
 
 def remove_stripe_based_filtering(
@@ -553,7 +584,10 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_sorting", fn=remove_stripe_based_sorting,
         angle_local=False,  # the whole sinogram
-        pattern=Pattern.SINOGRAM, params=SortingParams, memory=_VO_MEMORY,
+        pattern=Pattern.SINOGRAM, params=SortingParams, memory=_VO_MEMORY, device=True,
+        # the whole block at once: input, float32 copy, int64 order and inverse (2 each),
+        # sorted, filtered, result
+        device_memory=scaled_memory(9.0),
         summary="Vo's sorting-based stripe removal (algotom)",
         aliases=(
             "algotom.prep.removal.remove_stripe_based_sorting",

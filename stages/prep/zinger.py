@@ -16,17 +16,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydantic import AliasChoices, Field, field_validator
-from scipy import ndimage
 
+from stages.backends.xp import array_module, ndimage_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
 
 def _check_block(stage: str, block: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    if not isinstance(block, np.ndarray) or block.ndim != 3:
-        shape = getattr(block, "shape", type(block).__name__)
-        raise StageError(f"stage {stage!r}: block: expected a 3-D projection block, got {shape}")
-    return np.ascontiguousarray(block, dtype=np.float32)
+    shape = getattr(block, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise StageError(f"stage {stage!r}: block: expected a 3-D projection block, got "
+                         f"{shape if shape is not None else type(block).__name__}")
+    xp = array_module(block)
+    data: npt.NDArray[np.float32] = xp.ascontiguousarray(block, dtype=xp.float32)
+    return data
 
 
 def _replace_outliers(
@@ -34,7 +37,7 @@ def _replace_outliers(
 ) -> npt.NDArray[np.float32]:
     """Where ``data - median >= dif`` take the median, in place in ``median``'s buffer."""
     keep = ~((data - median) >= np.float32(dif))  # NaN input is kept, as tomopy
-    np.copyto(median, data, where=keep)
+    array_module(data).copyto(median, data, where=keep)
     return median
 
 
@@ -92,7 +95,7 @@ def remove_outlier(
         raise StageError(f"stage {stage!r}: size: expected an integer >= 1, got {size}")
     footprint = [size, size, size]
     footprint[axis] = 1
-    median = ndimage.median_filter(data, size=footprint)
+    median = ndimage_module(array_module(data)).median_filter(data, size=footprint)
     return _replace_outliers(data, median, dif)
 
 
@@ -144,7 +147,8 @@ def dezinger_temporal(
         raise StageError(f"stage {stage!r}: window: expected an odd integer >= 3, got {window}")
     if data.shape[0] < 2:
         return data.copy() if data is block else data
-    median = ndimage.median_filter(data, size=(window, 1, 1), mode="mirror")
+    median = ndimage_module(array_module(data)).median_filter(data, size=(window, 1, 1),
+                                                             mode="mirror")
     return _replace_outliers(data, median, dif)
 
 
@@ -160,6 +164,7 @@ SPECS: tuple[StageSpec, ...] = (
         # caller's block (1) + float32 copy when the input is not float32 (1) + median
         # output, reused as the result (1) + difference temporary (1) + mask (0.25).
         memory=scaled_memory(4.25),
+        device=True,
         summary="replace bright outliers by the 2-D median of their frame (tomopy)",
         aliases=("tomopy.misc.corr.remove_outlier",),
     ),
@@ -171,6 +176,7 @@ SPECS: tuple[StageSpec, ...] = (
         params=DezingerTemporalParams,
         # as remove_outlier: block, float32 copy, median/result, difference, mask.
         memory=scaled_memory(4.25),
+        device=True,
         summary="replace pixels far above the median of the same pixel in nearby frames",
     ),
 )

@@ -49,7 +49,6 @@ References
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -57,8 +56,10 @@ import numpy.typing as npt
 import scipy.fft
 from pydantic import Field
 
+from stages.backends.xp import array_module, fft_module
 from stages.checks import sinogram_inputs
 from stages.misc.geometry import circle_inside
+from stages.recon.backproject import backproject
 from stages.spec import Pattern, StageParams, StageSpec
 from streamer.errors import StageError
 
@@ -173,19 +174,20 @@ def _filtered(
     Detector column ``k`` is at index ``offset + k``; one zero column at each end makes
     positions off the padded detector read 0.
     """
+    xp = array_module(sino)
+    fft = fft_module(xp)
     rows, _, cols = sino.shape
     length = padded_length(cols)
     left = (length - cols) // 2
     widths = ((0, 0), (0, 0), (left, length - cols - left))
-    padded = np.pad(sino, widths, mode="edge") if pad else np.pad(sino, widths)
-    spectrum = scipy.fft.rfft(padded, axis=2)
+    padded = xp.pad(sino, widths, mode="edge") if pad else xp.pad(sino, widths)
+    spectrum = fft.rfft(padded, axis=2)
     del padded
-    response = filter_response(length, filter_name).astype(np.complex64)
-    spectrum *= response
-    q = scipy.fft.irfft(spectrum, n=length, axis=2)
+    spectrum *= xp.asarray(filter_response(length, filter_name).astype(np.complex64))
+    q = fft.irfft(spectrum, n=length, axis=2)
     del spectrum
-    out = np.zeros((sino.shape[1], length + 2, rows), dtype=np.float32)
-    out[:, 1 : length + 1, :] = np.transpose(q, (1, 2, 0))
+    out: npt.NDArray[np.float32] = xp.zeros((sino.shape[1], length + 2, rows), dtype=xp.float32)
+    out[:, 1 : length + 1, :] = xp.transpose(q, (1, 2, 0))
     return out, left + 1
 
 
@@ -235,44 +237,21 @@ def fbp(
         finite angle per projection, or a parameter is out of range.
     """
     sino, angles = _check(block, angles_deg, center, output_size)
-    rows, n_angles, cols = sino.shape
+    cols = sino.shape[2]
     size = cols if output_size is None else int(output_size)
     axis_col = (cols - 1) / 2 if center is None else float(center)
     q, offset = _filtered(sino, filter_name, pad)
-    last = q.shape[1] - 1
     weights = angle_weights(angles)
     # Fold the weight into the filtered data: one multiply per sample, not per voxel.
-    q *= weights.astype(np.float32)[:, None, None]
-    dq = np.zeros_like(q)
+    xp = array_module(q)
+    q *= xp.asarray(weights.astype(np.float32))[:, None, None]
+    dq = xp.zeros_like(q)
     dq[:, :-1, :] = q[:, 1:, :] - q[:, :-1, :]
-
-    grid = np.arange(size, dtype=np.float32) - np.float32((size - 1) / 2)
-    x = np.tile(grid, size)  # x of pixel (iy, ix), flattened in C order
-    y = np.repeat(-grid, size)  # y points up: row 0 is the top of the slice
-    base = np.float32(offset + axis_col)
-    acc = np.zeros((size * size, rows), dtype=np.float32)
-    value = np.empty_like(acc)
-    slope = np.empty_like(acc)
-    pos = np.empty(size * size, dtype=np.float32)
-    tmp = np.empty_like(pos)
-    theta = np.deg2rad(angles)
-    for a in range(n_angles):
-        np.multiply(x, np.float32(math.cos(theta[a])), out=pos)
-        np.multiply(y, np.float32(math.sin(theta[a])), out=tmp)
-        pos += tmp
-        pos += base
-        np.clip(pos, 0.0, float(last), out=pos)
-        idx = pos.astype(np.intp)
-        np.minimum(idx, last - 1, out=idx)
-        np.subtract(pos, idx, out=tmp)  # fraction in [0, 1]
-        np.take(q[a], idx, axis=0, out=value)
-        np.take(dq[a], idx, axis=0, out=slope)
-        slope *= tmp[:, None]
-        acc += value
-        acc += slope
-    out = np.ascontiguousarray(acc.T).reshape(rows, size, size)
-    if circle_mask:
-        out[:, ~circle_inside(size, size)] = 0.0
+    # the angle loop (numpy) or the CUDA kernel (cupy) of stages/recon/backproject.py
+    out: npt.NDArray[np.float32] = backproject(q, dq, np.deg2rad(angles), size,
+                                               float(np.float32(offset + axis_col)))
+    if circle_mask:  # where(), not a masked assignment: the same on every namespace
+        out = xp.where(xp.asarray(circle_inside(size, size))[None], out, np.float32(0.0))
     return out
 
 
@@ -314,5 +293,6 @@ SPECS: tuple[StageSpec, ...] = (
         memory=_fbp_memory,
         summary="filtered back-projection of sinograms (ramp × window, edge-padded, any angles)",
         needs_angles=True,
+        device=True,
     ),
 )

@@ -8,25 +8,32 @@ the figures, before any frame is held.
 
 A pipeline splits into a projection and a sinogram section as the run splits it
 (:func:`~streamer.pipeline.sections.split_sections`, as in HTTomo). Within a section, a
-block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of its
-stages' ``memory`` estimates; the plan takes the largest ``n`` that keeps that peak
-within the budget (a binary search over ``n``, so estimates that are not proportional to
-``n`` are honoured). A scan whose single frame or
-sinogram cannot fit is refused here, before it starts, never with an out-of-memory
-error mid-scan.
+block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
+its stages' ``memory`` estimates; the plan takes the largest ``n`` that keeps that peak
+within the budget (a binary search over ``n``, so estimates that are not proportional
+to ``n`` are honoured). A scan whose single frame or sinogram cannot fit is refused
+here, before it starts, never with an out-of-memory error mid-scan.
+
+The same plan runs against a device (as HTTomo sizes its GPU blocks): with a device's
+usable bytes (:func:`stages.backends.device.device_budget_bytes`, from the free memory
+measured by cupy or a stated size), only the steps that run there (``cupy``,
+``httomolibgpu``) count, and a section's block is the smaller of its host and device
+blocks. A device-ready stage uses the same estimate on both backends: it is the same
+code, holding the same buffers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from stages.spec import Pattern
+from stages.spec import MemoryEstimate, Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.executor import DEVICE_BACKENDS
 from streamer.pipeline.sections import split_sections
 
 
@@ -40,10 +47,12 @@ class SectionPlan:
     units: int  # frames (projection) or sinograms (sinogram) in the whole scan
     peak_bytes: int
     limiting_step: str
+    device: bool = False  # planned against the device's memory, not the host's
 
     def describe(self) -> str:
         unit = "frames" if self.pattern is Pattern.PROJECTION else "sinograms"
-        return (f"{self.pattern.value} section [{', '.join(self.steps)}]: blocks of "
+        where = "device: " if self.device else ""
+        return (f"{where}{self.pattern.value} section [{', '.join(self.steps)}]: blocks of "
                 f"{self.block} {unit} (of {self.units}), peak {self.peak_bytes / 2**20:,.1f} "
                 f"MiB set by {self.limiting_step!r}")
 
@@ -69,6 +78,30 @@ def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[Pipeli
             ((Pattern.PROJECTION, projection), (Pattern.SINOGRAM, sinogram)) if members]
 
 
+def _estimate(step: PipelineStep, device: bool) -> MemoryEstimate:
+    """The step's memory estimate on the host, or on the device (its own where given)."""
+    if device and step.spec.device_memory is not None:
+        return step.spec.device_memory
+    return step.spec.memory
+
+
+def on_device(step: PipelineStep) -> bool:
+    """Whether the step runs on a CUDA device."""
+    return step.backend in DEVICE_BACKENDS
+
+
+def steps_on_device(steps: tuple[PipelineStep, ...]) -> tuple[PipelineStep, ...]:
+    """``--device gpu``: every device-ready stage left on ``numpy`` moves to ``cupy``;
+    stages with another backend chosen, or not device-ready, keep theirs."""
+    def moved(step: PipelineStep) -> PipelineStep:
+        spec: StageSpec = step.spec
+        if step.backend == "numpy" and spec.device:
+            return replace(step, backend="cupy")
+        return step
+
+    return tuple(moved(step) for step in steps)
+
+
 def plan_blocks(
     steps: tuple[PipelineStep, ...],
     *,
@@ -79,31 +112,64 @@ def plan_blocks(
     budget_bytes: int,
 ) -> list[SectionPlan]:
     """Plan every section for a scan of ``angles`` projections of ``rows × cols``."""
+    return _plan(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                 budget_bytes=budget_bytes, device=False, what="memory budget")
+
+
+def plan_device_blocks(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    dtype: np.dtype[Any],
+    device_bytes: int,
+) -> list[SectionPlan]:
+    """Plan the sections that have device steps against ``device_bytes`` usable on the
+    device (only those steps count); a frame or sinogram that cannot fit is refused."""
+    return _plan(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                 budget_bytes=device_bytes, device=True, what="usable device memory")
+
+
+def _plan(
+    steps: tuple[PipelineStep, ...],
+    *,
+    rows: int,
+    cols: int,
+    angles: int,
+    dtype: np.dtype[Any],
+    budget_bytes: int,
+    device: bool,
+    what: str,
+) -> list[SectionPlan]:
     if budget_bytes < 1:
-        raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
+        raise ConfigError(f"{what}: expected > 0 bytes, got {budget_bytes}")
     plans = []
-    for pattern, members in sections(steps):
+    for pattern, all_members in sections(steps):
+        members = [step for step in all_members if not device or on_device(step)]
+        if not members:
+            continue
         if pattern is Pattern.PROJECTION:
             units, unit_shape = angles, (1, rows, cols)
         else:
             units, unit_shape = rows, (1, angles, cols)
-        per_unit = {s.name: s.spec.memory(unit_shape, dtype, s.params) for s in members}
+        per_unit = {s.name: _estimate(s, device)(unit_shape, dtype, s.params) for s in members}
         limiting = max(per_unit, key=lambda name: per_unit[name])
         need = per_unit[limiting]
         if need > budget_bytes:
-            what = "frame" if pattern is Pattern.PROJECTION else "sinogram"
+            unit = "frame" if pattern is Pattern.PROJECTION else "sinogram"
             raise ConfigError(
-                f"stage {limiting!r}: one {what} of shape {unit_shape[1:]} needs "
-                f"{need / 2**20:,.1f} MiB, the memory budget is {budget_bytes / 2**20:,.1f} MiB"
+                f"stage {limiting!r}: one {unit} of shape {unit_shape[1:]} needs "
+                f"{need / 2**20:,.1f} MiB, the {what} is {budget_bytes / 2**20:,.1f} MiB"
             )
         def peak_for(count: int, members: list[PipelineStep] = members,
                      tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> int:
-            return max(s.spec.memory((count, *tail), dtype, s.params) for s in members)
+            return max(_estimate(s, device)((count, *tail), dtype, s.params) for s in members)
 
         block = _largest_fitting(peak_for, units, budget_bytes)
         peak = peak_for(block)
         plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units, peak,
-                                 limiting))
+                                 limiting, device))
     return plans
 
 
@@ -122,14 +188,22 @@ def block_sizes(
     angles: int,
     dtype: np.dtype[Any],
     budget_bytes: int,
+    device_bytes: int | None = None,
 ) -> tuple[int, int, list[SectionPlan]]:
     """Frames per projection block and sinograms per sinogram block for one scan, from
-    the plan (a section that is absent gets a block of 1)."""
+    the plan (a section that is absent gets a block of 1); with ``device_bytes``, the
+    device plan of the device steps too, each block the smaller of the two. The plans
+    returned are the host's then the device's."""
     plans = plan_blocks(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
                         budget_bytes=budget_bytes)
-    frames = next((p.block for p in plans if p.pattern is Pattern.PROJECTION), 1)
-    sinograms = next((p.block for p in plans if p.pattern is Pattern.SINOGRAM), 1)
-    return frames, sinograms, plans
+    if device_bytes is not None:
+        plans += plan_device_blocks(steps, rows=rows, cols=cols, angles=angles, dtype=dtype,
+                                    device_bytes=device_bytes)
+
+    def smallest(pattern: Pattern) -> int:
+        return min((p.block for p in plans if p.pattern is pattern), default=1)
+
+    return smallest(Pattern.PROJECTION), smallest(Pattern.SINOGRAM), plans
 
 
 @dataclass(frozen=True)
@@ -162,12 +236,15 @@ def plan_scan(
     dtype: np.dtype[Any],
     budget_bytes: int,
     band_rows: int | None = None,
+    device_bytes: int | None = None,
 ) -> tuple[int, int, list[SectionPlan], ScanMemory]:
     """Block sizes and the memory of one scan on one rank, or a ``ConfigError`` with the
     figures when the scan cannot fit ``budget_bytes``.
 
     ``band_rows`` is the most detector rows one rank reconstructs (all ``rows`` on one
-    rank); ``references`` the darks and flats the scan announces.
+    rank); ``references`` the darks and flats the scan announces; ``device_bytes`` the
+    usable memory of the rank's device (``--device gpu``), whose plan also bounds the
+    blocks (the host figures count the host plans only).
     """
     if budget_bytes < 1:
         raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
@@ -186,11 +263,12 @@ def plan_scan(
     left = budget_bytes - buffer - held
     try:
         frames, sinograms, plans = block_sizes(steps, rows=rows, cols=cols, angles=angles,
-                                               dtype=dtype, budget_bytes=left)
+                                               dtype=dtype, budget_bytes=left,
+                                               device_bytes=device_bytes)
     except ConfigError as error:
         raise ConfigError(
             f"memory: {error} left of {budget_bytes / mib:,.1f} MiB after the sinogram "
             f"buffer ({buffer / mib:,.1f} MiB) and references ({held / mib:,.1f} MiB)"
         ) from None
-    peak = max((p.peak_bytes for p in plans), default=0)
+    peak = max((p.peak_bytes for p in plans if not p.device), default=0)
     return frames, sinograms, plans, ScanMemory(buffer, held, peak, budget_bytes)

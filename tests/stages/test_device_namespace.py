@@ -1,0 +1,194 @@
+"""Device-ready stages run unchanged in any array namespace.
+
+Every stage that declares ``device=True`` (and so offers ``backend: cupy``) runs here
+over an ``xp`` fixture:
+
+* ``numpy``: the reference;
+* ``device_like``: :mod:`tests.stages.device_like`, a CPU namespace with CuPy's manners
+  (no implicit conversion to numpy, no NumPy dispatch, no host arrays mixed in): a stage
+  that falls back to ``np.`` on its data path fails here, on any machine. The data are
+  numpy underneath, so the result must equal the numpy one bit for bit;
+* ``cupy``: the real device (``gpu`` marker; skipped cleanly without one), agreeing with
+  numpy to a stated tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stages.backends.xp import array_module, gpu_available, ndimage_module
+from stages.registry import REGISTRY
+from streamer.errors import StageError
+from tests.stages import device_like
+
+#: stage → (parameters, block shape): small blocks, every device-ready stage once.
+CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
+    "remove_nan": ({"val": 2.0}, (3, 8, 9)),
+    "remove_neg": ({"val": 0.5}, (3, 8, 9)),
+    "adjust_range": ({"dmin": 0.2, "dmax": 0.7}, (3, 8, 9)),
+    "median_filter": ({"size": 3, "axis": 1}, (4, 9, 10)),
+    "gaussian_filter": ({"sigma": 1.5, "order": 1, "axis": 0}, (4, 9, 10)),
+    "remove_outlier": ({"dif": 0.3, "size": 3}, (4, 9, 10)),
+    "dezinger_temporal": ({"dif": 0.3, "window": 3}, (5, 6, 7)),
+    "rescale": ({"dtype": "uint16", "percentiles": (1.0, 99.0)}, (3, 8, 9)),
+    "total_variation_rof": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
+    "total_variation_pd": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
+    "fbp": ({"center": 10.3, "filter_name": "shepp", "circle_mask": True}, (2, 15, 21)),
+    "remove_stripe_based_sorting": ({"size": 5, "dim": 2}, (3, 20, 24)),
+    "paganin": ({"pixel_size": 1e-4, "dist": 50.0, "energy": 20.0, "alpha": 1e-3}, (3, 20, 24)),
+    "paganin_filter": ({"pixel_size_um": 1.0, "distance_m": 0.5, "energy_kev": 20.0,
+                        "ratio_delta_beta": 250.0}, (3, 20, 24)),
+    "circular_mask": ({"ratio": 0.8, "value": -1.0, "axis": 1}, (4, 9, 10)),
+    "downsample": ({"level": 1, "axis": 2}, (3, 8, 9)),
+    "upsample": ({"level": 2, "axis": 1}, (3, 8, 9)),
+    "binning": ({"factor_rows": 2, "factor_cols": 3}, (3, 8, 10)),
+    "crop": ({"rows": (1, 6), "cols": (2, 9)}, (3, 8, 10)),
+    "dark_flat_field_correction": ({"upper_bound": 0.9, "lower_bound": 0.05}, (3, 8, 9)),
+    "remove_outlier3d": ({"kernel_size": 3, "dif": 0.3}, (4, 9, 10)),
+    "median_filter3d": ({"kernel_size": 5, "dif": 0.0}, (4, 9, 10)),
+    "remove_stripe_ti_httomo": ({"beta": 0.2}, (2, 12, 15)),
+    "raven_filter": ({"pad_y": 4, "pad_x": 5, "vvalue": 2}, (2, 12, 15)),
+}
+#: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
+TIE_FREE = frozenset({"remove_stripe_based_sorting"})
+
+#: float32 agreement of the cupy run with numpy (different reduction orders and FMA).
+CUPY_RTOL, CUPY_ATOL = 1e-5, 1e-5
+
+
+def _block(shape: tuple[int, int, int]) -> np.ndarray[Any, Any]:
+    rng = np.random.default_rng(sum(shape))
+    data = rng.random(shape, dtype=np.float32)
+    data.flat[:: 17] = -0.25  # negatives for remove_neg / adjust_range
+    data.flat[5] = np.nan
+    data.flat[11] = 3.0  # an outlier
+    return data
+
+
+class Namespace:
+    """How a test puts a block into a namespace and takes it back out."""
+
+    def __init__(self, name: str, upload: Callable[[Any], Any],
+                 download: Callable[[Any], Any]) -> None:
+        self.name, self.upload, self.download = name, upload, download
+
+
+def _cupy() -> Namespace:
+    if not gpu_available():
+        pytest.skip("no CUDA device (cupy.is_available() is False or cupy is absent)")
+    import cupy
+
+    return Namespace("cupy", cupy.asarray, cupy.asnumpy)
+
+
+@pytest.fixture(params=["numpy", "device_like", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request: pytest.FixtureRequest) -> Namespace:
+    if request.param == "numpy":
+        return Namespace("numpy", np.asarray, np.asarray)
+    if request.param == "device_like":
+        return Namespace("device_like", device_like.DeviceLikeArray,
+                         device_like.NAMESPACE.asnumpy)
+    return _cupy()
+
+
+def _params(name: str) -> Any:
+    spec = REGISTRY[name]
+    return spec.params(**CASES[name][0])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_stage_runs_in_the_namespace_of_its_input(name: str, xp: Namespace) -> None:
+    spec = REGISTRY[name]
+    block = _block(CASES[name][1])
+    if name in TIE_FREE:
+        block = np.random.default_rng(5).random(CASES[name][1], dtype=np.float32)
+    if spec.pattern.value == "sinogram" or name.startswith("paganin"):
+        # reconstruction, TV, phase retrieval: finite (and for paganin, positive) input
+        block = np.abs(np.nan_to_num(block, nan=0.0)) + np.float32(0.5)
+    extra: dict[str, Any] = {
+        "angles_deg": np.linspace(0.0, 180.0, block.shape[1], endpoint=False)}
+    references = {"darks": np.full((2, *block.shape[1:]), 0.05, dtype=np.float32),
+                  "flats": np.full((3, *block.shape[1:]), 1.1, dtype=np.float32)}
+    expected = spec.run(block.copy(), _params(name), **extra, **references)
+    source = xp.upload(block.copy())
+    backend = "cupy" if xp.name == "cupy" else "numpy"
+    extra |= {key: xp.upload(value) for key, value in references.items()}
+    result = spec.run(source, _params(name), backend=backend, **extra)
+    assert array_module(result) is array_module(source), "the result left the input's device"
+    host = xp.download(result)
+    assert host.shape == expected.shape and host.dtype == expected.dtype
+    if xp.name == "cupy":
+        np.testing.assert_allclose(host, expected, rtol=CUPY_RTOL, atol=CUPY_ATOL)
+    else:
+        np.testing.assert_array_equal(host, expected)
+    np.testing.assert_array_equal(xp.download(source), block, err_msg="input modified")
+
+
+def test_every_device_ready_stage_has_a_case() -> None:
+    ready = {name for name, spec in REGISTRY.items() if spec.device}
+    assert ready == set(CASES), "a stage declared device=True needs a case here"
+    assert all("cupy" in REGISTRY[name].backends for name in ready)
+    assert "cupy" not in REGISTRY["normalize"].backends  # not device-ready (yet)
+
+
+def test_the_device_like_namespace_catches_numpy_fallbacks() -> None:
+    """The checker must be able to fail: each fallback a GPU would reject raises."""
+    block = device_like.DeviceLikeArray(np.ones((2, 3, 4), dtype=np.float32))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(block)
+    with pytest.raises(TypeError):
+        np.sqrt(block)
+    with pytest.raises(TypeError):
+        np.where(block > 0, block, 0.0)
+    with pytest.raises(TypeError, match="host numpy array"):
+        _ = block + np.ones(4, dtype=np.float32)
+    with pytest.raises(TypeError, match="host numpy array"):
+        array_module(block).maximum(block, np.zeros(4, dtype=np.float32))
+    assert not isinstance(block, np.ndarray)
+    assert isinstance(array_module(block).max(block), device_like.DeviceLikeArray)
+    assert ndimage_module(array_module(block)) is not None
+
+
+def test_a_numpy_only_stage_fails_the_namespace_check() -> None:
+    """A stage still on numpy (normalize, for now) is caught, not silently passed."""
+    spec = REGISTRY["normalize"]
+    assert not spec.device
+    block = device_like.DeviceLikeArray(np.ones((2, 3, 4), dtype=np.float32))
+    refs = device_like.DeviceLikeArray(np.ones((1, 3, 4), dtype=np.float32))
+    with pytest.raises((TypeError, StageError)):
+        spec.run(block, spec.params(), darks=refs * 0, flats=refs)
+
+
+def test_cupy_backend_without_a_device_is_refused_in_one_line() -> None:
+    if gpu_available():
+        pytest.skip("a CUDA device is present")
+    spec = REGISTRY["median_filter"]
+    with pytest.raises(StageError, match="backend 'cupy'") as error:
+        spec.run(np.ones((2, 5, 5), dtype=np.float32), spec.params(), backend="cupy")
+    assert "\n" not in str(error.value)
+
+
+def test_a_namespace_without_a_scipy_twin_is_refused() -> None:
+    with pytest.raises(StageError, match=r"scipy\.ndimage twin"):
+        ndimage_module(object())
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_device_sorting_follows_algotom_on_tie_free_data(dim: int) -> None:
+    """The device version of Vo's sorting method (written from the paper) against
+    algotom's, called directly on each sinogram: the CPU result is the oracle."""
+    from algotom.prep import removal
+
+    from stages.prep.stripe import remove_stripe_based_sorting
+
+    block = np.random.default_rng(dim).random((2, 40, 33), dtype=np.float32)
+    block += np.linspace(0.0, 0.3, 33, dtype=np.float32)  # a gradient with stripes on it
+    block[:, :, 9] += 0.2
+    result = remove_stripe_based_sorting(device_like.DeviceLikeArray(block), size=7, dim=dim)
+    expected = np.stack([removal.remove_stripe_based_sorting(s, size=7, dim=dim)
+                         for s in block]).astype(np.float32)
+    np.testing.assert_array_equal(device_like.NAMESPACE.asnumpy(result), expected)
