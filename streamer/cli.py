@@ -305,7 +305,8 @@ def _send_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cannot-wait", action="store_true",
                        help="a detector that cannot be held back: drop (and count) frames "
                             "the consumer cannot take at once instead of waiting")
-    group.add_argument("--scan-id", default=None)
+    group.add_argument("--scan-id", type=_scan_id, default=None,
+                       help="the scan's id (letters, digits and ._:@+-; default: a new one)")
 
 
 def _source_endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -388,6 +389,18 @@ def _load_options(parser: argparse.ArgumentParser) -> None:
                         "attenuation (a single sinogram without flats is checked)")
     group.add_argument("--scale", type=float, default=None,
                        help="multiply pixel values by this factor (output float32)")
+
+
+def _scan_id(text: str) -> str:
+    import re
+
+    from streamer.protocol import SCAN_ID_PATTERN
+
+    if not re.fullmatch(SCAN_ID_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            "expected 1-128 characters, a letter or digit first, then letters, digits "
+            f"and ._:@+- only, got {text!r}")
+    return text
 
 
 def _row_range(text: str) -> tuple[int, int]:

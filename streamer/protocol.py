@@ -71,8 +71,10 @@ def _one_union_error(source: Any, handler: Any) -> Any:
 
 MetadataValue = Annotated[str | int | float | bool, GetPydanticSchema(_one_union_error)]
 
+#: A scan id: 1-128 characters, a letter or digit first, then letters, digits and ``._:@+-``.
+SCAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$"
 ScanId = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*$")
+    str, Field(min_length=1, max_length=128, pattern=SCAN_ID_PATTERN)
 ]
 DetectorSize = Annotated[int, Field(ge=1, le=65536)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

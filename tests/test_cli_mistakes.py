@@ -189,3 +189,14 @@ def test_run_refuses_only_the_scan_whose_detector_the_center_is_off(
     with h5py.File(out / "wide.h5") as file:
         assert file["entry"].attrs["complete"]
         assert float(file["entry/process/center_of_rotation"][()]) == 20.0
+
+
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+def test_a_bad_scan_id_is_one_line_not_a_traceback(command: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--scan-id", "a scan"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scan-id: expected 1-128 characters" in err and "got 'a scan'" in err
+    assert "Traceback" not in err
