@@ -396,7 +396,7 @@ def _scan_id(text: str) -> str:
 
     from streamer.protocol import SCAN_ID_PATTERN
 
-    if not re.fullmatch(SCAN_ID_PATTERN, text):
+    if len(text) > 128 or not re.fullmatch(SCAN_ID_PATTERN, text):
         raise argparse.ArgumentTypeError(
             "expected 1-128 characters, a letter or digit first, then letters, digits "
             f"and ._:@+- only, got {text!r}")

@@ -72,7 +72,7 @@ def _one_union_error(source: Any, handler: Any) -> Any:
 MetadataValue = Annotated[str | int | float | bool, GetPydanticSchema(_one_union_error)]
 
 #: A scan id: 1-128 characters, a letter or digit first, then letters, digits and ``._:@+-``.
-SCAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$"
+SCAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*$"
 ScanId = Annotated[
     str, Field(min_length=1, max_length=128, pattern=SCAN_ID_PATTERN)
 ]
