@@ -1226,6 +1226,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
                                   memory_bytes=_budget(args.memory), on_output=on_output,
                                   center_source=center_source(args.center), log=log)
     with zmq.Context() as context, _stop_on_signal() as stop:
+        ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
         socket = _consumer_socket(context, args,
                                   limits.max_message_bytes + limits.max_header_bytes,
                                   announce="run" if speaks else None)

@@ -25,11 +25,17 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
 All waits poll (MPICH busy-polls a rank blocked in a receive) and are bounded by
 ``exchange_timeout_s``; a rank that does not answer is named in the error, and the
 scan's files are then marked incomplete rather than the job hanging.
+
+``stop`` (SIGINT/SIGTERM, as :class:`~streamer.live.LiveReconstruction`'s) ends the band
+reconstruction between blocks: the part keeps the slices written, marked incomplete, and
+the rank tells the others (``TAG_STOP``), which stop at their next block and set their
+own ``stop``, so every rank ends the job; rank 0's master says incomplete and why.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -73,6 +79,7 @@ TAG_REFERENCES_DONE: Final = 302
 TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
+TAG_STOP: Final = 306
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
@@ -107,6 +114,7 @@ class _ScanState:
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
+    stopped_by: int | None = None  # the rank whose stop (SIGINT/SIGTERM) ended this scan
 
 
 @dataclass
@@ -141,6 +149,10 @@ class RankedReconstruction:
     center_source: str = "pipeline"
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None
+    #: Set to stop a reconstruction between blocks (SIGINT/SIGTERM); a peer's stop sets it.
+    stop: threading.Event | None = None
+    #: Called after each block of slices this rank writes: (scan, slices written, band rows).
+    on_block: Callable[[str, int, int], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -437,8 +449,13 @@ class RankedReconstruction:
         block = self.block_sinograms or scan.processor.block_sinograms
         writer: Hdf5VolumeWriter | None = None
         written = 0
+        stopped: str | None = None
         try:
             for begin in range(0, last - first, block):
+                stopped = self._stopped(scan)
+                if stopped is not None:
+                    stopped += f" after {written} of {last - first} slices"
+                    break
                 end = min(begin + block, last - first)
                 data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
                                    flats=None, angles_deg=band.angles_deg)
@@ -452,10 +469,31 @@ class RankedReconstruction:
                         scan=scan.start.scan, overwrite=self.overwrite)
                 writer.write(begin, data)
                 written += end - begin
+                if self.on_block is not None:
+                    self.on_block(scan.start.scan, written, last - first)
         finally:
             if writer is not None:
                 writer.close(complete=complete and written == last - first)
+        if stopped is not None:
+            if self.log is not None:
+                self.log(f"scan {scan.start.scan}: rank {rank}: {stopped}")
+            return PartWritten(rank, str(path) if writer is not None else None, band.rows,
+                               written, False, stopped)
         return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _stopped(self, scan: _ScanState) -> str | None:
+        """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop
+        is told to every other rank (once), so all of them stop at their next block."""
+        self._take_messages(scan)  # a peer's TAG_STOP
+        if scan.stopped_by is None and self.stop is not None and self.stop.is_set():
+            scan.stopped_by = self.control.rank
+            self.control.send_to_others(TAG_STOP, msgpack.packb(
+                {"serial": scan.serial, "rank": self.control.rank}))
+        if scan.stopped_by is None:
+            return None
+        if scan.stopped_by == self.control.rank:
+            return "stopped by the service (SIGINT/SIGTERM)"
+        return f"stopped: rank {scan.stopped_by} was stopped (SIGINT/SIGTERM)"
 
     def write_master(self, scan_id: str, *, complete: bool,
                      document: dict[str, Any] | None) -> ScanOutput | None:
@@ -540,6 +578,14 @@ class RankedReconstruction:
             raise ExchangeError(
                 f"rank {received.source}: control message (tag {received.tag}): expected a "
                 f"map with an integer 'serial', got {type(message).__name__}")
+        if received.tag == TAG_STOP:
+            # A peer stopped (SIGINT/SIGTERM): this rank stops too, this scan and the job.
+            if self.stop is not None:
+                self.stop.set()
+            if scan is not None and message["serial"] == scan.serial \
+                    and scan.stopped_by is None:
+                scan.stopped_by = received.source
+            return
         if received.tag == TAG_PART_DONE:
             part = PartWritten(int(message["rank"]), message["path"],
                                (int(message["rows"][0]), int(message["rows"][1])),
@@ -599,13 +645,17 @@ class RankedReconstruction:
 
 
 def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
-                   log: Callable[[str], None] = lambda line: None) -> ScanOutput | None:
+                   log: Callable[[str], None] = lambda line: None, *,
+                   stop: threading.Event | None = None,
+                   on_block: Callable[[str, int, int], None] | None = None,
+                   ) -> ScanOutput | None:
     """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
 
     Every rank opens the scan; rank 0 reads the darks and flats (and forwards them, as
     in a stream); the blocks of projections are dealt round-robin, so each rank reads
     and corrects ``1/R`` of them; then the reslice and the band reconstruction run as
-    in ``run``. Rank 0 returns what it wrote; the others return None.
+    in ``run``. Rank 0 returns what it wrote; the others return None. ``stop`` and
+    ``on_block`` are :class:`RankedReconstruction`'s.
     """
     layout = reader.layout
     if layout.projections == 0:
@@ -626,7 +676,8 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
         memory_bytes=settings.memory_bytes, output=settings.output,
         first_row=settings.first_row, overwrite=settings.overwrite,
-        center_source=center_source(settings.center), log=log)
+        center_source=center_source(settings.center), log=log, stop=stop,
+        on_block=on_block)
     ranked.open_scan(start_header(layout, scan_id))
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames
@@ -695,5 +746,5 @@ def _center_of(part: Path) -> float | None:
         return None
 
 
-__all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "PartWritten", "RankedReconstruction",
+__all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",
            "recon_on_ranks"]

@@ -5,6 +5,15 @@ about each ``frames`` header and answers which frames are new. Every frame of a 
 in exactly one bucket — received (unique), duplicate, out of range, rejected (by
 reason), or missing at the end — and :meth:`ScanAccount.report` turns that into the
 JSON-ready :class:`ScanReport`.
+
+Per-key ``missing`` agrees with ``missing_ranges``: a frame that never arrived has no key
+of its own, so it is counted under the key ``start``'s layout implies for its index
+(darks, flats, then projections, in index order — the layout ``start``'s counts
+describe). Held frames whose key differs from that layout (a mislabelled ``image_key``)
+are counted in ``mislabelled``, by the layout's key and by their own, so that per key
+``expected = received - mislabelled.by_label + mislabelled.by_layout + missing``. When
+nothing is missing, the labels alone decide and nothing is reported as mislabelled (a
+source may order its frames otherwise, e.g. flats after the projections).
 """
 
 from __future__ import annotations
@@ -94,6 +103,9 @@ class ScanReport:
     failure: str | None = None
     #: Disagreements that keep a scan from reading complete (e.g. ``end.sent``).
     flags: tuple[str, ...] = ()
+    #: Held frames whose key differs from the key ``start``'s layout implies for their
+    #: index (only while frames are missing): ``{"by_layout": {...}, "by_label": {...}}``.
+    mislabelled: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -128,6 +140,7 @@ class ScanReport:
             "start": self.start,
             "failure": self.failure,
             "flags": list(self.flags),
+            "mislabelled": self.mislabelled,
         }
 
     def failed(self, reason: str) -> ScanReport:
@@ -246,8 +259,33 @@ class ScanAccount:
         self.timing.saw_frames(now, header.t)
         return accepted
 
+    def layout_keys(self) -> npt.NDArray[np.int8]:
+        """The key ``start``'s layout implies for each index: darks, flats, projections."""
+        start = self.start
+        return np.repeat(np.asarray([2, 1, 0], dtype=np.int8),
+                         [start.darks, start.flats, start.projections])
+
     def missing(self) -> dict[int, int]:
-        return {key: max(0, self.expected[key] - self.received[key]) for key in _KEY_ORDER}
+        """Frames never received, per key: the key ``start``'s layout implies for each
+        missing index, so the counts agree with :meth:`missing_ranges`."""
+        absent = ~self.seen
+        if not absent.any():
+            return dict.fromkeys(_KEY_ORDER, 0)
+        counts = np.bincount(self.layout_keys()[absent], minlength=3)
+        return {key: int(counts[key]) for key in _KEY_ORDER}
+
+    def mislabelled(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Held frames whose key differs from the layout's, counted by the layout's key
+        and by their own; none while every frame is held (the labels then decide)."""
+        if self.seen.all():
+            return dict.fromkeys(_KEY_ORDER, 0), dict.fromkeys(_KEY_ORDER, 0)
+        layout = self.layout_keys()[self.seen]
+        label = self.key_of[self.seen]
+        odd = layout != label
+        by_layout = np.bincount(layout[odd], minlength=3)
+        by_label = np.bincount(label[odd], minlength=3)
+        return ({key: int(by_layout[key]) for key in _KEY_ORDER},
+                {key: int(by_label[key]) for key in _KEY_ORDER})
 
     def missing_ranges(self) -> tuple[list[list[int]], bool]:
         """Half-open ``[start, stop)`` index runs never received (at most 1000 listed)."""
@@ -270,13 +308,14 @@ class ScanAccount:
             # figure means frames were lost or came from elsewhere.
             flags.append(f"end.sent: the source says it sent {self.sent_by_source} frames, "
                          f"{valid} valid ones arrived ({arrived} with the rejected)")
-        exceeded = self.rejected.frames.get("key_count_exceeded", 0)
-        if exceeded and any(missing.values()):
+        by_layout, by_label = self.mislabelled()
+        odd = sum(by_layout.values())
+        if odd:
             flags.append(
-                f"image_key: {exceeded} frames came with a key whose announced count was "
-                "already reached (mislabelled?): per-key missing counts follow the counts "
-                "in start, missing_ranges the frame indices never received; per key they "
-                "may disagree")
+                f"image_key: {odd} held frames carry a key other than the one start's "
+                "layout (darks, flats, projections) implies for their index (mislabelled?): "
+                "per-key missing follows that layout, as missing_ranges does; see "
+                "mislabelled")
         if self.failure is not None:
             status: Status = "failed"
         elif aborted:
@@ -325,6 +364,8 @@ class ScanAccount:
             start=self.start.model_dump(mode="json", exclude_none=True),
             failure=self.failure,
             flags=tuple(flags),
+            mislabelled=({"by_layout": _named(by_layout), "by_label": _named(by_label)}
+                         if odd else {}),
         )
 
 

@@ -128,7 +128,25 @@ def test_only_valid_messages_of_the_open_scan_keep_it_alive() -> None:
     assert closed(state.handle_tick(9.0)).report.status == "incomplete"
 
 
-def test_a_mislabelled_key_is_flagged_where_per_key_counts_and_ranges_disagree() -> None:
+def _identity_per_key(report: Any) -> None:
+    """Per key: expected = received - mislabelled by label + by layout + missing."""
+    odd = report.mislabelled or {"by_layout": {}, "by_label": {}}
+    for key, expected in report.expected.items():
+        assert expected == (report.received[key] - odd["by_label"].get(key, 0)
+                            + odd["by_layout"].get(key, 0) + report.missing[key]), key
+
+
+def _missing_by_layout(report: Any, keys: list[int]) -> dict[str, int]:
+    """The keys of the indices in ``missing_ranges``, read from the layout ``keys``."""
+    names = {0: "projections", 1: "flats", 2: "darks"}
+    counts = dict.fromkeys(names.values(), 0)
+    for first, stop in report.missing_ranges:
+        for index in range(first, stop):
+            counts[names[keys[index]]] += 1
+    return counts
+
+
+def test_a_mislabelled_key_keeps_per_key_missing_in_line_with_missing_ranges() -> None:
     state = IngestState(idle_timeout_s=5)
     header = start(darks=1, flats=1, projections=3)  # keys: dark, flat, 3 projections
     state.handle_message(header, 0.0)
@@ -139,12 +157,45 @@ def test_a_mislabelled_key_is_flagged_where_per_key_counts_and_ranges_disagree()
     state.handle_message(frames(header, 0, 2, keys=keys[:2]), 2.0)
     state.handle_message(frames(header, 3, 2, keys=keys[3:]), 3.0)
     report = closed(state.handle_message(EndHeader(scan="s1", sent=5), 4.0)).report
-    assert report.missing == {"projections": 1, "flats": 0, "darks": 0}
-    assert report.missing_ranges == [[1, 2]]  # the index never received is the flat's
-    assert report.total_missing == sum(b - a for a, b in report.missing_ranges)
+    assert report.missing_ranges == [[1, 2]]  # the index never held is the flat's
+    assert report.missing == {"projections": 0, "flats": 1, "darks": 0}
+    assert report.missing == _missing_by_layout(report, keys)
+    assert report.received == {"projections": 2, "flats": 1, "darks": 1}
+    # the mislabelled frame under its own reason: a projection's index, labelled a flat
+    assert report.mislabelled == {
+        "by_layout": {"projections": 1, "flats": 0, "darks": 0},
+        "by_label": {"projections": 0, "flats": 1, "darks": 0}}
+    _identity_per_key(report)
     assert report.rejected["key_count_exceeded"]["frames"] == 1
     assert any("mislabelled" in flag for flag in report.flags)
+    assert report.as_dict()["mislabelled"] == report.mislabelled
     assert not report.complete
+
+
+def test_missing_frames_without_a_mislabel_report_no_mislabelled_frames() -> None:
+    state = IngestState(idle_timeout_s=5)
+    header = start(darks=2, flats=2, projections=4)
+    state.handle_message(header, 0.0)
+    keys = keys_for(header)
+    state.handle_message(frames(header, 0, 3, keys=keys[:3]), 1.0)  # 3 (a flat) and
+    state.handle_message(frames(header, 5, 3, keys=keys[5:]), 2.0)  # 4 (a projection) lost
+    report = closed(state.handle_message(EndHeader(scan="s1", sent=6), 3.0)).report
+    assert report.missing_ranges == [[3, 5]]
+    assert report.missing == {"projections": 1, "flats": 1, "darks": 0}
+    assert report.missing == _missing_by_layout(report, keys)
+    assert report.mislabelled == {} and not report.flags
+    _identity_per_key(report)
+
+
+def test_frames_in_another_order_than_the_layout_are_not_mislabelled_when_all_arrive() -> None:
+    """Flats after the projections (a legitimate order): every frame held, complete."""
+    state = IngestState(idle_timeout_s=5)
+    header = start(darks=1, flats=2, projections=3)
+    state.handle_message(header, 0.0)
+    state.handle_message(frames(header, 0, 6, keys=[2, 1, 0, 0, 0, 1]), 1.0)
+    report = closed(state.handle_message(EndHeader(scan="s1", sent=6), 2.0)).report
+    assert report.complete and report.mislabelled == {} and not report.flags
+    assert report.missing == {"projections": 0, "flats": 0, "darks": 0}
 
 
 def test_the_idle_timer_does_not_run_while_the_service_holds_the_source_back() -> None:
