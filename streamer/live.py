@@ -363,9 +363,7 @@ class LiveReconstruction:
                 latency.volume_complete()
             summary = latency.summary()
             document["latency"] = summary.as_dict()
-            line = summary.line()
-            if self.log is not None:
-                self.log(f"scan {scan}: {line}")
+            line = summary.line()  # printed under the terminal's volume: line
         if failure is not None:
             document["reconstruction_error"] = failure
         try:
