@@ -843,6 +843,8 @@ def _run_run(args: argparse.Namespace) -> int:
             doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
                   f"{output.center:.2f}, {state}{doubt}{repaired}){error}", flush=True)
+            if output.latency is not None:
+                print(f"  {output.latency}", flush=True)
             for warning in output.center_warnings:
                 print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
         else:

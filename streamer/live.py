@@ -26,18 +26,24 @@ marked incomplete. Several MPI ranks: :mod:`streamer.live_ranks`.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
 
 from streamer.center_check import center_outside
 from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore
+from streamer.latency import LatencyRecorder
+from streamer.live_streaming import plan_streaming
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -81,6 +87,8 @@ class ScanOutput:
     repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
     #: The CoR finder's doubts (:class:`~stages.recon.center_policy.CorEstimate`).
     center_warnings: tuple[str, ...] = ()
+    #: The scan's latency line (:meth:`streamer.latency.LatencySummary.line`).
+    latency: str | None = None
 
 
 @dataclass
@@ -117,6 +125,8 @@ class LiveReconstruction:
     background: bool = False
     #: Set to stop a reconstruction between blocks (SIGINT/SIGTERM).
     stop: threading.Event | None = None
+    #: Monotonic seconds for the latency figures (injected in tests).
+    clock: Callable[[], float] = time.monotonic
     _processor: ScanProcessor | None = None
     _scan: str | None = None  # the open scan
     _failure: str | None = None  # why the open scan failed, if it did
@@ -128,6 +138,9 @@ class LiveReconstruction:
     #: The open scan's feed opening, held back while the worker still publishes the
     #: previous scan to the feed (the feed sees scans one after the other).
     _feed_pending: tuple[StartHeader, ScanProcessor] | None = None
+    #: The open scan's latencies (handed to the worker with its processor).
+    _latency: LatencyRecorder | None = None
+    _latencies: dict[int, LatencyRecorder] = field(default_factory=dict)
 
     def drain(self, store: FrameStore) -> None:
         if self._processor is None:  # a failed scan: nothing is held for it
@@ -171,8 +184,13 @@ class LiveReconstruction:
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
             self._open(event.start)
-        elif isinstance(event, FramesAccepted) and self.feed is not None:
-            self.feed.frames_accepted(event)
+        elif isinstance(event, FramesAccepted):
+            if self._latency is not None:
+                message = event.message.header
+                self._latency.frames_received(
+                    message.first + int(i) for i in np.flatnonzero(event.accepted))
+            if self.feed is not None:
+                self.feed.frames_accepted(event)
         elif (isinstance(event, ScanClosing) and event.scan == self._scan
               and self._processor is not None):
             self.wait()  # one scan's data in memory at a time
@@ -184,6 +202,9 @@ class LiveReconstruction:
         elif isinstance(event, ScanClosed) and event.report.scan == self._scan:
             processor, failure = self._processor, self._failure
             self._processor, self._scan, self._failure = None, None, None
+            if processor is not None and self._latency is not None:
+                self._latencies[id(processor)] = self._latency
+            self._latency = None
             if self.feed is not None:
                 self.wait()  # the feed sees the previous scan closed first
                 self._feed_catch_up()
@@ -224,6 +245,17 @@ class LiveReconstruction:
             on_sinograms=self._on_sinograms, resolve_center=auto_center,
             on_projections=self.feed.projections if self.feed is not None else None,
         )
+        streams = plan_streaming(self.steps, rows=start.rows, cols=start.cols,
+                              projections=start.projections,
+                              block_sinograms=self.block_sinograms or sinograms,
+                              memory_left=memory.budget - memory.total)
+        if streams.section is not None:
+            streams.section.log = self.log
+            self._processor.streaming = streams.section
+        self._latency = LatencyRecorder(clock=self.clock,
+                                        streaming=streams.section is not None)
+        if self.log is not None:
+            self.log(f"scan {start.scan}: {streams.reason}")
         if self.feed is not None:
             self._feed_pending = (start, self._processor)
             if not self.busy:
@@ -254,6 +286,8 @@ class LiveReconstruction:
         except Exception as error:  # a bug must not kill the service silently
             output = ScanOutput(report.scan, None, 0, processor.center, False,
                                 f"internal error while reconstructing: {error!r}")
+        finally:
+            self._latencies.pop(id(processor), None)
         self._publish(output, report, processor.center_method)
 
     def _publish(self, output: ScanOutput, report: ScanReport, method: str | None) -> None:
@@ -316,7 +350,20 @@ class LiveReconstruction:
                               processor.center_warnings)
         complete = (report.complete and processor.complete and failure is None
                     and volume.written == rows)
+        latency = self._latencies.pop(id(processor), None)
         document = {**report.as_dict(), "repairs": repairs.as_dict()}
+        line = None
+        if latency is not None:
+            streaming = processor.streaming
+            latency.streaming = streaming is not None and getattr(streaming, "fallback",
+                                                                  None) is None
+            # Every slice is written, only the close is left (the report goes in it);
+            # no frame at all: no figure.
+            with contextlib.suppress(StreamerError):
+                latency.volume_complete()
+            summary = latency.summary()
+            document["latency"] = summary.as_dict()
+            line = summary.line()  # printed under the terminal's volume: line
         if failure is not None:
             document["reconstruction_error"] = failure
         try:
@@ -325,7 +372,7 @@ class LiveReconstruction:
             failure = failure or str(error)
             complete = False
         return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
-                          repairs.total, processor.center_warnings)
+                          repairs.total, processor.center_warnings, line)
 
     def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
         """Name and open this scan's volume, shaped after its first block of slices."""

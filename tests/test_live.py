@@ -78,6 +78,7 @@ def test_run_command_serves_a_scan(tmp_path: Path, python: str, cli_env) -> None
         process.kill()
     assert process.returncode == 0, stderr
     assert "COMPLETE" in stdout and "volume:" in stdout
+    assert "latency:" in stdout and "last frame→volume" in stdout
     with h5py.File(out / "served.h5") as file:
         assert file["/entry"].attrs["complete"]
         assert file["/entry/reconstruction/data"].shape == (2, 48, 48)

@@ -29,9 +29,9 @@ refused with a clear error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, SupportsFloat
+from typing import Any, Protocol, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,18 @@ class ProcessedBlock:
     angles_deg: npt.NDArray[np.float64]
     data: npt.NDArray[np.float32]
     complete: bool
+
+
+class StreamingHook(Protocol):
+    """A sinogram section run while the scan arrives (:mod:`streamer.live_streaming`)."""
+
+    def add(self, block: ProcessedBlock) -> None:
+        """A corrected projection block."""
+
+    def finish(self, angles: npt.NDArray[np.float64], complete: bool, *,
+               center_override: float | None,
+               should_stop: Callable[[], bool]) -> Iterator[ProcessedBlock] | None:
+        """The volume's blocks, or ``None``: run the sinogram section in batch."""
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
@@ -214,6 +226,9 @@ class ScanProcessor:
         #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
         self.center_override: float | None = None
         self.on_center = on_center
+        #: Set before the first frame: the sinogram section runs as blocks arrive, and at
+        #: the end only its ``finish`` (the batch section when it declines).
+        self.streaming: StreamingHook | None = None
 
     # --- input ---------------------------------------------------------------------
 
@@ -313,6 +328,8 @@ class ScanProcessor:
                                          first_index=int(processed.indices[0]))
             slots = self.band.claim(processed.indices, angles)
             self.band.store(slots, data)
+            if self.streaming is not None:
+                self.streaming.add(processed)
 
     def _stopping(self) -> bool:
         if self.should_stop is not None and self.should_stop():
@@ -327,6 +344,15 @@ class ScanProcessor:
         sinograms_all = assembled.sinograms  # (rows, angles, cols), a view of the buffer
         rows = sinograms_all.shape[0]
         complete = self.complete
+        if self.streaming is not None:
+            blocks = self.streaming.finish(angles, complete,
+                                           center_override=self.center_override,
+                                           should_stop=self._stopping)
+            if blocks is not None:
+                for block in blocks:
+                    if self.on_sinograms is not None:
+                        self.on_sinograms(block)
+                return
         # The CoR finders take projections (angles, rows, cols): a transposed view.
         steps = self._with_center(self.sinogram_steps, sinograms_all.transpose(1, 0, 2),
                                   angles)
