@@ -184,29 +184,44 @@ def _paganin_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
 
 # -------------------------------------------------------------------- paganin_filter
 #
-# Paganin (2002) in httomolibgpu's parameterisation (``httomolibgpu.prep.phase.
-# paganin_filter``: pixel size in µm, distance in m, energy in keV, δ/β). For a single
-# homogeneous material of refractive index 1 - δ + iβ, μ = 4πβ/λ, and a thickness map t,
-# the transport-of-intensity equation gives at distance z
+# Paganin (2002) as httomolibgpu 1.3 computes it (``httomolibgpu.prep.phase.
+# paganin_filter``: pixel size in µm, distance in m, energy in keV, δ/β), ported to NumPy
+# so that a pipeline brought over from HTTomo gives the same images at the same δ/β:
 #
-#     I_z / I_0 = F⁻¹[ F[exp(-μ t)] · (1 + a |k|²) ],   a = z δ / μ = z λ (δ/β) / (4π),
+#     out = -ln( F⁻¹[ F[I] · H ] ),   H = S[ 1 / (1 + a (u² + v²)) ] / max(...),
+#     a = λ · distance · (δ/β) / (4π),
 #
-# with k the angular spatial frequency (rad/m). The filter inverts this exactly:
-#
-#     μ t = -ln( F⁻¹[ F[I_z / I_0] / (1 + a |k|²) ] ).
-#
-# As httomolibgpu does, the stage returns μ t (dimensionless projected attenuation,
-# ``-ln`` of the filtered transmission), not t: dividing by μ needs β itself, which a
-# δ/β ratio does not give. Differences from httomolibgpu, on purpose:
-#
-# * k is the exact FFT grid, ``2π · fftfreq(n, pixel_size)`` (Nyquist π/pixel), so the
-#   filter is the exact inverse of the operator above and has gain 1 at k = 0.
-#   httomolibgpu's grid (TomoPy's, with 2π in place of 1/2) has n evenly spaced values
-#   from -2π/pixel to +2π/pixel, about twice these frequencies, so for the same
-#   parameters its filter is as strong as this one with about 4× the distance (or δ/β);
-#   it then normalises the filter to max 1.
-# * ``next_fast_length`` uses SciPy's ``next_fast_len`` (cupy's may pick other sizes).
-# * Work is in float64 (httomolibgpu: complex64); the output is float32.
+# with ``u`` (rows) and ``v`` (columns) httomolibgpu's reciprocal grid: the ``n`` evenly
+# spaced values from ``-2π/pixel`` to ``+2π/pixel`` (TomoPy's grid with 2π in place of
+# 1/2), ``S`` the ``fftshift``. That grid runs to about twice the FFT's Nyquist frequency
+# (π/pixel), so the filter is about 4× as strong as the continuous operator
+# ``1 + a|k|²`` would ask for: that is httomolibgpu's strength, kept on purpose (HTTomo
+# users tune δ/β against it); ``paganin_filter_savu_legacy`` is the same filter at
+# δ/β / 4, as upstream. httomolib's CPU ``paganin_filter`` (cm, ``alpha``) is the same
+# filter with ``a = λ · dist / (4π · alpha)``. Work is in float64 (upstream: complex64),
+# the output float32; the real part of the inverse transform is kept, as upstream.
+
+
+def reciprocal_coord(n: int, pixel_size: float) -> npt.NDArray[np.float64]:
+    """httomolib(gpu)'s ``_reciprocal_coord``: ``n`` values evenly spaced over
+    ``[-2π/pixel_size, +2π/pixel_size]`` (a single 0 for ``n == 1``)."""
+    if n == 1:
+        return np.zeros(1)
+    steps = 2.0 * np.arange(n, dtype=np.float64) - (n - 1)
+    coords: npt.NDArray[np.float64] = steps * (2.0 * math.pi / ((n - 1) * pixel_size))
+    return coords
+
+
+def lorentzian_transfer(
+    shape: tuple[int, int], pixel_size: float, a: float
+) -> npt.NDArray[np.float64]:
+    """``fftshift(1 / (1 + a (u² + v²)))``, normalised to max 1, on httomolib(gpu)'s
+    reciprocal grid of a padded frame of ``shape`` (``a`` in pixel_size units squared)."""
+    u2 = reciprocal_coord(shape[0], pixel_size) ** 2
+    v2 = reciprocal_coord(shape[1], pixel_size) ** 2
+    transfer = fft.fftshift(1.0 / (1.0 + a * (u2[:, None] + v2[None, :])))
+    normalised: npt.NDArray[np.float64] = transfer / transfer.max()
+    return normalised
 
 
 def paganin_filter_pad(
@@ -218,8 +233,9 @@ def paganin_filter_pad(
 
     ``next_power_of_2``: to the smallest power of two *greater* than ``n`` (so a
     power-of-two axis doubles); ``next_fast_length``: to ``scipy.fft.next_fast_len(n)``;
-    ``use_pad_x_y``: ``pad`` on each side. The extra pixels are split evenly, the odd one
-    (if any) after.
+    ``use_pad_x_y``: ``pad`` on each side. An even axis gets ``total // 2`` on each
+    side (so an odd ``next_fast_length`` excess loses its last pixel, as upstream); an odd
+    axis gets the extra pixel after.
     """
     if method == "next_power_of_2":
         total = (1 << n.bit_length()) - n
@@ -227,29 +243,18 @@ def paganin_filter_pad(
         total = fft.next_fast_len(n) - n
     else:
         total = 2 * pad
+    if n % 2 == 0:
+        return total // 2, total // 2
     return total // 2, total - total // 2
 
 
-def paganin_filter_kernel_m2(
+def paganin_filter_kernel_um2(
     distance_m: float, energy_kev: float, ratio_delta_beta: float
 ) -> float:
-    """``a = z δ/μ = z λ (δ/β) / (4π)`` in m², the coefficient of ``|k|²`` in the filter."""
-    wavelength_m = wavelength_cm(energy_kev) * 1e-2
-    return distance_m * wavelength_m * ratio_delta_beta / (4.0 * math.pi)
-
-
-def paganin_filter_transfer(
-    shape: tuple[int, int], pixel_size_um: float, distance_m: float, energy_kev: float,
-    ratio_delta_beta: float,
-) -> npt.NDArray[np.float64]:
-    """``1 / (1 + a |k|²)`` for a padded frame of ``shape``, laid out for ``rfft2``."""
-    spacing_m = pixel_size_um * 1e-6
-    k_rows = 2.0 * math.pi * fft.fftfreq(shape[0], spacing_m)
-    k_cols = 2.0 * math.pi * fft.rfftfreq(shape[1], spacing_m)
-    a = paganin_filter_kernel_m2(distance_m, energy_kev, ratio_delta_beta)
-    k2 = k_rows[:, None] ** 2 + k_cols[None, :] ** 2
-    transfer: npt.NDArray[np.float64] = 1.0 / (1.0 + a * k2)
-    return transfer
+    """httomolibgpu's ``alpha = λ · distance · (δ/β) / (4π)`` in µm², the coefficient of
+    ``u² + v²`` in the filter (``_calculate_alpha``)."""
+    wavelength_um = wavelength_cm(energy_kev) * 1e4
+    return wavelength_um * distance_m * 1e6 * ratio_delta_beta / (4.0 * math.pi)
 
 
 PaddingMethod = Literal["next_power_of_2", "next_fast_length", "use_pad_x_y"]
@@ -313,18 +318,17 @@ def paganin_filter(
     calculate_padding_value_method: PaddingMethod = "next_power_of_2",
     pad_x_y: tuple[int, int] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Paganin single-material phase retrieval, httomolibgpu's ``paganin_filter`` units.
+    """Paganin single-material phase retrieval, as httomolibgpu's ``paganin_filter``.
 
     Each frame ``I`` (flat-field corrected transmission ``I_z/I_0``, not ``-log``) is
     edge-padded, filtered and cropped back, and the stage returns
 
-        μ t = -ln( F⁻¹[ F[I] / (1 + a |k|²) ] ),   a = distance · λ · (δ/β) / (4π),
+        -ln( F⁻¹[ F[I] · H ] ),   H = fftshift(1 / (1 + a (u² + v²))) / max,
+        a = λ · distance · (δ/β) / (4π),
 
-    ``λ = 2π ħ c / energy``, ``k = 2π · fftfreq(n, pixel_size)`` (rad/m): the projected
-    attenuation of the single-material sample (thickness ``t`` times ``μ = 4πβ/λ``),
-    dimensionless, as httomolibgpu returns it. Unlike httomolibgpu, ``k`` is the exact
-    FFT grid: httomolibgpu's runs from -2π/pixel to +2π/pixel, about twice these
-    frequencies, so its filter matches this one at about 4× the distance (or δ/β).
+    on httomolibgpu's reciprocal grid (``u``, ``v`` from -2π/pixel to +2π/pixel, see the
+    module notes): the same strength as httomolibgpu for the same parameters (about 4×
+    the continuous Paganin operator's; ``ratio_delta_beta / 4`` inverts that operator).
 
     Parameters
     ----------
@@ -346,7 +350,7 @@ def paganin_filter(
     Returns
     -------
     ndarray of shape (angles, rows, cols), float32, C-contiguous
-        ``μ t`` per pixel. Where the filtered transmission is not positive the logarithm
+        ``-ln`` of the filtered frame. Where it is not positive the logarithm
         gives ``inf`` or ``nan`` (no warning), as on httomolibgpu.
 
     Raises
@@ -356,6 +360,21 @@ def paganin_filter(
         positive number, or the padding arguments do not fit together.
     """
     stage = "paganin_filter"
+    _check_block(stage, block)
+    _check_positive(stage, (
+        ("pixel_size_um", pixel_size_um), ("distance_m", distance_m),
+        ("energy_kev", energy_kev), ("ratio_delta_beta", ratio_delta_beta),
+    ))
+    try:
+        _check_pad_x_y(calculate_padding_value_method, pad_x_y)
+    except ValueError as error:
+        raise StageError(f"stage {stage!r}: {error}") from None
+    pads = _paganin_filter_padding(block.shape[1:], calculate_padding_value_method, pad_x_y)
+    a = paganin_filter_kernel_um2(distance_m, energy_kev, ratio_delta_beta)
+    return _lorentzian_minus_log(block, pads, pixel_size_um, a)
+
+
+def _check_block(stage: str, block: npt.NDArray[Any]) -> None:
     if block.ndim != 3:
         raise StageError(f"stage {stage!r}: block: expected a 3-D array, got shape {block.shape}")
     if block.dtype.kind not in "uif":
@@ -363,41 +382,117 @@ def paganin_filter(
             f"stage {stage!r}: block.dtype: expected an integer or real float type, "
             f"got {block.dtype.name!r}"
         )
-    for name, value in (
-        ("pixel_size_um", pixel_size_um), ("distance_m", distance_m),
-        ("energy_kev", energy_kev), ("ratio_delta_beta", ratio_delta_beta),
-    ):
+
+
+def _check_positive(stage: str, values: tuple[tuple[str, float], ...]) -> None:
+    for name, value in values:
         if not (math.isfinite(value) and value > 0):
             raise StageError(f"stage {stage!r}: {name}: expected a finite value > 0, got {value}")
-    try:
-        _check_pad_x_y(calculate_padding_value_method, pad_x_y)
-    except ValueError as error:
-        raise StageError(f"stage {stage!r}: {error}") from None
+
+
+def _lorentzian_minus_log(
+    block: npt.NDArray[Any],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    pixel_size: float,
+    a: float,
+) -> npt.NDArray[np.float32]:
+    """Edge-pad each frame by ``pads``, filter with :func:`lorentzian_transfer`, crop,
+    and return ``-ln`` of the real part (float32), as httomolib(gpu) do."""
     n_frames, rows, cols = block.shape
-    pad_r, pad_c = _paganin_filter_padding((rows, cols), calculate_padding_value_method, pad_x_y)
+    pad_r, pad_c = pads
     padded_shape = (rows + sum(pad_r), cols + sum(pad_c))
     xp = array_module(block)
     transforms, workers = fft_module(xp), _workers(xp)
-    transfer = xp.asarray(paganin_filter_transfer(
-        padded_shape, pixel_size_um, distance_m, energy_kev, ratio_delta_beta
-    ))
+    transfer = xp.asarray(lorentzian_transfer(padded_shape, pixel_size, a))
     out: npt.NDArray[np.float32] = xp.empty(block.shape, dtype=xp.float32)
     chunk = _frames_per_chunk(padded_shape[0] * padded_shape[1], n_frames)
     for start in range(0, n_frames, chunk):
         frames = xp.asarray(block[start : start + chunk], dtype=xp.float64)
         padded = xp.pad(frames, ((0, 0), pad_r, pad_c), mode="edge")
-        spectrum = transforms.rfft2(padded, axes=(-2, -1), **workers)
+        spectrum = transforms.fft2(padded, axes=(-2, -1), **workers)
         spectrum *= transfer
-        filtered = transforms.irfft2(spectrum, s=padded_shape, axes=(-2, -1), **workers)
+        filtered = transforms.ifft2(spectrum, axes=(-2, -1), overwrite_x=True, **workers).real
         cropped = filtered[:, pad_r[0] : pad_r[0] + rows, pad_c[0] : pad_c[0] + cols]
         with np.errstate(divide="ignore", invalid="ignore"):  # numpy's warnings only
             out[start : start + chunk] = -xp.log(cropped)
     return out
 
 
+class PaganinSavuLegacyParams(StageParams):
+    """Parameters of :func:`paganin_filter_savu_legacy` (httomolibgpu's names, units and
+    defaults: ``pixel_size`` µm, ``distance`` m, ``energy`` keV)."""
+
+    pixel_size: float = Field(1.28, gt=0.0, allow_inf_nan=False, description="pixel size, µm")
+    distance: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="distance, m")
+    energy: float = Field(53.0, gt=0.0, allow_inf_nan=False, description="energy, keV")
+    ratio_delta_beta: float = Field(
+        250.0, gt=0.0, allow_inf_nan=False, description="δ/β as Savu meant it (÷4 inside)"
+    )
+
+
+def paganin_filter_savu_legacy(
+    block: npt.NDArray[Any],
+    *,
+    pixel_size: float = 1.28,
+    distance: float = 1.0,
+    energy: float = 53.0,
+    ratio_delta_beta: float = 250.0,
+) -> npt.NDArray[np.float32]:
+    """httomolibgpu's ``paganin_filter_savu_legacy``: :func:`paganin_filter` with
+    ``ratio_delta_beta / 4`` and ``next_power_of_2`` padding, as upstream (Savu's δ/β
+    convention). Output and errors as :func:`paganin_filter`."""
+    stage = "paganin_filter_savu_legacy"
+    _check_block(stage, block)
+    _check_positive(stage, (
+        ("pixel_size", pixel_size), ("distance", distance), ("energy", energy),
+        ("ratio_delta_beta", ratio_delta_beta),
+    ))
+    pads = _paganin_filter_padding(block.shape[1:], "next_power_of_2", None)
+    a = paganin_filter_kernel_um2(distance, energy, ratio_delta_beta / 4.0)
+    return _lorentzian_minus_log(block, pads, pixel_size, a)
+
+
+class PaganinHttomolibParams(StageParams):
+    """Parameters of :func:`paganin_filter_httomolib` (httomolib's CPU ``paganin_filter``:
+    names, units and defaults; ``pixel_size`` and ``dist`` in cm)."""
+
+    pixel_size: float = Field(1e-4, gt=0.0, allow_inf_nan=False, description="pixel size, cm")
+    dist: float = Field(50.0, gt=0.0, allow_inf_nan=False, description="distance, cm")
+    energy: float = Field(53.0, gt=0.0, allow_inf_nan=False, description="energy, keV")
+    alpha: float = Field(1e-3, gt=0.0, allow_inf_nan=False, description="regularisation")
+
+
+def paganin_filter_httomolib(
+    block: npt.NDArray[Any],
+    *,
+    pixel_size: float = 1e-4,
+    dist: float = 50.0,
+    energy: float = 53.0,
+    alpha: float = 1e-3,
+) -> npt.NDArray[np.float32]:
+    """httomolib's CPU ``paganin_filter`` (cm, keV, ``alpha``): TomoPy's filter
+    ``1 / (λ dist w² / (4π) + alpha)`` on httomolib's reciprocal grid (±2π/pixel),
+    normalised to max 1, ``next_power_of_2`` edge padding, then ``-ln``. That is
+    :func:`lorentzian_transfer` with ``a = λ dist / (4π alpha)`` (cm²). Returns float32,
+    errors as :func:`paganin_filter`."""
+    stage = "paganin_filter_httomolib"
+    _check_block(stage, block)
+    _check_positive(stage, (
+        ("pixel_size", pixel_size), ("dist", dist), ("energy", energy), ("alpha", alpha),
+    ))
+    pads = _paganin_filter_padding(block.shape[1:], "next_power_of_2", None)
+    a = wavelength_cm(energy) * dist / (4.0 * math.pi * alpha)
+    return _lorentzian_minus_log(block, pads, pixel_size, a)
+
+
+def _power_of_2_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+    """As :func:`_paganin_filter_memory` with ``next_power_of_2`` padding."""
+    return _paganin_filter_memory(shape, dtype, PaganinFilterParams())
+
+
 def _paganin_filter_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
-    """Input + float32 output, plus one chunk of float64 padded frames, their filtered
-    copy and half-spectrum (about 8 + 8 + 8 B a padded pixel), and the float64 filter."""
+    """Input + float32 output, plus one chunk of float64 padded frames and their
+    complex128 spectrum (8 + 16 B a padded pixel), and the float64 filter."""
     _, rows, cols = shape
     if not isinstance(params, PaganinFilterParams):
         params = PaganinFilterParams()
@@ -407,7 +502,7 @@ def _paganin_filter_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], pa
     n_r, n_c = rows + sum(pad_r), cols + sum(pad_c)
     block_bytes = int(np.prod(shape)) * max(4, np.dtype(dtype).itemsize)
     chunk = _frames_per_chunk(n_r * n_c, shape[0])
-    scratch = chunk * n_r * n_c * _BYTES_PER_PADDED_PIXEL + n_r * (n_c // 2 + 1) * 8
+    scratch = chunk * n_r * n_c * _BYTES_PER_PADDED_PIXEL + n_r * n_c * 8
     return 2 * block_bytes + scratch
 
 
@@ -431,7 +526,31 @@ SPECS: tuple[StageSpec, ...] = (
         params=PaganinFilterParams,
         memory=_paganin_filter_memory,
         device=True,
-        summary="Paganin phase retrieval, httomolibgpu's units (µm, m, keV, δ/β); returns μ·t",
+        summary="Paganin phase retrieval as httomolibgpu (µm, m, keV, δ/β, its strength); "
+        "returns -ln of the filtered frame",
         aliases=("httomolibgpu.prep.phase.paganin_filter",),
+    ),
+    StageSpec(
+        name="paganin_filter_savu_legacy",
+        angle_local=True,  # a 2-D filter of each frame
+        fn=paganin_filter_savu_legacy,
+        pattern=Pattern.PROJECTION,
+        params=PaganinSavuLegacyParams,
+        memory=_power_of_2_memory,
+        device=True,
+        summary="httomolibgpu's paganin_filter at δ/β / 4 (Savu's convention)",
+        aliases=("httomolibgpu.prep.phase.paganin_filter_savu_legacy",),
+    ),
+    StageSpec(
+        name="paganin_filter_httomolib",
+        angle_local=True,  # a 2-D filter of each frame
+        fn=paganin_filter_httomolib,
+        pattern=Pattern.PROJECTION,
+        params=PaganinHttomolibParams,
+        memory=_power_of_2_memory,
+        device=True,
+        summary="httomolib's CPU paganin_filter (cm, keV, alpha); returns -ln of the "
+        "filtered frame",
+        aliases=("httomolib.prep.phase.paganin_filter",),
     ),
 )

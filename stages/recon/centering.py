@@ -22,10 +22,17 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from stages.recon.center_policy import CorEstimate, find_center, find_center_from_pair
+from stages.recon.center_360 import find_center_360
+from stages.recon.center_policy import (
+    LOW_CONFIDENCE,
+    CorEstimate,
+    find_center,
+    find_center_from_pair,
+)
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from streamer.errors import StageError
 
-__all__ = ["SPECS", "FindCenterPcParams", "FindCenterVoParams"]
+__all__ = ["SPECS", "FindCenter360Params", "FindCenterPcParams", "FindCenterVoParams"]
 
 
 class FindCenterVoParams(StageParams):
@@ -73,6 +80,47 @@ def center_from_pair(
     return find_center_from_pair(projections, angles_deg, around=params.rotc_guess)
 
 
+class FindCenter360Params(StageParams):
+    """httomolibgpu's ``find_center_360``: ``ind`` the row (``null``: row 0, as upstream;
+    ``mid``: the middle), ``win_width``, ``side`` (``null``: automatic), ``denoise``,
+    ``norm``; ``use_overlap`` only ``false`` (the blended metric is not implemented)."""
+
+    ind: int | Literal["mid"] | None = None
+    win_width: int = Field(default=10, ge=1)
+    side: Literal["left", "right"] | None = None
+    denoise: bool = True
+    norm: bool = False
+    use_overlap: Literal[False] = False
+
+
+def center_360_of_scan(
+    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any
+) -> CorEstimate:
+    """Once per scan: :func:`stages.recon.center_360.find_center_360` on one row.
+
+    The confidence is 1 unless the scan does not span 360° (± one step) or the metric's
+    minimum lies at the end of the searched positions (then 0.3, with a warning)."""
+    rows, cols = projections.shape[1:]
+    row = rows // 2 if params.ind == "mid" else 0 if params.ind is None else int(params.ind)
+    if not 0 <= row < rows:
+        raise StageError(f"stage 'find_center_360': ind: expected a row in 0 … {rows - 1}, "
+                         f"got {row}")
+    found = find_center_360(projections[:, row, :], win_width=params.win_width,
+                            side=params.side, denoise=params.denoise, norm=params.norm)
+    warnings = []
+    span = float(np.ptp(angles_deg)) if angles_deg.size else 0.0
+    step = span / max(angles_deg.size - 1, 1)
+    if abs(span - 360.0) > step + 1e-6 and abs(span + step - 360.0) > 1e-6:
+        warnings.append(f"find_center_360 expects a 360° scan; the angles span {span:.1f}°")
+    if found.at_edge:
+        warnings.append("find_center_360: the best overlap lies at the end of the search")
+    notes = (f"overlap {found.overlap:.2f} px on the {found.side}, window centre at column "
+             f"{found.overlap_position:.2f}",)
+    confidence = 1.0 if not warnings else min(0.3, LOW_CONFIDENCE)
+    return CorEstimate(found.cor, confidence, "360-overlap", (0.0, float(cols - 1)), notes,
+                       tuple(warnings))
+
+
 def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
     return block
 
@@ -106,5 +154,19 @@ SPECS: tuple[StageSpec, ...] = (
         finds_center=center_from_pair,
         aliases=("httomolibgpu.recon.rotation.find_center_pc",
                  "tomopy.recon.rotation.find_center_pc"),
+    ),
+    StageSpec(
+        name="find_center_360",
+        angle_local=False,  # the whole 360° sinogram
+        fn=_unchanged,
+        pattern=Pattern.SINOGRAM,
+        params=FindCenter360Params,
+        memory=scaled_memory(0.01),
+        summary="Centre of rotation of an offset-axis 360° scan from the overlap of its two "
+        "halves (Vo 2021, algotom/httomolibgpu), once per scan; sets the reconstruction's "
+        "center (data pass through unchanged; overlap and side are reported, not yet "
+        "used: no sino_360_to_180).",
+        finds_center=center_360_of_scan,
+        aliases=("httomolibgpu.recon.rotation.find_center_360",),
     ),
 )

@@ -33,8 +33,9 @@ NOT_YET = {
     # discorpy coefficients file + 360° offset-axis conversion with run-time overlap/side
     "deg360_distortion_FBP3d_tomobar.yaml":
         "httomolibgpu.prep.alignment.distortion_correction_proj_discorpy",
-    # 360° offset-axis conversion; then Paganin (projection) after a sinogram step
-    "deg360_paganin_FBP3d_tomobar.yaml": "httomolibgpu.recon.rotation.find_center_360",
+    # 360° offset-axis conversion (find_center_360 is mapped; its overlap/side feed
+    # sino_360_to_180); then Paganin (projection) after a sinogram step
+    "deg360_paganin_FBP3d_tomobar.yaml": "httomolibgpu.misc.morph.sino_360_to_180",
 }
 #: Templates that leave a value REQUIRED (HTTomo refuses them as generated, so do we).
 REQUIRED_LEFT = {"titaren_center_pc_FBP3d_resample.yaml": ("newshape: REQUIRED",

@@ -21,7 +21,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 ANGLE_LOCAL = {
     "normalize_interpolated", "normalize", "normalize_nf", "normalize_bg", "minus_log",
-    "remove_outlier", "paganin", "paganin_filter", "median_filter", "gaussian_filter",
+    "remove_outlier", "paganin", "paganin_filter", "paganin_filter_savu_legacy",
+    "paganin_filter_httomolib", "median_filter", "gaussian_filter",
     "downsample", "upsample", "binning", "crop", "dark_flat_field_correction", "remove_nan",
     "remove_neg", "adjust_range",
 }

@@ -1,11 +1,14 @@
 """paganin_filter: Paganin (2002) in httomolibgpu's units, checked against the physics.
 
+(Its exact agreement with httomolibgpu's source is in ``test_paganin_upstream.py``.)
+
 The forward model is written down analytically (no FFT): for a smooth single-material
 thickness map t and f = exp(-μ t), the transport-of-intensity equation gives
 
     I_z / I_0 = f - a ∇²f,   ∇²f = f (μ² |∇t|² - μ ∇²t),   a = z δ / μ = z λ (δ/β) / (4π),
 
-which the stage must invert to μ t.
+which the stage inverts to μ t when given ``δ/β / 4``: httomolibgpu's reciprocal grid
+(kept, for HTTomo users' δ/β) makes its filter about 4× the continuous operator.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from stages.prep.phase import (
     SPECS,
     PaganinFilterParams,
     paganin_filter,
-    paganin_filter_kernel_m2,
+    paganin_filter_kernel_um2,
     paganin_filter_pad,
     wavelength_cm,
 )
@@ -52,49 +55,49 @@ def _gaussian_object(
 
 
 def test_recovers_thickness_of_a_single_material_object() -> None:
-    # σ of 3 and 5 pixels: the spectrum of f is negligible (< 1e-30) at the Nyquist
-    # frequency and t < 1e-16 t0 at the frame border, so the spectral filter sees the
-    # continuous operator and the edge padding sees flat background: the inversion is
-    # exact up to float32 rounding (half an ulp is 3e-8 at μ t ≈ 0.5).
+    # σ of 3 and 5 pixels: the spectrum of f is negligible at the Nyquist frequency and
+    # t < 1e-16 t0 at the frame border, so the edge padding sees flat background. At
+    # δ/β / 4 httomolibgpu's filter approximates the continuous inverse up to its grid
+    # (spacing 4π/((n-1) pixel) instead of 2π/(n pixel), no zero frequency for even n):
+    # measured max |error| 1.04e-3 of μ t0 = 0.5; 2e-3 asserted.
     t, intensity = _gaussian_object((64, 96), (3.0, 5.0))
     assert intensity.min() < 0.5  # a strong phase-contrast signal ...
     assert intensity.max() > 1.01  # ... with its bright fringe above the background
     block = np.stack([intensity, intensity[::-1, ::-1]]).astype(np.float32)
     out = paganin_filter(
         block, pixel_size_um=PIXEL_UM, distance_m=DIST_M, energy_kev=ENERGY_KEV,
-        ratio_delta_beta=RATIO,
+        ratio_delta_beta=RATIO / 4,
     )
     assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == block.shape
     expected = MU_PER_M * t
-    # measured: max |error| 1.9e-8 (1.5e-8 from float64 input); atol 1e-7 is below
-    # 2 float32 ulps at 0.5, i.e. 2e-7 of μ t0
-    np.testing.assert_allclose(out[0], expected, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(out[1], expected[::-1, ::-1], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(out[0], expected, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(out[1], expected[::-1, ::-1], rtol=0, atol=2e-3)
     # the test discriminates: without phase retrieval -ln I_z is off by 0.25
     assert np.abs(-np.log(intensity) - expected).max() > 0.2
-    # and the wrong δ/β (httomolibgpu's grid is ≈ 4× stronger) is visibly off
-    wrong = paganin_filter(
-        block, pixel_size_um=PIXEL_UM, distance_m=4 * DIST_M, energy_kev=ENERGY_KEV,
+    # and at the physical δ/β httomolibgpu's filter is 4× too strong: visibly off
+    strong = paganin_filter(
+        block, pixel_size_um=PIXEL_UM, distance_m=DIST_M, energy_kev=ENERGY_KEV,
         ratio_delta_beta=RATIO,
     )
-    assert np.abs(wrong[0] - expected).max() > 0.1
+    assert np.abs(strong[0] - expected).max() > 0.1
 
 
 def test_filter_depends_on_distance_times_ratio_over_energy() -> None:
     rng = np.random.default_rng(1)
     block = (0.6 + 0.3 * rng.random((2, 20, 24))).astype(np.float32)
-    base = paganin_filter(block, distance_m=1.0, ratio_delta_beta=250.0)
+    # 20 µm pixels: a ≈ 1.2 pixel², a filter far from saturated (at 1.28 µm it is)
+    base = paganin_filter(block, pixel_size_um=20.0, distance_m=1.0, ratio_delta_beta=250.0)
     same = [
-        paganin_filter(block, distance_m=2.0, ratio_delta_beta=125.0),
-        paganin_filter(block, distance_m=2.0, energy_kev=106.0),  # λ ∝ 1/E
-        paganin_filter(block, pixel_size_um=2.56, distance_m=4.0),  # a / pixel² fixed
+        paganin_filter(block, pixel_size_um=20.0, distance_m=2.0, ratio_delta_beta=125.0),
+        paganin_filter(block, pixel_size_um=20.0, distance_m=2.0, energy_kev=106.0),  # λ ∝ 1/E
+        paganin_filter(block, pixel_size_um=40.0, distance_m=4.0),  # a / pixel² fixed
     ]
     for other in same:
         np.testing.assert_allclose(other, base, rtol=1e-6, atol=1e-6)
-    assert np.abs(paganin_filter(block, distance_m=2.0) - base).max() > 1e-3
-    # the coefficient in SI: a = z λ (δ/β) / (4π), λ(53 keV) = 0.2339 Å
-    assert paganin_filter_kernel_m2(1.0, 53.0, 250.0) == pytest.approx(
-        1.0 * 0.23393e-10 * 250 / (4 * math.pi), rel=1e-4
+    assert np.abs(paganin_filter(block, pixel_size_um=20.0, distance_m=2.0) - base).max() > 1e-3
+    # httomolibgpu's alpha in µm²: z λ (δ/β) / (4π), λ(53 keV) = 0.2339 Å
+    assert paganin_filter_kernel_um2(1.0, 53.0, 250.0) == pytest.approx(
+        1e6 * 0.23393e-4 * 250 / (4 * math.pi), rel=1e-4
     )
 
 
@@ -114,6 +117,7 @@ def test_padding_rules_follow_httomolibgpu() -> None:
     assert paganin_filter_pad(20, "next_power_of_2") == (6, 6)
     assert paganin_filter_pad(21, "next_power_of_2") == (5, 6)  # odd: the extra one after
     assert paganin_filter_pad(21, "next_fast_length") == (0, 0)
+    assert paganin_filter_pad(14, "next_fast_length") == (0, 0)  # 15: even axis, odd excess lost
     assert paganin_filter_pad(17, "next_fast_length") == (0, 1)
     assert paganin_filter_pad(17, "use_pad_x_y", 4) == (4, 4)
 
