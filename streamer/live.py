@@ -223,10 +223,7 @@ class LiveReconstruction:
         try:
             # A fixed CoR off this scan's detector, a normalisation the pipeline cannot
             # do, a scan bigger than the budget: refused before any frame is held.
-            refusal = center_outside(self.steps, start.cols)
-            if refusal is not None:
-                raise ScanFailedError(refusal)
-            check_normalisation(self.steps, start)
+            check_servable(self.steps, start)
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
@@ -416,6 +413,16 @@ class _Volume:
             self.failure = str(error)
             return
         self.written += int(block.data.shape[0])
+
+
+def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
+    """Refuse (:class:`~streamer.errors.ScanFailedError`) a scan the pipeline cannot serve,
+    from its ``start`` alone: a fixed CoR off its detector, or a normalisation the pipeline
+    cannot do. The same rule on one rank and on R ranks."""
+    refusal = center_outside(steps, start.cols)
+    if refusal is not None:
+        raise ScanFailedError(refusal)
+    check_normalisation(steps, start)
 
 
 def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:

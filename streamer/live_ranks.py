@@ -46,13 +46,12 @@ import msgpack
 import numpy as np
 
 from stages.prep.repair import RepairCounts
-from streamer.center_check import center_outside
 from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
 from streamer.exchange import Received
 from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
-from streamer.live import ScanOutput, check_normalisation, keep_newest
+from streamer.live import ScanOutput, check_servable, keep_newest
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -226,10 +225,7 @@ class RankedReconstruction:
         ranks = self.control.size
         try:
             # The same figures on every rank, so every rank refuses the same scans.
-            refusal = center_outside(self.steps, start.cols)
-            if refusal is not None:
-                raise ScanFailedError(refusal)
-            check_normalisation(self.steps, start)
+            check_servable(self.steps, start)
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,

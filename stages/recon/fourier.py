@@ -54,7 +54,6 @@ which smooths a little (closer to the analytic phantom here; the two agree to ab
 from __future__ import annotations
 
 import math
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from pydantic import Field
 
 from stages.checks import sinogram_inputs
 from stages.misc.geometry import circle_inside
+from stages.prep.kernel import worker_count
 from stages.recon.fbp import (
     FbpParams,
     FilterName,
@@ -142,12 +142,8 @@ def window_length(size: int, circle: bool) -> int:
 
 
 def _threads(threads: int | None) -> int:
-    if threads is not None:
-        return int(threads)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """``threads`` if given, else every CPU this process may run on."""
+    return int(threads) if threads is not None else worker_count()
 
 
 def _check(  # noqa: PLR0917 - one argument per parameter, checked in order

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -73,13 +72,6 @@ _UPSAMPFAC = fourier_grid._UPSAMPFAC
 _EPS_MIN, _EPS_MAX = 1e-4, 1e-1
 
 
-def _threads(threads: int | None) -> int:
-    if threads is not None:
-        return int(threads)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def window_geometry(size: int, center: float) -> tuple[int, int]:
@@ -170,7 +162,7 @@ class Projector:
         start, window = window_geometry(size, center)
         self.geometry = _Geometry(rows, len(angles_deg), cols, size, start, window)
         self.xp = xp
-        self.threads = _threads(threads)
+        self.threads = fourier_grid._threads(threads)
         theta = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
         omega = np.arange(window // 2 + 1) / window  # rfft frequencies, cycles/pixel
         radial = 2.0 * np.pi * omega
