@@ -341,7 +341,7 @@ def _format_options(parser: argparse.ArgumentParser, tiff_help: str) -> None:
     """``--output-format NAME`` (a sink of streamer.sinks.registry; ``--format`` is the
     input scan's format) and ``--tiff``, its alias."""
     parser.add_argument("--output-format", dest="output_format", default=None,
-                        metavar="hdf5|tiff",
+                        metavar="hdf5|tiff|zarr",
                         help="output format (default: from the output's suffix, else hdf5)")
     parser.add_argument("--tiff", dest="output_format", action="store_const", const="tiff",
                         help=tiff_help)
@@ -913,15 +913,11 @@ def _run_recon(args: argparse.Namespace) -> int:
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.httomo_loader import with_loader
     from streamer.recon import ReconSettings
-    from streamer.sinks.disk import check_writable
+    from streamer.sinks.registry import check_output
 
     # The output is written after the whole scan is read: check it can be, first.
     output_format = _output_format(args, args.output)
-    folder = output_format == "tiff"
-    check_writable(args.output, folder=folder, what="-o/--output")
-    if not folder and args.output.exists() and not args.overwrite:
-        raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
-                        "one (pass --overwrite to replace it)")
+    check_output(args.output, output_format, overwrite=args.overwrite)
     options = _load_options_from(args)
     if args.pipeline is not None:  # an HTTomo loader entry fills what the options leave
         options = with_loader(options, load_pipeline(args.pipeline, REGISTRY).loader)
@@ -1193,10 +1189,10 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     if args.feed:
         raise ConfigError("--feed: the live feed runs on one rank for now (with several "
                           "MPI ranks each sees only a share of the projections)")
-    if _output_format(args, None) != "hdf5":
-        raise ConfigError("--tiff/--output-format: with several MPI ranks the output is "
-                          "HDF5 (a part file per rank and a master file); run one rank "
-                          "for TIFF")
+    from streamer.sinks.ranked import ranked_output
+
+    output_format = _output_format(args, None)
+    ranked_output(output_format)  # a format R ranks can write, or a ConfigError
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
@@ -1226,7 +1222,8 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=_budget(args.memory), on_output=on_output,
-                                  center_source=center_source(args.center), log=log)
+                                  center_source=center_source(args.center), log=log,
+                                  output_format=output_format)
     with zmq.Context() as context, _stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
         socket = _consumer_socket(context, args,
