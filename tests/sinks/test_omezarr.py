@@ -6,6 +6,7 @@ edges built at the finish."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -61,7 +62,7 @@ def read_levels(store: Path) -> list[np.ndarray]:
 
 def assert_pyramid(levels: list[np.ndarray]) -> None:
     """Each level is the NumPy 2× mean of the level above (float32 rounding only)."""
-    for finer, coarser in zip(levels, levels[1:], strict=False):
+    for finer, coarser in itertools.pairwise(levels):
         np.testing.assert_allclose(coarser, mean_of_blocks(finer), rtol=1e-6, atol=1e-6)
 
 
@@ -187,8 +188,8 @@ def test_an_existing_store_is_kept_unless_overwrite(tmp_path: Path) -> None:
     assert read_written(store).shape == (3,)
     assert not (tmp_path / ".v.ome.zarr.old").exists()
     (tmp_path / "file.zarr").write_text("")
-    with pytest.raises(SinkError, match="expected a folder .an OME-Zarr store., got an "
-                                        "existing file"):
+    with pytest.raises(SinkError, match=r"expected a folder \(an OME-Zarr store\), got "
+                                        r"an existing file"):
         ZarrVolumeWriter(tmp_path / "file.zarr", **geometry(2))
 
 
