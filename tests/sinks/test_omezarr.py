@@ -310,3 +310,25 @@ def test_killed_after_a_band_leaves_a_store_that_opens_and_says_incomplete(
     level0 = np.asarray(group["0"][:])
     assert (level0[:2] == 1).all() and np.isnan(level0[2:]).all()
     assert validate_image(store) == []
+
+
+def test_the_image_tail_reads_a_store_as_it_reads_hdf5(tmp_path: Path) -> None:
+    """HTTomo's ``save_to_images`` after ``recon -o x.ome.zarr``: the same TIFFs as from
+    the HDF5 file of the same volume."""
+    import tifffile
+
+    from streamer.pipeline.images import ImageTail, write_images
+    from streamer.sinks.hdf5 import Hdf5VolumeWriter
+
+    data = volume(3, 16)
+    for name, writer in (("v.h5", Hdf5VolumeWriter), ("v.ome.zarr", ZarrVolumeWriter)):
+        (tmp_path / name.split(".")[-1]).mkdir()
+        with writer(tmp_path / name.split(".")[-1] / name, **geometry(3, 16)) as sink:
+            sink.write(0, data)
+    tail = ImageTail("images", 0, 8, (0.0, 100.0), True)
+    folder_h5, count_h5 = write_images(tmp_path / "h5" / "v.h5", "hdf5", tail)
+    folder_zarr, count_zarr = write_images(tmp_path / "zarr" / "v.ome.zarr", "zarr", tail)
+    assert count_h5 == count_zarr == 3 and folder_zarr == tmp_path / "zarr" / "images"
+    for index in range(3):
+        np.testing.assert_array_equal(tifffile.imread(folder_zarr / f"{index:05d}.tif"),
+                                      tifffile.imread(folder_h5 / f"{index:05d}.tif"))
