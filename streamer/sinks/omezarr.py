@@ -215,7 +215,8 @@ class ZarrVolumeWriter:
     slices in a store shared by R ranks, which joins the store (creating its arrays if it
     is first) and writes only slices ``[a, b)``; :func:`finish_store` then completes it.
     ``write(first_slice, slices)`` takes indices into the whole volume, bands in any
-    order.
+    order. A region writer joins the store whatever ``overwrite`` says: rank 0's
+    placeholder already replaced any older store, when the command allowed it.
     """
 
     def __init__(
@@ -431,23 +432,28 @@ class ZarrVolumeWriter:
 
     def _cascade(self, level: int, first: int, data: npt.NDArray[Any]) -> None:
         """The slices of ``level + 1`` that ``data`` (slices ``first …`` of ``level``)
-        completes: their means, written as one run per contiguous stretch."""
+        completes: their means, written as one run per contiguous stretch.
+
+        Only the first and the last parent can have a slice outside ``data`` (an odd
+        ``first``, or a band that ends mid-pair with the next slice written earlier):
+        those two are read back; the parents in between are the mean of a view of
+        ``data``.
+        """
         stop = first + data.shape[0]
         length = self.shapes[level][0]
         written, coarser = self._written[level], self._written[level + 1]
         ready = [parent for parent in range(first // 2, (stop - 1) // 2 + 1)
                  if not coarser[parent] and bool(written[slice(*children(parent, length))].all())]
         for run in _runs(ready):
+            inside = [p for p in run if first <= 2 * p and children(p, length)[1] <= stop]
             pieces = []
-            inner = [p for p in run if first <= 2 * p and children(p, length)[1] <= stop]
-            for parent in run:
-                if parent in inner and parent != inner[0]:
-                    continue
-                if parent in inner:  # the parents whose slices are all in ``data``: a view
-                    begin, end = 2 * inner[0], children(inner[-1], length)[1]
-                    pieces.append(downsample(data[begin - first:end - first]))
-                else:  # a band edge: its other slice was written earlier, read it back
-                    pieces.append(downsample(self._slices(level, parent, first, data)))
+            if run[0] not in inside:
+                pieces.append(downsample(self._slices(level, run[0], first, data)))
+            if inside:
+                begin, end = 2 * inside[0], children(inside[-1], length)[1]
+                pieces.append(downsample(data[begin - first:end - first]))
+            if run[-1] not in inside and len(run) > 1:
+                pieces.append(downsample(self._slices(level, run[-1], first, data)))
             self._store(level + 1, run[0], np.concatenate(pieces))
 
     def _slices(self, level: int, parent: int, first: int,

@@ -332,3 +332,29 @@ def test_the_image_tail_reads_a_store_as_it_reads_hdf5(tmp_path: Path) -> None:
     for index in range(3):
         np.testing.assert_array_equal(tifffile.imread(folder_zarr / f"{index:05d}.tif"),
                                       tifffile.imread(folder_h5 / f"{index:05d}.tif"))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_any_bands_in_any_order_give_the_same_pyramid(tmp_path: Path, seed: int) -> None:
+    """Random band cuts written in random order, by one writer and by one writer per
+    band (as ranks), give level 0 and every coarse level exactly."""
+    rng = np.random.default_rng(seed)
+    data = volume(13, 64, seed=seed)
+    cuts = np.sort(rng.choice(np.arange(1, 13), size=rng.integers(1, 6), replace=False))
+    bands = list(itertools.pairwise([0, *cuts.tolist(), 13]))
+    one = tmp_path / "one.ome.zarr"
+    shared = tmp_path / "shared.ome.zarr"
+    write_store_placeholder(shared, scan="z1", ranks=len(bands))
+    with ZarrVolumeWriter(one, **geometry(13, 64)) as writer:
+        for index in rng.permutation(len(bands)).tolist():
+            a, b = bands[index]
+            writer.write(a, data[a:b])
+            part = ZarrVolumeWriter(shared, **geometry(13, 64), region=(a, b))
+            part.write(a, data[a:b])
+            part.close(complete=True)
+    finish_store(shared, complete=True, report=None)
+    reference = read_levels(one)
+    np.testing.assert_array_equal(reference[0], data)
+    assert_pyramid(reference)
+    for mine, expected in zip(read_levels(shared), reference, strict=True):
+        np.testing.assert_array_equal(mine, expected)
