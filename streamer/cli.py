@@ -1259,7 +1259,8 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
 def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
                      settings: ReconSettings) -> int:
     """``mpiexec -n R tomo-streamer recon``: each rank reads and corrects a share of the
-    projections and reconstructs a band of rows; rank 0 writes the master file."""
+    projections and reconstructs a band of rows; rank 0 writes the master file (HDF5) or
+    finishes the one store (OME-Zarr)."""
     from streamer.center_check import check_center
     from streamer.live_ranks import recon_on_ranks
     from streamer.recon import pipeline_for
@@ -1283,7 +1284,7 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
         raise StreamerError(f"recon: nothing was written: {output.error}")
     state = "complete" if output.complete else "INCOMPLETE"
     center = "?" if output.center is None else f"{output.center:.2f}"
-    print(f"wrote {output.slices} slices to {output.path} ({state}, {link.size} part files) "
+    print(f"wrote {output.slices} slices to {output.path} ({state}, from {link.size} ranks) "
           f"in {time.perf_counter() - began:.1f} s; CoR {center}")
     if output.repaired:
         print(f"  repaired {output.repaired} pixel values (see the report in the output)")

@@ -5,7 +5,9 @@ they arrive; the reslice (:class:`~streamer.reslice.BandExchange`) sends each ra
 rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
 sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
 rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
-(:func:`streamer.sinks.hdf5.write_master`).
+(:func:`streamer.sinks.hdf5.write_master`). With ``output_format="zarr"`` every rank
+writes its band into one OME-Zarr store instead and rank 0 finishes the store
+(:mod:`streamer.sinks.ranked`, ADR 0007).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
