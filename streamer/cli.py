@@ -26,21 +26,21 @@ import numpy as np
 import zmq
 
 from streamer.errors import ConfigError, SinkError, StageError, StreamerError, TransportError
-from streamer.exchange import RankLink, launched_with_ranks
-from streamer.progress import Progress
-from streamer.protocol import Limits
+from streamer.exchange.links import RankLink, launched_with_ranks
+from streamer.run.progress import Progress
 from streamer.shipped import pipeline_file
-from streamer.transport import DEFAULT_SOURCE_ADDRESS, Endpoint, bound_address, open_socket
+from streamer.wire.protocol import Limits
+from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS, Endpoint, bound_address, open_socket
 
 # Everything heavier (the stage registry with algotom and SciPy, h5py, the feed, the
 # viewer) is imported by the command that needs it, so that ``--help`` and a mistake on
 # the command line answer about as fast as ``import numpy`` (tests/test_cli_startup.py).
 if TYPE_CHECKING:
-    from streamer.feed import LiveFeed
     from streamer.ingest.accounting import Rejections, ScanReport
     from streamer.ingest.service import IngestSettings
-    from streamer.live import ScanOutput
-    from streamer.recon import ReconSettings
+    from streamer.live.feed import LiveFeed
+    from streamer.run.from_file import ReconSettings
+    from streamer.run.one_rank import ScanOutput
     from streamer.sources.formats import LoadOptions
     from streamer.sources.sender import SendOptions
     from streamer.sources.simulate import SimulatedScan
@@ -394,7 +394,7 @@ def _load_options(parser: argparse.ArgumentParser) -> None:
 def _scan_id(text: str) -> str:
     import re
 
-    from streamer.protocol import SCAN_ID_PATTERN
+    from streamer.wire.protocol import SCAN_ID_PATTERN
 
     if len(text) > 128 or not re.fullmatch(SCAN_ID_PATTERN, text):
         raise argparse.ArgumentTypeError(
@@ -549,8 +549,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, feed: LiveFeed | None) -> int:
-    from streamer.demo import run_demo
     from streamer.ingest.report import format_report
+    from streamer.run.demo import run_demo
 
     result = run_demo(_simulated_scan(args), _send_options_from(args), args.out, feed=feed)
     print(format_report(result.report))
@@ -739,7 +739,7 @@ def _open_feed(args: argparse.Namespace) -> LiveFeed | None:
         if args.control is not None:
             raise ConfigError("--control: the control socket belongs to a feed; give --feed too")
         return None
-    from streamer.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
+    from streamer.live.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
 
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
     feed = LiveFeed(FeedSettings(
@@ -762,7 +762,7 @@ def _hold_feed(feed: LiveFeed | None, seconds: float) -> None:
 
 
 def _run_view(args: argparse.Namespace) -> int:
-    from streamer.viewer.server import ViewerSettings, serve
+    from streamer.live.viewer.server import ViewerSettings, serve
 
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
     settings = ViewerSettings(feed=args.feed, control=args.control, host=args.host,
@@ -814,8 +814,8 @@ def _budget(memory_gib: float | None) -> int | None:
 def _run_run(args: argparse.Namespace) -> int:
     _resolve_pipeline(args, "PIPELINE")
     from streamer.ingest.service import IngestService
-    from streamer.live import LiveReconstruction
-    from streamer.recon import ReconSettings, center_source, pipeline_for
+    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
+    from streamer.run.one_rank import LiveReconstruction
     from streamer.sinks.disk import check_writable
 
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
@@ -912,7 +912,7 @@ def _run_recon(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.httomo_loader import with_loader
-    from streamer.recon import ReconSettings
+    from streamer.run.from_file import ReconSettings
     from streamer.sinks.disk import check_writable
 
     # The output is written after the whole scan is read: check it can be, first.
@@ -954,8 +954,8 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
     if settings.output_format != "tiff" and settings.output.exists() and not args.overwrite:
         raise SinkError(f"{settings.output}: -o/--output: expected a new file, got an "
                         "existing one (pass --overwrite to replace it)")
-    from streamer.center_check import check_center
-    from streamer.recon import pipeline_for, run_recon
+    from streamer.run.center_check import check_center
+    from streamer.run.from_file import pipeline_for, run_recon
     from streamer.sources.formats import open_scan
 
     log = _log(args.quiet)
@@ -999,7 +999,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
     from streamer.pipeline.streaming import streaming_kind
-    from streamer.recon import ReconSettings, pipeline_for
+    from streamer.run.from_file import ReconSettings, pipeline_for
 
     pipeline = load_pipeline(args.pipeline, REGISTRY)
     if args.projections < 1:
@@ -1187,8 +1187,8 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         )
     from streamer.ingest.cluster import ClusterIngest
     from streamer.ingest.service import IngestService
-    from streamer.live_ranks import RankedReconstruction
-    from streamer.recon import ReconSettings, center_source, pipeline_for
+    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
+    from streamer.run.ranks import RankedReconstruction
 
     if args.feed:
         raise ConfigError("--feed: the live feed runs on one rank for now (with several "
@@ -1263,9 +1263,9 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
                      settings: ReconSettings) -> int:
     """``mpiexec -n R tomo-streamer recon``: each rank reads and corrects a share of the
     projections and reconstructs a band of rows; rank 0 writes the master file."""
-    from streamer.center_check import check_center
-    from streamer.live_ranks import recon_on_ranks
-    from streamer.recon import pipeline_for
+    from streamer.run.center_check import check_center
+    from streamer.run.from_file import pipeline_for
+    from streamer.run.ranks import recon_on_ranks
     from streamer.sources.formats import open_scan
 
     link = RankLink.world()

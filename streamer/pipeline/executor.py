@@ -9,7 +9,7 @@ from a stored scan) and:
    of projections as soon as the references are complete, so correction happens while the
    scan is still arriving;
 3. on one rank, writes the corrected projections straight into their columns of one
-   preallocated sinogram buffer (:class:`~streamer.sinobuffer.SinogramBand` over every
+   preallocated sinogram buffer (:class:`~streamer.exchange.sinobuffer.SinogramBand` over every
    row: the corrected scan is held once, never stacked or transposed again) and, when the
    scan is over, runs the sinogram section on blocks of that buffer (``(rows, angles,
    cols)``); with several ranks the reslice hands each rank its band instead.
@@ -45,12 +45,12 @@ from stages.prep.repair import (
 )
 from stages.spec import Pattern
 from streamer.errors import StageError
+from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.sections import split_sections
-from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
-from streamer.sinobuffer import SinogramBand
 from streamer.sources.scan import FrameReader
+from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ProcessedBlock:
 
 
 class StreamingHook(Protocol):
-    """A sinogram section run while the scan arrives (:mod:`streamer.live_streaming`)."""
+    """A sinogram section run while the scan arrives (:mod:`streamer.run.streaming`)."""
 
     def add(self, block: ProcessedBlock) -> None:
         """A corrected projection block."""
