@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.cli import EXAMPLES, build_parser, main
+from streamer.cli import COMMANDS, build_parser, main
 from streamer.sources.capture import read_capture
 from streamer.sources.formats import open_scan
 from streamer.wire.protocol import StartHeader, decode, decode_header
@@ -40,7 +40,11 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 # can drop messages still queued when a PUSH closes (libzmq issue #4660).
 
 
-@pytest.mark.parametrize("command", sorted(EXAMPLES))
+# One module per command, named as the command (streamer/cli/run.py is ``run``).
+COMMAND_NAMES = sorted(module.__name__.rsplit(".", 1)[1] for module in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMAND_NAMES)
 def test_every_command_has_help_with_an_example(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
