@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from streamer.cli.options import add_command, parse_frame_shape
 from streamer.cli.shared import memory_budget, resolve_pipeline
 from streamer.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLE = (
     "examples:\n"

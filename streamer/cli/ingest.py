@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
@@ -17,9 +17,6 @@ from streamer.errors import ConfigError
 from streamer.exchange.links import RankLink, launched_with_ranks
 from streamer.run.progress import Progress
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLE = (
     "examples:\n"

@@ -7,13 +7,10 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamer.wire.protocol import Limits
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
-
-if TYPE_CHECKING:
-    pass
 
 
 def add_command(commands: Any, example: str, name: str, help_text: str,

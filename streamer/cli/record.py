@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
@@ -12,9 +12,6 @@ from streamer.cli.options import add_command, add_consumer_endpoint_options
 from streamer.cli.receiving import consumer_socket
 from streamer.cli.shared import stop_on_signal
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLE = "example:\n  tomo-streamer record --from tcp://127.0.0.1:5555 -o capture.h5"
 

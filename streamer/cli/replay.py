@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
@@ -16,9 +16,6 @@ from streamer.cli.options import (
 )
 from streamer.cli.sending import source_endpoint, source_socket, stream_scan
 from streamer.cli.shared import check_scan_argument, load_options_from, stop_on_signal
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLE = (
     "examples:\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamer.cli.options import (
     add_command,
@@ -13,9 +13,6 @@ from streamer.cli.options import (
     add_source_endpoint_options,
 )
 from streamer.cli.sending import simulated_scan, source_endpoint, stream_scan
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLE = (
     "examples:\n"

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamer.cli.options import add_command
 from streamer.errors import TransportError
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLE = (
     "examples:\n"

@@ -5,7 +5,7 @@ they arrive; the reslice (:class:`~streamer.exchange.reslice.BandExchange`) send
 rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
 sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
 rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
-(:func:`streamer.sinks.hdf5.write_master`).
+(:func:`streamer.sinks.master.write_master`).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
