@@ -15,10 +15,10 @@ import pytest
 import zarr
 
 from streamer.cli import main
-from streamer.exchange import MemoryLink
-from streamer.live import ScanOutput
-from streamer.live_ranks import recon_on_ranks
-from streamer.recon import ReconSettings, run_recon
+from streamer.exchange.links import MemoryLink
+from streamer.run.from_file import ReconSettings, run_recon
+from streamer.run.one_rank import ScanOutput
+from streamer.run.ranks import recon_on_ranks
 from streamer.sinks.omezarr import read_written
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.conftest import start_consumer_cli
