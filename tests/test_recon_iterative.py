@@ -72,7 +72,8 @@ def _recon(tmp_path: Path, scan_path: Path, text: str | None) -> Path:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_httomo_iterative_entries_run_through_recon(
-    method: str, scan: tuple[Path, SimulatedScan], tmp_path: Path
+    method: str, scan: tuple[Path, SimulatedScan], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Each method, named as in HTTomo, reconstructs the noisy 60-angle scan better than the
     default fourier_fbp (measured rel. L2: FBP 0.20; SIRT 0.13, CGLS 0.14, FISTA-TV 0.12;
@@ -80,8 +81,14 @@ def test_httomo_iterative_entries_run_through_recon(
     scan_path, simulated = scan
     fbp_error, _ = _error(_recon(tmp_path / "fbp", scan_path, None), simulated)
     text = NORMALIZE + f"- method: {method}\n  module_path: httomolibgpu.recon.algorithm\n"
+    capsys.readouterr()
     error, stored = _error(_recon(tmp_path, scan_path, text + METHODS[method]), simulated)
     assert f"method: {method}" in stored and "fourier_fbp" not in stored
+    # The terminal summary counts every iteration of every band (progress per iteration).
+    iterations = int(METHODS[method].split("iterations: ")[1].split(",")[0].split("\n")[0])
+    stage = {"SIRT3d_tomobar": "sirt", "CGLS3d_tomobar": "cgls",
+             "FISTA3d_tomobar": "fista", "OSEM3d_tomobar": "osem"}[method]
+    assert f"  {stage}: {iterations} iterations in each of " in capsys.readouterr().out
     assert error < 0.8 * fbp_error, (error, fbp_error)
 
 

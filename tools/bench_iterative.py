@@ -52,6 +52,7 @@ import numpy.typing as npt
 from stages.recon.fourier import fourier_fbp
 from stages.recon.iterative import cgls, fista, sirt
 from stages.recon.projector import Projector
+from stages.spec import Iteration
 from streamer.sources.phantom import fit_radius_px, project, shepp_logan_3d, voxelise
 
 Array = npt.NDArray[Any]
@@ -103,10 +104,10 @@ def run_ours(name: str, method: Callable[..., Array], block: Array, angles: Arra
     errors: list[float] = []
     spent = [0.0]
 
-    def on_iteration(done: int, total: int, x: Array) -> None:
+    def on_iteration(step: Iteration) -> None:
         now = time.perf_counter()
         stamps.append(now - spent[0])
-        errors.append(error(x[0], truth))
+        errors.append(error(step.iterate[0], truth))
         spent[0] += time.perf_counter() - now
 
     start = time.perf_counter()

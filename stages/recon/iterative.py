@@ -31,16 +31,17 @@ the padded detector and cropped), ``recon_mask_radius`` (voxels outside
 Each slice is solved on its own and no step depends on other rows, so bands on 1..R ranks
 give the same volume (bit-identical with the same thread count; with another, finufft's
 threaded spreading rounds differently and CGLS may amplify it to ~0.5 % in its middle
-iterations, see the explanation page). Progress: ``on_iteration(done, total, iterate)``
-is called after each iteration (pass it when calling the functions; a pipeline run does
-not: the stage contract has no progress channel). The arithmetic
-uses the band's array module, so cupy with cufinufft runs the same code (not tested here).
+iterations, see the explanation page). Progress: ``on_iteration`` gets a
+:class:`stages.spec.Iteration` after each iteration, with the relative residual
+``‖A x − b‖/‖b‖`` (SIRT, CGLS: free, they hold ``b − A x``) or the relative update
+``‖Δx‖/‖x‖`` (FISTA, ADMM); a pipeline run passes one per band (the stages declare
+``reports_progress``). The arithmetic uses the band's array module, so cupy with
+cufinufft runs the same code (not tested here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -52,7 +53,7 @@ from stages.misc.denoise import pd_tv, rof_tv
 from stages.misc.geometry import circle_inside
 from stages.recon.fourier import fourier_fbp
 from stages.recon.projector import Projector, window_geometry
-from stages.spec import Pattern, StageParams, StageSpec
+from stages.spec import Iteration, IterationCallback, Pattern, StageParams, StageSpec
 from streamer.errors import StageError
 
 __all__ = [
@@ -68,9 +69,9 @@ __all__ = [
     "sirt",
 ]
 
-#: ``on_iteration(done, total, iterate)``: ``iterate`` is the working ``(rows, n, n)``
-#: float32 slices (before the final clamp, crop and mask), to read, not to modify.
-Progress = Callable[[int, int, npt.NDArray[np.float32]], None]
+#: ``on_iteration(Iteration)``: its ``iterate`` is the working ``(rows, n, n)`` float32
+#: slices (before the final clamp, crop and mask), to read, not to modify.
+Progress = IterationCallback
 Regulariser = Literal["PD_TV", "ROF_TV"]
 Start = Literal["FBP", "CGLS"]
 #: Power iterations for ``‖A‖²`` (from the constant image, the top eigenvector's
@@ -271,10 +272,28 @@ def lipschitz(projector: Projector) -> float:
     return _POWER_SAFETY * value
 
 
+def _norm(values: Any) -> float:
+    """The 2-norm of a whole band, in float64 (a host float)."""
+    flat = values.reshape(-1)
+    return math.sqrt(float(flat.astype(np.float64) @ flat.astype(np.float64)))
+
+
+def _relative(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else 0.0
+
+
 def _notify(on_iteration: Progress | None, done: int, total: int,
-            iterate: npt.NDArray[np.float32]) -> None:
+            iterate: npt.NDArray[np.float32], *, residual: float | None = None,
+            change: float | None = None) -> None:
     if on_iteration is not None:
-        on_iteration(done, total, iterate)
+        on_iteration(Iteration(done, total, residual, change, iterate))
+
+
+def _change(on_iteration: Progress | None, x: Any, previous: Any) -> float | None:
+    """``‖x − previous‖ / ‖x‖`` when someone listens (a slice-sized pass), else None."""
+    if on_iteration is None:
+        return None
+    return _relative(_norm(x - previous), _norm(x))
 
 
 def _cgls_loop(
@@ -288,6 +307,7 @@ def _cgls_loop(
     s = projector.adjoint(residual)
     direction = s.copy()
     gamma = _per_slice(s)
+    data_norm = _norm(data)
     for done in range(iterations):
         ad = projector.forward(direction)
         denominator = _per_slice(ad)
@@ -300,7 +320,8 @@ def _cgls_loop(
         beta = np.divide(gamma_new, gamma, out=np.zeros_like(gamma), where=gamma > 0)
         direction = s + beta.astype(np.float32)[:, None, None] * direction
         gamma = gamma_new
-        _notify(on_iteration, done + 1, iterations, x)
+        _notify(on_iteration, done + 1, iterations, x,
+                residual=_relative(_norm(residual), data_norm))
     return x
 
 
@@ -338,11 +359,16 @@ def sirt(
     floor = _SIRT_FLOOR * float(col_sum.max())
     weight_c = np.divide(1.0, col_sum, out=np.zeros_like(col_sum), where=col_sum > floor)
     x = problem.start(p["initialisation"])
+    data_norm = _norm(problem.data)
+    residual = problem.data - a.forward(x)
     for done in range(p["iterations"]):
-        x += weight_c * a.adjoint(weight_r * (problem.data - a.forward(x)))
+        x += weight_c * a.adjoint(weight_r * residual)
         if problem.nonnegativity:
             np.maximum(x, 0.0, out=x)
-        _notify(on_iteration, done + 1, p["iterations"], x)
+        if done + 1 < p["iterations"] or on_iteration is not None:
+            residual = problem.data - a.forward(x)  # the next step's, reported now
+        _notify(on_iteration, done + 1, p["iterations"], x,
+                residual=_relative(_norm(residual), data_norm))
     return problem.finish(x)
 
 
@@ -378,6 +404,7 @@ def fista(
     y = x.copy()
     t = 1.0
     for done in range(p["iterations"]):
+        before = x
         for index, part in enumerate(problem.parts):
             x_old = x
             gradient = part.adjoint(part.forward(y) - problem.subset_data(index))
@@ -389,7 +416,8 @@ def fista(
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
             y = x + np.float32((t - 1.0) / t_new) * (x - x_old)
             t = t_new
-        _notify(on_iteration, done + 1, p["iterations"], x)
+        _notify(on_iteration, done + 1, p["iterations"], x,
+                change=_change(on_iteration, x, before))
     return problem.finish(x)
 
 
@@ -411,6 +439,7 @@ def admm(
     z_old: npt.NDArray[np.float32] | None = None
     u = np.zeros_like(x)
     for done in range(p["iterations"]):
+        before = x
         for index, part in enumerate(problem.parts):
             gradient = part.adjoint(part.forward(z) - problem.subset_data(index))
             gradient += np.float32(rho) * (z - x + u)
@@ -423,7 +452,8 @@ def admm(
             x = _prox(z + u, p["regularisation_type"], p["regularisation_parameter"] / rho,
                       p["regularisation_iterations"], problem.nonnegativity)
         u += z - x
-        _notify(on_iteration, done + 1, p["iterations"], x)
+        _notify(on_iteration, done + 1, p["iterations"], x,
+                change=_change(on_iteration, x, before))
     return problem.finish(x)
 
 
@@ -465,28 +495,28 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="sirt", fn=sirt, pattern=Pattern.SINOGRAM, params=SirtParams,
         angle_local=False,  # all angles, every iteration
-        memory=_iterative_memory, needs_angles=True,
+        memory=_iterative_memory, needs_angles=True, reports_progress=True,
         summary="SIRT with the NUFFT projector pair (about 2 Fourier FBPs per iteration)",
         aliases=(_ALIAS + "SIRT3d_tomobar",),
     ),
     StageSpec(
         name="cgls", fn=cgls, pattern=Pattern.SINOGRAM, params=CglsParams,
         angle_local=False,  # all angles, every iteration
-        memory=_iterative_memory, needs_angles=True,
+        memory=_iterative_memory, needs_angles=True, reports_progress=True,
         summary="CGLS (conjugate gradients on the normal equations), per slice",
         aliases=(_ALIAS + "CGLS3d_tomobar",),
     ),
     StageSpec(
         name="fista", fn=fista, pattern=Pattern.SINOGRAM, params=FistaParams,
         angle_local=False,  # all angles, every iteration
-        memory=_iterative_memory, needs_angles=True,
+        memory=_iterative_memory, needs_angles=True, reports_progress=True,
         summary="FISTA with ordered subsets and a TV proximal step (PD_TV or ROF_TV)",
         aliases=(_ALIAS + "FISTA3d_tomobar",),
     ),
     StageSpec(
         name="admm", fn=admm, pattern=Pattern.SINOGRAM, params=AdmmParams,
         angle_local=False,  # all angles, every iteration
-        memory=_iterative_memory, needs_angles=True,
+        memory=_iterative_memory, needs_angles=True, reports_progress=True,
         summary="linearised ADMM with ordered subsets and a TV proximal step (ToMoBAR's)",
         aliases=(_ALIAS + "ADMM3d_tomobar",),
     ),
