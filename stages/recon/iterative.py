@@ -1,10 +1,10 @@
-"""Model-based reconstruction of sinogram bands: SIRT, CGLS, FISTA-TV and ADMM-TV.
+"""Model-based reconstruction of sinogram bands: SIRT, CGLS, FISTA-TV, ADMM-TV and OSEM.
 
-Each solves, per slice, a least-squares problem ``min ½‖A x − b‖² (+ TV)`` with the NUFFT
-projector pair of :mod:`stages.recon.projector` (one ``A`` plus one ``Aᵀ`` costs about
-two Fourier FBPs), following ToMoBAR's algorithms, which HTTomo runs as
-``httomolibgpu.recon.algorithm.SIRT3d_tomobar``, ``CGLS3d_tomobar``, ``FISTA3d_tomobar``
-and ``ADMM3d_tomobar`` (their names and parameters are accepted):
+The first four solve, per slice, a least-squares problem ``min ½‖A x − b‖² (+ TV)`` with
+the NUFFT projector pair of :mod:`stages.recon.projector` (one ``A`` plus one ``Aᵀ`` costs
+about two Fourier FBPs), following ToMoBAR's algorithms, which HTTomo runs as
+``httomolibgpu.recon.algorithm.SIRT3d_tomobar``, ``CGLS3d_tomobar``, ``FISTA3d_tomobar``,
+``ADMM3d_tomobar`` and ``OSEM3d_tomobar`` (their names and parameters are accepted):
 
 * **SIRT**: ``x ← x + C Aᵀ R (b − A x)``, ``R = 1/A1``, ``C = 1/Aᵀ1`` (0 where the
   denominators vanish: rays missing the slice), clamped at 0 with ``nonnegativity``.
@@ -21,6 +21,14 @@ and ``ADMM3d_tomobar`` (their names and parameters are accepted):
 * **ADMM** (ToMoBAR's linearised, relaxed variant): a gradient step on
   ``½‖Aₛz − bₛ‖² + ρ/2 ‖z − x + u‖²`` with step ``0.9/(L + ρ)``, relaxation, the TV
   proximal step with ``λ/ρ`` for ``x``, and the dual update, from an FBP or CGLS start.
+* **OSEM** (Hudson & Larkin 1994; MLEM with one subset): the Poisson maximum-likelihood
+  update ``x ← x · Aₛᵀ(bₛ / Aₛ x) / Aₛᵀ1`` per subset, which needs ``A ≥ 0``: it uses the
+  pixel-driven pair of :mod:`stages.recon.pixel_projector` (the NUFFT model rings). The
+  start is the constant image whose projections hold the data's total; negative data
+  (noise after −log) count as 0. With a regulariser, the TV proximal step follows each
+  iteration with ``λ τ``, ``τ`` the slice's mean EM step ``x / Aᵀ1`` over the pixels the
+  rays see (our scaling: a forward-backward step on ``KL(b, Ax) + λ TV(x)``; ToMoBAR's own
+  scaling was not available to check).
 
 Common parameters: ``center`` (0-based detector column), ``recon_size`` (edge ``N``),
 ``detector_pad`` (edge-value padding of ``True``: HTTomo's automatic width, or an
@@ -52,6 +60,7 @@ from stages.checks import sinogram_inputs
 from stages.misc.denoise import pd_tv, rof_tv
 from stages.misc.geometry import circle_inside
 from stages.recon.fourier import fourier_fbp
+from stages.recon.pixel_projector import CHUNK_ENTRIES, PixelProjector
 from stages.recon.projector import Projector, window_geometry
 from stages.spec import Iteration, IterationCallback, Pattern, StageParams, StageSpec
 from streamer.errors import StageError
@@ -61,11 +70,13 @@ __all__ = [
     "AdmmParams",
     "CglsParams",
     "FistaParams",
+    "OsemParams",
     "SirtParams",
     "admm",
     "cgls",
     "fista",
     "lipschitz",
+    "osem",
     "sirt",
 ]
 
@@ -163,11 +174,33 @@ class AdmmParams(RegularisedParams):
     nonnegativity: bool = Field(False, description="clamp the slices at 0")
 
 
+class OsemParams(IterativeParams):
+    """Parameters of :func:`osem` (the httomo-backends template's names and defaults)."""
+
+    iterations: int = Field(20, ge=1, description="OSEM iterations (each over all subsets)")
+    subsets_number: int = Field(12, ge=1, description="ordered subsets of angles (1: MLEM)")
+    regularisation_type: Regulariser | None = Field(
+        "PD_TV", description="TV proximal step after each iteration: PD_TV, ROF_TV or None"
+    )
+    regularisation_parameter: float = Field(
+        1.0, ge=0.0, allow_inf_nan=False,
+        description="λ, times the mean EM step (0: plain OSEM)",
+    )
+    regularisation_iterations: int = Field(30, ge=1, description="inner TV iterations")
+    regularisation_half_precision: bool = Field(
+        True, description="accepted for HTTomo; float32 here"
+    )
+
+
+#: The projector models: the NUFFT pair (least squares) and the non-negative pixel pair.
+Model = Literal["nufft", "pixel"]
+
+
 class _Problem:
-    """One band's least-squares problem: padded data, the projector(s), the output crop."""
+    """One band's problem: padded data, the projector(s), the output crop."""
 
     def __init__(self, stage: str, block: Any, angles_deg: Any, params: dict[str, Any],
-                 subsets: int = 1) -> None:
+                 subsets: int = 1, *, model: Model = "nufft") -> None:
         sino, angles = sinogram_inputs(stage, block, angles_deg, params.get("center"),
                                        params.get("recon_size"))
         rows, n_angles, cols = sino.shape
@@ -189,22 +222,26 @@ class _Problem:
         self.nonnegativity = bool(params["nonnegativity"])
         self.data = sino
         self.rows = rows
+        self.model = model
         order = np.argsort(np.mod(angles, 180.0), kind="stable")
         self.subsets = [np.sort(order[s::subsets]) for s in range(subsets)]
-        self._full: Projector | None = None
+        self._full: Projector | PixelProjector | None = None
         self.parts = (
             [self.full] if subsets == 1 else [self.projector(s) for s in self.subsets]
         )
 
     @property
-    def full(self) -> Projector:
+    def full(self) -> Projector | PixelProjector:
         """The projector over all angles (made on first use: FISTA/ADMM with subsets need
         it only for a CGLS start)."""
         if self._full is None:
             self._full = self.projector(np.arange(self.angles.shape[0]))
         return self._full
 
-    def projector(self, chosen: npt.NDArray[np.intp]) -> Projector:
+    def projector(self, chosen: npt.NDArray[np.intp]) -> Projector | PixelProjector:
+        if self.model == "pixel":
+            return PixelProjector(self.angles[chosen], self.cols, self.work, self.center,
+                                  self.rows)
         return Projector(self.angles[chosen], self.cols, self.work, self.center, self.rows,
                          eps=self.eps, threads=self.threads)
 
@@ -260,7 +297,7 @@ def _per_slice(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return result
 
 
-def lipschitz(projector: Projector) -> float:
+def lipschitz(projector: Projector | PixelProjector) -> float:
     """``‖A‖²`` (the largest eigenvalue of ``AᵀA``) by power iteration from a constant
     image, times a 5 % margin; the same for every band of the same geometry."""
     x = np.ones(projector.shape_image, dtype=np.float32)
@@ -297,7 +334,7 @@ def _change(on_iteration: Progress | None, x: Any, previous: Any) -> float | Non
 
 
 def _cgls_loop(
-    projector: Projector,
+    projector: Projector | PixelProjector,
     data: npt.NDArray[np.float32],
     x: npt.NDArray[np.float32],
     iterations: int,
@@ -457,6 +494,67 @@ def admm(
     return problem.finish(x)
 
 
+def osem(
+    block: npt.NDArray[Any],
+    *,
+    angles_deg: npt.NDArray[np.float64],
+    on_iteration: Progress | None = None,
+    **params: Any,
+) -> npt.NDArray[np.float32]:
+    """OSEM (MLEM with ``subsets_number=1``) of a sinogram band with the non-negative
+    pixel-driven projector, optionally with a TV proximal step; ``params`` are
+    :class:`OsemParams`. The result is ``≥ 0`` (before the mask) whatever the data."""
+    p = dict(_validated("osem", OsemParams, params))
+    problem = _Problem("osem", block, angles_deg, p, subsets=p["subsets_number"],
+                       model="pixel")
+    data = [np.maximum(problem.subset_data(i), 0.0) for i in range(len(problem.parts))]
+    ones = [np.ones(part.shape_sinogram, dtype=np.float32) for part in problem.parts]
+    sensitivity = [part.adjoint(one) for part, one in zip(problem.parts, ones, strict=True)]
+    seen = sum(sensitivity[1:], sensitivity[0])  # Aᵀ1 over all angles
+    visible = seen > 0
+    # The constant start whose projections hold the data's total, per slice.
+    total = np.einsum("rij->r", np.maximum(problem.data, 0.0), dtype=np.float64)
+    footprint = np.einsum("rij->r", seen, dtype=np.float64)
+    level = np.divide(total, footprint, out=np.zeros_like(total), where=footprint > 0)
+    x = np.where(visible, level.astype(np.float32)[:, None, None], np.float32(0.0))
+    x = x.astype(np.float32)
+    inverse = [np.divide(1.0, s, out=np.zeros_like(s), where=s > 0) for s in sensitivity]
+    inverse_seen = np.divide(1.0, seen, out=np.zeros_like(seen), where=visible)
+    for done in range(p["iterations"]):
+        before = x.copy() if on_iteration is not None else x
+        for index, part in enumerate(problem.parts):
+            projected = part.forward(x)
+            ratio = np.divide(data[index], projected, out=np.zeros_like(projected),
+                              where=projected > 0)
+            update = part.adjoint(ratio)
+            update *= inverse[index]
+            # pixels this subset does not see keep their value (update factor 1)
+            update[sensitivity[index] <= 0] = 1.0
+            x *= update
+            if p["regularisation_type"] is not None and p["regularisation_parameter"] > 0:
+                x = _em_prox(x, inverse_seen, visible, p)
+        _notify(on_iteration, done + 1, p["iterations"], x,
+                change=_change(on_iteration, x, before))
+    return problem.finish(x)
+
+
+def _em_prox(x: npt.NDArray[np.float32], inverse: npt.NDArray[np.float32],
+             seen: npt.NDArray[np.bool_], p: dict[str, Any]) -> npt.NDArray[np.float32]:
+    """The TV proximal step after a subset's EM update, with ``λ τ``: a subset's update
+    is about a full-gradient step preconditioned by ``x / Aᵀ1`` (``Aₛᵀ1 ≈ Aᵀ1 / S``
+    and the subset's gradient ≈ the full one / S), so ``τ`` is the slice's mean
+    ``x / Aᵀ1`` over the pixels the rays see (each slice its own: bands stay
+    independent). Clamped at 0: the next EM update needs ``x ≥ 0`` (ROF does not clamp)."""
+    for row in range(x.shape[0]):
+        steps = (x[row] * inverse[row])[seen[row]]
+        tau = float(steps.mean()) if steps.size else 0.0
+        x[row : row + 1] = _prox(x[row : row + 1], p["regularisation_type"],
+                                 p["regularisation_parameter"] * tau,
+                                 p["regularisation_iterations"], True)
+    np.maximum(x, 0.0, out=x)
+    return x
+
+
 def _validated(stage: str, model: type[StageParams], params: dict[str, Any]) -> StageParams:
     """The parameters as the model's instance: unknown names and bad values are refused
     with the stage's name (also when the functions are called directly)."""
@@ -490,6 +588,23 @@ def _iterative_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params:
     )
 
 
+def _osem_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+    """One band's peak: the sparse matrices (12 bytes per entry, ``2 × angles × N²``
+    entries, plus their build's temporaries: ~40 bytes per entry of a chunk), the data and
+    its per-subset copy, ratio and ones (4 sinogram-sized float32 buffers) and about
+    ``8 + subsets`` slice-sized buffers (iterate, sensitivities, update, TV's work)."""
+    rows, angles, cols = shape
+    pad = _pad_width("memory", getattr(params, "detector_pad", False), cols)
+    size = cols if getattr(params, "recon_size", None) is None else int(params.recon_size)
+    work = max(size, cols + 2 * pad) if pad else size
+    subsets = int(getattr(params, "subsets_number", 1))
+    return int(
+        2 * angles * work * work * 12 + 40 * min(2 * angles * work * work, CHUNK_ENTRIES)
+        + 4 * rows * angles * (cols + 2 * pad) * 4
+        + (8 + subsets) * rows * work * work * 4
+    )
+
+
 _ALIAS = "httomolibgpu.recon.algorithm."
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
@@ -519,5 +634,13 @@ SPECS: tuple[StageSpec, ...] = (
         memory=_iterative_memory, needs_angles=True, reports_progress=True,
         summary="linearised ADMM with ordered subsets and a TV proximal step (ToMoBAR's)",
         aliases=(_ALIAS + "ADMM3d_tomobar",),
+    ),
+    StageSpec(
+        name="osem", fn=osem, pattern=Pattern.SINOGRAM, params=OsemParams,
+        angle_local=False,  # all angles, every iteration
+        memory=_osem_memory, needs_angles=True, reports_progress=True,
+        summary="OSEM (MLEM with 1 subset): Poisson maximum likelihood with the "
+        "non-negative pixel-driven projector, optional TV proximal step",
+        aliases=(_ALIAS + "OSEM3d_tomobar",),
     ),
 )

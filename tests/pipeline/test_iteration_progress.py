@@ -33,7 +33,7 @@ def _run(method_yaml: str) -> tuple[list[BandIteration], list[str]]:
     return events, processor.iterations.summary()
 
 
-@pytest.mark.parametrize("method", ["sirt", "cgls", "fista"])
+@pytest.mark.parametrize("method", ["sirt", "cgls", "fista", "osem"])
 def test_every_iteration_of_every_band_is_reported_in_order(method: str) -> None:
     events, summary = _run(f"  - method: {method}\n    parameters: {{iterations: "
                            f"{ITERATIONS}, center: 15.5}}\n")
