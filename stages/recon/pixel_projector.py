@@ -9,8 +9,8 @@ detector at ``t = center + x cos θ + y sin θ`` and is split between the column
 ``⌊t⌋`` and ``⌊t⌋ + 1`` with the linear weights ``1 − f`` and ``f`` (``f = t − ⌊t⌋``),
 so ``A`` has two entries per pixel and angle, all in ``[0, 1]``, and every column of
 ``A`` (a pixel at one angle) sums to 1 where the detector sees it: the projection of a
-pixel keeps its mass. The adjoint is the transpose of the same sparse matrix (one CSR
-matrix built per geometry, ``2 × angles × N²`` entries), so ``<A x, y> = <x, Aᵀ y>``
+pixel keeps its mass. The adjoint is the transpose of the same sparse matrix (one matrix
+built per geometry, ``2 × angles × N²`` entries), so ``<A x, y> = <x, Aᵀ y>``
 holds to float32 rounding.
 
 Geometry: the NUFFT pair's (and ``fourier_fbp``'s): ``img[iy, ix]`` with
@@ -27,7 +27,6 @@ are then cuSPARSE's. That path has not run on a device (no GPU was lent).
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -42,16 +41,18 @@ __all__ = ["CHUNK_ENTRIES", "MAX_ENTRIES", "PixelProjector", "pixel_matrix"]
 #: The largest matrix built (entries; 12 bytes each on the host): 2 × angles × N² must
 #: stay under it, e.g. 1,800 angles of 512² or 180 angles of 1,400² (about 4.5 GB).
 MAX_ENTRIES = 400_000_000
-#: Matrix entries built per chunk of angles (bounds the build's temporaries to about
+#: Matrix entries built per chunk of pixel rows (bounds the build's temporaries to about
 #: 40 bytes per entry of a chunk, ~80 MB).
 CHUNK_ENTRIES = 2_000_000
 
 
 def pixel_matrix(angles_deg: npt.NDArray[np.float64], cols: int, size: int,
-                 center: float) -> scipy.sparse.csr_matrix:
-    """``A`` as a CSR matrix of shape ``(angles × cols, size²)``, float32: row
+                 center: float) -> scipy.sparse.csc_matrix:
+    """``A`` as a sparse matrix of shape ``(angles × cols, size²)``, float32: row
     ``a · cols + k`` is detector column ``k`` at angle ``a``, column ``iy · N + ix`` the
-    pixel. Raises :class:`StageError` when it would hold more than :data:`MAX_ENTRIES`."""
+    pixel. Built directly as the CSR form of ``Aᵀ`` (a pixel's entries, angle by angle,
+    are already in column order: no sort, no COO) and returned as its transpose, a CSC
+    view. Raises :class:`StageError` when it would hold more than :data:`MAX_ENTRIES`."""
     angles = np.asarray(angles_deg, dtype=np.float64)
     entries = 2 * angles.size * size * size
     if entries > MAX_ENTRIES:
@@ -63,36 +64,51 @@ def pixel_matrix(angles_deg: npt.NDArray[np.float64], cols: int, size: int,
     half = (size - 1) / 2
     x = np.arange(size, dtype=np.float64) - half
     y = ROW_SIGN * (np.arange(size, dtype=np.float64) - half)
-    pixels = np.arange(size * size, dtype=np.int64)
     theta = np.deg2rad(angles)
-    chunk = max(1, CHUNK_ENTRIES // (2 * size * size))
-    parts = []
-    for first in range(0, angles.size, chunk):
-        cos = np.cos(theta[first : first + chunk])[:, None, None]
-        sin = np.sin(theta[first : first + chunk])[:, None, None]
-        t = (center + cos * x[None, None, :] + sin * y[None, :, None]).reshape(len(cos), -1)
+    cos, sin = np.cos(theta), np.sin(theta)
+    base = np.arange(angles.size, dtype=np.int64) * cols  # first row of each angle
+    chunk = max(1, CHUNK_ENTRIES // (2 * angles.size * size))  # pixel rows per chunk
+    index_type = np.int32 if angles.size * cols < 2**31 else np.int64
+    counts, indices, weights = [], [], []
+    for first in range(0, size, chunk):
+        # t[pixel, angle] for the pixel rows first … first+chunk−1
+        t = (center + np.multiply.outer(x, cos)[None, :, :]
+             + np.multiply.outer(y[first : first + chunk], sin)[:, None, :])
+        t = t.reshape(-1, angles.size)
         k0 = np.floor(t)
-        frac = (t - k0).astype(np.float32)
-        k0i = k0.astype(np.int64)
-        count = cos.shape[0]
-        base = (np.arange(count, dtype=np.int64) * cols)[:, None]  # rows of this chunk
-        rows, columns, weights = [], [], []
-        for shift, weight in ((0, 1.0 - frac), (1, frac)):
-            column = k0i + shift
-            keep = (column >= 0) & (column < cols) & (weight > 0)
-            rows.append((base + column)[keep])
-            columns.append(np.broadcast_to(pixels, column.shape)[keep])
-            weights.append(weight[keep])
-        parts.append(scipy.sparse.csr_matrix(
-            (np.concatenate(weights), (np.concatenate(rows), np.concatenate(columns))),
-            shape=(count * cols, size * size), dtype=np.float32))
-    matrix = scipy.sparse.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
-    result: scipy.sparse.csr_matrix = matrix.astype(np.float32)
+        k = k0.astype(np.int64)
+        # (pixels, angles, 2): columns k0 and k0 + 1 with weights 1 − f and f
+        weight = np.empty((*t.shape, 2), dtype=np.float32)
+        weight[..., 1] = t - k0
+        weight[..., 0] = 1.0 - weight[..., 1]
+        both = np.empty((*t.shape, 2), dtype=index_type)
+        both[..., 0] = k + base
+        both[..., 1] = both[..., 0] + 1
+        if k.min() >= 0 and k.max() + 1 < cols:  # the detector sees the whole slice
+            counts.append(np.full(t.shape[0], 2 * angles.size, dtype=np.int64))
+            indices.append(both.reshape(-1))
+            weights.append(weight.reshape(-1))
+            continue
+        keep = np.stack((k >= 0, k + 1 >= 0), axis=-1) & np.stack((k < cols, k + 1 < cols),
+                                                                   axis=-1)
+        counts.append(keep.reshape(keep.shape[0], -1).sum(axis=1))
+        indices.append(both[keep])
+        weights.append(weight[keep])
+    indptr = np.concatenate(([0], np.cumsum(np.concatenate(counts))))
+    transpose = scipy.sparse.csr_matrix(
+        (np.concatenate(weights), np.concatenate(indices), indptr),
+        shape=(size * size, angles.size * cols),
+    )
+    result: scipy.sparse.csc_matrix = transpose.T
     return result
 
 
-def _device_sparse(xp: ModuleType) -> Any:
-    """``cupyx.scipy.sparse`` for a CuPy band."""
+def _device_sparse(xp: Any) -> Any:
+    """``cupyx.scipy.sparse`` for a CuPy band (or the twin a test namespace carries as
+    ``scipy_sparse``)."""
+    twin = getattr(xp, "scipy_sparse", None)
+    if twin is not None:
+        return twin
     try:
         return importlib.import_module("cupyx.scipy.sparse")
     except ImportError as error:  # pragma: no cover - the gpu extra
@@ -120,13 +136,13 @@ class PixelProjector:
         Slices per call.
     xp : module
         ``numpy`` or ``cupy``: where the band lives.
-    matrix : scipy.sparse.csr_matrix, optional
+    matrix : scipy.sparse matrix, optional
         ``A`` already built for this geometry (shared between calls).
     """
 
     def __init__(self, angles_deg: npt.NDArray[np.float64], cols: int, size: int,
-                 center: float, rows: int, *, xp: ModuleType = np,
-                 matrix: scipy.sparse.csr_matrix | None = None) -> None:
+                 center: float, rows: int, *, xp: Any = np,
+                 matrix: scipy.sparse.csc_matrix | None = None) -> None:
         if min(cols, size, rows, len(angles_deg)) < 1:
             raise StageError(
                 f"pixel projector: expected >= 1 angles, columns, slices and rows, got "
@@ -136,10 +152,10 @@ class PixelProjector:
         self.xp = xp
         host = pixel_matrix(angles_deg, cols, size, center) if matrix is None else matrix
         if xp is np:
-            self._forward, self._adjoint = host, host.T  # the transpose is a CSC view
+            self._forward, self._adjoint = host, host.T  # a CSC matrix and its CSR view
         else:
-            sparse = _device_sparse(xp)
-            self._forward = sparse.csr_matrix(host)
+            sparse = _device_sparse(xp)  # cuSPARSE's products want CSR for both
+            self._forward = sparse.csr_matrix(host.tocsr())
             self._adjoint = sparse.csr_matrix(host.T.tocsr())
 
     @property

@@ -83,10 +83,12 @@ def test_bad_shapes_and_oversized_matrices_are_refused(monkeypatch: pytest.Monke
         PixelProjector(uniform_angles(10), 16, 16, 7.5, 1)
 
 
-def test_a_matrix_built_in_chunks_of_angles_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_matrix_built_in_chunks_of_pixel_rows_is_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     angles = uniform_angles(25, 360.0)
     whole = pixel_matrix(angles, 30, 24, 14.2)
-    monkeypatch.setattr(pixel_projector, "CHUNK_ENTRIES", 2 * 24 * 24 * 4)  # 4 angles
+    monkeypatch.setattr(pixel_projector, "CHUNK_ENTRIES", 2 * 25 * 24 * 3)  # 3 pixel rows
     chunked = pixel_matrix(angles, 30, 24, 14.2)
     assert chunked.shape == whole.shape == (25 * 30, 24 * 24)
     assert abs(chunked - whole).max() == 0.0
