@@ -83,7 +83,7 @@ def test_httomo_iterative_entries_run_through_recon(
     """Each method, named as in HTTomo, reconstructs the noisy 60-angle scan better than the
     default fourier_fbp (measured rel. L2: FBP 0.20; SIRT 0.13, CGLS 0.14, FISTA-TV 0.12,
     OSEM-TV 0.153 (4 iterations of 6 subsets; OSEM is semi-convergent on noisy data: 10
-    iterations of 12 subsets reach 0.31); λ is in the data's units for FISTA: 1e-3 here
+    iterations of 12 subsets reach 0.37); λ is in the data's units for FISTA: 1e-3 here
     over-smooths to 0.52)."""
     scan_path, simulated = scan
     fbp_error, _ = _error(_recon(tmp_path / "fbp", scan_path, None), simulated)
