@@ -122,6 +122,11 @@ class StageSpec:
     needs_frame_indices : bool
         Whether ``fn`` takes ``frame_indices`` (the block's frames) and ``flat_indices``
         (those of ``flats``): for corrections that interpolate in time.
+    needs_projection_indices : bool
+        Whether ``fn`` takes ``projection_indices``: each frame's position among the
+        scan's projections in acquisition order (its frame index less the darks and
+        flats taken before it), for corrections keyed by projection number (TomoPy's
+        ``flat_loc``), so a block streamed mid-scan is corrected as in the whole scan.
     counts_repairs : bool
         Whether ``fn`` takes ``repairs`` (a :class:`stages.prep.repair.RepairCounts`):
         stages that replace bad pixel values count them there, per scan.
@@ -164,6 +169,7 @@ class StageSpec:
     needs_references: bool = False
     needs_angles: bool = False
     needs_frame_indices: bool = False
+    needs_projection_indices: bool = False
     counts_repairs: bool = False
     finds_center: (
         Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], SupportsFloat]
@@ -200,6 +206,7 @@ class StageSpec:
         angles_deg: npt.NDArray[np.float64] | None = None,
         frame_indices: npt.NDArray[np.int64] | None = None,
         flat_indices: npt.NDArray[np.int64] | None = None,
+        projection_indices: npt.NDArray[np.int64] | None = None,
         backend: str = "numpy",
         repairs: RepairCounts | None = None,
         on_iteration: IterationCallback | None = None,
@@ -232,6 +239,12 @@ class StageSpec:
                 )
             kwargs["frame_indices"] = frame_indices
             kwargs["flat_indices"] = flat_indices
+        if self.needs_projection_indices:
+            if projection_indices is None:
+                raise StageError(
+                    f"stage {self.name!r}: needs the projection numbers of the block's frames"
+                )
+            kwargs["projection_indices"] = projection_indices
         if self.counts_repairs:
             kwargs["repairs"] = repairs
         if self.reports_progress:
@@ -254,7 +267,7 @@ class StageSpec:
                 continue
             value = kwargs.pop(name)
             if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices",
-                        "repairs", "on_iteration"):
+                        "projection_indices", "repairs", "on_iteration"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

@@ -164,7 +164,7 @@ def _stage_row(name: str, shape: tuple[int, int, int], runs: int, cupy: Any,
 
 def _recon_row(width: int, rows: int, angles: int, cupy: Any) -> dict[str, Any]:
     """``recon --device gpu`` (in process) of a simulated scan with fbp on the device."""
-    from streamer.recon import ReconSettings, run_recon
+    from streamer.run.from_file import ReconSettings, run_recon
     from streamer.sources.simulate import SimulatedScan, SimulationConfig
 
     row: dict[str, Any] = {"width": width, "rows": rows, "angles": angles}

@@ -9,7 +9,7 @@ from a stored scan) and:
    of projections as soon as the references are complete, so correction happens while the
    scan is still arriving;
 3. on one rank, writes the corrected projections straight into their columns of one
-   preallocated sinogram buffer (:class:`~streamer.sinobuffer.SinogramBand` over every
+   preallocated sinogram buffer (:class:`~streamer.exchange.sinobuffer.SinogramBand` over every
    row: the corrected scan is held once, never stacked or transposed again) and, when the
    scan is over, runs the sinogram section on blocks of that buffer (``(rows, angles,
    cols)``); with several ranks the reslice hands each rank its band instead.
@@ -45,13 +45,13 @@ from stages.prep.repair import (
 )
 from stages.spec import Pattern
 from streamer.errors import StageError
+from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import split_sections
-from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
-from streamer.sinobuffer import SinogramBand
 from streamer.sources.scan import FrameReader
+from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class ProcessedBlock:
 
 
 class StreamingHook(Protocol):
-    """A sinogram section run while the scan arrives (:mod:`streamer.live_streaming`)."""
+    """A sinogram section run while the scan arrives (:mod:`streamer.run.streaming`)."""
 
     def add(self, block: ProcessedBlock) -> None:
         """A corrected projection block."""
@@ -104,6 +104,7 @@ def apply_steps(
     angles_deg: npt.NDArray[np.float64] | None = None,
     frame_indices: npt.NDArray[np.int64] | None = None,
     flat_indices: npt.NDArray[np.int64] | None = None,
+    projection_indices: npt.NDArray[np.int64] | None = None,
     repairs: RepairCounts | None = None,
     on_iteration: StepListener | None = None,
 ) -> npt.NDArray[np.float32]:
@@ -139,7 +140,8 @@ def apply_steps(
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
                                  angles_deg=angles_deg, frame_indices=frame_indices,
-                                 flat_indices=flat_indices, backend=step.backend,
+                                 flat_indices=flat_indices,
+                                 projection_indices=projection_indices, backend=step.backend,
                                  repairs=repairs, on_iteration=listener)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
@@ -314,6 +316,14 @@ class ScanProcessor:
         flats = np.stack([self._flats[i] for i in sorted(self._flats)]) if self._flats else empty
         return darks, flats
 
+    def _projection_numbers(self, indices: list[int]) -> npt.NDArray[np.int64]:
+        """Each frame's position among the scan's projections: its frame index less the
+        darks and flats taken before it (every reference has arrived by now)."""
+        references = np.array(sorted([*self._darks, *self._flats]), dtype=np.int64)
+        frames = np.array(indices, dtype=np.int64)
+        numbers: npt.NDArray[np.int64] = frames - np.searchsorted(references, frames)
+        return numbers
+
     def _process_projections(self, count: int) -> None:
         assert self._references is not None
         indices = sorted(self._waiting)[:count]
@@ -325,6 +335,7 @@ class ScanProcessor:
                            device_references=self._device_references,
                            frame_indices=np.array(indices, dtype=np.int64),
                            flat_indices=np.array(sorted(self._flats), dtype=np.int64),
+                           projection_indices=self._projection_numbers(indices),
                            repairs=self.repairs)
         data, count = repair_nonfinite(data)
         self.repairs.add(NONFINITE_CORRECTED, count)

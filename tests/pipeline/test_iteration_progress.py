@@ -14,7 +14,7 @@ from stages.spec import Iteration
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import process_reader
 from streamer.pipeline.iterations import BandIteration, IterationLog
-from streamer.progress import Progress
+from streamer.run.progress import Progress
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 

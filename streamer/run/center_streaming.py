@@ -7,7 +7,7 @@ authority:
 1. ``given``: the pipeline's or the command line's fixed ``center``;
 2. ``viewer``: set by a person in the live viewer during the scan (overrides all);
 3. ``pair``: this scan's own estimate from its opposite projections
-   (:func:`streamer.pair_center.pair_center`), as soon as they have arrived;
+   (:func:`streamer.run.center_pair.pair_center`), as soon as they have arrived;
 4. ``carried``: the last CoR of the previous scan of the same sample
    (:class:`CenterMemory`).
 

@@ -35,10 +35,10 @@ from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reade
 from streamer.pipeline.images import image_tail, write_images
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan, steps_on_device
-from streamer.protocol import MetadataValue, Normalisation
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import new_scan_id, start_header
+from streamer.wire.protocol import MetadataValue, Normalisation
 
 CORRECTIONS: dict[Normalisation, str] = {
     "flat_dark": "  - method: normalize\n    parameters: {minus_log: true}\n",

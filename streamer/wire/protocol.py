@@ -14,7 +14,7 @@ text names the field, what was expected and what came.
 
 The field-by-field reference is ``docs/reference/protocol.md``; the JSON schema of the
 headers is ``docs/reference/protocol.schema.json`` (regenerate with
-``python -m streamer.protocol``; a test fails when it is stale).
+``python -m streamer.wire.protocol``; a test fails when it is stale).
 """
 
 from __future__ import annotations
@@ -527,7 +527,7 @@ def json_schema() -> dict[str, Any]:
 
 
 def main() -> None:
-    """Write the JSON schema to stdout: ``python -m streamer.protocol > schema.json``."""
+    """Write the JSON schema to stdout: ``python -m streamer.wire.protocol > schema.json``."""
     json.dump(json_schema(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 

@@ -1,6 +1,6 @@
 """One rank's sinogram band while a scan's projections arrive: columns, rules, sorting.
 
-:class:`SinogramBand` is the sans-IO half of the reslice (:mod:`streamer.reslice` does
+:class:`SinogramBand` is the sans-IO half of the reslice (:mod:`streamer.exchange.reslice` does
 the messaging). It owns the band buffer, allocated once as ``(band_rows, projections,
 cols)`` float32 — sinogram layout, so frames are written into their columns as they come
 and the band is never copied into sinogram order — and decides, per frame, which column

@@ -8,7 +8,7 @@ request and WebSocket upgrade must name the viewer itself in ``Host`` (a loopbac
 name or address, or the names given for a viewer served on purpose to the network,
 with the bound port), and an ``Origin``, when a browser sends one, must name it too.
 
-This module only decides (no I/O); :mod:`streamer.viewer.server` applies it.
+This module only decides (no I/O); :mod:`streamer.live.viewer.server` applies it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from streamer.transport import LOOPBACK_NAMES
+from streamer.wire.transport import LOOPBACK_NAMES
 
 #: Names any viewer answers to: the loopback names and addresses (IPv6 without brackets).
 LOOPBACK_HOSTS: Final = frozenset(LOOPBACK_NAMES)

@@ -3,7 +3,7 @@
 :class:`RankLink` moves small byte messages (msgpack maps, forwarded headers) between
 ranks with non-blocking point-to-point calls on raw ``uint8`` buffers — never pickle —
 so a rank that is serving its ZeroMQ socket never blocks in MPI (MPICH busy-polls a rank
-blocked in a receive). It also moves arrays for the reslice (:mod:`streamer.reslice`):
+blocked in a receive). It also moves arrays for the reslice (:mod:`streamer.exchange.reslice`):
 :meth:`RankLink.send_parts` sends a small header and then an array straight from its
 memory, whatever its strides (an MPI derived datatype describes the view: no packing
 copy), and :meth:`RankLink.probe_array` receives one into a preallocated view. The

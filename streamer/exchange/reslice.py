@@ -8,12 +8,12 @@ numbers of frames, and the exchange then overlaps with ingest and correction. Se
 ``docs/explanation/reslice.md``.
 
 One :class:`BandExchange` per scan per rank, over a link (:class:`PartsLink`:
-:class:`streamer.exchange.RankLink` duplicated for the reslice, or an in-process
-:class:`streamer.exchange.MemoryLink`). Per piece (up to :data:`MAX_PIECE_FRAMES`
+:class:`streamer.exchange.links.RankLink` duplicated for the reslice, or an in-process
+:class:`streamer.exchange.links.MemoryLink`). Per piece (up to :data:`MAX_PIECE_FRAMES`
 frames, about :data:`PIECE_BYTES` to each rank) the sender sends a fixed binary header
 with the frame indices and angles, then the rows straight from the block's memory; the
 receiver validates the header and the payload size, then receives the rows straight
-into the columns of its band (:class:`streamer.sinobuffer.SinogramBand`, allocated once
+into the columns of its band (:class:`streamer.exchange.sinobuffer.SinogramBand`, allocated once
 in sinogram layout), so the band is never copied into sinogram order. Messages carry
 the scan serial and use tags derived from it, so pieces of another scan are never mixed
 in.
@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ExchangeError
-from streamer.exchange import Received
-from streamer.sinobuffer import SinogramBand, columns_of, progressions
+from streamer.exchange.links import Received
+from streamer.exchange.sinobuffer import SinogramBand, columns_of, progressions
 
 #: Header: magic+version, kind, scan serial, frame count, band rows [first, stop), cols,
 #: payload bytes; then ``count`` int64 frame indices and ``count`` float64 angles.
@@ -102,8 +102,8 @@ class IncomingArray(Protocol):
 
 
 class PartsLink(Protocol):
-    """Header + array messages between ranks (:class:`streamer.exchange.RankLink`,
-    :class:`streamer.exchange.MemoryLink`): FIFO per source, destination and tag."""
+    """Header + array messages between ranks (:class:`streamer.exchange.links.RankLink`,
+    :class:`streamer.exchange.links.MemoryLink`): FIFO per source, destination and tag."""
 
     @property
     def rank(self) -> int: ...

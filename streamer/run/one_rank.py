@@ -21,7 +21,7 @@ garbage is refused at once instead of piling up in libzmq's queues, and the next
 valid frames wait in the ingest frame store (bounded; beyond it the source waits). The
 next scan is processed once the worker is done: one scan's plan in memory at a time.
 ``stop`` (SIGINT/SIGTERM) stops a reconstruction between blocks; what was written is kept,
-marked incomplete. Several MPI ranks: :mod:`streamer.live_ranks`.
+marked incomplete. Several MPI ranks: :mod:`streamer.run.ranks`.
 """
 
 from __future__ import annotations
@@ -37,24 +37,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from streamer.center_check import center_outside
 from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore
-from streamer.latency import LatencyRecorder
-from streamer.live_streaming import plan_streaming
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import split_sections
-from streamer.protocol import StartHeader
-from streamer.recon import auto_center, center_in_use, center_label, open_volume
+from streamer.run.center_check import center_outside
+from streamer.run.from_file import auto_center, center_in_use, center_label, open_volume
+from streamer.run.latency import LatencyRecorder
+from streamer.run.streaming import plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.registry import DEFAULT_FORMAT, free_output_path
+from streamer.wire.protocol import StartHeader
 
 if TYPE_CHECKING:
-    from streamer.feed import LiveFeed
+    from streamer.live.feed import LiveFeed
 
 
 #: Outputs kept in memory by a running service (the newest): months of scans must not grow it.
@@ -87,7 +87,7 @@ class ScanOutput:
     repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
     #: The CoR finder's doubts (:class:`~stages.recon.center_policy.CorEstimate`).
     center_warnings: tuple[str, ...] = ()
-    #: The scan's latency line (:meth:`streamer.latency.LatencySummary.line`).
+    #: The scan's latency line (:meth:`streamer.run.latency.LatencySummary.line`).
     latency: str | None = None
 
 
@@ -110,7 +110,7 @@ class LiveReconstruction:
     pipeline_text: str
     out_dir: Path
     output_format: str = DEFAULT_FORMAT  # a name in streamer.sinks.registry.SINKS
-    #: How a fixed CoR came (``streamer.recon.center_source``): "given" or "pipeline".
+    #: How a fixed CoR came (``streamer.run.from_file.center_source``): "given" or "pipeline".
     center_source: str = "pipeline"
     block_frames: int | None = None  # None: from the memory plan, per scan
     block_sinograms: int | None = None
@@ -119,7 +119,7 @@ class LiveReconstruction:
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
-    feed: LiveFeed | None = None  # live view: previews, slices, counters (streamer.feed)
+    feed: LiveFeed | None = None  # live view: previews, slices, counters (streamer.live.feed)
     #: Reconstruct in a worker thread while ingest keeps reading (the service); False:
     #: in the caller's thread, done when ``on_event`` returns (tests, simple drivers).
     background: bool = False

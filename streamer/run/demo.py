@@ -29,13 +29,13 @@ from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
-from streamer.recon import auto_center, center_label, open_volume
+from streamer.run.from_file import auto_center, center_label, open_volume
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import SendOptions, new_scan_id, send_scan, start_header
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 if TYPE_CHECKING:
-    from streamer.feed import LiveFeed
+    from streamer.live.feed import LiveFeed
 
 DEMO_TIMEOUT_S = 120.0
 DEMO_PIPELINE = """\

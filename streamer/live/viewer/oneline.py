@@ -27,7 +27,7 @@ class OneLineLogger(logging.Logger):
     """A logger not registered with :mod:`logging` (no global state) that writes every
     record of level ``INFO`` or above as one line to ``log``; debug records are dropped."""
 
-    def __init__(self, log: Callable[[str], None], name: str = "streamer.viewer") -> None:
+    def __init__(self, log: Callable[[str], None], name: str = "streamer.live.viewer") -> None:
         super().__init__(name, logging.INFO)
         self._write = log
 

@@ -1,7 +1,7 @@
 """The live feed: previews, final slices, cuts and counters for viewers (ZeroMQ PUB).
 
 A :class:`LiveFeed` owns a background thread and two sockets: a PUB socket that publishes
-the messages of :mod:`streamer.feed_messages` and, optionally, a control socket (REP) that
+the messages of :mod:`streamer.live.messages` and, optionally, a control socket (REP) that
 answers CoR-sweep, set-centre, slice and state requests.
 
 The pipeline never waits for the feed. Its thread calls :meth:`LiveFeed.scan_opened`,
@@ -11,7 +11,7 @@ detector rows (or bin a finished slice) and append them to a bounded inbox; the 
 own thread does the rest:
 
 * **preview**: each projection's preview rows are binned, ramp-filtered and back-projected
-  into the preview images (:mod:`streamer.preview`); the newest preview is published at
+  into the preview images (:mod:`streamer.live.preview`); the newest preview is published at
   most every ``preview_interval_s`` (older versions are replaced — latest wins — and
   counted as dropped) and re-sent with every counters message, so a subscriber that lost
   messages catches up;
@@ -52,7 +52,9 @@ import zmq
 
 from stages.recon.fbp import filter_response
 from streamer.errors import ConfigError, ProtocolError, TransportError
-from streamer.feed_messages import (
+from streamer.ingest.accounting import ScanReport
+from streamer.ingest.state import FramesAccepted, IngestState
+from streamer.live.messages import (
     FEED_VERSION,
     MAX_REQUEST_BYTES,
     CorSweepHeader,
@@ -77,10 +79,7 @@ from streamer.feed_messages import (
     decode_request,
     encode,
 )
-from streamer.ingest.accounting import ScanReport
-from streamer.ingest.state import FramesAccepted, IngestState
-from streamer.pipeline.executor import ProcessedBlock
-from streamer.preview import (
+from streamer.live.preview import (
     PreviewGeometry,
     backproject,
     bin_columns,
@@ -91,9 +90,10 @@ from streamer.preview import (
     sweep_image,
     to_uint8,
 )
-from streamer.protocol import StartHeader
-from streamer.recon import center_label
-from streamer.transport import check_address, is_loopback
+from streamer.pipeline.executor import ProcessedBlock
+from streamer.run.from_file import center_label
+from streamer.wire.protocol import StartHeader
+from streamer.wire.transport import check_address, is_loopback
 
 DEFAULT_FEED_ADDRESS: Final = "tcp://127.0.0.1:*"
 #: Longest the feed thread spends back-projecting before it looks at its sockets again.

@@ -1,11 +1,11 @@
 """``mpiexec -n R tomo-streamer run``: live reconstruction on several MPI ranks.
 
 Every rank pulls a share of the frames (see ADR 0002) and corrects its projections as
-they arrive; the reslice (:class:`~streamer.reslice.BandExchange`) sends each rank the
+they arrive; the reslice (:class:`~streamer.exchange.reslice.BandExchange`) sends each rank the
 rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
 sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
 rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
-(:func:`streamer.sinks.hdf5.write_master`).
+(:func:`streamer.sinks.master.write_master`).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
@@ -26,7 +26,7 @@ All waits poll (MPICH busy-polls a rank blocked in a receive) and are bounded by
 ``exchange_timeout_s``; a rank that does not answer is named in the error, and the
 scan's files are then marked incomplete rather than the job hanging.
 
-``stop`` (SIGINT/SIGTERM, as :class:`~streamer.live.LiveReconstruction`'s) ends the band
+``stop`` (SIGINT/SIGTERM, as :class:`~streamer.run.one_rank.LiveReconstruction`'s) ends the band
 reconstruction between blocks: the part keeps the slices written, marked incomplete, and
 the rank tells the others (``TAG_STOP``), which stop at their next block and set their
 own ``stop``, so every rank ends the job; rank 0's master says incomplete and why.
@@ -47,17 +47,17 @@ import numpy as np
 
 from stages.prep.repair import RepairCounts
 from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
-from streamer.exchange import Received
+from streamer.exchange.links import Received
+from streamer.exchange.reslice import Band, BandExchange, row_bands
 from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
-from streamer.live import ScanOutput, check_servable, keep_newest
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import split_sections
-from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
-from streamer.recon import (
+from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
+from streamer.run.from_file import (
     ReconSettings,
     auto_center,
     center_in_use,
@@ -65,13 +65,13 @@ from streamer.recon import (
     center_source,
     pipeline_for,
 )
-from streamer.reslice import Band, BandExchange, row_bands
-from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
+from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.master import part_path, write_master, write_placeholder
 from streamer.sinks.registry import free_output_path, output_stem
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
+from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 
 TAG_REFERENCE: Final = 301
 TAG_REFERENCES_DONE: Final = 302
@@ -124,7 +124,7 @@ class RankedReconstruction:
     Parameters
     ----------
     steps, pipeline_text, out_dir :
-        As for :class:`~streamer.live.LiveReconstruction`.
+        As for :class:`~streamer.run.one_rank.LiveReconstruction`.
     control : Link
         Small messages between ranks (references, CoR, parts written): a link of its own
         (``RankLink.duplicate()``), separate from ingest's and the reslice's.
@@ -144,7 +144,7 @@ class RankedReconstruction:
     output: Path | None = None  # one fixed master path (``recon``); None: per scan
     first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
     overwrite: bool = False
-    #: How a fixed CoR came (``streamer.recon.center_source``): "given" or "pipeline".
+    #: How a fixed CoR came (``streamer.run.from_file.center_source``): "given" or "pipeline".
     center_source: str = "pipeline"
     on_output: Callable[[ScanOutput], None] | None = None
     log: Callable[[str], None] | None = None

@@ -1,9 +1,9 @@
 """The live feed's messages: ``[msgpack header, raw image bytes]``, validated before use.
 
-The live feed (:mod:`streamer.feed`) publishes a scan's progress on a ZeroMQ PUB socket and
+The live feed (:mod:`streamer.live.feed`) publishes a scan's progress on a ZeroMQ PUB socket and
 answers requests on a control socket (REP). This module is the one place where those
 messages are defined, encoded and decoded, shared by the publisher, the Python client
-(:mod:`streamer.client`) and the web viewer (:mod:`streamer.viewer`):
+(:mod:`streamer.live.client`) and the web viewer (:mod:`streamer.live.viewer`):
 
 * every header is a msgpack map with the feed version ``v``, a ``type``, a per-publisher
   sequence number ``seq`` (a subscriber finds the messages it lost from the gaps), the
@@ -11,7 +11,7 @@ messages are defined, encoded and decoded, shared by the publisher, the Python c
 * images never go through msgpack: a message with images has a second part holding them
   one after the other, C-ordered little-endian ``float32`` or ``uint8``; the header lists
   each image's name, shape and display window;
-* decoding follows the wire protocol's rules (:mod:`streamer.protocol`): the header size is
+* decoding follows the wire protocol's rules (:mod:`streamer.wire.protocol`): the header size is
   bounded before unpacking, extension types are refused, the fields are validated strictly
   (pydantic), sizes are checked against :class:`FeedLimits`, and the payload length must
   equal what the header announces before any array is made (a view, never a copy).
@@ -31,7 +31,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamer.errors import ProtocolError
-from streamer.protocol import ScanId
+from streamer.wire.protocol import ScanId
 
 FEED_VERSION: Final = 1
 #: The most CoR values one sweep may ask for (±5 px in 0.25 px steps).

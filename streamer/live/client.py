@@ -2,7 +2,7 @@
 
 ::
 
-    from streamer.client import Preview, ScanEnd, subscribe
+    from streamer.live.client import Preview, ScanEnd, subscribe
 
     for message in subscribe("tcp://127.0.0.1:5600", timeout_s=30):
         if isinstance(message, Preview):
@@ -10,8 +10,8 @@
         elif isinstance(message, ScanEnd):
             break
 
-Every message is validated before it is used (:mod:`streamer.feed_messages`: bounded
-header, strict fields, image sizes within :class:`~streamer.feed_messages.FeedLimits`,
+Every message is validated before it is used (:mod:`streamer.live.messages`: bounded
+header, strict fields, image sizes within :class:`~streamer.live.messages.FeedLimits`,
 payload length equal to what the header announces); a bad one raises
 :class:`~streamer.errors.ProtocolError`. Images are read-only views of the received
 buffer (no copy).
@@ -41,7 +41,7 @@ import zmq
 from pydantic import ValidationError
 
 from streamer.errors import ProtocolError, StreamerError, TransportError
-from streamer.feed_messages import (
+from streamer.live.messages import (
     CorSweepHeader,
     CorSweepRequest,
     CountersHeader,
@@ -63,7 +63,7 @@ from streamer.feed_messages import (
     pack_request,
     unpack_map,
 )
-from streamer.transport import check_address
+from streamer.wire.transport import check_address
 
 Images = tuple[npt.NDArray[Any], ...]
 DEFAULT_LIMITS: Final = FeedLimits()

@@ -1,7 +1,7 @@
 """``tomo-streamer view``: a web page that shows a live feed (HTTP + WebSocket, aiohttp).
 
-One asyncio loop does everything: a task subscribes to the feed (:mod:`streamer.feed`)
-and validates every message (:func:`streamer.client.decode_message`); each browser holds a
+One asyncio loop does everything: a task subscribes to the feed (:mod:`streamer.live.feed`)
+and validates every message (:func:`streamer.live.client.decode_message`); each browser holds a
 WebSocket that gets the newest message of each kind — latest wins, per browser, so a
 slow browser skips old previews and never holds the others back. Images go to the
 browser as they came (float32 or uint8 with their window), and the page applies the
@@ -11,11 +11,11 @@ feed's control socket with the token: a CoR sweep, the CoR to use, a final slice
 Endpoints: ``GET /`` (the page), ``GET /static/{viewer.js,viewer.css}``, ``GET /api/state``
 (JSON: what the viewer knows), ``GET /ws`` (the WebSocket). Every request and WebSocket
 upgrade must name this viewer in ``Host`` and, when a browser sends one, ``Origin``
-(:mod:`streamer.viewer.guard`): another web site cannot drive it, not even by DNS
+(:mod:`streamer.live.viewer.guard`): another web site cannot drive it, not even by DNS
 rebinding; a refusal is a 403 and one log line. The server binds 127.0.0.1 unless told
 otherwise (``allow_remote``).
 
-The log gets one line per problem (:mod:`streamer.viewer.oneline`), never a traceback; a
+The log gets one line per problem (:mod:`streamer.live.viewer.oneline`), never a traceback; a
 task that follows the feed and fails is logged and restarted (after
 :data:`MAX_FAILURES_IN_ROW` failures in a row it stops, saying so).
 """
@@ -41,7 +41,8 @@ import zmq.asyncio
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from streamer.client import (
+from streamer.errors import ConfigError, ProtocolError, StreamerError
+from streamer.live.client import (
     CorSweep,
     Counters,
     Cuts,
@@ -54,8 +55,7 @@ from streamer.client import (
     decode_message,
     parse_reply,
 )
-from streamer.errors import ConfigError, ProtocolError, StreamerError
-from streamer.feed_messages import (
+from streamer.live.messages import (
     CorSweepRequest,
     CutsRequest,
     FeedLimits,
@@ -64,9 +64,9 @@ from streamer.feed_messages import (
     StateRequest,
     pack_request,
 )
-from streamer.transport import LOOPBACK_NAMES, check_address
-from streamer.viewer.guard import HostGuard
-from streamer.viewer.oneline import OneLineLogger, describe, loop_exception_line
+from streamer.live.viewer.guard import HostGuard
+from streamer.live.viewer.oneline import OneLineLogger, describe, loop_exception_line
+from streamer.wire.transport import LOOPBACK_NAMES, check_address
 
 STATIC: Final = {"viewer.js": "application/javascript", "viewer.css": "text/css"}
 SECURITY_HEADERS: Final = {
@@ -434,7 +434,7 @@ class ViewerServer:
     @web.middleware
     async def _check_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Every request and WebSocket upgrade: ``Host`` and ``Origin`` must be this
-        viewer's (see :mod:`streamer.viewer.guard`); else 403 and one log line."""
+        viewer's (see :mod:`streamer.live.viewer.guard`); else 403 and one log line."""
         guard = self._guard
         reason = "not serving yet" if guard is None else guard.refusal(
             request.headers.get("Host"), request.headers.get("Origin"))
@@ -578,7 +578,7 @@ def _finite(value: Any) -> Any:
 
 
 def _asset(name: str) -> str:
-    return resources.files("streamer.viewer").joinpath("static", name).read_text("utf-8")
+    return resources.files("streamer.live.viewer").joinpath("static", name).read_text("utf-8")
 
 
 def serve(settings: ViewerSettings, *, announce: Callable[[str], None],
