@@ -617,7 +617,8 @@ def _osem_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any)
     """One band's peak: the sparse matrices (12 bytes per entry, ``2 × angles × N²``
     entries, plus their build's temporaries: ~40 bytes per entry of a chunk), the data and
     its per-subset copy, ratio and ones (4 sinogram-sized float32 buffers) and about
-    ``8 + subsets`` slice-sized buffers (iterate, sensitivities, update, TV's work)."""
+    ``8 + 2 × subsets`` slice-sized buffers (iterate, sensitivities and their inverses,
+    update, TV's work)."""
     rows, angles, cols = shape
     pad = _pad_width("memory", getattr(params, "detector_pad", False), cols)
     size = cols if getattr(params, "recon_size", None) is None else int(params.recon_size)
@@ -626,7 +627,7 @@ def _osem_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any)
     return int(
         2 * angles * work * work * 12 + 40 * min(2 * angles * work * work, CHUNK_ENTRIES)
         + 4 * rows * angles * (cols + 2 * pad) * 4
-        + (8 + subsets) * rows * work * work * 4
+        + (8 + 2 * subsets) * rows * work * work * 4
     )
 
 
