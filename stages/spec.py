@@ -14,6 +14,10 @@ keyword-only and described by a frozen pydantic model (``extra="forbid"``), so a
 pipeline is validated before any data arrive. :class:`StageSpec` keeps, next to the
 function, the pattern, the backends it can run on, the parameter model, the aliases
 HTTomo/TomoPy users know it by, and an estimate of the memory it needs.
+
+An iterative stage (``reports_progress``) also takes ``on_iteration``, a callback that
+gets an :class:`Iteration` after each of its iterations (``None``: nobody listens); the
+executor passes one per band and carries the events to the run's progress output.
 """
 
 from __future__ import annotations
@@ -51,6 +55,29 @@ class StageParams(BaseModel):
 
 
 MemoryEstimate = Callable[[tuple[int, int, int], np.dtype[Any], Any], int]
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One finished iteration of an iterative stage, on one block.
+
+    ``residual`` is the relative data misfit ``‖A x − b‖ / ‖b‖`` of the new iterate over
+    the block, where the method has it without extra projections (SIRT, CGLS);
+    ``change`` the relative update ``‖x_k − x_(k−1)‖ / ‖x_k‖`` (the ordered-subset
+    methods, whose residual would cost a projection); ``None`` where not computed.
+    ``iterate`` is the working slices (numpy or cupy), to read during the call, never to
+    keep or modify.
+    """
+
+    done: int
+    total: int
+    residual: float | None = None
+    change: float | None = None
+    iterate: Any = field(default=None, repr=False, compare=False)
+
+
+#: ``on_iteration(iteration)``: told after each iteration of an iterative stage.
+IterationCallback = Callable[[Iteration], None]
 
 
 def scaled_memory(multiplier: float) -> MemoryEstimate:
@@ -122,6 +149,9 @@ class StageSpec:
         array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
         block: the stage then offers the ``cupy`` backend (checked on CPU by
         ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
+    reports_progress : bool
+        Whether ``fn`` takes ``on_iteration`` (an :data:`IterationCallback` or ``None``)
+        and calls it after each iteration (the iterative reconstructors).
     device_memory : callable, optional
         The estimate on the device where the device code holds other buffers than the
         host code (the planner's device plan uses it; ``None``: ``memory``).
@@ -148,6 +178,7 @@ class StageSpec:
     angle_local: bool | Callable[[Any], bool] = False
     aliases: tuple[str, ...] = ()
     device: bool = False
+    reports_progress: bool = False
     device_memory: MemoryEstimate | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -178,8 +209,12 @@ class StageSpec:
         projection_indices: npt.NDArray[np.int64] | None = None,
         backend: str = "numpy",
         repairs: RepairCounts | None = None,
+        on_iteration: IterationCallback | None = None,
     ) -> npt.NDArray[Any]:
         """Call the stage on ``backend`` with validated parameters.
+
+        ``on_iteration`` reaches a stage that ``reports_progress`` (on its own backends;
+        an adapter's library reports nothing) and is ignored by the others.
 
         An adapter gets only the parameters it supports; a parameter it does not support
         must keep its default, or the call is refused by name (never silently ignored).
@@ -212,6 +247,8 @@ class StageSpec:
             kwargs["projection_indices"] = projection_indices
         if self.counts_repairs:
             kwargs["repairs"] = repairs
+        if self.reports_progress:
+            kwargs["on_iteration"] = on_iteration
         if backend == "numpy":
             return self.fn(block, **kwargs)
         if backend == "cupy" and self.device:
@@ -230,7 +267,7 @@ class StageSpec:
                 continue
             value = kwargs.pop(name)
             if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices",
-                        "projection_indices", "repairs"):
+                        "projection_indices", "repairs", "on_iteration"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

@@ -135,7 +135,8 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
             f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})")
         progress = Progress(sys.stderr, "reading", quiet=args.quiet)
         try:
-            result = run_recon(reader, settings, log=log, on_read=progress.update)
+            result = run_recon(reader, settings, log=log, on_read=progress.update,
+                               on_iteration=progress.iteration)
         except StageError as error:  # say which scan the data problem is in
             raise StageError(f"{args.scan}: {error}") from None
         finally:
@@ -155,6 +156,8 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
               f"projections: {repairs.describe()})")
     if result.images is not None:
         print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
+    for line in result.iterations:
+        print(f"  {line}")
     return 0 if result.complete else 1
 
 

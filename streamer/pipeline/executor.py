@@ -48,6 +48,7 @@ from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import split_sections
 from streamer.sources.scan import FrameReader
 from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
@@ -105,8 +106,11 @@ def apply_steps(
     flat_indices: npt.NDArray[np.int64] | None = None,
     projection_indices: npt.NDArray[np.int64] | None = None,
     repairs: RepairCounts | None = None,
+    on_iteration: StepListener | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
+
+    Iterative stages tell ``on_iteration(step, iteration)`` after each iteration.
 
     A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
     device once where it begins and back once where it ends; references go up once per
@@ -131,12 +135,14 @@ def apply_steps(
                 cache.darks = to_device(darks, stats, backend=step.backend)
                 cache.flats = to_device(flats, stats, backend=step.backend)
             step_darks, step_flats = cache.darks, cache.flats
+        listener = (None if on_iteration is None or not step.spec.reports_progress
+                    else _bound(on_iteration, step))
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
                                  angles_deg=angles_deg, frame_indices=frame_indices,
                                  flat_indices=flat_indices,
                                  projection_indices=projection_indices, backend=step.backend,
-                                 repairs=repairs)
+                                 repairs=repairs, on_iteration=listener)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -145,6 +151,10 @@ def apply_steps(
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
+
+
+def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
+    return lambda iteration: listener(step, iteration)
 
 
 class ScanProcessor:
@@ -170,6 +180,10 @@ class ScanProcessor:
     on_center : callable, optional
         ``on_center(center, method)``: told the CoR as soon as it is settled (found, or
         set from a viewer), before the first reconstructed block (the live view).
+    on_iteration : callable, optional
+        Told each iteration of an iterative stage in the sinogram section, per band
+        (:class:`~streamer.pipeline.iterations.BandIteration`); all are also counted in
+        :attr:`iterations`.
     """
 
     def __init__(
@@ -185,6 +199,7 @@ class ScanProcessor:
         resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
         | None = None,
         on_center: Callable[[float, str], None] | None = None,
+        on_iteration: Callable[[BandIteration], None] | None = None,
     ) -> None:
         if block_frames < 1 or block_sinograms < 1:
             raise StageError(
@@ -228,6 +243,8 @@ class ScanProcessor:
         #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
         self.center_override: float | None = None
         self.on_center = on_center
+        #: The iterations of iterative stages, per stage and band (the run's summary).
+        self.iterations = IterationLog(on_iteration)
         #: Set before the first frame: the sinogram section runs as blocks arrive, and at
         #: the end only its ``finish`` (the batch section when it declines).
         self.streaming: StreamingHook | None = None
@@ -369,12 +386,16 @@ class ScanProcessor:
                                   angles)
         if self.on_center is not None and self.center is not None:
             self.on_center(self.center, self.center_method or "pipeline")
+        bands = -(-rows // self.block_sinograms)
         for first in range(0, rows, self.block_sinograms):
             if self._stopping():
                 return
             last = min(first + self.block_sinograms, rows)
+            listener = self.iterations.listener(first // self.block_sinograms, bands,
+                                                first, last)
             data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles)
+                               transfers=self.transfers, angles_deg=angles,
+                               on_iteration=listener)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,
@@ -438,11 +459,13 @@ def process_reader(
     on_sinograms: Callable[[ProcessedBlock], None] | None = None,
     resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
     | None = None,
+    on_iteration: Callable[[BandIteration], None] | None = None,
 ) -> ScanProcessor:
     """Run a pipeline over a stored scan read block by block (the batch path)."""
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_projections=on_projections,
-                              on_sinograms=on_sinograms, resolve_center=resolve_center)
+                              on_sinograms=on_sinograms, resolve_center=resolve_center,
+                              on_iteration=on_iteration)
     feed_reader(processor, reader, block_frames)
     return processor
 
