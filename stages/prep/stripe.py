@@ -30,6 +30,7 @@ from algotom.prep import removal
 from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module, ndimage_module
+from stages.prep import stripe_device
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -73,6 +74,21 @@ def _per_sinogram(stage: str, block: Array, apply: Callable[[F32], Array]) -> F3
     for row in range(rows):
         out[row] = apply(np.ascontiguousarray(data[row]))
     return out
+
+
+def _on_device(stage: str, block: Array, apply: Callable[[Any], Any]) -> F32 | None:
+    """``apply`` on the whole block when it is not a NumPy one (the device path of
+    :mod:`stages.prep.stripe_device`), as a C-contiguous float32 block; ``None`` for a
+    NumPy block (the caller goes through algotom)."""
+    xp = array_module(block)
+    if xp is np:
+        return None
+    _check_block(stage, block, "sinogram (rows, angles, cols)")
+    if block.shape[1] < 2 or block.shape[2] < 2:
+        raise StageError(f"{stage}: block.shape: expected at least 2 angles and 2 columns, "
+                         f"got {block.shape}")
+    result: F32 = xp.ascontiguousarray(apply(block), dtype=xp.float32)
+    return result
 
 
 def _check_positive(stage: str, name: str, size: int) -> None:
@@ -241,6 +257,10 @@ def remove_dead_stripe(
     ndarray of float32, shape (rows, angles, cols)
     """
     _check_positive("remove_dead_stripe", "size", size)
+    device = _on_device("remove_dead_stripe", block, lambda data: stripe_device.dead_stripe(
+        data, snr=snr, size=size, residual=residual, smooth_strength=smooth_strength))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_dead_stripe", block,
         lambda s: removal.remove_dead_stripe(
@@ -278,6 +298,10 @@ def remove_large_stripe(
     ndarray of float32, shape (rows, angles, cols)
     """
     _check_positive("remove_large_stripe", "size", size)
+    device = _on_device("remove_large_stripe", block, lambda data: stripe_device.large_stripe(
+        data, snr=snr, size=size, drop_ratio=drop_ratio, norm=norm))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_large_stripe", block,
         lambda s: removal.remove_large_stripe(
@@ -318,6 +342,10 @@ def remove_all_stripe(
     """
     _check_positive("remove_all_stripe", "la_size", la_size)
     _check_positive("remove_all_stripe", "sm_size", sm_size)
+    device = _on_device("remove_all_stripe", block, lambda data: stripe_device.all_stripe(
+        data, snr=snr, la_size=la_size, sm_size=sm_size, drop_ratio=drop_ratio, dim=dim))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_all_stripe", block,
         lambda s: removal.remove_all_stripe(
@@ -579,6 +607,11 @@ class TiParams(StageParams):
 # which we bound by one more block: 3 blocks for Vo/fw. Ti converts the whole block to
 # float64 (2 float32 blocks' worth) on top of input and output: 4.
 _VO_MEMORY = scaled_memory(3.0)
+#: The device path (stages.prep.stripe_device) holds the whole block at once, in float64
+#: where algotom is: the float32 copy (1), the sort order and its inverse (int64: 2 + 2),
+#: the sorted and filtered float64 blocks (2 + 2), the sorted-back one (2), the float64
+#: result (2), the dead-stripe step's filtered copy and mask (2): 15 float32 blocks.
+_VO_DEVICE_MEMORY = scaled_memory(15.0)
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
@@ -618,6 +651,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_dead_stripe", fn=remove_dead_stripe,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=DeadStripeParams, memory=_VO_MEMORY,
         summary="Vo's unresponsive/fluctuating stripe removal (algotom)",
         aliases=(
@@ -628,6 +662,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_large_stripe", fn=remove_large_stripe,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=LargeStripeParams, memory=_VO_MEMORY,
         summary="Vo's large-stripe removal (algotom)",
         aliases=(
@@ -638,6 +673,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_all_stripe", fn=remove_all_stripe,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=AllStripeParams, memory=_VO_MEMORY,
         summary="Vo's combined dead/large/small stripe removal (algotom)",
         aliases=(

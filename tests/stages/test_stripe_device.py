@@ -1,0 +1,100 @@
+"""The device path of Vo's dead-, large- and all-stripe removal
+(:mod:`stages.prep.stripe_device`, written from the algorithms) against algotom's CPU
+result, the oracle, sinogram by sinogram, on the CuPy-mannered CPU namespace
+(``tests/stages/device_like.py``) so a NumPy fallback on the data path fails here.
+
+Tolerances (stated in the module): the stripe detection's line fit is closed-form here and
+an SVD in algotom (coefficients differ in the last bits: masks are compared and must be
+identical), and the dead-stripe interpolation is a straight line here and FITPACK's
+degree-1 spline there (float32 rounding: 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from algotom.prep import removal
+
+from stages.prep import stripe_device
+from stages.registry import REGISTRY
+from streamer.errors import StageError
+from tests.stages import device_like
+
+
+def _sinograms(seed: int, rows: int = 3, angles: int = 60, cols: int = 48) -> Any:
+    """Noisy sinograms with a large stripe (a bright band), a dead column (constant) and
+    a fluctuating column: each method has something to find."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1.0, 1.0, cols)
+    base = 1.0 + 0.5 * np.sqrt(np.clip(1.0 - x**2, 0.0, None))
+    data = base[None, None, :] + 0.02 * rng.standard_normal((rows, angles, cols))
+    data *= 1.0 + 0.01 * rng.standard_normal(cols)  # small stripes: column gains
+    data[:, :, 20:23] *= 1.15  # a large stripe
+    data[:, :, 31] = 0.9  # a dead (unresponsive) column
+    data[:, :, 12] += 0.4 * rng.standard_normal((rows, angles))  # a fluctuating one
+    return data.astype(np.float32)
+
+
+def _device(block: Any) -> Any:
+    return device_like.DeviceLikeArray(block)
+
+
+def _host(result: Any) -> Any:
+    return device_like.NAMESPACE.asnumpy(result)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_large_stripe_follows_algotom(seed: int, norm: bool) -> None:
+    block = _sinograms(seed)
+    params = {"snr": 3.0, "size": 11, "drop_ratio": 0.1, "norm": norm}
+    expected = np.stack([removal.remove_large_stripe(s, **params) for s in block])
+    result = _host(REGISTRY["remove_large_stripe"].run(
+        _device(block), REGISTRY["remove_large_stripe"].params(**params), backend="numpy"))
+    assert result.dtype == np.float32
+    np.testing.assert_array_equal(result, expected.astype(np.float32))
+    assert not np.array_equal(result, block), "the stripe was not touched"
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_dead_stripe_follows_algotom(residual: bool) -> None:
+    block = _sinograms(2)
+    params = {"snr": 3.0, "size": 11, "residual": residual, "smooth_strength": 10}
+    expected = np.stack([removal.remove_dead_stripe(s, **params) for s in block])
+    result = _host(REGISTRY["remove_dead_stripe"].run(
+        _device(block), REGISTRY["remove_dead_stripe"].params(**params)))
+    np.testing.assert_allclose(result, expected.astype(np.float32), rtol=1e-6, atol=0)
+    assert np.ptp(result[:, :, 31], axis=1).max() > 0, "no dead column was interpolated"
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_all_stripe_follows_algotom(dim: int) -> None:
+    block = _sinograms(3)
+    params = {"snr": 3.0, "la_size": 11, "sm_size": 5, "drop_ratio": 0.1, "dim": dim}
+    expected = np.stack([removal.remove_all_stripe(s, **params) for s in block])
+    result = _host(REGISTRY["remove_all_stripe"].run(
+        _device(block), REGISTRY["remove_all_stripe"].params(**params)))
+    np.testing.assert_allclose(result, expected.astype(np.float32), rtol=1e-6, atol=0)
+
+
+def test_the_detection_masks_equal_algotom_s() -> None:
+    from algotom.util import utility
+
+    rng = np.random.default_rng(7)
+    profiles = 1.0 + 0.01 * rng.standard_normal((5, 64))
+    profiles[:, 10] += 0.2
+    profiles[:, 40] -= 0.2
+    expected = np.stack([utility.detect_stripe(p, 3.0) for p in profiles])
+    result = _host(stripe_device._detect(_device(profiles), 3.0, "t"))
+    np.testing.assert_array_equal(result, expected)
+    assert expected[:, [10, 40]].all()
+
+
+def test_noise_free_data_is_refused_in_one_line() -> None:
+    block = np.ones((2, 20, 16), dtype=np.float32)
+    with pytest.raises(StageError, match="noise-free") as error:
+        REGISTRY["remove_large_stripe"].run(_device(block),
+                                            REGISTRY["remove_large_stripe"].params())
+    assert "\n" not in str(error.value)
