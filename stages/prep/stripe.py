@@ -186,6 +186,12 @@ def remove_stripe_based_filtering(
     """
     size = tomopy_size(block.shape[-1]) if size is None else size
     _check_positive("remove_stripe_based_filtering", "size", size)
+    device = _on_device("remove_stripe_based_filtering", block,
+                        lambda data: stripe_device.filtering(
+                            data.astype(np.float32), sigma=sigma, size=size, dim=dim,
+                            sort=sort))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_stripe_based_filtering", block,
         lambda s: removal.remove_stripe_based_filtering(
@@ -220,6 +226,12 @@ def remove_stripe_based_fitting(
         raise StageError(
             f"remove_stripe_based_fitting: num_chunk: expected >= 1, got {num_chunk}"
         )
+    device = _on_device("remove_stripe_based_fitting", block,
+                        lambda data: stripe_device.fitting(
+                            data.astype(np.float32), order=order, sigma=sigma, sort=sort,
+                            num_chunk=num_chunk))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_stripe_based_fitting", block,
         lambda s: removal.remove_stripe_based_fitting(
@@ -631,6 +643,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_filtering", fn=remove_stripe_based_filtering,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=FilteringParams, memory=_VO_MEMORY,
         summary="Vo's filtering-based stripe removal (algotom)",
         aliases=(
@@ -641,6 +654,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_fitting", fn=remove_stripe_based_fitting,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=FittingParams, memory=_VO_MEMORY,
         summary="Vo's fitting-based stripe removal (algotom)",
         aliases=(

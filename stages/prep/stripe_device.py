@@ -1,11 +1,14 @@
-"""Vo's dead-, large- and all-stripe removal for any array namespace (the device path).
+"""Vo's stripe removal methods for any array namespace (the device path).
 
 algotom has no device twin, so these are written from the algorithms (Vo et al. 2018,
-algorithms 4, 5 and 6, and their combination) as algotom implements them, for a whole
+algorithms 1 (fitting), 2 (filtering), 4 (detection), 5 (large), 6 (dead) and their
+combination) as algotom implements them, for a whole
 sinogram block ``(rows, angles, cols)`` at once: each step works along the angle axis or
 along the columns of one sinogram, never across sinograms, so the block is the same as
 the sinograms one by one. algotom's CPU result is the oracle
-(``tests/stages/test_stripe_device.py``). Where this differs from algotom, and why:
+(``tests/stages/test_stripe_device.py``): the filtering, fitting and large-stripe
+results equal algotom's bit for bit on the CPU namespace (same FFTs, filters and
+float64 steps). Where this differs from algotom, and why:
 
 * **Stripe detection** (algorithm 4) fits a line to the middle half of the sorted
   normalised column profile. algotom calls ``np.polyfit`` per sinogram (an SVD
@@ -155,12 +158,99 @@ def sorting(data: Any, *, size: int, dim: int) -> Any:
 
 
 def all_stripe(data: Any, *, snr: float, la_size: int, sm_size: int, drop_ratio: float,
-               dim: int) -> Any:
-    """algotom's ``remove_all_stripe``: dead stripes (no residual step), large stripes,
-    then the sorting-based method, in algotom's order and precision."""
-    stage = "remove_all_stripe"
+               dim: int, norm: bool = True, stage: str = "remove_all_stripe") -> Any:
+    """algotom's ``remove_all_stripe``: dead stripes (no residual step), large stripes
+    (normalised with ``norm``, algotom's default; httomolibgpu's switch), then the
+    sorting-based method, in algotom's order and precision."""
     sino = dead_stripe(data, snr=snr, size=la_size, residual=False, smooth_strength=10,
                        stage=stage)
-    sino = large_stripe(sino, snr=snr, size=la_size, drop_ratio=drop_ratio, norm=True,
+    sino = large_stripe(sino, snr=snr, size=la_size, drop_ratio=drop_ratio, norm=norm,
                         stage=stage)
     return sorting(sino, size=sm_size, dim=dim)
+
+
+def _frequency_split(data: Any, sigma: float) -> tuple[Any, Any]:
+    """algotom's ``separate_frequency_component`` along the angles of every column: the
+    low-pass part (a Gaussian window on the FFT of the reflect-padded column, centred by
+    the ``(-1)^k`` modulation) in float32, and the rest."""
+    from scipy.signal import windows  # noqa: PLC0415 - host facts, only where needed
+
+    xp = array_module(data)
+    angles = data.shape[1]
+    pad = min(150, int(0.1 * angles))
+    window = xp.asarray(windows.gaussian(angles + 2 * pad, sigma))
+    sign = xp.asarray(np.power(-1.0, np.arange(angles + 2 * pad)))
+    lines = xp.pad(xp.moveaxis(data, 1, 2), ((0, 0), (0, 0), (pad, pad)), mode="reflect")
+    spectrum = xp.fft.fft(lines * sign, axis=-1) * window
+    low = xp.real(xp.fft.ifft(spectrum, axis=-1) * sign)[..., pad:angles + pad]
+    smooth = xp.ascontiguousarray(xp.moveaxis(low, 2, 1)).astype(xp.float32)
+    return smooth, data - smooth
+
+
+def filtering(data: Any, *, sigma: float, size: int, dim: int, sort: bool) -> Any:
+    """Algorithm 2 (algotom's ``remove_stripe_based_filtering``) on a float32 sinogram
+    block: split each column's profile into low and high frequencies, median-filter the
+    low part across columns (sorted first with ``sort``), add the high part back."""
+    xp = array_module(data)
+    smooth, sharp = _frequency_split(data, sigma)
+    window = (1, size, size) if dim == 2 else (1, 1, size)
+    median = ndimage_module(xp).median_filter
+    if sort:
+        ordered, back = _sort_columns(smooth)
+        smooth = xp.take_along_axis(median(ordered, size=window), back, axis=1)
+    else:
+        smooth = median(smooth, size=window)
+    return smooth + sharp
+
+
+def _gaussian_2d(data: Any, sigma_x: float, sigma_y: float, pad: int) -> Any:
+    """algotom's ``apply_gaussian_filter`` on every sinogram: edge-pad the columns and
+    mean-pad the angles by ``pad``, multiply the centred 2-D spectrum by a Gaussian
+    window (``sigma_x`` across columns, ``sigma_y`` along angles), crop."""
+    xp = array_module(data)
+    padded = xp.pad(data, ((0, 0), (0, 0), (pad, pad)), mode="edge")
+    padded = xp.pad(padded, ((0, 0), (pad, pad), (0, 0)), mode="mean")
+    height, width = padded.shape[1:]
+    xc, yc = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    y, x = np.ogrid[-yc:height - yc, -xc:width - xc]
+    window = xp.asarray(np.exp(-(x ** 2 / (2 * sigma_x ** 2) + y ** 2 / (2 * sigma_y ** 2))))
+    column, row = np.meshgrid(np.arange(0, width), np.arange(0, height))
+    sign = xp.asarray(np.power(-1.0, column + row))
+    spectrum = xp.fft.fft2(padded * sign, axes=(1, 2)) * window
+    filtered = xp.real(xp.fft.ifft2(spectrum, axes=(1, 2)) * sign)
+    return filtered[:, pad:height - pad, pad:width - pad]
+
+
+def _mean_abs(data: Any) -> Any:
+    """``np.mean(np.abs(sinogram))`` of every sinogram, shaped to broadcast."""
+    magnitude = array_module(data).abs(data)
+    return magnitude.reshape(magnitude.shape[0], -1).mean(axis=1)[:, None, None]
+
+
+def fitting(data: Any, *, order: int, sigma: int, sort: bool, num_chunk: int,
+            stage: str = "remove_stripe_based_fitting") -> Any:
+    """Algorithm 1 (algotom's ``remove_stripe_based_fitting``) on a float32 sinogram
+    block: fit each column along the angles (a Savitzky-Golay polynomial of ``order``
+    over ``angles // num_chunk`` angles, mirrored edges: scipy's ``savgol_filter`` is
+    this convolution), low-pass the fit in 2-D, and scale the sinogram by
+    ``filtered / fit``."""
+    from scipy.signal import savgol_coeffs  # noqa: PLC0415 - host facts, only where needed
+
+    xp = array_module(data)
+    _, angles, cols = data.shape
+    pad = min(150, int(0.1 * angles))
+    sigma_y = int(np.clip(min(60, int(0.1 * cols)), 10, None))
+    span = angles // num_chunk
+    length = span if span % 2 == 1 else span - 1
+    if length <= order:
+        raise StageError(f"{stage}: order: expected below the fitting window of "
+                         f"{length} angles (angles // num_chunk, odd), got {order}")
+    sino, back = _sort_columns(data) if sort else (data, None)
+    weights = xp.asarray(savgol_coeffs(length, order))
+    fit = ndimage_module(xp).convolve1d(sino, weights, axis=1, mode="mirror")
+    filtered = _gaussian_2d(fit, sigma, sigma_y, pad)
+    filtered = _mean_abs(fit) * filtered / _mean_abs(filtered)
+    corrected = (sino / fit) * filtered
+    if back is not None:
+        corrected = xp.take_along_axis(corrected, back, axis=1)
+    return corrected

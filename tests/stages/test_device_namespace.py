@@ -73,21 +73,28 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "minus_log": ({}, (3, 8, 9)),
     "remove_large_stripe": ({"size": 5}, (3, 20, 24)),
     "remove_dead_stripe": ({"size": 5}, (3, 20, 24)),
+    "remove_stripe_based_filtering": ({"sigma": 3, "size": 5, "sort": True}, (3, 20, 24)),
+    "remove_stripe_based_fitting": ({"order": 2, "sigma": 5, "num_chunk": 2}, (3, 20, 24)),
     "remove_all_stripe": ({"la_size": 5, "sm_size": 3}, (3, 20, 24)),
+    "remove_all_stripe_httomo": ({"la_size": 5, "sm_size": 3, "normalize": True},
+                                 (3, 20, 24)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
 #: rounding: their results are compared to 1 % of the slice's maximum.
 CUPY_LOOSE = frozenset({"sirt", "cgls", "fista", "admm"})
 #: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
-TIE_FREE = frozenset({"remove_stripe_based_sorting", "remove_all_stripe"})
+TIE_FREE = frozenset({"remove_stripe_based_sorting", "remove_all_stripe",
+                      "remove_stripe_based_filtering",
+                      "remove_all_stripe_httomo"})
 #: Device versions written from the algorithm whose oracle (algotom) computes a step
 #: differently: FITPACK's degree-1 spline where the device interpolates a straight line
 #: (float32 rounding; see stages/prep/stripe_device.py).
-ORACLE_RTOL = {"remove_dead_stripe": 1e-6, "remove_all_stripe": 1e-6}
+ORACLE_RTOL = {"remove_dead_stripe": 1e-6, "remove_all_stripe": 1e-6,
+               "remove_all_stripe_httomo": 1e-6}
 
 #: A stage that is not device-ready (yet): the namespace check must fail it.
-NUMPY_ONLY = "remove_stripe_based_fitting"
+NUMPY_ONLY = "remove_stripe_fw"
 
 #: float32 agreement of the cupy run with numpy (different reduction orders and FMA).
 CUPY_RTOL, CUPY_ATOL = 1e-5, 1e-5

@@ -98,3 +98,29 @@ def test_noise_free_data_is_refused_in_one_line() -> None:
         REGISTRY["remove_large_stripe"].run(_device(block),
                                             REGISTRY["remove_large_stripe"].params())
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("sort", "dim"), [(True, 1), (False, 1), (True, 2)])
+def test_filtering_follows_algotom_bit_for_bit(sort: bool, dim: int) -> None:
+    block = _sinograms(4)
+    params = {"sigma": 3, "size": 7, "dim": dim, "sort": sort}
+    expected = np.stack([removal.remove_stripe_based_filtering(s, **params) for s in block])
+    spec = REGISTRY["remove_stripe_based_filtering"]
+    result = _host(spec.run(_device(block), spec.params(**params)))
+    np.testing.assert_array_equal(result, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize(("sort", "num_chunk", "order"), [(False, 1, 2), (True, 2, 3)])
+def test_fitting_follows_algotom_bit_for_bit(sort: bool, num_chunk: int, order: int) -> None:
+    block = _sinograms(5)
+    params = {"order": order, "sigma": 6, "sort": sort, "num_chunk": num_chunk}
+    expected = np.stack([removal.remove_stripe_based_fitting(s, **params) for s in block])
+    spec = REGISTRY["remove_stripe_based_fitting"]
+    result = _host(spec.run(_device(block), spec.params(**params)))
+    np.testing.assert_array_equal(result, expected.astype(np.float32))
+
+
+def test_a_fitting_window_shorter_than_the_order_is_refused() -> None:
+    spec = REGISTRY["remove_stripe_based_fitting"]
+    with pytest.raises(StageError, match="order: expected below the fitting window"):
+        spec.run(_device(_sinograms(0, angles=8)), spec.params(order=5, num_chunk=2))
