@@ -73,6 +73,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "minus_log": ({}, (3, 8, 9)),
     "remove_large_stripe": ({"size": 5}, (3, 20, 24)),
     "remove_dead_stripe": ({"size": 5}, (3, 20, 24)),
+    "data_resampler": ({"newshape": (13, 7), "axis": 2}, (4, 10, 11)),
     "remove_stripe_based_filtering": ({"sigma": 3, "size": 5, "sort": True}, (3, 20, 24)),
     "remove_stripe_based_fitting": ({"order": 2, "sigma": 5, "num_chunk": 2}, (3, 20, 24)),
     "remove_all_stripe": ({"la_size": 5, "sm_size": 3}, (3, 20, 24)),
@@ -89,8 +90,9 @@ TIE_FREE = frozenset({"remove_stripe_based_sorting", "remove_all_stripe",
                       "remove_all_stripe_httomo"})
 #: Device versions written from the algorithm whose oracle (algotom) computes a step
 #: differently: FITPACK's degree-1 spline where the device interpolates a straight line
-#: (float32 rounding; see stages/prep/stripe_device.py).
-ORACLE_RTOL = {"remove_dead_stripe": 1e-6, "remove_all_stripe": 1e-6,
+#: (float32 rounding; see stages/prep/stripe_device.py); separable bilinear weights where
+#: scipy's interpn sums the corners in its own order (data_resampler).
+ORACLE_RTOL = {"data_resampler": 1e-6, "remove_dead_stripe": 1e-6, "remove_all_stripe": 1e-6,
                "remove_all_stripe_httomo": 1e-6}
 
 #: A stage that is not device-ready (yet): the namespace check must fail it.
@@ -290,3 +292,18 @@ def test_normalize_on_the_device_repairs_and_counts_as_on_the_host() -> None:
     assert host_counts.counts == device_counts.counts == {"no_signal": 3 + 4}
     np.testing.assert_array_equal(device_like.NAMESPACE.asnumpy(result), expected)
     assert np.isfinite(expected).all()
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+@pytest.mark.parametrize(("axis", "newshape"), [("auto", (17, 5)), (0, (4, 9)), (2, (8, 8))])
+def test_device_resampler_follows_interpn(axis: Any, newshape: tuple[int, int],
+                                          interpolation: str) -> None:
+    """The separable device resampler against scipy's interpn (the host stage), up- and
+    down-sampling, every axis, points outside the grid set to 0."""
+    spec = REGISTRY["data_resampler"]
+    block = np.random.default_rng(11).random((5, 9, 12), dtype=np.float32)
+    params = spec.params(newshape=newshape, axis=axis, interpolation=interpolation)
+    expected = spec.run(block, params)
+    result = device_like.NAMESPACE.asnumpy(spec.run(device_like.DeviceLikeArray(block), params))
+    assert result.shape == expected.shape and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-7)
