@@ -11,6 +11,17 @@ steady). Each CuPy result is compared with the NumPy one (``max_abs_diff``, rela
 the NumPy result's range). Peak device memory is CuPy's memory-pool size after the step
 (the pool keeps freed blocks, so that is its high-water mark), reset between steps.
 
+The ``overlap`` entry times eight projection blocks through ``normalize`` on the device
+with the copies in turn and overlapped with the compute (pinned buffers, CUDA streams:
+``stages.backends.device_queue``), with the transfers counted and timed.
+
+Time on one H100 (estimate; no run recorded yet): the NumPy side dominates, about 3 min
+for the first 31 stages and about 30 s more for the 12 added with the normalisations,
+Vo's stripe family and the resampler (they took 70 s on the 2-core development machine
+at load 9: algotom works one sinogram at a time); the CuPy runs, the overlap entry and the
+recon of 32 rows add well under a minute, so the benchmark stays within the 300 s that
+``gpu_check.sh`` gives it and the whole check within 8 minutes.
+
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
 figure ``null`` with the reason, and the same JSON layout, so the script, its stage
 table and its JSON are tested on any machine. Usage::
@@ -78,6 +89,20 @@ PARAMS: dict[str, dict[str, Any]] = {
     "fista": {"iterations": 3, "regularisation_iterations": 20},
     "admm": {"iterations": 2, "subsets_number": 6, "regularisation_iterations": 10},
     "osem": {"iterations": 3, "subsets_number": 6, "regularisation_iterations": 10},
+    # the normalisations (whole-block device path, repair on the device)
+    "normalize": {"minus_log": True},
+    "normalize_interpolated": {"minus_log": True},
+    "normalize_nf": {"flat_loc": (0, 16)},  # the 8 benchmark flats: 2 groups of 4
+    "normalize_bg": {"air": 8},
+    "minus_log": {},
+    # Vo's methods written from the algorithms (algotom on NumPy: one sinogram at a time)
+    "remove_stripe_based_filtering": {"sigma": 3, "size": 21},
+    "remove_stripe_based_fitting": {"order": 2, "sigma": 10},
+    "remove_dead_stripe": {"snr": 3.0, "size": 51},
+    "remove_large_stripe": {"snr": 3.0, "size": 51},
+    "remove_all_stripe": {"snr": 3.0, "la_size": 51, "sm_size": 21},
+    "remove_all_stripe_httomo": {"snr": 3.0, "la_size": 61, "sm_size": 21},
+    "data_resampler": {"newshape": (512, 512)},
 }
 
 
@@ -127,6 +152,11 @@ def _stage_row(name: str, shape: tuple[int, int, int], runs: int, cupy: Any,
         extra["flats"] = np.full((8, *shape[1:]), 1.1, dtype=np.float32)
     if spec.needs_angles:
         extra["angles_deg"] = np.linspace(0.0, 180.0, shape[1], endpoint=False)
+    if spec.needs_frame_indices:  # flats in two groups, before and after the projections
+        extra["flat_indices"] = np.array([0, 1, 2, 3, 10_000, 10_001, 10_002, 10_003])
+        extra["frame_indices"] = np.arange(shape[0], dtype=np.int64) + 100
+    if spec.needs_projection_indices:
+        extra["projection_indices"] = np.arange(shape[0], dtype=np.int64)
     numpy_s, expected = _time(lambda: spec.run(block, params, **extra), lambda: None, 1)
     row: dict[str, Any] = {"stage": name, "shape": list(shape), "numpy_s": numpy_s,
                            "numpy_mpix_s": block.size / numpy_s / 1e6, "cupy_s": None,
@@ -159,6 +189,47 @@ def _stage_row(name: str, shape: tuple[int, int, int], runs: int, cupy: Any,
             row["httomolibgpu_s"] = adapter_s
         except Exception as error:  # record, do not hide: the adapter's own failure
             row["httomolibgpu_error"] = f"{type(error).__name__}: {error}"
+    return row
+
+
+def _overlap_row(width: int, cupy: Any) -> dict[str, Any]:
+    """Eight projection blocks through ``normalize`` (-log) on the device, copies done in
+    turn (``to_device`` / ``to_host``) against overlapped with the compute
+    (:class:`~stages.backends.device_queue.DeviceQueue`: pinned buffers, streams); both
+    with their transfers counted and timed."""
+    from stages.backends.device_queue import CupyStreams, DeviceQueue
+    from stages.backends.xp import TransferStats, to_device, to_host
+
+    shape = (16, 512, width)
+    row: dict[str, Any] = {"blocks": 8, "shape": list(shape), "serial_s": None,
+                           "overlapped_s": None, "speedup": None, "serial_transfers": None,
+                           "overlapped_transfers": None}
+    if cupy is None:
+        row["skipped"] = "no CUDA device"
+        return row
+    spec = REGISTRY["normalize"]
+    params = spec.params(minus_log=True)
+    rng = np.random.default_rng(1)
+    blocks = [rng.integers(100, 4000, size=shape).astype(np.float32) for _ in range(8)]
+    darks = cupy.asarray(np.full((4, *shape[1:]), 90.0, dtype=np.float32))
+    flats = cupy.asarray(np.full((8, *shape[1:]), 4100.0, dtype=np.float32))
+
+    def work(block: Any) -> Any:
+        return spec.run(block, params, darks=darks, flats=flats, backend="cupy")
+
+    work(cupy.asarray(blocks[0]))  # warm-up: kernels compiled, pool filled
+    cupy.cuda.Device().synchronize()
+    serial = TransferStats()
+    began = time.perf_counter()
+    expected = [to_host(work(to_device(block, serial)), serial) for block in blocks]
+    row["serial_s"] = time.perf_counter() - began
+    overlapped = TransferStats()
+    began = time.perf_counter()
+    results = list(DeviceQueue(CupyStreams(), overlapped).map(blocks, work))
+    row["overlapped_s"] = time.perf_counter() - began
+    row.update(speedup=row["serial_s"] / row["overlapped_s"],
+               serial_transfers=serial.describe(), overlapped_transfers=overlapped.describe(),
+               equal=all(np.array_equal(a, b) for a, b in zip(expected, results, strict=True)))
     return row
 
 
@@ -248,12 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         "cupy": None if cupy is None else cupy.__version__,
         "httomolibgpu": has_httomolibgpu,
         "numpy": np.__version__, "python": platform.python_version(),
-        "stages": [], "recon": None,
+        "stages": [], "recon": None, "overlap": None,
     }
     for name in names:
         row = _stage_row(name, _shape_for(name, sizes), args.runs, cupy, has_httomolibgpu)
         report["stages"].append(row)
         print(json.dumps(row), flush=True)
+    report["overlap"] = _overlap_row(width, cupy)
+    print(json.dumps(report["overlap"]), flush=True)
     rows = 2 if args.dry_run else args.recon_rows
     angles = 16 if args.dry_run else args.recon_angles
     report["recon"] = _recon_row(width, rows, angles, cupy)
