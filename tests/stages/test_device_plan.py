@@ -211,3 +211,18 @@ def test_plan_scan_takes_the_device_plan_and_counts_host_memory_only() -> None:
     assert frames == device_plans[0].block < host_frames
     assert memory == host_memory  # the device's blocks are not host memory
     assert device_plans[0].describe().startswith("device: projection section")
+
+
+def test_the_how_to_s_device_plan_example_is_what_check_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/how-to/gpu-and-backends.md shows `check standard --device 80`: its device lines
+    are the command's output (the normalisations now plan on the device)."""
+    from tests.conftest import REPO
+
+    assert main(["check", "standard", "--device", "80"]) == 0
+    out = capsys.readouterr().out
+    howto = (REPO / "docs/how-to/gpu-and-backends.md").read_text()
+    shown = howto.split("$ tomo-streamer check standard --device 80\n...\n")[1].split("```")[0]
+    for line in shown.strip().splitlines():
+        assert line in out, line
