@@ -16,11 +16,12 @@ with the copies in turn and overlapped with the compute (pinned buffers, CUDA st
 ``stages.backends.device_queue``), with the transfers counted and timed.
 
 Time on one H100 (estimate; no run recorded yet): the NumPy side dominates, about 3 min
-for the first 31 stages and about 30 s more for the 12 added with the normalisations,
-Vo's stripe family and the resampler (they took 70 s on the 2-core development machine
-at load 9: algotom works one sinogram at a time); the CuPy runs, the overlap entry and the
-recon of 32 rows add well under a minute, so the benchmark stays within the 300 s that
-``gpu_check.sh`` gives it and the whole check within 8 minutes.
+for the first 31 stages and about 40 s more for the 13 added with the normalisations,
+Vo's stripe family, Titarenko's method and the resampler (the 12 of them measured took
+70 s on the 2-core development machine at load 9: algotom works one sinogram at a
+time); the CuPy runs, the overlap entry and the recon of 32 rows add well under a
+minute, so the benchmark stays within the 300 s that ``gpu_check.sh`` gives it and the
+whole check within 8 minutes.
 
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
 figure ``null`` with the reason, and the same JSON layout, so the script, its stage
@@ -103,6 +104,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "remove_all_stripe": {"snr": 3.0, "la_size": 51, "sm_size": 21},
     "remove_all_stripe_httomo": {"snr": 3.0, "la_size": 61, "sm_size": 21},
     "data_resampler": {"newshape": (512, 512)},
+    "remove_stripe_ti": {"nblock": 0, "alpha": 1.5},  # every sinogram's CG at once
 }
 
 

@@ -30,7 +30,7 @@ from algotom.prep import removal
 from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module, ndimage_module
-from stages.prep import stripe_device
+from stages.prep import stripe_device, ti_device
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -531,6 +531,9 @@ def remove_stripe_ti(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F3
         raise StageError(f"{stage}: nblock: expected 0 … {angles} (angles), got {nblock}")
     if alpha < 0:
         raise StageError(f"{stage}: alpha: expected >= 0, got {alpha}")
+    if array_module(block) is not np:  # all sinograms' CG problems at once, on the device
+        result: F32 = ti_device.remove_stripe_ti(block, nblock=nblock, alpha=alpha)
+        return result
     bounds = [0, angles] if nblock == 0 else [k * (angles // nblock) for k in range(nblock)]
     if nblock:
         bounds.append(angles)
@@ -709,6 +712,9 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_ti", fn=remove_stripe_ti,
         angle_local=False,  # the whole sinogram
         pattern=Pattern.PROJECTION, params=TiParams, memory=scaled_memory(4.0),
+        # the whole block in float64 (2), the two corrections (2), one ring's float64
+        # sinograms and correction (4), the product and the result (2), the input (1)
+        device=True, device_memory=scaled_memory(11.0),
         summary="Titarenko regularised stripe removal (tomopy's algorithm)",
         aliases=("tomopy.prep.stripe.remove_stripe_ti",),
     ),
