@@ -15,13 +15,15 @@ The ``overlap`` entry times eight projection blocks through ``normalize`` on the
 with the copies in turn and overlapped with the compute (pinned buffers, CUDA streams:
 ``stages.backends.device_queue``), with the transfers counted and timed.
 
-Time on one H100 (estimate; no run recorded yet): the NumPy side dominates, about 3 min
-for the first 31 stages and about 40 s more for the 13 added with the normalisations,
-Vo's stripe family, Titarenko's method and the resampler (the 12 of them measured took
-70 s on the 2-core development machine at load 9: algotom works one sinogram at a
-time); the CuPy runs, the overlap entry and the recon of 32 rows add well under a
-minute, so the benchmark stays within the 300 s that ``gpu_check.sh`` gives it and the
-whole check within 8 minutes.
+Time on one H100 (an estimate: no run is recorded yet): the NumPy side dominates, about
+3 min for the first 31 stages (as sized before), about 30 s for the 15 added with the
+normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinogram
+takes seconds), Titarenko's method, the resampler and the two httomo-named FBPs (one
+slice from 60 angles each); those 15 took about 60 s on the 2-core development machine
+at load 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
+minute: about 4 to 4.5 min of the 300 s ``gpu_check.sh`` gives the benchmark, and the
+whole check within 8 minutes with the wheels cached. If a device run shows otherwise,
+split it with ``--stages``.
 
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
 figure ``null`` with the reason, and the same JSON layout, so the script, its stage
@@ -105,7 +107,16 @@ PARAMS: dict[str, dict[str, Any]] = {
     "remove_all_stripe_httomo": {"snr": 3.0, "la_size": 61, "sm_size": 21},
     "data_resampler": {"newshape": (512, 512)},
     "remove_stripe_ti": {"nblock": 0, "alpha": 1.5},  # every sinogram's CG at once
+    # httomo-named reconstructors on our fbp (one slice, as fbp)
+    "FBP3d_tomobar": {"filter_freq_cutoff": 0.35},
+    "FBP2d_astra": {"filter_type": "shepp-logan"},
 }
+
+
+#: Vo's methods: NumPy (algotom) runs one sinogram at a time, seconds each at 2048 wide.
+ONE_SINOGRAM = frozenset({"remove_stripe_based_filtering", "remove_stripe_based_fitting",
+                          "remove_dead_stripe", "remove_large_stripe", "remove_all_stripe",
+                          "remove_all_stripe_httomo"})
 
 
 def _sizes(dry_run: bool, width: int) -> dict[str, tuple[int, int, int]]:
@@ -122,6 +133,12 @@ def _sizes(dry_run: bool, width: int) -> dict[str, tuple[int, int, int]]:
 def _shape_for(name: str, sizes: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
     if name.startswith("total_variation"):
         return sizes["slices"]
+    if name in ("FBP3d_tomobar", "FBP2d_astra"):  # as fbp's, from 60 angles: ~6 s each
+        _, angles, cols = sizes["sinogram"]
+        return (1, min(angles, 60), cols)
+    if name in ONE_SINOGRAM:  # algotom works one sinogram at a time, ~1-4 s each
+        _, angles, cols = sizes["sinogram"]
+        return (1, angles, cols)
     if name == "fbp":  # one slice: NumPy back-projects 2048² pixels at ~10 angles/s
         _, angles, cols = sizes["sinogram"]
         return (1, min(angles, 360), cols)
