@@ -107,6 +107,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "remove_all_stripe_httomo": {"snr": 3.0, "la_size": 61, "sm_size": 21},
     "data_resampler": {"newshape": (512, 512)},
     "remove_stripe_ti": {"nblock": 0, "alpha": 1.5},  # every sinogram's CG at once
+    "remove_stripe_fw": {"wname": "db5", "sigma": 2.0},  # filter banks, all sinograms
     # httomo-named reconstructors on our fbp (one slice, as fbp)
     "FBP3d_tomobar": {"filter_freq_cutoff": 0.35},
     "FBP2d_astra": {"filter_type": "shepp-logan"},

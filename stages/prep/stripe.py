@@ -30,7 +30,7 @@ from algotom.prep import removal
 from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module, ndimage_module
-from stages.prep import stripe_device, ti_device
+from stages.prep import fw_device, stripe_device, ti_device
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -419,6 +419,10 @@ def remove_stripe_fw(
         level = int(np.ceil(np.log2(max(block.shape[0], block.shape[2]))))
     if level < 1:
         raise StageError(f"{stage}: level: expected >= 1 or None, got {level}")
+    if array_module(block) is not np:  # filter banks for every sinogram at once
+        on_device: F32 = fw_device.remove_stripe_fw(block, level=level, wname=wname,
+                                                    sigma=sigma, pad=pad)
+        return on_device
     angles, rows, cols = block.shape
     padded = angles + angles // 8 if pad else angles
     shift = (padded - angles) // 2
@@ -702,6 +706,9 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_fw", fn=remove_stripe_fw,
         angle_local=False,  # the whole sinogram (wavelets along the angles)
         pattern=Pattern.PROJECTION, params=FwParams, memory=scaled_memory(3.0),
+        # the padded block (1.2) and its level-1 bands (about 1.2), float64 from the
+        # first damped band on (x2), the filter banks' temporaries (2), input, output (2)
+        device=True, device_memory=scaled_memory(9.0),
         summary="Münch wavelet-Fourier stripe removal (tomopy's algorithm)",
         aliases=(
             "tomopy.prep.stripe.remove_stripe_fw",

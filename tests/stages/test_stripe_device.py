@@ -140,3 +140,41 @@ def test_titarenko_on_the_device_follows_the_host_stage(nblock: int, alpha: floa
     assert result.dtype == np.float32 and result.flags.c_contiguous
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected, np.nan_to_num(projections), rtol=1e-3)
+
+
+@pytest.mark.parametrize("wname", ["db5", "haar", "sym8"])
+def test_the_filter_bank_transforms_follow_pywavelets(wname: str) -> None:
+    """dwt2/idwt2 written as filter banks (stages/prep/fw_device.py) against PyWavelets,
+    mode symmetric, odd and even sizes and signals shorter than the filter."""
+    import pywt
+
+    from stages.prep import fw_device
+
+    wavelet = pywt.Wavelet(wname)
+    rng = np.random.default_rng(8)
+    for shape in ((2, 23, 19), (2, 5, 6), (1, 40, 33)):
+        block = rng.random(shape, dtype=np.float32)
+        approx, details = fw_device._dwt2(_device(block), wavelet)
+        for index, sinogram in enumerate(block):
+            ca, bands = pywt.dwt2(sinogram, wavelet)
+            np.testing.assert_allclose(_host(approx)[index], ca, rtol=0, atol=1e-6)
+            for got, want in zip(details, bands, strict=True):
+                np.testing.assert_allclose(_host(got)[index], want, rtol=0, atol=1e-6)
+            back = _host(fw_device._idwt2(approx, details, wavelet))[index]
+            np.testing.assert_allclose(back, pywt.idwt2((ca, bands), wavelet), rtol=0,
+                                       atol=1e-6)
+
+
+@pytest.mark.parametrize(("level", "pad"), [(None, True), (2, False)])
+def test_wavelet_fourier_on_the_device_follows_the_host_stage(level: int | None,
+                                                              pad: bool) -> None:
+    """The whole remove_stripe_fw on every sinogram at once against the host stage
+    (PyWavelets per sinogram): float32 sums in another order, 1e-5 of the range."""
+    spec = REGISTRY["remove_stripe_fw"]
+    projections = np.moveaxis(_sinograms(9, rows=3, angles=30, cols=37), 1, 0).copy()
+    params = spec.params(level=level, pad=pad, sigma=2.0)
+    expected = spec.run(projections, params)
+    result = _host(spec.run(_device(projections), params))
+    assert result.dtype == np.float32 and result.shape == expected.shape
+    np.testing.assert_allclose(result, expected, rtol=0,
+                               atol=1e-5 * float(np.abs(expected).max()))
