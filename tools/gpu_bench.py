@@ -16,11 +16,11 @@ with the copies in turn and overlapped with the compute (pinned buffers, CUDA st
 ``stages.backends.device_queue``), with the transfers counted and timed.
 
 Time on one H100 (an estimate: no run is recorded yet): the NumPy side dominates, about
-3 min for the first 31 stages (as sized before), about 30 s for the 15 added with the
+3 min for the first 31 stages (as sized before), about 35 s for the 16 added with the
 normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinogram
-takes seconds), Titarenko's method, the resampler and the two httomo-named FBPs (one
-slice from 60 angles each); those 15 took about 60 s on the 2-core development machine
-at load 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
+takes seconds), Titarenko's and Münch's methods, the resampler and the two httomo-named
+FBPs (one slice from 60 angles each); those took about 65 s on the 2-core development
+machine at load 3 to 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
 minute: about 4 to 4.5 min of the 300 s ``gpu_check.sh`` gives the benchmark, and the
 whole check within 8 minutes with the wheels cached. If a device run shows otherwise,
 split it with ``--stages``.
