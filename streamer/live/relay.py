@@ -630,25 +630,25 @@ class FeedRelay:
         return self.feed is not None and self._open == serial
 
     def _take_counts(self, source: int, message: dict[str, Any], serial: int) -> None:
-        if not self._showing(serial):
-            return
         received = message.get("received")
         if not (isinstance(received, list) and len(received) == 3):
             raise ExchangeError("relay: counts.received: expected 3 counts")
-        assert self.feed is not None
-        self.feed.remote_counts(source, RemoteCounts(
+        counts = RemoteCounts(
             received=(_int(received[0]), _int(received[1]), _int(received[2])),
             duplicate=_count(message, "duplicate"), out_of_range=_count(message, "out_of_range"),
             rejected=_count(message, "rejected"), dropped_rows=_count(message, "dropped_rows"),
-            dropped_slices=_count(message, "dropped_slices")))
+            dropped_slices=_count(message, "dropped_slices"))
+        if self._showing(serial):
+            assert self.feed is not None
+            self.feed.remote_counts(source, counts)
 
     def _take_rows(self, source: int, message: dict[str, Any], serial: int) -> None:
-        if not self._showing(serial):
-            return
         indices = _ints(message, "indices")
         angles = np.asarray(_floats(message, "angles", len(indices)), dtype=np.float64)
         times = _floats(message, "received_at", len(indices))
         rows = _array(message, "shape", "data", ndim=3)
+        if not self._showing(serial):
+            return
         hub = self._hubs[serial]
         if hub.recorder is not None:
             for index, at in zip(indices, times, strict=True):
@@ -658,8 +658,6 @@ class FeedRelay:
         del source
 
     def _take_slices(self, message: dict[str, Any], serial: int) -> None:
-        if not self._showing(serial):
-            return
         kept = message.get("kept")
         if not isinstance(kept, list):
             raise ExchangeError("relay: slices.kept: expected a list")
@@ -671,6 +669,8 @@ class FeedRelay:
         if not first <= shown[0] < last:
             raise ExchangeError(f"relay: slices: shown slice {shown[0]} outside "
                                 f"[{first}, {last})")
+        if not self._showing(serial):
+            return
         assert self.feed is not None
         self.feed.binned_slices(item)
 
