@@ -9,6 +9,8 @@ the same slices, the same CoR (found by the rank owning the middle row).
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import zmq
 
 from streamer.cli import main
 from streamer.exchange.links import RankLink
+from streamer.live.client import Preview, ScanEnd, Slice, Subscription
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
@@ -116,3 +119,71 @@ def test_recon_on_ranks_equals_one_rank(link: RankLink, shared_dir: Path) -> Non
         expected = one["/entry/reconstruction/data"][()]
         np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
                                    rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def free_port() -> int:
+    """A loopback port free now (the feed binds it next; only rank 0 asks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_run_on_ranks_with_feed_publishes_every_rank_to_one_feed(
+    link: RankLink, shared_dir: Path
+) -> None:
+    """``mpiexec -n R tomo-streamer run --feed``: rank 0's feed shows every projection
+    and every final slice, whichever rank corrected or reconstructed it; the JSON report
+    holds the transfers and the latency."""
+    config = SimulationConfig.from_kwargs(rows=9, cols=32, projections=48, flats=3, darks=2,
+                                          cor_px=16.0, seed=4)
+    scan = SimulatedScan(config)
+    pipeline = shared_dir / "pipeline.yaml"
+    seen: list[Any] = []
+    subscribed = threading.Event()
+    threads: list[threading.Thread] = []
+    if link.rank == 0:
+        pipeline.write_text(PIPELINE)
+        (shared_dir / "feed.txt").write_text(f"tcp://127.0.0.1:{free_port()}")
+    link.comm.Barrier()
+    feed = (shared_dir / "feed.txt").read_text()
+    if link.rank == 0:
+        def watch() -> None:  # the feed's subscriber; the source waits for it
+            with Subscription(feed, timeout_s=JOIN_S, hwm=100_000) as sub:
+                sub.wait_connected()
+                subscribed.set()
+                while not seen or not isinstance(seen[-1], ScanEnd):
+                    seen.append(sub.receive(JOIN_S))
+
+        def play(push: zmq.Socket[Any]) -> None:
+            assert subscribed.wait(JOIN_S)
+            send_scan(push, scan, SendOptions(scan_id="fed", block=4, order="shuffle", seed=1))
+
+        ready = threading.Event()
+        threads = [threading.Thread(target=watch, name="subscriber"),
+                   source(shared_dir, link.size, ready, play)]
+        threads[0].start()
+        assert ready.wait(JOIN_S)
+    link.comm.Barrier()
+    address = (shared_dir / "address.txt").read_text()
+    out = shared_dir / "volumes"
+    code = main(["run", str(pipeline), "--from", address, "--out", str(out), "--scans", "1",
+                 "--idle-timeout", "10", "--quiet", "--feed", feed])
+    for thread in threads:
+        thread.join(JOIN_S)
+        assert not thread.is_alive()
+    assert code == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return
+    previews = [m for m in seen if isinstance(m, Preview)]
+    assert previews[-1].header.projections == config.projections
+    bands = sorted({m.header.band for m in seen if isinstance(m, Slice)})
+    assert [row for first, last in bands for row in range(first, last)] == list(range(9))
+    end = seen[-1].header
+    assert end.complete and end.latency is not None
+    report = json.loads((out / "fed.json").read_text())
+    assert report["latency"]["last_frame_to_volume_s"] is not None
+    total = report["transfers"]["total"]
+    assert total["reslice"]["bytes_sent"] == total["reslice"]["bytes_received"] > 0
+    assert total["relay"]["bytes_sent"] == total["relay"]["bytes_received"] > 0
+    assert set(report["transfers"]["per_rank"]) == {str(r) for r in range(link.size)}
