@@ -11,6 +11,7 @@ happened), never by sleeps; every receive has a timeout.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.run.one_rank import ScanOutput
 from streamer.run.ranks import RankedReconstruction
-from streamer.sources.sender import start_header
+from streamer.sources.sender import SendOptions, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.protocol import EndHeader, FramesHeader, encode_frames, encode_header
 from streamer.wire.transport import Endpoint, bound_address, open_socket
@@ -316,3 +317,24 @@ def test_latency_is_in_the_output_and_the_feed(tmp_path: Path, context: zmq.Cont
     assert end.latency is not None
     assert end.latency.last_frame_to_volume_s == latency["last_frame_to_volume_s"]
     assert end.latency.frame_to_preview.count == spread["count"]
+
+
+def test_on_one_rank_the_latency_is_in_the_feed_and_the_output(live_run: Any) -> None:
+    """The one-rank service (LiveReconstruction): the feed's previews are measured and
+    ``scan_end`` carries the scan's latency, as the output and its report do."""
+    run = live_run()
+    with Subscription(run.feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub:
+        sub.wait_connected()
+        run.send(SimulatedScan(CONFIG), SendOptions(block=6, scan_id="onerank"))
+        seen = read_until(sub, lambda m: isinstance(m, ScanEnd))
+    run.join()
+    (output,) = run.live.outputs
+    latency = output.figures["latency"]
+    assert latency["frame_to_preview"]["count"] >= 1
+    assert latency["last_frame_to_volume_s"] >= 0
+    end = seen[-1].header
+    assert end.latency is not None
+    assert end.latency.model_dump() == latency
+    assert output.path is not None
+    with h5py.File(output.path) as file:
+        assert json.loads(file["/entry/process/report"][()])["latency"] == latency
