@@ -128,24 +128,37 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+HOW_TO = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "watch-live.md"
+
+
+def documented_run_on_ranks(**values: str) -> list[str]:
+    """The how-to's ``mpiexec -n 2 tomo-streamer run … --feed …`` line, as arguments of
+    ``main``, with the option ``values`` replaced (the test's addresses and folder)."""
+    line = next(line for line in HOW_TO.read_text().splitlines()
+                if line.startswith("$ mpiexec -n 2 tomo-streamer run"))
+    args = line.split("tomo-streamer ", 1)[1].split()
+    for option, value in values.items():
+        args[args.index(f"--{option}") + 1] = value
+    return args
+
+
 def test_run_on_ranks_with_feed_publishes_every_rank_to_one_feed(
-    link: RankLink, shared_dir: Path
+    link: RankLink, shared_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``mpiexec -n R tomo-streamer run --feed``: rank 0's feed shows every projection
-    and every final slice, whichever rank corrected or reconstructed it; the JSON report
-    holds the transfers and the latency."""
+    """``mpiexec -n R tomo-streamer run --feed`` as the how-to shows it: rank 0's feed
+    shows every projection and every final slice, whichever rank corrected or
+    reconstructed it; the terminal and the JSON report hold the transfers and latency."""
     config = SimulationConfig.from_kwargs(rows=9, cols=32, projections=48, flats=3, darks=2,
                                           cor_px=16.0, seed=4)
     scan = SimulatedScan(config)
-    pipeline = shared_dir / "pipeline.yaml"
     seen: list[Any] = []
     subscribed = threading.Event()
     threads: list[threading.Thread] = []
     if link.rank == 0:
-        pipeline.write_text(PIPELINE)
-        (shared_dir / "feed.txt").write_text(f"tcp://127.0.0.1:{free_port()}")
+        (shared_dir / "feed.txt").write_text(
+            f"tcp://127.0.0.1:{free_port()} tcp://127.0.0.1:{free_port()}")
     link.comm.Barrier()
-    feed = (shared_dir / "feed.txt").read_text()
+    feed, control = (shared_dir / "feed.txt").read_text().split()
     if link.rank == 0:
         def watch() -> None:  # the feed's subscriber; the source waits for it
             with Subscription(feed, timeout_s=JOIN_S, hwm=100_000) as sub:
@@ -166,8 +179,9 @@ def test_run_on_ranks_with_feed_publishes_every_rank_to_one_feed(
     link.comm.Barrier()
     address = (shared_dir / "address.txt").read_text()
     out = shared_dir / "volumes"
-    code = main(["run", str(pipeline), "--from", address, "--out", str(out), "--scans", "1",
-                 "--idle-timeout", "10", "--quiet", "--feed", feed])
+    code = main([*documented_run_on_ranks(**{"from": address, "out": str(out), "feed": feed,
+                                              "control": control}),
+                 "--scans", "1", "--idle-timeout", "10", "--quiet"])
     for thread in threads:
         thread.join(JOIN_S)
         assert not thread.is_alive()
@@ -175,6 +189,9 @@ def test_run_on_ranks_with_feed_publishes_every_rank_to_one_feed(
     link.comm.Barrier()
     if link.rank != 0:
         return
+    printed = capsys.readouterr().out
+    assert "  latency: frame→preview p50 " in printed
+    assert "  transfers: reslice " in printed and "relay to rank 0 " in printed
     previews = [m for m in seen if isinstance(m, Preview)]
     assert previews[-1].header.projections == config.projections
     bands = sorted({m.header.band for m in seen if isinstance(m, Slice)})
