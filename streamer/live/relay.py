@@ -271,6 +271,7 @@ class FeedRelay:
         self._hubs: dict[int, _Hub] = {}
         self._open: int | None = None  # the serial the feed shows
         self._latest = 0  # the newest serial rank 0 opened
+        self._decided = 0  # the newest serial whose CoR decision rank 0 sent
         self._target = _ViewerCenter()
         self._early: list[Received] = []  # relayed for a scan rank 0 has not opened yet
         self.rejected_messages = 0
@@ -365,10 +366,14 @@ class FeedRelay:
     def scan_closing(self, serial: int) -> None:
         """Ingest closed the scan on this rank (before its last projections are
         corrected). Rank 0: no CoR can be set from the viewer any more; the value set,
-        if any, goes to every rank."""
+        if any, goes to every rank. Once per scan (the runner calls it again when its
+        close begins, so that a scan failed on rank 0 never leaves the others waiting)."""
         if not self.gathers:
             self.serve()
             return
+        if serial <= self._decided:
+            return
+        self._decided = serial
         if self.feed is not None:
             self.feed.scan_closing()
         value = self._target.center_override
@@ -464,14 +469,16 @@ class FeedRelay:
             hub.report = report
 
     def finish_master(self, serial: int, document: dict[str, Any],
-                      serve: Callable[[], None] | None = None) -> None:
+                      serve: Callable[[], None] | None = None,
+                      silent: tuple[int, ...] = ()) -> None:
         """Rank 0, every part written, before the master: wait (bounded) for every rank's
-        end message, then add ``transfers`` and ``latency`` (the volume is complete once
-        the master is written, which is next) to the report ``document``."""
+        end message (but the ``silent`` ones, which wrote nothing in time), then add
+        ``transfers`` and ``latency`` (the volume is complete once the master is written,
+        which is next) to the report ``document``."""
         hub = self._hubs.get(serial)
         if not self.gathers or hub is None:
             return
-        others = set(range(1, self.link.size))
+        others = set(range(1, self.link.size)) - set(silent)
         deadline = time.monotonic() + self.timeout_s
         while not others <= set(hub.ends):
             self.serve()
@@ -480,9 +487,9 @@ class FeedRelay:
             if serve is not None:
                 serve()
             if time.monotonic() > deadline:
-                silent = sorted(others - set(hub.ends))
+                late = sorted(others - set(hub.ends))
                 if self.log is not None:
-                    self.log(f"relay: ranks {silent} did not end scan {hub.scan} within "
+                    self.log(f"relay: ranks {late} did not end scan {hub.scan} within "
                              f"{self.timeout_s:g} s: their transfers are not counted")
                 break
             time.sleep(_POLL_PAUSE_S)

@@ -41,7 +41,8 @@ class RankObserver(Protocol):
         """A block of this rank's projections is corrected (all detector rows)."""
 
     def scan_closing(self, serial: int) -> None:
-        """Ingest closed the scan; its last projections are corrected next."""
+        """Ingest closed the scan; its last projections are corrected next. Called again
+        when the rank's close begins (once per scan matters; later calls do nothing)."""
 
     def viewer_center(self, serial: int, serve: Callable[[], None] | None = None
                       ) -> float | None:
@@ -62,8 +63,10 @@ class RankObserver(Protocol):
         """Rank 0: the scan's merged accounting."""
 
     def finish_master(self, serial: int, document: dict[str, Any],
-                      serve: Callable[[], None] | None = None) -> None:
-        """Rank 0, every part in, before the master is written: add to its report."""
+                      serve: Callable[[], None] | None = None,
+                      silent: tuple[int, ...] = ()) -> None:
+        """Rank 0, every part in (but the ``silent`` ranks'), before the master is
+        written: add to its report."""
 
     def scan_closed(self, serial: int, output: ScanOutput) -> ScanOutput:
         """Rank 0: the master is written (or failed); returns the output to publish."""

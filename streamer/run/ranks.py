@@ -302,6 +302,8 @@ class RankedReconstruction:
 
     def _close(self, scan: _ScanState) -> None:
         start = scan.start
+        if self.observer is not None:  # (a scan failed on rank 0 saw no ScanClosing)
+            self.observer.scan_closing(scan.serial)
         if self.control.rank == 0:
             assert scan.path is not None
             self._closed[start.scan] = (scan.serial, scan.path, start.rows)
@@ -562,7 +564,7 @@ class RankedReconstruction:
                     and all(p.complete for p in parts.values()))
         document = dict(document or {})
         if self.observer is not None:  # transfers, latency (the volume is complete next)
-            self.observer.finish_master(serial, document)
+            self.observer.finish_master(serial, document, silent=tuple(silent))
         if errors:
             document["reconstruction_errors"] = errors
         repairs = RepairCounts()
