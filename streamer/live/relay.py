@@ -233,6 +233,9 @@ class FeedRelay:
         The pipeline (its fixed CoR and slice size open the preview).
     clock : callable
         Wall-clock seconds (``time.time``) for the latency figures; injected in tests.
+
+    Every hook is called from one thread of the rank at a time (the runner's); only the
+    feed's thread also reaches in, through the feed (``on_preview``, the CoR target).
     """
 
     def __init__(self, link: Link, settings: FeedSettings | None, *,
