@@ -25,6 +25,11 @@ own thread does the rest:
   takes the value as its ``center_override`` (used for the reconstruction of this scan),
   and the preview is recomputed at that CoR.
 
+On several MPI ranks rank 0's feed also takes what the other ranks relay (their preview
+rows, binned final slices and counts: :mod:`streamer.live.relay`) through
+:meth:`LiveFeed.preview_rows`, :meth:`~LiveFeed.binned_slices` and
+:meth:`~LiveFeed.remote_counts`; the counters show the sums over the ranks.
+
 What is bounded: the inbox and everything the feed keeps for a scan share
 ``memory_bytes`` (beyond it new rows or slices are dropped and counted, never queued);
 the PUB socket's send high-water mark is small and sends never block (libzmq drops
