@@ -28,7 +28,7 @@ from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.exchange.reslice import row_bands
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live.client import Control, Preview, ScanEnd, Slice, Subscription
+from streamer.live.client import Control, Counters, Preview, ScanEnd, Slice, Subscription
 from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import parse_pipeline
@@ -210,8 +210,21 @@ def run_scan(ranks: int, tmp_path: Path, context: zmq.Context[Any], *,
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_a_subscriber_gets_previews_of_every_projection_and_every_final_slice(
         tmp_path: Path, context: zmq.Context[Any], ranks: int) -> None:
-    output, seen, state, _, _ = run_scan(ranks, tmp_path, context)
+    open_counts: list[Any] = []
+
+    def all_received(sub: Subscription, control: Control) -> None:
+        # While the scan is open (its end not sent), the counters come to the sums of
+        # what every rank received: the handshake is that message.
+        def summed(message: Any) -> bool:
+            return (isinstance(message, Counters) and message.header.state == "open"
+                    and message.header.received.projections == CONFIG.projections)
+
+        open_counts.append(read_until(sub, summed)[-1].header)
+
+    output, seen, state, _, _ = run_scan(ranks, tmp_path, context, between=all_received)
     assert output.complete, output
+    (counts,) = open_counts
+    assert (counts.received.flats, counts.received.darks) == (CONFIG.flats, CONFIG.darks)
     previews = [m for m in seen if isinstance(m, Preview)]
     # The newest preview holds every projection, whichever rank corrected it.
     assert previews[-1].header.projections == CONFIG.projections
