@@ -181,11 +181,10 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     from streamer.live.relay import FeedRelay
     from streamer.run.from_file import ReconSettings, center_source, pipeline_for
     from streamer.run.ranks import RankedReconstruction
+    from streamer.sinks.ranked import ranked_output
 
-    if chosen_output_format(args, None) != "hdf5":
-        raise ConfigError("--tiff/--output-format: with several MPI ranks the output is "
-                          "HDF5 (a part file per rank and a master file); run one rank "
-                          "for TIFF")
+    output_format = chosen_output_format(args, None)
+    ranked_output(output_format)  # a format R ranks can write, or a ConfigError
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
@@ -220,7 +219,8 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=memory_budget(args.memory), on_output=on_output,
-                                  center_source=center_source(args.center), log=log)
+                                  center_source=center_source(args.center), log=log,
+                                  output_format=output_format)
     # --feed: rank 0 serves the feed (and the viewer's control); the others relay to it.
     wanted_feed = feed_settings(args)
     feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
