@@ -23,6 +23,8 @@ USER_MUST_SET = {
     "httomolibgpu.misc.morph.data_resampler": "newshape",
     "tomopy.misc.corr.circ_mask": "axis",
     "tomopy.misc.corr.remove_outlier": "dif",
+    "tomopy.misc.corr.remove_outlier1d": "dif",
+    "tomopy.misc.corr.remove_outlier3d": "dif",
     "tomopy.prep.normalize.normalize_nf": "flat_loc",
     "tomopy.recon.algorithm.recon": "algorithm",  # null: tomopy needs one chosen
     # the template holds a !!python/tuple tag, which a safe loader never constructs

@@ -64,6 +64,11 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
               "regularisation_type": "ROF_TV"}, (2, 15, 21)),  # FBP start: a host round trip
     "osem": ({"iterations": 2, "subsets_number": 3, "regularisation_iterations": 5,
               "center": 10.3}, (2, 15, 21)),
+    # issue 16's remaining TomoPy/httomolib methods (H23)
+    "median_filter3d_tomopy": ({"size": 3}, (4, 9, 10)),
+    "remove_outlier3d_tomopy": ({"dif": 0.3, "size": 3}, (4, 9, 10)),
+    "remove_outlier1d": ({"dif": 0.3, "size": 3, "axis": 0}, (4, 9, 10)),
+    "sobel_filter": ({}, (3, 8, 9)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
