@@ -25,6 +25,8 @@ USER_MUST_SET = {
     "tomopy.misc.corr.remove_outlier": "dif",
     "tomopy.misc.corr.remove_outlier1d": "dif",
     "tomopy.misc.corr.remove_outlier3d": "dif",
+    "tomopy.misc.morph.pad": "axis",
+    "tomopy.misc.morph.trim_sinogram": "center",
     "tomopy.prep.normalize.normalize_nf": "flat_loc",
     "tomopy.recon.algorithm.recon": "algorithm",  # null: tomopy needs one chosen
     # the template holds a !!python/tuple tag, which a safe loader never constructs

@@ -69,6 +69,9 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "remove_outlier3d_tomopy": ({"dif": 0.3, "size": 3}, (4, 9, 10)),
     "remove_outlier1d": ({"dif": 0.3, "size": 3, "axis": 0}, (4, 9, 10)),
     "sobel_filter": ({}, (3, 8, 9)),
+    "pad": ({"axis": 2, "npad": 3, "mode": "edge"}, (3, 8, 9)),
+    "trim_sinogram": ({"center": 4.5, "x": 1, "y": -2, "diameter": 5}, (2, 8, 9)),
+    "normalize_roi": ({"roi": (1, 1, 5, 6)}, (3, 8, 9)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
