@@ -19,6 +19,8 @@ from pydantic_core import PydanticUndefined
 from stages.backends import httomolibgpu as gpu
 from stages.backends import tomopy as tp
 from stages.misc import (
+    blend,
+    data_checker,
     denoise,
     elementwise,
     filters,
@@ -26,6 +28,7 @@ from stages.misc import (
     httomo_output,
     morph,
     rescale,
+    segm,
     tomopy_corr,
 )
 from stages.prep import httomo_prep, normalize, phase, stripe, tomopy_norm, zinger
@@ -36,7 +39,7 @@ _MODULES = (
     normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, centering,
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
     # issue 16's remaining TomoPy/httomolib methods (H23)
-    tomopy_corr, morph, tomopy_norm,
+    tomopy_corr, morph, tomopy_norm, data_checker, segm, blend,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

@@ -458,7 +458,8 @@ class RankedReconstruction:
                     break
                 end = min(begin + block, last - first)
                 data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
-                                   flats=None, angles_deg=band.angles_deg)
+                                   flats=None, angles_deg=band.angles_deg,
+                                   repairs=scan.processor.repairs)
                 if writer is None:  # a part file, or this band of one shared store
                     path, writer = ranked_output(self.output_format).open_band(
                         master, rank=rank, ranks=ranks, band=band.rows,

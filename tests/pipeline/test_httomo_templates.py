@@ -26,6 +26,8 @@ USER_MUST_SET = {
     "tomopy.misc.corr.remove_outlier1d": "dif",
     "tomopy.misc.corr.remove_outlier3d": "dif",
     "tomopy.misc.morph.pad": "axis",
+    "httomolib.misc.blend.seam_blend_stitched_data": "overlap",
+    "httomolibgpu.misc.blend.seam_blend_stitched_data": "overlap",
     "tomopy.misc.morph.trim_sinogram": "center",
     "tomopy.prep.normalize.normalize_nf": "flat_loc",
     "tomopy.recon.algorithm.recon": "algorithm",  # null: tomopy needs one chosen

@@ -72,6 +72,8 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "pad": ({"axis": 2, "npad": 3, "mode": "edge"}, (3, 8, 9)),
     "trim_sinogram": ({"center": 4.5, "x": 1, "y": -2, "diameter": 5}, (2, 8, 9)),
     "normalize_roi": ({"roi": (1, 1, 5, 6)}, (3, 8, 9)),
+    "data_checker": ({"zeros_warning": True}, (3, 8, 9)),
+    "seam_blend_stitched_data": ({"overlap": 3, "seam_index": 5}, (3, 8, 9)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
