@@ -31,7 +31,15 @@ from stages.misc import (
     segm,
     tomopy_corr,
 )
-from stages.prep import httomo_prep, normalize, phase, stripe, tomopy_norm, zinger
+from stages.prep import (
+    httomo_prep,
+    normalize,
+    phase,
+    stripe,
+    tomopy_norm,
+    tomopy_stripe,
+    zinger,
+)
 from stages.recon import centering, fbp, fourier, httomo_recon, iterative
 from stages.spec import StageSpec
 
@@ -39,7 +47,7 @@ _MODULES = (
     normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, centering,
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
     # issue 16's remaining TomoPy/httomolib methods (H23)
-    tomopy_corr, morph, tomopy_norm, data_checker, segm, blend,
+    tomopy_corr, morph, tomopy_norm, data_checker, segm, blend, tomopy_stripe,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

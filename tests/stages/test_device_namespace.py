@@ -74,6 +74,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "normalize_roi": ({"roi": (1, 1, 5, 6)}, (3, 8, 9)),
     "data_checker": ({"zeros_warning": True}, (3, 8, 9)),
     "seam_blend_stitched_data": ({"overlap": 3, "seam_index": 5}, (3, 8, 9)),
+    "remove_stripe_sf": ({"size": 4}, (2, 12, 15)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
