@@ -36,6 +36,7 @@ from stages.prep import (
     normalize,
     phase,
     stripe,
+    stripes3d,
     tomopy_norm,
     tomopy_stripe,
     zinger,
@@ -48,6 +49,7 @@ _MODULES = (
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
     # issue 16's remaining TomoPy/httomolib methods (H23)
     tomopy_corr, morph, tomopy_norm, data_checker, segm, blend, tomopy_stripe, center_tomopy,
+    stripes3d,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

@@ -27,6 +27,8 @@ USER_MUST_SET = {
     "tomopy.misc.corr.remove_outlier3d": "dif",
     "tomopy.misc.morph.pad": "axis",
     "httomolib.misc.blend.seam_blend_stitched_data": "overlap",
+    # TomoPy's data argument listed as a parameter: null is its only value here
+    "tomopy.prep.stripe.stripes_mask3d": "weights",
     "httomolibgpu.misc.blend.seam_blend_stitched_data": "overlap",
     "tomopy.misc.morph.trim_sinogram": "center",
     "tomopy.prep.normalize.normalize_nf": "flat_loc",
