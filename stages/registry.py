@@ -33,6 +33,7 @@ from stages.misc import (
     tomopy_corr,
 )
 from stages.prep import (
+    alignment,
     httomo_prep,
     normalize,
     phase,
@@ -50,7 +51,7 @@ _MODULES = (
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
     # issue 16's remaining TomoPy/httomolib methods (H23)
     tomopy_corr, morph, tomopy_norm, data_checker, segm, blend, tomopy_stripe, center_tomopy,
-    stripes3d, rings,
+    stripes3d, rings, alignment,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

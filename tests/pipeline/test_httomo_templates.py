@@ -30,6 +30,7 @@ USER_MUST_SET = {
     # TomoPy's data argument listed as a parameter: null is its only value here
     "tomopy.prep.stripe.stripes_mask3d": "weights",
     "tomopy.misc.corr.remove_ring": "rec",
+    "tomopy.prep.alignment.shift_images": "sx",
     "httomolibgpu.misc.blend.seam_blend_stitched_data": "overlap",
     "tomopy.misc.morph.trim_sinogram": "center",
     "tomopy.prep.normalize.normalize_nf": "flat_loc",
