@@ -43,7 +43,15 @@ from stages.prep import (
     tomopy_stripe,
     zinger,
 )
-from stages.recon import center_tomopy, centering, fbp, fourier, httomo_recon, iterative
+from stages.recon import (
+    center_metric,
+    center_tomopy,
+    centering,
+    fbp,
+    fourier,
+    httomo_recon,
+    iterative,
+)
 from stages.spec import StageSpec
 
 _MODULES = (
@@ -51,7 +59,7 @@ _MODULES = (
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
     # issue 16's remaining TomoPy/httomolib methods (H23)
     tomopy_corr, morph, tomopy_norm, data_checker, segm, blend, tomopy_stripe, center_tomopy,
-    stripes3d, rings, alignment,
+    stripes3d, rings, alignment, center_metric,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.
