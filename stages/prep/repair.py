@@ -70,11 +70,14 @@ class RepairCounts:
         """Count ``count`` values seen under ``key`` (zero counts are kept: "checked, none")."""
         self.observed[key] = self.observed.get(key, 0) + int(count)
 
-    def merge(self, counts: dict[str, int], pixels: int) -> None:
-        """Add another rank's counts (several MPI ranks, one scan)."""
+    def merge(self, counts: dict[str, int], pixels: int,
+              observed: dict[str, int] | None = None) -> None:
+        """Add another rank's counts and observations (several MPI ranks, one scan)."""
         for key, count in counts.items():
             self.add(key, count)
         self.pixels += int(pixels)
+        for key, count in (observed or {}).items():
+            self.observe(key, count)
 
     @property
     def total(self) -> int:
