@@ -253,6 +253,7 @@ class LiveReconstruction:
                               memory_left=memory.budget - memory.total)
         if streams.section is not None:
             streams.section.log = self.log
+            streams.section.repairs = self._processor.repairs
             self._processor.streaming = streams.section
         recorder = self._latency = LatencyRecorder(clock=self.clock,
                                                    streaming=streams.section is not None)

@@ -100,6 +100,7 @@ class PartWritten:
     error: str | None
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
+    observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
 
 
 @dataclass
@@ -344,11 +345,13 @@ class RankedReconstruction:
         if self.observer is not None:
             self.observer.part_done(scan.serial, scan.exchange.stats)
         repairs = scan.processor.repairs
-        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels)
+        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
+                       observed=dict(repairs.observed))
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
-                                 "repaired": part.repaired, "pixels": part.pixels})
+                                 "repaired": part.repaired, "pixels": part.pixels,
+                                 "observed": part.observed})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -494,7 +497,8 @@ class RankedReconstruction:
                     break
                 end = min(begin + block, last - first)
                 data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
-                                   flats=None, angles_deg=band.angles_deg)
+                                   flats=None, angles_deg=band.angles_deg,
+                                   repairs=scan.processor.repairs)
                 if writer is None:  # a part file, or this band of one shared store
                     path, writer = ranked_output(self.output_format).open_band(
                         master, rank=rank, ranks=ranks, band=band.rows,
@@ -567,7 +571,7 @@ class RankedReconstruction:
             document["reconstruction_errors"] = errors
         repairs = RepairCounts()
         for part in parts.values():
-            repairs.merge(part.repaired, part.pixels)
+            repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
         warning = repairs.warning()
         if warning is not None and self.log is not None:
@@ -633,7 +637,9 @@ class RankedReconstruction:
                                message["error"],
                                {str(key): int(count) for key, count
                                 in dict(message.get("repaired") or {}).items()},
-                               int(message.get("pixels") or 0))
+                               int(message.get("pixels") or 0),
+                               {str(key): int(count) for key, count
+                                in dict(message.get("observed") or {}).items()})
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now
