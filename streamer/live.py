@@ -47,7 +47,7 @@ from streamer.live_streaming import plan_streaming
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import sections_of
 from streamer.protocol import StartHeader
 from streamer.recon import auto_center, center_in_use, center_label, open_volume
 from streamer.sinks.disk import os_reason
@@ -428,8 +428,7 @@ def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
 def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
     """Refuse a scan whose ``start`` announces a normalisation the pipeline cannot do
     (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
-    projection_steps, _ = split_sections(steps)
-    needs = [s for s in projection_steps if s.spec.needs_references]
+    needs = [s for s in sections_of(steps)[0].steps if s.spec.needs_references]
     if needs and (start.normalisation != "flat_dark" or start.flats == 0):
         raise ScanFailedError(
             f"start.normalisation: the pipeline's stage {needs[0].name!r} needs flat/dark "

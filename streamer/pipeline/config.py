@@ -67,7 +67,7 @@ SIDE_OUTPUT_TARGETS: Mapping[str, tuple[str, ...]] = {
     "cor": ("center",),
     "glob_stats": ("glob_stats",),
     "overlap": ("overlap",),
-    "side": ("side",),
+    "side": ("side", "rotation"),
 }
 IMAGE_SAVERS = frozenset({"save_to_images"})
 

@@ -4,36 +4,70 @@
 disagree. As in HTTomo, a step's pattern is ``projection``, ``sinogram`` or ``all``
 (works on either layout: element-wise maths, cubic 3-D kernels, output steps), and a
 CoR finder transforms nothing (it runs once, on the corrected projections, whatever its
-place). The projection section is every step up to the first ``sinogram`` step; the
-sinogram section is the rest, CoR finders first. A ``projection`` step after a
-``sinogram`` step would need a second reslice, which the runner does not do (yet): such
-a pipeline is refused here, naming the step.
+place). A section is a run of steps in one layout: the pipeline starts in projections,
+and every step whose pattern is not the current layout (nor ``all``) starts a new
+section, i.e. a reslice. A pipeline may so go projection → sinogram → projection →
+sinogram (HTTomo's Paganin after ``sino_360_to_180``): :func:`sections_of` gives every
+section, CoR finders at the start of the first sinogram section.
+
+:func:`split_sections` is the single-reslice view (projection section, sinogram
+section) for the runners that reslice once (the live one-rank and R-rank services):
+a pipeline that needs more reslices is refused there with a one-line error naming the
+step and the command that runs it (``recon``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["split_sections"]
+__all__ = ["Section", "sections_of", "split_sections"]
+
+
+@dataclass(frozen=True)
+class Section:
+    """Consecutive steps that run on one layout (a reslice lies between two sections)."""
+
+    pattern: Pattern
+    steps: tuple[PipelineStep, ...]
+
+
+def sections_of(steps: tuple[PipelineStep, ...]) -> tuple[Section, ...]:
+    """Every section of ``steps``, alternating from ``projection`` (the first may be
+    empty; every later one has a step); CoR finders open the first sinogram section
+    (which exists, possibly with the finders only, when the pipeline has a finder)."""
+    finders = tuple(s for s in steps if s.spec.finds_center is not None)
+    out: list[tuple[Pattern, list[PipelineStep]]] = [(Pattern.PROJECTION, [])]
+    for step in steps:
+        if step.spec.finds_center is not None:
+            continue
+        pattern = step.spec.pattern
+        if pattern is not Pattern.ALL and pattern is not out[-1][0]:
+            out.append((pattern, []))
+        out[-1][1].append(step)
+    if finders:
+        if len(out) == 1:
+            out.append((Pattern.SINOGRAM, []))
+        out[1] = (Pattern.SINOGRAM, [*finders, *out[1][1]])
+    return tuple(Section(pattern, tuple(members)) for pattern, members in out)
 
 
 def split_sections(
     steps: tuple[PipelineStep, ...],
 ) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
-    """The projection section and the sinogram section (finders first) of ``steps``."""
-    finders = tuple(s for s in steps if s.spec.finds_center is not None)
-    data = [s for s in steps if s.spec.finds_center is None]
-    cut = 0
-    while cut < len(data) and data[cut].spec.pattern is not Pattern.SINOGRAM:
-        cut += 1
-    rest = data[cut:]
-    stray = [s for s in rest if s.spec.pattern is Pattern.PROJECTION]
-    if stray:
+    """The projection section and the sinogram section (finders first) of a pipeline
+    with at most one reslice; a ``StageError`` for one that needs more."""
+    found = sections_of(steps)
+    if len(found) > 2:
+        step = found[2].steps[0]
         raise StageError(
-            f"stage {stray[0].name!r} ({stray[0].where}): a projection stage after the "
-            f"sinogram stage {rest[0].name!r} needs a second reslice, which is not "
-            f"supported; move it before {rest[0].name!r}"
+            f"stage {step.name!r} ({step.where}): a {step.spec.pattern.value} stage after "
+            f"the sinogram stage {found[1].steps[-1].name!r} needs a second reslice, which "
+            "only `recon` runs (one rank, from a file); the live services reslice once"
         )
-    return tuple(data[:cut]), finders + tuple(rest)
+    if len(found) == 1:
+        return found[0].steps, ()
+    return found[0].steps, found[1].steps

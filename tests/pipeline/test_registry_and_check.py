@@ -19,6 +19,8 @@ REQUIRED = {
     "dezinger_temporal": {"dif": 0.5},
     "normalize_nf": {"flat_loc": [0]},
     "data_resampler": {"newshape": [16, 16]},
+    "sino_360_to_180": {"overlap": 6, "side": "left"},
+    "sino_360_to_180_tomopy": {"overlap": 6},
 }
 
 
