@@ -55,7 +55,7 @@ from streamer.live import ScanOutput, check_servable, keep_newest
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ScanProcessor, apply_steps
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import refuse_on_ranks, split_sections
 from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 from streamer.recon import (
     ReconSettings,
@@ -160,6 +160,9 @@ class RankedReconstruction:
     _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
+
+    def __post_init__(self) -> None:
+        refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
 
     # --- ingest hooks ----------------------------------------------------------------
 

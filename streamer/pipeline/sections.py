@@ -10,6 +10,13 @@ section, i.e. a reslice. A pipeline may so go projection → sinogram → projec
 sinogram (HTTomo's Paganin after ``sino_360_to_180``): :func:`sections_of` gives every
 section, CoR finders at the start of the first sinogram section.
 
+On R ranks (:func:`refuse_on_ranks`) the link's exchange reslices once and every rank
+reconstructs its band with the CoR agreed once: a pipeline with a second reslice, a
+stage that changes the scan's geometry (``sino_360_to_180``,
+``average_projection_frames``) or a parameter filled from a side output at run time
+other than the CoR is refused there before the first scan, with the reason; one rank
+(``recon``, ``run``) runs them.
+
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
 a pipeline that needs more reslices is refused there with a one-line error naming the
@@ -21,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stages.spec import Pattern
-from streamer.errors import StageError
+from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Section", "sections_of", "split_sections"]
+__all__ = ["Section", "refuse_on_ranks", "sections_of", "split_sections"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +78,24 @@ def split_sections(
     if len(found) == 1:
         return found[0].steps, ()
     return found[0].steps, found[1].steps
+
+
+def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
+    """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
+    found = sections_of(steps)
+    if len(found) > 2:
+        step = found[2].steps[0]
+        raise ConfigError(
+            f"stage {step.name!r} ({step.where}): this pipeline needs {len(found) - 1} "
+            "reslices; on several ranks the exchange reslices once: run it on one rank")
+    for step in steps:
+        if step.spec.geometry is not None:
+            raise ConfigError(
+                f"stage {step.name!r} ({step.where}): it changes the projections' angles or "
+                "width, which the ranks' bands do not follow yet: run it on one rank")
+        linked = [param for param, _ in step.linked if param != "center"]
+        if linked:
+            raise ConfigError(
+                f"stage {step.name!r} ({step.where}): parameter {linked[0]!r} comes from a "
+                "side output at run time, which is not shared between ranks yet: give it "
+                "a value or run on one rank")
