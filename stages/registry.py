@@ -19,13 +19,14 @@ from pydantic_core import PydanticUndefined
 from stages.backends import httomolibgpu as gpu
 from stages.backends import tomopy as tp
 from stages.misc import denoise, elementwise, filters, geometry, httomo_output, morph, rescale
-from stages.prep import httomo_prep, normalize, phase, stripe, zinger
+from stages.prep import distortion, httomo_prep, normalize, phase, stripe, zinger
 from stages.recon import centering, fbp, fourier, httomo_recon, iterative
 from stages.spec import StageSpec
 
 _MODULES = (
     normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, centering,
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise, morph,
+    distortion,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.
