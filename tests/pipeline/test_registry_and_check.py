@@ -21,6 +21,10 @@ REQUIRED = {
     "data_resampler": {"newshape": [16, 16]},
     "sino_360_to_180": {"overlap": 6, "side": "left"},
     "sino_360_to_180_tomopy": {"overlap": 6},
+    "distortion_correction_proj": {"xcenter": 15.5, "ycenter": 3.5,
+                                   "list_fact": [1.0, 0.0, -1e-4]},
+    "distortion_correction_proj_discorpy": {"xcenter": 15.5, "ycenter": 3.5,
+                                            "list_fact": [1.0, 0.0, -1e-4]},
 }
 
 
