@@ -47,7 +47,7 @@ from streamer.live_streaming import plan_streaming
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import sections_of
+from streamer.pipeline.sections import refuse_save_result, sections_of
 from streamer.protocol import StartHeader
 from streamer.recon import auto_center, center_in_use, center_label, open_volume
 from streamer.sinks.disk import os_reason
@@ -141,6 +141,9 @@ class LiveReconstruction:
     #: The open scan's latencies (handed to the worker with its processor).
     _latency: LatencyRecorder | None = None
     _latencies: dict[int, LatencyRecorder] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
 
     def drain(self, store: FrameStore) -> None:
         if self._processor is None:  # a failed scan: nothing is held for it

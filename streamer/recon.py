@@ -33,6 +33,7 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.images import image_tail, write_images
+from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.plan import default_budget_bytes, plan_scan, steps_on_device
 from streamer.protocol import MetadataValue, Normalisation
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
@@ -222,6 +223,10 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_sinograms=write,
                               resolve_center=auto_center)
+    results = IntermediateResults.for_scan(  # HTTomo's save_result: true
+        steps, settings.output.parent, layout, overwrite=settings.overwrite)
+    if results is not None:
+        processor.on_result = results.add
 
     def center_used() -> float:
         if processor.center is not None:
@@ -239,6 +244,10 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     finally:
         if writer is not None:
             writer.close(complete=complete)
+        if results is not None:
+            results.close(complete=complete)
+            for path in results.written:
+                log(f"save_result: {path}")
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
     warning = processor.repairs.warning()

@@ -81,6 +81,16 @@ class StreamingHook(Protocol):
         """The volume's blocks, or ``None``: run the sinogram section in batch."""
 
 
+class ResultHook(Protocol):
+    """Where the outputs of ``save_result`` steps go (:mod:`streamer.pipeline.intermediate`)."""
+
+    def __call__(self, step: PipelineStep, pattern: Pattern, *,
+                 indices: npt.NDArray[np.int64], total: int,
+                 angles: npt.NDArray[np.float64], data: npt.NDArray[Any],
+                 by_frame: bool) -> None:
+        """One block of ``step``'s output (see ``IntermediateResults.add``)."""
+
+
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
 
 
@@ -104,6 +114,8 @@ def apply_steps(
     frame_indices: npt.NDArray[np.int64] | None = None,
     flat_indices: npt.NDArray[np.int64] | None = None,
     repairs: RepairCounts | None = None,
+    on_result: Callable[[PipelineStep, npt.NDArray[np.float32],
+                         npt.NDArray[np.float64] | None], None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -112,7 +124,8 @@ def apply_steps(
     scan (``device_references``). Every move is counted in ``transfers``; stages that
     repair pixel values count them in ``repairs``. A stage that changes the angles
     (``average_projection_frames``, ``sino_360_to_180``) hands the stages after it the
-    new ones (:meth:`stages.spec.StageSpec.after`).
+    new ones (:meth:`stages.spec.StageSpec.after`). ``on_result(step, output, angles)``
+    gets the output of each step marked ``save_result`` (on the host).
     """
     stats = transfers if transfers is not None else TransferStats()
     angles = angles_deg
@@ -145,6 +158,9 @@ def apply_steps(
                                      step.params).angles_deg
         if not on_device:
             data = np.ascontiguousarray(data, dtype=np.float32)
+        if step.save_result and on_result is not None:
+            host = data if not on_device else to_host(data, stats)
+            on_result(step, np.ascontiguousarray(host, dtype=np.float32), angles)
     if on_device:
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
@@ -241,6 +257,9 @@ class ScanProcessor:
         #: Set before the first frame: the sinogram section runs as blocks arrive, and at
         #: the end only its ``finish`` (the batch section when it declines).
         self.streaming: StreamingHook | None = None
+        #: Set before the first frame: gets the output of every step marked
+        #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
+        self.on_result: ResultHook | None = None
 
     # --- input ---------------------------------------------------------------------
 
@@ -320,7 +339,11 @@ class ScanProcessor:
                            device_references=self._device_references,
                            frame_indices=np.array(indices, dtype=np.int64),
                            flat_indices=np.array(sorted(self._flats), dtype=np.int64),
-                           repairs=self.repairs)
+                           repairs=self.repairs,
+                           on_result=self._saver(Pattern.PROJECTION,
+                                                 np.array(indices, dtype=np.int64),
+                                                 self.start.projections, angles,
+                                                 by_frame=True))
         data, count = repair_nonfinite(data)
         self.repairs.add(NONFINITE_CORRECTED, count)
         self.repairs.pixels += data.size
@@ -342,6 +365,26 @@ class ScanProcessor:
             self.band.store(slots, data)
             if self.streaming is not None:
                 self.streaming.add(processed)
+
+    def _saver(
+        self, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,
+        angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
+    ) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
+                  None] | None:
+        """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`, with where
+        the block lies (``angles``: the block's own, else the step's)."""
+        hook = self.on_result
+        if hook is None:
+            return None
+
+        def save(step: PipelineStep, data: npt.NDArray[np.float32],
+                 step_angles: npt.NDArray[np.float64] | None) -> None:
+            known = angles if angles is not None else step_angles
+            hook(step, pattern, indices=indices, total=total,
+                 angles=np.asarray(known if known is not None else [], dtype=np.float64),
+                 data=data, by_frame=by_frame)
+
+        return save
 
     def _stopping(self) -> bool:
         if self.should_stop is not None and self.should_stop():
@@ -398,7 +441,10 @@ class ScanProcessor:
                 return None, out_angles
             last = min(first + self.block_sinograms, rows)
             data = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles)
+                               transfers=self.transfers, angles_deg=angles,
+                               on_result=self._saver(Pattern.SINOGRAM,
+                                                     np.arange(first, last, dtype=np.int64),
+                                                     rows, None))
             if emit:
                 if self.on_sinograms is not None:
                     self.on_sinograms(ProcessedBlock(
@@ -426,7 +472,10 @@ class ScanProcessor:
                 return None, angles
             last = min(first + self.block_frames, count)
             data = apply_steps(steps, projections[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles[first:last])
+                               transfers=self.transfers, angles_deg=angles[first:last],
+                               on_result=self._saver(Pattern.PROJECTION,
+                                                     np.arange(first, last, dtype=np.int64),
+                                                     count, None))
             if gathered is None:
                 gathered = np.empty((data.shape[1], count, data.shape[2]), dtype=np.float32)
             gathered[:, first:last] = data.transpose(1, 0, 2)

@@ -31,7 +31,7 @@ from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Section", "refuse_on_ranks", "sections_of", "split_sections"]
+__all__ = ["Section", "refuse_on_ranks", "refuse_save_result", "sections_of", "split_sections"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,20 @@ def split_sections(
     return found[0].steps, found[1].steps
 
 
+def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
+    """A ``ConfigError`` for HTTomo's ``save_result: true`` where ``command`` does not
+    write intermediate files (only ``recon`` on one rank does), never a silent skip."""
+    saved = [step for step in steps if step.save_result]
+    if saved:
+        raise ConfigError(
+            f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes an "
+            f"intermediate file with `recon` on one rank; `{command}` does not: remove it "
+            "or use `recon`")
+
+
 def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
+    refuse_save_result(steps, "several ranks")
     found = sections_of(steps)
     if len(found) > 2:
         step = found[2].steps[0]
