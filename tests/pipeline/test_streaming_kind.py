@@ -18,13 +18,18 @@ PARAMS: dict[str, dict[str, Any]] = {
     "remove_outlier": {"dif": 0.1},
     "dezinger_temporal": {"dif": 0.1},
     "normalize_nf": {"flat_loc": [0, 5]},
+    "distortion_correction_proj": {"xcenter": 7.5, "ycenter": 3.5,
+                                   "list_fact": [1.0, 0.0, -1e-3]},
+    "distortion_correction_proj_discorpy": {"xcenter": 7.5, "ycenter": 3.5,
+                                            "list_fact": [1.0, 0.0, -1e-3]},
 }
 ANGLE_LOCAL = {
     "normalize_interpolated", "normalize", "normalize_nf", "normalize_bg", "minus_log",
     "remove_outlier", "paganin", "paganin_filter", "paganin_filter_savu_legacy",
     "paganin_filter_httomolib", "median_filter", "gaussian_filter",
     "downsample", "upsample", "binning", "crop", "dark_flat_field_correction", "remove_nan",
-    "remove_neg", "adjust_range",
+    "remove_neg", "adjust_range", "distortion_correction_proj",
+    "distortion_correction_proj_discorpy",
 }
 
 
