@@ -36,7 +36,8 @@ from stages.registry import REGISTRY
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import parse_pipeline
-from streamer.pipeline.executor import apply_steps, split_sections
+from streamer.pipeline.executor import apply_steps
+from streamer.pipeline.sections import split_sections
 from streamer.recon import CORRECTIONS, RECONSTRUCTION, ReconSettings, run_recon
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
