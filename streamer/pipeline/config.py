@@ -228,6 +228,11 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
     if context.httomo and entries and not context.loader_seen_first:
         problems.add(entries[0], "pipeline[0]", "an HTTomo pipeline starts with its loader "
                      f"({LOADER_MODULES[0]}.standard_tomo), got another method")
+    saving = [step for step in context.steps if step.save_result]
+    if context.sweep is not None and saving:
+        problems.add(None, f"{saving[0].name} ({saving[0].where})", "save_result: true with "
+                     f"a parameter sweep ({context.sweep.where}): every variant would write "
+                     "the same file; HTTomo saves each sweep result itself; remove it")
     if not problems.messages and not context.steps and context.loader is None:
         problems.add(root, "pipeline", "expected at least one stage, got none")
     if problems.messages:

@@ -83,3 +83,11 @@ def test_save_result_is_refused_where_it_is_not_written(tmp_path: Path) -> None:
         parse_pipeline((FULL / "FBP3d_tomobar.yaml").read_text().replace(
             "- method: minus_log\n", "- method: minus_log\n  save_result: 3\n"), REGISTRY,
             source="bad.yaml")
+
+
+def test_save_result_with_a_sweep_is_refused() -> None:
+    text = (FULL / "sweep_paganin_FBP3d_tomobar.yaml").read_text().replace(
+        "- method: dark_flat_field_correction\n",
+        "- method: dark_flat_field_correction\n  save_result: true\n")
+    with pytest.raises(ConfigError, match="save_result: true with a parameter sweep"):
+        parse_pipeline(text, REGISTRY, source="sweep.yaml")
