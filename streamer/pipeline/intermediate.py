@@ -30,8 +30,8 @@ import numpy.typing as npt
 from stages.spec import Pattern
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
-from streamer.protocol import IMAGE_KEY_PROJECTION
 from streamer.sources.scan import ScanLayout
+from streamer.wire.protocol import IMAGE_KEY_PROJECTION
 
 __all__ = ["IntermediateResults", "result_paths"]
 

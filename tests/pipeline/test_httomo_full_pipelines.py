@@ -21,8 +21,8 @@ from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction
 from streamer.pipeline.config import load_pipeline, parse_pipeline
+from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig

@@ -12,9 +12,9 @@ import pytest
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.errors import ConfigError
-from streamer.live import LiveReconstruction
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import refuse_on_ranks
+from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.formats import LoadOptions, open_scan
 
 FULL = Path(__file__).parent / "httomo_full"

@@ -9,9 +9,9 @@ import pytest
 from stages.registry import REGISTRY
 from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
-from streamer.live_ranks import RankedReconstruction
 from streamer.pipeline.config import load_pipeline, parse_pipeline
 from streamer.pipeline.sections import refuse_on_ranks, sections_of, split_sections
+from streamer.run.ranks import RankedReconstruction
 
 FULL = Path(__file__).parent / "httomo_full"
 
