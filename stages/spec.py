@@ -58,6 +58,19 @@ MemoryEstimate = Callable[[tuple[int, int, int], np.dtype[Any], Any], int]
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """What the stages after a step see of the scan: its projection angles (degrees, in
+    the order of the angle axis), the detector width and the CoR in that width (``None``
+    while unknown). Stages that change them (averaging frames, folding a 360° scan)
+    declare how (:attr:`StageSpec.geometry`), so the planner, the reconstructor and the
+    CoR all follow."""
+
+    angles_deg: npt.NDArray[np.float64]
+    cols: int
+    center: float | None = None
+
+
+@dataclass(frozen=True)
 class Iteration:
     """One finished iteration of an iterative stage, on one block.
 
@@ -149,6 +162,11 @@ class StageSpec:
         array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
         block: the stage then offers the ``cupy`` backend (checked on CPU by
         ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
+    geometry : callable, optional
+        ``geometry(before, params) -> after`` (:class:`Geometry`) for a stage that changes
+        the number or angles of the projections, the detector width or where the axis
+        lies in it (``average_projection_frames``, ``sino_360_to_180``): the run passes
+        the new angles and CoR to the stages after it, the planner the new shape.
     reports_progress : bool
         Whether ``fn`` takes ``on_iteration`` (an :data:`IterationCallback` or ``None``)
         and calls it after each iteration (the iterative reconstructors).
@@ -180,6 +198,7 @@ class StageSpec:
     device: bool = False
     reports_progress: bool = False
     device_memory: MemoryEstimate | None = None
+    geometry: Callable[[Geometry, Any], Geometry] | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -189,6 +208,10 @@ class StageSpec:
         """Where the stage can run: ``numpy`` (our own code) first, ``cupy`` (the same
         code on a CUDA device) where the stage is device-ready, then the adapters."""
         return ("numpy", *(("cupy",) if self.device else ()), *self.adapters)
+
+    def after(self, before: Geometry, params: StageParams) -> Geometry:
+        """The geometry the stages after this one see (unchanged unless declared)."""
+        return before if self.geometry is None else self.geometry(before, params)
 
     def is_angle_local(self, params: StageParams) -> bool:
         """Whether this stage, with ``params``, acts on each projection on its own."""

@@ -57,7 +57,7 @@ from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import refuse_on_ranks, split_sections
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -169,6 +169,9 @@ class RankedReconstruction:
     _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
+
+    def __post_init__(self) -> None:
+        refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
 
     # --- ingest hooks ----------------------------------------------------------------
 
