@@ -27,6 +27,7 @@ import zmq
 
 from streamer.errors import ConfigError, SinkError, StageError, StreamerError, TransportError
 from streamer.exchange import RankLink, launched_with_ranks
+from streamer.ingest.peers import DEFAULT_MAX_PEERS, PeerGate, PeerPolicy
 from streamer.progress import Progress
 from streamer.protocol import Limits
 from streamer.shipped import pipeline_file
@@ -335,6 +336,12 @@ def _consumer_endpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-remote", action="store_true",
                        help="allow binding a non-loopback address")
     group.add_argument("--hwm", type=int, default=16, help="receive high-water mark (messages)")
+    group.add_argument("--max-peers", type=int, default=DEFAULT_MAX_PEERS, metavar="N",
+                       help="with --listen: admit at most N connected sources at once; "
+                            "more are refused and counted (default %(default)s)")
+    group.add_argument("--allow", action="append", default=[], metavar="IP[/BITS]",
+                       help="with --listen: admit only sources from these addresses or "
+                            "networks; repeatable (default: any that can reach the socket)")
 
 
 def _format_options(parser: argparse.ArgumentParser, tiff_help: str) -> None:
@@ -497,22 +504,40 @@ def _source_socket(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Names
 def _consumer_socket(
     context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace, max_bytes: int | None,
     *, announce: str | None,
-) -> Any:
-    """Open the PULL socket; ``announce`` names the command in the line that says where
-    it receives (with a ``*`` port resolved, so scripts and tests can read it)."""
+) -> tuple[Any, PeerGate | None]:
+    """Open the PULL socket, and with ``--listen`` its peer gate (``--max-peers``,
+    ``--allow``: connecting, the socket has one peer, the source); ``announce`` names the
+    command in the line that says where it receives (with a ``*`` port resolved, so
+    scripts and tests can read it). Close both with :func:`_close_consumer`."""
+    policy = PeerPolicy.parse(args.max_peers, args.allow)
     if args.listen:
         endpoint = Endpoint.parse(args.listen, bind=True)
     else:
+        if args.allow:
+            raise ConfigError("--allow: only with --listen (with --from this socket "
+                              "connects to one source and nothing connects to it)")
         endpoint = Endpoint.parse(args.from_address or DEFAULT_SOURCE_ADDRESS, bind=False)
-    socket = open_socket(
-        context, "pull", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
-        max_message_bytes=max_bytes,
-    )
+    gate = PeerGate(context, policy) if endpoint.bind else None
+    try:
+        socket = open_socket(
+            context, "pull", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
+            max_message_bytes=max_bytes, prepare=None if gate is None else gate.attach,
+        )
+    except BaseException:
+        if gate is not None:
+            gate.close()
+        raise
     if announce is not None:
         where = bound_address(socket) if endpoint.bind else endpoint.address
         how = "listening on" if endpoint.bind else "receiving from"
         print(f"{announce}: {how} {where}; Ctrl-C to stop", file=sys.stderr, flush=True)
-    return socket
+    return socket, gate
+
+
+def _close_consumer(socket: Any, gate: PeerGate | None) -> None:
+    socket.close()
+    if gate is not None:
+        gate.close()
 
 
 def _send_options_from(args: argparse.Namespace) -> SendOptions:
@@ -859,9 +884,9 @@ def _run_run(args: argparse.Namespace) -> int:
                               device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, _stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
-        socket = _consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run")
+        socket, gate = _consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run")
         feed = live.feed = _open_feed(args)
         service: IngestService
 
@@ -877,14 +902,14 @@ def _run_run(args: argparse.Namespace) -> int:
             _print_and_write_report(report, service.state.between_scans, config, report_dir)
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
-                                on_event=on_event)
+                                on_event=on_event, gate=gate, log=_log(False))
         if feed is not None:
             feed.watch(service.state)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             live.wait()  # the last reconstruction (stopped between blocks on a signal)
-            socket.close()
+            _close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0
@@ -1104,7 +1129,7 @@ def _run_record(args: argparse.Namespace) -> int:
     from streamer.sources.capture import record
 
     with zmq.Context() as context, _stop_on_signal() as stop:
-        socket = _consumer_socket(context, args, None, announce="record")
+        socket, gate = _consumer_socket(context, args, None, announce="record")
         try:
             summary = record(
                 socket, args.output, source=args.listen or args.from_address or
@@ -1112,7 +1137,7 @@ def _run_record(args: argparse.Namespace) -> int:
                 idle_timeout_s=args.idle_timeout, stop=stop,
             )
         finally:
-            socket.close()
+            _close_consumer(socket, gate)
     print(
         f"recorded {summary.messages} messages ({summary.bytes / 1e6:.1f} MB, "
         f"{summary.scans_closed} scans ended) to {summary.path}"
@@ -1144,7 +1169,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     speaks = cluster is None or cluster.is_coordinator
     incomplete = 0
     with zmq.Context() as context, _stop_on_signal() as stop:
-        socket = _consumer_socket(
+        socket, gate = _consumer_socket(
             context, args, limits.max_message_bytes + limits.max_header_bytes,
             announce="ingest" if speaks and not args.quiet else None,
         )
@@ -1166,14 +1191,14 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         service = IngestService(socket, settings, on_report=on_report, cluster=cluster,
-                                on_event=_receiving(progress))
+                                on_event=_receiving(progress), gate=gate, log=_log(False))
         if cluster is not None and speaks and not args.quiet:
             print(f"ingest: {cluster.link.size} MPI ranks pull from the source",
                   file=sys.stderr, flush=True)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
-            socket.close()
+            _close_consumer(socket, gate)
     return 1 if incomplete else 0
 
 
@@ -1229,9 +1254,9 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
                                   center_source=center_source(args.center), log=log)
     with zmq.Context() as context, _stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
-        socket = _consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run" if speaks else None)
+        socket, gate = _consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run" if speaks else None)
         service: IngestService
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         watch = _receiving(progress)
@@ -1245,7 +1270,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
             _print_and_write_report(report, service.state.between_scans, config, report_dir)
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster)
+                                on_event=on_event, cluster=cluster, gate=gate, log=log)
         if speaks and not args.quiet:
             print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
                   "a band of rows each", file=sys.stderr, flush=True)
@@ -1255,7 +1280,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
-            socket.close()
+            _close_consumer(socket, gate)
     return 1 if incomplete else 0
 
 

@@ -23,6 +23,7 @@ import zmq
 from streamer.errors import ProtocolError, ScanFailedError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.cluster import ClusterIngest, MergedReport
+from streamer.ingest.peers import PeerGate
 from streamer.ingest.state import (
     FramesAccepted,
     IngestState,
@@ -43,6 +44,8 @@ from streamer.protocol import (
 #: Reports kept in memory by a running service (the newest); every one is also handed to
 #: ``on_report`` (written to disk by the commands).
 MAX_KEPT_REPORTS: Final = 1000
+#: Seconds between two log lines about refused connections from the same peer.
+REFUSAL_LOG_PERIOD_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,11 @@ class IngestService:
     cluster : ClusterIngest, optional
         This rank's part in a multi-rank ingest (``mpiexec -n R``): scans are then opened
         and closed in agreement with the other ranks, and only rank 0 reports.
+    gate : PeerGate, optional
+        The listening socket's peer gate: the connections it refused are counted in
+        :attr:`IngestState.between_scans` (``peer_refused``: one per attempt) and logged.
+    log : callable, optional
+        Where the service's log lines go (refused peers).
     """
 
     def __init__(
@@ -103,8 +111,13 @@ class IngestService:
         on_event: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.time,
         cluster: ClusterIngest | None = None,
+        gate: PeerGate | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.socket = socket
+        self.gate = gate
+        self.log = log
+        self._refusals_logged: dict[str, tuple[float, int]] = {}
         self.settings = settings
         self.cluster = cluster
         self.state = IngestState(settings.idle_timeout_s, coordinated=cluster is not None)
@@ -267,6 +280,25 @@ class IngestService:
     def _tick(self) -> None:
         for event in self.state.handle_tick(self.clock()):
             self._dispatch(event)
+        if self.gate is not None:
+            self._account_refusals(self.gate)
+
+    def _account_refusals(self, gate: PeerGate) -> None:
+        """Count the connections the gate refused; log each peer once a period."""
+        now = self.clock()
+        for peer, attempts in gate.take_refusals().items():
+            self.state.between_scans.messages["peer_refused"] += attempts
+            logged_at, unlogged = self._refusals_logged.get(peer, (-REFUSAL_LOG_PERIOD_S, 0))
+            unlogged += attempts
+            if now - logged_at >= REFUSAL_LOG_PERIOD_S:
+                if self.log is not None:
+                    self.log(f"ingest: refused {unlogged} connection attempt(s) from {peer}; "
+                             f"{gate.connected} of --max-peers {gate.policy.max_peers} "
+                             "connected")
+                logged_at, unlogged = now, 0
+            if len(self._refusals_logged) >= MAX_KEPT_REPORTS:  # many peers: start over
+                self._refusals_logged.clear()
+            self._refusals_logged[peer] = (logged_at, unlogged)
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
