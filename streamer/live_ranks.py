@@ -446,6 +446,9 @@ class RankedReconstruction:
         writer: Hdf5VolumeWriter | None = None
         written = 0
         stopped: str | None = None
+        if self.log is not None:  # a handshake for whoever waits for the reconstruction
+            self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing {last - first} "
+                     f"slices in blocks of {block}")
         try:
             for begin in range(0, last - first, block):
                 stopped = self._stopped(scan)
