@@ -301,10 +301,10 @@ class IngestService:
             self._refusals_logged[peer] = (logged_at, unlogged)
 
     def _dispatch(self, event: Any) -> None:
-        if isinstance(event, ScanOpened):
-            self.store.open(event.start)
-        elif isinstance(event, FramesAccepted):
+        if isinstance(event, FramesAccepted):  # the common event first
             self.store.put(event)
+        elif isinstance(event, ScanOpened):
+            self.store.open(event.start)
         elif isinstance(event, ScanClosed):
             failure = self._hand_over_held_frames()
             if failure is None and self.on_event is not None:
