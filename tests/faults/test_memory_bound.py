@@ -179,10 +179,9 @@ def queued_bytes(cols: int, rows: int) -> int:
 MAX_PEERS = 3
 PEER_HWM = 2
 PEER_GARBAGE_BYTES = 16 * MIB
-#: Messages each garbage peer sends: what the receiver can queue for it (its RCVHWM)
-#: plus what the sender side holds (SNDHWM 1 + the one its encoder is writing), so an
-#: admitted peer's sends finish only once the service's queue for it is full (one more
-#: does not go: measured).
+#: Messages each garbage peer sends: as many as an admitted peer can hand over while
+#: the service holds back (its RCVHWM + SNDHWM 1 + the one its encoder is writing; one
+#: more does not go: measured), so the RSS peak is read with the queues filling.
 PEER_MESSAGES = PEER_HWM + 2
 
 
