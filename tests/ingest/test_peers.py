@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,9 @@ def test_ingest_listen_refuses_the_peer_beyond_max_peers_and_reports_it(
                          send_timeout_ms=int(WAIT_S * 1000)) for _ in range(2)]
     try:
         line = lines.wait_for("refused", WAIT_S)
-        assert "refused 1 connection attempt(s) from 127.0.0.1 (too many peers)" in line
-        assert "1 of --max-peers 1 connected" in line
+        # one attempt, or more if the refused peer retried before the line was written
+        assert re.search(r"refused \d+ connection attempt\(s\) from 127\.0\.0\.1 \(too "
+                         r"many peers\); 1 of --max-peers 1 connected", line), line
         frames, keys, angles = phantom_scan()
         for number, peer in enumerate(peers):  # the refused one's stay on its side
             send_scan(peer, f"scan{number}", frames, keys, angles)
@@ -114,4 +116,5 @@ def test_ingest_listen_refuses_the_peer_beyond_max_peers_and_reports_it(
     assert ingest.returncode == 0, lines.seen
     report = json.loads(out)
     assert report["status"] == "complete"
-    assert report["rejected_outside_scans"]["peer_refused"] == {"messages": 1, "frames": 0}
+    refused = report["rejected_outside_scans"]["peer_refused"]
+    assert refused["messages"] >= 1 and refused["frames"] == 0, refused
