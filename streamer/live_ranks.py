@@ -446,9 +446,6 @@ class RankedReconstruction:
         writer: Hdf5VolumeWriter | None = None
         written = 0
         stopped: str | None = None
-        if self.log is not None:  # a handshake for whoever waits for the reconstruction
-            self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing {last - first} "
-                     f"slices in blocks of {block}")
         try:
             for begin in range(0, last - first, block):
                 stopped = self._stopped(scan)
@@ -467,6 +464,12 @@ class RankedReconstruction:
                         center_method=method, pipeline_yaml=self.pipeline_text,
                         scan=scan.start.scan, overwrite=self.overwrite)
                 writer.write(begin, data)
+                if written == 0 and end < last - first and self.log is not None:
+                    # once per band: the reconstruction is under way (and a handshake for
+                    # whoever waits for it, e.g. to test a stop)
+                    self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
+                             f"{last - first} slices in blocks of {block}: first block "
+                             "written")
                 written += end - begin
                 if self.on_block is not None:
                     self.on_block(scan.start.scan, written, last - first)
