@@ -143,8 +143,10 @@ class IngestService:
         """Serve until ``max_scans`` scans closed, ``stop`` is set, or nothing at all
         arrived for ``max_idle_s`` while no scan is open. Returns the reports of the
         scans closed in this call."""
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
+        # Receives wait at most a poll period (RCVTIMEO) instead of a poll before each:
+        # one call per message, as a bare PULL loop makes (restored when the run ends).
+        timeout_before = self.socket.getsockopt(zmq.RCVTIMEO)
+        self.socket.setsockopt(zmq.RCVTIMEO, self.settings.poll_ms)
         self._stop = stop
         closed_before = self.scans_reported
         idle_since = self.clock()
@@ -163,10 +165,8 @@ class IngestService:
                     self.state.paused(self.clock())
                     self._tick()
                     continue
-                if poller.poll(self.settings.poll_ms):
-                    handled = self._receive_burst()
-                    if handled:
-                        idle_since = self.clock()
+                if self._receive_burst():
+                    idle_since = self.clock()
                 self._tick()
                 if max_scans is not None and self.scans_reported - closed_before >= max_scans:
                     break
@@ -177,6 +177,8 @@ class IngestService:
                 ):
                     break
         finally:
+            if not self.socket.closed:
+                self.socket.setsockopt(zmq.RCVTIMEO, timeout_before)
             if self.cluster is not None:
                 self._cluster_finish()
             for event in self.state.shutdown():
@@ -209,11 +211,16 @@ class IngestService:
             self._dispatch(event)
 
     def _receive_burst(self) -> int:
+        """Receive, validate and hand over up to ``burst`` messages, each receive waiting
+        at most a poll period; stop early when the store fills or a scan is reported
+        (the caller may be done)."""
         handled = 0
+        socket = self.socket
+        reported = self.scans_reported
         for _ in range(self.settings.burst):
             try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                parts = socket.recv_multipart(copy=False)
+            except zmq.Again:  # a poll period without a message
                 break
             self.handle_parts(parts)
             handled += 1
@@ -221,7 +228,7 @@ class IngestService:
             # still hot in cache instead of piling up for a whole burst.
             if len(self.store):
                 self._drain()
-            if self.store.full or self.state.pending_full:
+            if self.store.full or self.state.pending_full or self.scans_reported != reported:
                 break
         return handled
 

@@ -86,6 +86,8 @@ class FrameStore:
     def take(self, max_frames: int | None = None) -> list[HeldFrame]:
         """Remove and return up to ``max_frames`` held frames, lowest index first."""
         held = self._held
+        if not held:
+            return []
         if len(held) == 1 and (max_frames is None or max_frames >= 1):
             frames = list(held.values())  # the usual case when drained after each message
             held.clear()
