@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import zmq
 
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -86,7 +86,7 @@ def python() -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``mpi`` tests run only under mpiexec (tests/mpi/test_launch.py starts them)."""
-    from streamer.exchange import launched_with_ranks
+    from streamer.exchange.links import launched_with_ranks
 
     under_mpi = launched_with_ranks() > 1
     skip = pytest.mark.skip(reason="runs under mpiexec: see tests/mpi/test_launch.py")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.cli import EXAMPLES, build_parser, main
-from streamer.protocol import StartHeader, decode, decode_header
+from streamer.cli import COMMANDS, build_parser, main
 from streamer.sources.capture import read_capture
 from streamer.sources.formats import open_scan
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.protocol import StartHeader, decode, decode_header
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.conftest import start_consumer_cli
 
 TIMEOUT_S = 120
@@ -40,7 +40,11 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 # can drop messages still queued when a PUSH closes (libzmq issue #4660).
 
 
-@pytest.mark.parametrize("command", sorted(EXAMPLES))
+# One module per command, named as the command (streamer/cli/run.py is ``run``).
+COMMAND_NAMES = sorted(module.__name__.rsplit(".", 1)[1] for module in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMAND_NAMES)
 def test_every_command_has_help_with_an_example(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -102,7 +106,7 @@ def test_ingest_exits_1_and_reports_missing_frames_when_the_source_aborts(
     try:
         start = StartHeader(scan="cut", rows=2, cols=3, dtype="uint8", frames=4,
                             projections=4, flats=0, darks=0, normalisation="air")
-        from streamer.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
+        from streamer.wire.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
 
         push.send(encode_header(start))
         header = FramesHeader(scan="cut", first=0, count=2, keys=[0, 0], angles=[0.0, 1.0],

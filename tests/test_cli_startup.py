@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 HEAVY = ("algotom", "scipy", "h5py", "stages", "aiohttp", "tifffile", "pywt", "finufft",
-         "streamer.feed", "streamer.recon")
+         "streamer.live.feed", "streamer.run.from_file")
 
 PROBE = """
 import contextlib, io, json, sys

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from streamer.errors import StreamerError
-from streamer.latency import Distribution, LatencyRecorder, percentile
+from streamer.run.latency import Distribution, LatencyRecorder, percentile
 
 
 class Clock:

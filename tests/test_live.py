@@ -14,11 +14,11 @@ from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import ScanOpened
-from streamer.live import LiveReconstruction
 from streamer.pipeline.config import parse_pipeline
-from streamer.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
+from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
 from tests.conftest import start_consumer_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_run_command_serves_a_scan(tmp_path: Path, python: str, cli_env) -> None
 
 
 def test_a_long_running_service_keeps_only_the_newest_outputs(monkeypatch) -> None:
-    import streamer.live as live_module
+    import streamer.run.one_rank as live_module
 
     monkeypatch.setattr(live_module, "MAX_KEPT_OUTPUTS", 2)
     outputs: list[live_module.ScanOutput] = []

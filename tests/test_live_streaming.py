@@ -13,13 +13,13 @@ import numpy.typing as npt
 
 from stages.registry import REGISTRY
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction
-from streamer.live_streaming import plan_streaming
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, process_reader
-from streamer.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
+from streamer.run.one_rank import LiveReconstruction
+from streamer.run.streaming import plan_streaming
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
 
 GIVEN = ("pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
          "  - method: fourier_fbp\n    parameters: {center: 33.5}\n")

@@ -41,3 +41,13 @@ def test_every_example_pipeline_is_package_data() -> None:
 def test_the_shipped_folder_is_the_repository_configs_folder() -> None:
     link = REPO / "streamer" / "configs"
     assert link.is_symlink() and Path(link.readlink()) == Path("../configs")
+
+
+def test_the_viewer_static_files_are_package_data() -> None:
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["streamer"]
+    package = REPO / "streamer"
+    static = sorted((package / "live" / "viewer" / "static").iterdir())
+    assert [path.name for path in static] == ["index.html", "viewer.css", "viewer.js"]
+    packaged = {path for glob in package_data for path in package.glob(glob)}
+    assert set(static) <= packaged

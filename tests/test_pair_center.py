@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from streamer.errors import StreamerError
-from streamer.pair_center import opposite_pairs, pair_center
+from streamer.run.center_pair import opposite_pairs, pair_center
 
 
 def _blobs(angles: npt.NDArray[np.float64], cols: int, center: float) -> npt.NDArray[np.float64]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from streamer.cli import main
-from streamer.progress import Progress
+from streamer.run.progress import Progress
 
 
 class Terminal(io.StringIO):

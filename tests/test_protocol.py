@@ -1,8 +1,8 @@
-"""Tests of the wire protocol, :mod:`streamer.protocol`.
+"""Tests of the wire protocol, :mod:`streamer.wire.protocol`.
 
 Round trips of every message type, one crafted message per rejection reason (checking the
 ``reason`` code and that the text names the field, what was expected and what came), strict
-wire typing, the dtype allow-list, :class:`~streamer.protocol.Limits`, the published JSON
+wire typing, the dtype allow-list, :class:`~streamer.wire.protocol.Limits`, the published JSON
 schema, and property/fuzz tests that ``decode`` either returns a valid message or raises
 :class:`~streamer.errors.ProtocolError`, never anything else, and never copies or
 over-allocates a payload.
@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamer.errors import ProtocolError, StreamerError
-from streamer.protocol import (
+from streamer.wire.protocol import (
     PROTOCOL_VERSION,
     WIRE_DTYPES,
     AbortHeader,
@@ -731,7 +731,7 @@ def test_published_json_schema_is_current() -> None:
     published = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     assert published == current, (
         f"{SCHEMA_PATH} is stale. Did you forget to run "
-        "`python -m streamer.protocol > docs/reference/protocol.schema.json`?"
+        "`python -m streamer.wire.protocol > docs/reference/protocol.schema.json`?"
     )
 
 

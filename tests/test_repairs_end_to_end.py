@@ -22,12 +22,18 @@ from stages.recon.fbp import fbp
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction
 from streamer.pipeline.config import parse_pipeline
-from streamer.protocol import EndHeader, FramesHeader, StartHeader, encode_frames, encode_header
+from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.formats import write_nxtomo
 from streamer.sources.phantom import fit_radius_px, project, shepp_logan_3d
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.protocol import (
+    EndHeader,
+    FramesHeader,
+    StartHeader,
+    encode_frames,
+    encode_header,
+)
 
 PIPELINE = "pipeline:\n  - method: fbp\n    parameters: {filter_name: hann}\n"
 JOIN_S = 60.0

@@ -17,8 +17,8 @@ import numpy.typing as npt
 import pytest
 
 from streamer.errors import ExchangeError
-from streamer.exchange import MemoryNetwork
-from streamer.reslice import (
+from streamer.exchange.links import MemoryNetwork
+from streamer.exchange.reslice import (
     HEADER,
     MAX_PIECE_FRAMES,
     TAG_SERIALS,

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from streamer.errors import ConfigError, TransportError
-from streamer.transport import Endpoint, open_socket
+from streamer.wire.transport import Endpoint, open_socket
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*REPO.glob("streamer/**/*.py"), *REPO.glob("stages/**/*.py")])

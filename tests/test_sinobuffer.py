@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.sinobuffer import SinogramBand, columns_of, progressions
+from streamer.exchange.sinobuffer import SinogramBand, columns_of, progressions
 
 
 @pytest.mark.parametrize(("indices", "cuts"), [

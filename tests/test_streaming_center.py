@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from streamer.errors import StreamerError
-from streamer.streaming_center import (
+from streamer.run.center_streaming import (
     CenterMemory,
     CenterSource,
     Outcome,

@@ -34,15 +34,15 @@ import zmq
 
 from stages.registry import REGISTRY
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import apply_steps, split_sections
-from streamer.recon import CORRECTIONS, RECONSTRUCTION, ReconSettings, run_recon
+from streamer.run.from_file import CORRECTIONS, RECONSTRUCTION, ReconSettings, run_recon
+from streamer.run.one_rank import LiveReconstruction, ScanOutput
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 BLOCK_FRAMES = 32
 BLOCK_SINOGRAMS = 16

@@ -2,7 +2,7 @@
 
 A simulated scan is streamed at a detector-like rate (``--rate`` frames/s) over TCP
 loopback into the ``run`` service's components (ingest → ``LiveReconstruction`` with a
-:class:`~streamer.feed.LiveFeed`), and a subscriber records every feed message. Measured,
+:class:`~streamer.live.feed.LiveFeed`), and a subscriber records every feed message. Measured,
 per scan, with wall clocks of the same process:
 
 * **preview**: for every projection, from its arrival at ingest (the ``FramesAccepted``
@@ -36,16 +36,16 @@ import numpy as np
 import zmq
 
 from stages.registry import REGISTRY
-from streamer.client import ScanEnd, Subscription
-from streamer.feed import FeedSettings, LiveFeed
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
-from streamer.live import LiveReconstruction
+from streamer.live.client import ScanEnd, Subscription
+from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock
+from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: {}\n"
 

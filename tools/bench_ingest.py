@@ -35,11 +35,11 @@ import zmq
 
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.store import FrameStore
-from streamer.protocol import FramesHeader, encode_frames
 from streamer.sources.scan import ScanLayout
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, open_socket
+from streamer.wire.protocol import FramesHeader, encode_frames
+from streamer.wire.transport import Endpoint, open_socket
 
 POOL = 4  # distinct simulated frames, cycled
 

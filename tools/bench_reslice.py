@@ -12,7 +12,7 @@ messages of ``--deal`` frames (default 1: frame i on rank i % R), in sorted bloc
 of its band of every frame, alternated so machine noise hits both alike (one untimed
 warm-up of each first):
 
-- **reslice**: the real :class:`streamer.reslice.BandExchange` on a duplicated
+- **reslice**: the real :class:`streamer.exchange.reslice.BandExchange` on a duplicated
   communicator, fed as a stream would feed it — ``scatter`` per block, a ``poll`` after
   each — then ``finish_sending`` and ``wait``, which returns the band as C-contiguous
   sinograms ``(band_rows, projections, cols)`` sorted by frame index (with
@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from streamer.exchange import RankLink
-from streamer.reslice import DEFAULT_MAX_IN_FLIGHT_BYTES, BandExchange, row_bands
+from streamer.exchange.links import RankLink
+from streamer.exchange.reslice import DEFAULT_MAX_IN_FLIGHT_BYTES, BandExchange, row_bands
 
 MIB = 1 << 20
 

@@ -144,7 +144,7 @@ SPECS: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="find_center_pc",
-        angle_local=False,  # the opposite pair: the scan's end (see streamer.pair_center)
+        angle_local=False,  # the opposite pair: the scan's end (see streamer.run.center_pair)
         fn=_unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenterPcParams,

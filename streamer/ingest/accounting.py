@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from streamer.protocol import IMAGE_KEY_NAMES, FramesHeader, StartHeader
+from streamer.wire.protocol import IMAGE_KEY_NAMES, FramesHeader, StartHeader
 
 Status = Literal["complete", "incomplete", "aborted", "failed"]
 MAX_LISTED_GAPS: Final = 1000

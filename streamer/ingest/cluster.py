@@ -3,7 +3,7 @@
 Every rank connects a PULL socket to the source; the source's PUSH deals messages
 round-robin, so one rank gets a scan's ``start``, another its ``end``, and each rank a
 share of the frames. This module makes them agree, with small non-blocking messages over
-a :class:`Link` (MPI in production, :class:`streamer.exchange.RankLink`):
+a :class:`Link` (MPI in production, :class:`streamer.exchange.links.RankLink`):
 
 1. a rank that receives ``start`` from the wire forwards it to rank 0, which opens the
    scan and tells every rank to open it (``START``). Only rank 0 orders opens and
@@ -32,10 +32,10 @@ from typing import Any, Final, Protocol
 import msgpack
 import numpy as np
 
-from streamer.exchange import Received
+from streamer.exchange.links import Received
 from streamer.ingest.accounting import ScanAccount, ScanReport
 from streamer.ingest.state import Event, IngestState, ScanClosed
-from streamer.protocol import (
+from streamer.wire.protocol import (
     AbortHeader,
     EndHeader,
     Limits,
@@ -58,7 +58,8 @@ SUPERSEDE_GRACE_S: Final = 2.0
 
 
 class Link(Protocol):
-    """Point-to-point byte messages between ranks (see :class:`streamer.exchange.RankLink`)."""
+    """Point-to-point byte messages between ranks (see
+    :class:`streamer.exchange.links.RankLink`)."""
 
     @property
     def rank(self) -> int: ...

@@ -113,7 +113,7 @@ class PeerGate:
     """The ZAP handler and connection counter of one listening socket.
 
     Use :meth:`attach` on the socket after its options are set and before it binds (see
-    ``prepare`` in :func:`streamer.transport.open_socket`); :meth:`close` after the socket
+    ``prepare`` in :func:`streamer.wire.transport.open_socket`); :meth:`close` after the socket
     is closed. One gate per ZeroMQ context (the ZAP endpoint is per context).
     """
 

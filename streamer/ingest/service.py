@@ -2,7 +2,7 @@
 
 One service stays up across consecutive scans. Each loop iteration polls the socket with
 a timeout (no receive ever blocks forever), drains up to a burst of messages without
-blocking, decodes and validates each one (:func:`streamer.protocol.decode`), feeds the
+blocking, decodes and validates each one (:func:`streamer.wire.protocol.decode`), feeds the
 result to the sans-IO :class:`~streamer.ingest.state.IngestState`, and acts on the
 events: accepted frames go to the :class:`~streamer.ingest.store.FrameStore`, closed
 scans produce a :class:`~streamer.ingest.accounting.ScanReport` handed to ``on_report``.
@@ -32,7 +32,7 @@ from streamer.ingest.state import (
     ScanOpened,
 )
 from streamer.ingest.store import FrameStore
-from streamer.protocol import (
+from streamer.wire.protocol import (
     AbortHeader,
     EndHeader,
     Limits,
@@ -79,7 +79,7 @@ class IngestService:
     Parameters
     ----------
     socket : zmq.Socket
-        A PULL socket (see :func:`streamer.transport.open_socket`).
+        A PULL socket (see :func:`streamer.wire.transport.open_socket`).
     settings : IngestSettings
     drain : callable, optional
         Called with the store each iteration: the downstream step that takes frames.

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from streamer.errors import ConfigError, ProtocolError
 from streamer.ingest.accounting import Rejections, ScanAccount, ScanReport
-from streamer.protocol import AbortHeader, EndHeader, FramesMessage, Message, StartHeader
+from streamer.wire.protocol import AbortHeader, EndHeader, FramesMessage, Message, StartHeader
 
 RECENTLY_CLOSED: Final = 64
 

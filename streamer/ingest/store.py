@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from streamer.errors import ConfigError
 from streamer.ingest.state import FramesAccepted
-from streamer.protocol import StartHeader
+from streamer.wire.protocol import StartHeader
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The close of one scan between ranks, as a state machine without any I/O.
 
 When a scan closes, the ranks agree on these, in this order (see
-:mod:`streamer.live_ranks` and ADR 0003):
+:mod:`streamer.run.ranks` and ADR 0003):
 
 0. **Path known**: rank 0 names the scan's output when it opens and tells the others.
 1. **References settled**: every rank announces how many darks and flats it forwarded;

@@ -33,8 +33,8 @@ import numpy as np
 import zmq
 
 from streamer.errors import ProtocolError, ScanFormatError
-from streamer.protocol import AbortHeader, EndHeader, Limits, decode_header
 from streamer.sources.sender import send_message
+from streamer.wire.protocol import AbortHeader, EndHeader, Limits, decode_header
 
 CAPTURE_FORMAT: Final = "tomo-streamer-capture"
 CAPTURE_VERSION: Final = 1

@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ScanFormatError
-from streamer.protocol import Geometry, MetadataValue, Normalisation
 from streamer.sources.scan import ScanLayout, as_wire_array, check_block
+from streamer.wire.protocol import Geometry, MetadataValue, Normalisation
 
 
 class ArrayScan:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ScanFormatError
-from streamer.protocol import (
+from streamer.wire.protocol import (
     IMAGE_KEY_DARK,
     IMAGE_KEY_FLAT,
     IMAGE_KEY_PROJECTION,
@@ -43,7 +43,7 @@ class ScanLayout:
     angles_deg : ndarray of shape (frames,), float64
         Rotation angle per frame, degrees (references carry the angle the file gives, or 0).
     normalisation : {'flat_dark', 'air', 'none'}
-        See :class:`streamer.protocol.StartHeader`.
+        See :class:`streamer.wire.protocol.StartHeader`.
     geometry : Geometry
         Optional geometry (scan range, CoR, pixel size …).
     source : str

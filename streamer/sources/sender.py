@@ -25,7 +25,8 @@ import numpy as np
 import zmq
 
 from streamer.errors import ConfigError, StreamerError, TransportError
-from streamer.protocol import (
+from streamer.sources.scan import FrameReader, ScanLayout
+from streamer.wire.protocol import (
     MAX_TEXT,
     AbortHeader,
     EndHeader,
@@ -34,7 +35,6 @@ from streamer.protocol import (
     encode_frames,
     encode_header,
 )
-from streamer.sources.scan import FrameReader, ScanLayout
 
 Order = Literal["sequential", "shuffle", "interleave"]
 

@@ -61,14 +61,6 @@ from pydantic import (
 )
 
 from streamer.errors import ConfigError, ScanFormatError
-from streamer.protocol import (
-    IMAGE_KEY_DARK,
-    IMAGE_KEY_FLAT,
-    IMAGE_KEY_PROJECTION,
-    WIRE_DTYPES,
-    Geometry,
-    MetadataValue,
-)
 from streamer.sources.phantom import (
     FIT_FRACTION,
     default_z_scale_px,
@@ -79,6 +71,14 @@ from streamer.sources.phantom import (
     voxelise,
 )
 from streamer.sources.scan import ScanLayout, check_block
+from streamer.wire.protocol import (
+    IMAGE_KEY_DARK,
+    IMAGE_KEY_FLAT,
+    IMAGE_KEY_PROJECTION,
+    WIRE_DTYPES,
+    Geometry,
+    MetadataValue,
+)
 
 if TYPE_CHECKING:
     from streamer.sources.scan import FrameReader

@@ -58,7 +58,7 @@ def _play(push: zmq.Socket[Any]) -> None:
 @pytest.mark.mpi
 def test_each_bad_scan_ends_alone_and_the_next_is_served() -> None:
     from streamer.cli import main  # mpi4py only under mpiexec
-    from streamer.exchange import RankLink
+    from streamer.exchange.links import RankLink
     from tests.mpi.test_mpi_ingest import JOIN_S, source
 
     link = RankLink.world()

@@ -25,8 +25,8 @@ import zmq
 from stages.registry import REGISTRY
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import parse_pipeline
+from streamer.run.one_rank import LiveReconstruction, ScanOutput
 
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
 WAIT_S = 60.0

@@ -24,7 +24,7 @@ from streamer.sinks.disk import RESERVE_BYTES
 from streamer.sources.formats import write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, open_socket
+from streamer.wire.transport import Endpoint, open_socket
 from tests.conftest import RANDOM_LOOPBACK, start_consumer_cli
 from tests.faults.conftest import Lines, MountFactory
 

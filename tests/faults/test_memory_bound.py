@@ -20,14 +20,14 @@ import zmq
 
 from stages.registry import REGISTRY
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction, ScanOutput
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.plan import plan_scan
-from streamer.protocol import Limits
+from streamer.run.one_rank import LiveReconstruction, ScanOutput
 from streamer.sources.sender import SendOptions
 from streamer.sources.sender import send_scan as send_simulated
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.protocol import Limits
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.faults.test_bad_scan_service import PIPELINE, phantom_scan, send_scan
 
 WAIT_S = 60.0

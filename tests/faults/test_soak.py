@@ -20,7 +20,7 @@ import zmq
 
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, open_socket
+from streamer.wire.transport import Endpoint, open_socket
 from tests.conftest import start_consumer_cli
 from tests.faults.conftest import Lines
 

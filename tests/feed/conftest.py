@@ -14,15 +14,15 @@ import pytest
 import zmq
 
 from stages.registry import REGISTRY
-from streamer.feed import FeedSettings, LiveFeed
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.live import LiveReconstruction
+from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.pipeline.config import parse_pipeline
-from streamer.protocol import EndHeader, FramesHeader, encode_frames, encode_header
+from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.protocol import EndHeader, FramesHeader, encode_frames, encode_header
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
 JOIN_S = 60.0

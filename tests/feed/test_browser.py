@@ -22,9 +22,9 @@ from typing import Any
 import h5py
 import pytest
 
+from streamer.live.viewer.server import ViewerSettings, ViewerThread
 from streamer.sources.sender import SendOptions
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.viewer.server import ViewerSettings, ViewerThread
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamer.cli import main
-from streamer.client import ScanEnd, ScanStart, Subscription
+from streamer.live.client import ScanEnd, ScanStart, Subscription
 from tests.conftest import start_consumer_cli
 from tests.feed.conftest import PIPELINE
 

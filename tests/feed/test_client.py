@@ -13,7 +13,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from streamer.client import (
+from streamer.errors import ProtocolError
+from streamer.live.client import (
     CorSweep,
     Counters,
     Cuts,
@@ -26,9 +27,8 @@ from streamer.client import (
     Subscription,
     decode_message,
 )
-from streamer.errors import ProtocolError
-from streamer.feed import FeedSettings, LiveFeed
-from streamer.feed_messages import (
+from streamer.live.feed import FeedSettings, LiveFeed
+from streamer.live.messages import (
     CorSweepHeader,
     CountersHeader,
     Counts,

@@ -13,10 +13,10 @@ import pytest
 import zmq
 
 from stages.spec import Pattern
-from streamer.client import Control, FeedRequestError, parse_reply
 from streamer.errors import ConfigError, TransportError
-from streamer.feed import FeedSettings, LiveFeed
-from streamer.feed_messages import MAX_SWEEP_CENTERS
+from streamer.live.client import Control, FeedRequestError, parse_reply
+from streamer.live.feed import FeedSettings, LiveFeed
+from streamer.live.messages import MAX_SWEEP_CENTERS
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from stages.registry import REGISTRY
-from streamer.client import (
+from streamer.ingest.accounting import ScanAccount, ScanReport
+from streamer.ingest.store import HeldFrame
+from streamer.live.client import (
     Control,
     CorSweep,
     Counters,
@@ -33,15 +35,13 @@ from streamer.client import (
     Slice,
     Subscription,
 )
-from streamer.feed import FeedSettings, LiveFeed
-from streamer.ingest.accounting import ScanAccount, ScanReport
-from streamer.ingest.store import HeldFrame
+from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ScanProcessor
-from streamer.protocol import FramesHeader, StartHeader
-from streamer.recon import auto_center
+from streamer.run.from_file import auto_center
 from streamer.sources.sender import SendOptions, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.protocol import FramesHeader, StartHeader
 from tests.feed.conftest import PIPELINE
 
 TIMEOUT_S = 20.0
@@ -428,7 +428,7 @@ def test_on_i13_the_live_view_shows_the_cor_vo_finds(live_run: Any, shared_data:
     assert output.center is not None and abs(output.center - 85.5) <= 0.5, output.center
     start = next(m for m in seen if isinstance(m, ScanStart)).header
     assert (start.center, start.center_method) == (79.5, "detector middle")
-    # The preview (streamer.preview's own filtered back-projection) and the pipeline's
+    # The preview (streamer.live.preview's own filtered back-projection) and the pipeline's
     # reconstruction differ by 5-8 % on this real scan at the same CoR (1e-4 on simulated
     # scans); what shows the CoR is the comparison below with the detector middle.
     assert_labels_say(seen, state, finals, output.center, "vo", tolerance=0.1)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from stages.recon.fbp import fbp, filter_response
-from streamer.client import Control, Preview, ScanEnd, Subscription
-from streamer.preview import (
+from streamer.live.client import Control, Preview, ScanEnd, Subscription
+from streamer.live.preview import (
     PreviewGeometry,
     backproject,
     bin_columns,

@@ -16,13 +16,13 @@ import aiohttp
 import msgpack
 import pytest
 
-from streamer.client import Control, FeedRequestError, ScanStart, Subscription
 from streamer.errors import ConfigError
-from streamer.feed import MAX_FAILURES_IN_ROW, FeedSettings, LiveFeed
+from streamer.live.client import Control, FeedRequestError, ScanStart, Subscription
+from streamer.live.feed import MAX_FAILURES_IN_ROW, FeedSettings, LiveFeed
+from streamer.live.viewer.guard import HostGuard
+from streamer.live.viewer.server import ViewerSettings, ViewerThread
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.viewer.guard import HostGuard
-from streamer.viewer.server import ViewerSettings, ViewerThread
 from tests.feed.test_control import TOKEN, Target, open_scan, raw_request
 
 TIMEOUT_S = 20.0

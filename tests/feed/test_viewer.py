@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.feed import FeedSettings, LiveFeed
+from streamer.live.feed import FeedSettings, LiveFeed
+from streamer.live.viewer.server import ViewerSettings, ViewerThread
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.viewer.server import ViewerSettings, ViewerThread
 from tests.feed.test_feed import finish, process_scan
 
 TIMEOUT_S = 20.0

@@ -15,7 +15,7 @@ import numpy as np
 from streamer.errors import ProtocolError
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import IngestState, ScanClosed
-from streamer.protocol import EndHeader, Limits, frames_claimed
+from streamer.wire.protocol import EndHeader, Limits, frames_claimed
 from tests.ingest.test_state import frames, keys_for, start
 
 JOIN_S = 30.0

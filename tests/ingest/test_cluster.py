@@ -13,10 +13,10 @@ from collections import deque
 
 import numpy as np
 
-from streamer.exchange import Received
+from streamer.exchange.links import Received
 from streamer.ingest.cluster import SUPERSEDE_GRACE_S, ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
-from streamer.protocol import (
+from streamer.wire.protocol import (
     AbortHeader,
     EndHeader,
     FramesHeader,

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
-from streamer.protocol import (
+from streamer.wire.protocol import (
     EndHeader,
     FramesHeader,
     Limits,

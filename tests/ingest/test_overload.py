@@ -25,7 +25,7 @@ from streamer.pipeline.plan import block_sizes, default_budget_bytes
 from streamer.sources.memory import ArrayScan
 from streamer.sources.sender import SendOptions, SendSummary, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.conftest import start_consumer_cli
 from tests.ingest.test_streaming import JOIN_S, Collector, make_scan, only_report, running_ingest
 

@@ -15,7 +15,7 @@ import zmq
 from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.ingest.peers import PeerGate, PeerPolicy
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.conftest import start_consumer_cli
 from tests.faults.conftest import Lines
 from tests.faults.test_bad_scan_service import phantom_scan, send_scan

@@ -7,7 +7,7 @@ import pytest
 
 from streamer.errors import ProtocolError
 from streamer.ingest.state import FramesAccepted, IngestState, ScanClosed, ScanOpened
-from streamer.protocol import (
+from streamer.wire.protocol import (
     AbortHeader,
     EndHeader,
     FramesHeader,

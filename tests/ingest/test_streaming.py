@@ -21,7 +21,9 @@ from streamer.ingest.accounting import ScanReport
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
 from streamer.ingest.store import FrameStore
-from streamer.protocol import (
+from streamer.sources.memory import ArrayScan
+from streamer.sources.sender import SendOptions, send_scan, start_header
+from streamer.wire.protocol import (
     EndHeader,
     FramesHeader,
     Limits,
@@ -29,9 +31,7 @@ from streamer.protocol import (
     encode_frames,
     encode_header,
 )
-from streamer.sources.memory import ArrayScan
-from streamer.sources.sender import SendOptions, send_scan, start_header
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 JOIN_S = 30.0
 

@@ -20,14 +20,14 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamer.cli import main
-from streamer.exchange import RankLink
+from streamer.exchange.links import RankLink
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.store import FrameStore
-from streamer.protocol import EndHeader, FramesHeader, encode_frames, encode_header
 from streamer.sources.memory import ArrayScan
 from streamer.sources.sender import SendOptions, send_scan, start_header
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.protocol import EndHeader, FramesHeader, encode_frames, encode_header
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 pytestmark = pytest.mark.mpi
 JOIN_S = 60.0

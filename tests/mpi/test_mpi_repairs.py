@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from streamer.cli import main
-from streamer.exchange import RankLink
-from streamer.recon import ReconSettings, run_recon
+from streamer.exchange.links import RankLink
+from streamer.run.from_file import ReconSettings, run_recon
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.mpi.test_mpi_ingest import link, shared_dir

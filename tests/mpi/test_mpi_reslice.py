@@ -18,8 +18,8 @@ import numpy.typing as npt
 import pytest
 
 from streamer.errors import ExchangeError
-from streamer.exchange import RankLink
-from streamer.reslice import BandExchange, row_bands
+from streamer.exchange.links import RankLink
+from streamer.exchange.reslice import BandExchange, row_bands
 
 pytestmark = pytest.mark.mpi
 TIMEOUT_S = 60.0

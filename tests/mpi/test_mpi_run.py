@@ -19,8 +19,8 @@ import pytest
 import zmq
 
 from streamer.cli import main
-from streamer.exchange import RankLink
-from streamer.recon import ReconSettings, run_recon
+from streamer.exchange.links import RankLink
+from streamer.run.from_file import ReconSettings, run_recon
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig

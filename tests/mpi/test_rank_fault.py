@@ -22,10 +22,10 @@ import h5py
 import pytest
 import zmq
 
-from streamer.protocol import FramesHeader, encode_frames, encode_header
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.protocol import FramesHeader, encode_frames, encode_header
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.mpi.test_launch import mpiexec
 from tests.mpi.test_mpi_ingest import wait_for_peers
 

@@ -26,7 +26,7 @@ import zmq
 
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.faults.conftest import Lines
 from tests.mpi.test_launch import mpiexec
 from tests.mpi.test_mpi_ingest import wait_for_peers

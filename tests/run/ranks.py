@@ -1,4 +1,4 @@
-"""Run one function per "rank" of a :class:`~streamer.exchange.MemoryNetwork` in threads.
+"""Run one function per "rank" of a :class:`~streamer.exchange.links.MemoryNetwork` in threads.
 
 The rank logic under test is the one ``mpiexec`` runs; only the link differs (queues in
 one process instead of MPI). Every thread is joined with a timeout and its exception is
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from streamer.exchange import MemoryLink, MemoryNetwork
+from streamer.exchange.links import MemoryLink, MemoryNetwork
 
 JOIN_TIMEOUT_S = 120.0
 

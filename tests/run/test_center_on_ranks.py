@@ -9,10 +9,10 @@ import pytest
 
 from stages.registry import REGISTRY
 from streamer.errors import ScanFailedError
-from streamer.exchange import MemoryLink
-from streamer.live_ranks import RankedReconstruction
+from streamer.exchange.links import MemoryLink
 from streamer.pipeline.config import parse_pipeline
-from streamer.protocol import StartHeader
+from streamer.run.ranks import RankedReconstruction
+from streamer.wire.protocol import StartHeader
 from tests.run.ranks import run_ranks
 
 PIPELINE = ("pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"

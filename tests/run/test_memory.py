@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from streamer.pipeline.plan import plan_scan
-from streamer.recon import ReconSettings, pipeline_for
+from streamer.run.from_file import ReconSettings, pipeline_for
 from streamer.sources.formats import write_nxtomo
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 

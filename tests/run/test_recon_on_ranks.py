@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from streamer.exchange import MemoryLink
-from streamer.live import ScanOutput
-from streamer.live_ranks import recon_on_ranks
-from streamer.recon import ReconSettings, run_recon
+from streamer.exchange.links import MemoryLink
+from streamer.run.from_file import ReconSettings, run_recon
+from streamer.run.one_rank import ScanOutput
+from streamer.run.ranks import recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.run.ranks import run_ranks
 

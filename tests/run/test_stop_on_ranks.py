@@ -16,10 +16,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from streamer.exchange import MemoryLink
-from streamer.live import ScanOutput
-from streamer.live_ranks import recon_on_ranks
-from streamer.recon import ReconSettings
+from streamer.exchange.links import MemoryLink
+from streamer.run.from_file import ReconSettings
+from streamer.run.one_rank import ScanOutput
+from streamer.run.ranks import recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.run.ranks import run_ranks
 

@@ -17,7 +17,6 @@ import scipy.io
 import tifffile
 
 from streamer.errors import ConfigError, ScanFormatError
-from streamer.protocol import Geometry
 from streamer.sources.formats import (
     LoadOptions,
     detect_format,
@@ -28,6 +27,7 @@ from streamer.sources.formats import (
 )
 from streamer.sources.formats.sinogram import attenuation_signs
 from streamer.sources.scan import FrameReader, ScanLayout, check_block
+from streamer.wire.protocol import Geometry
 
 #: The paths HTTomo's DIAD loader config uses (shared/data/README.md, A1).
 DIAD_OPTIONS = LoadOptions(

@@ -20,7 +20,7 @@ import zmq
 from streamer.errors import TransportError
 from streamer.sources.sender import SendOptions, send_message, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.transport import Endpoint, bound_address, open_socket
+from streamer.wire.transport import Endpoint, bound_address, open_socket
 
 WAIT_S = 30  # far below the senders' 60 s send timeout, which a sender ignoring us would hit
 

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from scipy import ndimage
 
 from streamer.errors import ConfigError, ScanFormatError
-from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION
 from streamer.sources.simulate import (
     DARK_PATTERN_RMS,
     FULL_SCALE,
@@ -22,6 +21,7 @@ from streamer.sources.simulate import (
     SimulationConfig,
     beam_profile,
 )
+from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION
 
 #: Variance of rounding to integers (uniform on ±0.5): part of a uint16 reading's noise.
 ROUNDING_VAR = 1 / 12

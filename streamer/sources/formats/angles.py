@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ScanFormatError
-from streamer.protocol import IMAGE_KEY_PROJECTION
 from streamer.sources.formats.h5tree import attr_text, dataset_at, open_h5
+from streamer.wire.protocol import IMAGE_KEY_PROJECTION
 
 Float64Array = npt.NDArray[np.float64]
 

@@ -14,13 +14,18 @@ from typing import Final
 
 import h5py
 
-from streamer.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, MetadataValue
 from streamer.sources.formats.angles import Float64Array, h5_angles, load_angles, per_frame
 from streamer.sources.formats.h5tree import dataset_at, open_h5
 from streamer.sources.formats.options import LoadOptions
 from streamer.sources.formats.parts import Part, keys_like
 from streamer.sources.formats.reader import StoredScan, assemble
 from streamer.sources.formats.segments import H5Segment
+from streamer.wire.protocol import (
+    IMAGE_KEY_DARK,
+    IMAGE_KEY_FLAT,
+    IMAGE_KEY_PROJECTION,
+    MetadataValue,
+)
 
 DATA: Final = "/exchange/data"
 THETA: Final = "/exchange/theta"

@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ScanFormatError
-from streamer.protocol import IMAGE_KEY_PROJECTION, MetadataValue
 from streamer.sources.formats.angles import Float64Array, h5_angles, load_angles, per_frame
 from streamer.sources.formats.h5tree import attr_text, dataset_at, open_h5
 from streamer.sources.formats.nexus_find import VALID_KEYS, NexusSearch
@@ -27,6 +26,7 @@ from streamer.sources.formats.options import LoadOptions
 from streamer.sources.formats.parts import Part
 from streamer.sources.formats.reader import StoredScan, assemble
 from streamer.sources.formats.segments import H5Segment
+from streamer.wire.protocol import IMAGE_KEY_PROJECTION, MetadataValue
 
 IMAGE_KEY_INVALID: Final = 3
 #: Group written by :func:`~streamer.sources.formats.nxtomo_writer.write_nxtomo` to keep

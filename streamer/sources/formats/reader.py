@@ -27,7 +27,12 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ProtocolError, ScanFormatError
-from streamer.protocol import (
+from streamer.sources.formats.angles import Float64Array, angle_range, check_finite, scan_range
+from streamer.sources.formats.options import LoadOptions
+from streamer.sources.formats.parts import Part
+from streamer.sources.formats.references import reference_parts
+from streamer.sources.scan import ScanLayout, check_block
+from streamer.wire.protocol import (
     IMAGE_KEY_DARK,
     IMAGE_KEY_FLAT,
     IMAGE_KEY_PROJECTION,
@@ -38,11 +43,6 @@ from streamer.protocol import (
     Normalisation,
     wire_dtype_name,
 )
-from streamer.sources.formats.angles import Float64Array, angle_range, check_finite, scan_range
-from streamer.sources.formats.options import LoadOptions
-from streamer.sources.formats.parts import Part
-from streamer.sources.formats.references import reference_parts
-from streamer.sources.scan import ScanLayout, check_block
 
 
 class StoredScan:

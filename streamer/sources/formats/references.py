@@ -12,13 +12,13 @@ from contextlib import ExitStack
 import h5py
 
 from streamer.errors import ScanFormatError
-from streamer.protocol import IMAGE_KEY_NAMES
 from streamer.sources.formats.angles import split_file_spec
 from streamer.sources.formats.detect import is_hdf5
 from streamer.sources.formats.h5tree import dataset_at, open_h5
 from streamer.sources.formats.parts import Part, keys_like
 from streamer.sources.formats.segments import H5Segment, Segment
 from streamer.sources.formats.tiffpages import tiff_segment
+from streamer.wire.protocol import IMAGE_KEY_NAMES
 
 
 def reference_parts(

@@ -36,7 +36,6 @@ import scipy.io
 import tifffile
 
 from streamer.errors import ScanFormatError
-from streamer.protocol import IMAGE_KEY_PROJECTION, MetadataValue
 from streamer.sources.formats.angles import (
     Float64Array,
     as_vector,
@@ -49,6 +48,7 @@ from streamer.sources.formats.options import LoadOptions
 from streamer.sources.formats.parts import Part, keys_like
 from streamer.sources.formats.reader import StoredScan, assemble
 from streamer.sources.formats.segments import ArraySegment, check_numeric
+from streamer.wire.protocol import IMAGE_KEY_PROJECTION, MetadataValue
 
 
 def load_mat(path: Path, options: LoadOptions, resources: ExitStack) -> StoredScan:

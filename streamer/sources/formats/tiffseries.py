@@ -11,12 +11,12 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from streamer.protocol import IMAGE_KEY_PROJECTION
 from streamer.sources.formats.angles import load_angles, per_frame
 from streamer.sources.formats.options import LoadOptions
 from streamer.sources.formats.parts import Part, keys_like
 from streamer.sources.formats.reader import StoredScan, assemble
 from streamer.sources.formats.tiffpages import series_files, tiff_segment
+from streamer.wire.protocol import IMAGE_KEY_PROJECTION
 
 
 def load_tiff_series(scan: str | Path, options: LoadOptions, resources: ExitStack) -> StoredScan:

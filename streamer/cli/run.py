@@ -1,0 +1,247 @@
+"""``tomo-streamer run``: the service on one rank or on R MPI ranks (a band of rows each)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from streamer.cli.options import (
+    add_command,
+    add_consumer_endpoint_options,
+    add_device_option,
+    add_feed_options,
+    add_format_options,
+    add_limit_options,
+    chosen_output_format,
+    parse_center,
+)
+from streamer.cli.receiving import (
+    close_consumer,
+    consumer_socket,
+    ingest_settings,
+    print_and_write_report,
+    receiving_progress,
+)
+from streamer.cli.shared import (
+    log_to_stderr,
+    memory_budget,
+    open_feed,
+    resolve_pipeline,
+    stop_on_signal,
+    usable_device_bytes,
+)
+from streamer.errors import ConfigError
+from streamer.exchange.links import RankLink, launched_with_ranks
+from streamer.run.progress import Progress
+from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
+
+if TYPE_CHECKING:
+    from streamer.run.one_rank import ScanOutput
+
+EXAMPLE = (
+    "examples:\n"
+    "  tomo-streamer run configs/standard.yaml --from tcp://127.0.0.1:5555 --out volumes\n"
+    "  tomo-streamer run configs/standard.yaml --listen tcp://127.0.0.1:6000 --scans 1\n"
+    "  mpiexec -n 4 tomo-streamer run configs/standard.yaml --from tcp://127.0.0.1:5555"
+    "   # a band of rows per rank"
+)
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``tomo-streamer run`` and its options."""
+    parser = add_command(commands, EXAMPLE,
+                         "run", "The service: receive scans, correct frames as they arrive, "
+                         "reconstruct each scan when it closes, write volumes and reports.", run)
+    parser.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml|NAME",
+                        help="a YAML file, or the name of a shipped pipeline (standard, …)")
+    add_consumer_endpoint_options(parser)
+    parser.add_argument("--out", type=Path, default=Path("volumes"),
+                        help="one <scan>.h5 per scan here (default: volumes)")
+    parser.add_argument("--center", type=parse_center, default=None, metavar="VALUE|auto",
+                        help="CoR for every scan (default: the pipeline's, else auto)")
+    parser.add_argument("--scans", type=int, default=0,
+                        help="stop after this many scans (0: serve until interrupted)")
+    parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                        help="close a scan as incomplete after S s without messages")
+    parser.add_argument("--report-dir", type=Path, default=None,
+                        help="JSON run reports here (default: the --out folder)")
+    parser.add_argument("--block", type=int, default=None,
+                        help="projections per block (default: from the memory plan)")
+    parser.add_argument("--sinogram-block", type=int, default=None,
+                        help="slices per band (default: from the memory plan)")
+    parser.add_argument("--memory", type=float, default=None, metavar="GiB",
+                        help="host memory budget for blocks (default: half of this machine's)")
+    add_format_options(parser, "write TIFF stacks (same as --format tiff)")
+    add_device_option(parser)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress line, no scan and plan lines (warnings still show)")
+    add_limit_options(parser)
+    add_feed_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tomo-streamer run`` with the parsed ``args``; returns the exit status."""
+    resolve_pipeline(args, "PIPELINE")
+    from streamer.ingest.service import IngestService
+    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
+    from streamer.run.one_rank import LiveReconstruction
+    from streamer.sinks.disk import check_writable
+
+    check_writable(args.out, folder=True, what="--out")  # before any scan is received
+    if args.report_dir is not None:
+        check_writable(args.report_dir, folder=True, what="--report-dir")
+    if launched_with_ranks() > 1:
+        return _run_run_ranks(args)
+    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
+                                          center=args.center, device=args.device,
+                                          device_bytes=usable_device_bytes(args.device))
+    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
+    limits, settings = ingest_settings(args)
+    report_dir = args.report_dir or args.out
+    config = {"address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
+              "pipeline": str(args.pipeline), "limits": limits.__dict__}
+    incomplete = 0
+
+    def on_output(output: ScanOutput) -> None:
+        nonlocal incomplete
+        incomplete += not output.complete
+        if output.path is not None:
+            state = "complete" if output.complete else "INCOMPLETE"
+            error = f": {output.error}" if output.error else ""
+            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
+            doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
+            print(f"  volume: {output.path} ({output.slices} slices, CoR "
+                  f"{output.center:.2f}, {state}{doubt}{repaired}){error}", flush=True)
+            if output.latency is not None:
+                print(f"  {output.latency}", flush=True)
+            for warning in output.center_warnings:
+                print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
+        else:
+            print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
+
+    live = LiveReconstruction(steps, text, args.out,
+                              output_format=chosen_output_format(args, None),
+                              center_source=center_source(args.center),
+                              block_frames=args.block, block_sinograms=args.sinogram_block,
+                              memory_bytes=memory_budget(args.memory), on_output=on_output,
+                              log=log_to_stderr(args.quiet), background=True,
+                              device_bytes=settings_for_pipeline.device_bytes)
+    with zmq.Context() as context, stop_on_signal() as stop:
+        live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run")
+        feed = live.feed = open_feed(args)
+        service: IngestService
+
+        progress = Progress(sys.stderr, "receiving", quiet=args.quiet)
+        watch = receiving_progress(progress)
+
+        def on_event(event: Any) -> None:
+            watch(event)
+            live.on_event(event)
+
+        def on_report(report: Any) -> None:
+            progress.close()
+            print_and_write_report(report, service.state.between_scans, config, report_dir)
+
+        service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
+                                on_event=on_event, gate=gate, log=log_to_stderr(False))
+        if feed is not None:
+            feed.watch(service.state)
+        try:
+            service.run(max_scans=args.scans or None, stop=stop)
+        finally:
+            live.wait()  # the last reconstruction (stopped between blocks on a signal)
+            close_consumer(socket, gate)
+            if feed is not None:
+                feed.close()
+    return 1 if incomplete else 0
+
+
+def _run_run_ranks(args: argparse.Namespace) -> int:
+    """``mpiexec -n R tomo-streamer run``: every rank pulls, reslices, reconstructs its
+    band into its own part file; rank 0 reports and writes each scan's master file."""
+    if args.listen:
+        raise ConfigError(
+            "--listen: with several MPI ranks every rank connects to the source; "
+            "use --from ADDR (the source binds)"
+        )
+    from streamer.ingest.cluster import ClusterIngest
+    from streamer.ingest.service import IngestService
+    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
+    from streamer.run.ranks import RankedReconstruction
+
+    if args.feed:
+        raise ConfigError("--feed: the live feed runs on one rank for now (with several "
+                          "MPI ranks each sees only a share of the projections)")
+    from streamer.sinks.ranked import ranked_output
+
+    output_format = chosen_output_format(args, None)
+    ranked_output(output_format)  # a format R ranks can write, or a ConfigError
+    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
+                                          center=args.center)
+    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
+    limits, settings = ingest_settings(args)
+    link = RankLink.world()
+    control, band_link = link.duplicate(), link.duplicate()
+    cluster = ClusterIngest(link, args.idle_timeout, limits)
+    speaks = cluster.is_coordinator
+    report_dir = args.report_dir or args.out
+    config = {"address": args.from_address or DEFAULT_SOURCE_ADDRESS,
+              "pipeline": str(args.pipeline), "limits": limits.__dict__, "ranks": link.size}
+    incomplete = 0
+
+    def on_output(output: ScanOutput) -> None:
+        nonlocal incomplete
+        incomplete += not output.complete
+        if output.path is not None:
+            state = "complete" if output.complete else "INCOMPLETE"
+            center = "?" if output.center is None else f"{output.center:.2f}"
+            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
+            print(f"  volume: {output.path} ({output.slices} slices from {link.size} "
+                  f"ranks, CoR {center}, {state}{repaired})", flush=True)
+        if output.error:
+            print(f"  volume: {output.scan}: {output.error}", flush=True)
+
+    log = log_to_stderr(args.quiet)
+    ranked = RankedReconstruction(steps, text, args.out, control, band_link,
+                                  block_frames=args.block, block_sinograms=args.sinogram_block,
+                                  memory_bytes=memory_budget(args.memory), on_output=on_output,
+                                  center_source=center_source(args.center), log=log,
+                                  output_format=output_format)
+    with zmq.Context() as context, stop_on_signal() as stop:
+        ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run" if speaks else None)
+        service: IngestService
+        progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
+        watch = receiving_progress(progress)
+
+        def on_event(event: Any) -> None:
+            watch(event)
+            ranked.on_event(event)
+
+        def on_report(report: Any) -> None:
+            progress.close()
+            print_and_write_report(report, service.state.between_scans, config, report_dir)
+
+        service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
+                                on_event=on_event, cluster=cluster, gate=gate, log=log)
+        if speaks and not args.quiet:
+            print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
+                  "a band of rows each", file=sys.stderr, flush=True)
+        # One line per rank, so that a launcher's report of a dead process (by pid) can
+        # be read as a rank.
+        print(f"run: rank {link.rank} is pid {os.getpid()}", file=sys.stderr, flush=True)
+        try:
+            service.run(max_scans=args.scans or None, stop=stop)
+        finally:
+            close_consumer(socket, gate)
+    return 1 if incomplete else 0

@@ -1,0 +1,2 @@
+"""The live viewer: ``tomo-streamer view`` serves a page showing a live feed (see
+:mod:`streamer.live.viewer.server`); the page itself is in ``static/``."""

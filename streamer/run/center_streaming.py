@@ -1,0 +1,220 @@
+"""Which centre of rotation a streaming reconstruction uses, and when the volume is redone.
+
+A streaming reconstruction (:class:`stages.recon.streaming.StreamingFbp`) needs its CoR
+before the first block goes in. :class:`StreamingCenter` decides it from, in order of
+authority:
+
+1. ``given``: the pipeline's or the command line's fixed ``center``;
+2. ``viewer``: set by a person in the live viewer during the scan (overrides all);
+3. ``pair``: this scan's own estimate from its opposite projections
+   (:func:`streamer.run.center_pair.pair_center`), as soon as they have arrived;
+4. ``carried``: the last CoR of the previous scan of the same sample
+   (:class:`CenterMemory`).
+
+Each event returns what the runner must do: :class:`Start` (start the accumulator with
+this centre, or restart it and re-add the blocks kept so far when the centre changes
+mid-scan) or ``None`` (nothing). Until a centre is known the runner keeps the corrected
+blocks and starts when one is. At close, :meth:`StreamingCenter.closed` takes the final
+estimate from the whole scan (e.g. Vo's method on the sinogram): when the centre used came
+from an estimate (pair or carried) and the final one differs by more than the tolerance,
+the volume is redone with the final one (:class:`Outcome` ``redone``) and the report says
+so; a given or viewer centre is a person's choice and is kept (the difference is
+reported). No sockets, threads or clocks here: the runner feeds events and acts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+from streamer.errors import StreamerError
+
+__all__ = ["CenterMemory", "CenterSource", "Outcome", "Start", "StreamingCenter"]
+
+#: Samples whose last CoR a service remembers (the newest).
+MAX_REMEMBERED: Final = 1000
+
+
+class CenterSource(StrEnum):
+    """Where the CoR in use came from."""
+
+    GIVEN = "given"
+    VIEWER = "viewer"
+    PAIR = "pair"
+    CARRIED = "carried"
+    FINAL = "final"
+
+
+#: Sources a person chose: never replaced by an estimate.
+_CHOSEN = (CenterSource.GIVEN, CenterSource.VIEWER)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start the accumulator with ``center`` (``restart``: discard it and re-add the blocks
+    kept so far)."""
+
+    center: float
+    source: CenterSource
+    restart: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The decision at close: the volume's CoR, whether it must be (re)computed with it at
+    close, and the sentence for the report."""
+
+    center: float
+    source: CenterSource
+    redone: bool
+    at_close: bool
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"center": self.center, "source": self.source.value, "redone": self.redone,
+                "reconstructed_at_close": self.at_close, "reason": self.reason}
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise StreamerError(f"streaming CoR: {name}: expected a finite column, got {value}")
+    return float(value)
+
+
+@dataclass
+class StreamingCenter:
+    """The CoR decision of one scan; see the module docstring.
+
+    Parameters
+    ----------
+    tolerance : float
+        Pixels the final estimate may differ from an estimated centre in use before the
+        volume is redone.
+    given, carried : float, optional
+        A fixed centre, and the previous scan's centre for the same sample.
+    """
+
+    tolerance: float = 0.5
+    given: float | None = None
+    carried: float | None = None
+    center: float | None = None
+    source: CenterSource | None = None
+    estimates: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise StreamerError(
+                f"streaming CoR: tolerance: expected a finite value >= 0, got {self.tolerance}"
+            )
+
+    def _use(self, value: float, source: CenterSource) -> Start:
+        restart = self.center is not None
+        self.restarts += int(restart)
+        self.center, self.source = value, source
+        return Start(value, source, restart)
+
+    def _open(self) -> None:
+        if self.outcome is not None:
+            raise StreamerError("streaming CoR: expected an open scan, got a closed one")
+
+    def opened(self) -> Start | None:
+        """The scan opened: start at once with a given or carried centre, else wait."""
+        self._open()
+        if self.given is not None:
+            return self._use(_finite("given", self.given), CenterSource.GIVEN)
+        if self.carried is not None:
+            return self._use(_finite("carried", self.carried), CenterSource.CARRIED)
+        return None
+
+    def viewer_set(self, value: float) -> Start | None:
+        """A person set the CoR in the viewer: it wins; restart if it changed."""
+        self._open()
+        value = _finite("viewer", value)
+        if self.center == value:
+            self.source = CenterSource.VIEWER
+            return None
+        return self._use(value, CenterSource.VIEWER)
+
+    def pair_found(self, value: float) -> Start | None:
+        """This scan's opposite pair gave ``value``: use it unless a person chose a centre
+        or the carried one agrees within the tolerance."""
+        self._open()
+        value = _finite("pair", value)
+        self.estimates["pair"] = value
+        if self.source in _CHOSEN:
+            return None
+        if self.center is not None and abs(value - self.center) <= self.tolerance:
+            return None
+        return self._use(value, CenterSource.PAIR)
+
+    def closed(self, final: float | None) -> Outcome:
+        """The scan closed; ``final`` is the estimate from the whole scan (``None``: none).
+
+        Raises
+        ------
+        StreamerError
+            If no centre is known at all, or the scan was already closed.
+        """
+        self._open()
+        if final is not None:
+            final = _finite("final", final)
+            self.estimates["final"] = final
+        if self.center is None or self.source is None:
+            if final is None:
+                raise StreamerError(
+                    "streaming CoR: expected a centre (given, viewer, pair, carried or a "
+                    "final estimate), got none"
+                )
+            self.outcome = Outcome(final, CenterSource.FINAL, False, True,
+                                   "no centre before the scan closed: reconstructed at close "
+                                   f"with the final estimate {final:.2f}")
+        elif final is None or abs(final - self.center) <= self.tolerance:
+            self.outcome = Outcome(self.center, self.source, False, False, None)
+        elif self.source in _CHOSEN:
+            self.outcome = Outcome(
+                self.center, self.source, False, False,
+                f"kept the {self.source.value} CoR {self.center:.2f}; the final estimate "
+                f"{final:.2f} differs by {abs(final - self.center):.2f} px",
+            )
+        else:
+            self.outcome = Outcome(
+                final, CenterSource.FINAL, True, True,
+                f"redone: the final CoR estimate {final:.2f} differs from the "
+                f"{self.source.value} CoR {self.center:.2f} by {abs(final - self.center):.2f} "
+                f"px (tolerance {self.tolerance:g})",
+            )
+        return self.outcome
+
+    def report(self) -> dict[str, Any]:
+        """JSON-able, for the run report (``center``)."""
+        return {
+            **(self.outcome.as_dict() if self.outcome is not None else {
+                "center": self.center,
+                "source": None if self.source is None else self.source.value,
+            }),
+            "estimates": dict(self.estimates),
+            "restarts": self.restarts,
+            "tolerance": self.tolerance,
+        }
+
+
+@dataclass
+class CenterMemory:
+    """The last CoR per sample, for the next scan of the same sample (newest kept)."""
+
+    limit: int = MAX_REMEMBERED
+    _centers: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def remember(self, sample: str, center: float) -> None:
+        self._centers[sample] = _finite("remembered", center)
+        self._centers.move_to_end(sample)
+        while len(self._centers) > self.limit:
+            self._centers.popitem(last=False)
+
+    def recall(self, sample: str) -> float | None:
+        return self._centers.get(sample)

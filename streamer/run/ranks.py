@@ -1,0 +1,737 @@
+"""``mpiexec -n R tomo-streamer run``: live reconstruction on several MPI ranks.
+
+Every rank pulls a share of the frames (see ADR 0002) and corrects its projections as
+they arrive; the reslice (:class:`~streamer.exchange.reslice.BandExchange`) sends each rank the
+rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
+sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
+rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
+(:func:`streamer.sinks.master.write_master`). With ``output_format="zarr"`` every rank
+writes its band into one OME-Zarr store instead and rank 0 finishes the store
+(:mod:`streamer.sinks.ranked`, ADR 0007).
+
+Per scan, in the order every rank sees (rank 0 orders opens and closes):
+
+1. **References.** Darks and flats reach arbitrary ranks; each rank forwards the ones it
+   received to every other rank, so every rank can normalise its projections. At close,
+   each rank announces how many it forwarded and waits (bounded) until it has the
+   announced ones from everyone: no rank normalises with fewer references than arrived.
+2. **Reslice.** Corrected projection blocks are scattered as they come; at close each
+   rank finishes sending and waits for its band.
+3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
+   the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
+   it to everyone — the same value on every rank, the same row as on one rank.
+4. **Band.** The sinogram section runs on the band, block by block, into the part file.
+5. **Master.** Each rank tells rank 0 what it wrote; rank 0 writes the master when the
+   merged report is in.
+
+All waits poll (MPICH busy-polls a rank blocked in a receive) and are bounded by
+``exchange_timeout_s``; a rank that does not answer is named in the error, and the
+scan's files are then marked incomplete rather than the job hanging.
+
+``stop`` (SIGINT/SIGTERM, as :class:`~streamer.run.one_rank.LiveReconstruction`'s) ends the band
+reconstruction between blocks: the part keeps the slices written, marked incomplete, and
+the rank tells the others (``TAG_STOP``), which stop at their next block and set their
+own ``stop``, so every rank ends the job; rank 0's master says incomplete and why.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+
+from stages.prep.repair import RepairCounts
+from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
+from streamer.exchange.links import Received
+from streamer.exchange.reslice import Band, BandExchange, row_bands
+from streamer.ingest.cluster import Link, MergedReport
+from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
+from streamer.ingest.store import FrameStore, HeldFrame
+from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.executor import ScanProcessor, apply_steps
+from streamer.pipeline.plan import default_budget_bytes, plan_scan
+from streamer.pipeline.sections import split_sections
+from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
+from streamer.run.from_file import (
+    ReconSettings,
+    auto_center,
+    center_in_use,
+    center_label,
+    center_source,
+    pipeline_for,
+)
+from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
+from streamer.sinks.ranked import ranked_output
+from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, free_output_path, output_stem
+from streamer.sources.scan import FrameReader
+from streamer.sources.sender import start_header
+from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
+
+TAG_REFERENCE: Final = 301
+TAG_REFERENCES_DONE: Final = 302
+TAG_CENTER: Final = 303
+TAG_PART_DONE: Final = 304
+TAG_PATH: Final = 305
+TAG_STOP: Final = 306
+#: How long a rank waits for its peers at each step of a scan's close.
+DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
+_POLL_PAUSE_S: Final = 0.0005
+
+
+@dataclass(frozen=True)
+class PartWritten:
+    """What one rank wrote for one scan (sent to rank 0 for the master)."""
+
+    rank: int
+    path: str | None
+    rows: tuple[int, int]
+    slices: int
+    complete: bool
+    error: str | None
+    repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
+    pixels: int = 0  # projection pixel values this rank corrected
+
+
+@dataclass
+class _ScanState:
+    serial: int
+    start: StartHeader
+    processor: ScanProcessor
+    exchange: BandExchange
+    path: Path | None  # the master file; decided by rank 0 (others learn it by message)
+    #: The close handshake (references settled, CoR agreed, parts written): no I/O.
+    close: CloseHandshake[PartWritten]
+    references_here: int = 0  # darks and flats that reached this rank from the source
+    center: float | None = None
+    center_method: str | None = None
+    failure: str | None = None  # a stage refused this rank's data: no part is written
+    prepared: bool = False  # references settled and projections corrected
+    close_error: str | None = None  # settling failed (a rank did not answer)
+    stopped_by: int | None = None  # the rank whose stop (SIGINT/SIGTERM) ended this scan
+
+
+@dataclass
+class RankedReconstruction:
+    """Reconstructs every scan ingest closes, each rank its band of detector rows; use
+    ``drain`` and ``on_event`` with a cluster :class:`~streamer.ingest.service.IngestService`.
+
+    Parameters
+    ----------
+    steps, pipeline_text, out_dir :
+        As for :class:`~streamer.run.one_rank.LiveReconstruction`.
+    control : Link
+        Small messages between ranks (references, CoR, parts written): a link of its own
+        (``RankLink.duplicate()``), separate from ingest's and the reslice's.
+    band_link :
+        The reslice's own link (``RankLink.duplicate()``).
+    """
+
+    steps: tuple[PipelineStep, ...]
+    pipeline_text: str
+    out_dir: Path
+    control: Link
+    band_link: Any
+    block_frames: int | None = None
+    block_sinograms: int | None = None
+    memory_bytes: int | None = None
+    exchange_timeout_s: float = DEFAULT_EXCHANGE_TIMEOUT_S
+    output: Path | None = None  # one fixed master path (``recon``); None: per scan
+    first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
+    overwrite: bool = False
+    #: How a fixed CoR came (``streamer.run.from_file.center_source``): "given" or "pipeline".
+    center_source: str = "pipeline"
+    on_output: Callable[[ScanOutput], None] | None = None
+    log: Callable[[str], None] | None = None
+    #: Set to stop a reconstruction between blocks (SIGINT/SIGTERM); a peer's stop sets it.
+    stop: threading.Event | None = None
+    #: Called after each block of slices this rank writes: (scan, slices written, band rows).
+    on_block: Callable[[str, int, int], None] | None = None
+    #: A format R ranks can write (``streamer.sinks.ranked.RANKED``): hdf5 or zarr.
+    output_format: str = DEFAULT_FORMAT
+    outputs: list[ScanOutput] = field(default_factory=list)
+    _scan: _ScanState | None = None
+    _serial: int = 0
+    _inbox: list[Received] = field(default_factory=list)
+    #: Rank 0: the handshakes of scans whose parts are still awaited (serial -> close).
+    _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
+    _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
+    _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
+
+    # --- ingest hooks ----------------------------------------------------------------
+
+    def drain(self, store: FrameStore) -> None:
+        self.add(store.take())
+
+    def on_event(self, event: Any) -> None:
+        if isinstance(event, ScanOpened):
+            self.open_scan(event.start)
+        elif isinstance(event, ScanClosing) and self._scan is not None:
+            scan = self._scan
+            self._prepare_close(scan)
+            if scan.failure is not None:  # in the report too, not only in the output
+                raise ScanFailedError(scan.failure)
+        elif isinstance(event, ScanClosed):
+            self.close_scan()
+        elif isinstance(event, MergedReport) and self.control.rank == 0:
+            report = event.report
+            refused = self._refused.pop(report.scan, None)
+            if refused is not None:
+                output = ScanOutput(report.scan, None, 0, None, False, refused)
+                keep_newest(self.outputs, output)
+                if self.on_output is not None:
+                    self.on_output(output)
+                return
+            self.write_master(report.scan, complete=report.complete,
+                              document=report.as_dict())
+
+    # --- the same, driven directly (``recon`` on several ranks) --------------------------
+
+    def add(self, frames: list[HeldFrame]) -> None:
+        """Frames of the open scan that reached this rank (any order)."""
+        scan = self._scan
+        if scan is None:
+            return
+        self._forward_references(scan, frames)
+        if scan.failure is None:
+            try:
+                scan.processor.add(frames)
+            except StreamerError as error:
+                # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
+                # still takes its part in the close, so no peer waits for it.
+                scan.failure = str(error)
+                if self.log is not None:
+                    self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
+                             f"{error}")
+                raise ScanFailedError(scan.failure) from None
+        self._serve(scan)
+
+    def close_scan(self) -> None:
+        """The open scan is over on every rank: reslice, reconstruct, write this rank's
+        part and tell rank 0."""
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            self._close(scan)
+
+    # --- per scan ----------------------------------------------------------------------
+
+    def open_scan(self, start: StartHeader) -> None:
+        """A scan opened (on every rank, in the same order)."""
+        self._serial += 1
+        self._scan = None
+        ranks = self.control.size
+        try:
+            # The same figures on every rank, so every rank refuses the same scans.
+            check_servable(self.steps, start)
+            frames, sinograms, plans, memory = plan_scan(
+                self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
+                references=start.darks + start.flats, dtype=start.wire_dtype,
+                budget_bytes=self.memory_bytes or default_budget_bytes(),
+                band_rows=-(-start.rows // ranks),
+            )
+            owner = self._center_owner(start)
+        except StreamerError as error:
+            reason = f"refused at its start: {error}"
+            if self.control.rank == 0:
+                self._refused[start.scan] = reason
+                if self.log is not None:
+                    self.log(reason)
+            raise ScanFailedError(reason) from None
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {start.scan}: per rank: {memory.describe()}")
+            for plan in plans:
+                self.log(f"scan {start.scan}: plan: {plan.describe()}")
+        # Projections usually follow the darks and flats: with ``first_index`` a piece
+        # lands straight in its sorted column (a wrong guess only costs a final sort).
+        exchange = BandExchange(self.band_link, scan_serial=self._serial, rows=start.rows,
+                                cols=start.cols, projections=start.projections,
+                                frames=start.frames, first_index=start.darks + start.flats)
+        processor = ScanProcessor(
+            self.steps, start, block_frames=self.block_frames or frames,
+            block_sinograms=self.block_sinograms or sinograms,
+            on_projections=lambda block: exchange.scatter(
+                block.indices, block.angles_deg, block.data),
+            keep_sinogram_section=False,
+        )
+        path = None
+        if self.control.rank == 0:
+            # Rank 0 alone names the output (a name taken by an earlier scan gets a
+            # suffix) and marks it in progress: a job that dies leaves a file that says so.
+            path = self._master_path(start.scan)
+            try:
+                ranked_output(self.output_format).mark_in_progress(
+                    path, scan=start.scan, ranks=self.control.size)
+            except StreamerError as error:  # the disk: reported again at close if it stays
+                if self.log is not None:
+                    self.log(f"scan {start.scan}: {error}")
+            self.control.send_to_others(TAG_PATH, msgpack.packb(
+                {"serial": self._serial, "path": str(path)}))
+        close: CloseHandshake[PartWritten] = CloseHandshake(
+            start.scan, self.control.rank, ranks, self.exchange_timeout_s,
+            center_owner=owner)
+        if self.control.rank == 0:
+            self._closing[self._serial] = close
+        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close)
+        early, self._inbox = self._inbox, []
+        for received in early:  # sent by a rank that opened this scan before this one
+            self._handle(received, scan)
+
+    def _close(self, scan: _ScanState) -> None:
+        start = scan.start
+        if self.control.rank == 0:
+            assert scan.path is not None
+            self._closed[start.scan] = (scan.serial, scan.path, start.rows)
+        try:
+            self._wait(scan, Step.PATH)
+            assert scan.path is not None
+            path = scan.path
+            self._prepare_close(scan)
+            if scan.close_error is not None:
+                raise StreamerError(scan.close_error)
+            scan.exchange.finish_sending()
+            band = scan.exchange.wait(self.exchange_timeout_s,
+                                      on_idle=lambda: self._serve(scan))
+            try:  # every rank takes part, failed or not, so no peer waits for it
+                self._agree_center(scan, band)
+            except StreamerError:
+                if scan.failure is None:
+                    raise
+            if scan.failure is not None:
+                raise StreamerError(scan.failure)
+            part = self._write_part(scan, band, path)
+        except StreamerError as error:
+            rows = row_bands(start.rows, self.control.size)[self.control.rank]
+            part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
+            if self.log is not None:
+                self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        repairs = scan.processor.repairs
+        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels)
+        message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
+                                 "rows": list(part.rows), "slices": part.slices,
+                                 "complete": part.complete, "error": part.error,
+                                 "repaired": part.repaired, "pixels": part.pixels})
+        if self.control.rank == 0:
+            scan.close.part_written(0, part)
+        else:
+            self.control.send(0, TAG_PART_DONE, message)
+
+    def _prepare_close(self, scan: _ScanState) -> None:
+        """Settle the references and correct the last projections (once): a stage that
+        refuses the data sets ``scan.failure``; a peer that does not answer,
+        ``scan.close_error``."""
+        if scan.prepared:
+            return
+        scan.prepared = True
+        try:
+            self._settle_references(scan)
+        except StreamerError as error:
+            scan.close_error = str(error)
+            return
+        if scan.failure is None:
+            try:
+                scan.processor.finish()  # no sinogram section here: it sends the blocks
+            except StreamerError as error:
+                scan.failure = str(error)
+
+    # --- references --------------------------------------------------------------------
+
+    def _forward_references(self, scan: _ScanState, frames: list[HeldFrame]) -> None:
+        for frame in frames:
+            if frame.key not in (IMAGE_KEY_DARK, IMAGE_KEY_FLAT):
+                continue
+            scan.references_here += 1
+            if self.control.size == 1:
+                continue
+            data = np.ascontiguousarray(frame.data)
+            payload = msgpack.packb({
+                "serial": scan.serial, "index": frame.index, "key": frame.key,
+                "angle": frame.angle_deg, "dtype": data.dtype.str,
+                "shape": list(data.shape), "data": data.tobytes(),
+            })
+            self.control.send_to_others(TAG_REFERENCE, payload)
+            scan.close.reference_forwarded()
+
+    def _settle_references(self, scan: _ScanState) -> None:
+        """Announce how many references this rank forwarded and wait for every rank's
+        announced ones, so all ranks normalise with the same darks and flats."""
+        self.control.send_to_others(TAG_REFERENCES_DONE, msgpack.packb(
+            {"serial": scan.serial, "count": scan.close.forwarded}))
+        self._wait(scan, Step.REFERENCES)
+
+    # --- centre of rotation ------------------------------------------------------------
+
+    def _center_owner(self, start: StartHeader) -> int | None:
+        """The rank that finds the CoR: the owner of the finder's row (the middle row, or
+        the finder's ``ind``); None when the pipeline's CoR is fixed. A row off the
+        detector is refused."""
+        _, sinogram_steps = split_sections(self.steps)
+        unset = [s for s in sinogram_steps if s.spec.finds_center is None
+                 and "center" in type(s.params).model_fields
+                 and dict(s.params)["center"] is None]
+        if not unset:
+            return None
+        finder = self._finder()
+        row = start.rows // 2
+        if finder is not None and dict(finder.params).get("ind") is not None:
+            row = int(dict(finder.params)["ind"])
+        bands = row_bands(start.rows, self.control.size)
+        owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
+        if owner is None:
+            raise ScanFailedError(
+                f"scan {start.scan!r}: CoR finder row: expected a detector row below "
+                f"{start.rows}, got {row}")
+        return owner
+
+    def _finder(self) -> PipelineStep | None:
+        _, sinogram_steps = split_sections(self.steps)
+        finders = [s for s in sinogram_steps if s.spec.finds_center is not None]
+        return finders[-1] if finders else None
+
+    def _agree_center(self, scan: _ScanState, band: Band) -> None:
+        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+        owner = scan.close.center_owner
+        if owner is None:
+            return
+        if owner == self.control.rank:
+            finder = self._finder()
+            row = scan.start.rows // 2
+            if finder is not None and dict(finder.params).get("ind") is not None:
+                row = int(dict(finder.params)["ind"])
+            center: float | None = None
+            method: str | None = None
+            error: str | None = None
+            try:
+                center, method = _find_center(finder, band, row)
+            except StreamerError as failure:
+                error = str(failure)
+            scan.close.center_agreed(CenterAgreed(center, method, error))
+            self.control.send_to_others(TAG_CENTER, msgpack.packb({
+                "serial": scan.serial, "center": center, "method": method,
+                "error": error}))
+        else:
+            self._wait(scan, Step.CENTER)
+        agreed = scan.close.center
+        assert agreed is not None
+        if agreed.error is not None:
+            raise StreamerError(agreed.error)
+        scan.center, scan.center_method = agreed.center, agreed.method
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _write_part(self, scan: _ScanState, band: Band, master: Path) -> PartWritten:
+        rank, ranks = self.control.rank, self.control.size
+        first, last = band.rows
+        if last == first:
+            return PartWritten(rank, None, band.rows, 0, True, None)
+        if band.sinograms.shape[1] == 0:
+            return PartWritten(rank, None, band.rows, 0, False,
+                               "no projection arrived: nothing to reconstruct")
+        _, sinogram_steps = split_sections(self.steps)
+        data_steps = tuple(
+            replace(s, params=s.params.model_copy(update={"center": scan.center}))
+            if scan.center is not None and "center" in type(s.params).model_fields
+            and dict(s.params)["center"] is None else s
+            for s in sinogram_steps if s.spec.finds_center is None
+        )
+        data_steps = _share_threads(data_steps, self.control.size)
+        center = center_in_use(scan.center, data_steps, scan.start.cols)
+        method = center_label(scan.center_method, self.center_source)
+        references = scan.references_here + scan.close.references
+        complete = (band.sinograms.shape[1] == scan.start.projections
+                    and references == scan.start.darks + scan.start.flats)
+        path = master
+        block = self.block_sinograms or scan.processor.block_sinograms
+        writer: VolumeSink | None = None
+        written = 0
+        stopped: str | None = None
+        try:
+            for begin in range(0, last - first, block):
+                stopped = self._stopped(scan)
+                if stopped is not None:
+                    stopped += f" after {written} of {last - first} slices"
+                    break
+                end = min(begin + block, last - first)
+                data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
+                                   flats=None, angles_deg=band.angles_deg)
+                if writer is None:  # a part file, or this band of one shared store
+                    path, writer = ranked_output(self.output_format).open_band(
+                        master, rank=rank, ranks=ranks, band=band.rows,
+                        first_row=self.first_row, volume_slices=scan.start.rows,
+                        overwrite=self.overwrite,
+                        slice_shape=(int(data.shape[1]), int(data.shape[2])),
+                        angles_deg=band.angles_deg, center_of_rotation=center,
+                        center_method=method, pipeline_yaml=self.pipeline_text,
+                        scan=scan.start.scan)
+                writer.write(begin, data)
+                if written == 0 and end < last - first and self.log is not None:
+                    # once per band: the reconstruction is under way (and a handshake for
+                    # whoever waits for it, e.g. to test a stop)
+                    self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
+                             f"{last - first} slices in blocks of {block}: first block "
+                             "written")
+                written += end - begin
+                if self.on_block is not None:
+                    self.on_block(scan.start.scan, written, last - first)
+        finally:
+            if writer is not None:
+                writer.close(complete=complete and written == last - first)
+        if stopped is not None:
+            if self.log is not None:
+                self.log(f"scan {scan.start.scan}: rank {rank}: {stopped}")
+            return PartWritten(rank, str(path) if writer is not None else None, band.rows,
+                               written, False, stopped)
+        return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _stopped(self, scan: _ScanState) -> str | None:
+        """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop
+        is told to every other rank (once), so all of them stop at their next block."""
+        self._take_messages(scan)  # a peer's TAG_STOP
+        if scan.stopped_by is None and self.stop is not None and self.stop.is_set():
+            scan.stopped_by = self.control.rank
+            self.control.send_to_others(TAG_STOP, msgpack.packb(
+                {"serial": scan.serial, "rank": self.control.rank}))
+        if scan.stopped_by is None:
+            return None
+        if scan.stopped_by == self.control.rank:
+            return "stopped by the service (SIGINT/SIGTERM)"
+        return f"stopped: rank {scan.stopped_by} was stopped (SIGINT/SIGTERM)"
+
+    def write_master(self, scan_id: str, *, complete: bool,
+                     document: dict[str, Any] | None) -> ScanOutput | None:
+        """Rank 0: the scan's accounting is final; wait (bounded) for every rank's part
+        and write the master file. ``complete`` is the accounting's verdict; the master
+        is complete only if every part is too."""
+        closed = self._closed.pop(scan_id, None)
+        if closed is None:
+            return None
+        serial, path, rows = closed
+        close = self._closing.pop(serial, None) or CloseHandshake(
+            scan_id, 0, self.control.size, self.exchange_timeout_s)
+        close.begin(Step.PARTS, time.monotonic())
+        while isinstance(close.check(time.monotonic()), Waiting):
+            self._take_messages(None, close)
+            if close.missing(Step.PARTS):
+                time.sleep(_POLL_PAUSE_S)
+        parts = close.parts
+        silent = list(close.missing(Step.PARTS))
+        errors = [f"rank {p.rank}: {p.error}" for p in parts.values() if p.error]
+        errors += [f"rank {r}: wrote nothing within {self.exchange_timeout_s:g} s"
+                   for r in silent]
+        complete = (complete and not silent and not errors
+                    and all(p.complete for p in parts.values()))
+        document = dict(document or {})
+        if errors:
+            document["reconstruction_errors"] = errors
+        repairs = RepairCounts()
+        for part in parts.values():
+            repairs.merge(part.repaired, part.pixels)
+        document["repairs"] = repairs.as_dict()
+        warning = repairs.warning()
+        if warning is not None and self.log is not None:
+            self.log(f"scan {scan_id}: warning: {warning}")
+        try:  # the master file, or the shared store's coarse slices and attributes
+            finished = ranked_output(self.output_format).finish(
+                path, ranks=self.control.size, bands=row_bands(rows, self.control.size),
+                first_row=self.first_row, complete=complete, report=document,
+                errors=errors)
+            if finished.path is None:
+                output = ScanOutput(scan_id, None, 0, None, False,
+                                    "; ".join(errors) or "no slices were written")
+            else:
+                slices = sum(p.slices for p in parts.values())
+                output = ScanOutput(scan_id, path, slices, finished.center, complete,
+                                    "; ".join(errors) or None, repairs.total)
+        except StreamerError as error:
+            output = ScanOutput(scan_id, None, 0, None, False, str(error))
+        keep_newest(self.outputs, output)
+        if self.on_output is not None:
+            self.on_output(output)
+        return output
+
+    # --- messages ----------------------------------------------------------------------
+
+    def _serve(self, scan: _ScanState) -> None:
+        self._take_messages(scan)
+        scan.exchange.poll()
+
+    def _take_messages(self, scan: _ScanState | None,
+                       closing: CloseHandshake[PartWritten] | None = None) -> None:
+        for received in self.control.poll():
+            self._handle(received, scan, closing)
+
+    def _handle(self, received: Received, scan: _ScanState | None,
+                closing: CloseHandshake[PartWritten] | None = None) -> None:
+        try:
+            message = msgpack.unpackb(received.payload, raw=False)
+        except (ValueError, msgpack.ExtraData) as error:
+            raise ExchangeError(
+                f"rank {received.source}: control message (tag {received.tag}): expected "
+                f"msgpack, got undecodable bytes ({error})") from None
+        if not isinstance(message, dict) or not isinstance(message.get("serial"), int):
+            raise ExchangeError(
+                f"rank {received.source}: control message (tag {received.tag}): expected a "
+                f"map with an integer 'serial', got {type(message).__name__}")
+        if received.tag == TAG_STOP:
+            # A peer stopped (SIGINT/SIGTERM): this rank stops too, this scan and the job.
+            if self.stop is not None:
+                self.stop.set()
+            if scan is not None and message["serial"] == scan.serial \
+                    and scan.stopped_by is None:
+                scan.stopped_by = received.source
+            return
+        if received.tag == TAG_PART_DONE:
+            part = PartWritten(int(message["rank"]), message["path"],
+                               (int(message["rows"][0]), int(message["rows"][1])),
+                               int(message["slices"]), bool(message["complete"]),
+                               message["error"],
+                               {str(key): int(count) for key, count
+                                in dict(message.get("repaired") or {}).items()},
+                               int(message.get("pixels") or 0))
+            close = self._closing.get(message["serial"])
+            if close is None and closing is not None:
+                close = closing  # the scan whose master rank 0 is writing now
+            if close is not None:
+                close.part_written(part.rank, part)
+            return
+        if scan is None or message["serial"] > scan.serial:
+            self._inbox.append(received)  # a scan this rank has not opened yet
+            return
+        if message["serial"] < scan.serial:
+            return  # a scan this rank already closed (cannot happen: same order everywhere)
+        if received.tag == TAG_REFERENCE:
+            data = np.frombuffer(message["data"], dtype=np.dtype(message["dtype"]))
+            frame = HeldFrame(int(message["index"]), int(message["key"]),
+                              float(message["angle"]),
+                              data.reshape(tuple(int(n) for n in message["shape"])))
+            scan.close.reference_received(received.source)
+            scan.processor.add([frame])
+        elif received.tag == TAG_REFERENCES_DONE:
+            scan.close.references_announced(received.source, int(message["count"]))
+        elif received.tag == TAG_PATH:
+            scan.path = Path(str(message["path"]))
+            scan.close.path_received()
+        elif received.tag == TAG_CENTER:
+            center = message["center"]
+            scan.close.center_agreed(CenterAgreed(
+                None if center is None else float(center), message["method"],
+                message["error"]))
+
+    def _wait(self, scan: _ScanState, step: Step) -> None:
+        """Serve the link until the close handshake's ``step`` is complete; a peer
+        that stays silent past ``exchange_timeout_s`` is named in the error."""
+        scan.close.begin(step, time.monotonic())
+        while True:
+            self._serve(scan)
+            outcome = scan.close.check(time.monotonic())
+            if isinstance(outcome, Ready):
+                return
+            if isinstance(outcome, TimedOut):
+                raise ExchangeError(outcome.message)
+            time.sleep(_POLL_PAUSE_S)
+
+    def _master_path(self, scan: str) -> Path:
+        """``<scan>.h5`` in ``out_dir`` (or ``output``), ``<scan>-2.h5`` … when that name
+        or its parts exist (rank 0 decides; the other ranks are told)."""
+        if self.output is not None:
+            return self.output
+        return free_output_path(self.out_dir, scan, self.output_format)
+
+
+def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
+                   log: Callable[[str], None] = lambda line: None, *,
+                   stop: threading.Event | None = None,
+                   on_block: Callable[[str, int, int], None] | None = None,
+                   ) -> ScanOutput | None:
+    """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
+
+    Every rank opens the scan; rank 0 reads the darks and flats (and forwards them, as
+    in a stream); the blocks of projections are dealt round-robin, so each rank reads
+    and corrects ``1/R`` of them; then the reslice and the band reconstruction run as
+    in ``run``. Rank 0 returns what it wrote; the others return None. ``stop`` and
+    ``on_block`` are :class:`RankedReconstruction`'s.
+    """
+    layout = reader.layout
+    if layout.projections == 0:
+        raise ConfigError("recon: the scan has no projections")
+    ranked_output(settings.output_format)  # a format R ranks can write, or a ConfigError
+    steps, text = pipeline_for(settings, layout.normalisation)
+    if settings.device == "gpu":  # one GPU per rank (docs/how-to/gpu-and-backends.md)
+        from stages.backends.device import use_device_for_rank  # noqa: PLC0415
+
+        device, usable = use_device_for_rank(link.rank, link.size)
+        log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
+    scan_id = output_stem(settings.output.stem)
+    control, band_link = link.duplicate(), link.duplicate()
+    ranked = RankedReconstruction(
+        steps, text, settings.output.parent, control, band_link,
+        block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
+        memory_bytes=settings.memory_bytes, output=settings.output,
+        first_row=settings.first_row, overwrite=settings.overwrite,
+        center_source=center_source(settings.center), log=log, stop=stop,
+        on_block=on_block, output_format=settings.output_format)
+    ranked.open_scan(start_header(layout, scan_id))
+    assert ranked._scan is not None
+    block = ranked._scan.processor.block_frames
+    rank, ranks = control.rank, control.size
+    keys, angles = layout.image_keys, layout.angles_deg
+    for number, first in enumerate(range(0, layout.frames, block)):
+        last = min(first + block, layout.frames)
+        projections_here = number % ranks == rank
+        references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))
+        if not (projections_here or references_here):
+            continue
+        data = reader.read(first, last)
+        ranked.add([
+            HeldFrame(index, int(keys[index]), float(angles[index]), data[index - first])
+            for index in range(first, last)
+            if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
+            or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
+        ])
+    ranked.close_scan()
+    if rank != 0:
+        return None
+    return ranked.write_master(scan_id, complete=True, document=None)
+
+
+def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[PipelineStep, ...]:
+    """Stages that run threads (``threads: None`` = every CPU) get this rank's share of
+    the CPUs, so R ranks on one node do not run R × CPUs threads."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    share = max(1, cpus // max(1, ranks))
+    return tuple(
+        replace(s, params=s.params.model_copy(update={"threads": share}))
+        if "threads" in type(s.params).model_fields and dict(s.params)["threads"] is None
+        else s
+        for s in steps
+    )
+
+
+def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[float, str]:
+    """The CoR from detector row ``row`` of ``band`` (which owns it)."""
+    if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
+        raise StreamerError("CoR: no corrected projection reached this rank's band")
+    local = row - band.rows[0]
+    # (angles, 1, cols): the corrected projections of that one row, as the finders take.
+    stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
+    if finder is None:
+        found = auto_center(stack, band.angles_deg)
+        return float(found), center_label("auto", "auto", warnings=found.warnings)
+    assert finder.spec.finds_center is not None
+    params = finder.params
+    if "ind" in type(params).model_fields:
+        params = params.model_copy(update={"ind": 0})
+    estimate = finder.spec.finds_center(stack, band.angles_deg, params)
+    # the finder's doubts travel with the label that is stored beside the CoR
+    return float(estimate), center_label(f"{finder.name} (pipeline)", "",
+                                         warnings=tuple(getattr(estimate, "warnings", ())))
+
+
+__all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",
+           "recon_on_ranks"]

@@ -1,2 +1,0 @@
-"""The live viewer: ``tomo-streamer view`` serves a page showing a live feed (see
-:mod:`streamer.viewer.server`); the page itself is in ``static/``."""
