@@ -22,6 +22,7 @@ from streamer.cli.options import (
 )
 from streamer.cli.receiving import (
     ReportFiles,
+    close_consumer,
     consumer_socket,
     ingest_settings,
     print_and_write_report,
@@ -136,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
                               device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
-        socket = consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run")
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run")
         feed = live.feed = open_feed(args)
         service: IngestService
 
@@ -155,14 +156,14 @@ def run(args: argparse.Namespace) -> int:
                 report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
-                                on_event=on_event)
+                                on_event=on_event, gate=gate, log=log_to_stderr(False))
         if feed is not None:
             feed.watch(service.state)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             live.wait()  # the last reconstruction (stopped between blocks on a signal)
-            socket.close()
+            close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0
@@ -229,9 +230,9 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
                                         log=log)
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
-        socket = consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run" if speaks else None)
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run" if speaks else None)
         service: IngestService
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         watch = receiving_progress(progress)
@@ -246,7 +247,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
                 report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster)
+                                on_event=on_event, cluster=cluster, gate=gate, log=log)
         relay.watch(service.state)
         if speaks and not args.quiet:
             print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
@@ -257,7 +258,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
-            socket.close()
+            close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0

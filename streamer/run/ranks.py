@@ -512,6 +512,12 @@ class RankedReconstruction:
                         center_method=method, pipeline_yaml=self.pipeline_text,
                         scan=scan.start.scan)
                 writer.write(begin, data)
+                if written == 0 and end < last - first and self.log is not None:
+                    # once per band: the reconstruction is under way (and a handshake for
+                    # whoever waits for it, e.g. to test a stop)
+                    self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
+                             f"{last - first} slices in blocks of {block}: first block "
+                             "written")
                 written += end - begin
                 if self.observer is not None:
                     self.observer.slices(scan.serial,
