@@ -29,7 +29,12 @@ Algorithm
 4. **Gridding** by a type-1 NUFFT at the points ``2πω (sin θ, cos θ)`` onto the modes
    ``(k_y, k_x)``, read upside down into ``(iy, ix)`` (``y = (N-1)/2 - iy``, the
    orientation of TomoPy, ASTRA and algotom); its real part is the slice of row ``a``,
-   its imaginary part that of row ``b``. finufft spreads onto a 1.25× oversampled grid
+   its imaginary part that of row ``b``. Only the half ``ω ≥ 0`` of each line is
+   spread (two strength vectors: at ``ω`` and, for the mirror ``-ω``, reflected on the
+   grid afterwards): each row's grid is then exactly Hermitian, so a row's slice is the
+   same whether it shares the NUFFT with another row or with zeros (to float32
+   rounding; spreading ``±ω`` directly lets the partner leak in at ~``eps/10``).
+   finufft spreads onto a 1.25× oversampled grid
    (single precision, tolerance ``eps``; its ``spreadinterponly`` mode, points sorted
    once per plan); scipy's FFT (pruned to the wanted columns) and the kernel's deconvolution finish
    the transform, as finufft's own type 1 would, without FFTW's planning stalls.
@@ -188,6 +193,13 @@ class _Lines:
     scans): projection ``p`` adds into line ``line[p]``, its frequencies negated when
     ``flipped[p]``; the merged ``(lines, M+1)`` strengths are then thinned by
     ``keep`` and ``scale``.
+
+    **Half set.** Only the points with ``ω ≥ 0`` (line columns ``0 … M/2``) are NUFFT
+    points: the mirror ``-ω`` of each is spread by reflecting the grid (see
+    :func:`_add_reflected`), so each packed row's grid is exactly Hermitian and its slice
+    exactly real: the two rows of a pair do not leak into each other through the
+    spreading kernel's rounding. Pieces hold only those columns; ``ω = 0`` is its own
+    mirror and is spread half from each side.
     """
 
     rows_y: npt.NDArray[np.float32]  # (points,) NUFFT coordinate along iy
@@ -200,8 +212,9 @@ class _Lines:
     line: npt.NDArray[np.intp]  # (P,)
     flipped: npt.NDArray[np.bool_]  # (P,)
     n_lines: int
-    keep: npt.NDArray[np.intp] | None  # merged lines only: kept entries, None: all
-    scale: npt.NDArray[np.float32] | None  # their weight factors
+    keep: npt.NDArray[np.intp] | None  # merged lines only: kept half-set entries
+    mirror: npt.NDArray[np.intp] | None  # merged lines only: the entry at -ω of each
+    scale: npt.NDArray[np.float32] | None  # their weight factors (DC halved)
 
     @property
     def points(self) -> int:
@@ -258,8 +271,8 @@ def _lines(
         order = np.arange(count)
         lo, hi = np.zeros(count, dtype=np.intp), np.full(count, columns, dtype=np.intp)
     else:  # group the projections by the run of columns they keep (one run per line)
-        lo = np.argmax(kept, axis=1)
-        hi = columns - np.argmax(kept[:, ::-1], axis=1)
+        lo = np.argmax(kept, axis=1)  # the run is symmetric: keep its ω >= 0 part
+        hi = np.minimum(columns - np.argmax(kept[:, ::-1], axis=1), length // 2 + 1)
         order = np.lexsort((np.arange(count), lo))
         lo, hi = lo[order], hi[order]
     pieces: list[tuple[int, int, int, int, int]] = []
@@ -280,12 +293,16 @@ def _lines(
             stored += (q - p) * (b - a)
             p = q
     keep: npt.NDArray[np.intp] | None = None
+    mirror: npt.NDArray[np.intp] | None = None
     scale_kept: npt.NDArray[np.float32] | None = None
     if shared:
-        keep = np.flatnonzero(kept).astype(np.intp)
+        plus = np.arange(columns) <= length // 2
+        keep = np.flatnonzero(kept & plus[None, :]).astype(np.intp)
+        mirror = (keep - keep % columns + _negated(length)[keep % columns]).astype(np.intp)
         rows_y.append(np.multiply.outer(sin_line, radial).ravel()[keep])
         cols_x.append(np.multiply.outer(cos_line, radial).ravel()[keep])
-        scale_kept = np.broadcast_to(factor, kept.shape).ravel()[keep].astype(np.float32)
+        halved = np.where(np.arange(columns) == 0, 0.5, 1.0) * factor  # ω = 0: half each side
+        scale_kept = np.broadcast_to(halved, kept.shape).ravel()[keep].astype(np.float32)
     return _Lines(
         rows_y=np.concatenate(rows_y),
         cols_x=np.concatenate(cols_x),
@@ -298,6 +315,7 @@ def _lines(
         flipped=flipped,
         n_lines=int(first.size),
         keep=keep,
+        mirror=mirror,
         scale=scale_kept,
     )
 
@@ -305,7 +323,9 @@ def _lines(
 def _multipliers(lines: _Lines, length: int) -> npt.NDArray[np.complex64]:
     """Multipliers ``(stored,)``, laid out as the strengths before merging: for each kept
     column ``j`` of each projection, ``weight · factor_j · exp(2πi ω_j · shift)``, the two
-    Nyquist columns at half weight. (Its own step: it runs while the plans sort points.)"""
+    Nyquist columns at half weight, and ``ω = 0`` at half weight in the half set (every
+    projection on its own line; merged lines halve it in ``scale``). (Its own step: it
+    runs while the plans sort points.)"""
     omega = _line_frequencies(length)
     parts = []
     for p, q, a, b, _ in lines.pieces:
@@ -321,6 +341,8 @@ def _multipliers(lines: _Lines, length: int) -> npt.NDArray[np.complex64]:
         for nyquist in (length // 2, length // 2 + 1):  # half at +1/2, half at -1/2
             if a <= nyquist < b:
                 out[:, nyquist - a] *= 0.5
+        if a == 0 and lines.keep is None:  # half set: ω = 0 spread half from each side
+            out[:, 0] *= 0.5
         parts.append(out.ravel())
     return np.concatenate(parts)
 
@@ -403,15 +425,23 @@ class _Filter:
     negated: npt.NDArray[np.intp]  # (M+1,) column of -ω
     pad: bool
 
+    @property
+    def shared(self) -> bool:
+        """Whether projections share lines (merged before the half set is taken)."""
+        return self.lines.keep is not None
+
 
 def _pair_strengths(
     sino: npt.NDArray[np.float32], pair: int, setup: _Filter, threads: int
 ) -> npt.NDArray[np.complex64]:
-    """NUFFT strengths ``(points,)`` of rows ``2·pair`` (real) and ``2·pair+1`` (imag).
+    """NUFFT strengths ``(2, points)`` of rows ``2·pair`` (``a``) and ``2·pair+1`` (``b``).
 
     Per chunk of projections (in the lines' processing order): pack ``a + i·b`` padded
     to ``L``, FFT, × filter, inverse FFT, crop the window, FFT, × multiplier on the kept
-    columns; ``threads`` for the FFTs (pairs run in parallel, so usually 1).
+    columns; ``threads`` for the FFTs (pairs run in parallel, so usually 1). Row 0 holds
+    the packed strengths at the half set's points ``ω ≥ 0``; row 1 those at their mirrors
+    ``-ω`` (spread at ``ω`` and reflected, see :func:`_add_reflected`): for every
+    projection on its own line, the coefficient at ``-ω`` times the conjugate multiplier.
     """
     rows, n_angles, cols = sino.shape
     layout, lines, pad = setup.layout, setup.lines, setup.pad
@@ -419,9 +449,11 @@ def _pair_strengths(
     half = window // 2
     inside = start >= 0 and start + window <= length
     lo, hi = max(start, 0), min(start + window, length)
-    shared = lines.keep is not None or lines.n_lines < n_angles
-    total = n_angles * (window + 1) if shared else lines.points
-    strengths = np.empty(total, dtype=np.complex64)
+    shared = setup.shared
+    strengths = np.empty((2, lines.points), dtype=np.complex64)
+    # Merged lines: the whole lines' strengths first, then the two halves are gathered.
+    full = np.empty(n_angles * (window + 1), dtype=np.complex64) if shared else strengths[0]
+    conjugate = np.conj(setup.multiplier) if not shared else setup.multiplier
     packed = np.empty((_CHUNK, length), dtype=np.complex64)
     parts = packed.view(np.float32).reshape(_CHUNK, length, 2)
     in_order = bool(np.all(lines.order[1:] > lines.order[:-1]))
@@ -454,7 +486,7 @@ def _pair_strengths(
             # Line columns a … b-1: coefficients a … M/2 (the last as +1/2), then
             # M/2 … M-1 (from -1/2 on): two runs of the FFT's own order.
             size = (q - p) * (b - a)
-            out = strengths[stored : stored + size].reshape(q - p, b - a)
+            out = full[stored : stored + size].reshape(q - p, b - a)
             mult = setup.multiplier[stored : stored + size].reshape(q - p, b - a)
             coef = coefficients[p - first : q - first]
             split = max(min(half + 1, b) - a, 0)
@@ -462,11 +494,24 @@ def _pair_strengths(
                 np.multiply(coef[:, a : a + split], mult[:, :split], out=out[:, :split])
             if split < b - a:
                 np.multiply(coef[:, a + split - 1 : b - 1], mult[:, split:], out=out[:, split:])
+            if shared:
+                continue
+            # Half set (b <= M/2 + 1): the mirror -ω of column j is FFT coefficient
+            # (M - j) mod M, its multiplier the conjugate of j's.
+            mirror = strengths[1, stored : stored + size].reshape(q - p, b - a)
+            conj = conjugate[stored : stored + size].reshape(q - p, b - a)
+            low = a
+            if a == 0:  # ω = 0 is its own mirror
+                np.multiply(coef[:, 0], conj[:, 0], out=mirror[:, 0])
+                low = 1
+            if b > low:
+                np.multiply(coef[:, window - b + 1 : window - low + 1][:, ::-1],
+                            conj[:, low - a :], out=mirror[:, low - a :])
     if not shared:
         return strengths
     # Sum the projections of each line (θ and θ + 180°: frequencies reversed). Within one
     # pass every target line appears once (fancy-index += does not accumulate repeats).
-    full = strengths.reshape(n_angles, window + 1)
+    whole = full.reshape(n_angles, window + 1)
     merged = np.zeros((lines.n_lines, window + 1), dtype=np.complex64)
     rank = _occurrence(lines.line)
     for level in range(int(rank.max()) + 1):
@@ -474,15 +519,15 @@ def _pair_strengths(
             chosen = np.flatnonzero((rank == level) & (lines.flipped == flip))
             if chosen.size == 0:
                 continue
-            values = full[chosen]
+            values = whole[chosen]
             if flip:
                 values = values[:, setup.negated]
             merged[lines.line[chosen]] += values
-    if lines.keep is None or lines.scale is None:
-        return merged.reshape(-1)
-    kept = merged.reshape(-1)[lines.keep]
-    kept *= lines.scale
-    return kept
+    assert lines.keep is not None and lines.mirror is not None and lines.scale is not None
+    flat = merged.reshape(-1)
+    np.multiply(flat[lines.keep], lines.scale, out=strengths[0])
+    np.multiply(flat[lines.mirror], lines.scale, out=strengths[1])
+    return strengths
 
 
 def _occurrence(labels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
@@ -545,12 +590,31 @@ def _deconvolution(eps: float, size: int) -> npt.NDArray[np.float32]:
     return np.multiply.outer(inverse, inverse)
 
 
-class _Gridder:
-    """Type-1 NUFFT of one strength vector onto ``size × size`` modes (one per thread).
+def _add_reflected(
+    target: npt.NDArray[np.complex64], source: npt.NDArray[np.complex64]
+) -> None:
+    """``target[m] += source[-m mod G]`` on both axes of a ``G × G`` grid (``G`` even).
 
-    finufft spreads (``spreadinterponly``; points sorted once by ``setpts``) onto an
-    oversampled grid; the FFT is scipy's, pruned to the ``size`` wanted columns before
-    the second axis; the kernel's transform is divided out on the copy to the output.
+    Grid cell ``m`` sits at ``2π(m - G/2)/G``, so ``-m mod G`` is the cell at minus its
+    position: spreading a strength at ``ω`` and reflecting the grid is spreading it at
+    ``-ω`` with a kernel that is exactly the mirror image (finufft's kernel evaluation at
+    ``±x`` differs by its rounding and polynomial fit, ~``eps/10``: enough to leak one
+    row of a pair into the other's slice).
+    """
+    target[0, 0] += source[0, 0]
+    target[0, 1:] += source[0, :0:-1]
+    target[1:, 0] += source[:0:-1, 0]
+    target[1:, 1:] += source[:0:-1, :0:-1]
+
+
+class _Gridder:
+    """Type-1 NUFFT of one pair's strengths onto ``size × size`` modes (one per thread).
+
+    finufft spreads (``spreadinterponly``; points sorted once by ``setpts``) the two rows
+    of strengths (half set and mirrors, see :func:`_pair_strengths`) onto two oversampled
+    grids; the second is reflected into the first (:func:`_add_reflected`); the FFT is
+    scipy's, pruned to the ``size`` wanted columns before the second axis; the kernel's
+    transform is divided out on the copy to the output.
     (finufft's own FFT is FFTW: with ESTIMATE plans it is 3-5x slower than scipy's here,
     with MEASURE plans it costs seconds of planning per size and process.)
     """
@@ -559,7 +623,7 @@ class _Gridder:
         grid = _grid_size(size)
         self.threads = threads
         self.plan = finufft.Plan(
-            1, (grid, grid), n_trans=1, eps=eps, dtype="complex64", spreadinterponly=1,
+            1, (grid, grid), n_trans=2, eps=eps, dtype="complex64", spreadinterponly=1,
             upsampfac=_UPSAMPFAC, nthreads=threads,
         )
         self.plan.setpts(lines.rows_y, lines.cols_x)
@@ -573,8 +637,9 @@ class _Gridder:
         """Write the image (modes ``(k_y, k_x)`` in C order, not yet deconvolved, see
         :func:`_deconvolution`) into ``out`` of shape ``(size, size)``."""
         neg, nonneg = self.negative, self.nonnegative
-        spread = self.plan.execute(strengths[None])[0]
-        rows = scipy.fft.ifft(spread, axis=-1, norm="forward", workers=self.threads,
+        spread = self.plan.execute(strengths)
+        _add_reflected(spread[0], spread[1])
+        rows = scipy.fft.ifft(spread[0], axis=-1, norm="forward", workers=self.threads,
                               overwrite_x=True)
         del spread
         # Second axis only on the wanted columns (two runs of the grid, no gather copy).
@@ -724,8 +789,9 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
     worker thread
     (``w = min(pairs, threads)``): finufft's sort index (8 bytes per point), one pair's
     strengths (8 bytes per point, twice with merged 360° lines), the filtering chunks
-    (a few ``_CHUNK × L`` complex64), and the gridding's spread grid, its first FFT and
-    one column half of the second (``≤ 3 G²`` complex64, ``G ≈ 1.25 N``) plus the image.
+    (a few ``_CHUNK × L`` complex64), and the gridding's two spread grids (half set and
+    mirrors), its first FFT and one column half of the second (``≤ 4 G²`` complex64,
+    ``G ≈ 1.25 N``) plus the image.
     """
     rows, angles, cols = shape
     size = cols if getattr(params, "output_size", None) is None else int(params.output_size)
@@ -746,7 +812,7 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
         + workers * (
             points * (8 + 2 * 8)  # sort index, strengths (+ merged lines)
             + 6 * _CHUNK * length * 8  # filtering chunks
-            + (3 * grid * grid + size * size) * 8  # gridding
+            + (4 * grid * grid + size * size) * 8  # gridding (two spread grids)
         )
     )
 

@@ -60,6 +60,7 @@ from stages.recon.fbp import filter_response, padded_length
 from stages.recon.fourier import (
     _UPSAMPFAC,
     FourierFbpParams,
+    _add_reflected,
     _deconvolution,
     _grid_size,
     _Lines,
@@ -86,16 +87,17 @@ class IncompleteScanError(StageError):
 class _Contributions:
     """What each planned projection adds to the NUFFT strengths (CSR by projection).
 
-    Entries ``ptr[p] … ptr[p+1]-1`` belong to projection ``p``: strength
-    ``coef_p[fft_column] · multiplier`` at NUFFT point ``point`` (an index into the
-    plan's ``rows_y``/``cols_x``), where ``coef_p`` is the ``M``-point FFT of ``p``'s
-    cropped filtered projection.
+    Entries ``ptr[p] … ptr[p+1]-1`` belong to projection ``p``: at the half-set NUFFT
+    point ``point`` (an index into the plan's ``rows_y``/``cols_x``, ``ω ≥ 0``), strength
+    ``coef_p[fft_column[0]] · multiplier[0]``, and at its mirror ``-ω`` (spread at ``ω``
+    and reflected, as the batch call does) ``coef_p[fft_column[1]] · multiplier[1]``,
+    where ``coef_p`` is the ``M``-point FFT of ``p``'s cropped filtered projection.
     """
 
     ptr: npt.NDArray[np.intp]
     point: npt.NDArray[np.intp]
-    fft_column: npt.NDArray[np.intp]
-    multiplier: npt.NDArray[np.complex64]
+    fft_column: npt.NDArray[np.intp]  # (2, entries)
+    multiplier: npt.NDArray[np.complex64]  # (2, entries)
 
 
 def _contributions(lines: _Lines, window: int) -> _Contributions:
@@ -104,6 +106,7 @@ def _contributions(lines: _Lines, window: int) -> _Contributions:
     half = window // 2
     count = lines.order.shape[0]
     stored = _multipliers(lines, window)
+    negated = _negated(window)  # line column of -ω: the mirror of each column
     if lines.keep is None or lines.scale is None:  # every projection on its own line
         owners, points, cols = [], [], []
         for p, q, a, b, offset in lines.pieces:
@@ -113,8 +116,9 @@ def _contributions(lines: _Lines, window: int) -> _Contributions:
             cols.append(np.tile(np.arange(a, b, dtype=np.intp), q - p))
         owner = np.concatenate(owners)
         point = np.concatenate(points)
-        column = np.concatenate(cols)
-        multiplier = stored[point]
+        column = np.concatenate(cols)  # half set: line column j is FFT coefficient j
+        fft_columns = np.stack([column, (window - column) % window])
+        multipliers = np.stack([stored[point], np.conj(stored[point])])
     else:  # repeated lines (360°): projection p feeds the kept points of its line
         kept_line = lines.keep // columns
         kept_col = lines.keep % columns
@@ -129,20 +133,24 @@ def _contributions(lines: _Lines, window: int) -> _Contributions:
             - np.repeat(first, counts)
             + np.repeat(starts[lines.line], counts)
         )
-        column = kept_col[point]
-        column = np.where(lines.flipped[owner], _negated(window)[column], column)
         full = stored.reshape(count, columns)  # the pieces cover projections in order
-        multiplier = full[owner, column] * lines.scale[point]
+        flipped = lines.flipped[owner]
+        fft_parts, mult_parts = [], []
+        for line_column in (kept_col[point], negated[kept_col[point]]):  # ω, then -ω
+            column = np.where(flipped, negated[line_column], line_column)
+            mult_parts.append(full[owner, column] * lines.scale[point])
+            # Line-order column j is FFT coefficient j up to +1/2 (j = M/2), then j - 1.
+            fft_parts.append(np.where(column <= half, column, column - 1))
+        fft_columns = np.stack(fft_parts)
+        multipliers = np.stack(mult_parts)
     order = np.argsort(owner, kind="stable")
     ptr = np.zeros(count + 1, dtype=np.intp)
     np.cumsum(np.bincount(owner, minlength=count), out=ptr[1:])
-    # Line-order column j is FFT coefficient j up to +1/2 (j = M/2), then j - 1.
-    fft_column = np.where(column <= half, column, column - 1)[order]
     return _Contributions(
         ptr=ptr,
         point=point[order].astype(np.intp),
-        fft_column=fft_column.astype(np.intp),
-        multiplier=multiplier[order].astype(np.complex64),
+        fft_column=np.ascontiguousarray(fft_columns[:, order], dtype=np.intp),
+        multiplier=np.ascontiguousarray(multipliers[:, order], dtype=np.complex64),
     )
 
 
@@ -297,24 +305,27 @@ class StreamingFbp:
             - np.repeat(first, counts)
             + np.repeat(table.ptr[positions], counts)
         )
-        local = np.repeat(np.arange(angles.shape[0], dtype=np.intp), counts)
-        gather = local * self.window + table.fft_column[entries]
-        multiplier = table.multiplier[entries]
+        local = np.repeat(np.arange(angles.shape[0], dtype=np.intp), counts) * self.window
+        gather = [local + table.fft_column[part, entries] for part in (0, 1)]
+        multiplier = table.multiplier[:, entries]
         rows_y = np.ascontiguousarray(self.lines.rows_y[table.point[entries]])
         cols_x = np.ascontiguousarray(self.lines.cols_x[table.point[entries]])
         plan = finufft.Plan(
-            1, (self.grid, self.grid), n_trans=1, eps=self.params.eps, dtype="complex64",
+            1, (self.grid, self.grid), n_trans=2, eps=self.params.eps, dtype="complex64",
             spreadinterponly=1, upsampfac=_UPSAMPFAC, nthreads=self.threads,
         )
         plan.setpts(rows_y, cols_x)
-        strengths = np.empty((1, entries.shape[0]), dtype=np.complex64)
+        strengths = np.empty((2, entries.shape[0]), dtype=np.complex64)
         for pair in range(self.pairs):
-            coefficients = self._coefficients(sino, pair)
-            np.multiply(coefficients.reshape(-1)[gather], multiplier, out=strengths[0])
+            coefficients = self._coefficients(sino, pair).reshape(-1)
+            for part in (0, 1):  # at ω >= 0, and at -ω (spread at ω, then reflected)
+                np.multiply(coefficients[gather[part]], multiplier[part], out=strengths[part])
+            spread = plan.execute(strengths)
+            _add_reflected(spread[0], spread[1])
             if self.rows_early:
-                self._fold_rows(plan.execute(strengths)[0], self.spread[pair])
+                self._fold_rows(spread[0], self.spread[pair])
             else:
-                self.spread[pair] += plan.execute(strengths)[0]
+                self.spread[pair] += spread[0]
         self.received[positions] = True
 
     def _coefficients(self, sino: npt.NDArray[np.float32], pair: int) -> npt.NDArray[np.complex64]:
