@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,7 @@ from stages.recon.fbp import (
 from stages.spec import Pattern, StageSpec
 from streamer.errors import StageError
 
-__all__ = ["SPECS", "FourierFbpParams", "fourier_fbp", "window_length"]
+__all__ = ["SPECS", "FourierFbpCache", "FourierFbpParams", "fourier_fbp", "window_length"]
 
 _STAGE = "fourier_fbp"
 _FILTERS = ("ramlak", "shepp", "cosine", "hamming", "hann", "parzen")
@@ -422,6 +422,7 @@ class _Filter:
     response: npt.NDArray[np.float32]  # (L,) filter in complex-FFT bin order
     lines: _Lines
     multiplier: npt.NDArray[np.complex64]  # (stored,) see _multipliers
+    conjugate: npt.NDArray[np.complex64]  # its conjugate (the mirrors' multipliers)
     negated: npt.NDArray[np.intp]  # (M+1,) column of -ω
     pad: bool
 
@@ -453,7 +454,7 @@ def _pair_strengths(
     strengths = np.empty((2, lines.points), dtype=np.complex64)
     # Merged lines: the whole lines' strengths first, then the two halves are gathered.
     full = np.empty(n_angles * (window + 1), dtype=np.complex64) if shared else strengths[0]
-    conjugate = np.conj(setup.multiplier) if not shared else setup.multiplier
+    conjugate = setup.conjugate
     packed = np.empty((_CHUNK, length), dtype=np.complex64)
     parts = packed.view(np.float32).reshape(_CHUNK, length, 2)
     in_order = bool(np.all(lines.order[1:] > lines.order[:-1]))
@@ -650,6 +651,145 @@ class _Gridder:
             target[neg:] = full[:nonneg]
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """What fixes a reconstruction's plan: equal geometries share lines, multipliers,
+    deconvolution and the gridders' sorted points (:class:`FourierFbpCache`)."""
+
+    angles: bytes  # float64 angles, in block order
+    cols: int
+    size: int
+    axis: float
+    filter_name: str
+    pad: bool
+    circle: bool
+    eps: float
+
+    @property
+    def layout(self) -> _Layout:
+        length = padded_length(self.cols)
+        left = (length - self.cols) // 2
+        window = window_length(self.size, self.circle)
+        start = math.floor(left + self.axis + 0.5) - window // 2
+        return _Layout(length=length, left=left, start=start, window=window)
+
+
+class _Plan:
+    """The fixed work of one geometry: lines, filter set-up, deconvolution, gridders.
+
+    Made in parts, so that a fresh plan's parts are made concurrently (the gridders sort
+    their points and the deconvolution is probed in the pool while the calling thread
+    computes the multipliers); a cached plan has them all. Gridders are lent to one call's
+    workers and given back; each is for one thread count.
+    """
+
+    def __init__(self, geometry: _Geometry) -> None:
+        self.geometry = geometry
+        self.layout = geometry.layout
+        layout = self.layout
+        angles = np.frombuffer(geometry.angles, dtype=np.float64)
+        self.lines = _lines(angles, layout.window, layout.left + geometry.axis - layout.start,
+                            geometry.size % 2 == 0)
+        self.setup: _Filter | None = None
+        self.deconvolution: npt.NDArray[np.float32] | None = None
+        self._idle: dict[int, list[_Gridder]] = {}
+        #: Tables other users of the same geometry derive from it (the streaming
+        #: contributions, the last block's gridding plan), by name.
+        self.derived: dict[str, Any] = {}
+
+    def make_setup(self) -> _Filter:
+        """The filter set-up (multipliers: the largest fixed cost after the sorting)."""
+        if self.setup is None:
+            geometry, layout = self.geometry, self.layout
+            rfft_response = filter_response(layout.length, geometry.filter_name)
+            # Full-spectrum (complex FFT order) copy of the real, even rfft response.
+            response = np.concatenate(
+                [rfft_response, rfft_response[1 : layout.length // 2][::-1]]
+            )
+            multiplier = _multipliers(self.lines, layout.window)
+            self.setup = _Filter(
+                layout, response.astype(np.float32), self.lines, multiplier,
+                np.conj(multiplier), _negated(layout.window), geometry.pad,
+            )
+        return self.setup
+
+    def make_deconvolution(self) -> npt.NDArray[np.float32]:
+        """The kernel's deconvolution, upside down as the slices are read, 0 outside the
+        circle with ``circle_mask`` (zeroed on the way out: no extra pass)."""
+        if self.deconvolution is None:
+            size = self.geometry.size
+            result = _deconvolution(self.geometry.eps, size)
+            if self.geometry.circle:
+                result[~circle_inside(size, size)] = 0.0
+            self.deconvolution = np.ascontiguousarray(result[::-1])
+        return self.deconvolution
+
+    def lend(self, threads: int) -> _Gridder | None:
+        """An idle gridder for ``threads`` threads, or ``None`` (make one)."""
+        idle = self._idle.get(threads)
+        return idle.pop() if idle else None
+
+    def make_gridder(self, threads: int) -> _Gridder:
+        return _Gridder(self.lines, self.geometry.size, self.geometry.eps, threads)
+
+    def give_back(self, gridder: _Gridder) -> None:
+        self._idle.setdefault(gridder.threads, []).append(gridder)
+
+
+class FourierFbpCache:
+    """Per-scan cache of :func:`fourier_fbp`'s fixed work, owned by the caller.
+
+    Every call of the same geometry (angles, detector width, output size, CoR, filter,
+    padding, circle mask, tolerance) needs the same lines, multipliers, kernel
+    deconvolution and gridding plans (the points sorted per thread): about 28 ms at
+    N = 1024, P = 1200, paid once per scan instead of once per block of rows when the
+    caller keeps this object for the scan (the executor does: :class:`StageSpec.cache`)
+    and passes it as ``fourier_fbp(..., cache=...)``. Only the last geometry is kept (a
+    new one replaces it). One call at a time uses it; a call that finds it in use by
+    another thread works without it.
+    """
+
+    def __init__(self) -> None:
+        self._plan: _Plan | None = None
+        self._lock = threading.Lock()
+        #: Calls that found their plan here, and calls that made one.
+        self.hits = 0
+        self.misses = 0
+        #: Streaming bands that found their block's gridding here (made by another band).
+        self.blocks_shared = 0
+
+    def acquire(self, geometry: _Geometry) -> _Plan | None:
+        """The plan for ``geometry`` (made if new), locked for the caller; ``None`` when
+        another call holds it. Release with :meth:`release`."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        if self._plan is not None and self._plan.geometry == geometry:
+            self.hits += 1
+        else:
+            self._plan = None  # the old plan's memory goes first
+            self._plan = _Plan(geometry)
+            self.misses += 1
+        return self._plan
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def shared(self, geometry: _Geometry) -> _Plan:
+        """The plan for ``geometry`` (made if new) to read its fixed tables, not its
+        gridders (:class:`stages.recon.streaming.StreamingFbp`'s bands share it)."""
+        if self._plan is None or self._plan.geometry != geometry:
+            self._plan = None
+            self._plan = _Plan(geometry)
+            self.misses += 1
+        else:
+            self.hits += 1
+        return self._plan
+
+    def try_lock(self) -> bool:
+        """Take the cache for a job that uses its plans (``False``: in use elsewhere)."""
+        return self._lock.acquire(blocking=False)
+
+
 def fourier_fbp(
     block: npt.NDArray[Any],
     *,
@@ -661,6 +801,7 @@ def fourier_fbp(
     circle_mask: bool = False,
     eps: float = 1e-2,
     threads: int | None = None,
+    cache: FourierFbpCache | None = None,
 ) -> npt.NDArray[np.float32]:
     """Reconstruct the slices of a sinogram block by Fourier-domain FBP (NUFFT gridding).
 
@@ -689,6 +830,10 @@ def fourier_fbp(
         Relative tolerance of the single-precision NUFFT (``1e-4 … 1e-1``).
     threads : int, optional
         Threads for the FFTs and the NUFFT; the CPUs this process may use when omitted.
+    cache : FourierFbpCache, optional
+        Keeps the fixed work (lines, multipliers, deconvolution, sorted points) for the
+        next call of the same geometry: pass the same object for every block of a scan.
+        The result is the same with or without it.
 
     Returns
     -------
@@ -702,80 +847,73 @@ def fourier_fbp(
         finite angle per projection, or a parameter is out of range.
     """
     sino, angles = _check(block, angles_deg, center, filter_name, output_size, eps, threads)
-    rows, _, cols = sino.shape
-    size = cols if output_size is None else int(output_size)
-    axis_col = (cols - 1) / 2 if center is None else float(center)
-    workers = _threads(threads)
-    length = padded_length(cols)
-    left = (length - cols) // 2
-    window = window_length(size, circle_mask)
-    start = math.floor(left + axis_col + 0.5) - window // 2
-    layout = _Layout(length=length, left=left, start=start, window=window)
+    if cache is not None and not isinstance(cache, FourierFbpCache):
+        raise StageError(f"stage {_STAGE!r}: cache: expected a FourierFbpCache or None, "
+                         f"got {type(cache).__name__}")
+    cols = sino.shape[2]
+    geometry = _Geometry(
+        angles=np.ascontiguousarray(angles, dtype=np.float64).tobytes(), cols=cols,
+        size=cols if output_size is None else int(output_size),
+        axis=(cols - 1) / 2 if center is None else float(center),
+        filter_name=filter_name, pad=bool(pad), circle=bool(circle_mask), eps=float(eps),
+    )
+    plan = cache.acquire(geometry) if cache is not None else None
+    try:
+        return _reconstruct(sino, plan if plan is not None else _Plan(geometry),
+                            _threads(threads))
+    finally:
+        if plan is not None and cache is not None:
+            cache.release()
+
+
+def _reconstruct(
+    sino: npt.NDArray[np.float32], plan: _Plan, workers: int
+) -> npt.NDArray[np.float32]:
+    """:func:`fourier_fbp` of a checked block with ``plan`` (fresh or cached)."""
+    rows = sino.shape[0]
+    size = plan.geometry.size
     n_pairs = (rows + 1) // 2
     n_workers = min(n_pairs, workers)
     per_worker = max(1, workers // n_workers)  # threads inside a worker (few pairs)
     out = np.empty((rows, size, size), dtype=np.float32)
+    pending = iter(range(n_pairs))
+    lock = threading.Lock()
 
-    def deconvolution() -> npt.NDArray[np.float32]:
-        """The kernel's deconvolution, 0 outside the circle with ``circle_mask`` (zeroed on
-        the way out: no extra pass)."""
-        result = _deconvolution(eps, size)
-        if circle_mask:
-            result[~circle_inside(size, size)] = 0.0
-        return result
-
-    def reconstruct(
-        deconvolve: Future[npt.NDArray[np.float32]] | npt.NDArray[np.float32],
-        pool: ThreadPoolExecutor | None,
-    ) -> None:
-        lines = _lines(angles, window, left + axis_col - start, size % 2 == 0)
-        plans = [
-            pool.submit(_Gridder, lines, size, eps, per_worker) for _ in range(n_workers)
-        ] if pool is not None else []
-        rfft_response = filter_response(length, filter_name)
-        # Full-spectrum (complex FFT order) copy of the real, even rfft response.
-        response = np.concatenate([rfft_response, rfft_response[1 : length // 2][::-1]])
-        setup = _Filter(
-            layout, response.astype(np.float32), lines, _multipliers(lines, window),
-            _negated(window), pad,
-        )
-        pending = iter(range(n_pairs))
-        lock = threading.Lock()
-
-        def work(plan: Future[_Gridder] | None) -> None:
-            """Take pairs until none is left: filter, grid, deconvolve, write out."""
-            gridder = _Gridder(lines, size, eps, per_worker) if plan is None else plan.result()
-            image = np.empty((size, size), dtype=np.complex64)
+    def work(gridder: _Gridder, setup: _Filter, factor: npt.NDArray[np.float32]) -> None:
+        """Take pairs until none is left: filter, grid, deconvolve, write out."""
+        image = np.empty((size, size), dtype=np.complex64)
+        try:
             while True:
                 with lock:
                     pair = next(pending, None)
                 if pair is None:
                     return
                 gridder(_pair_strengths(sino, pair, setup, per_worker), image)
-                factor = deconvolve if isinstance(deconvolve, np.ndarray) else deconvolve.result()
                 # Modes run along +y; the slice's rows run down (y = (N-1)/2 - iy):
-                # read both upside down (a view, no copy).
-                flipped = factor[::-1]
-                np.multiply(image.real[::-1], flipped, out=out[2 * pair])
+                # read the image upside down (a view; the factor is stored so).
+                np.multiply(image.real[::-1], factor, out=out[2 * pair])
                 if 2 * pair + 1 < rows:
-                    np.multiply(image.imag[::-1], flipped, out=out[2 * pair + 1])
+                    np.multiply(image.imag[::-1], factor, out=out[2 * pair + 1])
+        finally:
+            plan.give_back(gridder)
 
-        if pool is None:
-            work(None)
-            return
-        # Jobs wait only on jobs submitted before them: no deadlock in a pool this size.
-        for job in [pool.submit(work, plan) for plan in plans]:
-            job.result()
-
-    # Each worker runs whole pairs on its own plan: no barrier between the filtering and
-    # the gridding, so a core slowed by other load does not hold the others back. The
-    # deconvolution and the plans (sorting the points) are made by the pool while this
-    # thread lays out the lines and computes the multipliers.
     if n_workers == 1:
-        reconstruct(deconvolution(), None)
-    else:
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            reconstruct(pool.submit(deconvolution), pool)
+        gridder = plan.lend(per_worker) or plan.make_gridder(per_worker)
+        work(gridder, plan.make_setup(), plan.make_deconvolution())
+        return out
+    # Each worker runs whole pairs on its own gridder: no barrier between the filtering
+    # and the gridding, so a core slowed by other load does not hold the others back. A
+    # fresh plan's gridders (sorting the points) and deconvolution are made by the pool
+    # while this thread computes the multipliers.
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        lent = [plan.lend(per_worker) for _ in range(n_workers)]
+        made = [pool.submit(plan.make_gridder, per_worker) for g in lent if g is None]
+        factor_job = pool.submit(plan.make_deconvolution)
+        setup = plan.make_setup()
+        factor = factor_job.result()
+        gridders = [g for g in lent if g is not None] + [job.result() for job in made]
+        for job in [pool.submit(work, g, setup, factor) for g in gridders]:
+            job.result()
     return out
 
 
@@ -825,6 +963,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.SINOGRAM,
         params=FourierFbpParams,
         memory=_fourier_memory,
+        cache=FourierFbpCache,
         summary="filtered back-projection in Fourier space: fbp's filter and weights, "
         "NUFFT gridding (finufft), any angles, sub-pixel CoR by phase",
         needs_angles=True,

@@ -55,18 +55,17 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
-from stages.misc.geometry import circle_inside
-from stages.recon.fbp import filter_response, padded_length
+from stages.recon.fbp import padded_length
 from stages.recon.fourier import (
     _UPSAMPFAC,
+    FourierFbpCache,
     FourierFbpParams,
     _add_reflected,
-    _deconvolution,
+    _Geometry,
     _grid_size,
     _Lines,
-    _lines,
-    _multipliers,
     _negated,
+    _Plan,
     _threads,
     window_length,
 )
@@ -100,12 +99,14 @@ class _Contributions:
     multiplier: npt.NDArray[np.complex64]  # (2, entries)
 
 
-def _contributions(lines: _Lines, window: int) -> _Contributions:
-    """The sparse table of :class:`_Contributions` for ``lines`` (window ``M``)."""
+def _contributions(
+    lines: _Lines, window: int, stored: npt.NDArray[np.complex64]
+) -> _Contributions:
+    """The sparse table of :class:`_Contributions` for ``lines`` (window ``M``) and their
+    multipliers ``stored`` (:func:`stages.recon.fourier._multipliers`)."""
     columns = window + 1
     half = window // 2
     count = lines.order.shape[0]
-    stored = _multipliers(lines, window)
     negated = _negated(window)  # line column of -ω: the mirror of each column
     if lines.keep is None or lines.scale is None:  # every projection on its own line
         owners, points, cols = [], [], []
@@ -154,6 +155,18 @@ def _contributions(lines: _Lines, window: int) -> _Contributions:
     )
 
 
+@dataclass(frozen=True)
+class _BlockGridding:
+    """The NUFFT of one block of projections: where its strengths come from and the plan
+    with its points sorted (``points`` keeps the coordinates the plan reads alive)."""
+
+    key: tuple[bytes, int]
+    gather: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]
+    multiplier: npt.NDArray[np.complex64]  # (2, entries)
+    points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+    plan: Any
+
+
 class StreamingFbp:
     """Fourier FBP of one band, fed angle blocks as they arrive; see the module docstring.
 
@@ -174,6 +187,10 @@ class StreamingFbp:
         y, about a third of the latency of the whole grid FFT, for about 30 % more work
         while the scan arrives. ``False``: keep the spread grids (``G × G``) and run the
         whole FFT at ``finish``.
+    cache : FourierFbpCache, optional
+        Shared by the bands of one scan (fed the same blocks, one after the other, in
+        one thread): the plan's tables are made once, not per band, and each block's
+        gridding plan (its points sorted) once, not per band.
 
     Raises
     ------
@@ -190,6 +207,7 @@ class StreamingFbp:
         center: float | None = None,
         *,
         rows_early: bool = True,
+        cache: FourierFbpCache | None = None,
     ) -> None:
         if rows < 1 or cols < 1:
             raise StageError(
@@ -218,14 +236,21 @@ class StreamingFbp:
         self.left = (self.length - cols) // 2
         self.window = window_length(self.size, params.circle_mask)
         self.start = math.floor(self.left + self.axis + 0.5) - self.window // 2
-        self.lines = _lines(
-            self.angles, self.window, self.left + self.axis - self.start, self.size % 2 == 0
+        geometry = _Geometry(
+            angles=self.angles.tobytes(), cols=self.cols, size=self.size, axis=self.axis,
+            filter_name=params.filter_name, pad=params.pad, circle=params.circle_mask,
+            eps=params.eps,
         )
-        self.table = _contributions(self.lines, self.window)
-        rfft_response = filter_response(self.length, params.filter_name)
-        self.response = np.concatenate(
-            [rfft_response, rfft_response[1 : self.length // 2][::-1]]
-        ).astype(np.float32)
+        self.cache = cache
+        self.plan = cache.shared(geometry) if cache is not None else _Plan(geometry)
+        self.lines = self.plan.lines
+        setup = self.plan.make_setup()
+        if "contributions" not in self.plan.derived:
+            self.plan.derived["contributions"] = _contributions(
+                self.lines, self.window, setup.multiplier
+            )
+        self.table: _Contributions = self.plan.derived["contributions"]
+        self.response = setup.response
         self.grid = _grid_size(self.size)
         self.pairs = (self.rows + 1) // 2
         self.rows_early = rows_early
@@ -235,10 +260,7 @@ class StreamingFbp:
         )
         # The kernel's deconvolution (0 outside the circle with circle_mask), read upside
         # down as the slices are: made now, not after the last frame.
-        factor = _deconvolution(params.eps, self.size)
-        if params.circle_mask:
-            factor[~circle_inside(self.size, self.size)] = 0.0
-        self.deconvolve = np.ascontiguousarray(factor[::-1])
+        self.deconvolve = self.plan.make_deconvolution()
         self.received = np.zeros(self.angles.shape[0], dtype=bool)
         self._sorted = np.argsort(self.angles, kind="stable")
 
@@ -297,6 +319,25 @@ class StreamingFbp:
             return
         positions = self._positions(angles)
         sino = np.ascontiguousarray(block, dtype=np.float32)
+        locked = self.cache is not None and self.cache.try_lock()
+        try:
+            self._add(sino, positions, shared=locked)
+        finally:
+            if locked and self.cache is not None:
+                self.cache.release()
+        self.received[positions] = True
+
+    def _block_gridding(self, positions: npt.NDArray[np.intp], *, shared: bool) -> _BlockGridding:
+        """The gridding of a block of planned projections ``positions``: the last
+        block's is kept in the shared plan (the other bands get the same block next)."""
+        key = (positions.tobytes(), self.threads)
+        if shared:
+            kept = self.plan.derived.get("block")
+            if isinstance(kept, _BlockGridding) and kept.key == key:
+                assert self.cache is not None
+                self.cache.blocks_shared += 1
+                return kept
+            self.plan.derived.pop("block", None)  # its memory goes first
         table = self.table
         counts = table.ptr[positions + 1] - table.ptr[positions]
         first = np.cumsum(counts) - counts
@@ -305,9 +346,7 @@ class StreamingFbp:
             - np.repeat(first, counts)
             + np.repeat(table.ptr[positions], counts)
         )
-        local = np.repeat(np.arange(angles.shape[0], dtype=np.intp), counts) * self.window
-        gather = [local + table.fft_column[part, entries] for part in (0, 1)]
-        multiplier = table.multiplier[:, entries]
+        local = np.repeat(np.arange(positions.shape[0], dtype=np.intp), counts) * self.window
         rows_y = np.ascontiguousarray(self.lines.rows_y[table.point[entries]])
         cols_x = np.ascontiguousarray(self.lines.cols_x[table.point[entries]])
         plan = finufft.Plan(
@@ -315,7 +354,22 @@ class StreamingFbp:
             spreadinterponly=1, upsampfac=_UPSAMPFAC, nthreads=self.threads,
         )
         plan.setpts(rows_y, cols_x)
-        strengths = np.empty((2, entries.shape[0]), dtype=np.complex64)
+        gridding = _BlockGridding(
+            key=key, gather=(local + table.fft_column[0, entries],
+                             local + table.fft_column[1, entries]),
+            multiplier=table.multiplier[:, entries], points=(rows_y, cols_x), plan=plan,
+        )
+        if shared:
+            self.plan.derived["block"] = gridding
+        return gridding
+
+    def _add(self, sino: npt.NDArray[np.float32], positions: npt.NDArray[np.intp], *,
+             shared: bool) -> None:
+        """Spread the block's share of every row pair into the accumulators."""
+        assert self.spread is not None
+        gridding = self._block_gridding(positions, shared=shared)
+        gather, multiplier, plan = gridding.gather, gridding.multiplier, gridding.plan
+        strengths = np.empty((2, gather[0].shape[0]), dtype=np.complex64)
         for pair in range(self.pairs):
             coefficients = self._coefficients(sino, pair).reshape(-1)
             for part in (0, 1):  # at ω >= 0, and at -ω (spread at ω, then reflected)
@@ -326,7 +380,6 @@ class StreamingFbp:
                 self._fold_rows(spread[0], self.spread[pair])
             else:
                 self.spread[pair] += spread[0]
-        self.received[positions] = True
 
     def _coefficients(self, sino: npt.NDArray[np.float32], pair: int) -> npt.NDArray[np.complex64]:
         """``M``-point FFTs ``(angles, M)`` of the cropped filtered projections of rows

@@ -30,7 +30,7 @@ refused with a clear error.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, SupportsFloat
 
 import numpy as np
@@ -92,6 +92,24 @@ class DeviceReferences:
     flats: Any = None
 
 
+@dataclass
+class StageCaches:
+    """The per-scan caches of a pipeline's steps (``StageSpec.cache``): made at a step's
+    first block of the scan and handed to its later blocks. One per scan, owned by the
+    code that runs the scan (no state is kept in the stage modules)."""
+
+    made: dict[str, Any] = field(default_factory=dict)
+
+    def for_step(self, step: PipelineStep) -> Any:
+        """The cache of ``step`` (``None`` for a stage without one)."""
+        if step.spec.cache is None:
+            return None
+        key = f"{step.where} {step.spec.name}"
+        if key not in self.made:
+            self.made[key] = step.spec.cache()
+        return self.made[key]
+
+
 def apply_steps(
     steps: Iterable[PipelineStep],
     block: npt.NDArray[Any],
@@ -104,13 +122,15 @@ def apply_steps(
     frame_indices: npt.NDArray[np.int64] | None = None,
     flat_indices: npt.NDArray[np.int64] | None = None,
     repairs: RepairCounts | None = None,
+    caches: StageCaches | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
     A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
     device once where it begins and back once where it ends; references go up once per
     scan (``device_references``). Every move is counted in ``transfers``; stages that
-    repair pixel values count them in ``repairs``.
+    repair pixel values count them in ``repairs``; stages with a per-scan cache get it
+    from ``caches`` (the same object for every block of the scan).
     """
     stats = transfers if transfers is not None else TransferStats()
     cache = device_references if device_references is not None else DeviceReferences()
@@ -134,7 +154,8 @@ def apply_steps(
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
                                  angles_deg=angles_deg, frame_indices=frame_indices,
                                  flat_indices=flat_indices, backend=step.backend,
-                                 repairs=repairs)
+                                 repairs=repairs,
+                                 cache=caches.for_step(step) if caches is not None else None)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -214,6 +235,7 @@ class ScanProcessor:
         #: Pixel values repaired in this scan, by reason (see the module docstring).
         self.repairs = RepairCounts()
         self._device_references = DeviceReferences()
+        self._caches = StageCaches()  # per-scan caches of the sinogram section's stages
         self.resolve_center = resolve_center
         self.center: float | None = None
         self.center_method: str | None = None
@@ -363,7 +385,8 @@ class ScanProcessor:
                 return
             last = min(first + self.block_sinograms, rows)
             data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles)
+                               transfers=self.transfers, angles_deg=angles,
+                               caches=self._caches)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,

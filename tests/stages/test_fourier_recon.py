@@ -466,3 +466,59 @@ def test_i13_agrees_with_algotom(shared_data: Path) -> None:
         # padding is 15 % of the width, ours 2×) and 0.9997 (our fbp).
         assert _pearson_in_circle(ours[row], _algotom_fbp(sino[row], 85.5, angles)) > 0.99
         assert _pearson_in_circle(ours[row], reference[row]) > 0.999
+
+
+# --- 6. the per-scan cache --------------------------------------------------------------
+
+
+def test_cache_keeps_the_plan_per_geometry_and_changes_nothing(
+    asym128: tuple[Float32, Float32, float],
+) -> None:
+    sino, _, radius = asym128
+    angles = _angles(180)
+    block = np.concatenate([sino, _sinogram(ASYMMETRIC[:2], angles, 128, radius=radius, rows=3)])
+    cache = fourier.FourierFbpCache()
+    plain = fourier_fbp(block, angles_deg=angles, filter_name="hann", threads=2)
+    # Blocks of a scan: 5 rows (2 workers), 1 row (1 worker), 4 rows, 2 threads then 1.
+    first = fourier_fbp(block, angles_deg=angles, filter_name="hann", threads=2, cache=cache)
+    assert (cache.hits, cache.misses) == (0, 1)
+    np.testing.assert_array_equal(first, plain)
+    for rows, threads in ((slice(4, 5), 2), (slice(0, 4), 2), (slice(1, 4), 1)):
+        again = fourier_fbp(block[rows], angles_deg=angles, filter_name="hann",
+                            threads=threads, cache=cache)
+        np.testing.assert_array_equal(again, fourier_fbp(
+            block[rows], angles_deg=angles, filter_name="hann", threads=threads))
+    assert (cache.hits, cache.misses) == (3, 1)
+    # Another geometry (CoR): a new plan, the result of a fresh call.
+    moved = fourier_fbp(block, angles_deg=angles, filter_name="hann", threads=2,
+                        center=64.25, cache=cache)
+    assert (cache.hits, cache.misses) == (3, 2)
+    np.testing.assert_array_equal(
+        moved, fourier_fbp(block, angles_deg=angles, filter_name="hann", threads=2, center=64.25)
+    )
+    with pytest.raises(StageError, match="cache: expected a FourierFbpCache or None, got dict"):
+        fourier_fbp(block, angles_deg=angles, cache={})  # type: ignore[arg-type]
+
+
+def test_pipeline_blocks_of_a_scan_share_one_cache(
+    asym128: tuple[Float32, Float32, float],
+) -> None:
+    from streamer.pipeline.config import parse_pipeline
+    from streamer.pipeline.executor import StageCaches, apply_steps
+
+    sino, _, _ = asym128
+    angles = _angles(180)
+    steps = parse_pipeline(
+        "pipeline:\n  - method: fourier_fbp\n    parameters: {filter_name: hann}\n",
+        REGISTRY, source="test.yaml",
+    ).steps
+    caches = StageCaches()
+    blocks = [apply_steps(steps, sino[row : row + 1], darks=None, flats=None,
+                          angles_deg=angles, caches=caches) for row in range(ROWS)]
+    (cache,) = caches.made.values()
+    assert isinstance(cache, fourier.FourierFbpCache)
+    assert (cache.hits, cache.misses) == (ROWS - 1, 1)
+    for row, got in enumerate(blocks):
+        np.testing.assert_array_equal(
+            got, fourier_fbp(sino[row : row + 1], angles_deg=angles, filter_name="hann")
+        )
