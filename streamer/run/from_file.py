@@ -33,6 +33,7 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.images import image_tail, write_images
+from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan, steps_on_device
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
@@ -87,6 +88,8 @@ class ReconResult:
     center_warnings: tuple[str, ...] = ()
     center_confidence: float | None = None
     images: tuple[Path, int] | None = None  # save_to_images: folder and image count
+    #: One line per iterative stage (iterations per band, final residual/change).
+    iterations: tuple[str, ...] = ()
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -170,9 +173,12 @@ def center_in_use(found: float | None, steps: tuple[PipelineStep, ...], cols: in
 
 def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None = None,
               log: Callable[[str], None] = lambda line: None,
-              on_read: Callable[[int, int], None] | None = None) -> ReconResult:
+              on_read: Callable[[int, int], None] | None = None,
+              *, on_iteration: Callable[[BandIteration], None] | None = None,
+              ) -> ReconResult:
     """Reconstruct ``reader`` into ``settings.output``; ``log`` gets the block plan,
-    ``on_read(frames_read, frames)`` the progress of reading."""
+    ``on_read(frames_read, frames)`` the progress of reading, ``on_iteration`` each
+    iteration of an iterative stage, per band."""
     began = time.perf_counter()
     layout = reader.layout
     if layout.projections == 0:
@@ -214,7 +220,7 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
 
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_sinograms=write,
-                              resolve_center=auto_center)
+                              resolve_center=auto_center, on_iteration=on_iteration)
 
     def center_used() -> float:
         if processor.center is not None:
@@ -244,7 +250,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
               if tail is not None else None)
     return ReconResult(settings.output, slices, center_used(), method_used(), complete,
                        time.perf_counter() - began, text, processor.repairs,
-                       processor.center_warnings, processor.center_confidence, images)
+                       processor.center_warnings, processor.center_confidence, images,
+                       tuple(processor.iterations.summary()))
 
 
 def open_volume(

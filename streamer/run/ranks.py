@@ -5,7 +5,9 @@ they arrive; the reslice (:class:`~streamer.exchange.reslice.BandExchange`) send
 rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
 sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
 rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
-(:func:`streamer.sinks.master.write_master`).
+(:func:`streamer.sinks.master.write_master`). With ``output_format="zarr"`` every rank
+writes its band into one OME-Zarr store instead and rank 0 finishes the store
+(:mod:`streamer.sinks.ranked`, ADR 0007).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
@@ -66,9 +68,8 @@ from streamer.run.from_file import (
     pipeline_for,
 )
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
-from streamer.sinks.hdf5 import Hdf5VolumeWriter
-from streamer.sinks.master import part_path, write_master, write_placeholder
-from streamer.sinks.registry import free_output_path, output_stem
+from streamer.sinks.ranked import ranked_output
+from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, free_output_path, output_stem
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
@@ -152,6 +153,8 @@ class RankedReconstruction:
     stop: threading.Event | None = None
     #: Called after each block of slices this rank writes: (scan, slices written, band rows).
     on_block: Callable[[str, int, int], None] | None = None
+    #: A format R ranks can write (``streamer.sinks.ranked.RANKED``): hdf5 or zarr.
+    output_format: str = DEFAULT_FORMAT
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -262,7 +265,8 @@ class RankedReconstruction:
             # suffix) and marks it in progress: a job that dies leaves a file that says so.
             path = self._master_path(start.scan)
             try:
-                write_placeholder(path, scan=start.scan, ranks=self.control.size)
+                ranked_output(self.output_format).mark_in_progress(
+                    path, scan=start.scan, ranks=self.control.size)
             except StreamerError as error:  # the disk: reported again at close if it stays
                 if self.log is not None:
                     self.log(f"scan {start.scan}: {error}")
@@ -441,9 +445,9 @@ class RankedReconstruction:
         references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
-        path = part_path(master, rank, ranks)
+        path = master
         block = self.block_sinograms or scan.processor.block_sinograms
-        writer: Hdf5VolumeWriter | None = None
+        writer: VolumeSink | None = None
         written = 0
         stopped: str | None = None
         try:
@@ -455,14 +459,15 @@ class RankedReconstruction:
                 end = min(begin + block, last - first)
                 data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
                                    flats=None, angles_deg=band.angles_deg)
-                if writer is None:
-                    writer = Hdf5VolumeWriter(
-                        path, detector_rows=list(range(self.first_row + first,
-                                                       self.first_row + last)),
+                if writer is None:  # a part file, or this band of one shared store
+                    path, writer = ranked_output(self.output_format).open_band(
+                        master, rank=rank, ranks=ranks, band=band.rows,
+                        first_row=self.first_row, volume_slices=scan.start.rows,
+                        overwrite=self.overwrite,
                         slice_shape=(int(data.shape[1]), int(data.shape[2])),
                         angles_deg=band.angles_deg, center_of_rotation=center,
                         center_method=method, pipeline_yaml=self.pipeline_text,
-                        scan=scan.start.scan, overwrite=self.overwrite)
+                        scan=scan.start.scan)
                 writer.write(begin, data)
                 written += end - begin
                 if self.on_block is not None:
@@ -512,13 +517,6 @@ class RankedReconstruction:
         errors = [f"rank {p.rank}: {p.error}" for p in parts.values() if p.error]
         errors += [f"rank {r}: wrote nothing within {self.exchange_timeout_s:g} s"
                    for r in silent]
-        # Every planned part, written or not: a part that is missing reads as a NaN band
-        # in the master (which is then incomplete and says why).
-        ranks = self.control.size
-        planned = [(rank, band) for rank, band in enumerate(row_bands(rows, ranks))
-                   if band[1] > band[0]]
-        files = [part_path(path, rank, ranks) for rank, _ in planned]
-        band_rows = [list(range(self.first_row + a, self.first_row + b)) for _, (a, b) in planned]
         complete = (complete and not silent and not errors
                     and all(p.complete for p in parts.values()))
         document = dict(document or {})
@@ -531,21 +529,20 @@ class RankedReconstruction:
         warning = repairs.warning()
         if warning is not None and self.log is not None:
             self.log(f"scan {scan_id}: warning: {warning}")
-        written = [file for file in files if file.exists()]
-        if not written:
-            output = ScanOutput(scan_id, None, 0, None, False,
-                                "; ".join(errors) or "no slices were written")
-        else:
-            try:
-                # Replaces rank 0's in-progress placeholder (the name was free, or the
-                # command was allowed to overwrite it, when the scan opened).
-                write_master(path, files, complete=complete, report=document,
-                             overwrite=True, bands=band_rows)
+        try:  # the master file, or the shared store's coarse slices and attributes
+            finished = ranked_output(self.output_format).finish(
+                path, ranks=self.control.size, bands=row_bands(rows, self.control.size),
+                first_row=self.first_row, complete=complete, report=document,
+                errors=errors)
+            if finished.path is None:
+                output = ScanOutput(scan_id, None, 0, None, False,
+                                    "; ".join(errors) or "no slices were written")
+            else:
                 slices = sum(p.slices for p in parts.values())
-                output = ScanOutput(scan_id, path, slices, _center_of(written[0]),
-                                    complete, "; ".join(errors) or None, repairs.total)
-            except StreamerError as error:
-                output = ScanOutput(scan_id, None, 0, None, False, str(error))
+                output = ScanOutput(scan_id, path, slices, finished.center, complete,
+                                    "; ".join(errors) or None, repairs.total)
+        except StreamerError as error:
+            output = ScanOutput(scan_id, None, 0, None, False, str(error))
         keep_newest(self.outputs, output)
         if self.on_output is not None:
             self.on_output(output)
@@ -637,7 +634,7 @@ class RankedReconstruction:
         or its parts exist (rank 0 decides; the other ranks are told)."""
         if self.output is not None:
             return self.output
-        return free_output_path(self.out_dir, scan, "hdf5")
+        return free_output_path(self.out_dir, scan, self.output_format)
 
 
 def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
@@ -656,9 +653,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
     layout = reader.layout
     if layout.projections == 0:
         raise ConfigError("recon: the scan has no projections")
-    if settings.output_format != "hdf5":
-        raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
-                          "file per rank and a master file); run one rank for TIFF")
+    ranked_output(settings.output_format)  # a format R ranks can write, or a ConfigError
     steps, text = pipeline_for(settings, layout.normalisation)
     if settings.device == "gpu":  # one GPU per rank (docs/how-to/gpu-and-backends.md)
         from stages.backends.device import use_device_for_rank  # noqa: PLC0415
@@ -673,7 +668,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         memory_bytes=settings.memory_bytes, output=settings.output,
         first_row=settings.first_row, overwrite=settings.overwrite,
         center_source=center_source(settings.center), log=log, stop=stop,
-        on_block=on_block)
+        on_block=on_block, output_format=settings.output_format)
     ranked.open_scan(start_header(layout, scan_id))
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames
@@ -730,16 +725,6 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # the finder's doubts travel with the label that is stored beside the CoR
     return float(estimate), center_label(f"{finder.name} (pipeline)", "",
                                          warnings=tuple(getattr(estimate, "warnings", ())))
-
-
-def _center_of(part: Path) -> float | None:
-    import h5py  # noqa: PLC0415  # only rank 0, once per scan
-
-    try:
-        with h5py.File(part, "r") as handle:
-            return float(handle["/entry/process/center_of_rotation"][()])
-    except (OSError, KeyError):
-        return None
 
 
 __all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",
