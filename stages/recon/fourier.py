@@ -756,7 +756,9 @@ class FourierFbpCache:
     caller keeps this object for the scan (the executor does: :class:`StageSpec.cache`)
     and passes it as ``fourier_fbp(..., cache=...)``. Only the last geometry is kept (a
     new one replaces it). One call at a time uses it; a call that finds it in use by
-    another thread works without it.
+    another thread works without it. It holds about 48 bytes per NUFFT point between
+    calls (points, multipliers and their conjugates, one sort index per thread) plus the
+    ``N²`` deconvolution: about 30 MB at N = 1024, P = 1200 (docs/decisions/0008).
     """
 
     def __init__(self) -> None:
