@@ -173,6 +173,12 @@ class StageSpec:
     device_memory : callable, optional
         The estimate on the device where the device code holds other buffers than the
         host code (the planner's device plan uses it; ``None``: ``memory``).
+    cache : callable, optional
+        ``cache() -> object``: a per-scan cache the caller makes once per scan and step
+        and passes to every call of ``fn`` (``numpy`` backend) as ``cache=``, so that work
+        fixed by the scan's geometry is done once per scan, not once per block (the
+        reconstructor's plan). The state lives in the caller's object, never in the
+        module; the result must not depend on it.
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -199,6 +205,7 @@ class StageSpec:
     reports_progress: bool = False
     device_memory: MemoryEstimate | None = None
     geometry: Callable[[Geometry, Any], Geometry] | None = None
+    cache: Callable[[], Any] | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -233,8 +240,10 @@ class StageSpec:
         backend: str = "numpy",
         repairs: RepairCounts | None = None,
         on_iteration: IterationCallback | None = None,
+        cache: Any = None,
     ) -> npt.NDArray[Any]:
-        """Call the stage on ``backend`` with validated parameters.
+        """Call the stage on ``backend`` with validated parameters (``cache``: the
+        step's per-scan cache, see ``StageSpec.cache``; ignored by stages without one).
 
         ``on_iteration`` reaches a stage that ``reports_progress`` (on its own backends;
         an adapter's library reports nothing) and is ignored by the others.
@@ -273,6 +282,8 @@ class StageSpec:
         if self.reports_progress:
             kwargs["on_iteration"] = on_iteration
         if backend == "numpy":
+            if self.cache is not None and cache is not None:
+                kwargs["cache"] = cache
             return self.fn(block, **kwargs)
         if backend == "cupy" and self.device:
             require_gpu(backend)  # a clear refusal without a device, before any work

@@ -30,7 +30,7 @@ refused with a clear error.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, SupportsFloat
 
 import numpy as np
@@ -103,6 +103,24 @@ class DeviceReferences:
     flats: Any = None
 
 
+@dataclass
+class StageCaches:
+    """The per-scan caches of a pipeline's steps (``StageSpec.cache``): made at a step's
+    first block of the scan and handed to its later blocks. One per scan, owned by the
+    code that runs the scan (no state is kept in the stage modules)."""
+
+    made: dict[str, Any] = field(default_factory=dict)
+
+    def for_step(self, step: PipelineStep) -> Any:
+        """The cache of ``step`` (``None`` for a stage without one)."""
+        if step.spec.cache is None:
+            return None
+        key = f"{step.where} {step.spec.name}"
+        if key not in self.made:
+            self.made[key] = step.spec.cache()
+        return self.made[key]
+
+
 def apply_steps(
     steps: Iterable[PipelineStep],
     block: npt.NDArray[Any],
@@ -119,6 +137,7 @@ def apply_steps(
     on_result: Callable[[PipelineStep, npt.NDArray[np.float32],
                          npt.NDArray[np.float64] | None], None] | None = None,
     on_iteration: StepListener | None = None,
+    caches: StageCaches | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -130,7 +149,8 @@ def apply_steps(
     repair pixel values count them in ``repairs``. A stage that changes the angles
     (``average_projection_frames``, ``sino_360_to_180``) hands the stages after it the
     new ones (:meth:`stages.spec.StageSpec.after`). ``on_result(step, output, angles)``
-    gets the output of each step marked ``save_result`` (on the host).
+    gets the output of each step marked ``save_result`` (on the host). Stages with a
+    per-scan cache get it from ``caches`` (the same object for every block of the scan).
     """
     stats = transfers if transfers is not None else TransferStats()
     angles = angles_deg
@@ -158,7 +178,8 @@ def apply_steps(
                                  angles_deg=angles, frame_indices=frame_indices,
                                  flat_indices=flat_indices,
                                  projection_indices=projection_indices, backend=step.backend,
-                                 repairs=repairs, on_iteration=listener)
+                                 repairs=repairs, on_iteration=listener,
+                                 cache=caches.for_step(step) if caches is not None else None)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if step.spec.geometry is not None and angles is not None:
@@ -259,6 +280,7 @@ class ScanProcessor:
         #: Pixel values repaired in this scan, by reason (see the module docstring).
         self.repairs = RepairCounts()
         self._device_references = DeviceReferences()
+        self._caches = StageCaches()  # per-scan caches of the sinogram section's stages
         self.resolve_center = resolve_center
         self.center: float | None = None
         self.center_method: str | None = None
@@ -473,7 +495,7 @@ class ScanProcessor:
                                                 first, last) if emit else None
             data = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles,
-                               on_iteration=listener, repairs=self.repairs,
+                               on_iteration=listener, repairs=self.repairs, caches=self._caches,
                                on_result=self._saver(Pattern.SINOGRAM,
                                                      np.arange(first, last, dtype=np.int64),
                                                      rows, None))

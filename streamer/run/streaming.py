@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
-from stages.recon.fourier import FourierFbpParams
+from stages.recon.fourier import FourierFbpCache, FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
 from stages.spec import Pattern
 from streamer.errors import StageError
@@ -140,9 +140,10 @@ class StreamingSection:
         try:
             if not self._bands:
                 planned = _planned_angles(block.angles_deg, self.projections)
+                shared = FourierFbpCache()  # the bands share the plan and block griddings
                 self._bands = [
                     (first, StreamingFbp(min(self.band_rows, rows - first), cols, planned,
-                                         self.params))
+                                         self.params, cache=shared))
                     for first in range(0, rows, self.band_rows)
                 ]
             if self._before:
