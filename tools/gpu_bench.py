@@ -16,7 +16,8 @@ with the copies in turn and overlapped with the compute (pinned buffers, CUDA st
 ``stages.backends.device_queue``), with the transfers counted and timed.
 
 Time on one H100 (an estimate: no run is recorded yet): the NumPy side dominates, about
-3 min for the first 31 stages (as sized before), about 35 s for the 16 added with the
+3 min for the stages benchmarked before this issue's device work (as sized then;
+H23's ten small ones add seconds), about 35 s for the 16 added with the
 normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinogram
 takes seconds), Titarenko's and Münch's methods, the resampler and the two httomo-named
 FBPs (one slice from 60 angles each); those took about 65 s on the 2-core development
@@ -111,6 +112,17 @@ PARAMS: dict[str, dict[str, Any]] = {
     # httomo-named reconstructors on our fbp (one slice, as fbp)
     "FBP3d_tomobar": {"filter_freq_cutoff": 0.35},
     "FBP2d_astra": {"filter_type": "shepp-logan"},
+    # issue 16's remaining TomoPy/httomolib methods; sizes fit the --dry-run blocks too
+    "median_filter3d_tomopy": {"size": 3},
+    "remove_outlier3d_tomopy": {"dif": 0.1, "size": 3},
+    "remove_outlier1d": {"dif": 0.5, "size": 3},
+    "sobel_filter": {},
+    "pad": {"axis": 2, "npad": 8},
+    "trim_sinogram": {"center": 16.0, "x": 0, "y": 0, "diameter": 16},
+    "normalize_roi": {"roi": (0, 0, 10, 10)},
+    "data_checker": {"zeros_warning": True},
+    "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},
+    "remove_stripe_sf": {"size": 5},
 }
 
 

@@ -21,12 +21,15 @@ from streamer.cli.options import (
     parse_center,
 )
 from streamer.cli.receiving import (
+    ReportFiles,
+    close_consumer,
     consumer_socket,
     ingest_settings,
     print_and_write_report,
     receiving_progress,
 )
 from streamer.cli.shared import (
+    feed_settings,
     log_to_stderr,
     memory_budget,
     open_feed,
@@ -105,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
     config = {"address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
               "pipeline": str(args.pipeline), "limits": limits.__dict__}
     incomplete = 0
+    reports = ReportFiles()
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
+        reports.complete(output.scan, output.figures)  # the latency, once the volume is
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             error = f": {output.error}" if output.error else ""
@@ -116,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
             doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
             print(f"  volume: {output.path} ({output.slices} slices, CoR "
                   f"{output.center:.2f}, {state}{doubt}{repaired}){error}", flush=True)
-            if output.latency is not None:
-                print(f"  {output.latency}", flush=True)
+            for line in ((output.latency,) if output.latency else ()) + output.notes:
+                print(f"  {line}", flush=True)
             for warning in output.center_warnings:
                 print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
         else:
@@ -132,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
                               device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
-        socket = consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run")
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run")
         feed = live.feed = open_feed(args)
         service: IngestService
 
@@ -147,17 +152,18 @@ def run(args: argparse.Namespace) -> int:
 
         def on_report(report: Any) -> None:
             progress.close()
-            print_and_write_report(report, service.state.between_scans, config, report_dir)
+            reports.written(report.scan, print_and_write_report(
+                report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
-                                on_event=on_event)
+                                on_event=on_event, gate=gate, log=log_to_stderr(False))
         if feed is not None:
             feed.watch(service.state)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             live.wait()  # the last reconstruction (stopped between blocks on a signal)
-            socket.close()
+            close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0
@@ -173,12 +179,9 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         )
     from streamer.ingest.cluster import ClusterIngest
     from streamer.ingest.service import IngestService
+    from streamer.live.relay import FeedRelay
     from streamer.run.from_file import ReconSettings, center_source, pipeline_for
     from streamer.run.ranks import RankedReconstruction
-
-    if args.feed:
-        raise ConfigError("--feed: the live feed runs on one rank for now (with several "
-                          "MPI ranks each sees only a share of the projections)")
     from streamer.sinks.ranked import ranked_output
 
     output_format = chosen_output_format(args, None)
@@ -189,22 +192,27 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     limits, settings = ingest_settings(args)
     link = RankLink.world()
     control, band_link = link.duplicate(), link.duplicate()
+    relay_link = link.duplicate()  # the live feed's relay to rank 0 (every rank, same order)
     cluster = ClusterIngest(link, args.idle_timeout, limits)
     speaks = cluster.is_coordinator
     report_dir = args.report_dir or args.out
     config = {"address": args.from_address or DEFAULT_SOURCE_ADDRESS,
               "pipeline": str(args.pipeline), "limits": limits.__dict__, "ranks": link.size}
     incomplete = 0
+    reports = ReportFiles()
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
+        reports.complete(output.scan, output.figures)  # latency, transfers
         if output.path is not None:
             state = "complete" if output.complete else "INCOMPLETE"
             center = "?" if output.center is None else f"{output.center:.2f}"
             repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
             print(f"  volume: {output.path} ({output.slices} slices from {link.size} "
                   f"ranks, CoR {center}, {state}{repaired})", flush=True)
+            for line in ((output.latency,) if output.latency else ()) + output.notes:
+                print(f"  {line}", flush=True)
         if output.error:
             print(f"  volume: {output.scan}: {output.error}", flush=True)
 
@@ -214,11 +222,17 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
                                   memory_bytes=memory_budget(args.memory), on_output=on_output,
                                   center_source=center_source(args.center), log=log,
                                   output_format=output_format)
+    # --feed: rank 0 serves the feed (and the viewer's control); the others relay to it.
+    wanted_feed = feed_settings(args)
+    feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
+    # Without --feed the relay still carries the transfers and latency figures to rank 0.
+    relay = ranked.observer = FeedRelay(relay_link, wanted_feed, feed=feed, steps=steps,
+                                        log=log)
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
-        socket = consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run" if speaks else None)
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run" if speaks else None)
         service: IngestService
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         watch = receiving_progress(progress)
@@ -229,10 +243,12 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
 
         def on_report(report: Any) -> None:
             progress.close()
-            print_and_write_report(report, service.state.between_scans, config, report_dir)
+            reports.written(report.scan, print_and_write_report(
+                report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster)
+                                on_event=on_event, cluster=cluster, gate=gate, log=log)
+        relay.watch(service.state)
         if speaks and not args.quiet:
             print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
                   "a band of rows each", file=sys.stderr, flush=True)
@@ -242,5 +258,7 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
-            socket.close()
+            close_consumer(socket, gate)
+            if feed is not None:
+                feed.close()
     return 1 if incomplete else 0

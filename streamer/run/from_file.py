@@ -33,6 +33,7 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.pipeline.images import image_tail, write_images
+from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan, steps_on_device
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
@@ -122,6 +123,13 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
         steps = parse_pipeline(text, REGISTRY, source="recon default").steps
     if settings.device == "gpu":
         steps = steps_on_device(steps)
+    if settings.first_row:  # a row crop: a distortion centre stays on its detector pixel
+        steps = tuple(
+            replace(step, params=step.params.model_copy(
+                update={"shift_xy": (0, settings.first_row)}))
+            if "shift_xy" in type(step.params).model_fields else step
+            for step in steps
+        )
     if settings.center is not None:
         value = None if settings.center == "auto" else settings.center
         steps = tuple(
@@ -221,6 +229,10 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_sinograms=write,
                               resolve_center=auto_center, on_iteration=on_iteration)
+    results = IntermediateResults.for_scan(  # HTTomo's save_result: true
+        steps, settings.output.parent, layout, overwrite=settings.overwrite)
+    if results is not None:
+        processor.on_result = results.add
 
     def center_used() -> float:
         if processor.center is not None:
@@ -238,6 +250,10 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     finally:
         if writer is not None:
             writer.close(complete=complete)
+        if results is not None:
+            results.close(complete=complete)
+            for path in results.written:
+                log(f"save_result: {path}")
     if writer is None:
         raise StreamerError("recon: no slice was reconstructed")
     warning = processor.repairs.warning()

@@ -44,7 +44,7 @@ from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import refuse_save_result, sections_of
 from streamer.run.center_check import center_outside
 from streamer.run.from_file import auto_center, center_in_use, center_label, open_volume
 from streamer.run.latency import LatencyRecorder
@@ -89,6 +89,11 @@ class ScanOutput:
     center_warnings: tuple[str, ...] = ()
     #: The scan's latency line (:meth:`streamer.run.latency.LatencySummary.line`).
     latency: str | None = None
+    #: Figures known only once the volume is complete (``latency``, ``transfers``), for
+    #: the JSON run report, which ingest wrote when the scan closed.
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: More terminal lines (the transfers between ranks).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -141,6 +146,9 @@ class LiveReconstruction:
     #: The open scan's latencies (handed to the worker with its processor).
     _latency: LatencyRecorder | None = None
     _latencies: dict[int, LatencyRecorder] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
 
     def drain(self, store: FrameStore) -> None:
         if self._processor is None:  # a failed scan: nothing is held for it
@@ -248,9 +256,12 @@ class LiveReconstruction:
                               memory_left=memory.budget - memory.total)
         if streams.section is not None:
             streams.section.log = self.log
+            streams.section.repairs = self._processor.repairs
             self._processor.streaming = streams.section
-        self._latency = LatencyRecorder(clock=self.clock,
-                                        streaming=streams.section is not None)
+        recorder = self._latency = LatencyRecorder(clock=self.clock,
+                                                   streaming=streams.section is not None)
+        if self.feed is not None:
+            self.feed.on_preview = _previews_of(start.scan, recorder)
         if self.log is not None:
             self.log(f"scan {start.scan}: {streams.reason}")
         if self.feed is not None:
@@ -294,7 +305,7 @@ class LiveReconstruction:
                 report, center=output.center, output=str(output.path or "") or None,
                 center_method=center_label(method, self.center_source,
                                            warnings=output.center_warnings),
-                error=output.error)
+                error=output.error, latency=output.figures.get("latency"))
         if self.on_output is not None:
             self.on_output(output)
 
@@ -350,6 +361,7 @@ class LiveReconstruction:
         latency = self._latencies.pop(id(processor), None)
         document = {**report.as_dict(), "repairs": repairs.as_dict()}
         line = None
+        figures: dict[str, Any] = {}
         if latency is not None:
             streaming = processor.streaming
             latency.streaming = streaming is not None and getattr(streaming, "fallback",
@@ -359,7 +371,7 @@ class LiveReconstruction:
             with contextlib.suppress(StreamerError):
                 latency.volume_complete()
             summary = latency.summary()
-            document["latency"] = summary.as_dict()
+            document["latency"] = figures["latency"] = summary.as_dict()
             line = summary.line()  # printed under the terminal's volume: line
         if failure is not None:
             document["reconstruction_error"] = failure
@@ -369,7 +381,7 @@ class LiveReconstruction:
             failure = failure or str(error)
             complete = False
         return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
-                          repairs.total, processor.center_warnings, line)
+                          repairs.total, processor.center_warnings, line, figures)
 
     def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
         """Name and open this scan's volume, shaped after its first block of slices."""
@@ -415,6 +427,16 @@ class _Volume:
         self.written += int(block.data.shape[0])
 
 
+def _previews_of(scan: str, recorder: LatencyRecorder) -> Callable[[str, int], None]:
+    """The feed's ``on_preview`` for one scan: its previews go to its recorder."""
+
+    def published(name: str, newest_frame: int) -> None:
+        if name == scan:
+            recorder.preview_published(newest_frame)
+
+    return published
+
+
 def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
     """Refuse (:class:`~streamer.errors.ScanFailedError`) a scan the pipeline cannot serve,
     from its ``start`` alone: a fixed CoR off its detector, or a normalisation the pipeline
@@ -428,8 +450,7 @@ def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
 def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
     """Refuse a scan whose ``start`` announces a normalisation the pipeline cannot do
     (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
-    projection_steps, _ = split_sections(steps)
-    needs = [s for s in projection_steps if s.spec.needs_references]
+    needs = [s for s in sections_of(steps)[0].steps if s.spec.needs_references]
     if needs and (start.normalisation != "flat_dark" or start.flats == 0):
         raise ScanFailedError(
             f"start.normalisation: the pipeline's stage {needs[0].name!r} needs flat/dark "

@@ -52,12 +52,12 @@ from streamer.errors import ConfigError, ExchangeError, ScanFailedError, Streame
 from streamer.exchange.links import Received
 from streamer.exchange.reslice import Band, BandExchange, row_bands
 from streamer.ingest.cluster import Link, MergedReport
-from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
+from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.executor import ScanProcessor, apply_steps
+from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import refuse_on_ranks, split_sections
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -67,6 +67,7 @@ from streamer.run.from_file import (
     center_source,
     pipeline_for,
 )
+from streamer.run.observer import RankObserver
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
 from streamer.sinks.ranked import ranked_output
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, free_output_path, output_stem
@@ -80,6 +81,8 @@ TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
+#: The CoR method of a value set from the viewer (as on one rank).
+VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
@@ -97,6 +100,7 @@ class PartWritten:
     error: str | None
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
+    observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
 
 
 @dataclass
@@ -155,6 +159,8 @@ class RankedReconstruction:
     on_block: Callable[[str, int, int], None] | None = None
     #: A format R ranks can write (``streamer.sinks.ranked.RANKED``): hdf5 or zarr.
     output_format: str = DEFAULT_FORMAT
+    #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`).
+    observer: RankObserver | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -164,16 +170,26 @@ class RankedReconstruction:
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
 
+    def __post_init__(self) -> None:
+        refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
+
     # --- ingest hooks ----------------------------------------------------------------
 
     def drain(self, store: FrameStore) -> None:
         self.add(store.take())
+        if self.observer is not None:
+            self.observer.serve()
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
             self.open_scan(event.start)
+        elif isinstance(event, FramesAccepted):
+            if self.observer is not None and self._scan is not None:
+                self.observer.frames_accepted(event)
         elif isinstance(event, ScanClosing) and self._scan is not None:
             scan = self._scan
+            if self.observer is not None:
+                self.observer.scan_closing(scan.serial)
             self._prepare_close(scan)
             if scan.failure is not None:  # in the report too, not only in the output
                 raise ScanFailedError(scan.failure)
@@ -181,6 +197,9 @@ class RankedReconstruction:
             self.close_scan()
         elif isinstance(event, MergedReport) and self.control.rank == 0:
             report = event.report
+            closed = self._closed.get(report.scan)
+            if self.observer is not None and closed is not None:
+                self.observer.report_merged(closed[0], report)
             refused = self._refused.pop(report.scan, None)
             if refused is not None:
                 output = ScanOutput(report.scan, None, 0, None, False, refused)
@@ -252,12 +271,17 @@ class RankedReconstruction:
         exchange = BandExchange(self.band_link, scan_serial=self._serial, rows=start.rows,
                                 cols=start.cols, projections=start.projections,
                                 frames=start.frames, first_index=start.darks + start.flats)
+        observer = self.observer
+
+        def corrected(block: ProcessedBlock) -> None:
+            exchange.scatter(block.indices, block.angles_deg, block.data)
+            if observer is not None:
+                observer.projections(block)
+
         processor = ScanProcessor(
             self.steps, start, block_frames=self.block_frames or frames,
             block_sinograms=self.block_sinograms or sinograms,
-            on_projections=lambda block: exchange.scatter(
-                block.indices, block.angles_deg, block.data),
-            keep_sinogram_section=False,
+            on_projections=corrected, keep_sinogram_section=False,
         )
         path = None
         if self.control.rank == 0:
@@ -278,12 +302,16 @@ class RankedReconstruction:
         if self.control.rank == 0:
             self._closing[self._serial] = close
         self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close)
+        if observer is not None:
+            observer.scan_opened(self._serial, start)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
             self._handle(received, scan)
 
     def _close(self, scan: _ScanState) -> None:
         start = scan.start
+        if self.observer is not None:  # (a scan failed on rank 0 saw no ScanClosing)
+            self.observer.scan_closing(scan.serial)
         if self.control.rank == 0:
             assert scan.path is not None
             self._closed[start.scan] = (scan.serial, scan.path, start.rows)
@@ -297,11 +325,18 @@ class RankedReconstruction:
             scan.exchange.finish_sending()
             band = scan.exchange.wait(self.exchange_timeout_s,
                                       on_idle=lambda: self._serve(scan))
-            try:  # every rank takes part, failed or not, so no peer waits for it
-                self._agree_center(scan, band)
-            except StreamerError:
-                if scan.failure is None:
-                    raise
+            viewer = None
+            if self.observer is not None:  # a CoR set from the viewer: the same everywhere
+                viewer = self.observer.viewer_center(scan.serial,
+                                                     serve=lambda: self._serve(scan))
+            if viewer is not None:
+                scan.center, scan.center_method = viewer, VIEWER_METHOD
+            else:
+                try:  # every rank takes part, failed or not, so no peer waits for it
+                    self._agree_center(scan, band)
+                except StreamerError:
+                    if scan.failure is None:
+                        raise
             if scan.failure is not None:
                 raise StreamerError(scan.failure)
             part = self._write_part(scan, band, path)
@@ -310,12 +345,16 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        if self.observer is not None:
+            self.observer.part_done(scan.serial, scan.exchange.stats)
         repairs = scan.processor.repairs
-        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels)
+        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
+                       observed=dict(repairs.observed))
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
-                                 "repaired": part.repaired, "pixels": part.pixels})
+                                 "repaired": part.repaired, "pixels": part.pixels,
+                                 "observed": part.observed})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -433,15 +472,18 @@ class RankedReconstruction:
             return PartWritten(rank, None, band.rows, 0, False,
                                "no projection arrived: nothing to reconstruct")
         _, sinogram_steps = split_sections(self.steps)
+        viewer = scan.center_method == VIEWER_METHOD  # overrides a fixed CoR, as on one rank
         data_steps = tuple(
             replace(s, params=s.params.model_copy(update={"center": scan.center}))
             if scan.center is not None and "center" in type(s.params).model_fields
-            and dict(s.params)["center"] is None else s
+            and (viewer or dict(s.params)["center"] is None) else s
             for s in sinogram_steps if s.spec.finds_center is None
         )
         data_steps = _share_threads(data_steps, self.control.size)
         center = center_in_use(scan.center, data_steps, scan.start.cols)
         method = center_label(scan.center_method, self.center_source)
+        if self.observer is not None:
+            self.observer.center_settled(scan.serial, center, method)
         references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
@@ -458,7 +500,8 @@ class RankedReconstruction:
                     break
                 end = min(begin + block, last - first)
                 data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
-                                   flats=None, angles_deg=band.angles_deg)
+                                   flats=None, angles_deg=band.angles_deg,
+                                   repairs=scan.processor.repairs)
                 if writer is None:  # a part file, or this band of one shared store
                     path, writer = ranked_output(self.output_format).open_band(
                         master, rank=rank, ranks=ranks, band=band.rows,
@@ -469,7 +512,16 @@ class RankedReconstruction:
                         center_method=method, pipeline_yaml=self.pipeline_text,
                         scan=scan.start.scan)
                 writer.write(begin, data)
+                if written == 0 and end < last - first and self.log is not None:
+                    # once per band: the reconstruction is under way (and a handshake for
+                    # whoever waits for it, e.g. to test a stop)
+                    self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
+                             f"{last - first} slices in blocks of {block}: first block "
+                             "written")
                 written += end - begin
+                if self.observer is not None:
+                    self.observer.slices(scan.serial,
+                                         np.arange(first + begin, first + end), data)
                 if self.on_block is not None:
                     self.on_block(scan.start.scan, written, last - first)
         finally:
@@ -510,6 +562,8 @@ class RankedReconstruction:
         close.begin(Step.PARTS, time.monotonic())
         while isinstance(close.check(time.monotonic()), Waiting):
             self._take_messages(None, close)
+            if self.observer is not None:
+                self.observer.serve()
             if close.missing(Step.PARTS):
                 time.sleep(_POLL_PAUSE_S)
         parts = close.parts
@@ -520,11 +574,13 @@ class RankedReconstruction:
         complete = (complete and not silent and not errors
                     and all(p.complete for p in parts.values()))
         document = dict(document or {})
+        if self.observer is not None:  # transfers, latency (the volume is complete next)
+            self.observer.finish_master(serial, document, silent=tuple(silent))
         if errors:
             document["reconstruction_errors"] = errors
         repairs = RepairCounts()
         for part in parts.values():
-            repairs.merge(part.repaired, part.pixels)
+            repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
         warning = repairs.warning()
         if warning is not None and self.log is not None:
@@ -543,6 +599,8 @@ class RankedReconstruction:
                                     "; ".join(errors) or None, repairs.total)
         except StreamerError as error:
             output = ScanOutput(scan_id, None, 0, None, False, str(error))
+        if self.observer is not None:
+            output = self.observer.scan_closed(serial, output)
         keep_newest(self.outputs, output)
         if self.on_output is not None:
             self.on_output(output)
@@ -553,6 +611,8 @@ class RankedReconstruction:
     def _serve(self, scan: _ScanState) -> None:
         self._take_messages(scan)
         scan.exchange.poll()
+        if self.observer is not None:
+            self.observer.serve()
 
     def _take_messages(self, scan: _ScanState | None,
                        closing: CloseHandshake[PartWritten] | None = None) -> None:
@@ -586,7 +646,9 @@ class RankedReconstruction:
                                message["error"],
                                {str(key): int(count) for key, count
                                 in dict(message.get("repaired") or {}).items()},
-                               int(message.get("pixels") or 0))
+                               int(message.get("pixels") or 0),
+                               {str(key): int(count) for key, count
+                                in dict(message.get("observed") or {}).items()})
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from stages.recon.fourier import FourierFbpParams
+from stages.prep.repair import RepairCounts
+from stages.recon.fourier import FourierFbpCache, FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
 from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, apply_steps
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import sections_of
 from streamer.pipeline.streaming import streaming_kind
 
 __all__ = ["StreamingSection", "plan_streaming"]
@@ -59,7 +60,10 @@ def plan_streaming(
     kind = streaming_kind(steps)
     if not kind.streaming:
         return StreamingPlan(None, kind.describe())
-    _, sinogram_steps = split_sections(steps)
+    found = sections_of(steps)
+    if len(found) > 2:  # a second reslice: the later sections need the whole scan
+        return StreamingPlan(None, f"reconstruction: at close ({len(found) - 1} reslices)")
+    sinogram_steps = found[1].steps
     recon = next(s for s in sinogram_steps if s.spec.needs_angles)
     params = recon.params
     if not isinstance(params, FourierFbpParams) or params.center is None:
@@ -106,6 +110,8 @@ class StreamingSection:
     band_rows: int
     memory_bytes: int
     log: Callable[[str], None] | None = None
+    #: The scan's repair counts, for stages that count (``data_checker`` …).
+    repairs: RepairCounts | None = None
     #: Why the scan went back to the batch path (``None``: it streams).
     fallback: str | None = None
     blocks_added: int = 0
@@ -134,14 +140,15 @@ class StreamingSection:
         try:
             if not self._bands:
                 planned = _planned_angles(block.angles_deg, self.projections)
+                shared = FourierFbpCache()  # the bands share the plan and block griddings
                 self._bands = [
                     (first, StreamingFbp(min(self.band_rows, rows - first), cols, planned,
-                                         self.params))
+                                         self.params, cache=shared))
                     for first in range(0, rows, self.band_rows)
                 ]
             if self._before:
                 sinograms = apply_steps(self._before, sinograms, darks=None, flats=None,
-                                        angles_deg=block.angles_deg)
+                                        angles_deg=block.angles_deg, repairs=self.repairs)
             for first, band in self._bands:
                 band.add(sinograms[first:first + band.rows], block.angles_deg)
         except StageError as error:
@@ -175,7 +182,7 @@ class StreamingSection:
             data = band.finish()
             if self._after:
                 data = apply_steps(self._after, data, darks=None, flats=None,
-                                   angles_deg=angles)
+                                   angles_deg=angles, repairs=self.repairs)
             yield ProcessedBlock(Pattern.SINOGRAM,
                                  np.arange(first, first + band.rows, dtype=np.int64),
                                  angles, data, complete)
