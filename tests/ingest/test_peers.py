@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,12 @@ from streamer.ingest.peers import PeerGate, PeerPolicy
 from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.conftest import start_consumer_cli
 from tests.faults.conftest import Lines
-from tests.faults.test_bad_scan_service import phantom_scan, send_scan
+from tests.faults.test_bad_scan_service import (
+    end_header,
+    frames_parts,
+    phantom_scan,
+    start_header,
+)
 
 WAIT_S = 60.0
 
@@ -86,6 +92,30 @@ def test_bad_peer_options_are_one_line(argv: list[str], needle: str,
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
 
 
+def _scan_messages(scan: str, frames: Any, keys: list[int],
+                   angles: list[float]) -> list[list[bytes]]:
+    """The messages ``send_scan`` sends for one scan."""
+    messages: list[list[bytes]] = [[start_header(scan)]]
+    for first in range(0, len(keys), 9):
+        last = min(first + 9, len(keys))
+        messages.append(list(frames_parts(scan, first, keys[first:last], angles[first:last],
+                                          frames[first:last])))
+    messages.append([end_header(scan, len(keys))])
+    return messages
+
+
+def _send_until_stopped(peer: zmq.Socket[Any], stop: threading.Event,
+                        messages: list[list[bytes]]) -> None:
+    """Each message retried (100 ms send timeout) until sent or ``stop`` is set."""
+    for parts in messages:
+        while not stop.is_set():
+            try:
+                peer.send_multipart(parts)
+                break
+            except zmq.Again:
+                continue
+
+
 def test_ingest_listen_refuses_the_peer_beyond_max_peers_and_reports_it(
         tmp_path: Path, python: str, cli_env: dict[str, str]) -> None:
     """``ingest --listen --max-peers 1``: of two raw pyzmq sources, one is refused (a log
@@ -97,17 +127,28 @@ def test_ingest_listen_refuses_the_peer_beyond_max_peers_and_reports_it(
     lines = Lines(ingest.stderr)
     context: zmq.Context[Any] = zmq.Context()
     peers = [open_socket(context, "push", Endpoint(address, bind=False), hwm=64,
-                         send_timeout_ms=int(WAIT_S * 1000)) for _ in range(2)]
+                         send_timeout_ms=100) for _ in range(2)]
+    stop = threading.Event()
+    senders: list[threading.Thread] = []
     try:
         line = lines.wait_for("refused", WAIT_S)
         # one attempt, or more if the refused peer retried before the line was written
         assert re.search(r"refused \d+ connection attempt\(s\) from 127\.0\.0\.1 \(too "
                          r"many peers\); 1 of --max-peers 1 connected", line), line
         frames, keys, angles = phantom_scan()
-        for number, peer in enumerate(peers):  # the refused one's stay on its side
-            send_scan(peer, f"scan{number}", frames, keys, angles)
+        # Which peer was refused is up to the scheduler, and libzmq may hold a refused
+        # peer's sends back: each peer sends from its own thread until ingest is done.
+        senders = [threading.Thread(target=_send_until_stopped, daemon=True,
+                                    args=(peer, stop, _scan_messages(f"scan{number}", frames,
+                                                                     keys, angles)))
+                   for number, peer in enumerate(peers)]
+        for sender in senders:
+            sender.start()
         out, _ = ingest.communicate(timeout=WAIT_S)
     finally:
+        stop.set()
+        for sender in senders:
+            sender.join(WAIT_S)
         ingest.kill()
         for peer in peers:
             peer.close(linger=0)
