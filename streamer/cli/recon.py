@@ -39,7 +39,8 @@ EXAMPLE = (
     "  tomo-streamer recon k11-18014.nxs -o diad.h5 --center 12.5 --rows 5:15\n"
     "  tomo-streamer recon scan.nxs -o out.h5 --pipeline configs/standard.yaml "
     "--center auto\n"
-    "  mpiexec -n 4 tomo-streamer recon tooth.h5 -o tooth_recon.h5   # parts + master file"
+    "  mpiexec -n 4 tomo-streamer recon tooth.h5 -o tooth_recon.h5   # parts + master file\n"
+    "  mpiexec -n 2 tomo-streamer recon tooth.h5 -o tooth_stack --tiff   # one shared stack"
 )
 
 
@@ -90,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
     output_format = chosen_output_format(args, args.output)
     folder = output_format == "tiff"
     check_writable(args.output, folder=folder, what="-o/--output")
+    if folder and not args.overwrite:
+        from streamer.sinks.tiff import previous_stack
+
+        old = previous_stack(args.output)
+        if old:
+            raise SinkError(f"{args.output}: -o/--output: expected no previous stack, got "
+                            f"{len(old)} file(s) such as {old[0].name} (pass --overwrite "
+                            "to replace them)")
     if not folder and args.output.exists() and not args.overwrite:
         raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
                         "one (pass --overwrite to replace it)")

@@ -179,10 +179,6 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     if args.feed:
         raise ConfigError("--feed: the live feed runs on one rank for now (with several "
                           "MPI ranks each sees only a share of the projections)")
-    if chosen_output_format(args, None) != "hdf5":
-        raise ConfigError("--tiff/--output-format: with several MPI ranks the output is "
-                          "HDF5 (a part file per rank and a master file); run one rank "
-                          "for TIFF")
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
@@ -212,7 +208,8 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=memory_budget(args.memory), on_output=on_output,
-                                  center_source=center_source(args.center), log=log)
+                                  center_source=center_source(args.center), log=log,
+                                  output_format=chosen_output_format(args, None))
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
         socket = consumer_socket(context, args,

@@ -46,7 +46,7 @@ import msgpack
 import numpy as np
 
 from stages.prep.repair import RepairCounts
-from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
+from streamer.errors import ConfigError, ExchangeError, ScanFailedError, SinkError, StreamerError
 from streamer.exchange.links import Received
 from streamer.exchange.reslice import Band, BandExchange, row_bands
 from streamer.ingest.cluster import Link, MergedReport
@@ -66,9 +66,15 @@ from streamer.run.from_file import (
     pipeline_for,
 )
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
-from streamer.sinks.hdf5 import Hdf5VolumeWriter
-from streamer.sinks.master import part_path, write_master, write_placeholder
-from streamer.sinks.registry import free_output_path, output_stem
+from streamer.sinks.disk import os_reason
+from streamer.sinks.ranked import ranked_output
+from streamer.sinks.registry import (
+    DEFAULT_FORMAT,
+    VolumeSink,
+    free_output_path,
+    open_sink,
+    output_stem,
+)
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
@@ -96,6 +102,16 @@ class PartWritten:
     error: str | None
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
+
+
+@dataclass
+class _HeldVolume:
+    """One rank: the volume itself, written and left open until the scan's report is in
+    (it goes inside the volume), then closed by :meth:`RankedReconstruction.write_master`."""
+
+    writer: VolumeSink
+    center: float
+    complete: bool  # every slice written and every projection and reference in
 
 
 @dataclass
@@ -144,6 +160,9 @@ class RankedReconstruction:
     output: Path | None = None  # one fixed master path (``recon``); None: per scan
     first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
     overwrite: bool = False
+    #: A name in :data:`streamer.sinks.registry.SINKS`. One rank: the format's writer
+    #: writes the volume itself; R ranks: :data:`streamer.sinks.ranked.RANKED` says how.
+    output_format: str = DEFAULT_FORMAT
     #: How a fixed CoR came (``streamer.run.from_file.center_source``): "given" or "pipeline".
     center_source: str = "pipeline"
     on_output: Callable[[ScanOutput], None] | None = None
@@ -160,6 +179,11 @@ class RankedReconstruction:
     _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
+    _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
+
+    def __post_init__(self) -> None:
+        if self.control.size > 1:
+            ranked_output(self.output_format)  # a format R ranks cannot share: refused now
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -262,7 +286,9 @@ class RankedReconstruction:
             # suffix) and marks it in progress: a job that dies leaves a file that says so.
             path = self._master_path(start.scan)
             try:
-                write_placeholder(path, scan=start.scan, ranks=self.control.size)
+                if ranks > 1:  # one rank: the volume's own writer is crash-safe
+                    ranked_output(self.output_format).mark_in_progress(
+                        path, scan=start.scan, ranks=ranks)
             except StreamerError as error:  # the disk: reported again at close if it stays
                 if self.log is not None:
                     self.log(f"scan {start.scan}: {error}")
@@ -441,9 +467,9 @@ class RankedReconstruction:
         references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
-        path = part_path(master, rank, ranks)
         block = self.block_sinograms or scan.processor.block_sinograms
-        writer: Hdf5VolumeWriter | None = None
+        path = master
+        writer: VolumeSink | None = None
         written = 0
         stopped: str | None = None
         try:
@@ -456,26 +482,50 @@ class RankedReconstruction:
                 data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
                                    flats=None, angles_deg=band.angles_deg)
                 if writer is None:
-                    writer = Hdf5VolumeWriter(
-                        path, detector_rows=list(range(self.first_row + first,
-                                                       self.first_row + last)),
-                        slice_shape=(int(data.shape[1]), int(data.shape[2])),
-                        angles_deg=band.angles_deg, center_of_rotation=center,
-                        center_method=method, pipeline_yaml=self.pipeline_text,
-                        scan=scan.start.scan, overwrite=self.overwrite)
+                    geometry: dict[str, Any] = {
+                        "slice_shape": (int(data.shape[1]), int(data.shape[2])),
+                        "angles_deg": band.angles_deg, "center_of_rotation": center,
+                        "center_method": method, "pipeline_yaml": self.pipeline_text,
+                        "scan": scan.start.scan}
+                    path, writer = self._open_band(scan, band.rows, master, geometry)
                 writer.write(begin, data)
                 written += end - begin
                 if self.on_block is not None:
                     self.on_block(scan.start.scan, written, last - first)
-        finally:
-            if writer is not None:
-                writer.close(complete=complete and written == last - first)
+        except StreamerError as error:  # a stage or the disk: what was written stays
+            stopped = str(error)
+        done = complete and stopped is None and written == last - first
+        if writer is not None and ranks == 1:
+            # The volume itself: closed with the scan's report in it (write_master).
+            self._held[scan.serial] = _HeldVolume(writer, center, done)
+        elif writer is not None:
+            try:
+                writer.close(complete=done)
+            except StreamerError as error:
+                stopped = stopped or str(error)
         if stopped is not None:
             if self.log is not None:
                 self.log(f"scan {scan.start.scan}: rank {rank}: {stopped}")
             return PartWritten(rank, str(path) if writer is not None else None, band.rows,
                                written, False, stopped)
         return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _open_band(self, scan: _ScanState, rows: tuple[int, int], master: Path,
+                   geometry: dict[str, Any]) -> tuple[Path, VolumeSink]:
+        """This rank's writer: on one rank the format's own writer of the whole volume
+        (from the registry), on R ranks the format's band writer (:mod:`streamer.sinks.ranked`)."""
+        rank, ranks = self.control.rank, self.control.size
+        if ranks == 1:
+            try:
+                return master, open_sink(
+                    self.output_format, master, overwrite=self.overwrite,
+                    detector_rows=list(range(self.first_row, self.first_row + rows[1])),
+                    metadata=scan.processor.repairs.as_metadata(), **geometry)
+            except OSError as error:
+                raise SinkError(f"{master}: cannot write there: {os_reason(error)}") from None
+        return ranked_output(self.output_format).open_band(
+            master, rank=rank, ranks=ranks, band=rows, first_row=self.first_row,
+            volume_slices=scan.start.rows, overwrite=self.overwrite, **geometry)
 
     def _stopped(self, scan: _ScanState) -> str | None:
         """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop
@@ -512,13 +562,7 @@ class RankedReconstruction:
         errors = [f"rank {p.rank}: {p.error}" for p in parts.values() if p.error]
         errors += [f"rank {r}: wrote nothing within {self.exchange_timeout_s:g} s"
                    for r in silent]
-        # Every planned part, written or not: a part that is missing reads as a NaN band
-        # in the master (which is then incomplete and says why).
         ranks = self.control.size
-        planned = [(rank, band) for rank, band in enumerate(row_bands(rows, ranks))
-                   if band[1] > band[0]]
-        files = [part_path(path, rank, ranks) for rank, _ in planned]
-        band_rows = [list(range(self.first_row + a, self.first_row + b)) for _, (a, b) in planned]
         complete = (complete and not silent and not errors
                     and all(p.complete for p in parts.values()))
         document = dict(document or {})
@@ -531,21 +575,34 @@ class RankedReconstruction:
         warning = repairs.warning()
         if warning is not None and self.log is not None:
             self.log(f"scan {scan_id}: warning: {warning}")
-        written = [file for file in files if file.exists()]
-        if not written:
-            output = ScanOutput(scan_id, None, 0, None, False,
-                                "; ".join(errors) or "no slices were written")
-        else:
-            try:
-                # Replaces rank 0's in-progress placeholder (the name was free, or the
-                # command was allowed to overwrite it, when the scan opened).
-                write_master(path, files, complete=complete, report=document,
-                             overwrite=True, bands=band_rows)
-                slices = sum(p.slices for p in parts.values())
-                output = ScanOutput(scan_id, path, slices, _center_of(written[0]),
-                                    complete, "; ".join(errors) or None, repairs.total)
-            except StreamerError as error:
-                output = ScanOutput(scan_id, None, 0, None, False, str(error))
+        slices = sum(p.slices for p in parts.values())
+        error = "; ".join(errors) or None
+        held = self._held.pop(serial, None)
+        try:
+            if ranks == 1:  # the volume itself, with the report inside
+                if held is None:
+                    output = ScanOutput(scan_id, None, 0, None, False,
+                                        error or "no slices were written")
+                else:
+                    complete = complete and held.complete
+                    held.writer.close(complete=complete, report=document)
+                    output = ScanOutput(scan_id, path, slices, held.center, complete,
+                                        error, repairs.total)
+            else:
+                finished = ranked_output(self.output_format).finish(
+                    path, ranks=ranks, bands=row_bands(rows, ranks), first_row=self.first_row,
+                    complete=complete, report=document, errors=errors)
+                if finished.path is None:
+                    output = ScanOutput(scan_id, None, 0, None, False,
+                                        error or "no slices were written")
+                else:
+                    output = ScanOutput(scan_id, finished.path, slices, finished.center,
+                                        complete, error, repairs.total)
+        except StreamerError as failure:
+            output = ScanOutput(scan_id, path if held is not None else None,
+                                slices if held is not None else 0,
+                                held.center if held is not None else None, False,
+                                "; ".join([*errors, str(failure)]))
         keep_newest(self.outputs, output)
         if self.on_output is not None:
             self.on_output(output)
@@ -637,7 +694,7 @@ class RankedReconstruction:
         or its parts exist (rank 0 decides; the other ranks are told)."""
         if self.output is not None:
             return self.output
-        return free_output_path(self.out_dir, scan, "hdf5")
+        return free_output_path(self.out_dir, scan, self.output_format)
 
 
 def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
@@ -656,9 +713,6 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
     layout = reader.layout
     if layout.projections == 0:
         raise ConfigError("recon: the scan has no projections")
-    if settings.output_format != "hdf5":
-        raise ConfigError("--tiff: with several MPI ranks the output is HDF5 (a part "
-                          "file per rank and a master file); run one rank for TIFF")
     steps, text = pipeline_for(settings, layout.normalisation)
     if settings.device == "gpu":  # one GPU per rank (docs/how-to/gpu-and-backends.md)
         from stages.backends.device import use_device_for_rank  # noqa: PLC0415
@@ -672,6 +726,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
         memory_bytes=settings.memory_bytes, output=settings.output,
         first_row=settings.first_row, overwrite=settings.overwrite,
+        output_format=settings.output_format,
         center_source=center_source(settings.center), log=log, stop=stop,
         on_block=on_block)
     ranked.open_scan(start_header(layout, scan_id))
@@ -730,16 +785,6 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # the finder's doubts travel with the label that is stored beside the CoR
     return float(estimate), center_label(f"{finder.name} (pipeline)", "",
                                          warnings=tuple(getattr(estimate, "warnings", ())))
-
-
-def _center_of(part: Path) -> float | None:
-    import h5py  # noqa: PLC0415  # only rank 0, once per scan
-
-    try:
-        with h5py.File(part, "r") as handle:
-            return float(handle["/entry/process/center_of_rotation"][()])
-    except (OSError, KeyError):
-        return None
 
 
 __all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",
