@@ -37,15 +37,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
+from stages.spec import Pattern
 from streamer.errors import ConfigError, ExchangeError, ScanFailedError, SinkError, StreamerError
 from streamer.exchange.links import Received
 from streamer.exchange.reslice import Band, BandExchange, row_bands
@@ -53,7 +55,7 @@ from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.executor import ScanProcessor, apply_steps
+from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import split_sections
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
@@ -66,6 +68,7 @@ from streamer.run.from_file import (
     pipeline_for,
 )
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
+from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
 from streamer.sinks.registry import (
@@ -130,6 +133,8 @@ class _ScanState:
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
     stopped_by: int | None = None  # the rank whose stop (SIGINT/SIGTERM) ended this scan
+    #: The band's streaming reconstruction (fed as pieces land), None: at close.
+    streaming: StreamingSection | None = None
 
 
 @dataclass
@@ -171,6 +176,9 @@ class RankedReconstruction:
     stop: threading.Event | None = None
     #: Called after each block of slices this rank writes: (scan, slices written, band rows).
     on_block: Callable[[str, int, int], None] | None = None
+    #: Reconstruct each band while the scan arrives when the pipeline streams and its CoR
+    #: is fixed (:func:`streamer.run.streaming.plan_streaming`); False: always at close.
+    stream: bool = True
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -268,11 +276,14 @@ class RankedReconstruction:
             self.log(f"scan {start.scan}: per rank: {memory.describe()}")
             for plan in plans:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
+        streaming = self._plan_streaming(start, self.block_sinograms or sinograms,
+                                         memory.budget - memory.total)
         # Projections usually follow the darks and flats: with ``first_index`` a piece
         # lands straight in its sorted column (a wrong guess only costs a final sort).
         exchange = BandExchange(self.band_link, scan_serial=self._serial, rows=start.rows,
                                 cols=start.cols, projections=start.projections,
-                                frames=start.frames, first_index=start.darks + start.flats)
+                                frames=start.frames, first_index=start.darks + start.flats,
+                                on_landed=None if streaming is None else _feeding(streaming))
         processor = ScanProcessor(
             self.steps, start, block_frames=self.block_frames or frames,
             block_sinograms=self.block_sinograms or sinograms,
@@ -299,10 +310,28 @@ class RankedReconstruction:
             center_owner=owner)
         if self.control.rank == 0:
             self._closing[self._serial] = close
-        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close)
+        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close,
+                                       streaming=streaming)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
             self._handle(received, scan)
+
+    def _plan_streaming(self, start: StartHeader, block_sinograms: int,
+                        memory_left: int) -> StreamingSection | None:
+        """This rank's streaming reconstruction of its band, or None (at close: the
+        reason is logged). Decided per rank from its band's height; a rank that does not
+        stream reconstructs its band at close, to the same volume."""
+        first, last = row_bands(start.rows, self.control.size)[self.control.rank]
+        if not self.stream or last == first:
+            return None
+        plan = plan_streaming(self.steps, rows=last - first, cols=start.cols,
+                              projections=start.projections, block_sinograms=block_sinograms,
+                              memory_left=memory_left)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {start.scan}: {plan.reason}")
+        if plan.section is not None:
+            plan.section.log = self.log
+        return plan.section
 
     def _close(self, scan: _ScanState) -> None:
         start = scan.start
@@ -467,20 +496,27 @@ class RankedReconstruction:
         references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
-        block = self.block_sinograms or scan.processor.block_sinograms
+        blocks = self._streamed(scan, band, complete)
+        if blocks is None:
+            block = self.block_sinograms or scan.processor.block_sinograms
+            blocks = ((begin, apply_steps(data_steps, band.sinograms[begin:begin + block],
+                                          darks=None, flats=None, angles_deg=band.angles_deg))
+                      for begin in range(0, last - first, block))
         path = master
         writer: VolumeSink | None = None
         written = 0
         stopped: str | None = None
         try:
-            for begin in range(0, last - first, block):
+            while True:
                 stopped = self._stopped(scan)
                 if stopped is not None:
                     stopped += f" after {written} of {last - first} slices"
                     break
-                end = min(begin + block, last - first)
-                data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
-                                   flats=None, angles_deg=band.angles_deg)
+                item = next(blocks, None)
+                if item is None:
+                    break
+                begin, data = item
+                end = begin + int(data.shape[0])
                 if writer is None:
                     geometry: dict[str, Any] = {
                         "slice_shape": (int(data.shape[1]), int(data.shape[2])),
@@ -509,6 +545,22 @@ class RankedReconstruction:
             return PartWritten(rank, str(path) if writer is not None else None, band.rows,
                                written, False, stopped)
         return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _streamed(self, scan: _ScanState, band: Band, complete: bool,
+                  ) -> Iterator[tuple[int, npt.NDArray[np.float32]]] | None:
+        """The band's slices from its streaming accumulators (band-relative first slice,
+        slices), or None: reconstruct at close (not streaming, or it fell back)."""
+        section, scan.streaming = scan.streaming, None  # the accumulators go with it
+        if section is None:
+            return None
+        evicted = band.rejected.get("over_capacity", 0)
+        if evicted and section.fallback is None:
+            section.fallback = f"{evicted} projections beyond the announced ones"
+        blocks = section.finish(band.angles_deg, complete, center_override=None,
+                                should_stop=lambda: False)  # stop: between blocks, above
+        if blocks is None:
+            return None
+        return ((int(block.indices[0]), block.data) for block in blocks)
 
     def _open_band(self, scan: _ScanState, rows: tuple[int, int], master: Path,
                    geometry: dict[str, Any]) -> tuple[Path, VolumeSink]:
@@ -701,14 +753,15 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
                    log: Callable[[str], None] = lambda line: None, *,
                    stop: threading.Event | None = None,
                    on_block: Callable[[str, int, int], None] | None = None,
-                   ) -> ScanOutput | None:
+                   stream: bool = True) -> ScanOutput | None:
     """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
 
     Every rank opens the scan; rank 0 reads the darks and flats (and forwards them, as
     in a stream); the blocks of projections are dealt round-robin, so each rank reads
     and corrects ``1/R`` of them; then the reslice and the band reconstruction run as
     in ``run``. Rank 0 returns what it wrote; the others return None. ``stop`` and
-    ``on_block`` are :class:`RankedReconstruction`'s.
+    ``on_block`` are :class:`RankedReconstruction`'s; ``stream=False`` reconstructs
+    every band after the last block even when the pipeline streams.
     """
     layout = reader.layout
     if layout.projections == 0:
@@ -728,7 +781,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         first_row=settings.first_row, overwrite=settings.overwrite,
         output_format=settings.output_format,
         center_source=center_source(settings.center), log=log, stop=stop,
-        on_block=on_block)
+        on_block=on_block, stream=stream)
     ranked.open_scan(start_header(layout, scan_id))
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames
@@ -751,6 +804,15 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
     if rank != 0:
         return None
     return ranked.write_master(scan_id, complete=True, document=None)
+
+
+def _feeding(section: StreamingSection) -> Callable[
+        [npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float32]], None]:
+    """The exchange's ``on_landed``: each landed piece of the band into ``section``."""
+    def add(indices: npt.NDArray[np.int64], angles: npt.NDArray[np.float64],
+            frames: npt.NDArray[np.float32]) -> None:
+        section.add(ProcessedBlock(Pattern.PROJECTION, indices, angles, frames, True))
+    return add
 
 
 def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[PipelineStep, ...]:
