@@ -205,11 +205,18 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
             print(f"  volume: {output.scan}: {output.error}", flush=True)
 
     log = log_to_stderr(args.quiet)
+    # The worker thread reconstructs while ingest reads on: MPI is then called from two
+    # threads, which needs MPI_THREAD_MULTIPLE (mpi4py asks for it; MPICH grants it).
+    background = link.threads_multiple()
+    if not background and speaks:
+        log("run: MPI was not initialised with MPI_THREAD_MULTIPLE: each scan is "
+            "reconstructed in the ingest thread (the socket is not read meanwhile)")
     ranked = RankedReconstruction(steps, text, args.out, control, band_link,
                                   block_frames=args.block, block_sinograms=args.sinogram_block,
                                   memory_bytes=memory_budget(args.memory), on_output=on_output,
                                   center_source=center_source(args.center), log=log,
-                                  output_format=chosen_output_format(args, None))
+                                  output_format=chosen_output_format(args, None),
+                                  background=background)
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
         socket = consumer_socket(context, args,
@@ -238,5 +245,6 @@ def _run_run_ranks(args: argparse.Namespace) -> int:
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
+            ranked.wait()  # the last scan's part and master (stopped between blocks on a signal)
             socket.close()
     return 1 if incomplete else 0

@@ -35,6 +35,7 @@ own ``stop``, so every rank ends the job; rank 0's master says incomplete and wh
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,6 +106,25 @@ class PartWritten:
     error: str | None
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A scan that passed the checks at its ``start`` (its figures), not yet begun on the
+    links (the worker may still be using them for the previous scan)."""
+
+    serial: int
+    start: StartHeader
+    block_frames: int
+    block_sinograms: int
+    memory_left: int
+    center_owner: int | None
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 @dataclass
@@ -179,6 +199,14 @@ class RankedReconstruction:
     #: Reconstruct each band while the scan arrives when the pipeline streams and its CoR
     #: is fixed (:func:`streamer.run.streaming.plan_streaming`); False: always at close.
     stream: bool = True
+    #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
+    #: one scan reconstructed at a time, the next scan's frames wait in the ingest store,
+    #: its start is taken up on the links once the worker is done. Under MPI the links
+    #: are then used from two threads (ingest's link in one, ``control`` and ``band_link``
+    #: handed between them), which needs ``MPI_THREAD_MULTIPLE``
+    #: (:meth:`streamer.exchange.links.RankLink.threads_multiple`); False: in the caller's
+    #: thread, done when ``on_event`` returns (``recon``, tests).
+    background: bool = False
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -188,6 +216,12 @@ class RankedReconstruction:
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
     _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
+    _worker: threading.Thread | None = None
+    _jobs: queue.SimpleQueue[Callable[[], None]] = field(default_factory=queue.SimpleQueue)
+    _jobs_left: int = 0
+    _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
+    _idle: threading.Event = field(default_factory=_set_event)
+    _deferred: _Admitted | None = None  # admitted while the worker was busy
 
     def __post_init__(self) -> None:
         if self.control.size > 1:
@@ -196,29 +230,95 @@ class RankedReconstruction:
     # --- ingest hooks ----------------------------------------------------------------
 
     def drain(self, store: FrameStore) -> None:
+        if self.busy:
+            return  # the worker reconstructs (and holds the links): frames wait in the store
+        self._catch_up()
         self.add(store.take())
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
             self.open_scan(event.start)
-        elif isinstance(event, ScanClosing) and self._scan is not None:
+        elif isinstance(event, ScanClosing):
+            self.wait()  # one scan reconstructed at a time; the links are this thread's
+            self._catch_up()
             scan = self._scan
+            if scan is None:
+                return
             self._prepare_close(scan)
             if scan.failure is not None:  # in the report too, not only in the output
                 raise ScanFailedError(scan.failure)
         elif isinstance(event, ScanClosed):
-            self.close_scan()
+            if self.background:
+                self.wait()  # a scan failed by ingest gets no ScanClosing: wait here
+                self._catch_up()
+                scan, self._scan = self._scan, None
+                if scan is not None:
+                    self._submit(lambda: self._close(scan))
+            else:
+                self.close_scan()
         elif isinstance(event, MergedReport) and self.control.rank == 0:
             report = event.report
-            refused = self._refused.pop(report.scan, None)
-            if refused is not None:
-                output = ScanOutput(report.scan, None, 0, None, False, refused)
-                keep_newest(self.outputs, output)
-                if self.on_output is not None:
-                    self.on_output(output)
-                return
-            self.write_master(report.scan, complete=report.complete,
-                              document=report.as_dict())
+            if self.background:
+                self._submit(lambda: self._report_merged(report))
+            else:
+                self._report_merged(report)
+
+    def _report_merged(self, report: Any) -> None:
+        """Rank 0: the scan's accounting is merged: its output (or why there is none)."""
+        refused = self._refused.pop(report.scan, None)
+        if refused is not None:
+            self._publish(ScanOutput(report.scan, None, 0, None, False, refused))
+            return
+        self.write_master(report.scan, complete=report.complete, document=report.as_dict())
+
+    def _publish(self, output: ScanOutput) -> None:
+        keep_newest(self.outputs, output)
+        if self.on_output is not None:
+            self.on_output(output)
+
+    # --- the worker (``background``) ---------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """The worker still has a scan to close or a master to write."""
+        return not self._idle.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the worker's jobs, if any; True when none is left."""
+        return self._idle.wait(timeout_s)
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._jobs_lock:
+            self._jobs_left += 1
+            self._idle.clear()
+        if self._worker is None:
+            # A daemon: idle it holds nothing; the drivers wait() before they exit.
+            self._worker = threading.Thread(target=self._work, name="reconstruction",
+                                            daemon=True)
+            self._worker.start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception as error:  # a bug must not kill the service silently
+                if self.log is not None:
+                    self.log(f"rank {self.control.rank}: internal error while "
+                             f"reconstructing: {error!r}")
+            finally:
+                with self._jobs_lock:
+                    self._jobs_left -= 1
+                    if self._jobs_left == 0:
+                        self._idle.set()
+
+    def _catch_up(self) -> None:
+        """Begin, on the links, the scan admitted while the worker was busy (the ingest
+        thread, once the worker is idle)."""
+        admitted, self._deferred = self._deferred, None
+        if admitted is not None:
+            self._begin(admitted)
 
     # --- the same, driven directly (``recon`` on several ranks) --------------------------
 
@@ -251,9 +351,19 @@ class RankedReconstruction:
     # --- per scan ----------------------------------------------------------------------
 
     def open_scan(self, start: StartHeader) -> None:
-        """A scan opened (on every rank, in the same order)."""
+        """A scan opened (on every rank, in the same order): refused at once if it cannot
+        be served (:class:`~streamer.errors.ScanFailedError`), begun on the links now or,
+        while the worker is busy, once it is done."""
+        admitted = self._admit(start)
+        if self.busy:
+            self._deferred = admitted
+        else:
+            self._begin(admitted)
+
+    def _admit(self, start: StartHeader) -> _Admitted:
+        """The checks and figures of a scan's ``start`` (no link is used)."""
         self._serial += 1
-        self._scan = None
+        self._scan, self._deferred = None, None
         ranks = self.control.size
         try:
             # The same figures on every rank, so every rank refuses the same scans.
@@ -276,17 +386,25 @@ class RankedReconstruction:
             self.log(f"scan {start.scan}: per rank: {memory.describe()}")
             for plan in plans:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
-        streaming = self._plan_streaming(start, self.block_sinograms or sinograms,
-                                         memory.budget - memory.total)
+        return _Admitted(self._serial, start, self.block_frames or frames,
+                         self.block_sinograms or sinograms, memory.budget - memory.total,
+                         owner)
+
+    def _begin(self, admitted: _Admitted) -> None:
+        """Set the admitted scan up on the links: its reslice, its processor, rank 0's
+        output name (told to every rank), the messages that came early."""
+        start, serial, ranks = admitted.start, admitted.serial, self.control.size
+        streaming = self._plan_streaming(start, admitted.block_sinograms,
+                                         admitted.memory_left)
         # Projections usually follow the darks and flats: with ``first_index`` a piece
         # lands straight in its sorted column (a wrong guess only costs a final sort).
-        exchange = BandExchange(self.band_link, scan_serial=self._serial, rows=start.rows,
+        exchange = BandExchange(self.band_link, scan_serial=serial, rows=start.rows,
                                 cols=start.cols, projections=start.projections,
                                 frames=start.frames, first_index=start.darks + start.flats,
                                 on_landed=None if streaming is None else _feeding(streaming))
         processor = ScanProcessor(
-            self.steps, start, block_frames=self.block_frames or frames,
-            block_sinograms=self.block_sinograms or sinograms,
+            self.steps, start, block_frames=admitted.block_frames,
+            block_sinograms=admitted.block_sinograms,
             on_projections=lambda block: exchange.scatter(
                 block.indices, block.angles_deg, block.data),
             keep_sinogram_section=False,
@@ -304,13 +422,13 @@ class RankedReconstruction:
                 if self.log is not None:
                     self.log(f"scan {start.scan}: {error}")
             self.control.send_to_others(TAG_PATH, msgpack.packb(
-                {"serial": self._serial, "path": str(path)}))
+                {"serial": serial, "path": str(path)}))
         close: CloseHandshake[PartWritten] = CloseHandshake(
             start.scan, self.control.rank, ranks, self.exchange_timeout_s,
-            center_owner=owner)
+            center_owner=admitted.center_owner)
         if self.control.rank == 0:
-            self._closing[self._serial] = close
-        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close,
+            self._closing[serial] = close
+        self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
                                        streaming=streaming)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
@@ -655,9 +773,7 @@ class RankedReconstruction:
                                 slices if held is not None else 0,
                                 held.center if held is not None else None, False,
                                 "; ".join([*errors, str(failure)]))
-        keep_newest(self.outputs, output)
-        if self.on_output is not None:
-            self.on_output(output)
+        self._publish(output)
         return output
 
     # --- messages ----------------------------------------------------------------------
