@@ -34,6 +34,7 @@ own ``stop``, so every rank ends the job; rank 0's master says incomplete and wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, SupportsFloat
 
 import msgpack
 import numpy as np
@@ -49,7 +50,14 @@ import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
 from stages.spec import Pattern
-from streamer.errors import ConfigError, ExchangeError, ScanFailedError, SinkError, StreamerError
+from streamer.errors import (
+    ConfigError,
+    ExchangeError,
+    ScanFailedError,
+    SinkError,
+    StageError,
+    StreamerError,
+)
 from streamer.exchange.links import Received
 from streamer.exchange.reslice import Band, BandExchange, row_bands
 from streamer.ingest.cluster import Link, MergedReport
@@ -142,13 +150,15 @@ class _ScanState:
     serial: int
     start: StartHeader
     processor: ScanProcessor
-    exchange: BandExchange
+    exchange: BandExchange | None  # None on one rank: the processor keeps the band
     path: Path | None  # the master file; decided by rank 0 (others learn it by message)
     #: The close handshake (references settled, CoR agreed, parts written): no I/O.
     close: CloseHandshake[PartWritten]
     references_here: int = 0  # darks and flats that reached this rank from the source
     center: float | None = None
     center_method: str | None = None
+    center_warnings: tuple[str, ...] = ()  # the finder's doubts (the owner of its row)
+    center_confidence: float | None = None
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
@@ -181,6 +191,7 @@ class RankedReconstruction:
     block_frames: int | None = None
     block_sinograms: int | None = None
     memory_bytes: int | None = None
+    device_bytes: int | None = None  # --device gpu: usable device memory for the plan
     exchange_timeout_s: float = DEFAULT_EXCHANGE_TIMEOUT_S
     output: Path | None = None  # one fixed master path (``recon``); None: per scan
     first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
@@ -222,6 +233,13 @@ class RankedReconstruction:
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
     _idle: threading.Event = field(default_factory=_set_event)
     _deferred: _Admitted | None = None  # admitted while the worker was busy
+    #: Rank 0: how the CoR of each closed scan was found (serial -> method, warnings,
+    #: confidence), for its output.
+    _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
+        default_factory=dict)
+    #: The first error of the latest scan on this rank, as raised (drivers that run one
+    #: scan re-raise it: :func:`streamer.run.from_file.run_recon`).
+    last_error: StreamerError | None = None
 
     def __post_init__(self) -> None:
         if self.control.size > 1:
@@ -335,6 +353,7 @@ class RankedReconstruction:
                 # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
                 # still takes its part in the close, so no peer waits for it.
                 scan.failure = str(error)
+                self.last_error = self.last_error or error
                 if self.log is not None:
                     self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
                              f"{error}")
@@ -363,7 +382,7 @@ class RankedReconstruction:
     def _admit(self, start: StartHeader) -> _Admitted:
         """The checks and figures of a scan's ``start`` (no link is used)."""
         self._serial += 1
-        self._scan, self._deferred = None, None
+        self._scan, self._deferred, self.last_error = None, None, None
         ranks = self.control.size
         try:
             # The same figures on every rank, so every rank refuses the same scans.
@@ -372,7 +391,7 @@ class RankedReconstruction:
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=-(-start.rows // ranks),
+                band_rows=-(-start.rows // ranks), device_bytes=self.device_bytes,
             )
             owner = self._center_owner(start)
         except StreamerError as error:
@@ -381,7 +400,7 @@ class RankedReconstruction:
                 self._refused[start.scan] = reason
                 if self.log is not None:
                     self.log(reason)
-            raise ScanFailedError(reason) from None
+            raise ScanFailedError(reason) from error
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: per rank: {memory.describe()}")
             for plan in plans:
@@ -396,19 +415,29 @@ class RankedReconstruction:
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
         streaming = self._plan_streaming(start, admitted.block_sinograms,
                                          admitted.memory_left)
-        # Projections usually follow the darks and flats: with ``first_index`` a piece
-        # lands straight in its sorted column (a wrong guess only costs a final sort).
-        exchange = BandExchange(self.band_link, scan_serial=serial, rows=start.rows,
-                                cols=start.cols, projections=start.projections,
-                                frames=start.frames, first_index=start.darks + start.flats,
-                                on_landed=None if streaming is None else _feeding(streaming))
-        processor = ScanProcessor(
-            self.steps, start, block_frames=admitted.block_frames,
-            block_sinograms=admitted.block_sinograms,
-            on_projections=lambda block: exchange.scatter(
-                block.indices, block.angles_deg, block.data),
-            keep_sinogram_section=False,
-        )
+        exchange: BandExchange | None = None
+        if ranks == 1:
+            # One rank: the processor keeps the band itself (shaped by the first corrected
+            # block: a projection stage may crop or bin) and feeds the streaming section.
+            processor = ScanProcessor(
+                self.steps, start, block_frames=admitted.block_frames,
+                block_sinograms=admitted.block_sinograms, keep_sinogram_section=True)
+            processor.streaming = streaming
+        else:
+            # Projections usually follow the darks and flats: with ``first_index`` a piece
+            # lands straight in its sorted column (a wrong guess only costs a final sort).
+            exchange = BandExchange(
+                self.band_link, scan_serial=serial, rows=start.rows, cols=start.cols,
+                projections=start.projections, frames=start.frames,
+                first_index=start.darks + start.flats,
+                on_landed=None if streaming is None else _feeding(streaming))
+            processor = ScanProcessor(
+                self.steps, start, block_frames=admitted.block_frames,
+                block_sinograms=admitted.block_sinograms,
+                on_projections=lambda block: exchange.scatter(
+                    block.indices, block.angles_deg, block.data),
+                keep_sinogram_section=False,
+            )
         path = None
         if self.control.rank == 0:
             # Rank 0 alone names the output (a name taken by an earlier scan gets a
@@ -463,9 +492,7 @@ class RankedReconstruction:
             self._prepare_close(scan)
             if scan.close_error is not None:
                 raise StreamerError(scan.close_error)
-            scan.exchange.finish_sending()
-            band = scan.exchange.wait(self.exchange_timeout_s,
-                                      on_idle=lambda: self._serve(scan))
+            band = self._band(scan)
             try:  # every rank takes part, failed or not, so no peer waits for it
                 self._agree_center(scan, band)
             except StreamerError:
@@ -473,8 +500,13 @@ class RankedReconstruction:
                     raise
             if scan.failure is not None:
                 raise StreamerError(scan.failure)
+            if self.control.rank == 0:
+                self._center_found[scan.serial] = (
+                    center_label(scan.center_method, self.center_source),
+                    scan.center_warnings, scan.center_confidence)
             part = self._write_part(scan, band, path)
         except StreamerError as error:
+            self.last_error = self.last_error or error
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
@@ -490,6 +522,23 @@ class RankedReconstruction:
         else:
             self.control.send(0, TAG_PART_DONE, message)
 
+    def _band(self, scan: _ScanState) -> Band:
+        """This rank's sinograms once every rank has sent its share (one rank: the
+        processor's own band)."""
+        exchange = scan.exchange
+        if exchange is not None:
+            exchange.finish_sending()
+            return exchange.wait(self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+        kept = scan.processor.band
+        if kept is None:
+            cols = scan.start.cols
+            return Band((0, scan.start.rows), np.zeros(0, np.int64), np.zeros(0),
+                        np.zeros((scan.start.rows, 0, cols), np.float32), 0, 0, {}, 0)
+        assembled = kept.assemble()
+        return Band((0, kept.height), assembled.indices, assembled.angles_deg,
+                    assembled.sinograms, kept.received, kept.duplicates, dict(kept.rejected),
+                    0)
+
     def _prepare_close(self, scan: _ScanState) -> None:
         """Settle the references and correct the last projections (once): a stage that
         refuses the data sets ``scan.failure``; a peer that does not answer,
@@ -504,9 +553,10 @@ class RankedReconstruction:
             return
         if scan.failure is None:
             try:
-                scan.processor.finish()  # no sinogram section here: it sends the blocks
+                scan.processor.finish_projections()  # the sinogram section is this one's
             except StreamerError as error:
                 scan.failure = str(error)
+                self.last_error = self.last_error or error
 
     # --- references --------------------------------------------------------------------
 
@@ -552,9 +602,10 @@ class RankedReconstruction:
         bands = row_bands(start.rows, self.control.size)
         owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
         if owner is None:
-            raise ScanFailedError(
-                f"scan {start.scan!r}: CoR finder row: expected a detector row below "
-                f"{start.rows}, got {row}")
+            where = f" (pipeline entry at {finder.where})" if finder is not None else ""
+            raise StageError(
+                f"scan {start.scan!r}: CoR finder row: ind: expected a row below "
+                f"{start.rows}, got {row}{where}")
         return owner
 
     def _finder(self) -> PipelineStep | None:
@@ -569,16 +620,22 @@ class RankedReconstruction:
             return
         if owner == self.control.rank:
             finder = self._finder()
-            row = scan.start.rows // 2
+            # One rank: the band's own height (a projection stage may crop or bin).
+            rows = scan.start.rows if self.control.size > 1 else band.sinograms.shape[0]
+            row = rows // 2
             if finder is not None and dict(finder.params).get("ind") is not None:
                 row = int(dict(finder.params)["ind"])
             center: float | None = None
             method: str | None = None
             error: str | None = None
             try:
-                center, method = _find_center(finder, band, row)
+                found = _find_center(finder, band, row)
+                center, method = float(found), _found_label(finder, found)
+                scan.center_warnings = tuple(getattr(found, "warnings", ()))
+                scan.center_confidence = getattr(found, "confidence", None)
             except StreamerError as failure:
                 error = str(failure)
+                self.last_error = self.last_error or failure
             scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
                 "serial": scan.serial, "center": center, "method": method,
@@ -617,8 +674,10 @@ class RankedReconstruction:
         blocks = self._streamed(scan, band, complete)
         if blocks is None:
             block = self.block_sinograms or scan.processor.block_sinograms
+            transfers = scan.processor.transfers
             blocks = ((begin, apply_steps(data_steps, band.sinograms[begin:begin + block],
-                                          darks=None, flats=None, angles_deg=band.angles_deg))
+                                          darks=None, flats=None, angles_deg=band.angles_deg,
+                                          transfers=transfers))
                       for begin in range(0, last - first, block))
         path = master
         writer: VolumeSink | None = None
@@ -648,6 +707,7 @@ class RankedReconstruction:
                     self.on_block(scan.start.scan, written, last - first)
         except StreamerError as error:  # a stage or the disk: what was written stays
             stopped = str(error)
+            self.last_error = self.last_error or error
         done = complete and stopped is None and written == last - first
         if writer is not None and ranks == 1:
             # The volume itself: closed with the scan's report in it (write_master).
@@ -773,6 +833,9 @@ class RankedReconstruction:
                                 slices if held is not None else 0,
                                 held.center if held is not None else None, False,
                                 "; ".join([*errors, str(failure)]))
+        method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
+        output = replace(output, repairs=repairs, center_method=method,
+                         center_warnings=warnings, center_confidence=confidence)
         self._publish(output)
         return output
 
@@ -780,7 +843,8 @@ class RankedReconstruction:
 
     def _serve(self, scan: _ScanState) -> None:
         self._take_messages(scan)
-        scan.exchange.poll()
+        if scan.exchange is not None:
+            scan.exchange.poll()
 
     def _take_messages(self, scan: _ScanState | None,
                        closing: CloseHandshake[PartWritten] | None = None) -> None:
@@ -869,7 +933,9 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
                    log: Callable[[str], None] = lambda line: None, *,
                    stop: threading.Event | None = None,
                    on_block: Callable[[str, int, int], None] | None = None,
-                   stream: bool = True) -> ScanOutput | None:
+                   stream: bool = True,
+                   on_read: Callable[[int, int], None] | None = None,
+                   scan_id: str | None = None) -> ScanOutput | None:
     """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
 
     Every rank opens the scan; rank 0 reads the darks and flats (and forwards them, as
@@ -877,7 +943,13 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
     and corrects ``1/R`` of them; then the reslice and the band reconstruction run as
     in ``run``. Rank 0 returns what it wrote; the others return None. ``stop`` and
     ``on_block`` are :class:`RankedReconstruction`'s; ``stream=False`` reconstructs
-    every band after the last block even when the pipeline streams.
+    every band after the last block even when the pipeline streams; ``on_read(frames
+    read, frames)`` follows the reading.
+
+    A scan the plan refuses raises its error on every rank before anything is read. A
+    stage that refuses a rank's data fails that rank's band (the others finish theirs;
+    the output says incomplete and why); on one rank the volume is closed (incomplete)
+    and then that first error is raised, as ``recon`` on one rank always did.
     """
     layout = reader.layout
     if layout.projections == 0:
@@ -888,17 +960,21 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
 
         device, usable = use_device_for_rank(link.rank, link.size)
         log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
-    scan_id = output_stem(settings.output.stem)
+    scan_id = scan_id or output_stem(settings.output.stem)
     control, band_link = link.duplicate(), link.duplicate()
     ranked = RankedReconstruction(
         steps, text, settings.output.parent, control, band_link,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
-        memory_bytes=settings.memory_bytes, output=settings.output,
-        first_row=settings.first_row, overwrite=settings.overwrite,
+        memory_bytes=settings.memory_bytes, device_bytes=settings.device_bytes,
+        output=settings.output, first_row=settings.first_row, overwrite=settings.overwrite,
         output_format=settings.output_format,
         center_source=center_source(settings.center), log=log, stop=stop,
         on_block=on_block, stream=stream)
-    ranked.open_scan(start_header(layout, scan_id))
+    try:
+        ranked.open_scan(start_header(layout, scan_id))
+    except ScanFailedError as refused:  # the plan's own error (every rank alike)
+        cause = refused.__cause__
+        raise (cause if isinstance(cause, StreamerError) else refused) from None
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames
     rank, ranks = control.rank, control.size
@@ -907,19 +983,25 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         last = min(first + block, layout.frames)
         projections_here = number % ranks == rank
         references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))
-        if not (projections_here or references_here):
-            continue
-        data = reader.read(first, last)
-        ranked.add([
-            HeldFrame(index, int(keys[index]), float(angles[index]), data[index - first])
-            for index in range(first, last)
-            if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
-            or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
-        ])
+        if (projections_here or references_here) and ranked.last_error is None:
+            data = reader.read(first, last)
+            # A failure is kept in last_error; this rank still takes its part in the close.
+            with contextlib.suppress(ScanFailedError):
+                ranked.add([
+                    HeldFrame(index, int(keys[index]), float(angles[index]),
+                              data[index - first])
+                    for index in range(first, last)
+                    if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
+                    or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
+                ])
+        if on_read is not None:
+            on_read(last, layout.frames)
     ranked.close_scan()
-    if rank != 0:
-        return None
-    return ranked.write_master(scan_id, complete=True, document=None)
+    output = None if rank != 0 else ranked.write_master(scan_id, complete=True,
+                                                        document=None)
+    if ranks == 1 and ranked.last_error is not None:
+        raise ranked.last_error
+    return output
 
 
 def _feeding(section: StreamingSection) -> Callable[
@@ -945,7 +1027,7 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
     )
 
 
-def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[float, str]:
+def _find_center(finder: PipelineStep | None, band: Band, row: int) -> SupportsFloat:
     """The CoR from detector row ``row`` of ``band`` (which owns it)."""
     if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
         raise StreamerError("CoR: no corrected projection reached this rank's band")
@@ -953,16 +1035,23 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
     if finder is None:
-        found = auto_center(stack, band.angles_deg)
-        return float(found), center_label("auto", "auto", warnings=found.warnings)
+        return auto_center(stack, band.angles_deg)
     assert finder.spec.finds_center is not None
     params = finder.params
     if "ind" in type(params).model_fields:
         params = params.model_copy(update={"ind": 0})
-    estimate = finder.spec.finds_center(stack, band.angles_deg, params)
-    # the finder's doubts travel with the label that is stored beside the CoR
-    return float(estimate), center_label(f"{finder.name} (pipeline)", "",
-                                         warnings=tuple(getattr(estimate, "warnings", ())))
+    try:
+        return finder.spec.finds_center(stack, band.angles_deg, params)
+    except StageError as error:
+        raise StageError(f"{error} (pipeline entry at {finder.where})") from None
+
+
+def _found_label(finder: PipelineStep | None, found: SupportsFloat) -> str:
+    """How the CoR was found, with the finder's doubts (stored beside the CoR)."""
+    warnings = tuple(getattr(found, "warnings", ()))
+    if finder is None:
+        return center_label("auto", "auto", warnings=warnings)
+    return center_label(f"{finder.name} (pipeline)", "", warnings=warnings)
 
 
 __all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",
