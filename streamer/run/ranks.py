@@ -61,7 +61,7 @@ from streamer.errors import (
 from streamer.exchange.links import Received
 from streamer.exchange.reslice import Band, BandExchange, row_bands
 from streamer.ingest.cluster import Link, MergedReport
-from streamer.ingest.state import ScanClosed, ScanClosing, ScanOpened
+from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
@@ -76,6 +76,7 @@ from streamer.run.from_file import (
     center_source,
     pipeline_for,
 )
+from streamer.run.latency import LatencyRecorder
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
 from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
@@ -165,6 +166,7 @@ class _ScanState:
     stopped_by: int | None = None  # the rank whose stop (SIGINT/SIGTERM) ended this scan
     #: The band's streaming reconstruction (fed as pieces land), None: at close.
     streaming: StreamingSection | None = None
+    streamed: bool = False  # the band's slices came from the streaming accumulators
 
 
 @dataclass
@@ -218,6 +220,8 @@ class RankedReconstruction:
     #: (:meth:`streamer.exchange.links.RankLink.threads_multiple`); False: in the caller's
     #: thread, done when ``on_event`` returns (``recon``, tests).
     background: bool = False
+    #: Monotonic seconds for the latency figures (injected in tests).
+    clock: Callable[[], float] = time.monotonic
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -237,6 +241,9 @@ class RankedReconstruction:
     #: confidence), for its output.
     _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
         default_factory=dict)
+    #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
+    #: On R ranks the frames are rank 0's share (the last frame is rank 0's last).
+    _latency: dict[str, LatencyRecorder] = field(default_factory=dict)
     #: The first error of the latest scan on this rank, as raised (drivers that run one
     #: scan re-raise it: :func:`streamer.run.from_file.run_recon`).
     last_error: StreamerError | None = None
@@ -255,7 +262,14 @@ class RankedReconstruction:
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
+            if self.control.rank == 0:
+                self._latency[event.start.scan] = LatencyRecorder(clock=self.clock)
             self.open_scan(event.start)
+        elif isinstance(event, FramesAccepted):
+            latency = self._latency.get(event.start.scan)
+            if latency is not None:
+                first = event.message.header.first
+                latency.frames_received(first + int(i) for i in np.flatnonzero(event.accepted))
         elif isinstance(event, ScanClosing):
             self.wait()  # one scan reconstructed at a time; the links are this thread's
             self._catch_up()
@@ -285,6 +299,7 @@ class RankedReconstruction:
         """Rank 0: the scan's accounting is merged: its output (or why there is none)."""
         refused = self._refused.pop(report.scan, None)
         if refused is not None:
+            self._latency.pop(report.scan, None)
             self._publish(ScanOutput(report.scan, None, 0, None, False, refused))
             return
         self.write_master(report.scan, complete=report.complete, document=report.as_dict())
@@ -505,6 +520,9 @@ class RankedReconstruction:
                     center_label(scan.center_method, self.center_source),
                     scan.center_warnings, scan.center_confidence)
             part = self._write_part(scan, band, path)
+            latency = self._latency.get(start.scan) if self.control.rank == 0 else None
+            if latency is not None:
+                latency.streaming = scan.streamed
         except StreamerError as error:
             self.last_error = self.last_error or error
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
@@ -738,6 +756,7 @@ class RankedReconstruction:
                                 should_stop=lambda: False)  # stop: between blocks, above
         if blocks is None:
             return None
+        scan.streamed = True
         return ((int(block.indices[0]), block.data) for block in blocks)
 
     def _open_band(self, scan: _ScanState, rows: tuple[int, int], master: Path,
@@ -808,6 +827,16 @@ class RankedReconstruction:
         slices = sum(p.slices for p in parts.values())
         error = "; ".join(errors) or None
         held = self._held.pop(serial, None)
+        latency = self._latency.pop(scan_id, None)
+        line = None
+        if latency is not None and (held is not None or ranks > 1):
+            # Every slice is written, only the close is left (the report goes in it);
+            # no frame at all (``recon``, or nothing came): no figure.
+            with contextlib.suppress(StreamerError):
+                latency.volume_complete()
+                summary = latency.summary()
+                document["latency"] = summary.as_dict()
+                line = summary.line()
         try:
             if ranks == 1:  # the volume itself, with the report inside
                 if held is None:
@@ -835,7 +864,8 @@ class RankedReconstruction:
                                 "; ".join([*errors, str(failure)]))
         method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
         output = replace(output, repairs=repairs, center_method=method,
-                         center_warnings=warnings, center_confidence=confidence)
+                         center_warnings=warnings, center_confidence=confidence,
+                         latency=line if output.path is not None else None)
         self._publish(output)
         return output
 
