@@ -1,10 +1,13 @@
 """``tomo-streamer recon``: a stored scan to a reconstructed volume, on one rank.
 
-The batch path: the scan is read block by block (the same loaders as ``replay``), frames
-go through the same :class:`~streamer.pipeline.executor.ScanProcessor` as a live stream
-(correction as they come, sinogram stages and reconstruction once all projections are
-in), and slices are written band by band to HDF5 (or a TIFF stack), flushed per band and
-marked complete only at the end.
+The batch path: the scan is read block by block (the same loaders as ``replay``) and
+given to the one runner (:func:`streamer.run.ranks.recon_on_ranks`, on a one-rank link
+here: :func:`run_recon`), which runs the same
+:class:`~streamer.pipeline.executor.ScanProcessor` as a live stream (correction as they
+come, sinogram stages and reconstruction once all projections are in, or streamed while
+they are read) and writes slices band by band to HDF5 (or a TIFF stack), flushed per band
+and marked complete only at the end. This module keeps ``recon``'s rules: the default
+pipeline, the CoR's source and label, the settings.
 
 Without ``--pipeline`` the correction follows the scan's normalisation: flat/dark and
 −log (``flat_dark``), air-column normalisation and −log (``air``), nothing (``none``:

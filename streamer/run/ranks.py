@@ -1,11 +1,18 @@
-"""``mpiexec -n R tomo-streamer run``: live reconstruction on several MPI ranks.
+"""The one runner: one scan at a time on the ranks of a link, for ``run`` and ``recon``.
+
+The link is the only difference between one rank (``MemoryNetwork(1).link(0)``) and R
+(:class:`~streamer.exchange.links.RankLink` under ``mpiexec``, or ``MemoryNetwork(R)``'s
+links as threads in the tests); ADR 0005 records the design.
 
 Every rank pulls a share of the frames (see ADR 0002) and corrects its projections as
-they arrive; the reslice (:class:`~streamer.exchange.reslice.BandExchange`) sends each rank the
-rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
-sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
-rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
-(:func:`streamer.sinks.master.write_master`).
+they arrive; on R ranks the reslice (:class:`~streamer.exchange.reslice.BandExchange`)
+sends each rank the rows of its band as blocks are corrected, so when the scan closes rank
+``r`` holds the sinograms of detector rows ``[a_r, b_r)``; on one rank the processor keeps
+the band itself. Each rank reconstructs its band (streamed into
+:class:`~stages.recon.streaming.StreamingFbp` accumulators as pieces land, when the pipeline
+allows: :mod:`streamer.run.streaming`) and writes it through the sink registry: on one
+rank the volume itself, on R ranks as :mod:`streamer.sinks.ranked` says per format (HDF5
+parts and a master file, one shared TIFF stack).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
@@ -18,18 +25,23 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
 3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
    the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
    it to everyone — the same value on every rank, the same row as on one rank.
-4. **Band.** The sinogram section runs on the band, block by block, into the part file.
-5. **Master.** Each rank tells rank 0 what it wrote; rank 0 writes the master when the
-   merged report is in.
+4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
+5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
+   the volume with the report inside, or writes the master / the stack's sidecar) when
+   the merged report is in.
+
+With ``background=True`` (the ``run`` service) steps 2–5 of a closed scan run in a worker
+thread while the ingest thread goes on reading its socket; the next scan is admitted at
+its ``start`` and begun on the links when the worker is done (see the field's comment).
 
 All waits poll (MPICH busy-polls a rank blocked in a receive) and are bounded by
 ``exchange_timeout_s``; a rank that does not answer is named in the error, and the
 scan's files are then marked incomplete rather than the job hanging.
 
-``stop`` (SIGINT/SIGTERM, as :class:`~streamer.run.one_rank.LiveReconstruction`'s) ends the band
-reconstruction between blocks: the part keeps the slices written, marked incomplete, and
-the rank tells the others (``TAG_STOP``), which stop at their next block and set their
-own ``stop``, so every rank ends the job; rank 0's master says incomplete and why.
+``stop`` (SIGINT/SIGTERM) ends the band reconstruction between blocks: the output keeps
+the slices written, marked incomplete, and the rank tells the others (``TAG_STOP``),
+which stop at their next block and set their own ``stop``, so every rank ends the job;
+rank 0's output says incomplete and why.
 """
 
 from __future__ import annotations
@@ -172,12 +184,19 @@ class _ScanState:
 @dataclass
 class RankedReconstruction:
     """Reconstructs every scan ingest closes, each rank its band of detector rows; use
-    ``drain`` and ``on_event`` with a cluster :class:`~streamer.ingest.service.IngestService`.
+    ``drain`` and ``on_event`` with a cluster :class:`~streamer.ingest.service.IngestService`
+    (one rank too: a cluster of one), or ``open_scan``/``add``/``close_scan``/
+    ``write_master`` directly (:func:`recon_on_ranks`).
 
     Parameters
     ----------
-    steps, pipeline_text, out_dir :
-        As for :class:`~streamer.run.one_rank.LiveReconstruction`.
+    steps : tuple of PipelineStep
+        The pipeline, ending with a reconstruction stage.
+    pipeline_text : str
+        Its YAML, stored in every output.
+    out_dir : Path
+        One output per scan here (``<scan>.h5``, a ``<scan>/`` TIFF stack …), unless
+        ``output`` fixes it.
     control : Link
         Small messages between ranks (references, CoR, parts written): a link of its own
         (``RankLink.duplicate()``), separate from ingest's and the reslice's.
