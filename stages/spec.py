@@ -14,6 +14,10 @@ keyword-only and described by a frozen pydantic model (``extra="forbid"``), so a
 pipeline is validated before any data arrive. :class:`StageSpec` keeps, next to the
 function, the pattern, the backends it can run on, the parameter model, the aliases
 HTTomo/TomoPy users know it by, and an estimate of the memory it needs.
+
+An iterative stage (``reports_progress``) also takes ``on_iteration``, a callback that
+gets an :class:`Iteration` after each of its iterations (``None``: nobody listens); the
+executor passes one per band and carries the events to the run's progress output.
 """
 
 from __future__ import annotations
@@ -51,6 +55,29 @@ class StageParams(BaseModel):
 
 
 MemoryEstimate = Callable[[tuple[int, int, int], np.dtype[Any], Any], int]
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One finished iteration of an iterative stage, on one block.
+
+    ``residual`` is the relative data misfit ``‖A x − b‖ / ‖b‖`` of the new iterate over
+    the block, where the method has it without extra projections (SIRT, CGLS);
+    ``change`` the relative update ``‖x_k − x_(k−1)‖ / ‖x_k‖`` (the ordered-subset
+    methods, whose residual would cost a projection); ``None`` where not computed.
+    ``iterate`` is the working slices (numpy or cupy), to read during the call, never to
+    keep or modify.
+    """
+
+    done: int
+    total: int
+    residual: float | None = None
+    change: float | None = None
+    iterate: Any = field(default=None, repr=False, compare=False)
+
+
+#: ``on_iteration(iteration)``: told after each iteration of an iterative stage.
+IterationCallback = Callable[[Iteration], None]
 
 
 def scaled_memory(multiplier: float) -> MemoryEstimate:
@@ -95,6 +122,11 @@ class StageSpec:
     needs_frame_indices : bool
         Whether ``fn`` takes ``frame_indices`` (the block's frames) and ``flat_indices``
         (those of ``flats``): for corrections that interpolate in time.
+    needs_projection_indices : bool
+        Whether ``fn`` takes ``projection_indices``: each frame's position among the
+        scan's projections in acquisition order (its frame index less the darks and
+        flats taken before it), for corrections keyed by projection number (TomoPy's
+        ``flat_loc``), so a block streamed mid-scan is corrected as in the whole scan.
     counts_repairs : bool
         Whether ``fn`` takes ``repairs`` (a :class:`stages.prep.repair.RepairCounts`):
         stages that replace bad pixel values count them there, per scan.
@@ -117,6 +149,9 @@ class StageSpec:
         array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
         block: the stage then offers the ``cupy`` backend (checked on CPU by
         ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
+    reports_progress : bool
+        Whether ``fn`` takes ``on_iteration`` (an :data:`IterationCallback` or ``None``)
+        and calls it after each iteration (the iterative reconstructors).
     device_memory : callable, optional
         The estimate on the device where the device code holds other buffers than the
         host code (the planner's device plan uses it; ``None``: ``memory``).
@@ -134,6 +169,7 @@ class StageSpec:
     needs_references: bool = False
     needs_angles: bool = False
     needs_frame_indices: bool = False
+    needs_projection_indices: bool = False
     counts_repairs: bool = False
     finds_center: (
         Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64], Any], SupportsFloat]
@@ -142,6 +178,7 @@ class StageSpec:
     angle_local: bool | Callable[[Any], bool] = False
     aliases: tuple[str, ...] = ()
     device: bool = False
+    reports_progress: bool = False
     device_memory: MemoryEstimate | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -169,10 +206,15 @@ class StageSpec:
         angles_deg: npt.NDArray[np.float64] | None = None,
         frame_indices: npt.NDArray[np.int64] | None = None,
         flat_indices: npt.NDArray[np.int64] | None = None,
+        projection_indices: npt.NDArray[np.int64] | None = None,
         backend: str = "numpy",
         repairs: RepairCounts | None = None,
+        on_iteration: IterationCallback | None = None,
     ) -> npt.NDArray[Any]:
         """Call the stage on ``backend`` with validated parameters.
+
+        ``on_iteration`` reaches a stage that ``reports_progress`` (on its own backends;
+        an adapter's library reports nothing) and is ignored by the others.
 
         An adapter gets only the parameters it supports; a parameter it does not support
         must keep its default, or the call is refused by name (never silently ignored).
@@ -197,8 +239,16 @@ class StageSpec:
                 )
             kwargs["frame_indices"] = frame_indices
             kwargs["flat_indices"] = flat_indices
+        if self.needs_projection_indices:
+            if projection_indices is None:
+                raise StageError(
+                    f"stage {self.name!r}: needs the projection numbers of the block's frames"
+                )
+            kwargs["projection_indices"] = projection_indices
         if self.counts_repairs:
             kwargs["repairs"] = repairs
+        if self.reports_progress:
+            kwargs["on_iteration"] = on_iteration
         if backend == "numpy":
             return self.fn(block, **kwargs)
         if backend == "cupy" and self.device:
@@ -217,7 +267,7 @@ class StageSpec:
                 continue
             value = kwargs.pop(name)
             if name in ("darks", "flats", "angles_deg", "frame_indices", "flat_indices",
-                        "repairs"):
+                        "projection_indices", "repairs", "on_iteration"):
                 continue
             default = fields[name].default if not fields[name].is_required() else None
             if value != default:

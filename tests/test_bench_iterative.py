@@ -26,7 +26,7 @@ def test_bench_iterative_quick_run(tmp_path: Path) -> None:
     (size,) = report["sizes"]
     assert size["size"] == 64 and size["fourier_fbp_s_per_slice"] > 0
     ours = [row for row in size["results"] if not row["method"].startswith("astra")]
-    assert [row["method"].split()[0] for row in ours] == ["sirt", "cgls", "fista"]
+    assert [row["method"].split()[0] for row in ours] == ["sirt", "cgls", "fista", "osem"]
     for row in size["results"]:
         assert row["s_per_iteration_per_slice"] > 0 and row["iteration_in_fbps"] > 0
         errors = [error for _, error in row["curve"]]

@@ -72,6 +72,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     "median_filter3d": {"kernel_size": 3},
     "remove_stripe_ti_httomo": {"beta": 0.1},
     "raven_filter": {},
+    # model-based reconstruction: few iterations (each costs a few FBPs on NumPy)
+    "sirt": {"iterations": 20},
+    "cgls": {"iterations": 10},
+    "fista": {"iterations": 3, "regularisation_iterations": 20},
+    "admm": {"iterations": 2, "subsets_number": 6, "regularisation_iterations": 10},
+    "osem": {"iterations": 3, "subsets_number": 6, "regularisation_iterations": 10},
 }
 
 
@@ -92,6 +98,9 @@ def _shape_for(name: str, sizes: dict[str, tuple[int, int, int]]) -> tuple[int, 
     if name == "fbp":  # one slice: NumPy back-projects 2048² pixels at ~10 angles/s
         _, angles, cols = sizes["sinogram"]
         return (1, min(angles, 360), cols)
+    if REGISTRY[name].reports_progress:  # iterative: 2 slices of 512² from 180 angles
+        rows, angles, cols = sizes["sinogram"]
+        return (rows, min(angles, 180), min(cols, 512))
     return sizes[REGISTRY[name].pattern.value]
 
 

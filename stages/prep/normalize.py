@@ -386,7 +386,6 @@ class NormalizeNfParams(StageParams):
     flat_loc: tuple[int, ...] = Field(min_length=1)
     averaging: Averaging = "median"
     cutoff: float | None = Field(default=None, gt=0)
-    frame_offset: int = Field(default=0, ge=0)
 
 
 def normalize_nf(
@@ -397,7 +396,7 @@ def normalize_nf(
     flat_loc: tuple[int, ...] | list[int],
     averaging: Averaging = "median",
     cutoff: float | None = None,
-    frame_offset: int = 0,
+    projection_indices: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float32]:
     """Normalise each projection by the nearest group of flats (tomopy ``normalize_nf``).
 
@@ -422,9 +421,10 @@ def normalize_nf(
         How each flat group is combined (tomopy: median).
     cutoff : float, optional
         Upper limit of the result.
-    frame_offset : int
-        Scan projection index of the block's first frame (0 when the block is the whole
-        scan), so that a streamed block picks the same groups.
+    projection_indices : array_like of int, shape (angles,), optional
+        Each frame's projection number in the scan (the runner passes them, so a block
+        streamed mid-scan picks the same groups as the whole scan); ``None``: the block
+        is the whole scan, ``0 .. angles - 1``.
 
     Returns
     -------
@@ -455,7 +455,15 @@ def normalize_nf(
     )
     # Boundaries in scan projection indices, then shifted into the block.
     bounds = [int(np.round((loc[m + 1] - loc[m]) / 2)) + loc[m] for m in range(groups - 1)]
-    frame = np.arange(block.shape[0]) + frame_offset
+    if projection_indices is None:
+        frame = np.arange(block.shape[0], dtype=np.int64)
+    else:
+        frame = np.asarray(projection_indices, dtype=np.int64)
+        if frame.shape != (block.shape[0],):
+            raise StageError(
+                f"stage {stage!r}: projection_indices: expected {block.shape[0]} integers "
+                f"(one per frame), got shape {frame.shape}"
+            )
     group_of_frame = np.searchsorted(np.asarray(bounds, dtype=np.int64), frame, side="right")
     out = np.empty(block.shape, dtype=np.float32)
     for m in range(groups):
@@ -655,6 +663,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(6),
         summary="flat/dark correction with the nearest of several flat groups (tomopy)",
         needs_references=True,
+        needs_projection_indices=True,
         aliases=("tomopy.prep.normalize.normalize_nf",),
     ),
     StageSpec(

@@ -35,10 +35,14 @@ through ``(x, y)`` at angle ``θ`` meets column ``center + x cos θ + y sin θ``
 orientation is the one constant :data:`ROW_SIGN`: if the reconstructors flip their rows,
 this constant follows (``test_forward_inverts_fourier_fbp`` fails otherwise).
 
-Array module: the arithmetic uses the module of the data (``numpy``; ``cupy`` with
-``cufinufft``, which has finufft's calls: :func:`_nufft_backend`, on the ``split=False``
-path), so the iterations could run on the device that holds the band. That GPU path is
-written but has never run (no GPU here); the iterative stages still take numpy bands.
+Array module: the arithmetic uses the module of the data (``xp``): ``numpy``, or ``cupy``
+with ``cufinufft`` (which has finufft's ``Plan``/``setpts``/``execute``:
+:func:`_nufft_backend`) on the ``split=False`` path, with cufinufft's default
+oversampling (2; finufft's 1.25 here). The iterative stages build their projectors in the
+module of their band, so a CuPy band is solved on its device. That GPU path has never run
+(no GPU was lent); on the CPU it is exercised through ``tests/stages/device_like.py``'s
+namespace (CuPy's manners over numpy, with a finufft twin), which proves that no step
+falls back to numpy on the data path and gives numpy's numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -46,13 +50,13 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
+from stages.backends.xp import fft_module
 from stages.recon import fourier as fourier_grid
 from streamer.errors import StageError
 
@@ -86,9 +90,13 @@ def window_geometry(size: int, center: float) -> tuple[int, int]:
     return start, length
 
 
-def _nufft_backend(xp: ModuleType) -> Any:
+def _nufft_backend(xp: Any) -> Any:
     """The NUFFT library for arrays of ``xp``: finufft for numpy, cufinufft for cupy
-    (same ``Plan(type, modes, n_trans, eps, dtype=…)``, ``setpts``, ``execute``)."""
+    (same ``Plan(type, modes, n_trans, eps, dtype=…)``, ``setpts``, ``execute``), or the
+    twin a test namespace carries as ``finufft``."""
+    twin = None if xp is np else getattr(xp, "finufft", None)
+    if twin is not None:
+        return twin
     name = "finufft" if xp is np else "cufinufft"
     try:
         return importlib.import_module(name)
@@ -132,9 +140,10 @@ class Projector:
         ``numpy`` (default) or ``cupy``: where the arrays live.
     split : bool, optional
         NUFFT as finufft's spreading/interpolation only plus scipy's FFT and
-        :mod:`~stages.recon.fourier`'s kernel deconvolution (numpy only; the default there,
-        about 1.6x faster than finufft's own FFTW-estimate plans), or finufft/cufinufft's
-        complete transforms (the default for cupy). Both are exact transpose pairs.
+        :mod:`~stages.recon.fourier`'s kernel deconvolution (the default for numpy, about
+        1.6x faster than finufft's own FFTW-estimate plans, and for a namespace that
+        carries a finufft twin), or finufft/cufinufft's complete transforms (the default
+        and only choice for cupy). Both are exact transpose pairs.
     """
 
     def __init__(
@@ -147,7 +156,7 @@ class Projector:
         *,
         eps: float = 1e-3,
         threads: int | None = None,
-        xp: ModuleType = np,
+        xp: Any = np,
         split: bool | None = None,
     ) -> None:
         if not _EPS_MIN <= eps <= _EPS_MAX:
@@ -183,10 +192,17 @@ class Projector:
         self._det = (max(0, start), min(cols, start + window))
         points_y = xp.asarray(along_y.astype(np.float32))
         points_x = xp.asarray(along_x.astype(np.float32))
-        self._split = xp is np if split is None else bool(split)
+        host_nufft = xp is np or getattr(xp, "finufft", None) is not None
+        #: scipy.fft's threads where the FFTs run on the host (cupyx has no ``workers``)
+        self._workers: dict[str, Any] = {"workers": self.threads} if host_nufft else {}
+        self._split = host_nufft if split is None else bool(split)
+        if self._split and not host_nufft:
+            raise StageError(f"projector: split=True needs finufft's spreading on the host; "
+                             f"expected a numpy band, got {getattr(xp, '__name__', xp)}")
         if self._split:
             self._gridding: _SplitGridding | _PlainGridding = _SplitGridding(
-                points_y, points_x, size=size, rows=rows, eps=eps, threads=self.threads
+                points_y, points_x, size=size, rows=rows, eps=eps, xp=xp,
+                threads=self.threads
             )
         else:
             self._gridding = _PlainGridding(points_y, points_x, size=size, rows=rows,
@@ -238,25 +254,22 @@ class Projector:
         return self.adjoint(self.forward(image))
 
     def _irfft(self, spectrum: Any, length: int) -> Any:
-        if self.xp is np:
-            result = scipy.fft.irfft(spectrum, n=length, axis=-1, workers=self.threads)
-            return result.astype(np.float32, copy=False)
-        return self.xp.fft.irfft(spectrum, n=length, axis=-1).astype(self.xp.float32)
+        result = fft_module(self.xp).irfft(spectrum, n=length, axis=-1, **self._workers)
+        return result.astype(self.xp.float32, copy=False)
 
     def _rfft(self, window: Any) -> Any:
-        if self.xp is np:
-            return scipy.fft.rfft(window, axis=-1, workers=self.threads)
-        return self.xp.fft.rfft(window, axis=-1)
+        return fft_module(self.xp).rfft(window, axis=-1, **self._workers)
 
 
 class _PlainGridding:
     """finufft's (cufinufft's) complete type-2 and type-1 transforms, one plan each."""
 
     def __init__(self, points_y: Any, points_x: Any, *, size: int, rows: int, eps: float,
-                 xp: ModuleType, threads: int) -> None:
+                 xp: Any, threads: int) -> None:
         nufft = _nufft_backend(xp)
-        options: dict[str, Any] = {"upsampfac": _UPSAMPFAC}
-        if xp is np:
+        options: dict[str, Any] = {}
+        if nufft.__name__ != "cufinufft":  # cufinufft: its default oversampling (2)
+            options["upsampfac"] = _UPSAMPFAC
             options["nthreads"] = threads
         self.xp = xp
         self.forward_plan = nufft.Plan(2, (size, size), n_trans=rows, eps=eps, isign=-1,
@@ -284,11 +297,12 @@ class _SplitGridding:
     step of the forward is the transpose of the adjoint's, so the pair stays exact."""
 
     def __init__(self, points_y: Any, points_x: Any, *, size: int, rows: int, eps: float,
-                 threads: int) -> None:
-        finufft = _nufft_backend(np)
+                 xp: Any, threads: int) -> None:
+        finufft = _nufft_backend(xp)
         grid = fourier_grid._grid_size(size)
         self.size, self.grid, self.threads = size, grid, threads
-        self.deconvolution = fourier_grid._deconvolution(eps, size)
+        self.xp, self.fft = xp, fft_module(xp)
+        self.deconvolution = xp.asarray(fourier_grid._deconvolution(eps, size))
         common: dict[str, Any] = {"n_trans": rows, "eps": eps, "dtype": "complex64",
                                   "spreadinterponly": 1, "upsampfac": _UPSAMPFAC,
                                   "nthreads": threads}
@@ -304,34 +318,33 @@ class _SplitGridding:
         return ((slice(0, neg), slice(grid - neg, grid)), (slice(neg, neg + nonneg),
                                                             slice(0, nonneg)))
 
-    def forward(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.complex64]:
-        rows = image.shape[0]
-        weighted = (image * self.deconvolution).astype(np.complex64)
+    def forward(self, image: Any) -> Any:
+        xp, fft, rows = self.xp, self.fft, image.shape[0]
+        weighted = (image * self.deconvolution).astype(xp.complex64)
         # Zero-padded modes, FFT along x on the N mode rows only, then along y.
-        half = np.zeros((rows, self.size, self.grid), dtype=np.complex64)
+        half = xp.zeros((rows, self.size, self.grid), dtype=xp.complex64)
         for image_part, grid_part in self._runs():
             half[:, :, grid_part] = weighted[:, :, image_part]
-        half = scipy.fft.fft(half, axis=-1, workers=self.threads, overwrite_x=True)
-        full = np.zeros((rows, self.grid, self.grid), dtype=np.complex64)
+        half = fft.fft(half, axis=-1, workers=self.threads, overwrite_x=True)
+        full = xp.zeros((rows, self.grid, self.grid), dtype=xp.complex64)
         for image_part, grid_part in self._runs():
             full[:, grid_part, :] = half[:, image_part, :]
         del half
-        full = scipy.fft.fft(full, axis=-2, workers=self.threads, overwrite_x=True)
-        result: npt.NDArray[np.complex64] = self.interp.execute(full)
-        return result
+        full = fft.fft(full, axis=-2, workers=self.threads, overwrite_x=True)
+        return self.interp.execute(full)
 
-    def adjoint(self, strengths: npt.NDArray[np.complex64]) -> npt.NDArray[np.float32]:
-        rows = strengths.shape[0]
+    def adjoint(self, strengths: Any) -> Any:
+        xp, fft, rows = self.xp, self.fft, strengths.shape[0]
         spread = self.spread.execute(strengths).reshape(rows, self.grid, self.grid)
-        spread = scipy.fft.ifft(spread, axis=-2, norm="forward", workers=self.threads,
-                                overwrite_x=True)
-        half = np.empty((rows, self.size, self.grid), dtype=np.complex64)
+        spread = fft.ifft(spread, axis=-2, norm="forward", workers=self.threads,
+                          overwrite_x=True)
+        half = xp.empty((rows, self.size, self.grid), dtype=xp.complex64)
         for image_part, grid_part in self._runs():
             half[:, image_part, :] = spread[:, grid_part, :]
         del spread
-        half = scipy.fft.ifft(half, axis=-1, norm="forward", workers=self.threads,
-                              overwrite_x=True)
-        image = np.empty((rows, self.size, self.size), dtype=np.float32)
+        half = fft.ifft(half, axis=-1, norm="forward", workers=self.threads,
+                        overwrite_x=True)
+        image = xp.empty((rows, self.size, self.size), dtype=xp.float32)
         for image_part, grid_part in self._runs():
             image[:, :, image_part] = half[:, :, grid_part].real
         image *= self.deconvolution

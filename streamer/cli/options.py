@@ -93,7 +93,7 @@ def add_format_options(parser: argparse.ArgumentParser, tiff_help: str) -> None:
     """``--output-format NAME`` (a sink of streamer.sinks.registry; ``--format`` is the
     input scan's format) and ``--tiff``, its alias."""
     parser.add_argument("--output-format", dest="output_format", default=None,
-                        metavar="hdf5|tiff",
+                        metavar="hdf5|tiff|zarr",
                         help="output format (default: from the output's suffix, else hdf5)")
     parser.add_argument("--tiff", dest="output_format", action="store_const", const="tiff",
                         help=tiff_help)

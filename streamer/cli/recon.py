@@ -85,23 +85,19 @@ def run(args: argparse.Namespace) -> int:
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.httomo_loader import with_loader
     from streamer.run.from_file import ReconSettings
-    from streamer.sinks.disk import check_writable
+    from streamer.sinks.registry import check_output
 
     # The output is written after the whole scan is read: check it can be, first.
     output_format = chosen_output_format(args, args.output)
-    folder = output_format == "tiff"
-    check_writable(args.output, folder=folder, what="-o/--output")
-    if folder and not args.overwrite:
+    check_output(args.output, output_format, overwrite=args.overwrite)
+    if output_format == "tiff" and not args.overwrite:
         from streamer.sinks.tiff import previous_stack
 
         old = previous_stack(args.output)
-        if old:
+        if old:  # on R ranks rank 0 clears the folder when the scan opens
             raise SinkError(f"{args.output}: -o/--output: expected no previous stack, got "
                             f"{len(old)} file(s) such as {old[0].name} (pass --overwrite "
                             "to replace them)")
-    if not folder and args.output.exists() and not args.overwrite:
-        raise SinkError(f"{args.output}: -o/--output: expected a new file, got an existing "
-                        "one (pass --overwrite to replace it)")
     options = load_options_from(args)
     if args.pipeline is not None:  # an HTTomo loader entry fills what the options leave
         options = with_loader(options, load_pipeline(args.pipeline, REGISTRY).loader)
@@ -148,7 +144,8 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
             f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation})")
         progress = Progress(sys.stderr, "reading", quiet=args.quiet)
         try:
-            result = run_recon(reader, settings, log=log, on_read=progress.update)
+            result = run_recon(reader, settings, log=log, on_read=progress.update,
+                               on_iteration=progress.iteration)
         except StageError as error:  # say which scan the data problem is in
             raise StageError(f"{args.scan}: {error}") from None
         finally:
@@ -168,13 +165,16 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
               f"projections: {repairs.describe()})")
     if result.images is not None:
         print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
+    for line in result.iterations:
+        print(f"  {line}")
     return 0 if result.complete else 1
 
 
 def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
                      settings: ReconSettings) -> int:
     """``mpiexec -n R tomo-streamer recon``: each rank reads and corrects a share of the
-    projections and reconstructs a band of rows; rank 0 writes the master file."""
+    projections and reconstructs a band of rows; rank 0 writes the master file (HDF5) or
+    finishes the one store (OME-Zarr)."""
     from streamer.run.center_check import check_center
     from streamer.run.from_file import pipeline_for
     from streamer.run.ranks import recon_on_ranks
@@ -198,7 +198,7 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
         raise StreamerError(f"recon: nothing was written: {output.error}")
     state = "complete" if output.complete else "INCOMPLETE"
     center = "?" if output.center is None else f"{output.center:.2f}"
-    print(f"wrote {output.slices} slices to {output.path} ({state}, {link.size} part files) "
+    print(f"wrote {output.slices} slices to {output.path} ({state}, from {link.size} ranks) "
           f"in {time.perf_counter() - began:.1f} s; CoR {center}")
     if output.repaired:
         print(f"  repaired {output.repaired} pixel values (see the report in the output)")

@@ -48,6 +48,7 @@ from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import split_sections
 from streamer.sources.scan import FrameReader
 from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
@@ -103,9 +104,13 @@ def apply_steps(
     angles_deg: npt.NDArray[np.float64] | None = None,
     frame_indices: npt.NDArray[np.int64] | None = None,
     flat_indices: npt.NDArray[np.int64] | None = None,
+    projection_indices: npt.NDArray[np.int64] | None = None,
     repairs: RepairCounts | None = None,
+    on_iteration: StepListener | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
+
+    Iterative stages tell ``on_iteration(step, iteration)`` after each iteration.
 
     A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
     device once where it begins and back once where it ends; references go up once per
@@ -130,11 +135,14 @@ def apply_steps(
                 cache.darks = to_device(darks, stats, backend=step.backend)
                 cache.flats = to_device(flats, stats, backend=step.backend)
             step_darks, step_flats = cache.darks, cache.flats
+        listener = (None if on_iteration is None or not step.spec.reports_progress
+                    else _bound(on_iteration, step))
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
                                  angles_deg=angles_deg, frame_indices=frame_indices,
-                                 flat_indices=flat_indices, backend=step.backend,
-                                 repairs=repairs)
+                                 flat_indices=flat_indices,
+                                 projection_indices=projection_indices, backend=step.backend,
+                                 repairs=repairs, on_iteration=listener)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if not on_device:
@@ -143,6 +151,10 @@ def apply_steps(
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
+
+
+def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
+    return lambda iteration: listener(step, iteration)
 
 
 class ScanProcessor:
@@ -168,6 +180,10 @@ class ScanProcessor:
     on_center : callable, optional
         ``on_center(center, method)``: told the CoR as soon as it is settled (found, or
         set from a viewer), before the first reconstructed block (the live view).
+    on_iteration : callable, optional
+        Told each iteration of an iterative stage in the sinogram section, per band
+        (:class:`~streamer.pipeline.iterations.BandIteration`); all are also counted in
+        :attr:`iterations`.
     """
 
     def __init__(
@@ -183,6 +199,7 @@ class ScanProcessor:
         resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
         | None = None,
         on_center: Callable[[float, str], None] | None = None,
+        on_iteration: Callable[[BandIteration], None] | None = None,
     ) -> None:
         if block_frames < 1 or block_sinograms < 1:
             raise StageError(
@@ -226,6 +243,8 @@ class ScanProcessor:
         #: with a ``center`` instead of the pipeline's value, finder or ``resolve_center``.
         self.center_override: float | None = None
         self.on_center = on_center
+        #: The iterations of iterative stages, per stage and band (the run's summary).
+        self.iterations = IterationLog(on_iteration)
         #: Set before the first frame: the sinogram section runs as blocks arrive, and at
         #: the end only its ``finish`` (the batch section when it declines).
         self.streaming: StreamingHook | None = None
@@ -297,6 +316,14 @@ class ScanProcessor:
         flats = np.stack([self._flats[i] for i in sorted(self._flats)]) if self._flats else empty
         return darks, flats
 
+    def _projection_numbers(self, indices: list[int]) -> npt.NDArray[np.int64]:
+        """Each frame's position among the scan's projections: its frame index less the
+        darks and flats taken before it (every reference has arrived by now)."""
+        references = np.array(sorted([*self._darks, *self._flats]), dtype=np.int64)
+        frames = np.array(indices, dtype=np.int64)
+        numbers: npt.NDArray[np.int64] = frames - np.searchsorted(references, frames)
+        return numbers
+
     def _process_projections(self, count: int) -> None:
         assert self._references is not None
         indices = sorted(self._waiting)[:count]
@@ -308,6 +335,7 @@ class ScanProcessor:
                            device_references=self._device_references,
                            frame_indices=np.array(indices, dtype=np.int64),
                            flat_indices=np.array(sorted(self._flats), dtype=np.int64),
+                           projection_indices=self._projection_numbers(indices),
                            repairs=self.repairs)
         data, count = repair_nonfinite(data)
         self.repairs.add(NONFINITE_CORRECTED, count)
@@ -358,12 +386,16 @@ class ScanProcessor:
                                   angles)
         if self.on_center is not None and self.center is not None:
             self.on_center(self.center, self.center_method or "pipeline")
+        bands = -(-rows // self.block_sinograms)
         for first in range(0, rows, self.block_sinograms):
             if self._stopping():
                 return
             last = min(first + self.block_sinograms, rows)
+            listener = self.iterations.listener(first // self.block_sinograms, bands,
+                                                first, last)
             data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles)
+                               transfers=self.transfers, angles_deg=angles,
+                               on_iteration=listener)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,
@@ -427,11 +459,13 @@ def process_reader(
     on_sinograms: Callable[[ProcessedBlock], None] | None = None,
     resolve_center: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], SupportsFloat]
     | None = None,
+    on_iteration: Callable[[BandIteration], None] | None = None,
 ) -> ScanProcessor:
     """Run a pipeline over a stored scan read block by block (the batch path)."""
     processor = ScanProcessor(steps, start, block_frames=block_frames,
                               block_sinograms=block_sinograms, on_projections=on_projections,
-                              on_sinograms=on_sinograms, resolve_center=resolve_center)
+                              on_sinograms=on_sinograms, resolve_center=resolve_center,
+                              on_iteration=on_iteration)
     feed_reader(processor, reader, block_frames)
     return processor
 

@@ -36,9 +36,11 @@ from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.pipeline.images import image_tail, write_images
+from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import steps_on_device
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
+from streamer.sources.sender import new_scan_id
 from streamer.wire.protocol import MetadataValue, Normalisation
 
 CORRECTIONS: dict[Normalisation, str] = {
@@ -89,6 +91,8 @@ class ReconResult:
     center_warnings: tuple[str, ...] = ()
     center_confidence: float | None = None
     images: tuple[Path, int] | None = None  # save_to_images: folder and image count
+    #: One line per iterative stage (iterations per band, final residual/change).
+    iterations: tuple[str, ...] = ()
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -172,13 +176,16 @@ def center_in_use(found: float | None, steps: tuple[PipelineStep, ...], cols: in
 
 def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None = None,
               log: Callable[[str], None] = lambda line: None,
-              on_read: Callable[[int, int], None] | None = None) -> ReconResult:
+              on_read: Callable[[int, int], None] | None = None,
+              *, on_iteration: Callable[[BandIteration], None] | None = None,
+              ) -> ReconResult:
     """Reconstruct ``reader`` into ``settings.output`` on one rank: the one runner
     (:func:`streamer.run.ranks.recon_on_ranks`) on a one-rank in-memory link, so the
     output is the volume itself. ``log`` gets the block plan, ``on_read(frames_read,
-    frames)`` the progress of reading. ``scan_id`` is stored as the scan's name (default:
-    the output's stem). A stage that refuses the data raises its error once the volume
-    is closed, marked incomplete."""
+    frames)`` the progress of reading, ``on_iteration`` each iteration of an iterative
+    stage, per band. ``scan_id`` is stored as the scan's name (default: a new one, as
+    ``simulate`` names scans). A stage that refuses the data raises its error once the
+    volume is closed, marked incomplete."""
     # The runner imports this module's CoR and pipeline rules: imported here.
     from streamer.exchange.links import MemoryNetwork  # noqa: PLC0415
     from streamer.run.ranks import recon_on_ranks  # noqa: PLC0415
@@ -186,7 +193,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     began = time.perf_counter()
     steps, text = pipeline_for(settings, reader.layout.normalisation)
     output = recon_on_ranks(reader, settings, MemoryNetwork(1).link(0), log,
-                            on_read=on_read, scan_id=scan_id)
+                            on_read=on_read, scan_id=scan_id or new_scan_id(),
+                            on_iteration=on_iteration)
     assert output is not None  # rank 0
     if output.path is None or output.center is None:
         raise StreamerError(f"recon: no slice was reconstructed: {output.error}")
@@ -196,7 +204,8 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     return ReconResult(settings.output, output.slices, output.center,
                        output.center_method or "", output.complete,
                        time.perf_counter() - began, text, output.repairs or RepairCounts(),
-                       output.center_warnings, output.center_confidence, images)
+                       output.center_warnings, output.center_confidence, images,
+                       output.iterations)
 
 
 def open_volume(

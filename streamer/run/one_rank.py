@@ -95,6 +95,8 @@ class ScanOutput:
     center_confidence: float | None = None
     #: Pixel values repaired, by reason (all ranks).
     repairs: RepairCounts | None = None
+    #: One line per iterative stage (iterations per band, final residual/change).
+    iterations: tuple[str, ...] = ()
 
 
 @dataclass

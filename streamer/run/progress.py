@@ -9,7 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol, TextIO
+
+
+class IterationEvent(Protocol):
+    """An iteration of an iterative stage (``streamer.pipeline.iterations.BandIteration``)."""
+
+    @property
+    def stage(self) -> str: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+
+    def describe(self) -> str:
+        """The whole status line."""
+        ...
 
 
 class Progress:
@@ -65,6 +80,24 @@ class Progress:
         tail = f", {extra}" if extra else ""
         line = f"{self.label}: {done:,}{of} {self.unit}{percent}, {done / elapsed:,.0f} " \
                f"{self.unit}/s{tail}"
+        self._write(line)
+
+    def iteration(self, event: IterationEvent) -> None:
+        """Show an iterative stage's iteration (``sirt band 2/4 (rows 16-31): iteration
+        12/20, residual 0.0123``), rate-limited like :meth:`update`; the last iteration
+        of a band is always shown. A new stage starts a new line."""
+        if not self.enabled:
+            return
+        if event.stage != self.label:
+            self.close()
+            self.label, self.last_shown = event.stage, float("-inf")  # shown at once
+        now = self.clock()
+        if now - self.last_shown < self.interval_s and event.done < event.total:
+            return
+        self.last_shown = now
+        self._write(event.describe())
+
+    def _write(self, line: str) -> None:
         self.stream.write("\r" + line.ljust(79))
         self.stream.flush()
         self.shown = True

@@ -12,7 +12,7 @@ the band itself. Each rank reconstructs its band (streamed into
 :class:`~stages.recon.streaming.StreamingFbp` accumulators as pieces land, when the pipeline
 allows: :mod:`streamer.run.streaming`) and writes it through the sink registry: on one
 rank the volume itself, on R ranks as :mod:`streamer.sinks.ranked` says per format (HDF5
-parts and a master file, one shared TIFF stack).
+parts and a master file, one shared OME-Zarr store (ADR 0007), one shared TIFF stack).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
@@ -77,6 +77,7 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
+from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import split_sections
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
@@ -241,6 +242,8 @@ class RankedReconstruction:
     background: bool = False
     #: Monotonic seconds for the latency figures (injected in tests).
     clock: Callable[[], float] = time.monotonic
+    #: Told each iteration of an iterative stage, per block of this rank's band.
+    on_iteration: Callable[[BandIteration], None] | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -260,6 +263,8 @@ class RankedReconstruction:
     #: confidence), for its output.
     _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
         default_factory=dict)
+    #: Rank 0: its band's iterative-stage summary lines per closed scan (serial -> lines).
+    _iterations: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
     #: On R ranks the frames are rank 0's share (the last frame is rank 0's last).
     _latency: dict[str, LatencyRecorder] = field(default_factory=dict)
@@ -455,7 +460,8 @@ class RankedReconstruction:
             # block: a projection stage may crop or bin) and feeds the streaming section.
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
-                block_sinograms=admitted.block_sinograms, keep_sinogram_section=True)
+                block_sinograms=admitted.block_sinograms, keep_sinogram_section=True,
+                on_iteration=self.on_iteration)
             processor.streaming = streaming
         else:
             # Projections usually follow the darks and flats: with ``first_index`` a piece
@@ -470,7 +476,7 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms,
                 on_projections=lambda block: exchange.scatter(
                     block.indices, block.angles_deg, block.data),
-                keep_sinogram_section=False,
+                keep_sinogram_section=False, on_iteration=self.on_iteration,
             )
         path = None
         if self.control.rank == 0:
@@ -542,6 +548,8 @@ class RankedReconstruction:
             latency = self._latency.get(start.scan) if self.control.rank == 0 else None
             if latency is not None:
                 latency.streaming = scan.streamed
+            if self.control.rank == 0:
+                self._iterations[scan.serial] = tuple(scan.processor.iterations.summary())
         except StreamerError as error:
             self.last_error = self.last_error or error
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
@@ -711,11 +719,14 @@ class RankedReconstruction:
         blocks = self._streamed(scan, band, complete)
         if blocks is None:
             block = self.block_sinograms or scan.processor.block_sinograms
-            transfers = scan.processor.transfers
-            blocks = ((begin, apply_steps(data_steps, band.sinograms[begin:begin + block],
-                                          darks=None, flats=None, angles_deg=band.angles_deg,
-                                          transfers=transfers))
-                      for begin in range(0, last - first, block))
+            transfers, iterations = scan.processor.transfers, scan.processor.iterations
+            count = -(-(last - first) // block)
+            blocks = ((begin, apply_steps(
+                data_steps, band.sinograms[begin:begin + block], darks=None, flats=None,
+                angles_deg=band.angles_deg, transfers=transfers,
+                on_iteration=iterations.listener(begin // block, count, first + begin,
+                                                 min(first + begin + block, last))))
+                for begin in range(0, last - first, block))
         path = master
         writer: VolumeSink | None = None
         written = 0
@@ -884,6 +895,7 @@ class RankedReconstruction:
         method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
         output = replace(output, repairs=repairs, center_method=method,
                          center_warnings=warnings, center_confidence=confidence,
+                         iterations=self._iterations.pop(serial, ()),
                          latency=line if output.path is not None else None)
         self._publish(output)
         return output
@@ -984,7 +996,9 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
                    on_block: Callable[[str, int, int], None] | None = None,
                    stream: bool = True,
                    on_read: Callable[[int, int], None] | None = None,
-                   scan_id: str | None = None) -> ScanOutput | None:
+                   scan_id: str | None = None,
+                   on_iteration: Callable[[BandIteration], None] | None = None,
+                   ) -> ScanOutput | None:
     """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
 
     Every rank opens the scan; rank 0 reads the darks and flats (and forwards them, as
@@ -1018,7 +1032,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         output=settings.output, first_row=settings.first_row, overwrite=settings.overwrite,
         output_format=settings.output_format,
         center_source=center_source(settings.center), log=log, stop=stop,
-        on_block=on_block, stream=stream)
+        on_block=on_block, stream=stream, on_iteration=on_iteration)
     try:
         ranked.open_scan(start_header(layout, scan_id))
     except ScanFailedError as refused:  # the plan's own error (every rank alike)

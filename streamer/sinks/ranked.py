@@ -7,6 +7,9 @@ slices, and rank 0 finishes the output once every rank has reported. Two ways ex
 * **hdf5**: a part file per rank (``<stem>.part<r>of<R>.h5``) and a master file with a
   Virtual Dataset (:mod:`streamer.sinks.master`), because HDF5 without MPI-IO cannot be
   written by several processes.
+* **zarr**: one OME-Zarr store; every rank writes its own chunks and rank 0 builds the
+  coarse slices that straddle two bands and writes the closing attributes
+  (:mod:`streamer.sinks.omezarr`, ADR 0007). No master file.
 * **tiff**: one stack folder; every rank writes the slice files of its band and rank 0
   writes ``volume.json`` from the files present (:mod:`streamer.sinks.tiff`). No master.
 
@@ -98,8 +101,9 @@ class Hdf5Parts:
         return Finished(path, center)
 
 
-class _BandOfVolume:
-    """A rank's writer of a shared output, taking band-relative slice indices."""
+class _BandOfStore:
+    """A rank's writer of a shared store (Zarr) or stack (TIFF), taking band-relative
+    slice indices."""
 
     def __init__(self, writer: VolumeSink, offset: int) -> None:
         self._writer = writer
@@ -110,6 +114,36 @@ class _BandOfVolume:
 
     def close(self, *, complete: bool, report: Mapping[str, Any] | None = None) -> None:
         self._writer.close(complete=complete, report=report)
+
+
+class ZarrStore:
+    """One OME-Zarr store: every rank writes its chunks, rank 0 finishes the pyramid."""
+
+    def mark_in_progress(self, path: Path, *, scan: str, ranks: int) -> None:
+        from streamer.sinks.omezarr import write_store_placeholder  # noqa: PLC0415  # zarr
+
+        write_store_placeholder(path, scan=scan, ranks=ranks)
+
+    def open_band(self, path: Path, *, rank: int, ranks: int, band: tuple[int, int],
+                  first_row: int, volume_slices: int, overwrite: bool,
+                  **geometry: Any) -> tuple[Path, VolumeSink]:
+        from streamer.sinks.omezarr import ZarrVolumeWriter  # noqa: PLC0415  # zarr
+
+        rows = list(range(first_row, first_row + volume_slices))
+        writer = ZarrVolumeWriter(path, detector_rows=rows, region=band, **geometry)
+        return path, _BandOfStore(writer, band[0])
+
+    def finish(self, path: Path, *, ranks: int, bands: Sequence[tuple[int, int]],
+               first_row: int, complete: bool, report: Mapping[str, Any],
+               errors: Sequence[str]) -> Finished:
+        from streamer.sinks.omezarr import finish_store  # noqa: PLC0415  # zarr
+
+        reasons = list(errors) if complete else ["the run reported the scan incomplete",
+                                                 *errors]
+        summary = finish_store(path, complete=complete, report=report, reasons=reasons)
+        if summary.slices_written == 0:
+            return Finished(None, None)
+        return Finished(path, summary.center_of_rotation)
 
 
 class TiffStack:
@@ -127,7 +161,7 @@ class TiffStack:
 
         rows = list(range(first_row, first_row + volume_slices))
         writer = TiffStackWriter(path, detector_rows=rows, region=band, **geometry)
-        return path, _BandOfVolume(writer, band[0])
+        return path, _BandOfStore(writer, band[0])
 
     def finish(self, path: Path, *, ranks: int, bands: Sequence[tuple[int, int]],
                first_row: int, complete: bool, report: Mapping[str, Any],
@@ -140,7 +174,8 @@ class TiffStack:
 
 
 #: The formats R ranks can write, by the name of :data:`streamer.sinks.registry.SINKS`.
-RANKED: Final[Mapping[str, RankedOutput]] = {"hdf5": Hdf5Parts(), "tiff": TiffStack()}
+RANKED: Final[Mapping[str, RankedOutput]] = {"hdf5": Hdf5Parts(), "zarr": ZarrStore(),
+                                              "tiff": TiffStack()}
 
 
 def ranked_output(output_format: str) -> RankedOutput:
@@ -153,4 +188,5 @@ def ranked_output(output_format: str) -> RankedOutput:
             f"{', '.join(RANKED)} (run one rank for {output_format})") from None
 
 
-__all__ = ["RANKED", "Finished", "Hdf5Parts", "RankedOutput", "TiffStack", "ranked_output"]
+__all__ = ["RANKED", "Finished", "Hdf5Parts", "RankedOutput", "TiffStack", "ZarrStore",
+           "ranked_output"]

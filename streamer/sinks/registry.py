@@ -20,12 +20,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, SinkError
+from streamer.sinks.disk import check_writable
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sinks.tiff import TiffStackWriter
 
@@ -51,6 +52,17 @@ class SinkFormat:
     #: ``opener(path, **geometry)``: the writer (geometry keywords as Hdf5VolumeWriter's).
     opener: Callable[..., VolumeSink]
     description: str
+    #: ``"file"``: one new file; ``"store"``: one new folder (a Zarr store); both are
+    #: refused if they exist, without --overwrite. ``"folder"``: a folder that holds a
+    #: file per slice and may exist before (TIFF).
+    output_kind: Literal["file", "folder", "store"] = "file"
+
+
+def _open_zarr(path: Path, **geometry: Any) -> VolumeSink:
+    """The OME-Zarr writer, imported when used (zarr takes 0.4 s to import)."""
+    from streamer.sinks.omezarr import ZarrVolumeWriter  # noqa: PLC0415
+
+    return ZarrVolumeWriter(path, **geometry)
 
 
 #: Every output format by name. A new format: its module and one line here.
@@ -58,7 +70,10 @@ SINKS: Final[Mapping[str, SinkFormat]] = {
     "hdf5": SinkFormat("hdf5", ".h5", (".h5", ".hdf5", ".hdf", ".nxs"), Hdf5VolumeWriter,
                        "one HDF5 file (parts and a master file on several ranks)"),
     "tiff": SinkFormat("tiff", "", (".tif", ".tiff"), TiffStackWriter,
-                       "a folder with one TIFF per slice and volume.json"),
+                       "a folder with one TIFF per slice and volume.json", output_kind="folder"),
+    "zarr": SinkFormat("zarr", ".ome.zarr", (".zarr",), _open_zarr,
+                       "one OME-Zarr store (Zarr v3, NGFF 0.5) with a resolution pyramid",
+                       output_kind="store"),
 }
 DEFAULT_FORMAT: Final = "hdf5"
 
@@ -91,6 +106,27 @@ def open_sink(output_format: str, path: Path, **geometry: Any) -> VolumeSink:
     return sink_format(output_format).opener(path, **geometry)
 
 
+def check_output(output: Path, output_format: str, *, overwrite: bool,
+                 what: str = "-o/--output") -> None:
+    """Refuse, before any work, an output that cannot be written: a folder of slices
+    (TIFF) must be writable; a file or store must be new (or ``overwrite``) and its
+    folder writable."""
+    kind = sink_format(output_format).output_kind
+    if kind == "folder":
+        check_writable(output, folder=True, what=what)
+        return
+    if kind == "store":
+        if output.exists() and not output.is_dir():
+            raise SinkError(f"{output}: {what}: expected a folder (an OME-Zarr store), got "
+                            "an existing file")
+        check_writable(output.parent, folder=True, what=what)
+    else:
+        check_writable(output, what=what)
+    if output.exists() and not overwrite:
+        raise SinkError(f"{output}: {what}: expected a new {kind}, got an existing one "
+                        "(pass --overwrite to replace it)")
+
+
 def output_stem(scan: str) -> str:
     """The one scan-id → file-name rule: every character outside ``[A-Za-z0-9._-]``
     becomes ``_`` (no path separator, no shell metacharacter reaches the disk)."""
@@ -112,5 +148,5 @@ def free_output_path(out_dir: Path, scan: str, output_format: str) -> Path:
     return out_dir / f"{name}{suffix}"
 
 
-__all__ = ["DEFAULT_FORMAT", "SINKS", "SinkFormat", "VolumeSink", "format_for",
+__all__ = ["DEFAULT_FORMAT", "SINKS", "SinkFormat", "VolumeSink", "check_output", "format_for",
            "free_output_path", "open_sink", "output_stem", "sink_format"]

@@ -63,3 +63,10 @@ def test_run_and_recon_on_three_and_four_ranks(tmp_path: Path, ranks: int) -> No
     ranks: 5, 4, 4) and on 4 ranks (4, 3, 3, 3)."""
     target = Path(__file__).resolve().with_name("test_mpi_run.py")
     launch(ranks, tmp_path, target, MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
+
+
+def test_one_ome_zarr_store_on_three_ranks(tmp_path: Path) -> None:
+    """`run` and `recon` into one OME-Zarr store on 3 ranks (bands 5, 4, 4 and 4, 4, 3:
+    coarse slices across band edges, built by rank 0 at the finish)."""
+    target = Path(__file__).resolve().with_name("test_mpi_zarr.py")
+    launch(3, tmp_path, target, MPIR_CVAR_ENABLE_HEAVY_YIELD="1")

@@ -191,3 +191,37 @@ def test_flats_at_start_and_end_are_interpolated_by_frame_index(shared_data: Pat
                                                                  strict=True)))
     drift = np.median(corrected[100] / plain[100])
     assert 1.003 < drift < 1.012
+
+
+def test_normalize_nf_picks_each_frames_group_by_projection_number_in_streamed_blocks(
+        shared_data: Path) -> None:
+    """DIAD takes a flat group before and one after the projections. ``normalize_nf``
+    with ``flat_loc`` [0, P] must correct every streamed block as the whole scan at once:
+    the runner tells the stage each frame's projection number (its frame index less the
+    references before it), so later blocks use the end group where they are nearer it."""
+    path = shared_data / "real/diad_k11-18014/k11-18014.nxs"
+    corrected: dict[int, np.ndarray] = {}
+
+    def keep(block: ProcessedBlock) -> None:
+        corrected.update(zip(block.indices.tolist(), block.data, strict=True))
+
+    with open_scan(path, LoadOptions(rows=(8, 10))) as reader:
+        layout = reader.layout
+        projections = layout.projections
+        steps = pipeline("pipeline:\n  - method: normalize_nf\n    parameters:\n"
+                         f"      flat_loc: [0, {projections}]\n      averaging: mean\n")
+        process_reader(steps, reader, start_header(layout, "diad"), block_frames=97,
+                       on_projections=keep)
+        frames = reader.read(0, layout.frames)
+    keys = np.asarray(layout.image_keys)
+    whole = REGISTRY["normalize_nf"].fn(
+        frames[keys == 0], darks=frames[keys == 2], flats=frames[keys == 1],
+        flat_loc=[0, projections], averaging="mean")
+    ours = np.stack([corrected[i] for i in sorted(corrected)])
+    assert ours.shape == whole.shape
+    np.testing.assert_array_equal(ours, whole)
+    # and the end group is really used: the last block differs from the first group's
+    first_only = REGISTRY["normalize_nf"].fn(
+        frames[keys == 0][-1:], darks=frames[keys == 2], flats=frames[keys == 1][:50],
+        flat_loc=[0], averaging="mean")
+    assert not np.array_equal(ours[-1:], first_only)

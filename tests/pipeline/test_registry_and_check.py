@@ -43,7 +43,8 @@ def test_every_stage_runs_on_a_small_block(name: str) -> None:
     angles = np.linspace(0.0, 180.0, block.shape[1], endpoint=False)  # sinogram angle axis
     out = spec.run(block, params, darks=darks, flats=flats, angles_deg=angles,
                    frame_indices=np.arange(3, 3 + block.shape[0]),  # after the 2 flats
-                   flat_indices=np.array([0, 1]))
+                   flat_indices=np.array([0, 1]),
+                   projection_indices=np.arange(block.shape[0]))
     assert out.ndim == 3
     if spec.name not in ("rescale",):
         assert np.all(np.isfinite(out)), name

@@ -33,8 +33,6 @@ def _run(name: str, block: np.ndarray[Any, Any], first: int, params: Any) -> np.
     spec = REGISTRY[name]
     projection = spec.pattern is not Pattern.SINOGRAM  # "all": run on projection blocks
     frame = block.shape[1:] if projection else (block.shape[0], 16)
-    if name == "normalize_nf":
-        params = params.model_copy(update={"frame_offset": first})
     angles_axis = 0 if projection else 1
     count = block.shape[angles_axis]
     return spec.run(
@@ -44,6 +42,7 @@ def _run(name: str, block: np.ndarray[Any, Any], first: int, params: Any) -> np.
         angles_deg=np.linspace(0.0, 180.0, count, endpoint=False),
         frame_indices=np.arange(first, first + count) + 2,
         flat_indices=np.array([0, 1, 20, 21]),
+        projection_indices=np.arange(first, first + count),
     )
 
 

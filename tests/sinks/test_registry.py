@@ -33,6 +33,7 @@ GEOMETRY = {"detector_rows": [0, 1], "slice_shape": (4, 4), "angles_deg": [0.0, 
     (Path("a.h5"), None, "hdf5"), (Path("a.nxs"), None, "hdf5"),
     (Path("stack.tiff"), None, "tiff"), (Path("stack"), None, "hdf5"),
     (Path("a.h5"), "tiff", "tiff"), (None, None, "hdf5"), (None, "tiff", "tiff"),
+    (Path("v.ome.zarr"), None, "zarr"), (Path("v.zarr"), None, "zarr"), (None, "zarr", "zarr"),
 ])
 def test_the_format_follows_the_request_else_the_suffix(
         output: Path | None, requested: str | None, expected: str) -> None:
@@ -41,8 +42,8 @@ def test_the_format_follows_the_request_else_the_suffix(
 
 def test_an_unknown_format_is_a_config_error_naming_the_known_ones() -> None:
     with pytest.raises(ConfigError,
-                       match=r"--output-format: expected one of hdf5, tiff, got 'zarr'"):
-        sink_format("zarr")
+                       match=r"--output-format: expected one of hdf5, tiff, zarr, got 'n5'"):
+        sink_format("n5")
 
 
 def test_one_naming_rule_and_a_free_name_per_scan(tmp_path: Path) -> None:
@@ -90,7 +91,11 @@ def test_recon_format_option_and_suffix(tmp_path: Path,
     stack = tmp_path / "s"
     assert main(["recon", str(path), "-o", str(stack), "--output-format", "tiff"]) == 0
     assert len(list(stack.glob("slice_*.tif"))) == 2
-    zarr = tmp_path / "z.zarr"
-    assert main(["recon", str(path), "-o", str(zarr), "--output-format", "zarr"]) == 2
+    store = tmp_path / "by_suffix.ome.zarr"
+    assert main(["recon", str(path), "-o", str(store)]) == 0
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["tomo_streamer"][
+        "complete"] is True
+    n5 = tmp_path / "z.n5"
+    assert main(["recon", str(path), "-o", str(n5), "--output-format", "n5"]) == 2
     error = capsys.readouterr().err
-    assert "error: --output-format: expected one of hdf5, tiff, got 'zarr'" in error
+    assert "error: --output-format: expected one of hdf5, tiff, zarr, got 'n5'" in error

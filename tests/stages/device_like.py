@@ -12,7 +12,10 @@ without a GPU that a stage never falls back to ``np.`` on its data path.
 
 Its namespace (``array_module(block)``, reached by ``__array_namespace__``) forwards to
 numpy and wraps what comes back; it carries ``scipy_ndimage`` and ``scipy_fft`` twins
-built the same way, as ``cupyx.scipy`` is for CuPy. Only ``asarray``/``array``/
+built the same way, as ``cupyx.scipy`` is for CuPy, a ``finufft`` twin (finufft's
+``Plan`` taking and giving device arrays, as ``cufinufft.Plan`` does) and a
+``scipy_sparse`` twin (``csr_matrix(host_matrix) @ device_array``, as
+``cupyx.scipy.sparse``). Only ``asarray``/``array``/
 ``ascontiguousarray`` accept a host array (the explicit upload). Because the data are
 the same numpy arrays underneath, a stage's result here must equal its numpy result
 exactly.
@@ -83,6 +86,48 @@ class _Namespace:
         return _forward(value, f"{self.__name__}.{name}", allow_host=name in _UPLOADS)
 
 
+class _Plan:
+    """finufft's ``Plan`` with device arrays in and out (as ``cufinufft.Plan``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import finufft
+
+        self._plan = finufft.Plan(*args, **kwargs)
+
+    def setpts(self, *points: Any) -> None:
+        self._plan.setpts(*_unwrap(points, where="Plan.setpts", allow_host=False))
+
+    def execute(self, data: Any) -> Any:
+        return _wrap(self._plan.execute(_unwrap(data, where="Plan.execute",
+                                                allow_host=False)))
+
+
+class _FinufftTwin:
+    __name__ = "device_like.finufft"
+    Plan = _Plan
+
+
+class _SparseMatrix:
+    """A host sparse matrix held "on the device": ``@`` takes and gives device arrays."""
+
+    def __init__(self, matrix: Any) -> None:
+        self._matrix = matrix
+
+    def __matmul__(self, other: Any) -> Any:
+        if not isinstance(other, DeviceLikeArray):
+            raise TypeError("sparse @: expected a device array (CuPy refuses host ones)")
+        return _wrap(self._matrix @ other._data)
+
+
+class _SparseTwin:
+    __name__ = "device_like.scipy_sparse"
+
+    @staticmethod
+    def csr_matrix(matrix: Any) -> _SparseMatrix:
+        """Upload a scipy CSR matrix (``cupyx.scipy.sparse.csr_matrix(scipy_matrix)``)."""
+        return _SparseMatrix(matrix.tocsr())
+
+
 class DeviceLikeNamespace(_Namespace):
     """The namespace of :class:`DeviceLikeArray` (numpy's API, CuPy's manners)."""
 
@@ -92,6 +137,8 @@ class DeviceLikeNamespace(_Namespace):
         super().__init__(np, "device_like")
         self.scipy_ndimage = _Namespace(scipy.ndimage, "device_like.scipy_ndimage")
         self.scipy_fft = _Namespace(scipy.fft, "device_like.scipy_fft")
+        self.finufft = _FinufftTwin()
+        self.scipy_sparse = _SparseTwin()
 
     def asnumpy(self, value: Any) -> Any:
         """Download, as ``cupy.asnumpy``."""

@@ -56,7 +56,19 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "median_filter3d": ({"kernel_size": 5, "dif": 0.0}, (4, 9, 10)),
     "remove_stripe_ti_httomo": ({"beta": 0.2}, (2, 12, 15)),
     "raven_filter": ({"pad_y": 4, "pad_x": 5, "vvalue": 2}, (2, 12, 15)),
+    "sirt": ({"iterations": 3, "center": 10.3, "detector_pad": 2}, (2, 15, 21)),
+    "cgls": ({"iterations": 3, "center": 10.3, "recon_size": 18}, (2, 15, 21)),
+    "fista": ({"iterations": 2, "subsets_number": 3, "regularisation_iterations": 5,
+               "regularisation_parameter": 1e-3, "initialisation": "CGLS"}, (2, 15, 21)),
+    "admm": ({"iterations": 2, "subsets_number": 3, "regularisation_iterations": 5,
+              "regularisation_type": "ROF_TV"}, (2, 15, 21)),  # FBP start: a host round trip
+    "osem": ({"iterations": 2, "subsets_number": 3, "regularisation_iterations": 5,
+              "center": 10.3}, (2, 15, 21)),
 }
+#: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
+#: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
+#: rounding: their results are compared to 1 % of the slice's maximum.
+CUPY_LOOSE = frozenset({"sirt", "cgls", "fista", "admm"})
 #: Stages compared on data without repeated values (see _sorting_on_device's note on ties).
 TIE_FREE = frozenset({"remove_stripe_based_sorting"})
 
@@ -125,7 +137,10 @@ def test_stage_runs_in_the_namespace_of_its_input(name: str, xp: Namespace) -> N
     assert array_module(result) is array_module(source), "the result left the input's device"
     host = xp.download(result)
     assert host.shape == expected.shape and host.dtype == expected.dtype
-    if xp.name == "cupy":
+    if xp.name == "cupy" and name in CUPY_LOOSE:
+        np.testing.assert_allclose(host, expected, rtol=0,
+                                   atol=1e-2 * float(np.abs(expected).max()))
+    elif xp.name == "cupy":
         np.testing.assert_allclose(host, expected, rtol=CUPY_RTOL, atol=CUPY_ATOL)
     else:
         np.testing.assert_array_equal(host, expected)

@@ -110,7 +110,8 @@ def test_progress_mask_size_and_padding() -> None:
     seen: list[tuple[int, int, tuple[int, ...]]] = []
     out = sirt(sino, angles_deg=angles, iterations=3, recon_size=50, detector_pad=True,
                recon_mask_radius=0.8,
-               on_iteration=lambda done, total, x: seen.append((done, total, x.shape)))
+               on_iteration=lambda step: seen.append((step.done, step.total,
+                                                      step.iterate.shape)))
     # detector_pad=True on 40 columns: 12 columns per side, solved on a 64² grid, cropped.
     assert seen == [(1, 3, (2, 64, 64)), (2, 3, (2, 64, 64)), (3, 3, (2, 64, 64))]
     assert out.shape == (sino.shape[0], 50, 50) and out.dtype == np.float32

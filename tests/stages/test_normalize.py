@@ -58,7 +58,7 @@ def test_normalize_nf_streamed_blocks_match_whole(shared_data: Path) -> None:
     whole = nm.normalize_nf(tomo, darks=dark, flats=flat_1, flat_loc=FLAT_LOC)
     parts = [
         nm.normalize_nf(tomo[a:a + 5], darks=dark, flats=flat_1, flat_loc=FLAT_LOC,
-                        frame_offset=a)
+                        projection_indices=np.arange(a, a + len(tomo[a:a + 5])))
         for a in range(0, tomo.shape[0], 5)
     ]
     assert np.array_equal(np.concatenate(parts), whole)
