@@ -673,7 +673,12 @@ class RankedReconstruction:
             center: float | None = None
             method: str | None = None
             error: str | None = None
+            # A stop (SIGINT/SIGTERM) skips the search (seconds on a real scan); the
+            # others are told (TAG_STOP, then the CoR message with the reason).
+            stopped = self._stopped(scan)
             try:
+                if stopped is not None:
+                    raise StreamerError(f"{stopped} before the CoR search")
                 found = _find_center(finder, band, row)
                 center, method = float(found), _found_label(finder, found)
                 scan.center_warnings = tuple(getattr(found, "warnings", ()))
