@@ -18,14 +18,48 @@ from pydantic_core import PydanticUndefined
 
 from stages.backends import httomolibgpu as gpu
 from stages.backends import tomopy as tp
-from stages.misc import denoise, elementwise, filters, geometry, httomo_output, rescale
-from stages.prep import httomo_prep, normalize, phase, stripe, zinger
-from stages.recon import centering, fbp, fourier, httomo_recon, iterative
+from stages.misc import (
+    blend,
+    data_checker,
+    denoise,
+    elementwise,
+    filters,
+    geometry,
+    httomo_output,
+    morph,
+    rescale,
+    rings,
+    segm,
+    tomopy_corr,
+)
+from stages.prep import (
+    alignment,
+    httomo_prep,
+    normalize,
+    phase,
+    stripe,
+    stripes3d,
+    tomopy_norm,
+    tomopy_stripe,
+    zinger,
+)
+from stages.recon import (
+    center_metric,
+    center_tomopy,
+    centering,
+    fbp,
+    fourier,
+    httomo_recon,
+    iterative,
+)
 from stages.spec import StageSpec
 
 _MODULES = (
     normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, centering,
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
+    # issue 16's remaining TomoPy/httomolib methods (H23)
+    tomopy_corr, morph, tomopy_norm, data_checker, segm, blend, tomopy_stripe, center_tomopy,
+    stripes3d, rings, alignment, center_metric,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

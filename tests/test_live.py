@@ -83,7 +83,10 @@ def test_run_command_serves_a_scan(tmp_path: Path, python: str, cli_env) -> None
         assert file["/entry"].attrs["complete"]
         assert file["/entry/reconstruction/data"].shape == (2, 48, 48)
         assert "remove_all_stripe" in file["/entry/process/pipeline"][()].decode()
-    assert json.loads((out / "served.json").read_text())["complete"]
+    report = json.loads((out / "served.json").read_text())
+    assert report["complete"]
+    # Written when the scan closed, completed once the volume was: the latency is in it.
+    assert report["latency"]["last_frame_to_volume_s"] >= 0
 
 
 def test_a_long_running_service_keeps_only_the_newest_outputs(monkeypatch) -> None:

@@ -78,6 +78,17 @@ PARAMS: dict[str, dict[str, Any]] = {
     "fista": {"iterations": 3, "regularisation_iterations": 20},
     "admm": {"iterations": 2, "subsets_number": 6, "regularisation_iterations": 10},
     "osem": {"iterations": 3, "subsets_number": 6, "regularisation_iterations": 10},
+    # issue 16's remaining TomoPy/httomolib methods; sizes fit the --dry-run blocks too
+    "median_filter3d_tomopy": {"size": 3},
+    "remove_outlier3d_tomopy": {"dif": 0.1, "size": 3},
+    "remove_outlier1d": {"dif": 0.5, "size": 3},
+    "sobel_filter": {},
+    "pad": {"axis": 2, "npad": 8},
+    "trim_sinogram": {"center": 16.0, "x": 0, "y": 0, "diameter": 16},
+    "normalize_roi": {"roi": (0, 0, 10, 10)},
+    "data_checker": {"zeros_warning": True},
+    "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},
+    "remove_stripe_sf": {"size": 5},
 }
 
 

@@ -38,6 +38,13 @@ NO_SIGNAL: Final = "no_signal"  # transmission <= 0 or not finite, or flat <= da
 NONFINITE_INPUT: Final = "nonfinite_input"  # NaN/inf pixels in received frames
 NONFINITE_CORRECTED: Final = "nonfinite_corrected"  # NaN/inf left by the correction stages
 
+#: Observation keys (values looked at, not changed): a ``data_checker`` step's checked
+#: values and the zeros among them. At or above :data:`ZEROS_WARN_FRACTION` zeros the scan
+#: gets a warning (httomolib's ``zeros_warning`` threshold, 50 %).
+CHECKED: Final = "checked"
+ZEROS: Final = "zeros"
+ZEROS_WARN_FRACTION: Final = 0.5
+
 
 @dataclass
 class RepairCounts:
@@ -50,17 +57,27 @@ class RepairCounts:
 
     counts: dict[str, int] = field(default_factory=dict)
     pixels: int = 0
+    #: Values counted without being changed (``data_checker``: :data:`CHECKED`,
+    #: :data:`ZEROS`, non-finite values left in place); not part of :attr:`total`.
+    observed: dict[str, int] = field(default_factory=dict)
 
     def add(self, key: str, count: int) -> None:
         """Count ``count`` more repaired values under ``key`` (zero counts are kept out)."""
         if count:
             self.counts[key] = self.counts.get(key, 0) + int(count)
 
-    def merge(self, counts: dict[str, int], pixels: int) -> None:
-        """Add another rank's counts (several MPI ranks, one scan)."""
+    def observe(self, key: str, count: int) -> None:
+        """Count ``count`` values seen under ``key`` (zero counts are kept: "checked, none")."""
+        self.observed[key] = self.observed.get(key, 0) + int(count)
+
+    def merge(self, counts: dict[str, int], pixels: int,
+              observed: dict[str, int] | None = None) -> None:
+        """Add another rank's counts and observations (several MPI ranks, one scan)."""
         for key, count in counts.items():
             self.add(key, count)
         self.pixels += int(pixels)
+        for key, count in (observed or {}).items():
+            self.observe(key, count)
 
     @property
     def total(self) -> int:
@@ -73,12 +90,20 @@ class RepairCounts:
         return self.total / self.pixels if self.pixels else 0.0
 
     def warning(self) -> str | None:
-        """A one-line warning when more than :data:`WARN_FRACTION` of the data was repaired."""
-        if self.fraction <= WARN_FRACTION:
-            return None
-        return (f"repaired {self.total} of {self.pixels} projection pixel values "
-                f"({100 * self.fraction:.2f} %, above the {100 * WARN_FRACTION:g} % warning "
-                f"threshold; {self.describe()}): check the flats, darks and detector")
+        """A one-line warning when more than :data:`WARN_FRACTION` of the data was repaired,
+        or a ``data_checker`` step found :data:`ZEROS_WARN_FRACTION` or more zeros."""
+        parts = []
+        if self.fraction > WARN_FRACTION:
+            parts.append(f"repaired {self.total} of {self.pixels} projection pixel values "
+                         f"({100 * self.fraction:.2f} %, above the {100 * WARN_FRACTION:g} % "
+                         f"warning threshold; {self.describe()}): check the flats, darks and "
+                         "detector")
+        checked, zeros = self.observed.get(CHECKED, 0), self.observed.get(ZEROS, 0)
+        if checked and zeros / checked >= ZEROS_WARN_FRACTION:
+            parts.append(f"data_checker: {zeros} of {checked} values checked are zero "
+                         f"({100 * zeros / checked:.1f} %, at or above "
+                         f"{100 * ZEROS_WARN_FRACTION:g} %)")
+        return "; ".join(parts) or None
 
     def describe(self) -> str:
         """``"no_signal 214, nonfinite_input 3"``, or ``"none"``."""
@@ -90,7 +115,8 @@ class RepairCounts:
         """For reports: the counts by reason, the total, the base and the fraction."""
         return {"counts": dict(sorted(self.counts.items())), "total": self.total,
                 "pixels": self.pixels, "fraction": self.fraction,
-                "warn_fraction": WARN_FRACTION, "warning": self.warning()}
+                "warn_fraction": WARN_FRACTION, "warning": self.warning(),
+                **({"observed": dict(sorted(self.observed.items()))} if self.observed else {})}
 
     def as_metadata(self) -> dict[str, int | float]:
         """Flat attributes for an output file (``repaired_<reason>``, total, fraction)."""
@@ -98,6 +124,7 @@ class RepairCounts:
                                        for key, count in sorted(self.counts.items())}
         out["repaired_total"] = self.total
         out["repaired_fraction"] = self.fraction
+        out.update({f"observed_{key}": count for key, count in sorted(self.observed.items())})
         return out
 
 

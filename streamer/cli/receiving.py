@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
@@ -19,6 +21,10 @@ from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS, Endpoint, bound_addr
 if TYPE_CHECKING:
     from streamer.ingest.accounting import Rejections, ScanReport
     from streamer.ingest.service import IngestSettings
+
+#: Reports kept waiting for their volume's figures (a scan whose volume never comes
+#: must not grow the service).
+MAX_PENDING_REPORTS: Final = 64
 
 
 def consumer_socket(
@@ -76,15 +82,51 @@ def receiving_progress(progress: Progress) -> Callable[[Any], None]:
 
 
 def print_and_write_report(report: ScanReport, between_scans: Rejections | None,
-                            config: dict[str, Any], report_dir: Path) -> None:
+                            config: dict[str, Any], report_dir: Path) -> Path | None:
     """The service's end of a scan: the accounting on stdout, the JSON report on disk (a
-    full or read-only disk is reported, never allowed to stop the service)."""
+    full or read-only disk is reported, never allowed to stop the service); returns the
+    report's path (None if it could not be written)."""
     from streamer.ingest.report import format_report, report_document, write_report
     from streamer.sinks.disk import os_reason
 
     document = report_document(report, config=config, between_scans=between_scans)
     print(format_report(report))
     try:
-        print(f"  report: {write_report(document, report_dir)}", flush=True)
+        path = write_report(document, report_dir)
     except OSError as error:
         print(f"  report: not written to {report_dir}: {os_reason(error)}", flush=True)
+        return None
+    print(f"  report: {path}", flush=True)
+    return path
+
+
+@dataclass
+class ReportFiles:
+    """The JSON report of each scan, written when ingest closed it, completed with the
+    figures known only once its volume is (``latency``, ``transfers``): the report is
+    rewritten then. Thread-safe (the volume may complete in the worker thread)."""
+
+    _paths: dict[str, Path] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def written(self, scan: str, path: Path | None) -> None:
+        with self._lock:
+            if path is not None:
+                self._paths[scan] = path
+            while len(self._paths) > MAX_PENDING_REPORTS:  # scans that never completed
+                del self._paths[next(iter(self._paths))]
+
+    def complete(self, scan: str, figures: dict[str, Any]) -> None:
+        """Add ``figures`` to scan ``scan``'s report (a disk error is printed)."""
+        from streamer.ingest.report import add_to_report
+        from streamer.sinks.disk import os_reason
+
+        with self._lock:
+            path = self._paths.pop(scan, None)
+        if path is None or not figures:
+            return
+        try:
+            add_to_report(path, figures)
+        except (OSError, ValueError) as error:
+            reason = os_reason(error) if isinstance(error, OSError) else str(error)
+            print(f"  report: {path}: figures not added: {reason}", flush=True)

@@ -21,12 +21,14 @@ from streamer.cli.options import (
     parse_center,
 )
 from streamer.cli.receiving import (
+    ReportFiles,
     consumer_socket,
     ingest_settings,
     print_and_write_report,
     receiving_progress,
 )
 from streamer.cli.shared import (
+    feed_settings,
     log_to_stderr,
     memory_budget,
     open_feed,
@@ -92,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report_dir is not None:
         check_writable(args.report_dir, folder=True, what="--report-dir")
     ranks = launched_with_ranks()
-    if args.feed and ranks > 1:
-        raise ConfigError("--feed: the live feed runs on one rank for now (with several "
-                          "MPI ranks each sees only a share of the projections)")
-    if args.feed:  # the feed is wired to the one-rank live path until it is on the runner
+    if args.feed and ranks == 1:  # one rank's feed: the live path (the relay is for R ranks)
         return _run_with_feed(args)
     return _run_on_ranks(args, ranks)
 
@@ -113,8 +112,8 @@ def _print_output(output: ScanOutput, ranks: int) -> None:
     spread = f" from {ranks} ranks" if ranks > 1 else ""
     print(f"  volume: {output.path} ({output.slices} slices{spread}, CoR {center}, "
           f"{state}{doubt}{repaired}){error}", flush=True)
-    if output.latency is not None:
-        print(f"  {output.latency}", flush=True)
+    for line in ((output.latency,) if output.latency else ()) + output.notes:
+        print(f"  {line}", flush=True)
     for warning in output.center_warnings:
         print(f"  warning: CoR {center}: {warning}", flush=True)
 
@@ -122,7 +121,7 @@ def _print_output(output: ScanOutput, ranks: int) -> None:
 def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     """The service on the one runner: one rank (an in-memory link) or ``mpiexec -n R``
     (every rank pulls, reslices and reconstructs its band; rank 0 reports and writes
-    each scan's output)."""
+    each scan's output; with ``--feed`` rank 0 serves the feed, the others relay to it)."""
     if args.listen and ranks > 1:
         raise ConfigError(
             "--listen: with several MPI ranks every rank connects to the source; "
@@ -131,6 +130,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     from streamer.exchange.links import MemoryNetwork
     from streamer.ingest.cluster import ClusterIngest
     from streamer.ingest.service import IngestService
+    from streamer.live.relay import FeedRelay
     from streamer.run.from_file import ReconSettings, center_source, pipeline_for
     from streamer.run.ranks import RankedReconstruction
 
@@ -150,6 +150,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
     limits, settings = ingest_settings(args)
     control, band_link = link.duplicate(), link.duplicate()
+    relay_link = link.duplicate() if ranks > 1 else None  # the feed's relay to rank 0
     cluster = ClusterIngest(link, args.idle_timeout, limits)
     speaks = cluster.is_coordinator
     report_dir = args.report_dir or args.out
@@ -159,10 +160,12 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     if ranks > 1:
         config["ranks"] = link.size
     incomplete = 0
+    reports = ReportFiles()
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
+        reports.complete(output.scan, output.figures)  # latency, transfers
         _print_output(output, link.size)
 
     # The worker thread reconstructs while ingest reads on: under MPI, MPI is then called
@@ -178,6 +181,14 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   center_source=center_source(args.center), log=log,
                                   output_format=chosen_output_format(args, None),
                                   background=background)
+    feed = relay = None
+    if relay_link is not None:
+        # --feed: rank 0 serves the feed (and the viewer's control); the others relay to
+        # it. Without --feed the relay still carries the transfers and latency to rank 0.
+        wanted_feed = feed_settings(args)
+        feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
+        relay = ranked.observer = FeedRelay(relay_link, wanted_feed, feed=feed, steps=steps,
+                                            log=log)
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
         socket = consumer_socket(context, args,
@@ -193,10 +204,13 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
 
         def on_report(report: Any) -> None:
             progress.close()
-            print_and_write_report(report, service.state.between_scans, config, report_dir)
+            reports.written(report.scan, print_and_write_report(
+                report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
                                 on_event=on_event, cluster=cluster)
+        if relay is not None:
+            relay.watch(service.state)
         if ranks > 1:
             if speaks and not args.quiet:
                 print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
@@ -209,6 +223,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
         finally:
             ranked.wait()  # the last scan's output (stopped between blocks on a signal)
             socket.close()
+            if feed is not None:
+                feed.close()
     return 1 if incomplete else 0
 
 
@@ -228,10 +244,12 @@ def _run_with_feed(args: argparse.Namespace) -> int:
     config = {"address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
               "pipeline": str(args.pipeline), "limits": limits.__dict__}
     incomplete = 0
+    reports = ReportFiles()
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
+        reports.complete(output.scan, output.figures)  # the latency, once the volume is
         _print_output(output, 1)
 
     live = LiveReconstruction(steps, text, args.out,
@@ -258,7 +276,8 @@ def _run_with_feed(args: argparse.Namespace) -> int:
 
         def on_report(report: Any) -> None:
             progress.close()
-            print_and_write_report(report, service.state.between_scans, config, report_dir)
+            reports.written(report.scan, print_and_write_report(
+                report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
                                 on_event=on_event)

@@ -19,7 +19,7 @@ from streamer.errors import ConfigError
 from streamer.shipped import pipeline_file
 
 if TYPE_CHECKING:
-    from streamer.live.feed import LiveFeed
+    from streamer.live.feed import FeedSettings, LiveFeed
     from streamer.sources.formats import LoadOptions
 
 
@@ -42,19 +42,30 @@ def stop_on_signal() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def open_feed(args: argparse.Namespace) -> LiveFeed | None:
-    """The live feed asked for with ``--feed`` (its addresses printed), or ``None``."""
+def feed_settings(args: argparse.Namespace) -> FeedSettings | None:
+    """The live feed's settings asked for with ``--feed`` (the same on every MPI rank:
+    rank 0 serves the feed, the others relay to it), or ``None``."""
     if args.feed is None:
         if args.control is not None:
             raise ConfigError("--control: the control socket belongs to a feed; give --feed too")
         return None
-    from streamer.live.feed import DEFAULT_FEED_ADDRESS, FeedSettings, LiveFeed
+    from streamer.live.feed import DEFAULT_FEED_ADDRESS, FeedSettings
 
     token = args.feed_token or os.environ.get("TOMO_STREAMER_FEED_TOKEN") or None
-    feed = LiveFeed(FeedSettings(
+    return FeedSettings(
         address=args.feed, control=args.control or DEFAULT_FEED_ADDRESS,
         allow_remote=args.feed_allow_remote, token=token, preview_rows=args.preview_rows,
-    ))
+    )
+
+
+def open_feed(args: argparse.Namespace) -> LiveFeed | None:
+    """The live feed asked for with ``--feed`` (its addresses printed), or ``None``."""
+    settings = feed_settings(args)
+    if settings is None:
+        return None
+    from streamer.live.feed import LiveFeed
+
+    feed = LiveFeed(settings)
     print(f"feed: publishing on {feed.address}, control on {feed.control_address}; watch with "
           f"tomo-streamer view --feed {feed.address} --control {feed.control_address}",
           file=sys.stderr, flush=True)

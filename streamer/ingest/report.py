@@ -85,6 +85,28 @@ def write_report(document: dict[str, Any], directory: Path) -> Path:
     return path
 
 
+def add_to_report(path: Path, figures: dict[str, Any]) -> None:
+    """Add ``figures`` (known once the volume is complete: ``latency``, ``transfers``)
+    to the report at ``path``, which ingest wrote when the scan closed; rewritten
+    atomically, as :func:`write_report` writes.
+
+    Raises
+    ------
+    OSError
+        If the report cannot be read or rewritten (the caller reports it).
+    """
+    document = json.loads(path.read_text())
+    document.update(figures)
+    temporary = path.with_suffix(".json.tmp")
+    try:
+        temporary.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
 def format_report(report: ScanReport) -> str:
     """A short human summary: one line of status, then the counts per image key."""
     lines = [f"scan {report.scan}: {report.status.upper()} ({report.close_reason})"]

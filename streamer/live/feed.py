@@ -25,6 +25,11 @@ own thread does the rest:
   takes the value as its ``center_override`` (used for the reconstruction of this scan),
   and the preview is recomputed at that CoR.
 
+On several MPI ranks rank 0's feed also takes what the other ranks relay (their preview
+rows, binned final slices and counts: :mod:`streamer.live.relay`) through
+:meth:`LiveFeed.preview_rows`, :meth:`~LiveFeed.binned_slices` and
+:meth:`~LiveFeed.remote_counts`; the counters show the sums over the ranks.
+
 What is bounded: the inbox and everything the feed keeps for a scan share
 ``memory_bytes`` (beyond it new rows or slices are dropped and counted, never queued);
 the PUB socket's send high-water mark is small and sends never block (libzmq drops
@@ -51,7 +56,7 @@ import numpy.typing as npt
 import zmq
 
 from stages.recon.fbp import filter_response
-from streamer.errors import ConfigError, ProtocolError, TransportError
+from streamer.errors import ConfigError, ProtocolError, StreamerError, TransportError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, IngestState
 from streamer.live.messages import (
@@ -70,6 +75,7 @@ from streamer.live.messages import (
     PreviewHeader,
     Rates,
     ScanEndHeader,
+    ScanLatency,
     ScanStartHeader,
     SetCenterRequest,
     SliceHeader,
@@ -216,6 +222,41 @@ def default_preview_rows(rows: int) -> tuple[int, ...]:
     return tuple(sorted({rows // 4, rows // 2, (3 * rows) // 4}))
 
 
+def preview_rows_for(settings: FeedSettings, rows: int) -> tuple[int, ...]:
+    """The detector rows a scan of ``rows`` rows is previewed at: the settings' rows that
+    lie on the detector, else :func:`default_preview_rows` (the same rule on every rank)."""
+    wanted = settings.preview_rows
+    return tuple(r for r in (wanted or ()) if r < rows) or default_preview_rows(rows)
+
+
+def slice_binning(shape: tuple[int, ...], settings: FeedSettings) -> int:
+    """How much final slices of ``shape`` (…, height, width) are binned for the feed."""
+    return max(1, math.ceil(max(shape[-2:]) / settings.preview_size))
+
+
+def slice_stride(rows: int, size: int, binning: int, settings: FeedSettings) -> int:
+    """Every ``stride``-th final slice is kept for ``slice``/``cuts`` requests, so that a
+    scan of ``rows`` slices of ``size²`` pixels (binned) fits half the feed's budget."""
+    binned_bytes = math.ceil(size / binning) ** 2 * 4
+    return max(1, math.ceil(rows * binned_bytes / (settings.memory_bytes // 2)))
+
+
+def bin_slices(data: npt.NDArray[np.float32], indices: list[int], binning: int,
+               stride: int) -> BinnedSlices:
+    """A band of final slices ``(n, N, N)`` (``indices`` their detector rows) as the feed
+    keeps and shows them: the rows on the ``stride`` grid binned for requests, and the
+    band's middle slice (binned) to publish. Pure: ranks other than 0 call it before
+    sending their slices to the feed (:mod:`streamer.live.relay`)."""
+    middle = len(indices) // 2
+    kept = [(index, bin_image(data[n], binning))
+            for n, index in enumerate(indices) if index % stride == 0]
+    shown_image = next((image for index, image in kept if index == indices[middle]), None)
+    if shown_image is None:
+        shown_image = bin_image(data[middle], binning)
+    return BinnedSlices(indices[0], indices[-1] + 1, kept, (indices[middle], shown_image),
+                        binning, stride)
+
+
 # --- what the pipeline thread hands over ---------------------------------------------------
 
 
@@ -238,7 +279,9 @@ class _Rows:
 
 
 @dataclass(frozen=True)
-class _Slices:
+class BinnedSlices:
+    """A band of final slices as the feed takes them (see :func:`bin_slices`)."""
+
     first: int
     last: int
     kept: list[tuple[int, npt.NDArray[np.float32]]]  # binned slices kept for requests
@@ -267,9 +310,10 @@ class _Closed:
     center_method: str | None
     output: str | None
     error: str | None
+    latency: dict[str, Any] | None = None
 
 
-_Item = _Opened | _Rows | _Slices | _Closing | _Center | _Closed
+_Item = _Opened | _Rows | BinnedSlices | _Closing | _Center | _Closed
 
 
 @dataclass(frozen=True)
@@ -290,6 +334,18 @@ class _Snapshot:
     complete: bool | None = None
 
 
+@dataclass(frozen=True)
+class RemoteCounts:
+    """One other rank's counts of the open scan (its totals so far: the latest wins)."""
+
+    received: tuple[int, int, int] = (0, 0, 0)  # projections, flats, darks
+    duplicate: int = 0
+    out_of_range: int = 0
+    rejected: int = 0
+    dropped_rows: int = 0  # preview rows it could not send (rank 0 lagged)
+    dropped_slices: int = 0
+
+
 @dataclass
 class _PipelineScan:
     """Pipeline-thread bookkeeping of the open scan (never touched by the feed thread)."""
@@ -304,6 +360,8 @@ class _PipelineScan:
     dropped_slices: int = 0
     slice_stride: int | None = None
     state: str = "open"
+    #: Other ranks' counts (several MPI ranks: :mod:`streamer.live.relay`), by rank.
+    remote: dict[int, RemoteCounts] = field(default_factory=dict)
 
 
 # --- the feed thread's view of a scan ------------------------------------------------------
@@ -431,6 +489,9 @@ class LiveFeed:
         self._rate_base: tuple[float, int, int, int] | None = None
         self._last_counters: CountersHeader | None = None
         self.published: dict[str, int] = {}
+        #: Told ``(scan, newest frame)`` after each preview is published, in the feed's
+        #: thread (the runner's latency recorder: frame received → preview published).
+        self.on_preview: Callable[[str, int], None] | None = None
         # Health: control requests refused (bad token) or failed, thread restarts.
         self._refused_requests = 0
         self._failed_requests = 0
@@ -457,9 +518,7 @@ class LiveFeed:
         """A scan opened. ``target`` takes a CoR set from a viewer (the scan's processor);
         ``center`` is the pipeline's CoR if fixed (else the start's geometry, else the
         middle); ``slice_size`` the reconstruction's output edge if not ``cols``."""
-        wanted = self.settings.preview_rows
-        rows = tuple(r for r in (wanted or ()) if r < start.rows) or default_preview_rows(
-            start.rows)
+        rows = preview_rows_for(self.settings, start.rows)
         geometry = PreviewGeometry.for_detector(start.cols, self.settings.preview_size,
                                                 slice_size)
         method = "pipeline"
@@ -502,13 +561,26 @@ class LiveFeed:
         pipe = self._pipe
         if pipe is None:  # (the scan's last projections come while it closes: kept)
             return
-        pipe.processed += len(block.indices)
         rows = np.ascontiguousarray(block.data[:, list(pipe.rows), :], dtype=np.float32)
-        item = _Rows(block.indices.copy(), block.angles_deg.copy(), rows, self._clock())
+        self.preview_rows(block.indices.copy(), block.angles_deg.copy(), rows)
+
+    def preview_rows(self, indices: npt.NDArray[np.int64], angles_deg: npt.NDArray[np.float64],
+                     rows: npt.NDArray[np.float32]) -> None:
+        """The preview rows ``(n, preview rows, cols)`` of corrected projections (taken,
+        not copied): :meth:`projections` on this rank, or another rank's, relayed."""
+        pipe = self._pipe
+        if pipe is None:
+            return
+        if rows.shape[1:] != (len(pipe.rows), pipe.start.cols) or len(rows) != len(indices):
+            raise ProtocolError("invalid_field",
+                                f"preview rows: expected ({len(indices)}, {len(pipe.rows)}, "
+                                f"{pipe.start.cols}), got {rows.shape}")
+        pipe.processed += len(indices)
+        item = _Rows(indices, angles_deg, rows, self._clock())
         # The counts first: a preview of these rows is never followed by older counters.
         self._refresh()
         if not self._put(item, _item_bytes(item)):
-            pipe.dropped_rows += len(block.indices)
+            pipe.dropped_rows += len(indices)
             self._refresh()
 
     def slices(self, block: ProcessedBlock) -> None:
@@ -516,24 +588,30 @@ class LiveFeed:
         pipe = self._pipe
         if pipe is None or block.data.ndim != 3 or len(block.indices) == 0:
             return
-        size = block.data.shape[-1]
-        binning = max(1, math.ceil(max(block.data.shape[-2:]) / self.settings.preview_size))
+        binning = slice_binning(block.data.shape, self.settings)
         if pipe.slice_stride is None:
-            binned_bytes = math.ceil(size / binning) ** 2 * 4
-            budget = self.settings.memory_bytes // 2
-            pipe.slice_stride = max(1, math.ceil(pipe.start.rows * binned_bytes / budget))
-        stride = pipe.slice_stride
-        indices = [int(i) for i in block.indices]
-        middle = len(indices) // 2
-        kept = [(index, bin_image(block.data[n], binning))
-                for n, index in enumerate(indices) if index % stride == 0]
-        shown_image = next((image for index, image in kept if index == indices[middle]), None)
-        if shown_image is None:
-            shown_image = bin_image(block.data[middle], binning)
-        item = _Slices(indices[0], indices[-1] + 1, kept, (indices[middle], shown_image),
-                       binning, stride)
+            pipe.slice_stride = slice_stride(pipe.start.rows, block.data.shape[-1], binning,
+                                             self.settings)
+        self.binned_slices(bin_slices(block.data, [int(i) for i in block.indices], binning,
+                                      pipe.slice_stride))
+
+    def binned_slices(self, item: BinnedSlices) -> None:
+        """A band of final slices already binned (:func:`bin_slices`): :meth:`slices` on
+        this rank, or another rank's, relayed."""
+        pipe = self._pipe
+        if pipe is None:
+            return
         if not self._put(item, _item_bytes(item)):
-            pipe.dropped_slices += len(indices)
+            pipe.dropped_slices += item.last - item.first
+
+    def remote_counts(self, rank: int, counts: RemoteCounts) -> None:
+        """Another rank's counts of the open scan (their totals so far): the counters
+        show the sums over every rank."""
+        pipe = self._pipe
+        if pipe is None:
+            return
+        pipe.remote[rank] = counts
+        self._refresh()
 
     def scan_closing(self) -> None:
         """Ingest closed the scan; its reconstruction starts now: no CoR can be set after
@@ -547,8 +625,10 @@ class LiveFeed:
 
     def scan_closed(self, report: ScanReport, *, center: float | None = None,
                     center_method: str | None = None, output: str | None = None,
-                    error: str | None = None) -> None:
-        """The scan is reconstructed (``output`` written) or failed (``error``)."""
+                    error: str | None = None, latency: dict[str, Any] | None = None,
+                    ) -> None:
+        """The scan is reconstructed (``output`` written) or failed (``error``);
+        ``latency`` is its :meth:`~streamer.run.latency.LatencySummary.as_dict`."""
         with self._center_lock:
             self._center_target = None
             self._center_scan = None
@@ -557,7 +637,8 @@ class LiveFeed:
             pipe.state = "closed"
             self._refresh(force=True, missing=_triple(report.missing),
                           complete=report.complete, received=_triple(report.received))
-        self._put(_Closed(report, center, center_method, output, error), 0, force=True)
+        self._put(_Closed(report, center, center_method, output, error, latency), 0,
+                  force=True)
         self._pipe = None
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -620,13 +701,23 @@ class LiveFeed:
             duplicate, out_of_range = account.duplicate, account.out_of_range
             rejected = sum(account.rejected.frames.values())
         start = pipe.start
+        here = (pipe.received[0], pipe.received[1], pipe.received[2])
+        dropped_rows, dropped_slices = pipe.dropped_rows, pipe.dropped_slices
+        for other in pipe.remote.values():  # several ranks: the sums
+            here = (here[0] + other.received[0], here[1] + other.received[1],
+                    here[2] + other.received[2])
+            duplicate += other.duplicate
+            out_of_range += other.out_of_range
+            rejected += other.rejected
+            dropped_rows += other.dropped_rows
+            dropped_slices += other.dropped_slices
         self._snapshot = _Snapshot(
             scan=start.scan, state=pipe.state,
             expected=(start.projections, start.flats, start.darks),
-            received=received or (pipe.received[0], pipe.received[1], pipe.received[2]),
+            received=received or here,
             duplicate=duplicate, out_of_range=out_of_range, rejected=rejected,
-            processed=pipe.processed, dropped_rows=pipe.dropped_rows,
-            dropped_slices=pipe.dropped_slices, missing=missing, complete=complete,
+            processed=pipe.processed, dropped_rows=dropped_rows,
+            dropped_slices=dropped_slices, missing=missing, complete=complete,
         )
         if force:
             self._wake()
@@ -783,7 +874,7 @@ class LiveFeed:
             self._open(item)
         elif isinstance(item, _Rows):
             self._add_rows(item)
-        elif isinstance(item, _Slices):
+        elif isinstance(item, BinnedSlices):
             self._add_slices(item)
         elif isinstance(item, _Closing):
             if self._view is not None:
@@ -833,7 +924,7 @@ class LiveFeed:
             view.stored_bytes += filtered.nbytes
         self._stored_bytes = view.stored_bytes
 
-    def _add_slices(self, item: _Slices) -> None:
+    def _add_slices(self, item: BinnedSlices) -> None:
         view = self._view
         if view is None:
             return
@@ -875,6 +966,7 @@ class LiveFeed:
             center_method=item.center_method,
             output=item.output[:1024] if item.output else None,
             error=item.error[:1024] if item.error else None,
+            latency=ScanLatency.model_validate(item.latency) if item.latency else None,
         )
         self._publish(view.end)
 
@@ -927,6 +1019,10 @@ class LiveFeed:
         view.published_version = view.version
         view.shown = view.previewed
         self._last_preview_at = self._clock()
+        listener = self.on_preview
+        if listener is not None and newest_frame is not None:
+            with contextlib.suppress(StreamerError):  # a frame the recorder never saw
+                listener(view.scan, newest_frame)
 
     def _recenter(self, view: _ScanView, center: float, method: str) -> None:
         """Recompute the preview at another CoR from the kept filtered rows (published
@@ -1187,7 +1283,7 @@ def _item_bytes(item: _Item) -> int:
     """What an inbox item counts against the feed's memory budget."""
     if isinstance(item, _Rows):
         return item.data.nbytes
-    if isinstance(item, _Slices):
+    if isinstance(item, BinnedSlices):
         return sum(image.nbytes for _, image in item.kept) + item.shown[1].nbytes
     return 0
 

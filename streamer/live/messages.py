@@ -273,6 +273,23 @@ class CutsHeader(_ImagesHeader):
         return self
 
 
+class LatencySpread(_Model):
+    """p50/p95/max of a set of latencies (seconds) and how many there were."""
+
+    count: Count
+    p50_s: FiniteFloat | None = None
+    p95_s: FiniteFloat | None = None
+    max_s: FiniteFloat | None = None
+
+
+class ScanLatency(_Model):
+    """A scan's latency figures (as in the run report's ``latency``)."""
+
+    frame_to_preview: LatencySpread
+    last_frame_to_volume_s: FiniteFloat | None = None
+    reconstruction: Literal["streaming", "at close"]
+
+
 class ScanEndHeader(_FeedHeader):
     """``scan_end``: the scan closed and its volume is written (or could not be)."""
 
@@ -290,6 +307,8 @@ class ScanEndHeader(_FeedHeader):
     #: Where the volume was written, if it was.
     output: Text | None = None
     error: Text | None = None
+    #: frame received → preview published, last frame → volume complete (seconds).
+    latency: ScanLatency | None = None
 
 
 class CorSweepHeader(_ImagesHeader):

@@ -395,7 +395,7 @@ class ScanProcessor:
                                                 first, last)
             data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles,
-                               on_iteration=listener)
+                               on_iteration=listener, repairs=self.repairs)
             if self.on_sinograms is not None:
                 self.on_sinograms(ProcessedBlock(
                     Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,

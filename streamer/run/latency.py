@@ -9,7 +9,13 @@ service, a counter in tests):
 * **last frame → volume**: the time the volume was complete (written and closed) minus
   the time the scan's last frame was received: what streaming reconstruction shortens.
 
-The recorder is sans-IO (no sockets, threads or sleeps): the runner calls
+On several MPI ranks, rank 0's recorder also learns when the other ranks received their
+frames (:meth:`LatencyRecorder.frames_received_at`, times on their clocks): the clock is
+then the wall clock (``time.time``), the same on every rank of one node and as close as the
+nodes' clock synchronisation across nodes.
+
+The recorder is sans-IO (no sockets or sleeps; a lock, since the live feed's thread
+reports previews while the ingest thread reports frames): the runner calls
 :meth:`LatencyRecorder.frames_received`, :meth:`~LatencyRecorder.preview_published` and
 :meth:`~LatencyRecorder.volume_complete`; :meth:`~LatencyRecorder.summary` is JSON-able
 for the run report and :meth:`LatencySummary.line` is the terminal line.
@@ -18,6 +24,7 @@ for the run report and :meth:`LatencySummary.line` is the terminal line.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -111,13 +118,30 @@ class LatencyRecorder:
     _samples: list[float] = field(default_factory=list)
     _previews: int = 0
     _volume: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def frames_received(self, indices: Iterable[int]) -> None:
         """Frames (scan indices) received now; a frame received twice keeps its first time."""
-        now = self.clock()
-        for index in indices:
-            self._received.setdefault(int(index), now)
-        self._last_received = now
+        self.frames_received_at(indices, self.clock())
+
+    def frames_received_at(self, indices: Iterable[int], at: float) -> None:
+        """Frames received at ``at`` (this recorder's clock): another rank's frames, with
+        the time that rank received them. The last frame is the latest of all times."""
+        with self._lock:
+            for index in indices:
+                self._received.setdefault(int(index), at)
+            if self._last_received is None or at > self._last_received:
+                self._last_received = at
+
+    def received_at(self, index: int) -> float | None:
+        """When frame ``index`` was received (None: not received, or already shown)."""
+        with self._lock:
+            return self._received.get(int(index))
+
+    @property
+    def last_received(self) -> float | None:
+        """When the latest frame was received (None: no frame yet)."""
+        return self._last_received
 
     def preview_published(self, newest_frame: int) -> None:
         """A preview showing frames up to ``newest_frame`` was published now.
@@ -128,20 +152,21 @@ class LatencyRecorder:
             If that frame was never received (a preview cannot show it).
         """
         now = self.clock()
-        received = self._received.get(int(newest_frame))
-        if received is None:
-            raise StreamerError(
-                f"latency: preview_published: expected a received frame, got {newest_frame}"
-            )
-        # Frames at or before the one shown can no longer be the newest of a preview.
-        for index in [i for i in self._received if i < newest_frame]:
-            del self._received[index]
-        sample = now - received
-        if len(self._samples) < MAX_SAMPLES:
-            self._samples.append(sample)
-        else:
-            self._samples[self._previews % MAX_SAMPLES] = sample
-        self._previews += 1
+        with self._lock:
+            received = self._received.get(int(newest_frame))
+            if received is None:
+                raise StreamerError(
+                    f"latency: preview_published: expected a received frame, got "
+                    f"{newest_frame}")
+            # Frames at or before the one shown can no longer be the newest of a preview.
+            for index in [i for i in self._received if i < newest_frame]:
+                del self._received[index]
+            sample = now - received
+            if len(self._samples) < MAX_SAMPLES:
+                self._samples.append(sample)
+            else:
+                self._samples[self._previews % MAX_SAMPLES] = sample
+            self._previews += 1
 
     def volume_complete(self) -> None:
         """The volume is written and closed now (after the last frame).
@@ -157,8 +182,9 @@ class LatencyRecorder:
 
     def summary(self) -> LatencySummary:
         """The scan's figures so far."""
-        return LatencySummary(
-            frame_to_preview=Distribution.of(self._samples, self._previews),
-            last_frame_to_volume=self._volume,
-            streaming=self.streaming,
-        )
+        with self._lock:
+            return LatencySummary(
+                frame_to_preview=Distribution.of(list(self._samples), self._previews),
+                last_frame_to_volume=self._volume,
+                streaming=self.streaming,
+            )

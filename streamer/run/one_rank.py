@@ -90,6 +90,11 @@ class ScanOutput:
     center_warnings: tuple[str, ...] = ()
     #: The scan's latency line (:meth:`streamer.run.latency.LatencySummary.line`).
     latency: str | None = None
+    #: Figures known only once the volume is complete (``latency``, ``transfers``), for
+    #: the JSON run report, which ingest wrote when the scan closed.
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: More terminal lines (the transfers between ranks).
+    notes: tuple[str, ...] = ()
     #: How the CoR was decided (as stored beside it) and how sure its finder was.
     center_method: str | None = None
     center_confidence: float | None = None
@@ -256,9 +261,12 @@ class LiveReconstruction:
                               memory_left=memory.budget - memory.total)
         if streams.section is not None:
             streams.section.log = self.log
+            streams.section.repairs = self._processor.repairs
             self._processor.streaming = streams.section
-        self._latency = LatencyRecorder(clock=self.clock,
-                                        streaming=streams.section is not None)
+        recorder = self._latency = LatencyRecorder(clock=self.clock,
+                                                   streaming=streams.section is not None)
+        if self.feed is not None:
+            self.feed.on_preview = _previews_of(start.scan, recorder)
         if self.log is not None:
             self.log(f"scan {start.scan}: {streams.reason}")
         if self.feed is not None:
@@ -302,7 +310,7 @@ class LiveReconstruction:
                 report, center=output.center, output=str(output.path or "") or None,
                 center_method=center_label(method, self.center_source,
                                            warnings=output.center_warnings),
-                error=output.error)
+                error=output.error, latency=output.figures.get("latency"))
         if self.on_output is not None:
             self.on_output(output)
 
@@ -358,6 +366,7 @@ class LiveReconstruction:
         latency = self._latencies.pop(id(processor), None)
         document = {**report.as_dict(), "repairs": repairs.as_dict()}
         line = None
+        figures: dict[str, Any] = {}
         if latency is not None:
             streaming = processor.streaming
             latency.streaming = streaming is not None and getattr(streaming, "fallback",
@@ -367,7 +376,7 @@ class LiveReconstruction:
             with contextlib.suppress(StreamerError):
                 latency.volume_complete()
             summary = latency.summary()
-            document["latency"] = summary.as_dict()
+            document["latency"] = figures["latency"] = summary.as_dict()
             line = summary.line()  # printed under the terminal's volume: line
         if failure is not None:
             document["reconstruction_error"] = failure
@@ -377,7 +386,7 @@ class LiveReconstruction:
             failure = failure or str(error)
             complete = False
         return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
-                          repairs.total, processor.center_warnings, line)
+                          repairs.total, processor.center_warnings, line, figures)
 
     def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
         """Name and open this scan's volume, shaped after its first block of slices."""
@@ -421,6 +430,16 @@ class _Volume:
             self.failure = str(error)
             return
         self.written += int(block.data.shape[0])
+
+
+def _previews_of(scan: str, recorder: LatencyRecorder) -> Callable[[str, int], None]:
+    """The feed's ``on_preview`` for one scan: its previews go to its recorder."""
+
+    def published(name: str, newest_frame: int) -> None:
+        if name == scan:
+            recorder.preview_published(newest_frame)
+
+    return published
 
 
 def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:

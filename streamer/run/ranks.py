@@ -90,6 +90,7 @@ from streamer.run.from_file import (
     pipeline_for,
 )
 from streamer.run.latency import LatencyRecorder
+from streamer.run.observer import RankObserver
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
 from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
@@ -111,6 +112,8 @@ TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
+#: The CoR method of a value set from the viewer (as on one rank).
+VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
@@ -128,6 +131,7 @@ class PartWritten:
     error: str | None
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
+    observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,10 @@ class RankedReconstruction:
     clock: Callable[[], float] = time.monotonic
     #: Told each iteration of an iterative stage, per block of this rank's band.
     on_iteration: Callable[[BandIteration], None] | None = None
+    #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`),
+    #: from the thread that holds the links (the worker's steps from the worker). With
+    #: an observer, the latency and transfers figures are the observer's.
+    observer: RankObserver | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
     _serial: int = 0
@@ -283,13 +291,17 @@ class RankedReconstruction:
             return  # the worker reconstructs (and holds the links): frames wait in the store
         self._catch_up()
         self.add(store.take())
+        if self.observer is not None:
+            self.observer.serve()
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
-            if self.control.rank == 0:
+            if self.control.rank == 0 and self.observer is None:
                 self._latency[event.start.scan] = LatencyRecorder(clock=self.clock)
             self.open_scan(event.start)
         elif isinstance(event, FramesAccepted):
+            if self.observer is not None and self._scan is not None:
+                self.observer.frames_accepted(event)
             latency = self._latency.get(event.start.scan)
             if latency is not None:
                 first = event.message.header.first
@@ -300,6 +312,8 @@ class RankedReconstruction:
             scan = self._scan
             if scan is None:
                 return
+            if self.observer is not None:
+                self.observer.scan_closing(scan.serial)
             self._prepare_close(scan)
             if scan.failure is not None:  # in the report too, not only in the output
                 raise ScanFailedError(scan.failure)
@@ -321,6 +335,9 @@ class RankedReconstruction:
 
     def _report_merged(self, report: Any) -> None:
         """Rank 0: the scan's accounting is merged: its output (or why there is none)."""
+        closed = self._closed.get(report.scan)
+        if self.observer is not None and closed is not None:
+            self.observer.report_merged(closed[0], report)
         refused = self._refused.pop(report.scan, None)
         if refused is not None:
             self._latency.pop(report.scan, None)
@@ -455,13 +472,15 @@ class RankedReconstruction:
         streaming = self._plan_streaming(start, admitted.block_sinograms,
                                          admitted.memory_left)
         exchange: BandExchange | None = None
+        observer = self.observer
         if ranks == 1:
             # One rank: the processor keeps the band itself (shaped by the first corrected
             # block: a projection stage may crop or bin) and feeds the streaming section.
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, keep_sinogram_section=True,
-                on_iteration=self.on_iteration)
+                on_iteration=self.on_iteration,
+                on_projections=observer.projections if observer is not None else None)
             processor.streaming = streaming
         else:
             # Projections usually follow the darks and flats: with ``first_index`` a piece
@@ -471,11 +490,16 @@ class RankedReconstruction:
                 projections=start.projections, frames=start.frames,
                 first_index=start.darks + start.flats,
                 on_landed=None if streaming is None else _feeding(streaming))
+            sending = exchange
+
+            def corrected(block: ProcessedBlock) -> None:
+                sending.scatter(block.indices, block.angles_deg, block.data)
+                if observer is not None:
+                    observer.projections(block)
+
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
-                block_sinograms=admitted.block_sinograms,
-                on_projections=lambda block: exchange.scatter(
-                    block.indices, block.angles_deg, block.data),
+                block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=self.on_iteration,
             )
         path = None
@@ -499,6 +523,8 @@ class RankedReconstruction:
             self._closing[serial] = close
         self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
                                        streaming=streaming)
+        if observer is not None:
+            observer.scan_opened(serial, start)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
             self._handle(received, scan)
@@ -522,6 +548,8 @@ class RankedReconstruction:
 
     def _close(self, scan: _ScanState) -> None:
         start = scan.start
+        if self.observer is not None:  # (a scan failed on rank 0 saw no ScanClosing)
+            self.observer.scan_closing(scan.serial)
         if self.control.rank == 0:
             assert scan.path is not None
             self._closed[start.scan] = (scan.serial, scan.path, start.rows)
@@ -533,11 +561,18 @@ class RankedReconstruction:
             if scan.close_error is not None:
                 raise StreamerError(scan.close_error)
             band = self._band(scan)
-            try:  # every rank takes part, failed or not, so no peer waits for it
-                self._agree_center(scan, band)
-            except StreamerError:
-                if scan.failure is None:
-                    raise
+            viewer = None
+            if self.observer is not None:  # a CoR set from the viewer: the same everywhere
+                viewer = self.observer.viewer_center(scan.serial,
+                                                     serve=lambda: self._serve(scan))
+            if viewer is not None:
+                scan.center, scan.center_method = viewer, VIEWER_METHOD
+            else:
+                try:  # every rank takes part, failed or not, so no peer waits for it
+                    self._agree_center(scan, band)
+                except StreamerError:
+                    if scan.failure is None:
+                        raise
             if scan.failure is not None:
                 raise StreamerError(scan.failure)
             if self.control.rank == 0:
@@ -556,12 +591,17 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        if self.observer is not None:
+            self.observer.part_done(scan.serial, None if scan.exchange is None
+                                    else scan.exchange.stats)
         repairs = scan.processor.repairs
-        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels)
+        part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
+                       observed=dict(repairs.observed))
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
-                                 "repaired": part.repaired, "pixels": part.pixels})
+                                 "repaired": part.repaired, "pixels": part.pixels,
+                                 "observed": part.observed})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -709,15 +749,18 @@ class RankedReconstruction:
             return PartWritten(rank, None, band.rows, 0, False,
                                "no projection arrived: nothing to reconstruct")
         _, sinogram_steps = split_sections(self.steps)
+        viewer = scan.center_method == VIEWER_METHOD  # overrides a fixed CoR, as on one rank
         data_steps = tuple(
             replace(s, params=s.params.model_copy(update={"center": scan.center}))
             if scan.center is not None and "center" in type(s.params).model_fields
-            and dict(s.params)["center"] is None else s
+            and (viewer or dict(s.params)["center"] is None) else s
             for s in sinogram_steps if s.spec.finds_center is None
         )
         data_steps = _share_threads(data_steps, self.control.size)
         center = center_in_use(scan.center, data_steps, scan.start.cols)
         method = center_label(scan.center_method, self.center_source)
+        if self.observer is not None:
+            self.observer.center_settled(scan.serial, center, method)
         references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
@@ -729,6 +772,7 @@ class RankedReconstruction:
             blocks = ((begin, apply_steps(
                 data_steps, band.sinograms[begin:begin + block], darks=None, flats=None,
                 angles_deg=band.angles_deg, transfers=transfers,
+                repairs=scan.processor.repairs,
                 on_iteration=iterations.listener(begin // block, count, first + begin,
                                                  min(first + begin + block, last))))
                 for begin in range(0, last - first, block))
@@ -756,6 +800,9 @@ class RankedReconstruction:
                     path, writer = self._open_band(scan, band.rows, master, geometry)
                 writer.write(begin, data)
                 written += end - begin
+                if self.observer is not None:
+                    self.observer.slices(scan.serial,
+                                         np.arange(first + begin, first + end), data)
                 if self.on_block is not None:
                     self.on_block(scan.start.scan, written, last - first)
         except StreamerError as error:  # a stage or the disk: what was written stays
@@ -787,7 +834,8 @@ class RankedReconstruction:
         evicted = band.rejected.get("over_capacity", 0)
         if evicted and section.fallback is None:
             section.fallback = f"{evicted} projections beyond the announced ones"
-        blocks = section.finish(band.angles_deg, complete, center_override=None,
+        viewer = scan.center if scan.center_method == VIEWER_METHOD else None
+        blocks = section.finish(band.angles_deg, complete, center_override=viewer,
                                 should_stop=lambda: False)  # stop: between blocks, above
         if blocks is None:
             return None
@@ -839,6 +887,8 @@ class RankedReconstruction:
         close.begin(Step.PARTS, time.monotonic())
         while isinstance(close.check(time.monotonic()), Waiting):
             self._take_messages(None, close)
+            if self.observer is not None:
+                self.observer.serve()
             if close.missing(Step.PARTS):
                 time.sleep(_POLL_PAUSE_S)
         parts = close.parts
@@ -850,11 +900,13 @@ class RankedReconstruction:
         complete = (complete and not silent and not errors
                     and all(p.complete for p in parts.values()))
         document = dict(document or {})
+        if self.observer is not None:  # transfers, latency (the volume is complete next)
+            self.observer.finish_master(serial, document, silent=tuple(silent))
         if errors:
             document["reconstruction_errors"] = errors
         repairs = RepairCounts()
         for part in parts.values():
-            repairs.merge(part.repaired, part.pixels)
+            repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
         warning = repairs.warning()
         if warning is not None and self.log is not None:
@@ -864,13 +916,14 @@ class RankedReconstruction:
         held = self._held.pop(serial, None)
         latency = self._latency.pop(scan_id, None)
         line = None
+        figures: dict[str, Any] = {}
         if latency is not None and (held is not None or ranks > 1):
             # Every slice is written, only the close is left (the report goes in it);
             # no frame at all (``recon``, or nothing came): no figure.
             with contextlib.suppress(StreamerError):
                 latency.volume_complete()
                 summary = latency.summary()
-                document["latency"] = summary.as_dict()
+                document["latency"] = figures["latency"] = summary.as_dict()
                 line = summary.line()
         try:
             if ranks == 1:  # the volume itself, with the report inside
@@ -901,7 +954,10 @@ class RankedReconstruction:
         output = replace(output, repairs=repairs, center_method=method,
                          center_warnings=warnings, center_confidence=confidence,
                          iterations=self._iterations.pop(serial, ()),
-                         latency=line if output.path is not None else None)
+                         latency=line if output.path is not None else None,
+                         figures=figures if output.path is not None else {})
+        if self.observer is not None:
+            output = self.observer.scan_closed(serial, output)
         self._publish(output)
         return output
 
@@ -911,6 +967,8 @@ class RankedReconstruction:
         self._take_messages(scan)
         if scan.exchange is not None:
             scan.exchange.poll()
+        if self.observer is not None:
+            self.observer.serve()
 
     def _take_messages(self, scan: _ScanState | None,
                        closing: CloseHandshake[PartWritten] | None = None) -> None:
@@ -944,7 +1002,9 @@ class RankedReconstruction:
                                message["error"],
                                {str(key): int(count) for key, count
                                 in dict(message.get("repaired") or {}).items()},
-                               int(message.get("pixels") or 0))
+                               int(message.get("pixels") or 0),
+                               {str(key): int(count) for key, count
+                                in dict(message.get("observed") or {}).items()})
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from stages.prep.repair import RepairCounts
 from stages.recon.fourier import FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
 from stages.spec import Pattern
@@ -106,6 +107,8 @@ class StreamingSection:
     band_rows: int
     memory_bytes: int
     log: Callable[[str], None] | None = None
+    #: The scan's repair counts, for stages that count (``data_checker`` …).
+    repairs: RepairCounts | None = None
     #: Why the scan went back to the batch path (``None``: it streams).
     fallback: str | None = None
     blocks_added: int = 0
@@ -141,7 +144,7 @@ class StreamingSection:
                 ]
             if self._before:
                 sinograms = apply_steps(self._before, sinograms, darks=None, flats=None,
-                                        angles_deg=block.angles_deg)
+                                        angles_deg=block.angles_deg, repairs=self.repairs)
             for first, band in self._bands:
                 band.add(sinograms[first:first + band.rows], block.angles_deg)
         except StageError as error:
@@ -175,7 +178,7 @@ class StreamingSection:
             data = band.finish()
             if self._after:
                 data = apply_steps(self._after, data, darks=None, flats=None,
-                                   angles_deg=angles)
+                                   angles_deg=angles, repairs=self.repairs)
             yield ProcessedBlock(Pattern.SINOGRAM,
                                  np.arange(first, first + band.rows, dtype=np.int64),
                                  angles, data, complete)

@@ -22,7 +22,9 @@ from tests.mpi.test_mpi_ingest import link, shared_dir
 __all__ = ["link", "shared_dir"]  # fixtures used by the test below
 pytestmark = pytest.mark.mpi
 
-PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
+PIPELINE = ("pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
+            "  - method: data_checker\n    parameters: {zeros_warning: true}\n"
+            "  - method: fbp\n")
 #: Dead (zero) pixels written into the projections: a dead column on 2 rows, and strays.
 DEAD_COLUMN, DEAD_ROWS = 11, (3, 4)
 
@@ -58,4 +60,7 @@ def test_repairs_on_ranks_add_up_to_one_rank(link: RankLink, shared_dir: Path) -
         volume = master["/entry/reconstruction/data"][()]
     assert report["repairs"]["counts"] == {"no_signal": expected}
     assert report["repairs"]["pixels"] == config.projections * config.rows * config.cols
+    # data_checker's observations are summed over the ranks too
+    assert report["repairs"]["observed"] == dict(sorted(result.repairs.observed.items()))
+    assert report["repairs"]["observed"]["checked"] == report["repairs"]["pixels"]
     assert np.isfinite(volume).all()

@@ -23,6 +23,16 @@ USER_MUST_SET = {
     "httomolibgpu.misc.morph.data_resampler": "newshape",
     "tomopy.misc.corr.circ_mask": "axis",
     "tomopy.misc.corr.remove_outlier": "dif",
+    "tomopy.misc.corr.remove_outlier1d": "dif",
+    "tomopy.misc.corr.remove_outlier3d": "dif",
+    "tomopy.misc.morph.pad": "axis",
+    "httomolib.misc.blend.seam_blend_stitched_data": "overlap",
+    # TomoPy's data argument listed as a parameter: null is its only value here
+    "tomopy.prep.stripe.stripes_mask3d": "weights",
+    "tomopy.misc.corr.remove_ring": "rec",
+    "tomopy.prep.alignment.shift_images": "sx",
+    "httomolibgpu.misc.blend.seam_blend_stitched_data": "overlap",
+    "tomopy.misc.morph.trim_sinogram": "center",
     "tomopy.prep.normalize.normalize_nf": "flat_loc",
     "tomopy.recon.algorithm.recon": "algorithm",  # null: tomopy needs one chosen
     # the template holds a !!python/tuple tag, which a safe loader never constructs

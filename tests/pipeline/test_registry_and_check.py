@@ -19,6 +19,14 @@ REQUIRED = {
     "dezinger_temporal": {"dif": 0.5},
     "normalize_nf": {"flat_loc": [0]},
     "data_resampler": {"newshape": [16, 16]},
+    "remove_outlier1d": {"dif": 0.5},
+    "remove_outlier3d_tomopy": {"dif": 0.5},
+    "pad": {"axis": 2},
+    "trim_sinogram": {"center": 15.5, "x": 2, "y": -1, "diameter": 12},
+    "normalize_roi": {"roi": [0, 0, 4, 4]},
+    "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},
+    "shift_images": {"sx": [0.5] * 6, "sy": [-1.0] * 6},
+    "stripes_mask3d": {"min_stripe_length": 5, "min_stripe_depth": 2, "min_stripe_width": 3},
 }
 
 

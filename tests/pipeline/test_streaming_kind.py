@@ -18,6 +18,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "remove_outlier": {"dif": 0.1},
     "dezinger_temporal": {"dif": 0.1},
     "normalize_nf": {"flat_loc": [0, 5]},
+    "pad": {"axis": 2},
+    "seam_blend_stitched_data": {"overlap": 3, "seam_index": 8},
+    "shift_images": {"sx": [0.1 * k for k in range(10)], "sy": [-0.2 * k for k in range(10)]},
 }
 ANGLE_LOCAL = {
     "normalize_interpolated", "normalize", "normalize_nf", "normalize_bg", "minus_log",
@@ -25,6 +28,9 @@ ANGLE_LOCAL = {
     "paganin_filter_httomolib", "median_filter", "gaussian_filter",
     "downsample", "upsample", "binning", "crop", "dark_flat_field_correction", "remove_nan",
     "remove_neg", "adjust_range",
+    # issue 16's remaining TomoPy/httomolib methods
+    "median_filter_nonfinite", "sobel_filter", "pad", "normalize_roi", "data_checker",
+    "binary_thresholding", "seam_blend_stitched_data", "shift_images",
 }
 
 

@@ -64,6 +64,17 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
               "regularisation_type": "ROF_TV"}, (2, 15, 21)),  # FBP start: a host round trip
     "osem": ({"iterations": 2, "subsets_number": 3, "regularisation_iterations": 5,
               "center": 10.3}, (2, 15, 21)),
+    # issue 16's remaining TomoPy/httomolib methods (H23)
+    "median_filter3d_tomopy": ({"size": 3}, (4, 9, 10)),
+    "remove_outlier3d_tomopy": ({"dif": 0.3, "size": 3}, (4, 9, 10)),
+    "remove_outlier1d": ({"dif": 0.3, "size": 3, "axis": 0}, (4, 9, 10)),
+    "sobel_filter": ({}, (3, 8, 9)),
+    "pad": ({"axis": 2, "npad": 3, "mode": "edge"}, (3, 8, 9)),
+    "trim_sinogram": ({"center": 4.5, "x": 1, "y": -2, "diameter": 5}, (2, 8, 9)),
+    "normalize_roi": ({"roi": (1, 1, 5, 6)}, (3, 8, 9)),
+    "data_checker": ({"zeros_warning": True}, (3, 8, 9)),
+    "seam_blend_stitched_data": ({"overlap": 3, "seam_index": 5}, (3, 8, 9)),
+    "remove_stripe_sf": ({"size": 4}, (2, 12, 15)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32

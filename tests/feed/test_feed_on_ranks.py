@@ -1,0 +1,353 @@
+"""The live feed, the viewer's CoR, transfer counts and latency on 1, 2 and 3 ranks.
+
+Each rank is the ``run`` service's components (ingest with cluster coordination →
+:class:`~streamer.run.ranks.RankedReconstruction` with a
+:class:`~streamer.live.relay.FeedRelay`), run in a thread over an in-memory link; rank 0
+serves a real :class:`~streamer.live.feed.LiveFeed`. The source's messages are dealt to
+the ranks by the test (each rank has its own PULL socket), so what each rank received is
+known exactly. Progress is synchronised by handshakes (the message that proves a step
+happened), never by sleeps; every receive has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from stages.registry import REGISTRY
+from streamer.exchange.links import MemoryLink, MemoryNetwork
+from streamer.exchange.reslice import row_bands
+from streamer.ingest.cluster import ClusterIngest
+from streamer.ingest.service import IngestService, IngestSettings
+from streamer.live.client import Control, Counters, Preview, ScanEnd, Slice, Subscription
+from streamer.live.feed import FeedSettings, LiveFeed
+from streamer.live.relay import FeedRelay
+from streamer.pipeline.config import parse_pipeline
+from streamer.run.from_file import ReconSettings, run_recon
+from streamer.run.one_rank import ScanOutput
+from streamer.run.ranks import RankedReconstruction
+from streamer.sources.sender import SendOptions, start_header
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.protocol import EndHeader, FramesHeader, encode_frames, encode_header
+from streamer.wire.transport import Endpoint, bound_address, open_socket
+
+TIMEOUT_S = 30.0
+JOIN_S = 120.0
+BLOCK = 6  # frames per source message
+CONFIG = SimulationConfig.from_kwargs(rows=7, cols=48, projections=60, flats=4, darks=3,
+                                      cor_px=24.5, seed=3)
+PIPELINE = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: fbp
+    parameters: {filter_name: hann}
+"""
+
+
+@dataclass
+class Dealt:
+    """The source's messages, dealt to the ranks: ``messages[r]`` go to rank ``r``;
+    ``end`` (to the last rank) closes the scan; ``projections[r]`` counts rank r's."""
+
+    messages: list[list[list[Any]]]
+    end: tuple[int, list[Any]]
+    projections: list[int]
+
+
+def deal(scan: SimulatedScan, scan_id: str, ranks: int) -> Dealt:
+    """The start and the references to rank 0, then blocks of projections round-robin
+    from rank 1 (rank 0 on one rank), the end to the last rank."""
+    layout = scan.layout
+    messages: list[list[list[Any]]] = [[] for _ in range(ranks)]
+    messages[0].append([encode_header(start_header(layout, scan_id))])
+    projections = [0] * ranks
+    refs = int(np.count_nonzero(layout.image_keys != 0))
+    firsts = [(0, refs)] + [(first, min(first + BLOCK, layout.frames))
+                            for first in range(refs, layout.frames, BLOCK)]
+    for number, (first, last) in enumerate(firsts):
+        rank = 0 if number == 0 else number % ranks
+        header = FramesHeader(scan=scan_id, first=first, count=last - first,
+                              keys=layout.image_keys[first:last].tolist(),
+                              angles=layout.angles_deg[first:last].tolist(),
+                              dtype=layout.dtype_name, shape=(layout.rows, layout.cols))
+        messages[rank].append(encode_frames(header, scan.read(first, last)))
+        projections[rank] += int(np.count_nonzero(layout.image_keys[first:last] == 0))
+    end = [encode_header(EndHeader(scan=scan_id, sent=layout.frames))]
+    return Dealt(messages, (ranks - 1, end), projections)
+
+
+class Ranks:
+    """``ranks`` run services in threads (started by :meth:`start`), each on its own PULL
+    socket fed by the test; rank 0 has the feed."""
+
+    def __init__(self, ranks: int, out: Path, feed: LiveFeed, context: zmq.Context[Any], *,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.size = ranks
+        self.steps = parse_pipeline(PIPELINE, REGISTRY, source="ranks.yaml").steps
+        self.out = out
+        self.feed = feed
+        self.clock = clock
+        self.network = MemoryNetwork(ranks)
+        self.pulls = [open_socket(context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True),
+                                  hwm=1000) for _ in range(ranks)]
+        self.pushes = [open_socket(context, "push", Endpoint(bound_address(pull), bind=False),
+                                   hwm=1000, send_timeout_ms=30_000) for pull in self.pulls]
+        self.outputs: list[list[ScanOutput]] = [[] for _ in range(ranks)]
+        self.relays: list[FeedRelay | None] = [None] * ranks
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._rank, args=(rank,), name=f"rank {rank}",
+                                         daemon=True) for rank in range(ranks)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _rank(self, rank: int) -> None:
+        try:
+            link: MemoryLink = self.network.link(rank)
+            cluster = ClusterIngest(link, idle_timeout_s=30.0)
+            control, band, relay_link = link.duplicate(), link.duplicate(), link.duplicate()
+            ranked = RankedReconstruction(self.steps, PIPELINE, self.out, control, band,
+                                          block_frames=8, block_sinograms=2,
+                                          memory_bytes=1 << 28, exchange_timeout_s=60.0)
+            extra = {} if self.clock is None else {"clock": self.clock}
+            relay = FeedRelay(relay_link, self.feed.settings,
+                              feed=self.feed if rank == 0 else None, steps=self.steps,
+                              timeout_s=60.0, **extra)
+            ranked.observer = self.relays[rank] = relay
+            service = IngestService(self.pulls[rank], IngestSettings(idle_timeout_s=30.0),
+                                    drain=ranked.drain, on_event=ranked.on_event,
+                                    cluster=cluster)
+            relay.watch(service.state)
+            service.run(max_scans=1, stop=self.stop)
+            self.outputs[rank] = ranked.outputs
+        except BaseException as error:  # raised in the test by join()
+            self.errors.append(error)
+
+    def send(self, dealt: Dealt) -> None:
+        """Every message but the end."""
+        for rank, messages in enumerate(dealt.messages):
+            for parts in messages:
+                self.pushes[rank].send_multipart(parts)
+
+    def end(self, dealt: Dealt) -> None:
+        rank, parts = dealt.end
+        self.pushes[rank].send_multipart(parts)
+
+    def join(self) -> ScanOutput:
+        for thread in self.threads:
+            thread.join(JOIN_S)
+            assert not thread.is_alive(), f"{thread.name} still runs after {JOIN_S} s"
+        if self.errors:
+            raise self.errors[0]
+        (output,) = self.outputs[0]
+        return output
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(JOIN_S)
+        for socket in self.pushes + self.pulls:
+            socket.close(linger=0)
+
+
+@pytest.fixture
+def context() -> Any:
+    with zmq.Context() as context:
+        yield context
+
+
+def read_until(subscription: Subscription, predicate: Callable[[Any], bool]) -> list[Any]:
+    seen = []
+    while True:
+        message = subscription.receive(TIMEOUT_S)
+        seen.append(message)
+        if predicate(message):
+            return seen
+
+
+def run_scan(ranks: int, tmp_path: Path, context: zmq.Context[Any], *,
+             between: Callable[[Subscription, Control], None] | None = None,
+             clock: Callable[[], float] | None = None,
+             ) -> tuple[ScanOutput, list[Any], dict[str, Any], Dealt, Ranks]:
+    """One scan on ``ranks`` ranks with a subscriber and a control client; ``between``
+    runs once every frame is in (and a preview came), before the scan's end is sent."""
+    scan = SimulatedScan(CONFIG)
+    dealt = deal(scan, "feedranks", ranks)
+    feed = LiveFeed(FeedSettings(sndhwm=100_000, sndbuf_bytes=1 << 24,
+                                 counters_interval_s=0.2))
+    run = Ranks(ranks, tmp_path / "volumes", feed, context, clock=clock)
+    try:
+        with Subscription(feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub, \
+                Control(str(feed.control_address), timeout_s=TIMEOUT_S) as control:
+            sub.wait_connected()
+            run.start()
+            run.send(dealt)
+            seen = read_until(sub, lambda m: isinstance(m, Preview))
+            if between is not None:
+                between(sub, control)
+            run.end(dealt)
+            seen += read_until(sub, lambda m: isinstance(m, ScanEnd))
+            output = run.join()
+            state = control.state()
+    finally:
+        run.close()
+        feed.close()
+    return output, seen, state, dealt, run
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_a_subscriber_gets_previews_of_every_projection_and_every_final_slice(
+        tmp_path: Path, context: zmq.Context[Any], ranks: int) -> None:
+    open_counts: list[Any] = []
+
+    def all_received(sub: Subscription, control: Control) -> None:
+        # While the scan is open (its end not sent), the counters come to the sums of
+        # what every rank received: the handshake is that message.
+        def summed(message: Any) -> bool:
+            return (isinstance(message, Counters) and message.header.state == "open"
+                    and message.header.received.projections == CONFIG.projections)
+
+        open_counts.append(read_until(sub, summed)[-1].header)
+
+    output, seen, state, _, _ = run_scan(ranks, tmp_path, context, between=all_received)
+    assert output.complete, output
+    (counts,) = open_counts
+    assert (counts.received.flats, counts.received.darks) == (CONFIG.flats, CONFIG.darks)
+    previews = [m for m in seen if isinstance(m, Preview)]
+    # The newest preview holds every projection, whichever rank corrected it.
+    assert previews[-1].header.projections == CONFIG.projections
+    bands = sorted({m.header.band for m in seen if isinstance(m, Slice)})
+    covered = [row for first, last in bands for row in range(first, last)]
+    assert covered == list(range(CONFIG.rows))  # every slice, from every rank, once
+    assert state["slices"] == CONFIG.rows  # all kept for slice requests
+    end = seen[-1].header
+    assert end.complete and end.output == str(output.path)
+    counters = state["counters"]
+    assert counters["processed"] == CONFIG.projections  # summed over the ranks
+    assert counters["received"] == {"projections": CONFIG.projections,
+                                    "flats": CONFIG.flats, "darks": CONFIG.darks}
+    assert counters["dropped"]["preview_rows"] == 0 and counters["dropped"]["slices"] == 0
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_a_cor_set_from_the_viewer_is_used_on_every_rank(
+        tmp_path: Path, context: zmq.Context[Any], ranks: int) -> None:
+    chosen = 23.5
+    answers: dict[str, Any] = {}
+
+    def set_center(sub: Subscription, control: Control) -> None:
+        answers["set"] = control.set_center(chosen, scan="feedranks")
+
+    output, seen, _, _, _ = run_scan(ranks, tmp_path, context, between=set_center)
+    assert answers["set"]["center"] == chosen
+    assert output.complete and output.center == chosen, output
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    reference = run_recon(SimulatedScan(CONFIG), ReconSettings(
+        tmp_path / "one.h5", pipeline=pipeline, center=chosen, block_frames=16))
+    assert output.path is not None
+    with h5py.File(output.path) as master, h5py.File(reference.output) as single:
+        expected = single["/entry/reconstruction/data"][...]
+        data = master["/entry/reconstruction/data"][...]
+        cor = master["/entry/process/center_of_rotation"]
+        assert float(cor[()]) == chosen and cor.attrs["method"] == "user (viewer)"
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    for part in sorted(output.path.parent.glob("feedranks.part*.h5")):
+        with h5py.File(part) as file:
+            cor = file["/entry/process/center_of_rotation"]
+            assert float(cor[()]) == chosen and cor.attrs["method"] == "user (viewer)"
+    end = seen[-1].header
+    assert (end.center, end.center_method) == (chosen, "user (viewer)")
+    last_preview = [m for m in seen if isinstance(m, Preview)][-1]
+    assert last_preview.header.center == chosen  # re-rendered at it
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_transfers_count_the_bytes_the_reslice_and_the_relay_moved(
+        tmp_path: Path, context: zmq.Context[Any], ranks: int) -> None:
+    output, _, _, dealt, run = run_scan(ranks, tmp_path, context)
+    transfers = output.figures["transfers"]
+    bands = row_bands(CONFIG.rows, ranks)
+    for rank in range(ranks):
+        reslice = transfers["per_rank"][str(rank)]["reslice"]
+        # Each of its projections goes to every other rank: their rows, float32.
+        others = CONFIG.rows - (bands[rank][1] - bands[rank][0])
+        assert reslice["bytes_sent"] == dealt.projections[rank] * others * CONFIG.cols * 4
+        # It receives its rows of every projection the others corrected.
+        band = bands[rank][1] - bands[rank][0]
+        received = (CONFIG.projections - dealt.projections[rank]) * band * CONFIG.cols * 4
+        assert reslice["bytes_received"] == received
+    total = transfers["total"]
+    assert total["reslice"]["bytes_sent"] == total["reslice"]["bytes_received"]
+    assert total["reslice"]["messages_sent"] == total["reslice"]["messages_received"]
+    relay = total["relay"]
+    assert relay["bytes_sent"] == relay["bytes_received"]
+    assert relay["messages_sent"] == relay["messages_received"]
+    assert (relay["messages_sent"] > 0) == (ranks > 1)
+    assert output.notes and output.notes[0].startswith("transfers: reslice ")
+    assert all(relay is not None and relay.rejected_messages == 0 for relay in run.relays)
+
+
+class StepClock:
+    """An injected clock: one second later at every reading (deterministic order within
+    a thread; the figures are then counts of readings, checked for their shape)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            self.now += 1.0
+            return self.now
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_latency_is_in_the_output_and_the_feed(tmp_path: Path, context: zmq.Context[Any],
+                                               ranks: int) -> None:
+    output, seen, _, _, _ = run_scan(ranks, tmp_path, context, clock=StepClock())
+    latency = output.figures["latency"]
+    spread = latency["frame_to_preview"]
+    previews = [m for m in seen if isinstance(m, Preview) and m.header.newest_frame is not None]
+    assert 1 <= spread["count"] <= len(previews)
+    assert 0 < spread["p50_s"] <= spread["p95_s"] <= spread["max_s"]
+    # The last frame was received before the master was written (later readings).
+    assert latency["last_frame_to_volume_s"] > 0
+    assert output.latency is not None and output.latency.startswith("latency: frame→preview")
+    end = seen[-1].header
+    assert end.latency is not None
+    assert end.latency.last_frame_to_volume_s == latency["last_frame_to_volume_s"]
+    assert end.latency.frame_to_preview.count == spread["count"]
+
+
+def test_on_one_rank_the_latency_is_in_the_feed_and_the_output(live_run: Any) -> None:
+    """The one-rank service (LiveReconstruction): the feed's previews are measured and
+    ``scan_end`` carries the scan's latency, as the output and its report do."""
+    run = live_run()
+    with Subscription(run.feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub:
+        sub.wait_connected()
+        run.send(SimulatedScan(CONFIG), SendOptions(block=6, scan_id="onerank"))
+        seen = read_until(sub, lambda m: isinstance(m, ScanEnd))
+    run.join()
+    (output,) = run.live.outputs
+    latency = output.figures["latency"]
+    assert latency["frame_to_preview"]["count"] >= 1
+    assert latency["last_frame_to_volume_s"] >= 0
+    end = seen[-1].header
+    assert end.latency is not None
+    assert end.latency.model_dump() == latency
+    assert output.path is not None
+    with h5py.File(output.path) as file:
+        assert json.loads(file["/entry/process/report"][()])["latency"] == latency
