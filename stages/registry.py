@@ -29,11 +29,13 @@ from stages.misc import (
     morph,
     rescale,
     rings,
+    scan_shape,
     segm,
     tomopy_corr,
 )
 from stages.prep import (
     alignment,
+    distortion,
     httomo_prep,
     normalize,
     phase,
@@ -57,9 +59,11 @@ from stages.spec import StageSpec
 _MODULES = (
     normalize, zinger, stripe, phase, filters, geometry, rescale, fbp, fourier, centering,
     httomo_prep, httomo_recon, httomo_output, elementwise, iterative, denoise,
-    # issue 16's remaining TomoPy/httomolib methods (H23)
+    # issue 16's remaining TomoPy/httomolib methods
     tomopy_corr, morph, tomopy_norm, data_checker, segm, blend, tomopy_stripe, center_tomopy,
     stripes3d, rings, alignment, center_metric,
+    # shape-changing stages (360° fold, frame averaging) and distortion correction
+    scan_shape, distortion,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

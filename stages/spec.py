@@ -58,6 +58,19 @@ MemoryEstimate = Callable[[tuple[int, int, int], np.dtype[Any], Any], int]
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """What the stages after a step see of the scan: its projection angles (degrees, in
+    the order of the angle axis), the detector width and the CoR in that width (``None``
+    while unknown). Stages that change them (averaging frames, folding a 360° scan)
+    declare how (:attr:`StageSpec.geometry`), so the planner, the reconstructor and the
+    CoR all follow."""
+
+    angles_deg: npt.NDArray[np.float64]
+    cols: int
+    center: float | None = None
+
+
+@dataclass(frozen=True)
 class Iteration:
     """One finished iteration of an iterative stage, on one block.
 
@@ -149,12 +162,23 @@ class StageSpec:
         array_module(block)``, ``cupyx.scipy`` twins), so the same code runs on a CuPy
         block: the stage then offers the ``cupy`` backend (checked on CPU by
         ``tests/stages/test_device_namespace.py``, on a GPU by its ``gpu`` tests).
+    geometry : callable, optional
+        ``geometry(before, params) -> after`` (:class:`Geometry`) for a stage that changes
+        the number or angles of the projections, the detector width or where the axis
+        lies in it (``average_projection_frames``, ``sino_360_to_180``): the run passes
+        the new angles and CoR to the stages after it, the planner the new shape.
     reports_progress : bool
         Whether ``fn`` takes ``on_iteration`` (an :data:`IterationCallback` or ``None``)
         and calls it after each iteration (the iterative reconstructors).
     device_memory : callable, optional
         The estimate on the device where the device code holds other buffers than the
         host code (the planner's device plan uses it; ``None``: ``memory``).
+    cache : callable, optional
+        ``cache() -> object``: a per-scan cache the caller makes once per scan and step
+        and passes to every call of ``fn`` (``numpy`` backend) as ``cache=``, so that work
+        fixed by the scan's geometry is done once per scan, not once per block (the
+        reconstructor's plan). The state lives in the caller's object, never in the
+        module; the result must not depend on it.
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -180,6 +204,8 @@ class StageSpec:
     device: bool = False
     reports_progress: bool = False
     device_memory: MemoryEstimate | None = None
+    geometry: Callable[[Geometry, Any], Geometry] | None = None
+    cache: Callable[[], Any] | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -189,6 +215,10 @@ class StageSpec:
         """Where the stage can run: ``numpy`` (our own code) first, ``cupy`` (the same
         code on a CUDA device) where the stage is device-ready, then the adapters."""
         return ("numpy", *(("cupy",) if self.device else ()), *self.adapters)
+
+    def after(self, before: Geometry, params: StageParams) -> Geometry:
+        """The geometry the stages after this one see (unchanged unless declared)."""
+        return before if self.geometry is None else self.geometry(before, params)
 
     def is_angle_local(self, params: StageParams) -> bool:
         """Whether this stage, with ``params``, acts on each projection on its own."""
@@ -210,8 +240,10 @@ class StageSpec:
         backend: str = "numpy",
         repairs: RepairCounts | None = None,
         on_iteration: IterationCallback | None = None,
+        cache: Any = None,
     ) -> npt.NDArray[Any]:
-        """Call the stage on ``backend`` with validated parameters.
+        """Call the stage on ``backend`` with validated parameters (``cache``: the
+        step's per-scan cache, see ``StageSpec.cache``; ignored by stages without one).
 
         ``on_iteration`` reaches a stage that ``reports_progress`` (on its own backends;
         an adapter's library reports nothing) and is ignored by the others.
@@ -250,6 +282,8 @@ class StageSpec:
         if self.reports_progress:
             kwargs["on_iteration"] = on_iteration
         if backend == "numpy":
+            if self.cache is not None and cache is not None:
+                kwargs["cache"] = cache
             return self.fn(block, **kwargs)
         if backend == "cupy" and self.device:
             require_gpu(backend)  # a clear refusal without a device, before any work

@@ -35,7 +35,8 @@ import zmq
 from stages.registry import REGISTRY
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
-from streamer.pipeline.executor import apply_steps, split_sections
+from streamer.pipeline.executor import apply_steps
+from streamer.pipeline.sections import split_sections
 from streamer.run.from_file import CORRECTIONS, RECONSTRUCTION, ReconSettings, run_recon
 from streamer.run.one_rank import LiveReconstruction, ScanOutput
 from streamer.sinks.hdf5 import Hdf5VolumeWriter

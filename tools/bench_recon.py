@@ -7,15 +7,18 @@ reconstructed, in the same run, by
 
 * ``fourier_fbp`` (ours: FBP filter, NUFFT gridding), whole square and with
   ``circle_mask`` (the corners are not computed), threads = cores, and optionally with
-  one thread (``--per-core``: slices/s per core);
+  one thread (``--per-core``: slices/s per core); once more with a
+  :class:`~stages.recon.fourier.FourierFbpCache` kept across the calls, as a scan's
+  blocks run (the plan is made by the first call only);
 * ``fbp`` (ours: direct back-projection, the accuracy reference);
 * algotom's CPU FBP (numba) and DFI (direct Fourier inversion), ``ncore`` = cores;
 * the **FFT-only bound** of ``fourier_fbp``: the FFTs it cannot avoid, on the same
   shapes and the same threads (per pair of rows: the filter's forward and inverse FFT of
   ``P × L``, the window FFT of ``P × M``, the gridding grid's 2-D inverse FFT pruned to
   ``N`` columns as ``fourier_fbp`` prunes it), and nothing else: no spreading, no
-  element-wise work. ``fourier_fbp / bound`` is printed per size, from ``--runs`` further
-  runs of the two alternating (the ratio of their medians);
+  element-wise work. ``fourier_fbp / bound`` is printed per size (without and with the
+  per-scan cache), from ``--runs`` further runs of the two alternating (the ratio of
+  their medians);
 * astra-toolbox's CPU FBP and TomoPy's gridrec (edge-padded to 2N and unpadded) when
   they are importable (neither installs here: astra's wheels pull CUDA libraries, TomoPy
   is not on PyPI), else listed as absent.
@@ -57,7 +60,7 @@ import scipy.fft
 from algotom.rec import reconstruction as algotom_rec
 
 from stages.recon.fbp import fbp, padded_length
-from stages.recon.fourier import _grid_size, fourier_fbp, window_length
+from stages.recon.fourier import FourierFbpCache, _grid_size, fourier_fbp, window_length
 from streamer.sources.phantom import fit_radius_px, project, shepp_logan_3d, voxelise
 
 Array = npt.NDArray[Any]
@@ -82,10 +85,14 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _fourier(threads: int, circle: bool) -> Recon:
+def _fourier(threads: int, circle: bool, cached: bool = False) -> Recon:
+    """``fourier_fbp``; ``cached``: with one :class:`FourierFbpCache` kept across calls,
+    as the executor keeps one per scan (each call is then one more block of the scan)."""
+    cache = FourierFbpCache() if cached else None
+
     def run(block: Array, angles: Array, center: float) -> Array:
         return fourier_fbp(block, angles_deg=angles, center=center, filter_name="hann",
-                           circle_mask=circle, threads=threads)
+                           circle_mask=circle, threads=threads, cache=cache)
     return run
 
 
@@ -181,6 +188,7 @@ def methods(per_core: bool) -> list[Method]:
     found = {name: importlib.util.find_spec(name) is not None for name in ("astra", "tomopy")}
     table = [
         Method(f"fourier_fbp ({n} threads)", _fourier(n, False), False),
+        Method(f"fourier_fbp per-scan cache ({n} threads)", _fourier(n, False, True), False),
         Method(f"fourier_fbp circle_mask ({n} threads)", _fourier(n, True), False),
         Method(f"FFT-only bound of fourier_fbp ({n} threads)", _fft_bound(n), False,
                ceiling=True),
@@ -354,10 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"N={size:5d} P={angles_count:5d} {method.label:>40s}: "
                       f"{row['slices_per_s']:8.3g} slices/s ({row['rows']} rows, "
                       f"{row['runs']} runs), rel. L2 {row['rel_l2_fit']:.4f}", flush=True)
-        pair = [next((m for m in table if m.label.startswith(prefix)), None)
-                for prefix in ("fourier_fbp (", "FFT-only bound")]  # all threads, first
-        ours, bound = pair
-        if ours is not None and bound is not None:
+        bound = next((m for m in table if m.label.startswith("FFT-only bound")), None)
+        for prefix in ("fourier_fbp (", "fourier_fbp per-scan cache ("):  # all threads
+            ours = next((m for m in table if m.label.startswith(prefix)), None)
+            if ours is None or bound is None:
+                continue
             share = paired_ratio(ours, bound, block[: args.rows], angles, center=center,
                                  runs=args.runs)
             row = next(r for r in results if r["size"] == size and r["method"] == ours.label)

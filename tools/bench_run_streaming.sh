@@ -4,7 +4,10 @@
 # pipeline, streaming refused by a --memory budget the accumulators do not fit).
 # A simulated scan of WIDTH columns, ROWS rows and P projections is sent at RATE frames/s;
 # the figure is the `latency:` line `run` prints under `volume:`. Pairs alternate.
-# Usage: tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB]
+# Each run also prints the plan's `reconstruction:` line (streaming or at close, and why),
+# any fallback, and the sender's summary (with CANNOT_WAIT=1 the simulated detector cannot
+# be held back: frames the consumer cannot take at once are dropped and counted, `DROPPED`).
+# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB]
 set -euo pipefail
 runs=${1:-5}; width=${2:-512}; rows=${3:-32}; angles=${4:-600}; rate=${5:-60}
 memory=${6:-0.1}  # at-close runs: small enough that the accumulators do not fit
@@ -21,13 +24,16 @@ one() {  # one scan through run; prints its latency line
   local pid=$!
   sleep 4  # the service binds (a readiness handshake would be better; a benchmark only)
   "$ts" simulate --connect "tcp://127.0.0.1:$port" --rows "$rows" --cols "$width" \
-    --projections "$angles" --rate "$rate" --scan-id s > "$out.sim.log" 2>&1
+    --projections "$angles" --rate "$rate" --scan-id s ${CANNOT_WAIT:+--cannot-wait} \
+    > "$out.sim.log" 2>&1 || true
   wait "$pid" || true
-  grep -h "^  latency" "$out.log"
+  grep -h "^  latency\|reconstruction: \|streaming: back" "$out.log" || true
+  grep -h "^sent\|^DROPPED\|^ABORTED" "$out.sim.log" || true
 }
 uptime
 for i in $(seq "$runs"); do
-  one "s$i"; one "b$i" --memory "$memory"
+  [ "${ONLY:-}" = close ] || one "s$i"
+  [ "${ONLY:-}" = streaming ] || one "b$i" --memory "$memory"
 done
 uptime
 rm -rf "$work"

@@ -76,6 +76,9 @@ class CorEstimate:
         Facts worth printing (window clamped, pair used or not available).
     warnings : tuple of str
         Reasons to doubt the result; empty when it is trustworthy.
+    side_outputs : tuple of (str, value)
+        Other results a pipeline may refer to (HTTomo's side outputs, e.g.
+        ``find_center_360``'s ``overlap`` and ``side``, which ``sino_360_to_180`` takes).
     """
 
     center: float
@@ -84,6 +87,7 @@ class CorEstimate:
     window: tuple[float, float]
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    side_outputs: tuple[tuple[str, float | str], ...] = ()
 
     def __float__(self) -> float:
         return self.center

@@ -117,8 +117,10 @@ def center_360_of_scan(
     notes = (f"overlap {found.overlap:.2f} px on the {found.side}, window centre at column "
              f"{found.overlap_position:.2f}",)
     confidence = 1.0 if not warnings else min(0.3, LOW_CONFIDENCE)
+    outputs = (("overlap", found.overlap), ("side", found.side),
+               ("overlap_position", found.overlap_position))
     return CorEstimate(found.cor, confidence, "360-overlap", (0.0, float(cols - 1)), notes,
-                       tuple(warnings))
+                       tuple(warnings), outputs)
 
 
 def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
@@ -164,8 +166,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(0.01),
         summary="Centre of rotation of an offset-axis 360° scan from the overlap of its two "
         "halves (Vo 2021, algotom/httomolibgpu), once per scan; sets the reconstruction's "
-        "center (data pass through unchanged; overlap and side are reported, not yet "
-        "used: no sino_360_to_180).",
+        "center (data pass through unchanged); its overlap and side feed sino_360_to_180.",
         finds_center=center_360_of_scan,
         aliases=("httomolibgpu.recon.rotation.find_center_360",),
     ),

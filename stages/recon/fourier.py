@@ -29,7 +29,12 @@ Algorithm
 4. **Gridding** by a type-1 NUFFT at the points ``2πω (sin θ, cos θ)`` onto the modes
    ``(k_y, k_x)``, read upside down into ``(iy, ix)`` (``y = (N-1)/2 - iy``, the
    orientation of TomoPy, ASTRA and algotom); its real part is the slice of row ``a``,
-   its imaginary part that of row ``b``. finufft spreads onto a 1.25× oversampled grid
+   its imaginary part that of row ``b``. Only the half ``ω ≥ 0`` of each line is
+   spread (two strength vectors: at ``ω`` and, for the mirror ``-ω``, reflected on the
+   grid afterwards): each row's grid is then exactly Hermitian, so a row's slice is the
+   same whether it shares the NUFFT with another row or with zeros (to float32
+   rounding; spreading ``±ω`` directly lets the partner leak in at ~``eps/10``).
+   finufft spreads onto a 1.25× oversampled grid
    (single precision, tolerance ``eps``; its ``spreadinterponly`` mode, points sorted
    once per plan); scipy's FFT (pruned to the wanted columns) and the kernel's deconvolution finish
    the transform, as finufft's own type 1 would, without FFTW's planning stalls.
@@ -55,7 +60,7 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +83,7 @@ from stages.recon.fbp import (
 from stages.spec import Pattern, StageSpec
 from streamer.errors import StageError
 
-__all__ = ["SPECS", "FourierFbpParams", "fourier_fbp", "window_length"]
+__all__ = ["SPECS", "FourierFbpCache", "FourierFbpParams", "fourier_fbp", "window_length"]
 
 _STAGE = "fourier_fbp"
 _FILTERS = ("ramlak", "shepp", "cosine", "hamming", "hann", "parzen")
@@ -188,6 +193,13 @@ class _Lines:
     scans): projection ``p`` adds into line ``line[p]``, its frequencies negated when
     ``flipped[p]``; the merged ``(lines, M+1)`` strengths are then thinned by
     ``keep`` and ``scale``.
+
+    **Half set.** Only the points with ``ω ≥ 0`` (line columns ``0 … M/2``) are NUFFT
+    points: the mirror ``-ω`` of each is spread by reflecting the grid (see
+    :func:`_add_reflected`), so each packed row's grid is exactly Hermitian and its slice
+    exactly real: the two rows of a pair do not leak into each other through the
+    spreading kernel's rounding. Pieces hold only those columns; ``ω = 0`` is its own
+    mirror and is spread half from each side.
     """
 
     rows_y: npt.NDArray[np.float32]  # (points,) NUFFT coordinate along iy
@@ -200,8 +212,9 @@ class _Lines:
     line: npt.NDArray[np.intp]  # (P,)
     flipped: npt.NDArray[np.bool_]  # (P,)
     n_lines: int
-    keep: npt.NDArray[np.intp] | None  # merged lines only: kept entries, None: all
-    scale: npt.NDArray[np.float32] | None  # their weight factors
+    keep: npt.NDArray[np.intp] | None  # merged lines only: kept half-set entries
+    mirror: npt.NDArray[np.intp] | None  # merged lines only: the entry at -ω of each
+    scale: npt.NDArray[np.float32] | None  # their weight factors (DC halved)
 
     @property
     def points(self) -> int:
@@ -258,8 +271,8 @@ def _lines(
         order = np.arange(count)
         lo, hi = np.zeros(count, dtype=np.intp), np.full(count, columns, dtype=np.intp)
     else:  # group the projections by the run of columns they keep (one run per line)
-        lo = np.argmax(kept, axis=1)
-        hi = columns - np.argmax(kept[:, ::-1], axis=1)
+        lo = np.argmax(kept, axis=1)  # the run is symmetric: keep its ω >= 0 part
+        hi = np.minimum(columns - np.argmax(kept[:, ::-1], axis=1), length // 2 + 1)
         order = np.lexsort((np.arange(count), lo))
         lo, hi = lo[order], hi[order]
     pieces: list[tuple[int, int, int, int, int]] = []
@@ -280,12 +293,16 @@ def _lines(
             stored += (q - p) * (b - a)
             p = q
     keep: npt.NDArray[np.intp] | None = None
+    mirror: npt.NDArray[np.intp] | None = None
     scale_kept: npt.NDArray[np.float32] | None = None
     if shared:
-        keep = np.flatnonzero(kept).astype(np.intp)
+        plus = np.arange(columns) <= length // 2
+        keep = np.flatnonzero(kept & plus[None, :]).astype(np.intp)
+        mirror = (keep - keep % columns + _negated(length)[keep % columns]).astype(np.intp)
         rows_y.append(np.multiply.outer(sin_line, radial).ravel()[keep])
         cols_x.append(np.multiply.outer(cos_line, radial).ravel()[keep])
-        scale_kept = np.broadcast_to(factor, kept.shape).ravel()[keep].astype(np.float32)
+        halved = np.where(np.arange(columns) == 0, 0.5, 1.0) * factor  # ω = 0: half each side
+        scale_kept = np.broadcast_to(halved, kept.shape).ravel()[keep].astype(np.float32)
     return _Lines(
         rows_y=np.concatenate(rows_y),
         cols_x=np.concatenate(cols_x),
@@ -298,6 +315,7 @@ def _lines(
         flipped=flipped,
         n_lines=int(first.size),
         keep=keep,
+        mirror=mirror,
         scale=scale_kept,
     )
 
@@ -305,7 +323,9 @@ def _lines(
 def _multipliers(lines: _Lines, length: int) -> npt.NDArray[np.complex64]:
     """Multipliers ``(stored,)``, laid out as the strengths before merging: for each kept
     column ``j`` of each projection, ``weight · factor_j · exp(2πi ω_j · shift)``, the two
-    Nyquist columns at half weight. (Its own step: it runs while the plans sort points.)"""
+    Nyquist columns at half weight, and ``ω = 0`` at half weight in the half set (every
+    projection on its own line; merged lines halve it in ``scale``). (Its own step: it
+    runs while the plans sort points.)"""
     omega = _line_frequencies(length)
     parts = []
     for p, q, a, b, _ in lines.pieces:
@@ -321,6 +341,8 @@ def _multipliers(lines: _Lines, length: int) -> npt.NDArray[np.complex64]:
         for nyquist in (length // 2, length // 2 + 1):  # half at +1/2, half at -1/2
             if a <= nyquist < b:
                 out[:, nyquist - a] *= 0.5
+        if a == 0 and lines.keep is None:  # half set: ω = 0 spread half from each side
+            out[:, 0] *= 0.5
         parts.append(out.ravel())
     return np.concatenate(parts)
 
@@ -400,18 +422,27 @@ class _Filter:
     response: npt.NDArray[np.float32]  # (L,) filter in complex-FFT bin order
     lines: _Lines
     multiplier: npt.NDArray[np.complex64]  # (stored,) see _multipliers
+    conjugate: npt.NDArray[np.complex64]  # its conjugate (the mirrors' multipliers)
     negated: npt.NDArray[np.intp]  # (M+1,) column of -ω
     pad: bool
+
+    @property
+    def shared(self) -> bool:
+        """Whether projections share lines (merged before the half set is taken)."""
+        return self.lines.keep is not None
 
 
 def _pair_strengths(
     sino: npt.NDArray[np.float32], pair: int, setup: _Filter, threads: int
 ) -> npt.NDArray[np.complex64]:
-    """NUFFT strengths ``(points,)`` of rows ``2·pair`` (real) and ``2·pair+1`` (imag).
+    """NUFFT strengths ``(2, points)`` of rows ``2·pair`` (``a``) and ``2·pair+1`` (``b``).
 
     Per chunk of projections (in the lines' processing order): pack ``a + i·b`` padded
     to ``L``, FFT, × filter, inverse FFT, crop the window, FFT, × multiplier on the kept
-    columns; ``threads`` for the FFTs (pairs run in parallel, so usually 1).
+    columns; ``threads`` for the FFTs (pairs run in parallel, so usually 1). Row 0 holds
+    the packed strengths at the half set's points ``ω ≥ 0``; row 1 those at their mirrors
+    ``-ω`` (spread at ``ω`` and reflected, see :func:`_add_reflected`): for every
+    projection on its own line, the coefficient at ``-ω`` times the conjugate multiplier.
     """
     rows, n_angles, cols = sino.shape
     layout, lines, pad = setup.layout, setup.lines, setup.pad
@@ -419,9 +450,11 @@ def _pair_strengths(
     half = window // 2
     inside = start >= 0 and start + window <= length
     lo, hi = max(start, 0), min(start + window, length)
-    shared = lines.keep is not None or lines.n_lines < n_angles
-    total = n_angles * (window + 1) if shared else lines.points
-    strengths = np.empty(total, dtype=np.complex64)
+    shared = setup.shared
+    strengths = np.empty((2, lines.points), dtype=np.complex64)
+    # Merged lines: the whole lines' strengths first, then the two halves are gathered.
+    full = np.empty(n_angles * (window + 1), dtype=np.complex64) if shared else strengths[0]
+    conjugate = setup.conjugate
     packed = np.empty((_CHUNK, length), dtype=np.complex64)
     parts = packed.view(np.float32).reshape(_CHUNK, length, 2)
     in_order = bool(np.all(lines.order[1:] > lines.order[:-1]))
@@ -454,7 +487,7 @@ def _pair_strengths(
             # Line columns a … b-1: coefficients a … M/2 (the last as +1/2), then
             # M/2 … M-1 (from -1/2 on): two runs of the FFT's own order.
             size = (q - p) * (b - a)
-            out = strengths[stored : stored + size].reshape(q - p, b - a)
+            out = full[stored : stored + size].reshape(q - p, b - a)
             mult = setup.multiplier[stored : stored + size].reshape(q - p, b - a)
             coef = coefficients[p - first : q - first]
             split = max(min(half + 1, b) - a, 0)
@@ -462,11 +495,24 @@ def _pair_strengths(
                 np.multiply(coef[:, a : a + split], mult[:, :split], out=out[:, :split])
             if split < b - a:
                 np.multiply(coef[:, a + split - 1 : b - 1], mult[:, split:], out=out[:, split:])
+            if shared:
+                continue
+            # Half set (b <= M/2 + 1): the mirror -ω of column j is FFT coefficient
+            # (M - j) mod M, its multiplier the conjugate of j's.
+            mirror = strengths[1, stored : stored + size].reshape(q - p, b - a)
+            conj = conjugate[stored : stored + size].reshape(q - p, b - a)
+            low = a
+            if a == 0:  # ω = 0 is its own mirror
+                np.multiply(coef[:, 0], conj[:, 0], out=mirror[:, 0])
+                low = 1
+            if b > low:
+                np.multiply(coef[:, window - b + 1 : window - low + 1][:, ::-1],
+                            conj[:, low - a :], out=mirror[:, low - a :])
     if not shared:
         return strengths
     # Sum the projections of each line (θ and θ + 180°: frequencies reversed). Within one
     # pass every target line appears once (fancy-index += does not accumulate repeats).
-    full = strengths.reshape(n_angles, window + 1)
+    whole = full.reshape(n_angles, window + 1)
     merged = np.zeros((lines.n_lines, window + 1), dtype=np.complex64)
     rank = _occurrence(lines.line)
     for level in range(int(rank.max()) + 1):
@@ -474,15 +520,15 @@ def _pair_strengths(
             chosen = np.flatnonzero((rank == level) & (lines.flipped == flip))
             if chosen.size == 0:
                 continue
-            values = full[chosen]
+            values = whole[chosen]
             if flip:
                 values = values[:, setup.negated]
             merged[lines.line[chosen]] += values
-    if lines.keep is None or lines.scale is None:
-        return merged.reshape(-1)
-    kept = merged.reshape(-1)[lines.keep]
-    kept *= lines.scale
-    return kept
+    assert lines.keep is not None and lines.mirror is not None and lines.scale is not None
+    flat = merged.reshape(-1)
+    np.multiply(flat[lines.keep], lines.scale, out=strengths[0])
+    np.multiply(flat[lines.mirror], lines.scale, out=strengths[1])
+    return strengths
 
 
 def _occurrence(labels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
@@ -545,21 +591,41 @@ def _deconvolution(eps: float, size: int) -> npt.NDArray[np.float32]:
     return np.multiply.outer(inverse, inverse)
 
 
-class _Gridder:
-    """Type-1 NUFFT of one strength vector onto ``size × size`` modes (one per thread).
+def _add_reflected(
+    target: npt.NDArray[np.complex64], source: npt.NDArray[np.complex64]
+) -> None:
+    """``target[m] += source[-m mod G]`` on both axes of a ``G × G`` grid (``G`` even).
 
-    finufft spreads (``spreadinterponly``; points sorted once by ``setpts``) onto an
-    oversampled grid; the FFT is scipy's, pruned to the ``size`` wanted columns before
-    the second axis; the kernel's transform is divided out on the copy to the output.
+    Grid cell ``m`` sits at ``2π(m - G/2)/G``, so ``-m mod G`` is the cell at minus its
+    position: spreading a strength at ``ω`` and reflecting the grid is spreading it at
+    ``-ω`` with a kernel that is exactly the mirror image (finufft's kernel evaluation at
+    ``±x`` differs by its rounding and polynomial fit, ~``eps/10``: enough to leak one
+    row of a pair into the other's slice).
+    """
+    target[0, 0] += source[0, 0]
+    target[0, 1:] += source[0, :0:-1]
+    target[1:, 0] += source[:0:-1, 0]
+    target[1:, 1:] += source[:0:-1, :0:-1]
+
+
+class _Gridder:
+    """Type-1 NUFFT of one pair's strengths onto ``size × size`` modes (one per thread).
+
+    finufft spreads (``spreadinterponly``; points sorted once by ``setpts``) the two rows
+    of strengths (half set and mirrors, see :func:`_pair_strengths`) onto two oversampled
+    grids; the second is reflected into the first (:func:`_add_reflected`); the FFT is
+    scipy's, pruned to the ``size`` wanted columns before the second axis; the kernel's
+    transform is divided out on the copy to the output.
     (finufft's own FFT is FFTW: with ESTIMATE plans it is 3-5x slower than scipy's here,
     with MEASURE plans it costs seconds of planning per size and process.)
     """
 
     def __init__(self, lines: _Lines, size: int, eps: float, threads: int) -> None:
         grid = _grid_size(size)
+        self.grid = grid
         self.threads = threads
         self.plan = finufft.Plan(
-            1, (grid, grid), n_trans=1, eps=eps, dtype="complex64", spreadinterponly=1,
+            1, (grid, grid), n_trans=2, eps=eps, dtype="complex64", spreadinterponly=1,
             upsampfac=_UPSAMPFAC, nthreads=threads,
         )
         self.plan.setpts(lines.rows_y, lines.cols_x)
@@ -567,22 +633,173 @@ class _Gridder:
         self.negative = size // 2
         self.nonnegative = size - size // 2
 
+    def grids(self) -> npt.NDArray[np.complex64]:
+        """The two spread grids ``(2, G, G)`` a worker reuses for all its pairs (at
+        N = 2048 they are 105 MB: allocated per pair, every page faulted in anew)."""
+        return np.empty((2, self.grid, self.grid), dtype=np.complex64)
+
     def __call__(
-        self, strengths: npt.NDArray[np.complex64], out: npt.NDArray[np.complex64]
+        self,
+        strengths: npt.NDArray[np.complex64],
+        out: npt.NDArray[np.complex64],
+        grids: npt.NDArray[np.complex64],
     ) -> None:
         """Write the image (modes ``(k_y, k_x)`` in C order, not yet deconvolved, see
-        :func:`_deconvolution`) into ``out`` of shape ``(size, size)``."""
+        :func:`_deconvolution`) into ``out`` of shape ``(size, size)``; ``grids`` (from
+        :meth:`grids`) is overwritten."""
         neg, nonneg = self.negative, self.nonnegative
-        spread = self.plan.execute(strengths[None])[0]
-        rows = scipy.fft.ifft(spread, axis=-1, norm="forward", workers=self.threads,
+        spread = self.plan.execute(strengths, out=grids)
+        _add_reflected(spread[0], spread[1])
+        # In place (contiguous complex64): the first grid becomes the row transform.
+        rows = scipy.fft.ifft(spread[0], axis=-1, norm="forward", workers=self.threads,
                               overwrite_x=True)
-        del spread
         # Second axis only on the wanted columns (two runs of the grid, no gather copy).
         for target, columns in ((out[:, :neg], rows[:, -neg:] if neg else rows[:, :0]),
                                 (out[:, neg:], rows[:, :nonneg])):
             full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=self.threads)
             target[:neg] = full[full.shape[0] - neg :]
             target[neg:] = full[:nonneg]
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """What fixes a reconstruction's plan: equal geometries share lines, multipliers,
+    deconvolution and the gridders' sorted points (:class:`FourierFbpCache`)."""
+
+    angles: bytes  # float64 angles, in block order
+    cols: int
+    size: int
+    axis: float
+    filter_name: str
+    pad: bool
+    circle: bool
+    eps: float
+
+    @property
+    def layout(self) -> _Layout:
+        length = padded_length(self.cols)
+        left = (length - self.cols) // 2
+        window = window_length(self.size, self.circle)
+        start = math.floor(left + self.axis + 0.5) - window // 2
+        return _Layout(length=length, left=left, start=start, window=window)
+
+
+class _Plan:
+    """The fixed work of one geometry: lines, filter set-up, deconvolution, gridders.
+
+    Made in parts, so that a fresh plan's parts are made concurrently (the gridders sort
+    their points and the deconvolution is probed in the pool while the calling thread
+    computes the multipliers); a cached plan has them all. Gridders are lent to one call's
+    workers and given back; each is for one thread count.
+    """
+
+    def __init__(self, geometry: _Geometry) -> None:
+        self.geometry = geometry
+        self.layout = geometry.layout
+        layout = self.layout
+        angles = np.frombuffer(geometry.angles, dtype=np.float64)
+        self.lines = _lines(angles, layout.window, layout.left + geometry.axis - layout.start,
+                            geometry.size % 2 == 0)
+        self.setup: _Filter | None = None
+        self.deconvolution: npt.NDArray[np.float32] | None = None
+        self._idle: dict[int, list[_Gridder]] = {}
+        #: Tables other users of the same geometry derive from it (the streaming
+        #: contributions, the last block's gridding plan), by name.
+        self.derived: dict[str, Any] = {}
+
+    def make_setup(self) -> _Filter:
+        """The filter set-up (multipliers: the largest fixed cost after the sorting)."""
+        if self.setup is None:
+            geometry, layout = self.geometry, self.layout
+            rfft_response = filter_response(layout.length, geometry.filter_name)
+            # Full-spectrum (complex FFT order) copy of the real, even rfft response.
+            response = np.concatenate(
+                [rfft_response, rfft_response[1 : layout.length // 2][::-1]]
+            )
+            multiplier = _multipliers(self.lines, layout.window)
+            self.setup = _Filter(
+                layout, response.astype(np.float32), self.lines, multiplier,
+                np.conj(multiplier), _negated(layout.window), geometry.pad,
+            )
+        return self.setup
+
+    def make_deconvolution(self) -> npt.NDArray[np.float32]:
+        """The kernel's deconvolution, upside down as the slices are read, 0 outside the
+        circle with ``circle_mask`` (zeroed on the way out: no extra pass)."""
+        if self.deconvolution is None:
+            size = self.geometry.size
+            result = _deconvolution(self.geometry.eps, size)
+            if self.geometry.circle:
+                result[~circle_inside(size, size)] = 0.0
+            self.deconvolution = np.ascontiguousarray(result[::-1])
+        return self.deconvolution
+
+    def lend(self, threads: int) -> _Gridder | None:
+        """An idle gridder for ``threads`` threads, or ``None`` (make one)."""
+        idle = self._idle.get(threads)
+        return idle.pop() if idle else None
+
+    def make_gridder(self, threads: int) -> _Gridder:
+        return _Gridder(self.lines, self.geometry.size, self.geometry.eps, threads)
+
+    def give_back(self, gridder: _Gridder) -> None:
+        self._idle.setdefault(gridder.threads, []).append(gridder)
+
+
+class FourierFbpCache:
+    """Per-scan cache of :func:`fourier_fbp`'s fixed work, owned by the caller.
+
+    Every call of the same geometry (angles, detector width, output size, CoR, filter,
+    padding, circle mask, tolerance) needs the same lines, multipliers, kernel
+    deconvolution and gridding plans (the points sorted per thread): about 28 ms at
+    N = 1024, P = 1200, paid once per scan instead of once per block of rows when the
+    caller keeps this object for the scan (the executor does: :class:`StageSpec.cache`)
+    and passes it as ``fourier_fbp(..., cache=...)``. Only the last geometry is kept (a
+    new one replaces it). One call at a time uses it; a call that finds it in use by
+    another thread works without it. It holds about 48 bytes per NUFFT point between
+    calls (points, multipliers and their conjugates, one sort index per thread) plus the
+    ``N²`` deconvolution: about 30 MB at N = 1024, P = 1200 (docs/decisions/0010).
+    """
+
+    def __init__(self) -> None:
+        self._plan: _Plan | None = None
+        self._lock = threading.Lock()
+        #: Calls that found their plan here, and calls that made one.
+        self.hits = 0
+        self.misses = 0
+        #: Streaming bands that found their block's gridding here (made by another band).
+        self.blocks_shared = 0
+
+    def acquire(self, geometry: _Geometry) -> _Plan | None:
+        """The plan for ``geometry`` (made if new), locked for the caller; ``None`` when
+        another call holds it. Release with :meth:`release`."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        if self._plan is not None and self._plan.geometry == geometry:
+            self.hits += 1
+        else:
+            self._plan = None  # the old plan's memory goes first
+            self._plan = _Plan(geometry)
+            self.misses += 1
+        return self._plan
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def shared(self, geometry: _Geometry) -> _Plan:
+        """The plan for ``geometry`` (made if new) to read its fixed tables, not its
+        gridders (:class:`stages.recon.streaming.StreamingFbp`'s bands share it)."""
+        if self._plan is None or self._plan.geometry != geometry:
+            self._plan = None
+            self._plan = _Plan(geometry)
+            self.misses += 1
+        else:
+            self.hits += 1
+        return self._plan
+
+    def try_lock(self) -> bool:
+        """Take the cache for a job that uses its plans (``False``: in use elsewhere)."""
+        return self._lock.acquire(blocking=False)
 
 
 def fourier_fbp(
@@ -596,6 +813,7 @@ def fourier_fbp(
     circle_mask: bool = False,
     eps: float = 1e-2,
     threads: int | None = None,
+    cache: FourierFbpCache | None = None,
 ) -> npt.NDArray[np.float32]:
     """Reconstruct the slices of a sinogram block by Fourier-domain FBP (NUFFT gridding).
 
@@ -624,6 +842,10 @@ def fourier_fbp(
         Relative tolerance of the single-precision NUFFT (``1e-4 … 1e-1``).
     threads : int, optional
         Threads for the FFTs and the NUFFT; the CPUs this process may use when omitted.
+    cache : FourierFbpCache, optional
+        Keeps the fixed work (lines, multipliers, deconvolution, sorted points) for the
+        next call of the same geometry: pass the same object for every block of a scan.
+        The result is the same with or without it.
 
     Returns
     -------
@@ -637,80 +859,74 @@ def fourier_fbp(
         finite angle per projection, or a parameter is out of range.
     """
     sino, angles = _check(block, angles_deg, center, filter_name, output_size, eps, threads)
-    rows, _, cols = sino.shape
-    size = cols if output_size is None else int(output_size)
-    axis_col = (cols - 1) / 2 if center is None else float(center)
-    workers = _threads(threads)
-    length = padded_length(cols)
-    left = (length - cols) // 2
-    window = window_length(size, circle_mask)
-    start = math.floor(left + axis_col + 0.5) - window // 2
-    layout = _Layout(length=length, left=left, start=start, window=window)
+    if cache is not None and not isinstance(cache, FourierFbpCache):
+        raise StageError(f"stage {_STAGE!r}: cache: expected a FourierFbpCache or None, "
+                         f"got {type(cache).__name__}")
+    cols = sino.shape[2]
+    geometry = _Geometry(
+        angles=np.ascontiguousarray(angles, dtype=np.float64).tobytes(), cols=cols,
+        size=cols if output_size is None else int(output_size),
+        axis=(cols - 1) / 2 if center is None else float(center),
+        filter_name=filter_name, pad=bool(pad), circle=bool(circle_mask), eps=float(eps),
+    )
+    plan = cache.acquire(geometry) if cache is not None else None
+    try:
+        return _reconstruct(sino, plan if plan is not None else _Plan(geometry),
+                            _threads(threads))
+    finally:
+        if plan is not None and cache is not None:
+            cache.release()
+
+
+def _reconstruct(
+    sino: npt.NDArray[np.float32], plan: _Plan, workers: int
+) -> npt.NDArray[np.float32]:
+    """:func:`fourier_fbp` of a checked block with ``plan`` (fresh or cached)."""
+    rows = sino.shape[0]
+    size = plan.geometry.size
     n_pairs = (rows + 1) // 2
     n_workers = min(n_pairs, workers)
     per_worker = max(1, workers // n_workers)  # threads inside a worker (few pairs)
     out = np.empty((rows, size, size), dtype=np.float32)
+    pending = iter(range(n_pairs))
+    lock = threading.Lock()
 
-    def deconvolution() -> npt.NDArray[np.float32]:
-        """The kernel's deconvolution, 0 outside the circle with ``circle_mask`` (zeroed on
-        the way out: no extra pass)."""
-        result = _deconvolution(eps, size)
-        if circle_mask:
-            result[~circle_inside(size, size)] = 0.0
-        return result
-
-    def reconstruct(
-        deconvolve: Future[npt.NDArray[np.float32]] | npt.NDArray[np.float32],
-        pool: ThreadPoolExecutor | None,
-    ) -> None:
-        lines = _lines(angles, window, left + axis_col - start, size % 2 == 0)
-        plans = [
-            pool.submit(_Gridder, lines, size, eps, per_worker) for _ in range(n_workers)
-        ] if pool is not None else []
-        rfft_response = filter_response(length, filter_name)
-        # Full-spectrum (complex FFT order) copy of the real, even rfft response.
-        response = np.concatenate([rfft_response, rfft_response[1 : length // 2][::-1]])
-        setup = _Filter(
-            layout, response.astype(np.float32), lines, _multipliers(lines, window),
-            _negated(window), pad,
-        )
-        pending = iter(range(n_pairs))
-        lock = threading.Lock()
-
-        def work(plan: Future[_Gridder] | None) -> None:
-            """Take pairs until none is left: filter, grid, deconvolve, write out."""
-            gridder = _Gridder(lines, size, eps, per_worker) if plan is None else plan.result()
-            image = np.empty((size, size), dtype=np.complex64)
+    def work(gridder: _Gridder, setup: _Filter, factor: npt.NDArray[np.float32]) -> None:
+        """Take pairs until none is left: filter, grid, deconvolve, write out."""
+        image = np.empty((size, size), dtype=np.complex64)
+        grids = gridder.grids()
+        try:
             while True:
                 with lock:
                     pair = next(pending, None)
                 if pair is None:
                     return
-                gridder(_pair_strengths(sino, pair, setup, per_worker), image)
-                factor = deconvolve if isinstance(deconvolve, np.ndarray) else deconvolve.result()
+                gridder(_pair_strengths(sino, pair, setup, per_worker), image, grids)
                 # Modes run along +y; the slice's rows run down (y = (N-1)/2 - iy):
-                # read both upside down (a view, no copy).
-                flipped = factor[::-1]
-                np.multiply(image.real[::-1], flipped, out=out[2 * pair])
+                # read the image upside down (a view; the factor is stored so).
+                np.multiply(image.real[::-1], factor, out=out[2 * pair])
                 if 2 * pair + 1 < rows:
-                    np.multiply(image.imag[::-1], flipped, out=out[2 * pair + 1])
+                    np.multiply(image.imag[::-1], factor, out=out[2 * pair + 1])
+        finally:
+            plan.give_back(gridder)
 
-        if pool is None:
-            work(None)
-            return
-        # Jobs wait only on jobs submitted before them: no deadlock in a pool this size.
-        for job in [pool.submit(work, plan) for plan in plans]:
-            job.result()
-
-    # Each worker runs whole pairs on its own plan: no barrier between the filtering and
-    # the gridding, so a core slowed by other load does not hold the others back. The
-    # deconvolution and the plans (sorting the points) are made by the pool while this
-    # thread lays out the lines and computes the multipliers.
     if n_workers == 1:
-        reconstruct(deconvolution(), None)
-    else:
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            reconstruct(pool.submit(deconvolution), pool)
+        gridder = plan.lend(per_worker) or plan.make_gridder(per_worker)
+        work(gridder, plan.make_setup(), plan.make_deconvolution())
+        return out
+    # Each worker runs whole pairs on its own gridder: no barrier between the filtering
+    # and the gridding, so a core slowed by other load does not hold the others back. A
+    # fresh plan's gridders (sorting the points) and deconvolution are made by the pool
+    # while this thread computes the multipliers.
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        lent = [plan.lend(per_worker) for _ in range(n_workers)]
+        made = [pool.submit(plan.make_gridder, per_worker) for g in lent if g is None]
+        factor_job = pool.submit(plan.make_deconvolution)
+        setup = plan.make_setup()
+        factor = factor_job.result()
+        gridders = [g for g in lent if g is not None] + [job.result() for job in made]
+        for job in [pool.submit(work, g, setup, factor) for g in gridders]:
+            job.result()
     return out
 
 
@@ -724,8 +940,9 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
     worker thread
     (``w = min(pairs, threads)``): finufft's sort index (8 bytes per point), one pair's
     strengths (8 bytes per point, twice with merged 360° lines), the filtering chunks
-    (a few ``_CHUNK × L`` complex64), and the gridding's spread grid, its first FFT and
-    one column half of the second (``≤ 3 G²`` complex64, ``G ≈ 1.25 N``) plus the image.
+    (a few ``_CHUNK × L`` complex64), and the gridding's two spread grids (half set and
+    mirrors), its first FFT and one column half of the second (``≤ 4 G²`` complex64,
+    ``G ≈ 1.25 N``) plus the image.
     """
     rows, angles, cols = shape
     size = cols if getattr(params, "output_size", None) is None else int(params.output_size)
@@ -746,7 +963,7 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
         + workers * (
             points * (8 + 2 * 8)  # sort index, strengths (+ merged lines)
             + 6 * _CHUNK * length * 8  # filtering chunks
-            + (3 * grid * grid + size * size) * 8  # gridding
+            + (4 * grid * grid + size * size) * 8  # gridding (two spread grids)
         )
     )
 
@@ -759,6 +976,7 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.SINOGRAM,
         params=FourierFbpParams,
         memory=_fourier_memory,
+        cache=FourierFbpCache,
         summary="filtered back-projection in Fourier space: fbp's filter and weights, "
         "NUFFT gridding (finufft), any angles, sub-pixel CoR by phase",
         needs_angles=True,

@@ -55,17 +55,17 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
-from stages.misc.geometry import circle_inside
-from stages.recon.fbp import filter_response, padded_length
+from stages.recon.fbp import padded_length
 from stages.recon.fourier import (
     _UPSAMPFAC,
+    FourierFbpCache,
     FourierFbpParams,
-    _deconvolution,
+    _add_reflected,
+    _Geometry,
     _grid_size,
     _Lines,
-    _lines,
-    _multipliers,
     _negated,
+    _Plan,
     _threads,
     window_length,
 )
@@ -86,24 +86,28 @@ class IncompleteScanError(StageError):
 class _Contributions:
     """What each planned projection adds to the NUFFT strengths (CSR by projection).
 
-    Entries ``ptr[p] … ptr[p+1]-1`` belong to projection ``p``: strength
-    ``coef_p[fft_column] · multiplier`` at NUFFT point ``point`` (an index into the
-    plan's ``rows_y``/``cols_x``), where ``coef_p`` is the ``M``-point FFT of ``p``'s
-    cropped filtered projection.
+    Entries ``ptr[p] … ptr[p+1]-1`` belong to projection ``p``: at the half-set NUFFT
+    point ``point`` (an index into the plan's ``rows_y``/``cols_x``, ``ω ≥ 0``), strength
+    ``coef_p[fft_column[0]] · multiplier[0]``, and at its mirror ``-ω`` (spread at ``ω``
+    and reflected, as the batch call does) ``coef_p[fft_column[1]] · multiplier[1]``,
+    where ``coef_p`` is the ``M``-point FFT of ``p``'s cropped filtered projection.
     """
 
     ptr: npt.NDArray[np.intp]
     point: npt.NDArray[np.intp]
-    fft_column: npt.NDArray[np.intp]
-    multiplier: npt.NDArray[np.complex64]
+    fft_column: npt.NDArray[np.intp]  # (2, entries)
+    multiplier: npt.NDArray[np.complex64]  # (2, entries)
 
 
-def _contributions(lines: _Lines, window: int) -> _Contributions:
-    """The sparse table of :class:`_Contributions` for ``lines`` (window ``M``)."""
+def _contributions(
+    lines: _Lines, window: int, stored: npt.NDArray[np.complex64]
+) -> _Contributions:
+    """The sparse table of :class:`_Contributions` for ``lines`` (window ``M``) and their
+    multipliers ``stored`` (:func:`stages.recon.fourier._multipliers`)."""
     columns = window + 1
     half = window // 2
     count = lines.order.shape[0]
-    stored = _multipliers(lines, window)
+    negated = _negated(window)  # line column of -ω: the mirror of each column
     if lines.keep is None or lines.scale is None:  # every projection on its own line
         owners, points, cols = [], [], []
         for p, q, a, b, offset in lines.pieces:
@@ -113,8 +117,9 @@ def _contributions(lines: _Lines, window: int) -> _Contributions:
             cols.append(np.tile(np.arange(a, b, dtype=np.intp), q - p))
         owner = np.concatenate(owners)
         point = np.concatenate(points)
-        column = np.concatenate(cols)
-        multiplier = stored[point]
+        column = np.concatenate(cols)  # half set: line column j is FFT coefficient j
+        fft_columns = np.stack([column, (window - column) % window])
+        multipliers = np.stack([stored[point], np.conj(stored[point])])
     else:  # repeated lines (360°): projection p feeds the kept points of its line
         kept_line = lines.keep // columns
         kept_col = lines.keep % columns
@@ -129,21 +134,37 @@ def _contributions(lines: _Lines, window: int) -> _Contributions:
             - np.repeat(first, counts)
             + np.repeat(starts[lines.line], counts)
         )
-        column = kept_col[point]
-        column = np.where(lines.flipped[owner], _negated(window)[column], column)
         full = stored.reshape(count, columns)  # the pieces cover projections in order
-        multiplier = full[owner, column] * lines.scale[point]
+        flipped = lines.flipped[owner]
+        fft_parts, mult_parts = [], []
+        for line_column in (kept_col[point], negated[kept_col[point]]):  # ω, then -ω
+            column = np.where(flipped, negated[line_column], line_column)
+            mult_parts.append(full[owner, column] * lines.scale[point])
+            # Line-order column j is FFT coefficient j up to +1/2 (j = M/2), then j - 1.
+            fft_parts.append(np.where(column <= half, column, column - 1))
+        fft_columns = np.stack(fft_parts)
+        multipliers = np.stack(mult_parts)
     order = np.argsort(owner, kind="stable")
     ptr = np.zeros(count + 1, dtype=np.intp)
     np.cumsum(np.bincount(owner, minlength=count), out=ptr[1:])
-    # Line-order column j is FFT coefficient j up to +1/2 (j = M/2), then j - 1.
-    fft_column = np.where(column <= half, column, column - 1)[order]
     return _Contributions(
         ptr=ptr,
         point=point[order].astype(np.intp),
-        fft_column=fft_column.astype(np.intp),
-        multiplier=multiplier[order].astype(np.complex64),
+        fft_column=np.ascontiguousarray(fft_columns[:, order], dtype=np.intp),
+        multiplier=np.ascontiguousarray(multipliers[:, order], dtype=np.complex64),
     )
+
+
+@dataclass(frozen=True)
+class _BlockGridding:
+    """The NUFFT of one block of projections: where its strengths come from and the plan
+    with its points sorted (``points`` keeps the coordinates the plan reads alive)."""
+
+    key: tuple[bytes, int]
+    gather: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]
+    multiplier: npt.NDArray[np.complex64]  # (2, entries)
+    points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+    plan: Any
 
 
 class StreamingFbp:
@@ -166,6 +187,10 @@ class StreamingFbp:
         y, about a third of the latency of the whole grid FFT, for about 30 % more work
         while the scan arrives. ``False``: keep the spread grids (``G × G``) and run the
         whole FFT at ``finish``.
+    cache : FourierFbpCache, optional
+        Shared by the bands of one scan (fed the same blocks, one after the other, in
+        one thread): the plan's tables are made once, not per band, and each block's
+        gridding plan (its points sorted) once, not per band.
 
     Raises
     ------
@@ -182,6 +207,7 @@ class StreamingFbp:
         center: float | None = None,
         *,
         rows_early: bool = True,
+        cache: FourierFbpCache | None = None,
     ) -> None:
         if rows < 1 or cols < 1:
             raise StageError(
@@ -210,14 +236,21 @@ class StreamingFbp:
         self.left = (self.length - cols) // 2
         self.window = window_length(self.size, params.circle_mask)
         self.start = math.floor(self.left + self.axis + 0.5) - self.window // 2
-        self.lines = _lines(
-            self.angles, self.window, self.left + self.axis - self.start, self.size % 2 == 0
+        geometry = _Geometry(
+            angles=self.angles.tobytes(), cols=self.cols, size=self.size, axis=self.axis,
+            filter_name=params.filter_name, pad=params.pad, circle=params.circle_mask,
+            eps=params.eps,
         )
-        self.table = _contributions(self.lines, self.window)
-        rfft_response = filter_response(self.length, params.filter_name)
-        self.response = np.concatenate(
-            [rfft_response, rfft_response[1 : self.length // 2][::-1]]
-        ).astype(np.float32)
+        self.cache = cache
+        self.plan = cache.shared(geometry) if cache is not None else _Plan(geometry)
+        self.lines = self.plan.lines
+        setup = self.plan.make_setup()
+        if "contributions" not in self.plan.derived:
+            self.plan.derived["contributions"] = _contributions(
+                self.lines, self.window, setup.multiplier
+            )
+        self.table: _Contributions = self.plan.derived["contributions"]
+        self.response = setup.response
         self.grid = _grid_size(self.size)
         self.pairs = (self.rows + 1) // 2
         self.rows_early = rows_early
@@ -227,10 +260,7 @@ class StreamingFbp:
         )
         # The kernel's deconvolution (0 outside the circle with circle_mask), read upside
         # down as the slices are: made now, not after the last frame.
-        factor = _deconvolution(params.eps, self.size)
-        if params.circle_mask:
-            factor[~circle_inside(self.size, self.size)] = 0.0
-        self.deconvolve = np.ascontiguousarray(factor[::-1])
+        self.deconvolve = self.plan.make_deconvolution()
         self.received = np.zeros(self.angles.shape[0], dtype=bool)
         self._sorted = np.argsort(self.angles, kind="stable")
 
@@ -289,6 +319,25 @@ class StreamingFbp:
             return
         positions = self._positions(angles)
         sino = np.ascontiguousarray(block, dtype=np.float32)
+        locked = self.cache is not None and self.cache.try_lock()
+        try:
+            self._add(sino, positions, shared=locked)
+        finally:
+            if locked and self.cache is not None:
+                self.cache.release()
+        self.received[positions] = True
+
+    def _block_gridding(self, positions: npt.NDArray[np.intp], *, shared: bool) -> _BlockGridding:
+        """The gridding of a block of planned projections ``positions``: the last
+        block's is kept in the shared plan (the other bands get the same block next)."""
+        key = (positions.tobytes(), self.threads)
+        if shared:
+            kept = self.plan.derived.get("block")
+            if isinstance(kept, _BlockGridding) and kept.key == key:
+                assert self.cache is not None
+                self.cache.blocks_shared += 1
+                return kept
+            self.plan.derived.pop("block", None)  # its memory goes first
         table = self.table
         counts = table.ptr[positions + 1] - table.ptr[positions]
         first = np.cumsum(counts) - counts
@@ -297,25 +346,42 @@ class StreamingFbp:
             - np.repeat(first, counts)
             + np.repeat(table.ptr[positions], counts)
         )
-        local = np.repeat(np.arange(angles.shape[0], dtype=np.intp), counts)
-        gather = local * self.window + table.fft_column[entries]
-        multiplier = table.multiplier[entries]
+        local = np.repeat(np.arange(positions.shape[0], dtype=np.intp), counts) * self.window
         rows_y = np.ascontiguousarray(self.lines.rows_y[table.point[entries]])
         cols_x = np.ascontiguousarray(self.lines.cols_x[table.point[entries]])
         plan = finufft.Plan(
-            1, (self.grid, self.grid), n_trans=1, eps=self.params.eps, dtype="complex64",
+            1, (self.grid, self.grid), n_trans=2, eps=self.params.eps, dtype="complex64",
             spreadinterponly=1, upsampfac=_UPSAMPFAC, nthreads=self.threads,
         )
         plan.setpts(rows_y, cols_x)
-        strengths = np.empty((1, entries.shape[0]), dtype=np.complex64)
+        gridding = _BlockGridding(
+            key=key, gather=(local + table.fft_column[0, entries],
+                             local + table.fft_column[1, entries]),
+            multiplier=table.multiplier[:, entries], points=(rows_y, cols_x), plan=plan,
+        )
+        if shared:
+            self.plan.derived["block"] = gridding
+        return gridding
+
+    def _add(self, sino: npt.NDArray[np.float32], positions: npt.NDArray[np.intp], *,
+             shared: bool) -> None:
+        """Spread the block's share of every row pair into the accumulators."""
+        assert self.spread is not None
+        gridding = self._block_gridding(positions, shared=shared)
+        gather, multiplier, plan = gridding.gather, gridding.multiplier, gridding.plan
+        strengths = np.empty((2, gather[0].shape[0]), dtype=np.complex64)
+        # Reused by every pair of the block (2 G² complex64: 105 MB at N = 2048).
+        grids = np.empty((2, self.grid, self.grid), dtype=np.complex64)
         for pair in range(self.pairs):
-            coefficients = self._coefficients(sino, pair)
-            np.multiply(coefficients.reshape(-1)[gather], multiplier, out=strengths[0])
+            coefficients = self._coefficients(sino, pair).reshape(-1)
+            for part in (0, 1):  # at ω >= 0, and at -ω (spread at ω, then reflected)
+                np.multiply(coefficients[gather[part]], multiplier[part], out=strengths[part])
+            spread = plan.execute(strengths, out=grids)
+            _add_reflected(spread[0], spread[1])
             if self.rows_early:
-                self._fold_rows(plan.execute(strengths)[0], self.spread[pair])
+                self._fold_rows(spread[0], self.spread[pair])
             else:
-                self.spread[pair] += plan.execute(strengths)[0]
-        self.received[positions] = True
+                self.spread[pair] += spread[0]
 
     def _coefficients(self, sino: npt.NDArray[np.float32], pair: int) -> npt.NDArray[np.complex64]:
         """``M``-point FFTs ``(angles, M)`` of the cropped filtered projections of rows

@@ -11,8 +11,13 @@ from typing import Any
 import zmq
 
 from streamer.cli.options import add_command, add_consumer_endpoint_options, add_limit_options
-from streamer.cli.receiving import consumer_socket, ingest_settings, receiving_progress
-from streamer.cli.shared import stop_on_signal
+from streamer.cli.receiving import (
+    close_consumer,
+    consumer_socket,
+    ingest_settings,
+    receiving_progress,
+)
+from streamer.cli.shared import log_to_stderr, stop_on_signal
 from streamer.errors import ConfigError
 from streamer.exchange.links import RankLink, launched_with_ranks
 from streamer.run.progress import Progress
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     speaks = cluster is None or cluster.is_coordinator
     incomplete = 0
     with zmq.Context() as context, stop_on_signal() as stop:
-        socket = consumer_socket(
+        socket, gate = consumer_socket(
             context, args, limits.max_message_bytes + limits.max_header_bytes,
             announce="ingest" if speaks and not args.quiet else None,
         )
@@ -88,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
 
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         service = IngestService(socket, settings, on_report=on_report, cluster=cluster,
-                                on_event=receiving_progress(progress))
+                                on_event=receiving_progress(progress), gate=gate,
+                                log=log_to_stderr(False))
         if cluster is not None and speaks and not args.quiet:
             print(f"ingest: {cluster.link.size} MPI ranks pull from the source",
                   file=sys.stderr, flush=True)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
-            socket.close()
+            close_consumer(socket, gate)
     return 1 if incomplete else 0

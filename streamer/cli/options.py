@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from streamer.ingest.peers import DEFAULT_MAX_PEERS
 from streamer.wire.protocol import Limits
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
@@ -87,6 +88,12 @@ def add_consumer_endpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-remote", action="store_true",
                        help="allow binding a non-loopback address")
     group.add_argument("--hwm", type=int, default=16, help="receive high-water mark (messages)")
+    group.add_argument("--max-peers", type=int, default=DEFAULT_MAX_PEERS, metavar="N",
+                       help="with --listen: admit at most N connected sources at once; "
+                            "more are refused and counted (default %(default)s)")
+    group.add_argument("--allow", action="append", default=[], metavar="IP[/BITS]",
+                       help="with --listen: admit only sources from these addresses or "
+                            "networks; repeatable (default: any that can reach the socket)")
 
 
 def add_format_options(parser: argparse.ArgumentParser, tiff_help: str) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import zmq
 
 from streamer.errors import ConfigError
+from streamer.ingest.peers import PeerGate, PeerPolicy
 from streamer.run.progress import Progress
 from streamer.wire.protocol import Limits
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS, Endpoint, bound_address, open_socket
@@ -30,22 +31,41 @@ MAX_PENDING_REPORTS: Final = 64
 def consumer_socket(
     context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace, max_bytes: int | None,
     *, announce: str | None,
-) -> Any:
-    """Open the PULL socket; ``announce`` names the command in the line that says where
-    it receives (with a ``*`` port resolved, so scripts and tests can read it)."""
+) -> tuple[Any, PeerGate | None]:
+    """Open the PULL socket, and with ``--listen`` its peer gate (``--max-peers``,
+    ``--allow``: connecting, the socket has one peer, the source); ``announce`` names the
+    command in the line that says where it receives (with a ``*`` port resolved, so
+    scripts and tests can read it). Close both with :func:`close_consumer`."""
+    policy = PeerPolicy.parse(args.max_peers, args.allow)
     if args.listen:
         endpoint = Endpoint.parse(args.listen, bind=True)
     else:
+        if args.allow:
+            raise ConfigError("--allow: only with --listen (with --from this socket "
+                              "connects to one source and nothing connects to it)")
         endpoint = Endpoint.parse(args.from_address or DEFAULT_SOURCE_ADDRESS, bind=False)
-    socket = open_socket(
-        context, "pull", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
-        max_message_bytes=max_bytes,
-    )
+    gate = PeerGate(context, policy) if endpoint.bind else None
+    try:
+        socket = open_socket(
+            context, "pull", endpoint, hwm=args.hwm, allow_remote=args.allow_remote,
+            max_message_bytes=max_bytes, prepare=None if gate is None else gate.attach,
+        )
+    except BaseException:
+        if gate is not None:
+            gate.close()
+        raise
     if announce is not None:
         where = bound_address(socket) if endpoint.bind else endpoint.address
         how = "listening on" if endpoint.bind else "receiving from"
         print(f"{announce}: {how} {where}; Ctrl-C to stop", file=sys.stderr, flush=True)
-    return socket
+    return socket, gate
+
+
+def close_consumer(socket: Any, gate: PeerGate | None) -> None:
+    """Close the PULL socket, then its peer gate (which serves until the socket is gone)."""
+    socket.close()
+    if gate is not None:
+        gate.close()
 
 
 def ingest_settings(args: argparse.Namespace) -> tuple[Limits, IngestSettings]:

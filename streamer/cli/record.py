@@ -9,7 +9,7 @@ from typing import Any
 import zmq
 
 from streamer.cli.options import add_command, add_consumer_endpoint_options
-from streamer.cli.receiving import consumer_socket
+from streamer.cli.receiving import close_consumer, consumer_socket
 from streamer.cli.shared import stop_on_signal
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from streamer.sources.capture import record
 
     with zmq.Context() as context, stop_on_signal() as stop:
-        socket = consumer_socket(context, args, None, announce="record")
+        socket, gate = consumer_socket(context, args, None, announce="record")
         try:
             summary = record(
                 socket, args.output, source=args.listen or args.from_address or
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 idle_timeout_s=args.idle_timeout, stop=stop,
             )
         finally:
-            socket.close()
+            close_consumer(socket, gate)
     print(
         f"recorded {summary.messages} messages ({summary.bytes / 1e6:.1f} MB, "
         f"{summary.scans_closed} scans ended) to {summary.path}"

@@ -22,6 +22,7 @@ from streamer.cli.options import (
 )
 from streamer.cli.receiving import (
     ReportFiles,
+    close_consumer,
     consumer_socket,
     ingest_settings,
     print_and_write_report,
@@ -191,9 +192,9 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                             log=log)
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
-        socket = consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run" if speaks else None)
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run" if speaks else None)
         service: IngestService
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         watch = receiving_progress(progress)
@@ -208,7 +209,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                 report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster)
+                                on_event=on_event, cluster=cluster, gate=gate, log=log)
         if relay is not None:
             relay.watch(service.state)
         if ranks > 1:
@@ -222,7 +223,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             ranked.wait()  # the last scan's output (stopped between blocks on a signal)
-            socket.close()
+            close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0
@@ -261,9 +262,9 @@ def _run_with_feed(args: argparse.Namespace) -> int:
                               device_bytes=settings_for_pipeline.device_bytes)
     with zmq.Context() as context, stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
-        socket = consumer_socket(context, args,
-                                  limits.max_message_bytes + limits.max_header_bytes,
-                                  announce="run")
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run")
         feed = live.feed = open_feed(args)
         service: IngestService
 
@@ -280,14 +281,14 @@ def _run_with_feed(args: argparse.Namespace) -> int:
                 report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
-                                on_event=on_event)
+                                on_event=on_event, gate=gate, log=log_to_stderr(False))
         if feed is not None:
             feed.watch(service.state)
         try:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             live.wait()  # the last reconstruction (stopped between blocks on a signal)
-            socket.close()
+            close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
     return 1 if incomplete else 0

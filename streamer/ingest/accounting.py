@@ -34,6 +34,17 @@ PARTIAL_TRANSIT_SAMPLES: Final = 2_000
 _KEY_ORDER: Final = (0, 1, 2)
 
 
+def _frozen(values: list[bool]) -> npt.NDArray[np.bool_]:
+    array = np.array(values, dtype=bool)
+    array.flags.writeable = False
+    return array
+
+
+#: The answers of :meth:`ScanAccount.add_frames` for one frame (read-only, shared).
+_HELD: Final = _frozen([True])
+_NOT_HELD: Final = _frozen([False])
+
+
 @dataclass
 class Rejections:
     """Rejected messages and frames, keyed by reason code."""
@@ -233,6 +244,8 @@ class ScanAccount:
         """
         count = header.count
         first = header.first
+        if count == 1:
+            return self._add_one(header, now)
         accepted = np.zeros(count, dtype=bool)
         in_range = max(0, min(count, self.start.frames - first))
         self.out_of_range += count - in_range
@@ -258,6 +271,29 @@ class ScanAccount:
         self.bytes_received += header.payload_bytes
         self.timing.saw_frames(now, header.t)
         return accepted
+
+    def _add_one(self, header: FramesHeader, now: float) -> npt.NDArray[np.bool_]:
+        """:meth:`add_frames` for a message of one frame (the usual detector message), in
+        plain Python: the same buckets, without building small arrays (a third of the
+        per-message cost of ingest at 512² frames)."""
+        index = header.first
+        held = False
+        if index >= self.start.frames:
+            self.out_of_range += 1
+        elif self.seen[index]:
+            self.duplicate += 1
+        else:
+            key = header.keys[0]
+            if self.received[key] >= self.expected[key]:
+                self.rejected.add("key_count_exceeded", 1)
+            else:
+                self.received[key] += 1
+                self.seen[index] = True
+                self.key_of[index] = key
+                held = True
+        self.bytes_received += header.payload_bytes
+        self.timing.saw_frames(now, header.t)
+        return _HELD if held else _NOT_HELD
 
     def layout_keys(self) -> npt.NDArray[np.int8]:
         """The key ``start``'s layout implies for each index: darks, flats, projections."""

@@ -23,6 +23,7 @@ import zmq
 from streamer.errors import ProtocolError, ScanFailedError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.cluster import ClusterIngest, MergedReport
+from streamer.ingest.peers import PeerGate
 from streamer.ingest.state import (
     FramesAccepted,
     IngestState,
@@ -43,6 +44,8 @@ from streamer.wire.protocol import (
 #: Reports kept in memory by a running service (the newest); every one is also handed to
 #: ``on_report`` (written to disk by the commands).
 MAX_KEPT_REPORTS: Final = 1000
+#: Seconds between two log lines about refused connections from the same peer.
+REFUSAL_LOG_PERIOD_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,11 @@ class IngestService:
     cluster : ClusterIngest, optional
         This rank's part in a multi-rank ingest (``mpiexec -n R``): scans are then opened
         and closed in agreement with the other ranks, and only rank 0 reports.
+    gate : PeerGate, optional
+        The listening socket's peer gate: the connections it refused are counted in
+        :attr:`IngestState.between_scans` (``peer_refused``: one per attempt) and logged.
+    log : callable, optional
+        Where the service's log lines go (refused peers).
     """
 
     def __init__(
@@ -103,8 +111,13 @@ class IngestService:
         on_event: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.time,
         cluster: ClusterIngest | None = None,
+        gate: PeerGate | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.socket = socket
+        self.gate = gate
+        self.log = log
+        self._refusals_logged: dict[str, tuple[float, int]] = {}
         self.settings = settings
         self.cluster = cluster
         self.state = IngestState(settings.idle_timeout_s, coordinated=cluster is not None)
@@ -130,8 +143,10 @@ class IngestService:
         """Serve until ``max_scans`` scans closed, ``stop`` is set, or nothing at all
         arrived for ``max_idle_s`` while no scan is open. Returns the reports of the
         scans closed in this call."""
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
+        # Receives wait at most a poll period (RCVTIMEO) instead of a poll before each:
+        # one call per message, as a bare PULL loop makes (restored when the run ends).
+        timeout_before = self.socket.getsockopt(zmq.RCVTIMEO)
+        self.socket.setsockopt(zmq.RCVTIMEO, self.settings.poll_ms)
         self._stop = stop
         closed_before = self.scans_reported
         idle_since = self.clock()
@@ -150,10 +165,8 @@ class IngestService:
                     self.state.paused(self.clock())
                     self._tick()
                     continue
-                if poller.poll(self.settings.poll_ms):
-                    handled = self._receive_burst()
-                    if handled:
-                        idle_since = self.clock()
+                if self._receive_burst():
+                    idle_since = self.clock()
                 self._tick()
                 if max_scans is not None and self.scans_reported - closed_before >= max_scans:
                     break
@@ -164,6 +177,8 @@ class IngestService:
                 ):
                     break
         finally:
+            if not self.socket.closed:
+                self.socket.setsockopt(zmq.RCVTIMEO, timeout_before)
             if self.cluster is not None:
                 self._cluster_finish()
             for event in self.state.shutdown():
@@ -196,11 +211,16 @@ class IngestService:
             self._dispatch(event)
 
     def _receive_burst(self) -> int:
+        """Receive, validate and hand over up to ``burst`` messages, each receive waiting
+        at most a poll period; stop early when the store fills or a scan is reported
+        (the caller may be done)."""
         handled = 0
+        socket = self.socket
+        reported = self.scans_reported
         for _ in range(self.settings.burst):
             try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                parts = socket.recv_multipart(copy=False)
+            except zmq.Again:  # a poll period without a message
                 break
             self.handle_parts(parts)
             handled += 1
@@ -208,7 +228,7 @@ class IngestService:
             # still hot in cache instead of piling up for a whole burst.
             if len(self.store):
                 self._drain()
-            if self.store.full or self.state.pending_full:
+            if self.store.full or self.state.pending_full or self.scans_reported != reported:
                 break
         return handled
 
@@ -267,12 +287,31 @@ class IngestService:
     def _tick(self) -> None:
         for event in self.state.handle_tick(self.clock()):
             self._dispatch(event)
+        if self.gate is not None:
+            self._account_refusals(self.gate)
+
+    def _account_refusals(self, gate: PeerGate) -> None:
+        """Count the connections the gate refused; log each peer once a period."""
+        now = self.clock()
+        for peer, attempts in gate.take_refusals().items():
+            self.state.between_scans.messages["peer_refused"] += attempts
+            logged_at, unlogged = self._refusals_logged.get(peer, (-REFUSAL_LOG_PERIOD_S, 0))
+            unlogged += attempts
+            if now - logged_at >= REFUSAL_LOG_PERIOD_S:
+                if self.log is not None:
+                    self.log(f"ingest: refused {unlogged} connection attempt(s) from {peer}; "
+                             f"{gate.connected} of --max-peers {gate.policy.max_peers} "
+                             "connected")
+                logged_at, unlogged = now, 0
+            if len(self._refusals_logged) >= MAX_KEPT_REPORTS:  # many peers: start over
+                self._refusals_logged.clear()
+            self._refusals_logged[peer] = (logged_at, unlogged)
 
     def _dispatch(self, event: Any) -> None:
-        if isinstance(event, ScanOpened):
-            self.store.open(event.start)
-        elif isinstance(event, FramesAccepted):
+        if isinstance(event, FramesAccepted):  # the common event first
             self.store.put(event)
+        elif isinstance(event, ScanOpened):
+            self.store.open(event.start)
         elif isinstance(event, ScanClosed):
             failure = self._hand_over_held_frames()
             if failure is None and self.on_event is not None:

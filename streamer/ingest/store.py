@@ -19,7 +19,7 @@ from streamer.ingest.state import FramesAccepted
 from streamer.wire.protocol import StartHeader
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldFrame:
     """One received frame: its index, image_key, angle (degrees) and pixels."""
 
@@ -61,6 +61,13 @@ class FrameStore:
     def put(self, event: FramesAccepted) -> None:
         """Hold the accepted frames of a message (views, no copy)."""
         header = event.message.header
+        if header.count == 1:  # the usual message: no index arrays
+            if event.accepted[0]:
+                frame = event.message.data[0]
+                self._held[header.first] = HeldFrame(header.first, header.keys[0],
+                                                     header.angles[0], frame)
+                self.held_bytes += frame.nbytes
+            return
         for offset in np.flatnonzero(event.accepted):
             index = header.first + int(offset)
             frame = event.message.data[offset]
@@ -78,10 +85,17 @@ class FrameStore:
 
     def take(self, max_frames: int | None = None) -> list[HeldFrame]:
         """Remove and return up to ``max_frames`` held frames, lowest index first."""
-        indices = sorted(self._held)
-        if max_frames is not None:
-            indices = indices[:max_frames]
-        frames = [self._held.pop(index) for index in indices]
+        held = self._held
+        if not held:
+            return []
+        if len(held) == 1 and (max_frames is None or max_frames >= 1):
+            frames = list(held.values())  # the usual case when drained after each message
+            held.clear()
+        else:
+            indices = sorted(held)
+            if max_frames is not None:
+                indices = indices[:max_frames]
+            frames = [held.pop(index) for index in indices]
         self.held_bytes -= sum(frame.data.nbytes for frame in frames)
         self.taken += len(frames)
         return frames

@@ -26,6 +26,9 @@ understood as HTTomo's checker (``httomo/yaml_checker.py``) and runner understan
   numpy's ``arange``) make a parameter sweep: one pipeline variant per value, each
   value validated; at most one swept parameter, no ``save_to_images`` after it (HTTomo
   saves sweep results itself);
+* ``save_result: true`` writes the step's output to ``{id or task_N}-{package}-
+  {method}.h5`` beside the output, as HTTomo's ``save_intermediate_data`` (``recon``;
+  :mod:`streamer.pipeline.intermediate`);
 * duplicate keys anywhere, non-string parameter names and parameters left as
   ``REQUIRED`` are refused.
 
@@ -67,7 +70,7 @@ SIDE_OUTPUT_TARGETS: Mapping[str, tuple[str, ...]] = {
     "cor": ("center",),
     "glob_stats": ("glob_stats",),
     "overlap": ("overlap",),
-    "side": ("side",),
+    "side": ("side", "rotation"),
 }
 IMAGE_SAVERS = frozenset({"save_to_images"})
 
@@ -134,6 +137,11 @@ class PipelineStep:
     backend: str
     where: str  # "FILE:LINE" of the entry, for messages at run time
     linked: tuple[tuple[str, str], ...] = ()
+    #: HTTomo's ``save_result: true``: the step's output goes to an intermediate file
+    #: named :attr:`result_name` (:mod:`streamer.pipeline.intermediate`).
+    save_result: bool = False
+    #: HTTomo's file stem for it: ``{id or task_N}-{package}-{method}``.
+    result_name: str = ""
 
     @property
     def name(self) -> str:
@@ -220,6 +228,11 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
     if context.httomo and entries and not context.loader_seen_first:
         problems.add(entries[0], "pipeline[0]", "an HTTomo pipeline starts with its loader "
                      f"({LOADER_MODULES[0]}.standard_tomo), got another method")
+    saving = [step for step in context.steps if step.save_result]
+    if context.sweep is not None and saving:
+        problems.add(None, f"{saving[0].name} ({saving[0].where})", "save_result: true with "
+                     f"a parameter sweep ({context.sweep.where}): every variant would write "
+                     "the same file; HTTomo saves each sweep result itself; remove it")
     if not problems.messages and not context.steps and context.loader is None:
         problems.add(root, "pipeline", "expected at least one stage, got none")
     if problems.messages:
@@ -365,9 +378,19 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
         problems.add(method_node, f"{where}.method", f"{method} after a parameter sweep "
                      f"({context.sweep.where}): HTTomo saves each sweep result itself; "
                      "remove it")
+    save_node = fields.get("save_result")
+    save = _scalar(save_node) if save_node is not None else False
+    if save is None:
+        save = False  # HTTomo's null: the method's default (ours: not saved)
+    if not isinstance(save, bool):
+        problems.add(save_node, f"{where}.save_result", f"expected true or false, got {save!r}")
+        return
+    task = entry_id or f"task_{index if context.loader_seen_first else index + 1}"
+    package = module.split(".")[0] if isinstance(module, str) else "stages"
     line = f":{node.start_mark.line + 1}"
     context.steps.append(PipelineStep(spec, params, str(backend),
-                                      f"{problems.source}{line}", linked))
+                                      f"{problems.source}{line}", linked, save,
+                                      f"{task}-{package}-{method}"))
 
 
 def _parameters(parameters_node: yaml.Node | None, where: str, node: yaml.Node,

@@ -30,7 +30,7 @@ refused with a clear error.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, SupportsFloat
 
 import numpy as np
@@ -43,13 +43,13 @@ from stages.prep.repair import (
     RepairCounts,
     repair_nonfinite,
 )
-from stages.spec import Pattern
+from stages.spec import Geometry, Pattern
 from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import Section, sections_of
 from streamer.sources.scan import FrameReader
 from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
 
@@ -82,6 +82,16 @@ class StreamingHook(Protocol):
         """The volume's blocks, or ``None``: run the sinogram section in batch."""
 
 
+class ResultHook(Protocol):
+    """Where the outputs of ``save_result`` steps go (:mod:`streamer.pipeline.intermediate`)."""
+
+    def __call__(self, step: PipelineStep, pattern: Pattern, *,
+                 indices: npt.NDArray[np.int64], total: int,
+                 angles: npt.NDArray[np.float64], data: npt.NDArray[Any],
+                 by_frame: bool) -> None:
+        """One block of ``step``'s output (see ``IntermediateResults.add``)."""
+
+
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
 
 
@@ -91,6 +101,24 @@ class DeviceReferences:
 
     darks: Any = None
     flats: Any = None
+
+
+@dataclass
+class StageCaches:
+    """The per-scan caches of a pipeline's steps (``StageSpec.cache``): made at a step's
+    first block of the scan and handed to its later blocks. One per scan, owned by the
+    code that runs the scan (no state is kept in the stage modules)."""
+
+    made: dict[str, Any] = field(default_factory=dict)
+
+    def for_step(self, step: PipelineStep) -> Any:
+        """The cache of ``step`` (``None`` for a stage without one)."""
+        if step.spec.cache is None:
+            return None
+        key = f"{step.where} {step.spec.name}"
+        if key not in self.made:
+            self.made[key] = step.spec.cache()
+        return self.made[key]
 
 
 def apply_steps(
@@ -106,7 +134,10 @@ def apply_steps(
     flat_indices: npt.NDArray[np.int64] | None = None,
     projection_indices: npt.NDArray[np.int64] | None = None,
     repairs: RepairCounts | None = None,
+    on_result: Callable[[PipelineStep, npt.NDArray[np.float32],
+                         npt.NDArray[np.float64] | None], None] | None = None,
     on_iteration: StepListener | None = None,
+    caches: StageCaches | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -115,9 +146,14 @@ def apply_steps(
     A run of consecutive device stages (``httomolibgpu``) gets the block moved to the
     device once where it begins and back once where it ends; references go up once per
     scan (``device_references``). Every move is counted in ``transfers``; stages that
-    repair pixel values count them in ``repairs``.
+    repair pixel values count them in ``repairs``. A stage that changes the angles
+    (``average_projection_frames``, ``sino_360_to_180``) hands the stages after it the
+    new ones (:meth:`stages.spec.StageSpec.after`). ``on_result(step, output, angles)``
+    gets the output of each step marked ``save_result`` (on the host). Stages with a
+    per-scan cache get it from ``caches`` (the same object for every block of the scan).
     """
     stats = transfers if transfers is not None else TransferStats()
+    angles = angles_deg
     cache = device_references if device_references is not None else DeviceReferences()
     data: Any = np.ascontiguousarray(block, dtype=np.float32)
     on_device = False
@@ -139,14 +175,21 @@ def apply_steps(
                     else _bound(on_iteration, step))
         try:
             data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
-                                 angles_deg=angles_deg, frame_indices=frame_indices,
+                                 angles_deg=angles, frame_indices=frame_indices,
                                  flat_indices=flat_indices,
                                  projection_indices=projection_indices, backend=step.backend,
-                                 repairs=repairs, on_iteration=listener)
+                                 repairs=repairs, on_iteration=listener,
+                                 cache=caches.for_step(step) if caches is not None else None)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
+        if step.spec.geometry is not None and angles is not None:
+            angles = step.spec.after(Geometry(angles, int(data.shape[-1])),
+                                     step.params).angles_deg
         if not on_device:
             data = np.ascontiguousarray(data, dtype=np.float32)
+        if step.save_result and on_result is not None:
+            host = data if not on_device else to_host(data, stats)
+            on_result(step, np.ascontiguousarray(host, dtype=np.float32), angles)
     if on_device:
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
@@ -206,7 +249,13 @@ class ScanProcessor:
                 f"block sizes: expected >= 1, got {block_frames} frames, {block_sinograms} "
                 "sinograms"
             )
-        self.projection_steps, self.sinogram_steps = split_sections(steps)
+        #: Every section (:func:`~streamer.pipeline.sections.sections_of`): the first
+        #: (projections) runs as frames arrive, the later ones when the scan is over,
+        #: with a reslice between each two (in memory, on this rank).
+        self.sections = sections_of(steps)
+        self.projection_steps = self.sections[0].steps
+        self.later_sections: tuple[Section, ...] = self.sections[1:]
+        self.sinogram_steps = self.later_sections[0].steps if self.later_sections else ()
         self.start = start
         self.block_frames = block_frames
         self.block_sinograms = block_sinograms
@@ -217,7 +266,7 @@ class ScanProcessor:
         self._flats: dict[int, npt.NDArray[np.float32]] = {}
         self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
-        self._collect = keep_sinogram_section and bool(self.sinogram_steps)
+        self._collect = keep_sinogram_section and bool(self.later_sections)
         #: The corrected scan in sinogram layout (one rank), allocated at the first
         #: corrected block (whose shape it takes: a projection stage may crop or bin).
         self.band: SinogramBand | None = None
@@ -231,6 +280,7 @@ class ScanProcessor:
         #: Pixel values repaired in this scan, by reason (see the module docstring).
         self.repairs = RepairCounts()
         self._device_references = DeviceReferences()
+        self._caches = StageCaches()  # per-scan caches of the sinogram section's stages
         self.resolve_center = resolve_center
         self.center: float | None = None
         self.center_method: str | None = None
@@ -248,6 +298,15 @@ class ScanProcessor:
         #: Set before the first frame: the sinogram section runs as blocks arrive, and at
         #: the end only its ``finish`` (the batch section when it declines).
         self.streaming: StreamingHook | None = None
+        #: Set before the first frame: gets the output of every step marked
+        #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
+        self.on_result: ResultHook | None = None
+
+    @property
+    def caches(self) -> StageCaches:
+        """The scan's per-step caches (ADR 0010), for a runner that runs the sinogram
+        section itself (:mod:`streamer.run.ranks`): its blocks share them too."""
+        return self._caches
 
     # --- input ---------------------------------------------------------------------
 
@@ -336,7 +395,11 @@ class ScanProcessor:
                            frame_indices=np.array(indices, dtype=np.int64),
                            flat_indices=np.array(sorted(self._flats), dtype=np.int64),
                            projection_indices=self._projection_numbers(indices),
-                           repairs=self.repairs)
+                           repairs=self.repairs,
+                           on_result=self._saver(Pattern.PROJECTION,
+                                                 np.array(indices, dtype=np.int64),
+                                                 self.start.projections, angles,
+                                                 by_frame=True))
         data, count = repair_nonfinite(data)
         self.repairs.add(NONFINITE_CORRECTED, count)
         self.repairs.pixels += data.size
@@ -359,6 +422,26 @@ class ScanProcessor:
             if self.streaming is not None:
                 self.streaming.add(processed)
 
+    def _saver(
+        self, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,
+        angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
+    ) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
+                  None] | None:
+        """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`, with where
+        the block lies (``angles``: the block's own, else the step's)."""
+        hook = self.on_result
+        if hook is None:
+            return None
+
+        def save(step: PipelineStep, data: npt.NDArray[np.float32],
+                 step_angles: npt.NDArray[np.float64] | None) -> None:
+            known = angles if angles is not None else step_angles
+            hook(step, pattern, indices=indices, total=total,
+                 angles=np.asarray(known if known is not None else [], dtype=np.float64),
+                 data=data, by_frame=by_frame)
+
+        return save
+
     def _stopping(self) -> bool:
         if self.should_stop is not None and self.should_stop():
             self.stopped = True
@@ -370,9 +453,8 @@ class ScanProcessor:
         assembled = self.band.assemble()
         angles = assembled.angles_deg
         sinograms_all = assembled.sinograms  # (rows, angles, cols), a view of the buffer
-        rows = sinograms_all.shape[0]
         complete = self.complete
-        if self.streaming is not None:
+        if self.streaming is not None and len(self.later_sections) == 1:
             blocks = self.streaming.finish(angles, complete,
                                            center_override=self.center_override,
                                            should_stop=self._stopping)
@@ -382,70 +464,165 @@ class ScanProcessor:
                         self.on_sinograms(block)
                 return
         # The CoR finders take projections (angles, rows, cols): a transposed view.
-        steps = self._with_center(self.sinogram_steps, sinograms_all.transpose(1, 0, 2),
-                                  angles)
+        sections = self._with_center(self.later_sections, sinograms_all.transpose(1, 0, 2),
+                                     angles)
         if self.on_center is not None and self.center is not None:
             self.on_center(self.center, self.center_method or "pipeline")
+        data: npt.NDArray[np.float32] | None = sinograms_all
+        for number, (pattern, steps) in enumerate(sections):
+            last = number == len(sections) - 1
+            assert data is not None
+            if pattern is Pattern.PROJECTION:  # a reslice back to projections and again
+                data, angles = self._projection_pass(steps, data, angles)
+                if data is None:
+                    return
+                if last:  # nothing turns them back: hand them out as sinograms
+                    self._sinogram_pass((), data, angles, complete, emit=True)
+            else:
+                data, angles = self._sinogram_pass(steps, data, angles, complete, emit=last)
+            if data is None and not last:
+                return
+
+    def _sinogram_pass(
+        self, steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
+        angles: npt.NDArray[np.float64], complete: bool, *, emit: bool,
+    ) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float64]]:
+        """``steps`` on blocks of ``sinograms``: handed out (``emit``, the last section)
+        or gathered for the next reslice; ``None`` when stopped or handed out."""
+        rows = sinograms.shape[0]
+        out_angles = section_angles(steps, angles, int(sinograms.shape[2]))
+        gathered: npt.NDArray[np.float32] | None = None
         bands = -(-rows // self.block_sinograms)
         for first in range(0, rows, self.block_sinograms):
             if self._stopping():
-                return
+                return None, out_angles
             last = min(first + self.block_sinograms, rows)
             listener = self.iterations.listener(first // self.block_sinograms, bands,
-                                                first, last)
-            data = apply_steps(steps, sinograms_all[first:last], darks=None, flats=None,
+                                                first, last) if emit else None
+            data = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles,
-                               on_iteration=listener, repairs=self.repairs)
-            if self.on_sinograms is not None:
-                self.on_sinograms(ProcessedBlock(
-                    Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), angles, data,
-                    complete,
-                ))
+                               on_iteration=listener, repairs=self.repairs, caches=self._caches,
+                               on_result=self._saver(Pattern.SINOGRAM,
+                                                     np.arange(first, last, dtype=np.int64),
+                                                     rows, None))
+            if emit:
+                if self.on_sinograms is not None:
+                    self.on_sinograms(ProcessedBlock(
+                        Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64), out_angles,
+                        data, complete,
+                    ))
+                continue
+            if gathered is None:
+                gathered = np.empty((rows, *data.shape[1:]), dtype=np.float32)
+            gathered[first:last] = data
+        return (None if emit else gathered), out_angles
 
+    def _projection_pass(
+        self, steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
+        angles: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float64]]:
+        """A later projection section: ``sinograms`` resliced to projections, ``steps``
+        on blocks of frames, resliced back to ``(rows, angles, cols)`` for the next
+        sinogram section (``None`` when stopped)."""
+        projections = sinograms.transpose(1, 0, 2)  # (angles, rows, cols), a view
+        count = projections.shape[0]
+        gathered: npt.NDArray[np.float32] | None = None
+        for first in range(0, count, self.block_frames):
+            if self._stopping():
+                return None, angles
+            last = min(first + self.block_frames, count)
+            data = apply_steps(steps, projections[first:last], darks=None, flats=None,
+                               transfers=self.transfers, angles_deg=angles[first:last],
+                               projection_indices=np.arange(first, last, dtype=np.int64),
+                               repairs=self.repairs,
+                               on_result=self._saver(Pattern.PROJECTION,
+                                                     np.arange(first, last, dtype=np.int64),
+                                                     count, None))
+            if gathered is None:
+                gathered = np.empty((data.shape[1], count, data.shape[2]), dtype=np.float32)
+            gathered[:, first:last] = data.transpose(1, 0, 2)
+        return gathered, angles
 
     def _with_center(
         self,
-        steps: tuple[PipelineStep, ...],
+        sections: tuple[Section, ...],
         stack: npt.NDArray[np.float32],
         angles: npt.NDArray[np.float64],
-    ) -> tuple[PipelineStep, ...]:
-        """The data steps, those with an unset ``center`` given the scan's CoR, found
-        once: by the pipeline's CoR-finder step if it has one, else ``resolve_center``."""
-        finders = [s for s in steps if s.spec.finds_center is not None]
-        data_steps = tuple(s for s in steps if s.spec.finds_center is None)
+    ) -> list[tuple[Pattern, tuple[PipelineStep, ...]]]:
+        """The data steps of every later section, with run-time values filled in.
+
+        The scan's CoR is found once: by the pipeline's CoR-finder step if it has one,
+        else ``resolve_center``. Parameters set by a finder's side outputs
+        (``sino_360_to_180``'s ``overlap`` and ``side``) get them. The CoR follows the
+        scan's geometry: a step that moves the axis (the 360° fold puts it in the
+        stitched middle) changes the ``center`` of the steps after it; an unset
+        ``center`` gets the CoR where its step stands (a viewer's CoR replaces every
+        ``center``, as the found one would be)."""
+        finders = [s for section in sections for s in section.steps
+                   if s.spec.finds_center is not None]
+        data_sections = [(section.pattern, tuple(s for s in section.steps
+                                                 if s.spec.finds_center is None))
+                         for section in sections]
+        every = [s for _, steps in data_sections for s in steps]
         override = self.center_override  # read once: another thread may set it
+        unset = [s for s in every if "center" in type(s.params).model_fields
+                 and dict(s.params)["center"] is None]
+        links_unset = [s for s in every for param, _ in s.linked
+                       if param != "center" and dict(s.params).get(param) is None]
+        found: SupportsFloat | None = None
         if override is not None:
             self.center, self.center_method = float(override), "user (viewer)"
-            return tuple(
-                replace(s, params=s.params.model_copy(update={"center": self.center}))
-                if "center" in type(s.params).model_fields else s
-                for s in data_steps
-            )
-        unset = [s for s in data_steps if "center" in type(s.params).model_fields
-                 and dict(s.params)["center"] is None]
-        if not unset:
-            return data_steps
-        if finders:
-            finder = finders[-1]
-            assert finder.spec.finds_center is not None
-            try:
-                found = finder.spec.finds_center(stack, angles, finder.params)
-            except StageError as error:
-                raise StageError(f"{error} (pipeline entry at {finder.where})") from None
-            self.center_method = f"{finder.name} (pipeline)"
-        elif self.resolve_center is not None:
-            found = self.resolve_center(stack, angles)
-            self.center_method = "auto"
-        else:
-            return data_steps
-        self.center = float(found)
-        self.center_confidence = getattr(found, "confidence", None)
-        self.center_warnings = tuple(getattr(found, "warnings", ()))
-        return tuple(
-            replace(s, params=s.params.model_copy(update={"center": self.center}))
-            if s in unset else s
-            for s in data_steps
-        )
+        if (override is None and unset) or links_unset:
+            if finders:
+                finder = finders[-1]
+                assert finder.spec.finds_center is not None
+                try:
+                    found = finder.spec.finds_center(stack, angles, finder.params)
+                except StageError as error:
+                    raise StageError(f"{error} (pipeline entry at {finder.where})") from None
+                method = f"{finder.name} (pipeline)"
+            elif override is None and self.resolve_center is not None:
+                found = self.resolve_center(stack, angles)
+                method = "auto"
+        if found is not None and override is None:
+            self.center, self.center_method = float(found), method
+            self.center_confidence = getattr(found, "confidence", None)
+            self.center_warnings = tuple(getattr(found, "warnings", ()))
+        outputs = dict(getattr(found, "side_outputs", ()) or ())
+        geometry = Geometry(angles, int(stack.shape[2]), self.center)
+        moved: float | None = None  # the CoR a reconstruction used, when the axis moved
+        out: list[tuple[Pattern, tuple[PipelineStep, ...]]] = []
+        for pattern, steps in data_sections:
+            filled = []
+            for step in steps:
+                update = {param: outputs[link.split(".", 1)[1]] for param, link in step.linked
+                          if param != "center" and dict(step.params).get(param) is None
+                          and link.split(".", 1)[1] in outputs}
+                if "center" in type(step.params).model_fields and geometry.center is not None \
+                        and (override is not None or step in unset):
+                    update["center"] = geometry.center
+                    if step.spec.needs_angles and geometry.center != self.center \
+                            and moved is None:
+                        moved = geometry.center
+                params = step.params.model_copy(update=update) if update else step.params
+                filled.append(replace(step, params=params) if update else step)
+                geometry = step.spec.after(geometry, params)
+            out.append((pattern, tuple(filled)))
+        if moved is not None and self.center is not None:
+            self.center_method = (f"{self.center_method or 'pipeline'}; axis at "
+                                  f"{self.center:.2f} before the 360° fold, "
+                                  f"{moved:.2f} after it")
+            self.center = moved
+        return out
+
+
+def section_angles(steps: tuple[PipelineStep, ...], angles: npt.NDArray[np.float64],
+                   cols: int) -> npt.NDArray[np.float64]:
+    """The angles after ``steps`` (the same unless a step changes them)."""
+    geometry = Geometry(angles, cols)
+    for step in steps:
+        geometry = step.spec.after(geometry, step.params)
+    return geometry.angles_deg
 
 
 def process_reader(

@@ -6,8 +6,10 @@ and the darks and flats as float32. The blocks are planned in what that leaves o
 budget; a scan whose held part alone exceeds the budget is refused at its ``start``, with
 the figures, before any frame is held.
 
-A pipeline splits into a projection and a sinogram section as the run splits it
-(:func:`~streamer.pipeline.sections.split_sections`, as in HTTomo). Within a section, a
+A pipeline splits into sections as the run splits it
+(:func:`~streamer.pipeline.sections.sections_of`, as in HTTomo: projection, sinogram and
+again, a reslice between each two; a stage that changes the number of projections or the
+width changes the shape planned for the sections after it). Within a section, a
 block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
 its stages' ``memory`` estimates; the plan takes the largest ``n`` that keeps that peak
 within the budget (a binary search over ``n``, so estimates that are not proportional
@@ -30,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from stages.spec import MemoryEstimate, Pattern, StageSpec
+from stages.spec import Geometry, MemoryEstimate, Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import DEVICE_BACKENDS
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import sections_of
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,29 @@ def _largest_fitting(peak_for: Callable[[int], int], units: int, budget: int) ->
 
 
 def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[PipelineStep]]]:
-    """The non-empty sections of :func:`~streamer.pipeline.sections.split_sections`
-    (the one sectionizer, shared with the run)."""
-    projection, sinogram = split_sections(steps)
-    return [(pattern, list(members)) for pattern, members in
-            ((Pattern.PROJECTION, projection), (Pattern.SINOGRAM, sinogram)) if members]
+    """The non-empty sections of :func:`~streamer.pipeline.sections.sections_of` (the one
+    sectionizer, shared with the run)."""
+    return [(section.pattern, list(section.steps)) for section in sections_of(steps)
+            if section.steps]
+
+
+def shaped_sections(
+    steps: tuple[PipelineStep, ...], *, angles: int, cols: int,
+) -> list[tuple[Pattern, list[PipelineStep], int, int]]:
+    """Each non-empty section with the number of projections and the detector width it
+    starts with: a step that changes them (``average_projection_frames``,
+    ``sino_360_to_180``, :attr:`stages.spec.StageSpec.geometry`) changes them for the
+    sections after it (within a section, the largest is planned)."""
+    geometry = Geometry(np.zeros(angles), cols)
+    out = []
+    for section in sections_of(steps):
+        count, width = geometry.angles_deg.size, geometry.cols
+        for step in section.steps:
+            geometry = step.spec.after(geometry, step.params)
+            count, width = max(count, geometry.angles_deg.size), max(width, geometry.cols)
+        if section.steps:
+            out.append((section.pattern, list(section.steps), count, width))
+    return out
 
 
 def _estimate(step: PipelineStep, device: bool) -> MemoryEstimate:
@@ -145,14 +165,15 @@ def _plan(
     if budget_bytes < 1:
         raise ConfigError(f"{what}: expected > 0 bytes, got {budget_bytes}")
     plans = []
-    for pattern, all_members in sections(steps):
+    for pattern, all_members, count, width in shaped_sections(steps, angles=angles,
+                                                               cols=cols):
         members = [step for step in all_members if not device or on_device(step)]
         if not members:
             continue
         if pattern is Pattern.PROJECTION:
-            units, unit_shape = angles, (1, rows, cols)
+            units, unit_shape = count, (1, rows, width)
         else:
-            units, unit_shape = rows, (1, angles, cols)
+            units, unit_shape = rows, (1, count, width)
         per_unit = {s.name: _estimate(s, device)(unit_shape, dtype, s.params) for s in members}
         limiting = max(per_unit, key=lambda name: per_unit[name])
         need = per_unit[limiting]
@@ -249,9 +270,14 @@ def plan_scan(
     if budget_bytes < 1:
         raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
     mib = 2**20
-    has_sinogram_section = any(p is Pattern.SINOGRAM for p, _ in sections(steps))
+    shaped = shaped_sections(steps, angles=angles, cols=cols)
+    has_sinogram_section = any(p is Pattern.SINOGRAM for p, *_ in shaped)
     band = rows if band_rows is None else band_rows
     buffer = band * max(angles, 1) * cols * 4 if has_sinogram_section else 0
+    # Each further reslice holds the scan once more, in its shape then (in and out of a
+    # middle section), on top of the band.
+    later = [band * max(count, 1) * width * 4 for _, _, count, width in shaped[2:]]
+    buffer += 2 * max(later, default=0)
     held = references * rows * cols * 4
     if buffer + held >= budget_bytes:
         raise ConfigError(

@@ -125,6 +125,13 @@ def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple
         steps = parse_pipeline(text, REGISTRY, source="recon default").steps
     if settings.device == "gpu":
         steps = steps_on_device(steps)
+    if settings.first_row:  # a row crop: a distortion centre stays on its detector pixel
+        steps = tuple(
+            replace(step, params=step.params.model_copy(
+                update={"shift_xy": (0, settings.first_row)}))
+            if "shift_xy" in type(step.params).model_fields else step
+            for step in steps
+        )
     if settings.center is not None:
         value = None if settings.center == "auto" else settings.center
         steps = tuple(

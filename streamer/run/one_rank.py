@@ -45,7 +45,7 @@ from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import refuse_save_result, sections_of
 from streamer.run.center_check import center_outside
 from streamer.run.from_file import auto_center, center_in_use, center_label, open_volume
 from streamer.run.latency import LatencyRecorder
@@ -154,6 +154,9 @@ class LiveReconstruction:
     #: The open scan's latencies (handed to the worker with its processor).
     _latency: LatencyRecorder | None = None
     _latencies: dict[int, LatencyRecorder] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
 
     def drain(self, store: FrameStore) -> None:
         if self._processor is None:  # a failed scan: nothing is held for it
@@ -455,8 +458,7 @@ def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
 def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
     """Refuse a scan whose ``start`` announces a normalisation the pipeline cannot do
     (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
-    projection_steps, _ = split_sections(steps)
-    needs = [s for s in projection_steps if s.spec.needs_references]
+    needs = [s for s in sections_of(steps)[0].steps if s.spec.needs_references]
     if needs and (start.normalisation != "flat_dark" or start.flats == 0):
         flats = ("flats: expected at least 1 flat frame, got 0" if start.flats == 0
                  else f"{start.flats} flats")

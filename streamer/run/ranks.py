@@ -77,9 +77,10 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
+from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import refuse_on_ranks, refuse_save_result, split_sections
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -248,6 +249,9 @@ class RankedReconstruction:
     clock: Callable[[], float] = time.monotonic
     #: Told each iteration of an iterative stage, per block of this rank's band.
     on_iteration: Callable[[BandIteration], None] | None = None
+    #: One rank (``recon``): the writer of the steps marked ``save_result`` (HTTomo's
+    #: intermediate files) for its one scan; without it such a pipeline is refused.
+    results: IntermediateResults | None = None
     #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`),
     #: from the thread that holds the links (the worker's steps from the worker). With
     #: an observer, the latency and transfers figures are the observer's.
@@ -260,6 +264,7 @@ class RankedReconstruction:
     _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
+    _whole_scan: bool = False  # set in __post_init__
     _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
     _worker: threading.Thread | None = None
     _jobs: queue.SimpleQueue[Callable[[], None]] = field(default_factory=queue.SimpleQueue)
@@ -283,6 +288,14 @@ class RankedReconstruction:
     def __post_init__(self) -> None:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
+            refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
+        elif self.results is None:
+            refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
+        #: One rank: the pipeline needs the processor's own later sections (several
+        #: reslices, a geometry change, a side output, ``save_result``), which the band
+        #: path below does not run; the processor then runs them at close
+        #: (:meth:`_write_whole_scan`).
+        self._whole_scan = self.control.size == 1 and not _runs_on_bands(self.steps)
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -449,7 +462,7 @@ class RankedReconstruction:
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
                 band_rows=-(-start.rows // ranks), device_bytes=self.device_bytes,
             )
-            owner = self._center_owner(start)
+            owner = None if self._whole_scan else self._center_owner(start)
         except StreamerError as error:
             reason = f"refused at its start: {error}"
             if self.control.rank == 0:
@@ -469,8 +482,8 @@ class RankedReconstruction:
         """Set the admitted scan up on the links: its reslice, its processor, rank 0's
         output name (told to every rank), the messages that came early."""
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
-        streaming = self._plan_streaming(start, admitted.block_sinograms,
-                                         admitted.memory_left)
+        streaming = None if self._whole_scan else self._plan_streaming(
+            start, admitted.block_sinograms, admitted.memory_left)
         exchange: BandExchange | None = None
         observer = self.observer
         if ranks == 1:
@@ -482,6 +495,8 @@ class RankedReconstruction:
                 on_iteration=self.on_iteration,
                 on_projections=observer.projections if observer is not None else None)
             processor.streaming = streaming
+            if self.results is not None:
+                processor.on_result = self.results.add
         else:
             # Projections usually follow the darks and flats: with ``first_index`` a piece
             # lands straight in its sorted column (a wrong guess only costs a final sort).
@@ -560,26 +575,14 @@ class RankedReconstruction:
             self._prepare_close(scan)
             if scan.close_error is not None:
                 raise StreamerError(scan.close_error)
-            band = self._band(scan)
             viewer = None
             if self.observer is not None:  # a CoR set from the viewer: the same everywhere
                 viewer = self.observer.viewer_center(scan.serial,
                                                      serve=lambda: self._serve(scan))
-            if viewer is not None:
-                scan.center, scan.center_method = viewer, VIEWER_METHOD
+            if self._whole_scan:
+                part = self._write_whole_scan(scan, path, viewer)
             else:
-                try:  # every rank takes part, failed or not, so no peer waits for it
-                    self._agree_center(scan, band)
-                except StreamerError:
-                    if scan.failure is None:
-                        raise
-            if scan.failure is not None:
-                raise StreamerError(scan.failure)
-            if self.control.rank == 0:
-                self._center_found[scan.serial] = (
-                    center_label(scan.center_method, self.center_source),
-                    scan.center_warnings, scan.center_confidence)
-            part = self._write_part(scan, band, path)
+                part = self._close_band(scan, path, viewer)
             latency = self._latency.get(start.scan) if self.control.rank == 0 else None
             if latency is not None:
                 latency.streaming = scan.streamed
@@ -591,6 +594,96 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        self._part_done(scan, part)
+
+    def _close_band(self, scan: _ScanState, path: Path, viewer: float | None) -> PartWritten:
+        """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
+        written (the sinogram section of a pipeline that reslices once)."""
+        band = self._band(scan)
+        if viewer is not None:
+            scan.center, scan.center_method = viewer, VIEWER_METHOD
+        else:
+            try:  # every rank takes part, failed or not, so no peer waits for it
+                self._agree_center(scan, band)
+            except StreamerError:
+                if scan.failure is None:
+                    raise
+        if scan.failure is not None:
+            raise StreamerError(scan.failure)
+        if self.control.rank == 0:
+            self._center_found[scan.serial] = (
+                center_label(scan.center_method, self.center_source),
+                scan.center_warnings, scan.center_confidence)
+        return self._write_part(scan, band, path)
+
+    def _write_whole_scan(self, scan: _ScanState, master: Path,
+                          viewer: float | None) -> PartWritten:
+        """One rank, a pipeline the band path does not run (several reslices, a
+        geometry change, a side output, ``save_result``): the processor runs its own
+        later sections on the band it kept (finding the CoR as they need it, following
+        the axis through a 360° fold) and hands the last one's slices to the volume."""
+        if scan.failure is not None:
+            raise StreamerError(scan.failure)
+        processor = scan.processor
+        if viewer is not None:
+            processor.center_override = viewer
+        processor.resolve_center = auto_center
+        processor.should_stop = lambda: self._stopped(scan) is not None
+        rows = processor.band.height if processor.band is not None else scan.start.rows
+        writer: VolumeSink | None = None
+        center = 0.0
+        written = 0
+
+        def write(block: ProcessedBlock) -> None:
+            nonlocal writer, center, written
+            begin, data = int(block.indices[0]), block.data
+            if writer is None:
+                later = tuple(s for section in processor.later_sections for s in section.steps)
+                center = center_in_use(processor.center, later, scan.start.cols)
+                method = center_label(processor.center_method, self.center_source,
+                                      warnings=processor.center_warnings)
+                self._center_found[scan.serial] = (method, processor.center_warnings,
+                                                   processor.center_confidence)
+                if self.observer is not None:
+                    self.observer.center_settled(scan.serial, center, method)
+                geometry: dict[str, Any] = {
+                    "slice_shape": (int(data.shape[1]), int(data.shape[2])),
+                    "angles_deg": block.angles_deg, "center_of_rotation": center,
+                    "center_method": method, "pipeline_yaml": self.pipeline_text,
+                    "scan": scan.start.scan}
+                _, writer = self._open_band(scan, (0, rows), master, geometry)
+            writer.write(begin, data)
+            written += int(data.shape[0])
+            if self.observer is not None:
+                self.observer.slices(scan.serial,
+                                     np.arange(begin, begin + int(data.shape[0])), data)
+            if self.on_block is not None:
+                self.on_block(scan.start.scan, written, rows)
+
+        processor.on_sinograms = write
+        stopped: str | None = None
+        try:
+            processor.finish()  # the projections are corrected: only the later sections
+        except StreamerError as error:  # a stage or the disk: what was written stays
+            stopped = str(error)
+            self.last_error = self.last_error or error
+        if stopped is None and processor.stopped:
+            stopped = f"{self._stopped(scan)} after {written} of {rows} slices"
+        complete = processor.complete and stopped is None and written == rows
+        if writer is not None:  # the volume itself: closed with the report (write_master)
+            self._held[scan.serial] = _HeldVolume(writer, center, complete)
+        if stopped is not None:
+            if self.log is not None:
+                self.log(f"scan {scan.start.scan}: rank 0: {stopped}")
+            return PartWritten(0, str(master) if writer is not None else None, (0, rows),
+                               written, False, stopped)
+        if writer is None:
+            return PartWritten(0, None, (0, rows), 0, False,
+                               "no projection arrived: nothing to reconstruct")
+        return PartWritten(0, str(master), (0, rows), written, complete, None)
+
+    def _part_done(self, scan: _ScanState, part: PartWritten) -> None:
+        """Tell the observer and rank 0 that this rank's part is written (or failed)."""
         if self.observer is not None:
             self.observer.part_done(scan.serial, None if scan.exchange is None
                                     else scan.exchange.stats)
@@ -772,7 +865,7 @@ class RankedReconstruction:
             blocks = ((begin, apply_steps(
                 data_steps, band.sinograms[begin:begin + block], darks=None, flats=None,
                 angles_deg=band.angles_deg, transfers=transfers,
-                repairs=scan.processor.repairs,
+                repairs=scan.processor.repairs, caches=scan.processor.caches,
                 on_iteration=iterations.listener(begin // block, count, first + begin,
                                                  min(first + begin + block, last))))
                 for begin in range(0, last - first, block))
@@ -799,6 +892,12 @@ class RankedReconstruction:
                         "scan": scan.start.scan}
                     path, writer = self._open_band(scan, band.rows, master, geometry)
                 writer.write(begin, data)
+                if written == 0 and end < last - first and self.log is not None:
+                    # once per band: the reconstruction is under way (and a handshake for
+                    # whoever waits for it, e.g. to test a stop)
+                    self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
+                             f"{last - first} slices in blocks of {block}: first block "
+                             "written")
                 written += end - begin
                 if self.observer is not None:
                     self.observer.slices(scan.serial,
@@ -1090,6 +1189,11 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
     scan_id = scan_id or output_stem(settings.output.stem)
     control, band_link = link.duplicate(), link.duplicate()
+    if link.size > 1:
+        refuse_on_ranks(steps)  # before any file is looked at
+    # One rank: HTTomo's save_result files beside the output (existing ones refused now).
+    results = IntermediateResults.for_scan(steps, settings.output.parent, layout,
+                                           overwrite=settings.overwrite)
     ranked = RankedReconstruction(
         steps, text, settings.output.parent, control, band_link,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
@@ -1097,7 +1201,20 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         output=settings.output, first_row=settings.first_row, overwrite=settings.overwrite,
         output_format=settings.output_format,
         center_source=center_source(settings.center), log=log, stop=stop,
-        on_block=on_block, stream=stream, on_iteration=on_iteration)
+        on_block=on_block, stream=stream, on_iteration=on_iteration, results=results)
+    try:
+        return _feed_ranks(ranked, reader, scan_id, on_read)
+    finally:
+        if results is not None:
+            results.close(complete=ranked.outputs[-1].complete if ranked.outputs else False)
+            for path in results.written:
+                log(f"save_result: {path}")
+
+
+def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
+                on_read: Callable[[int, int], None] | None) -> ScanOutput | None:
+    """:func:`recon_on_ranks`'s reading: open the scan, deal the blocks, close it."""
+    layout = reader.layout
     try:
         ranked.open_scan(start_header(layout, scan_id))
     except ScanFailedError as refused:  # the plan's own error (every rank alike)
@@ -1105,7 +1222,7 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         raise (cause if isinstance(cause, StreamerError) else refused) from None
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames
-    rank, ranks = control.rank, control.size
+    rank, ranks = ranked.control.rank, ranked.control.size
     keys, angles = layout.image_keys, layout.angles_deg
     for number, first in enumerate(range(0, layout.frames, block)):
         last = min(first + block, layout.frames)
@@ -1130,6 +1247,16 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
     if ranks == 1 and ranked.last_error is not None:
         raise ranked.last_error
     return output
+
+
+def _runs_on_bands(steps: tuple[PipelineStep, ...]) -> bool:
+    """Whether the band path (one reslice, the sinogram section on this rank's rows)
+    runs ``steps``: the same rule that refuses the others on R ranks."""
+    try:
+        refuse_on_ranks(steps)
+    except ConfigError:
+        return False
+    return True
 
 
 def _feeding(section: StreamingSection) -> Callable[

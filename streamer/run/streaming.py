@@ -23,13 +23,13 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
-from stages.recon.fourier import FourierFbpParams
+from stages.recon.fourier import FourierFbpCache, FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
 from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, apply_steps
-from streamer.pipeline.sections import split_sections
+from streamer.pipeline.sections import sections_of
 from streamer.pipeline.streaming import streaming_kind
 
 __all__ = ["StreamingSection", "plan_streaming"]
@@ -60,7 +60,10 @@ def plan_streaming(
     kind = streaming_kind(steps)
     if not kind.streaming:
         return StreamingPlan(None, kind.describe())
-    _, sinogram_steps = split_sections(steps)
+    found = sections_of(steps)
+    if len(found) > 2:  # a second reslice: the later sections need the whole scan
+        return StreamingPlan(None, f"reconstruction: at close ({len(found) - 1} reslices)")
+    sinogram_steps = found[1].steps
     recon = next(s for s in sinogram_steps if s.spec.needs_angles)
     params = recon.params
     if not isinstance(params, FourierFbpParams) or params.center is None:
@@ -137,9 +140,10 @@ class StreamingSection:
         try:
             if not self._bands:
                 planned = _planned_angles(block.angles_deg, self.projections)
+                shared = FourierFbpCache()  # the bands share the plan and block griddings
                 self._bands = [
                     (first, StreamingFbp(min(self.band_rows, rows - first), cols, planned,
-                                         self.params))
+                                         self.params, cache=shared))
                     for first in range(0, rows, self.band_rows)
                 ]
             if self._before:

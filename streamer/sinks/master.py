@@ -298,8 +298,9 @@ def write_master(
             if missing_slices and not problems:
                 problems.append(describe_written(written))
             entry.attrs["complete"] = bool(complete and not problems and not missing_slices)
-            if not complete:
-                problems.insert(0, "the run reported the scan incomplete")
+            if not complete:  # why, when the run says (e.g. a rank stopped by SIGINT)
+                errors = [str(e) for e in (report or {}).get("reconstruction_errors", ())]
+                problems[:0] = errors or ["the run reported the scan incomplete"]
             entry.attrs["incomplete_reasons"] = json.dumps(problems)
         os.replace(tmp, path)
     except OSError as error:

@@ -370,22 +370,23 @@ def _describe(kind: str, exc: ValidationError) -> str:
 
 def _check_sizes(header: _Header, limits: Limits) -> None:
     if isinstance(header, FramesHeader):
+        frame_bytes = header.frame_bytes  # once: this runs for every message
         if header.count > limits.max_frames_per_message:
             raise ProtocolError(
                 "message_too_large",
                 f"frames.count: expected at most {limits.max_frames_per_message} frames per "
                 f"message, got {header.count}",
             )
-        if header.frame_bytes > limits.max_frame_bytes:
+        if frame_bytes > limits.max_frame_bytes:
             raise ProtocolError(
                 "frame_too_large",
                 f"frames.shape: a {header.shape[0]}x{header.shape[1]} {header.dtype} frame is "
-                f"{header.frame_bytes} bytes, the limit is {limits.max_frame_bytes}",
+                f"{frame_bytes} bytes, the limit is {limits.max_frame_bytes}",
             )
-        if header.payload_bytes > limits.max_message_bytes:
+        if header.count * frame_bytes > limits.max_message_bytes:
             raise ProtocolError(
                 "message_too_large",
-                f"frames: {header.count} frames of {header.frame_bytes} bytes exceed the "
+                f"frames: {header.count} frames of {frame_bytes} bytes exceed the "
                 f"message limit of {limits.max_message_bytes} bytes",
             )
     elif isinstance(header, StartHeader):
@@ -421,16 +422,16 @@ def decode(parts: list[Any], limits: Limits = Limits()) -> Message:
                 reason, f"frames: expected 2 parts [header, payload], got {len(parts)}"
             )
         payload = _buffer(parts[1])
-        expected = header.payload_bytes
+        dtype = header.wire_dtype
+        rows, cols = header.shape
+        expected = header.count * rows * cols * dtype.itemsize
         if payload.nbytes != expected:
             raise ProtocolError(
                 "payload_size_mismatch",
-                f"frames.payload: expected {header.count}x{header.shape[0]}x{header.shape[1]}"
-                f"x{header.wire_dtype.itemsize} = {expected} bytes, got {payload.nbytes}",
+                f"frames.payload: expected {header.count}x{rows}x{cols}"
+                f"x{dtype.itemsize} = {expected} bytes, got {payload.nbytes}",
             )
-        data = np.frombuffer(payload, dtype=header.wire_dtype).reshape(
-            header.count, header.shape[0], header.shape[1]
-        )
+        data = np.frombuffer(payload, dtype=dtype).reshape(header.count, rows, cols)
         data.flags.writeable = False  # also when the part was a writable bytearray
         return FramesMessage(header=header, data=data)
     if len(parts) != 1:

@@ -14,6 +14,7 @@ network interface by accident.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -107,6 +108,7 @@ def open_socket(
     max_message_bytes: int | None = None,
     send_timeout_ms: int | None = None,
     linger_ms: int = 0,
+    prepare: Callable[[zmq.Socket[bytes]], None] | None = None,
 ) -> zmq.Socket[bytes]:
     """Create, configure and bind or connect a PUSH or PULL socket.
 
@@ -123,6 +125,9 @@ def open_socket(
         For senders: ``send`` raises ``zmq.Again`` after this long without a consumer.
     linger_ms : int
         How long ``close`` waits to deliver queued messages.
+    prepare : callable, optional
+        Called with the configured socket just before it binds or connects (e.g.
+        :meth:`streamer.ingest.peers.PeerGate.attach`, which must see every connection).
 
     Returns
     -------
@@ -149,6 +154,8 @@ def open_socket(
             socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         if send_timeout_ms is not None:
             socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
+        if prepare is not None:
+            prepare(socket)
         if endpoint.bind:
             socket.bind(endpoint.address)
         else:
@@ -157,6 +164,9 @@ def open_socket(
         socket.close(linger=0)
         verb = "bind" if endpoint.bind else "connect"
         raise TransportError(f"{verb} {endpoint.address!r}: {exc}") from None
+    except BaseException:  # e.g. ``prepare`` refused: never leave the socket open
+        socket.close(linger=0)
+        raise
     return socket
 
 

@@ -174,3 +174,146 @@ def queued_bytes(cols: int, rows: int) -> int:
     """libzmq's queues on both sockets of the pair (in this process): 16 messages of
     16 frames each, the loopback_pair's HWM and the test's block size."""
     return 16 * 16 * rows * cols * 2
+
+
+MAX_PEERS = 3
+PEER_HWM = 2
+PEER_GARBAGE_BYTES = 16 * MIB
+#: Messages each garbage peer sends: as many as an admitted peer can hand over while
+#: the service holds back (its RCVHWM + SNDHWM 1 + the one its encoder is writing; one
+#: more does not go: measured), so the RSS peak is read with the queues filling.
+PEER_MESSAGES = PEER_HWM + 2
+
+
+def _send_all(sock: zmq.Socket[Any], parts: list[Any], count: int, *, sent: list[int],
+              slot: int, stop: threading.Event) -> None:
+    """Send ``count`` messages without ever blocking for good: a refused peer's sends
+    stay queued on its side until the test stops it."""
+    while sent[slot] < count and not stop.is_set():
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            sock.poll(10, zmq.POLLOUT)  # wait for room, bounded; the loop checks stop
+            continue
+        sent[slot] += 1
+
+
+def test_peers_beyond_max_peers_are_refused_and_memory_stays_within_the_bound(
+        tmp_path: Path) -> None:
+    """2 x max_peers raw pyzmq peers connect while a scan is reconstructed and the next
+    one fills the frame store (the service holds back, so libzmq's queues fill): only
+    max_peers connections (the scan's source among them) are admitted, the others are
+    refused and counted, peak RSS stays within S + max_peers x (H + 1) x P, and the same
+    service then completes the scans."""
+    from streamer.ingest.peers import PeerGate, PeerPolicy
+
+    context: zmq.Context[Any] = zmq.Context()
+    limits = Limits(max_message_bytes=PEER_GARBAGE_BYTES)
+    max_part = limits.max_message_bytes + limits.max_header_bytes
+    gate = PeerGate(context, PeerPolicy(max_peers=MAX_PEERS))
+    pull = open_socket(context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True),
+                       hwm=PEER_HWM, max_message_bytes=max_part, prepare=gate.attach)
+    address = bound_address(pull)
+    source = open_socket(context, "push", Endpoint(address, bind=False), hwm=PEER_HWM,
+                         send_timeout_ms=int(WAIT_S * 1000))
+    steps = parse_pipeline(PIPELINE, REGISTRY, source="memory.yaml").steps
+    reconstructing, release = threading.Event(), threading.Event()
+    outputs: queue.Queue[ScanOutput] = queue.Queue()
+    lines: list[str] = []
+
+    def on_output(output: ScanOutput) -> None:
+        if output.scan == "first":
+            reconstructing.set()
+            release.wait(WAIT_S)
+        outputs.put(output)
+
+    live = LiveReconstruction(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
+                              on_output=on_output, background=True)
+    reports: queue.Queue[Any] = queue.Queue()
+    store_bytes = 4096  # the next scan's waiting frames fill it: the service holds back
+    ingest = IngestService(pull, IngestSettings(limits=limits, store_bytes=store_bytes),
+                           drain=live.drain, on_event=live.on_event, on_report=reports.put,
+                           gate=gate, log=lines.append)
+    stop, stop_peers = threading.Event(), threading.Event()
+    thread = threading.Thread(target=ingest.run, kwargs={"stop": stop})
+    thread.start()
+    garbage_peers: list[zmq.Socket[Any]] = []
+    senders: list[threading.Thread] = []
+    try:
+        frames, keys, angles = phantom_scan()
+        send_scan(source, "first", frames, keys, angles)
+        assert reconstructing.wait(WAIT_S), "the first scan was never reconstructed"
+        send_scan(source, "second", frames, keys, angles)
+        _wait_for(lambda: ingest.store.full, "the second scan's frames fill the store")
+        header = msgpack.packb({"v": 1, "type": "frames", "scan": "second", "first": 0,
+                                "count": 1, "keys": [0], "angles": [0.0],
+                                "dtype": "uint16", "shape": [16, 16]})
+        payload = np.ones(PEER_GARBAGE_BYTES, np.uint8)  # one buffer, sent zero-copy
+        baseline = _status("VmRSS")
+        _reset_peak()
+        sent = [0] * (2 * MAX_PEERS)
+        for slot in range(2 * MAX_PEERS):
+            peer = context.socket(zmq.PUSH)
+            peer.setsockopt(zmq.SNDHWM, 1)
+            peer.setsockopt(zmq.LINGER, 0)
+            peer.connect(address)
+            garbage_peers.append(peer)
+            senders.append(threading.Thread(
+                target=_send_all, args=(peer, [header, payload], PEER_MESSAGES),
+                kwargs={"sent": sent, "slot": slot, "stop": stop_peers}))
+            senders[-1].start()
+        admitted = MAX_PEERS - 1  # the scan's source holds one place
+
+        def queues_full() -> bool:
+            return sum(count == PEER_MESSAGES for count in sent) >= admitted
+
+        _wait_for(queues_full, "the admitted peers filled their queues")
+        _wait_for(lambda: gate.refused_total >= 2 * MAX_PEERS - admitted,
+                  "the extra peers refused")
+        peak = _status("VmHWM") - baseline
+        bound = store_bytes + MAX_PEERS * (PEER_HWM + 1) * max_part
+        print(f"peers: {sum(count == PEER_MESSAGES for count in sent)} of {2 * MAX_PEERS} "
+              f"sent everything; refused attempts {gate.refused_total}; peak growth "
+              f"{peak / MIB:.1f} MiB, bound {bound / MIB:.1f} MiB, without the gate "
+              f"{2 * MAX_PEERS * PEER_HWM * PEER_GARBAGE_BYTES / MIB:.0f} MiB")
+        assert sum(count == PEER_MESSAGES for count in sent) == admitted, sent
+        assert gate.connected == MAX_PEERS
+        # Tighter slack than above, so that the 2 x max_peers garbage peers all admitted
+        # (192 MiB queued) would fail it.
+        assert peak <= bound + 16 * MIB, (peak / MIB, bound / MIB)
+        stop_peers.set()
+        for sender in senders:
+            sender.join(WAIT_S)
+        release.set()
+        assert outputs.get(timeout=WAIT_S).complete
+        second = outputs.get(timeout=WAIT_S)
+        assert second.scan == "second" and second.complete, second
+        # every message of the admitted peers was read and refused; none of the others
+        _wait_for(lambda: reports.qsize() >= 2, "both scans reported")
+        first_report, second_report = reports.get(), reports.get()
+        in_scans = sum(report.rejected.get("payload_size_mismatch", {}).get("messages", 0)
+                       for report in (first_report, second_report))
+
+        def garbage_read() -> int:  # the rest is read after the scans closed
+            return in_scans + ingest.state.between_scans.messages["payload_size_mismatch"]
+
+        _wait_for(lambda: garbage_read() >= admitted * PEER_MESSAGES,
+                  "every message of the admitted peers read and refused")
+        assert garbage_read() == admitted * PEER_MESSAGES  # none of the refused peers'
+        assert ingest.state.between_scans.messages["peer_refused"] >= 2 * MAX_PEERS - admitted
+        assert any("refused" in line and "--max-peers 3" in line for line in lines), lines
+    finally:
+        stop_peers.set()
+        release.set()
+        for sender in senders:
+            sender.join(WAIT_S)
+        stop.set()
+        thread.join(WAIT_S)
+        live.wait(WAIT_S)
+        for peer in garbage_peers:
+            peer.close(linger=0)
+        source.close(linger=0)
+        pull.close(linger=0)
+        gate.close()
+        context.term()
+    assert not thread.is_alive()

@@ -22,6 +22,9 @@ NAMES = sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
 USER_MUST_SET = {
     "httomolibgpu.misc.morph.data_resampler": "newshape",
     "tomopy.misc.corr.circ_mask": "axis",
+    # every coefficient null: httomolibgpu raises at run time, we at validation
+    "httomolibgpu.prep.alignment.distortion_correction_proj_discorpy": "metadata_path",
+    "tomopy.prep.alignment.distortion_correction_proj": "xcenter",
     "tomopy.misc.corr.remove_outlier": "dif",
     "tomopy.misc.corr.remove_outlier1d": "dif",
     "tomopy.misc.corr.remove_outlier3d": "dif",

@@ -27,6 +27,12 @@ REQUIRED = {
     "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},
     "shift_images": {"sx": [0.5] * 6, "sy": [-1.0] * 6},
     "stripes_mask3d": {"min_stripe_length": 5, "min_stripe_depth": 2, "min_stripe_width": 3},
+    "sino_360_to_180": {"overlap": 6, "side": "left"},
+    "sino_360_to_180_tomopy": {"overlap": 6},
+    "distortion_correction_proj": {"xcenter": 15.5, "ycenter": 3.5,
+                                   "list_fact": [1.0, 0.0, -1e-4]},
+    "distortion_correction_proj_discorpy": {"xcenter": 15.5, "ycenter": 3.5,
+                                            "list_fact": [1.0, 0.0, -1e-4]},
 }
 
 

@@ -21,6 +21,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "pad": {"axis": 2},
     "seam_blend_stitched_data": {"overlap": 3, "seam_index": 8},
     "shift_images": {"sx": [0.1 * k for k in range(10)], "sy": [-0.2 * k for k in range(10)]},
+    "distortion_correction_proj": {"xcenter": 7.5, "ycenter": 3.5,
+                                   "list_fact": [1.0, 0.0, -1e-3]},
+    "distortion_correction_proj_discorpy": {"xcenter": 7.5, "ycenter": 3.5,
+                                            "list_fact": [1.0, 0.0, -1e-3]},
 }
 ANGLE_LOCAL = {
     "normalize_interpolated", "normalize", "normalize_nf", "normalize_bg", "minus_log",
@@ -31,6 +35,7 @@ ANGLE_LOCAL = {
     # issue 16's remaining TomoPy/httomolib methods
     "median_filter_nonfinite", "sobel_filter", "pad", "normalize_roi", "data_checker",
     "binary_thresholding", "seam_blend_stitched_data", "shift_images",
+    "distortion_correction_proj", "distortion_correction_proj_discorpy",
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from stages.recon.fourier import FourierFbpParams, fourier_fbp
+from stages.recon.fourier import FourierFbpCache, FourierFbpParams, fourier_fbp
 from stages.recon.streaming import IncompleteScanError, StreamingFbp, streaming_memory
 from streamer.errors import StageError
 from tests.test_pair_center import i13_scan
@@ -162,3 +162,21 @@ def test_real_scan_i13_blocks_as_they_arrive_equal_batch(shared_data: Path) -> N
     blocks = list(np.array_split(np.arange(angles.size), 6))
     got = _stream(sino, angles, params, blocks)
     assert _relative(got, _batch(sino, angles, params)) < 1e-5
+
+
+def test_bands_sharing_a_cache_equal_bands_on_their_own() -> None:
+    sino, angles = _gaussian_sinogram(5, 90, 64, 180.0, seed=3)
+    params = FourierFbpParams(threads=1, center=32.2)
+    cache = FourierFbpCache()
+    bands = [StreamingFbp(rows, 64, angles, params, cache=cache) for rows in (3, 2)]
+    alone = [StreamingFbp(rows, 64, angles, params) for rows in (3, 2)]
+    assert bands[0].table is bands[1].table  # one contribution table for the scan
+    for chosen in np.array_split(np.arange(90)[::-1], 4):
+        for first, band, own in zip((0, 3), bands, alone, strict=True):
+            part = sino[first : first + band.rows, chosen]
+            band.add(part, angles[chosen])
+            own.add(part, angles[chosen])
+    for band, own in zip(bands, alone, strict=True):
+        np.testing.assert_array_equal(band.finish(), own.finish())
+    # The second band of each block found the first's gridding plan.
+    assert cache.blocks_shared == 4
