@@ -896,7 +896,7 @@ class RankedReconstruction:
                     # once per band: the reconstruction is under way (and a handshake for
                     # whoever waits for it, e.g. to test a stop)
                     self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
-                             f"{last - first} slices in blocks of {block}: first block "
+                             f"{last - first} slices in blocks of {end - begin}: first block "
                              "written")
                 written += end - begin
                 if self.observer is not None:
