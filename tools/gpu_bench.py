@@ -11,6 +11,21 @@ steady). Each CuPy result is compared with the NumPy one (``max_abs_diff``, rela
 the NumPy result's range). Peak device memory is CuPy's memory-pool size after the step
 (the pool keeps freed blocks, so that is its high-water mark), reset between steps.
 
+The ``overlap`` entry times eight projection blocks through ``normalize`` on the device
+with the copies in turn and overlapped with the compute (pinned buffers, CUDA streams:
+``stages.backends.device_queue``), with the transfers counted and timed.
+
+Time on one H100 (an estimate: no run is recorded yet): the NumPy side dominates, about
+3 min for the stages benchmarked before this issue's device work (as sized then;
+H23's ten small ones add seconds), about 35 s for the 16 added with the
+normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinogram
+takes seconds), Titarenko's and Münch's methods, the resampler and the two httomo-named
+FBPs (one slice from 60 angles each); those took about 65 s on the 2-core development
+machine at load 3 to 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
+minute: about 4 to 4.5 min of the 300 s ``gpu_check.sh`` gives the benchmark, and the
+whole check within 8 minutes with the wheels cached. If a device run shows otherwise,
+split it with ``--stages``.
+
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
 figure ``null`` with the reason, and the same JSON layout, so the script, its stage
 table and its JSON are tested on any machine. Usage::
@@ -78,6 +93,25 @@ PARAMS: dict[str, dict[str, Any]] = {
     "fista": {"iterations": 3, "regularisation_iterations": 20},
     "admm": {"iterations": 2, "subsets_number": 6, "regularisation_iterations": 10},
     "osem": {"iterations": 3, "subsets_number": 6, "regularisation_iterations": 10},
+    # the normalisations (whole-block device path, repair on the device)
+    "normalize": {"minus_log": True},
+    "normalize_interpolated": {"minus_log": True},
+    "normalize_nf": {"flat_loc": (0, 16)},  # the 8 benchmark flats: 2 groups of 4
+    "normalize_bg": {"air": 8},
+    "minus_log": {},
+    # Vo's methods written from the algorithms (algotom on NumPy: one sinogram at a time)
+    "remove_stripe_based_filtering": {"sigma": 3, "size": 21},
+    "remove_stripe_based_fitting": {"order": 2, "sigma": 10},
+    "remove_dead_stripe": {"snr": 3.0, "size": 51},
+    "remove_large_stripe": {"snr": 3.0, "size": 51},
+    "remove_all_stripe": {"snr": 3.0, "la_size": 51, "sm_size": 21},
+    "remove_all_stripe_httomo": {"snr": 3.0, "la_size": 61, "sm_size": 21},
+    "data_resampler": {"newshape": (512, 512)},
+    "remove_stripe_ti": {"nblock": 0, "alpha": 1.5},  # every sinogram's CG at once
+    "remove_stripe_fw": {"wname": "db5", "sigma": 2.0},  # filter banks, all sinograms
+    # httomo-named reconstructors on our fbp (one slice, as fbp)
+    "FBP3d_tomobar": {"filter_freq_cutoff": 0.35},
+    "FBP2d_astra": {"filter_type": "shepp-logan"},
     # issue 16's remaining TomoPy/httomolib methods; sizes fit the --dry-run blocks too
     "median_filter3d_tomopy": {"size": 3},
     "remove_outlier3d_tomopy": {"dif": 0.1, "size": 3},
@@ -90,6 +124,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},
     "remove_stripe_sf": {"size": 5},
 }
+
+
+#: Vo's methods: NumPy (algotom) runs one sinogram at a time, seconds each at 2048 wide.
+ONE_SINOGRAM = frozenset({"remove_stripe_based_filtering", "remove_stripe_based_fitting",
+                          "remove_dead_stripe", "remove_large_stripe", "remove_all_stripe",
+                          "remove_all_stripe_httomo"})
 
 
 def _sizes(dry_run: bool, width: int) -> dict[str, tuple[int, int, int]]:
@@ -106,6 +146,12 @@ def _sizes(dry_run: bool, width: int) -> dict[str, tuple[int, int, int]]:
 def _shape_for(name: str, sizes: dict[str, tuple[int, int, int]]) -> tuple[int, int, int]:
     if name.startswith("total_variation"):
         return sizes["slices"]
+    if name in ("FBP3d_tomobar", "FBP2d_astra"):  # as fbp's, from 60 angles: ~6 s each
+        _, angles, cols = sizes["sinogram"]
+        return (1, min(angles, 60), cols)
+    if name in ONE_SINOGRAM:  # algotom works one sinogram at a time, ~1-4 s each
+        _, angles, cols = sizes["sinogram"]
+        return (1, angles, cols)
     if name == "fbp":  # one slice: NumPy back-projects 2048² pixels at ~10 angles/s
         _, angles, cols = sizes["sinogram"]
         return (1, min(angles, 360), cols)
@@ -138,6 +184,11 @@ def _stage_row(name: str, shape: tuple[int, int, int], runs: int, cupy: Any,
         extra["flats"] = np.full((8, *shape[1:]), 1.1, dtype=np.float32)
     if spec.needs_angles:
         extra["angles_deg"] = np.linspace(0.0, 180.0, shape[1], endpoint=False)
+    if spec.needs_frame_indices:  # flats in two groups, before and after the projections
+        extra["flat_indices"] = np.array([0, 1, 2, 3, 10_000, 10_001, 10_002, 10_003])
+        extra["frame_indices"] = np.arange(shape[0], dtype=np.int64) + 100
+    if spec.needs_projection_indices:
+        extra["projection_indices"] = np.arange(shape[0], dtype=np.int64)
     numpy_s, expected = _time(lambda: spec.run(block, params, **extra), lambda: None, 1)
     row: dict[str, Any] = {"stage": name, "shape": list(shape), "numpy_s": numpy_s,
                            "numpy_mpix_s": block.size / numpy_s / 1e6, "cupy_s": None,
@@ -170,6 +221,47 @@ def _stage_row(name: str, shape: tuple[int, int, int], runs: int, cupy: Any,
             row["httomolibgpu_s"] = adapter_s
         except Exception as error:  # record, do not hide: the adapter's own failure
             row["httomolibgpu_error"] = f"{type(error).__name__}: {error}"
+    return row
+
+
+def _overlap_row(width: int, cupy: Any) -> dict[str, Any]:
+    """Eight projection blocks through ``normalize`` (-log) on the device, copies done in
+    turn (``to_device`` / ``to_host``) against overlapped with the compute
+    (:class:`~stages.backends.device_queue.DeviceQueue`: pinned buffers, streams); both
+    with their transfers counted and timed."""
+    from stages.backends.device_queue import CupyStreams, DeviceQueue
+    from stages.backends.xp import TransferStats, to_device, to_host
+
+    shape = (16, 512, width)
+    row: dict[str, Any] = {"blocks": 8, "shape": list(shape), "serial_s": None,
+                           "overlapped_s": None, "speedup": None, "serial_transfers": None,
+                           "overlapped_transfers": None}
+    if cupy is None:
+        row["skipped"] = "no CUDA device"
+        return row
+    spec = REGISTRY["normalize"]
+    params = spec.params(minus_log=True)
+    rng = np.random.default_rng(1)
+    blocks = [rng.integers(100, 4000, size=shape).astype(np.float32) for _ in range(8)]
+    darks = cupy.asarray(np.full((4, *shape[1:]), 90.0, dtype=np.float32))
+    flats = cupy.asarray(np.full((8, *shape[1:]), 4100.0, dtype=np.float32))
+
+    def work(block: Any) -> Any:
+        return spec.run(block, params, darks=darks, flats=flats, backend="cupy")
+
+    work(cupy.asarray(blocks[0]))  # warm-up: kernels compiled, pool filled
+    cupy.cuda.Device().synchronize()
+    serial = TransferStats()
+    began = time.perf_counter()
+    expected = [to_host(work(to_device(block, serial)), serial) for block in blocks]
+    row["serial_s"] = time.perf_counter() - began
+    overlapped = TransferStats()
+    began = time.perf_counter()
+    results = list(DeviceQueue(CupyStreams(), overlapped).map(blocks, work))
+    row["overlapped_s"] = time.perf_counter() - began
+    row.update(speedup=row["serial_s"] / row["overlapped_s"],
+               serial_transfers=serial.describe(), overlapped_transfers=overlapped.describe(),
+               equal=all(np.array_equal(a, b) for a, b in zip(expected, results, strict=True)))
     return row
 
 
@@ -259,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         "cupy": None if cupy is None else cupy.__version__,
         "httomolibgpu": has_httomolibgpu,
         "numpy": np.__version__, "python": platform.python_version(),
-        "stages": [], "recon": None,
+        "stages": [], "recon": None, "overlap": None,
     }
     for name in names:
         row = _stage_row(name, _shape_for(name, sizes), args.runs, cupy, has_httomolibgpu)
         report["stages"].append(row)
         print(json.dumps(row), flush=True)
+    report["overlap"] = _overlap_row(width, cupy)
+    print(json.dumps(report["overlap"]), flush=True)
     rows = 2 if args.dry_run else args.recon_rows
     angles = 16 if args.dry_run else args.recon_angles
     report["recon"] = _recon_row(width, rows, angles, cupy)

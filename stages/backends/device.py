@@ -3,8 +3,12 @@
 One GPU per rank. ``CUDA_VISIBLE_DEVICES`` is honoured as CUDA honours it: it selects
 and renumbers the devices a process sees, so inside the process they are ``0 … n-1``.
 A rank takes device ``local_rank % n`` of those, where ``local_rank`` is its rank among
-the ranks on the same node (``OMPI_COMM_WORLD_LOCAL_RANK``, ``MPI_LOCALRANKID``,
-``SLURM_LOCALID``, else the global rank). With 4 ranks on a node of 4 GPUs each rank
+the ranks on the same node: from MPI itself where the run has a communicator (its
+shared-memory split, ``Split_type(COMM_TYPE_SHARED)``: :func:`node_local_rank`), else from
+the launcher's variables (``OMPI_COMM_WORLD_LOCAL_RANK`` (Open MPI),
+``MPI_LOCALRANKID`` (MPICH/Hydra, Intel MPI), ``PMI_LOCAL_RANK`` (PMI),
+``MV2_COMM_WORLD_LOCAL_RANK`` (MVAPICH2), ``SLURM_LOCALID`` (srun)), else the global
+rank. With 4 ranks on a node of 4 GPUs each rank
 gets its own; with more ranks than GPUs they share round-robin (and split its memory:
 see :func:`device_budget_bytes`). Restricting a run to GPUs 2 and 3 is
 ``CUDA_VISIBLE_DEVICES=2,3 mpiexec -n 2 …``: rank 0 uses physical GPU 2, rank 1 GPU 3.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from streamer.errors import ConfigError
 
@@ -25,7 +30,8 @@ from streamer.errors import ConfigError
 #: allocations up and fragments, cuFFT/cufinufft plans and kernels take their own.
 DEVICE_HEADROOM = 0.10
 
-_LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
+_LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK",
+                         "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,28 @@ def visible_device_count(environ: Mapping[str, str], detected: int | None) -> in
     return count if detected is None else min(count, detected)
 
 
-def local_rank(environ: Mapping[str, str], rank: int) -> int:
-    """This rank's index among the ranks of its node (launcher variables), else ``rank``."""
+def node_local_rank(comm: Any) -> tuple[int, int] | None:
+    """``(local rank, ranks on this node)`` from MPI's shared-memory split of ``comm``
+    (collective: every rank of ``comm`` calls it); ``None`` without a communicator or
+    mpi4py."""
+    if comm is None or not hasattr(comm, "Split_type"):
+        return None
+    try:
+        from mpi4py import MPI  # noqa: PLC0415 - only where a communicator exists
+    except ImportError:
+        return None
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return int(node.Get_rank()), int(node.Get_size())
+    finally:
+        node.Free()
+
+
+def local_rank(environ: Mapping[str, str], rank: int, node_rank: int | None = None) -> int:
+    """This rank's index among the ranks of its node: ``node_rank`` (MPI's split) when
+    known, else the launcher's variables, else ``rank``."""
+    if node_rank is not None:
+        return node_rank
     for variable in _LOCAL_RANK_VARIABLES:
         value = environ.get(variable)
         if value is not None and value.strip().isdigit():
@@ -68,15 +94,17 @@ def local_rank(environ: Mapping[str, str], rank: int) -> int:
     return rank
 
 
-def device_for_rank(rank: int, environ: Mapping[str, str], detected: int | None) -> int:
-    """The device index (within the visible devices) rank ``rank`` uses."""
+def device_for_rank(rank: int, environ: Mapping[str, str], detected: int | None,
+                    node_rank: int | None = None) -> int:
+    """The device index (within the visible devices) rank ``rank`` uses (``node_rank``:
+    its rank on the node from :func:`node_local_rank`, when known)."""
     count = visible_device_count(environ, detected)
     if count < 1:
         hint = environ.get("CUDA_VISIBLE_DEVICES")
         why = (f"CUDA_VISIBLE_DEVICES={hint!r} hides every device" if hint is not None
                else "no CUDA device was detected")
         raise ConfigError(f"rank {rank}: expected a visible CUDA device, got none ({why})")
-    return local_rank(environ, rank) % count
+    return local_rank(environ, rank, node_rank) % count
 
 
 def ranks_per_device(ranks_on_node: int, environ: Mapping[str, str],
@@ -106,23 +134,27 @@ def stated_device(size_gib: float) -> DeviceInfo:
     return DeviceInfo(name="stated", index=0, total_bytes=size, free_bytes=size)
 
 
-def use_device_for_rank(rank: int, ranks: int) -> tuple[DeviceInfo, int]:
+def use_device_for_rank(rank: int, ranks: int,
+                        node: tuple[int, int] | None = None) -> tuple[DeviceInfo, int]:
     """Make rank ``rank``'s device (:func:`device_for_rank`) cupy's current one; return
     it with the bytes this rank may plan for (its free memory less the headroom, split
-    between the ranks that share it; ``ranks`` is the launch's rank count, an upper
-    bound of those on one node). Raises :class:`ConfigError` without a device."""
-    info = detect_device(rank)
+    between the ranks that share it). ``node`` is ``(local rank, ranks on the node)``
+    from :func:`node_local_rank`; without it the launcher's variables give the local
+    rank and ``ranks`` (the launch's rank count, an upper bound of those on one node)
+    the sharing. Raises :class:`ConfigError` without a device."""
+    info = detect_device(rank, node_rank=None if node is None else node[0])
     if info is None:
         raise ConfigError(f"rank {rank}: --device gpu: expected a usable CUDA device, got none")
     import cupy  # noqa: PLC0415 - detect_device found it
 
     cupy.cuda.Device(info.index).use()
     detected = int(cupy.cuda.runtime.getDeviceCount())
-    sharing = ranks_per_device(ranks, os.environ, detected)
+    sharing = ranks_per_device(ranks if node is None else node[1], os.environ, detected)
     return info, device_budget_bytes(info.free_bytes, sharing=sharing)
 
 
-def detect_device(rank: int = 0, environ: Mapping[str, str] | None = None) -> DeviceInfo | None:
+def detect_device(rank: int = 0, environ: Mapping[str, str] | None = None,
+                  node_rank: int | None = None) -> DeviceInfo | None:
     """The device this rank would use, measured by cupy; ``None`` without cupy or a
     usable device (never raises for that)."""
     try:
@@ -131,7 +163,8 @@ def detect_device(rank: int = 0, environ: Mapping[str, str] | None = None) -> De
         if not cupy.is_available():
             return None
         detected = int(cupy.cuda.runtime.getDeviceCount())
-        index = device_for_rank(rank, os.environ if environ is None else environ, detected)
+        index = device_for_rank(rank, os.environ if environ is None else environ, detected,
+                                node_rank)
         with cupy.cuda.Device(index):
             free, total = cupy.cuda.runtime.memGetInfo()
         name = cupy.cuda.runtime.getDeviceProperties(index)["name"]

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from stages.backends.xp import array_module, gpu_available
-from stages.prep.normalize import LOG_FLOOR
+from stages.prep import device_correct
+from stages.prep.repair import NO_SIGNAL, RepairCounts
 from streamer.errors import StageError
 
 BACKEND = "httomolibgpu"
@@ -157,18 +158,23 @@ def normalize(
     nonnegative: bool = False,
     remove_nans: bool = False,
     eps: float = 1e-6,
+    repairs: RepairCounts | None = None,
 ) -> Any:
     """Stage ``normalize`` (projection block) with httomolibgpu's flat-field kernel.
 
     Calls ``httomolibgpu.prep.normalize.normalize`` (httomolibgpu < 5) with
     ``minus_log=False, nonnegativity=False, remove_nans=False`` or, where that is gone,
     ``dark_flat_field_correction`` (``cutoff=`` or ``upper_bound=``, by version). The
-    cutoff therefore bounds the transmission, as in our numpy stage; ``-log`` (with the
-    :data:`LOG_FLOOR` clamp), nonnegativity and NaN removal then run on the device in
-    our order. Differences: only ``averaging="mean"`` exists there (``median`` is
-    refused); httomolibgpu's denominator floor is its own ``1e-7`` (``eps`` is not
-    passed); ``cutoff=None`` becomes ``1e12``; ``darks`` with 0 frames become one frame
-    of zeros. ``darks``/``flats`` must already be on the device, like ``block``.
+    cutoff therefore bounds the transmission, as in our numpy stage. Then, on the device,
+    as our stage does: values without signal (not finite, on a pixel whose mean flat is
+    not above its mean dark, and before ``-log`` also ``<= 0``) are repaired from their
+    row neighbours and counted in ``repairs`` (:mod:`stages.prep.device_correct`; no
+    clamp), then ``-log``, nonnegativity and NaN removal. Differences: the cutoff comes
+    before the repair (an infinite value becomes the cutoff, not a neighbour's value);
+    only ``averaging="mean"`` exists there (``median`` is refused); httomolibgpu's
+    denominator floor is its own ``1e-7`` (``eps`` is not passed); ``cutoff=None``
+    becomes ``1e12``; ``darks`` with 0 frames become one frame of zeros.
+    ``darks``/``flats`` must already be on the device, like ``block``.
     """
     method = "normalize"
     if averaging != "mean":
@@ -190,6 +196,7 @@ def normalize(
         darks = xp.zeros((1, *block.shape[1:]), dtype=np.float32)
     darks = _supported_dtype(darks, accepted)
     bound = NO_CUTOFF if cutoff is None else float(cutoff)
+    dead = ~(flats.mean(axis=0, dtype=np.float32) - darks.mean(axis=0, dtype=np.float32) > 0)
     old = getattr(module, "normalize", None)
     if old is not None:
         out = old(
@@ -205,8 +212,10 @@ def normalize(
             )
         key = "cutoff" if _accepts(new, "cutoff") else "upper_bound"
         out = new(data, flats, darks, **{key: bound})
+    repaired = device_correct.repair_no_signal(out, dead=dead, positive=minus_log)
+    if repairs is not None:
+        repairs.add(NO_SIGNAL, repaired)
     if minus_log:
-        xp.maximum(out, LOG_FLOOR, out=out)
         xp.log(out, out=out)
         xp.negative(out, out=out)
     if nonnegative:

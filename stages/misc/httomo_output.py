@@ -28,6 +28,7 @@ import numpy.typing as npt
 from pydantic import Field, field_validator
 from scipy.interpolate import interpn
 
+from stages.backends.xp import array_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -92,6 +93,54 @@ class DataResamplerParams(StageParams):
         return value
 
 
+def _output_points(n: int, new: int) -> npt.NDArray[np.float64]:
+    """httomolibgpu's output coordinates along one axis (float32, as it computes them)."""
+    step = n / new
+    scale = 2 / step
+    return np.linspace(-new / scale, new / scale - step, num=new,
+                       endpoint=False).astype(np.float32).astype(np.float64)
+
+
+def _axis_weights(n: int, new: int, interpolation: str
+                  ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64],
+                             npt.NDArray[np.bool_]]:
+    """For each output coordinate on the grid ``arange(n) - n/2``: the lower neighbour's
+    index, the weight of the upper one (0 or 1 for ``nearest``, ties to the lower as
+    scipy's ``interpn``) and whether it lies inside the grid (``interpn``'s rule)."""
+    grid = np.arange(n) - n / 2
+    points = _output_points(n, new)
+    lower = np.clip(np.searchsorted(grid, points) - 1, 0, max(n - 2, 0))
+    upper = np.minimum(lower + 1, n - 1)
+    span = np.where(upper > lower, grid[upper] - grid[lower], 1.0)
+    weight = (points - grid[lower]) / span
+    if interpolation == "nearest":
+        weight = (weight > 0.5).astype(np.float64)
+    inside = (points >= grid[0]) & (points <= grid[-1])
+    return lower, weight, inside
+
+
+def _resample_on_device(data: Any, newshape: tuple[int, int], interpolation: str) -> Any:
+    """:func:`resample_slice` for every slice of ``(slices, rows, cols)`` at once in the
+    namespace of ``data``: separable linear (or nearest) weights on httomolibgpu's grid,
+    zero outside. Agrees with scipy's ``interpn`` to float rounding (its 2-D kernel sums
+    the four corners in another order), not bit for bit."""
+    xp = array_module(data)
+    rows, cols = data.shape[1:]
+    iy, wy, in_y = _axis_weights(rows, newshape[0], interpolation)
+    ix, wx, in_x = _axis_weights(cols, newshape[1], interpolation)
+    up_y, up_x = np.minimum(iy + 1, rows - 1), np.minimum(ix + 1, cols - 1)
+    values = data.astype(xp.float64)
+    top, bottom = values[:, xp.asarray(iy)], values[:, xp.asarray(up_y)]
+    wy_d = xp.asarray(wy)[None, :, None]
+    wx_d = xp.asarray(wx)[None, None, :]
+    lo_x, hi_x = xp.asarray(ix), xp.asarray(up_x)
+    near = top[:, :, lo_x] * (1 - wx_d) + top[:, :, hi_x] * wx_d
+    far = bottom[:, :, lo_x] * (1 - wx_d) + bottom[:, :, hi_x] * wx_d
+    out = near * (1 - wy_d) + far * wy_d
+    inside = xp.asarray(in_y[:, None] & in_x[None, :])
+    return xp.where(inside[None], out, 0.0).astype(xp.float32)
+
+
 def resample_slice(image: npt.NDArray[np.float32], newshape: tuple[int, int],
                    interpolation: str) -> npt.NDArray[np.float32]:
     """One 2-D slice on httomolibgpu's grid: axes ``arange(n) - n/2``, output points
@@ -118,6 +167,12 @@ def data_resampler(block: npt.NDArray[Any], *, newshape: tuple[int, int],
         raise StageError(f"stage 'data_resampler': block: expected a real 3-D array, got "
                          f"{block.shape} {block.dtype}")
     ours = 0 if axis == "auto" else _HTTOMO_AXIS[int(axis)]
+    xp = array_module(block)
+    if xp is not np:
+        moved = xp.moveaxis(block.astype(xp.float32), ours, 0)
+        resampled = _resample_on_device(moved, tuple(newshape), interpolation)  # type: ignore[arg-type]
+        result: npt.NDArray[np.float32] = xp.ascontiguousarray(xp.moveaxis(resampled, 0, ours))
+        return result
     data = np.moveaxis(np.asarray(block, dtype=np.float32), ours, 0)
     out = np.stack([resample_slice(image, tuple(newshape), interpolation)  # type: ignore[arg-type]
                     for image in data])
@@ -127,6 +182,13 @@ def data_resampler(block: npt.NDArray[Any], *, newshape: tuple[int, int],
 def _resampled_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
     a, b = params.newshape
     return int(4 * (2 * np.prod(shape) + 3 * shape[0] * a * b))
+
+
+def _resampled_device_memory(shape: tuple[int, int, int], dtype: np.dtype[Any],
+                              params: Any) -> int:
+    a, b = params.newshape
+    rows = max(shape)  # the slicing axis may be any of the three
+    return int(4 * (3 * np.prod(shape) + 2 * 2 * rows * a * max(shape) + 9 * rows * a * b))
 
 
 SPECS: tuple[StageSpec, ...] = (
@@ -151,7 +213,10 @@ SPECS: tuple[StageSpec, ...] = (
               aliases=("httomolib.misc.images.save_to_images",)),
     StageSpec(name="data_resampler", fn=data_resampler, pattern=Pattern.SINOGRAM,
               angle_local=False,  # resamples whole sinogram slices
-              params=DataResamplerParams, memory=_resampled_memory,
+              params=DataResamplerParams, memory=_resampled_memory, device=True,
+              # float64 copy (2), two gathered row sets and two corner pairs of the
+              # output (float64), the float32 result
+              device_memory=_resampled_device_memory,
               summary="resample every slice to newshape (httomolibgpu, interpn)",
               aliases=("httomolibgpu.misc.morph.data_resampler",)),
 )

@@ -39,6 +39,7 @@ from algotom.prep import removal
 from pydantic import Field, model_validator
 
 from stages.backends.xp import array_module
+from stages.prep import stripe_device
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -262,6 +263,16 @@ def remove_all_stripe_httomo(block: npt.NDArray[Any], *, snr: float = 3.0, la_si
     """Dead, large and small stripes removed from each sinogram ``(rows, angles, cols)``."""
     stage = "remove_all_stripe_httomo"
     data = _block(stage, block)
+    xp = array_module(data)
+    if xp is not np:  # the device path, written from the algorithms (algotom the oracle)
+        if data.shape[1] < 2 or data.shape[2] < 2:
+            raise StageError(f"stage {stage!r}: block.shape: expected at least 2 angles "
+                             f"and 2 columns, got {data.shape}")
+        sinos = stripe_device.all_stripe(data, snr=snr, la_size=la_size, sm_size=sm_size,
+                                         drop_ratio=0.1, dim=dim, norm=normalize,
+                                         stage=stage)
+        result: npt.NDArray[np.float32] = xp.nan_to_num(sinos).astype(xp.float32)
+        return result
     out = np.empty_like(data)
     for row in range(data.shape[0]):
         sino = removal.remove_dead_stripe(data[row], snr=snr, size=la_size, residual=False)
@@ -363,6 +374,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_all_stripe_httomo", fn=remove_all_stripe_httomo,
         angle_local=False,  # the whole sinogram
         pattern=Pattern.SINOGRAM, params=AllStripeHttomoParams, memory=scaled_memory(6),
+        device=True, device_memory=scaled_memory(15),  # as stripe.py's Vo device path
         summary="Vo's dead + large + sorting stripe removal in httomolibgpu's order",
         aliases=("httomolibgpu.prep.stripe.remove_all_stripe",),
     ),

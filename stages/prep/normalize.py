@@ -31,6 +31,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import AliasChoices, Field
 
+from stages.backends.xp import array_module
+from stages.prep import device_correct
 from stages.prep.kernel import Correction, correct
 from stages.prep.repair import NO_SIGNAL, RepairCounts
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
@@ -38,9 +40,10 @@ from streamer.errors import StageError
 
 Averaging = Literal["mean", "median"]
 
-#: The smallest normal float32 (``-log`` of it is about 87.3). Our stages repair
-#: transmissions ``<= 0`` from their neighbours instead (:mod:`stages.prep.repair`); the
-#: device backends, which cannot count repairs, still clamp to it.
+#: The smallest normal float32 (``-log`` of it is about 87.3). Kept for callers that
+#: clamp; our stages (and the httomolibgpu adapter) repair transmissions ``<= 0`` from
+#: their neighbours instead (:mod:`stages.prep.repair`, on a device
+#: :mod:`stages.prep.device_correct`) and count them.
 LOG_FLOOR = np.float32(np.finfo(np.float32).tiny)
 
 
@@ -48,7 +51,7 @@ LOG_FLOOR = np.float32(np.finfo(np.float32).tiny)
 
 
 def _check_block(stage: str, block: npt.NDArray[Any]) -> None:
-    if not isinstance(block, np.ndarray) or block.ndim != 3:
+    if getattr(block, "dtype", None) is None or getattr(block, "ndim", None) != 3:
         shape = getattr(block, "shape", type(block).__name__)
         raise StageError(f"stage {stage!r}: block: expected a 3-D projection block, got {shape}")
 
@@ -56,13 +59,15 @@ def _check_block(stage: str, block: npt.NDArray[Any]) -> None:
 def _check_refs(
     stage: str, name: str, refs: npt.NDArray[Any] | None, block: npt.NDArray[Any]
 ) -> npt.NDArray[Any]:
-    """Check a reference stack is ``(n, rows, cols)`` matching the block's frames."""
+    """Check a reference stack is ``(n, rows, cols)`` matching the block's frames; it is
+    returned in the block's namespace (uploaded, explicitly, if the block is on a device
+    and the references are not)."""
     rows, cols = block.shape[1:]
     if refs is None:
         raise StageError(
             f"stage {stage!r}: {name}: expected an array of shape (n, {rows}, {cols}), got None"
         )
-    refs = np.asarray(refs)
+    refs = array_module(block).asarray(refs)
     if refs.ndim != 3 or refs.shape[1:] != (rows, cols):
         raise StageError(
             f"stage {stage!r}: {name}: expected shape (n, {rows}, {cols}) matching the "
@@ -73,9 +78,12 @@ def _check_refs(
 
 def _average(refs: npt.NDArray[Any], averaging: str) -> npt.NDArray[np.float32]:
     """Mean (float32 accumulation, as tomopy) or median over frames of ``refs``."""
+    xp = array_module(refs)
     if averaging == "median":
-        return np.median(refs.astype(np.float32, copy=False), axis=0).astype(np.float32)
-    mean: npt.NDArray[np.float32] = np.mean(refs, axis=0, dtype=np.float32)
+        median: npt.NDArray[np.float32] = xp.median(
+            refs.astype(np.float32, copy=False), axis=0).astype(np.float32)
+        return median
+    mean: npt.NDArray[np.float32] = xp.mean(refs, axis=0, dtype=np.float32)
     return mean
 
 
@@ -84,7 +92,9 @@ def _dark_reference(
 ) -> npt.NDArray[np.float32]:
     darks = _check_refs(stage, "darks", darks, block)
     if darks.shape[0] == 0:
-        return np.zeros(block.shape[1:], dtype=np.float32)
+        zeros: npt.NDArray[np.float32] = array_module(block).zeros(block.shape[1:],
+                                                                   dtype=np.float32)
+        return zeros
     return _average(darks, averaging)
 
 
@@ -108,7 +118,7 @@ _MAX_DARK_FLAT_SHARE = 0.5
 def _check_flat_signal(stage: str, flat: npt.NDArray[np.float32],
                        dark: npt.NDArray[np.float32]) -> None:
     """Refuse flats that carry no beam: the correction would divide by ``eps``."""
-    share = float(np.mean(flat - dark <= 0))
+    share = float(array_module(flat).mean(flat - dark <= 0))
     if share > _MAX_DARK_FLAT_SHARE:
         raise StageError(
             f"stage {stage!r}: flats: expected flat − dark > 0 in most pixels, got <= 0 in "
@@ -132,10 +142,16 @@ def _correct(
 ) -> npt.NDArray[np.float32]:
     """``(block - dark) / denom``, then in this order the repair of pixels without signal
     (``dead``: flat <= dark), cutoff, -log, nonnegativity and NaN removal; fused and
-    threaded (:mod:`stages.prep.kernel`: the same float32 operations, the same results)."""
+    threaded (:mod:`stages.prep.kernel`: the same float32 operations, the same results);
+    a block on a device goes through :mod:`stages.prep.device_correct` (the same
+    operations as whole-block expressions, repair included, on the device)."""
     steps = Correction(cutoff=cutoff, minus_log=minus_log, nonnegative=nonnegative,
                        remove_nans=remove_nans)
-    out, repaired = correct(block, dark, denom, dead if dead.any() else None, steps)
+    out: npt.NDArray[np.float32]
+    if array_module(block) is not np:
+        out, repaired = device_correct.correct(block, dark, denom, dead, steps)
+    else:
+        out, repaired = correct(block, dark, denom, dead if dead.any() else None, steps)
     if repairs is not None:
         repairs.add(NO_SIGNAL, repaired)
     return out
@@ -217,7 +233,7 @@ def normalize(
     _check_flat_signal("normalize", flat, dark)
     denom = flat - dark
     dead = ~(denom > 0)
-    np.maximum(denom, np.float32(eps), out=denom)
+    denom = array_module(denom).maximum(denom, np.float32(eps))
     return _correct(block, dark, denom, dead, cutoff=cutoff, minus_log=minus_log,
                     nonnegative=nonnegative, remove_nans=remove_nans, repairs=repairs)
 
@@ -250,7 +266,8 @@ def flat_groups(
         One averaged flat per group.
     """
     stage = "interpolated_flats"
-    flat_frames = np.asarray(flat_frames)
+    xp = array_module(flat_frames)
+    flat_frames = xp.asarray(flat_frames)
     indices = np.asarray(flat_indices)
     if flat_frames.ndim != 3 or flat_frames.shape[0] == 0:
         raise StageError(
@@ -272,7 +289,7 @@ def flat_groups(
         [indices[a:b].mean() for a, b in pairwise(bounds)],
         dtype=np.float64,
     )
-    references = np.stack(
+    references = xp.stack(
         [_average(flat_frames[a:b], averaging) for a, b in pairwise(bounds)]
     )
     return positions, references
@@ -316,16 +333,19 @@ def interpolated_flats(
             "stage 'interpolated_flats': frame_indices: expected a 1-D sequence, "
             f"got shape {frames.shape}"
         )
+    xp = array_module(references)
     if len(positions) == 1:
-        return np.ascontiguousarray(np.broadcast_to(references[0], (len(frames),
-                                                                    *references.shape[1:])))
+        single: npt.NDArray[np.float32] = xp.ascontiguousarray(
+            xp.broadcast_to(references[0], (len(frames), *references.shape[1:])))
+        return single
     after = np.clip(np.searchsorted(positions, frames, side="right"), 1, len(positions) - 1)
     before = after - 1
     span = positions[after] - positions[before]
     weight = np.clip((frames - positions[before]) / span, 0.0, 1.0).astype(np.float32)
-    w = weight[:, None, None]
-    out = (1 - w) * references[before] + w * references[after]
-    return np.ascontiguousarray(out, dtype=np.float32)
+    w = xp.asarray(weight)[:, None, None]
+    out = (1 - w) * references[xp.asarray(before)] + w * references[xp.asarray(after)]
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(out, dtype=np.float32)
+    return result
 
 
 def normalize_per_frame(
@@ -363,7 +383,7 @@ def normalize_per_frame(
     """
     stage = "normalize_per_frame"
     _check_block(stage, block)
-    flat_per_frame = np.asarray(flat_per_frame)
+    flat_per_frame = array_module(block).asarray(flat_per_frame)
     if flat_per_frame.shape != block.shape:
         raise StageError(
             f"stage {stage!r}: flat_per_frame: expected shape {block.shape} (one flat per "
@@ -372,7 +392,7 @@ def normalize_per_frame(
     dark = _dark_reference(stage, darks, block, averaging)
     denom = flat_per_frame.astype(np.float32) - dark
     dead = ~(denom > 0)
-    np.maximum(denom, np.float32(eps), out=denom)
+    denom = array_module(denom).maximum(denom, np.float32(eps))
     return _correct(block, dark, denom, dead, cutoff=cutoff, minus_log=minus_log,
                     nonnegative=nonnegative, remove_nans=remove_nans, repairs=repairs)
 
@@ -447,11 +467,12 @@ def normalize_nf(
             f"got {flat_frames.shape[0]}"
         )
     per_group = flat_frames.shape[0] // groups
+    xp = array_module(block)
     darks_checked = _check_refs(stage, "darks", darks, block)
     dark = (
-        np.zeros(block.shape[1:], dtype=np.float64)
+        xp.zeros(block.shape[1:], dtype=np.float64)
         if darks_checked.shape[0] == 0
-        else np.mean(darks_checked.astype(np.float64), axis=0)
+        else xp.mean(darks_checked.astype(np.float64), axis=0)
     )
     # Boundaries in scan projection indices, then shifted into the block.
     bounds = [int(np.round((loc[m + 1] - loc[m]) / 2)) + loc[m] for m in range(groups - 1)]
@@ -465,18 +486,20 @@ def normalize_nf(
                 f"(one per frame), got shape {frame.shape}"
             )
     group_of_frame = np.searchsorted(np.asarray(bounds, dtype=np.int64), frame, side="right")
-    out = np.empty(block.shape, dtype=np.float32)
+    out = xp.empty(block.shape, dtype=np.float32)
     for m in range(groups):
-        selected = group_of_frame == m
-        if not selected.any():
+        selected = np.flatnonzero(group_of_frame == m)  # host indices, uploaded below
+        if not selected.size:
             continue
+        chosen = xp.asarray(selected)
         group = flat_frames[m * per_group:(m + 1) * per_group].astype(np.float64)
-        flat = np.median(group, axis=0) if averaging == "median" else np.mean(group, axis=0)
-        denom = np.maximum(flat - dark, 1e-6)
-        out[selected] = (block[selected].astype(np.float64) - dark) / denom
+        flat = xp.median(group, axis=0) if averaging == "median" else xp.mean(group, axis=0)
+        denom = xp.maximum(flat - dark, 1e-6)
+        out[chosen] = (block[chosen].astype(np.float64) - dark) / denom
     if cutoff is not None:
-        np.minimum(out, np.float32(cutoff), out=out)
-    return out
+        out = xp.minimum(out, np.float32(cutoff))
+    result: npt.NDArray[np.float32] = out
+    return result
 
 
 # ---------------------------------------------------------------------- normalize_bg
@@ -516,14 +539,15 @@ def normalize_bg(block: npt.NDArray[Any], *, air: int = 1) -> npt.NDArray[np.flo
         raise StageError(f"stage {stage!r}: block: expected at least 2 columns, got {cols}")
     if not 1 <= air <= cols:
         raise StageError(f"stage {stage!r}: air: expected 1 <= air <= {cols}, got {air}")
-    out = np.array(block, dtype=np.float32, order="C", copy=True)
+    xp = array_module(block)
+    out: npt.NDArray[np.float32] = xp.array(block, dtype=np.float32, order="C", copy=True)
     nair = np.float32(air)
     left = out[:, :, :air].sum(axis=2, dtype=np.float32) / nair
     right = out[:, :, cols - air:].sum(axis=2, dtype=np.float32) / nair
     left[left <= 0] = 1
     right[right <= 0] = 1
     slope = (right - left) / np.float32(cols - 1)
-    j = np.arange(cols, dtype=np.float32)
+    j = xp.arange(cols, dtype=np.float32)
     level = left[:, :, None] + slope[:, :, None] * j
     out /= level
     return out
@@ -556,7 +580,12 @@ def minus_log(
         ``tomopy.prep.normalize.minus_log`` wherever the input is positive and finite.
     """
     _check_block("minus_log", block)
-    out, repaired = correct(block, None, None, None, Correction(minus_log=True))
+    out: npt.NDArray[np.float32]
+    if array_module(block) is not np:
+        out, repaired = device_correct.correct(block, None, None, None,
+                                               Correction(minus_log=True))
+    else:
+        out, repaired = correct(block, None, None, None, Correction(minus_log=True))
     if repairs is not None:
         repairs.add(NO_SIGNAL, repaired)
     return out
@@ -630,6 +659,9 @@ SPECS: tuple[StageSpec, ...] = (
         needs_references=True,
         needs_frame_indices=True,
         counts_repairs=True,
+        device=True,
+        # block, float32 output, per-frame flat and divisor (2), bool masks
+        device_memory=scaled_memory(5),
     ),
     StageSpec(
         name="normalize",
@@ -646,6 +678,10 @@ SPECS: tuple[StageSpec, ...] = (
         "pixels without signal repaired from their row neighbours",
         needs_references=True,
         counts_repairs=True,
+        device=True,
+        # block, float32 output (corrected in place), the bad-value mask (1/4) and its
+        # negation; the repair's temporaries are per bad value
+        device_memory=scaled_memory(3),
         aliases=(
             "tomopy.prep.normalize.normalize",
             "httomolibgpu.prep.normalize.normalize",
@@ -664,6 +700,7 @@ SPECS: tuple[StageSpec, ...] = (
         summary="flat/dark correction with the nearest of several flat groups (tomopy)",
         needs_references=True,
         needs_projection_indices=True,
+        device=True,
         aliases=("tomopy.prep.normalize.normalize_nf",),
     ),
     StageSpec(
@@ -675,6 +712,7 @@ SPECS: tuple[StageSpec, ...] = (
         # input (1) + output (1) + the per-pixel air level (1).
         memory=scaled_memory(3),
         summary="scale each row so its left/right air columns are 1 (no flats needed)",
+        device=True,
         aliases=("tomopy.prep.normalize.normalize_bg",),
     ),
     StageSpec(
@@ -688,6 +726,8 @@ SPECS: tuple[StageSpec, ...] = (
         summary="-log of the transmission (values <= 0 or not finite repaired from their "
         "row neighbours first)",
         counts_repairs=True,
+        device=True,
+        device_memory=scaled_memory(3),
         aliases=("tomopy.prep.normalize.minus_log", "httomolibgpu.prep.normalize.minus_log"),
     ),
 )

@@ -30,6 +30,7 @@ from algotom.prep import removal
 from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module, ndimage_module
+from stages.prep import fw_device, stripe_device, ti_device
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -73,6 +74,21 @@ def _per_sinogram(stage: str, block: Array, apply: Callable[[F32], Array]) -> F3
     for row in range(rows):
         out[row] = apply(np.ascontiguousarray(data[row]))
     return out
+
+
+def _on_device(stage: str, block: Array, apply: Callable[[Any], Any]) -> F32 | None:
+    """``apply`` on the whole block when it is not a NumPy one (the device path of
+    :mod:`stages.prep.stripe_device`), as a C-contiguous float32 block; ``None`` for a
+    NumPy block (the caller goes through algotom)."""
+    xp = array_module(block)
+    if xp is np:
+        return None
+    _check_block(stage, block, "sinogram (rows, angles, cols)")
+    if block.shape[1] < 2 or block.shape[2] < 2:
+        raise StageError(f"{stage}: block.shape: expected at least 2 angles and 2 columns, "
+                         f"got {block.shape}")
+    result: F32 = xp.ascontiguousarray(apply(block), dtype=xp.float32)
+    return result
 
 
 def _check_positive(stage: str, name: str, size: int) -> None:
@@ -170,6 +186,12 @@ def remove_stripe_based_filtering(
     """
     size = tomopy_size(block.shape[-1]) if size is None else size
     _check_positive("remove_stripe_based_filtering", "size", size)
+    device = _on_device("remove_stripe_based_filtering", block,
+                        lambda data: stripe_device.filtering(
+                            data.astype(np.float32), sigma=sigma, size=size, dim=dim,
+                            sort=sort))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_stripe_based_filtering", block,
         lambda s: removal.remove_stripe_based_filtering(
@@ -204,6 +226,12 @@ def remove_stripe_based_fitting(
         raise StageError(
             f"remove_stripe_based_fitting: num_chunk: expected >= 1, got {num_chunk}"
         )
+    device = _on_device("remove_stripe_based_fitting", block,
+                        lambda data: stripe_device.fitting(
+                            data.astype(np.float32), order=order, sigma=sigma, sort=sort,
+                            num_chunk=num_chunk))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_stripe_based_fitting", block,
         lambda s: removal.remove_stripe_based_fitting(
@@ -241,6 +269,10 @@ def remove_dead_stripe(
     ndarray of float32, shape (rows, angles, cols)
     """
     _check_positive("remove_dead_stripe", "size", size)
+    device = _on_device("remove_dead_stripe", block, lambda data: stripe_device.dead_stripe(
+        data, snr=snr, size=size, residual=residual, smooth_strength=smooth_strength))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_dead_stripe", block,
         lambda s: removal.remove_dead_stripe(
@@ -278,6 +310,10 @@ def remove_large_stripe(
     ndarray of float32, shape (rows, angles, cols)
     """
     _check_positive("remove_large_stripe", "size", size)
+    device = _on_device("remove_large_stripe", block, lambda data: stripe_device.large_stripe(
+        data, snr=snr, size=size, drop_ratio=drop_ratio, norm=norm))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_large_stripe", block,
         lambda s: removal.remove_large_stripe(
@@ -318,6 +354,10 @@ def remove_all_stripe(
     """
     _check_positive("remove_all_stripe", "la_size", la_size)
     _check_positive("remove_all_stripe", "sm_size", sm_size)
+    device = _on_device("remove_all_stripe", block, lambda data: stripe_device.all_stripe(
+        data, snr=snr, la_size=la_size, sm_size=sm_size, drop_ratio=drop_ratio, dim=dim))
+    if device is not None:
+        return device
     return _per_sinogram(
         "remove_all_stripe", block,
         lambda s: removal.remove_all_stripe(
@@ -379,6 +419,10 @@ def remove_stripe_fw(
         level = int(np.ceil(np.log2(max(block.shape[0], block.shape[2]))))
     if level < 1:
         raise StageError(f"{stage}: level: expected >= 1 or None, got {level}")
+    if array_module(block) is not np:  # filter banks for every sinogram at once
+        on_device: F32 = fw_device.remove_stripe_fw(block, level=level, wname=wname,
+                                                    sigma=sigma, pad=pad)
+        return on_device
     angles, rows, cols = block.shape
     padded = angles + angles // 8 if pad else angles
     shift = (padded - angles) // 2
@@ -491,6 +535,9 @@ def remove_stripe_ti(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F3
         raise StageError(f"{stage}: nblock: expected 0 … {angles} (angles), got {nblock}")
     if alpha < 0:
         raise StageError(f"{stage}: alpha: expected >= 0, got {alpha}")
+    if array_module(block) is not np:  # all sinograms' CG problems at once, on the device
+        result: F32 = ti_device.remove_stripe_ti(block, nblock=nblock, alpha=alpha)
+        return result
     bounds = [0, angles] if nblock == 0 else [k * (angles // nblock) for k in range(nblock)]
     if nblock:
         bounds.append(angles)
@@ -579,6 +626,11 @@ class TiParams(StageParams):
 # which we bound by one more block: 3 blocks for Vo/fw. Ti converts the whole block to
 # float64 (2 float32 blocks' worth) on top of input and output: 4.
 _VO_MEMORY = scaled_memory(3.0)
+#: The device path (stages.prep.stripe_device) holds the whole block at once, in float64
+#: where algotom is: the float32 copy (1), the sort order and its inverse (int64: 2 + 2),
+#: the sorted and filtered float64 blocks (2 + 2), the sorted-back one (2), the float64
+#: result (2), the dead-stripe step's filtered copy and mask (2): 15 float32 blocks.
+_VO_DEVICE_MEMORY = scaled_memory(15.0)
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
@@ -598,6 +650,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_filtering", fn=remove_stripe_based_filtering,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=FilteringParams, memory=_VO_MEMORY,
         summary="Vo's filtering-based stripe removal (algotom)",
         aliases=(
@@ -608,6 +661,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_fitting", fn=remove_stripe_based_fitting,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=FittingParams, memory=_VO_MEMORY,
         summary="Vo's fitting-based stripe removal (algotom)",
         aliases=(
@@ -618,6 +672,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_dead_stripe", fn=remove_dead_stripe,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=DeadStripeParams, memory=_VO_MEMORY,
         summary="Vo's unresponsive/fluctuating stripe removal (algotom)",
         aliases=(
@@ -628,6 +683,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_large_stripe", fn=remove_large_stripe,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=LargeStripeParams, memory=_VO_MEMORY,
         summary="Vo's large-stripe removal (algotom)",
         aliases=(
@@ -638,6 +694,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_all_stripe", fn=remove_all_stripe,
         angle_local=False,  # the whole sinogram
+        device=True, device_memory=_VO_DEVICE_MEMORY,
         pattern=Pattern.SINOGRAM, params=AllStripeParams, memory=_VO_MEMORY,
         summary="Vo's combined dead/large/small stripe removal (algotom)",
         aliases=(
@@ -649,6 +706,9 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_fw", fn=remove_stripe_fw,
         angle_local=False,  # the whole sinogram (wavelets along the angles)
         pattern=Pattern.PROJECTION, params=FwParams, memory=scaled_memory(3.0),
+        # the padded block (1.2) and its level-1 bands (about 1.2), float64 from the
+        # first damped band on (x2), the filter banks' temporaries (2), input, output (2)
+        device=True, device_memory=scaled_memory(9.0),
         summary="Münch wavelet-Fourier stripe removal (tomopy's algorithm)",
         aliases=(
             "tomopy.prep.stripe.remove_stripe_fw",
@@ -659,6 +719,9 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_ti", fn=remove_stripe_ti,
         angle_local=False,  # the whole sinogram
         pattern=Pattern.PROJECTION, params=TiParams, memory=scaled_memory(4.0),
+        # the whole block in float64 (2), the two corrections (2), one ring's float64
+        # sinograms and correction (4), the product and the result (2), the input (1)
+        device=True, device_memory=scaled_memory(11.0),
         summary="Titarenko regularised stripe removal (tomopy's algorithm)",
         aliases=("tomopy.prep.stripe.remove_stripe_ti",),
     ),

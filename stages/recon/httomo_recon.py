@@ -39,9 +39,9 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft
 from pydantic import Field
 
+from stages.backends.xp import array_module, fft_module
 from stages.recon.fbp import fbp, padded_length
 from stages.recon.fourier import fourier_fbp
 from stages.spec import MemoryEstimate, Pattern, StageParams, StageSpec
@@ -55,16 +55,20 @@ Window = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 def window_filtered(block: npt.NDArray[Any], window: Window, gain: float = 1.0
                     ) -> npt.NDArray[np.float32]:
     """Sinograms ``(rows, angles, cols)`` filtered by ``gain · window(f)`` along the
-    detector, edge-padded to our FBP's padded length and cropped back."""
-    data = np.ascontiguousarray(block, dtype=np.float32)
+    detector, edge-padded to our FBP's padded length and cropped back; in the namespace
+    of ``block`` (the window is computed on the host and uploaded)."""
+    xp = array_module(block)
+    fft = fft_module(xp)
+    data = xp.ascontiguousarray(block, dtype=xp.float32)
     cols = data.shape[2]
     length = padded_length(cols)
     left = (length - cols) // 2
-    padded = np.pad(data, ((0, 0), (0, 0), (left, length - cols - left)), mode="edge")
-    response = gain * window(scipy.fft.rfftfreq(length))
-    spectrum = scipy.fft.rfft(padded, axis=2) * response.astype(np.complex64)
-    out = scipy.fft.irfft(spectrum, n=length, axis=2)[:, :, left:left + cols]
-    return np.ascontiguousarray(out, dtype=np.float32)
+    padded = xp.pad(data, ((0, 0), (0, 0), (left, length - cols - left)), mode="edge")
+    response = gain * window(np.fft.rfftfreq(length).astype(np.float64))
+    spectrum = fft.rfft(padded, axis=2) * xp.asarray(response.astype(np.complex64))
+    out = fft.irfft(spectrum, n=length, axis=2)[:, :, left:left + cols]
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(out, dtype=xp.float32)
+    return result
 
 
 def mask_outside(slices: npt.NDArray[np.float32], radius: float | None
@@ -76,7 +80,7 @@ def mask_outside(slices: npt.NDArray[np.float32], radius: float | None
     size = slices.shape[-1]
     axis = np.arange(size) - (size - 1) / 2
     outside = np.hypot(*np.meshgrid(axis, axis)) > radius * size / 2
-    slices[:, outside] = 0.0
+    slices[:, array_module(slices).asarray(outside)] = 0.0  # the mask goes where the data are
     return slices
 
 
@@ -232,19 +236,21 @@ def _recon_memory(multiplier: float) -> MemoryEstimate:
 
 
 def _spec(name: str, fn: Callable[..., npt.NDArray[np.float32]], params: type[StageParams],
-          summary: str, alias: str) -> StageSpec:
+          summary: str, alias: str, *, device: bool = False) -> StageSpec:
+    """``device``: the method maps onto a device-ready reconstructor (``fbp``) with
+    device-ready filtering and masking, so it runs on a CuPy block as it is."""
     return StageSpec(name=name, fn=fn, pattern=Pattern.SINOGRAM, params=params,
                      memory=_recon_memory(6), summary=summary, needs_angles=True,
-                     aliases=(alias,))
+                     aliases=(alias,), device=device)
 
 
 SPECS: tuple[StageSpec, ...] = (
     _spec("FBP3d_tomobar", fbp3d_tomobar, Fbp3dTomobarParams,
           "ToMoBAR's FBP3D (SINC-windowed ramp, filter_freq_cutoff) on our FBP",
-          "httomolibgpu.recon.algorithm.FBP3d_tomobar"),
+          "httomolibgpu.recon.algorithm.FBP3d_tomobar", device=True),
     _spec("FBP2d_astra", fbp2d_astra, Fbp2dAstraParams,
           "ASTRA's FBP with its ram-lak/shepp-logan/cosine/hamming/hann filters on our FBP",
-          "httomolibgpu.recon.algorithm.FBP2d_astra"),
+          "httomolibgpu.recon.algorithm.FBP2d_astra", device=True),
     _spec("LPRec3d_tomobar", lprec3d_tomobar, LprecParams,
           "ToMoBAR's log-polar Fourier inversion windows on our Fourier-domain FBP",
           "httomolibgpu.recon.algorithm.LPRec3d_tomobar"),

@@ -1183,9 +1183,10 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         raise ConfigError("recon: the scan has no projections")
     steps, text = pipeline_for(settings, layout.normalisation)
     if settings.device == "gpu":  # one GPU per rank (docs/how-to/gpu-and-backends.md)
-        from stages.backends.device import use_device_for_rank  # noqa: PLC0415
+        from stages.backends.device import node_local_rank, use_device_for_rank  # noqa: PLC0415
 
-        device, usable = use_device_for_rank(link.rank, link.size)
+        node = node_local_rank(getattr(link, "comm", None))  # MPI's split; None: launcher's
+        device, usable = use_device_for_rank(link.rank, link.size, node)
         log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
     scan_id = scan_id or output_stem(settings.output.stem)
     control, band_link = link.duplicate(), link.duplicate()

@@ -20,6 +20,7 @@ from stages.backends import httomolibgpu as hgpu
 from stages.backends import tomopy as tp
 from stages.backends import xp
 from stages.prep import normalize as np_normalize
+from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 
 RNG = np.random.default_rng(7)
@@ -351,6 +352,26 @@ def test_normalize_matches_the_numpy_stage(
     else:
         assert name == "dark_flat_field_correction"
         assert kwargs == {bound_name: 0.5}
+
+
+def test_normalize_repairs_and_counts_instead_of_clamping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A zero count before -log is repaired from its row neighbours and counted, as the
+    numpy stage does (it used to be clamped to the smallest float32: -log ≈ 87)."""
+    fake_httomolibgpu(monkeypatch)
+    data = RNG.integers(100, 1000, size=(3, 4, 6)).astype(np.uint16)
+    data[1, 2, 3] = 0
+    darks = np.zeros((1, 4, 6), np.uint16)
+    flats = np.full((2, 4, 6), 1100, np.uint16)
+    flats[:, 0, 5] = 0  # dead pixel: flat not above dark
+    counts, expected_counts = RepairCounts(), RepairCounts()
+    out = hgpu.normalize(data, darks=darks, flats=flats, minus_log=True, repairs=counts)
+    expected = np_normalize.normalize(data, darks=darks, flats=flats, minus_log=True,
+                                      repairs=expected_counts)
+    assert counts.counts == expected_counts.counts == {"no_signal": 1 + 3}
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert float(out.max()) < 5.0
 
 
 def test_normalize_without_darks_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:

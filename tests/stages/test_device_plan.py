@@ -86,7 +86,7 @@ def test_device_budget_keeps_headroom_and_splits_between_sharing_ranks() -> None
 
 def test_device_switch_moves_only_device_ready_stages_left_on_numpy() -> None:
     moved = {step.name: step.backend for step in steps_on_device(steps())}
-    assert moved == {"normalize": "numpy", "median_filter": "cupy", "minus_log": "numpy",
+    assert moved == {"normalize": "cupy", "median_filter": "cupy", "minus_log": "cupy",
                      "gaussian_filter": "cupy", "fourier_fbp": "numpy"}
 
 
@@ -99,7 +99,8 @@ def test_device_plan_counts_only_device_steps_and_sizes_blocks_from_free_memory(
     assert plans[0].block == usable // frame  # proportional estimate: floor(budget / frame)
     assert plans[0].peak_bytes <= usable
     on_gpu = plan_device_blocks(steps_on_device(pipeline), **SHAPE, device_bytes=usable)
-    assert [plan.steps for plan in on_gpu] == [("median_filter", "gaussian_filter")]
+    assert [plan.steps for plan in on_gpu] == [
+        ("normalize", "median_filter", "minus_log", "gaussian_filter")]
     # a bigger device gives bigger blocks; the run takes the smaller of host and device
     bigger = plan_device_blocks(pipeline, **SHAPE, device_bytes=4 * usable)
     assert bigger[0].block > plans[0].block
@@ -125,8 +126,9 @@ def test_check_prints_the_device_plan_for_a_stated_size(
     out = capsys.readouterr().out
     assert "device plan (device 0 (stated): 2.0 GiB" in out
     assert "usable 1.8 GiB after 10% headroom" in out
-    assert "projection section [median_filter, gaussian_filter]" in out.split("device plan")[1]
-    assert "on the host (not device-ready): normalize, minus_log, fourier_fbp" in out
+    assert ("projection section [normalize, median_filter, minus_log, gaussian_filter]"
+            in out.split("device plan")[1])
+    assert "on the host (not device-ready): fourier_fbp" in out
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
@@ -209,3 +211,18 @@ def test_plan_scan_takes_the_device_plan_and_counts_host_memory_only() -> None:
     assert frames == device_plans[0].block < host_frames
     assert memory == host_memory  # the device's blocks are not host memory
     assert device_plans[0].describe().startswith("device: projection section")
+
+
+def test_the_how_to_s_device_plan_example_is_what_check_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/how-to/gpu-and-backends.md shows `check standard --device 80`: its device lines
+    are the command's output (the normalisations now plan on the device)."""
+    from tests.conftest import REPO
+
+    assert main(["check", "standard", "--device", "80"]) == 0
+    out = capsys.readouterr().out
+    howto = (REPO / "docs/how-to/gpu-and-backends.md").read_text()
+    shown = howto.split("$ tomo-streamer check standard --device 80\n...\n")[1].split("```")[0]
+    for line in shown.strip().splitlines():
+        assert line in out, line

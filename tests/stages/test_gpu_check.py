@@ -32,6 +32,10 @@ def test_dry_run_writes_the_json_with_every_device_ready_stage(tmp_path: Path) -
         assert row["numpy_s"] > 0 and row["numpy_mpix_s"] > 0
         if not gpu_available():
             assert row["cupy_s"] is None and row["cupy_skipped"] == "no CUDA device"
+    overlap = report["overlap"]  # the pinned/streamed copies against copies in turn
+    assert overlap["blocks"] == 8
+    if not gpu_available():
+        assert overlap["overlapped_s"] is None and overlap["skipped"] == "no CUDA device"
     recon = report["recon"]
     assert recon["complete"] is True and recon["gvoxel_s"] > 0
     assert any("sinogram section [fbp]" in line for line in recon["plan"])
