@@ -139,9 +139,10 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     log = log_to_stderr(args.quiet)
     device_bytes = None
     if args.device == "gpu" and ranks > 1:  # one GPU per rank (docs/how-to/gpu-and-backends.md)
-        from stages.backends.device import use_device_for_rank
+        from stages.backends.device import node_local_rank, use_device_for_rank
 
-        device, device_bytes = use_device_for_rank(link.rank, link.size)
+        node = node_local_rank(getattr(link, "comm", None))  # MPI's split; None: launcher's
+        device, device_bytes = use_device_for_rank(link.rank, link.size, node)
         log(f"rank {link.rank}: {device.describe()}, planning {device_bytes / 2**30:.1f} GiB")
     elif args.device == "gpu":
         device_bytes = usable_device_bytes(args.device)
