@@ -155,3 +155,37 @@ def test_a_tiff_stack_missing_a_band_is_incomplete_and_says_which(tmp_path: Path
     assert document["incomplete_reasons"][0] == "rank 1: stopped"
     assert sorted(p.name for p in stack.glob("slice_*.tif")) == [
         "slice_00010.tif", "slice_00011.tif", "slice_00012.tif"]
+
+
+def test_every_block_of_a_band_shares_the_scans_stage_caches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R ranks reconstruct their band in blocks with the processor's per-scan
+    ``StageCaches`` (ADR 0010): one cache object per rank for all its blocks, so
+    ``fourier_fbp`` makes its plan once per scan, not once per block."""
+    import threading
+
+    from streamer.pipeline.executor import StageCaches
+    from streamer.run import ranks as runner
+
+    seen: dict[str, list[StageCaches | None]] = {}
+    real = runner.apply_steps
+
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
+        caches = kwargs.get("caches")
+        assert caches is None or isinstance(caches, StageCaches)
+        seen.setdefault(threading.current_thread().name, []).append(caches)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "apply_steps", spy)
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE.replace("RECONSTRUCTOR", "fourier_fbp"))
+    settings = ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline, center=31.5,
+                             block_frames=16, block_sinograms=2)
+    results = run_ranks(2, lambda link: recon_on_ranks(SimulatedScan(CONFIG), settings,
+                                                       link, stream=False))
+    assert results[0] is not None and results[0].complete
+    assert sorted(seen) == ["rank 0", "rank 1"]
+    for rank, caches in seen.items():
+        assert len(caches) == 2, rank  # bands of 4 and 3 rows in blocks of 2
+        assert caches[0] is not None and all(c is caches[0] for c in caches), rank
+        assert any("fourier_fbp" in key for key in caches[0].made), caches[0].made
