@@ -39,7 +39,8 @@ EXAMPLE = (
     "  tomo-streamer recon k11-18014.nxs -o diad.h5 --center 12.5 --rows 5:15\n"
     "  tomo-streamer recon scan.nxs -o out.h5 --pipeline configs/standard.yaml "
     "--center auto\n"
-    "  mpiexec -n 4 tomo-streamer recon tooth.h5 -o tooth_recon.h5   # parts + master file"
+    "  mpiexec -n 4 tomo-streamer recon tooth.h5 -o tooth_recon.h5   # parts + master file\n"
+    "  mpiexec -n 2 tomo-streamer recon tooth.h5 -o tooth_stack --tiff   # one shared stack"
 )
 
 
@@ -89,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
     # The output is written after the whole scan is read: check it can be, first.
     output_format = chosen_output_format(args, args.output)
     check_output(args.output, output_format, overwrite=args.overwrite)
+    if output_format == "tiff" and not args.overwrite:
+        from streamer.sinks.tiff import previous_stack
+
+        old = previous_stack(args.output)
+        if old:  # on R ranks rank 0 clears the folder when the scan opens
+            raise SinkError(f"{args.output}: -o/--output: expected no previous stack, got "
+                            f"{len(old)} file(s) such as {old[0].name} (pass --overwrite "
+                            "to replace them)")
     options = load_options_from(args)
     if args.pipeline is not None:  # an HTTomo loader entry fills what the options leave
         options = with_loader(options, load_pipeline(args.pipeline, REGISTRY).loader)

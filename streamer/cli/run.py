@@ -89,16 +89,154 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``tomo-streamer run`` with the parsed ``args``; returns the exit status."""
     resolve_pipeline(args, "PIPELINE")
-    from streamer.ingest.service import IngestService
-    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
-    from streamer.run.one_rank import LiveReconstruction
     from streamer.sinks.disk import check_writable
 
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
     if args.report_dir is not None:
         check_writable(args.report_dir, folder=True, what="--report-dir")
-    if launched_with_ranks() > 1:
-        return _run_run_ranks(args)
+    ranks = launched_with_ranks()
+    if args.feed and ranks == 1:  # one rank's feed: the live path (the relay is for R ranks)
+        return _run_with_feed(args)
+    return _run_on_ranks(args, ranks)
+
+
+def _print_output(output: ScanOutput, ranks: int) -> None:
+    """The terminal lines of one scan's output."""
+    if output.path is None:
+        print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
+        return
+    state = "complete" if output.complete else "INCOMPLETE"
+    error = f": {output.error}" if output.error else ""
+    center = "?" if output.center is None else f"{output.center:.2f}"
+    repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
+    doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
+    spread = f" from {ranks} ranks" if ranks > 1 else ""
+    print(f"  volume: {output.path} ({output.slices} slices{spread}, CoR {center}, "
+          f"{state}{doubt}{repaired}){error}", flush=True)
+    for line in ((output.latency,) if output.latency else ()) + output.notes:
+        print(f"  {line}", flush=True)
+    for warning in output.center_warnings:
+        print(f"  warning: CoR {center}: {warning}", flush=True)
+
+
+def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
+    """The service on the one runner: one rank (an in-memory link) or ``mpiexec -n R``
+    (every rank pulls, reslices and reconstructs its band; rank 0 reports and writes
+    each scan's output; with ``--feed`` rank 0 serves the feed, the others relay to it)."""
+    if args.listen and ranks > 1:
+        raise ConfigError(
+            "--listen: with several MPI ranks every rank connects to the source; "
+            "use --from ADDR (the source binds)"
+        )
+    from streamer.exchange.links import MemoryNetwork
+    from streamer.ingest.cluster import ClusterIngest
+    from streamer.ingest.service import IngestService
+    from streamer.live.relay import FeedRelay
+    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
+    from streamer.run.ranks import RankedReconstruction
+
+    link: Any = RankLink.world() if ranks > 1 else MemoryNetwork(1).link(0)
+    log = log_to_stderr(args.quiet)
+    device_bytes = None
+    if args.device == "gpu" and ranks > 1:  # one GPU per rank (docs/how-to/gpu-and-backends.md)
+        from stages.backends.device import node_local_rank, use_device_for_rank
+
+        node = node_local_rank(getattr(link, "comm", None))  # MPI's split; None: launcher's
+        device, device_bytes = use_device_for_rank(link.rank, link.size, node)
+        log(f"rank {link.rank}: {device.describe()}, planning {device_bytes / 2**30:.1f} GiB")
+    elif args.device == "gpu":
+        device_bytes = usable_device_bytes(args.device)
+    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
+                                          center=args.center, device=args.device,
+                                          device_bytes=device_bytes)
+    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
+    limits, settings = ingest_settings(args)
+    control, band_link = link.duplicate(), link.duplicate()
+    relay_link = link.duplicate() if ranks > 1 else None  # the feed's relay to rank 0
+    cluster = ClusterIngest(link, args.idle_timeout, limits)
+    speaks = cluster.is_coordinator
+    report_dir = args.report_dir or args.out
+    config: dict[str, Any] = {
+        "address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
+        "pipeline": str(args.pipeline), "limits": limits.__dict__}
+    if ranks > 1:
+        config["ranks"] = link.size
+    incomplete = 0
+    reports = ReportFiles()
+
+    def on_output(output: ScanOutput) -> None:
+        nonlocal incomplete
+        incomplete += not output.complete
+        reports.complete(output.scan, output.figures)  # latency, transfers
+        _print_output(output, link.size)
+
+    # The worker thread reconstructs while ingest reads on: under MPI, MPI is then called
+    # from two threads, which needs MPI_THREAD_MULTIPLE (mpi4py asks for it; MPICH grants it).
+    background = link.threads_multiple() if ranks > 1 else True
+    if not background and speaks:
+        log("run: MPI was not initialised with MPI_THREAD_MULTIPLE: each scan is "
+            "reconstructed in the ingest thread (the socket is not read meanwhile)")
+    ranked = RankedReconstruction(steps, text, args.out, control, band_link,
+                                  block_frames=args.block, block_sinograms=args.sinogram_block,
+                                  memory_bytes=memory_budget(args.memory),
+                                  device_bytes=device_bytes, on_output=on_output,
+                                  center_source=center_source(args.center), log=log,
+                                  output_format=chosen_output_format(args, None),
+                                  background=background)
+    feed = relay = None
+    if relay_link is not None:
+        # --feed: rank 0 serves the feed (and the viewer's control); the others relay to
+        # it. Without --feed the relay still carries the transfers and latency to rank 0.
+        wanted_feed = feed_settings(args)
+        feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
+        relay = ranked.observer = FeedRelay(relay_link, wanted_feed, feed=feed, steps=steps,
+                                            log=log)
+    with zmq.Context() as context, stop_on_signal() as stop:
+        ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
+        socket, gate = consumer_socket(context, args,
+                                        limits.max_message_bytes + limits.max_header_bytes,
+                                        announce="run" if speaks else None)
+        service: IngestService
+        progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
+        watch = receiving_progress(progress)
+
+        def on_event(event: Any) -> None:
+            watch(event)
+            ranked.on_event(event)
+
+        def on_report(report: Any) -> None:
+            progress.close()
+            reports.written(report.scan, print_and_write_report(
+                report, service.state.between_scans, config, report_dir))
+
+        service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
+                                on_event=on_event, cluster=cluster, gate=gate, log=log)
+        if relay is not None:
+            relay.watch(service.state)
+        if ranks > 1:
+            if speaks and not args.quiet:
+                print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
+                      "a band of rows each", file=sys.stderr, flush=True)
+            # One line per rank, so that a launcher's report of a dead process (by pid)
+            # can be read as a rank.
+            print(f"run: rank {link.rank} is pid {os.getpid()}", file=sys.stderr, flush=True)
+        try:
+            service.run(max_scans=args.scans or None, stop=stop)
+        finally:
+            ranked.wait()  # the last scan's output (stopped between blocks on a signal)
+            close_consumer(socket, gate)
+            if feed is not None:
+                feed.close()
+    return 1 if incomplete else 0
+
+
+def _run_with_feed(args: argparse.Namespace) -> int:
+    """``run --feed`` on one rank: the live path (:class:`~streamer.run.one_rank.
+    LiveReconstruction`) that serves the feed, until the feed relay puts it on the runner."""
+    from streamer.ingest.service import IngestService
+    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
+    from streamer.run.one_rank import LiveReconstruction
+
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center, device=args.device,
                                           device_bytes=usable_device_bytes(args.device))
@@ -114,19 +252,7 @@ def run(args: argparse.Namespace) -> int:
         nonlocal incomplete
         incomplete += not output.complete
         reports.complete(output.scan, output.figures)  # the latency, once the volume is
-        if output.path is not None:
-            state = "complete" if output.complete else "INCOMPLETE"
-            error = f": {output.error}" if output.error else ""
-            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
-            doubt = ", CoR UNCERTAIN" if output.center_warnings else ""
-            print(f"  volume: {output.path} ({output.slices} slices, CoR "
-                  f"{output.center:.2f}, {state}{doubt}{repaired}){error}", flush=True)
-            for line in ((output.latency,) if output.latency else ()) + output.notes:
-                print(f"  {line}", flush=True)
-            for warning in output.center_warnings:
-                print(f"  warning: CoR {output.center:.2f}: {warning}", flush=True)
-        else:
-            print(f"  volume: none for scan {output.scan}: {output.error}", flush=True)
+        _print_output(output, 1)
 
     live = LiveReconstruction(steps, text, args.out,
                               output_format=chosen_output_format(args, None),
@@ -163,101 +289,6 @@ def run(args: argparse.Namespace) -> int:
             service.run(max_scans=args.scans or None, stop=stop)
         finally:
             live.wait()  # the last reconstruction (stopped between blocks on a signal)
-            close_consumer(socket, gate)
-            if feed is not None:
-                feed.close()
-    return 1 if incomplete else 0
-
-
-def _run_run_ranks(args: argparse.Namespace) -> int:
-    """``mpiexec -n R tomo-streamer run``: every rank pulls, reslices, reconstructs its
-    band into its own part file; rank 0 reports and writes each scan's master file."""
-    if args.listen:
-        raise ConfigError(
-            "--listen: with several MPI ranks every rank connects to the source; "
-            "use --from ADDR (the source binds)"
-        )
-    from streamer.ingest.cluster import ClusterIngest
-    from streamer.ingest.service import IngestService
-    from streamer.live.relay import FeedRelay
-    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
-    from streamer.run.ranks import RankedReconstruction
-    from streamer.sinks.ranked import ranked_output
-
-    output_format = chosen_output_format(args, None)
-    ranked_output(output_format)  # a format R ranks can write, or a ConfigError
-    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
-                                          center=args.center)
-    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
-    limits, settings = ingest_settings(args)
-    link = RankLink.world()
-    control, band_link = link.duplicate(), link.duplicate()
-    relay_link = link.duplicate()  # the live feed's relay to rank 0 (every rank, same order)
-    cluster = ClusterIngest(link, args.idle_timeout, limits)
-    speaks = cluster.is_coordinator
-    report_dir = args.report_dir or args.out
-    config = {"address": args.from_address or DEFAULT_SOURCE_ADDRESS,
-              "pipeline": str(args.pipeline), "limits": limits.__dict__, "ranks": link.size}
-    incomplete = 0
-    reports = ReportFiles()
-
-    def on_output(output: ScanOutput) -> None:
-        nonlocal incomplete
-        incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # latency, transfers
-        if output.path is not None:
-            state = "complete" if output.complete else "INCOMPLETE"
-            center = "?" if output.center is None else f"{output.center:.2f}"
-            repaired = f", {output.repaired} pixel values repaired" if output.repaired else ""
-            print(f"  volume: {output.path} ({output.slices} slices from {link.size} "
-                  f"ranks, CoR {center}, {state}{repaired})", flush=True)
-            for line in ((output.latency,) if output.latency else ()) + output.notes:
-                print(f"  {line}", flush=True)
-        if output.error:
-            print(f"  volume: {output.scan}: {output.error}", flush=True)
-
-    log = log_to_stderr(args.quiet)
-    ranked = RankedReconstruction(steps, text, args.out, control, band_link,
-                                  block_frames=args.block, block_sinograms=args.sinogram_block,
-                                  memory_bytes=memory_budget(args.memory), on_output=on_output,
-                                  center_source=center_source(args.center), log=log,
-                                  output_format=output_format)
-    # --feed: rank 0 serves the feed (and the viewer's control); the others relay to it.
-    wanted_feed = feed_settings(args)
-    feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
-    # Without --feed the relay still carries the transfers and latency figures to rank 0.
-    relay = ranked.observer = FeedRelay(relay_link, wanted_feed, feed=feed, steps=steps,
-                                        log=log)
-    with zmq.Context() as context, stop_on_signal() as stop:
-        ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
-        socket, gate = consumer_socket(context, args,
-                                        limits.max_message_bytes + limits.max_header_bytes,
-                                        announce="run" if speaks else None)
-        service: IngestService
-        progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
-        watch = receiving_progress(progress)
-
-        def on_event(event: Any) -> None:
-            watch(event)
-            ranked.on_event(event)
-
-        def on_report(report: Any) -> None:
-            progress.close()
-            reports.written(report.scan, print_and_write_report(
-                report, service.state.between_scans, config, report_dir))
-
-        service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster, gate=gate, log=log)
-        relay.watch(service.state)
-        if speaks and not args.quiet:
-            print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
-                  "a band of rows each", file=sys.stderr, flush=True)
-        # One line per rank, so that a launcher's report of a dead process (by pid) can
-        # be read as a rank.
-        print(f"run: rank {link.rank} is pid {os.getpid()}", file=sys.stderr, flush=True)
-        try:
-            service.run(max_scans=args.scans or None, stop=stop)
-        finally:
             close_consumer(socket, gate)
             if feed is not None:
                 feed.close()

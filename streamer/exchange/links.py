@@ -75,6 +75,16 @@ class RankLink:
             ) from None
         return cls(MPI.COMM_WORLD)
 
+    @staticmethod
+    def threads_multiple() -> bool:
+        """MPI was initialised with ``MPI_THREAD_MULTIPLE`` (mpi4py asks for it by
+        default; MPICH and Open MPI builds usually grant it): MPI may then be called from
+        several threads at once, as the ``run`` service does (ingest's link in one
+        thread, the reconstruction's links in a worker)."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        return bool(MPI.Query_thread() == MPI.THREAD_MULTIPLE)
+
     @property
     def rank(self) -> int:
         return int(self.comm.Get_rank())

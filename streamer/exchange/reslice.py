@@ -325,6 +325,10 @@ class BandExchange:
         How long :meth:`scatter` waits under the cap before :class:`ExchangeError`.
     clock : callable
         Seconds, monotonic (injectable for tests).
+    on_landed : callable, optional
+        ``on_landed(indices, angles_deg, frames)``: each piece of this rank's band as its
+        data lands (its own rows and the other ranks'), frames ``(n, band_rows, cols)``
+        (see :attr:`~streamer.exchange.sinobuffer.SinogramBand.on_landed`).
     """
 
     def __init__(
@@ -340,6 +344,8 @@ class BandExchange:
         first_index: int | None = None,
         send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        on_landed: Callable[[npt.NDArray[np.int64], npt.NDArray[np.float64],
+                             npt.NDArray[np.float32]], None] | None = None,
     ) -> None:
         checks = {"scan_serial": (scan_serial, 0), "rows": (rows, 1), "cols": (cols, 1),
                   "projections": (projections, 0), "max_in_flight_bytes":
@@ -364,7 +370,8 @@ class BandExchange:
         self.tag = tag_for(scan_serial)
         self.bands = row_bands(rows, self.size)
         self.band_rows = self.bands[self.rank]
-        self._sinograms = SinogramBand(self.band_rows, cols, projections, frames, first_index)
+        self._sinograms = SinogramBand(self.band_rows, cols, projections, frames, first_index,
+                                       on_landed=on_landed)
         self._band_bytes = self._sinograms.nbytes
         self._stalled: deque[tuple[int, bytes]] = deque()  # headers waiting to be claimed
         self._sent_to = [0] * self.size

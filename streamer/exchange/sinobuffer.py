@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -59,6 +60,11 @@ class SinogramBand:
     received: int = 0  #: frames whose data is in the buffer
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    #: Told every piece as its data lands: ``(indices, angles_deg, frames)`` with frames
+    #: ``(n, band_rows, cols)`` (a copy): the streaming reconstruction on R ranks adds
+    #: each piece's share as it comes (:mod:`streamer.run.ranks`).
+    on_landed: Callable[[npt.NDArray[np.int64], npt.NDArray[np.float64],
+                         npt.NDArray[np.float32]], None] | None = None
     buffer: npt.NDArray[np.float32] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -154,7 +160,11 @@ class SinogramBand:
 
     def landed(self, slots: npt.NDArray[np.int64]) -> None:
         """These frames' data is in their columns (written through :meth:`view`)."""
-        self.received += int((slots >= 0).sum())
+        kept = slots[slots >= 0]
+        self.received += int(kept.size)
+        if self.on_landed is not None and kept.size:
+            self.on_landed(self._slot_index[kept].copy(), self._slot_angle[kept].copy(),
+                           self.buffer[:, kept, :].transpose(1, 0, 2))
 
     def assemble(self) -> Assembled:
         """Sort the columns by frame index and close the gaps, in place: row by row,

@@ -302,6 +302,12 @@ class ScanProcessor:
         #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
         self.on_result: ResultHook | None = None
 
+    @property
+    def caches(self) -> StageCaches:
+        """The scan's per-step caches (ADR 0010), for a runner that runs the sinogram
+        section itself (:mod:`streamer.run.ranks`): its blocks share them too."""
+        return self._caches
+
     # --- input ---------------------------------------------------------------------
 
     def add(self, frames: Iterable[HeldFrame]) -> None:

@@ -1,10 +1,13 @@
 """``tomo-streamer recon``: a stored scan to a reconstructed volume, on one rank.
 
-The batch path: the scan is read block by block (the same loaders as ``replay``), frames
-go through the same :class:`~streamer.pipeline.executor.ScanProcessor` as a live stream
-(correction as they come, sinogram stages and reconstruction once all projections are
-in), and slices are written band by band to HDF5 (or a TIFF stack), flushed per band and
-marked complete only at the end.
+The batch path: the scan is read block by block (the same loaders as ``replay``) and
+given to the one runner (:func:`streamer.run.ranks.recon_on_ranks`, on a one-rank link
+here: :func:`run_recon`), which runs the same
+:class:`~streamer.pipeline.executor.ScanProcessor` as a live stream (correction as they
+come, sinogram stages and reconstruction once all projections are in, or streamed while
+they are read) and writes slices band by band to HDF5 (or a TIFF stack), flushed per band
+and marked complete only at the end. This module keeps ``recon``'s rules: the default
+pipeline, the CoR's source and label, the settings.
 
 Without ``--pipeline`` the correction follows the scan's normalisation: flat/dark and
 −log (``flat_dark``), air-column normalisation and −log (``air``), nothing (``none``:
@@ -31,14 +34,13 @@ from stages.recon.center_policy import CorEstimate, find_center
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
-from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
+from streamer.pipeline.executor import ProcessedBlock
 from streamer.pipeline.images import image_tail, write_images
-from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
-from streamer.pipeline.plan import default_budget_bytes, plan_scan, steps_on_device
+from streamer.pipeline.plan import steps_on_device
 from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
 from streamer.sources.scan import FrameReader
-from streamer.sources.sender import new_scan_id, start_header
+from streamer.sources.sender import new_scan_id
 from streamer.wire.protocol import MetadataValue, Normalisation
 
 CORRECTIONS: dict[Normalisation, str] = {
@@ -184,90 +186,33 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
               on_read: Callable[[int, int], None] | None = None,
               *, on_iteration: Callable[[BandIteration], None] | None = None,
               ) -> ReconResult:
-    """Reconstruct ``reader`` into ``settings.output``; ``log`` gets the block plan,
-    ``on_read(frames_read, frames)`` the progress of reading, ``on_iteration`` each
-    iteration of an iterative stage, per band."""
+    """Reconstruct ``reader`` into ``settings.output`` on one rank: the one runner
+    (:func:`streamer.run.ranks.recon_on_ranks`) on a one-rank in-memory link, so the
+    output is the volume itself. ``log`` gets the block plan, ``on_read(frames_read,
+    frames)`` the progress of reading, ``on_iteration`` each iteration of an iterative
+    stage, per band. ``scan_id`` is stored as the scan's name (default: a new one, as
+    ``simulate`` names scans). A stage that refuses the data raises its error once the
+    volume is closed, marked incomplete."""
+    # The runner imports this module's CoR and pipeline rules: imported here.
+    from streamer.exchange.links import MemoryNetwork  # noqa: PLC0415
+    from streamer.run.ranks import recon_on_ranks  # noqa: PLC0415
+
     began = time.perf_counter()
-    layout = reader.layout
-    if layout.projections == 0:
-        raise ConfigError("recon: the scan has no projections")
-    steps, text = pipeline_for(settings, layout.normalisation)
-    start = start_header(layout, scan_id or new_scan_id())
-    # What the scan holds while it runs (its sinogram buffer and references) is counted
-    # first, as on R ranks and in ``run``: a scan that cannot fit is refused here.
-    planned_frames, planned_sinograms, plans, memory = plan_scan(
-        steps, rows=layout.rows, cols=layout.cols, angles=layout.projections,
-        references=layout.darks + layout.flats, dtype=layout.dtype,
-        budget_bytes=settings.memory_bytes or default_budget_bytes(),
-        device_bytes=settings.device_bytes,
-    )
-    block_frames = settings.block_frames or planned_frames
-    block_sinograms = settings.block_sinograms or planned_sinograms
-    log(memory.describe())
-    for plan in plans:
-        log(f"plan: {plan.describe()}")
-    fixed = [dict(s.params)["center"] for s in steps
-             if "center" in type(s.params).model_fields and dict(s.params)["center"] is not None]
-    given = settings.center is not None and settings.center != "auto"
-    method = center_source(settings.center) if given or fixed else "vo"
-    writer: VolumeSink | None = None
-    slices = 0
-
-    def write(block: ProcessedBlock) -> None:
-        nonlocal writer, slices
-        if writer is None:
-            first = settings.first_row
-            writer = open_volume(
-                settings.output, block, output_format=settings.output_format,
-                detector_rows=list(range(first, first + layout.rows)), center=center_used(),
-                method=method_used(), pipeline_text=text, scan=start.scan,
-                overwrite=settings.overwrite, metadata=processor.repairs.as_metadata(),
-            )
-        writer.write(int(block.indices[0]), block.data)
-        slices += block.data.shape[0]
-
-    processor = ScanProcessor(steps, start, block_frames=block_frames,
-                              block_sinograms=block_sinograms, on_sinograms=write,
-                              resolve_center=auto_center, on_iteration=on_iteration)
-    results = IntermediateResults.for_scan(  # HTTomo's save_result: true
-        steps, settings.output.parent, layout, overwrite=settings.overwrite)
-    if results is not None:
-        processor.on_result = results.add
-
-    def center_used() -> float:
-        if processor.center is not None:
-            return processor.center
-        return float(fixed[0]) if fixed else (layout.cols - 1) / 2
-
-    def method_used() -> str:
-        return center_label(processor.center_method, method,
-                            warnings=processor.center_warnings)
-
-    complete = False
-    try:
-        feed_reader(processor, reader, block_frames, on_read=on_read)
-        complete = processor.complete
-    finally:
-        if writer is not None:
-            writer.close(complete=complete)
-        if results is not None:
-            results.close(complete=complete)
-            for path in results.written:
-                log(f"save_result: {path}")
-    if writer is None:
-        raise StreamerError("recon: no slice was reconstructed")
-    warning = processor.repairs.warning()
-    if warning is not None:
-        log(f"warning: {warning}")
-    if processor.transfers.transfers:
-        log(f"transfers: {processor.transfers.describe()}")
+    steps, text = pipeline_for(settings, reader.layout.normalisation)
+    output = recon_on_ranks(reader, settings, MemoryNetwork(1).link(0), log,
+                            on_read=on_read, scan_id=scan_id or new_scan_id(),
+                            on_iteration=on_iteration)
+    assert output is not None  # rank 0
+    if output.path is None or output.center is None:
+        raise StreamerError(f"recon: no slice was reconstructed: {output.error}")
     tail = image_tail(steps)  # HTTomo's calculate_stats → rescale_to_int → save_to_images
     images = (write_images(settings.output, settings.output_format, tail)
               if tail is not None else None)
-    return ReconResult(settings.output, slices, center_used(), method_used(), complete,
-                       time.perf_counter() - began, text, processor.repairs,
-                       processor.center_warnings, processor.center_confidence, images,
-                       tuple(processor.iterations.summary()))
+    return ReconResult(settings.output, output.slices, output.center,
+                       output.center_method or "", output.complete,
+                       time.perf_counter() - began, text, output.repairs or RepairCounts(),
+                       output.center_warnings, output.center_confidence, images,
+                       output.iterations)
 
 
 def open_volume(

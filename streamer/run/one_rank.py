@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from stages.prep.repair import RepairCounts
 from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
@@ -94,6 +95,13 @@ class ScanOutput:
     figures: dict[str, Any] = field(default_factory=dict)
     #: More terminal lines (the transfers between ranks).
     notes: tuple[str, ...] = ()
+    #: How the CoR was decided (as stored beside it) and how sure its finder was.
+    center_method: str | None = None
+    center_confidence: float | None = None
+    #: Pixel values repaired, by reason (all ranks).
+    repairs: RepairCounts | None = None
+    #: One line per iterative stage (iterations per band, final residual/change).
+    iterations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -452,7 +460,10 @@ def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> 
     (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
     needs = [s for s in sections_of(steps)[0].steps if s.spec.needs_references]
     if needs and (start.normalisation != "flat_dark" or start.flats == 0):
+        flats = ("flats: expected at least 1 flat frame, got 0" if start.flats == 0
+                 else f"{start.flats} flats")
         raise ScanFailedError(
-            f"start.normalisation: the pipeline's stage {needs[0].name!r} needs flat/dark "
-            f"references, got normalisation {start.normalisation!r} with {start.flats} "
-            "flats (serve such scans with a pipeline for them, e.g. normalize_bg)")
+            f"start.normalisation: the pipeline's stage {needs[0].name!r} (pipeline entry "
+            f"at {needs[0].where}) needs flat/dark references, got normalisation "
+            f"{start.normalisation!r} with {flats} (serve such scans with a pipeline for "
+            "them, e.g. normalize_bg)")

@@ -1,13 +1,18 @@
-"""``mpiexec -n R tomo-streamer run``: live reconstruction on several MPI ranks.
+"""The one runner: one scan at a time on the ranks of a link, for ``run`` and ``recon``.
+
+The link is the only difference between one rank (``MemoryNetwork(1).link(0)``) and R
+(:class:`~streamer.exchange.links.RankLink` under ``mpiexec``, or ``MemoryNetwork(R)``'s
+links as threads in the tests); ADR 0005 records the design.
 
 Every rank pulls a share of the frames (see ADR 0002) and corrects its projections as
-they arrive; the reslice (:class:`~streamer.exchange.reslice.BandExchange`) sends each rank the
-rows of its band as blocks are corrected, so when the scan closes rank ``r`` holds the
-sinograms of detector rows ``[a_r, b_r)`` and reconstructs them into its own file;
-rank 0 then writes the master file that stitches the parts with an HDF5 Virtual Dataset
-(:func:`streamer.sinks.master.write_master`). With ``output_format="zarr"`` every rank
-writes its band into one OME-Zarr store instead and rank 0 finishes the store
-(:mod:`streamer.sinks.ranked`, ADR 0007).
+they arrive; on R ranks the reslice (:class:`~streamer.exchange.reslice.BandExchange`)
+sends each rank the rows of its band as blocks are corrected, so when the scan closes rank
+``r`` holds the sinograms of detector rows ``[a_r, b_r)``; on one rank the processor keeps
+the band itself. Each rank reconstructs its band (streamed into
+:class:`~stages.recon.streaming.StreamingFbp` accumulators as pieces land, when the pipeline
+allows: :mod:`streamer.run.streaming`) and writes it through the sink registry: on one
+rank the volume itself, on R ranks as :mod:`streamer.sinks.ranked` says per format (HDF5
+parts and a master file, one shared OME-Zarr store (ADR 0007), one shared TIFF stack).
 
 Per scan, in the order every rank sees (rank 0 orders opens and closes):
 
@@ -20,35 +25,51 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
 3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
    the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
    it to everyone — the same value on every rank, the same row as on one rank.
-4. **Band.** The sinogram section runs on the band, block by block, into the part file.
-5. **Master.** Each rank tells rank 0 what it wrote; rank 0 writes the master when the
-   merged report is in.
+4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
+5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
+   the volume with the report inside, or writes the master / the stack's sidecar) when
+   the merged report is in.
+
+With ``background=True`` (the ``run`` service) steps 2–5 of a closed scan run in a worker
+thread while the ingest thread goes on reading its socket; the next scan is admitted at
+its ``start`` and begun on the links when the worker is done (see the field's comment).
 
 All waits poll (MPICH busy-polls a rank blocked in a receive) and are bounded by
 ``exchange_timeout_s``; a rank that does not answer is named in the error, and the
 scan's files are then marked incomplete rather than the job hanging.
 
-``stop`` (SIGINT/SIGTERM, as :class:`~streamer.run.one_rank.LiveReconstruction`'s) ends the band
-reconstruction between blocks: the part keeps the slices written, marked incomplete, and
-the rank tells the others (``TAG_STOP``), which stop at their next block and set their
-own ``stop``, so every rank ends the job; rank 0's master says incomplete and why.
+``stop`` (SIGINT/SIGTERM) ends the band reconstruction between blocks: the output keeps
+the slices written, marked incomplete, and the rank tells the others (``TAG_STOP``),
+which stop at their next block and set their own ``stop``, so every rank ends the job;
+rank 0's output says incomplete and why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, SupportsFloat
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
-from streamer.errors import ConfigError, ExchangeError, ScanFailedError, StreamerError
+from stages.spec import Pattern
+from streamer.errors import (
+    ConfigError,
+    ExchangeError,
+    ScanFailedError,
+    SinkError,
+    StageError,
+    StreamerError,
+)
 from streamer.exchange.links import Received
 from streamer.exchange.reslice import Band, BandExchange, row_bands
 from streamer.ingest.cluster import Link, MergedReport
@@ -56,8 +77,10 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
+from streamer.pipeline.intermediate import IntermediateResults
+from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import refuse_on_ranks, split_sections
+from streamer.pipeline.sections import refuse_on_ranks, refuse_save_result, split_sections
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -67,10 +90,19 @@ from streamer.run.from_file import (
     center_source,
     pipeline_for,
 )
+from streamer.run.latency import LatencyRecorder
 from streamer.run.observer import RankObserver
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
+from streamer.run.streaming import StreamingSection, plan_streaming
+from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
-from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, free_output_path, output_stem
+from streamer.sinks.registry import (
+    DEFAULT_FORMAT,
+    VolumeSink,
+    free_output_path,
+    open_sink,
+    output_stem,
+)
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 from streamer.wire.protocol import IMAGE_KEY_DARK, IMAGE_KEY_FLAT, IMAGE_KEY_PROJECTION, StartHeader
@@ -103,33 +135,74 @@ class PartWritten:
     observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
 
 
+@dataclass(frozen=True)
+class _Admitted:
+    """A scan that passed the checks at its ``start`` (its figures), not yet begun on the
+    links (the worker may still be using them for the previous scan)."""
+
+    serial: int
+    start: StartHeader
+    block_frames: int
+    block_sinograms: int
+    memory_left: int
+    center_owner: int | None
+
+
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+@dataclass
+class _HeldVolume:
+    """One rank: the volume itself, written and left open until the scan's report is in
+    (it goes inside the volume), then closed by :meth:`RankedReconstruction.write_master`."""
+
+    writer: VolumeSink
+    center: float
+    complete: bool  # every slice written and every projection and reference in
+
+
 @dataclass
 class _ScanState:
     serial: int
     start: StartHeader
     processor: ScanProcessor
-    exchange: BandExchange
+    exchange: BandExchange | None  # None on one rank: the processor keeps the band
     path: Path | None  # the master file; decided by rank 0 (others learn it by message)
     #: The close handshake (references settled, CoR agreed, parts written): no I/O.
     close: CloseHandshake[PartWritten]
     references_here: int = 0  # darks and flats that reached this rank from the source
     center: float | None = None
     center_method: str | None = None
+    center_warnings: tuple[str, ...] = ()  # the finder's doubts (the owner of its row)
+    center_confidence: float | None = None
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
     stopped_by: int | None = None  # the rank whose stop (SIGINT/SIGTERM) ended this scan
+    #: The band's streaming reconstruction (fed as pieces land), None: at close.
+    streaming: StreamingSection | None = None
+    streamed: bool = False  # the band's slices came from the streaming accumulators
 
 
 @dataclass
 class RankedReconstruction:
     """Reconstructs every scan ingest closes, each rank its band of detector rows; use
-    ``drain`` and ``on_event`` with a cluster :class:`~streamer.ingest.service.IngestService`.
+    ``drain`` and ``on_event`` with a cluster :class:`~streamer.ingest.service.IngestService`
+    (one rank too: a cluster of one), or ``open_scan``/``add``/``close_scan``/
+    ``write_master`` directly (:func:`recon_on_ranks`).
 
     Parameters
     ----------
-    steps, pipeline_text, out_dir :
-        As for :class:`~streamer.run.one_rank.LiveReconstruction`.
+    steps : tuple of PipelineStep
+        The pipeline, ending with a reconstruction stage.
+    pipeline_text : str
+        Its YAML, stored in every output.
+    out_dir : Path
+        One output per scan here (``<scan>.h5``, a ``<scan>/`` TIFF stack …), unless
+        ``output`` fixes it.
     control : Link
         Small messages between ranks (references, CoR, parts written): a link of its own
         (``RankLink.duplicate()``), separate from ingest's and the reslice's.
@@ -145,10 +218,14 @@ class RankedReconstruction:
     block_frames: int | None = None
     block_sinograms: int | None = None
     memory_bytes: int | None = None
+    device_bytes: int | None = None  # --device gpu: usable device memory for the plan
     exchange_timeout_s: float = DEFAULT_EXCHANGE_TIMEOUT_S
     output: Path | None = None  # one fixed master path (``recon``); None: per scan
     first_row: int = 0  # detector row of the scan's row 0 (after a ``--rows`` crop)
     overwrite: bool = False
+    #: A name in :data:`streamer.sinks.registry.SINKS`. One rank: the format's writer
+    #: writes the volume itself; R ranks: :data:`streamer.sinks.ranked.RANKED` says how.
+    output_format: str = DEFAULT_FORMAT
     #: How a fixed CoR came (``streamer.run.from_file.center_source``): "given" or "pipeline".
     center_source: str = "pipeline"
     on_output: Callable[[ScanOutput], None] | None = None
@@ -157,9 +234,27 @@ class RankedReconstruction:
     stop: threading.Event | None = None
     #: Called after each block of slices this rank writes: (scan, slices written, band rows).
     on_block: Callable[[str, int, int], None] | None = None
-    #: A format R ranks can write (``streamer.sinks.ranked.RANKED``): hdf5 or zarr.
-    output_format: str = DEFAULT_FORMAT
-    #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`).
+    #: Reconstruct each band while the scan arrives when the pipeline streams and its CoR
+    #: is fixed (:func:`streamer.run.streaming.plan_streaming`); False: always at close.
+    stream: bool = True
+    #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
+    #: one scan reconstructed at a time, the next scan's frames wait in the ingest store,
+    #: its start is taken up on the links once the worker is done. Under MPI the links
+    #: are then used from two threads (ingest's link in one, ``control`` and ``band_link``
+    #: handed between them), which needs ``MPI_THREAD_MULTIPLE``
+    #: (:meth:`streamer.exchange.links.RankLink.threads_multiple`); False: in the caller's
+    #: thread, done when ``on_event`` returns (``recon``, tests).
+    background: bool = False
+    #: Monotonic seconds for the latency figures (injected in tests).
+    clock: Callable[[], float] = time.monotonic
+    #: Told each iteration of an iterative stage, per block of this rank's band.
+    on_iteration: Callable[[BandIteration], None] | None = None
+    #: One rank (``recon``): the writer of the steps marked ``save_result`` (HTTomo's
+    #: intermediate files) for its one scan; without it such a pipeline is refused.
+    results: IntermediateResults | None = None
+    #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`),
+    #: from the thread that holds the links (the worker's steps from the worker). With
+    #: an observer, the latency and transfers figures are the observer's.
     observer: RankObserver | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
     _scan: _ScanState | None = None
@@ -169,46 +264,148 @@ class RankedReconstruction:
     _closing: dict[int, CloseHandshake[PartWritten]] = field(default_factory=dict)
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
+    _whole_scan: bool = False  # set in __post_init__
+    _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
+    _worker: threading.Thread | None = None
+    _jobs: queue.SimpleQueue[Callable[[], None]] = field(default_factory=queue.SimpleQueue)
+    _jobs_left: int = 0
+    _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
+    _idle: threading.Event = field(default_factory=_set_event)
+    _deferred: _Admitted | None = None  # admitted while the worker was busy
+    #: Rank 0: how the CoR of each closed scan was found (serial -> method, warnings,
+    #: confidence), for its output.
+    _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
+        default_factory=dict)
+    #: Rank 0: its band's iterative-stage summary lines per closed scan (serial -> lines).
+    _iterations: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
+    #: On R ranks the frames are rank 0's share (the last frame is rank 0's last).
+    _latency: dict[str, LatencyRecorder] = field(default_factory=dict)
+    #: The first error of the latest scan on this rank, as raised (drivers that run one
+    #: scan re-raise it: :func:`streamer.run.from_file.run_recon`).
+    last_error: StreamerError | None = None
 
     def __post_init__(self) -> None:
-        refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
+        if self.control.size > 1:
+            ranked_output(self.output_format)  # a format R ranks cannot share: refused now
+            refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
+        elif self.results is None:
+            refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
+        #: One rank: the pipeline needs the processor's own later sections (several
+        #: reslices, a geometry change, a side output, ``save_result``), which the band
+        #: path below does not run; the processor then runs them at close
+        #: (:meth:`_write_whole_scan`).
+        self._whole_scan = self.control.size == 1 and not _runs_on_bands(self.steps)
 
     # --- ingest hooks ----------------------------------------------------------------
 
     def drain(self, store: FrameStore) -> None:
+        if self.busy:
+            return  # the worker reconstructs (and holds the links): frames wait in the store
+        self._catch_up()
         self.add(store.take())
         if self.observer is not None:
             self.observer.serve()
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, ScanOpened):
+            if self.control.rank == 0 and self.observer is None:
+                self._latency[event.start.scan] = LatencyRecorder(clock=self.clock)
             self.open_scan(event.start)
         elif isinstance(event, FramesAccepted):
             if self.observer is not None and self._scan is not None:
                 self.observer.frames_accepted(event)
-        elif isinstance(event, ScanClosing) and self._scan is not None:
+            latency = self._latency.get(event.start.scan)
+            if latency is not None:
+                first = event.message.header.first
+                latency.frames_received(first + int(i) for i in np.flatnonzero(event.accepted))
+        elif isinstance(event, ScanClosing):
+            self.wait()  # one scan reconstructed at a time; the links are this thread's
+            self._catch_up()
             scan = self._scan
+            if scan is None:
+                return
             if self.observer is not None:
                 self.observer.scan_closing(scan.serial)
             self._prepare_close(scan)
             if scan.failure is not None:  # in the report too, not only in the output
                 raise ScanFailedError(scan.failure)
         elif isinstance(event, ScanClosed):
-            self.close_scan()
+            if self.background:
+                self.wait()  # a scan failed by ingest gets no ScanClosing: wait here
+                self._catch_up()
+                scan, self._scan = self._scan, None
+                if scan is not None:
+                    self._submit(lambda: self._close(scan))
+            else:
+                self.close_scan()
         elif isinstance(event, MergedReport) and self.control.rank == 0:
             report = event.report
-            closed = self._closed.get(report.scan)
-            if self.observer is not None and closed is not None:
-                self.observer.report_merged(closed[0], report)
-            refused = self._refused.pop(report.scan, None)
-            if refused is not None:
-                output = ScanOutput(report.scan, None, 0, None, False, refused)
-                keep_newest(self.outputs, output)
-                if self.on_output is not None:
-                    self.on_output(output)
-                return
-            self.write_master(report.scan, complete=report.complete,
-                              document=report.as_dict())
+            if self.background:
+                self._submit(lambda: self._report_merged(report))
+            else:
+                self._report_merged(report)
+
+    def _report_merged(self, report: Any) -> None:
+        """Rank 0: the scan's accounting is merged: its output (or why there is none)."""
+        closed = self._closed.get(report.scan)
+        if self.observer is not None and closed is not None:
+            self.observer.report_merged(closed[0], report)
+        refused = self._refused.pop(report.scan, None)
+        if refused is not None:
+            self._latency.pop(report.scan, None)
+            self._publish(ScanOutput(report.scan, None, 0, None, False, refused))
+            return
+        self.write_master(report.scan, complete=report.complete, document=report.as_dict())
+
+    def _publish(self, output: ScanOutput) -> None:
+        keep_newest(self.outputs, output)
+        if self.on_output is not None:
+            self.on_output(output)
+
+    # --- the worker (``background``) ---------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """The worker still has a scan to close or a master to write."""
+        return not self._idle.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the worker's jobs, if any; True when none is left."""
+        return self._idle.wait(timeout_s)
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._jobs_lock:
+            self._jobs_left += 1
+            self._idle.clear()
+        if self._worker is None:
+            # A daemon: idle it holds nothing; the drivers wait() before they exit.
+            self._worker = threading.Thread(target=self._work, name="reconstruction",
+                                            daemon=True)
+            self._worker.start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception as error:  # a bug must not kill the service silently
+                if self.log is not None:
+                    self.log(f"rank {self.control.rank}: internal error while "
+                             f"reconstructing: {error!r}")
+            finally:
+                with self._jobs_lock:
+                    self._jobs_left -= 1
+                    if self._jobs_left == 0:
+                        self._idle.set()
+
+    def _catch_up(self) -> None:
+        """Begin, on the links, the scan admitted while the worker was busy (the ingest
+        thread, once the worker is idle)."""
+        admitted, self._deferred = self._deferred, None
+        if admitted is not None:
+            self._begin(admitted)
 
     # --- the same, driven directly (``recon`` on several ranks) --------------------------
 
@@ -225,6 +422,7 @@ class RankedReconstruction:
                 # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
                 # still takes its part in the close, so no peer waits for it.
                 scan.failure = str(error)
+                self.last_error = self.last_error or error
                 if self.log is not None:
                     self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
                              f"{error}")
@@ -241,9 +439,19 @@ class RankedReconstruction:
     # --- per scan ----------------------------------------------------------------------
 
     def open_scan(self, start: StartHeader) -> None:
-        """A scan opened (on every rank, in the same order)."""
+        """A scan opened (on every rank, in the same order): refused at once if it cannot
+        be served (:class:`~streamer.errors.ScanFailedError`), begun on the links now or,
+        while the worker is busy, once it is done."""
+        admitted = self._admit(start)
+        if self.busy:
+            self._deferred = admitted
+        else:
+            self._begin(admitted)
+
+    def _admit(self, start: StartHeader) -> _Admitted:
+        """The checks and figures of a scan's ``start`` (no link is used)."""
         self._serial += 1
-        self._scan = None
+        self._scan, self._deferred, self.last_error = None, None, None
         ranks = self.control.size
         try:
             # The same figures on every rank, so every rank refuses the same scans.
@@ -252,61 +460,106 @@ class RankedReconstruction:
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=-(-start.rows // ranks),
+                band_rows=-(-start.rows // ranks), device_bytes=self.device_bytes,
             )
-            owner = self._center_owner(start)
+            owner = None if self._whole_scan else self._center_owner(start)
         except StreamerError as error:
             reason = f"refused at its start: {error}"
             if self.control.rank == 0:
                 self._refused[start.scan] = reason
                 if self.log is not None:
                     self.log(reason)
-            raise ScanFailedError(reason) from None
+            raise ScanFailedError(reason) from error
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: per rank: {memory.describe()}")
             for plan in plans:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
-        # Projections usually follow the darks and flats: with ``first_index`` a piece
-        # lands straight in its sorted column (a wrong guess only costs a final sort).
-        exchange = BandExchange(self.band_link, scan_serial=self._serial, rows=start.rows,
-                                cols=start.cols, projections=start.projections,
-                                frames=start.frames, first_index=start.darks + start.flats)
+        return _Admitted(self._serial, start, self.block_frames or frames,
+                         self.block_sinograms or sinograms, memory.budget - memory.total,
+                         owner)
+
+    def _begin(self, admitted: _Admitted) -> None:
+        """Set the admitted scan up on the links: its reslice, its processor, rank 0's
+        output name (told to every rank), the messages that came early."""
+        start, serial, ranks = admitted.start, admitted.serial, self.control.size
+        streaming = None if self._whole_scan else self._plan_streaming(
+            start, admitted.block_sinograms, admitted.memory_left)
+        exchange: BandExchange | None = None
         observer = self.observer
+        if ranks == 1:
+            # One rank: the processor keeps the band itself (shaped by the first corrected
+            # block: a projection stage may crop or bin) and feeds the streaming section.
+            processor = ScanProcessor(
+                self.steps, start, block_frames=admitted.block_frames,
+                block_sinograms=admitted.block_sinograms, keep_sinogram_section=True,
+                on_iteration=self.on_iteration,
+                on_projections=observer.projections if observer is not None else None)
+            processor.streaming = streaming
+            if self.results is not None:
+                processor.on_result = self.results.add
+        else:
+            # Projections usually follow the darks and flats: with ``first_index`` a piece
+            # lands straight in its sorted column (a wrong guess only costs a final sort).
+            exchange = BandExchange(
+                self.band_link, scan_serial=serial, rows=start.rows, cols=start.cols,
+                projections=start.projections, frames=start.frames,
+                first_index=start.darks + start.flats,
+                on_landed=None if streaming is None else _feeding(streaming))
+            sending = exchange
 
-        def corrected(block: ProcessedBlock) -> None:
-            exchange.scatter(block.indices, block.angles_deg, block.data)
-            if observer is not None:
-                observer.projections(block)
+            def corrected(block: ProcessedBlock) -> None:
+                sending.scatter(block.indices, block.angles_deg, block.data)
+                if observer is not None:
+                    observer.projections(block)
 
-        processor = ScanProcessor(
-            self.steps, start, block_frames=self.block_frames or frames,
-            block_sinograms=self.block_sinograms or sinograms,
-            on_projections=corrected, keep_sinogram_section=False,
-        )
+            processor = ScanProcessor(
+                self.steps, start, block_frames=admitted.block_frames,
+                block_sinograms=admitted.block_sinograms, on_projections=corrected,
+                keep_sinogram_section=False, on_iteration=self.on_iteration,
+            )
         path = None
         if self.control.rank == 0:
             # Rank 0 alone names the output (a name taken by an earlier scan gets a
             # suffix) and marks it in progress: a job that dies leaves a file that says so.
             path = self._master_path(start.scan)
             try:
-                ranked_output(self.output_format).mark_in_progress(
-                    path, scan=start.scan, ranks=self.control.size)
+                if ranks > 1:  # one rank: the volume's own writer is crash-safe
+                    ranked_output(self.output_format).mark_in_progress(
+                        path, scan=start.scan, ranks=ranks)
             except StreamerError as error:  # the disk: reported again at close if it stays
                 if self.log is not None:
                     self.log(f"scan {start.scan}: {error}")
             self.control.send_to_others(TAG_PATH, msgpack.packb(
-                {"serial": self._serial, "path": str(path)}))
+                {"serial": serial, "path": str(path)}))
         close: CloseHandshake[PartWritten] = CloseHandshake(
             start.scan, self.control.rank, ranks, self.exchange_timeout_s,
-            center_owner=owner)
+            center_owner=admitted.center_owner)
         if self.control.rank == 0:
-            self._closing[self._serial] = close
-        self._scan = scan = _ScanState(self._serial, start, processor, exchange, path, close)
+            self._closing[serial] = close
+        self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
+                                       streaming=streaming)
         if observer is not None:
-            observer.scan_opened(self._serial, start)
+            observer.scan_opened(serial, start)
         early, self._inbox = self._inbox, []
         for received in early:  # sent by a rank that opened this scan before this one
             self._handle(received, scan)
+
+    def _plan_streaming(self, start: StartHeader, block_sinograms: int,
+                        memory_left: int) -> StreamingSection | None:
+        """This rank's streaming reconstruction of its band, or None (at close: the
+        reason is logged). Decided per rank from its band's height; a rank that does not
+        stream reconstructs its band at close, to the same volume."""
+        first, last = row_bands(start.rows, self.control.size)[self.control.rank]
+        if not self.stream or last == first:
+            return None
+        plan = plan_streaming(self.steps, rows=last - first, cols=start.cols,
+                              projections=start.projections, block_sinograms=block_sinograms,
+                              memory_left=memory_left)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {start.scan}: {plan.reason}")
+        if plan.section is not None:
+            plan.section.log = self.log
+        return plan.section
 
     def _close(self, scan: _ScanState) -> None:
         start = scan.start
@@ -322,31 +575,118 @@ class RankedReconstruction:
             self._prepare_close(scan)
             if scan.close_error is not None:
                 raise StreamerError(scan.close_error)
-            scan.exchange.finish_sending()
-            band = scan.exchange.wait(self.exchange_timeout_s,
-                                      on_idle=lambda: self._serve(scan))
             viewer = None
             if self.observer is not None:  # a CoR set from the viewer: the same everywhere
                 viewer = self.observer.viewer_center(scan.serial,
                                                      serve=lambda: self._serve(scan))
-            if viewer is not None:
-                scan.center, scan.center_method = viewer, VIEWER_METHOD
+            if self._whole_scan:
+                part = self._write_whole_scan(scan, path, viewer)
             else:
-                try:  # every rank takes part, failed or not, so no peer waits for it
-                    self._agree_center(scan, band)
-                except StreamerError:
-                    if scan.failure is None:
-                        raise
-            if scan.failure is not None:
-                raise StreamerError(scan.failure)
-            part = self._write_part(scan, band, path)
+                part = self._close_band(scan, path, viewer)
+            latency = self._latency.get(start.scan) if self.control.rank == 0 else None
+            if latency is not None:
+                latency.streaming = scan.streamed
+            if self.control.rank == 0:
+                self._iterations[scan.serial] = tuple(scan.processor.iterations.summary())
         except StreamerError as error:
+            self.last_error = self.last_error or error
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        self._part_done(scan, part)
+
+    def _close_band(self, scan: _ScanState, path: Path, viewer: float | None) -> PartWritten:
+        """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
+        written (the sinogram section of a pipeline that reslices once)."""
+        band = self._band(scan)
+        if viewer is not None:
+            scan.center, scan.center_method = viewer, VIEWER_METHOD
+        else:
+            try:  # every rank takes part, failed or not, so no peer waits for it
+                self._agree_center(scan, band)
+            except StreamerError:
+                if scan.failure is None:
+                    raise
+        if scan.failure is not None:
+            raise StreamerError(scan.failure)
+        if self.control.rank == 0:
+            self._center_found[scan.serial] = (
+                center_label(scan.center_method, self.center_source),
+                scan.center_warnings, scan.center_confidence)
+        return self._write_part(scan, band, path)
+
+    def _write_whole_scan(self, scan: _ScanState, master: Path,
+                          viewer: float | None) -> PartWritten:
+        """One rank, a pipeline the band path does not run (several reslices, a
+        geometry change, a side output, ``save_result``): the processor runs its own
+        later sections on the band it kept (finding the CoR as they need it, following
+        the axis through a 360° fold) and hands the last one's slices to the volume."""
+        if scan.failure is not None:
+            raise StreamerError(scan.failure)
+        processor = scan.processor
+        if viewer is not None:
+            processor.center_override = viewer
+        processor.resolve_center = auto_center
+        processor.should_stop = lambda: self._stopped(scan) is not None
+        rows = processor.band.height if processor.band is not None else scan.start.rows
+        writer: VolumeSink | None = None
+        center = 0.0
+        written = 0
+
+        def write(block: ProcessedBlock) -> None:
+            nonlocal writer, center, written
+            begin, data = int(block.indices[0]), block.data
+            if writer is None:
+                later = tuple(s for section in processor.later_sections for s in section.steps)
+                center = center_in_use(processor.center, later, scan.start.cols)
+                method = center_label(processor.center_method, self.center_source,
+                                      warnings=processor.center_warnings)
+                self._center_found[scan.serial] = (method, processor.center_warnings,
+                                                   processor.center_confidence)
+                if self.observer is not None:
+                    self.observer.center_settled(scan.serial, center, method)
+                geometry: dict[str, Any] = {
+                    "slice_shape": (int(data.shape[1]), int(data.shape[2])),
+                    "angles_deg": block.angles_deg, "center_of_rotation": center,
+                    "center_method": method, "pipeline_yaml": self.pipeline_text,
+                    "scan": scan.start.scan}
+                _, writer = self._open_band(scan, (0, rows), master, geometry)
+            writer.write(begin, data)
+            written += int(data.shape[0])
+            if self.observer is not None:
+                self.observer.slices(scan.serial,
+                                     np.arange(begin, begin + int(data.shape[0])), data)
+            if self.on_block is not None:
+                self.on_block(scan.start.scan, written, rows)
+
+        processor.on_sinograms = write
+        stopped: str | None = None
+        try:
+            processor.finish()  # the projections are corrected: only the later sections
+        except StreamerError as error:  # a stage or the disk: what was written stays
+            stopped = str(error)
+            self.last_error = self.last_error or error
+        if stopped is None and processor.stopped:
+            stopped = f"{self._stopped(scan)} after {written} of {rows} slices"
+        complete = processor.complete and stopped is None and written == rows
+        if writer is not None:  # the volume itself: closed with the report (write_master)
+            self._held[scan.serial] = _HeldVolume(writer, center, complete)
+        if stopped is not None:
+            if self.log is not None:
+                self.log(f"scan {scan.start.scan}: rank 0: {stopped}")
+            return PartWritten(0, str(master) if writer is not None else None, (0, rows),
+                               written, False, stopped)
+        if writer is None:
+            return PartWritten(0, None, (0, rows), 0, False,
+                               "no projection arrived: nothing to reconstruct")
+        return PartWritten(0, str(master), (0, rows), written, complete, None)
+
+    def _part_done(self, scan: _ScanState, part: PartWritten) -> None:
+        """Tell the observer and rank 0 that this rank's part is written (or failed)."""
         if self.observer is not None:
-            self.observer.part_done(scan.serial, scan.exchange.stats)
+            self.observer.part_done(scan.serial, None if scan.exchange is None
+                                    else scan.exchange.stats)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))
@@ -359,6 +699,23 @@ class RankedReconstruction:
             scan.close.part_written(0, part)
         else:
             self.control.send(0, TAG_PART_DONE, message)
+
+    def _band(self, scan: _ScanState) -> Band:
+        """This rank's sinograms once every rank has sent its share (one rank: the
+        processor's own band)."""
+        exchange = scan.exchange
+        if exchange is not None:
+            exchange.finish_sending()
+            return exchange.wait(self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+        kept = scan.processor.band
+        if kept is None:
+            cols = scan.start.cols
+            return Band((0, scan.start.rows), np.zeros(0, np.int64), np.zeros(0),
+                        np.zeros((scan.start.rows, 0, cols), np.float32), 0, 0, {}, 0)
+        assembled = kept.assemble()
+        return Band((0, kept.height), assembled.indices, assembled.angles_deg,
+                    assembled.sinograms, kept.received, kept.duplicates, dict(kept.rejected),
+                    0)
 
     def _prepare_close(self, scan: _ScanState) -> None:
         """Settle the references and correct the last projections (once): a stage that
@@ -374,9 +731,10 @@ class RankedReconstruction:
             return
         if scan.failure is None:
             try:
-                scan.processor.finish()  # no sinogram section here: it sends the blocks
+                scan.processor.finish_projections()  # the sinogram section is this one's
             except StreamerError as error:
                 scan.failure = str(error)
+                self.last_error = self.last_error or error
 
     # --- references --------------------------------------------------------------------
 
@@ -422,9 +780,10 @@ class RankedReconstruction:
         bands = row_bands(start.rows, self.control.size)
         owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
         if owner is None:
-            raise ScanFailedError(
-                f"scan {start.scan!r}: CoR finder row: expected a detector row below "
-                f"{start.rows}, got {row}")
+            where = f" (pipeline entry at {finder.where})" if finder is not None else ""
+            raise StageError(
+                f"scan {start.scan!r}: CoR finder row: ind: expected a row below "
+                f"{start.rows}, got {row}{where}")
         return owner
 
     def _finder(self) -> PipelineStep | None:
@@ -439,16 +798,27 @@ class RankedReconstruction:
             return
         if owner == self.control.rank:
             finder = self._finder()
-            row = scan.start.rows // 2
+            # One rank: the band's own height (a projection stage may crop or bin).
+            rows = scan.start.rows if self.control.size > 1 else band.sinograms.shape[0]
+            row = rows // 2
             if finder is not None and dict(finder.params).get("ind") is not None:
                 row = int(dict(finder.params)["ind"])
             center: float | None = None
             method: str | None = None
             error: str | None = None
+            # A stop (SIGINT/SIGTERM) skips the search (seconds on a real scan); the
+            # others are told (TAG_STOP, then the CoR message with the reason).
+            stopped = self._stopped(scan)
             try:
-                center, method = _find_center(finder, band, row)
+                if stopped is not None:
+                    raise StreamerError(f"{stopped} before the CoR search")
+                found = _find_center(finder, band, row)
+                center, method = float(found), _found_label(finder, found)
+                scan.center_warnings = tuple(getattr(found, "warnings", ()))
+                scan.center_confidence = getattr(found, "confidence", None)
             except StreamerError as failure:
                 error = str(failure)
+                self.last_error = self.last_error or failure
             scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
                 "serial": scan.serial, "center": center, "method": method,
@@ -487,36 +857,46 @@ class RankedReconstruction:
         references = scan.references_here + scan.close.references
         complete = (band.sinograms.shape[1] == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
+        blocks = self._streamed(scan, band, complete)
+        if blocks is None:
+            block = self.block_sinograms or scan.processor.block_sinograms
+            transfers, iterations = scan.processor.transfers, scan.processor.iterations
+            count = -(-(last - first) // block)
+            blocks = ((begin, apply_steps(
+                data_steps, band.sinograms[begin:begin + block], darks=None, flats=None,
+                angles_deg=band.angles_deg, transfers=transfers,
+                repairs=scan.processor.repairs, caches=scan.processor.caches,
+                on_iteration=iterations.listener(begin // block, count, first + begin,
+                                                 min(first + begin + block, last))))
+                for begin in range(0, last - first, block))
         path = master
-        block = self.block_sinograms or scan.processor.block_sinograms
         writer: VolumeSink | None = None
         written = 0
         stopped: str | None = None
         try:
-            for begin in range(0, last - first, block):
+            while True:
                 stopped = self._stopped(scan)
                 if stopped is not None:
                     stopped += f" after {written} of {last - first} slices"
                     break
-                end = min(begin + block, last - first)
-                data = apply_steps(data_steps, band.sinograms[begin:end], darks=None,
-                                   flats=None, angles_deg=band.angles_deg,
-                                   repairs=scan.processor.repairs)
-                if writer is None:  # a part file, or this band of one shared store
-                    path, writer = ranked_output(self.output_format).open_band(
-                        master, rank=rank, ranks=ranks, band=band.rows,
-                        first_row=self.first_row, volume_slices=scan.start.rows,
-                        overwrite=self.overwrite,
-                        slice_shape=(int(data.shape[1]), int(data.shape[2])),
-                        angles_deg=band.angles_deg, center_of_rotation=center,
-                        center_method=method, pipeline_yaml=self.pipeline_text,
-                        scan=scan.start.scan)
+                item = next(blocks, None)
+                if item is None:
+                    break
+                begin, data = item
+                end = begin + int(data.shape[0])
+                if writer is None:
+                    geometry: dict[str, Any] = {
+                        "slice_shape": (int(data.shape[1]), int(data.shape[2])),
+                        "angles_deg": band.angles_deg, "center_of_rotation": center,
+                        "center_method": method, "pipeline_yaml": self.pipeline_text,
+                        "scan": scan.start.scan}
+                    path, writer = self._open_band(scan, band.rows, master, geometry)
                 writer.write(begin, data)
                 if written == 0 and end < last - first and self.log is not None:
                     # once per band: the reconstruction is under way (and a handshake for
                     # whoever waits for it, e.g. to test a stop)
                     self.log(f"scan {scan.start.scan}: rank {rank}: reconstructing "
-                             f"{last - first} slices in blocks of {block}: first block "
+                             f"{last - first} slices in blocks of {end - begin}: first block "
                              "written")
                 written += end - begin
                 if self.observer is not None:
@@ -524,15 +904,59 @@ class RankedReconstruction:
                                          np.arange(first + begin, first + end), data)
                 if self.on_block is not None:
                     self.on_block(scan.start.scan, written, last - first)
-        finally:
-            if writer is not None:
-                writer.close(complete=complete and written == last - first)
+        except StreamerError as error:  # a stage or the disk: what was written stays
+            stopped = str(error)
+            self.last_error = self.last_error or error
+        done = complete and stopped is None and written == last - first
+        if writer is not None and ranks == 1:
+            # The volume itself: closed with the scan's report in it (write_master).
+            self._held[scan.serial] = _HeldVolume(writer, center, done)
+        elif writer is not None:
+            try:
+                writer.close(complete=done)
+            except StreamerError as error:
+                stopped = stopped or str(error)
         if stopped is not None:
             if self.log is not None:
                 self.log(f"scan {scan.start.scan}: rank {rank}: {stopped}")
             return PartWritten(rank, str(path) if writer is not None else None, band.rows,
                                written, False, stopped)
         return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _streamed(self, scan: _ScanState, band: Band, complete: bool,
+                  ) -> Iterator[tuple[int, npt.NDArray[np.float32]]] | None:
+        """The band's slices from its streaming accumulators (band-relative first slice,
+        slices), or None: reconstruct at close (not streaming, or it fell back)."""
+        section, scan.streaming = scan.streaming, None  # the accumulators go with it
+        if section is None:
+            return None
+        evicted = band.rejected.get("over_capacity", 0)
+        if evicted and section.fallback is None:
+            section.fallback = f"{evicted} projections beyond the announced ones"
+        viewer = scan.center if scan.center_method == VIEWER_METHOD else None
+        blocks = section.finish(band.angles_deg, complete, center_override=viewer,
+                                should_stop=lambda: False)  # stop: between blocks, above
+        if blocks is None:
+            return None
+        scan.streamed = True
+        return ((int(block.indices[0]), block.data) for block in blocks)
+
+    def _open_band(self, scan: _ScanState, rows: tuple[int, int], master: Path,
+                   geometry: dict[str, Any]) -> tuple[Path, VolumeSink]:
+        """This rank's writer: on one rank the format's own writer of the whole volume
+        (from the registry), on R ranks the format's band writer (:mod:`streamer.sinks.ranked`)."""
+        rank, ranks = self.control.rank, self.control.size
+        if ranks == 1:
+            try:
+                return master, open_sink(
+                    self.output_format, master, overwrite=self.overwrite,
+                    detector_rows=list(range(self.first_row, self.first_row + rows[1])),
+                    metadata=scan.processor.repairs.as_metadata(), **geometry)
+            except OSError as error:
+                raise SinkError(f"{master}: cannot write there: {os_reason(error)}") from None
+        return ranked_output(self.output_format).open_band(
+            master, rank=rank, ranks=ranks, band=rows, first_row=self.first_row,
+            volume_slices=scan.start.rows, overwrite=self.overwrite, **geometry)
 
     def _stopped(self, scan: _ScanState) -> str | None:
         """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop
@@ -571,6 +995,7 @@ class RankedReconstruction:
         errors = [f"rank {p.rank}: {p.error}" for p in parts.values() if p.error]
         errors += [f"rank {r}: wrote nothing within {self.exchange_timeout_s:g} s"
                    for r in silent]
+        ranks = self.control.size
         complete = (complete and not silent and not errors
                     and all(p.complete for p in parts.values()))
         document = dict(document or {})
@@ -585,32 +1010,62 @@ class RankedReconstruction:
         warning = repairs.warning()
         if warning is not None and self.log is not None:
             self.log(f"scan {scan_id}: warning: {warning}")
-        try:  # the master file, or the shared store's coarse slices and attributes
-            finished = ranked_output(self.output_format).finish(
-                path, ranks=self.control.size, bands=row_bands(rows, self.control.size),
-                first_row=self.first_row, complete=complete, report=document,
-                errors=errors)
-            if finished.path is None:
-                output = ScanOutput(scan_id, None, 0, None, False,
-                                    "; ".join(errors) or "no slices were written")
+        slices = sum(p.slices for p in parts.values())
+        error = "; ".join(errors) or None
+        held = self._held.pop(serial, None)
+        latency = self._latency.pop(scan_id, None)
+        line = None
+        figures: dict[str, Any] = {}
+        if latency is not None and (held is not None or ranks > 1):
+            # Every slice is written, only the close is left (the report goes in it);
+            # no frame at all (``recon``, or nothing came): no figure.
+            with contextlib.suppress(StreamerError):
+                latency.volume_complete()
+                summary = latency.summary()
+                document["latency"] = figures["latency"] = summary.as_dict()
+                line = summary.line()
+        try:
+            if ranks == 1:  # the volume itself, with the report inside
+                if held is None:
+                    output = ScanOutput(scan_id, None, 0, None, False,
+                                        error or "no slices were written")
+                else:
+                    complete = complete and held.complete
+                    held.writer.close(complete=complete, report=document)
+                    output = ScanOutput(scan_id, path, slices, held.center, complete,
+                                        error, repairs.total)
             else:
-                slices = sum(p.slices for p in parts.values())
-                output = ScanOutput(scan_id, path, slices, finished.center, complete,
-                                    "; ".join(errors) or None, repairs.total)
-        except StreamerError as error:
-            output = ScanOutput(scan_id, None, 0, None, False, str(error))
+                finished = ranked_output(self.output_format).finish(
+                    path, ranks=ranks, bands=row_bands(rows, ranks), first_row=self.first_row,
+                    complete=complete, report=document, errors=errors)
+                if finished.path is None:
+                    output = ScanOutput(scan_id, None, 0, None, False,
+                                        error or "no slices were written")
+                else:
+                    output = ScanOutput(scan_id, finished.path, slices, finished.center,
+                                        complete, error, repairs.total)
+        except StreamerError as failure:
+            output = ScanOutput(scan_id, path if held is not None else None,
+                                slices if held is not None else 0,
+                                held.center if held is not None else None, False,
+                                "; ".join([*errors, str(failure)]))
+        method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
+        output = replace(output, repairs=repairs, center_method=method,
+                         center_warnings=warnings, center_confidence=confidence,
+                         iterations=self._iterations.pop(serial, ()),
+                         latency=line if output.path is not None else None,
+                         figures=figures if output.path is not None else {})
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
-        keep_newest(self.outputs, output)
-        if self.on_output is not None:
-            self.on_output(output)
+        self._publish(output)
         return output
 
     # --- messages ----------------------------------------------------------------------
 
     def _serve(self, scan: _ScanState) -> None:
         self._take_messages(scan)
-        scan.exchange.poll()
+        if scan.exchange is not None:
+            scan.exchange.poll()
         if self.observer is not None:
             self.observer.serve()
 
@@ -703,6 +1158,10 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
                    log: Callable[[str], None] = lambda line: None, *,
                    stop: threading.Event | None = None,
                    on_block: Callable[[str, int, int], None] | None = None,
+                   stream: bool = True,
+                   on_read: Callable[[int, int], None] | None = None,
+                   scan_id: str | None = None,
+                   on_iteration: Callable[[BandIteration], None] | None = None,
                    ) -> ScanOutput | None:
     """``mpiexec -n R tomo-streamer recon``: the batch path on ``link``'s ranks.
 
@@ -710,12 +1169,18 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
     in a stream); the blocks of projections are dealt round-robin, so each rank reads
     and corrects ``1/R`` of them; then the reslice and the band reconstruction run as
     in ``run``. Rank 0 returns what it wrote; the others return None. ``stop`` and
-    ``on_block`` are :class:`RankedReconstruction`'s.
+    ``on_block`` are :class:`RankedReconstruction`'s; ``stream=False`` reconstructs
+    every band after the last block even when the pipeline streams; ``on_read(frames
+    read, frames)`` follows the reading.
+
+    A scan the plan refuses raises its error on every rank before anything is read. A
+    stage that refuses a rank's data fails that rank's band (the others finish theirs;
+    the output says incomplete and why); on one rank the volume is closed (incomplete)
+    and then that first error is raised, as ``recon`` on one rank always did.
     """
     layout = reader.layout
     if layout.projections == 0:
         raise ConfigError("recon: the scan has no projections")
-    ranked_output(settings.output_format)  # a format R ranks can write, or a ConfigError
     steps, text = pipeline_for(settings, layout.normalisation)
     if settings.device == "gpu":  # one GPU per rank (docs/how-to/gpu-and-backends.md)
         from stages.backends.device import node_local_rank, use_device_for_rank  # noqa: PLC0415
@@ -723,37 +1188,85 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         node = node_local_rank(getattr(link, "comm", None))  # MPI's split; None: launcher's
         device, usable = use_device_for_rank(link.rank, link.size, node)
         log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
-    scan_id = output_stem(settings.output.stem)
+    scan_id = scan_id or output_stem(settings.output.stem)
     control, band_link = link.duplicate(), link.duplicate()
+    if link.size > 1:
+        refuse_on_ranks(steps)  # before any file is looked at
+    # One rank: HTTomo's save_result files beside the output (existing ones refused now).
+    results = IntermediateResults.for_scan(steps, settings.output.parent, layout,
+                                           overwrite=settings.overwrite)
     ranked = RankedReconstruction(
         steps, text, settings.output.parent, control, band_link,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
-        memory_bytes=settings.memory_bytes, output=settings.output,
-        first_row=settings.first_row, overwrite=settings.overwrite,
+        memory_bytes=settings.memory_bytes, device_bytes=settings.device_bytes,
+        output=settings.output, first_row=settings.first_row, overwrite=settings.overwrite,
+        output_format=settings.output_format,
         center_source=center_source(settings.center), log=log, stop=stop,
-        on_block=on_block, output_format=settings.output_format)
-    ranked.open_scan(start_header(layout, scan_id))
+        on_block=on_block, stream=stream, on_iteration=on_iteration, results=results)
+    try:
+        return _feed_ranks(ranked, reader, scan_id, on_read)
+    finally:
+        if results is not None:
+            results.close(complete=ranked.outputs[-1].complete if ranked.outputs else False)
+            for path in results.written:
+                log(f"save_result: {path}")
+
+
+def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
+                on_read: Callable[[int, int], None] | None) -> ScanOutput | None:
+    """:func:`recon_on_ranks`'s reading: open the scan, deal the blocks, close it."""
+    layout = reader.layout
+    try:
+        ranked.open_scan(start_header(layout, scan_id))
+    except ScanFailedError as refused:  # the plan's own error (every rank alike)
+        cause = refused.__cause__
+        raise (cause if isinstance(cause, StreamerError) else refused) from None
     assert ranked._scan is not None
     block = ranked._scan.processor.block_frames
-    rank, ranks = control.rank, control.size
+    rank, ranks = ranked.control.rank, ranked.control.size
     keys, angles = layout.image_keys, layout.angles_deg
     for number, first in enumerate(range(0, layout.frames, block)):
         last = min(first + block, layout.frames)
         projections_here = number % ranks == rank
         references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))
-        if not (projections_here or references_here):
-            continue
-        data = reader.read(first, last)
-        ranked.add([
-            HeldFrame(index, int(keys[index]), float(angles[index]), data[index - first])
-            for index in range(first, last)
-            if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
-            or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
-        ])
+        if (projections_here or references_here) and ranked.last_error is None:
+            data = reader.read(first, last)
+            # A failure is kept in last_error; this rank still takes its part in the close.
+            with contextlib.suppress(ScanFailedError):
+                ranked.add([
+                    HeldFrame(index, int(keys[index]), float(angles[index]),
+                              data[index - first])
+                    for index in range(first, last)
+                    if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
+                    or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
+                ])
+        if on_read is not None:
+            on_read(last, layout.frames)
     ranked.close_scan()
-    if rank != 0:
-        return None
-    return ranked.write_master(scan_id, complete=True, document=None)
+    output = None if rank != 0 else ranked.write_master(scan_id, complete=True,
+                                                        document=None)
+    if ranks == 1 and ranked.last_error is not None:
+        raise ranked.last_error
+    return output
+
+
+def _runs_on_bands(steps: tuple[PipelineStep, ...]) -> bool:
+    """Whether the band path (one reslice, the sinogram section on this rank's rows)
+    runs ``steps``: the same rule that refuses the others on R ranks."""
+    try:
+        refuse_on_ranks(steps)
+    except ConfigError:
+        return False
+    return True
+
+
+def _feeding(section: StreamingSection) -> Callable[
+        [npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float32]], None]:
+    """The exchange's ``on_landed``: each landed piece of the band into ``section``."""
+    def add(indices: npt.NDArray[np.int64], angles: npt.NDArray[np.float64],
+            frames: npt.NDArray[np.float32]) -> None:
+        section.add(ProcessedBlock(Pattern.PROJECTION, indices, angles, frames, True))
+    return add
 
 
 def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[PipelineStep, ...]:
@@ -770,7 +1283,7 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
     )
 
 
-def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[float, str]:
+def _find_center(finder: PipelineStep | None, band: Band, row: int) -> SupportsFloat:
     """The CoR from detector row ``row`` of ``band`` (which owns it)."""
     if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
         raise StreamerError("CoR: no corrected projection reached this rank's band")
@@ -778,16 +1291,23 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int) -> tuple[flo
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
     if finder is None:
-        found = auto_center(stack, band.angles_deg)
-        return float(found), center_label("auto", "auto", warnings=found.warnings)
+        return auto_center(stack, band.angles_deg)
     assert finder.spec.finds_center is not None
     params = finder.params
     if "ind" in type(params).model_fields:
         params = params.model_copy(update={"ind": 0})
-    estimate = finder.spec.finds_center(stack, band.angles_deg, params)
-    # the finder's doubts travel with the label that is stored beside the CoR
-    return float(estimate), center_label(f"{finder.name} (pipeline)", "",
-                                         warnings=tuple(getattr(estimate, "warnings", ())))
+    try:
+        return finder.spec.finds_center(stack, band.angles_deg, params)
+    except StageError as error:
+        raise StageError(f"{error} (pipeline entry at {finder.where})") from None
+
+
+def _found_label(finder: PipelineStep | None, found: SupportsFloat) -> str:
+    """How the CoR was found, with the finder's doubts (stored beside the CoR)."""
+    warnings = tuple(getattr(found, "warnings", ()))
+    if finder is None:
+        return center_label("auto", "auto", warnings=warnings)
+    return center_label(f"{finder.name} (pipeline)", "", warnings=warnings)
 
 
 __all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",

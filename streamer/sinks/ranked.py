@@ -10,9 +10,12 @@ slices, and rank 0 finishes the output once every rank has reported. Two ways ex
 * **zarr**: one OME-Zarr store; every rank writes its own chunks and rank 0 builds the
   coarse slices that straddle two bands and writes the closing attributes
   (:mod:`streamer.sinks.omezarr`, ADR 0007). No master file.
+* **tiff**: one stack folder; every rank writes the slice files of its band and rank 0
+  writes ``volume.json`` from the files present (:mod:`streamer.sinks.tiff`). No master.
 
-TIFF has no shared form yet: a ``ConfigError`` says so (one message for ``run`` and
-``recon``). The band writers take band-relative slice indices, as the runner counts them.
+On one rank none of this is used: the runner opens the format's writer from the registry
+(:func:`streamer.sinks.registry.open_sink`) for the whole volume, so the output is the
+volume itself. The band writers take band-relative slice indices, as the runner counts them.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ class Hdf5Parts:
 
 
 class _BandOfStore:
-    """A rank's writer of a shared store, taking band-relative slice indices."""
+    """A rank's writer of a shared store (Zarr) or stack (TIFF), taking band-relative
+    slice indices."""
 
     def __init__(self, writer: VolumeSink, offset: int) -> None:
         self._writer = writer
@@ -142,8 +146,36 @@ class ZarrStore:
         return Finished(path, summary.center_of_rotation)
 
 
+class TiffStack:
+    """One TIFF stack folder: every rank writes its slice files, rank 0 the sidecar."""
+
+    def mark_in_progress(self, path: Path, *, scan: str, ranks: int) -> None:
+        from streamer.sinks.tiff import prepare_shared_stack  # noqa: PLC0415
+
+        prepare_shared_stack(path, scan=scan, ranks=ranks)
+
+    def open_band(self, path: Path, *, rank: int, ranks: int, band: tuple[int, int],
+                  first_row: int, volume_slices: int, overwrite: bool,
+                  **geometry: Any) -> tuple[Path, VolumeSink]:
+        from streamer.sinks.tiff import TiffStackWriter  # noqa: PLC0415
+
+        rows = list(range(first_row, first_row + volume_slices))
+        writer = TiffStackWriter(path, detector_rows=rows, region=band, **geometry)
+        return path, _BandOfStore(writer, band[0])
+
+    def finish(self, path: Path, *, ranks: int, bands: Sequence[tuple[int, int]],
+               first_row: int, complete: bool, report: Mapping[str, Any],
+               errors: Sequence[str]) -> Finished:
+        from streamer.sinks.tiff import finish_shared_stack  # noqa: PLC0415
+
+        slices, center = finish_shared_stack(path, complete=complete, report=report,
+                                             errors=errors)
+        return Finished(path if slices else None, center)
+
+
 #: The formats R ranks can write, by the name of :data:`streamer.sinks.registry.SINKS`.
-RANKED: Final[Mapping[str, RankedOutput]] = {"hdf5": Hdf5Parts(), "zarr": ZarrStore()}
+RANKED: Final[Mapping[str, RankedOutput]] = {"hdf5": Hdf5Parts(), "zarr": ZarrStore(),
+                                              "tiff": TiffStack()}
 
 
 def ranked_output(output_format: str) -> RankedOutput:
@@ -156,4 +188,5 @@ def ranked_output(output_format: str) -> RankedOutput:
             f"{', '.join(RANKED)} (run one rank for {output_format})") from None
 
 
-__all__ = ["RANKED", "Finished", "Hdf5Parts", "RankedOutput", "ZarrStore", "ranked_output"]
+__all__ = ["RANKED", "Finished", "Hdf5Parts", "RankedOutput", "TiffStack", "ZarrStore",
+           "ranked_output"]

@@ -91,6 +91,40 @@ def test_run_on_ranks_writes_parts_and_a_master_equal_to_one_rank(
             expected).max())
 
 
+def test_recon_tiff_on_ranks_is_one_shared_stack(link: RankLink, shared_dir: Path) -> None:
+    """The documented ``mpiexec -n 2 tomo-streamer recon tooth.h5 -o tooth_stack --tiff``:
+    one stack folder, each rank its slices, rank 0's ``volume.json`` complete."""
+    import json
+
+    import tifffile
+
+    config = SimulationConfig.from_kwargs(rows=9, cols=32, projections=48, flats=3, darks=2,
+                                          cor_px=15.5, seed=4)
+    stored = shared_dir / "tooth.h5"
+    pipeline = shared_dir / "pipeline.yaml"
+    if link.rank == 0:
+        write_nxtomo(stored, SimulatedScan(config))
+        pipeline.write_text(PIPELINE)
+    link.comm.Barrier()
+    stack = shared_dir / "tooth_stack"
+    code = main(["recon", str(stored), "-o", str(stack), "--tiff", "--pipeline",
+                 str(pipeline), "--center", "15.5", "--quiet"])
+    assert code == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return
+    single = shared_dir / "single.h5"
+    with open_scan(stored, LoadOptions()) as reader:
+        run_recon(reader, ReconSettings(output=single, pipeline=pipeline, center=15.5))
+    document = json.loads((stack / "volume.json").read_text())
+    assert document["complete"] is True and document["slices_written"] == 9
+    assert document["center_method"] == "given"
+    data = np.stack([tifffile.imread(stack / f"slice_{row:05d}.tif") for row in range(9)])
+    with h5py.File(single, "r") as one:
+        expected = one["/entry/reconstruction/data"][()]
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def test_recon_on_ranks_equals_one_rank(link: RankLink, shared_dir: Path) -> None:
     config = SimulationConfig.from_kwargs(rows=11, cols=36, projections=60, flats=3, darks=2,
                                           cor_px=17.0, seed=9)

@@ -9,6 +9,7 @@ import pytest
 from stages.registry import REGISTRY
 from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
+from streamer.exchange.links import MemoryNetwork
 from streamer.pipeline.config import load_pipeline, parse_pipeline
 from streamer.pipeline.sections import refuse_on_ranks, sections_of, split_sections
 from streamer.run.ranks import RankedReconstruction
@@ -47,9 +48,14 @@ def test_ranks_refuse_what_one_rank_runs(name: str, expected: str, tmp_path: Pat
     steps = load_pipeline(FULL / name, REGISTRY).steps
     with pytest.raises(ConfigError, match=expected):
         refuse_on_ranks(steps)
-    # before any scan: building the ranks' reconstruction is refused
+    # before any scan: building the reconstruction on two ranks is refused ...
+    two = MemoryNetwork(2)
     with pytest.raises(ConfigError, match=expected):
-        RankedReconstruction(steps, "", tmp_path, control=None, band_link=None)  # type: ignore[arg-type]
+        RankedReconstruction(steps, "", tmp_path, control=two.link(0), band_link=None)
+    # ... and on one rank the runner takes it (its processor runs every section)
+    one = RankedReconstruction(steps, "", tmp_path, control=MemoryNetwork(1).link(0),
+                               band_link=None)
+    assert one.control.size == 1
 
 
 def test_a_run_time_side_output_is_refused_on_ranks() -> None:

@@ -88,3 +88,39 @@ def test_a_stop_on_one_rank_stops_every_rank_and_marks_the_master_incomplete(
         if part != output:
             with h5py.File(part) as file:
                 assert not bool(file["/entry"].attrs["complete"])
+
+
+AUTO_PIPELINE = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: fbp
+    parameters: {filter_name: hann}
+"""
+
+
+def test_a_stop_before_the_cor_search_skips_it_on_every_rank(tmp_path: Path) -> None:
+    """A stop already set when the scan closes: the rank that owns the CoR finder's row
+    does not search (Vo's search takes seconds on a real scan), tells the others, and no
+    rank writes a slice; nobody waits for a CoR that never comes."""
+    pipeline = tmp_path / "auto.yaml"
+    pipeline.write_text(AUTO_PIPELINE)
+    output = tmp_path / "stopped.h5"
+    stops = [threading.Event(), threading.Event()]
+    stops[1].set()  # "Ctrl-C" on rank 1, which owns the middle row (8 of 16)
+    written: list[int] = []
+
+    def rank(link: MemoryLink) -> ScanOutput | None:
+        settings = ReconSettings(output, pipeline=pipeline, block_frames=8,
+                                 block_sinograms=2)
+        return recon_on_ranks(SimulatedScan(CONFIG), settings, link, stop=stops[link.rank],
+                              on_block=lambda scan, slices, rows: written.append(slices))
+
+    results = run_ranks(2, rank)
+    result = results[0]
+    assert result is not None and not result.complete and result.path is None
+    assert result.error is not None
+    assert "rank 1: stopped by the service (SIGINT/SIGTERM) before the CoR search" in (
+        result.error)
+    assert written == []
+    assert stops[0].is_set()  # rank 1 told rank 0
