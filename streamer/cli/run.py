@@ -227,7 +227,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
             close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
-    return 1 if incomplete else 0
+    return 1 if incomplete or ranked.incomplete_parts else 0
 
 
 def _run_with_feed(args: argparse.Namespace) -> int:

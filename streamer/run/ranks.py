@@ -257,6 +257,9 @@ class RankedReconstruction:
     #: an observer, the latency and transfers figures are the observer's.
     observer: RankObserver | None = None
     outputs: list[ScanOutput] = field(default_factory=list)
+    #: Parts this rank wrote incomplete or could not write (stopped, failed): every rank's
+    #: exit status says so, not only rank 0's (a launcher may report any rank's status).
+    incomplete_parts: int = 0
     _scan: _ScanState | None = None
     _serial: int = 0
     _inbox: list[Received] = field(default_factory=list)
@@ -690,6 +693,7 @@ class RankedReconstruction:
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))
+        self.incomplete_parts += not part.complete
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,

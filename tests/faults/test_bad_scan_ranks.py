@@ -80,10 +80,11 @@ def test_each_bad_scan_ends_alone_and_the_next_is_served() -> None:
         thread.join(JOIN_S)
         assert not thread.is_alive()
     link.comm.Barrier()
+    # three scans failed; the service served all four. Every rank's status says a scan
+    # was not complete (a launcher may report any rank's), not only rank 0's.
+    assert code == 1
     if link.rank != 0:
-        assert code == 0  # rank 0 alone reports outputs
         return
-    assert code == 1  # three scans failed; the service served all four
     reports = {name: json.loads((out / f"{name}.json").read_text())
                for name in ("shut", "huge", "air", "good")}
     assert reports["shut"]["status"] == "failed"
