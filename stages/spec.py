@@ -57,6 +57,12 @@ class StageParams(BaseModel):
 MemoryEstimate = Callable[[tuple[int, int, int], np.dtype[Any], Any], int]
 
 
+def unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
+    """The ``fn`` of a stage that does not transform its block: CoR finders (their work is
+    ``finds_center``) and output steps that act on the finished volume."""
+    return block
+
+
 @dataclass(frozen=True)
 class Geometry:
     """What the stages after a step see of the scan: its projection angles (degrees, in

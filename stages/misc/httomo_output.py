@@ -29,17 +29,13 @@ from pydantic import Field, field_validator
 from scipy.interpolate import interpn
 
 from stages.backends.xp import array_module
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory, unchanged
 from streamer.errors import StageError
 
 __all__ = ["SPECS", "data_resampler", "resample_slice"]
 
 #: HTTomo's axis (data ``(N, rows, N)``) → ours (``(rows, N, N)``) in the sinogram section.
 _HTTOMO_AXIS = (1, 0, 2)
-
-
-def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
-    return block
 
 
 class CalculateStatsParams(StageParams):
@@ -192,20 +188,20 @@ def _resampled_device_memory(shape: tuple[int, int, int], dtype: np.dtype[Any],
 
 
 SPECS: tuple[StageSpec, ...] = (
-    StageSpec(name="calculate_stats", fn=_unchanged, pattern=Pattern.ALL,
+    StageSpec(name="calculate_stats", fn=unchanged, pattern=Pattern.ALL,
               angle_local=False,  # the finished volume
               params=CalculateStatsParams, memory=scaled_memory(1),
               summary="output step: min/max/mean/count of the finished volume, for "
               "rescale_to_int (the data pass through)",
               aliases=("httomo.methods.calculate_stats",)),
-    StageSpec(name="rescale_to_int", fn=_unchanged, pattern=Pattern.ALL,
+    StageSpec(name="rescale_to_int", fn=unchanged, pattern=Pattern.ALL,
               angle_local=False,  # the finished volume
               params=RescaleToIntParams, memory=scaled_memory(1),
               summary="output step: the finished volume rescaled to 8/16-bit integers with "
               "its global statistics, for save_to_images (the data pass through)",
               aliases=("httomolib.misc.rescale.rescale_to_int",
                        "httomolibgpu.misc.rescale.rescale_to_int")),
-    StageSpec(name="save_to_images", fn=_unchanged, pattern=Pattern.ALL,
+    StageSpec(name="save_to_images", fn=unchanged, pattern=Pattern.ALL,
               angle_local=False,  # the finished volume
               params=SaveToImagesParams, memory=scaled_memory(1),
               summary="output step: one TIFF per slice of the finished volume in "

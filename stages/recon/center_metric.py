@@ -34,7 +34,7 @@ from stages.recon.center_policy import LOW_CONFIDENCE, CorEstimate, find_center,
 from stages.recon.center_tomopy import slice_entropy
 from stages.recon.httomo_recon import fbp3d_tomobar, lprec3d_tomobar
 from stages.recon.iterative import cgls, sirt
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory, unchanged
 from streamer.errors import StageError
 
 __all__ = ["SPECS", "FindCenterMetricParams", "center_by_metric", "metric_curve"]
@@ -189,13 +189,9 @@ def center_by_metric(projections: npt.NDArray[np.float32], angles_deg: npt.NDArr
                        tuple(notes), tuple(warnings))
 
 
-def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
-    return block
-
-
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
-        name="find_center_metric_recon", fn=_unchanged, pattern=Pattern.SINOGRAM,
+        name="find_center_metric_recon", fn=unchanged, pattern=Pattern.SINOGRAM,
         angle_local=False,  # whole sinograms
         params=FindCenterMetricParams,
         memory=scaled_memory(0.01),  # once per scan on one sinogram

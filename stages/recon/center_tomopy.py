@@ -32,7 +32,7 @@ from scipy.optimize import minimize
 from stages.misc.geometry import circle_inside
 from stages.recon.center_policy import LOW_CONFIDENCE, CorEstimate, find_center, reliable_window
 from stages.recon.fourier import fourier_fbp
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory, unchanged
 from streamer.errors import StageError
 
 __all__ = ["SPECS", "FindCenterEntropyParams", "entropy_center", "slice_entropy"]
@@ -146,13 +146,9 @@ def center_by_entropy(projections: npt.NDArray[np.float32], angles_deg: npt.NDAr
                        tuple(notes), tuple(warnings))
 
 
-def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
-    return block
-
-
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
-        name="find_center_entropy", fn=_unchanged, pattern=Pattern.SINOGRAM,
+        name="find_center_entropy", fn=unchanged, pattern=Pattern.SINOGRAM,
         angle_local=False,  # whole sinograms
         params=FindCenterEntropyParams,
         # runs once per scan on one sinogram: negligible against a block

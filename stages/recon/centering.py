@@ -29,7 +29,7 @@ from stages.recon.center_policy import (
     find_center,
     find_center_from_pair,
 )
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory, unchanged
 from streamer.errors import StageError
 
 __all__ = ["SPECS", "FindCenter360Params", "FindCenterPcParams", "FindCenterVoParams"]
@@ -123,15 +123,11 @@ def center_360_of_scan(
                        tuple(warnings), outputs)
 
 
-def _unchanged(block: npt.NDArray[Any], **params: Any) -> npt.NDArray[Any]:
-    return block
-
-
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="find_center_vo",
         angle_local=False,  # the whole sinogram
-        fn=_unchanged,
+        fn=unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenterVoParams,
         # runs once per scan on one sinogram: negligible against a block
@@ -147,7 +143,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="find_center_pc",
         angle_local=False,  # the opposite pair: the scan's end (see streamer.run.center_pair)
-        fn=_unchanged,
+        fn=unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenterPcParams,
         memory=scaled_memory(0.01),
@@ -160,7 +156,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="find_center_360",
         angle_local=False,  # the whole 360° sinogram
-        fn=_unchanged,
+        fn=unchanged,
         pattern=Pattern.SINOGRAM,
         params=FindCenter360Params,
         memory=scaled_memory(0.01),
