@@ -30,7 +30,11 @@ from pydantic import Field
 from scipy import ndimage
 
 from stages.misc.geometry import circle_inside
-from stages.recon.center_policy import LOW_CONFIDENCE, CorEstimate, find_center, reliable_window
+from stages.recon.center_policy import (
+    CorEstimate,
+    checked_by_policy,
+    find_center,
+)
 from stages.recon.center_tomopy import slice_entropy
 from stages.recon.httomo_recon import fbp3d_tomobar, lprec3d_tomobar
 from stages.recon.iterative import cgls, sirt
@@ -164,29 +168,9 @@ def center_by_metric(projections: npt.NDArray[np.float32], angles_deg: npt.NDArr
         warnings.append(f"the {params.metric_type} minimum lies on the edge of the search "
                         f"window [{centers[0]:.1f}, {centers[-1]:.1f}]: the centre may be "
                         "outside it")
-    policy = find_center(data, angles, row=row)
-    tolerance = max(1.0, cols / 500)
-    method, confidence = f"metric-{params.metric_type}", policy.confidence
-    if abs(policy.center - center) <= tolerance and not warnings:
-        method += f"+{policy.method}"
-        notes.append(f"the CoR policy agrees: {policy.describe()}")
-    elif policy.confidence >= LOW_CONFIDENCE and not policy.warnings:
-        warnings.append(f"the {params.metric_type} minimum {center:.2f} and the CoR "
-                        f"policy's {policy.describe()} disagree by more than "
-                        f"{tolerance:.1f} px: used the policy's")
-        center, method = policy.center, f"{policy.method} (metric disagreed)"
-        confidence = min(policy.confidence, 0.6)
-    else:
-        confidence = min(policy.confidence, 0.2)
-        warnings.append(f"the {params.metric_type} minimum {center:.2f} and the CoR "
-                        f"policy's {policy.describe()} disagree by more than "
-                        f"{tolerance:.1f} px")
-    if confidence < LOW_CONFIDENCE:
-        warnings.append(f"low confidence {confidence:.2f} (< {LOW_CONFIDENCE}): check the "
-                        "centre (e.g. a centre sweep) or give it")
-    lo_ok, hi_ok = reliable_window(cols)
-    return CorEstimate(float(center), float(confidence), method, (lo_ok, hi_ok),
-                       tuple(notes), tuple(warnings))
+    return checked_by_policy(center, find_center(data, angles, row=row), cols=cols,
+                             finder=params.metric_type, method=f"metric-{params.metric_type}",
+                             short="metric", notes=notes, warnings=warnings)
 
 
 SPECS: tuple[StageSpec, ...] = (

@@ -335,3 +335,38 @@ def find_center_from_pair(
                         "centre (e.g. a centre sweep) or give it")
     return CorEstimate(pair.center, float(confidence), method, (lo_ok, hi_ok), tuple(notes),
                        tuple(warnings))
+
+
+def checked_by_policy(
+    center: float, policy: CorEstimate, *, cols: int, finder: str, method: str,
+    short: str, notes: list[str], warnings: list[str], why_policy: str = "",
+) -> CorEstimate:
+    """Another finder's ``center`` cross-checked with the CoR policy's estimate ``policy``
+    of the same row (as :func:`find_center_from_pair` is with Vo's method).
+
+    They agree within ``max(1, cols / 500)`` px (and the finder has no warning): the finder's
+    centre, ``method`` joined with the policy's. They disagree and the policy is confident
+    without warnings: the policy's centre, ``"<policy method> (<short> disagreed)"``, with a
+    warning (``why_policy`` added to it). Otherwise the finder's centre at a confidence of at
+    most 0.2, with a warning. ``finder`` names the finder in the messages (``"the <finder>
+    minimum"``).
+    """
+    tolerance = max(1.0, cols / 500)
+    confidence = policy.confidence
+    disagree = (f"the {finder} minimum {center:.2f} and the CoR policy's {policy.describe()} "
+                f"disagree by more than {tolerance:.1f} px")
+    if abs(policy.center - center) <= tolerance and not warnings:
+        method += f"+{policy.method}"
+        notes.append(f"the CoR policy agrees: {policy.describe()}")
+    elif policy.confidence >= LOW_CONFIDENCE and not policy.warnings:
+        warnings.append(f"{disagree}: used the policy's{why_policy}")
+        center, method = policy.center, f"{policy.method} ({short} disagreed)"
+        confidence = min(policy.confidence, 0.6)
+    else:
+        confidence = min(policy.confidence, 0.2)
+        warnings.append(disagree)
+    if confidence < LOW_CONFIDENCE:
+        warnings.append(f"low confidence {confidence:.2f} (< {LOW_CONFIDENCE}): check the "
+                        "centre (e.g. a centre sweep) or give it")
+    return CorEstimate(float(center), float(confidence), method, reliable_window(cols),
+                       tuple(notes), tuple(warnings))

@@ -30,7 +30,12 @@ from pydantic import Field
 from scipy.optimize import minimize
 
 from stages.misc.geometry import circle_inside
-from stages.recon.center_policy import LOW_CONFIDENCE, CorEstimate, find_center, reliable_window
+from stages.recon.center_policy import (
+    CorEstimate,
+    checked_by_policy,
+    find_center,
+    reliable_window,
+)
 from stages.recon.fourier import fourier_fbp
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory, unchanged
 from streamer.errors import StageError
@@ -123,27 +128,10 @@ def center_by_entropy(projections: npt.NDArray[np.float32], angles_deg: npt.NDAr
     if not lo_ok <= center <= hi_ok:
         warnings.append(f"the entropy minimum {center:.2f} lies outside the reliable range "
                         f"[{lo_ok:.1f}, {hi_ok:.1f}] of this {cols}-column detector")
-    policy = find_center(data, angles, row=row)
-    tolerance = max(1.0, cols / 500)
-    method, confidence = "entropy", policy.confidence
-    if abs(policy.center - center) <= tolerance and not warnings:
-        method = f"entropy+{policy.method}"
-        notes.append(f"the CoR policy agrees: {policy.describe()}")
-    elif policy.confidence >= LOW_CONFIDENCE and not policy.warnings:
-        warnings.append(f"the entropy minimum {center:.2f} and the CoR policy's "
-                        f"{policy.describe()} disagree by more than {tolerance:.1f} px: used "
-                        f"the policy's (Nelder–Mead finds the nearest local minimum)")
-        center, method, confidence = policy.center, f"{policy.method} (entropy disagreed)", \
-            min(policy.confidence, 0.6)
-    else:
-        confidence = min(policy.confidence, 0.2)
-        warnings.append(f"the entropy minimum {center:.2f} and the CoR policy's "
-                        f"{policy.describe()} disagree by more than {tolerance:.1f} px")
-    if confidence < LOW_CONFIDENCE:
-        warnings.append(f"low confidence {confidence:.2f} (< {LOW_CONFIDENCE}): check the "
-                        "centre (e.g. a centre sweep) or give it")
-    return CorEstimate(float(center), float(confidence), method, (lo_ok, hi_ok),
-                       tuple(notes), tuple(warnings))
+    return checked_by_policy(center, find_center(data, angles, row=row), cols=cols,
+                             finder="entropy", method="entropy", short="entropy", notes=notes,
+                             warnings=warnings,
+                             why_policy=" (Nelder–Mead finds the nearest local minimum)")
 
 
 SPECS: tuple[StageSpec, ...] = (
