@@ -12,13 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from stages.prep import reference_reducer
 from stages.prep.reference_reducer import reduce_references
+from stages.recon.fbp import fbp
 from stages.registry import REGISTRY
+from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import (
@@ -185,3 +188,33 @@ def test_reduced_flats_reach_a_time_interpolating_correction_as_one_group(
         flats=np.median(frames[keys == 1], axis=0)[None])
     ours = np.stack([out[i] for i in sorted(out)])
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_recon_with_the_reducer_reconstructs_from_median_references(
+        shared_data: Path, tmp_path: Path) -> None:
+    """`recon` (the one-rank runner) with a pipeline holding ``data_reducer`` (median):
+    the slices equal our FBP of the sinograms corrected with the median dark
+    and flat computed here."""
+    path = shared_data / "real/diad_k11-18014/k11-18014.nxs"
+    pipeline = tmp_path / "reduced.yaml"
+    pipeline.write_text("pipeline:\n  - method: data_reducer\n    parameters: {method: median}\n"
+                        "  - method: dark_flat_field_correction\n  - method: minus_log\n"
+                        "  - method: fbp\n    parameters: {center: 12.5}\n")
+    out = tmp_path / "rec.h5"
+    assert main(["recon", str(path), "-o", str(out), "--pipeline", str(pipeline),
+                 "--rows", "8:10", "--quiet"]) == 0
+    with h5py.File(out, "r") as handle:
+        ours = handle["/entry/reconstruction/data"][()]
+    with open_scan(path, LoadOptions(rows=(8, 10))) as reader:
+        layout = reader.layout
+        frames = reader.read(0, layout.frames).astype(np.float64)
+    keys = np.asarray(layout.image_keys)
+    dark = np.median(frames[keys == 2], axis=0)
+    flat = np.median(frames[keys == 1], axis=0)
+    line_integrals = -np.log((frames[keys == 0] - dark) / (flat - dark))
+    reference = fbp(np.ascontiguousarray(line_integrals.transpose(1, 0, 2), np.float32),
+                    angles_deg=np.asarray(layout.angles_deg)[keys == 0], center=12.5,
+                    output_size=ours.shape[-1])
+    assert ours.shape == reference.shape == (2, 26, 26)
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-4 * scale)
