@@ -297,7 +297,8 @@ def _seen_through_lens(frames: npt.NDArray[np.float32], xcenter: float, ycenter:
 def test_sinogram_form_in_a_recon_run_undoes_a_lens(tmp_path: Path) -> None:
     """A simulated scan recorded through a lens (4 px inwards at the detector's ends):
     ``recon`` with the pipeline's ``distortion_correction_sino`` (every row) gives the
-    volume of the undistorted scan, as the projection form does."""
+    volume of the undistorted scan, as the projection form does; with ``ind: 3``, that
+    one slice."""
     scan = SimulatedScan(SimulationConfig(rows=6, cols=128, projections=180, flats=6,
                                           darks=4, seed=7))
     layout = scan.layout
@@ -320,6 +321,8 @@ def test_sinogram_form_in_a_recon_run_undoes_a_lens(tmp_path: Path) -> None:
         "proj": "  - method: distortion_correction_proj\n    parameters:\n"
                 f"      {coefficients}",
         "none": "",
+        "one": "  - method: distortion_correction_sino\n    parameters:\n      ind: 3\n"
+               f"      {coefficients}",
     }
     volumes = {}
     for label, step in correction.items():
@@ -339,6 +342,10 @@ def test_sinogram_form_in_a_recon_run_undoes_a_lens(tmp_path: Path) -> None:
                     output_size=128)
     axis = np.arange(128) - 63.5
     inside = np.hypot(*np.meshgrid(axis, axis)) < 0.45 * 128
+    # tomopy's one sinogram (ind: 3): a one-slice volume, that row of the whole one
+    assert volumes["one"].shape == (1, 128, 128)
+    np.testing.assert_allclose(volumes["one"][0], volumes["sino"][3], rtol=0, atol=1e-6)
+    del volumes["one"]
     for row in range(1, 5):
         r = {label: np.corrcoef(volume[row][inside], reference[row][inside])[0, 1]
              for label, volume in volumes.items()}
