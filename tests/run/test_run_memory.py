@@ -18,22 +18,29 @@ streams, each bounded by a setting (:func:`planned` lists them):
   big one is reconstructed at close).
 
 The base is measured, not tuned: the same command on a two-row scan (interpreter,
-libraries, sockets, threads), less its own plan. The headroom is stated: 64 MiB, of which
-glibc's allocator takes most on one rank. Measured (64 rows × 256 × 720, budget 0.12 GiB,
-loaded 2-core machine): one rank 197 MiB over the base against a plan of 151 MiB; with
-``MALLOC_ARENA_MAX=1`` the same run is 145 MiB, within the plan: the ~50 MiB are freed
-blocks that the ingest (main) thread's malloc arena keeps (below glibc's dynamic mmap
-threshold) while the reconstruction worker's arena grows at close (a fixed
-``MALLOC_MMAP_THRESHOLD_=4194304`` gives 142 MiB too). Two ranks: 86-102 MiB per rank against
-155 MiB (each rank receives about half the frames; the plan counts a projection block as
-if one rank got them all). A path that held the whole corrected scan a second time
-(+45 MiB on one rank) would fail on one rank (197 + 45 > 151 + 64); the whole volume
-(16 MiB) kept until the scan closes would not be caught by this bound alone (the block
-estimates are conservative by more than that). The figures are printed (``-s``).
+libraries, sockets, threads), less its own plan. The child runs with glibc's mmap
+threshold fixed at 1 MiB (:data:`ALLOCATOR`), so that its RSS follows what the code holds:
+with glibc's default (a dynamic threshold, one arena per thread) the same one-rank run
+measured anywhere from 113 to 198 MiB over the base in four runs, the difference being
+freed blocks that the ingest (main) thread's arena keeps while the reconstruction
+worker's arena grows at close (``MALLOC_ARENA_MAX=1`` gives 144 MiB too). That is the
+allocator's, not the plan's: ``docs/explanation/memory.md`` says how to pin it in
+production.
+
+Measured with the threshold fixed (64 rows × 256 × 720, budget 0.12 GiB, 2-core machine
+at load average 9-12): one rank 128-143 MiB over the base against a plan of 151 MiB; two
+ranks 104-107 MiB per rank against 155 MiB (each rank receives about half of the frames;
+the plan counts a projection block as if one rank got them all). The headroom is 24 MiB
+(32 MiB above the highest one-rank figure). A path that held the corrected scan a second
+time (+45 MiB on one rank: 173-188 MiB against the bound of 175 MiB) would fail in most
+runs; one that kept the volume (16 MiB) until the scan closed, or the raw scan (22.5 MiB),
+would not be caught by this bound alone: the stages' block estimates are conservative by
+more than that. The figures are printed (``-s``).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -53,7 +60,10 @@ from tests.mpi.test_mpi_ingest import wait_for_peers
 
 MIB = 2**20
 BUDGET_GIB = 0.12
-HEADROOM = 64 * MIB
+HEADROOM = 24 * MIB
+#: glibc: arrays of 1 MiB and more are mapped and unmapped on their own (no dynamic mmap
+#: threshold), so RSS follows what the code holds, not what the arenas retain.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(MIB)}
 ROWS, COLS, ANGLES, FLATS, DARKS = 64, 256, 720, 20, 10
 SEND_BLOCK = 8  # frames per message the source sends
 HWM = 16  # --hwm of the service, and the source's
@@ -87,7 +97,7 @@ def peaks(scan: SimulatedScan, pipeline: Path, out: Path, ranks: int) -> list[in
                 pytest.skip("mpiexec not found: pip install 'tomo-streamer[mpi]'")
             command = [str(launcher), "-n", str(ranks), *command]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+                                   text=True, env={**os.environ, **ALLOCATOR})
         sent: list[BaseException] = []
 
         def source() -> None:
