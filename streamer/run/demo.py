@@ -42,6 +42,7 @@ from streamer.pipeline.config import PipelineStep, parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.run.observer import RankObserver
 from streamer.run.ranks import RankedReconstruction
+from streamer.sinks.disk import os_reason
 from streamer.sinks.hdf5 import VOLUME_PATH
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import SendOptions, new_scan_id, send_scan
@@ -262,7 +263,11 @@ def run_demo(
                             f"within {DEMO_TIMEOUT_S:g} s")
     output = outputs[-1]
     if output.figures:
-        add_to_report(report_path, output.figures)  # latency: known once the volume is
+        try:
+            add_to_report(report_path, output.figures)  # latency: known once the volume is
+        except OSError as error:
+            raise StreamerError(f"demo: {report_path}: figures not added: "
+                                f"{os_reason(error)}") from None
     return DemoResult(
         report_path, report, check.corrected, check.median(), output.path, output.center,
         _volume_error(reader, output.path), output.center_method or "vo",
