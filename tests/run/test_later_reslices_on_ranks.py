@@ -2,29 +2,38 @@
 projection → sinogram → projection → sinogram, or change the angles or the width, give
 the one-rank volume within 1e-5, with the same CoR, CoR method and angles; a later
 projection section that changes the rows fails every rank's part with its reason (no rank
-waits); HTTomo's image tail by reference is refused on R ranks before anything is read."""
+waits); HTTomo's image tail by reference is refused on R ranks before anything is read;
+the ``run`` service reslices again for every scan."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import zmq
 
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError
 from streamer.exchange.links import MemoryLink
+from streamer.ingest.cluster import ClusterIngest
+from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import beyond_one_band, sections_of
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.run.one_rank import ScanOutput
-from streamer.run.ranks import recon_on_ranks
+from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.scan import FrameReader
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.transport import Endpoint, open_socket
 from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
 from tests.run.ranks import run_ranks
+from tests.run.test_service_on_ranks import CONFIG as SERVICE_CONFIG
+from tests.run.test_service_on_ranks import JOIN_S
+from tests.run.test_service_on_ranks import _source as service_source
 
 
 def read(path: Path) -> tuple[np.ndarray, float, str, bool, np.ndarray]:
@@ -183,3 +192,43 @@ def test_the_image_tail_by_reference_is_refused_on_ranks_before_reading(
     assert "'rescale_to_int'" in message and "glob_stats" in message
     assert "run on one rank" in message
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) -> None:
+    """``run`` on 2 ranks (the reconstruction in the worker thread): two scans, each with
+    its later reslices (tags and serials per scan), both equal to the one-rank volume."""
+    text = (AVERAGED.replace("PROJECTION_STEP", "gaussian_filter\n    parameters: {sigma: 1.0}")
+            .replace("CENTER", "16.0"))
+    steps = parse_pipeline(text, REGISTRY, source="service.yaml").steps
+    ready, address = threading.Event(), []
+    source = service_source(2, ready, address)
+    assert ready.wait(JOIN_S)
+    out = tmp_path / "volumes"
+
+    def rank(link: MemoryLink) -> list[ScanOutput]:
+        ranked = RankedReconstruction(steps, text, out, link.duplicate(), link.duplicate(),
+                                      block_frames=8, block_sinograms=3,
+                                      memory_bytes=1 << 28, background=True)
+        with zmq.Context() as context:
+            pull = open_socket(context, "pull", Endpoint(address[0], bind=False), hwm=8)
+            try:
+                service = IngestService(pull, IngestSettings(idle_timeout_s=10),
+                                        drain=ranked.drain, on_event=ranked.on_event,
+                                        cluster=ClusterIngest(link, 10.0))
+                service.run(max_scans=2)
+                assert ranked.wait(JOIN_S), "the worker never finished"
+            finally:
+                pull.close()
+        return ranked.outputs
+
+    results = run_ranks(2, rank)
+    source.join(JOIN_S)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    run_recon(SimulatedScan(SERVICE_CONFIG), ReconSettings(tmp_path / "one.h5",
+                                                           pipeline=pipeline))
+    outputs = {output.scan: output for output in results[0]}
+    assert sorted(outputs) == ["a", "b"]
+    for output in outputs.values():
+        assert output.complete and output.path is not None, output
+        assert_same_volume(tmp_path / "one.h5", output.path)
