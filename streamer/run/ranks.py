@@ -884,6 +884,7 @@ class RankedReconstruction:
         """This rank's band through the sinogram section (or ``last_section``: the band
         and filled steps of a pipeline's last section) into its writer."""
         rank, ranks = self.control.rank, self.control.size
+        held = band.sinograms.shape[1]  # projections this rank's band holds
         if last_section is not None:
             band = last_section[0]
         first, last = band.rows
@@ -909,7 +910,7 @@ class RankedReconstruction:
         if self.observer is not None:
             self.observer.center_settled(scan.serial, center, method)
         references = scan.references_here + scan.close.references
-        complete = (band.received == scan.start.projections
+        complete = (held == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
         blocks = self._streamed(scan, band, complete)
         if blocks is None:

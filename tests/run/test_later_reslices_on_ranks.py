@@ -17,7 +17,7 @@ import zmq
 
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError
-from streamer.exchange.links import MemoryLink
+from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
@@ -27,6 +27,7 @@ from streamer.run.one_rank import ScanOutput
 from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.scan import FrameReader
+from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.transport import Endpoint, open_socket
 from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
@@ -232,3 +233,18 @@ def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) 
     for output in outputs.values():
         assert output.complete and output.path is not None, output
         assert_same_volume(tmp_path / "one.h5", output.path)
+
+
+@pytest.mark.parametrize(("ind", "owner"), [("null", 0), ("mid", 1), ("5", 2)])
+def test_the_cor_is_found_on_the_row_the_finder_picks(tmp_path: Path, ind: str,
+                                                      owner: int) -> None:
+    """find_center_360 looks at row 0 when ``ind`` is unset (as upstream and as one rank
+    does), the middle row for ``mid``: the rank owning that row finds it (6 rows on 3
+    ranks: bands of 2)."""
+    text = without_image_tail((FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text())
+    text = text.replace("ind: null", f"ind: {ind}")
+    steps = parse_pipeline(text, REGISTRY, source="x").steps
+    start = start_header(SimulatedScan(SimulationConfig(rows=6, cols=16, projections=8))
+                         .layout, "s")
+    ranked = RankedReconstruction(steps, text, tmp_path, MemoryNetwork(3).link(0), None)
+    assert ranked._center_owner(start) == owner
