@@ -603,31 +603,54 @@ class ScanProcessor:
             self.center_confidence = getattr(found, "confidence", None)
             self.center_warnings = tuple(getattr(found, "warnings", ()))
         outputs = dict(getattr(found, "side_outputs", ()) or ())
-        geometry = Geometry(angles, int(stack.shape[2]), self.center)
-        moved: float | None = None  # the CoR a reconstruction used, when the axis moved
-        out: list[tuple[Pattern, tuple[PipelineStep, ...]]] = []
-        for pattern, steps in data_sections:
-            filled = []
-            for step in steps:
-                update = {param: outputs[link.split(".", 1)[1]] for param, link in step.linked
-                          if param != "center" and dict(step.params).get(param) is None
-                          and link.split(".", 1)[1] in outputs}
-                if "center" in type(step.params).model_fields and geometry.center is not None \
-                        and (override is not None or step in unset):
-                    update["center"] = geometry.center
-                    if step.spec.needs_angles and geometry.center != self.center \
-                            and moved is None:
-                        moved = geometry.center
-                params = step.params.model_copy(update=update) if update else step.params
-                filled.append(replace(step, params=params) if update else step)
-                geometry = step.spec.after(geometry, params)
-            out.append((pattern, tuple(filled)))
+        out, moved = fill_sections(data_sections, center=self.center, outputs=outputs,
+                                   override=override is not None, angles=angles,
+                                   cols=int(stack.shape[2]))
         if moved is not None and self.center is not None:
             self.center_method = (f"{self.center_method or 'pipeline'}; axis at "
                                   f"{self.center:.2f} before the 360° fold, "
                                   f"{moved:.2f} after it")
             self.center = moved
         return out
+
+
+def fill_sections(
+    data_sections: list[tuple[Pattern, tuple[PipelineStep, ...]]], *,
+    center: float | None, outputs: dict[str, Any], override: bool,
+    angles: npt.NDArray[np.float64], cols: int,
+) -> tuple[list[tuple[Pattern, tuple[PipelineStep, ...]]], float | None]:
+    """The run-time values of the later sections' steps (finders left out), one rule
+    for one rank (:meth:`ScanProcessor._with_center`) and R ranks
+    (:mod:`streamer.run.later_sections`).
+
+    Parameters set by a finder's side outputs (``outputs``: ``sino_360_to_180``'s
+    ``overlap`` and ``side``) get them; the CoR ``center`` (the scan's, before any step)
+    follows the geometry (the 360° fold puts the axis in the stitched middle), and an
+    unset ``center`` gets it where its step stands (every ``center`` with ``override``,
+    a viewer's CoR). Returns the filled sections and the CoR a reconstruction used when
+    the axis moved (else None)."""
+    every = [s for _, steps in data_sections for s in steps]
+    unset = [s for s in every if "center" in type(s.params).model_fields
+             and dict(s.params)["center"] is None]
+    geometry = Geometry(angles, cols, center)
+    moved: float | None = None
+    out: list[tuple[Pattern, tuple[PipelineStep, ...]]] = []
+    for pattern, steps in data_sections:
+        filled = []
+        for step in steps:
+            update = {param: outputs[link.split(".", 1)[1]] for param, link in step.linked
+                      if param != "center" and dict(step.params).get(param) is None
+                      and link.split(".", 1)[1] in outputs}
+            if "center" in type(step.params).model_fields and geometry.center is not None \
+                    and (override or step in unset):
+                update["center"] = geometry.center
+                if step.spec.needs_angles and geometry.center != center and moved is None:
+                    moved = geometry.center
+            params = step.params.model_copy(update=update) if update else step.params
+            filled.append(replace(step, params=params) if update else step)
+            geometry = step.spec.after(geometry, params)
+        out.append((pattern, tuple(filled)))
+    return out, moved
 
 
 def section_angles(steps: tuple[PipelineStep, ...], angles: npt.NDArray[np.float64],

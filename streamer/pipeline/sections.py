@@ -10,12 +10,14 @@ section, i.e. a reslice. A pipeline may so go projection → sinogram → projec
 sinogram (HTTomo's Paganin after ``sino_360_to_180``): :func:`sections_of` gives every
 section, CoR finders at the start of the first sinogram section.
 
-On R ranks (:func:`refuse_on_ranks`) the link's exchange reslices once and every rank
-reconstructs its band with the CoR agreed once: a pipeline with a second reslice, a
-stage that changes the scan's geometry (``sino_360_to_180``,
-``average_projection_frames``) or a parameter filled from a side output at run time
-other than the CoR is refused there before the first scan, with the reason; one rank
-(``recon``, ``run``) runs them.
+On R ranks the band exchange reslices once; a pipeline that needs more
+(:func:`beyond_one_band`: a second reslice, a stage that changes the scan's geometry,
+``sino_360_to_180``'s side outputs) runs its later sections with every rank's band, the
+CoR and the finder's side outputs shared, and reslices again between them
+(:mod:`streamer.run.later_sections`, ADR 0009's addendum). :func:`refuse_on_ranks` still
+refuses, before the first scan, what R ranks do not run: ``save_result`` (one HDF5 file,
+several writers) and HTTomo's image tail by reference (``glob_stats``: the images are
+written by ``recon`` on one rank).
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
@@ -31,7 +33,8 @@ from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Section", "refuse_on_ranks", "refuse_save_result", "sections_of", "split_sections"]
+__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_save_result",
+           "sections_of", "split_sections"]
 
 
 @dataclass(frozen=True)
@@ -91,23 +94,25 @@ def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
             "or use `recon`")
 
 
+def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:
+    """Whether ``steps`` need more than one reslice and the sinogram section on each band
+    with the CoR filled in: a second reslice, a geometry-changing stage or a parameter
+    filled from a side output other than the CoR (the runners then run the later
+    sections themselves: :meth:`~streamer.pipeline.executor.ScanProcessor.finish` on one
+    rank, :mod:`streamer.run.later_sections` on R ranks)."""
+    if len(sections_of(steps)) > 2:
+        return True
+    return any(step.spec.geometry is not None
+               or any(param != "center" for param, _ in step.linked) for step in steps)
+
+
 def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
     refuse_save_result(steps, "several ranks")
-    found = sections_of(steps)
-    if len(found) > 2:
-        step = found[2].steps[0]
-        raise ConfigError(
-            f"stage {step.name!r} ({step.where}): this pipeline needs {len(found) - 1} "
-            "reslices; on several ranks the exchange reslices once: run it on one rank")
     for step in steps:
-        if step.spec.geometry is not None:
+        tail = [param for param, link in step.linked if link.split(".", 1)[1] == "glob_stats"]
+        if tail:
             raise ConfigError(
-                f"stage {step.name!r} ({step.where}): it changes the projections' angles or "
-                "width, which the ranks' bands do not follow yet: run it on one rank")
-        linked = [param for param, _ in step.linked if param != "center"]
-        if linked:
-            raise ConfigError(
-                f"stage {step.name!r} ({step.where}): parameter {linked[0]!r} comes from a "
-                "side output at run time, which is not shared between ranks yet: give it "
-                "a value or run on one rank")
+                f"stage {step.name!r} ({step.where}): parameter {tail[0]!r} comes from "
+                "calculate_stats, HTTomo's image output, which `recon` writes on one rank "
+                "only: remove the output steps or run on one rank")

@@ -76,11 +76,17 @@ from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps
+from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import refuse_on_ranks, refuse_save_result, split_sections
+from streamer.pipeline.sections import (
+    beyond_one_band,
+    refuse_on_ranks,
+    refuse_save_result,
+    sections_of,
+    split_sections,
+)
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -91,6 +97,7 @@ from streamer.run.from_file import (
     pipeline_for,
 )
 from streamer.run.latency import LatencyRecorder
+from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
 from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
 from streamer.run.streaming import StreamingSection, plan_streaming
@@ -178,6 +185,8 @@ class _ScanState:
     center_method: str | None = None
     center_warnings: tuple[str, ...] = ()  # the finder's doubts (the owner of its row)
     center_confidence: float | None = None
+    #: The finder's side outputs (``overlap``, ``side`` …), shared with the CoR.
+    center_outputs: dict[str, Any] = field(default_factory=dict)
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
@@ -268,6 +277,7 @@ class RankedReconstruction:
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
     _whole_scan: bool = False  # set in __post_init__
+    _later: bool = False  # R ranks, sections past the first band's (set in __post_init__)
     _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
     _worker: threading.Thread | None = None
     _jobs: queue.SimpleQueue[Callable[[], None]] = field(default_factory=queue.SimpleQueue)
@@ -291,7 +301,7 @@ class RankedReconstruction:
     def __post_init__(self) -> None:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
-            refuse_on_ranks(self.steps)  # several reslices, geometry changes: one rank only
+            refuse_on_ranks(self.steps)  # save_result, the image tail: one rank only
         elif self.results is None:
             refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
         #: One rank: the pipeline needs the processor's own later sections (several
@@ -299,6 +309,9 @@ class RankedReconstruction:
         #: path below does not run; the processor then runs them at close
         #: (:meth:`_write_whole_scan`).
         self._whole_scan = self.control.size == 1 and not _runs_on_bands(self.steps)
+        #: R ranks: the same pipelines run their later sections on the bands, resliced
+        #: again between them (:mod:`streamer.run.later_sections`).
+        self._later = self.control.size > 1 and beyond_one_band(self.steps)
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -485,7 +498,7 @@ class RankedReconstruction:
         """Set the admitted scan up on the links: its reslice, its processor, rank 0's
         output name (told to every rank), the messages that came early."""
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
-        streaming = None if self._whole_scan else self._plan_streaming(
+        streaming = None if self._whole_scan or self._later else self._plan_streaming(
             start, admitted.block_sinograms, admitted.memory_left)
         exchange: BandExchange | None = None
         observer = self.observer
@@ -611,13 +624,40 @@ class RankedReconstruction:
             except StreamerError:
                 if scan.failure is None:
                     raise
+        last = None
+        if self._later:  # every rank, failed or not: each later reslice needs them all
+            try:
+                last = self._run_later(scan, band)
+            except StreamerError:
+                if scan.failure is None:
+                    raise
         if scan.failure is not None:
             raise StreamerError(scan.failure)
         if self.control.rank == 0:
             self._center_found[scan.serial] = (
                 center_label(scan.center_method, self.center_source),
                 scan.center_warnings, scan.center_confidence)
-        return self._write_part(scan, band, path)
+        return self._write_part(scan, band, path, last)
+
+    def _run_later(self, scan: _ScanState, band: Band) -> tuple[Band, tuple[PipelineStep, ...]]:
+        """R ranks, a pipeline past one sinogram section: every section but the last on
+        the bands, resliced between them; the CoR follows the geometry (as on one rank)."""
+        sections, moved = filled_later_sections(
+            self.steps, center=scan.center, outputs=scan.center_outputs,
+            override=scan.center_method == VIEWER_METHOD, angles=band.angles_deg,
+            cols=int(band.sinograms.shape[2]))
+        if moved is not None and scan.center is not None:
+            scan.center_method = (f"{scan.center_method or 'pipeline'}; axis at "
+                                  f"{scan.center:.2f} before the 360° fold, {moved:.2f} after it")
+            scan.center = moved
+        processor = scan.processor
+        tools = SectionTools(processor.block_frames, processor.block_sinograms,
+                             processor.transfers, processor.repairs, processor.caches,
+                             stopped=lambda: self._stopped(scan))
+        return run_later_sections(
+            self.band_link, None if scan.failure is not None else band, sections,
+            rows=scan.start.rows, serial=scan.serial, tools=tools,
+            timeout_s=self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
 
     def _write_whole_scan(self, scan: _ScanState, master: Path,
                           viewer: float | None) -> PartWritten:
@@ -771,16 +811,17 @@ class RankedReconstruction:
         """The rank that finds the CoR: the owner of the finder's row (the middle row, or
         the finder's ``ind``); None when the pipeline's CoR is fixed. A row off the
         detector is refused."""
-        _, sinogram_steps = split_sections(self.steps)
-        unset = [s for s in sinogram_steps if s.spec.finds_center is None
-                 and "center" in type(s.params).model_fields
+        later = [s for section in sections_of(self.steps)[1:] for s in section.steps
+                 if s.spec.finds_center is None]
+        unset = [s for s in later if "center" in type(s.params).model_fields
                  and dict(s.params)["center"] is None]
-        if not unset:
+        # sino_360_to_180's overlap and side: the finder's side outputs, found with the CoR
+        linked = [s for s in later for param, link in s.linked if param != "center"
+                  and link.split(".", 1)[1] != "glob_stats"]
+        if not unset and not linked:
             return None
         finder = self._finder()
-        row = start.rows // 2
-        if finder is not None and dict(finder.params).get("ind") is not None:
-            row = int(dict(finder.params)["ind"])
+        row = _finder_row(finder, start.rows)
         bands = row_bands(start.rows, self.control.size)
         owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
         if owner is None:
@@ -791,8 +832,9 @@ class RankedReconstruction:
         return owner
 
     def _finder(self) -> PipelineStep | None:
-        _, sinogram_steps = split_sections(self.steps)
-        finders = [s for s in sinogram_steps if s.spec.finds_center is not None]
+        found = sections_of(self.steps)
+        finders = [s for s in (found[1].steps if len(found) > 1 else ())
+                   if s.spec.finds_center is not None]
         return finders[-1] if finders else None
 
     def _agree_center(self, scan: _ScanState, band: Band) -> None:
@@ -804,9 +846,7 @@ class RankedReconstruction:
             finder = self._finder()
             # One rank: the band's own height (a projection stage may crop or bin).
             rows = scan.start.rows if self.control.size > 1 else band.sinograms.shape[0]
-            row = rows // 2
-            if finder is not None and dict(finder.params).get("ind") is not None:
-                row = int(dict(finder.params)["ind"])
+            row = _finder_row(finder, rows)
             center: float | None = None
             method: str | None = None
             error: str | None = None
@@ -820,13 +860,14 @@ class RankedReconstruction:
                 center, method = float(found), _found_label(finder, found)
                 scan.center_warnings = tuple(getattr(found, "warnings", ()))
                 scan.center_confidence = getattr(found, "confidence", None)
+                scan.center_outputs = dict(getattr(found, "side_outputs", ()) or ())
             except StreamerError as failure:
                 error = str(failure)
                 self.last_error = self.last_error or failure
             scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
                 "serial": scan.serial, "center": center, "method": method,
-                "error": error}))
+                "error": error, "outputs": scan.center_outputs}))
         else:
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
@@ -837,29 +878,39 @@ class RankedReconstruction:
 
     # --- writing -----------------------------------------------------------------------
 
-    def _write_part(self, scan: _ScanState, band: Band, master: Path) -> PartWritten:
+    def _write_part(self, scan: _ScanState, band: Band, master: Path,
+                    last_section: tuple[Band, tuple[PipelineStep, ...]] | None = None,
+                    ) -> PartWritten:
+        """This rank's band through the sinogram section (or ``last_section``: the band
+        and filled steps of a pipeline's last section) into its writer."""
         rank, ranks = self.control.rank, self.control.size
+        held = band.sinograms.shape[1]  # projections this rank's band holds
+        if last_section is not None:
+            band = last_section[0]
         first, last = band.rows
         if last == first:
             return PartWritten(rank, None, band.rows, 0, True, None)
         if band.sinograms.shape[1] == 0:
             return PartWritten(rank, None, band.rows, 0, False,
                                "no projection arrived: nothing to reconstruct")
-        _, sinogram_steps = split_sections(self.steps)
-        viewer = scan.center_method == VIEWER_METHOD  # overrides a fixed CoR, as on one rank
-        data_steps = tuple(
-            replace(s, params=s.params.model_copy(update={"center": scan.center}))
-            if scan.center is not None and "center" in type(s.params).model_fields
-            and (viewer or dict(s.params)["center"] is None) else s
-            for s in sinogram_steps if s.spec.finds_center is None
-        )
+        if last_section is not None:  # run-time values filled (later_sections)
+            data_steps = last_section[1]
+        else:
+            _, sinogram_steps = split_sections(self.steps)
+            viewer = scan.center_method == VIEWER_METHOD  # overrides a fixed CoR, as on 1 rank
+            data_steps = tuple(
+                replace(s, params=s.params.model_copy(update={"center": scan.center}))
+                if scan.center is not None and "center" in type(s.params).model_fields
+                and (viewer or dict(s.params)["center"] is None) else s
+                for s in sinogram_steps if s.spec.finds_center is None
+            )
         data_steps = _share_threads(data_steps, self.control.size)
         center = center_in_use(scan.center, data_steps, scan.start.cols)
         method = center_label(scan.center_method, self.center_source)
         if self.observer is not None:
             self.observer.center_settled(scan.serial, center, method)
         references = scan.references_here + scan.close.references
-        complete = (band.sinograms.shape[1] == scan.start.projections
+        complete = (held == scan.start.projections
                     and references == scan.start.darks + scan.start.flats)
         blocks = self._streamed(scan, band, complete)
         if blocks is None:
@@ -891,7 +942,9 @@ class RankedReconstruction:
                 if writer is None:
                     geometry: dict[str, Any] = {
                         "slice_shape": (int(data.shape[1]), int(data.shape[2])),
-                        "angles_deg": band.angles_deg, "center_of_rotation": center,
+                        "angles_deg": section_angles(data_steps, band.angles_deg,
+                                                     int(band.sinograms.shape[2])),
+                        "center_of_rotation": center,
                         "center_method": method, "pipeline_yaml": self.pipeline_text,
                         "scan": scan.start.scan}
                     path, writer = self._open_band(scan, band.rows, master, geometry)
@@ -1133,6 +1186,7 @@ class RankedReconstruction:
             scan.close.path_received()
         elif received.tag == TAG_CENTER:
             center = message["center"]
+            scan.center_outputs = dict(message.get("outputs") or {})
             scan.close.center_agreed(CenterAgreed(
                 None if center is None else float(center), message["method"],
                 message["error"]))
@@ -1255,13 +1309,19 @@ def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
 
 
 def _runs_on_bands(steps: tuple[PipelineStep, ...]) -> bool:
-    """Whether the band path (one reslice, the sinogram section on this rank's rows)
-    runs ``steps``: the same rule that refuses the others on R ranks."""
-    try:
-        refuse_on_ranks(steps)
-    except ConfigError:
-        return False
-    return True
+    """One rank: whether the band path (one reslice, the sinogram section on the band)
+    runs ``steps``; else the processor runs its own later sections (and ``save_result``)."""
+    return not beyond_one_band(steps) and not any(step.save_result for step in steps)
+
+
+def _finder_row(finder: PipelineStep | None, rows: int) -> int:
+    """The detector row the CoR finder looks at, as the finder itself picks it: its
+    ``ind`` (``mid``: the middle row); unset, the middle row, except ``find_center_360``
+    (row 0, as upstream)."""
+    ind = dict(finder.params).get("ind") if finder is not None else None
+    if ind == "mid" or (ind is None and (finder is None or finder.name != "find_center_360")):
+        return rows // 2
+    return 0 if ind is None else int(ind)
 
 
 def _feeding(section: StreamingSection) -> Callable[

@@ -1,4 +1,5 @@
-"""The one sectionizer: several reslices, and what R ranks refuse (before any scan)."""
+"""The one sectionizer: several reslices, and what R ranks still refuse (before any
+scan)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.exchange.links import MemoryNetwork
 from streamer.pipeline.config import load_pipeline, parse_pipeline
-from streamer.pipeline.sections import refuse_on_ranks, sections_of, split_sections
+from streamer.pipeline.sections import (
+    beyond_one_band,
+    refuse_on_ranks,
+    sections_of,
+    split_sections,
+)
 from streamer.run.ranks import RankedReconstruction
 
 FULL = Path(__file__).parent / "httomo_full"
@@ -40,32 +46,32 @@ def test_a_pipeline_starting_on_sinograms_has_an_empty_first_section() -> None:
     assert split_sections(steps)[0] == ()
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("deg360_paganin_FBP3d_tomobar.yaml", "needs 3 reslices"),
-    ("angles_averaging.yaml", "'average_projection_frames' .* changes the projections"),
-])
-def test_ranks_refuse_what_one_rank_runs(name: str, expected: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["deg360_paganin_FBP3d_tomobar.yaml", "angles_averaging.yaml"])
+def test_ranks_take_several_reslices_and_geometry_changes(name: str, tmp_path: Path) -> None:
+    """Three reslices, the 360° fold, averaged angles: R ranks run them
+    (tests/run/test_later_reslices_on_ranks.py); only HTTomo's image tail by reference
+    (``glob_stats``) is refused, before any scan, with the reason."""
     steps = load_pipeline(FULL / name, REGISTRY).steps
-    with pytest.raises(ConfigError, match=expected):
-        refuse_on_ranks(steps)
-    # before any scan: building the reconstruction on two ranks is refused ...
+    assert beyond_one_band(steps)
     two = MemoryNetwork(2)
-    with pytest.raises(ConfigError, match=expected):
+    tail = "glob_stats' comes from calculate_stats, HTTomo's image output"
+    with pytest.raises(ConfigError, match=tail):
         RankedReconstruction(steps, "", tmp_path, control=two.link(0), band_link=None)
-    # ... and on one rank the runner takes it (its processor runs every section)
+    without_tail = tuple(s for s in steps if s.name not in ("calculate_stats",
+                                                              "rescale_to_int",
+                                                              "save_to_images"))
+    refuse_on_ranks(without_tail)
+    ranked = RankedReconstruction(without_tail, "", tmp_path, control=two.link(0),
+                                  band_link=None)
+    assert ranked._later
+    # one rank takes it as generated (its processor runs every section)
     one = RankedReconstruction(steps, "", tmp_path, control=MemoryNetwork(1).link(0),
                                band_link=None)
-    assert one.control.size == 1
+    assert one._whole_scan and not one._later
 
 
-def test_a_run_time_side_output_is_refused_on_ranks() -> None:
-    text = (FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text()
-    start = text.index("- method: paganin_filter")
-    text = text[:start] + text[text.index("# --- Reconstruction method"):]
-    steps = parse_pipeline(text, REGISTRY, source="t.yaml").steps
-    assert len(sections_of(steps)) == 2
-    with pytest.raises(ConfigError, match="sino_360_to_180"):
-        refuse_on_ranks(steps)
+def test_a_plain_pipeline_stays_on_one_band() -> None:
     fixed = parse_pipeline("pipeline:\n  - method: normalize\n  - method: fbp\n", REGISTRY,
                            source="t.yaml").steps
-    refuse_on_ranks(fixed)  # a plain pipeline is fine
+    refuse_on_ranks(fixed)
+    assert not beyond_one_band(fixed)

@@ -1,0 +1,215 @@
+"""The later sections of a pipeline on R ranks: sinogram → projection → sinogram … again.
+
+After the band exchange rank ``r`` holds its band of rows × every angle and the CoR (with
+the finder's side outputs) is agreed. A pipeline that goes on past one sinogram section
+(:func:`~streamer.pipeline.sections.beyond_one_band`: HTTomo's Paganin after
+``sino_360_to_180``, ADR 0009) runs here, each section on its layout:
+
+- a **sinogram** section on blocks of the band (a step may change the angles or the
+  width: ``sino_360_to_180``, ``average_projection_frames``; every rank applies the same
+  geometry);
+- before a **projection** section the band is resliced to ranges of angles
+  (:func:`streamer.exchange.transpose.transpose`), the steps run on blocks of this rank's
+  projections (all rows), and the result is resliced back to bands for the next section.
+
+The last section is left to the runner, which reconstructs and writes it as for a
+pipeline that reslices once (:meth:`RankedReconstruction._write_part`); this module hands
+it the band and the filled steps (:class:`LastSection`). Run-time values come from the one
+rule of both runners (:func:`~streamer.pipeline.executor.fill_sections`).
+
+Every rank takes part in every reslice, also a rank whose own part failed (a stage
+refused its data, a stop): it reslices as failed, and every rank then raises with the
+same ranks named, so none waits for another. A projection section must keep the number
+of detector rows (the volume's slices; a rank's band is cut from them): a stage that
+changes it is an error that names it. Memory per rank: its band and its range of angles
+(about two ``1/R`` of the scan, each as large as the layout it holds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stages.spec import Geometry, Pattern
+from streamer.errors import StageError, StreamerError
+from streamer.exchange.reslice import Band, PartsLink, row_bands
+from streamer.exchange.transpose import Shape, transpose
+from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.executor import StageCaches, apply_steps, fill_sections, section_angles
+from streamer.pipeline.sections import sections_of
+
+__all__ = ["LastSection", "SectionTools", "filled_later_sections", "run_later_sections"]
+
+
+@dataclass(frozen=True)
+class LastSection:
+    """What the runner reconstructs and writes: ``band`` (rows, angles before the last
+    section, its sinograms) and the last section's filled ``steps``; ``center`` is the
+    CoR where its reconstruction stands (``moved``: the axis moved, e.g. by the 360°
+    fold)."""
+
+    band: Band
+    steps: tuple[PipelineStep, ...]
+    center: float | None
+    moved: bool
+
+
+@dataclass(frozen=True)
+class SectionTools:
+    """What the sections' blocks share with the scan: its block sizes, counters and
+    per-scan caches (the processor's), and whether to stop."""
+
+    block_frames: int
+    block_sinograms: int
+    transfers: Any
+    repairs: Any
+    caches: StageCaches
+    #: Why this rank stops now (SIGINT/SIGTERM, its own or a peer's), None: go on.
+    stopped: Callable[[], str | None]
+
+
+def filled_later_sections(
+    steps: tuple[PipelineStep, ...], *, center: float | None, outputs: dict[str, Any],
+    override: bool, angles: npt.NDArray[np.float64], cols: int,
+) -> tuple[list[tuple[Pattern, tuple[PipelineStep, ...]]], float | None]:
+    """Every section after the first, finders left out, with the run-time values in
+    (as on one rank); a trailing projection section gets an empty sinogram section after
+    it (its output is resliced back to bands)."""
+    data_sections = [(section.pattern, tuple(s for s in section.steps
+                                             if s.spec.finds_center is None))
+                     for section in sections_of(steps)[1:]]
+    filled, moved = fill_sections(data_sections, center=center, outputs=outputs,
+                                  override=override, angles=angles, cols=cols)
+    if filled and filled[-1][0] is Pattern.PROJECTION:
+        filled.append((Pattern.SINOGRAM, ()))
+    return filled, moved
+
+
+def run_later_sections(
+    link: PartsLink, band: Band | None, sections: list[tuple[Pattern, tuple[PipelineStep, ...]]],
+    *, rows: int, serial: int, tools: SectionTools, timeout_s: float,
+    on_idle: Callable[[], object] | None = None,
+) -> tuple[Band, tuple[PipelineStep, ...]]:
+    """Run every section but the last on this rank's part, reslicing between them, and
+    return the band and steps of the last one.
+
+    ``band`` is None when this rank's part failed already: it still takes part in the
+    first reslice (as failed), then every rank raises :class:`StreamerError` naming the
+    failed ranks. ``rows`` is the scan's detector rows (every rank's band is cut from
+    them)."""
+    ranks, rank = link.size, link.rank
+    error: StreamerError | None = None
+    data = None if band is None else band.sinograms
+    angles = np.zeros(0) if band is None else band.angles_deg
+    number = 1  # the band exchange was the first reslice
+    for pattern, steps in sections[:-1]:
+        if data is not None:
+            try:
+                if pattern is Pattern.SINOGRAM:
+                    data, angles = _sinogram_section(steps, data, angles, tools)
+                else:
+                    data = _projection_section(steps, data, angles, rank=rank, ranks=ranks,
+                                                tools=tools)
+            except StreamerError as failure:
+                error, data = failure, None
+        number += 1
+        stopped = tools.stopped() if data is not None else None
+        if stopped is not None:
+            error, data = StreamerError(f"{stopped} before reslice {number}"), None
+        # bands → ranges of angles after a sinogram section, back after a projection one
+        shape = _shape(data, rows, angles, rows_first=pattern is Pattern.SINOGRAM)
+        result = transpose(link, data, shape, serial=serial, number=number,
+                           timeout_s=timeout_s, on_idle=on_idle)
+        if result.failed_ranks:
+            if error is not None:
+                raise error
+            others = ", ".join(str(r) for r in result.failed_ranks)
+            raise StreamerError(f"rank(s) {others} could not take part in reslice {number} "
+                                "(see their errors): this band's later sections need every "
+                                "rank's part")
+        data = result.data
+    if data is None or band is None:  # no later reslice: this rank's own failure
+        raise error or StreamerError("this rank's part failed before its later sections")
+    first, stop = row_bands(rows, ranks)[rank]
+    last = Band((first, stop), band.indices, angles, data, band.received, band.duplicates,
+                dict(band.rejected), band.other_scan)
+    return last, sections[-1][1]
+
+
+def _shape(data: npt.NDArray[np.float32] | None, rows: int,
+           angles: npt.NDArray[np.float64], *, rows_first: bool) -> Shape:
+    """The whole array's shape at a reslice (rows × angles × width, the width from this
+    rank's part; every rank's must agree, the transpose checks it). A failed rank's
+    shape is not used (it only drains)."""
+    if data is None:
+        return Shape(0, 0, 0)
+    cols = int(data.shape[2])
+    if rows_first:
+        return Shape(rows, int(angles.size), cols)
+    return Shape(int(angles.size), rows, cols)
+
+
+def _sinogram_section(
+    steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
+    angles: npt.NDArray[np.float64], tools: SectionTools,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``); the
+    angles after them."""
+    band_rows, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
+    out_angles = section_angles(steps, angles, cols)
+    width = _width_after(steps, angles, cols)
+    gathered = np.empty((band_rows, out_angles.size, width), np.float32)
+    for first in range(0, band_rows, tools.block_sinograms):
+        last = min(first + tools.block_sinograms, band_rows)
+        block = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
+                            transfers=tools.transfers, angles_deg=angles,
+                            repairs=tools.repairs, caches=tools.caches)
+        if block.shape[1:] != gathered.shape[1:]:
+            raise StageError(f"sinogram section [{', '.join(s.name for s in steps)}]: "
+                             f"expected blocks of {out_angles.size} angles x {width} "
+                             f"columns (the steps' declared geometry), got "
+                             f"{block.shape[1]} x {block.shape[2]}")
+        gathered[first:last] = block
+    return gathered, out_angles
+
+
+def _width_after(steps: tuple[PipelineStep, ...], angles: npt.NDArray[np.float64],
+                 cols: int) -> int:
+    geometry = Geometry(angles, cols)
+    for step in steps:
+        geometry = step.spec.after(geometry, step.params)
+    return geometry.cols
+
+
+def _projection_section(
+    steps: tuple[PipelineStep, ...], projections: npt.NDArray[np.float32],
+    angles: npt.NDArray[np.float64], *, rank: int, ranks: int, tools: SectionTools,
+) -> npt.NDArray[np.float32]:
+    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``);
+    the detector rows must stay (they are the volume's slices)."""
+    first = row_bands(angles.size, ranks)[rank][0] if angles.size else 0
+    count, rows = int(projections.shape[0]), int(projections.shape[1])
+    out: npt.NDArray[np.float32] | None = None
+    for begin in range(0, count, tools.block_frames):
+        end = min(begin + tools.block_frames, count)
+        block = apply_steps(steps, projections[begin:end], darks=None, flats=None,
+                            transfers=tools.transfers,
+                            angles_deg=angles[first + begin:first + end],
+                            projection_indices=np.arange(first + begin, first + end,
+                                                         dtype=np.int64),
+                            repairs=tools.repairs, caches=tools.caches)
+        if block.shape[1] != rows:
+            raise StageError(f"projection section [{', '.join(s.name for s in steps)}]: it "
+                             f"changed the detector rows from {rows} to {block.shape[1]}, "
+                             "which R ranks do not follow after the first reslice (the "
+                             "bands are the volume's slices): run it on one rank")
+        if out is None:
+            out = np.empty((count, rows, block.shape[2]), np.float32)
+        out[begin:end] = block
+    if out is None:  # no angle on this rank (more ranks than projections)
+        out = np.empty((0, rows, projections.shape[2]), np.float32)
+    return out

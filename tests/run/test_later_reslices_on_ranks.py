@@ -1,0 +1,250 @@
+"""Several reslices on R ranks (in-memory link, ranks in threads): pipelines that go
+projection → sinogram → projection → sinogram, or change the angles or the width, give
+the one-rank volume within 1e-5, with the same CoR, CoR method and angles; a later
+projection section that changes the rows fails every rank's part with its reason (no rank
+waits); HTTomo's image tail by reference is refused on R ranks before anything is read;
+the ``run`` service reslices again for every scan."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from stages.registry import REGISTRY
+from streamer.errors import ConfigError
+from streamer.exchange.links import MemoryLink, MemoryNetwork
+from streamer.ingest.cluster import ClusterIngest
+from streamer.ingest.service import IngestService, IngestSettings
+from streamer.pipeline.config import parse_pipeline
+from streamer.pipeline.sections import beyond_one_band, sections_of
+from streamer.run.from_file import ReconSettings, run_recon
+from streamer.run.one_rank import ScanOutput
+from streamer.run.ranks import RankedReconstruction, recon_on_ranks
+from streamer.sources.formats import LoadOptions, open_scan
+from streamer.sources.scan import FrameReader
+from streamer.sources.sender import start_header
+from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from streamer.wire.transport import Endpoint, open_socket
+from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
+from tests.run.ranks import run_ranks
+from tests.run.test_service_on_ranks import CONFIG as SERVICE_CONFIG
+from tests.run.test_service_on_ranks import JOIN_S
+from tests.run.test_service_on_ranks import _source as service_source
+
+
+def read(path: Path) -> tuple[np.ndarray, float, str, bool, np.ndarray]:
+    with h5py.File(path) as file:
+        center = file["/entry/process/center_of_rotation"]
+        return (file["/entry/reconstruction/data"][...], float(center[()]),
+                str(center.attrs["method"]), bool(file["/entry"].attrs["complete"]),
+                file["/entry/process/angles_deg"][...])
+
+
+def on_ranks(ranks: int, reader_for: object, settings: ReconSettings) -> list[object]:
+    def rank(link: MemoryLink) -> ScanOutput | None:
+        assert callable(reader_for)
+        with reader_for() as reader:  # a reader each, as every MPI rank opens the file
+            return recon_on_ranks(reader, settings, link)
+    return run_ranks(ranks, rank)
+
+
+def assert_same_volume(one: Path, ranks: Path) -> None:
+    expected, center, method, complete, angles = read(one)
+    data, found, found_method, found_complete, found_angles = read(ranks)
+    assert complete and found_complete
+    assert (found, found_method) == (center, method)
+    np.testing.assert_array_equal(found_angles, angles)
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def without_image_tail(text: str) -> str:
+    """HTTomo's pipeline less its output tail (``calculate_stats`` → ``save_to_images``,
+    written by ``recon`` on one rank only)."""
+    return text[:text.index("- method: calculate_stats")]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_deg360_paganin_on_ranks_equals_one_rank(tmp_path: Path, ranks: int) -> None:
+    """find_center_360 (side outputs shared) → sino_360_to_180 (angles and width change)
+    → stripes → Paganin (the reverse reslice, then forward again) → FBP3d_tomobar at the
+    stitched middle: three reslices on R ranks."""
+    _offset_axis_scan(tmp_path / "offset360.h5")
+    pipeline = tmp_path / "deg360.yaml"
+    pipeline.write_text(without_image_tail(
+        (FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text()))
+    assert len(sections_of(parse_pipeline(pipeline.read_text(), REGISTRY,
+                                          source="x").steps)) == 4
+
+    def reader() -> FrameReader:
+        return open_scan(tmp_path / "offset360.h5", LoadOptions())
+
+    with reader() as one:
+        run_recon(one, ReconSettings(tmp_path / "one.h5", pipeline=pipeline, block_frames=16))
+    results = on_ranks(ranks, reader, ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline,
+                                                    block_frames=16, block_sinograms=3))
+    assert isinstance(results[0], ScanOutput) and results[0].complete, results[0]
+    assert_same_volume(tmp_path / "one.h5", tmp_path / "ranks.h5")
+    _, center, method, _, angles = read(tmp_path / "ranks.h5")
+    assert center == (2 * 156 - 1) / 2 and "before the 360° fold" in method
+    assert angles.size == 180
+
+
+AVERAGED = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: average_projection_frames
+  - method: PROJECTION_STEP
+  - method: fbp
+    parameters: {center: CENTER}
+"""
+
+
+@pytest.mark.parametrize(("ranks", "rows"), [(2, 4), (3, 4), (3, 2)],
+                         ids=["2-ranks", "3-ranks", "3-ranks-one-empty-band"])
+@pytest.mark.parametrize(("projection_step", "center"), [
+    ("gaussian_filter\n    parameters: {sigma: 1.0}", 23.5),
+    ("binning\n    parameters: {factor_rows: 1, factor_cols: 2}", 11.5),  # the width halves
+], ids=["gaussian", "binned-columns"])
+def test_averaged_angles_and_a_second_projection_section_on_ranks(
+        tmp_path: Path, ranks: int, rows: int, projection_step: str, center: float) -> None:
+    """tests/pipeline/test_executor.py's projection → sinogram → projection → sinogram
+    pipeline (the angles halved in the first sinogram section): R ranks, bands of
+    unequal height and a rank without rows, the same volume as one rank."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(AVERAGED.replace("PROJECTION_STEP", projection_step)
+                        .replace("CENTER", str(center)))
+    config = SimulationConfig(rows=rows, cols=48, projections=40, flats=4, darks=2)
+
+    def reader() -> SimulatedScan:
+        return SimulatedScan(config)
+
+    run_recon(reader(), ReconSettings(tmp_path / "one.h5", pipeline=pipeline, block_frames=7))
+    results = on_ranks(ranks, reader, ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline,
+                                                    block_frames=7, block_sinograms=1))
+    assert isinstance(results[0], ScanOutput) and results[0].complete, results[0]
+    assert_same_volume(tmp_path / "one.h5", tmp_path / "ranks.h5")
+    assert read(tmp_path / "ranks.h5")[4].size == 20  # the averaged angles
+
+
+def test_angles_averaging_on_a_real_scan_on_two_ranks(shared_data: Path,
+                                                      tmp_path: Path) -> None:
+    """httomo-backends' ``angles_averaging`` (a geometry change, no second reslice) on
+    the tooth (two rows, one per rank): find_center_vo on its owner's row, the averaged
+    angles on every band."""
+    text = without_image_tail((FULL / "angles_averaging.yaml").read_text())
+    # remove_outlier's 3-D kernel spans neighbouring projections, and a rank's blocks of
+    # projections are not the one rank's (frames are dealt in blocks that include the
+    # references): it differs at block edges on the plain band path too (not a reslice)
+    text = (text[:text.index("- method: remove_outlier")]
+            + text[text.index("- method: dark_flat_field_correction"):])
+    pipeline = tmp_path / "angles_averaging.yaml"
+    pipeline.write_text(text)
+    steps = parse_pipeline(pipeline.read_text(), REGISTRY, source="x").steps
+    assert beyond_one_band(steps) and len(sections_of(steps)) == 2
+    scan = shared_data / "real/aps_tooth/tooth.h5"
+
+    def reader() -> FrameReader:
+        return open_scan(scan, LoadOptions())
+
+    with reader() as one:
+        run_recon(one, ReconSettings(tmp_path / "one.h5", pipeline=pipeline))
+    results = on_ranks(2, reader, ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline))
+    assert isinstance(results[0], ScanOutput) and results[0].complete, results[0]
+    assert_same_volume(tmp_path / "one.h5", tmp_path / "ranks.h5")
+
+
+def test_a_later_projection_section_that_changes_the_rows_fails_every_part(
+        tmp_path: Path) -> None:
+    """The bands are the volume's slices: binning rows after the first reslice is an
+    error on every rank that runs it, the others stop at the same reslice, and the
+    output says incomplete and why (nothing hangs)."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(AVERAGED.replace("PROJECTION_STEP", "binning").replace("CENTER", "11.5"))
+    config = SimulationConfig(rows=4, cols=48, projections=40, flats=4, darks=2)
+    results = on_ranks(2, lambda: SimulatedScan(config),
+                       ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline))
+    output = results[0]
+    assert isinstance(output, ScanOutput) and not output.complete
+    assert output.error is not None
+    assert "changed the detector rows from 4 to 2" in output.error
+    assert "run it on one rank" in output.error
+
+
+def test_the_image_tail_by_reference_is_refused_on_ranks_before_reading(
+        tmp_path: Path) -> None:
+    pipeline = tmp_path / "deg360.yaml"
+    pipeline.write_text((FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text())
+    opened: list[int] = []
+
+    def reader() -> SimulatedScan:
+        opened.append(1)
+        return SimulatedScan(SimulationConfig(rows=2, cols=16, projections=8))
+
+    with pytest.raises(ConfigError) as refused:
+        on_ranks(2, reader, ReconSettings(tmp_path / "x.h5", pipeline=pipeline))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "'rescale_to_int'" in message and "glob_stats" in message
+    assert "run on one rank" in message
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) -> None:
+    """``run`` on 2 ranks (the reconstruction in the worker thread): two scans, each with
+    its later reslices (tags and serials per scan), both equal to the one-rank volume."""
+    text = (AVERAGED.replace("PROJECTION_STEP", "gaussian_filter\n    parameters: {sigma: 1.0}")
+            .replace("CENTER", "16.0"))
+    steps = parse_pipeline(text, REGISTRY, source="service.yaml").steps
+    ready, address = threading.Event(), []
+    source = service_source(2, ready, address)
+    assert ready.wait(JOIN_S)
+    out = tmp_path / "volumes"
+
+    def rank(link: MemoryLink) -> list[ScanOutput]:
+        ranked = RankedReconstruction(steps, text, out, link.duplicate(), link.duplicate(),
+                                      block_frames=8, block_sinograms=3,
+                                      memory_bytes=1 << 28, background=True)
+        with zmq.Context() as context:
+            pull = open_socket(context, "pull", Endpoint(address[0], bind=False), hwm=8)
+            try:
+                service = IngestService(pull, IngestSettings(idle_timeout_s=10),
+                                        drain=ranked.drain, on_event=ranked.on_event,
+                                        cluster=ClusterIngest(link, 10.0))
+                service.run(max_scans=2)
+                assert ranked.wait(JOIN_S), "the worker never finished"
+            finally:
+                pull.close()
+        return ranked.outputs
+
+    results = run_ranks(2, rank)
+    source.join(JOIN_S)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(text)
+    run_recon(SimulatedScan(SERVICE_CONFIG), ReconSettings(tmp_path / "one.h5",
+                                                           pipeline=pipeline))
+    outputs = {output.scan: output for output in results[0]}
+    assert sorted(outputs) == ["a", "b"]
+    for output in outputs.values():
+        assert output.complete and output.path is not None, output
+        assert_same_volume(tmp_path / "one.h5", output.path)
+
+
+@pytest.mark.parametrize(("ind", "owner"), [("null", 0), ("mid", 1), ("5", 2)])
+def test_the_cor_is_found_on_the_row_the_finder_picks(tmp_path: Path, ind: str,
+                                                      owner: int) -> None:
+    """find_center_360 looks at row 0 when ``ind`` is unset (as upstream and as one rank
+    does), the middle row for ``mid``: the rank owning that row finds it (6 rows on 3
+    ranks: bands of 2)."""
+    text = without_image_tail((FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text())
+    text = text.replace("ind: null", f"ind: {ind}")
+    steps = parse_pipeline(text, REGISTRY, source="x").steps
+    start = start_header(SimulatedScan(SimulationConfig(rows=6, cols=16, projections=8))
+                         .layout, "s")
+    ranked = RankedReconstruction(steps, text, tmp_path, MemoryNetwork(3).link(0), None)
+    assert ranked._center_owner(start) == owner
