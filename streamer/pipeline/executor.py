@@ -48,6 +48,7 @@ from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import Section, sections_of
 from streamer.sources.scan import FrameReader
@@ -265,6 +266,11 @@ class ScanProcessor:
         self._darks: dict[int, npt.NDArray[np.float32]] = {}
         self._flats: dict[int, npt.NDArray[np.float32]] = {}
         self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
+        #: Frames each projection block needs on each side (ADR 0019): a block is
+        #: corrected once the ``halo`` projections after it have arrived, with the last
+        #: ``halo`` of the previous block (:attr:`_behind`, as received) before it.
+        self.halo = section_halo(self.projection_steps)
+        self._behind: list[tuple[int, float, npt.NDArray[Any]]] = []
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         #: The frame index of each flat the correction gets (one after a data_reducer).
         self._flat_indices = np.empty(0, dtype=np.int64)
@@ -325,7 +331,7 @@ class ScanProcessor:
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
-            while len(self._waiting) >= self.block_frames:
+            while len(self._waiting) >= self.block_frames + self.halo:
                 self._process_projections(self.block_frames)
 
     def drain(self, store: FrameStore) -> None:
@@ -399,21 +405,30 @@ class ScanProcessor:
 
     def _process_projections(self, count: int) -> None:
         assert self._references is not None
-        indices = sorted(self._waiting)[:count]
+        ordered = sorted(self._waiting)
+        indices = ordered[:count]
         angles = np.array([self._waiting[i][0] for i in indices], dtype=np.float64)
-        block = np.stack([self._waiting.pop(i)[1] for i in indices])
+        own = [(i, *self._waiting.pop(i)) for i in indices]
+        ahead = [(i, *self._waiting[i]) for i in ordered[count:count + self.halo]]
+        behind = [frame for frame in self._behind if frame[0] < indices[0]]
+        frames = [*behind, *own, *ahead]
+        self._behind = [*behind, *own][-self.halo:] if self.halo else []
+        wide = window(len(behind), len(behind) + len(own), len(frames), self.halo)
+        wide_indices = [frame[0] for frame in frames]
         darks, flats = self._references
-        data = apply_steps(self.projection_steps, block, darks=darks, flats=flats,
+        data = apply_steps(self.projection_steps, np.stack([frame[2] for frame in frames]),
+                           darks=darks, flats=flats,
                            transfers=self.transfers,
                            device_references=self._device_references,
-                           frame_indices=np.array(indices, dtype=np.int64),
+                           frame_indices=np.array(wide_indices, dtype=np.int64),
                            flat_indices=self._flat_indices,
-                           projection_indices=self._projection_numbers(indices),
+                           projection_indices=self._projection_numbers(wide_indices),
                            repairs=self.repairs,
-                           on_result=self._saver(Pattern.PROJECTION,
-                                                 np.array(indices, dtype=np.int64),
-                                                 self.start.projections, angles,
-                                                 by_frame=True))
+                           on_result=keep_saved(self._saver(
+                               Pattern.PROJECTION, np.array(indices, dtype=np.int64),
+                               self.start.projections, angles, by_frame=True),
+                               wide, angles_along=True))
+        data = keep_block(data, wide, "projection section")
         data, count = repair_nonfinite(data)
         self.repairs.add(NONFINITE_CORRECTED, count)
         self.repairs.pixels += data.size
@@ -507,18 +522,21 @@ class ScanProcessor:
         out_angles = section_angles(steps, angles, int(sinograms.shape[2]))
         gathered: npt.NDArray[np.float32] | None = None
         bands = -(-rows // self.block_sinograms)
+        halo = section_halo(steps)  # rows each block needs on each side (ADR 0019)
         for first in range(0, rows, self.block_sinograms):
             if self._stopping():
                 return None, out_angles
             last = min(first + self.block_sinograms, rows)
             listener = self.iterations.listener(first // self.block_sinograms, bands,
                                                 first, last) if emit else None
-            data = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles,
+            rows_in = window(first, last, rows, halo)
+            data = apply_steps(steps, sinograms[rows_in.low:rows_in.high], darks=None,
+                               flats=None, transfers=self.transfers, angles_deg=angles,
                                on_iteration=listener, repairs=self.repairs, caches=self._caches,
-                               on_result=self._saver(Pattern.SINOGRAM,
-                                                     np.arange(first, last, dtype=np.int64),
-                                                     rows, None))
+                               on_result=keep_saved(self._saver(
+                                   Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64),
+                                   rows, None), rows_in, angles_along=False))
+            data = keep_block(data, rows_in, "sinogram section")
             if emit:
                 if self.on_sinograms is not None:
                     self.on_sinograms(ProcessedBlock(
@@ -541,17 +559,22 @@ class ScanProcessor:
         projections = sinograms.transpose(1, 0, 2)  # (angles, rows, cols), a view
         count = projections.shape[0]
         gathered: npt.NDArray[np.float32] | None = None
+        halo = section_halo(steps)  # frames each block needs on each side (ADR 0019)
         for first in range(0, count, self.block_frames):
             if self._stopping():
                 return None, angles
             last = min(first + self.block_frames, count)
-            data = apply_steps(steps, projections[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles[first:last],
-                               projection_indices=np.arange(first, last, dtype=np.int64),
+            frames = window(first, last, count, halo)
+            data = apply_steps(steps, projections[frames.low:frames.high], darks=None,
+                               flats=None, transfers=self.transfers,
+                               angles_deg=angles[frames.low:frames.high],
+                               projection_indices=np.arange(frames.low, frames.high,
+                                                            dtype=np.int64),
                                repairs=self.repairs,
-                               on_result=self._saver(Pattern.PROJECTION,
-                                                     np.arange(first, last, dtype=np.int64),
-                                                     count, None))
+                               on_result=keep_saved(self._saver(
+                                   Pattern.PROJECTION, np.arange(first, last, dtype=np.int64),
+                                   count, None), frames, angles_along=True))
+            data = keep_block(data, frames, "projection section")
             if gathered is None:
                 gathered = np.empty((data.shape[1], count, data.shape[2]), dtype=np.float32)
             gathered[:, first:last] = data.transpose(1, 0, 2)
