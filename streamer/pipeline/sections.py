@@ -115,6 +115,13 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
     refuse_save_result(steps, "several ranks")
     for step in steps:
+        tail = [param for param, link in step.linked if link.split(".", 1)[1] == "glob_stats"]
+        if tail:
+            raise ConfigError(
+                f"stage {step.name!r} ({step.where}): parameter {tail[0]!r} comes from "
+                "calculate_stats, HTTomo's image output, which `recon` writes on one rank "
+                "only: remove the output steps or run on one rank")
+    for step in steps:
         halo = step.spec.reach(step.params)
         if halo and step.spec.finds_center is None:
             raise ConfigError(
@@ -122,9 +129,3 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
                 f"{'frame' if step.spec.pattern is Pattern.PROJECTION else 'frame/row'}(s) "
                 "across the block axis, and R ranks do not yet give a block its neighbours "
                 "on other ranks (ADR 0019): run it on one rank (`recon`, or --ranks 1)")
-        tail = [param for param, link in step.linked if link.split(".", 1)[1] == "glob_stats"]
-        if tail:
-            raise ConfigError(
-                f"stage {step.name!r} ({step.where}): parameter {tail[0]!r} comes from "
-                "calculate_stats, HTTomo's image output, which `recon` writes on one rank "
-                "only: remove the output steps or run on one rank")
