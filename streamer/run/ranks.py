@@ -77,6 +77,7 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
+from streamer.pipeline.halo import keep_block, section_halo, window
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -917,13 +918,19 @@ class RankedReconstruction:
             block = self.block_sinograms or scan.processor.block_sinograms
             transfers, iterations = scan.processor.transfers, scan.processor.iterations
             count = -(-(last - first) // block)
-            blocks = ((begin, apply_steps(
-                data_steps, band.sinograms[begin:begin + block], darks=None, flats=None,
+            # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
+            # every row, R ranks refuse such steps)
+            halo = section_halo(data_steps)
+            rows_in = [window(begin, min(begin + block, last - first), last - first, halo)
+                       for begin in range(0, last - first, block)]
+            blocks = ((where.first, keep_block(apply_steps(
+                data_steps, band.sinograms[where.low:where.high], darks=None, flats=None,
                 angles_deg=band.angles_deg, transfers=transfers,
                 repairs=scan.processor.repairs, caches=scan.processor.caches,
-                on_iteration=iterations.listener(begin // block, count, first + begin,
-                                                 min(first + begin + block, last))))
-                for begin in range(0, last - first, block))
+                on_iteration=iterations.listener(where.first // block, count,
+                                                 first + where.first, first + where.last)),
+                where, "sinogram section"))
+                for where in rows_in)
         path = master
         writer: VolumeSink | None = None
         written = 0
