@@ -21,6 +21,7 @@ from streamer.errors import ConfigError
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, process_reader
 from streamer.pipeline.halo import keep_block, window
+from streamer.pipeline.plan import plan_blocks
 from streamer.pipeline.sections import refuse_on_ranks
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
@@ -183,3 +184,17 @@ def test_ranks_refuse_a_kernel_across_the_block_axis_with_one_line() -> None:
     local = parse_pipeline("pipeline:\n  - method: normalize\n  - method: median_filter\n"
                            "  - method: fbp\n", REGISTRY, source="local.yaml").steps
     refuse_on_ranks(local)  # a 2-D median in each frame: no neighbours needed
+
+
+def test_the_memory_plan_counts_the_halo() -> None:
+    """A block of n frames runs as n + 2 halo: the plan's peak is at that width."""
+    def plan(kernel: int) -> tuple[int, int]:
+        steps = parse_pipeline(f"pipeline:\n  - method: median_filter3d\n    parameters: "
+                               f"{{kernel_size: {kernel}}}\n", REGISTRY, source="m.yaml").steps
+        frame = 64 * 128 * 4
+        found = plan_blocks(steps, rows=64, cols=128, angles=1000, dtype=np.dtype("float32"),
+                            budget_bytes=int(4.5 * frame * 40))[0]
+        return found.block, found.peak_bytes
+
+    assert plan(3)[0] == 40 - 2 and plan(13)[0] == 40 - 12  # 2 x 1 and 2 x 6 neighbours
+    assert plan(3)[1] <= int(4.5 * 64 * 128 * 4 * 40)
