@@ -17,6 +17,7 @@ import pytest
 from stages.prep.repair import RepairCounts
 from stages.registry import REGISTRY
 from stages.spec import StageSpec
+from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, process_reader
@@ -198,3 +199,13 @@ def test_the_memory_plan_counts_the_halo() -> None:
 
     assert plan(3)[0] == 40 - 2 and plan(13)[0] == 40 - 12  # 2 x 1 and 2 x 6 neighbours
     assert plan(3)[1] <= int(4.5 * 64 * 128 * 4 * 40)
+
+
+def test_check_says_which_step_needs_neighbours(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    pipeline = tmp_path / "halo.yaml"
+    pipeline.write_text(PIPELINES["projection"])
+    assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: step 2 remove_outlier3d reaches 2 entries across its blocks: each block "
+            "gets its real neighbours on one rank; R ranks refuse it") in out
+    assert "step 3 median_filter3d reaches 1" in out and "step 1 normalize reaches" not in out
