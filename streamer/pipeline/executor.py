@@ -271,6 +271,14 @@ class ScanProcessor:
         #: ``halo`` of the previous block (:attr:`_behind`, as received) before it.
         self.halo = section_halo(self.projection_steps)
         self._behind: list[tuple[int, float, npt.NDArray[Any]]] = []
+        #: With a halo, frames may arrive out of order: every frame index below
+        #: ``_arrived_below`` has arrived (darks and flats too), those above it that have
+        #: are in ``_arrived_above``; a block waits until its neighbours are all in.
+        self._arrived_below = 0
+        self._arrived_above: set[int] = set()
+        #: Projections in blocks corrected before all their neighbours had arrived (a
+        #: frame lost, or later than two blocks): their kernels saw the frames at hand.
+        self.corrected_without_neighbours = 0
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         #: The frame index of each flat the correction gets (one after a data_reducer).
         self._flat_indices = np.empty(0, dtype=np.int64)
@@ -321,6 +329,8 @@ class ScanProcessor:
     def add(self, frames: Iterable[HeldFrame]) -> None:
         """Take frames (any order); process whatever is ready."""
         for frame in frames:
+            if self.halo:
+                self._arrived(frame.index)
             if frame.key == IMAGE_KEY_DARK:
                 self._darks[frame.index] = self._finite(frame.data, np.float32)  # a copy
             elif frame.key == IMAGE_KEY_FLAT:
@@ -331,8 +341,31 @@ class ScanProcessor:
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
-            while len(self._waiting) >= self.block_frames + self.halo:
+            while self._block_ready():
                 self._process_projections(self.block_frames)
+
+    def _arrived(self, index: int) -> None:
+        self._arrived_above.add(index)
+        while self._arrived_below in self._arrived_above:
+            self._arrived_above.discard(self._arrived_below)
+            self._arrived_below += 1
+
+    def _block_ready(self) -> bool:
+        """Whether the next projection block and the ``halo`` frames after it are in
+        (with a halo: every frame up to the last of them has arrived, or two blocks
+        wait, when a missing frame is taken as lost and counted)."""
+        waiting = len(self._waiting)
+        if waiting < self.block_frames + self.halo:
+            return False
+        if not self.halo:
+            return True
+        last_needed = sorted(self._waiting)[self.block_frames + self.halo - 1]
+        if last_needed < self._arrived_below:
+            return True
+        if waiting >= 2 * self.block_frames + self.halo:
+            self.corrected_without_neighbours += self.block_frames
+            return True
+        return False
 
     def drain(self, store: FrameStore) -> None:
         """Use as the ingest service's drain: take every held frame from the store."""

@@ -19,8 +19,9 @@ from stages.registry import REGISTRY
 from stages.spec import StageSpec
 from streamer.cli import main
 from streamer.errors import ConfigError
+from streamer.ingest.store import HeldFrame
 from streamer.pipeline.config import parse_pipeline
-from streamer.pipeline.executor import ProcessedBlock, process_reader
+from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, process_reader
 from streamer.pipeline.halo import keep_block, window
 from streamer.pipeline.plan import plan_blocks
 from streamer.pipeline.sections import refuse_on_ranks
@@ -209,3 +210,57 @@ def test_check_says_which_step_needs_neighbours(tmp_path, capsys) -> None:  # ty
     assert ("note: step 2 remove_outlier3d reaches 2 entries across its blocks: each block "
             "gets its real neighbours on one rank; R ranks refuse it") in out
     assert "step 3 median_filter3d reaches 1" in out and "step 1 normalize reaches" not in out
+
+
+def _frames(scan: SimulatedScan) -> list[HeldFrame]:
+    layout = scan.layout
+    data = scan.read(0, layout.frames)
+    return [HeldFrame(i, int(layout.image_keys[i]), float(layout.angles_deg[i]), data[i])
+            for i in range(layout.frames)]
+
+
+@pytest.mark.parametrize("order", ["in-order", "shuffled", "one-late", "reversed-pairs"])
+def test_frames_out_of_order_get_their_real_neighbours(order: str) -> None:
+    """Live frames arrive out of order: a block waits for the neighbours it needs, so
+    the volume equals the stored scan's (blocks of 3 frames, a 5³ median)."""
+    scan = SimulatedScan(SimulationConfig(rows=9, cols=40, projections=30, flats=4, darks=2,
+                                          zinger_rate=1.0, seed=3))
+    steps = parse_pipeline(PIPELINES["projection"], REGISTRY, source="halo.yaml").steps
+    frames = _frames(scan)
+    if order == "shuffled":  # each frame at most a few places from its own
+        rng = np.random.default_rng(11)
+        keys = np.arange(len(frames)) + rng.uniform(0, 4, len(frames))
+        frames = [frames[i] for i in np.argsort(keys)]
+    elif order == "one-late":  # projection 10 comes 4 frames late
+        late = frames.pop(6 + 10)
+        frames.insert(6 + 14, late)
+    elif order == "reversed-pairs":
+        frames = [f for pair in zip(frames[1::2], frames[0::2], strict=False) for f in pair]
+    blocks: list[ProcessedBlock] = []
+    processor = ScanProcessor(steps, start_header(scan.layout, "halo"), block_frames=3,
+                              block_sinograms=2, on_sinograms=blocks.append)
+    for first in range(0, len(frames), 2):  # two frames per message batch
+        processor.add(frames[first:first + 2])
+    processor.finish()
+    assert processor.corrected_without_neighbours == 0
+    assert processor.projections_done == 30
+    whole = _volume(PIPELINES["projection"], 1000, 1000)
+    np.testing.assert_allclose(np.concatenate([b.data for b in blocks]), whole, rtol=0,
+                               atol=1e-6 * float(np.abs(whole).max()))
+
+
+def test_a_frame_later_than_two_blocks_is_counted() -> None:
+    """A projection later than two blocks (or lost) does not hold the scan: the block is
+    corrected with the frames at hand, and counted."""
+    scan = SimulatedScan(SimulationConfig(rows=9, cols=40, projections=30, flats=4, darks=2,
+                                          seed=3))
+    steps = parse_pipeline(PIPELINES["projection"], REGISTRY, source="halo.yaml").steps
+    frames = _frames(scan)
+    late = frames.pop(6 + 10)
+    processor = ScanProcessor(steps, start_header(scan.layout, "halo"), block_frames=3,
+                              block_sinograms=2)
+    processor.add(frames)
+    assert processor.corrected_without_neighbours > 0
+    processor.add([late])
+    processor.finish()
+    assert processor.projections_done == 30
