@@ -81,6 +81,14 @@ from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import refuse_on_ranks, refuse_save_result, split_sections
+from streamer.run.center_streaming import (
+    DEFAULT_TOLERANCE_PX,
+    CenterMemory,
+    StreamingCenter,
+    center_note,
+    sample_key,
+    streaming_center_method,
+)
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -113,6 +121,7 @@ TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
+TAG_STREAM_CENTER: Final = 307
 #: The CoR method of a value set from the viewer (as on one rank).
 VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
@@ -185,6 +194,10 @@ class _ScanState:
     #: The band's streaming reconstruction (fed as pieces land), None: at close.
     streaming: StreamingSection | None = None
     streamed: bool = False  # the band's slices came from the streaming accumulators
+    #: ``estimate_center``: the streaming CoR decision (the same events on every rank).
+    center_state: StreamingCenter | None = None
+    #: Its report as the CoR owner decided it at close (``run``'s report ``center``).
+    center_report: dict[str, Any] | None = None
 
 
 @dataclass
@@ -237,6 +250,14 @@ class RankedReconstruction:
     #: Reconstruct each band while the scan arrives when the pipeline streams and its CoR
     #: is fixed (:func:`streamer.run.streaming.plan_streaming`); False: always at close.
     stream: bool = True
+    #: ``run``: a CoR left to be found streams too (:mod:`streamer.run.center_streaming`):
+    #: carried from the previous scan of the same sample, else from the opposite pair as
+    #: soon as it has arrived; checked at close against the final estimate, the volume
+    #: redone beyond ``center_tolerance`` px. False (``recon``): such a CoR is found at close.
+    estimate_center: bool = False
+    center_tolerance: float = DEFAULT_TOLERANCE_PX
+    #: The last CoR per sample (the same on every rank: every rank sees the same closes).
+    center_memory: CenterMemory = field(default_factory=CenterMemory)
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
     #: one scan reconstructed at a time, the next scan's frames wait in the ingest store,
     #: its start is taken up on the links once the worker is done. Under MPI the links
@@ -279,6 +300,8 @@ class RankedReconstruction:
     #: confidence), for its output.
     _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
         default_factory=dict)
+    #: Rank 0: the streaming CoR report of each closed scan (serial -> report ``center``).
+    _center_streaming: dict[int, dict[str, Any]] = field(default_factory=dict)
     #: Rank 0: its band's iterative-stage summary lines per closed scan (serial -> lines).
     _iterations: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
@@ -541,6 +564,8 @@ class RankedReconstruction:
             self._closing[serial] = close
         self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
                                        streaming=streaming)
+        if streaming is not None and self.estimate_center:
+            self._open_center(scan, streaming, admitted.center_owner)
         if observer is not None:
             observer.scan_opened(serial, start)
         early, self._inbox = self._inbox, []
@@ -557,7 +582,7 @@ class RankedReconstruction:
             return None
         plan = plan_streaming(self.steps, rows=last - first, cols=start.cols,
                               projections=start.projections, block_sinograms=block_sinograms,
-                              memory_left=memory_left)
+                              memory_left=memory_left, estimate_center=self.estimate_center)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: {plan.reason}")
         if plan.section is not None:
@@ -603,11 +628,14 @@ class RankedReconstruction:
         """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
         written (the sinogram section of a pipeline that reslices once)."""
         band = self._band(scan)
-        if viewer is not None:
+        # A streaming CoR is checked at close even when the viewer set one (its difference
+        # to the final estimate is reported).
+        checked = scan.center_state is not None and scan.close.center_owner is not None
+        if viewer is not None and not checked:
             scan.center, scan.center_method = viewer, VIEWER_METHOD
         else:
             try:  # every rank takes part, failed or not, so no peer waits for it
-                self._agree_center(scan, band)
+                self._agree_center(scan, band, viewer)
             except StreamerError:
                 if scan.failure is None:
                     raise
@@ -617,7 +645,9 @@ class RankedReconstruction:
             self._center_found[scan.serial] = (
                 center_label(scan.center_method, self.center_source),
                 scan.center_warnings, scan.center_confidence)
-        return self._write_part(scan, band, path)
+        part = self._write_part(scan, band, path)
+        self._settle_streaming_center(scan)
+        return part
 
     def _write_whole_scan(self, scan: _ScanState, master: Path,
                           viewer: float | None) -> PartWritten:
@@ -795,8 +825,10 @@ class RankedReconstruction:
         finders = [s for s in sinogram_steps if s.spec.finds_center is not None]
         return finders[-1] if finders else None
 
-    def _agree_center(self, scan: _ScanState, band: Band) -> None:
-        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+    def _agree_center(self, scan: _ScanState, band: Band, viewer: float | None = None,
+                      ) -> None:
+        """Find the CoR once, on the rank that owns the finder's row, and share it (with a
+        streaming CoR: the final estimate, and the decision it leads to)."""
         owner = scan.close.center_owner
         if owner is None:
             return
@@ -822,11 +854,15 @@ class RankedReconstruction:
                 scan.center_confidence = getattr(found, "confidence", None)
             except StreamerError as failure:
                 error = str(failure)
-                self.last_error = self.last_error or failure
+                if scan.center_state is None:
+                    self.last_error = self.last_error or failure
+            if scan.center_state is not None:
+                center, method, error = self._decide_center(scan, center, method, error,
+                                                            viewer)
             scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
                 "serial": scan.serial, "center": center, "method": method,
-                "error": error}))
+                "error": error, "streaming": scan.center_report}))
         else:
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
@@ -834,6 +870,90 @@ class RankedReconstruction:
         if agreed.error is not None:
             raise StreamerError(agreed.error)
         scan.center, scan.center_method = agreed.center, agreed.method
+
+    # --- the streaming CoR (``estimate_center``) -----------------------------------------
+
+    def _open_center(self, scan: _ScanState, section: StreamingSection,
+                     owner: int | None) -> None:
+        """The scan's streaming CoR at its open (every rank alike): a given or carried CoR
+        starts the accumulators at once; else they wait (keeping the blocks) and the rank
+        that owns the CoR row watches for the opposite pair."""
+        key = sample_key(scan.start)
+        carried = None
+        if section.center is None and key is not None:
+            carried = self.center_memory.recall(key)
+        state = scan.center_state = StreamingCenter(tolerance=self.center_tolerance,
+                                                    given=section.center, carried=carried)
+        start = state.opened()
+        if start is not None:
+            section.start(start.center)
+            if carried is not None and self.log is not None and self.control.rank == 0:
+                self.log(f"scan {scan.start.scan}: streaming with the CoR {carried:.2f} "
+                         f"carried from the previous scan of sample {key}")
+        elif owner == self.control.rank:
+            section.on_pair = lambda value: self._pair_found(scan, value)
+
+    def _pair_found(self, scan: _ScanState, value: float) -> None:
+        """The CoR owner's band completed the opposite pair: every rank starts with it
+        (this message reaches each peer before the CoR agreed at close)."""
+        self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
+            {"serial": scan.serial, "pair": value}))
+        self._pair_agreed(scan, value)
+
+    def _pair_agreed(self, scan: _ScanState, value: float) -> None:
+        state, section = scan.center_state, scan.streaming
+        if state is None or state.outcome is not None:
+            return
+        start = state.pair_found(value)
+        if start is None or section is None:
+            return
+        kept = section.kept_blocks
+        section.start(start.center)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {scan.start.scan}: CoR {value:.2f} from the opposite pair: "
+                     f"streaming starts ({kept} kept blocks added)")
+
+    def _decide_center(self, scan: _ScanState, final: float | None, method: str | None,
+                       error: str | None, viewer: float | None,
+                       ) -> tuple[float | None, str | None, str | None]:
+        """The CoR owner at close: the streaming CoR's outcome against the final estimate
+        (``final``, found by ``method``; ``error``: why not), as (centre, how, error)."""
+        state = scan.center_state
+        assert state is not None
+        if viewer is not None:
+            state.viewer_set(viewer)
+        before = state.center
+        try:
+            outcome = state.closed(final if error is None else None)
+        except StreamerError:
+            failure = StreamerError(error or "streaming CoR: none was found")
+            self.last_error = self.last_error or failure
+            return None, None, str(failure)
+        report = state.report()
+        report.update(used_during_scan=before, final=final if error is None else None,
+                      difference=None if before is None or final is None or error
+                      else round(abs(final - before), 4))
+        if error is not None:
+            report["final_error"] = error
+        scan.center_report = report
+        return outcome.center, streaming_center_method(outcome, method), None
+
+    def _settle_streaming_center(self, scan: _ScanState) -> None:
+        """After the band is written: the CoR is remembered for the sample's next scan
+        (every rank alike) and rank 0 keeps the report's ``center``."""
+        state = scan.center_state
+        if state is None:
+            return
+        center = scan.center if scan.center is not None else state.center
+        key = sample_key(scan.start)
+        if key is not None and center is not None:
+            self.center_memory.remember(key, center)
+        if self.control.rank == 0:
+            if scan.center_report is None and state.outcome is None and state.center is not None:
+                state.closed(None)  # a given CoR: not checked at close
+            report = dict(scan.center_report or state.report())
+            report.update(streamed=scan.streamed, sample=key)
+            self._center_streaming[scan.serial] = report
 
     # --- writing -----------------------------------------------------------------------
 
@@ -937,8 +1057,11 @@ class RankedReconstruction:
         evicted = band.rejected.get("over_capacity", 0)
         if evicted and section.fallback is None:
             section.fallback = f"{evicted} projections beyond the announced ones"
-        viewer = scan.center if scan.center_method == VIEWER_METHOD else None
-        blocks = section.finish(band.angles_deg, complete, center_override=viewer,
+        # The viewer's CoR, or the streaming CoR agreed at close: the accumulators' CoR
+        # must be that one, else the band is reconstructed at close with it.
+        agreed = scan.center_method == VIEWER_METHOD or scan.center_state is not None
+        blocks = section.finish(band.angles_deg, complete,
+                                center_override=scan.center if agreed else None,
                                 should_stop=lambda: False)  # stop: between blocks, above
         if blocks is None:
             return None
@@ -1016,6 +1139,9 @@ class RankedReconstruction:
             self.log(f"scan {scan_id}: warning: {warning}")
         slices = sum(p.slices for p in parts.values())
         error = "; ".join(errors) or None
+        streaming_center = self._center_streaming.pop(serial, None)
+        if streaming_center is not None:
+            document["center"] = streaming_center
         held = self._held.pop(serial, None)
         latency = self._latency.pop(scan_id, None)
         line = None
@@ -1061,6 +1187,9 @@ class RankedReconstruction:
                          figures=figures if output.path is not None else {})
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
+        if streaming_center is not None:  # the report's ``center`` and a terminal line
+            output = replace(output, figures={**output.figures, "center": streaming_center},
+                             notes=(*output.notes, center_note(streaming_center)))
         self._publish(output)
         return output
 
@@ -1131,8 +1260,13 @@ class RankedReconstruction:
         elif received.tag == TAG_PATH:
             scan.path = Path(str(message["path"]))
             scan.close.path_received()
+        elif received.tag == TAG_STREAM_CENTER:
+            self._pair_agreed(scan, float(message["pair"]))
         elif received.tag == TAG_CENTER:
             center = message["center"]
+            report = message.get("streaming")
+            if isinstance(report, dict):
+                scan.center_report = report
             scan.close.center_agreed(CenterAgreed(
                 None if center is None else float(center), message["method"],
                 message["error"]))
