@@ -261,7 +261,7 @@ def streaming_center_method(outcome: Outcome, final_method: str | None) -> str:
 def center_note(report: dict[str, Any]) -> str:
     """The terminal line of a streamed scan's CoR (from :meth:`StreamingCenter.report`
     as the runner completes it)."""
-    used, final = report.get("used_during_scan"), report.get("final")
+    used, final = report.get("streamed_with"), report.get("final")
     line = f"CoR: {report.get('source')} {_px(report.get('center'))}"
     if used is not None and used != report.get("center"):
         line += f" (streamed with {_px(used)})"

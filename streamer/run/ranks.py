@@ -920,9 +920,10 @@ class RankedReconstruction:
         (``final``, found by ``method``; ``error``: why not), as (centre, how, error)."""
         state = scan.center_state
         assert state is not None
+        streamed_with = state.center  # the accumulators' (None: none was known)
         if viewer is not None:
             state.viewer_set(viewer)
-        before = state.center
+        before = state.center  # the one the final estimate is compared with
         try:
             outcome = state.closed(final if error is None else None)
         except StreamerError:
@@ -930,7 +931,7 @@ class RankedReconstruction:
             self.last_error = self.last_error or failure
             return None, None, str(failure)
         report = state.report()
-        report.update(used_during_scan=before, final=final if error is None else None,
+        report.update(streamed_with=streamed_with, final=final if error is None else None,
                       difference=None if before is None or final is None or error
                       else round(abs(final - before), 4))
         if error is not None:

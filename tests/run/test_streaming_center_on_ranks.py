@@ -6,6 +6,7 @@ with the batch reconstruction of the same scan at the CoR the report says was us
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from stages.registry import REGISTRY
 from streamer.exchange.links import MemoryLink
 from streamer.ingest.store import HeldFrame
+from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings
 from streamer.run.one_rank import ScanOutput
@@ -46,13 +48,16 @@ def _volume(path: Path) -> np.ndarray:
 
 
 def _feed(ranked: RankedReconstruction, reader: FrameReader, scan: str, sample: str | None,
-          *, viewer_at: float | None = None) -> ScanOutput | None:
-    """The runner driven as ingest drives it: open, this rank's blocks, close, master."""
+          *, opened: Callable[[], None] | None = None) -> ScanOutput | None:
+    """The runner driven as ingest drives it: open, this rank's blocks, close, master
+    (``opened``: called once the scan is open)."""
     layout = reader.layout
     start = start_header(layout, scan)
     if sample is not None:
         start = start.model_copy(update={"metadata": {"sample": sample}})
     ranked.open_scan(start)
+    if opened is not None:
+        opened()
     rank, ranks = ranked.control.rank, ranked.control.size
     keys, angles = layout.image_keys, layout.angles_deg
     for number, first in enumerate(range(0, layout.frames, BLOCK)):
@@ -141,7 +146,7 @@ def test_a_wrong_carried_cor_streams_then_the_volume_is_redone_at_the_final_cor(
     center = second.figures["center"]
     assert any(f"CoR {carried:.2f} carried from the previous scan of sample s1" in line
                for line in lines), lines
-    assert center["used_during_scan"] == carried and center["redone"], center
+    assert center["streamed_with"] == carried and center["redone"], center
     assert center["source"] == "final" and center["center"] == center["final"]
     assert abs(center["final"] - TRUE_COR) < 0.3 and center["difference"] > 3.5
     assert not center["streamed"]
@@ -208,3 +213,34 @@ def test_a_360_scan_gets_its_pair_half_way(tmp_path: Path, ranks: int) -> None:
     assert started and started[0] <= HALF_WAY.projections * 0.6, started
     error = _close(_volume(output.path), _batch(tmp_path, HALF_WAY, ranks, center["center"]))
     assert 0 < error < 1e-5, error
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_viewer_cor_wins_and_the_final_estimate_is_reported(tmp_path: Path,
+                                                              ranks: int) -> None:
+    """The viewer's CoR (as the feed's ``set_center`` stores it on rank 0, decided for
+    every rank through the relay) is the volume's, though the pair streamed another."""
+    viewer = TRUE_COR + 1.25
+    lines: list[str] = []
+
+    def work(link: MemoryLink) -> ScanOutput | None:
+        ranked = _runner(link, tmp_path, lines)
+        relay = FeedRelay(link.duplicate(), None)
+        ranked.observer = relay
+
+        def set_in_the_viewer() -> None:  # as the feed's set_center stores it (rank 0)
+            if link.rank == 0:
+                relay._target.center_override = viewer
+        return _feed(ranked, SimulatedScan(CONFIG), "viewer", None, opened=set_in_the_viewer)
+
+    output = run_ranks(ranks, work)[0]
+    assert output is not None and output.complete, output
+    center = output.figures["center"]
+    assert center["source"] == "viewer" and center["center"] == viewer, center
+    assert not center["redone"] and not center["streamed"]
+    assert abs(center["streamed_with"] - TRUE_COR) < 0.3  # the pair streamed first
+    assert abs(center["difference"] - 1.25) < 0.3
+    assert output.center == viewer and (output.center_method or "").startswith("user (viewer)")
+    assert "kept the viewer CoR" in (output.center_method or "")
+    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, viewer))
+    assert error < 1e-5, error
