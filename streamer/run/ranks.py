@@ -911,7 +911,7 @@ class RankedReconstruction:
         section.start(start.center)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {scan.start.scan}: CoR {value:.2f} from the opposite pair: "
-                     f"streaming starts ({kept} kept blocks added)")
+                     f"streaming starts ({kept} kept block{'' if kept == 1 else 's'} added)")
 
     def _decide_center(self, scan: _ScanState, final: float | None, method: str | None,
                        error: str | None, viewer: float | None,

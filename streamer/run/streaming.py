@@ -32,7 +32,7 @@ from stages.prep.repair import RepairCounts
 from stages.recon.fourier import FourierFbpCache, FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
 from stages.spec import Pattern
-from streamer.errors import StageError
+from streamer.errors import StageError, StreamerError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, apply_steps
 from streamer.pipeline.sections import sections_of
@@ -188,7 +188,13 @@ class StreamingSection:
             return
         self.blocks_added += 1
         if self._pair is not None and self.on_pair is not None:
-            found = self._pair.add(block.angles_deg, block.data)
+            try:
+                found = self._pair.add(block.angles_deg, block.data)
+            except StreamerError as error:  # e.g. non-finite values: no early CoR
+                self._pair = None
+                if self.log is not None:
+                    self.log(f"streaming: no CoR from the opposite pair: {error}")
+                return
             if found is not None:
                 self._pair = None
                 self.on_pair(found)

@@ -6,6 +6,7 @@ with the batch reconstruction of the same scan at the CoR the report says was us
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from stages.registry import REGISTRY
+from streamer.cli import main
 from streamer.exchange.links import MemoryLink
 from streamer.ingest.store import HeldFrame
 from streamer.live.relay import FeedRelay
@@ -26,6 +28,7 @@ from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.protocol import IMAGE_KEY_PROJECTION
+from tests.conftest import start_consumer_cli
 from tests.run.ranks import run_ranks
 
 TRUE_COR = 33.5
@@ -244,3 +247,30 @@ def test_a_viewer_cor_wins_and_the_final_estimate_is_reported(tmp_path: Path,
     assert "kept the viewer CoR" in (output.center_method or "")
     error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, viewer))
     assert error < 1e-5, error
+
+
+def test_run_streams_with_the_pair_and_reports_the_cor(tmp_path: Path, python: str,
+                                                       cli_env: Any) -> None:
+    """The documented example: ``run`` with a pipeline that leaves the CoR to be found
+    and ``--center-tolerance``; the terminal and the JSON report say what was used."""
+    pipeline = tmp_path / "found.yaml"
+    pipeline.write_text(FOUND)
+    out = tmp_path / "volumes"
+    process, address = start_consumer_cli(
+        python, cli_env, "run", str(pipeline), "--scans", "1", "--out", str(out),
+        "--center-tolerance", "0.25")
+    try:
+        assert main(["simulate", "--connect", address, "--rows", "4", "--cols", "48",
+                     "--projections", "120", "--range", "360", "--cor", "22.5",
+                     "--scan-id", "turn", "--quiet"]) == 0
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "from the opposite pair: streaming starts" in stderr + stdout
+    assert "CoR: pair 22.5" in stdout and "tolerance 0.25" in stdout, stdout
+    report = json.loads((out / "turn.json").read_text())
+    center = report["center"]
+    assert center["source"] == "pair" and center["streamed"] and not center["redone"]
+    assert abs(center["center"] - 22.5) < 0.2 and center["tolerance"] == 0.25
+    assert report["latency"]["reconstruction"] == "streaming"
