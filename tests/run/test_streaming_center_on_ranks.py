@@ -212,8 +212,9 @@ def test_a_360_scan_gets_its_pair_half_way(tmp_path: Path, ranks: int) -> None:
     center = output.figures["center"]
     assert center["source"] == "pair" and center["streamed"] and not center["redone"]
     assert abs(center["center"] - TRUE_COR) < 0.3
-    # the pair (0° and 180°) was in after about half the projections, not at the end
-    assert started and started[0] <= HALF_WAY.projections * 0.6, started
+    assert started, lines  # rank 0 was told (on R ranks by the CoR row's rank)
+    if ranks == 1:  # the pair (0° and 180°) was in after about half the projections
+        assert started[0] <= HALF_WAY.projections * 0.6, started
     error = _close(_volume(output.path), _batch(tmp_path, HALF_WAY, ranks, center["center"]))
     assert 0 < error < 1e-5, error
 
