@@ -580,9 +580,13 @@ class RankedReconstruction:
         first, last = row_bands(start.rows, self.control.size)[self.control.rank]
         if not self.stream or last == first:
             return None
+        key = sample_key(start) if self.estimate_center else None
         plan = plan_streaming(self.steps, rows=last - first, cols=start.cols,
                               projections=start.projections, block_sinograms=block_sinograms,
-                              memory_left=memory_left, estimate_center=self.estimate_center)
+                              memory_left=memory_left, estimate_center=self.estimate_center,
+                              center_known=key is not None
+                              and self.center_memory.recall(key) is not None,
+                              scan_range_deg=start.geometry.scan_range_deg)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: {plan.reason}")
         if plan.section is not None:
@@ -941,15 +945,17 @@ class RankedReconstruction:
 
     def _settle_streaming_center(self, scan: _ScanState) -> None:
         """After the band is written: the CoR is remembered for the sample's next scan
-        (every rank alike) and rank 0 keeps the report's ``center``."""
+        (every rank alike, streamed or not) and rank 0 keeps the report's ``center``."""
         state = scan.center_state
-        if state is None:
+        if not self.estimate_center:
             return
-        center = scan.center if scan.center is not None else state.center
+        center = scan.center
+        if center is None and state is not None:
+            center = state.center  # a given CoR (not agreed at close)
         key = sample_key(scan.start)
         if key is not None and center is not None:
             self.center_memory.remember(key, center)
-        if self.control.rank == 0:
+        if state is not None and self.control.rank == 0:
             if scan.center_report is None and state.outcome is None and state.center is not None:
                 state.closed(None)  # a given CoR: not checked at close
             report = dict(scan.center_report or state.report())

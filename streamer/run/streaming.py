@@ -43,6 +43,11 @@ __all__ = ["StreamingSection", "plan_streaming"]
 
 #: Angles within this fraction of a step of the plan are on it.
 _STEP_TOLERANCE = 1e-4
+#: A pair whose last projection lies beyond this fraction of the plan comes too late to
+#: start the accumulators: adding the kept blocks then (each costs 1.75-4x its share of
+#: the batch reconstruction) would be slower than reconstructing them at close. A
+#: property of the plan, the same on every rank whatever order the pieces land in.
+LATE_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,17 @@ def _band_rows(rows: int, block_sinograms: int) -> int:
 def plan_streaming(
     steps: tuple[PipelineStep, ...], *, rows: int, cols: int, projections: int,
     block_sinograms: int, memory_left: int, estimate_center: bool = False,
+    center_known: bool = False, scan_range_deg: float | None = None,
 ) -> StreamingPlan:
     """A :class:`StreamingSection` for a scan of ``rows × cols`` and ``projections``, or
-    the reason it is reconstructed at close. ``estimate_center``: a CoR left to be found
-    streams too (the runner decides it during the scan); the blocks kept until then (at
-    most the whole band) are counted with the accumulators."""
+    the reason it is reconstructed at close.
+
+    ``estimate_center``: a CoR left to be found streams too (the runner decides it during
+    the scan). Unless it is known at the start (``center_known``: carried), the blocks
+    kept until it is are counted with the accumulators: the whole band (the bound: a
+    360° scan keeps about half of it, but pieces land in any order on R ranks); a scan
+    known to cover less than 360° is reconstructed at close (its opposite pair comes
+    with its last projections: streaming would only add work after the last frame)."""
     kind = streaming_kind(steps)
     if not kind.streaming:
         return StreamingPlan(None, kind.describe())
@@ -82,7 +93,14 @@ def plan_streaming(
     band = _band_rows(rows, block_sinograms)
     need = sum(streaming_memory(min(band, rows - first), cols, projections, params)
                for first in range(0, rows, band))
-    keep = rows * projections * cols * 4 if params.center is None else 0
+    keep = 0
+    if params.center is None and not center_known:
+        if scan_range_deg is not None and scan_range_deg < 360.0 - 1e-6:
+            return StreamingPlan(None, f"reconstruction: at close (the CoR is found at close: "
+                                       f"a {scan_range_deg:g}° scan's opposite pair comes with "
+                                       "its last projections; give the CoR, or name the "
+                                       "sample in the start metadata to carry it, to stream)")
+        keep = rows * projections * cols * 4
     mib = 2**20
     if need + keep > memory_left:
         kept = f" and {keep / mib:,.1f} MiB of blocks kept until the CoR is known" if keep else ""
@@ -143,6 +161,7 @@ class StreamingSection:
         default_factory=list)
     _kept_bytes: int = 0
     _pair: PairWatch | None = None
+    _late: bool = False  # the plan's pair comes too late to start (LATE_FRACTION)
 
     @property
     def _before(self) -> tuple[PipelineStep, ...]:
@@ -174,8 +193,11 @@ class StreamingSection:
             if self._planned is None:
                 self._planned = _planned_angles(block.angles_deg, self.projections)
                 self._shape = (int(sinograms.shape[0]), int(sinograms.shape[2]))
+                watch = PairWatch.for_plan(self._planned, self._shape[0])
+                self._late = watch is None or max(watch.wanted) > LATE_FRACTION * (
+                    self.projections - 1)
                 if self.on_pair is not None:
-                    self._pair = PairWatch.for_plan(self._planned, self._shape[0])
+                    self._pair = watch
             if self._before:
                 sinograms = apply_steps(self._before, sinograms, darks=None, flats=None,
                                         angles_deg=block.angles_deg, repairs=self.repairs)
@@ -232,6 +254,10 @@ class StreamingSection:
         if restart:
             self._give_up(f"the CoR changed to {center:.2f} during the scan and the blocks "
                           "were not kept")
+            return
+        if self._late and self._kept:
+            self._give_up("the opposite pair comes with the scan's last projections: "
+                          "reconstructing at close costs less than adding the kept blocks")
             return
         kept, self._kept, self._kept_bytes = self._kept, [], 0
         try:

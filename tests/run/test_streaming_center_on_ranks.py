@@ -27,7 +27,7 @@ from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.wire.protocol import IMAGE_KEY_PROJECTION
+from streamer.wire.protocol import IMAGE_KEY_PROJECTION, Geometry
 from tests.conftest import start_consumer_cli
 from tests.run.ranks import run_ranks
 
@@ -51,13 +51,17 @@ def _volume(path: Path) -> np.ndarray:
 
 
 def _feed(ranked: RankedReconstruction, reader: FrameReader, scan: str, sample: str | None,
-          *, opened: Callable[[], None] | None = None) -> ScanOutput | None:
+          *, opened: Callable[[], None] | None = None, range_known: bool = True,
+          ) -> ScanOutput | None:
     """The runner driven as ingest drives it: open, this rank's blocks, close, master
-    (``opened``: called once the scan is open)."""
+    (``opened``: called once the scan is open; ``range_known``: the start header says
+    the scan's range, as the simulator's does)."""
     layout = reader.layout
     start = start_header(layout, scan)
     if sample is not None:
         start = start.model_copy(update={"metadata": {"sample": sample}})
+    if not range_known:
+        start = start.model_copy(update={"geometry": Geometry()})
     ranked.open_scan(start)
     if opened is not None:
         opened()
@@ -106,13 +110,23 @@ def _close(volume: np.ndarray, reference: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_the_pair_estimate_streams_and_is_kept_when_the_final_estimate_agrees(
+def test_a_360_scan_streams_with_its_pair_from_half_way_and_keeps_it(
         tmp_path: Path, ranks: int) -> None:
+    """No CoR given: the blocks are kept until the pair (0° and 180°) is in, half-way;
+    then every rank streams with it, and the final estimate at close agrees."""
     lines: list[str] = []
+    started: list[int | None] = []
 
     def work(link: MemoryLink) -> ScanOutput | None:
         ranked = _runner(link, tmp_path, lines)
-        return _feed(ranked, SimulatedScan(CONFIG), "pair", None)
+        if link.rank == 0:
+            def log(line: str) -> None:
+                if "from the opposite pair" in line:  # how many frames had come by then
+                    scan = ranked._scan  # (None: told during the close, on R ranks)
+                    started.append(None if scan is None else scan.processor.projections_done)
+                lines.append(line)
+            ranked.log = log
+        return _feed(ranked, SimulatedScan(HALF_WAY), "turn", None)
 
     output = run_ranks(ranks, work)[0]
     assert output is not None and output.complete, output
@@ -120,12 +134,52 @@ def test_the_pair_estimate_streams_and_is_kept_when_the_final_estimate_agrees(
     assert center["source"] == "pair" and not center["redone"] and center["streamed"], center
     assert abs(center["center"] - TRUE_COR) < 0.3 and abs(center["final"] - TRUE_COR) < 0.3
     assert center["difference"] <= center["tolerance"] == 0.5
-    assert any("from the opposite pair: streaming starts" in line for line in lines), lines
-    assert not any("back to reconstruction at close" in line for line in lines), lines
-    assert output.center == center["center"]
+    assert center["streamed_with"] == center["center"] == output.center
     assert "pair (streaming)" in (output.center_method or "")
-    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, center["center"]))
+    assert not any("back to reconstruction at close" in line for line in lines), lines
+    assert started, lines  # rank 0 was told (on R ranks by the CoR row's rank)
+    if ranks == 1:  # the pair was in after about half the projections
+        assert started[0] is not None and started[0] <= HALF_WAY.projections * 0.6, started
+    error = _close(_volume(output.path), _batch(tmp_path, HALF_WAY, ranks, center["center"]))
     assert 0 < error < 1e-5, error  # 0 would mean the batch path ran twice
+
+
+def test_a_180_scan_without_a_cor_is_reconstructed_at_close(tmp_path: Path) -> None:
+    """Its pair comes with its last projections: streaming would only add work after
+    the last frame, so the plan says at close (the CoR policy's, as before)."""
+    lines: list[str] = []
+
+    def work(link: MemoryLink) -> ScanOutput | None:
+        return _feed(_runner(link, tmp_path, lines), SimulatedScan(CONFIG), "half", None)
+
+    output = run_ranks(1, work)[0]
+    assert output is not None and output.complete and "center" not in output.figures
+    assert any("a 180° scan's opposite pair comes with its last projections" in line
+               for line in lines), lines
+    assert output.center is not None and abs(output.center - TRUE_COR) < 0.3
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_pair_that_comes_last_is_used_at_close_not_added_late(tmp_path: Path,
+                                                                ranks: int) -> None:
+    """A 180° scan whose start does not say its range: its blocks are kept, the pair
+    comes with the last projections, and the band is reconstructed at close with it
+    (adding every kept block then would cost more than the batch)."""
+    lines: list[str] = []
+
+    def work(link: MemoryLink) -> ScanOutput | None:
+        return _feed(_runner(link, tmp_path, lines), SimulatedScan(CONFIG), "late", None,
+                     range_known=False)
+
+    output = run_ranks(ranks, work)[0]
+    assert output is not None and output.complete, output
+    center = output.figures["center"]
+    assert center["source"] == "pair" and not center["redone"] and not center["streamed"]
+    assert abs(center["center"] - TRUE_COR) < 0.3, center
+    assert any("the opposite pair comes with the scan's last projections" in line
+               for line in lines), lines
+    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, center["center"]))
+    assert error < 1e-5, error
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -144,8 +198,8 @@ def test_a_wrong_carried_cor_streams_then_the_volume_is_redone_at_the_final_cor(
 
     first, second = run_ranks(ranks, work)[0]
     assert first is not None and second is not None and second.complete, second
-    carried = first.figures["center"]["center"]
-    assert abs(carried - (TRUE_COR - 4)) < 0.3, first.figures
+    carried = first.center  # found at close (a 180° scan with no CoR yet)
+    assert carried is not None and abs(carried - (TRUE_COR - 4)) < 0.3, first
     center = second.figures["center"]
     assert any(f"CoR {carried:.2f} carried from the previous scan of sample s1" in line
                for line in lines), lines
@@ -171,7 +225,7 @@ def test_a_carried_cor_that_agrees_streams_from_the_first_block(tmp_path: Path) 
     assert second is not None and first is not None
     center = second.figures["center"]
     assert center["source"] == "carried" and center["streamed"] and not center["redone"]
-    assert center["center"] == first.figures["center"]["center"]
+    assert center["center"] == first.center
     assert "pair" not in center["estimates"]  # started at once: no pair was waited for
 
 
@@ -180,43 +234,12 @@ def test_another_sample_carries_nothing(tmp_path: Path) -> None:
 
     def work(link: MemoryLink) -> ScanOutput | None:
         ranked = _runner(link, tmp_path, lines)
-        _feed(ranked, SimulatedScan(CONFIG), "first", "s1")
-        return _feed(ranked, SimulatedScan(CONFIG), "second", "s2")
+        _feed(ranked, SimulatedScan(HALF_WAY), "first", "s1")
+        return _feed(ranked, SimulatedScan(HALF_WAY), "second", "s2")
 
     output = run_ranks(1, work)[0]
     assert output is not None and output.figures["center"]["source"] == "pair"
-
-
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_a_360_scan_gets_its_pair_half_way(tmp_path: Path, ranks: int) -> None:
-    lines: list[str] = []
-    started: list[int] = []
-
-    def work(link: MemoryLink) -> ScanOutput | None:
-        ranked = _runner(link, tmp_path, lines)
-        if link.rank == 0:
-            ranked.on_block = None
-            original = ranked.log
-
-            def log(line: str) -> None:
-                if "from the opposite pair" in line:  # how many frames had come by then
-                    assert ranked._scan is not None
-                    started.append(ranked._scan.processor.projections_done)
-                if original is not None:
-                    original(line)
-            ranked.log = log
-        return _feed(ranked, SimulatedScan(HALF_WAY), "turn", None)
-
-    output = run_ranks(ranks, work)[0]
-    assert output is not None and output.complete
-    center = output.figures["center"]
-    assert center["source"] == "pair" and center["streamed"] and not center["redone"]
-    assert abs(center["center"] - TRUE_COR) < 0.3
-    assert started, lines  # rank 0 was told (on R ranks by the CoR row's rank)
-    if ranks == 1:  # the pair (0° and 180°) was in after about half the projections
-        assert started[0] <= HALF_WAY.projections * 0.6, started
-    error = _close(_volume(output.path), _batch(tmp_path, HALF_WAY, ranks, center["center"]))
-    assert 0 < error < 1e-5, error
+    assert not any("carried" in line for line in lines), lines
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -235,7 +258,8 @@ def test_a_viewer_cor_wins_and_the_final_estimate_is_reported(tmp_path: Path,
         def set_in_the_viewer() -> None:  # as the feed's set_center stores it (rank 0)
             if link.rank == 0:
                 relay._target.center_override = viewer
-        return _feed(ranked, SimulatedScan(CONFIG), "viewer", None, opened=set_in_the_viewer)
+        return _feed(ranked, SimulatedScan(HALF_WAY), "viewer", None,
+                     opened=set_in_the_viewer)
 
     output = run_ranks(ranks, work)[0]
     assert output is not None and output.complete, output
@@ -246,7 +270,7 @@ def test_a_viewer_cor_wins_and_the_final_estimate_is_reported(tmp_path: Path,
     assert abs(center["difference"] - 1.25) < 0.3
     assert output.center == viewer and (output.center_method or "").startswith("user (viewer)")
     assert "kept the viewer CoR" in (output.center_method or "")
-    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, viewer))
+    error = _close(_volume(output.path), _batch(tmp_path, HALF_WAY, ranks, viewer))
     assert error < 1e-5, error
 
 
