@@ -24,7 +24,10 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
    rank finishes sending and waits for its band.
 3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
    the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
-   it to everyone — the same value on every rank, the same row as on one rank.
+   it to everyone — the same value on every rank, the same row as on one rank. With
+   ``estimate_center`` (``run``) a streamed scan's CoR is decided earlier, by the same
+   rank (the opposite pair, or carried from the sample's previous scan), and this step
+   checks it and may redo the band (ADR 0013, :mod:`streamer.run.center_streaming`).
 4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
 5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
    the volume with the report inside, or writes the master / the stack's sidecar) when
