@@ -100,6 +100,13 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
                     (3, 15, 21)),
     "LPRec3d_tomobar": ({"center": 10.3, "recon_size": 18}, (2, 15, 21)),
     "tomopy_recon": ({"center": 10.3}, (2, 15, 21)),
+    # last session's TomoPy/httomolib stages, made device-ready (H40)
+    "binary_thresholding": ({"val_intensity": 0.4}, (3, 8, 9)),
+    "median_filter_nonfinite": ({"size": 3}, (3, 8, 9)),
+    "shift_images": ({"sx": (0.5, -1.25, 2.0), "sy": (1.5, 0.3, -0.7)}, (3, 8, 9)),
+    "stripes_detect3d": ({"size": 2, "radius": 1}, (3, 8, 9)),
+    "stripes_mask3d": ({"threshold": 0.9, "min_stripe_length": 3, "min_stripe_depth": 1,
+                        "min_stripe_width": 2}, (3, 8, 9)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32

@@ -1,0 +1,92 @@
+"""Last session's TomoPy/httomolib stages on the device path, beyond the one small case
+each gets in ``test_device_namespace.py``: the branches that case does not reach (Otsu's
+histogram, a window with no finite value, shifts indexed by projection number, stripes
+actually found, rings actually removed), each on the CuPy-mannered CPU namespace against
+the host stage, bit for bit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stages.prep.repair import RepairCounts
+from stages.registry import REGISTRY
+from streamer.errors import StageError
+from tests.stages import device_like
+
+DEVICE = device_like.NAMESPACE
+
+
+def _both(name: str, block: np.ndarray[Any, Any], **extra: Any) -> tuple[Any, Any]:
+    spec = REGISTRY[name]
+    params = spec.params(**extra.pop("params", {}))
+    host = spec.run(block.copy(), params, **extra)
+    device = spec.run(device_like.DeviceLikeArray(block.copy()), params, **extra)
+    assert isinstance(device, device_like.DeviceLikeArray), "the result left the device"
+    return host, DEVICE.asnumpy(device)
+
+
+def test_otsu_threshold_is_computed_on_the_device() -> None:
+    rng = np.random.default_rng(4)
+    block = np.concatenate([rng.normal(0.2, 0.05, 300), rng.normal(0.8, 0.05, 240)])
+    block = block.reshape(3, 12, 15).astype(np.float32)
+    host, device = _both("binary_thresholding", block, params={"otsu": True})
+    np.testing.assert_array_equal(device, host)
+    assert 200 < host.sum() < 340  # the upper mode, found by the threshold
+
+
+def test_otsu_on_the_device_refuses_nan_in_one_line() -> None:
+    block = np.ones((2, 4, 5), dtype=np.float32)
+    block[1, 2, 3] = np.nan
+    spec = REGISTRY["binary_thresholding"]
+    with pytest.raises(StageError, match="expected finite values"):
+        spec.run(device_like.DeviceLikeArray(block), spec.params(otsu=True))
+
+
+def test_nonfinite_median_repairs_and_counts_on_the_device() -> None:
+    block = np.random.default_rng(2).random((2, 9, 11), dtype=np.float32)
+    block[0, 0, 0] = np.nan  # a corner
+    block[1, 4, 4:7] = np.inf  # a run
+    block[1, 8, 10] = -np.inf
+    host_counts, device_counts = RepairCounts(), RepairCounts()
+    host, device = _both("median_filter_nonfinite", block, params={"size": 3},
+                         repairs=host_counts)
+    _both("median_filter_nonfinite", block, params={"size": 3}, repairs=device_counts)
+    np.testing.assert_array_equal(device, host)
+    assert np.isfinite(host).all()
+    assert host_counts.counts == device_counts.counts
+
+
+def test_nonfinite_median_refuses_an_empty_window_on_the_device() -> None:
+    block = np.ones((1, 6, 6), dtype=np.float32)
+    block[0, :3, :3] = np.nan
+    spec = REGISTRY["median_filter_nonfinite"]
+    with pytest.raises(StageError, match="holds no finite value"):
+        spec.run(device_like.DeviceLikeArray(block), spec.params(size=1))
+
+
+def test_shifts_follow_the_projection_numbers_on_the_device() -> None:
+    block = np.random.default_rng(5).random((3, 10, 12), dtype=np.float32)
+    params = {"sx": (0.0, 9.0, 1.5, -2.25, 0.5), "sy": (0.0, 9.0, -0.5, 3.0, 1.0)}
+    host, device = _both("shift_images", block, params=params,
+                         projection_indices=np.array([4, 2, 3]))
+    np.testing.assert_array_equal(device, host)
+
+
+def test_stripes_are_detected_and_masked_on_the_device() -> None:
+    rng = np.random.default_rng(8)
+    block = (rng.random((6, 40, 32), dtype=np.float32) * 0.05 + 1.0).astype(np.float32)
+    block[:, :, 11] += 0.5  # a full stripe
+    block[:, :, 20] -= 0.3
+    host, device = _both("stripes_detect3d", block, params={"size": 5, "radius": 2})
+    np.testing.assert_array_equal(device, host)
+    assert host[:, :, 9:14].mean() < 0.2 and host[:, :, :6].mean() > 0.5  # low at stripes
+    for depth in (0, 2):  # 2: these stripes cross every row, too deep (TomoPy's rule)
+        params = {"threshold": 0.3, "min_stripe_length": 10, "min_stripe_depth": depth,
+                  "min_stripe_width": 3}
+        mask_host, mask_device = _both("stripes_mask3d", host, params=params)
+        np.testing.assert_array_equal(mask_device, mask_host)
+        assert mask_host[:, :, [11, 20]].all() == (depth == 0)
+        assert not mask_host[:, :, :5].any()
