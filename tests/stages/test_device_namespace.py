@@ -107,6 +107,8 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "stripes_detect3d": ({"size": 2, "radius": 1}, (3, 8, 9)),
     "stripes_mask3d": ({"threshold": 0.9, "min_stripe_length": 3, "min_stripe_depth": 1,
                         "min_stripe_width": 2}, (3, 8, 9)),
+    "remove_ring": ({"rwidth": 3, "thresh": 1.0, "thresh_max": 2.0, "thresh_min": -1.0},
+                    (2, 15, 15)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32

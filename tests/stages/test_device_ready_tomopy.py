@@ -90,3 +90,17 @@ def test_stripes_are_detected_and_masked_on_the_device() -> None:
         np.testing.assert_array_equal(mask_device, mask_host)
         assert mask_host[:, :, [11, 20]].all() == (depth == 0)
         assert not mask_host[:, :, :5].any()
+
+
+@pytest.mark.parametrize("mode", ["WRAP", "REFLECT"])
+def test_rings_are_removed_on_the_device(mode: str) -> None:
+    y, x = np.mgrid[:40, :44]
+    r = np.hypot(y - 19.5, x - 21.5)
+    image = np.exp(-(r**2) / 352.0) + 0.02 * np.random.default_rng(6).random((40, 44))
+    image += 0.3 * ((r > 12.0) & (r < 13.5))  # a ring
+    block = np.stack([image, image[::-1]]).astype(np.float32)
+    params = {"rwidth": 5, "theta_min": 60, "thresh": 1.0, "thresh_max": 2.0,
+              "thresh_min": -1.0, "int_mode": mode, "center_x": 21.0}
+    host, device = _both("remove_ring", block, params=params)
+    np.testing.assert_array_equal(device, host)
+    assert not np.array_equal(host, block)
