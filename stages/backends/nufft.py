@@ -18,12 +18,14 @@ import importlib
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from stages.backends.xp import array_module
+from stages.backends.xp import host_copy
 from streamer.errors import StageError
 
 __all__ = ["download", "nufft_library", "spreading_plan"]
+
+#: A host copy of a small device table (:func:`stages.backends.xp.host_copy`).
+download = host_copy
 
 
 def nufft_library(xp: Any, *, stage: str = "nufft") -> Any:
@@ -73,15 +75,3 @@ def spreading_plan(
     return library.Plan(nufft_type, grid, n_trans=n_trans, eps=eps, dtype="complex64",
                         **options)
 
-
-def download(value: Any) -> npt.NDArray[Any]:
-    """A host copy of a small table made on the device (``xp.asnumpy`` of its module);
-    numpy arrays pass through."""
-    if isinstance(value, np.ndarray):
-        return value
-    xp = array_module(value)
-    to_host = getattr(xp, "asnumpy", None)
-    if to_host is None:
-        return np.asarray(value)
-    host: npt.NDArray[Any] = to_host(value)
-    return host

@@ -109,6 +109,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
                         "min_stripe_width": 2}, (3, 8, 9)),
     "remove_ring": ({"rwidth": 3, "thresh": 1.0, "thresh_max": 2.0, "thresh_min": -1.0},
                     (2, 15, 15)),
+    "remove_stripe_based_interpolation": ({"snr": 1.5, "size": 5}, (3, 20, 24)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
