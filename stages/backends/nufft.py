@@ -63,12 +63,18 @@ def spreading_plan(
     the ``grid`` (no FFT, no deconvolution: the caller does both), for arrays of ``xp``.
 
     ``upsampfac`` chooses the kernel's width and shape (the grid is given whole);
-    ``threads`` applies on the host only (the device uses its own launch sizes).
+    ``threads`` applies on the host only (the device uses its own launch sizes). A
+    cufinufft plan runs on the CuPy stream current when it is made (cufinufft's default
+    is the null stream, which a non-blocking stream of CuPy's would not wait for): use it
+    under that stream.
     """
     library = nufft_library(xp, stage=stage)
     options: dict[str, Any] = {"upsampfac": upsampfac}
     if _on_device(library):
         options["gpu_spreadinterponly"] = 1
+        stream = int(xp.cuda.get_current_stream().ptr)
+        if stream:
+            options["gpu_stream"] = stream
     else:
         options["spreadinterponly"] = 1
         options["nthreads"] = threads

@@ -50,6 +50,17 @@ Algorithm
    columns: the line order puts the low frequencies at both ends (see :class:`_Lines`).
    Irregular angle sets (and odd counts) are spread whole.
 
+Array module
+------------
+Every step runs in the array module of the block (``xp``): numpy, or CuPy on a GPU,
+where cufinufft spreads (:func:`stages.backends.nufft.spreading_plan`: the same plan
+options under cufinufft's names), ``cupyx.scipy.fft`` transforms, the kernel's
+deconvolution is probed from cufinufft's own kernel, and one worker takes the pairs in
+turn, filtering :data:`_DEVICE_CHUNK` projections per launch. The plan's host tables are
+uploaded once and kept, with the device gridder, in :class:`FourierFbpCache`. On the
+CPU the device path is checked in ``tests/stages/device_like.py``'s namespace (bit for
+bit with the host, one thread); see ``docs/decisions/0018``.
+
 The output differs from :func:`~stages.recon.fbp.fbp` only by the interpolation of the
 filtered projections: trigonometric (exact for band-limited data) here, linear in FBP,
 which smooths a little (closer to the analytic phantom here; the two agree to about

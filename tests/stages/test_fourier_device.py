@@ -12,6 +12,8 @@ NUFFT tolerance, and both are as close to the analytic phantom.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -87,6 +89,32 @@ def test_the_adapter_names_the_options_of_each_library() -> None:
     twin = spreading_plan(DEVICE, 1, (16, 16), n_trans=2, eps=1e-3, upsampfac=1.25,
                           threads=1)
     assert type(twin).__module__ == device_like.__name__
+
+
+def test_the_adapter_gives_cufinufft_its_own_option_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CuPy block's plan: ``gpu_spreadinterponly``, no ``nthreads``, and the CuPy
+    stream current when it is made (a stand-in cufinufft records what it is given)."""
+    made: list[tuple[Any, ...]] = []
+
+    class Plan:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append((args, kwargs))
+
+    fake = types.ModuleType("cufinufft")
+    fake.Plan = Plan  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cufinufft", fake)
+    stream = types.SimpleNamespace(ptr=1234)
+    cupy_like = types.SimpleNamespace(
+        __name__="cupy", cuda=types.SimpleNamespace(get_current_stream=lambda: stream))
+    spreading_plan(cupy_like, 1, (40, 40), n_trans=2, eps=1e-2, upsampfac=1.25, threads=8)
+    stream.ptr = 0  # the null stream: cufinufft's default, not passed
+    spreading_plan(cupy_like, 2, (40, 40), n_trans=1, eps=1e-2, upsampfac=1.25, threads=8)
+    assert made == [
+        ((1, (40, 40)), {"n_trans": 2, "eps": 1e-2, "dtype": "complex64", "upsampfac": 1.25,
+                         "gpu_spreadinterponly": 1, "gpu_stream": 1234}),
+        ((2, (40, 40)), {"n_trans": 1, "eps": 1e-2, "dtype": "complex64", "upsampfac": 1.25,
+                         "gpu_spreadinterponly": 1})]
 
 
 def _cupy() -> Any:
