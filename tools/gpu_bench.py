@@ -22,14 +22,14 @@ normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinog
 takes seconds), Titarenko's and Münch's methods, the resampler and the two httomo-named
 FBPs (one slice from 60 angles each); those took about 65 s on the 2-core development
 machine at load 3 to 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
-minute: about 4 to 4.5 min. H40's eleven (``fourier_fbp`` and the two methods on it at
-two 2048-wide slices from 900 angles, Otsu's threshold, the stripe detection and mask,
-the interpolation stripe remover, two 512² slices of ``remove_ring``, four shifted
-frames) add about 30 s on NumPy, and the second end-to-end recon (``fourier_fbp`` on the
-device, 32 rows of 2048² from 1500 angles: the simulation and the corrections dominate)
-about 30 s: about 5 to 5.5 min, within what ``gpu_check.sh`` leaves it of its 8 minutes
-(at least 300 s) when the wheels are cached. If a device run shows otherwise, split it
-with ``--stages``.
+minute: about 4 to 4.5 min. H40's fourteen (``fourier_fbp`` and the two methods on it
+at two 2048-wide slices from 900 angles, Otsu's threshold, the stripe detection and
+mask, the interpolation stripe remover, two 512² slices of ``remove_ring``, four shifted
+frames, the 360° folds and the frame averaging) add about 30 s on NumPy, and the second
+end-to-end recon (``fourier_fbp`` on the device, 32 rows of 2048² from 1500 angles: the
+simulation and the corrections dominate) about 30 s: about 5 to 5.5 min, which
+``gpu_check.sh`` reserves (330 s) of its 8 minutes. If a device run shows otherwise,
+split it with ``--stages``.
 
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
 figure ``null`` with the reason, and the same JSON layout, so the script, its stage
@@ -141,6 +141,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "stripes_mask3d": {"min_stripe_depth": 1},
     "remove_ring": {"rwidth": 30},
     "remove_stripe_based_interpolation": {"size": 31},
+    "sino_360_to_180": {"overlap": 20.0, "side": "left"},
+    "sino_360_to_180_tomopy": {"overlap": 20.0, "rotation": "left"},
+    "average_projection_frames": {"projection_averaging_factor": 2},
 }
 
 

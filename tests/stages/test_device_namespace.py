@@ -110,6 +110,9 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "remove_ring": ({"rwidth": 3, "thresh": 1.0, "thresh_max": 2.0, "thresh_min": -1.0},
                     (2, 15, 15)),
     "remove_stripe_based_interpolation": ({"snr": 1.5, "size": 5}, (3, 20, 24)),
+    "sino_360_to_180": ({"overlap": 3.4, "side": "left"}, (2, 10, 12)),
+    "sino_360_to_180_tomopy": ({"overlap": 4.0, "rotation": "right"}, (2, 11, 12)),
+    "average_projection_frames": ({"projection_averaging_factor": 3}, (2, 11, 12)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
@@ -134,7 +137,7 @@ ORACLE_RTOL = {"data_resampler": 1e-6, "remove_stripe_ti": 1e-5, "remove_dead_st
                "remove_all_stripe": 1e-6, "remove_all_stripe_httomo": 1e-6}
 
 #: A stage that is not device-ready (yet): the namespace check must fail it.
-NUMPY_ONLY = "average_projection_frames"
+NUMPY_ONLY = "distortion_correction_proj"
 
 #: float32 agreement of the cupy run with numpy (different reduction orders and FMA).
 CUPY_RTOL, CUPY_ATOL = 1e-5, 1e-5
@@ -258,7 +261,8 @@ def test_a_numpy_only_stage_fails_the_namespace_check() -> None:
     block = device_like.DeviceLikeArray(np.ones((2, 6, 8), dtype=np.float32))
     angles = np.linspace(0.0, 180.0, 6, endpoint=False)
     with pytest.raises(TypeError):  # a NumPy call on the device block, not a refusal
-        spec.run(block, spec.params(), angles_deg=angles)
+        spec.run(block, spec.params(xcenter=3.5, ycenter=2.5, list_fact=(1.0, 0.0)),
+                 angles_deg=angles)
 
 
 def test_cupy_backend_without_a_device_is_refused_in_one_line() -> None:

@@ -119,3 +119,15 @@ def test_interpolated_stripes_on_the_device(norm: bool) -> None:
     np.testing.assert_array_equal(device, host)
     assert abs(float(host[0, :, 12].mean()) - 1.025) < 0.05  # interpolated
     assert abs(float(host[2, :, 25].mean()) - 1.025) < 0.05
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("sino_360_to_180", {"overlap": -3.0, "side": "right"}),  # a gap of edge values
+    ("sino_360_to_180", {"overlap": 7.6, "side": "right"}),
+    ("sino_360_to_180_tomopy", {"overlap": 5.0, "rotation": "left"}),
+    ("average_projection_frames", {"projection_averaging_factor": 4}),  # a remainder
+])
+def test_scan_shape_stages_on_the_device(name: str, params: dict[str, Any]) -> None:
+    block = np.random.default_rng(9).random((2, 14, 16), dtype=np.float32)
+    host, device = _both(name, block, params=params)
+    np.testing.assert_array_equal(device, host)
