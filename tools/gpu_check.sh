@@ -65,9 +65,11 @@ else
     fi
     PYTHON="$VENV/bin/python"
     say "installing the gpu extra"
-    "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" -e "$REPO[dev,gpu]" > "$OUT/pip.log" 2>&1 \
-        || { echo "error: gpu_check.sh: pip install of the gpu extra failed (see $OUT/pip.log)" >&2; exit 2; }
-    if "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" --no-deps httomolibgpu >> "$OUT/pip.log" 2>&1; then
+    INSTALL_MAX=$(( BUDGET - BENCH_MIN - 30 ))  # what the budget leaves the install
+    timeout "$INSTALL_MAX" "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" -e "$REPO[dev,gpu]" \
+        > "$OUT/pip.log" 2>&1 \
+        || { echo "error: gpu_check.sh: pip install of the gpu extra failed or took over ${INSTALL_MAX}s (see $OUT/pip.log; --wheels DIR installs from local wheels)" >&2; exit 2; }
+    if timeout 60 "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" --no-deps httomolibgpu >> "$OUT/pip.log" 2>&1; then
         say "httomolibgpu installed (--no-deps)"
     else
         say "httomolibgpu did not install: its column stays null"
