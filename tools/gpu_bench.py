@@ -22,13 +22,14 @@ normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinog
 takes seconds), Titarenko's and Münch's methods, the resampler and the two httomo-named
 FBPs (one slice from 60 angles each); those took about 65 s on the 2-core development
 machine at load 3 to 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
-minute: about 4 to 4.5 min. H40's fourteen (``fourier_fbp`` and the two methods on it
+minute: about 4 to 4.5 min. H40's sixteen (``fourier_fbp`` and the two methods on it
 at two 2048-wide slices from 900 angles, Otsu's threshold, the stripe detection and
 mask, the interpolation stripe remover, two 512² slices of ``remove_ring``, four shifted
-frames, the 360° folds and the frame averaging) add about 30 s on NumPy, and the second
-end-to-end recon (``fourier_fbp`` on the device, 32 rows of 2048² from 1500 angles: the
-simulation and the corrections dominate) about 30 s: about 5 to 5.5 min, which
-``gpu_check.sh`` reserves (330 s) of its 8 minutes. If a device run shows otherwise,
+frames, the 360° folds, the frame averaging and four frames through each distortion
+correction) add about 40 s on NumPy, and the second end-to-end recon (``fourier_fbp``
+on the device, 32 rows of 2048² from 1500 angles: the simulation and the corrections
+dominate) about 30 s: about 5 to 5.5 min, which ``gpu_check.sh`` reserves (330 s) of
+its 8 minutes. If a device run shows otherwise,
 split it with ``--stages``.
 
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
@@ -144,6 +145,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "sino_360_to_180": {"overlap": 20.0, "side": "left"},
     "sino_360_to_180_tomopy": {"overlap": 20.0, "rotation": "left"},
     "average_projection_frames": {"projection_averaging_factor": 2},
+    "distortion_correction_proj": {"xcenter": 16.0, "ycenter": 8.0,
+                                   "list_fact": (1.0, 0.0, 1e-8)},
+    "distortion_correction_proj_discorpy": {"xcenter": 16.0, "ycenter": 8.0,
+                                            "list_fact": (1.0, 0.0, 1e-8)},
 }
 
 
@@ -176,7 +181,8 @@ def _shape_for(name: str, sizes: dict[str, tuple[int, int, int]]) -> tuple[int, 
     if name == "fbp":  # one slice: NumPy back-projects 2048² pixels at ~10 angles/s
         _, angles, cols = sizes["sinogram"]
         return (1, min(angles, 360), cols)
-    if name == "shift_images":  # NumPy's quintic spline: ~0.5 s per 512 × 2048 frame
+    if name in ("shift_images", "distortion_correction_proj",
+                "distortion_correction_proj_discorpy"):  # NumPy's splines: ~0.5 s a frame
         _, rows, cols = sizes["projection"]
         return (4, rows, cols)
     if name == "remove_ring":  # slices: NumPy's radial median is ~1 s per 512² slice

@@ -113,6 +113,11 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "sino_360_to_180": ({"overlap": 3.4, "side": "left"}, (2, 10, 12)),
     "sino_360_to_180_tomopy": ({"overlap": 4.0, "rotation": "right"}, (2, 11, 12)),
     "average_projection_frames": ({"projection_averaging_factor": 3}, (2, 11, 12)),
+    "distortion_correction_proj": ({"xcenter": 4.3, "ycenter": 3.6,
+                                    "list_fact": (1.0, 2e-3, 1e-3)}, (3, 8, 9)),
+    "distortion_correction_proj_discorpy": ({"xcenter": 4.3, "ycenter": 3.6,
+                                             "list_fact": (1.0, -2e-3, 1e-3), "order": 3,
+                                             "mode": "nearest"}, (3, 8, 9)),
 }
 #: On a GPU the NUFFT methods use cufinufft's complete transforms (CPU: finufft's
 #: spreading + scipy's FFT), equal within the NUFFT tolerance (eps 1e-3), not float32
@@ -137,7 +142,7 @@ ORACLE_RTOL = {"data_resampler": 1e-6, "remove_stripe_ti": 1e-5, "remove_dead_st
                "remove_all_stripe": 1e-6, "remove_all_stripe_httomo": 1e-6}
 
 #: A stage that is not device-ready (yet): the namespace check must fail it.
-NUMPY_ONLY = "distortion_correction_proj"
+NUMPY_ONLY = "find_center_vo"
 
 #: float32 agreement of the cupy run with numpy (different reduction orders and FMA).
 CUPY_RTOL, CUPY_ATOL = 1e-5, 1e-5
@@ -255,14 +260,15 @@ def test_the_device_like_namespace_catches_numpy_fallbacks() -> None:
 
 
 def test_a_numpy_only_stage_fails_the_namespace_check() -> None:
-    """A stage still on numpy is caught, not silently passed."""
+    """A stage still on numpy is caught, not silently passed (a CoR finder: the only
+    stages left on the host besides the output steps, which pass their block through)."""
     spec = REGISTRY[NUMPY_ONLY]
-    assert not spec.device
-    block = device_like.DeviceLikeArray(np.ones((2, 6, 8), dtype=np.float32))
-    angles = np.linspace(0.0, 180.0, 6, endpoint=False)
+    assert not spec.device and spec.finds_center is not None
+    stack = device_like.DeviceLikeArray(
+        np.random.default_rng(0).random((30, 4, 40), dtype=np.float32))
+    angles = np.linspace(0.0, 180.0, 30, endpoint=False)
     with pytest.raises(TypeError):  # a NumPy call on the device block, not a refusal
-        spec.run(block, spec.params(xcenter=3.5, ycenter=2.5, list_fact=(1.0, 0.0)),
-                 angles_deg=angles)
+        spec.finds_center(stack, angles, spec.params())
 
 
 def test_cupy_backend_without_a_device_is_refused_in_one_line() -> None:

@@ -36,8 +36,7 @@ PIPELINE = """pipeline:
   - method: minus_log
   - method: gaussian_filter
     parameters: {axis: 1, sigma: 1.0}
-  - method: distortion_correction_proj
-    parameters: {xcenter: 512.0, ycenter: 256.0, list_fact: [1.0, 0.0]}
+  - method: find_center_vo
   - method: fourier_fbp
 """
 SHAPE = {"rows": 512, "cols": 1024, "angles": 900, "dtype": np.dtype("uint16")}
@@ -89,7 +88,7 @@ def test_device_budget_keeps_headroom_and_splits_between_sharing_ranks() -> None
 def test_device_switch_moves_only_device_ready_stages_left_on_numpy() -> None:
     moved = {step.name: step.backend for step in steps_on_device(steps())}
     assert moved == {"normalize": "cupy", "median_filter": "cupy", "minus_log": "cupy",
-                     "gaussian_filter": "cupy", "distortion_correction_proj": "numpy",
+                     "gaussian_filter": "cupy", "find_center_vo": "numpy",
                      "fourier_fbp": "cupy"}
 
 
@@ -131,7 +130,7 @@ def test_check_prints_the_device_plan_for_a_stated_size(
     assert "usable 1.8 GiB after 10% headroom" in out
     assert ("projection section [normalize, median_filter, minus_log, gaussian_filter]"
             in out.split("device plan")[1])
-    assert "on the host (not device-ready): distortion_correction_proj" in out
+    assert "on the host (not device-ready): find_center_vo" in out
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
