@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, model_validator
+from scipy.ndimage import map_coordinates
 
 from stages.backends.xp import array_module, ndimage_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
@@ -93,13 +94,12 @@ def unwarp(
     xd = np.clip(xcenter + factor * xu, 0, width - 1).astype(np.float32)
     yd = np.clip(ycenter + factor * yu, 0, height - 1).astype(np.float32)
     xp = array_module(block)
-    map_coordinates = ndimage_module(xp).map_coordinates
+    remap = map_coordinates if xp is np else ndimage_module(xp).map_coordinates
     coordinates = xp.asarray(np.stack([yd.ravel(), xd.ravel()]))
     out: npt.NDArray[np.float32] = xp.empty(block.shape, dtype=xp.float32)
     for index in range(block.shape[0]):
-        out[index] = map_coordinates(block[index].astype(xp.float32, copy=False),
-                                     coordinates, order=order, mode=mode
-                                     ).reshape(height, width)
+        out[index] = remap(block[index].astype(xp.float32, copy=False), coordinates,
+                           order=order, mode=mode).reshape(height, width)
     return out
 
 
