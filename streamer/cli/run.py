@@ -19,6 +19,7 @@ from streamer.cli.options import (
     add_limit_options,
     chosen_output_format,
     parse_center,
+    parse_tolerance,
 )
 from streamer.cli.receiving import (
     ReportFiles,
@@ -39,6 +40,7 @@ from streamer.cli.shared import (
 )
 from streamer.errors import ConfigError
 from streamer.exchange.links import RankLink, launched_with_ranks
+from streamer.run.center_streaming import DEFAULT_TOLERANCE_PX
 from streamer.run.progress import Progress
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
@@ -66,6 +68,12 @@ def add_parser(commands: Any) -> None:
                         help="one <scan>.h5 per scan here (default: volumes)")
     parser.add_argument("--center", type=parse_center, default=None, metavar="VALUE|auto",
                         help="CoR for every scan (default: the pipeline's, else auto)")
+    parser.add_argument("--center-tolerance", type=parse_tolerance,
+                        default=DEFAULT_TOLERANCE_PX, metavar="PX",
+                        help="a CoR estimated while the scan streams (opposite pair, or "
+                             "carried from the sample's previous scan) may differ from the "
+                             "final estimate by PX before the volume is redone (default: "
+                             f"{DEFAULT_TOLERANCE_PX:g})")
     parser.add_argument("--scans", type=int, default=0,
                         help="stop after this many scans (0: serve until interrupted)")
     parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
@@ -182,7 +190,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   device_bytes=device_bytes, on_output=on_output,
                                   center_source=center_source(args.center), log=log,
                                   output_format=chosen_output_format(args, None),
-                                  background=background)
+                                  background=background, estimate_center=True,
+                                  center_tolerance=args.center_tolerance)
     feed = relay = None
     if relay_link is not None:
         # --feed: rank 0 serves the feed (and the viewer's control); the others relay to

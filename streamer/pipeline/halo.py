@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stages.backends.xp import array_module
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
@@ -65,7 +66,8 @@ def keep_block(data: npt.NDArray[Any], where: Window, what: str) -> npt.NDArray[
             f"{what}: a step with a halo (a kernel across the block axis) needs every step "
             f"of its section to keep that axis's length; expected {expected}, got "
             f"{data.shape[0]} (move the step that changes it to another section)")
-    kept: npt.NDArray[Any] = np.ascontiguousarray(data[where.inner])
+    xp = array_module(data)  # a device block (a queued section) is cut on the device
+    kept: npt.NDArray[Any] = xp.ascontiguousarray(data[where.inner])
     return kept
 
 

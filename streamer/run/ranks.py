@@ -24,7 +24,10 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
    rank finishes sending and waits for its band.
 3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
    the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
-   it to everyone — the same value on every rank, the same row as on one rank.
+   it to everyone — the same value on every rank, the same row as on one rank. With
+   ``estimate_center`` (``run``) a streamed scan's CoR is decided earlier, by the same
+   rank (the opposite pair, or carried from the sample's previous scan), and this step
+   checks it and may redo the band (ADR 0013, :mod:`streamer.run.center_streaming`).
 4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
 5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
    the volume with the report inside, or writes the master / the stack's sidecar) when
@@ -88,6 +91,14 @@ from streamer.pipeline.sections import (
     sections_of,
     split_sections,
 )
+from streamer.run.center_streaming import (
+    DEFAULT_TOLERANCE_PX,
+    CenterMemory,
+    StreamingCenter,
+    center_note,
+    sample_key,
+    streaming_center_method,
+)
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -121,6 +132,7 @@ TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
+TAG_STREAM_CENTER: Final = 307
 #: The CoR method of a value set from the viewer (as on one rank).
 VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
@@ -195,6 +207,10 @@ class _ScanState:
     #: The band's streaming reconstruction (fed as pieces land), None: at close.
     streaming: StreamingSection | None = None
     streamed: bool = False  # the band's slices came from the streaming accumulators
+    #: ``estimate_center``: the streaming CoR decision (the same events on every rank).
+    center_state: StreamingCenter | None = None
+    #: Its report as the CoR owner decided it at close (``run``'s report ``center``).
+    center_report: dict[str, Any] | None = None
 
 
 @dataclass
@@ -247,6 +263,14 @@ class RankedReconstruction:
     #: Reconstruct each band while the scan arrives when the pipeline streams and its CoR
     #: is fixed (:func:`streamer.run.streaming.plan_streaming`); False: always at close.
     stream: bool = True
+    #: ``run``: a CoR left to be found streams too (:mod:`streamer.run.center_streaming`):
+    #: carried from the previous scan of the same sample, else from the opposite pair as
+    #: soon as it has arrived; checked at close against the final estimate, the volume
+    #: redone beyond ``center_tolerance`` px. False (``recon``): such a CoR is found at close.
+    estimate_center: bool = False
+    center_tolerance: float = DEFAULT_TOLERANCE_PX
+    #: The last CoR per sample (the same on every rank: every rank sees the same closes).
+    center_memory: CenterMemory = field(default_factory=CenterMemory)
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
     #: one scan reconstructed at a time, the next scan's frames wait in the ingest store,
     #: its start is taken up on the links once the worker is done. Under MPI the links
@@ -290,6 +314,8 @@ class RankedReconstruction:
     #: confidence), for its output.
     _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
         default_factory=dict)
+    #: Rank 0: the streaming CoR report of each closed scan (serial -> report ``center``).
+    _center_streaming: dict[int, dict[str, Any]] = field(default_factory=dict)
     #: Rank 0: its band's iterative-stage summary lines per closed scan (serial -> lines).
     _iterations: dict[int, tuple[str, ...]] = field(default_factory=dict)
     #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
@@ -555,6 +581,8 @@ class RankedReconstruction:
             self._closing[serial] = close
         self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
                                        streaming=streaming)
+        if streaming is not None and self.estimate_center:
+            self._open_center(scan, streaming, admitted.center_owner)
         if observer is not None:
             observer.scan_opened(serial, start)
         early, self._inbox = self._inbox, []
@@ -569,9 +597,13 @@ class RankedReconstruction:
         first, last = row_bands(start.rows, self.control.size)[self.control.rank]
         if not self.stream or last == first:
             return None
+        key = sample_key(start) if self.estimate_center else None
         plan = plan_streaming(self.steps, rows=last - first, cols=start.cols,
                               projections=start.projections, block_sinograms=block_sinograms,
-                              memory_left=memory_left)
+                              memory_left=memory_left, estimate_center=self.estimate_center,
+                              center_known=key is not None
+                              and self.center_memory.recall(key) is not None,
+                              scan_range_deg=start.geometry.scan_range_deg)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: {plan.reason}")
         if plan.section is not None:
@@ -617,11 +649,14 @@ class RankedReconstruction:
         """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
         written (the sinogram section of a pipeline that reslices once)."""
         band = self._band(scan)
-        if viewer is not None:
+        # A streaming CoR is checked at close even when the viewer set one (its difference
+        # to the final estimate is reported).
+        checked = scan.center_state is not None and scan.close.center_owner is not None
+        if viewer is not None and not checked:
             scan.center, scan.center_method = viewer, VIEWER_METHOD
         else:
             try:  # every rank takes part, failed or not, so no peer waits for it
-                self._agree_center(scan, band)
+                self._agree_center(scan, band, viewer)
             except StreamerError:
                 if scan.failure is None:
                     raise
@@ -638,7 +673,9 @@ class RankedReconstruction:
             self._center_found[scan.serial] = (
                 center_label(scan.center_method, self.center_source),
                 scan.center_warnings, scan.center_confidence)
-        return self._write_part(scan, band, path, last)
+        part = self._write_part(scan, band, path, last)
+        self._settle_streaming_center(scan)
+        return part
 
     def _run_later(self, scan: _ScanState, band: Band) -> tuple[Band, tuple[PipelineStep, ...]]:
         """R ranks, a pipeline past one sinogram section: every section but the last on
@@ -838,8 +875,10 @@ class RankedReconstruction:
                    if s.spec.finds_center is not None]
         return finders[-1] if finders else None
 
-    def _agree_center(self, scan: _ScanState, band: Band) -> None:
-        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+    def _agree_center(self, scan: _ScanState, band: Band, viewer: float | None = None,
+                      ) -> None:
+        """Find the CoR once, on the rank that owns the finder's row, and share it (with a
+        streaming CoR: the final estimate, and the decision it leads to)."""
         owner = scan.close.center_owner
         if owner is None:
             return
@@ -864,11 +903,16 @@ class RankedReconstruction:
                 scan.center_outputs = dict(getattr(found, "side_outputs", ()) or ())
             except StreamerError as failure:
                 error = str(failure)
-                self.last_error = self.last_error or failure
+                if scan.center_state is None:
+                    self.last_error = self.last_error or failure
+            if scan.center_state is not None:
+                center, method, error = self._decide_center(scan, center, method, error,
+                                                            viewer)
             scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
                 "serial": scan.serial, "center": center, "method": method,
-                "error": error, "outputs": scan.center_outputs}))
+                "error": error, "outputs": scan.center_outputs,
+                "streaming": scan.center_report}))
         else:
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
@@ -876,6 +920,93 @@ class RankedReconstruction:
         if agreed.error is not None:
             raise StreamerError(agreed.error)
         scan.center, scan.center_method = agreed.center, agreed.method
+
+    # --- the streaming CoR (``estimate_center``) -----------------------------------------
+
+    def _open_center(self, scan: _ScanState, section: StreamingSection,
+                     owner: int | None) -> None:
+        """The scan's streaming CoR at its open (every rank alike): a given or carried CoR
+        starts the accumulators at once; else they wait (keeping the blocks) and the rank
+        that owns the CoR row watches for the opposite pair."""
+        key = sample_key(scan.start)
+        carried = None
+        if section.center is None and key is not None:
+            carried = self.center_memory.recall(key)
+        state = scan.center_state = StreamingCenter(tolerance=self.center_tolerance,
+                                                    given=section.center, carried=carried)
+        start = state.opened()
+        if start is not None:
+            section.start(start.center)
+            if carried is not None and self.log is not None and self.control.rank == 0:
+                self.log(f"scan {scan.start.scan}: streaming with the CoR {carried:.2f} "
+                         f"carried from the previous scan of sample {key}")
+        elif owner == self.control.rank:
+            section.on_pair = lambda value: self._pair_found(scan, value)
+
+    def _pair_found(self, scan: _ScanState, value: float) -> None:
+        """The CoR owner's band completed the opposite pair: every rank starts with it
+        (this message reaches each peer before the CoR agreed at close)."""
+        self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
+            {"serial": scan.serial, "pair": value}))
+        self._pair_agreed(scan, value)
+
+    def _pair_agreed(self, scan: _ScanState, value: float) -> None:
+        state, section = scan.center_state, scan.streaming
+        if state is None or state.outcome is not None:
+            return
+        start = state.pair_found(value)
+        if start is None or section is None:
+            return
+        kept = section.kept_blocks
+        section.start(start.center)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {scan.start.scan}: CoR {value:.2f} from the opposite pair: "
+                     f"streaming starts ({kept} kept block{'' if kept == 1 else 's'} added)")
+
+    def _decide_center(self, scan: _ScanState, final: float | None, method: str | None,
+                       error: str | None, viewer: float | None,
+                       ) -> tuple[float | None, str | None, str | None]:
+        """The CoR owner at close: the streaming CoR's outcome against the final estimate
+        (``final``, found by ``method``; ``error``: why not), as (centre, how, error)."""
+        state = scan.center_state
+        assert state is not None
+        streamed_with = state.center  # the accumulators' (None: none was known)
+        if viewer is not None:
+            state.viewer_set(viewer)
+        before = state.center  # the one the final estimate is compared with
+        try:
+            outcome = state.closed(final if error is None else None)
+        except StreamerError:
+            failure = StreamerError(error or "streaming CoR: none was found")
+            self.last_error = self.last_error or failure
+            return None, None, str(failure)
+        report = state.report()
+        report.update(streamed_with=streamed_with, final=final if error is None else None,
+                      difference=None if before is None or final is None or error
+                      else round(abs(final - before), 4))
+        if error is not None:
+            report["final_error"] = error
+        scan.center_report = report
+        return outcome.center, streaming_center_method(outcome, method), None
+
+    def _settle_streaming_center(self, scan: _ScanState) -> None:
+        """After the band is written: the CoR is remembered for the sample's next scan
+        (every rank alike, streamed or not) and rank 0 keeps the report's ``center``."""
+        state = scan.center_state
+        if not self.estimate_center:
+            return
+        center = scan.center
+        if center is None and state is not None:
+            center = state.center  # a given CoR (not agreed at close)
+        key = sample_key(scan.start)
+        if key is not None and center is not None:
+            self.center_memory.remember(key, center)
+        if state is not None and self.control.rank == 0:
+            if scan.center_report is None and state.outcome is None and state.center is not None:
+                state.closed(None)  # a given CoR: not checked at close
+            report = dict(scan.center_report or state.report())
+            report.update(streamed=scan.streamed, sample=key)
+            self._center_streaming[scan.serial] = report
 
     # --- writing -----------------------------------------------------------------------
 
@@ -997,8 +1128,11 @@ class RankedReconstruction:
         evicted = band.rejected.get("over_capacity", 0)
         if evicted and section.fallback is None:
             section.fallback = f"{evicted} projections beyond the announced ones"
-        viewer = scan.center if scan.center_method == VIEWER_METHOD else None
-        blocks = section.finish(band.angles_deg, complete, center_override=viewer,
+        # The viewer's CoR, or the streaming CoR agreed at close: the accumulators' CoR
+        # must be that one, else the band is reconstructed at close with it.
+        agreed = scan.center_method == VIEWER_METHOD or scan.center_state is not None
+        blocks = section.finish(band.angles_deg, complete,
+                                center_override=scan.center if agreed else None,
                                 should_stop=lambda: False)  # stop: between blocks, above
         if blocks is None:
             return None
@@ -1076,6 +1210,9 @@ class RankedReconstruction:
             self.log(f"scan {scan_id}: warning: {warning}")
         slices = sum(p.slices for p in parts.values())
         error = "; ".join(errors) or None
+        streaming_center = self._center_streaming.pop(serial, None)
+        if streaming_center is not None:
+            document["center"] = streaming_center
         held = self._held.pop(serial, None)
         latency = self._latency.pop(scan_id, None)
         line = None
@@ -1121,6 +1258,9 @@ class RankedReconstruction:
                          figures=figures if output.path is not None else {})
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
+        if streaming_center is not None:  # the report's ``center`` and a terminal line
+            output = replace(output, figures={**output.figures, "center": streaming_center},
+                             notes=(*output.notes, center_note(streaming_center)))
         self._publish(output)
         return output
 
@@ -1191,9 +1331,14 @@ class RankedReconstruction:
         elif received.tag == TAG_PATH:
             scan.path = Path(str(message["path"]))
             scan.close.path_received()
+        elif received.tag == TAG_STREAM_CENTER:
+            self._pair_agreed(scan, float(message["pair"]))
         elif received.tag == TAG_CENTER:
             center = message["center"]
             scan.center_outputs = dict(message.get("outputs") or {})
+            report = message.get("streaming")
+            if isinstance(report, dict):
+                scan.center_report = report
             scan.close.center_agreed(CenterAgreed(
                 None if center is None else float(center), message["method"],
                 message["error"]))

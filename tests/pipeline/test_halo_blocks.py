@@ -21,12 +21,19 @@ from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.ingest.store import HeldFrame
 from streamer.pipeline.config import parse_pipeline
-from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, process_reader
+from streamer.pipeline.executor import (
+    ProcessedBlock,
+    ScanProcessor,
+    feed_reader,
+    process_reader,
+    runs_on_device,
+)
 from streamer.pipeline.halo import keep_block, window
 from streamer.pipeline.plan import plan_blocks
-from streamer.pipeline.sections import refuse_on_ranks
+from streamer.pipeline.sections import refuse_on_ranks, sections_of
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from tests.pipeline.test_executor_device_queue import FakeStreams, device_backend  # noqa: F401
 
 #: Parameter sets per stage (required parameters, and the values that change its halo).
 CASES: dict[str, tuple[dict[str, Any], ...]] = {
@@ -264,3 +271,38 @@ def test_a_frame_later_than_two_blocks_is_counted() -> None:
     processor.add([late])
     processor.finish()
     assert processor.projections_done == 30
+
+
+QUEUED = """pipeline:
+  - method: normalize
+  - method: minus_log
+  - method: remove_stripe_based_fitting
+    backend: cupy
+    parameters: {order: 2, sigma: 5}
+  - method: median_filter3d
+    backend: cupy
+    parameters: {kernel_size: 5}
+"""
+
+
+@pytest.mark.usefixtures("device_backend")
+def test_a_queued_device_section_gets_its_neighbour_rows() -> None:
+    """A sinogram section wholly on the device goes through the DeviceQueue: its bands
+    are uploaded with their halo rows and cut on the device (a fake device here)."""
+    scan = SimulatedScan(SimulationConfig(rows=10, cols=32, projections=36, flats=4, darks=2,
+                                          seed=3))
+    steps = parse_pipeline(QUEUED, REGISTRY, source="q.yaml").steps
+    host = parse_pipeline(QUEUED.replace("    backend: cupy\n", ""), REGISTRY,
+                          source="h.yaml").steps
+    assert runs_on_device(sections_of(steps)[1].steps)
+    results = []
+    for run, block, device in ((host, 1000, None), (steps, 3, FakeStreams())):
+        blocks: list[ProcessedBlock] = []
+        processor = ScanProcessor(run, start_header(scan.layout, "q"), block_frames=8,
+                                  block_sinograms=block, on_sinograms=blocks.append)
+        processor.stream_device = device
+        feed_reader(processor, scan, 8)
+        results.append(np.concatenate([b.data for b in blocks]))
+        assert all(isinstance(b.data, np.ndarray) for b in blocks)
+    np.testing.assert_allclose(results[1], results[0], rtol=0,
+                               atol=1e-6 * float(np.abs(results[0]).max()))
