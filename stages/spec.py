@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final, SupportsFloat
+from typing import Any, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -53,10 +53,6 @@ class StageParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-#: The ``halo`` of a stage whose output depends on the whole block axis (a transform or a
-#: fit along every angle): its section runs as one block of the whole axis (ADR 0019).
-WHOLE_AXIS: Final = 1 << 40
 
 MemoryEstimate = Callable[[tuple[int, int, int], np.dtype[Any], Any], int]
 
@@ -205,8 +201,7 @@ class StageSpec:
         not depend on block size (HTTomo's ``padding``; ADR 0019,
         :mod:`streamer.pipeline.halo`); the scan's true ends keep the stage's own edge
         mode. A callable ``halo(params) -> int`` where it depends on a parameter; see
-        :meth:`reach`. ``0`` (each entry on its own) unless declared; :data:`WHOLE_AXIS`
-        for a stage that needs the whole axis (its section then runs as one block).
+        :meth:`reach`. ``0`` (each entry on its own) unless declared.
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.

@@ -31,7 +31,7 @@ from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module, ndimage_module
 from stages.prep import fw_device, stripe_device, ti_device
-from stages.spec import WHOLE_AXIS, Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
 __all__ = [
@@ -705,7 +705,6 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_fw", fn=remove_stripe_fw,
         angle_local=False,  # the whole sinogram (wavelets along the angles)
-        halo=WHOLE_AXIS,  # a projection section: every angle in one block
         pattern=Pattern.PROJECTION, params=FwParams, memory=scaled_memory(3.0),
         # the padded block (1.2) and its level-1 bands (about 1.2), float64 from the
         # first damped band on (x2), the filter banks' temporaries (2), input, output (2)
@@ -719,7 +718,6 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_ti", fn=remove_stripe_ti,
         angle_local=False,  # the whole sinogram
-        halo=WHOLE_AXIS,  # a projection section: every angle in one block
         pattern=Pattern.PROJECTION, params=TiParams, memory=scaled_memory(4.0),
         # the whole block in float64 (2), the two corrections (2), one ring's float64
         # sinograms and correction (4), the product and the result (2), the input (1)

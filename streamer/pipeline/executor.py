@@ -49,7 +49,7 @@ from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.halo import block_size, keep_block, keep_saved, section_halo, window
+from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import Section, sections_of
 from streamer.sources.scan import FrameReader
@@ -287,9 +287,6 @@ class ScanProcessor:
         #: corrected once the ``halo`` projections after it have arrived, with the last
         #: ``halo`` of the previous block (:attr:`_behind`, as received) before it.
         self.halo = section_halo(self.projection_steps)
-        # a stage that needs every angle: the projection section is one block (at close)
-        self.block_frames = block_size(block_frames, max(start.projections, block_frames),
-                                       self.halo)
         self._behind: list[tuple[int, float, npt.NDArray[Any]]] = []
         #: With a halo, frames may arrive out of order: every frame index below
         #: ``_arrived_below`` has arrived (darks and flats too), those above it that have
@@ -402,7 +399,6 @@ class ScanProcessor:
             self._references = self._stack_references()
         while self._waiting:
             self._process_projections(self.block_frames)
-        self._behind = []  # no block comes after the last
 
     def finish(self) -> None:
         """The scan is over: process what is left, then the sinogram section."""
@@ -579,8 +575,8 @@ class ScanProcessor:
         rows = sinograms.shape[0]
         out_angles = section_angles(steps, angles, int(sinograms.shape[2]))
         gathered: npt.NDArray[np.float32] | None = None
-        size = block_size(self.block_sinograms, rows, section_halo(steps))
-        spans = [(first, min(first + size, rows)) for first in range(0, rows, size)]
+        spans = [(first, min(first + self.block_sinograms, rows))
+                 for first in range(0, rows, self.block_sinograms)]
         results = self._band_results(steps, sinograms, spans, angles, emit=emit)
         for first, last in spans:
             data = next(results, None)
@@ -661,11 +657,10 @@ class ScanProcessor:
         count = projections.shape[0]
         gathered: npt.NDArray[np.float32] | None = None
         halo = section_halo(steps)  # frames each block needs on each side (ADR 0019)
-        size = block_size(self.block_frames, count, halo)
-        for first in range(0, count, size):
+        for first in range(0, count, self.block_frames):
             if self._stopping():
                 return None, angles
-            last = min(first + size, count)
+            last = min(first + self.block_frames, count)
             frames = window(first, last, count, halo)
             data = apply_steps(steps, projections[frames.low:frames.high], darks=None,
                                flats=None, transfers=self.transfers,

@@ -12,9 +12,6 @@ result equals the whole-scan single-block result (ADR 0019). The window's outer 
 are computed from a truncated neighbourhood and thrown away; with ``h`` summed over the
 steps, every kept entry only ever saw real neighbours.
 
-A stage that needs the whole axis (:data:`stages.spec.WHOLE_AXIS`: a transform along
-every angle) makes its section one block of the whole axis (:func:`block_size`).
-
 A stage in such a window must keep the length of the block axis (a frame-averaging or
 binning step along it cannot be haloed): :func:`keep_block` refuses one that does not.
 """
@@ -31,20 +28,13 @@ from stages.backends.xp import array_module
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Window", "block_size", "keep_block", "keep_saved", "section_halo", "window"]
+__all__ = ["Window", "keep_block", "keep_saved", "section_halo", "window"]
 
 
 def section_halo(steps: Iterable[PipelineStep]) -> int:
     """How many real neighbours on each side a block of ``steps`` needs (the sum of the
     steps' halos along the block axis; ``0``: every entry on its own)."""
     return sum(step.spec.reach(step.params) for step in steps)
-
-
-def block_size(size: int, total: int, halo: int) -> int:
-    """The block size a section runs with: ``size``, or the whole axis (``total``) when
-    the halo spans it (a stage that needs every angle, ``WHOLE_AXIS``): one window then,
-    not one whole-axis window per block."""
-    return max(1, total) if halo >= total else size
 
 
 class Window:

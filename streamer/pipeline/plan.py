@@ -189,8 +189,7 @@ def _plan(
         need = per_unit[limiting]
         if need > budget_bytes:
             unit = "frame" if pattern is Pattern.PROJECTION else "sinogram"
-            with_halo = (" (with the whole axis: a step needs every one)" if halo >= units
-                         else f" (with its {halo} neighbours on each side)" if halo else "")
+            with_halo = f" (with its {halo} neighbours on each side)" if halo else ""
             raise ConfigError(
                 f"stage {limiting!r}: one {unit}{with_halo} of shape {unit_shape[1:]} needs "
                 f"{need / 2**20:,.1f} MiB, the {what} is {budget_bytes / 2**20:,.1f} MiB"

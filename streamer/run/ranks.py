@@ -80,7 +80,7 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
-from streamer.pipeline.halo import block_size, keep_block, section_halo, window
+from streamer.pipeline.halo import keep_block, section_halo, window
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -1048,11 +1048,10 @@ class RankedReconstruction:
         if blocks is None:
             block = self.block_sinograms or scan.processor.block_sinograms
             transfers, iterations = scan.processor.transfers, scan.processor.iterations
+            count = -(-(last - first) // block)
             # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
             # every row, R ranks refuse such steps)
             halo = section_halo(data_steps)
-            block = block_size(block, last - first, halo)
-            count = -(-(last - first) // block)
             rows_in = [window(begin, min(begin + block, last - first), last - first, halo)
                        for begin in range(0, last - first, block)]
             blocks = ((where.first, keep_block(apply_steps(

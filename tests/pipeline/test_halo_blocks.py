@@ -56,13 +56,14 @@ CASES: dict[str, tuple[dict[str, Any], ...]] = {
                         "min_stripe_width": 3},),
 }
 
-#: Stages whose output depends on the *whole* block axis and are not declared
-#: ``WHOLE_AXIS`` (remove_stripe_fw and remove_stripe_ti are: their projection section runs
-#: as one block): known, and listed here so that the list is a decision (ADR 0019), not
-#: an oversight. Each must differ when split (else: remove it).
+#: Stages that need the *whole* block axis (a transform or a statistic over every angle
+#: or row), which no finite halo makes right: known, and listed here so that the list is
+#: a decision (ADR 0019), not an oversight. Each must differ when split (else: remove it).
 WHOLE_AXIS = {
-    "rescale": "percentiles of the whole block (HTTomo's rescale_to_int takes global "
-               "statistics from calculate_stats instead)",
+    "remove_stripe_fw": "wavelets and a Fourier filter along all angles, in a projection "
+                        "section (tomopy's layout)",
+    "remove_stripe_ti": "a regularised fit along all angles, in a projection section",
+    "rescale": "percentiles of the whole block",
 }
 
 #: Not transforms of one block: finders, reconstructors (angles), geometry changes,
@@ -168,9 +169,6 @@ PIPELINES = {
     "sinogram": "pipeline:\n  - method: normalize\n  - method: remove_all_stripe\n"
                 "  - method: median_filter3d\n    parameters: {kernel_size: 3, dif: 0.02}\n"
                 "  - method: fbp\n    parameters: {center: 19.5}\n",
-    # a stage that needs every angle, in the streamed projection section
-    "whole-axis": "pipeline:\n  - method: normalize\n  - method: remove_stripe_ti\n"
-                  "  - method: fbp\n    parameters: {center: 19.5}\n",
     # a projection section after the reslice (a second reslice)
     "later": "pipeline:\n  - method: normalize\n  - method: remove_all_stripe\n"
              "  - method: median_filter\n    parameters: {axis: 1, size: 5}\n"
@@ -308,13 +306,3 @@ def test_a_queued_device_section_gets_its_neighbour_rows() -> None:
         assert all(isinstance(b.data, np.ndarray) for b in blocks)
     np.testing.assert_allclose(results[1], results[0], rtol=0,
                                atol=1e-6 * float(np.abs(results[0]).max()))
-
-
-def test_a_whole_axis_stage_makes_its_section_one_block() -> None:
-    steps = parse_pipeline(PIPELINES["whole-axis"], REGISTRY, source="w.yaml").steps
-    found = plan_blocks(steps, rows=64, cols=128, angles=500, dtype=np.dtype("float32"),
-                        budget_bytes=2**30)[0]
-    assert found.block == 500
-    with pytest.raises(ConfigError, match=r"with the whole axis: a step needs every one"):
-        plan_blocks(steps, rows=64, cols=128, angles=500, dtype=np.dtype("float32"),
-                    budget_bytes=2**24)
