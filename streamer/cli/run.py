@@ -113,7 +113,8 @@ def _print_output(output: ScanOutput, ranks: int) -> None:
     spread = f" from {ranks} ranks" if ranks > 1 else ""
     print(f"  volume: {output.path} ({output.slices} slices{spread}, CoR {center}, "
           f"{state}{doubt}{repaired}){error}", flush=True)
-    for line in ((output.latency,) if output.latency else ()) + output.notes:
+    for line in ((output.latency,) if output.latency else ()) + output.notes \
+            + output.iterations:
         print(f"  {line}", flush=True)
     for warning in output.center_warnings:
         print(f"  warning: CoR {center}: {warning}", flush=True)
@@ -163,11 +164,15 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
         config["ranks"] = link.size
     incomplete = 0
     reports = ReportFiles()
+    # Rank 0 alone shows iterations (every rank's reach it): a line of its own, from the
+    # reconstruction's thread, ended before the scan's output lines.
+    iterating = Progress(sys.stderr, "iterations", quiet=args.quiet or not speaks)
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # latency, transfers
+        iterating.close()
+        reports.complete(output.scan, output.figures)  # latency, transfers, iterations
         _print_output(output, link.size)
 
     # The worker thread reconstructs while ingest reads on: under MPI, MPI is then called
@@ -182,7 +187,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   device_bytes=device_bytes, on_output=on_output,
                                   center_source=center_source(args.center), log=log,
                                   output_format=chosen_output_format(args, None),
-                                  background=background)
+                                  background=background,
+                                  on_iteration=iterating.iteration if speaks else None)
     feed = relay = None
     if relay_link is not None:
         # --feed: rank 0 serves the feed (and the viewer's control); the others relay to
