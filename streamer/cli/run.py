@@ -253,11 +253,13 @@ def _run_with_feed(args: argparse.Namespace) -> int:
               "pipeline": str(args.pipeline), "limits": limits.__dict__}
     incomplete = 0
     reports = ReportFiles()
+    iterating = Progress(sys.stderr, "iterations", quiet=args.quiet)
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # the latency, once the volume is
+        iterating.close()
+        reports.complete(output.scan, output.figures)  # latency, iterations, once it is
         _print_output(output, 1)
 
     live = LiveReconstruction(steps, text, args.out,
@@ -266,7 +268,8 @@ def _run_with_feed(args: argparse.Namespace) -> int:
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=memory_budget(args.memory), on_output=on_output,
                               log=log_to_stderr(args.quiet), background=True,
-                              device_bytes=settings_for_pipeline.device_bytes)
+                              device_bytes=settings_for_pipeline.device_bytes,
+                              on_iteration=iterating.iteration)
     with zmq.Context() as context, stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
         socket, gate = consumer_socket(context, args,

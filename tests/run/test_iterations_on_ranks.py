@@ -124,14 +124,17 @@ def test_a_malformed_iteration_message_is_refused_with_its_sender() -> None:
         iterations.peer({**good, "done": 4}, 1)
 
 
+@pytest.mark.parametrize("feed", [(), ("--feed", "tcp://127.0.0.1:*")],
+                         ids=["runner", "live path"])
 def test_run_prints_the_summary_and_writes_it_to_the_json_report(
-        tmp_path: Path, python: str, cli_env: dict[str, str]) -> None:
+        tmp_path: Path, python: str, cli_env: dict[str, str], feed: tuple[str, ...]) -> None:
+    """``run`` (the one runner) and ``run --feed`` (the one-rank live path)."""
     pipeline = tmp_path / "sirt.yaml"
     pipeline.write_text(PIPELINE)
     out = tmp_path / "volumes"
     process, address = start_consumer_cli(
         python, cli_env, "run", str(pipeline), "--scans", "1", "--out", str(out),
-        "--sinogram-block", str(BLOCK))
+        "--sinogram-block", str(BLOCK), *feed)
     try:
         assert main(["simulate", "--connect", address, "--rows", str(ROWS), "--cols", "32",
                      "--projections", "40", "--scan-id", "a"]) == 0
