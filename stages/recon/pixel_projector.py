@@ -279,47 +279,56 @@ class _AngleWise:
         theta = np.deg2rad(angles_deg)
         self.cos, self.sin = np.cos(theta), np.sin(theta)
         self.cols, self.size, self.center, self.xp = cols, size, center, xp
-        self.indptr = np.arange(0, 2 * size * size + 1, 2, dtype=np.int64)
+        # int32 offsets: scipy then takes the arrays as they are (no scan for their range)
+        index = np.int32 if 2 * size * size + cols + 2 < 2**31 else np.int64
+        self.index = index
+        self.indptr = np.arange(0, 2 * size * size + 1, 2, dtype=index)
+        self.reach = half * (np.abs(self.cos) + np.abs(self.sin))  # max |t − center|
 
-    def matrix(self, angle: int) -> Any:
-        """Angle ``angle``'s matrix in the band's module (CSC on the host; CSR of it and
-        of its transpose on a device)."""
+    def matrix(self, angle: int) -> tuple[Any, Any]:
+        """Angle ``angle``'s ``A`` (``(cols + 2) × N²``) and ``Aᵀ`` in the band's module,
+        on the host a CSC matrix and the CSR matrix of its transpose over the same arrays
+        (a pixel's two entries are one column of ``A``, one row of ``Aᵀ``)."""
         cols, pixels = self.cols, self.size * self.size
-        t = np.add.outer(self.center + self.y * self.sin[angle], self.x * self.cos[angle])
+        t = np.add.outer(self.center + self.y * self.sin[angle],
+                         self.x * self.cos[angle]).reshape(-1)
         floor = np.floor(t)
-        k = floor.astype(np.int32).reshape(-1)
         weights = np.empty((pixels, 2), dtype=np.float32)
-        weights[:, 1] = (t - floor).reshape(-1)
-        weights[:, 0] = 1.0 - weights[:, 1]
-        outside = (k < -1) | (k >= cols)  # both columns off the detector: no entry
-        if outside.any():
-            k[outside] = -1
+        np.subtract(t, floor, out=weights[:, 1], casting="same_kind")
+        np.subtract(np.float32(1.0), weights[:, 1], out=weights[:, 0])
+        columns = np.empty((pixels, 2), dtype=self.index)
+        columns[:, 0] = floor  # ⌊t⌋; the padded detector's row ⌊t⌋ + 1 next
+        columns[:, 0] += 1
+        if not (self.center - self.reach[angle] >= 0
+                and self.center + self.reach[angle] < cols - 1):  # some pixels may miss
+            outside = (columns[:, 0] < 0) | (columns[:, 0] > cols)  # both columns off
+            columns[outside, 0] = 0
             weights[outside] = 0.0
-        columns = np.empty((pixels, 2), dtype=np.int32)
-        columns[:, 0] = k + 1  # the padded detector: column c is row c + 1
-        columns[:, 1] = k + 2
-        host = scipy.sparse.csc_matrix((weights.reshape(-1), columns.reshape(-1),
-                                        self.indptr), shape=(cols + 2, pixels))
+        np.add(columns[:, 0], 1, out=columns[:, 1])
+        arrays = (weights.reshape(-1), columns.reshape(-1), self.indptr)
+        forward = scipy.sparse.csc_matrix(arrays, shape=(cols + 2, pixels), copy=False)
+        adjoint = scipy.sparse.csr_matrix(arrays, shape=(pixels, cols + 2), copy=False)
         if self.xp is np:
-            return host
+            return forward, adjoint
         sparse = _device_sparse(self.xp)
-        return (sparse.csr_matrix(host.tocsr()), sparse.csr_matrix(host.T.tocsr()))
+        return sparse.csr_matrix(forward.tocsr()), sparse.csr_matrix(adjoint)
 
-    def forward(self, angle: int, columns: Any, matrix: Any = None) -> Any:
+    def forward(self, angle: int, columns: Any,
+                matrix: tuple[Any, Any] | None = None) -> Any:
         """The band's projections at ``angle``, ``(rows, cols)``, from its slices as
         columns ``(N², rows)``."""
         matrix = self.matrix(angle) if matrix is None else matrix
-        product = (matrix if self.xp is np else matrix[0]) @ columns  # (cols + 2, rows)
-        return product[1:-1].T
+        return (matrix[0] @ columns)[1:-1].T  # (cols + 2, rows) → (rows, cols)
 
-    def adjoint(self, angle: int, projections: Any, matrix: Any = None) -> Any:
+    def adjoint(self, angle: int, projections: Any,
+                matrix: tuple[Any, Any] | None = None) -> Any:
         """``Aₐᵀ y`` as columns ``(N², rows)`` from the band's projections ``(rows, cols)``
         at ``angle`` (the padded columns are 0: what lands there is dropped)."""
         xp = self.xp
         matrix = self.matrix(angle) if matrix is None else matrix
         padded = xp.zeros((self.cols + 2, projections.shape[0]), dtype=xp.float32)
         padded[1:-1] = projections.T
-        return (matrix.T if xp is np else matrix[1]) @ padded
+        return matrix[1] @ padded
 
 
 class PixelMatrixCache:
