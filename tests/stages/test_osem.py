@@ -156,3 +156,24 @@ def test_the_memory_estimate_at_n_1024_holds_no_matrix() -> None:
     spec = REGISTRY["osem"]
     estimate = spec.memory((4, 1200, 1024), np.dtype(np.float32), spec.params())  # type: ignore[misc]
     assert estimate < 2**30, estimate / 2**30
+
+
+def test_a_pipeline_builds_each_subsets_matrix_once_per_scan() -> None:
+    """Three bands of one scan through the executor: the scan's cache builds each of the
+    3 subsets' matrices at the first band and hands them to the other two."""
+    from stages.recon.pixel_projector import PixelMatrixCache
+    from streamer.pipeline.config import parse_pipeline
+    from streamer.pipeline.executor import process_reader
+    from streamer.sources.sender import start_header
+    from streamer.sources.simulate import SimulatedScan, SimulationConfig
+
+    scan = SimulatedScan(SimulationConfig(rows=5, cols=32, projections=30, seed=1))
+    steps = parse_pipeline(
+        "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
+        "  - method: osem\n    parameters: {iterations: 2, subsets_number: 3, "
+        "center: 15.5}\n", REGISTRY, source="osem.yaml").steps
+    processor = process_reader(steps, scan, start_header(scan.layout, "s"), block_frames=8,
+                               block_sinograms=2)
+    (cache,) = processor.caches.made.values()
+    assert isinstance(cache, PixelMatrixCache)
+    assert (cache.misses, cache.hits) == (3, 6)
