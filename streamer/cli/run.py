@@ -121,7 +121,8 @@ def _print_output(output: ScanOutput, ranks: int) -> None:
     spread = f" from {ranks} ranks" if ranks > 1 else ""
     print(f"  volume: {output.path} ({output.slices} slices{spread}, CoR {center}, "
           f"{state}{doubt}{repaired}){error}", flush=True)
-    for line in ((output.latency,) if output.latency else ()) + output.notes:
+    for line in ((output.latency,) if output.latency else ()) + output.notes \
+            + output.iterations:
         print(f"  {line}", flush=True)
     for warning in output.center_warnings:
         print(f"  warning: CoR {center}: {warning}", flush=True)
@@ -171,11 +172,15 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
         config["ranks"] = link.size
     incomplete = 0
     reports = ReportFiles()
+    # Rank 0 alone shows iterations (every rank's reach it): a line of its own, from the
+    # reconstruction's thread, ended before the scan's output lines.
+    iterating = Progress(sys.stderr, "iterations", quiet=args.quiet or not speaks)
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # latency, transfers
+        iterating.close()
+        reports.complete(output.scan, output.figures)  # latency, transfers, iterations
         _print_output(output, link.size)
 
     # The worker thread reconstructs while ingest reads on: under MPI, MPI is then called
@@ -191,7 +196,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   center_source=center_source(args.center), log=log,
                                   output_format=chosen_output_format(args, None),
                                   background=background, estimate_center=True,
-                                  center_tolerance=args.center_tolerance)
+                                  center_tolerance=args.center_tolerance,
+                                  on_iteration=iterating.iteration if speaks else None)
     feed = relay = None
     if relay_link is not None:
         # --feed: rank 0 serves the feed (and the viewer's control); the others relay to
@@ -256,11 +262,13 @@ def _run_with_feed(args: argparse.Namespace) -> int:
               "pipeline": str(args.pipeline), "limits": limits.__dict__}
     incomplete = 0
     reports = ReportFiles()
+    iterating = Progress(sys.stderr, "iterations", quiet=args.quiet)
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # the latency, once the volume is
+        iterating.close()
+        reports.complete(output.scan, output.figures)  # latency, iterations, once it is
         _print_output(output, 1)
 
     live = LiveReconstruction(steps, text, args.out,
@@ -269,7 +277,8 @@ def _run_with_feed(args: argparse.Namespace) -> int:
                               block_frames=args.block, block_sinograms=args.sinogram_block,
                               memory_bytes=memory_budget(args.memory), on_output=on_output,
                               log=log_to_stderr(args.quiet), background=True,
-                              device_bytes=settings_for_pipeline.device_bytes)
+                              device_bytes=settings_for_pipeline.device_bytes,
+                              on_iteration=iterating.iteration)
     with zmq.Context() as context, stop_on_signal() as stop:
         live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
         socket, gate = consumer_socket(context, args,

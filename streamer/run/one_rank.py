@@ -44,6 +44,7 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
+from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import refuse_save_result, sections_of
 from streamer.run.center_check import center_outside
@@ -140,6 +141,8 @@ class LiveReconstruction:
     stop: threading.Event | None = None
     #: Monotonic seconds for the latency figures (injected in tests).
     clock: Callable[[], float] = time.monotonic
+    #: Told each iteration of an iterative stage, per band (from the worker's thread).
+    on_iteration: Callable[[BandIteration], None] | None = None
     _processor: ScanProcessor | None = None
     _scan: str | None = None  # the open scan
     _failure: str | None = None  # why the open scan failed, if it did
@@ -257,6 +260,7 @@ class LiveReconstruction:
             block_sinograms=self.block_sinograms or sinograms,
             on_sinograms=self._on_sinograms, resolve_center=auto_center,
             on_projections=self.feed.projections if self.feed is not None else None,
+            on_iteration=self.on_iteration,
         )
         streams = plan_streaming(self.steps, rows=start.rows, cols=start.cols,
                               projections=start.projections,
@@ -381,6 +385,8 @@ class LiveReconstruction:
             summary = latency.summary()
             document["latency"] = figures["latency"] = summary.as_dict()
             line = summary.line()  # printed under the terminal's volume: line
+        if processor.iterations.iterations:
+            document["iterations"] = figures["iterations"] = processor.iterations.as_dict()
         if failure is not None:
             document["reconstruction_error"] = failure
         try:
@@ -389,7 +395,8 @@ class LiveReconstruction:
             failure = failure or str(error)
             complete = False
         return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
-                          repairs.total, processor.center_warnings, line, figures)
+                          repairs.total, processor.center_warnings, line, figures,
+                          iterations=tuple(processor.iterations.summary()))
 
     def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
         """Name and open this scan's volume, shaped after its first block of slices."""
