@@ -68,7 +68,7 @@ from streamer.live.feed import (
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.run.latency import LatencyRecorder
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.wire.protocol import StartHeader
 
 TAG_ROWS: Final = 401
@@ -444,13 +444,17 @@ class FeedRelay:
         if not self._send_budgeted(TAG_SLICES, message):
             scan.dropped_slices += item.last - item.first
 
-    def part_done(self, serial: int, exchange: ExchangeStats | None) -> None:
-        """This rank wrote its part (or failed): its transfers and counts go to rank 0."""
+    def part_done(self, serial: int, exchange: ExchangeStats | None, *,
+                  streamed: bool = False) -> None:
+        """This rank wrote its part (or failed): its transfers and counts go to rank 0
+        (rank 0: whether its band streamed labels the scan's latency)."""
         reslice = Transfers.of_exchange(exchange) if exchange is not None else Transfers()
         if self.gathers:
             hub = self._hubs.get(serial)
             if hub is not None:
                 hub.reslice = reslice
+                if hub.recorder is not None:
+                    hub.recorder.streaming = streamed
             self.serve()
             return
         scan = self._scan

@@ -33,11 +33,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.prep.repair import RepairCounts
 from streamer.errors import ScanFailedError, SinkError, StreamerError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
@@ -45,10 +44,10 @@ from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
-from streamer.pipeline.sections import refuse_save_result, sections_of
-from streamer.run.center_check import center_outside
+from streamer.pipeline.sections import refuse_save_result
 from streamer.run.from_file import auto_center, center_in_use, center_label, open_volume
 from streamer.run.latency import LatencyRecorder
+from streamer.run.output import ScanOutput, check_servable, keep_newest
 from streamer.run.streaming import plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.registry import DEFAULT_FORMAT, free_output_path
@@ -58,50 +57,10 @@ if TYPE_CHECKING:
     from streamer.live.feed import LiveFeed
 
 
-#: Outputs kept in memory by a running service (the newest): months of scans must not grow it.
-MAX_KEPT_OUTPUTS: Final = 1000
-
-
-def keep_newest(outputs: list[ScanOutput], output: ScanOutput) -> None:
-    """Append ``output``, dropping the oldest beyond ``MAX_KEPT_OUTPUTS``."""
-    outputs.append(output)
-    if len(outputs) > MAX_KEPT_OUTPUTS:
-        del outputs[: len(outputs) - MAX_KEPT_OUTPUTS]
-
-
 def _set_event() -> threading.Event:
     event = threading.Event()
     event.set()
     return event
-
-
-@dataclass(frozen=True)
-class ScanOutput:
-    """What the service wrote for one scan."""
-
-    scan: str
-    path: Path | None
-    slices: int
-    center: float | None
-    complete: bool
-    error: str | None = None
-    repaired: int = 0  # pixel values repaired (stages.prep.repair), all reasons
-    #: The CoR finder's doubts (:class:`~stages.recon.center_policy.CorEstimate`).
-    center_warnings: tuple[str, ...] = ()
-    #: The scan's latency line (:meth:`streamer.run.latency.LatencySummary.line`).
-    latency: str | None = None
-    #: Figures known only once the volume is complete (``latency``, ``transfers``), for
-    #: the JSON run report, which ingest wrote when the scan closed.
-    figures: dict[str, Any] = field(default_factory=dict)
-    #: More terminal lines (the transfers between ranks).
-    notes: tuple[str, ...] = ()
-    #: How the CoR was decided (as stored beside it) and how sure its finder was.
-    center_method: str | None = None
-    center_confidence: float | None = None
-    #: Pixel values repaired, by reason (all ranks).
-    repairs: RepairCounts | None = None
-    #: One line per iterative stage (iterations per band, final residual/change).
-    iterations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -443,27 +402,3 @@ def _previews_of(scan: str, recorder: LatencyRecorder) -> Callable[[str, int], N
             recorder.preview_published(newest_frame)
 
     return published
-
-
-def check_servable(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
-    """Refuse (:class:`~streamer.errors.ScanFailedError`) a scan the pipeline cannot serve,
-    from its ``start`` alone: a fixed CoR off its detector, or a normalisation the pipeline
-    cannot do. The same rule on one rank and on R ranks."""
-    refusal = center_outside(steps, start.cols)
-    if refusal is not None:
-        raise ScanFailedError(refusal)
-    check_normalisation(steps, start)
-
-
-def check_normalisation(steps: tuple[PipelineStep, ...], start: StartHeader) -> None:
-    """Refuse a scan whose ``start`` announces a normalisation the pipeline cannot do
-    (flat/dark stages, but the scan brings no flats: ``air`` or ``none``)."""
-    needs = [s for s in sections_of(steps)[0].steps if s.spec.needs_references]
-    if needs and (start.normalisation != "flat_dark" or start.flats == 0):
-        flats = ("flats: expected at least 1 flat frame, got 0" if start.flats == 0
-                 else f"{start.flats} flats")
-        raise ScanFailedError(
-            f"start.normalisation: the pipeline's stage {needs[0].name!r} (pipeline entry "
-            f"at {needs[0].where}) needs flat/dark references, got normalisation "
-            f"{start.normalisation!r} with {flats} (serve such scans with a pipeline for "
-            "them, e.g. normalize_bg)")
