@@ -33,7 +33,7 @@ from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction
 from streamer.sources.sender import SendOptions, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
@@ -333,8 +333,8 @@ def test_latency_is_in_the_output_and_the_feed(tmp_path: Path, context: zmq.Cont
 
 
 def test_on_one_rank_the_latency_is_in_the_feed_and_the_output(live_run: Any) -> None:
-    """The one-rank service (LiveReconstruction): the feed's previews are measured and
-    ``scan_end`` carries the scan's latency, as the output and its report do."""
+    """The one-rank service (the ``live_run`` fixture): the feed's previews are measured
+    and ``scan_end`` carries the scan's latency, as the output and its report do."""
     run = live_run()
     with Subscription(run.feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub:
         sub.wait_connected()
