@@ -1,9 +1,11 @@
-"""The live feed on several MPI ranks: rank 0 serves it, the other ranks relay to it.
+"""The live feed on 1..R ranks: rank 0 serves it, the other ranks relay to it.
 
-On one rank the runner hands the :class:`~streamer.live.feed.LiveFeed` its corrected
-projections and final slices directly. On R ranks each rank corrects only the
-projections that reached it and reconstructs only its band of rows, so every rank owns a
-:class:`FeedRelay` on a link of its own (``RankLink.duplicate()``):
+The ``run`` service's runner (:class:`~streamer.run.ranks.RankedReconstruction`) has a
+:class:`FeedRelay` as its observer on every rank count, one rank included (rank 0 of a
+one-rank link: it hands the :class:`~streamer.live.feed.LiveFeed` its own corrected
+projections and final slices, and nothing is relayed). On R ranks each rank corrects only
+the projections that reached it and reconstructs only its band of rows, so every rank owns
+a :class:`FeedRelay` on a link of its own (``RankLink.duplicate()``):
 
 * **rank 0** holds the feed (and the viewer's control socket) and hands it its own
   projections and slices, as on one rank, plus what the other ranks relay: the preview
