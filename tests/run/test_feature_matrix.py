@@ -102,10 +102,11 @@ class Ranks:
 
     def __init__(self, ranks: int, out: Path, feed: LiveFeed, context: zmq.Context[Any], *,
                  clock: Callable[[], float] | None = None,
-                 output_format: str = "hdf5") -> None:
+                 output_format: str = "hdf5", pipeline: str = PIPELINE) -> None:
         self.size = ranks
         self.output_format = output_format
-        self.steps = parse_pipeline(PIPELINE, REGISTRY, source="ranks.yaml").steps
+        self.pipeline = pipeline
+        self.steps = parse_pipeline(pipeline, REGISTRY, source="ranks.yaml").steps
         self.out = out
         self.feed = feed
         self.clock = clock
@@ -130,7 +131,7 @@ class Ranks:
             link: MemoryLink = self.network.link(rank)
             cluster = ClusterIngest(link, idle_timeout_s=30.0)
             control, band, relay_link = link.duplicate(), link.duplicate(), link.duplicate()
-            ranked = RankedReconstruction(self.steps, PIPELINE, self.out, control, band,
+            ranked = RankedReconstruction(self.steps, self.pipeline, self.out, control, band,
                                           block_frames=8, block_sinograms=2,
                                           memory_bytes=1 << 28, exchange_timeout_s=60.0,
                                           output_format=self.output_format)
@@ -193,6 +194,7 @@ def read_until(subscription: Subscription, predicate: Callable[[Any], bool]) -> 
 def run_scan(ranks: int, tmp_path: Path, context: zmq.Context[Any], *,
              between: Callable[[Subscription, Control], None] | None = None,
              clock: Callable[[], float] | None = None, output_format: str = "hdf5",
+             pipeline: str = PIPELINE,
              ) -> tuple[ScanOutput, list[Any], dict[str, Any], Dealt, Ranks]:
     """One scan on ``ranks`` ranks with a subscriber and a control client; ``between``
     runs once every frame is in (and a preview came), before the scan's end is sent."""
@@ -201,7 +203,7 @@ def run_scan(ranks: int, tmp_path: Path, context: zmq.Context[Any], *,
     feed = LiveFeed(FeedSettings(sndhwm=100_000, sndbuf_bytes=1 << 24,
                                  counters_interval_s=0.2))
     run = Ranks(ranks, tmp_path / "volumes", feed, context, clock=clock,
-                output_format=output_format)
+                output_format=output_format, pipeline=pipeline)
     try:
         with Subscription(feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub, \
                 Control(str(feed.control_address), timeout_s=TIMEOUT_S) as control:
@@ -411,3 +413,39 @@ def test_every_output_format_equals_the_one_rank_hdf5(
     assert report["transfers"] == output.figures["transfers"]
     assert sorted(report["transfers"]["per_rank"]) == [str(r) for r in range(ranks)]
     assert "repairs" in report
+
+
+@pytest.mark.parametrize("viewer", [False, True])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_a_streaming_pipeline_streams_unless_the_viewer_moves_the_cor(
+        tmp_path: Path, context: zmq.Context[Any], ranks: int, viewer: bool) -> None:
+    """A fixed CoR and an angle-local pipeline: each rank reconstructs its band while the
+    scan arrives (the latency says ``streaming``); a CoR set from the viewer sends every
+    band back to the reconstruction at close at that CoR (``at close``). Either way the
+    volume equals the one-rank ``recon`` at the CoR used within 1e-5."""
+    fixed, chosen = 24.0, 23.5
+    streams = PIPELINE.replace("method: fbp", "method: fourier_fbp")  # the one that streams
+    text = streams.replace("{filter_name: hann}", f"{{filter_name: hann, center: {fixed}}}")
+    answers: dict[str, Any] = {}
+
+    def set_center(sub: Subscription, control: Control) -> None:
+        answers["set"] = control.set_center(chosen, scan="feedranks")
+
+    output, seen, _, _, _ = run_scan(ranks, tmp_path, context, pipeline=text,
+                                     between=set_center if viewer else None)
+    used = chosen if viewer else fixed
+    assert output.complete and output.center == used, output
+    assert output.figures["latency"]["reconstruction"] == (
+        "at close" if viewer else "streaming")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(streams)
+    reference = run_recon(SimulatedScan(CONFIG), ReconSettings(
+        tmp_path / "one.h5", pipeline=pipeline, center=used, block_frames=16))
+    expected, *_ = read_volume(reference.output, "hdf5")
+    assert output.path is not None
+    data, center, method, _ = read_volume(output.path, "hdf5")
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert center == used and method == output.center_method
+    assert method == ("user (viewer)" if viewer else "pipeline")
+    end = seen[-1].header
+    assert (end.center, end.center_method) == (used, method)
