@@ -39,6 +39,7 @@ from stages.prep import (
     httomo_prep,
     normalize,
     phase,
+    reference_reducer,
     stripe,
     stripes3d,
     tomopy_norm,
@@ -64,6 +65,8 @@ _MODULES = (
     stripes3d, rings, alignment, center_metric,
     # shape-changing stages (360° fold, frame averaging) and distortion correction
     scan_shape, distortion,
+    # the darks and flats reduced once per scan (httomolib's data_reducer)
+    reference_reducer,
 )
 #: Other backends per stage. httomolibgpu's are called only on a CUDA device (its CPU
 #: mode silently returns inputs unchanged); TomoPy's only where TomoPy is installed.

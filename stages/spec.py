@@ -173,6 +173,13 @@ class StageSpec:
         the number or angles of the projections, the detector width or where the axis
         lies in it (``average_projection_frames``, ``sino_360_to_180``): the run passes
         the new angles and CoR to the stages after it, the planner the new shape.
+    reduces_references : callable, optional
+        ``reduces_references(stack, params) -> stack`` for a step that acts on the scan's
+        darks and flats, not on its blocks (httomolib's ``data_reducer``): the run applies
+        it once per scan to each reference stack, when they are complete, and the steps
+        after it get the result; ``fn`` passes the blocks unchanged. Such a step must
+        come before every step that uses the references (checked when the pipeline is
+        validated).
     reports_progress : bool
         Whether ``fn`` takes ``on_iteration`` (an :data:`IterationCallback` or ``None``)
         and calls it after each iteration (the iterative reconstructors).
@@ -211,6 +218,9 @@ class StageSpec:
     reports_progress: bool = False
     device_memory: MemoryEstimate | None = None
     geometry: Callable[[Geometry, Any], Geometry] | None = None
+    reduces_references: (
+        Callable[[npt.NDArray[np.float32], Any], npt.NDArray[np.float32]] | None
+    ) = None
     cache: Callable[[], Any] | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})

@@ -20,12 +20,25 @@ missing or malformed file with its line) and again when the stage runs.
 ``preview``: the crop's first column and row, so the centre stays on the detector's
 pixel; ``recon --rows A:B`` sets it the same way. As in HTTomo, only the projections are
 corrected (the darks and flats the correction after it divides by are not).
+
+tomopy's ``distortion_correction_sino(tomo, ind, xcenter, ycenter, list_fact)`` gives the
+corrected sinogram of detector row ``ind``: for each column ``x`` it samples the
+projections at ``(ycenter + F(ru)·(ind - ycenter), xcenter + F(ru)·(x - xcenter))``
+(clipped), linear interpolation, ``reflect`` edges, reading only the rows that curve
+crosses. That curve spans several detector rows, which a sinogram block (a few rows) may
+not hold, so here it runs on projection blocks, where every row is at hand: for each
+output row the same samples (:func:`unwarp_rows`, coordinates in float64 as tomopy's);
+after the reslice each sinogram is tomopy's for its row. ``ind`` is tomopy's (a detector
+row: that one sinogram, so the volume has one slice), HTTomo's ``mid``, or ``all`` /
+``null``: every row, the whole corrected scan. HTTomo cannot run this method (its
+``DistortionCorrectionWrapper`` passes ``shift_xy``/``step_xy``, which tomopy's function
+does not take, and the 2-D sinogram it returns is not a block).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +49,7 @@ from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import ConfigError, StageError
 
 __all__ = ["SPECS", "distortion_correction_proj", "distortion_correction_proj_discorpy",
-           "read_coefficients", "unwarp"]
+           "distortion_correction_sino", "read_coefficients", "unwarp", "unwarp_rows"]
 
 Mode = Literal["constant", "nearest", "mirror", "reflect", "wrap", "grid-mirror",
                "grid-wrap", "grid-constant"]
@@ -163,6 +176,89 @@ def distortion_correction_proj(
                   mode="reflect")
 
 
+def unwarp_rows(
+    block: npt.NDArray[Any], xcenter: float, ycenter: float, list_fact: tuple[float, ...],
+    rows: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float32]:
+    """tomopy's ``distortion_correction_sino`` for each of ``rows`` (indices into the
+    frames of the projection block ``(angles, height, width)``): ``(angles, len(rows),
+    width)``, row ``k`` of each frame the unwarped detector row ``rows[k]``."""
+    height, width = block.shape[1], block.shape[2]
+    xu = np.arange(width, dtype=np.float64)[None, :] - xcenter
+    yu = np.asarray(rows, dtype=np.float64)[:, None] - ycenter
+    ru = np.sqrt(xu**2 + yu**2)
+    factor = np.zeros_like(ru)
+    for power, coefficient in enumerate(list_fact):
+        factor += coefficient * ru**power
+    xd = np.clip(xcenter + factor * xu, 0, width - 1)
+    yd = np.clip(ycenter + factor * yu, 0, height - 1)
+    coordinates = np.stack([yd.ravel(), xd.ravel()])
+    out = np.empty((block.shape[0], len(rows), width), dtype=np.float32)
+    for index in range(block.shape[0]):
+        out[index] = map_coordinates(np.asarray(block[index], np.float32), coordinates,
+                                     order=1, mode="reflect").reshape(len(rows), width)
+    return out
+
+
+class TomopySinoDistortionParams(StageParams):
+    """tomopy's ``distortion_correction_sino``: ``ind`` and the coefficients, required
+    (the coefficients or discorpy's file, ``metadata_path``, which wins)."""
+
+    ind: Annotated[int, Field(ge=0)] | Literal["mid", "all"] | None
+    xcenter: float | None = None
+    ycenter: float | None = None
+    list_fact: tuple[float, ...] | None = None
+    metadata_path: str | None = None
+    #: Set from a crop (HTTomo's preview, ``recon --rows``): (first column, first row).
+    shift_xy: tuple[int, int] = (0, 0)
+
+    @model_validator(mode="after")
+    def _coefficients_given(self) -> TomopySinoDistortionParams:
+        if self.metadata_path is not None:
+            try:
+                read_coefficients(self.metadata_path)
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        elif self.xcenter is None or self.ycenter is None or not self.list_fact:
+            raise ValueError("expected xcenter, ycenter and list_fact, or metadata_path "
+                             "(discorpy's coefficients file); got none of them complete")
+        return self
+
+
+def distortion_correction_sino(
+    block: npt.NDArray[Any], *, ind: int | Literal["mid", "all"] | None,
+    xcenter: float | None = None, ycenter: float | None = None,
+    list_fact: tuple[float, ...] | None = None, metadata_path: str | None = None,
+    shift_xy: tuple[int, int] = (0, 0),
+) -> npt.NDArray[np.float32]:
+    """tomopy's ``distortion_correction_sino`` on a projection block: the corrected
+    sinogram rows (every row for ``ind`` ``all``/``None``; the one row ``ind``, in the
+    detector's numbering, or the middle row for ``mid``)."""
+    stage = "distortion_correction_sino"
+    if metadata_path is not None:
+        try:
+            xcenter, ycenter, list_fact = read_coefficients(metadata_path)
+        except ConfigError as error:
+            raise StageError(f"stage {stage!r}: {error}") from None
+    if xcenter is None or ycenter is None or not list_fact:
+        raise StageError(f"stage {stage!r}: expected xcenter, ycenter and list_fact, or "
+                         "metadata_path, got none")
+    height = block.shape[1]
+    if ind is None or ind == "all":
+        rows = np.arange(height, dtype=np.int64)
+    elif ind == "mid":
+        rows = np.array([height // 2], dtype=np.int64)
+    else:
+        row = int(ind) - shift_xy[1]
+        if not 0 <= row < height:
+            raise StageError(f"stage {stage!r}: ind: expected a detector row in "
+                             f"{shift_xy[1]}..{shift_xy[1] + height - 1} (the rows read), "
+                             f"got {ind}")
+        rows = np.array([row], dtype=np.int64)
+    return unwarp_rows(block, xcenter - shift_xy[0], ycenter - shift_xy[1], tuple(list_fact),
+                       rows)
+
+
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="distortion_correction_proj_discorpy",
@@ -186,5 +282,17 @@ SPECS: tuple[StageSpec, ...] = (
         "linear interpolation, reflected edges).",
         angle_local=True,
         aliases=("tomopy.prep.alignment.distortion_correction_proj",),
+    ),
+    StageSpec(
+        name="distortion_correction_sino",
+        fn=distortion_correction_sino,
+        pattern=Pattern.PROJECTION,  # each sinogram row reads the rows its curve crosses
+        params=TomopySinoDistortionParams,
+        memory=scaled_memory(3.0),  # block, output; the coordinate maps are frame-sized
+        summary="tomopy's radial distortion correction in its sinogram form (each row's "
+        "curve, linear interpolation, reflected edges): every row (ind: all) or one "
+        "sinogram (ind: N or mid); run on projections, where every row is at hand.",
+        angle_local=True,
+        aliases=("tomopy.prep.alignment.distortion_correction_sino",),
     ),
 )

@@ -52,7 +52,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from stages.spec import StageParams, StageSpec
+from stages.spec import Pattern, StageParams, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.httomo_loader import LOADER_MODULES, LoaderSettings, loader_settings
 
@@ -228,6 +228,7 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
     if context.httomo and entries and not context.loader_seen_first:
         problems.add(entries[0], "pipeline[0]", "an HTTomo pipeline starts with its loader "
                      f"({LOADER_MODULES[0]}.standard_tomo), got another method")
+    _reference_reducers_first(context.steps, problems)
     saving = [step for step in context.steps if step.save_result]
     if context.sweep is not None and saving:
         problems.add(None, f"{saving[0].name} ({saving[0].where})", "save_result: true with "
@@ -239,6 +240,28 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
         raise ConfigError("\n".join(problems.messages))
     return Pipeline(tuple(context.steps), source, text, tuple(context.notes), context.sweep,
                     context.loader)
+
+
+def _reference_reducers_first(steps: list[PipelineStep], problems: _Problems) -> None:
+    """A step that reduces the darks and flats (``data_reducer``) acts once, before the
+    projections are corrected: refused after a step that uses the references (it could
+    not change what that step got) or after a sinogram step (no references there)."""
+    for index, step in enumerate(steps):
+        if step.spec.reduces_references is None:
+            continue
+        for before in steps[:index]:
+            if before.spec.finds_center is not None:
+                continue  # runs on the corrected projections, after the correction
+            if before.spec.needs_references:
+                problems.add(None, f"{step.name} ({step.where})", "it reduces the darks and "
+                             f"flats the flat/dark correction uses: expected it before "
+                             f"{before.name!r} ({before.where}), which uses them, got after")
+                break
+            if before.spec.pattern is Pattern.SINOGRAM:
+                problems.add(None, f"{step.name} ({step.where})", "it reduces the darks and "
+                             "flats before the projections are corrected: expected it before "
+                             f"the sinogram stage {before.name!r} ({before.where}), got after")
+                break
 
 
 class _Context:

@@ -266,6 +266,8 @@ class ScanProcessor:
         self._flats: dict[int, npt.NDArray[np.float32]] = {}
         self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+        #: The frame index of each flat the correction gets (one after a data_reducer).
+        self._flat_indices = np.empty(0, dtype=np.int64)
         self._collect = keep_sinogram_section and bool(self.later_sections)
         #: The corrected scan in sinogram layout (one rank), allocated at the first
         #: corrected block (whose shape it takes: a projection stage may crop or bin).
@@ -363,6 +365,10 @@ class ScanProcessor:
         return len(self._darks) >= self.start.darks and len(self._flats) >= self.start.flats
 
     def _stack_references(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The darks and flats as stacks in frame order, reduced where the pipeline
+        has a ``data_reducer`` (:attr:`StageSpec.reduces_references`); sets the flats'
+        frame indices the correction steps get."""
+        self._flat_indices = np.array(sorted(self._flats), dtype=np.int64)
         needs = any(step.spec.needs_references for step in self.projection_steps)
         if needs and self.start.normalisation == "flat_dark" and not self._flats:
             raise StageError(
@@ -373,6 +379,14 @@ class ScanProcessor:
         empty = np.empty((0, *self.frame_shape), dtype=np.float32)
         darks = np.stack([self._darks[i] for i in sorted(self._darks)]) if self._darks else empty
         flats = np.stack([self._flats[i] for i in sorted(self._flats)]) if self._flats else empty
+        for step in self.projection_steps:  # data_reducer: once per scan, in order
+            reduce = step.spec.reduces_references
+            if reduce is not None:
+                darks, flats = reduce(darks, step.params), reduce(flats, step.params)
+        if flats.shape[0] < len(self._flats):
+            # reduced to one flat: it stands for them all (a time interpolation between
+            # flat groups then has one group)
+            self._flat_indices = self._flat_indices[:flats.shape[0]]
         return darks, flats
 
     def _projection_numbers(self, indices: list[int]) -> npt.NDArray[np.int64]:
@@ -393,7 +407,7 @@ class ScanProcessor:
                            transfers=self.transfers,
                            device_references=self._device_references,
                            frame_indices=np.array(indices, dtype=np.int64),
-                           flat_indices=np.array(sorted(self._flats), dtype=np.int64),
+                           flat_indices=self._flat_indices,
                            projection_indices=self._projection_numbers(indices),
                            repairs=self.repairs,
                            on_result=self._saver(Pattern.PROJECTION,

@@ -34,7 +34,10 @@ from tests.mpi.test_mpi_ingest import wait_for_peers
 RANKS = 2
 WAIT_S = 120.0
 STOP_WITHIN_S = 30.0
-ROWS, COLS, PROJECTIONS = 32, 512, 720
+# 48 slices per rank, one per block: a rank's band takes several times the stop latency
+# (1.3-4.1 s at load 5-10), so neither rank can finish its band before the stop reaches it
+# (with 16 slices a loaded run once saw rank 0 finish first and say no "stopped")
+ROWS, COLS, PROJECTIONS = 96, 512, 720
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
 
 
@@ -101,6 +104,6 @@ def test_ctrl_c_under_mpiexec_stops_every_rank_and_keeps_an_incomplete_volume(
         assert 0 < int(entry.attrs["slices_written"]) == sum(written) < ROWS, written
     # each rank stopped part-way through its band (the one whose line was read after its
     # first block; the other may have had none yet)
-    done = [int(k) for k in re.findall(r"\(SIGINT/SIGTERM\) after (\d+) of 16 slices",
+    done = [int(k) for k in re.findall(rf"\(SIGINT/SIGTERM\) after (\d+) of {ROWS // RANKS} slices",
                                         output)]
     assert len(done) >= RANKS and all(k < ROWS // RANKS for k in done), done

@@ -25,6 +25,7 @@ USER_MUST_SET = {
     # every coefficient null: httomolibgpu raises at run time, we at validation
     "httomolibgpu.prep.alignment.distortion_correction_proj_discorpy": "metadata_path",
     "tomopy.prep.alignment.distortion_correction_proj": "xcenter",
+    "tomopy.prep.alignment.distortion_correction_sino": "ind",  # every parameter REQUIRED
     "tomopy.misc.corr.remove_outlier": "dif",
     "tomopy.misc.corr.remove_outlier1d": "dif",
     "tomopy.misc.corr.remove_outlier3d": "dif",

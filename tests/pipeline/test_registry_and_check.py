@@ -33,6 +33,8 @@ REQUIRED = {
                                    "list_fact": [1.0, 0.0, -1e-4]},
     "distortion_correction_proj_discorpy": {"xcenter": 15.5, "ycenter": 3.5,
                                             "list_fact": [1.0, 0.0, -1e-4]},
+    "distortion_correction_sino": {"ind": "all", "xcenter": 15.5, "ycenter": 3.5,
+                                   "list_fact": [1.0, 0.0, -1e-4]},
 }
 
 

@@ -23,6 +23,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "shift_images": {"sx": [0.1 * k for k in range(10)], "sy": [-0.2 * k for k in range(10)]},
     "distortion_correction_proj": {"xcenter": 7.5, "ycenter": 3.5,
                                    "list_fact": [1.0, 0.0, -1e-3]},
+    "distortion_correction_sino": {"ind": "all", "xcenter": 7.5, "ycenter": 3.5,
+                                   "list_fact": [1.0, 0.0, -1e-3]},
     "distortion_correction_proj_discorpy": {"xcenter": 7.5, "ycenter": 3.5,
                                             "list_fact": [1.0, 0.0, -1e-3]},
 }
@@ -36,6 +38,7 @@ ANGLE_LOCAL = {
     "median_filter_nonfinite", "sobel_filter", "pad", "normalize_roi", "data_checker",
     "binary_thresholding", "seam_blend_stitched_data", "shift_images",
     "distortion_correction_proj", "distortion_correction_proj_discorpy",
+    "distortion_correction_sino", "data_reducer",
 }
 
 
