@@ -110,7 +110,7 @@ from streamer.run.from_file import (
 from streamer.run.latency import LatencyRecorder
 from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
-from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
+from streamer.run.output import ScanOutput, check_servable, keep_newest
 from streamer.run.rank_iterations import ScanIterations
 from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
@@ -777,7 +777,7 @@ class RankedReconstruction:
         """Tell the observer and rank 0 that this rank's part is written (or failed)."""
         if self.observer is not None:
             self.observer.part_done(scan.serial, None if scan.exchange is None
-                                    else scan.exchange.stats)
+                                    else scan.exchange.stats, streamed=scan.streamed)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))

@@ -20,7 +20,7 @@ from streamer.errors import ExchangeError
 from streamer.exchange.links import MemoryLink
 from streamer.pipeline.iterations import BandIteration
 from streamer.run.from_file import ReconSettings
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.rank_iterations import ScanIterations
 from streamer.run.ranks import recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
