@@ -60,7 +60,6 @@ from stages.recon.fourier import (
     _UPSAMPFAC,
     FourierFbpCache,
     FourierFbpParams,
-    _add_reflected,
     _Geometry,
     _grid_size,
     _Lines,
@@ -74,6 +73,9 @@ from streamer.errors import StageError
 __all__ = ["IncompleteScanError", "StreamingFbp", "streaming_memory"]
 
 _STAGE = "fourier_fbp (streaming)"
+#: Grid rows a spread point can reach on each side of its own (finufft's kernel is at
+#: most 16 cells wide: half of it, plus one for the rounding of the point's cell).
+_KERNEL_REACH = 9
 #: Planned and arriving angles closer than this (degrees) are the same projection.
 _MATCH_DEG = 1e-6
 
@@ -165,6 +167,56 @@ class _BlockGridding:
     multiplier: npt.NDArray[np.complex64]  # (2, entries)
     points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
     plan: Any
+    #: Runs ``(first, end)`` of the grid rows the block's spread grid (after the
+    #: reflection) can touch: the others stay 0, so they are neither reflected nor
+    #: transformed (see :func:`_row_runs`).
+    rows: tuple[tuple[int, int], ...]
+
+
+def _row_runs(rows_y: npt.NDArray[np.float32], grid: int) -> tuple[tuple[int, int], ...]:
+    """The runs of grid rows that spreading points at ``rows_y`` (and reflecting the
+    grid) can make non-zero, each ``(first, end)``, in order.
+
+    Grid row ``m`` sits at ``2π(m - G/2)/G``: a point at ``y`` reaches the rows within
+    the kernel's half-width of ``y·G/2π + G/2`` (periodically), and the reflection
+    :func:`stages.recon.fourier._add_reflected` moves row ``m`` to ``-m mod G``. A block
+    of projections over a few degrees around 0° or 180° spreads near ``y = 0`` only
+    (about ``sin(span)`` of the rows): its rows' FFT is all the last block costs.
+    """
+    if rows_y.size == 0:
+        return ()
+    reach = _KERNEL_REACH
+    centre = np.floor(rows_y.astype(np.float64) * (grid / (2.0 * np.pi)) + grid / 2)
+    touched = np.zeros(grid, dtype=bool)
+    touched[np.unique(centre.astype(np.int64)) % grid] = True
+    # Dilate by the kernel's reach on both sides, periodically (a cumulative count).
+    padded = np.concatenate([touched[-reach:], touched, touched[:reach]]).astype(np.int64)
+    counts = np.concatenate([[0], np.cumsum(padded)])
+    width = 2 * reach + 1
+    dilated = (counts[width:] - counts[:-width]) > 0  # (grid,)
+    dilated |= dilated[(-np.arange(grid)) % grid]  # the reflection
+    if dilated.all():
+        return ((0, grid),)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], dilated.astype(np.int8), [0]])))
+    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+
+
+def _add_reflected_rows(
+    target: npt.NDArray[np.complex64], source: npt.NDArray[np.complex64], first: int, end: int
+) -> None:
+    """:func:`stages.recon.fourier._add_reflected` on rows ``first … end-1`` of ``target``
+    only: ``target[m] += source[-m mod G]`` on both axes (``G × G``, ``G`` even)."""
+    grid = target.shape[0]
+    if first == 0:  # row 0 reflects onto itself
+        target[0, 0] += source[0, 0]
+        target[0, 1:] += source[0, :0:-1]
+        first = 1
+    if end <= first:
+        return
+    # Rows first … end-1 read source rows G-first down to G-end+1.
+    rows = source[grid - first : grid - end : -1]
+    target[first:end, 0] += rows[:, 0]
+    target[first:end, 1:] += rows[:, :0:-1]
 
 
 class StreamingFbp:
@@ -358,6 +410,7 @@ class StreamingFbp:
             key=key, gather=(local + table.fft_column[0, entries],
                              local + table.fft_column[1, entries]),
             multiplier=table.multiplier[:, entries], points=(rows_y, cols_x), plan=plan,
+            rows=_row_runs(rows_y, self.grid),
         )
         if shared:
             self.plan.derived["block"] = gridding
@@ -377,11 +430,12 @@ class StreamingFbp:
             for part in (0, 1):  # at ω >= 0, and at -ω (spread at ω, then reflected)
                 np.multiply(coefficients[gather[part]], multiplier[part], out=strengths[part])
             spread = plan.execute(strengths, out=grids)
-            _add_reflected(spread[0], spread[1])
-            if self.rows_early:
-                self._fold_rows(spread[0], self.spread[pair])
-            else:
-                self.spread[pair] += spread[0]
+            for first, end in gridding.rows:  # the other rows stay 0
+                _add_reflected_rows(spread[0], spread[1], first, end)
+                if self.rows_early:
+                    self._fold_rows(spread[0, first:end], self.spread[pair, first:end])
+                else:
+                    self.spread[pair, first:end] += spread[0, first:end]
 
     def _coefficients(self, sino: npt.NDArray[np.float32], pair: int) -> npt.NDArray[np.complex64]:
         """``M``-point FFTs ``(angles, M)`` of the cropped filtered projections of rows

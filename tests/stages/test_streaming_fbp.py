@@ -9,7 +9,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from stages.recon.fourier import FourierFbpCache, FourierFbpParams, fourier_fbp
+from stages.recon.fourier import (
+    FourierFbpCache,
+    FourierFbpParams,
+    _add_reflected,
+    fourier_fbp,
+)
 from stages.recon.streaming import IncompleteScanError, StreamingFbp, streaming_memory
 from streamer.errors import StageError
 from tests.test_pair_center import i13_scan
@@ -102,6 +107,43 @@ def test_one_block_at_a_time_equals_whole() -> None:
     params = FourierFbpParams(threads=1)
     blocks = [np.array([p]) for p in range(40)][::-1]
     assert _relative(_stream(sino, angles, params, blocks), _batch(sino, angles, params)) < 1e-5
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-4])
+@pytest.mark.parametrize("rows_early", [True, False])
+def test_narrow_blocks_near_0_and_180_degrees_equal_batch(eps: float, rows_early: bool) -> None:
+    """Blocks of a few degrees next to 0° and 180° (and a 1-projection last block) spread
+    on a few grid rows only, which are the only ones reflected and transformed."""
+    sino, angles = _gaussian_sinogram(3, 180, 64, 180.0, seed=11)
+    params = FourierFbpParams(threads=1, eps=eps, center=31.9)
+    order = np.arange(180)
+    blocks = [order[2:170], order[:2], order[170:176], order[176:179], order[179:]]
+    got = _stream(sino, angles, params, blocks, rows_early)
+    assert _relative(got, _batch(sino, angles, params)) < 1e-5
+
+
+@pytest.mark.parametrize("eps", [1e-1, 1e-2, 1e-4])
+@pytest.mark.parametrize("chosen", [[0, 1, 2], [178, 179], [88, 89, 90], [44]])
+def test_row_runs_hold_every_row_a_block_spreads(eps: float, chosen: list[int]) -> None:
+    """Spreading a block and reflecting its grid leaves every row outside ``_row_runs``
+    exactly 0 (so skipping them changes nothing), and near 0°/180° most rows are skipped."""
+    angles = np.linspace(0.0, 180.0, 180, endpoint=False)
+    band = StreamingFbp(2, 96, angles, FourierFbpParams(threads=1, eps=eps))
+    positions = np.array(chosen, dtype=np.intp)
+    gridding = band._block_gridding(positions, shared=False)
+    rng = np.random.default_rng(5)
+    entries = gridding.multiplier.shape[1]
+    strengths = (rng.standard_normal((2, entries))
+                 + 1j * rng.standard_normal((2, entries))).astype(np.complex64)
+    grids = gridding.plan.execute(strengths)
+    _add_reflected(grids[0], grids[1])
+    inside = np.zeros(band.grid, dtype=bool)
+    for first, end in gridding.rows:
+        inside[first:end] = True
+    assert not np.any(grids[0][~inside])
+    assert np.any(grids[0][inside])
+    if chosen[0] in (0, 178):  # a wedge along the x axis: a small part of the rows
+        assert inside.sum() < band.grid / 2
 
 
 def test_missing_projection_refused_at_finish() -> None:
