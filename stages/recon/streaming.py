@@ -70,7 +70,7 @@ from stages.recon.fourier import (
 )
 from streamer.errors import StageError
 
-__all__ = ["IncompleteScanError", "StreamingFbp", "streaming_memory"]
+__all__ = ["IncompleteScanError", "StreamingFbp", "streaming_memory", "tapered_block"]
 
 _STAGE = "fourier_fbp (streaming)"
 #: Grid rows a spread point can reach on each side of its own (finufft's kernel is at
@@ -560,3 +560,31 @@ def streaming_memory(
         + 2 * points * (8 + 8 + 8 + 8)  # table (x2 for 360° lines) and the plan's points
         + rows * size * size * 4  # the output at finish
     )
+
+
+def tapered_block(remaining: int, block: int, last: int) -> int:
+    """Frames to take in the next block when ``remaining`` planned frames are still to
+    come: ``block`` while the end is far, then half of what remains, so that the blocks
+    shrink toward the end and the last one holds ``last`` frames (or all of them when
+    fewer remain).
+
+    After the last frame only the last block's share and :meth:`StreamingFbp.finish`
+    are left: tapering from ``block`` to ``last`` costs about ``log2(block / last)``
+    more blocks while the scan arrives (each a spreading set-up per row pair) and makes
+    the last block's share about ``last / block`` of a full block's.
+
+    Raises
+    ------
+    StageError
+        If ``remaining`` is negative or ``block`` or ``last`` is below 1.
+    """
+    if remaining < 0 or block < 1 or last < 1:
+        raise StageError(
+            f"stage {_STAGE!r}: tapered_block: expected remaining >= 0, block >= 1 and "
+            f"last >= 1, got {remaining}, {block} and {last}"
+        )
+    if remaining <= last:
+        return remaining
+    if remaining < 2 * last:  # leave exactly ``last`` for the end
+        return min(block, remaining - last)
+    return min(block, remaining // 2)

@@ -15,7 +15,12 @@ from stages.recon.fourier import (
     _add_reflected,
     fourier_fbp,
 )
-from stages.recon.streaming import IncompleteScanError, StreamingFbp, streaming_memory
+from stages.recon.streaming import (
+    IncompleteScanError,
+    StreamingFbp,
+    streaming_memory,
+    tapered_block,
+)
 from streamer.errors import StageError
 from tests.test_pair_center import i13_scan
 
@@ -144,6 +149,38 @@ def test_row_runs_hold_every_row_a_block_spreads(eps: float, chosen: list[int]) 
     assert np.any(grids[0][inside])
     if chosen[0] in (0, 178):  # a wedge along the x axis: a small part of the rows
         assert inside.sum() < band.grid / 2
+
+
+@pytest.mark.parametrize(("total", "block", "last"), [(1200, 100, 8), (77, 10, 3), (5, 100, 8),
+                                                      (1000, 100, 100), (40, 16, 1)])
+def test_tapered_blocks_cover_the_scan_and_end_with_last(total: int, block: int,
+                                                         last: int) -> None:
+    sizes = []
+    remaining = total
+    while remaining:
+        sizes.append(tapered_block(remaining, block, last))
+        remaining -= sizes[-1]
+    assert sum(sizes) == total
+    assert all(0 < size <= block for size in sizes)
+    assert sizes[-1] == min(last, total)
+    assert sizes == sorted(sizes[:-1], reverse=True) + sizes[-1:]  # shrinking, then last
+
+
+def test_tapered_blocks_equal_batch() -> None:
+    sino, angles = _gaussian_sinogram(3, 120, 48, 180.0, seed=12)
+    params = FourierFbpParams(threads=1, filter_name="hann")
+    blocks, first = [], 0
+    while first < 120:
+        size = tapered_block(120 - first, 25, 2)
+        blocks.append(np.arange(first, first + size))
+        first += size
+    assert blocks[-1].size == 2
+    assert _relative(_stream(sino, angles, params, blocks), _batch(sino, angles, params)) < 1e-5
+
+
+def test_tapered_block_refuses_bad_sizes() -> None:
+    with pytest.raises(StageError, match="expected remaining >= 0"):
+        tapered_block(10, 0, 2)
 
 
 def test_missing_projection_refused_at_finish() -> None:
