@@ -183,6 +183,76 @@ def test_tapered_block_refuses_bad_sizes() -> None:
         tapered_block(10, 0, 2)
 
 
+@pytest.mark.parametrize("rows_early", [True, False])
+@pytest.mark.parametrize("flush_after", [[0], [2], [0, 3], [1, 2, 3], [4]])
+def test_flushes_anywhere_equal_batch(flush_after: list[int], rows_early: bool) -> None:
+    """Flushing after any blocks (the rest transformed at finish by rows or by the FFT)
+    gives the batch volume; an odd band (the last pair's imaginary part is 0) too."""
+    sino, angles = _gaussian_sinogram(5, 128, 64, 180.0, seed=13)
+    params = FourierFbpParams(threads=2, center=31.4, filter_name="hann")
+    order = np.arange(128)
+    # In angle order, the last blocks small and next to 180°; one flush after the last.
+    blocks = [order[:60], order[60:120], order[120:125], order[125:127], order[127:]]
+    band = StreamingFbp(5, 64, angles, params, rows_early=rows_early)
+    for index, chosen in enumerate(blocks):
+        band.add(sino[:, chosen], angles[chosen])
+        if index in flush_after:
+            band.flush()
+    assert band.flushes == len(flush_after)
+    assert _relative(band.finish(), _batch(sino, angles, params)) < 1e-5
+
+
+@pytest.mark.parametrize(("full_deg", "count"), [(180.0, 120), (360.0, 120)])
+def test_flush_before_the_last_blocks_equals_batch(full_deg: float, count: int) -> None:
+    """``flush_before``: one flush, when the tapered blocks leave that many missing."""
+    sino, angles = _gaussian_sinogram(4, count, 64, full_deg, seed=14)
+    params = FourierFbpParams(threads=1)
+    band = StreamingFbp(4, 64, angles, params, flush_before=3)
+    first = 0
+    while first < count:
+        size = tapered_block(count - first, 30, 3)
+        band.add(sino[:, first:first + size], angles[first:first + size])
+        first += size
+        assert band.flushes == (1 if first >= count - 3 else 0)
+    assert _relative(band.finish(), _batch(sino, angles, params)) < 1e-5
+
+
+def test_rows_after_a_flush_by_plane_waves_equal_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """N = 512: the one projection left after the flush (178.6°) touches few grid rows,
+    which finish transforms by a product with their plane waves instead of the FFT."""
+    sino, angles = _gaussian_sinogram(3, 128, 512, 180.0, seed=15)
+    params = FourierFbpParams(threads=2, center=255.3)
+    used: list[int] = []
+    direct = StreamingFbp._transform_rows
+
+    def spy(self: StreamingFbp, grid: Any, rows: Any, *args: Any) -> None:
+        used.append(int(rows.size))
+        direct(self, grid, rows, *args)
+
+    monkeypatch.setattr(StreamingFbp, "_transform_rows", spy)
+    band = StreamingFbp(3, 512, angles, params, flush_before=1)
+    band.add(sino[:, :127], angles[:127])
+    assert band.flushes == 1
+    band.add(sino[:, 127:], angles[127:])
+    got = band.finish()
+    assert used and max(used) < band.grid / 16  # both pairs, a few rows each
+    assert _relative(got, _batch(sino, angles, params)) < 1e-5
+
+
+def test_flush_of_a_finished_band_and_bad_flush_before_refused() -> None:
+    sino, angles = _gaussian_sinogram(1, 8, 16, 180.0, seed=4)
+    with pytest.raises(StageError, match="flush_before: expected >= 1 or None, got 0"):
+        StreamingFbp(1, 16, angles, FourierFbpParams(threads=1), flush_before=0)
+    band = StreamingFbp(1, 16, angles, FourierFbpParams(threads=1))
+    band.add(sino, angles)
+    band.flush()
+    band.flush()  # nothing new: no second transform
+    assert band.flushes == 1
+    assert _relative(band.finish(), _batch(sino, angles, FourierFbpParams(threads=1))) < 1e-5
+    with pytest.raises(StageError, match="flush: expected a running band"):
+        band.flush()
+
+
 def test_missing_projection_refused_at_finish() -> None:
     sino, angles = _gaussian_sinogram(2, 32, 32, 180.0, seed=2)
     band = StreamingFbp(2, 32, angles, FourierFbpParams(threads=1))
