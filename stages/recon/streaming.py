@@ -73,12 +73,6 @@ from streamer.errors import StageError
 __all__ = ["IncompleteScanError", "StreamingFbp", "streaming_memory", "tapered_block"]
 
 _STAGE = "fourier_fbp (streaming)"
-#: After a flush, :meth:`StreamingFbp.finish` transforms the rows added since by a matrix
-#: product when they are at most this fraction of the grid's rows (else by the FFT): the
-#: product costs ``8·N²`` flops per row against ``~5·G·N·log2 G`` for the whole FFT along
-#: y, at a few times the FFT's speed per flop (measured at N = 1024: 45 rows ~2-7 ms, the
-#: FFT ~7-15 ms, single thread, loaded machine).
-_DIRECT_ROWS = 1 / 16
 #: Grid rows a spread point can reach on each side of its own (finufft's kernel is at
 #: most 16 cells wide: half of it, plus one for the rounding of the point's cell).
 _KERNEL_REACH = 9
@@ -249,14 +243,6 @@ class StreamingFbp:
         Shared by the bands of one scan (fed the same blocks, one after the other, in
         one thread): the plan's tables are made once, not per band, and each block's
         gridding plan (its points sorted) once, not per band.
-    flush_before : int, optional
-        :meth:`flush` once, at the end of the first :meth:`add` that leaves at most this
-        many planned projections missing (and at least one): the grid transform of
-        everything received so far then runs while the last frames arrive, and
-        :meth:`finish` only transforms the grid rows the last blocks spread onto (a
-        small matrix product when they are few: the last block of a scan in angle order
-        lies next to 0° or 180°). ``None``: never on its own (:meth:`flush` may still
-        be called, e.g. when the caller is idle).
 
     Raises
     ------
@@ -274,15 +260,10 @@ class StreamingFbp:
         *,
         rows_early: bool = True,
         cache: FourierFbpCache | None = None,
-        flush_before: int | None = None,
     ) -> None:
         if rows < 1 or cols < 1:
             raise StageError(
                 f"stage {_STAGE!r}: band: expected rows >= 1 and cols >= 1, got {rows} x {cols}"
-            )
-        if flush_before is not None and flush_before < 1:
-            raise StageError(
-                f"stage {_STAGE!r}: flush_before: expected >= 1 or None, got {flush_before}"
             )
         angles = np.asarray(angles_deg)
         if angles.ndim != 1 or angles.size == 0 or angles.dtype.kind not in "uif":
@@ -334,12 +315,6 @@ class StreamingFbp:
         self.deconvolve = self.plan.make_deconvolution()
         self.received = np.zeros(self.angles.shape[0], dtype=bool)
         self._sorted = np.argsort(self.angles, kind="stable")
-        self.flush_before = flush_before
-        #: Times :meth:`flush` moved the accumulated grids into image space.
-        self.flushes = 0
-        # Grid rows added to since the last flush, and the slices flushed so far.
-        self._dirty = np.zeros(self.grid, dtype=bool)
-        self._image: npt.NDArray[np.float32] | None = None
 
     @property
     def missing(self) -> int:
@@ -403,9 +378,6 @@ class StreamingFbp:
             if locked and self.cache is not None:
                 self.cache.release()
         self.received[positions] = True
-        if (self.flush_before is not None and self.flushes == 0
-                and 0 < self.missing <= self.flush_before):
-            self.flush()
 
     def _block_gridding(self, positions: npt.NDArray[np.intp], *, shared: bool) -> _BlockGridding:
         """The gridding of a block of planned projections ``positions``: the last
@@ -450,8 +422,6 @@ class StreamingFbp:
         assert self.spread is not None
         gridding = self._block_gridding(positions, shared=shared)
         gather, multiplier, plan = gridding.gather, gridding.multiplier, gridding.plan
-        for first, end in gridding.rows:
-            self._dirty[first:end] = True
         strengths = np.empty((2, gather[0].shape[0]), dtype=np.complex64)
         # Reused by every pair of the block (2 G² complex64: 105 MB at N = 2048).
         grids = np.empty((2, self.grid, self.grid), dtype=np.complex64)
@@ -512,11 +482,10 @@ class StreamingFbp:
 
     def _transform(
         self, grid: npt.NDArray[np.complex64], pair: int, out: npt.NDArray[np.float32],
-        threads: int, *, add: bool = False,
+        threads: int,
     ) -> None:
         """Grid FFT (pruned to the ``N`` wanted columns) and deconvolution of one row pair,
-        written into (``add``: added to) ``out[2·pair]`` (real part) and ``out[2·pair + 1]``
-        (imaginary). ``grid`` is overwritten."""
+        written into ``out[2·pair]`` (real part) and ``out[2·pair + 1]`` (imaginary)."""
         size = self.size
         neg, nonneg = size // 2, size - size // 2
         image = np.empty((size, size), dtype=np.complex64)
@@ -533,80 +502,10 @@ class StreamingFbp:
                 full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
                 target[:neg] = full[full.shape[0] - neg :]
                 target[neg:] = full[:nonneg]
-        self._deconvolve_into(image, pair, out, add=add)
-
-    def _deconvolve_into(self, image: npt.NDArray[np.complex64], pair: int,
-                         out: npt.NDArray[np.float32], *, add: bool) -> None:
-        """Deconvolve a pair's image (modes ``(k_y, k_x)``) into (``add``: onto) its slices."""
         # Modes run along +y, the slice's rows down: both read upside down (views).
-        for part, row in ((image.real, 2 * pair), (image.imag, 2 * pair + 1)):
-            if row >= self.rows:
-                break
-            if add:
-                out[row] += part[::-1] * self.deconvolve
-            else:
-                np.multiply(part[::-1], self.deconvolve, out=out[row])
-
-    def _transform_rows(
-        self, grid: npt.NDArray[np.complex64], rows: npt.NDArray[np.intp],
-        waves: npt.NDArray[np.complex64], pair: int, out: npt.NDArray[np.float32],
-    ) -> None:
-        """:meth:`_transform` (``add``) of an x-transformed grid ``(G, N)`` that is 0 but on
-        the grid rows ``rows``: the FFT along y as a product with the plane waves
-        ``waves`` ``(N, len(rows))`` of those rows (few rows: cheaper than the FFT)."""
-        image: npt.NDArray[np.complex64] = waves @ grid[rows]
-        self._deconvolve_into(image, pair, out, add=True)
-
-    def _plane_waves(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.complex64]:
-        """``exp(2πi·k·n/G)`` for output modes ``n = -N//2 … `` (rows of the image) and
-        grid rows ``k`` (columns), as the inverse FFT along y (``norm="forward"``) sums."""
-        modes = np.arange(self.size, dtype=np.int64) - self.size // 2
-        turns = np.multiply.outer(modes, rows.astype(np.int64)) % self.grid  # exact
-        return np.exp((2j * np.pi / self.grid) * turns).astype(np.complex64)
-
-    def _each_pair(self, job: Any) -> None:
-        """``job(pair, threads)`` for every row pair: whole pairs per thread, one FFT
-        thread each (as the batch call), or all threads on one pair at a time."""
-        workers = min(self.pairs, self.threads)
-        if workers == 1:
-            for pair in range(self.pairs):
-                job(pair, self.threads)
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for done in [pool.submit(job, pair, 1) for pair in range(self.pairs)]:
-                done.result()
-
-    def flush(self) -> None:
-        """Move everything received so far into image space and clear the grids.
-
-        The grid transform and the deconvolution are linear: the slices are the sum of
-        the flushed part and the transform, at :meth:`finish`, of what came after. Run
-        it while waiting for frames (it costs about a :meth:`finish`); afterwards
-        :meth:`finish` only transforms the grid rows the later blocks spread onto.
-
-        Raises
-        ------
-        StageError
-            If the band has finished.
-        """
-        spread = self.spread
-        if spread is None:
-            raise StageError(
-                f"stage {_STAGE!r}: flush: expected a running band, got a finished one"
-            )
-        if not self._dirty.any():
-            return
-        if self._image is None:
-            self._image = np.zeros((self.rows, self.size, self.size), dtype=np.float32)
-        image = self._image
-
-        def flush_pair(pair: int, threads: int) -> None:
-            self._transform(spread[pair], pair, image, threads, add=True)
-            spread[pair] = 0  # the transform overwrote it; the sum starts again
-
-        self._each_pair(flush_pair)
-        self._dirty[:] = False
-        self.flushes += 1
+        np.multiply(image.real[::-1], self.deconvolve, out=out[2 * pair])
+        if 2 * pair + 1 < self.rows:
+            np.multiply(image.imag[::-1], self.deconvolve, out=out[2 * pair + 1])
 
     def finish(self) -> npt.NDArray[np.float32]:
         """The band's slices ``(rows, N, N)`` float32, as :func:`fourier_fbp` returns them.
@@ -631,24 +530,19 @@ class StreamingFbp:
                 f"projections, got {self.received.size - self.missing} ({self.missing} "
                 "missing); reconstruct the received sinogram in batch"
             )
+        out = np.empty((self.rows, self.size, self.size), dtype=np.float32)
         spread, self.spread = self.spread, None
-        flushed, self._image = self._image, None
-        rows = np.flatnonzero(self._dirty)
-        if flushed is None:  # the whole transform now
-            out = np.empty((self.rows, self.size, self.size), dtype=np.float32)
-            self._each_pair(lambda pair, threads: self._transform(spread[pair], pair, out,
-                                                                  threads))
-            return out
-        if rows.size == 0:
-            return flushed
-        if self.rows_early and rows.size <= self.grid * _DIRECT_ROWS:
-            waves = self._plane_waves(rows)
-            self._each_pair(lambda pair, _: self._transform_rows(spread[pair], rows, waves,
-                                                                 pair, flushed))
-        else:
-            self._each_pair(lambda pair, threads: self._transform(spread[pair], pair, flushed,
-                                                                  threads, add=True))
-        return flushed
+        workers = min(self.pairs, self.threads)
+        if workers == 1:
+            for pair in range(self.pairs):
+                self._transform(spread[pair], pair, out, self.threads)
+        else:  # whole pairs per thread, one FFT thread each (as the batch call)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                jobs = [pool.submit(self._transform, spread[pair], pair, out, 1)
+                        for pair in range(self.pairs)]
+                for job in jobs:
+                    job.result()
+        return out
 
 
 def streaming_memory(
