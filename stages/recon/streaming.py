@@ -488,24 +488,32 @@ class StreamingFbp:
         written into ``out[2·pair]`` (real part) and ``out[2·pair + 1]`` (imaginary)."""
         size = self.size
         neg, nonneg = size // 2, size - size // 2
-        image = np.empty((size, size), dtype=np.complex64)
+        deconvolve = self.deconvolve
         if self.rows_early:  # the x transform was done block by block
             full = scipy.fft.ifft(grid, axis=0, norm="forward", workers=threads,
                                   overwrite_x=True)
-            image[:neg] = full[full.shape[0] - neg :]
-            image[neg:] = full[:nonneg]
-        else:
-            rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=threads,
-                                  overwrite_x=True)
-            for target, columns in ((image[:, :neg], rows[:, self.grid - neg :]),
-                                    (image[:, neg:], rows[:, :nonneg])):
-                full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
-                target[:neg] = full[full.shape[0] - neg :]
-                target[neg:] = full[:nonneg]
+            # Slice row r is mode nonneg-1-r: modes nonneg-1 … 0 (the start of the
+            # transform, upside down), then -1 … -neg (its end, upside down); read in
+            # place, no copy of the image.
+            top, bottom = full[nonneg - 1 :: -1], full[: full.shape[0] - neg - 1 : -1]
+            for part, row in (("real", 2 * pair), ("imag", 2 * pair + 1)):
+                if row < self.rows:
+                    np.multiply(getattr(top, part), deconvolve[:nonneg], out=out[row, :nonneg])
+                    np.multiply(getattr(bottom, part), deconvolve[nonneg:],
+                                out=out[row, nonneg:])
+            return
+        image = np.empty((size, size), dtype=np.complex64)
+        rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=threads,
+                              overwrite_x=True)
+        for target, columns in ((image[:, :neg], rows[:, self.grid - neg :]),
+                                (image[:, neg:], rows[:, :nonneg])):
+            full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
+            target[:neg] = full[full.shape[0] - neg :]
+            target[neg:] = full[:nonneg]
         # Modes run along +y, the slice's rows down: both read upside down (views).
-        np.multiply(image.real[::-1], self.deconvolve, out=out[2 * pair])
+        np.multiply(image.real[::-1], deconvolve, out=out[2 * pair])
         if 2 * pair + 1 < self.rows:
-            np.multiply(image.imag[::-1], self.deconvolve, out=out[2 * pair + 1])
+            np.multiply(image.imag[::-1], deconvolve, out=out[2 * pair + 1])
 
     def finish(self) -> npt.NDArray[np.float32]:
         """The band's slices ``(rows, N, N)`` float32, as :func:`fourier_fbp` returns them.
