@@ -39,7 +39,7 @@ def test_bench_streaming_tapers_the_last_block(tmp_path: Path) -> None:
                       "--last", "3", "--runs", "1", "--threads", "1", "--json", str(out)])
     assert rc == 0
     run = json.loads(out.read_text())["runs"][0]
-    assert run["last_block_frames"] == 3
+    assert 3 <= run["last_block_frames"] < 6  # tapered_block: last … 2·last - 1
     assert run["relative_difference"] < 1e-5
 
 

@@ -12,6 +12,12 @@ are kept), so ``finish`` runs only the FFT along y. The result is
 ``fourier_fbp`` on the whole sinogram up to float32 summation order (tested to 1e-5
 relative), whatever the order and sizes of the blocks.
 
+After the last frame only the last block's share and ``finish`` are left: a block only
+reflects and transforms the grid rows its points can reach (a few degrees around 0° or
+180° reach a few: :func:`_row_runs`), the block that completes the scan is spread onto
+just those rows when they are few, and :func:`tapered_block` lets the caller make that
+block small (docs/explanation/streaming-reconstruction.md).
+
 Same machinery, same result
 ---------------------------
 The plan (:func:`stages.recon.fourier._lines`) is made once, from the **planned** angle
@@ -599,8 +605,8 @@ def streaming_memory(
 def tapered_block(remaining: int, block: int, last: int) -> int:
     """Frames to take in the next block when ``remaining`` planned frames are still to
     come: ``block`` while the end is far, then half of what remains, so that the blocks
-    shrink toward the end and the last one holds ``last`` frames (or all of them when
-    fewer remain).
+    shrink toward the end and the last one holds ``last`` to ``2·last - 1`` frames (all
+    that remain when fewer are planned; never more than ``block``).
 
     After the last frame only the last block's share and :meth:`StreamingFbp.finish`
     are left: tapering from ``block`` to ``last`` costs about ``log2(block / last)``
@@ -617,8 +623,6 @@ def tapered_block(remaining: int, block: int, last: int) -> int:
             f"stage {_STAGE!r}: tapered_block: expected remaining >= 0, block >= 1 and "
             f"last >= 1, got {remaining}, {block} and {last}"
         )
-    if remaining <= last:
-        return remaining
-    if remaining < 2 * last:  # leave exactly ``last`` for the end
-        return min(block, remaining - last)
+    if remaining < 2 * last:  # the last block: ``last`` … ``2·last - 1`` frames
+        return min(block, remaining)
     return min(block, remaining // 2)
