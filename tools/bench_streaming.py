@@ -11,7 +11,9 @@ projection blocks of ``--block`` frames. Per run:
   deconvolution; with ``--whole-grid`` the whole grid FFT).
   The other blocks' ``add`` times are what the accumulator spends while the scan
   arrives: ``keeps up`` is the detector rate (frames/s) it sustains for this band, and
-  ``total`` is all its work against batch.
+  ``total`` is all its work against batch. ``--last K`` tapers the blocks toward the
+  end of the scan (:func:`stages.recon.streaming.tapered_block`, as ``run`` does when it
+  streams), so that the last block holds ``K … 2K-1`` frames.
 
 Both reconstruct the same data with the same parameters; the run checks they agree to
 1e-5 relative. Ratios are of medians over ``--runs`` runs. The latency ratio does not
@@ -23,6 +25,7 @@ Usage::
 
     python tools/bench_streaming.py                       # N = 1024, P = 1200, 8 rows
     python tools/bench_streaming.py --block 50 --runs 7 --json out.json
+    python tools/bench_streaming.py --last 12       # blocks tapered to a small last one
     python tools/bench_streaming.py --size 128 --angles 150 --rows 2 --runs 1   # smoke
 """
 
