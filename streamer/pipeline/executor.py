@@ -44,6 +44,7 @@ from stages.prep.repair import (
     RepairCounts,
     repair_nonfinite,
 )
+from stages.recon.streaming import tapered_block
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
@@ -94,6 +95,9 @@ class ResultHook(Protocol):
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
+#: A streaming scan's projection blocks shrink toward its end down to this fraction of
+#: ``block_frames`` (the last block is what is left after the last frame).
+_TAPER_TO = 8
 
 
 @dataclass
@@ -346,8 +350,19 @@ class ScanProcessor:
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
-            while len(self._waiting) >= self.block_frames:
-                self._process_projections(self.block_frames)
+            while len(self._waiting) >= (size := self._next_block_frames()):
+                self._process_projections(size)
+
+    def _next_block_frames(self) -> int:
+        """Frames in the next projection block: ``block_frames``, or, when the sinogram
+        section streams, fewer toward the scan's end (``start.projections`` says where it
+        is: :func:`~stages.recon.streaming.tapered_block`), so that the last block, all
+        that is left to correct and add after the last frame, is small."""
+        remaining = self.start.projections - self.projections_done
+        if self.streaming is None or remaining <= 0:
+            return self.block_frames
+        return tapered_block(remaining, self.block_frames,
+                             max(1, self.block_frames // _TAPER_TO))
 
     def drain(self, store: FrameStore) -> None:
         """Use as the ingest service's drain: take every held frame from the store."""
