@@ -44,6 +44,7 @@ from stages.prep.repair import (
     RepairCounts,
     repair_nonfinite,
 )
+from stages.recon.streaming import tapered_block
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
@@ -95,6 +96,9 @@ class ResultHook(Protocol):
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
+#: A streaming scan's projection blocks shrink toward its end down to this fraction of
+#: ``block_frames`` (the last block is what is left after the last frame).
+_TAPER_TO = 8
 
 
 @dataclass
@@ -362,8 +366,19 @@ class ScanProcessor:
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
-            while self._block_ready():
-                self._process_projections(self.block_frames)
+            while self._block_ready(size := self._next_block_frames()):
+                self._process_projections(size)
+
+    def _next_block_frames(self) -> int:
+        """Frames in the next projection block: ``block_frames``, or, when the sinogram
+        section streams, fewer toward the scan's end (``start.projections`` says where it
+        is: :func:`~stages.recon.streaming.tapered_block`), so that the last block, all
+        that is left to correct and add after the last frame, is small."""
+        remaining = self.start.projections - self.projections_done
+        if self.streaming is None or remaining <= 0:
+            return self.block_frames
+        return tapered_block(remaining, self.block_frames,
+                             max(1, self.block_frames // _TAPER_TO))
 
     def _arrived(self, index: int) -> None:
         self._arrived_above.add(index)
@@ -371,20 +386,20 @@ class ScanProcessor:
             self._arrived_above.discard(self._arrived_below)
             self._arrived_below += 1
 
-    def _block_ready(self) -> bool:
-        """Whether the next projection block and the ``halo`` frames after it are in
-        (with a halo: every frame up to the last of them has arrived, or two blocks
-        wait, when a missing frame is taken as lost and counted)."""
+    def _block_ready(self, size: int) -> bool:
+        """Whether the next projection block (``size`` frames) and the ``halo`` frames
+        after it are in (with a halo: every frame up to the last of them has arrived, or
+        two blocks wait, when a missing frame is taken as lost and counted)."""
         waiting = len(self._waiting)
-        if waiting < self.block_frames + self.halo:
+        if waiting < size + self.halo:
             return False
         if not self.halo:
             return True
-        last_needed = sorted(self._waiting)[self.block_frames + self.halo - 1]
+        last_needed = sorted(self._waiting)[size + self.halo - 1]
         if last_needed < self._arrived_below:
             return True
-        if waiting >= 2 * self.block_frames + self.halo:
-            self.corrected_without_neighbours += self.block_frames
+        if waiting >= 2 * size + self.halo:
+            self.corrected_without_neighbours += size
             return True
         return False
 

@@ -111,7 +111,8 @@ from streamer.run.from_file import (
 from streamer.run.latency import LatencyRecorder
 from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
-from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
+from streamer.run.output import ScanOutput, check_servable, keep_newest
+from streamer.run.rank_iterations import ScanIterations
 from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
@@ -133,6 +134,9 @@ TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
 TAG_STREAM_CENTER: Final = 307
+TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
+#: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
+_MAX_ITERATION_LOGS: Final = 8
 #: The CoR method of a value set from the viewer (as on one rank).
 VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
@@ -316,8 +320,8 @@ class RankedReconstruction:
         default_factory=dict)
     #: Rank 0: the streaming CoR report of each closed scan (serial -> report ``center``).
     _center_streaming: dict[int, dict[str, Any]] = field(default_factory=dict)
-    #: Rank 0: its band's iterative-stage summary lines per closed scan (serial -> lines).
-    _iterations: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Rank 0: every rank's iterations of each open or closing scan (serial -> them).
+    _iteration_logs: dict[int, ScanIterations] = field(default_factory=dict)
     #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
     #: On R ranks the frames are rank 0's share (the last frame is rank 0's last).
     _latency: dict[str, LatencyRecorder] = field(default_factory=dict)
@@ -529,13 +533,20 @@ class RankedReconstruction:
             start, admitted.block_sinograms, admitted.memory_left)
         exchange: BandExchange | None = None
         observer = self.observer
+        iterations = ScanIterations(
+            serial, self.control.rank, ranks, listener=self.on_iteration,
+            send_to_root=lambda payload: self.control.send(0, TAG_ITERATION, payload))
+        if self.control.rank == 0:
+            self._iteration_logs[serial] = iterations
+            while len(self._iteration_logs) > _MAX_ITERATION_LOGS:
+                del self._iteration_logs[next(iter(self._iteration_logs))]
         if ranks == 1:
             # One rank: the processor keeps the band itself (shaped by the first corrected
             # block: a projection stage may crop or bin) and feeds the streaming section.
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, keep_sinogram_section=True,
-                on_iteration=self.on_iteration,
+                on_iteration=iterations.own,
                 on_projections=observer.projections if observer is not None else None)
             processor.streaming = streaming
             if self.results is not None:
@@ -558,7 +569,7 @@ class RankedReconstruction:
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
-                keep_sinogram_section=False, on_iteration=self.on_iteration,
+                keep_sinogram_section=False, on_iteration=iterations.own,
             )
         path = None
         if self.control.rank == 0:
@@ -583,6 +594,8 @@ class RankedReconstruction:
                                        streaming=streaming)
         if streaming is not None and self.estimate_center:
             self._open_center(scan, streaming, admitted.center_owner)
+        if self.control.rank == 0 and ranks > 1:  # peers' iterations between rank 0's own
+            iterations.serve = lambda: self._take_messages(scan)
         if observer is not None:
             observer.scan_opened(serial, start)
         early, self._inbox = self._inbox, []
@@ -635,8 +648,6 @@ class RankedReconstruction:
             latency = self._latency.get(start.scan) if self.control.rank == 0 else None
             if latency is not None:
                 latency.streaming = scan.streamed
-            if self.control.rank == 0:
-                self._iterations[scan.serial] = tuple(scan.processor.iterations.summary())
         except StreamerError as error:
             self.last_error = self.last_error or error
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
@@ -767,7 +778,7 @@ class RankedReconstruction:
         """Tell the observer and rank 0 that this rank's part is written (or failed)."""
         if self.observer is not None:
             self.observer.part_done(scan.serial, None if scan.exchange is None
-                                    else scan.exchange.stats)
+                                    else scan.exchange.stats, streamed=scan.streamed)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))
@@ -1205,6 +1216,10 @@ class RankedReconstruction:
         for part in parts.values():
             repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
+        figures: dict[str, Any] = {}
+        iterations = self._iteration_logs.pop(serial, None)
+        if iterations is not None and iterations.log.iterations:
+            document["iterations"] = figures["iterations"] = iterations.log.as_dict()
         warning = repairs.warning()
         if warning is not None and self.log is not None:
             self.log(f"scan {scan_id}: warning: {warning}")
@@ -1216,7 +1231,6 @@ class RankedReconstruction:
         held = self._held.pop(serial, None)
         latency = self._latency.pop(scan_id, None)
         line = None
-        figures: dict[str, Any] = {}
         if latency is not None and (held is not None or ranks > 1):
             # Every slice is written, only the close is left (the report goes in it);
             # no frame at all (``recon``, or nothing came): no figure.
@@ -1253,7 +1267,8 @@ class RankedReconstruction:
         method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
         output = replace(output, repairs=repairs, center_method=method,
                          center_warnings=warnings, center_confidence=confidence,
-                         iterations=self._iterations.pop(serial, ()),
+                         iterations=tuple(iterations.log.summary())
+                         if iterations is not None else (),
                          latency=line if output.path is not None else None,
                          figures=figures if output.path is not None else {})
         if self.observer is not None:
@@ -1297,6 +1312,9 @@ class RankedReconstruction:
             if scan is not None and message["serial"] == scan.serial \
                     and scan.stopped_by is None:
                 scan.stopped_by = received.source
+            return
+        if received.tag == TAG_ITERATION and message["serial"] in self._iteration_logs:
+            self._iteration_logs[message["serial"]].peer(message, received.source)
             return
         if received.tag == TAG_PART_DONE:
             part = PartWritten(int(message["rank"]), message["path"],

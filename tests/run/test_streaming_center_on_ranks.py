@@ -22,7 +22,7 @@ from streamer.ingest.store import HeldFrame
 from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
