@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,6 +44,7 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
+from streamer.pipeline.images import ImageTail, image_folder, image_tail, write_images
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import refuse_save_result, sections_of
 from streamer.run.center_check import center_outside
@@ -67,6 +68,32 @@ def keep_newest(outputs: list[ScanOutput], output: ScanOutput) -> None:
     outputs.append(output)
     if len(outputs) > MAX_KEPT_OUTPUTS:
         del outputs[: len(outputs) - MAX_KEPT_OUTPUTS]
+
+
+def with_images(output: ScanOutput, tail: ImageTail, output_format: str, *,
+                per_scan: bool) -> ScanOutput:
+    """One rank, HTTomo's ``calculate_stats → rescale_to_int → save_to_images``: the
+    images of the closed volume (:func:`~streamer.pipeline.images.write_images`), said in
+    the output's lines and figures; a volume with errors gets none, said too. An image
+    that cannot be written makes the output incomplete with the reason."""
+    assert output.path is not None
+    folder = image_folder(output.path, output_format, tail, per_scan=per_scan)
+    if output.error is not None:
+        note = f"save_to_images: no images: the volume has errors ({folder} not written)"
+        return replace(output, notes=(*output.notes, note))
+    try:
+        folder, count = write_images(output.path, output_format, tail, per_scan=per_scan)
+    except StreamerError as error:
+        return replace(output, complete=False, error=str(error),
+                       notes=(*output.notes, f"save_to_images: {error}"))
+    return images_written(output, folder, count)
+
+
+def images_written(output: ScanOutput, folder: Path, count: int) -> ScanOutput:
+    """``output`` with its images: the field, the JSON report's figure, a terminal line."""
+    figures = {**output.figures, "images": {"folder": str(folder), "count": count}}
+    return replace(output, images=(folder, count), figures=figures,
+                   notes=(*output.notes, f"save_to_images: {count} TIFFs in {folder}"))
 
 
 def _set_event() -> threading.Event:
@@ -102,6 +129,8 @@ class ScanOutput:
     repairs: RepairCounts | None = None
     #: One line per iterative stage (iterations per band, final residual/change).
     iterations: tuple[str, ...] = ()
+    #: HTTomo's ``save_to_images``: the folder and the number of images written.
+    images: tuple[Path, int] | None = None
 
 
 @dataclass
@@ -388,8 +417,11 @@ class LiveReconstruction:
         except StreamerError as error:
             failure = failure or str(error)
             complete = False
-        return ScanOutput(scan, volume.path, volume.written, center, complete, failure,
-                          repairs.total, processor.center_warnings, line, figures)
+        output = ScanOutput(scan, volume.path, volume.written, center, complete, failure,
+                            repairs.total, processor.center_warnings, line, figures)
+        tail = image_tail(self.steps)
+        return output if tail is None else with_images(output, tail, self.output_format,
+                                                        per_scan=True)
 
     def _open_writer(self, processor: ScanProcessor, first: ProcessedBlock) -> tuple[Path, Any]:
         """Name and open this scan's volume, shaped after its first block of slices."""

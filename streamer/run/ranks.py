@@ -77,6 +77,16 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
+from streamer.pipeline.images import (
+    ImageTail,
+    PartialStats,
+    band_slices,
+    image_folder,
+    image_tail,
+    image_window,
+    make_image_folder,
+    write_image,
+)
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -99,7 +109,13 @@ from streamer.run.from_file import (
 from streamer.run.latency import LatencyRecorder
 from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
-from streamer.run.one_rank import ScanOutput, check_servable, keep_newest
+from streamer.run.one_rank import (
+    ScanOutput,
+    check_servable,
+    images_written,
+    keep_newest,
+    with_images,
+)
 from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
@@ -120,6 +136,7 @@ TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
+TAG_STATS: Final = 307
 #: The CoR method of a value set from the viewer (as on one rank).
 VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
@@ -140,6 +157,7 @@ class PartWritten:
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
     observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
+    images: int = 0  # save_to_images: the images this rank wrote of its band
 
 
 @dataclass(frozen=True)
@@ -194,6 +212,10 @@ class _ScanState:
     #: The band's streaming reconstruction (fed as pieces land), None: at close.
     streaming: StreamingSection | None = None
     streamed: bool = False  # the band's slices came from the streaming accumulators
+    #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
+    #: the peers' (rank -> their stats, None: that rank's part failed).
+    stats: PartialStats | None = None
+    peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -277,6 +299,8 @@ class RankedReconstruction:
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
     _whole_scan: bool = False  # set in __post_init__
+    #: HTTomo's ``calculate_stats → rescale_to_int → save_to_images`` (set in __post_init__).
+    _tail: ImageTail | None = None
     _later: bool = False  # R ranks, sections past the first band's (set in __post_init__)
     _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
     _worker: threading.Thread | None = None
@@ -312,6 +336,7 @@ class RankedReconstruction:
         #: R ranks: the same pipelines run their later sections on the bands, resliced
         #: again between them (:mod:`streamer.run.later_sections`).
         self._later = self.control.size > 1 and beyond_one_band(self.steps)
+        self._tail = image_tail(self.steps)
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -610,7 +635,52 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        if self._tail is not None and self.control.size > 1:
+            part = self._band_images(scan, part, self._tail)
         self._part_done(scan, part)
+
+    def _band_images(self, scan: _ScanState, part: PartWritten, tail: ImageTail) -> PartWritten:
+        """R ranks, HTTomo's image tail: every rank (failed or not, so no peer waits)
+        tells the others ``calculate_stats`` of the slices it wrote; with every part
+        written, each rank rescales its own slices with the merged statistics and writes
+        their images, named by their index in the volume (as on one rank). A part that
+        failed leaves the scan without images on every rank, said in the output."""
+        written = part.error is None and part.slices == part.rows[1] - part.rows[0]
+        mine = (scan.stats or PartialStats()) if written else None
+        self.control.send_to_others(TAG_STATS, msgpack.packb(
+            {"serial": scan.serial, "stats": None if mine is None else mine.as_dict()}))
+        began = time.monotonic()
+        while len(scan.peer_stats) < self.control.size - 1:
+            self._serve(scan)
+            if time.monotonic() - began > self.exchange_timeout_s:
+                silent = sorted(set(range(self.control.size)) - {self.control.rank}
+                                - set(scan.peer_stats))
+                return self._without_images(part, f"save_to_images: rank {silent[0]} sent "
+                                            f"no calculate_stats within "
+                                            f"{self.exchange_timeout_s:g} s")
+            time.sleep(_POLL_PAUSE_S)
+        failed = sorted(rank for rank, stats in scan.peer_stats.items() if stats is None)
+        if mine is None or failed or part.path is None:
+            return part  # a failed part says why (rank 0's output: no images); no rows
+        others = [stats for stats in scan.peer_stats.values() if stats is not None]
+        window = image_window(mine.merged(others), tail)
+        assert scan.path is not None
+        try:
+            folder = make_image_folder(image_folder(scan.path, self.output_format, tail,
+                                                    per_scan=self.output is None))
+            count = 0
+            for index, image in band_slices(self.output_format, Path(part.path), part.rows,
+                                            self.first_row):
+                write_image(folder, index, image, window, tail)
+                count += 1
+        except (StreamerError, OSError, KeyError) as error:
+            return self._without_images(part, f"save_to_images: {error}")
+        return replace(part, images=count)
+
+    def _without_images(self, part: PartWritten, why: str) -> PartWritten:
+        if self.log is not None:
+            self.log(f"rank {self.control.rank}: {why}")
+        return replace(part, complete=False, error=part.error or why)
 
     def _close_band(self, scan: _ScanState, path: Path, viewer: float | None) -> PartWritten:
         """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
@@ -738,7 +808,7 @@ class RankedReconstruction:
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
                                  "repaired": part.repaired, "pixels": part.pixels,
-                                 "observed": part.observed})
+                                 "observed": part.observed, "images": part.images})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -949,6 +1019,9 @@ class RankedReconstruction:
                         "scan": scan.start.scan}
                     path, writer = self._open_band(scan, band.rows, master, geometry)
                 writer.write(begin, data)
+                if self._tail is not None and ranks > 1:  # calculate_stats, this band
+                    scan.stats = scan.stats or PartialStats()
+                    scan.stats.add(data)
                 if written == 0 and end < last - first and self.log is not None:
                     # once per band: the reconstruction is under way (and a handshake for
                     # whoever waits for it, e.g. to test a stop)
@@ -1112,10 +1185,36 @@ class RankedReconstruction:
                          iterations=self._iterations.pop(serial, ()),
                          latency=line if output.path is not None else None,
                          figures=figures if output.path is not None else {})
+        if self._tail is not None and output.path is not None:
+            output = self._images_output(output, self._tail, list(parts.values()), slices)
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
         self._publish(output)
         return output
+
+    def _images_output(self, output: ScanOutput, tail: ImageTail, parts: list[PartWritten],
+                       slices: int) -> ScanOutput:
+        """Rank 0, HTTomo's image tail: on one rank the images of the closed volume
+        (:func:`~streamer.run.one_rank.with_images`); on R ranks the count of the images
+        every rank wrote of its band (:meth:`_band_images`). In the output, its terminal
+        lines and its figures; none at all is said too, never silence."""
+        path = output.path
+        assert path is not None
+        per_scan = self.output is None
+        if self.control.size == 1:
+            output = with_images(output, tail, self.output_format, per_scan=per_scan)
+            if output.images is None and output.error is not None:
+                self.last_error = self.last_error or SinkError(output.error)
+            return output
+        folder = image_folder(path, self.output_format, tail, per_scan=per_scan)
+        if output.error is not None:
+            note = f"save_to_images: no images: the volume has errors ({folder} not written)"
+            return replace(output, notes=(*output.notes, note))
+        count = sum(part.images for part in parts)
+        if count != slices:
+            note = f"save_to_images: {count} of {slices} images in {folder}"
+            return replace(output, complete=False, error=note, notes=(*output.notes, note))
+        return images_written(output, folder, count)
 
     # --- messages ----------------------------------------------------------------------
 
@@ -1160,7 +1259,8 @@ class RankedReconstruction:
                                 in dict(message.get("repaired") or {}).items()},
                                int(message.get("pixels") or 0),
                                {str(key): int(count) for key, count
-                                in dict(message.get("observed") or {}).items()})
+                                in dict(message.get("observed") or {}).items()},
+                               int(message.get("images") or 0))
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now
@@ -1179,6 +1279,10 @@ class RankedReconstruction:
                               data.reshape(tuple(int(n) for n in message["shape"])))
             scan.close.reference_received(received.source)
             scan.processor.add([frame])
+        elif received.tag == TAG_STATS:
+            stats = message.get("stats")
+            scan.peer_stats[received.source] = (None if stats is None
+                                                else PartialStats.from_dict(dict(stats)))
         elif received.tag == TAG_REFERENCES_DONE:
             scan.close.references_announced(received.source, int(message["count"]))
         elif received.tag == TAG_PATH:
