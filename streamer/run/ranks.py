@@ -71,7 +71,8 @@ from streamer.errors import (
     StreamerError,
 )
 from streamer.exchange.links import Received
-from streamer.exchange.reslice import Band, BandExchange, row_bands
+from streamer.exchange.reslice import Band, BandExchange, ExchangeStats, row_bands
+from streamer.exchange.transpose import TransposeResult
 from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
@@ -215,6 +216,8 @@ class _ScanState:
     #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
     #: the peers' (rank -> their stats, None: that rank's part failed).
     stats: PartialStats | None = None
+    #: R ranks: what each later reslice (a transpose) moved, for the scan's transfers.
+    later_moved: list[TransposeResult] = field(default_factory=list)
     peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
 
 
@@ -724,6 +727,7 @@ class RankedReconstruction:
         tools = SectionTools(processor.block_frames, processor.block_sinograms,
                              processor.transfers, processor.repairs, processor.caches,
                              stopped=lambda: self._stopped(scan))
+        scan.later_moved = tools.moved  # filled as the transposes run
         return run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
             rows=scan.start.rows, serial=scan.serial, tools=tools,
@@ -799,7 +803,8 @@ class RankedReconstruction:
         """Tell the observer and rank 0 that this rank's part is written (or failed)."""
         if self.observer is not None:
             self.observer.part_done(scan.serial, None if scan.exchange is None
-                                    else scan.exchange.stats)
+                                    else _every_reslice(scan.exchange.stats,
+                                                        scan.later_moved))
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))
@@ -1416,6 +1421,17 @@ def _runs_on_bands(steps: tuple[PipelineStep, ...]) -> bool:
     """One rank: whether the band path (one reslice, the sinogram section on the band)
     runs ``steps``; else the processor runs its own later sections (and ``save_result``)."""
     return not beyond_one_band(steps) and not any(step.save_result for step in steps)
+
+
+def _every_reslice(first: ExchangeStats, later: list[TransposeResult]) -> ExchangeStats:
+    """The first reslice's figures with the later reslices' (transposes) payloads added,
+    so a scan's transfers count every reslice it took."""
+    return replace(first,
+                   bytes_sent=first.bytes_sent + sum(moved.bytes_sent for moved in later),
+                   bytes_received=first.bytes_received + sum(m.bytes_received for m in later),
+                   pieces_sent=first.pieces_sent + sum(moved.pieces_sent for moved in later),
+                   pieces_received=first.pieces_received
+                   + sum(moved.pieces_received for moved in later))
 
 
 def _finder_row(finder: PipelineStep | None, rows: int) -> int:
