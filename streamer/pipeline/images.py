@@ -8,6 +8,12 @@ the *whole* volume. ``recon`` writes the float volume first; then
 one TIFF per slice along ``axis`` with ``rescale_to_int``'s window and bits (when the
 pipeline has no ``rescale_to_int``: ``save_to_images``' own ``bits`` and percentages, else
 8 bits over the full range).
+
+On R ranks nobody holds the volume: each rank counts :class:`PartialStats` of the slices
+it writes, the ranks exchange them (:mod:`streamer.run.ranks`), and each rank rescales its
+own slices, read back with :func:`band_slices`, with the merged window
+(:func:`image_window`) and writes them with :func:`write_image` under the one-rank names
+(ADR 0020). The window uses min and max only, so the images equal one rank's.
 """
 
 from __future__ import annotations

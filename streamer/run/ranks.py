@@ -28,7 +28,9 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
 4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
 5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
    the volume with the report inside, or writes the master / the stack's sidecar) when
-   the merged report is in.
+   the merged report is in. With HTTomo's image tail (``save_to_images``), before that
+   the ranks exchange ``calculate_stats`` of what they wrote and each writes the images
+   of its own slices (one rank: rank 0 from the closed volume; ADR 0020).
 
 With ``background=True`` (the ``run`` service) steps 2–5 of a closed scan run in a worker
 thread while the ingest thread goes on reading its socket; the next scan is admitted at
@@ -1190,10 +1192,10 @@ class RankedReconstruction:
                          iterations=self._iterations.pop(serial, ()),
                          latency=line if output.path is not None else None,
                          figures=figures if output.path is not None else {})
-        if self._tail is not None and output.path is not None:
-            output = self._images_output(output, self._tail, list(parts.values()), slices)
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
+        if self._tail is not None and output.path is not None:  # (the observer's figures in)
+            output = self._images_output(output, self._tail, list(parts.values()), slices)
         self._publish(output)
         return output
 

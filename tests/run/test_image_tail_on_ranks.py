@@ -231,6 +231,8 @@ def test_run_service_writes_each_scans_images_in_its_own_folder(tmp_path: Path,
     for scan, output in outputs.items():
         assert output.complete and output.images is not None, output
         assert output.images[0] == out / scan / "images"
+        assert output.figures["images"] == {"folder": str(output.images[0]),
+                                            "count": SERVICE_CONFIG.rows}
         assert_same_images(one.images[0], output.images[0], SERVICE_CONFIG.rows)
 
 

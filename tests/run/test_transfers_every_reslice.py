@@ -1,6 +1,7 @@
 """Transfers on R ranks count every reslice: the band exchange (the first) and each later
 transpose of a several-reslice pipeline, per rank and summed, in the run report's
-``transfers`` and its terminal line (the ``run`` service on 2 ranks with the relay)."""
+``transfers`` and its terminal line (the ``run`` service on 2 ranks with the relay, whose
+figures keep the image tail's)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ pipeline:
     parameters: {sigma: 1.0}
   - method: fbp
     parameters: {filter_name: hann, center: 23.5}
+  - method: calculate_stats
+    id: statistics
+    side_outputs: {glob_stats: glob_stats}
+  - method: rescale_to_int
+    parameters: {glob_stats: "${{statistics.side_outputs.glob_stats}}"}
+  - method: save_to_images
+    parameters: {subfolder_name: images}
 """
 
 
@@ -73,3 +81,6 @@ def test_transfers_count_the_later_reslices_on_two_ranks(
     megabytes = f"transfers: reslice {total['bytes_sent'] / 1e6:.1f} MB in " \
                 f"{total['messages_sent']} messages"
     assert output.notes and output.notes[0].startswith(megabytes), output.notes
+    # the image tail's figure and line survive the relay's (run's R-rank observer)
+    assert output.images is not None and output.figures["images"]["count"] == rows
+    assert output.notes[-1] == f"save_to_images: {rows} TIFFs in {output.images[0]}"
