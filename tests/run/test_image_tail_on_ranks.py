@@ -19,7 +19,7 @@ import tifffile
 import zmq
 
 from stages.registry import REGISTRY
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, SinkError
 from streamer.exchange.links import MemoryLink
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
@@ -262,3 +262,29 @@ def test_the_live_path_of_run_feed_writes_the_scans_images(loopback_pair: Any,
                                                                  pipeline=pipeline))
     assert one.images is not None
     assert_same_images(one.images[0], done.images[0], SERVICE_CONFIG.rows)
+
+
+def test_a_failed_part_leaves_no_images_on_any_rank_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1's part fails (its disk, say): it still takes part in the exchange (sends no
+    statistics), so rank 0 does not wait; no rank writes images with a window that lacks a
+    band, and the output says so."""
+    original = RankedReconstruction._write_part
+
+    def failing(self: RankedReconstruction, *args: Any, **kwargs: Any) -> Any:
+        if self.control.rank == 1:
+            raise SinkError("part.h5: cannot write there: disk full")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RankedReconstruction, "_write_part", failing)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(tail())
+    config = SimulationConfig(rows=4, cols=48, projections=40, flats=4, darks=2)
+    output = on_ranks(2, lambda: SimulatedScan(config), ReconSettings(
+        tmp_path / "v.h5", pipeline=pipeline, block_frames=7))[0]
+    assert isinstance(output, ScanOutput) and not output.complete and output.images is None
+    assert output.error is not None and "rank 1: part.h5: cannot write there" in output.error
+    folder = tmp_path / "images"
+    assert f"save_to_images: no images: the volume has errors ({folder} not written)" \
+        in output.notes
+    assert not list(folder.glob("*.tif"))
