@@ -110,7 +110,12 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
     from streamer.pipeline.images import image_tail  # noqa: PLC0415  # images -> h5py
 
-    refuse_save_result(steps, "several ranks")
+    saved = [step for step in steps if step.save_result]
+    if saved:
+        raise ConfigError(
+            f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes one "
+            "intermediate HDF5 file, which several ranks do not write yet (no parallel "
+            "HDF5; ADR 0020): run `recon` on one rank for it, or remove save_result")
     tail = image_tail(steps)
     if tail is not None and tail.axis != 0:
         saver = [step for step in steps if step.name == "save_to_images"][-1]
