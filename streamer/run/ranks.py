@@ -330,7 +330,7 @@ class RankedReconstruction:
     def __post_init__(self) -> None:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
-            refuse_on_ranks(self.steps)  # save_result, the image tail: one rank only
+            refuse_on_ranks(self.steps)  # save_result; an image axis across the bands
         elif self.results is None:
             refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
         #: One rank: the pipeline needs the processor's own later sections (several
