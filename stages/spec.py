@@ -188,10 +188,10 @@ class StageSpec:
         host code (the planner's device plan uses it; ``None``: ``memory``).
     cache : callable, optional
         ``cache() -> object``: a per-scan cache the caller makes once per scan and step
-        and passes to every call of ``fn`` (``numpy`` backend) as ``cache=``, so that work
-        fixed by the scan's geometry is done once per scan, not once per block (the
-        reconstructor's plan). The state lives in the caller's object, never in the
-        module; the result must not depend on it.
+        and passes to every call of ``fn`` (``numpy``; ``cupy`` where device-ready) as
+        ``cache=``, so that work fixed by the scan's geometry is done once per scan, not
+        once per block (the reconstructor's plan). The state lives in the caller's
+        object, never in the module; the result must not depend on it.
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -297,9 +297,10 @@ class StageSpec:
             kwargs["repairs"] = repairs
         if self.reports_progress:
             kwargs["on_iteration"] = on_iteration
+        if self.cache is not None and cache is not None and (
+                backend == "numpy" or (backend == "cupy" and self.device)):
+            kwargs["cache"] = cache  # a device run keeps its device plans there
         if backend == "numpy":
-            if self.cache is not None and cache is not None:
-                kwargs["cache"] = cache
             return self.fn(block, **kwargs)
         if backend == "cupy" and self.device:
             require_gpu(backend)  # a clear refusal without a device, before any work

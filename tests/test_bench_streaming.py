@@ -29,9 +29,24 @@ def test_bench_streaming_runs_and_agrees_with_batch(tmp_path: Path) -> None:
     assert figures["latency_ratio"] > 0
 
 
+def test_bench_streaming_tapers_the_last_block(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_streaming_taper", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "tapered.json"
+    rc = module.main(["--size", "48", "--angles", "60", "--rows", "2", "--block", "16",
+                      "--last", "3", "--runs", "1", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert 3 <= run["last_block_frames"] < 6  # tapered_block: last … 2·last - 1
+    assert run["relative_difference"] < 1e-5
+
+
 def test_bench_streaming_refuses_bad_sizes() -> None:
     spec = importlib.util.spec_from_file_location("bench_streaming_bad", TOOL)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--block", "0"]) == 2
+    assert module.main(["--last", "0"]) == 2

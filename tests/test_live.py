@@ -12,14 +12,15 @@ import numpy as np
 
 from stages.registry import REGISTRY
 from streamer.cli import main
-from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.service import IngestSettings
 from streamer.ingest.state import ScanOpened
 from streamer.pipeline.config import parse_pipeline
-from streamer.run.one_rank import LiveReconstruction
+from streamer.run.output import ScanOutput, keep_newest
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
 from tests.conftest import start_consumer_cli
+from tests.run.ranks import one_rank
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
@@ -28,10 +29,10 @@ JOIN_S = 60.0
 
 def test_complete_and_aborted_scans_both_get_volumes(loopback_pair, tmp_path: Path) -> None:
     steps = parse_pipeline(PIPELINE, REGISTRY, source="live.yaml").steps
-    live = LiveReconstruction(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=2)
+    runner = one_rank(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=2)
+    live = runner.ranked
     push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=5))
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 2})
     thread.start()
     whole = SimulatedScan(SimulationConfig(rows=3, cols=64, projections=120, cor_px=33.5))
@@ -90,13 +91,12 @@ def test_run_command_serves_a_scan(tmp_path: Path, python: str, cli_env) -> None
 
 
 def test_a_long_running_service_keeps_only_the_newest_outputs(monkeypatch) -> None:
-    import streamer.run.one_rank as live_module
+    import streamer.run.output as output_module
 
-    monkeypatch.setattr(live_module, "MAX_KEPT_OUTPUTS", 2)
-    outputs: list[live_module.ScanOutput] = []
+    monkeypatch.setattr(output_module, "MAX_KEPT_OUTPUTS", 2)
+    outputs: list[ScanOutput] = []
     for number in range(3):
-        live_module.keep_newest(outputs, live_module.ScanOutput(f"s{number}", None, 0, None,
-                                                                False))
+        keep_newest(outputs, ScanOutput(f"s{number}", None, 0, None, False))
     assert [output.scan for output in outputs] == ["s1", "s2"]
 
 
@@ -107,10 +107,10 @@ def test_a_doubtful_cor_is_reported_not_silent(loopback_pair, tmp_path: Path) ->
             "  - method: find_center_vo\n    parameters: {smin: -2, smax: 2}\n"
             "  - method: fbp\n")
     steps = parse_pipeline(text, REGISTRY, source="live.yaml").steps
-    live = LiveReconstruction(steps, text, tmp_path, block_frames=16, block_sinograms=2)
+    runner = one_rank(steps, text, tmp_path, block_frames=16, block_sinograms=2)
+    live = runner.ranked
     push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=5))
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
     thread.start()
     scan = SimulatedScan(SimulationConfig(rows=2, cols=64, projections=120, cor_px=42.5))
@@ -137,6 +137,9 @@ class RecordingFeed:
 
     def _note(self, method: str, scan: str) -> None:
         self.calls.append((method, scan, threading.current_thread().name))
+
+    def watch(self, state: Any) -> None:
+        self._note("watch", "")
 
     def scan_opened(self, start: Any, **_: Any) -> None:
         self._scan = start.scan
@@ -166,8 +169,9 @@ def test_the_feed_sees_scans_in_order_while_the_worker_reconstructs(
     per-scan calls (open, frames, closing) come from the ingest thread."""
     steps = parse_pipeline(PIPELINE, REGISTRY, source="live.yaml").steps
     feed = RecordingFeed()
-    live = LiveReconstruction(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=3,
-                              background=True, feed=feed)  # type: ignore[arg-type]
+    runner = one_rank(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=3,
+                      background=True, feed=feed)
+    live = runner.ranked
     push, pull = loopback_pair()
     opened_two = threading.Event()
 
@@ -176,8 +180,7 @@ def test_the_feed_sees_scans_in_order_while_the_worker_reconstructs(
         if isinstance(event, ScanOpened) and event.start.scan == "two":
             opened_two.set()
 
-    service = IngestService(pull, IngestSettings(idle_timeout_s=30), drain=live.drain,
-                            on_event=on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=30), on_event=on_event)
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 2}, name="ingest")
     thread.start()
     config = SimulationConfig(rows=3, cols=32, projections=40)

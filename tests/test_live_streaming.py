@@ -12,14 +12,15 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.registry import REGISTRY
-from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.service import IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, process_reader
-from streamer.run.one_rank import LiveReconstruction
+from streamer.run.ranks import RankedReconstruction
 from streamer.run.streaming import plan_streaming
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.protocol import AbortHeader, FramesHeader, encode_frames, encode_header
+from tests.run.ranks import one_rank
 
 GIVEN = ("pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
          "  - method: fourier_fbp\n    parameters: {center: 33.5}\n")
@@ -29,14 +30,14 @@ JOIN_S = 60.0
 
 
 def _serve(text: str, scan: SimulatedScan, tmp_path: Path, loopback_pair,
-           **options: object) -> tuple[LiveReconstruction, list[str]]:
+           **options: object) -> tuple[RankedReconstruction, list[str]]:
     steps = parse_pipeline(text, REGISTRY, source="live.yaml").steps
     lines: list[str] = []
-    live = LiveReconstruction(steps, text, tmp_path, block_frames=16, block_sinograms=2,
-                              log=lines.append)
+    runner = one_rank(steps, text, tmp_path, block_frames=16, block_sinograms=2,
+                      log=lines.append)
+    live = runner.ranked
     push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=5))
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
     thread.start()
     send_scan(push, scan, SendOptions(scan_id="s", block=5, **options))  # type: ignore[arg-type]
@@ -87,11 +88,11 @@ def test_a_cor_found_at_close_reconstructs_at_close(loopback_pair, tmp_path: Pat
 def test_a_scan_missing_projections_falls_back_to_batch(loopback_pair, tmp_path: Path) -> None:
     steps = parse_pipeline(GIVEN, REGISTRY, source="live.yaml").steps
     lines: list[str] = []
-    live = LiveReconstruction(steps, GIVEN, tmp_path, block_frames=16, block_sinograms=2,
-                              log=lines.append)
+    runner = one_rank(steps, GIVEN, tmp_path, block_frames=16, block_sinograms=2,
+                      log=lines.append)
+    live = runner.ranked
     push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=5))
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
     thread.start()
     cut = SimulatedScan(SimulationConfig(rows=3, cols=64, projections=120, seed=4))

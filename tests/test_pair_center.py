@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from streamer.errors import StreamerError
-from streamer.run.center_pair import opposite_pairs, pair_center
+from streamer.run.center_pair import PairWatch, opposite_pairs, pair_center
 
 
 def _blobs(angles: npt.NDArray[np.float64], cols: int, center: float) -> npt.NDArray[np.float64]:
@@ -108,3 +108,51 @@ def test_real_scans(shared_data: Path, name: str, expected: float, tolerance: fl
     loader = {"tooth": _tooth, "i13": i13_scan, "diad": _diad}[name]
     projections, angles = loader(shared_data / "real")
     assert pair_center(projections, angles) == pytest.approx(expected, abs=tolerance)
+
+
+def _watched(projections: npt.NDArray[np.float64], angles: npt.NDArray[np.float64],
+             order: list[int], block: int) -> tuple[float | None, int]:
+    """Feed ``PairWatch`` the blocks in ``order``: its estimate and how many blocks had
+    come when it gave one."""
+    step = float(np.median(np.diff(angles)))
+    planned = float(angles[0]) + step * np.arange(angles.size)
+    watch = PairWatch.for_plan(planned, projections.shape[1])
+    assert watch is not None
+    for count, number in enumerate(order, start=1):
+        found = watch.add(angles[number * block:(number + 1) * block],
+                          projections[number * block:(number + 1) * block])
+        if found is not None:
+            assert watch.add(angles[:1], projections[:1]) is None  # once
+            return found, count
+    return None, len(order)
+
+
+def test_watch_finds_a_360_scans_pair_half_way_in_any_order() -> None:
+    angles = np.linspace(0.0, 360.0, 240, endpoint=False)
+    projections = _blobs(angles, 128, 58.3)
+    found, blocks = _watched(projections, angles, list(range(24)), 10)
+    assert found == pytest.approx(58.3, abs=0.05) and blocks == 13  # 180° is in block 12
+    shuffled = [int(i) for i in np.random.default_rng(2).permutation(24)]
+    again, _ = _watched(projections, angles, shuffled, 10)
+    assert again == found
+
+
+def test_watch_of_a_180_scan_waits_for_its_last_projections() -> None:
+    angles = np.linspace(0.0, 180.0, 91, endpoint=False)  # last at 178°
+    projections = _blobs(angles, 96, 50.4)
+    found, blocks = _watched(projections, angles, list(range(13)), 7)
+    assert found == pytest.approx(50.4, abs=0.1) and blocks == 13
+    assert PairWatch.for_plan(np.linspace(0.0, 150.0, 76), 3) is None  # no pair at all
+
+
+@pytest.mark.parametrize(("name", "expected", "tolerance"),
+                         [("i13", 85.5, 0.25), ("tooth", 295.0, 1.0)])
+def test_watch_on_real_scans_reads_what_pair_center_reads(
+        shared_data: Path, name: str, expected: float, tolerance: float) -> None:
+    """Blocks of 10 in a shuffled order, 64 of the rows: the whole scan's pair value."""
+    projections, angles = {"tooth": _tooth, "i13": i13_scan}[name](shared_data / "real")
+    blocks = -(-angles.size // 10)
+    order = [int(i) for i in np.random.default_rng(0).permutation(blocks)]
+    found, _ = _watched(projections, angles, order, 10)
+    assert found == pytest.approx(expected, abs=tolerance)
+    assert found == pytest.approx(pair_center(projections, angles), abs=0.1)

@@ -1,10 +1,11 @@
 """Bad pixel values through the whole service: repaired, counted and reported (issues 13, 14).
 
 A scan whose float payload carries NaN and ±inf pixels (normalisation ``none``: the
-payload is already attenuation, no correction stage runs) is sent with raw pyzmq to a
-running ``LiveReconstruction``; the volume must be finite, complete and close to the
-clean scan's, with every repaired value counted in the report, the output's metadata
-and the ``ScanOutput``; the next (clean) scan to the same service comes back complete.
+payload is already attenuation, no correction stage runs) is sent with raw pyzmq to the
+service's runner on one rank (:func:`tests.run.ranks.one_rank`); the volume must be
+finite, complete and close to the clean scan's, with every repaired value counted in
+the report, the output's metadata and the ``ScanOutput``; the next (clean) scan to the
+same service comes back complete.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import pytest
 from stages.recon.fbp import fbp
 from stages.registry import REGISTRY
 from streamer.cli import main
-from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.service import IngestSettings
 from streamer.pipeline.config import parse_pipeline
-from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.formats import write_nxtomo
 from streamer.sources.phantom import fit_radius_px, project, shepp_logan_3d
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
@@ -34,6 +34,7 @@ from streamer.wire.protocol import (
     encode_frames,
     encode_header,
 )
+from tests.run.ranks import one_rank
 
 PIPELINE = "pipeline:\n  - method: fbp\n    parameters: {filter_name: hann}\n"
 JOIN_S = 60.0
@@ -67,10 +68,10 @@ def test_nan_and_inf_pixels_are_repaired_counted_and_reported(loopback_pair,
     flat[spots[30:50]] = np.inf
     flat[spots[50:]] = -np.inf
     steps = parse_pipeline(PIPELINE, REGISTRY, source="live.yaml").steps
-    live = LiveReconstruction(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=2)
+    runner = one_rank(steps, PIPELINE, tmp_path, block_frames=16, block_sinograms=2)
+    live = runner.ranked
     push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=5))
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 2})
     thread.start()
     _send_attenuation_scan(push, "dirty", dirty, angles)

@@ -7,14 +7,19 @@ from collections.abc import Callable
 
 import pytest
 
+from stages.registry import REGISTRY
 from streamer.errors import StreamerError
+from streamer.pipeline.config import parse_pipeline
 from streamer.run.center_streaming import (
     CenterMemory,
     CenterSource,
     Outcome,
     Start,
     StreamingCenter,
+    sample_key,
 )
+from streamer.run.streaming import plan_streaming
+from streamer.wire.protocol import StartHeader
 
 
 def test_given_centre_starts_at_once_and_is_kept_against_the_final_estimate() -> None:
@@ -111,3 +116,35 @@ def test_memory_keeps_the_newest_samples() -> None:
     memory.remember("dendrite", 630.0)
     assert memory.recall("rod") is None
     assert memory.recall("tooth") == 295.5 and memory.recall("dendrite") == 630.0
+
+
+def _start(**metadata: object) -> StartHeader:
+    return StartHeader(scan="s", rows=4, cols=64, dtype="uint16", frames=14, projections=10,
+                       flats=2, darks=2, normalisation="flat_dark", metadata=metadata)
+
+
+def test_the_same_sample_is_the_start_headers_sample_entry_and_width() -> None:
+    assert sample_key(_start(sample="mouse-3")) == "mouse-3 (64 columns)"
+    assert sample_key(_start(sample=17)) == "17 (64 columns)"
+    wider = _start(sample="mouse-3").model_copy(update={"cols": 128})
+    assert sample_key(wider) != sample_key(_start(sample="mouse-3"))
+    for unnamed in (_start(), _start(sample=""), _start(sample=True), _start(sample=1.5)):
+        assert sample_key(unnamed) is None
+
+
+def test_a_cor_left_to_be_found_streams_only_when_the_kept_blocks_fit_too() -> None:
+    steps = parse_pipeline("pipeline:\n  - method: normalize\n    parameters: {}\n"
+                           "  - method: fourier_fbp\n    parameters: {}\n", REGISTRY,
+                           source="found.yaml").steps
+    shape = {"rows": 8, "cols": 64, "projections": 120, "block_sinograms": 2}
+    assert plan_streaming(steps, **shape, memory_left=2**30).section is None  # recon
+    fits = plan_streaming(steps, **shape, memory_left=2**30, estimate_center=True)
+    assert fits.section is not None and fits.section.center is None
+    kept = 8 * 120 * 64 * 4  # the whole band, at most (a 180° scan's pair is at its end)
+    assert fits.section.keep_limit == kept and "blocks kept until the CoR" in fits.reason
+    refused = plan_streaming(steps, **shape, memory_left=fits.section.memory_bytes - 1,
+                             estimate_center=True)
+    assert refused.section is None
+    assert "MiB of blocks kept until the CoR is known" in refused.reason
+    assert plan_streaming(steps, **shape, memory_left=fits.section.memory_bytes - kept,
+                          estimate_center=False).section is None

@@ -33,12 +33,15 @@ import numpy as np
 import zmq
 
 from stages.registry import REGISTRY
+from streamer.exchange.links import MemoryNetwork
+from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import apply_steps
 from streamer.pipeline.sections import split_sections
 from streamer.run.from_file import CORRECTIONS, RECONSTRUCTION, ReconSettings, run_recon
-from streamer.run.one_rank import LiveReconstruction, ScanOutput
+from streamer.run.output import ScanOutput
+from streamer.run.ranks import RankedReconstruction
 from streamer.sinks.hdf5 import Hdf5VolumeWriter
 from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.sender import SendOptions, send_scan
@@ -123,15 +126,17 @@ def live_latency(scan: SimulatedScan, pipeline: str, out: Path, serial: int) -> 
     def on_output(output: ScanOutput) -> None:
         finished.append(time.perf_counter())
 
-    live = LiveReconstruction(steps, pipeline, out / f"live-{serial}", block_frames=BLOCK_FRAMES,
-                              block_sinograms=BLOCK_SINOGRAMS, on_output=on_output)
+    link = MemoryNetwork(1).link(0)  # the `run` service's runner on one rank
+    live = RankedReconstruction(steps, pipeline, out / f"live-{serial}", link.duplicate(),
+                                link.duplicate(), block_frames=BLOCK_FRAMES,
+                                block_sinograms=BLOCK_SINOGRAMS, on_output=on_output)
     with zmq.Context() as context:
         pull = open_socket(context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True), hwm=16,
                            max_message_bytes=1 << 30)
         push = open_socket(context, "push", Endpoint(bound_address(pull), bind=False),
                            hwm=16, send_timeout_ms=120_000)
         service = IngestService(pull, IngestSettings(idle_timeout_s=30), drain=live.drain,
-                                on_event=live.on_event)
+                                on_event=live.on_event, cluster=ClusterIngest(link, 30))
         thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
         thread.start()
         began = time.perf_counter()

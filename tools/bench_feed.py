@@ -1,7 +1,8 @@
 """Benchmark: live-feed latency, from a projection's arrival to the feed.
 
 A simulated scan is streamed at a detector-like rate (``--rate`` frames/s) over TCP
-loopback into the ``run`` service's components (ingest → ``LiveReconstruction`` with a
+loopback into the ``run`` service's components (ingest → the runner on one rank,
+:class:`~streamer.run.ranks.RankedReconstruction`, whose relay serves a
 :class:`~streamer.live.feed.LiveFeed`), and a subscriber records every feed message. Measured,
 per scan, with wall clocks of the same process:
 
@@ -36,13 +37,16 @@ import numpy as np
 import zmq
 
 from stages.registry import REGISTRY
+from streamer.exchange.links import MemoryNetwork
+from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
 from streamer.live.client import ScanEnd, Subscription
 from streamer.live.feed import FeedSettings, LiveFeed
+from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock
-from streamer.run.one_rank import LiveReconstruction
+from streamer.run.ranks import RankedReconstruction
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.transport import Endpoint, bound_address, open_socket
@@ -92,8 +96,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     messages: list[tuple[str, Any, float]] = []
     subscription = Subscription(feed.address, timeout_s=120.0, hwm=100_000)
     out = Path(tempfile.mkdtemp(prefix="bench-feed-"))
-    live = LiveReconstruction(steps, text, out, block_frames=args.block_frames,
-                              feed=feed)
+    link = MemoryNetwork(1).link(0)  # the `run` service's runner on one rank
+    live = RankedReconstruction(steps, text, out, link.duplicate(), link.duplicate(),
+                                block_frames=args.block_frames)
+    relay = live.observer = FeedRelay(link.duplicate(), feed.settings, feed=feed, steps=steps)
 
     def on_event(event: Any) -> None:
         if isinstance(event, FramesAccepted):
@@ -124,8 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         push = open_socket(context, "push", Endpoint(bound_address(pull), bind=False), hwm=16,
                            send_timeout_ms=60_000, linger_ms=5_000)
         service = IngestService(pull, IngestSettings(idle_timeout_s=30.0), drain=live.drain,
-                                on_event=on_event)
-        feed.watch(service.state)
+                                on_event=on_event, cluster=ClusterIngest(link, 30.0))
+        relay.watch(service.state)
         worker = threading.Thread(target=service.run, kwargs={"max_scans": args.scans},
                                   name="ingest")
         worker.start()

@@ -13,9 +13,11 @@ same run and process, by
   and each iteration (the median gap between ``on_iteration`` calls, the error
   evaluation excluded), and the error after every iteration;
 * our ``osem`` (12 subsets, no TV: HTTomo's template with the regulariser off) with the
-  pixel-driven projector, the same way, where its sparse matrix fits
-  (``2 × P × N²`` entries ≤ ``pixel_projector.MAX_ENTRIES``; N = 1024 with 1200 angles
-  does not: left out and said so);
+  pixel-driven projector, the same way (``--osem-iterations``, at least 6 so that the
+  median has 5 gaps): at these sizes the projector goes angle by angle without its
+  matrix (``2 × P × N²`` entries > ``pixel_projector.MATRIX_ENTRIES``); with ``--methods
+  … osem-matrix`` also with the matrices held (the limit raised for that call; N = 512
+  only: at 1024 the matrix would need 30 GB);
 * astra-toolbox's CPU ``SIRT`` and ``CGLS`` (``linear`` projector, one slice per call)
   when importable, as a benchmark-only peer (its wheel needs the CUDA runtime and cuFFT
   libraries even on the CPU: ``pip install --target DIR astra-toolbox
@@ -53,6 +55,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stages.recon import iterative
 from stages.recon.fourier import fourier_fbp
 from stages.recon.iterative import cgls, fista, osem, sirt
 from stages.recon.pixel_projector import MAX_ENTRIES
@@ -192,22 +195,36 @@ def bench_size(size: int, args: argparse.Namespace, astra: Any) -> dict[str, Any
     image = np.ascontiguousarray(np.repeat(truth[None], rows, axis=0), dtype=np.float32)
     forward_s = median_time(lambda: projector.forward(image), args.runs) / rows
     adjoint_s = median_time(lambda: projector.adjoint(block), args.runs) / rows
-    results = [
-        run_ours("sirt", sirt, block, angles, truth=truth, center=center,
-                 iterations=args.iterations),
-        run_ours("cgls", cgls, block, angles, truth=truth, center=center,
-                 iterations=args.iterations, nonnegativity=False),
-        run_ours("fista (PD-TV, 6 subsets, λ 1e-4)", fista, block, angles, truth=truth,
-                 center=center, iterations=max(2, args.iterations // 2),
-                 regularisation_parameter=1e-4),
-    ]
-    if 2 * angles_count * size * size <= MAX_ENTRIES:
-        results.append(run_ours("osem (12 subsets, no TV)", osem, block, angles, truth=truth,
-                                center=center, iterations=max(2, args.iterations // 2),
-                                subsets_number=12, regularisation_type=None))
-    else:
-        print(f"# N = {size}: osem left out (its matrix would hold "
-              f"{2 * angles_count * size * size:,} > {MAX_ENTRIES:,} entries)")
+    results = []
+    if "sirt" in args.methods:
+        results.append(run_ours("sirt", sirt, block, angles, truth=truth, center=center,
+                                iterations=args.iterations))
+    if "cgls" in args.methods:
+        results.append(run_ours("cgls", cgls, block, angles, truth=truth, center=center,
+                                iterations=args.iterations, nonnegativity=False))
+    if "fista" in args.methods:
+        results.append(run_ours("fista (PD-TV, 6 subsets, λ 1e-4)", fista, block, angles,
+                                truth=truth, center=center,
+                                iterations=max(2, args.iterations // 2),
+                                regularisation_parameter=1e-4))
+    entries = 2 * angles_count * size * size
+    osem_params: dict[str, Any] = {"iterations": args.osem_iterations, "subsets_number": 12,
+                                   "regularisation_type": None}
+    if "osem" in args.methods:
+        how = "matrix-free" if entries > iterative.MATRIX_ENTRIES else "matrices"
+        results.append(run_ours(f"osem (12 subsets, no TV, {how})", osem, block, angles,
+                                truth=truth, center=center, **osem_params))
+    if "osem-matrix" in args.methods and entries <= MAX_ENTRIES:
+        limit = iterative.MATRIX_ENTRIES
+        iterative.MATRIX_ENTRIES = MAX_ENTRIES  # the matrices held, for this call only
+        try:
+            results.append(run_ours("osem (12 subsets, no TV, matrices)", osem, block,
+                                    angles, truth=truth, center=center, **osem_params))
+        finally:
+            iterative.MATRIX_ENTRIES = limit
+    elif "osem-matrix" in args.methods:
+        print(f"# N = {size}: osem with its matrices left out ({entries:,} entries > "
+              f"{MAX_ENTRIES:,})")
     if astra is not None:  # pragma: no cover - optional peer
         sino = np.ascontiguousarray(block[0])
         for algorithm in ("SIRT", "CGLS"):
@@ -244,19 +261,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="runs of the timed calls (5)")
     parser.add_argument("--iterations", type=int, default=20,
                         help="SIRT and CGLS iterations; FISTA and OSEM half as many (20)")
+    parser.add_argument("--osem-iterations", type=int, default=None,
+                        help="OSEM iterations (default: half of --iterations, at least 6)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS,
+                        help="ours to run besides fourier_fbp (default: sirt cgls fista osem)")
+    parser.add_argument("--no-astra", action="store_true", help="leave astra out")
     parser.add_argument("--astra-iterations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="N = 64, 2 runs: a smoke run")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.runs, args.iterations, args.astra_iterations = [64], 2, 4, 4
+        args.osem_iterations = args.osem_iterations or 2
+    if args.osem_iterations is None:
+        args.osem_iterations = max(6, args.iterations // 2)
     return args
+
+
+METHODS = ("sirt", "cgls", "fista", "osem", "osem-matrix")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine()
-    astra = import_astra()
+    astra = None if args.no_astra else import_astra()
     print(f"# {info['date']}, {info['cpu']}, {info['cores']} cores, load "
           f"{' '.join(f'{x:.2f}' for x in info['load'])}; astra "
           f"{'present' if astra is not None else 'absent'}")

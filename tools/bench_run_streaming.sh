@@ -1,5 +1,5 @@
 #!/bin/bash
-# End-to-end latency of `tomo-streamer run` on one rank: last frame -> volume written,
+# End-to-end latency of `tomo-streamer run` on RANKS ranks: last frame -> volume written,
 # streaming (fixed CoR, accumulators fit) against reconstruction at close (the same
 # pipeline, streaming refused by a --memory budget the accumulators do not fit).
 # A simulated scan of WIDTH columns, ROWS rows and P projections is sent at RATE frames/s;
@@ -7,23 +7,35 @@
 # Each run also prints the plan's `reconstruction:` line (streaming or at close, and why),
 # any fallback, and the sender's summary (with CANNOT_WAIT=1 the simulated detector cannot
 # be held back: frames the consumer cannot take at once are dropped and counted, `DROPPED`).
-# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB]
+# RANKS > 1 runs `mpiexec -n RANKS tomo-streamer run --from ADDR` (every rank connects; the
+# simulated detector binds and deals frames round-robin to the ranks); 1 rank listens.
+# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB] [RANKS]
 set -euo pipefail
 runs=${1:-5}; width=${2:-512}; rows=${3:-32}; angles=${4:-600}; rate=${5:-60}
-memory=${6:-0.1}  # at-close runs: small enough that the accumulators do not fit
+memory=${6:-0.1}  # at-close runs (per rank): small enough that the accumulators do not fit
+ranks=${7:-1}
 here=$(cd "$(dirname "$0")/.." && pwd)
 ts=${TOMO_STREAMER:-$here/.venv/bin/tomo-streamer}
+mpiexec=${MPIEXEC:-$(dirname "$ts")/mpiexec}
 work=$(mktemp -d)
 center=$(python3 -c "print(($width - 1) / 2)")
 printf 'pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fourier_fbp\n    parameters: {center: %s}\n' "$center" > "$work/p.yaml"
 one() {  # one scan through run; prints its latency line
   local out=$work/$1; shift
   local port=$((20000 + RANDOM % 20000))
-  "$ts" run "$work/p.yaml" --scans 1 --out "$out" --block 50 --listen "tcp://127.0.0.1:$port" \
-    "$@" > "$out.log" 2>&1 &
+  local address=tcp://127.0.0.1:$port
+  if [ "$ranks" -gt 1 ]; then
+    "$mpiexec" -n "$ranks" "$ts" run "$work/p.yaml" --scans 1 --out "$out" --block 50 \
+      --from "$address" "$@" > "$out.log" 2>&1 &
+    local source=(--bind "$address")
+  else
+    "$ts" run "$work/p.yaml" --scans 1 --out "$out" --block 50 --listen "$address" \
+      "$@" > "$out.log" 2>&1 &
+    local source=(--connect "$address")
+  fi
   local pid=$!
-  sleep 4  # the service binds (a readiness handshake would be better; a benchmark only)
-  "$ts" simulate --connect "tcp://127.0.0.1:$port" --rows "$rows" --cols "$width" \
+  sleep 4  # the service binds or connects (a readiness handshake would be better; a benchmark)
+  "$ts" simulate "${source[@]}" --rows "$rows" --cols "$width" \
     --projections "$angles" --rate "$rate" --scan-id s ${CANNOT_WAIT:+--cannot-wait} \
     > "$out.sim.log" 2>&1 || true
   wait "$pid" || true

@@ -22,8 +22,14 @@ normalisations, Vo's stripe family (one sinogram each: algotom's 2048-wide sinog
 takes seconds), Titarenko's and Münch's methods, the resampler and the two httomo-named
 FBPs (one slice from 60 angles each); those took about 65 s on the 2-core development
 machine at load 3 to 9. The CuPy runs, the overlap entry and the recon of 32 rows add under a
-minute: about 4 to 4.5 min of the 300 s ``gpu_check.sh`` gives the benchmark, and the
-whole check within 8 minutes with the wheels cached. If a device run shows otherwise,
+minute: about 4 to 4.5 min. H40's sixteen (``fourier_fbp`` and the two methods on it
+at two 2048-wide slices from 900 angles, Otsu's threshold, the stripe detection and
+mask, the interpolation stripe remover, two 512² slices of ``remove_ring``, four shifted
+frames, the 360° folds, the frame averaging and four frames through each distortion
+correction) add about 40 s on NumPy, and the second end-to-end recon (``fourier_fbp``
+on the device, 32 rows of 2048² from 1500 angles: the simulation and the corrections
+dominate) about 30 s: about 5 to 5.5 min, which ``gpu_check.sh`` reserves (330 s) of
+its 8 minutes. If a device run shows otherwise,
 split it with ``--stages``.
 
 ``--dry-run`` (no device needed; what CI runs): tiny sizes, NumPy only, every device
@@ -123,6 +129,26 @@ PARAMS: dict[str, dict[str, Any]] = {
     "data_checker": {"zeros_warning": True},
     "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},
     "remove_stripe_sf": {"size": 5},
+    # H40: the Fourier-domain FBP on cufinufft and the methods on it; the rest of issue
+    # 16's stages made device-ready (sizes fit the --dry-run blocks too)
+    "fourier_fbp": {"filter_name": "shepp"},
+    "LPRec3d_tomobar": {},
+    "tomopy_recon": {},
+    "binary_thresholding": {"otsu": True},
+    "median_filter_nonfinite": {"size": 3},
+    "shift_images": {"sx": tuple(0.25 * k for k in range(32)),
+                     "sy": tuple(-0.5 * k for k in range(32))},
+    "stripes_detect3d": {"size": 10, "radius": 3},
+    "stripes_mask3d": {"min_stripe_depth": 1},
+    "remove_ring": {"rwidth": 30},
+    "remove_stripe_based_interpolation": {"size": 31},
+    "sino_360_to_180": {"overlap": 20.0, "side": "left"},
+    "sino_360_to_180_tomopy": {"overlap": 20.0, "rotation": "left"},
+    "average_projection_frames": {"projection_averaging_factor": 2},
+    "distortion_correction_proj": {"xcenter": 16.0, "ycenter": 8.0,
+                                   "list_fact": (1.0, 0.0, 1e-8)},
+    "distortion_correction_proj_discorpy": {"xcenter": 16.0, "ycenter": 8.0,
+                                            "list_fact": (1.0, 0.0, 1e-8)},
 }
 
 
@@ -155,6 +181,13 @@ def _shape_for(name: str, sizes: dict[str, tuple[int, int, int]]) -> tuple[int, 
     if name == "fbp":  # one slice: NumPy back-projects 2048² pixels at ~10 angles/s
         _, angles, cols = sizes["sinogram"]
         return (1, min(angles, 360), cols)
+    if name in ("shift_images", "distortion_correction_proj",
+                "distortion_correction_proj_discorpy"):  # NumPy's splines: ~0.5 s a frame
+        _, rows, cols = sizes["projection"]
+        return (4, rows, cols)
+    if name == "remove_ring":  # slices: NumPy's radial median is ~1 s per 512² slice
+        rows, side, _ = sizes["slices"]
+        return (2, min(side, 512), min(side, 512))
     if REGISTRY[name].reports_progress:  # iterative: 2 slices of 512² from 180 angles
         rows, angles, cols = sizes["sinogram"]
         return (rows, min(angles, 180), min(cols, 512))
@@ -265,17 +298,22 @@ def _overlap_row(width: int, cupy: Any) -> dict[str, Any]:
     return row
 
 
-def _recon_row(width: int, rows: int, angles: int, cupy: Any) -> dict[str, Any]:
-    """``recon --device gpu`` (in process) of a simulated scan with fbp on the device."""
+def _recon_row(width: int, rows: int, angles: int, cupy: Any,
+               reconstructor: str = "fbp") -> dict[str, Any]:
+    """``recon --device gpu`` (in process) of a simulated scan with ``reconstructor`` on
+    the device: ``fbp`` (the CUDA back-projection kernel) or ``fourier_fbp`` (cufinufft;
+    its sinogram section streams through the DeviceQueue)."""
     from streamer.run.from_file import ReconSettings, run_recon
     from streamer.sources.simulate import SimulatedScan, SimulationConfig
 
-    row: dict[str, Any] = {"width": width, "rows": rows, "angles": angles}
+    row: dict[str, Any] = {"width": width, "rows": rows, "angles": angles,
+                           "reconstructor": reconstructor}
     with tempfile.TemporaryDirectory() as folder:
         pipeline = Path(folder) / "gpu.yaml"
         pipeline.write_text("pipeline:\n  - method: normalize\n  - method: minus_log\n"
                             "  - method: remove_outlier\n    parameters: {dif: 0.5}\n"
-                            "  - method: fbp\n    parameters: {filter_name: shepp}\n")
+                            f"  - method: {reconstructor}\n"
+                            "    parameters: {filter_name: shepp}\n")
         config = SimulationConfig.from_kwargs(rows=rows, cols=width, projections=angles,
                                               flats=4, darks=4)
         device_bytes = None
@@ -351,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "cupy": None if cupy is None else cupy.__version__,
         "httomolibgpu": has_httomolibgpu,
         "numpy": np.__version__, "python": platform.python_version(),
-        "stages": [], "recon": None, "overlap": None,
+        "stages": [], "recon": None, "recon_fourier": None, "overlap": None,
     }
     for name in names:
         row = _stage_row(name, _shape_for(name, sizes), args.runs, cupy, has_httomolibgpu)
@@ -363,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     angles = 16 if args.dry_run else args.recon_angles
     report["recon"] = _recon_row(width, rows, angles, cupy)
     print(json.dumps(report["recon"]), flush=True)
+    report["recon_fourier"] = _recon_row(width, rows, angles, cupy, "fourier_fbp")
+    print(json.dumps(report["recon_fourier"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

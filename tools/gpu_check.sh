@@ -2,10 +2,15 @@
 # The one prepared device check (issue 18): on a CUDA machine, within 8 minutes on one H100,
 #   1. makes a venv (or reuses --venv) and installs the package with the `gpu` extra, and
 #      httomolibgpu with --no-deps where it installs (its absence is recorded, not fatal);
-#   2. runs the `gpu`-marked tests (CPU/GPU agreement, the CUDA back-projection kernel);
+#   2. runs the `gpu`-marked tests of tests/stages and tests/pipeline (CPU/GPU agreement,
+#      fourier_fbp on cufinufft, the CUDA back-projection kernel, the executor's queue);
 #   3. runs tools/gpu_bench.py: per-stage throughput on CuPy vs NumPy (vs httomolibgpu),
-#      recon --device gpu of a simulated 2048-wide scan (GVoxel/s, peak device memory);
-# and leaves gpu_check.json (+ the logs) in --out.
+#      recon --device gpu of a simulated 2048-wide scan with fbp and with fourier_fbp
+#      (GVoxel/s, peak device memory, the transfers line);
+# and leaves gpu_check.json (+ the logs, + the seconds of each phase) in --out.
+# Budget (its own estimate on one H100): install ~1 min with the wheels cached, the gpu
+# tests up to 1.5 min, the benchmark ~5.5 min (330 s reserved); each phase gets what is
+# left of 8 minutes, and a phase that would start with too little fails in one line.
 #
 # Usage: tools/gpu_check.sh [--out DIR] [--venv DIR] [--wheels DIR] [--dry-run]
 #   --wheels DIR  install offline from wheels in DIR (a machine without an index)
@@ -32,7 +37,10 @@ done
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 started=$(date +%s)
+BUDGET=480  # seconds for the whole check
+BENCH_MIN=330  # the benchmark's share (gpu_bench.py's own estimate)
 say() { echo "[gpu_check $(( $(date +%s) - started ))s] $*"; }
+left() { echo $(( BUDGET - ($(date +%s) - started) )); }
 
 PIP_SOURCE=()
 if [ -n "$WHEELS" ]; then PIP_SOURCE=(--no-index --find-links "$WHEELS"); fi
@@ -57,35 +65,51 @@ else
     fi
     PYTHON="$VENV/bin/python"
     say "installing the gpu extra"
-    "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" -e "$REPO[dev,gpu]" > "$OUT/pip.log" 2>&1 \
-        || { echo "error: gpu_check.sh: pip install of the gpu extra failed (see $OUT/pip.log)" >&2; exit 2; }
-    if "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" --no-deps httomolibgpu >> "$OUT/pip.log" 2>&1; then
+    INSTALL_MAX=$(( BUDGET - BENCH_MIN - 30 ))  # what the budget leaves the install
+    timeout "$INSTALL_MAX" "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" -e "$REPO[dev,gpu]" \
+        > "$OUT/pip.log" 2>&1 \
+        || { echo "error: gpu_check.sh: pip install of the gpu extra failed or took over ${INSTALL_MAX}s (see $OUT/pip.log; --wheels DIR installs from local wheels)" >&2; exit 2; }
+    if timeout 60 "$PYTHON" -m pip install -q "${PIP_SOURCE[@]}" --no-deps httomolibgpu >> "$OUT/pip.log" 2>&1; then
         say "httomolibgpu installed (--no-deps)"
     else
         say "httomolibgpu did not install: its column stays null"
     fi
     "$PYTHON" -c "import cupy; assert cupy.is_available(), 'cupy sees no device'; print('cupy', cupy.__version__)" \
-        || { echo "error: gpu_check.sh: cupy is installed but sees no CUDA device" >&2; exit 2; }
+        > "$OUT/cupy.log" 2>&1 \
+        || { echo "error: gpu_check.sh: expected cupy to see a CUDA device, got none (see $OUT/cupy.log)" >&2; exit 2; }
 fi
+install_s=$(( $(date +%s) - started ))
 
-say "gpu-marked tests"
+tests_limit=$(( $(left) - BENCH_MIN ))
+if [ "$tests_limit" -gt 120 ]; then tests_limit=120; fi
+if [ "$tests_limit" -lt 30 ]; then
+    echo "error: gpu_check.sh: expected 8 minutes for the whole check, got $(left) s left after the install" >&2
+    exit 1
+fi
+say "gpu-marked tests (at most ${tests_limit}s)"
 set +e
-(cd "$REPO" && timeout 240 "$PYTHON" -m pytest -m gpu -q -p no:randomly tests/stages \
-    --junitxml="$OUT/gpu-tests.xml") > "$OUT/gpu-tests.log" 2>&1
+(cd "$REPO" && timeout "$tests_limit" "$PYTHON" -m pytest -m gpu -q -p no:randomly \
+    tests/stages tests/pipeline --junitxml="$OUT/gpu-tests.xml") > "$OUT/gpu-tests.log" 2>&1
 tests_rc=$?
 set -e
 tail -n 3 "$OUT/gpu-tests.log"
+tests_s=$(( $(date +%s) - started - install_s ))
 
-say "benchmark"
+bench_limit=$(( $(left) - 5 ))
+say "benchmark (at most ${bench_limit}s)"
 BENCH_ARGS=(--out "$OUT/gpu_check.json")
 if [ "$DRY_RUN" = 1 ]; then BENCH_ARGS+=(--dry-run); fi
-timeout 300 "$PYTHON" "$REPO/tools/gpu_bench.py" "${BENCH_ARGS[@]}" > "$OUT/bench.log" 2>&1 \
-    || { tail -n 20 "$OUT/bench.log" >&2; echo "error: gpu_check.sh: the benchmark failed (see $OUT/bench.log)" >&2; exit 1; }
-"$PYTHON" - "$OUT/gpu_check.json" "$tests_rc" <<'PY'
+timeout "$bench_limit" "$PYTHON" "$REPO/tools/gpu_bench.py" "${BENCH_ARGS[@]}" > "$OUT/bench.log" 2>&1 \
+    || { echo "error: gpu_check.sh: the benchmark failed or ran past the 8-minute budget (see $OUT/bench.log)" >&2; exit 1; }
+bench_s=$(( $(date +%s) - started - install_s - tests_s ))
+"$PYTHON" - "$OUT/gpu_check.json" "$tests_rc" "$install_s" "$tests_s" "$bench_s" "$BUDGET" <<'PY'
 import json, sys
-path, tests_rc = sys.argv[1], int(sys.argv[2])
+path = sys.argv[1]
+tests_rc, install_s, tests_s, bench_s, budget_s = (int(v) for v in sys.argv[2:])
 report = json.load(open(path))
 report["gpu_tests_exit_code"] = tests_rc  # 0: passed; 5: none collected
+report["seconds"] = {"install": install_s, "gpu_tests": tests_s, "benchmark": bench_s,
+                     "total": install_s + tests_s + bench_s, "budget": budget_s}
 json.dump(report, open(path, "w"), indent=2)
 PY
 say "done: $OUT/gpu_check.json (gpu tests exit code $tests_rc)"

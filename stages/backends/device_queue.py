@@ -155,7 +155,14 @@ class DeviceQueue:
 
 class CupyStreams:
     """:class:`StreamDevice` on CuPy: pinned memory from ``cupy.cuda.alloc_pinned_memory``,
-    non-blocking streams, ``ndarray.set``/``get`` with a stream, CUDA events."""
+    non-blocking streams for the copies, ``ndarray.set``/``get`` with a stream, CUDA
+    events.
+
+    The compute runs on the legacy default (null) stream: libraries called by the stages
+    (cufinufft, httomolibgpu) launch there unless told otherwise, and a compute stream of
+    our own would not be ordered with them (a non-blocking stream does not wait for the
+    null stream). The copy streams are non-blocking, so they still overlap the compute,
+    ordered by the events :class:`DeviceQueue` records."""
 
     def __init__(self) -> None:
         self._cupy = require_gpu("cupy")
@@ -169,6 +176,8 @@ class CupyStreams:
         return array
 
     def stream(self, name: str) -> Any:
+        if name == "compute":
+            return self._cupy.cuda.Stream.null
         return self._cupy.cuda.Stream(non_blocking=True)
 
     def upload(self, host: npt.NDArray[Any], stream: Any) -> Any:

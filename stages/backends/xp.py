@@ -104,6 +104,19 @@ def fft_module(xp: Any) -> Any:
     return _twin(xp, "scipy_fft", "scipy.fft", "cupyx.scipy.fft")
 
 
+def host_copy(value: Any) -> np.ndarray[Any, Any]:
+    """A host copy of a small table computed on the device (a per-sinogram factor, a
+    kernel probe): ``cupy.asnumpy`` or the namespace's ``asnumpy``; numpy passes
+    through. Not counted as a block transfer: blocks move with :func:`to_host`."""
+    if isinstance(value, np.ndarray):
+        return value
+    download = getattr(array_module(value), "asnumpy", None)
+    if download is None:
+        return np.asarray(value)
+    host: np.ndarray[Any, Any] = download(value)
+    return host
+
+
 def gpu_available() -> bool:
     """Whether cupy is importable and sees a usable CUDA device.
 

@@ -23,6 +23,10 @@ where TomoPy's C reads outside its arrays), indices are wrapped or clamped into 
 The step runs in whichever section it is placed (HTTomo's ``all``); it is meant for the
 slices after the reconstructor. The template's ``rec: REQUIRED`` is TomoPy's data
 argument listed as a parameter: ``rec`` only takes ``null``.
+
+Every index table (polar coordinates, the median's taps, the mean's rows, the inverse
+map) depends on the slice's geometry only: it is made on the host and uploaded, and the
+data steps run in the array module of the block, so a CuPy block stays on its device.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from stages.backends.xp import array_module
 from stages.checks import float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -72,13 +77,15 @@ def _radial_median(polar: npt.NDArray[np.float32], first: int, last: int, half: 
     edge 0, except in the window it starts from at ``first``. Where a read passes a row's
     end (the window it starts from, or a kernel wider than the polar image), its C code
     reads on into the next polar row: reproduced, with 0 past the array's end."""
+    xp = array_module(polar)
     rows, width = polar.shape
     cols = np.arange(first, last)
     taps = cols[None, :] + np.arange(-half, half + 1)[:, None]  # (2·half+1, n)
     beyond = taps >= width
     from_start = beyond & (taps <= first + half)  # read by the initial window
     flat = polar.ravel()
-    out = np.empty((rows, cols.size), np.float32)
+    out: npt.NDArray[np.float32] = xp.empty((rows, cols.size), np.float32)
+    dropped = xp.asarray((beyond & ~from_start)[None])
     chunk = max(1, (16 << 20) // max(1, 4 * taps.size))
     for top in range(0, rows, chunk):
         row = np.arange(top, min(top + chunk, rows))[:, None, None]
@@ -86,10 +93,10 @@ def _radial_median(polar: npt.NDArray[np.float32], first: int, last: int, half: 
         # flat reads, as the C code's: row-major, running on into the next rows
         source = np.where(taps[None] < 0, opposite * width - taps[None],
                           row * width + taps[None])
-        values = flat[np.clip(source, 0, flat.size - 1)]
-        values = np.where(source < flat.size, values, np.float32(0))
-        values = np.where(beyond[None] & ~from_start[None], np.float32(0), values)
-        out[top:top + row.shape[0]] = np.median(values, axis=1)
+        values = flat[xp.asarray(np.clip(source, 0, flat.size - 1))]
+        values = xp.where(xp.asarray(source < flat.size), values, np.float32(0))
+        values = xp.where(dropped, np.float32(0), values)
+        out[top:top + row.shape[0]] = xp.median(values, axis=1)
     return out
 
 
@@ -103,23 +110,25 @@ def _reflected(index: npt.NDArray[np.int64], low: int, high: int) -> npt.NDArray
 
 def _azimuthal_mean(ring: npt.NDArray[np.float32], first: int, last: int, half: int,
                     mode: int) -> npt.NDArray[np.float32]:
+    xp = array_module(ring)
     rows = ring.shape[0]
-    part = ring[:, first:last].astype(np.float64)
+    part = ring[:, first:last].astype(xp.float64)
     offsets = np.arange(-half, half + 1)
     if mode == 0:  # WRAP
         index = (np.arange(rows)[:, None] + offsets[None, :]) % rows
-        mean = part[index].sum(axis=1) / (2 * half + 1)
+        mean = part[xp.asarray(index)].sum(axis=1) / (2 * half + 1)
         starts = [0]
     else:  # REFLECT, each half on its own
         mid = rows // 2
         row = np.arange(rows)[:, None] + offsets[None, :]
         index = np.where(np.arange(rows)[:, None] < mid, _reflected(row, 0, mid),
                          _reflected(row, mid, rows))
-        mean = part[index].sum(axis=1) / (2 * half + 1)
+        mean = part[xp.asarray(index)].sum(axis=1) / (2 * half + 1)
         starts = [0, mid] if mid < rows else [0]
     keep = part != 0
-    keep[starts] = True  # the first row of a pass has no zero check
-    return np.where(keep, mean, 0.0).astype(np.float32)
+    keep[xp.asarray(starts)] = True  # the first row of a pass has no zero check
+    result: npt.NDArray[np.float32] = xp.where(keep, mean, 0.0).astype(xp.float32)
+    return result
 
 
 def _inverse(polar: npt.NDArray[np.float32], cx: float, cy: float, height: int, width: int
@@ -135,8 +144,9 @@ def _inverse(polar: npt.NDArray[np.float32], cx: float, cy: float, height: int, 
     pol_row = _iround((scaled.astype(np.float64) / (2.0 * PI)).astype(np.float32))
     pol_col = _iround(np.sqrt(y * y + x * x).astype(np.float32))
     inside = (pol_row < rows) & (pol_col < radius)
-    out = np.zeros((height, width), np.float32)
-    out[inside] = polar[pol_row[inside], pol_col[inside]]
+    xp = array_module(polar)
+    out: npt.NDArray[np.float32] = xp.zeros((height, width), np.float32)
+    out[xp.asarray(inside)] = polar[xp.asarray(pol_row[inside]), xp.asarray(pol_col[inside])]
     return out
 
 
@@ -163,13 +173,15 @@ def _remove_ring_slice(image: npt.NDArray[np.float32], cx: float, cy: float,
         raise StageError(f"stage 'remove_ring': expected the centre ({cx}, {cy}) at least 3 "
                          f"pixels inside the {height}×{width} slice, got radius {radius}")
     ys, xs = _polar_indices(cx, cy, radius, rows)
-    polar = np.clip(image[np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)],
+    xp = array_module(image)
+    polar = xp.clip(image[xp.asarray(np.clip(ys, 0, height - 1)),
+                          xp.asarray(np.clip(xs, 0, width - 1))],
                     np.float32(params["thresh_min"]), np.float32(params["thresh_max"]))
     m_rad = 2 * params["rwidth"] + 1
     m_azi = math.floor(float(np.float32(rows)) / 360.0 * params["theta_min"])
     thirds = ((0, radius // 3), (radius // 3, 2 * radius // 3), (2 * radius // 3, radius))
     kernels = (m_rad // 3, 2 * m_rad // 3, m_rad)
-    smooth = np.zeros_like(polar)
+    smooth = xp.zeros_like(polar)
     for (first, last), half in zip(thirds, kernels, strict=True):
         if last > first:
             smooth[:, first:last] = _radial_median(polar, first, last, half)
@@ -177,11 +189,13 @@ def _remove_ring_slice(image: npt.NDArray[np.float32], cx: float, cy: float,
     threshold = np.float32(params["thresh"])
     ring[(ring > threshold) | (ring < -threshold)] = 0
     mode = 0 if params["int_mode"].lower() == "wrap" else 1
-    azimuthal = np.zeros_like(ring)
+    azimuthal = xp.zeros_like(ring)
     for (first, last), half in zip(thirds, (m_azi // 3, 2 * m_azi // 3, m_azi), strict=True):
         if last > first:
             azimuthal[:, first:last] = _azimuthal_mean(ring, first, last, half, mode)
-    return (image - _inverse(azimuthal, cx, cy, height, width)).astype(np.float32)
+    result: npt.NDArray[np.float32] = (image - _inverse(azimuthal, cx, cy, height, width)
+                                       ).astype(xp.float32)
+    return result
 
 
 def remove_ring(block: npt.NDArray[Any], *, rec: None = None, center_x: float | None = None,
@@ -194,7 +208,9 @@ def remove_ring(block: npt.NDArray[Any], *, rec: None = None, center_x: float | 
         raise StageError(f"stage {stage!r}: theta_min: expected 0 … 179, got {theta_min}")
     if int_mode.lower() not in ("wrap", "reflect"):
         raise StageError(f"stage {stage!r}: int_mode: expected WRAP|REFLECT, got {int_mode!r}")
-    data = np.array(float_block(block, stage), dtype=np.float32, copy=True)
+    checked = float_block(block, stage)
+    xp = array_module(checked)
+    data: npt.NDArray[np.float32] = xp.array(checked, dtype=xp.float32, copy=True)
     height, width = data.shape[1:]
     cx = (width - 1.0) / 2.0 if center_x is None else float(center_x)
     cy = (height - 1.0) / 2.0 if center_y is None else float(center_y)
@@ -214,6 +230,6 @@ SPECS: tuple[StageSpec, ...] = (
         # four of them) and the median's (2k+1)-deep stack of one third
         memory=scaled_memory(3.0),
         summary="ring removal on reconstructed slices in polar coordinates (TomoPy)",
-        aliases=("tomopy.misc.corr.remove_ring",),
+        aliases=("tomopy.misc.corr.remove_ring",), device=True,
     ),
 )

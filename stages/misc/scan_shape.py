@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from stages.backends.xp import array_module
 from stages.spec import Geometry, Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
@@ -67,6 +68,7 @@ def fold_360_to_180(
     ``httomo``: httomolibgpu's form (even overlap, negative overlap as a gap, edge
     padding to ``width = 2 · cols``); else tomopy's (``width = 2 · cols - overlap``).
     """
+    xp = array_module(sinograms)  # the block stays on its device; weights are uploaded
     rows, angles, cols = sinograms.shape
     ov = int(np.round(overlap))
     if httomo and ov % 2 != 0:
@@ -85,26 +87,28 @@ def fold_360_to_180(
     if ov <= 0:  # side by side; a gap of -ov columns takes the left part's edge value
         left, right = (second[:, :, ::-1], first) if side == "left" else (first,
                                                                            second[:, :, ::-1])
-        gap = np.repeat(left[:, :, -1:], -ov, axis=2)
-        return np.ascontiguousarray(np.concatenate((left, gap, right), axis=2),
-                                    dtype=np.float32)
-    out = np.empty((rows, n, 2 * cols - ov), dtype=np.float32)
+        gap = xp.repeat(left[:, :, -1:], -ov, axis=2)
+        stitched: npt.NDArray[Any] = xp.ascontiguousarray(
+            xp.concatenate((left, gap, right), axis=2), dtype=xp.float32)
+        return stitched
+    out = xp.empty((rows, n, 2 * cols - ov), dtype=xp.float32)
     if side == "left":
-        weights = np.linspace(0.0, 1.0, ov, dtype=np.float32)
+        weights = xp.asarray(np.linspace(0.0, 1.0, ov, dtype=np.float32))
         out[:, :, cols:] = first[:, :, ov:]
         out[:, :, : cols - ov] = second[:, :, ov:][:, :, ::-1]
         out[:, :, cols - ov : cols] = (weights * first[:, :, :ov]
                                        + (weights * second[:, :, :ov])[:, :, ::-1])
     else:
-        weights = np.linspace(1.0, 0.0, ov, dtype=np.float32)
+        weights = xp.asarray(np.linspace(1.0, 0.0, ov, dtype=np.float32))
         out[:, :, : cols - ov] = first[:, :, :-ov]
         out[:, :, cols :] = second[:, :, :-ov][:, :, ::-1]
         out[:, :, cols - ov : cols] = (weights * first[:, :, -ov:]
                                        + (weights * second[:, :, -ov:])[:, :, ::-1])
     if httomo and ov > 0:
         half = ov // 2
-        out = np.pad(out, ((0, 0), (0, 0), (half, half)), mode="edge")
-    return np.ascontiguousarray(out, dtype=np.float32)
+        out = xp.pad(out, ((0, 0), (0, 0), (half, half)), mode="edge")
+    folded: npt.NDArray[Any] = xp.ascontiguousarray(out, dtype=xp.float32)
+    return folded
 
 
 def sino_360_to_180(block: npt.NDArray[Any], *, overlap: float | None = None,
@@ -156,7 +160,8 @@ def average_frames(values: npt.NDArray[Any], factor: int, axis: int) -> npt.NDAr
     own mean), as upstream."""
     if factor == 1:
         return values
-    moved = np.moveaxis(values, axis, 0)
+    xp = array_module(values)
+    moved = xp.moveaxis(values, axis, 0)
     count = moved.shape[0]
     full, remainder = divmod(count, factor)
     parts = []
@@ -165,7 +170,8 @@ def average_frames(values: npt.NDArray[Any], factor: int, axis: int) -> npt.NDAr
                      .mean(axis=1))
     if remainder:
         parts.append(moved[full * factor :].mean(axis=0, keepdims=True))
-    return np.moveaxis(np.concatenate(parts, axis=0), 0, axis)
+    averaged: npt.NDArray[Any] = xp.moveaxis(xp.concatenate(parts, axis=0), 0, axis)
+    return averaged
 
 
 def average_projection_frames(block: npt.NDArray[Any], *,
@@ -175,7 +181,9 @@ def average_projection_frames(block: npt.NDArray[Any], *,
         raise StageError("stage 'average_projection_frames': expected at least one "
                          "projection, got none")
     averaged = average_frames(block, projection_averaging_factor, axis=1)
-    return np.ascontiguousarray(averaged, dtype=np.float32)
+    xp = array_module(averaged)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(averaged, dtype=xp.float32)
+    return result
 
 
 def _average_geometry(before: Geometry, params: Any) -> Geometry:
@@ -195,6 +203,7 @@ SPECS: tuple[StageSpec, ...] = (
         "the CoR after it is the stitched middle.",
         geometry=_fold_geometry,
         aliases=("httomolibgpu.misc.morph.sino_360_to_180",),
+        device=True,
     ),
     StageSpec(
         name="sino_360_to_180_tomopy",
@@ -206,6 +215,7 @@ SPECS: tuple[StageSpec, ...] = (
         "it is the stitched middle.",
         geometry=_fold_geometry,
         aliases=("tomopy.misc.morph.sino_360_to_180",),
+        device=True,
     ),
     StageSpec(
         name="average_projection_frames",
@@ -218,5 +228,6 @@ SPECS: tuple[StageSpec, ...] = (
         "new count.",
         geometry=_average_geometry,
         aliases=("httomolibgpu.misc.morph.average_projection_frames",),
+        device=True,
     ),
 )

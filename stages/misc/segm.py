@@ -28,24 +28,26 @@ __all__ = ["SPECS", "binary_thresholding", "otsu_threshold"]
 
 
 def otsu_threshold(data: npt.NDArray[Any], nbins: int = 256) -> float:
-    """Otsu's threshold of ``data`` (scikit-image's ``threshold_otsu`` for float data)."""
-    values = np.asarray(data, dtype=np.float64).ravel()
+    """Otsu's threshold of ``data`` (scikit-image's ``threshold_otsu`` for float data),
+    computed in the array module of ``data`` (the histogram stays on its device)."""
+    xp = array_module(data)
+    values = data.astype(xp.float64).ravel()
     if values.size == 0:
         raise StageError("stage 'binary_thresholding': otsu: expected a non-empty block")
-    if not np.isfinite(values).all():
+    if not bool(xp.isfinite(values).all()):
         raise StageError("stage 'binary_thresholding': otsu: expected finite values, got "
                          "NaN or inf (put data_checker before it)")
-    if (values == values[0]).all():
+    if bool((values == values[0]).all()):
         return float(values[0])
-    counts, edges = np.histogram(values, bins=nbins)
+    counts, edges = xp.histogram(values, bins=nbins)
     centres = (edges[:-1] + edges[1:]) / 2
-    weight1 = np.cumsum(counts)
-    weight2 = np.cumsum(counts[::-1])[::-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean1 = np.cumsum(counts * centres) / weight1
-        mean2 = (np.cumsum((counts * centres)[::-1]) / weight2[::-1])[::-1]
+    weight1 = xp.cumsum(counts)
+    weight2 = xp.cumsum(counts[::-1])[::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # host numpy only; CuPy is quiet
+        mean1 = xp.cumsum(counts * centres) / weight1
+        mean2 = (xp.cumsum((counts * centres)[::-1]) / weight2[::-1])[::-1]
     variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
-    return float(centres[int(np.nanargmax(variance))])
+    return float(centres[int(xp.nanargmax(variance))])
 
 
 class BinaryThresholdingParams(StageParams):
@@ -84,6 +86,7 @@ SPECS: tuple[StageSpec, ...] = (
         params=BinaryThresholdingParams,
         memory=scaled_memory(3.5),  # input, float32 copy, comparison, mask (+ host copy)
         summary="binary mask by a threshold or Otsu's (httomolib)",
+        device=True,
         aliases=("httomolib.misc.segm.binary_thresholding",),
     ),
 )

@@ -188,25 +188,27 @@ def median_filter_nonfinite(
         If a window holds no finite value (TomoPy: "increase the kernel size").
     """
     stage = "median_filter_nonfinite"
-    data = np.array(float_block(block, stage), dtype=np.float32, copy=True)
-    bad = ~np.isfinite(data)
+    checked = float_block(block, stage)
+    xp = array_module(checked)
+    data: npt.NDArray[np.float32] = xp.array(checked, dtype=xp.float32, copy=True)
+    bad = ~xp.isfinite(data)
     count = int(bad.sum())
     if count == 0:
         return data
     half = size // 2
-    padded = np.pad(np.where(bad, np.float32(np.nan), data),
+    padded = xp.pad(xp.where(bad, np.float32(np.nan), data),
                     ((0, 0), (half, half), (half, half)), constant_values=np.nan)
-    frame, row, col = np.nonzero(bad)
-    offsets = np.arange(2 * half + 1)
+    frame, row, col = xp.nonzero(bad)
+    offsets = xp.arange(2 * half + 1)
     windows = padded[frame[:, None, None], row[:, None, None] + offsets[None, :, None],
                      col[:, None, None] + offsets[None, None, :]]
-    empty = np.isnan(windows).all(axis=(1, 2))
-    if empty.any():
+    empty = xp.isnan(windows).all(axis=(1, 2))
+    if bool(empty.any()):
         where = (int(frame[empty][0]), int(row[empty][0]), int(col[empty][0]))
         raise StageError(f"stage {stage!r}: the {2 * half + 1}×{2 * half + 1} window around "
                          f"(frame, row, col) {where} holds no finite value: expected at "
                          f"least one; increase size (got {size})")
-    data[bad] = np.nanmedian(windows.reshape(count, -1), axis=1).astype(np.float32)
+    data[bad] = xp.nanmedian(windows.reshape(count, -1), axis=1).astype(xp.float32)
     if repairs is not None:
         repairs.add(NONFINITE_MEDIAN, count)
     return data
@@ -280,7 +282,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(3.5),
         summary="replace NaN/inf pixels by the median of the finite ones around them "
         "(TomoPy; counted as repairs)",
-        aliases=("tomopy.misc.corr.median_filter_nonfinite",),
+        aliases=("tomopy.misc.corr.median_filter_nonfinite",), device=True,
     ),
     StageSpec(
         name="sobel_filter", fn=sobel_filter, pattern=Pattern.PROJECTION,

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, model_validator
-from scipy import ndimage
 
+from stages.backends.xp import array_module, ndimage_module
 from stages.checks import float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -65,13 +65,15 @@ def shift_images(block: npt.NDArray[Any], *, sx: tuple[float, ...], sy: tuple[fl
     if numbers.size and (numbers.min() < 0 or numbers.max() >= len(sx)):
         raise StageError(f"stage {stage!r}: sx, sy: expected a shift for every projection, "
                          f"got {len(sx)} for projection number {int(numbers.max())}")
-    out = np.empty_like(data)
-    for i, m in enumerate(numbers):
+    xp = array_module(data)
+    ndimage = ndimage_module(xp)
+    out: npt.NDArray[np.float32] = xp.empty_like(data)
+    for i, m in enumerate(numbers.tolist()):
         frame = data[i]
-        moved = ndimage.shift(frame.astype(np.float64), (-sx[m], -sy[m]), order=5,
+        moved = ndimage.shift(frame.astype(xp.float64), (-sx[m], -sy[m]), order=5,
                               mode="grid-constant", cval=0.0, prefilter=True)
         low, high = min(float(frame.min()), 0.0), max(float(frame.max()), 0.0)
-        out[i] = np.clip(moved, low, high)
+        out[i] = xp.clip(moved, low, high)
     return out
 
 
@@ -83,6 +85,6 @@ SPECS: tuple[StageSpec, ...] = (
         params=ShiftImagesParams,
         memory=scaled_memory(3.0),  # input, float32 copy, output (+ one float64 frame)
         summary="shift each projection by its own (sx, sy), quintic spline (TomoPy)",
-        aliases=("tomopy.prep.alignment.shift_images",),
+        aliases=("tomopy.prep.alignment.shift_images",), device=True,
     ),
 )

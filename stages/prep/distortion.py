@@ -45,6 +45,7 @@ import numpy.typing as npt
 from pydantic import Field, model_validator
 from scipy.ndimage import map_coordinates
 
+from stages.backends.xp import array_module, ndimage_module
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import ConfigError, StageError
 
@@ -95,7 +96,8 @@ def unwarp(
     block: npt.NDArray[Any], xcenter: float, ycenter: float, list_fact: tuple[float, ...],
     *, order: int = 3, mode: Mode = "constant",
 ) -> npt.NDArray[np.float32]:
-    """Each frame of a projection block ``(angles, rows, cols)`` unwarped."""
+    """Each frame of a projection block ``(angles, rows, cols)`` unwarped, in the block's
+    array module (the coordinate maps are made on the host and uploaded once)."""
     height, width = block.shape[1], block.shape[2]
     xu, yu = np.meshgrid(np.arange(width) - xcenter, np.arange(height) - ycenter)
     ru = np.hypot(xu, yu)
@@ -104,11 +106,13 @@ def unwarp(
         factor += coefficient * ru**power
     xd = np.clip(xcenter + factor * xu, 0, width - 1).astype(np.float32)
     yd = np.clip(ycenter + factor * yu, 0, height - 1).astype(np.float32)
-    coordinates = np.stack([yd.ravel(), xd.ravel()])
-    out = np.empty(block.shape, dtype=np.float32)
+    xp = array_module(block)
+    remap = map_coordinates if xp is np else ndimage_module(xp).map_coordinates
+    coordinates = xp.asarray(np.stack([yd.ravel(), xd.ravel()]))
+    out: npt.NDArray[np.float32] = xp.empty(block.shape, dtype=xp.float32)
     for index in range(block.shape[0]):
-        out[index] = map_coordinates(np.asarray(block[index], np.float32), coordinates,
-                                     order=order, mode=mode).reshape(height, width)
+        out[index] = remap(block[index].astype(xp.float32, copy=False), coordinates,
+                           order=order, mode=mode).reshape(height, width)
     return out
 
 
@@ -269,7 +273,7 @@ SPECS: tuple[StageSpec, ...] = (
         summary="Radial lens-distortion correction of projections (discorpy's polynomial "
         "backward model, httomolibgpu): coefficients from discorpy's text file "
         "(metadata_path) or given; spline order and edge mode as scipy.",
-        angle_local=True,
+        angle_local=True, device=True,
         aliases=("httomolibgpu.prep.alignment.distortion_correction_proj_discorpy",),
     ),
     StageSpec(
@@ -280,7 +284,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(4.0),
         summary="tomopy's radial distortion correction of projections (the same model, "
         "linear interpolation, reflected edges).",
-        angle_local=True,
+        angle_local=True, device=True,
         aliases=("tomopy.prep.alignment.distortion_correction_proj",),
     ),
     StageSpec(

@@ -26,7 +26,9 @@ the mask within ``min_stripe_width // 2`` columns on both sides, or within ``2 Â
 min_stripe_width`` angles above and below. The mask is float32 0/1 (TomoPy: bool).
 
 Both outputs replace the data (weights, mask), as in TomoPy and HTTomo: a pipeline keeps
-them by saving that step's output.
+them by saving that step's output. Both run in the array module of their block (the
+shifted-index tables are made on the host and uploaded), so a CuPy block stays on its
+device.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from stages.backends.xp import array_module
 from stages.checks import float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -55,7 +58,10 @@ def _mirrored(length: int, offset: int) -> npt.NDArray[np.intp]:
 
 
 def _shifted(data: npt.NDArray[Any], axis: int, offset: int) -> npt.NDArray[Any]:
-    return np.take(data, _mirrored(data.shape[axis], offset), axis=axis)
+    xp = array_module(data)
+    shifted: npt.NDArray[Any] = xp.take(data, xp.asarray(_mirrored(data.shape[axis], offset)),
+                                        axis=axis)
+    return shifted
 
 
 class StripesDetectParams(StageParams):
@@ -69,7 +75,9 @@ def stripes_detect3d(block: npt.NDArray[Any], *, size: int = 10, radius: int = 3
                      ) -> npt.NDArray[np.float32]:
     """Stripe-edge weights in [0, 1] of a sinogram block ``(rows, angles, cols)``."""
     stage = "stripes_detect3d"
-    data = np.ascontiguousarray(float_block(block, stage).transpose(1, 0, 2))  # TomoPy's
+    checked = float_block(block, stage)
+    xp = array_module(checked)
+    data = xp.ascontiguousarray(checked.transpose(1, 0, 2))  # TomoPy's axes
     angles = data.shape[0]
     if size <= 0 or size > angles // 2:
         raise StageError(f"stage {stage!r}: size: expected 1 â€¦ {angles // 2} (half the "
@@ -82,15 +90,15 @@ def stripes_detect3d(block: npt.NDArray[Any], *, size: int = 10, radius: int = 3
     step = np.arange(cols) + 2
     step[step >= cols] -= 4
     step = np.clip(step, 0, cols - 1)
-    grad = np.abs(data[:, :, step] - data)
-    plate = np.zeros_like(grad)
+    grad = xp.abs(data[:, :, xp.asarray(step)] - data)
+    plate = xp.zeros_like(grad)
     for dk in range(-radius, radius + 1):
         along = _shifted(grad, 0, dk)
         for dj in range(-radius, radius + 1):
             plate += _shifted(along, 1, dj)
     plate /= np.float32((2 * radius + 1) ** 2)
-    right = np.zeros_like(grad)
-    left = np.zeros_like(grad)
+    right = xp.zeros_like(grad)
+    left = xp.zeros_like(grad)
     for dj in (-1, 0, 1):
         rows = _shifted(grad, 1, dj)
         for di in range(1, radius + 1):
@@ -98,15 +106,17 @@ def stripes_detect3d(block: npt.NDArray[Any], *, size: int = 10, radius: int = 3
             left += _shifted(rows, 2, -di)
     right /= np.float32(radius * 3)
     left /= np.float32(radius * 3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(right >= plate, plate / right, right / plate)
-        ratio = np.where((right == 0) & (plate == 0), mean, ratio)
-        other = np.where(left >= plate, plate / left, left / plate)
-        other = np.where((left == 0) & (plate == 0), np.float32(0), other)
-    ratio = np.minimum(ratio, other).astype(np.float32)
-    window = np.stack([_shifted(ratio, 0, dk) for dk in range(-size, size + 1)])
-    weights = np.partition(window, size - 1, axis=0)[size - 1]
-    return np.ascontiguousarray(weights.transpose(1, 0, 2), dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):  # host numpy only; CuPy is quiet
+        ratio = xp.where(right >= plate, plate / right, right / plate)
+        ratio = xp.where((right == 0) & (plate == 0), mean, ratio)
+        other = xp.where(left >= plate, plate / left, left / plate)
+        other = xp.where((left == 0) & (plate == 0), np.float32(0), other)
+    ratio = xp.minimum(ratio, other).astype(xp.float32)
+    window = xp.stack([_shifted(ratio, 0, dk) for dk in range(-size, size + 1)])
+    weights = xp.partition(window, size - 1, axis=0)[size - 1]
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(weights.transpose(1, 0, 2),
+                                                           dtype=xp.float32)
+    return result
 
 
 class StripesMaskParams(StageParams):
@@ -123,14 +133,14 @@ class StripesMaskParams(StageParams):
 
 
 def _count(mask: npt.NDArray[np.bool_], axis: int, half: int) -> npt.NDArray[np.int32]:
-    total = np.zeros(mask.shape, np.int32)
+    total: npt.NDArray[np.int32] = array_module(mask).zeros(mask.shape, np.int32)
     for offset in range(-half, half + 1):
         total += _shifted(mask, axis, offset)
     return total
 
 
 def _any(mask: npt.NDArray[np.bool_], axis: int, offsets: range) -> npt.NDArray[np.bool_]:
-    found = np.zeros(mask.shape, bool)
+    found: npt.NDArray[np.bool_] = array_module(mask).zeros(mask.shape, bool)
     for offset in offsets:
         found |= _shifted(mask, axis, offset)
     return found
@@ -142,7 +152,9 @@ def stripes_mask3d(block: npt.NDArray[Any], *, weights: None = None, threshold: 
                    ) -> npt.NDArray[np.float32]:
     """1 where the weights of a sinogram block ``(rows, angles, cols)`` mark a stripe."""
     stage = "stripes_mask3d"
-    values = np.ascontiguousarray(float_block(block, stage).transpose(1, 0, 2))
+    checked = float_block(block, stage)
+    xp = array_module(checked)
+    values = xp.ascontiguousarray(checked.transpose(1, 0, 2))
     angles, depth, cols = values.shape
     for name, value, limit in (("min_stripe_length", min_stripe_length, angles),
                                ("min_stripe_depth", min_stripe_depth, depth),
@@ -168,7 +180,9 @@ def stripes_mask3d(block: npt.NDArray[Any], *, weights: None = None, threshold: 
                     & _any(mask, 2, range(0, half_width + 1)))
         vertical = _any(mask, 0, range(-reach, 1)) & _any(mask, 0, range(0, reach + 1))
         mask = mask | sideways | vertical
-    return np.ascontiguousarray(mask.transpose(1, 0, 2), dtype=np.float32)
+    result: npt.NDArray[np.float32] = xp.ascontiguousarray(mask.transpose(1, 0, 2),
+                                                           dtype=xp.float32)
+    return result
 
 
 SPECS: tuple[StageSpec, ...] = (
@@ -181,7 +195,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=lambda shape, dtype, params: int(
             (10 + 2 * params.size + 1) * np.prod(shape) * 4),
         summary="stripe-edge weights from gradient ratios (TomoPy's stripes_detect3d)",
-        aliases=("tomopy.prep.stripe.stripes_detect3d",),
+        aliases=("tomopy.prep.stripe.stripes_detect3d",), device=True,
     ),
     StageSpec(
         name="stripes_mask3d", fn=stripes_mask3d, pattern=Pattern.SINOGRAM,
@@ -189,6 +203,6 @@ SPECS: tuple[StageSpec, ...] = (
         params=StripesMaskParams,
         memory=scaled_memory(6.0),  # transposed copy, masks, counts (int32), output
         summary="binary stripe mask from stripes_detect3d's weights (TomoPy)",
-        aliases=("tomopy.prep.stripe.stripes_mask3d",),
+        aliases=("tomopy.prep.stripe.stripes_mask3d",), device=True,
     ),
 )

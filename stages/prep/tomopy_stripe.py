@@ -28,7 +28,7 @@ import numpy.typing as npt
 from pydantic import Field
 from scipy import ndimage
 
-from stages.backends.xp import array_module
+from stages.backends.xp import array_module, host_copy, ndimage_module
 from stages.checks import float_block
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -89,43 +89,75 @@ def detect_stripe_tomopy(factors: npt.NDArray[np.floating], snr: float
     return mask
 
 
-def _interpolate_sinogram(sinogram: npt.NDArray[np.float32], snr: float, size: int,
-                          drop_ratio: float, norm: bool) -> npt.NDArray[np.float32]:
-    nrow = sinogram.shape[0]
-    ndrop = int(0.5 * float(np.clip(drop_ratio, 0.0, 0.8)) * nrow)
-    ordered = np.sort(sinogram, axis=0)
-    smooth = ndimage.median_filter(ordered, (1, size))
-    list1 = np.mean(ordered[ndrop:nrow - ndrop], axis=0)
-    list2 = np.mean(smooth[ndrop:nrow - ndrop], axis=0)
-    factors = np.divide(list1, list2, out=np.ones_like(list1), where=list2 != 0)
+def _stripe_columns(factors: npt.NDArray[np.floating], snr: float) -> npt.NDArray[np.bool_]:
+    """The columns of one sinogram to interpolate: TomoPy's detection, dilated by one
+    column, never the two columns at each edge."""
     mask = ndimage.binary_dilation(detect_stripe_tomopy(factors, snr), iterations=1)
-    out = sinogram / factors[None, :] if norm else sinogram.copy()
     mask[:2] = False
     mask[-2:] = False
-    missing = np.flatnonzero(mask)
-    if missing.size:
-        valid = np.flatnonzero(~mask)
+    return np.asarray(mask, dtype=bool)
+
+
+def _interpolation_plan(masks: npt.NDArray[np.bool_]
+                        ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp],
+                                   npt.NDArray[np.float64]]:
+    """For every sinogram and column, the unmarked columns either side and the weight of
+    the right one: ``(lo, hi, weight)`` of shape ``(rows, cols)``; an unmarked column is
+    its own ``lo`` and ``hi`` with weight 0 (``(1 - 0)·x + 0·x`` is ``x`` exactly)."""
+    rows, cols = masks.shape
+    lo = np.broadcast_to(np.arange(cols), (rows, cols)).copy()
+    hi = lo.copy()
+    weight = np.zeros((rows, cols), dtype=np.float64)
+    for r in np.flatnonzero(masks.any(axis=1)):
+        missing = np.flatnonzero(masks[r])
+        valid = np.flatnonzero(~masks[r])
         right = np.searchsorted(valid, missing)  # valid[right - 1] < missing < valid[right]
-        lo, hi = valid[right - 1], valid[right]
-        weight = ((missing - lo) / (hi - lo)).astype(np.float64)
-        out[:, missing] = ((1.0 - weight) * out[:, lo] + weight * out[:, hi]).astype(
-            out.dtype)
-    return np.asarray(out, dtype=np.float32)
+        lo[r, missing], hi[r, missing] = valid[right - 1], valid[right]
+        weight[r, missing] = (missing - lo[r, missing]) / (hi[r, missing] - lo[r, missing])
+    return lo, hi, weight
 
 
 def remove_stripe_based_interpolation(
     block: npt.NDArray[Any], *, snr: float = 3.0, size: int = 31, drop_ratio: float = 0.1,
     norm: bool = True,
 ) -> npt.NDArray[np.float32]:
-    """Vo's interpolation-based stripe removal, TomoPy's version, per sinogram."""
+    """Vo's interpolation-based stripe removal, TomoPy's version, per sinogram.
+
+    The whole block at once, in its array module: the sort over the angles, the median
+    across ``size`` columns, the means, the normalisation and the interpolation (one
+    gather). Only the per-sinogram factors (``cols`` values each) come to the host for
+    TomoPy's line fit (``np.polyfit``, as TomoPy), and the interpolation's index tables
+    go back up."""
     stage = "remove_stripe_based_interpolation"
     data = float_block(block, stage)
     if data.shape[2] < 5 or data.shape[1] < 2:
         raise StageError(f"stage {stage!r}: expected at least 2 angles and 5 columns, got "
                          f"{data.shape[1]} and {data.shape[2]}")
-    if not np.isfinite(data).all():
+    xp = array_module(data)
+    if not bool(xp.isfinite(data).all()):
         raise StageError(f"stage {stage!r}: expected finite values, got NaN or inf")
-    return np.stack([_interpolate_sinogram(s, snr, size, drop_ratio, norm) for s in data])
+    rows, nrow, _ = data.shape
+    ndrop = int(0.5 * float(np.clip(drop_ratio, 0.0, 0.8)) * nrow)
+    ordered = xp.sort(data, axis=1)
+    smooth = ndimage_module(xp).median_filter(ordered, (1, 1, size))
+    list1 = xp.mean(ordered[:, ndrop:nrow - ndrop], axis=1)
+    list2 = xp.mean(smooth[:, ndrop:nrow - ndrop], axis=1)
+    nonzero = list2 != 0
+    factors = xp.where(nonzero, list1 / xp.where(nonzero, list2, np.float32(1)),
+                       np.float32(1))
+    host_factors = host_copy(factors)
+    masks = np.stack([_stripe_columns(f, snr) for f in host_factors])
+    out = data / factors[:, None, :] if norm else data.copy()
+    if not masks.any():
+        return xp.ascontiguousarray(out, dtype=xp.float32)  # type: ignore[no-any-return]
+    lo, hi, weight = (xp.asarray(table) for table in _interpolation_plan(masks))
+    sino = xp.arange(rows)[:, None, None]
+    angle = xp.arange(nrow)[None, :, None]
+    right = weight[:, None, :]
+    result: npt.NDArray[np.float32] = ((1.0 - right) * out[sino, angle, lo[:, None, :]]
+                                       + right * out[sino, angle, hi[:, None, :]]
+                                       ).astype(xp.float32)
+    return result
 
 
 SPECS: tuple[StageSpec, ...] = (
@@ -140,8 +172,9 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_based_interpolation", fn=remove_stripe_based_interpolation,
         pattern=Pattern.SINOGRAM, angle_local=False,  # sorting over all angles
         params=StripeInterpolationParams,
-        # input, float32 copy, output; per sinogram: sorted, smoothed and normalised copies
-        memory=scaled_memory(3.5),
+        # input, float32 copy, sorted, smoothed and normalised copies, the interpolation's
+        # two float64 gathers and its float64 sum
+        memory=scaled_memory(11.0), device=True,
         summary="Vo's interpolation-based stripe removal, TomoPy's version",
         aliases=("tomopy.prep.stripe.remove_stripe_based_interpolation",),
     ),

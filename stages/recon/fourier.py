@@ -50,6 +50,17 @@ Algorithm
    columns: the line order puts the low frequencies at both ends (see :class:`_Lines`).
    Irregular angle sets (and odd counts) are spread whole.
 
+Array module
+------------
+Every step runs in the array module of the block (``xp``): numpy, or CuPy on a GPU,
+where cufinufft spreads (:func:`stages.backends.nufft.spreading_plan`: the same plan
+options under cufinufft's names), ``cupyx.scipy.fft`` transforms, the kernel's
+deconvolution is probed from cufinufft's own kernel, and one worker takes the pairs in
+turn, filtering :data:`_DEVICE_CHUNK` projections per launch. The plan's host tables are
+uploaded once and kept, with the device gridder, in :class:`FourierFbpCache`. On the
+CPU the device path is checked in ``tests/stages/device_like.py``'s namespace (bit for
+bit with the host, one thread); see ``docs/decisions/0018``.
+
 The output differs from :func:`~stages.recon.fbp.fbp` only by the interpolation of the
 filtered projections: trigonometric (exact for band-limited data) here, linear in FBP,
 which smooths a little (closer to the analytic phantom here; the two agree to about
@@ -64,12 +75,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import finufft
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
 from pydantic import Field
 
+from stages.backends.nufft import download, spreading_plan
+from stages.backends.xp import array_module, fft_module
 from stages.checks import sinogram_inputs
 from stages.misc.geometry import circle_inside
 from stages.prep.kernel import worker_count
@@ -432,8 +444,64 @@ class _Filter:
         return self.lines.keep is not None
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """A :class:`_Filter`'s arrays in the array module of the data (``xp``): the host's
+    own arrays for numpy, copies uploaded once per plan for a device (kept in the
+    plan, so in the scan's :class:`FourierFbpCache`).
+
+    ``merges`` lists, for merged (360°) lines, the passes that sum projections into
+    their lines: ``(projections, their lines, flipped)``, each line once per pass.
+    ``chunk`` is the number of projections filtered together: :data:`_CHUNK` on the
+    host (the working set in a core's L2 cache), a multiple of it on a device (fewer,
+    larger launches; pieces never straddle a chunk since they split at ``_CHUNK``).
+    """
+
+    xp: Any
+    response: Any
+    multiplier: Any
+    conjugate: Any
+    negated: Any
+    order: Any
+    keep: Any
+    mirror: Any
+    scale: Any
+    merges: tuple[tuple[Any, Any, bool], ...]
+    chunk: int
+    in_order: bool
+
+
+#: Projections filtered together on a device (a multiple of :data:`_CHUNK`).
+_DEVICE_CHUNK = 32 * _CHUNK
+
+
+def _tables(setup: _Filter, xp: Any) -> _Tables:
+    """``setup``'s arrays for blocks of ``xp`` (see :class:`_Tables`)."""
+    lines = setup.lines
+    merges: list[tuple[Any, Any, bool]] = []
+    if setup.shared:
+        rank = _occurrence(lines.line)
+        for level in range(int(rank.max()) + 1):
+            for flip in (False, True):
+                chosen = np.flatnonzero((rank == level) & (lines.flipped == flip))
+                if chosen.size:
+                    merges.append((xp.asarray(chosen), xp.asarray(lines.line[chosen]), flip))
+
+    def put(value: Any) -> Any:
+        return None if value is None else xp.asarray(value)
+
+    return _Tables(
+        xp=xp, response=put(setup.response), multiplier=put(setup.multiplier),
+        conjugate=put(setup.conjugate), negated=put(setup.negated), order=put(lines.order),
+        keep=put(lines.keep), mirror=put(lines.mirror), scale=put(lines.scale),
+        merges=tuple(merges), chunk=_CHUNK if xp is np else _DEVICE_CHUNK,
+        in_order=bool(np.all(lines.order[1:] > lines.order[:-1])),
+    )
+
+
 def _pair_strengths(
-    sino: npt.NDArray[np.float32], pair: int, setup: _Filter, threads: int
+    sino: npt.NDArray[np.float32], pair: int, setup: _Filter, threads: int,
+    tables: _Tables | None = None,
 ) -> npt.NDArray[np.complex64]:
     """NUFFT strengths ``(2, points)`` of rows ``2·pair`` (``a``) and ``2·pair+1`` (``b``).
 
@@ -443,7 +511,12 @@ def _pair_strengths(
     the packed strengths at the half set's points ``ω ≥ 0``; row 1 those at their mirrors
     ``-ω`` (spread at ``ω`` and reflected, see :func:`_add_reflected`): for every
     projection on its own line, the coefficient at ``-ω`` times the conjugate multiplier.
+    Every array operation is ``tables.xp``'s (the data's module: numpy or CuPy).
     """
+    t = tables if tables is not None else _tables(setup, np)
+    xp = t.xp
+    fft = fft_module(xp)
+    workers: dict[str, Any] = {"workers": threads} if xp is np else {}
     rows, n_angles, cols = sino.shape
     layout, lines, pad = setup.layout, setup.lines, setup.pad
     left, length, start, window = layout.left, layout.length, layout.start, layout.window
@@ -451,36 +524,35 @@ def _pair_strengths(
     inside = start >= 0 and start + window <= length
     lo, hi = max(start, 0), min(start + window, length)
     shared = setup.shared
-    strengths = np.empty((2, lines.points), dtype=np.complex64)
+    chunk = t.chunk
+    strengths: npt.NDArray[np.complex64] = xp.empty((2, lines.points), dtype=xp.complex64)
     # Merged lines: the whole lines' strengths first, then the two halves are gathered.
-    full = np.empty(n_angles * (window + 1), dtype=np.complex64) if shared else strengths[0]
-    conjugate = setup.conjugate
-    packed = np.empty((_CHUNK, length), dtype=np.complex64)
-    parts = packed.view(np.float32).reshape(_CHUNK, length, 2)
-    in_order = bool(np.all(lines.order[1:] > lines.order[:-1]))
-    for first in range(0, n_angles, _CHUNK):
-        last = min(first + _CHUNK, n_angles)
+    full = xp.empty(n_angles * (window + 1), dtype=xp.complex64) if shared else strengths[0]
+    conjugate = t.conjugate
+    packed = xp.empty((min(chunk, n_angles), length), dtype=xp.complex64)
+    parts = packed.view(xp.float32).reshape(packed.shape[0], length, 2)
+    for first in range(0, n_angles, chunk):
+        last = min(first + chunk, n_angles)
         count = last - first
-        chosen = lines.order[first:last]
         for part, row in enumerate((2 * pair, 2 * pair + 1)):
             target = parts[:count, :, part]
             if row >= rows:  # odd block: the last imaginary part is 0
                 target[...] = 0.0
                 continue
-            data = sino[row, first:last] if in_order else sino[row][chosen]
+            data = sino[row, first:last] if t.in_order else sino[row][t.order[first:last]]
             target[:, left : left + cols] = data
             target[:, :left] = data[:, :1] if pad else 0.0
             target[:, left + cols :] = data[:, -1:] if pad else 0.0
-        spectrum = scipy.fft.fft(packed[:count], axis=-1, workers=threads)
-        spectrum *= setup.response
-        filtered = scipy.fft.ifft(spectrum, axis=-1, workers=threads, overwrite_x=True)
+        spectrum = fft.fft(packed[:count], axis=-1, **workers)
+        spectrum *= t.response
+        filtered = fft.ifft(spectrum, axis=-1, overwrite_x=True, **workers)
         if inside:  # the usual case: a view, no copy
             cropped = filtered[:, start : start + window]
         else:  # positions off the padded projection read 0, as in fbp
-            cropped = np.zeros((count, window), dtype=np.complex64)
+            cropped = xp.zeros((count, window), dtype=xp.complex64)
             if hi > lo:
                 cropped[:, lo - start : hi - start] = filtered[:, lo:hi]
-        coefficients = scipy.fft.fft(cropped, axis=-1, workers=threads)
+        coefficients = fft.fft(cropped, axis=-1, **workers)
         for p, q, a, b, stored in lines.pieces:
             if p < first or p >= last:
                 continue
@@ -488,13 +560,13 @@ def _pair_strengths(
             # M/2 … M-1 (from -1/2 on): two runs of the FFT's own order.
             size = (q - p) * (b - a)
             out = full[stored : stored + size].reshape(q - p, b - a)
-            mult = setup.multiplier[stored : stored + size].reshape(q - p, b - a)
+            mult = t.multiplier[stored : stored + size].reshape(q - p, b - a)
             coef = coefficients[p - first : q - first]
             split = max(min(half + 1, b) - a, 0)
             if split:
-                np.multiply(coef[:, a : a + split], mult[:, :split], out=out[:, :split])
+                xp.multiply(coef[:, a : a + split], mult[:, :split], out=out[:, :split])
             if split < b - a:
-                np.multiply(coef[:, a + split - 1 : b - 1], mult[:, split:], out=out[:, split:])
+                xp.multiply(coef[:, a + split - 1 : b - 1], mult[:, split:], out=out[:, split:])
             if shared:
                 continue
             # Half set (b <= M/2 + 1): the mirror -ω of column j is FFT coefficient
@@ -503,31 +575,25 @@ def _pair_strengths(
             conj = conjugate[stored : stored + size].reshape(q - p, b - a)
             low = a
             if a == 0:  # ω = 0 is its own mirror
-                np.multiply(coef[:, 0], conj[:, 0], out=mirror[:, 0])
+                xp.multiply(coef[:, 0], conj[:, 0], out=mirror[:, 0])
                 low = 1
             if b > low:
-                np.multiply(coef[:, window - b + 1 : window - low + 1][:, ::-1],
+                xp.multiply(coef[:, window - b + 1 : window - low + 1][:, ::-1],
                             conj[:, low - a :], out=mirror[:, low - a :])
     if not shared:
         return strengths
     # Sum the projections of each line (θ and θ + 180°: frequencies reversed). Within one
     # pass every target line appears once (fancy-index += does not accumulate repeats).
     whole = full.reshape(n_angles, window + 1)
-    merged = np.zeros((lines.n_lines, window + 1), dtype=np.complex64)
-    rank = _occurrence(lines.line)
-    for level in range(int(rank.max()) + 1):
-        for flip in (False, True):
-            chosen = np.flatnonzero((rank == level) & (lines.flipped == flip))
-            if chosen.size == 0:
-                continue
-            values = whole[chosen]
-            if flip:
-                values = values[:, setup.negated]
-            merged[lines.line[chosen]] += values
-    assert lines.keep is not None and lines.mirror is not None and lines.scale is not None
+    merged = xp.zeros((lines.n_lines, window + 1), dtype=xp.complex64)
+    for chosen, target_lines, flip in t.merges:
+        values = whole[chosen]
+        if flip:
+            values = values[:, t.negated]
+        merged[target_lines] += values
     flat = merged.reshape(-1)
-    np.multiply(flat[lines.keep], lines.scale, out=strengths[0])
-    np.multiply(flat[lines.mirror], lines.scale, out=strengths[1])
+    xp.multiply(flat[t.keep], t.scale, out=strengths[0])
+    xp.multiply(flat[t.mirror], t.scale, out=strengths[1])
     return strengths
 
 
@@ -543,7 +609,7 @@ def _occurrence(labels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
 
 
 def _kernel_transform(
-    eps: float, grid: int, modes: npt.NDArray[np.int64]
+    eps: float, grid: int, modes: npt.NDArray[np.int64], xp: Any = np
 ) -> npt.NDArray[np.float64]:
     """Continuous Fourier transform ``φ̂(k)`` of finufft's spreading kernel at ``modes``.
 
@@ -551,20 +617,22 @@ def _kernel_transform(
     probed by spreading ``_PROBE_STEPS`` unit points at sub-cell offsets ``q/_PROBE_STEPS``
     onto a small grid; the samples at spacing ``1/_PROBE_STEPS`` cell give ``φ̂`` by
     quadrature (spectrally accurate: ``φ`` is smooth and compact). This is the
-    deconvolution finufft applies in a full type-1 transform.
+    deconvolution finufft applies in a full type-1 transform. The probe spreads with the
+    library that will grid (``xp``'s: cufinufft's kernel for CuPy blocks), so the
+    deconvolution matches the spreading on either device.
     """
     steps, spacing = _PROBE_STEPS, _PROBE_SPACING
     probe = spacing * (steps + 2)
     cells = spacing * (np.arange(steps) + 1) - probe // 2  # probe point q near this cell
     positions = cells + np.arange(steps) / steps
-    plan = finufft.Plan(
-        1, (probe, probe), n_trans=1, eps=eps, dtype="complex64", spreadinterponly=1,
-        upsampfac=_UPSAMPFAC, nthreads=1,
-    )
+    plan = spreading_plan(xp, 1, (probe, probe), n_trans=1, eps=eps, upsampfac=_UPSAMPFAC,
+                          threads=1, stage=_STAGE)
     plan.setpts(
-        np.zeros(steps, dtype=np.float32), (2 * np.pi * positions / probe).astype(np.float32)
+        xp.asarray(np.zeros(steps, dtype=np.float32)),
+        xp.asarray((2 * np.pi * positions / probe).astype(np.float32)),
     )
-    row = plan.execute(np.ones((1, steps), dtype=np.complex64))[0][probe // 2].real
+    spread = plan.execute(xp.asarray(np.ones((1, steps), dtype=np.complex64)))
+    row = download(spread.reshape(probe, probe)[probe // 2].real)
     offsets = np.arange(-(spacing // 2), spacing // 2)
     nodes = cells[:, None] + offsets[None, :]  # grid cells around each probe point
     distance = (nodes - positions[:, None]).ravel()
@@ -581,12 +649,13 @@ def _grid_size(size: int) -> int:
     return int(grid + grid % 2)
 
 
-def _deconvolution(eps: float, size: int) -> npt.NDArray[np.float32]:
-    """``1 / (φ̂(k_y) φ̂(k_x))`` on the output modes, with the grid's centring sign."""
+def _deconvolution(eps: float, size: int, xp: Any = np) -> npt.NDArray[np.float32]:
+    """``1 / (φ̂(k_y) φ̂(k_x))`` on the output modes, with the grid's centring sign (the
+    kernel of ``xp``'s NUFFT library; a host array either way)."""
     grid = _grid_size(size)
     modes = np.arange(-(size // 2), (size + 1) // 2)
     # Grid cell m is at 2π(m - grid/2)/grid: the centre offset is a (-1)^k factor.
-    kernel = _kernel_transform(eps, grid, modes) * np.where(modes % 2, -1.0, 1.0)
+    kernel = _kernel_transform(eps, grid, modes, xp) * np.where(modes % 2, -1.0, 1.0)
     inverse = (1.0 / kernel).astype(np.float32)
     return np.multiply.outer(inverse, inverse)
 
@@ -618,17 +687,21 @@ class _Gridder:
     transform is divided out on the copy to the output.
     (finufft's own FFT is FFTW: with ESTIMATE plans it is 3-5x slower than scipy's here,
     with MEASURE plans it costs seconds of planning per size and process.)
+    On a CuPy block the same steps run on the device: cufinufft spreads (same options,
+    :func:`stages.backends.nufft.spreading_plan`) and ``cupyx.scipy.fft`` transforms.
     """
 
-    def __init__(self, lines: _Lines, size: int, eps: float, threads: int) -> None:
+    def __init__(self, lines: _Lines, size: int, eps: float, threads: int,
+                 xp: Any = np) -> None:
         grid = _grid_size(size)
         self.grid = grid
         self.threads = threads
-        self.plan = finufft.Plan(
-            1, (grid, grid), n_trans=2, eps=eps, dtype="complex64", spreadinterponly=1,
-            upsampfac=_UPSAMPFAC, nthreads=threads,
-        )
-        self.plan.setpts(lines.rows_y, lines.cols_x)
+        self.xp = xp
+        self.fft = fft_module(xp)
+        self.fft_options: dict[str, Any] = {"workers": threads} if xp is np else {}
+        self.plan = spreading_plan(xp, 1, (grid, grid), n_trans=2, eps=eps,
+                                   upsampfac=_UPSAMPFAC, threads=threads, stage=_STAGE)
+        self.plan.setpts(xp.asarray(lines.rows_y), xp.asarray(lines.cols_x))
         # Modes -size//2 … -1 sit at the end of the grid's FFT, 0 … at its start.
         self.negative = size // 2
         self.nonnegative = size - size // 2
@@ -636,7 +709,9 @@ class _Gridder:
     def grids(self) -> npt.NDArray[np.complex64]:
         """The two spread grids ``(2, G, G)`` a worker reuses for all its pairs (at
         N = 2048 they are 105 MB: allocated per pair, every page faulted in anew)."""
-        return np.empty((2, self.grid, self.grid), dtype=np.complex64)
+        grids: npt.NDArray[np.complex64] = self.xp.empty((2, self.grid, self.grid),
+                                                         dtype=self.xp.complex64)
+        return grids
 
     def __call__(
         self,
@@ -651,12 +726,12 @@ class _Gridder:
         spread = self.plan.execute(strengths, out=grids)
         _add_reflected(spread[0], spread[1])
         # In place (contiguous complex64): the first grid becomes the row transform.
-        rows = scipy.fft.ifft(spread[0], axis=-1, norm="forward", workers=self.threads,
-                              overwrite_x=True)
+        rows = self.fft.ifft(spread[0], axis=-1, norm="forward", overwrite_x=True,
+                             **self.fft_options)
         # Second axis only on the wanted columns (two runs of the grid, no gather copy).
         for target, columns in ((out[:, :neg], rows[:, -neg:] if neg else rows[:, :0]),
                                 (out[:, neg:], rows[:, :nonneg])):
-            full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=self.threads)
+            full = self.fft.ifft(columns, axis=0, norm="forward", **self.fft_options)
             target[:neg] = full[full.shape[0] - neg :]
             target[neg:] = full[:nonneg]
 
@@ -690,7 +765,9 @@ class _Plan:
     Made in parts, so that a fresh plan's parts are made concurrently (the gridders sort
     their points and the deconvolution is probed in the pool while the calling thread
     computes the multipliers); a cached plan has them all. Gridders are lent to one call's
-    workers and given back; each is for one thread count.
+    workers and given back; each is for one thread count and array module. A device
+    (CuPy) call keeps its own tables, deconvolution and gridder here too: uploaded and
+    planned once per scan, not once per block.
     """
 
     def __init__(self, geometry: _Geometry) -> None:
@@ -702,7 +779,9 @@ class _Plan:
                             geometry.size % 2 == 0)
         self.setup: _Filter | None = None
         self.deconvolution: npt.NDArray[np.float32] | None = None
-        self._idle: dict[int, list[_Gridder]] = {}
+        self._idle: dict[tuple[int, str], list[_Gridder]] = {}
+        self._tables: dict[str, _Tables] = {}
+        self._device_deconvolution: dict[str, Any] = {}
         #: Tables other users of the same geometry derive from it (the streaming
         #: contributions, the last block's gridding plan), by name.
         self.derived: dict[str, Any] = {}
@@ -734,16 +813,43 @@ class _Plan:
             self.deconvolution = np.ascontiguousarray(result[::-1])
         return self.deconvolution
 
-    def lend(self, threads: int) -> _Gridder | None:
-        """An idle gridder for ``threads`` threads, or ``None`` (make one)."""
-        idle = self._idle.get(threads)
+    def make_tables(self, xp: Any) -> _Tables:
+        """The filter set-up's arrays for blocks of ``xp`` (uploaded once for a device)."""
+        key = _module_name(xp)
+        if key not in self._tables:
+            self._tables[key] = _tables(self.make_setup(), xp)
+        return self._tables[key]
+
+    def deconvolution_for(self, xp: Any) -> Any:
+        """:meth:`make_deconvolution` for blocks of ``xp``: the host's for numpy; for a
+        device, that of its own library's kernel (probed there), uploaded once."""
+        if xp is np:
+            return self.make_deconvolution()
+        key = _module_name(xp)
+        if key not in self._device_deconvolution:
+            size = self.geometry.size
+            result = _deconvolution(self.geometry.eps, size, xp)
+            if self.geometry.circle:
+                result[~circle_inside(size, size)] = 0.0
+            self._device_deconvolution[key] = xp.asarray(np.ascontiguousarray(result[::-1]))
+        return self._device_deconvolution[key]
+
+    def lend(self, threads: int, xp: Any = np) -> _Gridder | None:
+        """An idle gridder for ``threads`` threads and ``xp``, or ``None`` (make one)."""
+        idle = self._idle.get((threads, _module_name(xp)))
         return idle.pop() if idle else None
 
-    def make_gridder(self, threads: int) -> _Gridder:
-        return _Gridder(self.lines, self.geometry.size, self.geometry.eps, threads)
+    def make_gridder(self, threads: int, xp: Any = np) -> _Gridder:
+        return _Gridder(self.lines, self.geometry.size, self.geometry.eps, threads, xp)
 
     def give_back(self, gridder: _Gridder) -> None:
-        self._idle.setdefault(gridder.threads, []).append(gridder)
+        key = (gridder.threads, _module_name(gridder.xp))
+        self._idle.setdefault(key, []).append(gridder)
+
+
+def _module_name(xp: Any) -> str:
+    """The name a plan files its per-module parts under (``numpy``, ``cupy``, …)."""
+    return str(getattr(xp, "__name__", type(xp).__name__))
 
 
 class FourierFbpCache:
@@ -881,19 +987,22 @@ def fourier_fbp(
 def _reconstruct(
     sino: npt.NDArray[np.float32], plan: _Plan, workers: int
 ) -> npt.NDArray[np.float32]:
-    """:func:`fourier_fbp` of a checked block with ``plan`` (fresh or cached)."""
+    """:func:`fourier_fbp` of a checked block with ``plan`` (fresh or cached), in the
+    array module of ``sino``: on a device one worker takes the pairs in turn (the device
+    parallelises each step; host threads would only queue launches)."""
+    xp = array_module(sino)
     rows = sino.shape[0]
     size = plan.geometry.size
     n_pairs = (rows + 1) // 2
-    n_workers = min(n_pairs, workers)
-    per_worker = max(1, workers // n_workers)  # threads inside a worker (few pairs)
-    out = np.empty((rows, size, size), dtype=np.float32)
+    n_workers = min(n_pairs, workers) if xp is np else 1
+    per_worker = max(1, workers // n_workers) if xp is np else 1
+    out: npt.NDArray[np.float32] = xp.empty((rows, size, size), dtype=xp.float32)
     pending = iter(range(n_pairs))
     lock = threading.Lock()
 
-    def work(gridder: _Gridder, setup: _Filter, factor: npt.NDArray[np.float32]) -> None:
+    def work(gridder: _Gridder, setup: _Filter, tables: _Tables, factor: Any) -> None:
         """Take pairs until none is left: filter, grid, deconvolve, write out."""
-        image = np.empty((size, size), dtype=np.complex64)
+        image = xp.empty((size, size), dtype=xp.complex64)
         grids = gridder.grids()
         try:
             while True:
@@ -901,18 +1010,19 @@ def _reconstruct(
                     pair = next(pending, None)
                 if pair is None:
                     return
-                gridder(_pair_strengths(sino, pair, setup, per_worker), image, grids)
+                gridder(_pair_strengths(sino, pair, setup, per_worker, tables), image, grids)
                 # Modes run along +y; the slice's rows run down (y = (N-1)/2 - iy):
                 # read the image upside down (a view; the factor is stored so).
-                np.multiply(image.real[::-1], factor, out=out[2 * pair])
+                xp.multiply(image.real[::-1], factor, out=out[2 * pair])
                 if 2 * pair + 1 < rows:
-                    np.multiply(image.imag[::-1], factor, out=out[2 * pair + 1])
+                    xp.multiply(image.imag[::-1], factor, out=out[2 * pair + 1])
         finally:
             plan.give_back(gridder)
 
     if n_workers == 1:
-        gridder = plan.lend(per_worker) or plan.make_gridder(per_worker)
-        work(gridder, plan.make_setup(), plan.make_deconvolution())
+        gridder = plan.lend(per_worker, xp) or plan.make_gridder(per_worker, xp)
+        setup = plan.make_setup()
+        work(gridder, setup, plan.make_tables(xp), plan.deconvolution_for(xp))
         return out
     # Each worker runs whole pairs on its own gridder: no barrier between the filtering
     # and the gridding, so a core slowed by other load does not hold the others back. A
@@ -923,9 +1033,10 @@ def _reconstruct(
         made = [pool.submit(plan.make_gridder, per_worker) for g in lent if g is None]
         factor_job = pool.submit(plan.make_deconvolution)
         setup = plan.make_setup()
+        tables = plan.make_tables(np)
         factor = factor_job.result()
         gridders = [g for g in lent if g is not None] + [job.result() for job in made]
-        for job in [pool.submit(work, g, setup, factor) for g in gridders]:
+        for job in [pool.submit(work, g, setup, tables, factor) for g in gridders]:
             job.result()
     return out
 
@@ -968,6 +1079,40 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
     )
 
 
+def _fourier_device_memory(shape: tuple[int, int, int], dtype: np.dtype[Any],
+                           params: Any) -> int:
+    """Upper bound of the device bytes of one :func:`fourier_fbp` call on a CuPy block.
+
+    One worker takes the pairs in turn (:func:`_reconstruct`): the input (and its
+    float32 copy), the output and the deconvolution; the plan's tables (multipliers and
+    conjugates, points, processing order, merged lines' gathers: ``≤ 48`` bytes a point)
+    and cufinufft's sorting of the points (``≤ 16`` bytes a point); per pair the
+    strengths (twice for merged 360° lines), one chunk of the filtering
+    (:data:`_DEVICE_CHUNK` projections, four ``L``-sample complex64 arrays), the two
+    spread grids, their FFTs' temporaries (one more grid, cuFFT's work area as much
+    again) and the image.
+    """
+    rows, angles, cols = shape
+    size = cols if getattr(params, "output_size", None) is None else int(params.output_size)
+    circle = bool(getattr(params, "circle_mask", False))
+    length = padded_length(cols)
+    window = window_length(size, circle)
+    points = angles * (window + 1)
+    grid = _grid_size(size)
+    chunk = min(angles, _DEVICE_CHUNK)
+    return int(
+        rows * angles * cols * np.dtype(dtype).itemsize
+        + (0 if np.dtype(dtype) == np.float32 else rows * angles * cols * 4)
+        + rows * size * size * 4  # output
+        + size * size * 4  # deconvolution
+        + points * (48 + 16)  # tables, cufinufft's sort
+        + points * 3 * 8  # strengths (+ merged lines)
+        + 4 * chunk * length * 8  # filtering chunk
+        + 4 * grid * grid * 8  # two spread grids, FFT temporaries and work area
+        + size * size * 8  # image
+    )
+
+
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name=_STAGE,
@@ -978,7 +1123,10 @@ SPECS: tuple[StageSpec, ...] = (
         memory=_fourier_memory,
         cache=FourierFbpCache,
         summary="filtered back-projection in Fourier space: fbp's filter and weights, "
-        "NUFFT gridding (finufft), any angles, sub-pixel CoR by phase",
+        "NUFFT gridding (finufft; cufinufft on the device), any angles, sub-pixel CoR by "
+        "phase",
         needs_angles=True,
+        device=True,
+        device_memory=_fourier_device_memory,
     ),
 )

@@ -237,8 +237,9 @@ def _recon_memory(multiplier: float) -> MemoryEstimate:
 
 def _spec(name: str, fn: Callable[..., npt.NDArray[np.float32]], params: type[StageParams],
           summary: str, alias: str, *, device: bool = False) -> StageSpec:
-    """``device``: the method maps onto a device-ready reconstructor (``fbp``) with
-    device-ready filtering and masking, so it runs on a CuPy block as it is."""
+    """``device``: the method maps onto a device-ready reconstructor (``fbp``,
+    ``fourier_fbp``) with device-ready filtering and masking, so it runs on a CuPy block
+    as it is."""
     return StageSpec(name=name, fn=fn, pattern=Pattern.SINOGRAM, params=params,
                      memory=_recon_memory(6), summary=summary, needs_angles=True,
                      aliases=(alias,), device=device)
@@ -253,8 +254,8 @@ SPECS: tuple[StageSpec, ...] = (
           "httomolibgpu.recon.algorithm.FBP2d_astra", device=True),
     _spec("LPRec3d_tomobar", lprec3d_tomobar, LprecParams,
           "ToMoBAR's log-polar Fourier inversion windows on our Fourier-domain FBP",
-          "httomolibgpu.recon.algorithm.LPRec3d_tomobar"),
+          "httomolibgpu.recon.algorithm.LPRec3d_tomobar", device=True),
     _spec("tomopy_recon", tomopy_recon, TomopyReconParams,
           "tomopy recon: gridrec (Fourier-domain FBP) or fbp, shepp window",
-          "tomopy.recon.algorithm.recon"),
+          "tomopy.recon.algorithm.recon", device=True),
 )

@@ -62,7 +62,13 @@ from stages.checks import sinogram_inputs
 from stages.misc.denoise import pd_tv, rof_tv
 from stages.misc.geometry import circle_inside
 from stages.recon.fourier import fourier_fbp
-from stages.recon.pixel_projector import CHUNK_ENTRIES, PixelProjector
+from stages.recon.pixel_projector import (
+    ANGLE_BYTES_PER_PIXEL,
+    CHUNK_ENTRIES,
+    MATRIX_ENTRIES,
+    PixelMatrixCache,
+    PixelProjector,
+)
 from stages.recon.projector import Projector, window_geometry
 from stages.spec import Iteration, IterationCallback, Pattern, StageParams, StageSpec
 from streamer.errors import StageError
@@ -202,7 +208,8 @@ class _Problem:
     """One band's problem: padded data, the projector(s), the output crop."""
 
     def __init__(self, stage: str, block: Any, angles_deg: Any, params: dict[str, Any],
-                 subsets: int = 1, *, model: Model = "nufft") -> None:
+                 subsets: int = 1, *, model: Model = "nufft",
+                 cache: PixelMatrixCache | None = None) -> None:
         sino, angles = sinogram_inputs(stage, block, angles_deg, params.get("center"),
                                        params.get("recon_size"))
         rows, n_angles, cols = sino.shape
@@ -226,6 +233,9 @@ class _Problem:
         self.data = sino
         self.rows = rows
         self.model = model
+        self.cache = cache
+        # The pixel pair's matrices (all subsets together) or angle by angle without them.
+        self.matrix_free = _pixel_matrix_free(n_angles, self.work)
         order = np.argsort(np.mod(angles, 180.0), kind="stable")
         self.subsets = [np.sort(order[s::subsets]) for s in range(subsets)]
         self._full: Projector | PixelProjector | None = None
@@ -244,7 +254,8 @@ class _Problem:
     def projector(self, chosen: npt.NDArray[np.intp]) -> Projector | PixelProjector:
         if self.model == "pixel":
             return PixelProjector(self.angles[chosen], self.cols, self.work, self.center,
-                                  self.rows, xp=self.xp)
+                                  self.rows, xp=self.xp, cache=self.cache,
+                                  matrix_free=self.matrix_free)
         return Projector(self.angles[chosen], self.cols, self.work, self.center, self.rows,
                          eps=self.eps, threads=self.threads, xp=self.xp)
 
@@ -282,6 +293,12 @@ class _Problem:
             out[:, outside] = 0.0
         result: npt.NDArray[np.float32] = out
         return result
+
+
+def _pixel_matrix_free(angles: int, work: int) -> bool:
+    """Whether the pixel pair goes angle by angle: the matrices of all the angles would
+    hold more than ``MATRIX_ENTRIES`` entries."""
+    return 2 * angles * work * work > MATRIX_ENTRIES
 
 
 def _pad_width(stage: str, detector_pad: bool | int, cols: int) -> int:
@@ -530,14 +547,17 @@ def osem(
     *,
     angles_deg: npt.NDArray[np.float64],
     on_iteration: Progress | None = None,
+    cache: PixelMatrixCache | None = None,
     **params: Any,
 ) -> npt.NDArray[np.float32]:
     """OSEM (MLEM with ``subsets_number=1``) of a sinogram band with the non-negative
     pixel-driven projector, optionally with a TV proximal step; ``params`` are
-    :class:`OsemParams`. The result is ``≥ 0`` (before the mask) whatever the data."""
+    :class:`OsemParams`. The result is ``≥ 0`` (before the mask) whatever the data.
+    ``cache`` (the scan's, ADR 0010) keeps the projector's matrices for the next band;
+    above ``MATRIX_ENTRIES`` the projector goes angle by angle without them."""
     p = dict(_validated("osem", OsemParams, params))
     problem = _Problem("osem", block, angles_deg, p, subsets=p["subsets_number"],
-                       model="pixel")
+                       model="pixel", cache=cache)
     xp = problem.xp
     data = [_clamp(problem.subset_data(i).copy()) for i in range(len(problem.parts))]
     sensitivity = [part.adjoint(xp.ones(part.shape_sinogram, dtype=xp.float32))
@@ -553,7 +573,8 @@ def osem(
     for done in range(p["iterations"]):
         before = x.copy() if on_iteration is not None else x
         for index, part in enumerate(problem.parts):
-            update = part.adjoint(_divide(data[index], part.forward(x)))
+            assert isinstance(part, PixelProjector)
+            update = part.forward_adjoint(x, _em_ratio(data[index]))
             update *= inverse[index]
             # pixels this subset does not see keep their value (update factor 1)
             x *= xp.where(sensitivity[index] > 0, update, xp.ones_like(update))
@@ -562,6 +583,12 @@ def osem(
         _notify(on_iteration, done + 1, p["iterations"], x,
                 change=_change(x, before))
     return problem.finish(x)
+
+
+def _em_ratio(measured: Any) -> Callable[[Any, Any], Any]:
+    """``between`` of :meth:`PixelProjector.forward_adjoint` for the EM update: the
+    measured ``b`` over ``A x`` at the angles given (0 where ``A x`` is 0)."""
+    return lambda projected, angles: _divide(measured[:, angles], projected)
 
 
 def _em_prox(x: Any, inverse: Any, seen: Any, p: dict[str, Any]) -> Any:
@@ -614,18 +641,26 @@ def _iterative_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params:
 
 
 def _osem_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
-    """One band's peak: the sparse matrices (12 bytes per entry, ``2 × angles × N²``
-    entries, plus their build's temporaries: ~40 bytes per entry of a chunk), the data and
-    its per-subset copy, ratio and ones (4 sinogram-sized float32 buffers) and about
-    ``8 + 2 × subsets`` slice-sized buffers (iterate, sensitivities and their inverses,
-    update, TV's work)."""
+    """One band's peak: the projector (up to ``MATRIX_ENTRIES``: the sparse matrices, 12
+    bytes per entry, ``2 × angles × N²`` entries, held by the scan's cache between bands,
+    plus their build's temporaries, ~40 bytes per entry of a chunk; above: one angle's
+    matrix-free build, ``ANGLE_BYTES_PER_PIXEL × N²``, and the accumulated back-projection,
+    ``N² × rows`` float32), the data and its per-subset copy, ratio and ones (4
+    sinogram-sized float32 buffers) and about ``8 + 2 × subsets`` slice-sized buffers
+    (iterate, sensitivities and their inverses, update, TV's work)."""
     rows, angles, cols = shape
     pad = _pad_width("memory", getattr(params, "detector_pad", False), cols)
     size = cols if getattr(params, "recon_size", None) is None else int(params.recon_size)
     work = max(size, cols + 2 * pad) if pad else size
     subsets = int(getattr(params, "subsets_number", 1))
+    entries = 2 * angles * work * work
+    projector = (
+        ANGLE_BYTES_PER_PIXEL * work * work + rows * work * work * 4
+        if _pixel_matrix_free(angles, work)
+        else entries * 12 + 40 * min(entries, CHUNK_ENTRIES)
+    )
     return int(
-        2 * angles * work * work * 12 + 40 * min(2 * angles * work * work, CHUNK_ENTRIES)
+        projector
         + 4 * rows * angles * (cols + 2 * pad) * 4
         + (8 + 2 * subsets) * rows * work * work * 4
     )
@@ -665,6 +700,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="osem", fn=osem, pattern=Pattern.SINOGRAM, params=OsemParams,
         angle_local=False,  # all angles, every iteration
         memory=_osem_memory, needs_angles=True, reports_progress=True, device=True,
+        cache=PixelMatrixCache,
         summary="OSEM (MLEM with 1 subset): Poisson maximum likelihood with the "
         "non-negative pixel-driven projector, optional TV proximal step",
         aliases=(_ALIAS + "OSEM3d_tomobar",),

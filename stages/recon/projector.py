@@ -47,7 +47,6 @@ falls back to numpy on the data path and gives numpy's numbers bit for bit.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
+from stages.backends.nufft import nufft_library
 from stages.backends.xp import fft_module
 from stages.recon import fourier as fourier_grid
 from streamer.errors import StageError
@@ -91,20 +91,10 @@ def window_geometry(size: int, center: float) -> tuple[int, int]:
 
 
 def _nufft_backend(xp: Any) -> Any:
-    """The NUFFT library for arrays of ``xp``: finufft for numpy, cufinufft for cupy
-    (same ``Plan(type, modes, n_trans, eps, dtype=…)``, ``setpts``, ``execute``), or the
-    twin a test namespace carries as ``finufft``."""
-    twin = None if xp is np else getattr(xp, "finufft", None)
-    if twin is not None:
-        return twin
-    name = "finufft" if xp is np else "cufinufft"
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:  # pragma: no cover - cufinufft: the optional GPU extra
-        raise StageError(
-            f"projector: a {xp.__name__} band needs {name} (pip install {name}), "
-            "not installed"
-        ) from error
+    """The NUFFT library for arrays of ``xp`` (finufft, cufinufft or a test namespace's
+    twin): :func:`stages.backends.nufft.nufft_library`, the adapter ``fourier_fbp``
+    shares."""
+    return nufft_library(xp, stage="projector")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,12 @@ are kept), so ``finish`` runs only the FFT along y. The result is
 ``fourier_fbp`` on the whole sinogram up to float32 summation order (tested to 1e-5
 relative), whatever the order and sizes of the blocks.
 
+After the last frame only the last block's share and ``finish`` are left: a block only
+reflects and transforms the grid rows its points can reach (a few degrees around 0° or
+180° reach a few: :func:`_row_runs`), the block that completes the scan is spread onto
+just those rows when they are few, and :func:`tapered_block` lets the caller make that
+block small (docs/explanation/streaming-reconstruction.md).
+
 Same machinery, same result
 ---------------------------
 The plan (:func:`stages.recon.fourier._lines`) is made once, from the **planned** angle
@@ -60,7 +66,6 @@ from stages.recon.fourier import (
     _UPSAMPFAC,
     FourierFbpCache,
     FourierFbpParams,
-    _add_reflected,
     _Geometry,
     _grid_size,
     _Lines,
@@ -71,9 +76,19 @@ from stages.recon.fourier import (
 )
 from streamer.errors import StageError
 
-__all__ = ["IncompleteScanError", "StreamingFbp", "streaming_memory"]
+__all__ = ["IncompleteScanError", "StreamingFbp", "streaming_memory", "tapered_block"]
 
 _STAGE = "fourier_fbp (streaming)"
+#: The last block of a scan is spread onto a band of grid rows (y stretched) only when
+#: the band is at most this fraction of the grid: the stretched coordinates round
+#: differently in float32 (~1e-4 of a cell at N = 2048, as the batch call's own), so the
+#: share of the points spread so must stay small for the volume to equal batch to 1e-5
+#: (N = 2048: a quarter of the points gave 1.5e-5, 3 % gave 4.8e-6). Only the block
+#: that completes the scan, the one whose spreading is latency, is spread so.
+_BAND_FRACTION = 16
+#: Grid rows a spread point can reach on each side of its own (finufft's kernel is at
+#: most 16 cells wide: half of it, plus one for the rounding of the point's cell).
+_KERNEL_REACH = 9
 #: Planned and arriving angles closer than this (degrees) are the same projection.
 _MATCH_DEG = 1e-6
 
@@ -165,6 +180,60 @@ class _BlockGridding:
     multiplier: npt.NDArray[np.complex64]  # (2, entries)
     points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
     plan: Any
+    #: Runs ``(first, end)`` of the grid rows the block's spread grid (after the
+    #: reflection) can touch: the others stay 0, so they are neither reflected nor
+    #: transformed (see :func:`_row_runs`).
+    rows: tuple[tuple[int, int], ...]
+    #: The block is spread onto grid rows ``offset … offset + height - 1`` only (the
+    #: whole grid: ``0`` and ``G``).
+    offset: int
+    height: int
+
+
+def _row_runs(rows_y: npt.NDArray[np.float32], grid: int) -> tuple[tuple[int, int], ...]:
+    """The runs of grid rows that spreading points at ``rows_y`` (and reflecting the
+    grid) can make non-zero, each ``(first, end)``, in order.
+
+    Grid row ``m`` sits at ``2π(m - G/2)/G``: a point at ``y`` reaches the rows within
+    the kernel's half-width of ``y·G/2π + G/2`` (periodically), and the reflection
+    :func:`stages.recon.fourier._add_reflected` moves row ``m`` to ``-m mod G``. A block
+    of projections over a few degrees around 0° or 180° spreads near ``y = 0`` only
+    (about ``sin(span)`` of the rows): its rows' FFT is all the last block costs.
+    """
+    if rows_y.size == 0:
+        return ()
+    reach = _KERNEL_REACH
+    centre = np.floor(rows_y.astype(np.float64) * (grid / (2.0 * np.pi)) + grid / 2)
+    touched = np.zeros(grid, dtype=bool)
+    touched[np.unique(centre.astype(np.int64)) % grid] = True
+    # Dilate by the kernel's reach on both sides, periodically (a cumulative count).
+    padded = np.concatenate([touched[-reach:], touched, touched[:reach]]).astype(np.int64)
+    counts = np.concatenate([[0], np.cumsum(padded)])
+    width = 2 * reach + 1
+    dilated = (counts[width:] - counts[:-width]) > 0  # (grid,)
+    dilated |= dilated[(-np.arange(grid)) % grid]  # the reflection
+    if dilated.all():
+        return ((0, grid),)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], dilated.astype(np.int8), [0]])))
+    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+
+
+def _add_reflected_rows(
+    target: npt.NDArray[np.complex64], source: npt.NDArray[np.complex64], first: int, end: int
+) -> None:
+    """:func:`stages.recon.fourier._add_reflected` on rows ``first … end-1`` of ``target``
+    only: ``target[m] += source[-m mod G]`` on both axes (``G × G``, ``G`` even)."""
+    grid = target.shape[0]
+    if first == 0:  # row 0 reflects onto itself
+        target[0, 0] += source[0, 0]
+        target[0, 1:] += source[0, :0:-1]
+        first = 1
+    if end <= first:
+        return
+    # Rows first … end-1 read source rows G-first down to G-end+1.
+    rows = source[grid - first : grid - end : -1]
+    target[first:end, 0] += rows[:, 0]
+    target[first:end, 1:] += rows[:, :0:-1]
 
 
 class StreamingFbp:
@@ -349,15 +418,28 @@ class StreamingFbp:
         local = np.repeat(np.arange(positions.shape[0], dtype=np.intp), counts) * self.window
         rows_y = np.ascontiguousarray(self.lines.rows_y[table.point[entries]])
         cols_x = np.ascontiguousarray(self.lines.cols_x[table.point[entries]])
+        # The last block, when it lies next to 0° or 180°, spreads near y = 0 only: onto
+        # the middle ``height`` rows of the grid (rows ``offset …``; filling the whole
+        # grid with zeros costs more than its spreading), with y stretched so that a
+        # point keeps its cell position relative to the middle (the kernel is the same
+        # in cells).
+        grid = self.grid
+        reach = float(np.abs(rows_y).max(initial=0.0)) * grid / (2.0 * np.pi)
+        height = 2 * (math.ceil(reach) + _KERNEL_REACH + 1)
+        if height > grid // _BAND_FRACTION or positions.shape[0] < self.missing:
+            height = grid
+        offset = (grid - height) // 2
         plan = finufft.Plan(
-            1, (self.grid, self.grid), n_trans=2, eps=self.params.eps, dtype="complex64",
+            1, (height, grid), n_trans=2, eps=self.params.eps, dtype="complex64",
             spreadinterponly=1, upsampfac=_UPSAMPFAC, nthreads=self.threads,
         )
-        plan.setpts(rows_y, cols_x)
+        stretched = rows_y if height == grid else (rows_y * np.float32(grid / height))
+        plan.setpts(stretched, cols_x)
         gridding = _BlockGridding(
             key=key, gather=(local + table.fft_column[0, entries],
                              local + table.fft_column[1, entries]),
-            multiplier=table.multiplier[:, entries], points=(rows_y, cols_x), plan=plan,
+            multiplier=table.multiplier[:, entries], points=(stretched, cols_x), plan=plan,
+            rows=_row_runs(rows_y, grid), offset=offset, height=height,
         )
         if shared:
             self.plan.derived["block"] = gridding
@@ -371,17 +453,21 @@ class StreamingFbp:
         gather, multiplier, plan = gridding.gather, gridding.multiplier, gridding.plan
         strengths = np.empty((2, gather[0].shape[0]), dtype=np.complex64)
         # Reused by every pair of the block (2 G² complex64: 105 MB at N = 2048).
-        grids = np.empty((2, self.grid, self.grid), dtype=np.complex64)
+        grids = np.empty((2, gridding.height, self.grid), dtype=np.complex64)
+        offset = gridding.offset
         for pair in range(self.pairs):
             coefficients = self._coefficients(sino, pair).reshape(-1)
             for part in (0, 1):  # at ω >= 0, and at -ω (spread at ω, then reflected)
                 np.multiply(coefficients[gather[part]], multiplier[part], out=strengths[part])
             spread = plan.execute(strengths, out=grids)
-            _add_reflected(spread[0], spread[1])
-            if self.rows_early:
-                self._fold_rows(spread[0], self.spread[pair])
-            else:
-                self.spread[pair] += spread[0]
+            for first, end in gridding.rows:  # the other rows stay 0
+                # Rows ``first … end-1`` of the grid are rows ``first - offset …`` here.
+                low, high = first - offset, end - offset
+                _add_reflected_rows(spread[0], spread[1], low, high)
+                if self.rows_early:
+                    self._fold_rows(spread[0, low:high], self.spread[pair, first:end])
+                else:
+                    self.spread[pair, first:end] += spread[0, low:high]
 
     def _coefficients(self, sino: npt.NDArray[np.float32], pair: int) -> npt.NDArray[np.complex64]:
         """``M``-point FFTs ``(angles, M)`` of the cropped filtered projections of rows
@@ -434,24 +520,32 @@ class StreamingFbp:
         written into ``out[2·pair]`` (real part) and ``out[2·pair + 1]`` (imaginary)."""
         size = self.size
         neg, nonneg = size // 2, size - size // 2
-        image = np.empty((size, size), dtype=np.complex64)
+        deconvolve = self.deconvolve
         if self.rows_early:  # the x transform was done block by block
             full = scipy.fft.ifft(grid, axis=0, norm="forward", workers=threads,
                                   overwrite_x=True)
-            image[:neg] = full[full.shape[0] - neg :]
-            image[neg:] = full[:nonneg]
-        else:
-            rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=threads,
-                                  overwrite_x=True)
-            for target, columns in ((image[:, :neg], rows[:, self.grid - neg :]),
-                                    (image[:, neg:], rows[:, :nonneg])):
-                full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
-                target[:neg] = full[full.shape[0] - neg :]
-                target[neg:] = full[:nonneg]
+            # Slice row r is mode nonneg-1-r: modes nonneg-1 … 0 (the start of the
+            # transform, upside down), then -1 … -neg (its end, upside down); read in
+            # place, no copy of the image.
+            top, bottom = full[nonneg - 1 :: -1], full[: full.shape[0] - neg - 1 : -1]
+            for part, row in (("real", 2 * pair), ("imag", 2 * pair + 1)):
+                if row < self.rows:
+                    np.multiply(getattr(top, part), deconvolve[:nonneg], out=out[row, :nonneg])
+                    np.multiply(getattr(bottom, part), deconvolve[nonneg:],
+                                out=out[row, nonneg:])
+            return
+        image = np.empty((size, size), dtype=np.complex64)
+        rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=threads,
+                              overwrite_x=True)
+        for target, columns in ((image[:, :neg], rows[:, self.grid - neg :]),
+                                (image[:, neg:], rows[:, :nonneg])):
+            full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
+            target[:neg] = full[full.shape[0] - neg :]
+            target[neg:] = full[:nonneg]
         # Modes run along +y, the slice's rows down: both read upside down (views).
-        np.multiply(image.real[::-1], self.deconvolve, out=out[2 * pair])
+        np.multiply(image.real[::-1], deconvolve, out=out[2 * pair])
         if 2 * pair + 1 < self.rows:
-            np.multiply(image.imag[::-1], self.deconvolve, out=out[2 * pair + 1])
+            np.multiply(image.imag[::-1], deconvolve, out=out[2 * pair + 1])
 
     def finish(self) -> npt.NDArray[np.float32]:
         """The band's slices ``(rows, N, N)`` float32, as :func:`fourier_fbp` returns them.
@@ -506,3 +600,29 @@ def streaming_memory(
         + 2 * points * (8 + 8 + 8 + 8)  # table (x2 for 360° lines) and the plan's points
         + rows * size * size * 4  # the output at finish
     )
+
+
+def tapered_block(remaining: int, block: int, last: int) -> int:
+    """Frames to take in the next block when ``remaining`` planned frames are still to
+    come: ``block`` while the end is far, then half of what remains, so that the blocks
+    shrink toward the end and the last one holds ``last`` to ``2·last - 1`` frames (all
+    that remain when fewer are planned; never more than ``block``).
+
+    After the last frame only the last block's share and :meth:`StreamingFbp.finish`
+    are left: tapering from ``block`` to ``last`` costs about ``log2(block / last)``
+    more blocks while the scan arrives (each a spreading set-up per row pair) and makes
+    the last block's share about ``last / block`` of a full block's.
+
+    Raises
+    ------
+    StageError
+        If ``remaining`` is negative or ``block`` or ``last`` is below 1.
+    """
+    if remaining < 0 or block < 1 or last < 1:
+        raise StageError(
+            f"stage {_STAGE!r}: tapered_block: expected remaining >= 0, block >= 1 and "
+            f"last >= 1, got {remaining}, {block} and {last}"
+        )
+    if remaining < 2 * last:  # the last block: ``last`` … ``2·last - 1`` frames
+        return min(block, remaining)
+    return min(block, remaining // 2)

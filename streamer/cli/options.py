@@ -212,6 +212,17 @@ def parse_center(text: str) -> float | str:
     return value
 
 
+def parse_tolerance(text: str) -> float:
+    """A tolerance in detector pixels: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pixels (a number >= 0), got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected pixels (a finite number >= 0), got {text!r}")
+    return value
+
+
 def parse_frame_shape(text: str) -> tuple[int, int]:
     rows, sep, cols = text.lower().partition("x")
     if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:

@@ -19,6 +19,7 @@ from streamer.cli.options import (
     add_limit_options,
     chosen_output_format,
     parse_center,
+    parse_tolerance,
 )
 from streamer.cli.receiving import (
     ReportFiles,
@@ -39,11 +40,12 @@ from streamer.cli.shared import (
 )
 from streamer.errors import ConfigError
 from streamer.exchange.links import RankLink, launched_with_ranks
+from streamer.run.center_streaming import DEFAULT_TOLERANCE_PX
 from streamer.run.progress import Progress
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
 if TYPE_CHECKING:
-    from streamer.run.one_rank import ScanOutput
+    from streamer.run.output import ScanOutput
 
 EXAMPLE = (
     "examples:\n"
@@ -66,6 +68,12 @@ def add_parser(commands: Any) -> None:
                         help="one <scan>.h5 per scan here (default: volumes)")
     parser.add_argument("--center", type=parse_center, default=None, metavar="VALUE|auto",
                         help="CoR for every scan (default: the pipeline's, else auto)")
+    parser.add_argument("--center-tolerance", type=parse_tolerance,
+                        default=DEFAULT_TOLERANCE_PX, metavar="PX",
+                        help="a CoR estimated while the scan streams (opposite pair, or "
+                             "carried from the sample's previous scan) may differ from the "
+                             "final estimate by PX before the volume is redone (default: "
+                             f"{DEFAULT_TOLERANCE_PX:g})")
     parser.add_argument("--scans", type=int, default=0,
                         help="stop after this many scans (0: serve until interrupted)")
     parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
@@ -94,10 +102,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
     if args.report_dir is not None:
         check_writable(args.report_dir, folder=True, what="--report-dir")
-    ranks = launched_with_ranks()
-    if args.feed and ranks == 1:  # one rank's feed: the live path (the relay is for R ranks)
-        return _run_with_feed(args)
-    return _run_on_ranks(args, ranks)
+    return _run_on_ranks(args, launched_with_ranks())
 
 
 def _print_output(output: ScanOutput, ranks: int) -> None:
@@ -113,7 +118,8 @@ def _print_output(output: ScanOutput, ranks: int) -> None:
     spread = f" from {ranks} ranks" if ranks > 1 else ""
     print(f"  volume: {output.path} ({output.slices} slices{spread}, CoR {center}, "
           f"{state}{doubt}{repaired}){error}", flush=True)
-    for line in ((output.latency,) if output.latency else ()) + output.notes:
+    for line in ((output.latency,) if output.latency else ()) + output.notes \
+            + output.iterations:
         print(f"  {line}", flush=True)
     for warning in output.center_warnings:
         print(f"  warning: CoR {center}: {warning}", flush=True)
@@ -152,7 +158,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
     limits, settings = ingest_settings(args)
     control, band_link = link.duplicate(), link.duplicate()
-    relay_link = link.duplicate() if ranks > 1 else None  # the feed's relay to rank 0
+    relay_link = link.duplicate()  # the feed's relay to rank 0 (one rank: to itself)
     cluster = ClusterIngest(link, args.idle_timeout, limits)
     speaks = cluster.is_coordinator
     report_dir = args.report_dir or args.out
@@ -163,11 +169,15 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
         config["ranks"] = link.size
     incomplete = 0
     reports = ReportFiles()
+    # Rank 0 alone shows iterations (every rank's reach it): a line of its own, from the
+    # reconstruction's thread, ended before the scan's output lines.
+    iterating = Progress(sys.stderr, "iterations", quiet=args.quiet or not speaks)
 
     def on_output(output: ScanOutput) -> None:
         nonlocal incomplete
         incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # latency, transfers
+        iterating.close()
+        reports.complete(output.scan, output.figures)  # latency, transfers, iterations
         _print_output(output, link.size)
 
     # The worker thread reconstructs while ingest reads on: under MPI, MPI is then called
@@ -182,20 +192,21 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   device_bytes=device_bytes, on_output=on_output,
                                   center_source=center_source(args.center), log=log,
                                   output_format=chosen_output_format(args, None),
-                                  background=background)
-    feed = relay = None
-    if relay_link is not None:
-        # --feed: rank 0 serves the feed (and the viewer's control); the others relay to
-        # it. Without --feed the relay still carries the transfers and latency to rank 0.
-        wanted_feed = feed_settings(args)
-        feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
-        relay = ranked.observer = FeedRelay(relay_link, wanted_feed, feed=feed, steps=steps,
-                                            log=log)
+                                  background=background, estimate_center=True,
+                                  center_tolerance=args.center_tolerance,
+                                  on_iteration=iterating.iteration if speaks else None)
+    wanted_feed = feed_settings(args)  # checked before any socket is bound
     with zmq.Context() as context, stop_on_signal() as stop:
         ranked.stop = stop  # Ctrl-C/SIGTERM: every rank stops between blocks
         socket, gate = consumer_socket(context, args,
                                         limits.max_message_bytes + limits.max_header_bytes,
                                         announce="run" if speaks else None)
+        # --feed: rank 0 serves the feed (and the viewer's control), announced after the
+        # source socket; the other ranks relay to it. Without --feed the relay still
+        # carries the transfers and latency to rank 0.
+        feed = open_feed(args) if wanted_feed is not None and link.rank == 0 else None
+        relay = ranked.observer = FeedRelay(relay_link, wanted_feed, feed=feed, steps=steps,
+                                            log=log)
         service: IngestService
         progress = Progress(sys.stderr, "receiving", quiet=args.quiet or not speaks)
         watch = receiving_progress(progress)
@@ -211,8 +222,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
                                 on_event=on_event, cluster=cluster, gate=gate, log=log)
-        if relay is not None:
-            relay.watch(service.state)
+        relay.watch(service.state)
         if ranks > 1:
             if speaks and not args.quiet:
                 print(f"run: {link.size} MPI ranks pull from the source and reconstruct "
@@ -229,67 +239,3 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                 feed.close()
     return 1 if incomplete or ranked.incomplete_parts else 0
 
-
-def _run_with_feed(args: argparse.Namespace) -> int:
-    """``run --feed`` on one rank: the live path (:class:`~streamer.run.one_rank.
-    LiveReconstruction`) that serves the feed, until the feed relay puts it on the runner."""
-    from streamer.ingest.service import IngestService
-    from streamer.run.from_file import ReconSettings, center_source, pipeline_for
-    from streamer.run.one_rank import LiveReconstruction
-
-    settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
-                                          center=args.center, device=args.device,
-                                          device_bytes=usable_device_bytes(args.device))
-    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
-    limits, settings = ingest_settings(args)
-    report_dir = args.report_dir or args.out
-    config = {"address": args.listen or args.from_address or DEFAULT_SOURCE_ADDRESS,
-              "pipeline": str(args.pipeline), "limits": limits.__dict__}
-    incomplete = 0
-    reports = ReportFiles()
-
-    def on_output(output: ScanOutput) -> None:
-        nonlocal incomplete
-        incomplete += not output.complete
-        reports.complete(output.scan, output.figures)  # the latency, once the volume is
-        _print_output(output, 1)
-
-    live = LiveReconstruction(steps, text, args.out,
-                              output_format=chosen_output_format(args, None),
-                              center_source=center_source(args.center),
-                              block_frames=args.block, block_sinograms=args.sinogram_block,
-                              memory_bytes=memory_budget(args.memory), on_output=on_output,
-                              log=log_to_stderr(args.quiet), background=True,
-                              device_bytes=settings_for_pipeline.device_bytes)
-    with zmq.Context() as context, stop_on_signal() as stop:
-        live.stop = stop  # Ctrl-C/SIGTERM also stops a reconstruction between blocks
-        socket, gate = consumer_socket(context, args,
-                                        limits.max_message_bytes + limits.max_header_bytes,
-                                        announce="run")
-        feed = live.feed = open_feed(args)
-        service: IngestService
-
-        progress = Progress(sys.stderr, "receiving", quiet=args.quiet)
-        watch = receiving_progress(progress)
-
-        def on_event(event: Any) -> None:
-            watch(event)
-            live.on_event(event)
-
-        def on_report(report: Any) -> None:
-            progress.close()
-            reports.written(report.scan, print_and_write_report(
-                report, service.state.between_scans, config, report_dir))
-
-        service = IngestService(socket, settings, drain=live.drain, on_report=on_report,
-                                on_event=on_event, gate=gate, log=log_to_stderr(False))
-        if feed is not None:
-            feed.watch(service.state)
-        try:
-            service.run(max_scans=args.scans or None, stop=stop)
-        finally:
-            live.wait()  # the last reconstruction (stopped between blocks on a signal)
-            close_consumer(socket, gate)
-            if feed is not None:
-                feed.close()
-    return 1 if incomplete else 0

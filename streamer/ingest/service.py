@@ -341,6 +341,9 @@ class IngestService:
                         self._fail_open_scan(str(failure))
                 else:
                     raise
+        if isinstance(event, ScanOpened):  # what came before its start, now that it is open
+            for replayed in self.state.replay_pending():
+                self._dispatch(replayed)
 
     def _report(self, report: ScanReport) -> None:
         self.reports.append(report)

@@ -221,8 +221,19 @@ class IngestState:
         self.current = ScanAccount(start)
         self.current.timing.saw_message(now)
         events.append(ScanOpened(start))
-        waiting = [item for item in self.pending if _scan_of(item[0]) == start.scan]
-        self.pending = [item for item in self.pending if _scan_of(item[0]) != start.scan]
+        return events  # its messages that came before it: replay_pending()
+
+    def replay_pending(self) -> list[Event]:
+        """Handle the open scan's messages that arrived before its start (coordinated
+        ranks hold them). The driver calls this once downstream has seen ``ScanOpened``,
+        so that a scan refused at its start counts them rejected, never received."""
+        account = self.current
+        if account is None:
+            return []
+        scan_id = account.start.scan
+        waiting = [item for item in self.pending if _scan_of(item[0]) == scan_id]
+        self.pending = [item for item in self.pending if _scan_of(item[0]) != scan_id]
+        events: list[Event] = []
         for message, arrived in waiting:
             events.extend(self.handle_message(message, arrived))
         return events

@@ -1,9 +1,11 @@
-"""The live feed on several MPI ranks: rank 0 serves it, the other ranks relay to it.
+"""The live feed on 1..R ranks: rank 0 serves it, the other ranks relay to it.
 
-On one rank the runner hands the :class:`~streamer.live.feed.LiveFeed` its corrected
-projections and final slices directly. On R ranks each rank corrects only the
-projections that reached it and reconstructs only its band of rows, so every rank owns a
-:class:`FeedRelay` on a link of its own (``RankLink.duplicate()``):
+The ``run`` service's runner (:class:`~streamer.run.ranks.RankedReconstruction`) has a
+:class:`FeedRelay` as its observer on every rank count, one rank included (rank 0 of a
+one-rank link: it hands the :class:`~streamer.live.feed.LiveFeed` its own corrected
+projections and final slices, and nothing is relayed). On R ranks each rank corrects only
+the projections that reached it and reconstructs only its band of rows, so every rank owns
+a :class:`FeedRelay` on a link of its own (``RankLink.duplicate()``):
 
 * **rank 0** holds the feed (and the viewer's control socket) and hands it its own
   projections and slices, as on one rank, plus what the other ranks relay: the preview
@@ -68,7 +70,7 @@ from streamer.live.feed import (
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.run.latency import LatencyRecorder
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.wire.protocol import StartHeader
 
 TAG_ROWS: Final = 401
@@ -444,13 +446,17 @@ class FeedRelay:
         if not self._send_budgeted(TAG_SLICES, message):
             scan.dropped_slices += item.last - item.first
 
-    def part_done(self, serial: int, exchange: ExchangeStats | None) -> None:
-        """This rank wrote its part (or failed): its transfers and counts go to rank 0."""
+    def part_done(self, serial: int, exchange: ExchangeStats | None, *,
+                  streamed: bool = False) -> None:
+        """This rank wrote its part (or failed): its transfers and counts go to rank 0
+        (rank 0: whether its band streamed labels the scan's latency)."""
         reslice = Transfers.of_exchange(exchange) if exchange is not None else Transfers()
         if self.gathers:
             hub = self._hubs.get(serial)
             if hub is not None:
                 hub.reslice = reslice
+                if hub.recorder is not None:
+                    hub.recorder.streaming = streamed
             self.serve()
             return
         scan = self._scan
@@ -521,7 +527,7 @@ class FeedRelay:
             self._open = None
         if not self.gathers or hub is None:
             return output
-        figures = dict(hub.figures)
+        figures = {**output.figures, **hub.figures}  # the runner's (iterations) and ours
         latency_line = None
         if hub.recorder is not None and "latency" in figures:
             latency_line = hub.recorder.summary().line()

@@ -36,13 +36,15 @@ from typing import Any, Protocol, SupportsFloat
 import numpy as np
 import numpy.typing as npt
 
-from stages.backends.xp import TransferStats, to_device, to_host
+from stages.backends.device_queue import CupyStreams, DeviceQueue, StreamDevice
+from stages.backends.xp import TransferStats, array_module, to_device, to_host
 from stages.prep.repair import (
     NONFINITE_CORRECTED,
     NONFINITE_INPUT,
     RepairCounts,
     repair_nonfinite,
 )
+from stages.recon.streaming import tapered_block
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
@@ -93,6 +95,9 @@ class ResultHook(Protocol):
 
 
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
+#: A streaming scan's projection blocks shrink toward its end down to this fraction of
+#: ``block_frames`` (the last block is what is left after the last frame).
+_TAPER_TO = 8
 
 
 @dataclass
@@ -138,8 +143,12 @@ def apply_steps(
                          npt.NDArray[np.float64] | None], None] | None = None,
     on_iteration: StepListener | None = None,
     caches: StageCaches | None = None,
+    keep_on_device: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
+
+    A block already on the device (from a :class:`DeviceQueue`) starts there; with
+    ``keep_on_device`` a result on the device stays there (the queue downloads it).
 
     Iterative stages tell ``on_iteration(step, iteration)`` after each iteration.
 
@@ -155,8 +164,9 @@ def apply_steps(
     stats = transfers if transfers is not None else TransferStats()
     angles = angles_deg
     cache = device_references if device_references is not None else DeviceReferences()
-    data: Any = np.ascontiguousarray(block, dtype=np.float32)
-    on_device = False
+    xp = array_module(block)
+    data: Any = xp.ascontiguousarray(block, dtype=xp.float32)
+    on_device = xp is not np
     for step in steps:
         wants_device = step.backend in DEVICE_BACKENDS
         if wants_device and not on_device:
@@ -190,10 +200,21 @@ def apply_steps(
         if step.save_result and on_result is not None:
             host = data if not on_device else to_host(data, stats)
             on_result(step, np.ascontiguousarray(host, dtype=np.float32), angles)
+    if on_device and keep_on_device:
+        kept: npt.NDArray[np.float32] = array_module(data).ascontiguousarray(
+            data, dtype=np.float32)
+        return kept
     if on_device:
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
+
+
+def runs_on_device(steps: tuple[PipelineStep, ...]) -> bool:
+    """Whether a section streams through a :class:`DeviceQueue`: every step on the device
+    and none saving its output on the way (that would copy to the host mid-block)."""
+    return bool(steps) and all(step.backend in DEVICE_BACKENDS and not step.save_result
+                               for step in steps)
 
 
 def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
@@ -303,6 +324,10 @@ class ScanProcessor:
         #: Set before the first frame: gets the output of every step marked
         #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
         self.on_result: ResultHook | None = None
+        #: The device a sinogram section wholly on the device streams its blocks through
+        #: (:class:`~stages.backends.device_queue.DeviceQueue`: pinned buffers, copies
+        #: overlapping the compute); ``None``: CuPy's streams, made when one runs.
+        self.stream_device: StreamDevice | None = None
 
     @property
     def caches(self) -> StageCaches:
@@ -325,8 +350,19 @@ class ScanProcessor:
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
-            while len(self._waiting) >= self.block_frames:
-                self._process_projections(self.block_frames)
+            while len(self._waiting) >= (size := self._next_block_frames()):
+                self._process_projections(size)
+
+    def _next_block_frames(self) -> int:
+        """Frames in the next projection block: ``block_frames``, or, when the sinogram
+        section streams, fewer toward the scan's end (``start.projections`` says where it
+        is: :func:`~stages.recon.streaming.tapered_block`), so that the last block, all
+        that is left to correct and add after the last frame, is small."""
+        remaining = self.start.projections - self.projections_done
+        if self.streaming is None or remaining <= 0:
+            return self.block_frames
+        return tapered_block(remaining, self.block_frames,
+                             max(1, self.block_frames // _TAPER_TO))
 
     def drain(self, store: FrameStore) -> None:
         """Use as the ingest service's drain: take every held frame from the store."""
@@ -506,19 +542,13 @@ class ScanProcessor:
         rows = sinograms.shape[0]
         out_angles = section_angles(steps, angles, int(sinograms.shape[2]))
         gathered: npt.NDArray[np.float32] | None = None
-        bands = -(-rows // self.block_sinograms)
-        for first in range(0, rows, self.block_sinograms):
-            if self._stopping():
+        spans = [(first, min(first + self.block_sinograms, rows))
+                 for first in range(0, rows, self.block_sinograms)]
+        results = self._band_results(steps, sinograms, spans, angles, emit=emit)
+        for first, last in spans:
+            data = next(results, None)
+            if data is None:  # stopped
                 return None, out_angles
-            last = min(first + self.block_sinograms, rows)
-            listener = self.iterations.listener(first // self.block_sinograms, bands,
-                                                first, last) if emit else None
-            data = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles,
-                               on_iteration=listener, repairs=self.repairs, caches=self._caches,
-                               on_result=self._saver(Pattern.SINOGRAM,
-                                                     np.arange(first, last, dtype=np.int64),
-                                                     rows, None))
             if emit:
                 if self.on_sinograms is not None:
                     self.on_sinograms(ProcessedBlock(
@@ -530,6 +560,51 @@ class ScanProcessor:
                 gathered = np.empty((rows, *data.shape[1:]), dtype=np.float32)
             gathered[first:last] = data
         return (None if emit else gathered), out_angles
+
+    def _band_results(
+        self, steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
+        spans: list[tuple[int, int]], angles: npt.NDArray[np.float64], *, emit: bool,
+    ) -> Iterator[npt.NDArray[np.float32]]:
+        """``steps``' output for each span of rows, in order, on the host; stops early when
+        asked (:meth:`_stopping`). A section wholly on the device (:func:`runs_on_device`)
+        streams through a :class:`DeviceQueue`: a band is uploaded from a pinned buffer
+        while the one before is computed, its steps run back to back on the device, and
+        it comes back while the next is computed (copies counted and timed in
+        :attr:`transfers`). Otherwise :func:`apply_steps` moves each band itself."""
+        rows, bands = sinograms.shape[0], len(spans)
+
+        def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
+            listener = self.iterations.listener(first // self.block_sinograms, bands,
+                                                first, last) if emit else None
+            return apply_steps(steps, block, darks=None, flats=None,
+                               transfers=self.transfers, angles_deg=angles,
+                               on_iteration=listener, repairs=self.repairs,
+                               caches=self._caches, keep_on_device=queued,
+                               on_result=self._saver(Pattern.SINOGRAM,
+                                                     np.arange(first, last, dtype=np.int64),
+                                                     rows, None))
+
+        if not runs_on_device(steps):
+            for first, last in spans:
+                if self._stopping():
+                    return
+                yield run(sinograms[first:last], first, last, queued=False)
+            return
+        if self.stream_device is None:
+            self.stream_device = CupyStreams()
+        issued = iter(spans)  # DeviceQueue calls the work in the order it takes blocks
+
+        def blocks() -> Iterator[npt.NDArray[np.float32]]:
+            for first, last in spans:
+                if self._stopping():
+                    return
+                yield sinograms[first:last]
+
+        def work(block: Any) -> Any:
+            first, last = next(issued)
+            return run(block, first, last, queued=True)
+
+        yield from DeviceQueue(self.stream_device, self.transfers).map(blocks(), work)
 
     def _projection_pass(
         self, steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],

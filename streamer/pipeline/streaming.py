@@ -60,6 +60,11 @@ def streaming_kind(steps: Sequence[PipelineStep]) -> StreamingKind:
                     f"step {number} {step.name} has no streaming form (streaming: "
                     f"{', '.join(sorted(STREAMING_RECONSTRUCTORS))})"
                 )
+            elif step.backend != "numpy":  # the accumulators are host arrays
+                blockers.append(
+                    f"step {number} {step.name} runs on backend {step.backend!r} (its "
+                    "streaming form runs on numpy)"
+                )
             return StreamingKind(not blockers, step.name, tuple(blockers))
         if step.spec.finds_center is not None:
             blockers.append(

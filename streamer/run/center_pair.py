@@ -26,6 +26,7 @@ convolution is kept here for that 0.2 px.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ import numpy.typing as npt
 
 from streamer.errors import StreamerError
 
-__all__ = ["opposite_pairs", "pair_center"]
+__all__ = ["PairWatch", "opposite_pairs", "pair_center"]
 
 #: Projections this close to opposite (in angular steps) are an exact pair.
 EXACT_GAP_STEPS = 0.05
@@ -41,6 +42,9 @@ EXACT_GAP_STEPS = 0.05
 MAX_GAP_STEPS = 3.5
 #: Upsampling of the convolution before the peak is read.
 UPSAMPLE = 16
+#: Detector rows a :class:`PairWatch` keeps of each projection (evenly spaced): enough
+#: for a stable peak, and the FFT stays small on a tall band.
+WATCH_ROWS = 64
 
 
 def _step(angles: npt.NDArray[np.float64]) -> float:
@@ -147,3 +151,69 @@ def pair_center(
     slope, intercept = np.polyfit(used, np.array(estimates), 1)
     del slope
     return float(min(max(intercept, lo), hi))
+
+
+@dataclass
+class PairWatch:
+    """Waits for a scan's opposite pair as its projections arrive (any order) and
+    measures the CoR once it is in.
+
+    It keeps (a few rows of) the projections within :data:`MAX_GAP_STEPS` steps of the
+    first planned angle and of that angle + 180°: on a 180° scan the last projections,
+    on a 360° scan the ones half-way. When every planned angle of both windows has
+    arrived, :meth:`add` returns :func:`pair_center` of them, once; a scan whose plan has
+    no angle near + 180° never gets one (:meth:`for_plan` returns None).
+
+    Parameters
+    ----------
+    planned : ndarray of shape (P,)
+        The scan's planned angles (degrees), equally spaced.
+    rows : ndarray of int
+        The band rows kept of each projection.
+    """
+
+    planned: npt.NDArray[np.float64]
+    rows: npt.NDArray[np.intp]
+    wanted: frozenset[int]
+    found: float | None = None
+    done: bool = False
+    _kept: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    @classmethod
+    def for_plan(cls, planned: npt.NDArray[np.float64], band_rows: int) -> PairWatch | None:
+        """The watch of a scan planned at ``planned`` with ``band_rows`` rows here, or None
+        when the plan has no projection near the first one + 180°."""
+        angles = np.asarray(planned, dtype=np.float64)
+        if angles.size < 2 or band_rows < 1:
+            return None
+        reach = MAX_GAP_STEPS * _step(angles)
+        first = float(angles[0])
+        anchors = np.flatnonzero(np.abs(angles - first) <= reach)
+        opposite = np.flatnonzero(np.abs(angles - (first + 180.0)) <= reach)
+        if opposite.size == 0:
+            return None
+        rows = np.unique(np.linspace(0, band_rows - 1, min(band_rows, WATCH_ROWS))
+                         .round().astype(np.intp))
+        return cls(angles, rows, frozenset(int(i) for i in (*anchors, *opposite)))
+
+    def add(self, angles_deg: npt.NDArray[np.float64],
+            projections: npt.NDArray[Any]) -> float | None:
+        """Projections ``(n, rows, cols)`` arrived at ``angles_deg``: the CoR when they
+        complete the pair (once), else None."""
+        if self.done:
+            return None
+        step = float(self.planned[1] - self.planned[0])
+        for position, angle in enumerate(np.asarray(angles_deg, dtype=np.float64).tolist()):
+            index = round((angle - float(self.planned[0])) / step)
+            if index in self.wanted and index not in self._kept \
+                    and abs(float(self.planned[index]) - angle) <= EXACT_GAP_STEPS * step:
+                self._kept[index] = np.array(projections[position][self.rows],
+                                             dtype=np.float32)
+        if len(self._kept) < len(self.wanted):
+            return None
+        self.done = True
+        order = sorted(self._kept)
+        stack = np.stack([self._kept[i] for i in order])
+        self._kept = {}
+        self.found = pair_center(stack, self.planned[order])
+        return self.found

@@ -20,6 +20,12 @@ from an estimate (pair or carried) and the final one differs by more than the to
 the volume is redone with the final one (:class:`Outcome` ``redone``) and the report says
 so; a given or viewer centre is a person's choice and is kept (the difference is
 reported). No sockets, threads or clocks here: the runner feeds events and acts.
+
+**The same sample** (:func:`sample_key`): two scans are of the same sample when their
+``start`` headers carry the same ``metadata["sample"]`` (a string or integer the source
+sets, e.g. the beamline's sample name) and the same detector width. A scan without it
+carries nothing and gives nothing to the next: the scan name changes per scan and the
+``source`` names the sender, not the sample, so neither can say it.
 """
 
 from __future__ import annotations
@@ -31,11 +37,20 @@ from enum import StrEnum
 from typing import Any, Final
 
 from streamer.errors import StreamerError
+from streamer.wire.protocol import StartHeader
 
-__all__ = ["CenterMemory", "CenterSource", "Outcome", "Start", "StreamingCenter"]
+__all__ = ["DEFAULT_TOLERANCE_PX", "CenterMemory", "CenterSource", "Outcome", "Start",
+           "StreamingCenter", "center_note", "sample_key", "streaming_center_method"]
 
 #: Samples whose last CoR a service remembers (the newest).
 MAX_REMEMBERED: Final = 1000
+#: Pixels an estimated CoR may differ from the final estimate before the volume is redone:
+#: half a detector pixel, the step below which FBP's reconstructions are not told apart
+#: by eye or by Vo's metric (which refines to 0.25 px), and above the spread of the pair
+#: estimate on the real scans with an exact pair (DIAD 0.0, I13 0.16 px from Vo's).
+DEFAULT_TOLERANCE_PX: Final = 0.5
+#: The ``start`` metadata entry that names the sample.
+SAMPLE_ENTRY: Final = "sample"
 
 
 class CenterSource(StrEnum):
@@ -97,7 +112,7 @@ class StreamingCenter:
         A fixed centre, and the previous scan's centre for the same sample.
     """
 
-    tolerance: float = 0.5
+    tolerance: float = DEFAULT_TOLERANCE_PX
     given: float | None = None
     carried: float | None = None
     center: float | None = None
@@ -218,3 +233,50 @@ class CenterMemory:
 
     def recall(self, sample: str) -> float | None:
         return self._centers.get(sample)
+
+
+def sample_key(start: StartHeader) -> str | None:
+    """Which sample a scan is of, for carrying its CoR to the next scan (see the module
+    docstring), or None when its ``start`` does not say."""
+    value = start.metadata.get(SAMPLE_ENTRY)
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return f"{value} ({start.cols} columns)"
+
+
+def streaming_center_method(outcome: Outcome, final_method: str | None) -> str:
+    """How the CoR of a streamed scan was decided, as stored beside it and sent in the
+    feed's ``scan_end``: its source, and the reason when it was redone or kept against
+    the final estimate (found by ``final_method``, e.g. ``"auto"``: the CoR policy)."""
+    final = "vo" if final_method in (None, "auto") else final_method
+    if outcome.source is CenterSource.VIEWER:
+        label = "user (viewer)"
+    elif outcome.source is CenterSource.FINAL:
+        label = final
+    else:
+        label = f"{outcome.source.value} (streaming)"
+    return label if outcome.reason is None else f"{label}; {outcome.reason}"
+
+
+def center_note(report: dict[str, Any]) -> str:
+    """The terminal line of a streamed scan's CoR (from :meth:`StreamingCenter.report`
+    as the runner completes it)."""
+    used, final = report.get("streamed_with"), report.get("final")
+    line = f"CoR: {report.get('source')} {_px(report.get('center'))}"
+    if used is not None and used != report.get("center"):
+        line += f" (streamed with {_px(used)})"
+    if final is not None:
+        line += f", final estimate {_px(final)}"
+    if report.get("difference") is not None:
+        line += f" ({report['difference']:.2f} px apart, tolerance {report['tolerance']:g})"
+    if report.get("redone"):
+        line += ": volume REDONE at close"
+    elif not report.get("streamed"):
+        line += ": reconstructed at close"
+    if report.get("final_error"):
+        line += f"; final estimate failed: {report['final_error']}"
+    return line
+
+
+def _px(value: Any) -> str:
+    return "?" if value is None else f"{float(value):.2f}"

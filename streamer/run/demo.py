@@ -51,7 +51,7 @@ from streamer.wire.transport import Endpoint, bound_address, open_socket
 if TYPE_CHECKING:
     from streamer.exchange.reslice import ExchangeStats
     from streamer.ingest.state import FramesAccepted, IngestState
-    from streamer.run.one_rank import ScanOutput
+    from streamer.run.output import ScanOutput
     from streamer.wire.protocol import StartHeader
 
 DEMO_TIMEOUT_S: Final = 120.0
@@ -171,9 +171,10 @@ class CheckingObserver:
         if self.inner is not None:
             self.inner.slices(serial, indices, data)
 
-    def part_done(self, serial: int, exchange: ExchangeStats | None) -> None:
+    def part_done(self, serial: int, exchange: ExchangeStats | None, *,
+                  streamed: bool = False) -> None:
         if self.inner is not None:
-            self.inner.part_done(serial, exchange)
+            self.inner.part_done(serial, exchange, streamed=streamed)
 
     def report_merged(self, serial: int, report: ScanReport) -> None:
         if self.inner is not None:

@@ -21,10 +21,10 @@ first 180° of a 360° scan); the value used and how it was found are stored in 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,13 +34,12 @@ from stages.recon.center_policy import CorEstimate, find_center
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
-from streamer.pipeline.executor import ProcessedBlock
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import steps_on_device
-from streamer.sinks.registry import DEFAULT_FORMAT, VolumeSink, open_sink
+from streamer.sinks.registry import DEFAULT_FORMAT
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import new_scan_id
-from streamer.wire.protocol import MetadataValue, Normalisation
+from streamer.wire.protocol import Normalisation
 
 CORRECTIONS: dict[Normalisation, str] = {
     "flat_dark": "  - method: normalize\n    parameters: {minus_log: true}\n",
@@ -209,28 +208,3 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
                        time.perf_counter() - began, text, output.repairs or RepairCounts(),
                        output.center_warnings, output.center_confidence, output.images,
                        output.iterations)
-
-
-def open_volume(
-    path: Path,
-    first_block: ProcessedBlock,
-    *,
-    output_format: str,
-    detector_rows: list[int],
-    center: float,
-    method: str,
-    pipeline_text: str,
-    scan: str,
-    overwrite: bool = False,
-    metadata: Mapping[str, MetadataValue] | None = None,
-) -> VolumeSink:
-    """A writer of ``output_format`` (a registered sink) shaped after the first block of slices;
-    ``metadata`` (e.g. the repaired-pixel counts) goes to ``/entry/metadata``."""
-    common: dict[str, Any] = {
-        "detector_rows": detector_rows,
-        "slice_shape": (int(first_block.data.shape[1]), int(first_block.data.shape[2])),
-        "angles_deg": first_block.angles_deg, "center_of_rotation": center,
-        "center_method": method, "pipeline_yaml": pipeline_text, "scan": scan,
-        "overwrite": overwrite, "metadata": dict(metadata or {}),
-    }
-    return open_sink(output_format, path, **common)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from streamer.ingest.accounting import ScanReport
     from streamer.ingest.state import FramesAccepted
     from streamer.pipeline.executor import ProcessedBlock
-    from streamer.run.one_rank import ScanOutput
+    from streamer.run.output import ScanOutput
     from streamer.wire.protocol import StartHeader
 
 
@@ -56,8 +56,11 @@ class RankObserver(Protocol):
                data: npt.NDArray[np.float32]) -> None:
         """Final slices ``(n, N, N)`` of scan rows ``indices`` written to this rank's part."""
 
-    def part_done(self, serial: int, exchange: ExchangeStats | None) -> None:
-        """This rank's part is written (or failed); ``exchange``: what its reslice moved."""
+    def part_done(self, serial: int, exchange: ExchangeStats | None, *,
+                  streamed: bool = False) -> None:
+        """This rank's part is written (or failed); ``exchange``: what its reslice moved;
+        ``streamed``: its slices came from the streaming reconstruction (rank 0's is the
+        scan's latency label)."""
 
     def report_merged(self, serial: int, report: ScanReport) -> None:
         """Rank 0: the scan's merged accounting."""

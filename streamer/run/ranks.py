@@ -24,7 +24,10 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
    rank finishes sending and waits for its band.
 3. **Centre.** When the pipeline leaves the CoR to be found, the rank that owns the row
    the finder looks at (the middle row, or the finder's ``ind``) finds it once and sends
-   it to everyone — the same value on every rank, the same row as on one rank.
+   it to everyone — the same value on every rank, the same row as on one rank. With
+   ``estimate_center`` (``run``) a streamed scan's CoR is decided earlier, by the same
+   rank (the opposite pair, or carried from the sample's previous scan), and this step
+   checks it and may redo the band (ADR 0013, :mod:`streamer.run.center_streaming`).
 4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
 5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
    the volume with the report inside, or writes the master / the stack's sidecar) when
@@ -100,6 +103,14 @@ from streamer.pipeline.sections import (
     sections_of,
     split_sections,
 )
+from streamer.run.center_streaming import (
+    DEFAULT_TOLERANCE_PX,
+    CenterMemory,
+    StreamingCenter,
+    center_note,
+    sample_key,
+    streaming_center_method,
+)
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
 from streamer.run.from_file import (
     ReconSettings,
@@ -109,16 +120,12 @@ from streamer.run.from_file import (
     center_source,
     pipeline_for,
 )
+from streamer.run.image_output import images_written, no_images, with_images
 from streamer.run.latency import LatencyRecorder
 from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
-from streamer.run.one_rank import (
-    ScanOutput,
-    check_servable,
-    images_written,
-    keep_newest,
-    with_images,
-)
+from streamer.run.output import ScanOutput, check_servable, keep_newest
+from streamer.run.rank_iterations import ScanIterations
 from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
@@ -139,7 +146,11 @@ TAG_CENTER: Final = 303
 TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
-TAG_STATS: Final = 307
+TAG_STREAM_CENTER: Final = 307
+TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
+TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
+#: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
+_MAX_ITERATION_LOGS: Final = 8
 #: The CoR method of a value set from the viewer (as on one rank).
 VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
@@ -215,12 +226,16 @@ class _ScanState:
     #: The band's streaming reconstruction (fed as pieces land), None: at close.
     streaming: StreamingSection | None = None
     streamed: bool = False  # the band's slices came from the streaming accumulators
+    #: ``estimate_center``: the streaming CoR decision (the same events on every rank).
+    center_state: StreamingCenter | None = None
+    #: Its report as the CoR owner decided it at close (``run``'s report ``center``).
+    center_report: dict[str, Any] | None = None
     #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
     #: the peers' (rank -> their stats, None: that rank's part failed).
     stats: PartialStats | None = None
+    peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
     #: R ranks: what each later reslice (a transpose) moved, for the scan's transfers.
     later_moved: list[TransposeResult] = field(default_factory=list)
-    peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,6 +288,14 @@ class RankedReconstruction:
     #: Reconstruct each band while the scan arrives when the pipeline streams and its CoR
     #: is fixed (:func:`streamer.run.streaming.plan_streaming`); False: always at close.
     stream: bool = True
+    #: ``run``: a CoR left to be found streams too (:mod:`streamer.run.center_streaming`):
+    #: carried from the previous scan of the same sample, else from the opposite pair as
+    #: soon as it has arrived; checked at close against the final estimate, the volume
+    #: redone beyond ``center_tolerance`` px. False (``recon``): such a CoR is found at close.
+    estimate_center: bool = False
+    center_tolerance: float = DEFAULT_TOLERANCE_PX
+    #: The last CoR per sample (the same on every rank: every rank sees the same closes).
+    center_memory: CenterMemory = field(default_factory=CenterMemory)
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
     #: one scan reconstructed at a time, the next scan's frames wait in the ingest store,
     #: its start is taken up on the links once the worker is done. Under MPI the links
@@ -318,8 +341,10 @@ class RankedReconstruction:
     #: confidence), for its output.
     _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
         default_factory=dict)
-    #: Rank 0: its band's iterative-stage summary lines per closed scan (serial -> lines).
-    _iterations: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: Rank 0: the streaming CoR report of each closed scan (serial -> report ``center``).
+    _center_streaming: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Rank 0: every rank's iterations of each open or closing scan (serial -> them).
+    _iteration_logs: dict[int, ScanIterations] = field(default_factory=dict)
     #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
     #: On R ranks the frames are rank 0's share (the last frame is rank 0's last).
     _latency: dict[str, LatencyRecorder] = field(default_factory=dict)
@@ -532,13 +557,20 @@ class RankedReconstruction:
             start, admitted.block_sinograms, admitted.memory_left)
         exchange: BandExchange | None = None
         observer = self.observer
+        iterations = ScanIterations(
+            serial, self.control.rank, ranks, listener=self.on_iteration,
+            send_to_root=lambda payload: self.control.send(0, TAG_ITERATION, payload))
+        if self.control.rank == 0:
+            self._iteration_logs[serial] = iterations
+            while len(self._iteration_logs) > _MAX_ITERATION_LOGS:
+                del self._iteration_logs[next(iter(self._iteration_logs))]
         if ranks == 1:
             # One rank: the processor keeps the band itself (shaped by the first corrected
             # block: a projection stage may crop or bin) and feeds the streaming section.
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, keep_sinogram_section=True,
-                on_iteration=self.on_iteration,
+                on_iteration=iterations.own,
                 on_projections=observer.projections if observer is not None else None)
             processor.streaming = streaming
             if self.results is not None:
@@ -561,7 +593,7 @@ class RankedReconstruction:
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
-                keep_sinogram_section=False, on_iteration=self.on_iteration,
+                keep_sinogram_section=False, on_iteration=iterations.own,
             )
         path = None
         if self.control.rank == 0:
@@ -584,6 +616,10 @@ class RankedReconstruction:
             self._closing[serial] = close
         self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
                                        streaming=streaming)
+        if streaming is not None and self.estimate_center:
+            self._open_center(scan, streaming, admitted.center_owner)
+        if self.control.rank == 0 and ranks > 1:  # peers' iterations between rank 0's own
+            iterations.serve = lambda: self._take_messages(scan)
         if observer is not None:
             observer.scan_opened(serial, start)
         early, self._inbox = self._inbox, []
@@ -598,9 +634,13 @@ class RankedReconstruction:
         first, last = row_bands(start.rows, self.control.size)[self.control.rank]
         if not self.stream or last == first:
             return None
+        key = sample_key(start) if self.estimate_center else None
         plan = plan_streaming(self.steps, rows=last - first, cols=start.cols,
                               projections=start.projections, block_sinograms=block_sinograms,
-                              memory_left=memory_left)
+                              memory_left=memory_left, estimate_center=self.estimate_center,
+                              center_known=key is not None
+                              and self.center_memory.recall(key) is not None,
+                              scan_range_deg=start.geometry.scan_range_deg)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: {plan.reason}")
         if plan.section is not None:
@@ -632,8 +672,6 @@ class RankedReconstruction:
             latency = self._latency.get(start.scan) if self.control.rank == 0 else None
             if latency is not None:
                 latency.streaming = scan.streamed
-            if self.control.rank == 0:
-                self._iterations[scan.serial] = tuple(scan.processor.iterations.summary())
         except StreamerError as error:
             self.last_error = self.last_error or error
             rows = row_bands(start.rows, self.control.size)[self.control.rank]
@@ -691,11 +729,14 @@ class RankedReconstruction:
         """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
         written (the sinogram section of a pipeline that reslices once)."""
         band = self._band(scan)
-        if viewer is not None:
+        # A streaming CoR is checked at close even when the viewer set one (its difference
+        # to the final estimate is reported).
+        checked = scan.center_state is not None and scan.close.center_owner is not None
+        if viewer is not None and not checked:
             scan.center, scan.center_method = viewer, VIEWER_METHOD
         else:
             try:  # every rank takes part, failed or not, so no peer waits for it
-                self._agree_center(scan, band)
+                self._agree_center(scan, band, viewer)
             except StreamerError:
                 if scan.failure is None:
                     raise
@@ -712,7 +753,9 @@ class RankedReconstruction:
             self._center_found[scan.serial] = (
                 center_label(scan.center_method, self.center_source),
                 scan.center_warnings, scan.center_confidence)
-        return self._write_part(scan, band, path, last)
+        part = self._write_part(scan, band, path, last)
+        self._settle_streaming_center(scan)
+        return part
 
     def _run_later(self, scan: _ScanState, band: Band) -> tuple[Band, tuple[PipelineStep, ...]]:
         """R ranks, a pipeline past one sinogram section: every section but the last on
@@ -806,7 +849,8 @@ class RankedReconstruction:
         if self.observer is not None:
             self.observer.part_done(scan.serial, None if scan.exchange is None
                                     else _every_reslice(scan.exchange.stats,
-                                                        scan.later_moved))
+                                                        scan.later_moved),
+                                    streamed=scan.streamed)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))
@@ -914,8 +958,10 @@ class RankedReconstruction:
                    if s.spec.finds_center is not None]
         return finders[-1] if finders else None
 
-    def _agree_center(self, scan: _ScanState, band: Band) -> None:
-        """Find the CoR once, on the rank that owns the finder's row, and share it."""
+    def _agree_center(self, scan: _ScanState, band: Band, viewer: float | None = None,
+                      ) -> None:
+        """Find the CoR once, on the rank that owns the finder's row, and share it (with a
+        streaming CoR: the final estimate, and the decision it leads to)."""
         owner = scan.close.center_owner
         if owner is None:
             return
@@ -940,11 +986,16 @@ class RankedReconstruction:
                 scan.center_outputs = dict(getattr(found, "side_outputs", ()) or ())
             except StreamerError as failure:
                 error = str(failure)
-                self.last_error = self.last_error or failure
+                if scan.center_state is None:
+                    self.last_error = self.last_error or failure
+            if scan.center_state is not None:
+                center, method, error = self._decide_center(scan, center, method, error,
+                                                            viewer)
             scan.close.center_agreed(CenterAgreed(center, method, error))
             self.control.send_to_others(TAG_CENTER, msgpack.packb({
                 "serial": scan.serial, "center": center, "method": method,
-                "error": error, "outputs": scan.center_outputs}))
+                "error": error, "outputs": scan.center_outputs,
+                "streaming": scan.center_report}))
         else:
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
@@ -952,6 +1003,93 @@ class RankedReconstruction:
         if agreed.error is not None:
             raise StreamerError(agreed.error)
         scan.center, scan.center_method = agreed.center, agreed.method
+
+    # --- the streaming CoR (``estimate_center``) -----------------------------------------
+
+    def _open_center(self, scan: _ScanState, section: StreamingSection,
+                     owner: int | None) -> None:
+        """The scan's streaming CoR at its open (every rank alike): a given or carried CoR
+        starts the accumulators at once; else they wait (keeping the blocks) and the rank
+        that owns the CoR row watches for the opposite pair."""
+        key = sample_key(scan.start)
+        carried = None
+        if section.center is None and key is not None:
+            carried = self.center_memory.recall(key)
+        state = scan.center_state = StreamingCenter(tolerance=self.center_tolerance,
+                                                    given=section.center, carried=carried)
+        start = state.opened()
+        if start is not None:
+            section.start(start.center)
+            if carried is not None and self.log is not None and self.control.rank == 0:
+                self.log(f"scan {scan.start.scan}: streaming with the CoR {carried:.2f} "
+                         f"carried from the previous scan of sample {key}")
+        elif owner == self.control.rank:
+            section.on_pair = lambda value: self._pair_found(scan, value)
+
+    def _pair_found(self, scan: _ScanState, value: float) -> None:
+        """The CoR owner's band completed the opposite pair: every rank starts with it
+        (this message reaches each peer before the CoR agreed at close)."""
+        self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
+            {"serial": scan.serial, "pair": value}))
+        self._pair_agreed(scan, value)
+
+    def _pair_agreed(self, scan: _ScanState, value: float) -> None:
+        state, section = scan.center_state, scan.streaming
+        if state is None or state.outcome is not None:
+            return
+        start = state.pair_found(value)
+        if start is None or section is None:
+            return
+        kept = section.kept_blocks
+        section.start(start.center)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {scan.start.scan}: CoR {value:.2f} from the opposite pair: "
+                     f"streaming starts ({kept} kept block{'' if kept == 1 else 's'} added)")
+
+    def _decide_center(self, scan: _ScanState, final: float | None, method: str | None,
+                       error: str | None, viewer: float | None,
+                       ) -> tuple[float | None, str | None, str | None]:
+        """The CoR owner at close: the streaming CoR's outcome against the final estimate
+        (``final``, found by ``method``; ``error``: why not), as (centre, how, error)."""
+        state = scan.center_state
+        assert state is not None
+        streamed_with = state.center  # the accumulators' (None: none was known)
+        if viewer is not None:
+            state.viewer_set(viewer)
+        before = state.center  # the one the final estimate is compared with
+        try:
+            outcome = state.closed(final if error is None else None)
+        except StreamerError:
+            failure = StreamerError(error or "streaming CoR: none was found")
+            self.last_error = self.last_error or failure
+            return None, None, str(failure)
+        report = state.report()
+        report.update(streamed_with=streamed_with, final=final if error is None else None,
+                      difference=None if before is None or final is None or error
+                      else round(abs(final - before), 4))
+        if error is not None:
+            report["final_error"] = error
+        scan.center_report = report
+        return outcome.center, streaming_center_method(outcome, method), None
+
+    def _settle_streaming_center(self, scan: _ScanState) -> None:
+        """After the band is written: the CoR is remembered for the sample's next scan
+        (every rank alike, streamed or not) and rank 0 keeps the report's ``center``."""
+        state = scan.center_state
+        if not self.estimate_center:
+            return
+        center = scan.center
+        if center is None and state is not None:
+            center = state.center  # a given CoR (not agreed at close)
+        key = sample_key(scan.start)
+        if key is not None and center is not None:
+            self.center_memory.remember(key, center)
+        if state is not None and self.control.rank == 0:
+            if scan.center_report is None and state.outcome is None and state.center is not None:
+                state.closed(None)  # a given CoR: not checked at close
+            report = dict(scan.center_report or state.report())
+            report.update(streamed=scan.streamed, sample=key)
+            self._center_streaming[scan.serial] = report
 
     # --- writing -----------------------------------------------------------------------
 
@@ -1070,8 +1208,11 @@ class RankedReconstruction:
         evicted = band.rejected.get("over_capacity", 0)
         if evicted and section.fallback is None:
             section.fallback = f"{evicted} projections beyond the announced ones"
-        viewer = scan.center if scan.center_method == VIEWER_METHOD else None
-        blocks = section.finish(band.angles_deg, complete, center_override=viewer,
+        # The viewer's CoR, or the streaming CoR agreed at close: the accumulators' CoR
+        # must be that one, else the band is reconstructed at close with it.
+        agreed = scan.center_method == VIEWER_METHOD or scan.center_state is not None
+        blocks = section.finish(band.angles_deg, complete,
+                                center_override=scan.center if agreed else None,
                                 should_stop=lambda: False)  # stop: between blocks, above
         if blocks is None:
             return None
@@ -1144,15 +1285,21 @@ class RankedReconstruction:
         for part in parts.values():
             repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
+        figures: dict[str, Any] = {}
+        iterations = self._iteration_logs.pop(serial, None)
+        if iterations is not None and iterations.log.iterations:
+            document["iterations"] = figures["iterations"] = iterations.log.as_dict()
         warning = repairs.warning()
         if warning is not None and self.log is not None:
             self.log(f"scan {scan_id}: warning: {warning}")
         slices = sum(p.slices for p in parts.values())
         error = "; ".join(errors) or None
+        streaming_center = self._center_streaming.pop(serial, None)
+        if streaming_center is not None:
+            document["center"] = streaming_center
         held = self._held.pop(serial, None)
         latency = self._latency.pop(scan_id, None)
         line = None
-        figures: dict[str, Any] = {}
         if latency is not None and (held is not None or ranks > 1):
             # Every slice is written, only the close is left (the report goes in it);
             # no frame at all (``recon``, or nothing came): no figure.
@@ -1189,11 +1336,15 @@ class RankedReconstruction:
         method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
         output = replace(output, repairs=repairs, center_method=method,
                          center_warnings=warnings, center_confidence=confidence,
-                         iterations=self._iterations.pop(serial, ()),
+                         iterations=tuple(iterations.log.summary())
+                         if iterations is not None else (),
                          latency=line if output.path is not None else None,
                          figures=figures if output.path is not None else {})
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
+        if streaming_center is not None:  # the report's ``center`` and a terminal line
+            output = replace(output, figures={**output.figures, "center": streaming_center},
+                             notes=(*output.notes, center_note(streaming_center)))
         if self._tail is not None and output.path is not None:  # (the observer's figures in)
             output = self._images_output(output, self._tail, list(parts.values()), slices)
         self._publish(output)
@@ -1202,7 +1353,7 @@ class RankedReconstruction:
     def _images_output(self, output: ScanOutput, tail: ImageTail, parts: list[PartWritten],
                        slices: int) -> ScanOutput:
         """Rank 0, HTTomo's image tail: on one rank the images of the closed volume
-        (:func:`~streamer.run.one_rank.with_images`); on R ranks the count of the images
+        (:func:`~streamer.run.image_output.with_images`); on R ranks the count of the images
         every rank wrote of its band (:meth:`_band_images`). In the output, its terminal
         lines and its figures; none at all is said too, never silence."""
         path = output.path
@@ -1215,8 +1366,7 @@ class RankedReconstruction:
             return output
         folder = image_folder(path, self.output_format, tail, per_scan=per_scan)
         if output.error is not None:
-            note = f"save_to_images: no images: the volume has errors ({folder} not written)"
-            return replace(output, notes=(*output.notes, note))
+            return no_images(output, folder)
         count = sum(part.images for part in parts)
         if count != slices:
             note = f"save_to_images: {count} of {slices} images in {folder}"
@@ -1257,6 +1407,9 @@ class RankedReconstruction:
                     and scan.stopped_by is None:
                 scan.stopped_by = received.source
             return
+        if received.tag == TAG_ITERATION and message["serial"] in self._iteration_logs:
+            self._iteration_logs[message["serial"]].peer(message, received.source)
+            return
         if received.tag == TAG_PART_DONE:
             part = PartWritten(int(message["rank"]), message["path"],
                                (int(message["rows"][0]), int(message["rows"][1])),
@@ -1295,9 +1448,14 @@ class RankedReconstruction:
         elif received.tag == TAG_PATH:
             scan.path = Path(str(message["path"]))
             scan.close.path_received()
+        elif received.tag == TAG_STREAM_CENTER:
+            self._pair_agreed(scan, float(message["pair"]))
         elif received.tag == TAG_CENTER:
             center = message["center"]
             scan.center_outputs = dict(message.get("outputs") or {})
+            report = message.get("streaming")
+            if isinstance(report, dict):
+                scan.center_report = report
             scan.close.center_agreed(CenterAgreed(
                 None if center is None else float(center), message["method"],
                 message["error"]))

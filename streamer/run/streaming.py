@@ -3,14 +3,20 @@
 arrive, so at close only ``finish()`` and the write remain.
 
 :func:`plan_streaming` decides per scan whether the run streams: the pipeline must stream
-(:func:`~streamer.pipeline.streaming.streaming_kind`), the reconstructor's CoR must be
-fixed (given or in the pipeline: a CoR found at close cannot feed the accumulator) and the
-accumulators must fit the memory left by the scan's plan; otherwise it says why and the
-scan is reconstructed at close as before. The planned angles are taken from the first
-corrected block (its smallest angular step, anchored near 0°); a later angle off that
-plan, a scan that closes with projections missing, or a CoR set from the viewer during
-the scan switch the scan back to the batch path on the kept sinogram (the processor keeps
-it either way), and the reason is kept in :attr:`StreamingSection.fallback`.
+(:func:`~streamer.pipeline.streaming.streaming_kind`) and the accumulators must fit the
+memory left by the scan's plan; otherwise it says why and the scan is reconstructed at
+close as before. The CoR is either fixed (given or in the pipeline) or, with
+``estimate_center`` (``run``), decided while the scan arrives
+(:mod:`streamer.run.center_streaming`): until the runner calls :meth:`StreamingSection.start`
+the section keeps the blocks (bounded by :attr:`StreamingSection.keep_limit`, counted in
+the plan) and re-adds them then; the rank that owns the CoR row also watches for the
+opposite pair (:class:`~streamer.run.center_pair.PairWatch`) and tells the runner.
+
+The planned angles are taken from the first corrected block (its smallest angular step,
+anchored near 0°); a later angle off that plan, a scan that closes with projections
+missing, a CoR at close other than the accumulators' (the viewer's, or a final estimate
+that disagrees) switch the scan back to the batch path on the kept sinogram (the
+processor keeps it either way), and the reason is kept in :attr:`StreamingSection.fallback`.
 """
 
 from __future__ import annotations
@@ -26,16 +32,22 @@ from stages.prep.repair import RepairCounts
 from stages.recon.fourier import FourierFbpCache, FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
 from stages.spec import Pattern
-from streamer.errors import StageError
+from streamer.errors import StageError, StreamerError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, apply_steps
 from streamer.pipeline.sections import sections_of
 from streamer.pipeline.streaming import streaming_kind
+from streamer.run.center_pair import PairWatch
 
 __all__ = ["StreamingSection", "plan_streaming"]
 
 #: Angles within this fraction of a step of the plan are on it.
 _STEP_TOLERANCE = 1e-4
+#: A pair whose last projection lies beyond this fraction of the plan comes too late to
+#: start the accumulators: adding the kept blocks then (each costs 1.75-4x its share of
+#: the batch reconstruction) would be slower than reconstructing them at close. A
+#: property of the plan, the same on every rank whatever order the pieces land in.
+LATE_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,18 @@ def _band_rows(rows: int, block_sinograms: int) -> int:
 
 def plan_streaming(
     steps: tuple[PipelineStep, ...], *, rows: int, cols: int, projections: int,
-    block_sinograms: int, memory_left: int,
+    block_sinograms: int, memory_left: int, estimate_center: bool = False,
+    center_known: bool = False, scan_range_deg: float | None = None,
 ) -> StreamingPlan:
     """A :class:`StreamingSection` for a scan of ``rows × cols`` and ``projections``, or
-    the reason it is reconstructed at close."""
+    the reason it is reconstructed at close.
+
+    ``estimate_center``: a CoR left to be found streams too (the runner decides it during
+    the scan). Unless it is known at the start (``center_known``: carried), the blocks
+    kept until it is are counted with the accumulators: the whole band (the bound: a
+    360° scan keeps about half of it, but pieces land in any order on R ranks); a scan
+    known to cover less than 360° is reconstructed at close (its opposite pair comes
+    with its last projections: streaming would only add work after the last frame)."""
     kind = streaming_kind(steps)
     if not kind.streaming:
         return StreamingPlan(None, kind.describe())
@@ -66,21 +86,33 @@ def plan_streaming(
     sinogram_steps = found[1].steps
     recon = next(s for s in sinogram_steps if s.spec.needs_angles)
     params = recon.params
-    if not isinstance(params, FourierFbpParams) or params.center is None:
+    if not isinstance(params, FourierFbpParams) or (params.center is None
+                                                    and not estimate_center):
         return StreamingPlan(None, "reconstruction: at close (the CoR is found at close: "
                                    "give it to stream)")
     band = _band_rows(rows, block_sinograms)
     need = sum(streaming_memory(min(band, rows - first), cols, projections, params)
                for first in range(0, rows, band))
-    if need > memory_left:
-        mib = 2**20
+    keep = 0
+    if params.center is None and not center_known:
+        if scan_range_deg is not None and scan_range_deg < 360.0 - 1e-6:
+            return StreamingPlan(None, f"reconstruction: at close (the CoR is found at close: "
+                                       f"a {scan_range_deg:g}° scan's opposite pair comes with "
+                                       "its last projections; give the CoR, or name the "
+                                       "sample in the start metadata to carry it, to stream)")
+        keep = rows * projections * cols * 4
+    mib = 2**20
+    if need + keep > memory_left:
+        kept = f" and {keep / mib:,.1f} MiB of blocks kept until the CoR is known" if keep else ""
         return StreamingPlan(None, f"reconstruction: at close (the streaming accumulators "
-                                   f"need {need / mib:,.1f} MiB, {memory_left / mib:,.1f} "
-                                   "MiB are left by the plan)")
-    return StreamingPlan(StreamingSection(tuple(sinogram_steps), recon, params, projections,
-                                          band, need),
-                         f"reconstruction: streaming ({need / 2**20:,.1f} MiB of "
-                         "accumulators)")
+                                   f"need {need / mib:,.1f} MiB{kept}, "
+                                   f"{memory_left / mib:,.1f} MiB are left by the plan)")
+    section = StreamingSection(tuple(sinogram_steps), recon, params, projections, band,
+                               need + keep, center=params.center, keep_limit=keep)
+    waits = (f" and up to {keep / mib:,.1f} MiB of blocks kept until the CoR is known"
+             if keep else "")
+    return StreamingPlan(section, f"reconstruction: streaming ({need / mib:,.1f} MiB of "
+                                  f"accumulators{waits})")
 
 
 def _planned_angles(angles: npt.NDArray[np.float64], projections: int) -> npt.NDArray[np.float64]:
@@ -109,13 +141,27 @@ class StreamingSection:
     projections: int
     band_rows: int
     memory_bytes: int
+    #: The CoR of the accumulators; None: not known yet (the blocks are kept meanwhile).
+    center: float | None = None
+    #: The most bytes of blocks kept while the CoR is not known (the plan counted them).
+    keep_limit: int = 0
     log: Callable[[str], None] | None = None
     #: The scan's repair counts, for stages that count (``data_checker`` …).
     repairs: RepairCounts | None = None
+    #: Told the CoR of the opposite pair when it has arrived (the rank that watches it);
+    #: None: this rank does not watch.
+    on_pair: Callable[[float], None] | None = None
     #: Why the scan went back to the batch path (``None``: it streams).
     fallback: str | None = None
     blocks_added: int = 0
     _bands: list[tuple[int, StreamingFbp]] = field(default_factory=list)
+    _planned: npt.NDArray[np.float64] | None = None
+    _shape: tuple[int, int] = (0, 0)  # the band's rows and columns (from the first block)
+    _kept: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]] = field(
+        default_factory=list)
+    _kept_bytes: int = 0
+    _pair: PairWatch | None = None
+    _late: bool = False  # the plan's pair comes too late to start (LATE_FRACTION)
 
     @property
     def _before(self) -> tuple[PipelineStep, ...]:
@@ -125,47 +171,115 @@ class StreamingSection:
     def _after(self) -> tuple[PipelineStep, ...]:
         return self.steps[self.steps.index(self.recon) + 1:]
 
+    @property
+    def kept_blocks(self) -> int:
+        """Blocks kept until the CoR is known."""
+        return len(self._kept)
+
     def _give_up(self, reason: str) -> None:
         self.fallback = reason
-        self._bands = []  # the accumulators' memory goes back at once
+        self._bands, self._kept, self._kept_bytes = [], [], 0  # the memory goes back at once
+        self._pair = None
         if self.log is not None:
             self.log(f"streaming: back to reconstruction at close: {reason}")
 
     def add(self, block: ProcessedBlock) -> None:
-        """A corrected projection block ``(n, rows, cols)``: its share goes into every band."""
+        """A corrected projection block ``(n, rows, cols)``: its share goes into every
+        band (kept until :meth:`start` while the CoR is not known)."""
         if self.fallback is not None:
             return
         sinograms = np.ascontiguousarray(block.data.transpose(1, 0, 2))
-        rows, cols = sinograms.shape[0], sinograms.shape[2]
         try:
-            if not self._bands:
-                planned = _planned_angles(block.angles_deg, self.projections)
-                shared = FourierFbpCache()  # the bands share the plan and block griddings
-                self._bands = [
-                    (first, StreamingFbp(min(self.band_rows, rows - first), cols, planned,
-                                         self.params, cache=shared))
-                    for first in range(0, rows, self.band_rows)
-                ]
+            if self._planned is None:
+                self._planned = _planned_angles(block.angles_deg, self.projections)
+                self._shape = (int(sinograms.shape[0]), int(sinograms.shape[2]))
+                watch = PairWatch.for_plan(self._planned, self._shape[0])
+                self._late = watch is None or max(watch.wanted) > LATE_FRACTION * (
+                    self.projections - 1)
+                if self.on_pair is not None:
+                    self._pair = watch
             if self._before:
                 sinograms = apply_steps(self._before, sinograms, darks=None, flats=None,
                                         angles_deg=block.angles_deg, repairs=self.repairs)
-            for first, band in self._bands:
-                band.add(sinograms[first:first + band.rows], block.angles_deg)
+            if self.center is None:
+                self._keep(block.angles_deg, sinograms)
+            else:
+                self._accumulate(sinograms, block.angles_deg)
         except StageError as error:
             self._give_up(str(error))
             return
         self.blocks_added += 1
+        if self._pair is not None and self.on_pair is not None:
+            try:
+                found = self._pair.add(block.angles_deg, block.data)
+            except StreamerError as error:  # e.g. non-finite values: no early CoR
+                self._pair = None
+                if self.log is not None:
+                    self.log(f"streaming: no CoR from the opposite pair: {error}")
+                return
+            if found is not None:
+                self._pair = None
+                self.on_pair(found)
+
+    def _keep(self, angles: npt.NDArray[np.float64],
+              sinograms: npt.NDArray[np.float32]) -> None:
+        if self._kept_bytes + sinograms.nbytes > self.keep_limit:
+            raise StageError(f"waiting for the CoR would keep more than "
+                             f"{self.keep_limit / 2**20:,.1f} MiB of blocks")
+        self._kept.append((np.array(angles, dtype=np.float64), sinograms))
+        self._kept_bytes += sinograms.nbytes
+
+    def _accumulate(self, sinograms: npt.NDArray[np.float32],
+                    angles: npt.NDArray[np.float64]) -> None:
+        if not self._bands:
+            assert self._planned is not None and self.center is not None
+            rows, cols = self._shape
+            shared = FourierFbpCache()  # the bands share the plan and block griddings
+            self._bands = [
+                (first, StreamingFbp(min(self.band_rows, rows - first), cols, self._planned,
+                                     self.params, center=self.center, cache=shared))
+                for first in range(0, rows, self.band_rows)
+            ]
+        for first, band in self._bands:
+            band.add(sinograms[first:first + band.rows], angles)
+
+    def start(self, center: float) -> None:
+        """The CoR is known (or changed): (re)start the accumulators with it and add the
+        blocks kept so far. A changed CoR with no blocks kept cannot be restarted: the
+        scan goes back to the batch path."""
+        if self.fallback is not None or center == self.center:
+            return
+        restart = self.center is not None and self.blocks_added > 0
+        self.center, self._bands = center, []
+        if restart:
+            self._give_up(f"the CoR changed to {center:.2f} during the scan and the blocks "
+                          "were not kept")
+            return
+        if self._late and self._kept:
+            self._give_up("the opposite pair comes with the scan's last projections: "
+                          "reconstructing at close costs less than adding the kept blocks")
+            return
+        kept, self._kept, self._kept_bytes = self._kept, [], 0
+        try:
+            for angles, sinograms in kept:
+                self._accumulate(sinograms, angles)
+        except StageError as error:
+            self._give_up(str(error))
 
     def finish(self, angles: npt.NDArray[np.float64], complete: bool, *,
                center_override: float | None,
                should_stop: Callable[[], bool]) -> Iterator[ProcessedBlock] | None:
         """The volume's blocks, band by band, or ``None`` when the scan must be
-        reconstructed in batch (see the module docstring)."""
+        reconstructed in batch (see the module docstring). ``center_override``: the CoR
+        the volume must have (the viewer's, or the one agreed at close)."""
+        if self.fallback is None and self.center is None:
+            self._give_up("no CoR was known before the scan closed")
         if self.fallback is None and not self._bands:
             self._give_up("no projection block was added")
         if (self.fallback is None and center_override is not None
-                and center_override != self.params.center):
-            self._give_up(f"the CoR was set to {center_override} during the scan")
+                and center_override != self.center):
+            self._give_up(f"the CoR at close is {center_override:.2f}, the accumulators "
+                          f"used {self.center:.2f}")
         if self.fallback is None and self._bands[0][1].missing:
             self._give_up(f"{self._bands[0][1].missing} planned projections never arrived")
         if self.fallback is not None:

@@ -2,7 +2,8 @@
 
 Every scan here is sent with raw pyzmq (headers packed with msgpack by hand, not with
 ``streamer.sources.sender``) to a running in-process service (``IngestService`` +
-``LiveReconstruction`` in the background mode ``tomo-streamer run`` uses), followed by a
+the runner on one rank in the background mode ``tomo-streamer run`` uses:
+:func:`tests.run.ranks.one_rank`), followed by a
 normal scan that must come back complete. Synchronisation is by queues with timeouts.
 """
 
@@ -26,7 +27,9 @@ from stages.registry import REGISTRY
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
-from streamer.run.one_rank import LiveReconstruction, ScanOutput
+from streamer.run.output import ScanOutput
+from streamer.run.ranks import RankedReconstruction
+from tests.run.ranks import one_rank
 
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
 WAIT_S = 60.0
@@ -87,7 +90,7 @@ def send_scan(push: zmq.Socket[Any], scan: str, frames: np.ndarray, keys: list[i
 @dataclass
 class Service:
     push: zmq.Socket[Any]
-    live: LiveReconstruction
+    live: RankedReconstruction
     ingest: IngestService
     outputs: queue.Queue[ScanOutput]
     reports: queue.Queue[ScanReport]
@@ -104,11 +107,11 @@ def service(loopback_pair: Any, tmp_path: Path) -> Iterator[Service]:
     steps = parse_pipeline(PIPELINE, REGISTRY, source="faults.yaml").steps
     outputs: queue.Queue[ScanOutput] = queue.Queue()
     reports: queue.Queue[ScanReport] = queue.Queue()
-    live = LiveReconstruction(steps, PIPELINE, tmp_path / "volumes", memory_bytes=BUDGET,
-                              on_output=outputs.put, background=True)
+    runner = one_rank(steps, PIPELINE, tmp_path / "volumes", memory_bytes=BUDGET,
+                      on_output=outputs.put, background=True)
+    live = runner.ranked
     push, pull = loopback_pair()
-    ingest = IngestService(pull, IngestSettings(idle_timeout_s=30), drain=live.drain,
-                           on_event=live.on_event, on_report=reports.put)
+    ingest = runner.service(pull, IngestSettings(idle_timeout_s=30), on_report=reports.put)
     stop = threading.Event()
     live.stop = stop
     failures: list[BaseException] = []
@@ -220,17 +223,15 @@ def test_stop_during_a_reconstruction_writes_what_is_done_marked_incomplete(
     stop = threading.Event()
     outputs: queue.Queue[ScanOutput] = queue.Queue()
 
-    class StoppedAfterOneBlock(LiveReconstruction):
-        def _on_sinograms(self, block: Any) -> None:
-            super()._on_sinograms(block)
-            stop.set()  # as the signal handler does, mid-reconstruction
+    def after_block(scan: str, written: int, rows: int) -> None:
+        stop.set()  # as the signal handler does, mid-reconstruction (after the 1st block)
 
-    live = StoppedAfterOneBlock(steps, PIPELINE, tmp_path, block_sinograms=1,
-                                memory_bytes=BUDGET, on_output=outputs.put,
-                                background=True, stop=stop)
+    runner = one_rank(steps, PIPELINE, tmp_path, block_sinograms=1, memory_bytes=BUDGET,
+                      on_output=outputs.put, background=True, stop=stop,
+                      on_block=after_block)
+    live = runner.ranked
     push, pull = loopback_pair()
-    ingest = IngestService(pull, IngestSettings(idle_timeout_s=30), drain=live.drain,
-                           on_event=live.on_event)
+    ingest = runner.service(pull, IngestSettings(idle_timeout_s=30))
     thread = threading.Thread(target=ingest.run, kwargs={"max_scans": 1})
     thread.start()
     frames, keys, angles = phantom_scan()
@@ -244,4 +245,6 @@ def test_stop_during_a_reconstruction_writes_what_is_done_marked_incomplete(
         assert not file["/entry"].attrs["complete"]
         assert np.isfinite(file["/entry/reconstruction/data"][0]).all()
         report = json.loads(file["/entry/process/report"][()])
-        assert "stopped by the service" in report["reconstruction_error"]
+        # the report says why (one line per rank, as on R ranks)
+        assert any("stopped by the service" in error
+                   for error in report["reconstruction_errors"]), report

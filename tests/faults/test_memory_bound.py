@@ -19,16 +19,17 @@ import numpy as np
 import zmq
 
 from stages.registry import REGISTRY
-from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.service import IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.plan import plan_scan
-from streamer.run.one_rank import LiveReconstruction, ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.sources.sender import SendOptions
 from streamer.sources.sender import send_scan as send_simulated
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.protocol import Limits
 from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.faults.test_bad_scan_service import PIPELINE, phantom_scan, send_scan
+from tests.run.ranks import one_rank
 
 WAIT_S = 60.0
 MIB = 2**20
@@ -78,10 +79,10 @@ def test_garbage_sent_during_a_reconstruction_is_read_at_once_within_the_bound(
         release.wait(WAIT_S)
         outputs.put(output)
 
-    live = LiveReconstruction(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
-                              on_output=on_output, background=True)
-    ingest = IngestService(pull, IngestSettings(limits=limits, store_bytes=STORE_BYTES),
-                           drain=live.drain, on_event=live.on_event)
+    runner = one_rank(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
+                      on_output=on_output, background=True)
+    live = runner.ranked
+    ingest = runner.service(pull, IngestSettings(limits=limits, store_bytes=STORE_BYTES))
     stop = threading.Event()
     thread = threading.Thread(target=ingest.run, kwargs={"stop": stop})
     thread.start()
@@ -145,11 +146,10 @@ def test_one_rank_holds_a_scan_within_its_plan(loopback_pair: Any, tmp_path: Pat
     *_, memory = plan_scan(steps, rows=rows, cols=cols, angles=projections, references=6,
                            dtype=np.dtype("<u2"), budget_bytes=BUDGET)
     outputs: queue.Queue[ScanOutput] = queue.Queue()
-    live = LiveReconstruction(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
-                              on_output=outputs.put)
+    runner = one_rank(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
+                      on_output=outputs.put)
     push, pull = loopback_pair()
-    ingest = IngestService(pull, IngestSettings(store_bytes=STORE_BYTES), drain=live.drain,
-                           on_event=live.on_event)
+    ingest = runner.service(pull, IngestSettings(store_bytes=STORE_BYTES))
     thread = threading.Thread(target=ingest.run, kwargs={"max_scans": 1})
     baseline = _status("VmRSS")
     _reset_peak()
@@ -227,13 +227,13 @@ def test_peers_beyond_max_peers_are_refused_and_memory_stays_within_the_bound(
             release.wait(WAIT_S)
         outputs.put(output)
 
-    live = LiveReconstruction(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
-                              on_output=on_output, background=True)
+    runner = one_rank(steps, PIPELINE, tmp_path, memory_bytes=BUDGET,
+                      on_output=on_output, background=True)
+    live = runner.ranked
     reports: queue.Queue[Any] = queue.Queue()
     store_bytes = 4096  # the next scan's waiting frames fill it: the service holds back
-    ingest = IngestService(pull, IngestSettings(limits=limits, store_bytes=store_bytes),
-                           drain=live.drain, on_event=live.on_event, on_report=reports.put,
-                           gate=gate, log=lines.append)
+    ingest = runner.service(pull, IngestSettings(limits=limits, store_bytes=store_bytes),
+                            on_report=reports.put, gate=gate, log=lines.append)
     stop, stop_peers = threading.Event(), threading.Event()
     thread = threading.Thread(target=ingest.run, kwargs={"stop": stop})
     thread.start()

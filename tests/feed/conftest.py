@@ -1,5 +1,6 @@
 """Shared pieces of the live-feed tests: a scan streamed into the ``run`` service's
-components (ingest → LiveReconstruction) with a feed attached."""
+components (ingest → the runner on one rank, :func:`tests.run.ranks.one_rank`) with a
+feed attached."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from streamer.ingest.accounting import ScanReport
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.pipeline.config import parse_pipeline
-from streamer.run.one_rank import LiveReconstruction
+from streamer.run.ranks import RankedReconstruction
 from streamer.sources.sender import SendOptions, send_scan, start_header
 from streamer.sources.simulate import SimulatedScan
 from streamer.wire.protocol import EndHeader, FramesHeader, encode_frames, encode_header
 from streamer.wire.transport import Endpoint, bound_address, open_socket
+from tests.run.ranks import one_rank
 
 PIPELINE = "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fbp\n"
 JOIN_S = 60.0
@@ -35,9 +37,9 @@ def fixed_center_pipeline(center: float) -> str:
 
 @dataclass
 class LiveRun:
-    """A ``run`` service (ingest + LiveReconstruction + feed) on a loopback socket."""
+    """A ``run`` service (ingest + the runner on one rank + feed) on a loopback socket."""
 
-    live: LiveReconstruction
+    live: RankedReconstruction
     feed: LiveFeed
     push: zmq.Socket[Any]
     service: IngestService
@@ -88,14 +90,13 @@ def live_run(context: zmq.Context[Any], tmp_path: Path) -> Iterator[Callable[...
              **feed_settings: Any) -> LiveRun:
         steps = parse_pipeline(pipeline, REGISTRY, source="feed-test").steps
         feed = LiveFeed(FeedSettings(**feed_settings))
-        live = LiveReconstruction(steps, pipeline, tmp_path / "volumes",
-                                  block_frames=block_frames, block_sinograms=4, feed=feed)
+        runner = one_rank(steps, pipeline, tmp_path / "volumes", feed=feed,
+                          block_frames=block_frames, block_sinograms=4)
+        live = runner.ranked
         pull = open_socket(context, "pull", Endpoint("tcp://127.0.0.1:*", bind=True), hwm=16)
         push = open_socket(context, "push", Endpoint(bound_address(pull), bind=False), hwm=16,
                            send_timeout_ms=30_000)
-        service = IngestService(pull, IngestSettings(idle_timeout_s=30.0), drain=live.drain,
-                                on_event=live.on_event)
-        feed.watch(service.state)
+        service = runner.service(pull, IngestSettings(idle_timeout_s=30.0))
         stop = threading.Event()
         thread = threading.Thread(target=service.run,
                                   kwargs={"max_scans": scans, "stop": stop},

@@ -13,7 +13,7 @@ from streamer.ingest.state import FramesAccepted
 from streamer.live.feed import FeedSettings
 from streamer.live.relay import TAG_ROWS, FeedRelay
 from streamer.pipeline.executor import ProcessedBlock
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.wire.protocol import FramesHeader, FramesMessage, StartHeader
 
 START = StartHeader(scan="relay", rows=8, cols=16, dtype="uint16", frames=24, projections=20,

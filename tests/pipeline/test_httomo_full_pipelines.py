@@ -20,12 +20,12 @@ from stages.recon.fbp import fbp
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.errors import ConfigError
-from streamer.ingest.service import IngestService, IngestSettings
+from streamer.ingest.service import IngestSettings
 from streamer.pipeline.config import load_pipeline, parse_pipeline
-from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from tests.run.ranks import one_rank
 from tests.test_recon_real import corrected_sinograms, i13_options
 
 FULL = Path(__file__).parent / "httomo_full"
@@ -309,11 +309,11 @@ def test_deg360_paganin_runs_live_on_one_rank(loopback_pair: Any, tmp_path: Path
     _offset_axis_scan(tmp_path / "offset360.h5")
     text = (FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text()
     steps = parse_pipeline(text, REGISTRY, source="deg360.yaml").steps
-    live = LiveReconstruction(steps, text, tmp_path / "live", block_frames=16,
-                              block_sinograms=2)
+    runner = one_rank(steps, text, tmp_path / "live", block_frames=16,
+                      block_sinograms=2)
+    live = runner.ranked
     push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
+    service = runner.service(pull, IngestSettings(idle_timeout_s=5))
     thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
     thread.start()
     with open_scan(tmp_path / "offset360.h5", LoadOptions()) as reader:

@@ -14,8 +14,8 @@ from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import refuse_on_ranks
-from streamer.run.one_rank import LiveReconstruction
 from streamer.sources.formats import LoadOptions, open_scan
+from tests.run.ranks import one_rank
 
 FULL = Path(__file__).parent / "httomo_full"
 SAVED = ("dark_flat_field_correction", "remove_all_stripe", "FBP3d_tomobar")
@@ -76,7 +76,7 @@ def test_save_result_is_refused_where_it_is_not_written(tmp_path: Path) -> None:
         "task_1-httomolibgpu-dark_flat_field_correction",
         "task_3-httomolibgpu-remove_all_stripe", "task_5-httomolibgpu-FBP3d_tomobar"]
     with pytest.raises(ConfigError, match=r"save_result: true .* `run` does not"):
-        LiveReconstruction(steps, "", tmp_path)
+        one_rank(steps, "", tmp_path)  # the `run` service's runner
     with pytest.raises(ConfigError, match="several ranks"):
         refuse_on_ranks(steps)
     with pytest.raises(ConfigError, match="save_result: expected true or false"):

@@ -129,6 +129,8 @@ def test_corrections_then_fourier_fbp_stream() -> None:
          "step 1 dezinger_temporal needs whole sinograms"),
         ("  - method: minus_log\n  - method: fbp\n", "step 2 fbp has no streaming form"),
         ("  - method: minus_log\n  - method: sirt\n", "step 2 sirt has no streaming form"),
+        ("  - method: minus_log\n  - method: fourier_fbp\n    backend: cupy\n",
+         "step 2 fourier_fbp runs on backend 'cupy'"),
     ],
 )
 def test_whole_sinogram_pipelines_reconstruct_at_close(body: str, reason: str) -> None:

@@ -4,8 +4,7 @@ rescales its own slices with the merged ones and writes their images, named by t
 index in the volume; the images equal the one-rank images file by file (``recon`` on 2
 and 3 in-process ranks, HDF5/TIFF/Zarr outputs, a rank without rows, several reslices,
 an older template without ``glob_stats``); the ``run`` service writes them per scan on
-1 and 2 ranks (and ``run --feed``'s live path); an axis across the bands is refused
-with one line before reading."""
+1 and 2 ranks; an axis across the bands is refused with one line before reading."""
 
 from __future__ import annotations
 
@@ -25,11 +24,10 @@ from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.run.one_rank import LiveReconstruction, ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.scan import FrameReader
-from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.transport import Endpoint, open_socket
 from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
@@ -234,34 +232,6 @@ def test_run_service_writes_each_scans_images_in_its_own_folder(tmp_path: Path,
         assert output.figures["images"] == {"folder": str(output.images[0]),
                                             "count": SERVICE_CONFIG.rows}
         assert_same_images(one.images[0], output.images[0], SERVICE_CONFIG.rows)
-
-
-def test_the_live_path_of_run_feed_writes_the_scans_images(loopback_pair: Any,
-                                                           tmp_path: Path) -> None:
-    """``run --feed`` on one rank (:class:`LiveReconstruction`): the images too, under
-    ``<out>/<scan>/images``, equal to ``recon``'s (before, it wrote none and said
-    nothing)."""
-    text = tail(center=16.0)
-    steps = parse_pipeline(text, REGISTRY, source="live.yaml").steps
-    live = LiveReconstruction(steps, text, tmp_path / "live", block_frames=8)
-    push, pull = loopback_pair()
-    service = IngestService(pull, IngestSettings(idle_timeout_s=5), drain=live.drain,
-                            on_event=live.on_event)
-    thread = threading.Thread(target=service.run, kwargs={"max_scans": 1})
-    thread.start()
-    send_scan(push, SimulatedScan(SERVICE_CONFIG), SendOptions(scan_id="s1", block=4))
-    thread.join(JOIN_S)
-    assert not thread.is_alive()
-    (done,) = live.outputs
-    assert done.complete and done.images is not None, done
-    assert done.images[0] == tmp_path / "live" / "s1" / "images"
-    assert f"save_to_images: {SERVICE_CONFIG.rows} TIFFs in {done.images[0]}" in done.notes
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(text)
-    one = run_recon(SimulatedScan(SERVICE_CONFIG), ReconSettings(tmp_path / "one.h5",
-                                                                 pipeline=pipeline))
-    assert one.images is not None
-    assert_same_images(one.images[0], done.images[0], SERVICE_CONFIG.rows)
 
 
 def test_a_failed_part_leaves_no_images_on_any_rank_and_says_so(

@@ -22,7 +22,7 @@ from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import beyond_one_band, sections_of
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.scan import FrameReader

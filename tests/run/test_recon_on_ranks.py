@@ -1,5 +1,7 @@
 """``recon`` on 1, 2 and 3 ranks (in-memory link, ranks in threads) against the one-rank
-``recon``: the same volume within 1e-5, the same CoR and the CoR method in every output."""
+``recon``: the same volume within 1e-5, the same CoR and the CoR method in every output.
+(Every output format on 1, 2 and 3 ranks, the same runner serving ``run``:
+``test_feature_matrix.py``.)"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from streamer.errors import SinkError
 from streamer.exchange.links import MemoryLink
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.run.ranks import run_ranks
@@ -65,15 +67,6 @@ def test_recon_on_ranks_equals_the_one_rank_volume(
     np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-def read_stack(folder: Path) -> tuple[np.ndarray, dict[str, object]]:
-    import tifffile
-
-    document = json.loads((folder / "volume.json").read_text())
-    rows = document["detector_rows"]
-    return (np.stack([tifffile.imread(folder / f"slice_{row:05d}.tif") for row in rows]),
-            document)
-
-
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_on_one_rank_the_output_is_the_volume_itself(tmp_path: Path, ranks: int) -> None:
     """One rank writes the volume (no part file, no master), with the report inside;
@@ -96,33 +89,6 @@ def test_on_one_rank_the_output_is_the_volume_itself(tmp_path: Path, ranks: int)
         virtual = file["/entry/reconstruction/data"].is_virtual
     assert virtual == (ranks > 1)
     data, *_ = read(output)
-    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-
-
-@pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_a_tiff_stack_on_ranks_equals_the_one_rank_hdf5(tmp_path: Path, ranks: int) -> None:
-    """TIFF on R ranks: one stack folder, each rank its slice files, rank 0 the
-    ``volume.json`` (complete, every slice written, the CoR and its method)."""
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(PIPELINE.replace("RECONSTRUCTOR", "fbp"))
-    reference = tmp_path / "one.h5"
-    run_recon(SimulatedScan(CONFIG), ReconSettings(reference, pipeline=pipeline,
-                                                    block_frames=16))
-    expected, expected_center, expected_method, _ = read(reference)
-    stack = tmp_path / "stack"
-    settings = ReconSettings(stack, pipeline=pipeline, block_frames=16, output_format="tiff")
-    results = run_ranks(ranks, lambda link: recon_on_ranks(SimulatedScan(CONFIG), settings,
-                                                           link))
-    assert results[0] is not None and results[0].complete, results[0]
-    assert results[0].path == stack and results[0].slices == CONFIG.rows
-    assert results[0].center == expected_center
-    data, document = read_stack(stack)
-    assert document["complete"] is True and document["slices_written"] == CONFIG.rows
-    assert document["written_ranges"] == [[0, CONFIG.rows]]
-    assert document["center_of_rotation"] == expected_center
-    assert document["center_method"] == expected_method == "vo"
-    assert isinstance(document["report"], dict) and "repairs" in document["report"]
-    assert not list(stack.glob(".*tmp"))
     np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 

@@ -25,7 +25,7 @@ from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.state import FramesAccepted
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig

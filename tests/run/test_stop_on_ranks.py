@@ -18,7 +18,7 @@ import numpy as np
 
 from streamer.exchange.links import MemoryLink
 from streamer.run.from_file import ReconSettings
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.run.ranks import run_ranks

@@ -15,7 +15,7 @@ from stages.registry import REGISTRY
 from streamer.exchange.reslice import row_bands
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import sections_of
-from tests.feed import test_feed_on_ranks as feed_ranks
+from tests.run import test_feature_matrix as matrix
 
 #: projection → sinogram (angles halved) → projection → sinogram: reslices 2 and 3 are
 #: transposes of the bands (rows × 30 angles × 48 columns, float32).
@@ -45,13 +45,12 @@ def context() -> Any:
 
 
 def test_transfers_count_the_later_reslices_on_two_ranks(
-        tmp_path: Path, context: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, context: zmq.Context[Any]) -> None:
     steps = parse_pipeline(SEVERAL, REGISTRY, source="several.yaml").steps
     assert len(sections_of(steps)) == 4  # three reslices
-    monkeypatch.setattr(feed_ranks, "PIPELINE", SEVERAL)
-    output, _, _, dealt, _ = feed_ranks.run_scan(2, tmp_path, context)
+    output, _, _, dealt, _ = matrix.run_scan(2, tmp_path, context, pipeline=SEVERAL)
     assert output.complete, output
-    config = feed_ranks.CONFIG
+    config = matrix.CONFIG
     rows, cols, angles = config.rows, config.cols, config.projections // 2
     bands = row_bands(rows, 2)  # rows of each rank's band
     ranges = row_bands(angles, 2)  # angles of each rank's range between the transposes

@@ -17,7 +17,7 @@ import zarr
 from streamer.cli import main
 from streamer.exchange.links import MemoryLink
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import recon_on_ranks
 from streamer.sinks.omezarr import read_written
 from streamer.sources.simulate import SimulatedScan, SimulationConfig

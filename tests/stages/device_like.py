@@ -97,9 +97,12 @@ class _Plan:
     def setpts(self, *points: Any) -> None:
         self._plan.setpts(*_unwrap(points, where="Plan.setpts", allow_host=False))
 
-    def execute(self, data: Any) -> Any:
-        return _wrap(self._plan.execute(_unwrap(data, where="Plan.execute",
-                                                allow_host=False)))
+    def execute(self, data: Any, out: Any = None) -> Any:
+        plain = _unwrap(data, where="Plan.execute", allow_host=False)
+        if out is None:
+            return _wrap(self._plan.execute(plain))
+        self._plan.execute(plain, out=_unwrap(out, where="Plan.execute", allow_host=False))
+        return out
 
 
 class _FinufftTwin:

@@ -36,6 +36,7 @@ PIPELINE = """pipeline:
   - method: minus_log
   - method: gaussian_filter
     parameters: {axis: 1, sigma: 1.0}
+  - method: find_center_vo
   - method: fourier_fbp
 """
 SHAPE = {"rows": 512, "cols": 1024, "angles": 900, "dtype": np.dtype("uint16")}
@@ -87,7 +88,8 @@ def test_device_budget_keeps_headroom_and_splits_between_sharing_ranks() -> None
 def test_device_switch_moves_only_device_ready_stages_left_on_numpy() -> None:
     moved = {step.name: step.backend for step in steps_on_device(steps())}
     assert moved == {"normalize": "cupy", "median_filter": "cupy", "minus_log": "cupy",
-                     "gaussian_filter": "cupy", "fourier_fbp": "numpy"}
+                     "gaussian_filter": "cupy", "find_center_vo": "numpy",
+                     "fourier_fbp": "cupy"}
 
 
 def test_device_plan_counts_only_device_steps_and_sizes_blocks_from_free_memory() -> None:
@@ -100,7 +102,7 @@ def test_device_plan_counts_only_device_steps_and_sizes_blocks_from_free_memory(
     assert plans[0].peak_bytes <= usable
     on_gpu = plan_device_blocks(steps_on_device(pipeline), **SHAPE, device_bytes=usable)
     assert [plan.steps for plan in on_gpu] == [
-        ("normalize", "median_filter", "minus_log", "gaussian_filter")]
+        ("normalize", "median_filter", "minus_log", "gaussian_filter"), ("fourier_fbp",)]
     # a bigger device gives bigger blocks; the run takes the smaller of host and device
     bigger = plan_device_blocks(pipeline, **SHAPE, device_bytes=4 * usable)
     assert bigger[0].block > plans[0].block
@@ -128,7 +130,7 @@ def test_check_prints_the_device_plan_for_a_stated_size(
     assert "usable 1.8 GiB after 10% headroom" in out
     assert ("projection section [normalize, median_filter, minus_log, gaussian_filter]"
             in out.split("device plan")[1])
-    assert "on the host (not device-ready): fourier_fbp" in out
+    assert "on the host (not device-ready): find_center_vo" in out
 
 
 @pytest.mark.parametrize(("argv", "needle"), [

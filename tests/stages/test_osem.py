@@ -118,3 +118,62 @@ def test_registry_and_parameters() -> None:
         osem(sino, angles_deg=uniform_angles(12), data_fidelity="LS")
     out = osem(sino, angles_deg=uniform_angles(12), iterations=2)
     assert out.shape == (1, 16, 16) and not out.any()  # no signal: zeros, no NaN
+
+
+def test_osem_without_the_matrix_and_with_the_scans_cache_gives_the_same_slices(
+    scan: tuple[Float32, Float32, npt.NDArray[np.float64]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The matrix-free path (forced by a small ``MATRIX_ENTRIES``) and the cached matrices
+    (two bands of one scan: each subset's matrix built once) give the slices of the
+    matrices built per band, to float32 rounding; the memory estimate drops the matrix."""
+    from stages.recon import iterative
+    from stages.recon.pixel_projector import PixelMatrixCache
+
+    sino, _, angles = scan
+    band = sino[:2]
+    params = {"iterations": 3, "subsets_number": 4, "regularisation_type": None, **NO_MASK}
+    expected = osem(band, angles_deg=angles, **params)
+    cache = PixelMatrixCache()
+    first = osem(band, angles_deg=angles, cache=cache, **params)
+    second = osem(band, angles_deg=angles, cache=cache, **params)
+    assert (cache.misses, cache.hits) == (4, 4)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+    spec = REGISTRY["osem"]
+    assert spec.cache is PixelMatrixCache
+    with_matrix = spec.memory((2, 60, N), np.dtype(np.float32), spec.params())  # type: ignore[misc]
+    monkeypatch.setattr(iterative, "MATRIX_ENTRIES", 1000)
+    free = osem(band, angles_deg=angles, **params)
+    np.testing.assert_allclose(free, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    without = spec.memory((2, 60, N), np.dtype(np.float32), spec.params())  # type: ignore[misc]
+    assert without < with_matrix
+
+
+def test_the_memory_estimate_at_n_1024_holds_no_matrix() -> None:
+    """1200 angles of 1024² on a band of 4 rows: about 0.6 GB (one angle's build, the
+    data and ~32 slice-sized buffers), not the 30 GB of the matrix."""
+    spec = REGISTRY["osem"]
+    estimate = spec.memory((4, 1200, 1024), np.dtype(np.float32), spec.params())  # type: ignore[misc]
+    assert estimate < 2**30, estimate / 2**30
+
+
+def test_a_pipeline_builds_each_subsets_matrix_once_per_scan() -> None:
+    """Three bands of one scan through the executor: the scan's cache builds each of the
+    3 subsets' matrices at the first band and hands them to the other two."""
+    from stages.recon.pixel_projector import PixelMatrixCache
+    from streamer.pipeline.config import parse_pipeline
+    from streamer.pipeline.executor import process_reader
+    from streamer.sources.sender import start_header
+    from streamer.sources.simulate import SimulatedScan, SimulationConfig
+
+    scan = SimulatedScan(SimulationConfig(rows=5, cols=32, projections=30, seed=1))
+    steps = parse_pipeline(
+        "pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n"
+        "  - method: osem\n    parameters: {iterations: 2, subsets_number: 3, "
+        "center: 15.5}\n", REGISTRY, source="osem.yaml").steps
+    processor = process_reader(steps, scan, start_header(scan.layout, "s"), block_frames=8,
+                               block_sinograms=2)
+    (cache,) = processor.caches.made.values()
+    assert isinstance(cache, PixelMatrixCache)
+    assert (cache.misses, cache.hits) == (3, 6)

@@ -5,12 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import finufft
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from stages.recon.fourier import FourierFbpCache, FourierFbpParams, fourier_fbp
-from stages.recon.streaming import IncompleteScanError, StreamingFbp, streaming_memory
+from stages.recon.fourier import (
+    FourierFbpCache,
+    FourierFbpParams,
+    _add_reflected,
+    fourier_fbp,
+)
+from stages.recon.streaming import (
+    IncompleteScanError,
+    StreamingFbp,
+    streaming_memory,
+    tapered_block,
+)
 from streamer.errors import StageError
 from tests.test_pair_center import i13_scan
 
@@ -102,6 +113,116 @@ def test_one_block_at_a_time_equals_whole() -> None:
     params = FourierFbpParams(threads=1)
     blocks = [np.array([p]) for p in range(40)][::-1]
     assert _relative(_stream(sino, angles, params, blocks), _batch(sino, angles, params)) < 1e-5
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-4])
+@pytest.mark.parametrize("rows_early", [True, False])
+def test_narrow_blocks_near_0_and_180_degrees_equal_batch(eps: float, rows_early: bool) -> None:
+    """Blocks of a few degrees next to 0° and 180° (and a 1-projection last block) spread
+    on a few grid rows only, which are the only ones reflected and transformed."""
+    sino, angles = _gaussian_sinogram(3, 180, 64, 180.0, seed=11)
+    params = FourierFbpParams(threads=1, eps=eps, center=31.9)
+    order = np.arange(180)
+    blocks = [order[2:170], order[:2], order[170:176], order[176:179], order[179:]]
+    got = _stream(sino, angles, params, blocks, rows_early)
+    assert _relative(got, _batch(sino, angles, params)) < 1e-5
+
+
+@pytest.mark.parametrize("eps", [1e-1, 1e-2, 1e-4])
+@pytest.mark.parametrize("chosen", [[0, 1], [179], [178, 179], [88, 89, 90], [44]])
+def test_last_block_grids_hold_every_row_a_block_spreads(eps: float, chosen: list[int]) -> None:
+    """The last block, spread onto a band of grid rows (y stretched) when it lies next to
+    0° or 180°, is the whole grid's spreading there; every row outside ``rows`` stays
+    exactly 0 after the reflection (so skipping them changes nothing)."""
+    angles = np.linspace(0.0, 180.0, 180, endpoint=False)
+    band = StreamingFbp(2, 512, angles, FourierFbpParams(threads=1, eps=eps))
+    band.received[:] = True
+    band.received[chosen] = False  # the block that completes the scan
+    grid = band.grid
+    gridding = band._block_gridding(np.array(chosen, dtype=np.intp), shared=False)
+    rng = np.random.default_rng(5)
+    entries = gridding.multiplier.shape[1]
+    strengths = (rng.standard_normal((2, entries))
+                 + 1j * rng.standard_normal((2, entries))).astype(np.complex64)
+    got = np.zeros((2, grid, grid), dtype=np.complex64)
+    got[:, gridding.offset:gridding.offset + gridding.height] = gridding.plan.execute(strengths)
+    whole = finufft.Plan(1, (grid, grid), n_trans=2, eps=eps, dtype="complex64",
+                         spreadinterponly=1, upsampfac=1.25, nthreads=1)
+    points = band.lines.rows_y, band.lines.cols_x
+    table = band.table
+    entries_of = np.concatenate([np.arange(table.ptr[p], table.ptr[p + 1]) for p in chosen])
+    whole.setpts(np.ascontiguousarray(points[0][table.point[entries_of]]),
+                 np.ascontiguousarray(points[1][table.point[entries_of]]))
+    want = whole.execute(strengths)
+    # The same up to float32 rounding of the stretched coordinates (~1e-5 of a cell).
+    assert np.abs(got - want).max() <= 2e-4 * np.abs(want).max()
+    _add_reflected(got[0], got[1])
+    inside = np.zeros(grid, dtype=bool)
+    for first, end in gridding.rows:
+        inside[first:end] = True
+    assert not np.any(got[0][~inside])
+    assert np.any(got[0][inside])
+    if chosen[0] in (0, 178, 179):  # a wedge along the x axis: a small part of the rows
+        assert inside.sum() < grid / 8
+    # A band of rows for a narrow last block only (at most 1/16 of the grid).
+    assert (gridding.height < grid) == (chosen in ([0, 1], [179]))
+    assert gridding.offset == (grid - gridding.height) // 2
+
+
+def test_a_block_that_does_not_complete_the_scan_fills_the_whole_grid() -> None:
+    angles = np.linspace(0.0, 180.0, 180, endpoint=False)
+    band = StreamingFbp(2, 512, angles, FourierFbpParams(threads=1))
+    gridding = band._block_gridding(np.array([179], dtype=np.intp), shared=False)
+    assert gridding.height == band.grid and gridding.offset == 0
+
+
+@pytest.mark.parametrize("last", [[179], [0, 1], [178, 179]])
+def test_narrow_last_block_on_a_band_of_rows_equals_batch(last: list[int]) -> None:
+    """N = 512: the last block next to 0° or 180° is spread on a band of rows (or the whole
+    grid), the volume is batch's."""
+    sino, angles = _gaussian_sinogram(3, 180, 512, 180.0, seed=16)
+    params = FourierFbpParams(threads=2, center=255.6, filter_name="hann")
+    cache = FourierFbpCache()
+    band = StreamingFbp(3, 512, angles, params, cache=cache)
+    rest = np.setdiff1d(np.arange(180), last)
+    for chosen in np.array_split(rest, 3):
+        band.add(sino[:, chosen], angles[chosen])
+    band.add(sino[:, last], angles[last])
+    gridding = band.plan.derived["block"]
+    assert (gridding.height < band.grid) == (len(last) < 2 or last[0] == 0)
+    assert _relative(band.finish(), _batch(sino, angles, params)) < 1e-5
+
+
+@pytest.mark.parametrize(("total", "block", "last"), [(1200, 100, 8), (77, 10, 3), (5, 100, 8),
+                                                      (1000, 100, 100), (40, 16, 1)])
+def test_tapered_blocks_cover_the_scan_and_end_with_last(total: int, block: int,
+                                                         last: int) -> None:
+    sizes = []
+    remaining = total
+    while remaining:
+        sizes.append(tapered_block(remaining, block, last))
+        remaining -= sizes[-1]
+    assert sum(sizes) == total
+    assert all(0 < size <= block for size in sizes)
+    assert min(last, total, block) <= sizes[-1] < 2 * last
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True)  # shrinking toward the end
+
+
+def test_tapered_blocks_equal_batch() -> None:
+    sino, angles = _gaussian_sinogram(3, 120, 48, 180.0, seed=12)
+    params = FourierFbpParams(threads=1, filter_name="hann")
+    blocks, first = [], 0
+    while first < 120:
+        size = tapered_block(120 - first, 25, 2)
+        blocks.append(np.arange(first, first + size))
+        first += size
+    assert [block.size for block in blocks[-3:]] == [6, 3, 3]
+    assert _relative(_stream(sino, angles, params, blocks), _batch(sino, angles, params)) < 1e-5
+
+
+def test_tapered_block_refuses_bad_sizes() -> None:
+    with pytest.raises(StageError, match="expected remaining >= 0"):
+        tapered_block(10, 0, 2)
 
 
 def test_missing_projection_refused_at_finish() -> None:

@@ -1,12 +1,22 @@
-"""The live feed, the viewer's CoR, transfer counts and latency on 1, 2 and 3 ranks.
+"""The feature × rank-count matrix of the one runner: the same feature of ``run`` on 1, 2
+and 3 ranks.
+
+Features: the live feed (a subscriber gets previews of every projection and every final
+slice, the counters sum every rank's), the CoR set from the viewer (applied on every rank:
+the volume equals one reconstructed at that CoR within 1e-5), the output formats (HDF5,
+TIFF and OME-Zarr equal to the one-rank HDF5 within 1e-5), transfers counted in the
+report, latency in the output, the report and the feed's ``scan_end``, and the CoR method
+in every output (the volume, its parts, the ScanOutput, ``scan_end``).
 
 Each rank is the ``run`` service's components (ingest with cluster coordination →
 :class:`~streamer.run.ranks.RankedReconstruction` with a
-:class:`~streamer.live.relay.FeedRelay`), run in a thread over an in-memory link; rank 0
-serves a real :class:`~streamer.live.feed.LiveFeed`. The source's messages are dealt to
-the ranks by the test (each rank has its own PULL socket), so what each rank received is
-known exactly. Progress is synchronised by handshakes (the message that proves a step
-happened), never by sleeps; every receive has a timeout.
+:class:`~streamer.live.relay.FeedRelay`), run in a thread over an in-memory link, one rank
+included (the path ``tomo-streamer run`` takes on one rank); rank 0 serves a real
+:class:`~streamer.live.feed.LiveFeed`. The source's messages are dealt to the ranks by the
+test (each rank has its own PULL socket), so what each rank received is known exactly.
+Progress is synchronised by handshakes (the message that proves a step happened), never
+by sleeps; every receive has a timeout. (``recon`` on 1..3 ranks, the same runner fed by a
+file: ``test_recon_on_ranks.py``, ``test_zarr_on_ranks.py``.)
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ from streamer.live.feed import FeedSettings, LiveFeed
 from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.run.one_rank import ScanOutput
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction
-from streamer.sources.sender import SendOptions, start_header
+from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.protocol import EndHeader, FramesHeader, encode_frames, encode_header
 from streamer.wire.transport import Endpoint, bound_address, open_socket
@@ -91,9 +101,12 @@ class Ranks:
     socket fed by the test; rank 0 has the feed."""
 
     def __init__(self, ranks: int, out: Path, feed: LiveFeed, context: zmq.Context[Any], *,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 output_format: str = "hdf5", pipeline: str = PIPELINE) -> None:
         self.size = ranks
-        self.steps = parse_pipeline(PIPELINE, REGISTRY, source="ranks.yaml").steps
+        self.output_format = output_format
+        self.pipeline = pipeline
+        self.steps = parse_pipeline(pipeline, REGISTRY, source="ranks.yaml").steps
         self.out = out
         self.feed = feed
         self.clock = clock
@@ -118,9 +131,10 @@ class Ranks:
             link: MemoryLink = self.network.link(rank)
             cluster = ClusterIngest(link, idle_timeout_s=30.0)
             control, band, relay_link = link.duplicate(), link.duplicate(), link.duplicate()
-            ranked = RankedReconstruction(self.steps, PIPELINE, self.out, control, band,
+            ranked = RankedReconstruction(self.steps, self.pipeline, self.out, control, band,
                                           block_frames=8, block_sinograms=2,
-                                          memory_bytes=1 << 28, exchange_timeout_s=60.0)
+                                          memory_bytes=1 << 28, exchange_timeout_s=60.0,
+                                          output_format=self.output_format)
             extra = {} if self.clock is None else {"clock": self.clock}
             relay = FeedRelay(relay_link, self.feed.settings,
                               feed=self.feed if rank == 0 else None, steps=self.steps,
@@ -179,7 +193,8 @@ def read_until(subscription: Subscription, predicate: Callable[[Any], bool]) -> 
 
 def run_scan(ranks: int, tmp_path: Path, context: zmq.Context[Any], *,
              between: Callable[[Subscription, Control], None] | None = None,
-             clock: Callable[[], float] | None = None,
+             clock: Callable[[], float] | None = None, output_format: str = "hdf5",
+             pipeline: str = PIPELINE,
              ) -> tuple[ScanOutput, list[Any], dict[str, Any], Dealt, Ranks]:
     """One scan on ``ranks`` ranks with a subscriber and a control client; ``between``
     runs once every frame is in (and a preview came), before the scan's end is sent."""
@@ -187,7 +202,8 @@ def run_scan(ranks: int, tmp_path: Path, context: zmq.Context[Any], *,
     dealt = deal(scan, "feedranks", ranks)
     feed = LiveFeed(FeedSettings(sndhwm=100_000, sndbuf_bytes=1 << 24,
                                  counters_interval_s=0.2))
-    run = Ranks(ranks, tmp_path / "volumes", feed, context, clock=clock)
+    run = Ranks(ranks, tmp_path / "volumes", feed, context, clock=clock,
+                output_format=output_format, pipeline=pipeline)
     try:
         with Subscription(feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub, \
                 Control(str(feed.control_address), timeout_s=TIMEOUT_S) as control:
@@ -328,26 +344,108 @@ def test_latency_is_in_the_output_and_the_feed(tmp_path: Path, context: zmq.Cont
     assert output.latency is not None and output.latency.startswith("latency: frame→preview")
     end = seen[-1].header
     assert end.latency is not None
-    assert end.latency.last_frame_to_volume_s == latency["last_frame_to_volume_s"]
-    assert end.latency.frame_to_preview.count == spread["count"]
-
-
-def test_on_one_rank_the_latency_is_in_the_feed_and_the_output(live_run: Any) -> None:
-    """The one-rank service (LiveReconstruction): the feed's previews are measured and
-    ``scan_end`` carries the scan's latency, as the output and its report do."""
-    run = live_run()
-    with Subscription(run.feed.address, timeout_s=TIMEOUT_S, hwm=100_000) as sub:
-        sub.wait_connected()
-        run.send(SimulatedScan(CONFIG), SendOptions(block=6, scan_id="onerank"))
-        seen = read_until(sub, lambda m: isinstance(m, ScanEnd))
-    run.join()
-    (output,) = run.live.outputs
-    latency = output.figures["latency"]
-    assert latency["frame_to_preview"]["count"] >= 1
-    assert latency["last_frame_to_volume_s"] >= 0
-    end = seen[-1].header
-    assert end.latency is not None
-    assert end.latency.model_dump() == latency
+    assert end.latency.model_dump() == latency  # the feed's scan_end says the same
     assert output.path is not None
-    with h5py.File(output.path) as file:
+    with h5py.File(output.path) as file:  # … as the report stored in the volume
         assert json.loads(file["/entry/process/report"][()])["latency"] == latency
+
+
+def read_volume(path: Path, output_format: str) -> tuple[np.ndarray, float, str, dict[str, Any]]:
+    """The volume, its CoR, the CoR's method and the stored report, as ``output_format``
+    stores them (an HDF5 file or master, a TIFF stack's folder, an OME-Zarr store)."""
+    if output_format == "hdf5":
+        with h5py.File(path) as file:
+            center = file["/entry/process/center_of_rotation"]
+            return (file["/entry/reconstruction/data"][...], float(center[()]),
+                    str(center.attrs["method"]),
+                    json.loads(file["/entry/process/report"][()]))
+    if output_format == "tiff":
+        import tifffile
+
+        document = json.loads((path / "volume.json").read_text())
+        data = np.stack([tifffile.imread(path / f"slice_{row:05d}.tif")
+                         for row in document["detector_rows"]])
+        return (data, float(document["center_of_rotation"]), str(document["center_method"]),
+                document["report"])
+    import zarr
+
+    group = zarr.open_group(store=str(path), mode="r")
+    attributes = group.attrs["tomo_streamer"]
+    return (np.asarray(group["0"][:]), float(attributes["center_of_rotation"]),
+            str(attributes["center_method"]), attributes["report"])
+
+
+@pytest.mark.parametrize("output_format", ["hdf5", "tiff", "zarr"])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_every_output_format_equals_the_one_rank_hdf5(
+        tmp_path: Path, context: zmq.Context[Any], ranks: int, output_format: str) -> None:
+    """The scan served on R ranks into each format: complete, equal to the one-rank
+    ``recon`` HDF5 within 1e-5 at the same CoR (found at close by Vo's method on the rank
+    that owns the middle row), the CoR method in the volume (and every HDF5 part), the
+    ScanOutput and the feed's ``scan_end``, the transfers in the stored report."""
+    output, seen, _, _, _ = run_scan(ranks, tmp_path, context, output_format=output_format)
+    assert output.complete and output.path is not None, output
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    reference = run_recon(SimulatedScan(CONFIG), ReconSettings(
+        tmp_path / "one.h5", pipeline=pipeline, block_frames=16))
+    expected, expected_center, expected_method, _ = read_volume(reference.output, "hdf5")
+    assert expected_method.startswith("vo")  # with the finder's doubts, if any
+    data, center, method, report = read_volume(output.path, output_format)
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert center == output.center == expected_center
+    assert method == output.center_method == expected_method
+    end = seen[-1].header
+    assert (end.center, end.center_method) == (expected_center, expected_method)
+    assert end.output == str(output.path)
+    if output_format == "hdf5":
+        parts = sorted(output.path.parent.glob(f"{output.path.stem}.part*of*.h5"))
+        assert len(parts) == (ranks if ranks > 1 else 0)  # one rank: the volume itself
+        for part in parts:
+            with h5py.File(part) as file:
+                assert file["/entry/process/center_of_rotation"].attrs["method"] == method
+    if output_format == "tiff":  # rank 0's sidecar: every slice of every rank is in
+        document = json.loads((output.path / "volume.json").read_text())
+        assert document["complete"] is True and document["slices_written"] == CONFIG.rows
+        assert document["written_ranges"] == [[0, CONFIG.rows]]
+        assert not list(output.path.glob(".*tmp"))
+    # Transfers: counted in the stored report, as in the output's figures.
+    assert report["transfers"] == output.figures["transfers"]
+    assert sorted(report["transfers"]["per_rank"]) == [str(r) for r in range(ranks)]
+    assert "repairs" in report
+
+
+@pytest.mark.parametrize("viewer", [False, True])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_a_streaming_pipeline_streams_unless_the_viewer_moves_the_cor(
+        tmp_path: Path, context: zmq.Context[Any], ranks: int, viewer: bool) -> None:
+    """A fixed CoR and an angle-local pipeline: each rank reconstructs its band while the
+    scan arrives (the latency says ``streaming``); a CoR set from the viewer sends every
+    band back to the reconstruction at close at that CoR (``at close``). Either way the
+    volume equals the one-rank ``recon`` at the CoR used within 1e-5."""
+    fixed, chosen = 24.0, 23.5
+    streams = PIPELINE.replace("method: fbp", "method: fourier_fbp")  # the one that streams
+    text = streams.replace("{filter_name: hann}", f"{{filter_name: hann, center: {fixed}}}")
+    answers: dict[str, Any] = {}
+
+    def set_center(sub: Subscription, control: Control) -> None:
+        answers["set"] = control.set_center(chosen, scan="feedranks")
+
+    output, seen, _, _, _ = run_scan(ranks, tmp_path, context, pipeline=text,
+                                     between=set_center if viewer else None)
+    used = chosen if viewer else fixed
+    assert output.complete and output.center == used, output
+    assert output.figures["latency"]["reconstruction"] == (
+        "at close" if viewer else "streaming")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(streams)
+    reference = run_recon(SimulatedScan(CONFIG), ReconSettings(
+        tmp_path / "one.h5", pipeline=pipeline, center=used, block_frames=16))
+    expected, *_ = read_volume(reference.output, "hdf5")
+    assert output.path is not None
+    data, center, method, _ = read_volume(output.path, "hdf5")
+    np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert center == used and method == output.center_method
+    assert method == ("user (viewer)" if viewer else "pipeline")
+    end = seen[-1].header
+    assert (end.center, end.center_method) == (used, method)
