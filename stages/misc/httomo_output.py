@@ -5,8 +5,9 @@ The tail ``calculate_stats → rescale_to_int(glob_stats) → save_to_images`` w
 image stack rescaled with statistics of the **whole** volume, which exist only once the
 volume is complete. So these three are output steps: in the data path they pass the
 block through unchanged (the float volume is what ``recon`` writes to HDF5/TIFF, as
-HTTomo's ``save_result``), and when the volume is finished ``recon`` applies them to it
-(:mod:`streamer.pipeline.images`): ``calculate_stats`` gives ``(min, max, mean, count)``
+HTTomo's ``save_result``), and when the volume is finished the runner applies them to it
+(:mod:`streamer.pipeline.images`; on R ranks each rank to its own slices with statistics
+merged over the ranks, ADR 0020): ``calculate_stats`` gives ``(min, max, mean, count)``
 of the finite values, ``rescale_to_int`` maps ``[min + p_lo % · (max - min),
 min + p_hi % · (max - min)]`` onto ``0 … 2^bits - 1`` (httomolib's rule; values are
 rounded, httomolib truncates), ``save_to_images`` writes one TIFF per slice along

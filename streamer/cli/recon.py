@@ -202,6 +202,9 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
           f"in {time.perf_counter() - began:.1f} s; CoR {center}")
     if output.repaired:
         print(f"  repaired {output.repaired} pixel values (see the report in the output)")
+    if output.images is not None:
+        print(f"save_to_images: {output.images[1]} TIFFs in {output.images[0]} (each rank "
+              "its band's)")
     if output.error:
         print(f"  errors: {output.error}", file=sys.stderr)
     return 0 if output.complete else 1

@@ -95,6 +95,8 @@ class TransposeResult:
     failed_ranks: tuple[int, ...]
     bytes_sent: int
     bytes_received: int
+    pieces_sent: int = 0  # array messages (a part's end marker not counted)
+    pieces_received: int = 0
 
 
 def transpose(
@@ -148,6 +150,8 @@ class _Transpose:
         self.receiving: list[_Expected] = []
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.pieces_sent = 0
+        self.pieces_received = 0
 
     def run(self, timeout_s: float, on_idle: Callable[[], object] | None) -> TransposeResult:
         self._send_all()
@@ -169,7 +173,8 @@ class _Transpose:
         failed = sorted({s for s, (_, bad) in self.announced.items() if bad}
                         | ({self.rank} if self.data is None else set()))
         return TransposeResult(None if failed else self.out, tuple(failed),
-                               self.bytes_sent, self.bytes_received)
+                               self.bytes_sent, self.bytes_received, self.pieces_sent,
+                               self.pieces_received)
 
     # --- sending -----------------------------------------------------------------------
 
@@ -192,6 +197,7 @@ class _Transpose:
                                           piece.nbytes, failed=False)
                     self.sends.append(self.link.send_parts(dest, self.tag, header, piece))
                     self.bytes_sent += piece.nbytes
+                    self.pieces_sent += 1
                     sent += end - begin
             header = self._header(KIND_END, 0, sent, 0, failed=data is None)
             self.sends.append(self.link.send_parts(dest, self.tag, header))
@@ -233,6 +239,7 @@ class _Transpose:
                 continue
             if piece.view is not None:
                 self.bytes_received += piece.payload_bytes
+                self.pieces_received += 1
                 self.arrived[piece.source] += piece.count
             piece.scratch = None
         self.receiving = still

@@ -8,6 +8,12 @@ the *whole* volume. ``recon`` writes the float volume first; then
 one TIFF per slice along ``axis`` with ``rescale_to_int``'s window and bits (when the
 pipeline has no ``rescale_to_int``: ``save_to_images``' own ``bits`` and percentages, else
 8 bits over the full range).
+
+On R ranks nobody holds the volume: each rank counts :class:`PartialStats` of the slices
+it writes, the ranks exchange them (:mod:`streamer.run.ranks`), and each rank rescales its
+own slices, read back with :func:`band_slices`, with the merged window
+(:func:`image_window`) and writes them with :func:`write_image` under the one-rank names
+(ADR 0020). The window uses min and max only, so the images equal one rank's.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from stages.misc.rescale import IntegerType, rescale
 from streamer.errors import SinkError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["GlobalStats", "ImageTail", "image_tail", "write_images"]
+__all__ = ["GlobalStats", "ImageTail", "PartialStats", "band_slices", "image_folder",
+           "image_tail", "image_window", "make_image_folder", "write_image", "write_images"]
 
 #: Where ``recon`` keeps the volume in its HDF5 output.
 VOLUME_DATASET = "/entry/reconstruction/data"
@@ -92,45 +99,135 @@ def _slices(volume: Path, output_format: str) -> Iterator[npt.NDArray[np.float32
 
 def volume_stats(volume: Path, output_format: str) -> GlobalStats:
     """``calculate_stats`` over the finished volume, one slice at a time."""
-    low, high, total, count = np.inf, -np.inf, 0.0, 0
+    partial = PartialStats()
     for image in _slices(volume, output_format):
-        finite = image[np.isfinite(image)]
+        partial.add(image)
+    return partial.merged([])
+
+
+@dataclass
+class PartialStats:
+    """``calculate_stats`` of a part of the volume (one rank's band): the finite values'
+    min, max, float64 sum and count, merged over every rank into :class:`GlobalStats`."""
+
+    low: float = np.inf
+    high: float = -np.inf
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, slices: npt.NDArray[np.float32]) -> None:
+        finite = slices[np.isfinite(slices)]
         if finite.size:
-            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
-            total += float(finite.sum(dtype=np.float64))
-            count += int(finite.size)
-    if count == 0:
-        return GlobalStats(0.0, 0.0, 0.0, 0)
-    return GlobalStats(low, high, total / count, count)
+            self.low, self.high = min(self.low, float(finite.min())), max(
+                self.high, float(finite.max()))
+            self.total += float(finite.sum(dtype=np.float64))
+            self.count += int(finite.size)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """For a message between ranks (``inf`` when no finite value was seen)."""
+        return {"low": self.low, "high": self.high, "total": self.total, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> PartialStats:
+        return cls(float(fields["low"]), float(fields["high"]), float(fields["total"]),
+                   int(fields["count"]))
+
+    def merged(self, others: list[PartialStats]) -> GlobalStats:
+        """The whole volume's statistics from this part and the ``others``."""
+        parts = [self, *others]
+        count = sum(part.count for part in parts)
+        if count == 0:
+            return GlobalStats(0.0, 0.0, 0.0, 0)
+        return GlobalStats(min(part.low for part in parts), max(part.high for part in parts),
+                           sum(part.total for part in parts) / count, count)
 
 
-def write_images(volume: Path, output_format: str, tail: ImageTail) -> tuple[Path, int]:
-    """Write the image stack next to ``volume``; return its folder and image count."""
-    stats = volume_stats(volume, output_format)
+def image_window(stats: GlobalStats, tail: ImageTail) -> tuple[float, float]:
+    """``rescale_to_int``'s window: ``[min + p_lo % · span, min + p_hi % · span]``."""
     span = stats.maximum - stats.minimum
     window = (stats.minimum + tail.perc_range[0] / 100 * span,
               stats.minimum + tail.perc_range[1] / 100 * span)
     if window[1] <= window[0]:
         window = (window[0], window[0] + 1.0)  # a constant volume: everything maps to 0
-    folder = (volume if output_format == "tiff" else volume.parent) / tail.subfolder
+    return window
+
+
+def image_folder(volume: Path, output_format: str, tail: ImageTail, *,
+                 per_scan: bool = False) -> Path:
+    """Where the images of ``volume`` go: ``recon`` (one fixed output) beside the volume
+    (``<dir>/<subfolder>``, inside a TIFF stack's folder); ``per_scan`` (the ``run``
+    service, one output per scan in one folder) in a folder named after the scan's
+    output (``<dir>/<scan>/<subfolder>``), so scans never share an image folder."""
+    if output_format == "tiff":
+        return volume / tail.subfolder
+    if per_scan:
+        return volume.parent / volume.name.split(".")[0] / tail.subfolder
+    return volume.parent / tail.subfolder
+
+
+def make_image_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SinkError(f"{folder}: save_to_images: cannot create the folder "
                         f"({error.strerror})") from None
+    return folder
+
+
+def write_image(folder: Path, index: int, image: npt.NDArray[np.float32],
+                window: tuple[float, float], tail: ImageTail) -> None:
+    """One slice rescaled into ``window`` and written as ``<index:05d>.tif`` (the slice's
+    index in the whole volume, on any number of ranks)."""
     dtype: IntegerType = "uint8" if tail.bits == 8 else "uint16"
+    scaled = rescale(np.ascontiguousarray(image)[np.newaxis], dtype=dtype, percentiles=None,
+                     window=window)
+    try:
+        tifffile.imwrite(folder / f"{index:05d}.tif", scaled[0])
+    except OSError as error:
+        raise SinkError(f"{folder}: save_to_images: cannot write image {index} "
+                        f"({error.strerror})") from None
+
+
+def write_images(volume: Path, output_format: str, tail: ImageTail, *,
+                 per_scan: bool = False) -> tuple[Path, int]:
+    """Write the image stack of the finished ``volume`` (one rank); return its folder and
+    image count."""
+    window = image_window(volume_stats(volume, output_format), tail)
+    folder = make_image_folder(image_folder(volume, output_format, tail, per_scan=per_scan))
     count = 0
     if tail.axis == 0:
         for index, image in enumerate(_slices(volume, output_format)):
-            scaled = rescale(image[np.newaxis], dtype=dtype, percentiles=None, window=window)
-            tifffile.imwrite(folder / f"{index:05d}.tif", scaled[0])
+            write_image(folder, index, image, window, tail)
             count += 1
         return folder, count
     volume_data = np.stack(list(_slices(volume, output_format)))  # other axes: whole volume
     moved = np.moveaxis(volume_data, tail.axis, 0)
     for index, image in enumerate(moved):
-        scaled = rescale(np.ascontiguousarray(image)[np.newaxis], dtype=dtype,
-                         percentiles=None, window=window)
-        tifffile.imwrite(folder / f"{index:05d}.tif", scaled[0])
+        write_image(folder, index, image, window, tail)
         count += 1
     return folder, count
+
+
+def band_slices(output_format: str, path: Path, rows: tuple[int, int],
+                first_row: int) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """One rank's written band read back slice by slice, as (index in the volume, slice):
+    ``path`` is the rank's part file (HDF5), or the shared TIFF stack or Zarr store."""
+    first, last = rows
+    if output_format == "tiff":
+        from streamer.sinks.tiff import slice_name  # noqa: PLC0415
+
+        for index in range(first, last):
+            yield index, np.asarray(tifffile.imread(path / slice_name(first_row + index)),
+                                    dtype=np.float32)
+        return
+    if output_format == "zarr":
+        import zarr  # noqa: PLC0415  # 0.4 s to import, only for this format
+
+        level = zarr.open_array(store=str(path), path="0", mode="r", zarr_format=3)
+        for index in range(first, last):
+            yield index, np.asarray(level[index], dtype=np.float32)
+        return
+    with h5py.File(path, "r") as handle:  # the rank's part: band-relative slices
+        data = handle[VOLUME_DATASET]
+        for local in range(last - first):
+            yield first + local, np.asarray(data[local], dtype=np.float32)

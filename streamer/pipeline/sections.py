@@ -16,8 +16,8 @@ On R ranks the band exchange reslices once; a pipeline that needs more
 CoR and the finder's side outputs shared, and reslices again between them
 (:mod:`streamer.run.later_sections`, ADR 0009's addendum). :func:`refuse_on_ranks` still
 refuses, before the first scan, what R ranks do not run: ``save_result`` (one HDF5 file,
-several writers) and HTTomo's image tail by reference (``glob_stats``: the images are
-written by ``recon`` on one rank).
+several writers) and ``save_to_images`` along an axis other than the slices' (each rank
+writes the images of its own band: :meth:`~streamer.run.ranks.RankedReconstruction`).
 
 :func:`refuse_on_ranks` also refuses a step whose kernel reaches across the block axis
 (:attr:`stages.spec.StageSpec.halo`): a rank's frames are dealt blocks, not contiguous
@@ -113,14 +113,22 @@ def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:
 
 def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
-    refuse_save_result(steps, "several ranks")
-    for step in steps:
-        tail = [param for param, link in step.linked if link.split(".", 1)[1] == "glob_stats"]
-        if tail:
-            raise ConfigError(
-                f"stage {step.name!r} ({step.where}): parameter {tail[0]!r} comes from "
-                "calculate_stats, HTTomo's image output, which `recon` writes on one rank "
-                "only: remove the output steps or run on one rank")
+    from streamer.pipeline.images import image_tail  # noqa: PLC0415  # images -> h5py
+
+    saved = [step for step in steps if step.save_result]
+    if saved:
+        raise ConfigError(
+            f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes one "
+            "intermediate HDF5 file, which several ranks do not write yet (no parallel "
+            "HDF5; ADR 0020): run `recon` on one rank for it, or remove save_result")
+    tail = image_tail(steps)
+    if tail is not None and tail.axis != 0:
+        saver = [step for step in steps if step.name == "save_to_images"][-1]
+        axis = dict(saver.params)["axis"]
+        raise ConfigError(
+            f"stage 'save_to_images' ({saver.where}): axis {axis!r} cuts across every "
+            "rank's band of slices; several ranks write images along the slices only: "
+            "expected axis: auto or 1, or run on one rank")
     for step in steps:
         halo = step.spec.reach(step.params)
         if halo and step.spec.finds_center is None:

@@ -34,7 +34,6 @@ from stages.recon.center_policy import CorEstimate, find_center
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
-from streamer.pipeline.images import image_tail, write_images
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import steps_on_device
 from streamer.sinks.registry import DEFAULT_FORMAT
@@ -197,18 +196,15 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
     from streamer.run.ranks import recon_on_ranks  # noqa: PLC0415
 
     began = time.perf_counter()
-    steps, text = pipeline_for(settings, reader.layout.normalisation)
+    _, text = pipeline_for(settings, reader.layout.normalisation)
     output = recon_on_ranks(reader, settings, MemoryNetwork(1).link(0), log,
                             on_read=on_read, scan_id=scan_id or new_scan_id(),
                             on_iteration=on_iteration)
     assert output is not None  # rank 0
     if output.path is None or output.center is None:
         raise StreamerError(f"recon: no slice was reconstructed: {output.error}")
-    tail = image_tail(steps)  # HTTomo's calculate_stats → rescale_to_int → save_to_images
-    images = (write_images(settings.output, settings.output_format, tail)
-              if tail is not None else None)
     return ReconResult(settings.output, output.slices, output.center,
                        output.center_method or "", output.complete,
                        time.perf_counter() - began, text, output.repairs or RepairCounts(),
-                       output.center_warnings, output.center_confidence, images,
+                       output.center_warnings, output.center_confidence, output.images,
                        output.iterations)

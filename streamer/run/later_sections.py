@@ -28,7 +28,7 @@ changes it is an error that names it. Memory per rank: its band and its range of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ import numpy.typing as npt
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError, StreamerError
 from streamer.exchange.reslice import Band, PartsLink, row_bands
-from streamer.exchange.transpose import Shape, transpose
+from streamer.exchange.transpose import Shape, TransposeResult, transpose
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import StageCaches, apply_steps, fill_sections, section_angles
 from streamer.pipeline.sections import sections_of
@@ -70,6 +70,8 @@ class SectionTools:
     caches: StageCaches
     #: Why this rank stops now (SIGINT/SIGTERM, its own or a peer's), None: go on.
     stopped: Callable[[], str | None]
+    #: What each later reslice moved, in order (the scan's transfers count them all).
+    moved: list[TransposeResult] = field(default_factory=list)
 
 
 def filled_later_sections(
@@ -124,6 +126,7 @@ def run_later_sections(
         shape = _shape(data, rows, angles, rows_first=pattern is Pattern.SINOGRAM)
         result = transpose(link, data, shape, serial=serial, number=number,
                            timeout_s=timeout_s, on_idle=on_idle)
+        tools.moved.append(result)
         if result.failed_ranks:
             if error is not None:
                 raise error

@@ -52,6 +52,8 @@ class ScanOutput:
     repairs: RepairCounts | None = None
     #: One line per iterative stage (iterations per band, final residual/change).
     iterations: tuple[str, ...] = ()
+    #: HTTomo's ``save_to_images``: the folder and the number of images written.
+    images: tuple[Path, int] | None = None
 
 
 def keep_newest(outputs: list[ScanOutput], output: ScanOutput) -> None:

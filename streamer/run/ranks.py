@@ -31,7 +31,9 @@ Per scan, in the order every rank sees (rank 0 orders opens and closes):
 4. **Band.** The sinogram section runs on the band, block by block, into this rank's writer.
 5. **Output.** Each rank tells rank 0 what it wrote; rank 0 finishes the output (closes
    the volume with the report inside, or writes the master / the stack's sidecar) when
-   the merged report is in.
+   the merged report is in. With HTTomo's image tail (``save_to_images``), before that
+   the ranks exchange ``calculate_stats`` of what they wrote and each writes the images
+   of its own slices (one rank: rank 0 from the closed volume; ADR 0020).
 
 With ``background=True`` (the ``run`` service) steps 2–5 of a closed scan run in a worker
 thread while the ingest thread goes on reading its socket; the next scan is admitted at
@@ -74,13 +76,24 @@ from streamer.errors import (
     StreamerError,
 )
 from streamer.exchange.links import Received
-from streamer.exchange.reslice import Band, BandExchange, row_bands
+from streamer.exchange.reslice import Band, BandExchange, ExchangeStats, row_bands
+from streamer.exchange.transpose import TransposeResult
 from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
 from streamer.pipeline.halo import keep_block, section_halo, window
+from streamer.pipeline.images import (
+    ImageTail,
+    PartialStats,
+    band_slices,
+    image_folder,
+    image_tail,
+    image_window,
+    make_image_folder,
+    write_image,
+)
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -108,6 +121,7 @@ from streamer.run.from_file import (
     center_source,
     pipeline_for,
 )
+from streamer.run.image_output import images_written, no_images, with_images
 from streamer.run.latency import LatencyRecorder
 from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
@@ -135,6 +149,7 @@ TAG_PATH: Final = 305
 TAG_STOP: Final = 306
 TAG_STREAM_CENTER: Final = 307
 TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
+TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
 #: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
 _MAX_ITERATION_LOGS: Final = 8
 #: The CoR method of a value set from the viewer (as on one rank).
@@ -157,6 +172,7 @@ class PartWritten:
     repaired: dict[str, int] = field(default_factory=dict)  # this rank's repair counts
     pixels: int = 0  # projection pixel values this rank corrected
     observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
+    images: int = 0  # save_to_images: the images this rank wrote of its band
 
 
 @dataclass(frozen=True)
@@ -215,6 +231,12 @@ class _ScanState:
     center_state: StreamingCenter | None = None
     #: Its report as the CoR owner decided it at close (``run``'s report ``center``).
     center_report: dict[str, Any] | None = None
+    #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
+    #: the peers' (rank -> their stats, None: that rank's part failed).
+    stats: PartialStats | None = None
+    peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
+    #: R ranks: what each later reslice (a transpose) moved, for the scan's transfers.
+    later_moved: list[TransposeResult] = field(default_factory=list)
 
 
 @dataclass
@@ -306,6 +328,8 @@ class RankedReconstruction:
     _closed: dict[str, tuple[int, Path, int]] = field(default_factory=dict)  # serial, path, rows
     _refused: dict[str, str] = field(default_factory=dict)  # scan -> why (refused at start)
     _whole_scan: bool = False  # set in __post_init__
+    #: HTTomo's ``calculate_stats → rescale_to_int → save_to_images`` (set in __post_init__).
+    _tail: ImageTail | None = None
     _later: bool = False  # R ranks, sections past the first band's (set in __post_init__)
     _held: dict[int, _HeldVolume] = field(default_factory=dict)  # one rank: serial -> volume
     _worker: threading.Thread | None = None
@@ -332,7 +356,7 @@ class RankedReconstruction:
     def __post_init__(self) -> None:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
-            refuse_on_ranks(self.steps)  # save_result, the image tail: one rank only
+            refuse_on_ranks(self.steps)  # save_result; an image axis across the bands
         elif self.results is None:
             refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
         #: One rank: the pipeline needs the processor's own later sections (several
@@ -343,6 +367,7 @@ class RankedReconstruction:
         #: R ranks: the same pipelines run their later sections on the bands, resliced
         #: again between them (:mod:`streamer.run.later_sections`).
         self._later = self.control.size > 1 and beyond_one_band(self.steps)
+        self._tail = image_tail(self.steps)
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -654,7 +679,52 @@ class RankedReconstruction:
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
+        if self._tail is not None and self.control.size > 1:
+            part = self._band_images(scan, part, self._tail)
         self._part_done(scan, part)
+
+    def _band_images(self, scan: _ScanState, part: PartWritten, tail: ImageTail) -> PartWritten:
+        """R ranks, HTTomo's image tail: every rank (failed or not, so no peer waits)
+        tells the others ``calculate_stats`` of the slices it wrote; with every part
+        written, each rank rescales its own slices with the merged statistics and writes
+        their images, named by their index in the volume (as on one rank). A part that
+        failed leaves the scan without images on every rank, said in the output."""
+        written = part.error is None and part.slices == part.rows[1] - part.rows[0]
+        mine = (scan.stats or PartialStats()) if written else None
+        self.control.send_to_others(TAG_STATS, msgpack.packb(
+            {"serial": scan.serial, "stats": None if mine is None else mine.as_dict()}))
+        began = time.monotonic()
+        while len(scan.peer_stats) < self.control.size - 1:
+            self._serve(scan)
+            if time.monotonic() - began > self.exchange_timeout_s:
+                silent = sorted(set(range(self.control.size)) - {self.control.rank}
+                                - set(scan.peer_stats))
+                return self._without_images(part, f"save_to_images: rank {silent[0]} sent "
+                                            f"no calculate_stats within "
+                                            f"{self.exchange_timeout_s:g} s")
+            time.sleep(_POLL_PAUSE_S)
+        failed = sorted(rank for rank, stats in scan.peer_stats.items() if stats is None)
+        if mine is None or failed or part.path is None:
+            return part  # a failed part says why (rank 0's output: no images); no rows
+        others = [stats for stats in scan.peer_stats.values() if stats is not None]
+        window = image_window(mine.merged(others), tail)
+        assert scan.path is not None
+        try:
+            folder = make_image_folder(image_folder(scan.path, self.output_format, tail,
+                                                    per_scan=self.output is None))
+            count = 0
+            for index, image in band_slices(self.output_format, Path(part.path), part.rows,
+                                            self.first_row):
+                write_image(folder, index, image, window, tail)
+                count += 1
+        except (StreamerError, OSError, KeyError) as error:
+            return self._without_images(part, f"save_to_images: {error}")
+        return replace(part, images=count)
+
+    def _without_images(self, part: PartWritten, why: str) -> PartWritten:
+        if self.log is not None:
+            self.log(f"rank {self.control.rank}: {why}")
+        return replace(part, complete=False, error=part.error or why)
 
     def _close_band(self, scan: _ScanState, path: Path, viewer: float | None) -> PartWritten:
         """This rank's band: the CoR agreed (or the viewer's), the band reconstructed and
@@ -703,6 +773,7 @@ class RankedReconstruction:
         tools = SectionTools(processor.block_frames, processor.block_sinograms,
                              processor.transfers, processor.repairs, processor.caches,
                              stopped=lambda: self._stopped(scan))
+        scan.later_moved = tools.moved  # filled as the transposes run
         return run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
             rows=scan.start.rows, serial=scan.serial, tools=tools,
@@ -778,7 +849,9 @@ class RankedReconstruction:
         """Tell the observer and rank 0 that this rank's part is written (or failed)."""
         if self.observer is not None:
             self.observer.part_done(scan.serial, None if scan.exchange is None
-                                    else scan.exchange.stats, streamed=scan.streamed)
+                                    else _every_reslice(scan.exchange.stats,
+                                                        scan.later_moved),
+                                    streamed=scan.streamed)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed))
@@ -787,7 +860,7 @@ class RankedReconstruction:
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
                                  "repaired": part.repaired, "pixels": part.pixels,
-                                 "observed": part.observed})
+                                 "observed": part.observed, "images": part.images})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -1098,6 +1171,9 @@ class RankedReconstruction:
                         "scan": scan.start.scan}
                     path, writer = self._open_band(scan, band.rows, master, geometry)
                 writer.write(begin, data)
+                if self._tail is not None and ranks > 1:  # calculate_stats, this band
+                    scan.stats = scan.stats or PartialStats()
+                    scan.stats.add(data)
                 if written == 0 and end < last - first and self.log is not None:
                     # once per band: the reconstruction is under way (and a handshake for
                     # whoever waits for it, e.g. to test a stop)
@@ -1276,8 +1352,33 @@ class RankedReconstruction:
         if streaming_center is not None:  # the report's ``center`` and a terminal line
             output = replace(output, figures={**output.figures, "center": streaming_center},
                              notes=(*output.notes, center_note(streaming_center)))
+        if self._tail is not None and output.path is not None:  # (the observer's figures in)
+            output = self._images_output(output, self._tail, list(parts.values()), slices)
         self._publish(output)
         return output
+
+    def _images_output(self, output: ScanOutput, tail: ImageTail, parts: list[PartWritten],
+                       slices: int) -> ScanOutput:
+        """Rank 0, HTTomo's image tail: on one rank the images of the closed volume
+        (:func:`~streamer.run.image_output.with_images`); on R ranks the count of the images
+        every rank wrote of its band (:meth:`_band_images`). In the output, its terminal
+        lines and its figures; none at all is said too, never silence."""
+        path = output.path
+        assert path is not None
+        per_scan = self.output is None
+        if self.control.size == 1:
+            output = with_images(output, tail, self.output_format, per_scan=per_scan)
+            if output.images is None and output.error is not None:
+                self.last_error = self.last_error or SinkError(output.error)
+            return output
+        folder = image_folder(path, self.output_format, tail, per_scan=per_scan)
+        if output.error is not None:
+            return no_images(output, folder)
+        count = sum(part.images for part in parts)
+        if count != slices:
+            note = f"save_to_images: {count} of {slices} images in {folder}"
+            return replace(output, complete=False, error=note, notes=(*output.notes, note))
+        return images_written(output, folder, count)
 
     # --- messages ----------------------------------------------------------------------
 
@@ -1325,7 +1426,8 @@ class RankedReconstruction:
                                 in dict(message.get("repaired") or {}).items()},
                                int(message.get("pixels") or 0),
                                {str(key): int(count) for key, count
-                                in dict(message.get("observed") or {}).items()})
+                                in dict(message.get("observed") or {}).items()},
+                               int(message.get("images") or 0))
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now
@@ -1344,6 +1446,10 @@ class RankedReconstruction:
                               data.reshape(tuple(int(n) for n in message["shape"])))
             scan.close.reference_received(received.source)
             scan.processor.add([frame])
+        elif received.tag == TAG_STATS:
+            stats = message.get("stats")
+            scan.peer_stats[received.source] = (None if stats is None
+                                                else PartialStats.from_dict(dict(stats)))
         elif received.tag == TAG_REFERENCES_DONE:
             scan.close.references_announced(received.source, int(message["count"]))
         elif received.tag == TAG_PATH:
@@ -1482,6 +1588,17 @@ def _runs_on_bands(steps: tuple[PipelineStep, ...]) -> bool:
     """One rank: whether the band path (one reslice, the sinogram section on the band)
     runs ``steps``; else the processor runs its own later sections (and ``save_result``)."""
     return not beyond_one_band(steps) and not any(step.save_result for step in steps)
+
+
+def _every_reslice(first: ExchangeStats, later: list[TransposeResult]) -> ExchangeStats:
+    """The first reslice's figures with the later reslices' (transposes) payloads added,
+    so a scan's transfers count every reslice it took."""
+    return replace(first,
+                   bytes_sent=first.bytes_sent + sum(moved.bytes_sent for moved in later),
+                   bytes_received=first.bytes_received + sum(m.bytes_received for m in later),
+                   pieces_sent=first.pieces_sent + sum(moved.pieces_sent for moved in later),
+                   pieces_received=first.pieces_received
+                   + sum(moved.pieces_received for moved in later))
 
 
 def _finder_row(finder: PipelineStep | None, rows: int) -> int:

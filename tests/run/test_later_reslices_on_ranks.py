@@ -2,8 +2,8 @@
 projection → sinogram → projection → sinogram, or change the angles or the width, give
 the one-rank volume within 1e-5, with the same CoR, CoR method and angles; a later
 projection section that changes the rows fails every rank's part with its reason (no rank
-waits); HTTomo's image tail by reference is refused on R ranks before anything is read;
-the ``run`` service reslices again for every scan."""
+waits); the ``run`` service reslices again for every scan. (The image tail on R ranks:
+tests/run/test_image_tail_on_ranks.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import pytest
 import zmq
 
 from stages.registry import REGISTRY
-from streamer.errors import ConfigError
 from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
@@ -63,8 +62,8 @@ def assert_same_volume(one: Path, ranks: Path) -> None:
 
 
 def without_image_tail(text: str) -> str:
-    """HTTomo's pipeline less its output tail (``calculate_stats`` → ``save_to_images``,
-    written by ``recon`` on one rank only)."""
+    """HTTomo's pipeline less its output tail (``calculate_stats`` → ``save_to_images``),
+    for the tests of the volume alone."""
     return text[:text.index("- method: calculate_stats")]
 
 
@@ -174,25 +173,6 @@ def test_a_later_projection_section_that_changes_the_rows_fails_every_part(
     assert output.error is not None
     assert "changed the detector rows from 4 to 2" in output.error
     assert "run it on one rank" in output.error
-
-
-def test_the_image_tail_by_reference_is_refused_on_ranks_before_reading(
-        tmp_path: Path) -> None:
-    pipeline = tmp_path / "deg360.yaml"
-    pipeline.write_text((FULL / "deg360_paganin_FBP3d_tomobar.yaml").read_text())
-    opened: list[int] = []
-
-    def reader() -> SimulatedScan:
-        opened.append(1)
-        return SimulatedScan(SimulationConfig(rows=2, cols=16, projections=8))
-
-    with pytest.raises(ConfigError) as refused:
-        on_ranks(2, reader, ReconSettings(tmp_path / "x.h5", pipeline=pipeline))
-    message = str(refused.value)
-    assert "\n" not in message
-    assert "'rescale_to_int'" in message and "glob_stats" in message
-    assert "run on one rank" in message
-    assert not (tmp_path / "x.h5").exists()
 
 
 def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) -> None:
