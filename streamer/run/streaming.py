@@ -120,14 +120,29 @@ def plan_streaming(
                                   f"accumulators{waits})")
 
 
-def _planned_angles(angles: npt.NDArray[np.float64], projections: int) -> npt.NDArray[np.float64]:
+def _planned_angles(angles: npt.NDArray[np.float64], projections: int,
+                    indices: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.float64]:
     """Equally spaced planned angles from a block's angles: its smallest step, anchored
-    within half a step of 0°. Raises ``StageError`` when the block cannot tell."""
+    within half a step of 0°. Raises ``StageError`` when the block cannot tell.
+
+    A rank's block need not hold consecutive projections (on R ranks the frames are dealt
+    as they come: frames 1, 3, 5 … make the smallest step twice the scan's). With the
+    frames' indices, the angle per index step of two frames (at most the scan's step: a
+    reference frame between them only adds to the index gap; equal to it for two frames
+    with none between) says how many scan steps the smallest step holds."""
     ordered = np.unique(angles)
     steps = np.diff(ordered)
     if steps.size == 0 or steps.min() <= 0:
         raise StageError("streaming: the first block has one angle: the angle step is unknown")
     step = float(steps.min())
+    if indices is not None and indices.size == angles.size:
+        order = np.argsort(indices, kind="stable")
+        gaps = np.diff(indices[order]).astype(np.float64)
+        turns = np.abs(np.diff(angles[order]))
+        usable = (gaps > 0) & (turns > 0)
+        if usable.any():
+            per_index = float((turns[usable] / gaps[usable]).max())
+            step /= max(1, round(step / per_index))
     ratios = steps / step
     if np.abs(ratios - np.round(ratios)).max() > _STEP_TOLERANCE:
         raise StageError(f"streaming: the first block's angles are not equally spaced "
@@ -196,7 +211,8 @@ class StreamingSection:
         sinograms = np.ascontiguousarray(block.data.transpose(1, 0, 2))
         try:
             if self._planned is None:
-                self._planned = _planned_angles(block.angles_deg, self.projections)
+                self._planned = _planned_angles(block.angles_deg, self.projections,
+                                                block.indices)
                 self._shape = (int(sinograms.shape[0]), int(sinograms.shape[2]))
                 watch = PairWatch.for_plan(self._planned, self._shape[0])
                 self._late = watch is None or max(watch.wanted) > LATE_FRACTION * (
