@@ -60,6 +60,11 @@ def add_send_options(parser: argparse.ArgumentParser) -> None:
                             "the consumer cannot take at once instead of waiting")
     group.add_argument("--scan-id", type=parse_scan_id, default=None,
                        help="the scan's id (letters, digits and ._:@+-; default: a new one)")
+    group.add_argument("--sample", type=parse_sample_name, default=None, metavar="NAME",
+                       help="the sample's name, sent in start's metadata: a consumer carries "
+                            "the CoR of the sample's previous scan to this one (replay: "
+                            "default the file's NeXus /entry/sample/name or data-exchange "
+                            "/measurement/sample/name)")
 
 
 def add_source_endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -183,6 +188,16 @@ def parse_scan_id(text: str) -> str:
             "expected 1-128 characters, a letter or digit first, then letters, digits "
             f"and ._:@+- only, got {text!r}")
     return text
+
+
+def parse_sample_name(text: str) -> str:
+    from streamer.errors import ConfigError
+    from streamer.sources.sample_name import check_sample_name
+
+    try:
+        return check_sample_name(text, what="sample name")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_row_range(text: str) -> tuple[int, int]:
