@@ -191,13 +191,12 @@ def parse_scan_id(text: str) -> str:
 
 
 def parse_sample_name(text: str) -> str:
-    from streamer.errors import ConfigError
-    from streamer.sources.sample_name import check_sample_name
+    from streamer.sources.sample_name import sample_name_problem
 
-    try:
-        return check_sample_name(text, what="sample name")
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    problem = sample_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def parse_row_range(text: str) -> tuple[int, int]:

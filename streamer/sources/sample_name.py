@@ -23,14 +23,22 @@ SAMPLE_ENTRY: Final = "sample"
 MAX_SAMPLE_CHARS: Final = 128
 
 
+def sample_name_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as a sample name (1 to :data:`MAX_SAMPLE_CHARS`
+    printable characters, not only spaces), or None when nothing is."""
+    if text.strip() and len(text) <= MAX_SAMPLE_CHARS and text.isprintable():
+        return None
+    size = f" ({len(text)} characters)" if len(text) > MAX_SAMPLE_CHARS else ""
+    return (f"expected a sample name of 1-{MAX_SAMPLE_CHARS} printable characters, got "
+            f"{text[:MAX_SAMPLE_CHARS + 8]!r}{size}")
+
+
 def check_sample_name(text: str, what: str = "--sample") -> str:
-    """``text`` when it is a usable sample name (1 to :data:`MAX_SAMPLE_CHARS` printable
-    characters, not only spaces), else a :class:`ConfigError` saying what came."""
-    if not text.strip() or len(text) > MAX_SAMPLE_CHARS or not text.isprintable():
-        raise ConfigError(f"{what}: expected a sample name of 1-{MAX_SAMPLE_CHARS} printable "
-                          f"characters, got {text[:MAX_SAMPLE_CHARS + 8]!r}"
-                          + (f" ({len(text)} characters)" if len(text) > MAX_SAMPLE_CHARS
-                             else ""))
+    """``text`` when it is a usable sample name, else a :class:`ConfigError` saying what
+    was expected and what came."""
+    problem = sample_name_problem(text)
+    if problem is not None:
+        raise ConfigError(f"{what}: {problem}")
     return text
 
 
@@ -50,7 +58,5 @@ def stored_sample_name(file: h5py.File, path: str) -> str | None:
         value = value.decode("utf-8", errors="replace")
     if not isinstance(value, str):
         return None
-    try:
-        return check_sample_name(value.strip())
-    except ConfigError:
-        return None
+    value = value.strip()
+    return value if sample_name_problem(value) is None else None

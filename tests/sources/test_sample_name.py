@@ -39,7 +39,7 @@ def test_the_cli_refuses_a_bad_sample_name_before_sending(
         main(["simulate", "--sample", "", "--rows", "2", "--cols", "16"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --sample: sample name: expected a sample name of 1-128" in err
+    assert "error: argument --sample: expected a sample name of 1-128 printable" in err
     assert "Traceback" not in err
 
 
