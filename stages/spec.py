@@ -26,6 +26,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, SupportsFloat
 
@@ -46,6 +47,20 @@ class Pattern(StrEnum):
     #: Either layout (element-wise maths, cubic 3-D kernels, output steps): the step runs
     #: in whichever section it falls (HTTomo's ``all``).
     ALL = "all"
+
+
+#: Key of the pydantic validation context holding the folder of the pipeline file being
+#: loaded (a ``Path``): a parameter naming a file resolves a relative path from there.
+PIPELINE_FOLDER = "pipeline_folder"
+
+
+def resolve_from_pipeline(path: str, context: Any) -> str:
+    """``path`` as given when absolute or when no pipeline folder is known, else joined to
+    the pipeline file's folder (a pipeline and the files it names sit together)."""
+    folder = context.get(PIPELINE_FOLDER) if isinstance(context, Mapping) else None
+    if folder is None or Path(path).is_absolute():
+        return path
+    return str(Path(folder) / path)
 
 
 class StageParams(BaseModel):

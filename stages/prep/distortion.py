@@ -13,8 +13,11 @@ The coefficients come from the parameters or from discorpy's text file
 ``xcenter``, ``ycenter``, ``factor0``, ``factor1``, …; discorpy writes
 ``xcenter = 1252.15``), read here, as upstream's ``_load_metadata_txt`` and HTTomo's
 ``_inject_distortion_coeff_values_into_method`` do; the file wins over the values, as
-upstream. It is read and checked when the pipeline is validated (``check`` reports a
-missing or malformed file with its line) and again when the stage runs.
+upstream. A relative ``metadata_path`` is taken from the pipeline file's folder (where a
+pipeline and its coefficients file sit together), not from the current directory; an
+absolute one as given. It is read and checked when the pipeline is validated (``check``
+reports a missing or malformed file with its resolved path and line) and again when the
+stage runs.
 
 ``shift_xy`` is what HTTomo's ``DistortionCorrectionWrapper`` sets from the loader's
 ``preview``: the crop's first column and row, so the centre stays on the detector's
@@ -42,11 +45,11 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from scipy.ndimage import map_coordinates
 
 from stages.backends.xp import array_module, ndimage_module
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import Pattern, StageParams, StageSpec, resolve_from_pipeline, scaled_memory
 from streamer.errors import ConfigError, StageError
 
 __all__ = ["SPECS", "distortion_correction_proj", "distortion_correction_proj_discorpy",
@@ -129,6 +132,11 @@ class DiscorpyParams(StageParams):
     shift_xy: tuple[int, int] = (0, 0)
     #: HTTomo's: a step larger than 1 is refused upstream; only 1 here.
     step_xy: tuple[Literal[1], Literal[1]] = (1, 1)
+
+    @field_validator("metadata_path")
+    @classmethod
+    def _from_pipeline_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_from_pipeline(value, info.context)
 
     @model_validator(mode="after")
     def _coefficients_given(self) -> DiscorpyParams:
@@ -215,6 +223,11 @@ class TomopySinoDistortionParams(StageParams):
     metadata_path: str | None = None
     #: Set from a crop (HTTomo's preview, ``recon --rows``): (first column, first row).
     shift_xy: tuple[int, int] = (0, 0)
+
+    @field_validator("metadata_path")
+    @classmethod
+    def _from_pipeline_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_from_pipeline(value, info.context)
 
     @model_validator(mode="after")
     def _coefficients_given(self) -> TomopySinoDistortionParams:

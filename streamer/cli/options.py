@@ -60,6 +60,11 @@ def add_send_options(parser: argparse.ArgumentParser) -> None:
                             "the consumer cannot take at once instead of waiting")
     group.add_argument("--scan-id", type=parse_scan_id, default=None,
                        help="the scan's id (letters, digits and ._:@+-; default: a new one)")
+    group.add_argument("--sample", type=parse_sample_name, default=None, metavar="NAME",
+                       help="the sample's name, sent in start's metadata: a consumer carries "
+                            "the CoR of the sample's previous scan to this one (replay: "
+                            "default the file's NeXus /entry/sample/name or data-exchange "
+                            "/measurement/sample/name)")
 
 
 def add_source_endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -182,6 +187,15 @@ def parse_scan_id(text: str) -> str:
         raise argparse.ArgumentTypeError(
             "expected 1-128 characters, a letter or digit first, then letters, digits "
             f"and ._:@+- only, got {text!r}")
+    return text
+
+
+def parse_sample_name(text: str) -> str:
+    from streamer.sources.sample_name import sample_name_problem
+
+    problem = sample_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

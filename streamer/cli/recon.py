@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from streamer.run.from_file import ReconSettings
     from streamer.sinks.registry import check_output
 
-    # The output is written after the whole scan is read: check it can be, first.
+    # The output is written after the whole scan is read: check it can be, first. On R
+    # ranks every rank checks, before MPI starts; rank 0's in-progress placeholder comes
+    # only after recon_on_ranks' Comm.Dup, which no rank leaves before all have entered,
+    # so no rank's check can see it (tests/run/test_ranks_output_startup.py).
     output_format = chosen_output_format(args, args.output)
     check_output(args.output, output_format, overwrite=args.overwrite)
     if output_format == "tiff" and not args.overwrite:

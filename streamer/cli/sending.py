@@ -44,6 +44,7 @@ def send_options_from(args: argparse.Namespace) -> SendOptions:
     return SendOptions(
         block=args.block, rate_fps=args.rate, order=args.order, seed=args.order_seed,
         scan_id=args.scan_id, cannot_wait=args.cannot_wait,
+        sample=args.sample,  # None: the scan's own (replay: the file's), if it names one
     )
 
 

@@ -52,7 +52,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from stages.spec import Pattern, StageParams, StageSpec
+from stages.spec import PIPELINE_FOLDER, Pattern, StageParams, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.httomo_loader import LOADER_MODULES, LoaderSettings, loader_settings
 
@@ -172,6 +172,7 @@ class Pipeline:
     notes: tuple[str, ...] = ()
     sweep: Sweep | None = None
     loader: LoaderSettings | None = None
+    folder: Path | None = None  #: the pipeline file's folder: relative file paths start there
 
     def variants(self) -> list[tuple[str, tuple[PipelineStep, ...]]]:
         """``(label, steps)`` per sweep value (label ``"parameter=value"``), or the one
@@ -181,7 +182,8 @@ class Pipeline:
         sweep, out = self.sweep, []
         for value in sweep.values:
             step = self.steps[sweep.step]
-            params = step.params.model_validate({**dict(step.params), sweep.parameter: value})
+            params = step.params.model_validate({**dict(step.params), sweep.parameter: value},
+                                                context={PIPELINE_FOLDER: self.folder})
             steps = list(self.steps)
             steps[sweep.step] = replace(step, params=params)
             out.append((f"{sweep.parameter}={value}", tuple(steps)))
@@ -204,11 +206,14 @@ def load_pipeline(path: Path, registry: Mapping[str, StageSpec]) -> Pipeline:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the pipeline ({error.strerror})") from None
-    return parse_pipeline(text, registry, source=str(path))
+    return parse_pipeline(text, registry, source=str(path), folder=path.absolute().parent)
 
 
-def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str) -> Pipeline:
-    """Validate pipeline YAML ``text`` (``source`` names it in messages)."""
+def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
+                   folder: Path | None = None) -> Pipeline:
+    """Validate pipeline YAML ``text`` (``source`` names it in messages); a relative file
+    path among the parameters (``metadata_path``) is resolved from ``folder``, the
+    pipeline file's (``None``: as given, from the current directory)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
@@ -220,6 +225,7 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
     _duplicate_keys(root, problems)
     entries = _entry_nodes(root, problems)
     context = _Context(registry, _alias_table(registry), problems)
+    context.validation = {PIPELINE_FOLDER: folder}
     context.httomo = isinstance(root, yaml.SequenceNode) and any(
         _is_foreign(_scalar(dict(_pairs(node)).get("module_path"))) for node in entries)
     context.later_ids = {str(_scalar(dict(_pairs(node)).get("id"))) for node in entries}
@@ -239,7 +245,7 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str)
     if problems.messages:
         raise ConfigError("\n".join(problems.messages))
     return Pipeline(tuple(context.steps), source, text, tuple(context.notes), context.sweep,
-                    context.loader)
+                    context.loader, folder)
 
 
 def _reference_reducers_first(steps: list[PipelineStep], problems: _Problems) -> None:
@@ -281,6 +287,8 @@ class _Context:
         #: id → (stage name or None for a loader, {side-output value: output key}, index)
         self.ids: dict[str, tuple[str | None, dict[str, str], int]] = {}
         self.later_ids: set[str] = set()
+        #: pydantic's validation context for every parameter model (the pipeline's folder)
+        self.validation: dict[str, Any] = {}
 
 
 def _pairs(node: yaml.Node) -> list[tuple[Any, yaml.Node]]:
@@ -382,7 +390,7 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
     if raw is None:
         return
     try:
-        params = spec.params.model_validate(raw)
+        params = spec.params.model_validate(raw, context=context.validation)
     except ValidationError as error:
         for item in error.errors(include_url=False):
             field = ".".join(str(part) for part in item["loc"])
@@ -546,7 +554,7 @@ def _sweeps(raw: dict[str, Any], spec: StageSpec, parameters_node: yaml.Node | N
             return None
         for value in sweep.values:
             try:
-                spec.params.model_validate({**raw, key: value})
+                spec.params.model_validate({**raw, key: value}, context=context.validation)
             except ValidationError as error:
                 first = error.errors(include_url=False)[0]
                 context.problems.add(spot, label, f"sweep value {value!r}: {first['msg']}")

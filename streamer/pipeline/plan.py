@@ -194,15 +194,21 @@ def _plan(
                 f"stage {limiting!r}: one {unit}{with_halo} of shape {unit_shape[1:]} needs "
                 f"{need / 2**20:,.1f} MiB, the {what} is {budget_bytes / 2**20:,.1f} MiB"
             )
-        def peak_for(count: int, members: list[PipelineStep] = members,
-                     tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> int:
-            return max(_estimate(s, device)((widened(count), *tail), dtype, s.params)
-                       for s in members)
+        def need_at(count: int, members: list[PipelineStep] = members,
+                    tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> dict[str, int]:
+            return {s.name: _estimate(s, device)((widened(count), *tail), dtype, s.params)
+                    for s in members}
+
+        def peak_for(count: int) -> int:
+            return max(need_at(count).values())
 
         block = _largest_fitting(peak_for, units, budget_bytes)
-        peak = peak_for(block)
-        plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units, peak,
-                                 limiting, device))
+        # the step that sets the peak at the planned block, which need not be the one
+        # with the largest one-unit estimate (a fixed overhead dominates small blocks)
+        at_block = need_at(block)
+        setter = max(at_block, key=lambda name: at_block[name])
+        plans.append(SectionPlan(pattern, tuple(s.name for s in members), block, units,
+                                 at_block[setter], setter, device))
     return plans
 
 

@@ -23,7 +23,9 @@ reported). No sockets, threads or clocks here: the runner feeds events and acts.
 
 **The same sample** (:func:`sample_key`): two scans are of the same sample when their
 ``start`` headers carry the same ``metadata["sample"]`` (a string or integer the source
-sets, e.g. the beamline's sample name) and the same detector width. A scan without it
+sets, e.g. the beamline's sample name; our ``simulate`` and ``replay`` send ``--sample``,
+``replay`` the file's own by default: :mod:`streamer.sources.sample_name`) and the same
+detector width. A scan without it
 carries nothing and gives nothing to the next: the scan name changes per scan and the
 ``source`` names the sender, not the sample, so neither can say it.
 """
@@ -37,6 +39,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from streamer.errors import StreamerError
+from streamer.sources.sample_name import SAMPLE_ENTRY
 from streamer.wire.protocol import StartHeader
 
 __all__ = ["DEFAULT_TOLERANCE_PX", "CenterMemory", "CenterSource", "Outcome", "Start",
@@ -49,8 +52,6 @@ MAX_REMEMBERED: Final = 1000
 #: by eye or by Vo's metric (which refines to 0.25 px), and above the spread of the pair
 #: estimate on the real scans with an exact pair (DIAD 0.0, I13 0.16 px from Vo's).
 DEFAULT_TOLERANCE_PX: Final = 0.5
-#: The ``start`` metadata entry that names the sample.
-SAMPLE_ENTRY: Final = "sample"
 
 
 class CenterSource(StrEnum):

@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 
 from streamer.errors import ConfigError, StreamerError, TransportError
+from streamer.sources.sample_name import SAMPLE_ENTRY, check_sample_name
 from streamer.sources.scan import FrameReader, ScanLayout
 from streamer.wire.protocol import (
     MAX_TEXT,
@@ -65,6 +66,10 @@ class SendOptions:
         :attr:`SendSummary.dropped_ranges`); ``end.sent`` counts only what went out, so
         the consumer's report shows the dropped frames as missing. ``start`` and
         ``end`` are always waited for.
+    sample : str, optional
+        The sample's name, sent as ``start``'s ``metadata["sample"]`` (it replaces one
+        the scan's own metadata gives): a consumer carries the CoR of the sample's
+        previous scan to this one by it.
     """
 
     block: int = 16
@@ -73,8 +78,11 @@ class SendOptions:
     seed: int = 0
     scan_id: str | None = None
     cannot_wait: bool = False
+    sample: str | None = None
 
     def __post_init__(self) -> None:
+        if self.sample is not None:
+            check_sample_name(self.sample)
         if self.block < 1:
             raise ConfigError(f"--block: expected at least 1 frame, got {self.block}")
         if self.rate_fps is not None and not self.rate_fps > 0:
@@ -108,8 +116,11 @@ def new_scan_id() -> str:
     return f"scan-{uuid.uuid4().hex[:12]}"
 
 
-def start_header(layout: ScanLayout, scan_id: str) -> StartHeader:
-    """The ``start`` message announcing ``layout``."""
+def start_header(layout: ScanLayout, scan_id: str, sample: str | None = None) -> StartHeader:
+    """The ``start`` message announcing ``layout`` (``sample``: its sample's name, in the
+    metadata)."""
+    metadata = (layout.metadata if sample is None
+                else {**layout.metadata, SAMPLE_ENTRY: sample})
     return StartHeader(
         scan=scan_id,
         rows=layout.rows,
@@ -122,7 +133,7 @@ def start_header(layout: ScanLayout, scan_id: str) -> StartHeader:
         normalisation=layout.normalisation,
         geometry=layout.geometry,
         source=layout.source,
-        metadata=layout.metadata,
+        metadata=metadata,
         t=time.time(),
     )
 
@@ -176,7 +187,8 @@ def send_scan(
         told = messages > 0 and _offer(socket, [encode_header(abort)])
         return summary(aborted=True, abort_sent=told)
 
-    if not send_message(socket, [encode_header(start_header(layout, scan_id))], stop):
+    start = start_header(layout, scan_id, options.sample)
+    if not send_message(socket, [encode_header(start)], stop):
         return stopped()
     messages += 1
     for first, stop_index in block_order(layout.frames, options):

@@ -130,6 +130,27 @@ def test_block_plan_splits_sections_and_respects_the_budget() -> None:
     assert "blocks of 100 frames" in projection.describe()
 
 
+def _overhead_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+    """A fixed 8 MiB (say, a filter table) plus one float32 block: the largest one-frame
+    estimate, but it grows more slowly than a 3-buffer stage."""
+    return 8 * 2**20 + int(np.prod(shape)) * 4
+
+
+def test_set_by_names_the_step_at_the_planned_peak_not_the_largest_per_frame() -> None:
+    registry = {**REGISTRY, "overhead": StageSpec(
+        "overhead", _identity, Pattern.PROJECTION, ScaleParams, _overhead_memory, "fixed")}
+    pipeline = parse_pipeline("pipeline:\n  - method: overhead\n  - method: remove_outlier\n"
+                              "    parameters: {dif: 1}\n", registry, source="p.yaml")
+    frame = 64 * 128 * 4  # 32 KiB: one frame needs 8 MiB + 32 KiB ('overhead') vs 96 KiB
+    (plan,) = plan_blocks(pipeline.steps, rows=64, cols=128, angles=1000,
+                          dtype=np.dtype(np.float32), budget_bytes=60 * 2**20)
+    # at the planned block 'remove_outlier' (3 buffers a frame) holds more than 'overhead'
+    assert plan.block == 60 * 2**20 // (3 * frame) == 640
+    assert plan.limiting_step == "remove_outlier" and plan.peak_bytes == 3 * frame * 640
+    assert plan.peak_bytes > _overhead_memory((640, 64, 128), np.dtype(np.float32), None)
+    assert "set by 'remove_outlier'" in plan.describe()
+
+
 def test_a_frame_that_cannot_fit_is_refused_before_the_scan() -> None:
     pipeline = parse("pipeline:\n  - method: remove_outlier\n    parameters: {dif: 1}\n")
     with pytest.raises(ConfigError, match="stage 'remove_outlier': one frame of shape "

@@ -32,7 +32,7 @@ from stages.recon.fbp import fbp
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.errors import ConfigError, StageError
-from streamer.pipeline.config import parse_pipeline
+from streamer.pipeline.config import load_pipeline, parse_pipeline
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 
 COEFFICIENTS = Path(__file__).parent / "data/distortion_coefficients.txt"
@@ -352,3 +352,46 @@ def test_sinogram_form_in_a_recon_run_undoes_a_lens(tmp_path: Path) -> None:
         # measured: sino 0.991 (rows 1-4), proj the same to 4 digits, none 0.66-0.87
         assert r["sino"] > 0.98 and r["sino"] > r["none"] + 0.1, (row, r)
         assert abs(r["sino"] - r["proj"]) < 1e-3, (row, r)
+
+
+# ------------------------------------------------------------------ where the file is found
+def test_a_relative_metadata_path_is_found_next_to_the_pipeline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pipeline and its coefficients file sit together: a relative ``metadata_path`` is
+    taken from the pipeline's folder whatever the current directory; absolute as given."""
+    folder = tmp_path / "setup"
+    folder.mkdir()
+    (folder / "coefficients.txt").write_text(COEFFICIENTS.read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for method in ("distortion_correction_proj_discorpy", "distortion_correction_sino"):
+        extra = "ind: null, " if method == "distortion_correction_sino" else ""
+        pipeline = folder / f"{method}.yaml"
+        pipeline.write_text(f"pipeline:\n  - method: {method}\n"
+                            f"    parameters: {{{extra}metadata_path: coefficients.txt}}\n")
+        (step,) = load_pipeline(pipeline, REGISTRY).steps
+        assert Path(step.params.metadata_path) == folder / "coefficients.txt"
+        assert main(["check", str(pipeline), "--frame", "64x64",
+                     "--projections", "90"]) == 0
+    # an absolute path is kept as given
+    absolute = folder / "absolute.yaml"
+    absolute.write_text("pipeline:\n  - method: distortion_correction_proj_discorpy\n"
+                        f"    parameters: {{metadata_path: {COEFFICIENTS}}}\n")
+    (step,) = load_pipeline(absolute, REGISTRY).steps
+    assert step.params.metadata_path == str(COEFFICIENTS)
+    # a missing file: one error naming the path it looked at, not the one as written
+    missing = folder / "missing.yaml"
+    missing.write_text("pipeline:\n  - method: distortion_correction_proj_discorpy\n"
+                       "    parameters: {metadata_path: nowhere.txt}\n")
+    capsys.readouterr()
+    assert main(["check", str(missing), "--frame", "64x64", "--projections", "90"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {folder / 'nowhere.txt'}" in err and "Traceback" not in err
+    # text parsed without a file (no folder) keeps the current directory's meaning
+    (elsewhere / "coefficients.txt").write_text(COEFFICIENTS.read_text())
+    (step,) = parse_pipeline("pipeline:\n  - method: distortion_correction_proj_discorpy\n"
+                             "    parameters: {metadata_path: coefficients.txt}\n",
+                             REGISTRY, source="text").steps
+    assert step.params.metadata_path == "coefficients.txt"

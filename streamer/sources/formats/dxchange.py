@@ -20,6 +20,7 @@ from streamer.sources.formats.options import LoadOptions
 from streamer.sources.formats.parts import Part, keys_like
 from streamer.sources.formats.reader import StoredScan, assemble
 from streamer.sources.formats.segments import H5Segment
+from streamer.sources.sample_name import SAMPLE_ENTRY, stored_sample_name
 from streamer.wire.protocol import (
     IMAGE_KEY_DARK,
     IMAGE_KEY_FLAT,
@@ -29,6 +30,8 @@ from streamer.wire.protocol import (
 
 DATA: Final = "/exchange/data"
 THETA: Final = "/exchange/theta"
+#: TomoPy's sample name (sent as ``start``'s ``metadata["sample"]``).
+SAMPLE_NAME: Final = "/measurement/sample/name"
 #: Reference datasets before the projections, in stream order.
 BEFORE: Final = (
     ("/exchange/data_dark", IMAGE_KEY_DARK),
@@ -59,6 +62,9 @@ def load_dxchange(path: Path, options: LoadOptions, resources: ExitStack) -> Sto
     metadata: dict[str, MetadataValue] = {"data_path": data_path}
     if angles_from:
         metadata["angles_path"] = angles_from
+    sample = stored_sample_name(file, SAMPLE_NAME)
+    if sample is not None:
+        metadata[SAMPLE_ENTRY] = sample
     return assemble(
         scan=path, format_name="dxchange", parts=parts, options=options,
         resources=resources, scan_h5=file, metadata=metadata,

@@ -26,6 +26,7 @@ from streamer.sources.formats.options import LoadOptions
 from streamer.sources.formats.parts import Part
 from streamer.sources.formats.reader import StoredScan, assemble
 from streamer.sources.formats.segments import H5Segment
+from streamer.sources.sample_name import SAMPLE_ENTRY, stored_sample_name
 from streamer.wire.protocol import IMAGE_KEY_PROJECTION, MetadataValue
 
 IMAGE_KEY_INVALID: Final = 3
@@ -66,6 +67,10 @@ def load_nexus(path: Path, options: LoadOptions, resources: ExitStack) -> Stored
     }
     if angles_from:
         metadata["angles_path"] = angles_from
+    entry = data_path.strip("/").split("/")[0]  # the NXentry holding the data
+    sample = stored_sample_name(file, f"/{entry}/sample/name")
+    if sample is not None:
+        metadata[SAMPLE_ENTRY] = sample
     return assemble(
         scan=path, format_name="nexus", parts=[Part(segment, keys, angles, angles_from)],
         options=options, resources=resources, scan_h5=file, metadata=metadata,
