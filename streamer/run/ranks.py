@@ -79,6 +79,7 @@ from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
@@ -701,7 +702,8 @@ class RankedReconstruction:
         processor = scan.processor
         tools = SectionTools(processor.block_frames, processor.block_sinograms,
                              processor.transfers, processor.repairs, processor.caches,
-                             stopped=lambda: self._stopped(scan))
+                             stopped=lambda: self._stopped(scan),
+                             device=processor.queue_device)
         return run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
             rows=scan.start.rows, serial=scan.serial, tools=tools,
@@ -1056,16 +1058,7 @@ class RankedReconstruction:
                     and references == scan.start.darks + scan.start.flats)
         blocks = self._streamed(scan, band, complete)
         if blocks is None:
-            block = self.block_sinograms or scan.processor.block_sinograms
-            transfers, iterations = scan.processor.transfers, scan.processor.iterations
-            count = -(-(last - first) // block)
-            blocks = ((begin, apply_steps(
-                data_steps, band.sinograms[begin:begin + block], darks=None, flats=None,
-                angles_deg=band.angles_deg, transfers=transfers,
-                repairs=scan.processor.repairs, caches=scan.processor.caches,
-                on_iteration=iterations.listener(begin // block, count, first + begin,
-                                                 min(first + begin + block, last))))
-                for begin in range(0, last - first, block))
+            blocks = self._band_blocks(scan, band, data_steps)
         path = master
         writer: VolumeSink | None = None
         written = 0
@@ -1121,6 +1114,36 @@ class RankedReconstruction:
             return PartWritten(rank, str(path) if writer is not None else None, band.rows,
                                written, False, stopped)
         return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _band_blocks(self, scan: _ScanState, band: Band, steps: tuple[PipelineStep, ...],
+                     ) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+        """``steps`` on this rank's band in blocks: (first row in the band, output). A
+        section wholly on the device streams through the processor's
+        :class:`~stages.backends.device_queue.DeviceQueue`, as on one rank
+        (:func:`~streamer.pipeline.device_bands.band_outputs`); the copies are counted and
+        timed in the processor's transfers and logged per rank once the band is done."""
+        first, last = band.rows
+        processor = scan.processor
+        block = self.block_sinograms or processor.block_sinograms
+        spans = [(begin, min(begin + block, last - first))
+                 for begin in range(0, last - first, block)]
+
+        def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
+            return apply_steps(steps, data, darks=None, flats=None,
+                               angles_deg=band.angles_deg, transfers=processor.transfers,
+                               repairs=processor.repairs, caches=processor.caches,
+                               keep_on_device=queued,
+                               on_iteration=processor.iterations.listener(
+                                   begin // block, len(spans), first + begin, first + end))
+
+        outputs = band_outputs(steps, band.sinograms, spans, run,
+                               device=processor.queue_device, transfers=processor.transfers)
+        for (begin, _), data in zip(spans, outputs, strict=False):
+            yield begin, data
+        moved = processor.transfers
+        if moved.transfers and self.log is not None:
+            self.log(f"scan {scan.start.scan}: rank {self.control.rank}: device transfers: "
+                     f"{moved.describe()}")
 
     def _streamed(self, scan: _ScanState, band: Band, complete: bool,
                   ) -> Iterator[tuple[int, npt.NDArray[np.float32]]] | None:
