@@ -571,6 +571,8 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own,
             )
+        if streaming is not None:  # a device reconstructor's uploads: this rank's copies
+            streaming.transfers = processor.transfers
         path = None
         if self.control.rank == 0:
             # Rank 0 alone names the output (a name taken by an earlier scan gets a
@@ -1099,6 +1101,10 @@ class RankedReconstruction:
         except StreamerError as error:  # a stage or the disk: what was written stays
             stopped = str(error)
             self.last_error = self.last_error or error
+        moved = scan.processor.transfers  # a device's copies (queue, streaming uploads)
+        if moved.transfers and self.log is not None:
+            self.log(f"scan {scan.start.scan}: rank {rank}: device transfers: "
+                     f"{moved.describe()}")
         done = complete and stopped is None and written == last - first
         if writer is not None and ranks == 1:
             # The volume itself: closed with the scan's report in it (write_master).
@@ -1121,7 +1127,7 @@ class RankedReconstruction:
         section wholly on the device streams through the processor's
         :class:`~stages.backends.device_queue.DeviceQueue`, as on one rank
         (:func:`~streamer.pipeline.device_bands.band_outputs`); the copies are counted and
-        timed in the processor's transfers and logged per rank once the band is done."""
+        timed in the processor's transfers (logged per rank by :meth:`_write_part`)."""
         first, last = band.rows
         processor = scan.processor
         block = self.block_sinograms or processor.block_sinograms
@@ -1140,10 +1146,6 @@ class RankedReconstruction:
                                device=processor.queue_device, transfers=processor.transfers)
         for (begin, _), data in zip(spans, outputs, strict=False):
             yield begin, data
-        moved = processor.transfers
-        if moved.transfers and self.log is not None:
-            self.log(f"scan {scan.start.scan}: rank {self.control.rank}: device transfers: "
-                     f"{moved.describe()}")
 
     def _streamed(self, scan: _ScanState, band: Band, complete: bool,
                   ) -> Iterator[tuple[int, npt.NDArray[np.float32]]] | None:
