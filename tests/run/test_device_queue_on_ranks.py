@@ -24,11 +24,13 @@ from stages import spec as stage_spec
 from streamer.exchange.links import MemoryLink
 from streamer.exchange.reslice import row_bands
 from streamer.pipeline import executor
+from streamer.run import streaming as run_streaming
 from streamer.run.from_file import ReconSettings
 from streamer.run.ranks import recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.pipeline.test_executor_device_queue import DEVICE, HOST, FakeStreams
 from tests.run.ranks import run_ranks
+from tests.stages import device_like
 
 ROWS, COLS, PROJECTIONS, BLOCK = 9, 32, 36, 2
 CONFIG = SimulationConfig(rows=ROWS, cols=COLS, projections=PROJECTIONS, flats=4, darks=2,
@@ -87,3 +89,40 @@ def test_each_ranks_band_streams_through_the_queue_and_equals_the_host_run(
     assert uploads == sorted(blocks.values())
     assert all(device.log.count("download") == device.log.count("upload")
                for device in devices)
+
+
+STREAMED_HOST = """pipeline:
+  - method: normalize
+  - method: minus_log
+  - method: fourier_fbp
+    parameters: {threads: 1, center: 15.5}
+"""
+STREAMED_DEVICE = STREAMED_HOST.replace("  - method: fourier_fbp\n",
+                                        "  - method: fourier_fbp\n    backend: cupy\n")
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_device_reconstructor_streams_on_each_rank(
+        tmp_path: Path, ranks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank's accumulators are on its device: the pieces that land are uploaded
+    as they come, each band's slices come back once; the volume is the host stream's
+    (bit for bit on one rank; to float32 summation order on two, where the pieces land
+    in any order)."""
+    host, host_lines = _recon(tmp_path, STREAMED_HOST, ranks)
+    assert any("reconstruction: streaming" in line for line in host_lines), host_lines
+    monkeypatch.setattr(run_streaming, "require_gpu",
+                        lambda backend: device_like.DeviceLikeNamespace())
+    device, lines = _recon(tmp_path, STREAMED_DEVICE, ranks)
+    assert not any("back to reconstruction at close" in line for line in lines), lines
+    if ranks == 1:
+        np.testing.assert_array_equal(device, host)
+    else:  # pieces land in any order on R ranks: the sums' order differs run to run
+        error = float(np.linalg.norm(device - host) / np.linalg.norm(host))
+        assert error < 1e-6, error
+    counted = {int(m[1]): (int(m[2]), int(m[3]))
+               for m in map(_COPIES.search, lines) if m is not None}
+    assert sorted(counted) == list(range(ranks))
+    for rank, (first, stop) in enumerate(row_bands(ROWS, ranks)):
+        bands = -(-(stop - first) // max(BLOCK, -(-(stop - first) // 4)))
+        uploads, downloads = counted[rank]
+        assert uploads > 0 and downloads == bands
