@@ -102,3 +102,29 @@ def test_a_block_of_another_device_is_refused() -> None:
     with pytest.raises(StageError, match=r"expected a host array or one of numpy .* got "
                        r"one of device_like"):
         band.add(DEVICE.asarray(sino), angles)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("full_deg", [180.0, 360.0])
+def test_on_a_gpu_the_cupy_band_agrees_with_the_host_band(full_deg: float) -> None:
+    """cufinufft's spreading into CuPy accumulators: the finished band agrees with the
+    host band to the NUFFT tolerance (the two kernels differ), one copy back."""
+    from stages.backends.xp import gpu_available
+
+    if not gpu_available():
+        pytest.skip("no CUDA device (cupy.is_available() is False or cupy is absent)")
+    import cupy
+
+    sino, angles = _gaussian_sinogram(3, 120, 256, full_deg, seed=5)
+    params = FourierFbpParams(threads=1, eps=1e-4)
+    blocks = _blocks(120, seed=9)
+    host = _stream(sino, angles, params, blocks, xp=np)
+    moved = TransferStats()
+    band = StreamingFbp(3, 256, angles, params, xp=cupy, transfers=moved)
+    for chosen in blocks:
+        band.add(sino[:, chosen], angles[chosen])
+    assert isinstance(band.spread, cupy.ndarray)
+    device = band.finish()
+    assert isinstance(device, np.ndarray)
+    assert _relative(device, host) < 1e-3
+    assert (moved.to_device, moved.to_host) == (len(blocks), 1)
