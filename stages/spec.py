@@ -192,6 +192,16 @@ class StageSpec:
         ``cache=``, so that work fixed by the scan's geometry is done once per scan, not
         once per block (the reconstructor's plan). The state lives in the caller's
         object, never in the module; the result must not depend on it.
+    halo : int or callable
+        How far the stage's output for one entry of the block axis (axis 0: a frame of a
+        projection block, a row of a sinogram block) reaches along that axis into its
+        input: ``halo = h`` means output ``i`` depends on inputs ``i - h … i + h`` (a 3-D
+        median of edge ``k`` has ``k // 2``). The runner then gives every block ``h`` real
+        neighbours on each side and keeps only the block's own outputs, so the result does
+        not depend on block size (HTTomo's ``padding``; ADR 0019,
+        :mod:`streamer.pipeline.halo`); the scan's true ends keep the stage's own edge
+        mode. A callable ``halo(params) -> int`` where it depends on a parameter; see
+        :meth:`reach`. ``0`` (each entry on its own) unless declared.
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -213,6 +223,7 @@ class StageSpec:
         | None
     ) = None
     angle_local: bool | Callable[[Any], bool] = False
+    halo: int | Callable[[Any], int] = 0
     aliases: tuple[str, ...] = ()
     device: bool = False
     reports_progress: bool = False
@@ -241,6 +252,11 @@ class StageSpec:
         if callable(self.angle_local):
             return bool(self.angle_local(params))
         return self.angle_local
+
+    def reach(self, params: StageParams) -> int:
+        """This stage's halo along the block axis with ``params`` (see ``halo``)."""
+        value = self.halo(params) if callable(self.halo) else self.halo
+        return max(0, int(value))
 
     def run(
         self,

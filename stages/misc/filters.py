@@ -169,6 +169,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="median_filter",
         angle_local=lambda p: p.axis == 0,  # each frame on its own
+        halo=lambda p: 0 if p.axis == 0 else p.size // 2,  # axis 1, 2, None: across axis 0
         fn=median_filter,
         pattern=Pattern.PROJECTION,
         params=MedianFilterParams,
@@ -183,6 +184,8 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="gaussian_filter",
         angle_local=lambda p: p.axis == 0,  # each frame on its own
+        # scipy truncates the kernel at 4 sigma: radius int(4 sigma + 0.5)
+        halo=lambda p: 0 if p.axis == 0 else int(4.0 * p.sigma + 0.5),
         fn=gaussian_filter,
         pattern=Pattern.PROJECTION,
         params=GaussianFilterParams,

@@ -249,6 +249,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="median_filter3d_tomopy", fn=median_filter3d_tomopy, pattern=Pattern.ALL,
         angle_local=False,  # a 3-D median: neighbouring frames
+        halo=lambda p: max(3, p.size) // 2,  # TomoPy makes a size below 3 a 3
         params=Median3dTomopyParams,
         # input, float32 copy, median, plus a slab of neighbours (<= 64 MiB)
         memory=scaled_memory(3.5), device=True,
@@ -258,6 +259,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_outlier3d_tomopy", fn=remove_outlier3d_tomopy, pattern=Pattern.ALL,
         angle_local=False,  # a 3-D median: neighbouring frames
+        halo=lambda p: max(3, p.size) // 2,  # TomoPy makes a size below 3 a 3
         params=Outlier3dTomopyParams,
         # input, float32 copy, median, result, plus a slab of neighbours (<= 64 MiB)
         memory=scaled_memory(4.5), device=True,

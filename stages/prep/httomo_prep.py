@@ -338,6 +338,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_outlier3d", fn=remove_outlier3d, pattern=Pattern.ALL,
         angle_local=False,  # a 3-D median: neighbouring frames
+        halo=lambda p: p.kernel_size // 2,
         params=Outlier3dParams,
         # input, float32 copy, median, result, plus a slab of neighbours (<= 64 MiB)
         memory=scaled_memory(4.5),
@@ -349,6 +350,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="median_filter3d", fn=median_filter3d, pattern=Pattern.ALL,
         angle_local=False,  # a 3-D median: neighbouring frames
+        halo=lambda p: p.kernel_size // 2,
         params=Median3dParams, memory=scaled_memory(4.5),
         device=True,
         summary="3-D kernel_size³ median, or a dezinger with dif > 0 (httomolibgpu)",

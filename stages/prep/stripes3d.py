@@ -189,6 +189,8 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="stripes_detect3d", fn=stripes_detect3d, pattern=Pattern.SINOGRAM,
         angle_local=False,  # along the angles of whole sinograms
+        # across rows: the dead-voxel 6-neighbour mean (1) and the ratio plate (radius)
+        halo=lambda p: p.radius + 1,
         params=StripesDetectParams,
         # transposed copy, neighbour mean, gradient, plate/left/right means, ratio, and
         # the (2·size+1)-deep median window (the largest term)
@@ -200,6 +202,9 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="stripes_mask3d", fn=stripes_mask3d, pattern=Pattern.SINOGRAM,
         angle_local=False,  # along the angles of whole sinograms
+        # the depth count reaches min_stripe_depth // 2 rows; a halo of the whole depth
+        # also gives every block the more than min_stripe_depth rows TomoPy's rule needs
+        halo=lambda p: p.min_stripe_depth,
         params=StripesMaskParams,
         memory=scaled_memory(6.0),  # transposed copy, masks, counts (int32), output
         summary="binary stripe mask from stripes_detect3d's weights (TomoPy)",

@@ -158,6 +158,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_outlier",
         angle_local=lambda p: p.axis == 0,  # the median of each frame
+        halo=lambda p: 0 if p.axis == 0 else p.size // 2,  # a window across frames
         fn=remove_outlier,
         pattern=Pattern.PROJECTION,
         params=RemoveOutlierParams,
@@ -171,6 +172,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="dezinger_temporal",
         angle_local=False,  # the same pixel in nearby frames
+        halo=lambda p: p.window // 2,
         fn=dezinger_temporal,
         pattern=Pattern.PROJECTION,
         params=DezingerTemporalParams,

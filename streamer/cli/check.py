@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(step.name for step in steps[-appended:])} (shown above)")
     for note in pipeline.notes:
         print(f"  note: {note}")
+    for number, step in enumerate(steps, 1):  # kernels across the block axis (ADR 0019)
+        if step.spec.reach(step.params) and step.spec.finds_center is None:
+            print(f"  note: step {number} {step.name} reaches {step.spec.reach(step.params)} "
+                  "entries across its blocks: each block gets its real neighbours on one "
+                  "rank; R ranks refuse it")
     if pipeline.sweep is not None:
         variants = pipeline.variants()  # validates every value
         print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "

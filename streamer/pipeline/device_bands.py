@@ -44,19 +44,20 @@ def runs_on_device(steps: tuple[PipelineStep, ...]) -> bool:
 
 
 def band_outputs(
-    steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
-    spans: Sequence[tuple[int, int]], run: BandRunner, *,
+    steps: tuple[PipelineStep, ...], spans: Sequence[tuple[int, int]],
+    block_of: Callable[[int, int], npt.NDArray[np.float32]], run: BandRunner, *,
     device: Callable[[], StreamDevice], transfers: TransferStats,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Iterator[npt.NDArray[np.float32]]:
-    """``run``'s output for each span of ``sinograms``' rows, in order, on the host; stops
-    before a band when ``stopping()`` says so. ``device()`` is called only when the
+    """``run``'s output for each span of rows, in order, on the host; ``block_of(first,
+    last)`` is the host input of a span (with the neighbour rows its steps need, ADR
+    0019). Stops before a band when ``stopping()`` says so. ``device()`` is called only when the
     section is queued (on a GPU it makes CuPy's streams)."""
     if not runs_on_device(steps):
         for first, last in spans:
             if stopping():
                 return
-            result: npt.NDArray[np.float32] = run(sinograms[first:last], first, last,
+            result: npt.NDArray[np.float32] = run(block_of(first, last), first, last,
                                                   queued=False)
             yield result
         return
@@ -66,7 +67,7 @@ def band_outputs(
         for first, last in spans:
             if stopping():
                 return
-            yield sinograms[first:last]
+            yield block_of(first, last)
 
     def work(block: Any) -> Any:
         first, last = next(issued)

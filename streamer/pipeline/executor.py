@@ -51,6 +51,7 @@ from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS, band_outputs
+from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import Section, sections_of
 from streamer.sources.scan import FrameReader
@@ -279,6 +280,19 @@ class ScanProcessor:
         self._darks: dict[int, npt.NDArray[np.float32]] = {}
         self._flats: dict[int, npt.NDArray[np.float32]] = {}
         self._waiting: dict[int, tuple[float, npt.NDArray[Any]]] = {}
+        #: Frames each projection block needs on each side (ADR 0019): a block is
+        #: corrected once the ``halo`` projections after it have arrived, with the last
+        #: ``halo`` of the previous block (:attr:`_behind`, as received) before it.
+        self.halo = section_halo(self.projection_steps)
+        self._behind: list[tuple[int, float, npt.NDArray[Any]]] = []
+        #: With a halo, frames may arrive out of order: every frame index below
+        #: ``_arrived_below`` has arrived (darks and flats too), those above it that have
+        #: are in ``_arrived_above``; a block waits until its neighbours are all in.
+        self._arrived_below = 0
+        self._arrived_above: set[int] = set()
+        #: Projections in blocks corrected before all their neighbours had arrived (a
+        #: frame lost, or later than two blocks): their kernels saw the frames at hand.
+        self.corrected_without_neighbours = 0
         self._references: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         #: The frame index of each flat the correction gets (one after a data_reducer).
         self._flat_indices = np.empty(0, dtype=np.int64)
@@ -340,6 +354,8 @@ class ScanProcessor:
     def add(self, frames: Iterable[HeldFrame]) -> None:
         """Take frames (any order); process whatever is ready."""
         for frame in frames:
+            if self.halo:
+                self._arrived(frame.index)
             if frame.key == IMAGE_KEY_DARK:
                 self._darks[frame.index] = self._finite(frame.data, np.float32)  # a copy
             elif frame.key == IMAGE_KEY_FLAT:
@@ -350,7 +366,7 @@ class ScanProcessor:
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
-            while len(self._waiting) >= (size := self._next_block_frames()):
+            while self._block_ready(size := self._next_block_frames()):
                 self._process_projections(size)
 
     def _next_block_frames(self) -> int:
@@ -363,6 +379,29 @@ class ScanProcessor:
             return self.block_frames
         return tapered_block(remaining, self.block_frames,
                              max(1, self.block_frames // _TAPER_TO))
+
+    def _arrived(self, index: int) -> None:
+        self._arrived_above.add(index)
+        while self._arrived_below in self._arrived_above:
+            self._arrived_above.discard(self._arrived_below)
+            self._arrived_below += 1
+
+    def _block_ready(self, size: int) -> bool:
+        """Whether the next projection block (``size`` frames) and the ``halo`` frames
+        after it are in (with a halo: every frame up to the last of them has arrived, or
+        two blocks wait, when a missing frame is taken as lost and counted)."""
+        waiting = len(self._waiting)
+        if waiting < size + self.halo:
+            return False
+        if not self.halo:
+            return True
+        last_needed = sorted(self._waiting)[size + self.halo - 1]
+        if last_needed < self._arrived_below:
+            return True
+        if waiting >= 2 * size + self.halo:
+            self.corrected_without_neighbours += size
+            return True
+        return False
 
     def drain(self, store: FrameStore) -> None:
         """Use as the ingest service's drain: take every held frame from the store."""
@@ -435,21 +474,30 @@ class ScanProcessor:
 
     def _process_projections(self, count: int) -> None:
         assert self._references is not None
-        indices = sorted(self._waiting)[:count]
+        ordered = sorted(self._waiting)
+        indices = ordered[:count]
         angles = np.array([self._waiting[i][0] for i in indices], dtype=np.float64)
-        block = np.stack([self._waiting.pop(i)[1] for i in indices])
+        own = [(i, *self._waiting.pop(i)) for i in indices]
+        ahead = [(i, *self._waiting[i]) for i in ordered[count:count + self.halo]]
+        behind = [frame for frame in self._behind if frame[0] < indices[0]]
+        frames = [*behind, *own, *ahead]
+        self._behind = [*behind, *own][-self.halo:] if self.halo else []
+        wide = window(len(behind), len(behind) + len(own), len(frames), self.halo)
+        wide_indices = [frame[0] for frame in frames]
         darks, flats = self._references
-        data = apply_steps(self.projection_steps, block, darks=darks, flats=flats,
+        data = apply_steps(self.projection_steps, np.stack([frame[2] for frame in frames]),
+                           darks=darks, flats=flats,
                            transfers=self.transfers,
                            device_references=self._device_references,
-                           frame_indices=np.array(indices, dtype=np.int64),
+                           frame_indices=np.array(wide_indices, dtype=np.int64),
                            flat_indices=self._flat_indices,
-                           projection_indices=self._projection_numbers(indices),
+                           projection_indices=self._projection_numbers(wide_indices),
                            repairs=self.repairs,
-                           on_result=self._saver(Pattern.PROJECTION,
-                                                 np.array(indices, dtype=np.int64),
-                                                 self.start.projections, angles,
-                                                 by_frame=True))
+                           on_result=keep_saved(self._saver(
+                               Pattern.PROJECTION, np.array(indices, dtype=np.int64),
+                               self.start.projections, angles, by_frame=True),
+                               wide, angles_along=True))
+        data = keep_block(data, wide, "projection section")
         data, count = repair_nonfinite(data)
         self.repairs.add(NONFINITE_CORRECTED, count)
         self.repairs.pixels += data.size
@@ -572,19 +620,26 @@ class ScanProcessor:
         it comes back while the next is computed (copies counted and timed in
         :attr:`transfers`). Otherwise :func:`apply_steps` moves each band itself."""
         rows, bands = sinograms.shape[0], len(spans)
+        halo = section_halo(steps)  # rows each block needs on each side (ADR 0019)
 
         def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
             listener = self.iterations.listener(first // self.block_sinograms, bands,
                                                 first, last) if emit else None
-            return apply_steps(steps, block, darks=None, flats=None,
+            rows_in = window(first, last, rows, halo)
+            data = apply_steps(steps, block, darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles,
                                on_iteration=listener, repairs=self.repairs,
                                caches=self._caches, keep_on_device=queued,
-                               on_result=self._saver(Pattern.SINOGRAM,
-                                                     np.arange(first, last, dtype=np.int64),
-                                                     rows, None))
+                               on_result=keep_saved(self._saver(
+                                   Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64),
+                                   rows, None), rows_in, angles_along=False))
+            return keep_block(data, rows_in, "sinogram section")
 
-        yield from band_outputs(steps, sinograms, spans, run, device=self.queue_device,
+        def haloed(first: int, last: int) -> npt.NDArray[np.float32]:
+            rows_in = window(first, last, rows, halo)
+            return sinograms[rows_in.low:rows_in.high]
+
+        yield from band_outputs(steps, spans, haloed, run, device=self.queue_device,
                                 transfers=self.transfers, stopping=self._stopping)
 
     def _projection_pass(
@@ -597,17 +652,22 @@ class ScanProcessor:
         projections = sinograms.transpose(1, 0, 2)  # (angles, rows, cols), a view
         count = projections.shape[0]
         gathered: npt.NDArray[np.float32] | None = None
+        halo = section_halo(steps)  # frames each block needs on each side (ADR 0019)
         for first in range(0, count, self.block_frames):
             if self._stopping():
                 return None, angles
             last = min(first + self.block_frames, count)
-            data = apply_steps(steps, projections[first:last], darks=None, flats=None,
-                               transfers=self.transfers, angles_deg=angles[first:last],
-                               projection_indices=np.arange(first, last, dtype=np.int64),
+            frames = window(first, last, count, halo)
+            data = apply_steps(steps, projections[frames.low:frames.high], darks=None,
+                               flats=None, transfers=self.transfers,
+                               angles_deg=angles[frames.low:frames.high],
+                               projection_indices=np.arange(frames.low, frames.high,
+                                                            dtype=np.int64),
                                repairs=self.repairs,
-                               on_result=self._saver(Pattern.PROJECTION,
-                                                     np.arange(first, last, dtype=np.int64),
-                                                     count, None))
+                               on_result=keep_saved(self._saver(
+                                   Pattern.PROJECTION, np.arange(first, last, dtype=np.int64),
+                                   count, None), frames, angles_along=True))
+            data = keep_block(data, frames, "projection section")
             if gathered is None:
                 gathered = np.empty((data.shape[1], count, data.shape[2]), dtype=np.float32)
             gathered[:, first:last] = data.transpose(1, 0, 2)

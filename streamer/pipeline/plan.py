@@ -11,10 +11,12 @@ A pipeline splits into sections as the run splits it
 again, a reslice between each two; a stage that changes the number of projections or the
 width changes the shape planned for the sections after it). Within a section, a
 block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
-its stages' ``memory`` estimates; the plan takes the largest ``n`` that keeps that peak
-within the budget (a binary search over ``n``, so estimates that are not proportional
-to ``n`` are honoured). A scan whose single frame or sinogram cannot fit is refused
-here, before it starts, never with an out-of-memory error mid-scan.
+its stages' ``memory`` estimates, at ``n`` plus twice the section's halo (the real
+neighbours a block gets when a kernel reaches across its axis, ADR 0019); the plan
+takes the largest ``n`` that keeps that peak within the budget (a binary search over
+``n``, so estimates that are not proportional to ``n`` are honoured). A scan whose
+single frame or sinogram cannot fit is refused here, before it starts, never with an
+out-of-memory error mid-scan.
 
 The same plan runs against a device (as HTTomo sizes its GPU blocks): with a device's
 usable bytes (:func:`stages.backends.device.device_budget_bytes`, from the free memory
@@ -36,6 +38,7 @@ from stages.spec import Geometry, MemoryEstimate, Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS
+from streamer.pipeline.halo import section_halo
 from streamer.pipeline.sections import sections_of
 
 
@@ -174,18 +177,27 @@ def _plan(
             units, unit_shape = count, (1, rows, width)
         else:
             units, unit_shape = rows, (1, count, width)
+        # a block of n runs as n plus its halo of real neighbours on each side (ADR 0019)
+        halo = section_halo(all_members)
+
+        def widened(n: int, units: int = units, halo: int = halo) -> int:
+            return min(units, n + 2 * halo)
+
+        unit_shape = (widened(1), unit_shape[1], unit_shape[2])
         per_unit = {s.name: _estimate(s, device)(unit_shape, dtype, s.params) for s in members}
         limiting = max(per_unit, key=lambda name: per_unit[name])
         need = per_unit[limiting]
         if need > budget_bytes:
             unit = "frame" if pattern is Pattern.PROJECTION else "sinogram"
+            with_halo = f" (with its {halo} neighbours on each side)" if halo else ""
             raise ConfigError(
-                f"stage {limiting!r}: one {unit} of shape {unit_shape[1:]} needs "
+                f"stage {limiting!r}: one {unit}{with_halo} of shape {unit_shape[1:]} needs "
                 f"{need / 2**20:,.1f} MiB, the {what} is {budget_bytes / 2**20:,.1f} MiB"
             )
         def peak_for(count: int, members: list[PipelineStep] = members,
                      tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> int:
-            return max(_estimate(s, device)((count, *tail), dtype, s.params) for s in members)
+            return max(_estimate(s, device)((widened(count), *tail), dtype, s.params)
+                       for s in members)
 
         block = _largest_fitting(peak_for, units, budget_bytes)
         peak = peak_for(block)

@@ -19,6 +19,11 @@ refuses, before the first scan, what R ranks do not run: ``save_result`` (one HD
 several writers) and HTTomo's image tail by reference (``glob_stats``: the images are
 written by ``recon`` on one rank).
 
+:func:`refuse_on_ranks` also refuses a step whose kernel reaches across the block axis
+(:attr:`stages.spec.StageSpec.halo`): a rank's frames are dealt blocks, not contiguous
+in angle, and its band has no rows of its neighbours, so the result would depend on the
+rank count (ADR 0019); one rank gives every block its real neighbours.
+
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
 a pipeline that needs more reslices is refused there with a one-line error naming the
@@ -116,3 +121,11 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
                 f"stage {step.name!r} ({step.where}): parameter {tail[0]!r} comes from "
                 "calculate_stats, HTTomo's image output, which `recon` writes on one rank "
                 "only: remove the output steps or run on one rank")
+    for step in steps:
+        halo = step.spec.reach(step.params)
+        if halo and step.spec.finds_center is None:
+            raise ConfigError(
+                f"stage {step.name!r} ({step.where}): its kernel reaches {halo} "
+                f"{'frame' if step.spec.pattern is Pattern.PROJECTION else 'frame/row'}(s) "
+                "across the block axis, and R ranks do not yet give a block its neighbours "
+                "on other ranks (ADR 0019): run it on one rank (`recon`, or --ranks 1)")

@@ -176,8 +176,8 @@ def _sinogram_section(
                            angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
                            keep_on_device=queued)
 
-    outputs = band_outputs(steps, sinograms, spans, run, device=tools.device,
-                           transfers=tools.transfers)
+    outputs = band_outputs(steps, spans, lambda first, last: sinograms[first:last], run,
+                           device=tools.device, transfers=tools.transfers)
     for (first, last), block in zip(spans, outputs, strict=True):
         if block.shape[1:] != gathered.shape[1:]:
             raise StageError(f"sinogram section [{', '.join(s.name for s in steps)}]: "

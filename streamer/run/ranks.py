@@ -81,6 +81,7 @@ from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
+from streamer.pipeline.halo import keep_block, section_halo, window
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan
@@ -1133,17 +1134,25 @@ class RankedReconstruction:
         block = self.block_sinograms or processor.block_sinograms
         spans = [(begin, min(begin + block, last - first))
                  for begin in range(0, last - first, block)]
+        # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
+        # every row, R ranks refuse such steps)
+        halo = section_halo(steps)
+
+        def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
+            where = window(begin, end, last - first, halo)
+            return band.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
-            return apply_steps(steps, data, darks=None, flats=None,
-                               angles_deg=band.angles_deg, transfers=processor.transfers,
-                               repairs=processor.repairs, caches=processor.caches,
-                               keep_on_device=queued,
-                               on_iteration=processor.iterations.listener(
-                                   begin // block, len(spans), first + begin, first + end))
+            out = apply_steps(steps, data, darks=None, flats=None,
+                              angles_deg=band.angles_deg, transfers=processor.transfers,
+                              repairs=processor.repairs, caches=processor.caches,
+                              keep_on_device=queued,
+                              on_iteration=processor.iterations.listener(
+                                  begin // block, len(spans), first + begin, first + end))
+            return keep_block(out, window(begin, end, last - first, halo), "sinogram section")
 
-        outputs = band_outputs(steps, band.sinograms, spans, run,
-                               device=processor.queue_device, transfers=processor.transfers)
+        outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
+                               transfers=processor.transfers)
         for (begin, _), data in zip(spans, outputs, strict=False):
             yield begin, data
 

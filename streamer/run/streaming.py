@@ -38,6 +38,7 @@ from stages.spec import Pattern
 from streamer.errors import StageError, StreamerError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock, apply_steps
+from streamer.pipeline.halo import section_halo
 from streamer.pipeline.sections import sections_of
 from streamer.pipeline.streaming import streaming_kind
 from streamer.run.center_pair import PairWatch
@@ -88,6 +89,10 @@ def plan_streaming(
         return StreamingPlan(None, f"reconstruction: at close ({len(found) - 1} reslices)")
     sinogram_steps = found[1].steps
     recon = next(s for s in sinogram_steps if s.spec.needs_angles)
+    after = sinogram_steps[sinogram_steps.index(recon) + 1:]
+    if section_halo(after):  # the accumulators' bands would be its blocks (ADR 0019)
+        return StreamingPlan(None, "reconstruction: at close (a step after it reaches "
+                                   "across slices: it needs the neighbouring bands)")
     params = recon.params
     if not isinstance(params, FourierFbpParams) or (params.center is None
                                                     and not estimate_center):

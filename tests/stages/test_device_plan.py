@@ -98,7 +98,9 @@ def test_device_plan_counts_only_device_steps_and_sizes_blocks_from_free_memory(
     plans = plan_device_blocks(pipeline, **SHAPE, device_bytes=usable)
     assert [plan.steps for plan in plans] == [("median_filter",)]  # gaussian: on numpy
     frame = REGISTRY["median_filter"].memory((1, 512, 1024), SHAPE["dtype"], None)
-    assert plans[0].block == usable // frame  # proportional estimate: floor(budget / frame)
+    # proportional estimate: floor(budget / frame), less gaussian_filter's (axis 1, sigma 1)
+    # 4 neighbours on each side that every block of its section gets (ADR 0019)
+    assert plans[0].block == usable // frame - 2 * 4
     assert plans[0].peak_bytes <= usable
     on_gpu = plan_device_blocks(steps_on_device(pipeline), **SHAPE, device_bytes=usable)
     assert [plan.steps for plan in on_gpu] == [
@@ -115,7 +117,7 @@ def test_device_plan_counts_only_device_steps_and_sizes_blocks_from_free_memory(
 def test_a_frame_that_cannot_fit_the_device_is_refused_before_the_scan() -> None:
     with pytest.raises(ConfigError, match="usable device memory is") as error:
         plan_device_blocks(steps(), **SHAPE, device_bytes=2**20)
-    assert "one frame of shape (512, 1024)" in str(error.value)
+    assert "one frame (with its 4 neighbours on each side) of shape (512, 1024)" in str(error.value)
 
 
 def test_check_prints_the_device_plan_for_a_stated_size(
