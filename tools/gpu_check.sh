@@ -3,7 +3,10 @@
 #   1. makes a venv (or reuses --venv) and installs the package with the `gpu` extra, and
 #      httomolibgpu with --no-deps where it installs (its absence is recorded, not fatal);
 #   2. runs the `gpu`-marked tests of tests/stages and tests/pipeline (CPU/GPU agreement,
-#      fourier_fbp on cufinufft, the CUDA back-projection kernel, the executor's queue);
+#      fourier_fbp on cufinufft, the CUDA back-projection kernel, the executor's queue,
+#      the streaming accumulators on CuPy) and of tests/run/test_device_queue_on_ranks.py
+#      (two in-process ranks sharing the one GPU through their queues; a cupy
+#      fourier_fbp streaming on 1 and 2 ranks): small scans, seconds in all;
 #   3. runs tools/gpu_bench.py: per-stage throughput on CuPy vs NumPy (vs httomolibgpu),
 #      recon --device gpu of a simulated 2048-wide scan with fbp and with fourier_fbp
 #      (GVoxel/s, peak device memory, the transfers line);
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
         --venv) VENV="$(cd "$2" && pwd)"; shift 2 ;;
         --wheels) WHEELS="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "error: gpu_check.sh: expected --out DIR|--venv DIR|--wheels DIR|--dry-run, got '$1'" >&2
            exit 2 ;;
     esac
@@ -89,7 +92,8 @@ fi
 say "gpu-marked tests (at most ${tests_limit}s)"
 set +e
 (cd "$REPO" && timeout "$tests_limit" "$PYTHON" -m pytest -m gpu -q -p no:randomly \
-    tests/stages tests/pipeline --junitxml="$OUT/gpu-tests.xml") > "$OUT/gpu-tests.log" 2>&1
+    tests/stages tests/pipeline tests/run/test_device_queue_on_ranks.py \
+    --junitxml="$OUT/gpu-tests.xml") > "$OUT/gpu-tests.log" 2>&1
 tests_rc=$?
 set -e
 tail -n 3 "$OUT/gpu-tests.log"

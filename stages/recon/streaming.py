@@ -52,15 +52,16 @@ while the grids are still held (the peak). :func:`streaming_memory` gives the fi
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import finufft
 import numpy as np
 import numpy.typing as npt
-import scipy.fft
 
+from stages.backends.nufft import spreading_plan
+from stages.backends.xp import TransferStats, array_module, fft_module, host_copy
 from stages.recon.fbp import padded_length
 from stages.recon.fourier import (
     _UPSAMPFAC,
@@ -175,10 +176,10 @@ class _BlockGridding:
     """The NUFFT of one block of projections: where its strengths come from and the plan
     with its points sorted (``points`` keeps the coordinates the plan reads alive)."""
 
-    key: tuple[bytes, int]
-    gather: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]
-    multiplier: npt.NDArray[np.complex64]  # (2, entries)
-    points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+    key: tuple[bytes, int, str]
+    gather: tuple[Any, Any]  # in the band's array module, as the two below
+    multiplier: Any  # (2, entries)
+    points: tuple[Any, Any]
     plan: Any
     #: Runs ``(first, end)`` of the grid rows the block's spread grid (after the
     #: reflection) can touch: the others stay 0, so they are neither reflected nor
@@ -277,6 +278,8 @@ class StreamingFbp:
         *,
         rows_early: bool = True,
         cache: FourierFbpCache | None = None,
+        xp: Any = np,
+        transfers: TransferStats | None = None,
     ) -> None:
         if rows < 1 or cols < 1:
             raise StageError(
@@ -319,19 +322,51 @@ class StreamingFbp:
                 self.lines, self.window, setup.multiplier
             )
         self.table: _Contributions = self.plan.derived["contributions"]
-        self.response = setup.response
+        self.xp = xp
+        self.transfers = transfers if transfers is not None else TransferStats()
+        self._device = _module_key(xp)
+        self.fft = fft_module(xp)
+        self.response = self._table(f"response on {self._device}", setup.response)
         self.grid = _grid_size(self.size)
         self.pairs = (self.rows + 1) // 2
         self.rows_early = rows_early
         width = self.size if rows_early else self.grid
-        self.spread: npt.NDArray[np.complex64] | None = np.zeros(
-            (self.pairs, self.grid, width), dtype=np.complex64
-        )
+        # The accumulators live where the reconstructor's backend computes (xp): a
+        # device band adds each block there and downloads only the finished slices.
+        self.spread: Any = xp.zeros((self.pairs, self.grid, width), dtype=xp.complex64)
         # The kernel's deconvolution (0 outside the circle with circle_mask), read upside
-        # down as the slices are: made now, not after the last frame.
-        self.deconvolve = self.plan.make_deconvolution()
+        # down as the slices are: made now, not after the last frame. A device's is its
+        # own NUFFT library's kernel (ADR 0018), uploaded once per plan.
+        self.deconvolve = (self.plan.make_deconvolution() if xp is np
+                           else self.plan.deconvolution_for(xp))
         self.received = np.zeros(self.angles.shape[0], dtype=bool)
         self._sorted = np.argsort(self.angles, kind="stable")
+
+    def _table(self, key: str, host: npt.NDArray[Any]) -> Any:
+        """``host`` in the band's array module, uploaded once per plan (the bands of a
+        scan share it)."""
+        if self.xp is np:
+            return host
+        if key not in self.plan.derived:
+            self.plan.derived[key] = self.xp.asarray(host)
+        return self.plan.derived[key]
+
+    def _fft_options(self, threads: int) -> dict[str, Any]:
+        return {"workers": threads} if self.xp is np else {}
+
+    def _upload(self, block: Any) -> Any:
+        """The block in the band's array module, float32 and contiguous: a host block
+        going to a device is copied once (counted and timed in :attr:`transfers`)."""
+        xp = self.xp
+        if xp is np or not isinstance(block, np.ndarray):
+            return xp.ascontiguousarray(block, dtype=xp.float32)
+        host = np.ascontiguousarray(block, dtype=np.float32)
+        start = time.perf_counter()
+        moved = xp.asarray(host)
+        self.transfers.seconds_to_device += time.perf_counter() - start
+        self.transfers.to_device += 1
+        self.transfers.bytes_to_device += int(host.nbytes)
+        return moved
 
     @property
     def missing(self) -> int:
@@ -368,7 +403,13 @@ class StreamingFbp:
         """
         if self.spread is None:
             raise StageError(f"stage {_STAGE!r}: add: expected a running band, got a finished one")
-        if not isinstance(block, np.ndarray) or block.ndim != 3 or block.dtype.kind not in "uif":
+        where = "numpy" if isinstance(block, np.ndarray) else _module_key(array_module(block))
+        if where not in {"numpy", self._device}:
+            raise StageError(
+                f"stage {_STAGE!r}: block: expected a host array or one of {self._device} "
+                f"(the band's backend), got one of {where}"
+            )
+        if block.ndim != 3 or np.dtype(block.dtype).kind not in "uif":
             raise StageError(
                 f"stage {_STAGE!r}: block: expected a real 3-D sinogram block "
                 f"(rows, angles, cols), got {getattr(block, 'shape', None)}"
@@ -387,7 +428,7 @@ class StreamingFbp:
         if angles.size == 0:
             return
         positions = self._positions(angles)
-        sino = np.ascontiguousarray(block, dtype=np.float32)
+        sino = self._upload(block)
         locked = self.cache is not None and self.cache.try_lock()
         try:
             self._add(sino, positions, shared=locked)
@@ -399,7 +440,7 @@ class StreamingFbp:
     def _block_gridding(self, positions: npt.NDArray[np.intp], *, shared: bool) -> _BlockGridding:
         """The gridding of a block of planned projections ``positions``: the last
         block's is kept in the shared plan (the other bands get the same block next)."""
-        key = (positions.tobytes(), self.threads)
+        key = (positions.tobytes(), self.threads, self._device)
         if shared:
             kept = self.plan.derived.get("block")
             if isinstance(kept, _BlockGridding) and kept.key == key:
@@ -429,36 +470,37 @@ class StreamingFbp:
         if height > grid // _BAND_FRACTION or positions.shape[0] < self.missing:
             height = grid
         offset = (grid - height) // 2
-        plan = finufft.Plan(
-            1, (height, grid), n_trans=2, eps=self.params.eps, dtype="complex64",
-            spreadinterponly=1, upsampfac=_UPSAMPFAC, nthreads=self.threads,
-        )
+        xp = self.xp
+        plan = spreading_plan(xp, 1, (height, grid), n_trans=2, eps=self.params.eps,
+                              upsampfac=_UPSAMPFAC, threads=self.threads, stage=_STAGE)
         stretched = rows_y if height == grid else (rows_y * np.float32(grid / height))
-        plan.setpts(stretched, cols_x)
+        points = (xp.asarray(stretched), xp.asarray(cols_x))  # a device's: uploaded once
+        plan.setpts(*points)
         gridding = _BlockGridding(
-            key=key, gather=(local + table.fft_column[0, entries],
-                             local + table.fft_column[1, entries]),
-            multiplier=table.multiplier[:, entries], points=(stretched, cols_x), plan=plan,
+            key=key, gather=(xp.asarray(local + table.fft_column[0, entries]),
+                             xp.asarray(local + table.fft_column[1, entries])),
+            multiplier=xp.asarray(table.multiplier[:, entries]), points=points, plan=plan,
             rows=_row_runs(rows_y, grid), offset=offset, height=height,
         )
         if shared:
             self.plan.derived["block"] = gridding
         return gridding
 
-    def _add(self, sino: npt.NDArray[np.float32], positions: npt.NDArray[np.intp], *,
-             shared: bool) -> None:
-        """Spread the block's share of every row pair into the accumulators."""
+    def _add(self, sino: Any, positions: npt.NDArray[np.intp], *, shared: bool) -> None:
+        """Spread the block's share of every row pair into the accumulators (``sino`` and
+        everything here in the band's array module)."""
         assert self.spread is not None
+        xp = self.xp
         gridding = self._block_gridding(positions, shared=shared)
         gather, multiplier, plan = gridding.gather, gridding.multiplier, gridding.plan
-        strengths = np.empty((2, gather[0].shape[0]), dtype=np.complex64)
+        strengths = xp.empty((2, gather[0].shape[0]), dtype=xp.complex64)
         # Reused by every pair of the block (2 G² complex64: 105 MB at N = 2048).
-        grids = np.empty((2, gridding.height, self.grid), dtype=np.complex64)
+        grids = xp.empty((2, gridding.height, self.grid), dtype=xp.complex64)
         offset = gridding.offset
         for pair in range(self.pairs):
             coefficients = self._coefficients(sino, pair).reshape(-1)
             for part in (0, 1):  # at ω >= 0, and at -ω (spread at ω, then reflected)
-                np.multiply(coefficients[gather[part]], multiplier[part], out=strengths[part])
+                xp.multiply(coefficients[gather[part]], multiplier[part], out=strengths[part])
             spread = plan.execute(strengths, out=grids)
             for first, end in gridding.rows:  # the other rows stay 0
                 # Rows ``first … end-1`` of the grid are rows ``first - offset …`` here.
@@ -469,13 +511,14 @@ class StreamingFbp:
                 else:
                     self.spread[pair, first:end] += spread[0, low:high]
 
-    def _coefficients(self, sino: npt.NDArray[np.float32], pair: int) -> npt.NDArray[np.complex64]:
+    def _coefficients(self, sino: Any, pair: int) -> Any:
         """``M``-point FFTs ``(angles, M)`` of the cropped filtered projections of rows
         ``2·pair`` (real part) and ``2·pair + 1`` (imaginary part), as in the batch call."""
+        xp, fft, options = self.xp, self.fft, self._fft_options(self.threads)
         count = sino.shape[1]
         left, length, cols = self.left, self.length, self.cols
-        packed = np.empty((count, length), dtype=np.complex64)
-        parts = packed.view(np.float32).reshape(count, length, 2)
+        packed = xp.empty((count, length), dtype=xp.complex64)
+        parts = packed.view(xp.float32).reshape(count, length, 2)
         for part, row in enumerate((2 * pair, 2 * pair + 1)):
             target = parts[:, :, part]
             if row >= self.rows:  # odd band: the last imaginary part is 0
@@ -485,67 +528,58 @@ class StreamingFbp:
             target[:, left : left + cols] = data
             target[:, :left] = data[:, :1] if self.params.pad else 0.0
             target[:, left + cols :] = data[:, -1:] if self.params.pad else 0.0
-        spectrum = scipy.fft.fft(packed, axis=-1, workers=self.threads, overwrite_x=True)
+        spectrum = fft.fft(packed, axis=-1, overwrite_x=True, **options)
         spectrum *= self.response
-        filtered = scipy.fft.ifft(spectrum, axis=-1, workers=self.threads, overwrite_x=True)
+        filtered = fft.ifft(spectrum, axis=-1, overwrite_x=True, **options)
         start, window = self.start, self.window
         if start >= 0 and start + window <= length:
             cropped = filtered[:, start : start + window]
         else:  # positions off the padded projection read 0, as in the batch call
-            cropped = np.zeros((count, window), dtype=np.complex64)
+            cropped = xp.zeros((count, window), dtype=xp.complex64)
             lo, hi = max(start, 0), min(start + window, length)
             if hi > lo:
                 cropped[:, lo - start : hi - start] = filtered[:, lo:hi]
-        result: npt.NDArray[np.complex64] = scipy.fft.fft(
-            cropped, axis=-1, workers=self.threads
-        ).astype(np.complex64, copy=False)
-        return result
+        return fft.fft(cropped, axis=-1, **options).astype(xp.complex64, copy=False)
 
-    def _fold_rows(
-        self, grid: npt.NDArray[np.complex64], target: npt.NDArray[np.complex64]
-    ) -> None:
+    def _fold_rows(self, grid: Any, target: Any) -> None:
         """Add the FFT along x of a block's spread grid, pruned to the ``N`` wanted
         columns (modes ``-N//2 … -1`` then ``0 …``), into ``target`` ``(G, N)``."""
         neg, nonneg = self.size // 2, self.size - self.size // 2
-        rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=self.threads,
-                              overwrite_x=True)
+        rows = self.fft.ifft(grid, axis=-1, norm="forward", overwrite_x=True,
+                             **self._fft_options(self.threads))
         target[:, :neg] += rows[:, self.grid - neg :]
         target[:, neg:] += rows[:, :nonneg]
 
-    def _transform(
-        self, grid: npt.NDArray[np.complex64], pair: int, out: npt.NDArray[np.float32],
-        threads: int,
-    ) -> None:
+    def _transform(self, grid: Any, pair: int, out: Any, threads: int) -> None:
         """Grid FFT (pruned to the ``N`` wanted columns) and deconvolution of one row pair,
         written into ``out[2·pair]`` (real part) and ``out[2·pair + 1]`` (imaginary)."""
+        xp, fft, options = self.xp, self.fft, self._fft_options(threads)
         size = self.size
         neg, nonneg = size // 2, size - size // 2
         deconvolve = self.deconvolve
         if self.rows_early:  # the x transform was done block by block
-            full = scipy.fft.ifft(grid, axis=0, norm="forward", workers=threads,
-                                  overwrite_x=True)
+            full = fft.ifft(grid, axis=0, norm="forward", overwrite_x=True, **options)
             # Slice row r is mode nonneg-1-r: modes nonneg-1 … 0 (the start of the
             # transform, upside down), then -1 … -neg (its end, upside down); read in
             # place, no copy of the image.
             top, bottom = full[nonneg - 1 :: -1], full[: full.shape[0] - neg - 1 : -1]
             for part, row in (("real", 2 * pair), ("imag", 2 * pair + 1)):
                 if row < self.rows:
-                    np.multiply(getattr(top, part), deconvolve[:nonneg], out=out[row, :nonneg])
-                    np.multiply(getattr(bottom, part), deconvolve[nonneg:],
+                    xp.multiply(getattr(top, part), deconvolve[:nonneg], out=out[row, :nonneg])
+                    xp.multiply(getattr(bottom, part), deconvolve[nonneg:],
                                 out=out[row, nonneg:])
             return
-        image = np.empty((size, size), dtype=np.complex64)
-        rows = scipy.fft.ifft(grid, axis=-1, norm="forward", workers=threads,
-                              overwrite_x=True)
+        image = xp.empty((size, size), dtype=xp.complex64)
+        rows = fft.ifft(grid, axis=-1, norm="forward", overwrite_x=True, **options)
         for target, columns in ((image[:, :neg], rows[:, self.grid - neg :]),
                                 (image[:, neg:], rows[:, :nonneg])):
-            full = scipy.fft.ifft(columns, axis=0, norm="forward", workers=threads)
+            full = fft.ifft(columns, axis=0, norm="forward", **options)
             target[:neg] = full[full.shape[0] - neg :]
             target[neg:] = full[:nonneg]
         # Modes run along +y, the slice's rows down: both read upside down (views).
-        np.multiply(image.real[::-1], deconvolve, out=out[2 * pair])
+        xp.multiply(image.real[::-1], deconvolve, out=out[2 * pair])
         if 2 * pair + 1 < self.rows:
-            np.multiply(image.imag[::-1], deconvolve, out=out[2 * pair + 1])
+            xp.multiply(image.imag[::-1], deconvolve, out=out[2 * pair + 1])
 
     def finish(self) -> npt.NDArray[np.float32]:
         """The band's slices ``(rows, N, N)`` float32, as :func:`fourier_fbp` returns them.
@@ -570,9 +604,9 @@ class StreamingFbp:
                 f"projections, got {self.received.size - self.missing} ({self.missing} "
                 "missing); reconstruct the received sinogram in batch"
             )
-        out = np.empty((self.rows, self.size, self.size), dtype=np.float32)
+        out = self.xp.empty((self.rows, self.size, self.size), dtype=self.xp.float32)
         spread, self.spread = self.spread, None
-        workers = min(self.pairs, self.threads)
+        workers = min(self.pairs, self.threads) if self.xp is np else 1
         if workers == 1:
             for pair in range(self.pairs):
                 self._transform(spread[pair], pair, out, self.threads)
@@ -582,7 +616,19 @@ class StreamingFbp:
                         for pair in range(self.pairs)]
                 for job in jobs:
                     job.result()
-        return out
+        if self.xp is np:
+            host: npt.NDArray[np.float32] = out
+            return host
+        start = time.perf_counter()  # the band's one copy back (synchronous)
+        host = host_copy(out)
+        self.transfers.seconds_to_host += time.perf_counter() - start
+        self.transfers.to_host += 1
+        self.transfers.bytes_to_host += int(host.nbytes)
+        return host
+
+
+def _module_key(xp: Any) -> str:
+    return str(getattr(xp, "__name__", type(xp).__name__))
 
 
 def streaming_memory(

@@ -36,7 +36,7 @@ from typing import Any, Protocol, SupportsFloat
 import numpy as np
 import numpy.typing as npt
 
-from stages.backends.device_queue import CupyStreams, DeviceQueue, StreamDevice
+from stages.backends.device_queue import CupyStreams, StreamDevice
 from stages.backends.xp import TransferStats, array_module, to_device, to_host
 from stages.prep.repair import (
     NONFINITE_CORRECTED,
@@ -50,6 +50,7 @@ from streamer.errors import StageError
 from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.device_bands import DEVICE_BACKENDS, band_outputs
 from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import Section, sections_of
@@ -95,7 +96,6 @@ class ResultHook(Protocol):
         """One block of ``step``'s output (see ``IntermediateResults.add``)."""
 
 
-DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
 #: A streaming scan's projection blocks shrink toward its end down to this fraction of
 #: ``block_frames`` (the last block is what is left after the last frame).
 _TAPER_TO = 8
@@ -209,13 +209,6 @@ def apply_steps(
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
-
-
-def runs_on_device(steps: tuple[PipelineStep, ...]) -> bool:
-    """Whether a section streams through a :class:`DeviceQueue`: every step on the device
-    and none saving its output on the way (that would copy to the host mid-block)."""
-    return bool(steps) and all(step.backend in DEVICE_BACKENDS and not step.save_result
-                               for step in steps)
 
 
 def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
@@ -342,6 +335,13 @@ class ScanProcessor:
         #: (:class:`~stages.backends.device_queue.DeviceQueue`: pinned buffers, copies
         #: overlapping the compute); ``None``: CuPy's streams, made when one runs.
         self.stream_device: StreamDevice | None = None
+
+    def queue_device(self) -> StreamDevice:
+        """The device a queued section streams through: :attr:`stream_device`, CuPy's
+        streams made the first time one is needed (a runner's bands share it too)."""
+        if self.stream_device is None:
+            self.stream_device = CupyStreams()
+        return self.stream_device
 
     @property
     def caches(self) -> StageCaches:
@@ -639,27 +639,8 @@ class ScanProcessor:
             rows_in = window(first, last, rows, halo)
             return sinograms[rows_in.low:rows_in.high]
 
-        if not runs_on_device(steps):
-            for first, last in spans:
-                if self._stopping():
-                    return
-                yield run(haloed(first, last), first, last, queued=False)
-            return
-        if self.stream_device is None:
-            self.stream_device = CupyStreams()
-        issued = iter(spans)  # DeviceQueue calls the work in the order it takes blocks
-
-        def blocks() -> Iterator[npt.NDArray[np.float32]]:
-            for first, last in spans:
-                if self._stopping():
-                    return
-                yield haloed(first, last)
-
-        def work(block: Any) -> Any:
-            first, last = next(issued)
-            return run(block, first, last, queued=True)
-
-        yield from DeviceQueue(self.stream_device, self.transfers).map(blocks(), work)
+        yield from band_outputs(steps, spans, haloed, run, device=self.queue_device,
+                                transfers=self.transfers, stopping=self._stopping)
 
     def _projection_pass(
         self, steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],

@@ -37,7 +37,7 @@ import numpy as np
 from stages.spec import Geometry, MemoryEstimate, Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.executor import DEVICE_BACKENDS
+from streamer.pipeline.device_bands import DEVICE_BACKENDS
 from streamer.pipeline.halo import section_halo
 from streamer.pipeline.sections import sections_of
 

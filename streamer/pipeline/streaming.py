@@ -19,10 +19,13 @@ from dataclasses import dataclass
 
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["STREAMING_RECONSTRUCTORS", "StreamingKind", "streaming_kind"]
+__all__ = ["STREAMING_BACKENDS", "STREAMING_RECONSTRUCTORS", "StreamingKind", "streaming_kind"]
 
 #: Reconstructors with a streaming form (the accumulator of stages.recon.streaming).
 STREAMING_RECONSTRUCTORS = frozenset({"fourier_fbp"})
+#: Backends whose array module holds the streaming accumulators (numpy on the host, CuPy
+#: on a GPU: the host blocks are uploaded as they arrive, the band comes back at finish).
+STREAMING_BACKENDS = frozenset({"numpy", "cupy"})
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,10 @@ def streaming_kind(steps: Sequence[PipelineStep]) -> StreamingKind:
                     f"step {number} {step.name} has no streaming form (streaming: "
                     f"{', '.join(sorted(STREAMING_RECONSTRUCTORS))})"
                 )
-            elif step.backend != "numpy":  # the accumulators are host arrays
+            elif step.backend not in STREAMING_BACKENDS:
                 blockers.append(
                     f"step {number} {step.name} runs on backend {step.backend!r} (its "
-                    "streaming form runs on numpy)"
+                    f"streaming form runs on {' or '.join(sorted(STREAMING_BACKENDS))})"
                 )
             return StreamingKind(not blockers, step.name, tuple(blockers))
         if step.spec.finds_center is not None:

@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stages.backends.device_queue import StreamDevice
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError, StreamerError
 from streamer.exchange.reslice import Band, PartsLink, row_bands
 from streamer.exchange.transpose import Shape, TransposeResult, transpose
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import StageCaches, apply_steps, fill_sections, section_angles
 from streamer.pipeline.sections import sections_of
 
@@ -70,6 +72,9 @@ class SectionTools:
     caches: StageCaches
     #: Why this rank stops now (SIGINT/SIGTERM, its own or a peer's), None: go on.
     stopped: Callable[[], str | None]
+    #: The device a sinogram section wholly on the device streams its bands through
+    #: (the processor's :meth:`~streamer.pipeline.executor.ScanProcessor.queue_device`).
+    device: Callable[[], StreamDevice]
     #: What each later reslice moved, in order (the scan's transfers count them all).
     moved: list[TransposeResult] = field(default_factory=list)
 
@@ -166,11 +171,17 @@ def _sinogram_section(
     out_angles = section_angles(steps, angles, cols)
     width = _width_after(steps, angles, cols)
     gathered = np.empty((band_rows, out_angles.size, width), np.float32)
-    for first in range(0, band_rows, tools.block_sinograms):
-        last = min(first + tools.block_sinograms, band_rows)
-        block = apply_steps(steps, sinograms[first:last], darks=None, flats=None,
-                            transfers=tools.transfers, angles_deg=angles,
-                            repairs=tools.repairs, caches=tools.caches)
+    spans = [(first, min(first + tools.block_sinograms, band_rows))
+             for first in range(0, band_rows, tools.block_sinograms)]
+
+    def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
+        return apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
+                           angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
+                           keep_on_device=queued)
+
+    outputs = band_outputs(steps, spans, lambda first, last: sinograms[first:last], run,
+                           device=tools.device, transfers=tools.transfers)
+    for (first, last), block in zip(spans, outputs, strict=True):
         if block.shape[1:] != gathered.shape[1:]:
             raise StageError(f"sinogram section [{', '.join(s.name for s in steps)}]: "
                              f"expected blocks of {out_angles.size} angles x {width} "

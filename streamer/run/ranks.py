@@ -82,6 +82,7 @@ from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
 from streamer.pipeline.halo import keep_block, section_halo, window
 from streamer.pipeline.images import (
@@ -596,6 +597,8 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own,
             )
+        if streaming is not None:  # a device reconstructor's uploads: this rank's copies
+            streaming.transfers = processor.transfers
         path = None
         if self.control.rank == 0:
             # Rank 0 alone names the output (a name taken by an earlier scan gets a
@@ -772,7 +775,8 @@ class RankedReconstruction:
         processor = scan.processor
         tools = SectionTools(processor.block_frames, processor.block_sinograms,
                              processor.transfers, processor.repairs, processor.caches,
-                             stopped=lambda: self._stopped(scan))
+                             stopped=lambda: self._stopped(scan),
+                             device=processor.queue_device)
         scan.later_moved = tools.moved  # filled as the transposes run
         return run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
@@ -1130,22 +1134,7 @@ class RankedReconstruction:
                     and references == scan.start.darks + scan.start.flats)
         blocks = self._streamed(scan, band, complete)
         if blocks is None:
-            block = self.block_sinograms or scan.processor.block_sinograms
-            transfers, iterations = scan.processor.transfers, scan.processor.iterations
-            count = -(-(last - first) // block)
-            # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
-            # every row, R ranks refuse such steps)
-            halo = section_halo(data_steps)
-            rows_in = [window(begin, min(begin + block, last - first), last - first, halo)
-                       for begin in range(0, last - first, block)]
-            blocks = ((where.first, keep_block(apply_steps(
-                data_steps, band.sinograms[where.low:where.high], darks=None, flats=None,
-                angles_deg=band.angles_deg, transfers=transfers,
-                repairs=scan.processor.repairs, caches=scan.processor.caches,
-                on_iteration=iterations.listener(where.first // block, count,
-                                                 first + where.first, first + where.last)),
-                where, "sinogram section"))
-                for where in rows_in)
+            blocks = self._band_blocks(scan, band, data_steps)
         path = master
         writer: VolumeSink | None = None
         written = 0
@@ -1189,6 +1178,10 @@ class RankedReconstruction:
         except StreamerError as error:  # a stage or the disk: what was written stays
             stopped = str(error)
             self.last_error = self.last_error or error
+        moved = scan.processor.transfers  # a device's copies (queue, streaming uploads)
+        if moved.transfers and self.log is not None:
+            self.log(f"scan {scan.start.scan}: rank {rank}: device transfers: "
+                     f"{moved.describe()}")
         done = complete and stopped is None and written == last - first
         if writer is not None and ranks == 1:
             # The volume itself: closed with the scan's report in it (write_master).
@@ -1204,6 +1197,40 @@ class RankedReconstruction:
             return PartWritten(rank, str(path) if writer is not None else None, band.rows,
                                written, False, stopped)
         return PartWritten(rank, str(path), band.rows, written, complete, None)
+
+    def _band_blocks(self, scan: _ScanState, band: Band, steps: tuple[PipelineStep, ...],
+                     ) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+        """``steps`` on this rank's band in blocks: (first row in the band, output). A
+        section wholly on the device streams through the processor's
+        :class:`~stages.backends.device_queue.DeviceQueue`, as on one rank
+        (:func:`~streamer.pipeline.device_bands.band_outputs`); the copies are counted and
+        timed in the processor's transfers (logged per rank by :meth:`_write_part`)."""
+        first, last = band.rows
+        processor = scan.processor
+        block = self.block_sinograms or processor.block_sinograms
+        spans = [(begin, min(begin + block, last - first))
+                 for begin in range(0, last - first, block)]
+        # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
+        # every row, R ranks refuse such steps)
+        halo = section_halo(steps)
+
+        def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
+            where = window(begin, end, last - first, halo)
+            return band.sinograms[where.low:where.high]
+
+        def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
+            out = apply_steps(steps, data, darks=None, flats=None,
+                              angles_deg=band.angles_deg, transfers=processor.transfers,
+                              repairs=processor.repairs, caches=processor.caches,
+                              keep_on_device=queued,
+                              on_iteration=processor.iterations.listener(
+                                  begin // block, len(spans), first + begin, first + end))
+            return keep_block(out, window(begin, end, last - first, halo), "sinogram section")
+
+        outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
+                               transfers=processor.transfers)
+        for (begin, _), data in zip(spans, outputs, strict=False):
+            yield begin, data
 
     def _streamed(self, scan: _ScanState, band: Band, complete: bool,
                   ) -> Iterator[tuple[int, npt.NDArray[np.float32]]] | None:

@@ -22,12 +22,15 @@ processor keeps it either way), and the reason is kept in :attr:`StreamingSectio
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from stages.backends.xp import TransferStats, require_gpu
 from stages.prep.repair import RepairCounts
 from stages.recon.fourier import FourierFbpCache, FourierFbpParams
 from stages.recon.streaming import StreamingFbp, streaming_memory
@@ -171,6 +174,12 @@ class StreamingSection:
     #: Told the CoR of the opposite pair when it has arrived (the rank that watches it);
     #: None: this rank does not watch.
     on_pair: Callable[[float], None] | None = None
+    #: The array module of the accumulators: numpy, or the device of the reconstructor's
+    #: backend (CuPy; a test's namespace); None: chosen from the backend at the first block.
+    xp: Any = None
+    #: Host→device copies of the blocks and the bands' copies back (a device backend):
+    #: the runner hands the scan's own counters.
+    transfers: TransferStats = field(default_factory=TransferStats)
     #: Why the scan went back to the batch path (``None``: it streams).
     fallback: str | None = None
     blocks_added: int = 0
@@ -252,17 +261,31 @@ class StreamingSection:
 
     def _accumulate(self, sinograms: npt.NDArray[np.float32],
                     angles: npt.NDArray[np.float64]) -> None:
+        if self.xp is None:
+            self.xp = np if self.recon.backend == "numpy" else require_gpu(self.recon.backend)
+        xp = self.xp
         if not self._bands:
             assert self._planned is not None and self.center is not None
             rows, cols = self._shape
             shared = FourierFbpCache()  # the bands share the plan and block griddings
             self._bands = [
                 (first, StreamingFbp(min(self.band_rows, rows - first), cols, self._planned,
-                                     self.params, center=self.center, cache=shared))
+                                     self.params, center=self.center, cache=shared, xp=xp,
+                                     transfers=self.transfers))
                 for first in range(0, rows, self.band_rows)
             ]
+        if xp is not np:  # the block goes up once; each band adds its rows there
+            sinograms = self._upload(sinograms)
         for first, band in self._bands:
             band.add(sinograms[first:first + band.rows], angles)
+
+    def _upload(self, sinograms: npt.NDArray[np.float32]) -> Any:
+        start = time.perf_counter()
+        moved = self.xp.asarray(np.ascontiguousarray(sinograms, dtype=np.float32))
+        self.transfers.seconds_to_device += time.perf_counter() - start
+        self.transfers.to_device += 1
+        self.transfers.bytes_to_device += int(sinograms.nbytes)
+        return moved
 
     def start(self, center: float) -> None:
         """The CoR is known (or changed): (re)start the accumulators with it and add the

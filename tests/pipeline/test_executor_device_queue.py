@@ -19,7 +19,8 @@ import pytest
 from stages import spec as stage_spec
 from stages.registry import REGISTRY
 from streamer.pipeline.config import parse_pipeline
-from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader, runs_on_device
+from streamer.pipeline.device_bands import runs_on_device
+from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, feed_reader
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.stages import device_like

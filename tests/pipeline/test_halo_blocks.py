@@ -21,12 +21,12 @@ from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.ingest.store import HeldFrame
 from streamer.pipeline.config import parse_pipeline
+from streamer.pipeline.device_bands import runs_on_device
 from streamer.pipeline.executor import (
     ProcessedBlock,
     ScanProcessor,
     feed_reader,
     process_reader,
-    runs_on_device,
 )
 from streamer.pipeline.halo import keep_block, window
 from streamer.pipeline.plan import plan_blocks

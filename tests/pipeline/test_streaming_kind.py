@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,6 @@ def test_corrections_then_fourier_fbp_stream() -> None:
          "step 1 dezinger_temporal needs whole sinograms"),
         ("  - method: minus_log\n  - method: fbp\n", "step 2 fbp has no streaming form"),
         ("  - method: minus_log\n  - method: sirt\n", "step 2 sirt has no streaming form"),
-        ("  - method: minus_log\n  - method: fourier_fbp\n    backend: cupy\n",
-         "step 2 fourier_fbp runs on backend 'cupy'"),
     ],
 )
 def test_whole_sinogram_pipelines_reconstruct_at_close(body: str, reason: str) -> None:
@@ -138,6 +137,19 @@ def test_whole_sinogram_pipelines_reconstruct_at_close(body: str, reason: str) -
     assert not kind.streaming
     assert any(blocker.startswith(reason) for blocker in kind.blockers), kind.blockers
     assert kind.describe().startswith("reconstruction: at close, band by band (")
+
+
+def test_fourier_fbp_on_the_device_streams_and_other_backends_do_not() -> None:
+    """The accumulators live in the reconstructor's array module (numpy or CuPy); a
+    backend with no such module reconstructs at close."""
+    body = "  - method: minus_log\n  - method: fourier_fbp\n    backend: cupy\n"
+    assert _kind(body).streaming
+    steps = parse_pipeline("pipeline:\n" + body, REGISTRY, source="test").steps
+    elsewhere = (steps[0], replace(steps[1], backend="tomopy"))
+    kind = streaming_kind(elsewhere)
+    assert not kind.streaming
+    assert kind.blockers == ("step 2 fourier_fbp runs on backend 'tomopy' (its streaming "
+                             "form runs on cupy or numpy)",)
 
 
 def test_stages_after_the_reconstructor_do_not_matter() -> None:

@@ -50,7 +50,10 @@ def test_dry_run_writes_the_json_with_every_device_ready_stage(tmp_path: Path) -
     assert "skipped" in log or gpu_available()
     junit = (tmp_path / "gpu-tests.xml").read_text()  # the new gpu tests are collected
     for name in ("test_cupy_agrees_with_numpy_on_a_phantom",
-                 "test_on_a_gpu_the_queued_section_agrees_with_the_host_run"):
+                 "test_on_a_gpu_the_queued_section_agrees_with_the_host_run",
+                 "test_on_a_gpu_the_cupy_band_agrees_with_the_host_band",
+                 "test_on_a_gpu_two_ranks_share_the_device_through_the_queue",
+                 "test_on_a_gpu_a_cupy_reconstructor_streams"):
         assert name in junit
 
 
