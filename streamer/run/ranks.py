@@ -570,6 +570,11 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own,
             )
+            if streaming is not None:
+                # Taper by this rank's share of the frames; add a round of every rank's
+                # pieces at once (one add's fixed passes per round, not per piece).
+                processor.taper_share = True
+                streaming.coalesce_frames = admitted.block_frames * ranks
         path = None
         if self.control.rank == 0:
             # Rank 0 alone names the output (a name taken by an earlier scan gets a
