@@ -65,7 +65,7 @@ def _report(events: list[Event], last_frame: list[float]) -> None:
     before = [e for e in events if e[0] == "add" and e[2] <= last]
     lines = [f"rank {rank}: {len(before)} adds before the last frame "
              f"({sum(e[2] - e[1] for e in before):.2f} s)"]
-    lines += [f"rank {rank}: {what} ({detail}) from +{started - last:.3f} s for "
+    lines += [f"rank {rank}: {what} ({detail}) from {started - last:+.3f} s for "
               f"{ended - started:.3f} s" for what, started, ended, detail in events
               if ended > last]
     print("\n".join(lines), file=sys.stderr)
