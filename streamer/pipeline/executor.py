@@ -372,8 +372,8 @@ class ScanProcessor:
             return self.block_frames
         remaining = self._expected() - self.projections_done
         last = max(1, self.block_frames // _TAPER_TO)
-        if remaining <= 0:  # more came than expected: keep the blocks small
-            return min(self.block_frames, last)
+        if remaining <= 0:  # more came than expected (a share misjudged): whole blocks
+            return self.block_frames
         return tapered_block(remaining, self.block_frames, last)
 
     def _expected(self) -> int:
