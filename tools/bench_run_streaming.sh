@@ -9,7 +9,9 @@
 # be held back: frames the consumer cannot take at once are dropped and counted, `DROPPED`).
 # RANKS > 1 runs `mpiexec -n RANKS tomo-streamer run --from ADDR` (every rank connects; the
 # simulated detector binds and deals frames round-robin to the ranks); 1 rank listens.
-# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB] [RANKS]
+# TIMELINE=1 (RANKS > 1): the ranks run under tools/rank_timeline.py, which prints per rank
+# what ran after its last projection frame (accumulator adds, projection blocks, close).
+# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] [TIMELINE=1] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB] [RANKS]
 set -euo pipefail
 runs=${1:-5}; width=${2:-512}; rows=${3:-32}; angles=${4:-600}; rate=${5:-60}
 memory=${6:-0.1}  # at-close runs (per rank): small enough that the accumulators do not fit
@@ -25,7 +27,9 @@ one() {  # one scan through run; prints its latency line
   local port=$((20000 + RANDOM % 20000))
   local address=tcp://127.0.0.1:$port
   if [ "$ranks" -gt 1 ]; then
-    "$mpiexec" -n "$ranks" "$ts" run "$work/p.yaml" --scans 1 --out "$out" --block 50 \
+    local command=("$ts")
+    [ -z "${TIMELINE:-}" ] || command=("$(dirname "$ts")/python" "$here/tools/rank_timeline.py")
+    "$mpiexec" -n "$ranks" "${command[@]}" run "$work/p.yaml" --scans 1 --out "$out" --block 50 \
       --from "$address" "$@" > "$out.log" 2>&1 &
     local source=(--bind "$address")
   else
@@ -39,7 +43,7 @@ one() {  # one scan through run; prints its latency line
     --projections "$angles" --rate "$rate" --scan-id s ${CANNOT_WAIT:+--cannot-wait} \
     > "$out.sim.log" 2>&1 || true
   wait "$pid" || true
-  grep -h "^  latency\|reconstruction: \|streaming: back" "$out.log" || true
+  grep -h "^  latency\|reconstruction: \|streaming: back\|^rank [0-9]*: " "$out.log" || true
   grep -h "^sent\|^DROPPED\|^ABORTED" "$out.sim.log" || true
 }
 uptime

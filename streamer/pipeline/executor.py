@@ -29,6 +29,7 @@ refused with a clear error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, SupportsFloat
@@ -328,6 +329,12 @@ class ScanProcessor:
         #: Set before the first frame: the sinogram section runs as blocks arrive, and at
         #: the end only its ``finish`` (the batch section when it declines).
         self.streaming: StreamingHook | None = None
+        #: Set before the first frame on one of R ranks whose bands stream: taper the
+        #: projection blocks by this rank's share of the scan (it sees about ``1/R`` of the
+        #: projections), estimated from the frames it has had so far (:meth:`_expected`).
+        self.taper_share = False
+        self._projections_seen = 0  # projection frames this rank has had
+        self._largest_index = -1  # the largest projection frame index among them
         #: Set before the first frame: gets the output of every step marked
         #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
         self.on_result: ResultHook | None = None
@@ -363,6 +370,8 @@ class ScanProcessor:
             elif frame.key == IMAGE_KEY_PROJECTION:
                 # a copy: the view belongs to a received message that is released next
                 self._waiting[frame.index] = (frame.angle_deg, self._finite(frame.data))
+                self._projections_seen += 1
+                self._largest_index = max(self._largest_index, frame.index)
         if self._references is None and self._references_complete():
             self._references = self._stack_references()
         if self._references is not None:
@@ -371,14 +380,29 @@ class ScanProcessor:
 
     def _next_block_frames(self) -> int:
         """Frames in the next projection block: ``block_frames``, or, when the sinogram
-        section streams, fewer toward the scan's end (``start.projections`` says where it
-        is: :func:`~stages.recon.streaming.tapered_block`), so that the last block, all
-        that is left to correct and add after the last frame, is small."""
-        remaining = self.start.projections - self.projections_done
-        if self.streaming is None or remaining <= 0:
+        section streams (here or, with :attr:`taper_share`, on the ranks the blocks are
+        resliced to), fewer toward the scan's end (:func:`~stages.recon.streaming.tapered_block`
+        of the projections this rank still expects: :meth:`_expected`), so that the last
+        block, all that is left to correct and add after the last frame, is small."""
+        if self.streaming is None and not self.taper_share:
             return self.block_frames
-        return tapered_block(remaining, self.block_frames,
-                             max(1, self.block_frames // _TAPER_TO))
+        remaining = self._expected() - self.projections_done
+        last = max(1, self.block_frames // _TAPER_TO)
+        if remaining <= 0:  # more came than expected (a share misjudged): whole blocks
+            return self.block_frames
+        return tapered_block(remaining, self.block_frames, last)
+
+    def _expected(self) -> int:
+        """Projections this rank will have had by the scan's end: all of them on one rank;
+        with :attr:`taper_share`, the scan's count times the share of the projection
+        indices so far that reached this rank (frames are dealt to the ranks in index
+        order, so the share is about ``1/R`` whatever the dealing's pattern)."""
+        projections = self.start.projections
+        if not self.taper_share or self._projections_seen == 0:
+            return projections
+        number = int(self._projection_numbers([self._largest_index])[0])
+        share = self._projections_seen / max(number + 1, self._projections_seen)
+        return min(projections, math.ceil(projections * share))
 
     def _arrived(self, index: int) -> None:
         self._arrived_above.add(index)

@@ -597,6 +597,11 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own,
             )
+            if streaming is not None:
+                # Taper by this rank's share of the frames; add a round of every rank's
+                # pieces at once (one add's fixed passes per round, not per piece).
+                processor.taper_share = True
+                streaming.coalesce_frames = admitted.block_frames * ranks
         if streaming is not None:  # a device reconstructor's uploads: this rank's copies
             streaming.transfers = processor.transfers
         path = None

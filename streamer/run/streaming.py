@@ -182,7 +182,14 @@ class StreamingSection:
     transfers: TransferStats = field(default_factory=TransferStats)
     #: Why the scan went back to the batch path (``None``: it streams).
     fallback: str | None = None
+    #: Gather blocks until this many frames before adding them (0: add each at once). On
+    #: R ranks every corrected block lands as one piece per rank, and each add has fixed
+    #: whole-grid passes (a spreading set-up per row pair, the x transform of each grid):
+    #: adding a round of pieces at once pays them once (:meth:`_gather`).
+    coalesce_frames: int = 0
     blocks_added: int = 0
+    #: Adds made to the accumulators (each band's ``add`` once per gathered set).
+    adds: int = 0
     _bands: list[tuple[int, StreamingFbp]] = field(default_factory=list)
     _planned: npt.NDArray[np.float64] | None = None
     _shape: tuple[int, int] = (0, 0)  # the band's rows and columns (from the first block)
@@ -190,6 +197,10 @@ class StreamingSection:
         default_factory=list)
     _kept_bytes: int = 0
     _pair: PairWatch | None = None
+    _pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]] = field(
+        default_factory=list)
+    _pending_frames: int = 0
+    _frames_in: int = 0  # frames added to the accumulators or pending
     _late: bool = False  # the plan's pair comes too late to start (LATE_FRACTION)
 
     @property
@@ -208,6 +219,7 @@ class StreamingSection:
     def _give_up(self, reason: str) -> None:
         self.fallback = reason
         self._bands, self._kept, self._kept_bytes = [], [], 0  # the memory goes back at once
+        self._pending, self._pending_frames = [], 0
         self._pair = None
         if self.log is not None:
             self.log(f"streaming: back to reconstruction at close: {reason}")
@@ -234,7 +246,7 @@ class StreamingSection:
             if self.center is None:
                 self._keep(block.angles_deg, sinograms)
             else:
-                self._accumulate(sinograms, block.angles_deg)
+                self._gather(sinograms, block.angles_deg)
         except StageError as error:
             self._give_up(str(error))
             return
@@ -259,8 +271,38 @@ class StreamingSection:
         self._kept.append((np.array(angles, dtype=np.float64), sinograms))
         self._kept_bytes += sinograms.nbytes
 
+    def _gather(self, sinograms: npt.NDArray[np.float32],
+                angles: npt.NDArray[np.float64]) -> None:
+        """Add a block, or keep it pending until ``coalesce_frames`` have gathered. Near
+        the scan's end (the plan says how many projections are still to come) a pending
+        set is added as soon as it holds at least what is still to come, so the set
+        added with the last piece is at most twice that piece: little is left for
+        :meth:`finish`."""
+        self._frames_in += len(angles)
+        if self.coalesce_frames <= 1 and not self._pending:
+            self._accumulate(sinograms, angles)
+            return
+        self._pending.append((sinograms, angles))
+        self._pending_frames += len(angles)
+        to_come = self.projections - self._frames_in
+        if self._pending_frames >= min(self.coalesce_frames, max(to_come, 0)):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the pending blocks as one (sinograms joined along the angles)."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_frames = self._pending, [], 0
+        if len(pending) == 1:
+            sinograms, angles = pending[0]
+        else:
+            sinograms = np.concatenate([part for part, _ in pending], axis=1)
+            angles = np.concatenate([part for _, part in pending])
+        self._accumulate(sinograms, angles)
+
     def _accumulate(self, sinograms: npt.NDArray[np.float32],
                     angles: npt.NDArray[np.float64]) -> None:
+        self.adds += 1
         if self.xp is None:
             self.xp = np if self.recon.backend == "numpy" else require_gpu(self.recon.backend)
         xp = self.xp
@@ -306,7 +348,7 @@ class StreamingSection:
         kept, self._kept, self._kept_bytes = self._kept, [], 0
         try:
             for angles, sinograms in kept:
-                self._accumulate(sinograms, angles)
+                self._gather(sinograms, angles)
         except StageError as error:
             self._give_up(str(error))
 
@@ -318,6 +360,11 @@ class StreamingSection:
         the volume must have (the viewer's, or the one agreed at close)."""
         if self.fallback is None and self.center is None:
             self._give_up("no CoR was known before the scan closed")
+        if self.fallback is None:
+            try:
+                self._flush()  # what gathered short of a set (projections missing)
+            except StageError as error:
+                self._give_up(str(error))
         if self.fallback is None and not self._bands:
             self._give_up("no projection block was added")
         if (self.fallback is None and center_override is not None

@@ -1,0 +1,80 @@
+"""What each rank of a ``tomo-streamer run`` does after its last projection frame.
+
+Runs the CLI with timers around the steps that can hold the volume back on R ranks —
+the streaming accumulators' adds (frames per add), the projection blocks (frames
+asked), the close — and prints at exit, per rank (``PMI_RANK``), the adds made before
+the last frame and every timed step that ended after it, relative to that frame.
+A benchmark aid (the timers wrap methods of this process only), not a product path.
+
+Usage: ``mpiexec -n 2 python tools/rank_timeline.py run PIPELINE --from ADDR ...``
+(``TIMELINE=1 tools/bench_run_streaming.sh ...`` runs the ranks this way).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streamer.cli import main
+from streamer.pipeline import executor
+from streamer.run import ranks, streaming
+
+#: (what, started, ended, detail), in this process's monotonic clock.
+Event = tuple[str, float, float, str]
+
+
+def _timed(owner: type, name: str, label: str, events: list[Event],
+           detail: Callable[[tuple[Any, ...]], str]) -> None:
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            events.append((label, started, time.monotonic(), detail(args)))
+
+    setattr(owner, name, timed)
+
+
+def _install(events: list[Event], last_frame: list[float]) -> None:
+    add_frames = executor.ScanProcessor.add
+
+    def add(self: executor.ScanProcessor, frames: Any) -> None:
+        frames = list(frames)
+        if any(frame.key == executor.IMAGE_KEY_PROJECTION for frame in frames):
+            last_frame[:] = [time.monotonic()]
+        add_frames(self, frames)
+
+    executor.ScanProcessor.add = add  # type: ignore[method-assign]
+    _timed(streaming.StreamingSection, "_accumulate", "add", events,
+           lambda args: f"{args[1].shape[1]} frames")
+    _timed(executor.ScanProcessor, "_process_projections", "correct", events,
+           lambda args: f"up to {args[1]} frames")
+    _timed(ranks.RankedReconstruction, "_close", "close", events, lambda args: "")
+
+
+def _report(events: list[Event], last_frame: list[float]) -> None:
+    if not last_frame:
+        return
+    last, rank = last_frame[0], os.environ.get("PMI_RANK", "0")
+    before = [e for e in events if e[0] == "add" and e[2] <= last]
+    lines = [f"rank {rank}: {len(before)} adds before the last frame "
+             f"({sum(e[2] - e[1] for e in before):.2f} s)"]
+    lines += [f"rank {rank}: {what} ({detail}) from {started - last:+.3f} s for "
+              f"{ended - started:.3f} s" for what, started, ended, detail in events
+              if ended > last]
+    print("\n".join(lines), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    timeline: list[Event] = []
+    frame_at: list[float] = []
+    _install(timeline, frame_at)
+    atexit.register(_report, timeline, frame_at)
+    sys.argv[0] = "tomo-streamer"
+    sys.exit(main())
