@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
@@ -46,6 +46,10 @@ from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
 if TYPE_CHECKING:
     from streamer.run.output import ScanOutput
+
+#: The longest a rank waits at the end of ``run`` for the others (rank 0 writing the
+#: master of a stopped scan takes a block's time; a rank that never comes is named).
+LEAVE_TOGETHER_S: Final = 60.0
 
 EXAMPLE = (
     "examples:\n"
@@ -237,5 +241,10 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
             close_consumer(socket, gate)
             if feed is not None:
                 feed.close()
+        # A rank that exits 1 first would make mpiexec kill rank 0 before its master is
+        # written (seen after Ctrl-C under load): every rank leaves together, bounded.
+        if ranks > 1 and not link.leave_together(LEAVE_TOGETHER_S):
+            print(f"run: rank {link.rank}: the other ranks did not finish within "
+                  f"{LEAVE_TOGETHER_S:g} s; leaving", file=sys.stderr, flush=True)
     return 1 if incomplete or ranked.incomplete_parts else 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -31,6 +32,8 @@ import numpy.typing as npt
 
 from streamer.errors import ExchangeError
 
+#: How often :meth:`RankLink.leave_together` looks whether every rank has arrived.
+_LEAVE_POLL_S: Final = 0.01
 _SIZE_VARIABLES: Final = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 
 
@@ -134,6 +137,20 @@ class RankLink:
 
     def _reap(self) -> None:
         self._outgoing = [item for item in self._outgoing if not item[0].Test()]
+
+    def leave_together(self, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until every rank has called this (a non-blocking
+        barrier, polled). Under ``mpiexec`` one rank's exit with a non-zero code makes the
+        launcher kill the others: a rank that finishes first (one stopped by Ctrl-C, whose
+        part is incomplete) must not exit while rank 0 still writes the master. False when
+        the time ran out."""
+        request = self.comm.Ibarrier()
+        deadline = time.monotonic() + timeout_s
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(_LEAVE_POLL_S)
+        return True
 
     # --- arrays (the reslice) --------------------------------------------------------
 
