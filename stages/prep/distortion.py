@@ -41,7 +41,7 @@ does not take, and the 2-D sinogram it returns is not a block).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -119,19 +119,17 @@ def unwarp(
     return out
 
 
-class DiscorpyParams(StageParams):
-    """httomolibgpu's ``distortion_correction_proj_discorpy`` parameters."""
+class _LensParams(StageParams):
+    """The lens of both distortion corrections: discorpy's coefficients file
+    (``metadata_path``, found next to the pipeline file, wins) or the three values."""
+
+    #: What the error says when neither is complete (each method names its own first).
+    _missing: ClassVar[str]
 
     metadata_path: str | None = None
     xcenter: float | None = None
     ycenter: float | None = None
     list_fact: tuple[float, ...] | None = None
-    order: int = Field(default=3, ge=0, le=5)
-    mode: Mode = "constant"
-    #: Set from a crop (HTTomo's preview, ``recon --rows``): (first column, first row).
-    shift_xy: tuple[int, int] = (0, 0)
-    #: HTTomo's: a step larger than 1 is refused upstream; only 1 here.
-    step_xy: tuple[Literal[1], Literal[1]] = (1, 1)
 
     @field_validator("metadata_path")
     @classmethod
@@ -139,16 +137,29 @@ class DiscorpyParams(StageParams):
         return None if value is None else resolve_from_pipeline(value, info.context)
 
     @model_validator(mode="after")
-    def _coefficients_given(self) -> DiscorpyParams:
+    def _coefficients_given(self) -> Self:
         if self.metadata_path is not None:
             try:
                 read_coefficients(self.metadata_path)
             except ConfigError as error:
                 raise ValueError(str(error)) from None
         elif self.xcenter is None or self.ycenter is None or not self.list_fact:
-            raise ValueError("expected metadata_path (discorpy's coefficients file), or "
-                             "xcenter, ycenter and list_fact; got none of them complete")
+            raise ValueError(self._missing)
         return self
+
+
+class DiscorpyParams(_LensParams):
+    """httomolibgpu's ``distortion_correction_proj_discorpy`` parameters."""
+
+    _missing: ClassVar[str] = ("expected metadata_path (discorpy's coefficients file), or "
+                               "xcenter, ycenter and list_fact; got none of them complete")
+
+    order: int = Field(default=3, ge=0, le=5)
+    mode: Mode = "constant"
+    #: Set from a crop (HTTomo's preview, ``recon --rows``): (first column, first row).
+    shift_xy: tuple[int, int] = (0, 0)
+    #: HTTomo's: a step larger than 1 is refused upstream; only 1 here.
+    step_xy: tuple[Literal[1], Literal[1]] = (1, 1)
 
 
 def distortion_correction_proj_discorpy(
@@ -212,34 +223,16 @@ def unwarp_rows(
     return out
 
 
-class TomopySinoDistortionParams(StageParams):
+class TomopySinoDistortionParams(_LensParams):
     """tomopy's ``distortion_correction_sino``: ``ind`` and the coefficients, required
     (the coefficients or discorpy's file, ``metadata_path``, which wins)."""
 
+    _missing: ClassVar[str] = ("expected xcenter, ycenter and list_fact, or metadata_path "
+                               "(discorpy's coefficients file); got none of them complete")
+
     ind: Annotated[int, Field(ge=0)] | Literal["mid", "all"] | None
-    xcenter: float | None = None
-    ycenter: float | None = None
-    list_fact: tuple[float, ...] | None = None
-    metadata_path: str | None = None
     #: Set from a crop (HTTomo's preview, ``recon --rows``): (first column, first row).
     shift_xy: tuple[int, int] = (0, 0)
-
-    @field_validator("metadata_path")
-    @classmethod
-    def _from_pipeline_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else resolve_from_pipeline(value, info.context)
-
-    @model_validator(mode="after")
-    def _coefficients_given(self) -> TomopySinoDistortionParams:
-        if self.metadata_path is not None:
-            try:
-                read_coefficients(self.metadata_path)
-            except ConfigError as error:
-                raise ValueError(str(error)) from None
-        elif self.xcenter is None or self.ycenter is None or not self.list_fact:
-            raise ValueError("expected xcenter, ycenter and list_fact, or metadata_path "
-                             "(discorpy's coefficients file); got none of them complete")
-        return self
 
 
 def distortion_correction_sino(
