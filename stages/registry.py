@@ -78,7 +78,7 @@ _ADAPTERS: dict[str, dict[str, Callable[..., Any]]] = {
     "median_filter": {"httomolibgpu": gpu.median_filter},
     "remove_all_stripe": {"httomolibgpu": gpu.remove_all_stripe},
     "paganin": {"tomopy": tp.paganin},
-    "remove_stripe_fw": {"tomopy": tp.remove_stripe_fw},
+    "remove_stripe_fw": {"tomopy": tp.remove_stripe_fw_sino},
 }
 
 

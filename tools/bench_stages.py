@@ -20,8 +20,8 @@ same operation is done the most direct way with the library a user would otherwi
 
 Runs of "ours" and "peer" are interleaved (order alternating from run to run) so machine
 noise hits both alike; each figure is the median of ``--runs`` runs. Throughput is
-frames/s (projection stages; sinograms/s for ``remove_stripe_fw``, which loops over
-the sinograms of a projection block) or sinograms/s, and GB/s of the input block.
+frames/s (projection stages) or sinograms/s (sinogram stages), and GB/s of the input
+block.
 
 Usage::
 
@@ -130,7 +130,7 @@ CASES: tuple[Case, ...] = (
     Case("gaussian_filter", "gaussian_filter", {}, "frames", "projection",
          "ndimage.gaussian_filter", _scipy_gaussian),
     Case("paganin", "paganin", {}, "frames", "projection", "(TomoPy absent)", None),
-    Case("remove_stripe_fw", "remove_stripe_fw", {}, "sinograms", "projection",
+    Case("remove_stripe_fw", "remove_stripe_fw", {}, "sinograms", "sinogram",
          "(TomoPy absent)", None),
     Case("remove_stripe_based_sorting", "remove_stripe_based_sorting", {}, "sinograms",
          "sinogram", "algotom", _algotom_sorting),
@@ -156,16 +156,12 @@ def make_inputs(args: argparse.Namespace) -> dict[str, Array]:
         "frames_uint16": frames.astype(np.uint16), "darks_uint16": darks.astype(np.uint16),
         "flats_uint16": flats.astype(np.uint16),
         "sinogram": sinos,
-        # remove_stripe_fw takes a projection block (angles, rows, cols): same sinograms.
-        "fw": np.ascontiguousarray(sinos.transpose(1, 0, 2)),
     }
 
 
 def block_for(case: Case, data: dict[str, Array]) -> Array:
     if case.layout == "sinogram":
         return data["sinogram"]
-    if case.stage == "remove_stripe_fw":
-        return data["fw"]
     if case.stage == "normalize":
         return data["frames_uint16" if case.dtype == "uint16" else "frames"]
     return data["transmission"]

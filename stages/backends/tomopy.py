@@ -3,9 +3,11 @@
 TomoPy is not on PyPI (``conda install -c conda-forge tomopy``), so nothing here imports
 it at import time: every adapter calls :func:`require_tomopy` first, which raises a
 :class:`StageError` naming the missing package. Adapters take and return numpy blocks in
-the layout of the stage they stand for (all four are projection-block stages,
-``(angles, rows, cols)``, which is TomoPy's own layout: no transpose) and return
-C-contiguous float32.
+the layout of the stage they stand for and return C-contiguous float32. ``normalize``,
+``remove_outlier`` and ``paganin`` are projection-block stages, ``(angles, rows, cols)``,
+TomoPy's own layout: no transpose; ``remove_stripe_fw`` is a sinogram-block stage
+(``(rows, angles, cols)``, every angle at hand, as HTTomo runs it), transposed to
+TomoPy's layout and back (:func:`remove_stripe_fw_sino`).
 
 Parameter mapping (our stage → TomoPy):
 
@@ -48,12 +50,12 @@ def require_tomopy() -> ModuleType:
     return module
 
 
-def _check_block(method: str, block: Any) -> npt.NDArray[Any]:
+def _check_block(method: str, block: Any, layout: str = "projection") -> npt.NDArray[Any]:
     if not isinstance(block, np.ndarray) or block.ndim != 3:
         shape = getattr(block, "shape", type(block).__name__)
         raise StageError(
             f"backend {BACKEND!r}: method {method!r}: block: expected a 3-D numpy "
-            f"projection block, got {shape}"
+            f"{layout} block, got {shape}"
         )
     return block
 
@@ -145,3 +147,20 @@ def remove_stripe_fw(
     return _float32(
         tomopy.prep.stripe.remove_stripe_fw(data, level=level, wname=wname, sigma=sigma, pad=pad)
     )
+
+
+def remove_stripe_fw_sino(
+    block: npt.NDArray[Any],
+    *,
+    level: int | None = None,
+    wname: str = "db5",
+    sigma: float = 2,
+    pad: bool = True,
+) -> npt.NDArray[np.float32]:
+    """Stage ``remove_stripe_fw`` (a sinogram block ``(rows, angles, cols)``) through
+    ``tomopy.prep.stripe.remove_stripe_fw``, which takes TomoPy's layout: the block is
+    transposed to ``(angles, rows, cols)`` and the result back."""
+    data = _check_block("remove_stripe_fw", block, "sinogram")
+    out = remove_stripe_fw(np.ascontiguousarray(data.transpose(1, 0, 2)), level=level,
+                           wname=wname, sigma=sigma, pad=pad)
+    return np.ascontiguousarray(out.transpose(1, 0, 2))

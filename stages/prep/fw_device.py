@@ -85,15 +85,15 @@ def _idwt2(approx: Any, details: tuple[Any, Any, Any], wavelet: pywt.Wavelet) ->
 
 def remove_stripe_fw(block: Any, *, level: int, wname: str, sigma: float,
                      pad: bool) -> Any:
-    """The host stage's algorithm on a projection block ``(angles, rows, cols)`` (checked
+    """The host stage's algorithm on a sinogram block ``(rows, angles, cols)`` (checked
     by the caller), every sinogram at once; float32, C-contiguous."""
     xp = array_module(block)
     wavelet = pywt.Wavelet(wname)
-    angles, rows, cols = block.shape
+    rows, angles, cols = block.shape
     padded = angles + angles // 8 if pad else angles
     shift = (padded - angles) // 2
     sino = xp.zeros((rows, padded, cols), dtype=xp.float32)
-    sino[:, shift:shift + angles] = xp.moveaxis(block.astype(xp.float32), 1, 0)
+    sino[:, shift:shift + angles] = block.astype(xp.float32)
     details = []
     for _ in range(level):
         sino, bands = _dwt2(sino, wavelet)
@@ -110,5 +110,4 @@ def remove_stripe_fw(block: Any, *, level: int, wname: str, sigma: float,
     for c_h, c_v, c_d in reversed(damped):
         sino = sino[:, :c_h.shape[1], :c_h.shape[2]]
         sino = _idwt2(sino, (c_h, c_v, c_d), wavelet)
-    out = xp.moveaxis(sino[:, shift:shift + angles, :cols], 0, 1)
-    return xp.ascontiguousarray(out, dtype=xp.float32)
+    return xp.ascontiguousarray(sino[:, shift:shift + angles, :cols], dtype=xp.float32)

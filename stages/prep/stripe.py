@@ -4,8 +4,12 @@ Vo's methods are applied through :mod:`algotom.prep.removal`, one sinogram at a 
 with algotom's parameter names and defaults; their blocks are ``sinogram`` blocks
 ``(rows, angles, cols)``. Münch's wavelet-Fourier filter and Titarenko's regularised
 method are re-implementations of ``tomopy.prep.stripe.remove_stripe_fw`` and
-``remove_stripe_ti``; like tomopy they take ``projection`` blocks
-``(angles, rows, cols)`` and filter each sinogram ``block[:, row, :]``.
+``remove_stripe_ti``. They filter along every angle of a sinogram, so, as in HTTomo's
+method database (pattern ``sinogram``), the stages take ``sinogram`` blocks
+``(rows, angles, cols)`` (``remove_stripe_fw_sino`` / ``remove_stripe_ti_sino``): every
+angle of a few rows is at hand, and the result does not depend on the block size nor on
+the rank count (ADR 0023). ``remove_stripe_fw`` / ``remove_stripe_ti`` are the same
+filters in TomoPy's layout and call, ``(angles, rows, cols)``.
 
 References
 ----------
@@ -43,7 +47,9 @@ __all__ = [
     "remove_stripe_based_fitting",
     "remove_stripe_based_sorting",
     "remove_stripe_fw",
+    "remove_stripe_fw_sino",
     "remove_stripe_ti",
+    "remove_stripe_ti_sino",
 ]
 
 Array = npt.NDArray[Any]
@@ -370,6 +376,13 @@ def remove_all_stripe(
 # Münch's wavelet-Fourier filter (tomopy.prep.stripe.remove_stripe_fw)
 
 
+def _to_sinograms(block: Array) -> Array:
+    """Projection ``(angles, rows, cols)`` ↔ sinogram ``(rows, angles, cols)`` (the same
+    swap both ways), C-contiguous, in the block's own array namespace."""
+    result: Array = array_module(block).ascontiguousarray(block.transpose(1, 0, 2))
+    return result
+
+
 def remove_stripe_fw(
     block: Array,
     *,
@@ -378,9 +391,32 @@ def remove_stripe_fw(
     sigma: float = 2,
     pad: bool = True,
 ) -> F32:
-    """Remove stripes with Münch's combined wavelet-Fourier filter, as tomopy does.
+    """:func:`remove_stripe_fw_sino` on a projection block ``(angles, rows, cols)``,
+    TomoPy's layout and call (``tomopy.prep.stripe.remove_stripe_fw``): each sinogram
+    ``block[:, row, :]`` is filtered on its own, over the block's angles.
 
-    Each sinogram ``block[:, row, :]`` (angles × cols) is zero-padded along the angle
+    Returns
+    -------
+    ndarray of float32, shape (angles, rows, cols)
+    """
+    _check_block("remove_stripe_fw", block, "projection (angles, rows, cols)")
+    return _to_sinograms(remove_stripe_fw_sino(_to_sinograms(block), level=level, wname=wname,
+                                               sigma=sigma, pad=pad))
+
+
+def remove_stripe_fw_sino(
+    block: Array,
+    *,
+    level: int | None = None,
+    wname: str = "db5",
+    sigma: float = 2,
+    pad: bool = True,
+) -> F32:
+    """Remove stripes with Münch's combined wavelet-Fourier filter, as tomopy does, on a
+    sinogram block (the stage ``remove_stripe_fw``: every angle of a few rows, as
+    HTTomo's method database has it, so the result does not depend on the block size).
+
+    Each sinogram ``block[row]`` (angles × cols) is zero-padded along the angle
     axis by ``angles // 8`` in all, centred (``pad``), decomposed with ``level``
     single-level 2-D DWTs (``pywt.dwt2``, mode ``symmetric``); at every level the
     vertical detail band (``cV``: stripes are constant along angles, i.e. vertical) is
@@ -391,11 +427,11 @@ def remove_stripe_fw(
 
     Parameters
     ----------
-    block : ndarray, shape (angles, rows, cols)
-        Projection block.
+    block : ndarray, shape (rows, angles, cols)
+        Sinogram block.
     level : int, optional
         Number of decomposition levels; ``None`` → ``ceil(log2(max(angles, cols)))``.
-        tomopy uses ``max(block.shape)``, the same unless a block has more rows than
+        tomopy uses ``max(tomo.shape)``, the same unless a block has more rows than
         angles and columns; leaving rows out keeps the result independent of how the
         detector rows are split into blocks.
     wname : str
@@ -407,30 +443,30 @@ def remove_stripe_fw(
 
     Returns
     -------
-    ndarray of float32, shape (angles, rows, cols)
+    ndarray of float32, shape (rows, angles, cols)
     """
     stage = "remove_stripe_fw"
-    _check_block(stage, block, "projection (angles, rows, cols)")
+    _check_block(stage, block, "sinogram (rows, angles, cols)")
     if wname not in pywt.wavelist(kind="discrete"):
         raise StageError(f"{stage}: wname: expected a discrete pywt wavelet, got {wname!r}")
     if not sigma > 0:
         raise StageError(f"{stage}: sigma: expected > 0, got {sigma}")
     if level is None:
-        level = int(np.ceil(np.log2(max(block.shape[0], block.shape[2]))))
+        level = int(np.ceil(np.log2(max(block.shape[1], block.shape[2]))))
     if level < 1:
         raise StageError(f"{stage}: level: expected >= 1 or None, got {level}")
     if array_module(block) is not np:  # filter banks for every sinogram at once
         on_device: F32 = fw_device.remove_stripe_fw(block, level=level, wname=wname,
                                                     sigma=sigma, pad=pad)
         return on_device
-    angles, rows, cols = block.shape
+    rows, angles, cols = block.shape
     padded = angles + angles // 8 if pad else angles
     shift = (padded - angles) // 2
     data = np.asarray(block, dtype=np.float32)
-    out = np.empty((angles, rows, cols), dtype=np.float32)
+    out = np.empty((rows, angles, cols), dtype=np.float32)
     for row in range(rows):
         sino: Array = np.zeros((padded, cols), dtype=np.float32)
-        sino[shift:shift + angles] = data[:, row, :]
+        sino[shift:shift + angles] = data[row]
         details: list[tuple[Array, Array, Array]] = []
         for _ in range(level):
             sino, (c_h, c_v, c_d) = pywt.dwt2(sino, wname)
@@ -447,7 +483,7 @@ def remove_stripe_fw(
         for c_h, c_v, c_d in reversed(damped):
             sino = sino[: c_h.shape[0], : c_h.shape[1]]
             sino = pywt.idwt2((sino, (c_h, c_v, c_d)), wname)
-        out[:, row, :] = sino[shift:shift + angles, :cols]
+        out[row] = sino[shift:shift + angles, :cols]
     return out
 
 
@@ -503,16 +539,32 @@ def _ti_ring(sino: npt.NDArray[np.float64], order: int) -> npt.NDArray[np.float3
 
 
 def remove_stripe_ti(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F32:
-    """Remove stripes with Titarenko's regularised 1-D filter, as tomopy does.
+    """:func:`remove_stripe_ti_sino` on a projection block ``(angles, rows, cols)``,
+    TomoPy's layout and call (``tomopy.prep.stripe.remove_stripe_ti``): each sinogram
+    ``block[:, row, :]`` is corrected on its own, over the block's angles.
 
-    For each sinogram ``block[:, row, :]`` two corrections are computed, with the first-
+    Returns
+    -------
+    ndarray of float32, shape (angles, rows, cols)
+    """
+    _check_block("remove_stripe_ti", block, "projection (angles, rows, cols)")
+    return _to_sinograms(remove_stripe_ti_sino(_to_sinograms(block), nblock=nblock,
+                                               alpha=alpha))
+
+
+def remove_stripe_ti_sino(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F32:
+    """Remove stripes with Titarenko's regularised 1-D filter, as tomopy does, on a
+    sinogram block (the stage ``remove_stripe_ti``: every angle of a few rows, as
+    HTTomo's method database has it, so the result does not depend on the block size).
+
+    For each sinogram ``block[row]`` two corrections are computed, with the first-
     and second-difference regularisers (``d1``, ``d2``), and combined as
     ``sqrt(d1·d2 + alpha·|min(d1·d2)|)`` (tomopy's formula, including its geometric mean).
 
     Parameters
     ----------
-    block : ndarray, shape (angles, rows, cols)
-        Projection block.
+    block : ndarray, shape (rows, angles, cols)
+        Sinogram block.
     nblock : int
         0: one correction over all angles; ``n > 0``: the angles are split into ``n``
         equal blocks of ``angles // n`` corrected separately. Unlike tomopy, which
@@ -524,11 +576,11 @@ def remove_stripe_ti(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F3
 
     Returns
     -------
-    ndarray of float32, shape (angles, rows, cols)
+    ndarray of float32, shape (rows, angles, cols)
     """
     stage = "remove_stripe_ti"
-    _check_block(stage, block, "projection (angles, rows, cols)")
-    angles, rows, cols = block.shape
+    _check_block(stage, block, "sinogram (rows, angles, cols)")
+    rows, angles, cols = block.shape
     if cols < 4:
         raise StageError(f"{stage}: block.shape: expected at least 4 columns, got {block.shape}")
     if nblock < 0 or nblock > angles:
@@ -541,17 +593,17 @@ def remove_stripe_ti(block: Array, *, nblock: int = 0, alpha: float = 1.5) -> F3
     bounds = [0, angles] if nblock == 0 else [k * (angles // nblock) for k in range(nblock)]
     if nblock:
         bounds.append(angles)
-    data = np.nan_to_num(np.asarray(block, dtype=np.float64), nan=0.0)
-    out = np.empty((angles, rows, cols), dtype=np.float32)
+    data = np.asarray(block)
+    out = np.empty((rows, angles, cols), dtype=np.float32)
     for row in range(rows):
-        sino = data[:, row, :]
+        sino = np.nan_to_num(data[row].astype(np.float64), nan=0.0)
         d1 = np.empty((angles, cols), dtype=np.float32)
         d2 = np.empty((angles, cols), dtype=np.float32)
         for lo, hi in itertools.pairwise(bounds):
             d1[lo:hi] = _ti_ring(sino[lo:hi], 1)
             d2[lo:hi] = _ti_ring(sino[lo:hi], 2)
         product = d1 * d2
-        out[:, row, :] = np.sqrt(product + alpha * np.abs(product.min()))
+        out[row] = np.sqrt(product + alpha * np.abs(product.min()))
     return out
 
 
@@ -623,8 +675,9 @@ class TiParams(StageParams):
 # Memory: every method holds the float32 input (converted if needed) and the float32
 # output block, plus per-sinogram temporaries (algotom: a few float64 (angles, cols)
 # copies; fw: the padded sinogram and its wavelet bands),
-# which we bound by one more block: 3 blocks for Vo/fw. Ti converts the whole block to
-# float64 (2 float32 blocks' worth) on top of input and output: 4.
+# which we bound by one more block: 3 blocks for Vo/fw. Ti works one sinogram at a time
+# in float64 (a few (angles, cols) copies) on top of input and output: 4 bounds it with
+# room (it converted the whole block to float64 before it took sinogram blocks).
 _VO_MEMORY = scaled_memory(3.0)
 #: The device path (stages.prep.stripe_device) holds the whole block at once, in float64
 #: where algotom is: the float32 copy (1), the sort order and its inverse (int64: 2 + 2),
@@ -703,9 +756,9 @@ SPECS: tuple[StageSpec, ...] = (
         ),  # httomolibgpu's (other parameters): remove_all_stripe_httomo, httomo_prep.py
     ),
     StageSpec(
-        name="remove_stripe_fw", fn=remove_stripe_fw,
+        name="remove_stripe_fw", fn=remove_stripe_fw_sino,
         angle_local=False,  # the whole sinogram (wavelets along the angles)
-        pattern=Pattern.PROJECTION, params=FwParams, memory=scaled_memory(3.0),
+        pattern=Pattern.SINOGRAM, params=FwParams, memory=scaled_memory(3.0),
         # the padded block (1.2) and its level-1 bands (about 1.2), float64 from the
         # first damped band on (x2), the filter banks' temporaries (2), input, output (2)
         device=True, device_memory=scaled_memory(9.0),
@@ -716,9 +769,9 @@ SPECS: tuple[StageSpec, ...] = (
         ),
     ),
     StageSpec(
-        name="remove_stripe_ti", fn=remove_stripe_ti,
+        name="remove_stripe_ti", fn=remove_stripe_ti_sino,
         angle_local=False,  # the whole sinogram
-        pattern=Pattern.PROJECTION, params=TiParams, memory=scaled_memory(4.0),
+        pattern=Pattern.SINOGRAM, params=TiParams, memory=scaled_memory(4.0),
         # the whole block in float64 (2), the two corrections (2), one ring's float64
         # sinograms and correction (4), the product and the result (2), the input (1)
         device=True, device_memory=scaled_memory(11.0),

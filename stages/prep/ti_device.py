@@ -1,6 +1,6 @@
 """Titarenko's stripe removal (``remove_stripe_ti``) for any array namespace: the device path.
 
-The host stage (:func:`stages.prep.stripe.remove_stripe_ti`, tomopy's algorithm) solves,
+The host stage (:func:`stages.prep.stripe.remove_stripe_ti_sino`, tomopy's algorithm) solves,
 for every sinogram and angle block, a small regularised least-squares problem for the
 correction profile ``q`` by conjugate gradients, one problem after another. Here all the
 problems of a block (sinograms × angle blocks × the two regularisers) are solved
@@ -97,14 +97,14 @@ def _ring(sinos: Any, order: int) -> Any:
 
 
 def remove_stripe_ti(block: Any, *, nblock: int, alpha: float) -> Any:
-    """The host stage's result for a projection block ``(angles, rows, cols)`` (checked
+    """The host stage's result for a sinogram block ``(rows, angles, cols)`` (checked
     by the caller), computed for all sinograms at once; float32, C-contiguous."""
     xp = array_module(block)
-    angles = block.shape[0]
+    angles = block.shape[1]
     bounds = [0, angles] if nblock == 0 else [k * (angles // nblock) for k in range(nblock)]
     if nblock:
         bounds.append(angles)
-    sinos = xp.nan_to_num(xp.moveaxis(block.astype(xp.float64), 1, 0), nan=0.0)
+    sinos = xp.nan_to_num(block.astype(xp.float64), nan=0.0)
     d1 = xp.empty(sinos.shape, dtype=xp.float32)
     d2 = xp.empty(sinos.shape, dtype=xp.float32)
     for lo, hi in itertools.pairwise(bounds):
@@ -113,4 +113,4 @@ def remove_stripe_ti(block: Any, *, nblock: int, alpha: float) -> Any:
     product = d1 * d2
     low = xp.abs(product.reshape(product.shape[0], -1).min(axis=1))[:, None, None]
     out = xp.sqrt(product + np.float32(alpha) * low)
-    return xp.ascontiguousarray(xp.moveaxis(out, 0, 1), dtype=xp.float32)
+    return xp.ascontiguousarray(out, dtype=xp.float32)

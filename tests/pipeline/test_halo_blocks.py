@@ -60,9 +60,6 @@ CASES: dict[str, tuple[dict[str, Any], ...]] = {
 #: or row), which no finite halo makes right: known, and listed here so that the list is
 #: a decision (ADR 0019), not an oversight. Each must differ when split (else: remove it).
 WHOLE_AXIS = {
-    "remove_stripe_fw": "wavelets and a Fourier filter along all angles, in a projection "
-                        "section (tomopy's layout)",
-    "remove_stripe_ti": "a regularised fit along all angles, in a projection section",
     "rescale": "percentiles of the whole block",
 }
 

@@ -21,6 +21,7 @@ from stages.backends import tomopy as tp
 from stages.backends import xp
 from stages.prep import normalize as np_normalize
 from stages.prep.repair import RepairCounts
+from stages.registry import REGISTRY
 from streamer.errors import StageError
 
 RNG = np.random.default_rng(7)
@@ -466,6 +467,20 @@ def test_tomopy_adapters_call_the_right_functions(monkeypatch: pytest.MonkeyPatc
         ("remove_stripe_fw", {"args": (), "level": 3, "wname": "sym4", "sigma": 1.5,
                               "pad": False}),
     ]
+
+
+def test_tomopy_fw_on_a_sinogram_block_goes_in_tomopys_layout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage remove_stripe_fw takes sinogram blocks (rows, angles, cols); TomoPy's
+    function takes (angles, rows, cols): the adapter transposes in and out."""
+    calls = fake_tomopy(monkeypatch)
+    sinograms = block((2, 6, 5))  # 2 rows, 6 angles
+    out = REGISTRY["remove_stripe_fw"].run(sinograms, REGISTRY["remove_stripe_fw"].params(),
+                                           backend="tomopy")
+    assert calls[0][1].shape == (6, 2, 5) and calls[0][1].flags.c_contiguous
+    np.testing.assert_array_equal(calls[0][1], sinograms.transpose(1, 0, 2))
+    assert out.shape == sinograms.shape and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, sinograms + 3)
 
 
 def test_tomopy_normalize_matches_the_numpy_stage(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,14 +132,14 @@ def test_titarenko_on_the_device_follows_the_host_stage(nblock: int, alpha: floa
     host stage's one-by-one solve (tomopy's algorithm, itself tested against tomopy):
     dot products and convolutions summed in other orders, carried through CG: 1e-5."""
     spec = REGISTRY["remove_stripe_ti"]
-    projections = np.moveaxis(_sinograms(6, rows=3, angles=30, cols=40), 1, 0).copy()
-    projections[4, 1, 7] = np.nan  # treated as 0 on both
+    sinograms = _sinograms(6, rows=3, angles=30, cols=40)
+    sinograms[1, 4, 7] = np.nan  # treated as 0 on both
     params = spec.params(nblock=nblock, alpha=alpha)
-    expected = spec.run(projections, params)
-    result = _host(spec.run(_device(projections), params))
+    expected = spec.run(sinograms, params)
+    result = _host(spec.run(_device(sinograms), params))
     assert result.dtype == np.float32 and result.flags.c_contiguous
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(expected, np.nan_to_num(projections), rtol=1e-3)
+    assert not np.allclose(expected, np.nan_to_num(sinograms), rtol=1e-3)
 
 
 @pytest.mark.parametrize("wname", ["db5", "haar", "sym8"])
@@ -171,10 +171,10 @@ def test_wavelet_fourier_on_the_device_follows_the_host_stage(level: int | None,
     """The whole remove_stripe_fw on every sinogram at once against the host stage
     (PyWavelets per sinogram): float32 sums in another order, 1e-5 of the range."""
     spec = REGISTRY["remove_stripe_fw"]
-    projections = np.moveaxis(_sinograms(9, rows=3, angles=30, cols=37), 1, 0).copy()
+    sinograms = _sinograms(9, rows=3, angles=30, cols=37)
     params = spec.params(level=level, pad=pad, sigma=2.0)
-    expected = spec.run(projections, params)
-    result = _host(spec.run(_device(projections), params))
+    expected = spec.run(sinograms, params)
+    result = _host(spec.run(_device(sinograms), params))
     assert result.dtype == np.float32 and result.shape == expected.shape
     np.testing.assert_allclose(result, expected, rtol=0,
                                atol=1e-5 * float(np.abs(expected).max()))
