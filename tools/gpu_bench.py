@@ -71,7 +71,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "gaussian_filter": {"sigma": 2.0, "axis": 0},
     "remove_outlier": {"dif": 0.5, "size": 3},
     "dezinger_temporal": {"dif": 0.5, "window": 3},
-    "rescale": {"dtype": "uint16"},
+    "rescale": {"dtype": "uint16", "window": (0.0, 1.0)},
     "total_variation_rof": {"regularisation_parameter": 0.02, "iterations": 50},
     "total_variation_pd": {"regularisation_parameter": 0.02, "iterations": 50},
     "fbp": {"filter_name": "shepp"},

@@ -2,22 +2,25 @@
 
 The intensity window ``[lo, hi]`` maps linearly onto ``[0, 2**bits - 1]``: values below
 ``lo`` become 0, above ``hi`` the maximum, and NaN becomes 0 (±inf clip like any other
-value). The window is, in order of precedence:
+value). The function :func:`rescale` takes the window as, in order of precedence:
 
-* ``window=(lo, hi)``: fixed values, the same for every block (use this when a scan is
-  processed in many blocks and the output must be comparable across them);
+* ``window=(lo, hi)``: fixed values, the same for every block;
 * ``range_percent=(p_lo, p_hi)``: ``min + p/100 · (max - min)`` of the finite values of
-  the block, the rule of ``httomolib(gpu).misc.rescale.rescale_to_int`` (its
-  ``perc_range_min`` / ``perc_range_max`` / ``bits`` are accepted and mapped here);
+  the block, the rule of ``httomolib(gpu).misc.rescale.rescale_to_int``;
 * ``percentiles=(q_lo, q_hi)``: the ``q``-th percentiles of the finite values of the
   block (default 0.5 and 99.5, robust to a few hot pixels).
 
-Differences from httomolib: values are rounded to the nearest integer (httomolib
+The pipeline stage ``rescale`` takes a fixed ``window`` only (ADR 0023): it sees one block
+at a time, so a window from the block's statistics would make the result depend on the
+block size and the rank count. With a fixed window the stage is element-wise (pattern
+``all``, angle-local). It is not an HTTomo method: HTTomo pipelines' ``rescale_to_int``
+entries map to the output step ``rescale_to_int`` (stages/misc/httomo_output.py), which
+rescales the finished volume with its global statistics (``calculate_stats``, merged over
+the ranks), and is the way to a data-dependent window.
+
+Differences from httomolib's rule: values are rounded to the nearest integer (httomolib
 truncates), NaN maps to 0 in the output (httomolib sets NaN to 0 in the *input*, which
-lands at ``-lo · scale``), and ``glob_stats`` is not supported (use ``window``).
-HTTomo pipelines' ``rescale_to_int`` entries map to the output step ``rescale_to_int``
-(stages/misc/httomo_output.py), which rescales the finished volume with its global
-statistics.
+lands at ``-lo · scale``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from streamer.errors import StageError
 
 IntegerType = Literal["uint8", "uint16"]
 
-_HTTOMOLIB_KEYS = ("perc_range_min", "perc_range_max", "bits")
+#: Parameters that take the window from the data's own statistics: the function has them,
+#: the pipeline stage refuses them (module notes).
+_BLOCK_STATISTICS = ("percentiles", "range_percent", "perc_range_min", "perc_range_max")
 
 
 def _ordered_pair(value: tuple[float, float] | None, name: str, lo: float, hi: float) -> None:
@@ -45,34 +50,44 @@ def _ordered_pair(value: tuple[float, float] | None, name: str, lo: float, hi: f
 
 
 class RescaleParams(StageParams):
-    """Parameters of :func:`rescale` (httomolib's ``perc_range_min``, ``perc_range_max``
-    and ``bits`` are mapped to ``range_percent`` and ``dtype``)."""
+    """Parameters of the stage ``rescale``: a fixed ``window`` (required) and the output
+    type (httomolib's ``bits`` 8/16 is mapped to ``dtype``).
+
+    A window from the data's statistics (``percentiles``, ``range_percent``, httomolib's
+    ``perc_range_min`` / ``perc_range_max``) is refused here with one line: in a
+    pipeline the stage sees one block at a time, never the whole volume, so such a
+    window would differ from block to block and the result would depend on the block
+    size and the rank count (ADR 0023). The whole volume's statistics are HTTomo's
+    output tail ``calculate_stats → rescale_to_int → save_to_images``.
+    """
 
     dtype: IntegerType = Field("uint8", description="output integer type")
-    percentiles: tuple[float, float] | None = Field(
-        (0.5, 99.5), description="percentiles (0-100) of the block giving lo and hi"
-    )
-    window: tuple[float, float] | None = Field(
-        None, description="fixed (lo, hi) in the unit of the block; overrides the others"
-    )
-    range_percent: tuple[float, float] | None = Field(
-        None, description="lo, hi = min + p/100*(max-min) (httomolib); overrides percentiles"
+    window: tuple[float, float] = Field(
+        description="fixed (lo, hi) in the unit of the data, lo < hi"
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _from_httomolib(cls, data: Any) -> Any:
-        """Map ``rescale_to_int(perc_range_min=0, perc_range_max=100, bits=8)``."""
-        if not isinstance(data, dict) or not any(key in data for key in _HTTOMOLIB_KEYS):
+    def _fixed_window_only(cls, data: Any) -> Any:
+        """Refuse block statistics; map httomolib's ``bits`` to ``dtype``."""
+        if not isinstance(data, dict):
             return data
-        mapped = {key: value for key, value in data.items() if key not in _HTTOMOLIB_KEYS}
-        if "range_percent" in mapped:
-            raise ValueError("give either range_percent or perc_range_min/perc_range_max")
-        mapped["range_percent"] = (
-            data.get("perc_range_min", 0.0),
-            data.get("perc_range_max", 100.0),
-        )
-        bits = data.get("bits", 8)
+        given = [key for key in _BLOCK_STATISTICS if data.get(key) is not None]
+        if given:
+            raise ValueError(
+                f"{given[0]}: a window from each block's statistics would depend on the "
+                "block size (a pipeline never holds the whole volume in one block); "
+                "expected window: [lo, hi], or calculate_stats -> rescale_to_int -> "
+                "save_to_images for the whole volume's statistics")
+        if data.get("window") is None:
+            raise ValueError(
+                "window: expected a fixed [lo, hi] (the stage rescales every block alike), "
+                "got none; for the whole volume's statistics use calculate_stats -> "
+                "rescale_to_int -> save_to_images")
+        mapped = {key: value for key, value in data.items() if key not in _BLOCK_STATISTICS}
+        if "bits" not in mapped:
+            return mapped
+        bits = mapped.pop("bits")
         if bits not in (8, 16):
             raise ValueError(f"bits: expected 8|16, got {bits!r}")
         if "dtype" in mapped and mapped["dtype"] != f"uint{bits}":
@@ -81,12 +96,8 @@ class RescaleParams(StageParams):
         return mapped
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> RescaleParams:
-        _ordered_pair(self.percentiles, "percentiles", 0.0, 100.0)
-        _ordered_pair(self.range_percent, "range_percent", 0.0, 100.0)
+    def _check_window(self) -> RescaleParams:
         _ordered_pair(self.window, "window", -np.inf, np.inf)
-        if self.window is None and self.percentiles is None and self.range_percent is None:
-            raise ValueError("one of window, range_percent or percentiles is needed")
         return self
 
 
@@ -192,15 +203,16 @@ def rescale(
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="rescale",
-        angle_local=False,  # percentiles of the whole block
+        angle_local=True,  # a fixed window: element-wise
         fn=rescale,
-        pattern=Pattern.SINOGRAM,
+        pattern=Pattern.ALL,
         params=RescaleParams,
         # input + float32 view/copy + finite values (≤ 1) + float64 working copy (2 float32
         # blocks) + the integer output (≤ 0.5): about 5.5 block-sized float32 buffers.
         memory=scaled_memory(5.5),
         device=True,
-        summary="map an intensity window onto uint8/uint16 (percentiles, range or fixed)",
+        summary="map a fixed intensity window onto uint8/uint16 (the whole volume's "
+                "statistics: calculate_stats -> rescale_to_int)",
         # httomolib's rescale_to_int (global statistics, an output step) is the stage
         # rescale_to_int of stages/misc/httomo_output.py
     ),

@@ -22,6 +22,7 @@ REQUIRED = {
     "remove_outlier1d": {"dif": 0.5},
     "remove_outlier3d_tomopy": {"dif": 0.5},
     "pad": {"axis": 2},
+    "rescale": {"window": [0.0, 1.0]},
     "trim_sinogram": {"center": 15.5, "x": 2, "y": -1, "diameter": 12},
     "normalize_roi": {"roi": [0, 0, 4, 4]},
     "seam_blend_stitched_data": {"overlap": 4, "seam_index": 16},

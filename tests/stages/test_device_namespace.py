@@ -35,7 +35,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "gaussian_filter": ({"sigma": 1.5, "order": 1, "axis": 0}, (4, 9, 10)),
     "remove_outlier": ({"dif": 0.3, "size": 3}, (4, 9, 10)),
     "dezinger_temporal": ({"dif": 0.3, "window": 3}, (5, 6, 7)),
-    "rescale": ({"dtype": "uint16", "percentiles": (1.0, 99.0)}, (3, 8, 9)),
+    "rescale": ({"dtype": "uint16", "window": (-0.5, 0.75)}, (3, 8, 9)),
     "total_variation_rof": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
     "total_variation_pd": ({"regularisation_parameter": 0.05, "iterations": 20}, (2, 12, 12)),
     "fbp": ({"center": 10.3, "filter_name": "shepp", "circle_mask": True}, (2, 15, 21)),

@@ -1,12 +1,15 @@
-"""rescale: exact integer outputs on synthetic data, httomolib parameter mapping."""
+"""rescale: exact integer outputs on synthetic data; the stage takes a fixed window only."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from stages.misc.rescale import RescaleParams, rescale
+from streamer.cli import main
 from streamer.errors import StageError
 
 
@@ -31,11 +34,27 @@ def test_percentiles_of_finite_values() -> None:
 
 def test_range_percent_is_httomolib_rule() -> None:
     block = np.linspace(10.0, 20.0, 11, dtype=np.float32).reshape(1, 1, 11)
-    params = RescaleParams.model_validate({"perc_range_min": 10, "perc_range_max": 90})
-    assert params.range_percent == (10, 90) and params.dtype == "uint8"
-    out = rescale(block, **dict(params))  # lo = 11, hi = 19
+    out = rescale(block, range_percent=(10, 90))  # lo = 11, hi = 19
     np.testing.assert_array_equal(out[0, 0], [0, 0, 32, 64, 96, 128, 159, 191, 223, 255, 255])
-    assert RescaleParams.model_validate({"bits": 16}).range_percent == (0.0, 100.0)
+
+
+@pytest.mark.parametrize("key", ["percentiles", "range_percent", "perc_range_min",
+                                 "perc_range_max"])
+def test_the_stage_refuses_a_window_from_the_blocks_statistics(key: str) -> None:
+    """In a pipeline the stage sees one block at a time: a window from its statistics
+    would depend on the block size (ADR 0023), so only a fixed window is accepted."""
+    value = (1.0, 99.0) if key in ("percentiles", "range_percent") else 10.0
+    with pytest.raises(ValidationError, match=rf"{key}: a window from each block's "
+                       r"statistics would depend on the block size.*calculate_stats"):
+        RescaleParams.model_validate({key: value, "window": (0.0, 1.0)})
+
+
+def test_the_stage_takes_a_fixed_window_and_httomolib_bits() -> None:
+    params = RescaleParams.model_validate({"window": (-1.0, 3.0), "bits": 16})
+    assert params.window == (-1.0, 3.0) and params.dtype == "uint16"
+    assert dict(RescaleParams(window=(0.0, 1.0))) == {"dtype": "uint8", "window": (0.0, 1.0)}
+    with pytest.raises(ValidationError, match="window: expected a fixed"):
+        RescaleParams.model_validate({"dtype": "uint16"})
 
 
 def test_constant_block_and_integer_input() -> None:
@@ -47,13 +66,13 @@ def test_constant_block_and_integer_input() -> None:
 @pytest.mark.parametrize(
     "params",
     [
-        {"bits": 32},
-        {"bits": 8, "dtype": "uint16"},
-        {"percentiles": (90, 10)},
+        {"bits": 32, "window": (0.0, 1.0)},
+        {"bits": 8, "dtype": "uint16", "window": (0.0, 1.0)},
+        {"percentiles": (90, 10), "window": (0.0, 1.0)},
         {"window": (1.0, 1.0)},
-        {"percentiles": None},
-        {"dtype": "int8"},
-        {"colour": 1},
+        {"window": None},
+        {"dtype": "int8", "window": (0.0, 1.0)},
+        {"colour": 1, "window": (0.0, 1.0)},
     ],
 )
 def test_bad_params(params: dict[str, object]) -> None:
@@ -71,3 +90,18 @@ def test_stage_errors() -> None:
         rescale(block, dtype="uint32")  # type: ignore[arg-type]
     with pytest.raises(StageError, match="window"):
         rescale(block, percentiles=None)
+
+
+def test_check_refuses_block_statistics_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``check`` (and ``recon``, which parses the same way) refuses the stage with a window
+    from the block's statistics: one ``error:`` line, exit 2; a fixed window passes."""
+    pipeline = tmp_path / "p.yaml"
+    head = "pipeline:\n  - method: normalize\n  - method: fbp\n    parameters: {center: 7.5}\n"
+    pipeline.write_text(head + "  - method: rescale\n    parameters: {percentiles: [1, 99]}\n")
+    assert main(["check", str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "percentiles: a window from each block's statistics" in err
+    pipeline.write_text(head + "  - method: rescale\n    parameters: {window: [0, 2]}\n")
+    assert main(["check", str(pipeline), "--frame", "4x16", "--projections", "20"]) == 0
