@@ -28,6 +28,7 @@ PARAMS: dict[str, dict[str, Any]] = {
                                    "list_fact": [1.0, 0.0, -1e-3]},
     "distortion_correction_proj_discorpy": {"xcenter": 7.5, "ycenter": 3.5,
                                             "list_fact": [1.0, 0.0, -1e-3]},
+    "rescale": {"window": [0.3, 0.9], "dtype": "uint16"},
 }
 ANGLE_LOCAL = {
     "normalize_interpolated", "normalize", "normalize_nf", "normalize_bg", "minus_log",
@@ -40,6 +41,8 @@ ANGLE_LOCAL = {
     "binary_thresholding", "seam_blend_stitched_data", "shift_images",
     "distortion_correction_proj", "distortion_correction_proj_discorpy",
     "distortion_correction_sino", "data_reducer",
+    # a fixed window, element-wise (ADR 0023)
+    "rescale",
 }
 
 
