@@ -97,6 +97,26 @@ class ResultHook(Protocol):
         """One block of ``step``'s output (see ``IntermediateResults.add``)."""
 
 
+def bind_result(
+    hook: ResultHook | None, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,
+    angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
+) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
+              None] | None:
+    """``apply_steps``'s ``on_result`` for one block: to ``hook``, with where the block
+    lies (``angles``: the block's own, else the step's, e.g. a sinogram block's)."""
+    if hook is None:
+        return None
+
+    def save(step: PipelineStep, data: npt.NDArray[np.float32],
+             step_angles: npt.NDArray[np.float64] | None) -> None:
+        known = angles if angles is not None else step_angles
+        hook(step, pattern, indices=indices, total=total,
+             angles=np.asarray(known if known is not None else [], dtype=np.float64),
+             data=data, by_frame=by_frame)
+
+    return save
+
+
 #: A streaming scan's projection blocks shrink toward its end down to this fraction of
 #: ``block_frames`` (the last block is what is left after the last frame).
 _TAPER_TO = 8
@@ -549,20 +569,9 @@ class ScanProcessor:
         angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
     ) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
                   None] | None:
-        """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`, with where
-        the block lies (``angles``: the block's own, else the step's)."""
-        hook = self.on_result
-        if hook is None:
-            return None
-
-        def save(step: PipelineStep, data: npt.NDArray[np.float32],
-                 step_angles: npt.NDArray[np.float64] | None) -> None:
-            known = angles if angles is not None else step_angles
-            hook(step, pattern, indices=indices, total=total,
-                 angles=np.asarray(known if known is not None else [], dtype=np.float64),
-                 data=data, by_frame=by_frame)
-
-        return save
+        """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`
+        (:func:`bind_result`)."""
+        return bind_result(self.on_result, pattern, indices, total, angles, by_frame=by_frame)
 
     def _stopping(self) -> bool:
         if self.should_stop is not None and self.should_stop():

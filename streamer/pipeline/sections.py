@@ -15,9 +15,11 @@ On R ranks the band exchange reslices once; a pipeline that needs more
 ``sino_360_to_180``'s side outputs) runs its later sections with every rank's band, the
 CoR and the finder's side outputs shared, and reslices again between them
 (:mod:`streamer.run.later_sections`, ADR 0009's addendum). :func:`refuse_on_ranks` still
-refuses, before the first scan, what R ranks do not run: ``save_result`` (one HDF5 file,
-several writers) and ``save_to_images`` along an axis other than the slices' (each rank
-writes the images of its own band: :meth:`~streamer.run.ranks.RankedReconstruction`).
+refuses, before the first scan, what R ranks do not run: ``save_to_images`` along an axis
+other than the slices' (each rank writes the images of its own band:
+:meth:`~streamer.run.ranks.RankedReconstruction`). ``save_result`` runs on R ranks (a
+part per rank and a virtual file over them, ADR 0022); only ``recon`` writes it
+(:func:`refuse_save_result`).
 
 :func:`refuse_on_ranks` also refuses a step whose kernel reaches across the block axis
 (:attr:`stages.spec.StageSpec.halo`): a rank's frames are dealt blocks, not contiguous
@@ -90,13 +92,14 @@ def split_sections(
 
 def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
     """A ``ConfigError`` for HTTomo's ``save_result: true`` where ``command`` does not
-    write intermediate files (only ``recon`` on one rank does), never a silent skip."""
+    write intermediate files (only ``recon`` does, on any number of ranks), never a
+    silent skip."""
     saved = [step for step in steps if step.save_result]
     if saved:
         raise ConfigError(
             f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes an "
-            f"intermediate file with `recon` on one rank; `{command}` does not: remove it "
-            "or use `recon`")
+            f"intermediate file with `recon`; `{command}` does not: remove it or use "
+            "`recon`")
 
 
 def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:
@@ -115,12 +118,6 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
     from streamer.pipeline.images import image_tail  # noqa: PLC0415  # images -> h5py
 
-    saved = [step for step in steps if step.save_result]
-    if saved:
-        raise ConfigError(
-            f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes one "
-            "intermediate HDF5 file, which several ranks do not write yet (no parallel "
-            "HDF5; ADR 0020): run `recon` on one rank for it, or remove save_result")
     tail = image_tail(steps)
     if tail is not None and tail.axis != 0:
         saver = [step for step in steps if step.name == "save_to_images"][-1]

@@ -41,7 +41,14 @@ from streamer.exchange.reslice import Band, PartsLink, row_bands
 from streamer.exchange.transpose import Shape, TransposeResult, transpose
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
-from streamer.pipeline.executor import StageCaches, apply_steps, fill_sections, section_angles
+from streamer.pipeline.executor import (
+    ResultHook,
+    StageCaches,
+    apply_steps,
+    bind_result,
+    fill_sections,
+    section_angles,
+)
 from streamer.pipeline.sections import sections_of
 
 __all__ = ["LastSection", "SectionTools", "filled_later_sections", "run_later_sections"]
@@ -77,6 +84,8 @@ class SectionTools:
     device: Callable[[], StreamDevice]
     #: What each later reslice moved, in order (the scan's transfers count them all).
     moved: list[TransposeResult] = field(default_factory=list)
+    #: Where the outputs of ``save_result`` steps go (``recon``: this rank's parts).
+    on_result: ResultHook | None = None
 
 
 def filled_later_sections(
@@ -117,7 +126,9 @@ def run_later_sections(
         if data is not None:
             try:
                 if pattern is Pattern.SINOGRAM:
-                    data, angles = _sinogram_section(steps, data, angles, tools)
+                    data, angles = _sinogram_section(steps, data, angles, tools,
+                                                     first_row=row_bands(rows, ranks)[rank][0],
+                                                     rows=rows)
                 else:
                     data = _projection_section(steps, data, angles, rank=rank, ranks=ranks,
                                                 tools=tools)
@@ -163,10 +174,10 @@ def _shape(data: npt.NDArray[np.float32] | None, rows: int,
 
 def _sinogram_section(
     steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
-    angles: npt.NDArray[np.float64], tools: SectionTools,
+    angles: npt.NDArray[np.float64], tools: SectionTools, *, first_row: int, rows: int,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``); the
-    angles after them."""
+    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``, from row
+    ``first_row`` of ``rows``); the angles after them."""
     band_rows, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
     out_angles = section_angles(steps, angles, cols)
     width = _width_after(steps, angles, cols)
@@ -175,9 +186,12 @@ def _sinogram_section(
              for first in range(0, band_rows, tools.block_sinograms)]
 
     def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
+        places = np.arange(first_row + first, first_row + last, dtype=np.int64)
         return apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
                            angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
-                           keep_on_device=queued)
+                           keep_on_device=queued,
+                           on_result=bind_result(tools.on_result, Pattern.SINOGRAM, places,
+                                                 rows, None))
 
     outputs = band_outputs(steps, spans, lambda first, last: sinograms[first:last], run,
                            device=tools.device, transfers=tools.transfers)
@@ -210,12 +224,15 @@ def _projection_section(
     out: npt.NDArray[np.float32] | None = None
     for begin in range(0, count, tools.block_frames):
         end = min(begin + tools.block_frames, count)
+        places = np.arange(first + begin, first + end, dtype=np.int64)
         block = apply_steps(steps, projections[begin:end], darks=None, flats=None,
                             transfers=tools.transfers,
                             angles_deg=angles[first + begin:first + end],
-                            projection_indices=np.arange(first + begin, first + end,
-                                                         dtype=np.int64),
-                            repairs=tools.repairs, caches=tools.caches)
+                            projection_indices=places, repairs=tools.repairs,
+                            caches=tools.caches,
+                            on_result=bind_result(tools.on_result, Pattern.PROJECTION,
+                                                  places, int(angles.size),
+                                                  angles[first + begin:first + end]))
         if block.shape[1] != rows:
             raise StageError(f"projection section [{', '.join(s.name for s in steps)}]: it "
                              f"changed the detector rows from {rows} to {block.shape[1]}, "

@@ -83,8 +83,14 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
-from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
-from streamer.pipeline.halo import keep_block, section_halo, window
+from streamer.pipeline.executor import (
+    ProcessedBlock,
+    ScanProcessor,
+    apply_steps,
+    bind_result,
+    section_angles,
+)
+from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
 from streamer.pipeline.images import (
     ImageTail,
     PartialStats,
@@ -310,8 +316,9 @@ class RankedReconstruction:
     clock: Callable[[], float] = time.monotonic
     #: Told each iteration of an iterative stage, per block of this rank's band.
     on_iteration: Callable[[BandIteration], None] | None = None
-    #: One rank (``recon``): the writer of the steps marked ``save_result`` (HTTomo's
-    #: intermediate files) for its one scan; without it such a pipeline is refused.
+    #: ``recon``: the writer of the steps marked ``save_result`` (HTTomo's intermediate
+    #: files; on R ranks this rank's parts) for its one scan; without it such a pipeline
+    #: is refused.
     results: IntermediateResults | None = None
     #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`),
     #: from the thread that holds the links (the worker's steps from the worker). With
@@ -357,8 +364,8 @@ class RankedReconstruction:
     def __post_init__(self) -> None:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
-            refuse_on_ranks(self.steps)  # save_result; an image axis across the bands
-        elif self.results is None:
+            refuse_on_ranks(self.steps)  # an image axis across the bands, a halo
+        if self.results is None:
             refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
         #: One rank: the pipeline needs the processor's own later sections (several
         #: reslices, a geometry change, a side output, ``save_result``), which the band
@@ -597,6 +604,8 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own,
             )
+            if self.results is not None:  # this rank's frames into its parts
+                processor.on_result = self.results.add
             if streaming is not None:
                 # Taper by this rank's share of the frames; add a round of every rank's
                 # pieces at once (one add's fixed passes per round, not per piece).
@@ -689,6 +698,9 @@ class RankedReconstruction:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
         if self._tail is not None and self.control.size > 1:
             part = self._band_images(scan, part, self._tail)
+        if self.results is not None and self.control.size > 1:
+            # closed before rank 0 hears of the part: it then reads them for its file
+            self.results.close(complete=part.complete)
         self._part_done(scan, part)
 
     def _band_images(self, scan: _ScanState, part: PartWritten, tail: ImageTail) -> PartWritten:
@@ -781,7 +793,8 @@ class RankedReconstruction:
         tools = SectionTools(processor.block_frames, processor.block_sinograms,
                              processor.transfers, processor.repairs, processor.caches,
                              stopped=lambda: self._stopped(scan),
-                             device=processor.queue_device)
+                             device=processor.queue_device,
+                             on_result=None if self.results is None else self.results.add)
         scan.later_moved = tools.moved  # filled as the transposes run
         return run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
@@ -1218,19 +1231,26 @@ class RankedReconstruction:
         # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
         # every row, R ranks refuse such steps)
         halo = section_halo(steps)
+        total_rows = scan.start.rows  # every band is cut from them
 
         def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
             where = window(begin, end, last - first, halo)
             return band.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
+            rows_in = window(begin, end, last - first, halo)
+            saved = bind_result(None if self.results is None else self.results.add,
+                                Pattern.SINOGRAM,
+                                np.arange(first + begin, first + end, dtype=np.int64),
+                                total_rows, None)
             out = apply_steps(steps, data, darks=None, flats=None,
                               angles_deg=band.angles_deg, transfers=processor.transfers,
                               repairs=processor.repairs, caches=processor.caches,
                               keep_on_device=queued,
                               on_iteration=processor.iterations.listener(
-                                  begin // block, len(spans), first + begin, first + end))
-            return keep_block(out, window(begin, end, last - first, halo), "sinogram section")
+                                  begin // block, len(spans), first + begin, first + end),
+                              on_result=keep_saved(saved, rows_in, angles_along=False))
+            return keep_block(out, rows_in, "sinogram section")
 
         outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
                                transfers=processor.transfers)
@@ -1555,12 +1575,14 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         device, usable = use_device_for_rank(link.rank, link.size, node)
         log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
     scan_id = scan_id or output_stem(settings.output.stem)
+    # HTTomo's save_result files beside the output (on R ranks each rank's parts and rank
+    # 0's file over them): existing ones refused now, before anything is read.
+    results = IntermediateResults.for_scan(steps, settings.output.parent, layout,
+                                           overwrite=settings.overwrite, rank=link.rank,
+                                           ranks=link.size)
     control, band_link = link.duplicate(), link.duplicate()
     if link.size > 1:
         refuse_on_ranks(steps)  # before any file is looked at
-    # One rank: HTTomo's save_result files beside the output (existing ones refused now).
-    results = IntermediateResults.for_scan(steps, settings.output.parent, layout,
-                                           overwrite=settings.overwrite)
     ranked = RankedReconstruction(
         steps, text, settings.output.parent, control, band_link,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
@@ -1573,9 +1595,27 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         return _feed_ranks(ranked, reader, scan_id, on_read)
     finally:
         if results is not None:
-            results.close(complete=ranked.outputs[-1].complete if ranked.outputs else False)
-            for path in results.written:
-                log(f"save_result: {path}")
+            _finish_results(results, ranked, steps, log)
+
+
+def _finish_results(results: IntermediateResults, ranked: RankedReconstruction,
+                    steps: tuple[PipelineStep, ...], log: Callable[[str], None]) -> None:
+    """Close the ``save_result`` files (R ranks: this rank's parts, if its close did not)
+    and, on rank 0, say each file once: one rank's, or R ranks' virtual file over the
+    parts (written now: every rank has told rank 0 its part is closed, or timed out)."""
+    complete = ranked.outputs[-1].complete if ranked.outputs else False
+    results.close(complete=complete)
+    if ranked.control.size == 1:
+        for path in results.written:
+            log(f"save_result: {path}")
+        return
+    if ranked.control.rank != 0:
+        return
+    try:
+        for path, whole, why in results.write_masters(steps, complete=complete):
+            log(f"save_result: {path}" + ("" if whole else f" (INCOMPLETE: {why})"))
+    except StreamerError as error:
+        log(f"save_result: {error}")
 
 
 def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
