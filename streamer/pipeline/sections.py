@@ -26,6 +26,12 @@ part per rank and a virtual file over them, ADR 0022); only ``recon`` writes it
 in angle, and its band has no rows of its neighbours, so the result would depend on the
 rank count (ADR 0019); one rank gives every block its real neighbours.
 
+:func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
+at its start), a step that changes the number of detector rows where the slices are
+already cut: after the first reslice on any rank count (the volume, its bands and its
+``detector_row`` map are planned from the rows the first section hands on), and on R
+ranks anywhere (the band exchange cuts every corrected frame into the planned bands).
+
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
 a pipeline that needs more reslices is refused there with a one-line error naming the
@@ -40,8 +46,8 @@ from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_save_result",
-           "sections_of", "split_sections"]
+__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_row_change",
+           "refuse_save_result", "sections_of", "split_sections"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,28 @@ def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
             f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes an "
             f"intermediate file with `recon`; `{command}` does not: remove it or use "
             "`recon`")
+
+
+def refuse_row_change(steps: tuple[PipelineStep, ...], *, ranks: int = 1) -> None:
+    """A ``ConfigError`` naming the first step that changes the number of detector rows
+    (:attr:`stages.spec.StageSpec.changes_rows`) where ``ranks`` ranks do not follow it
+    (see the module notes); one rank follows it in the first projection section."""
+    for number, section in enumerate(sections_of(steps)):
+        for step in section.steps:
+            declared = step.spec.changes_rows
+            if declared is None or not declared(step.params) or (number == 0 and ranks == 1):
+                continue
+            if number:
+                where = (f"after reslice {number} (the volume's slices are planned from the "
+                         "rows the first projection section hands on)")
+                fix = "expected it in the first projection section, before the first reslice"
+            else:
+                where = (f"on {ranks} ranks (the band exchange cuts every corrected frame "
+                         "into bands of the scan's rows)")
+                fix = "run it on one rank"
+            raise ConfigError(f"stage {step.name!r} ({step.where}): it changes the number of "
+                              f"detector rows {where}, which is not supported: {fix}, or "
+                              "remove it")
 
 
 def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:

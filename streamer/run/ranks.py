@@ -107,6 +107,7 @@ from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import (
     beyond_one_band,
     refuse_on_ranks,
+    refuse_row_change,
     refuse_save_result,
     sections_of,
     split_sections,
@@ -367,6 +368,7 @@ class RankedReconstruction:
             refuse_on_ranks(self.steps)  # an image axis across the bands, a halo
         if self.results is None:
             refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
+        refuse_row_change(self.steps, ranks=self.control.size)
         #: One rank: the pipeline needs the processor's own later sections (several
         #: reslices, a geometry change, a side output, ``save_result``), which the band
         #: path below does not run; the processor then runs them at close

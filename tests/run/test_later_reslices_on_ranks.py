@@ -16,6 +16,8 @@ import pytest
 import zmq
 
 from stages.registry import REGISTRY
+from streamer.cli import main
+from streamer.errors import ConfigError
 from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
@@ -30,7 +32,7 @@ from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.transport import Endpoint, open_socket
 from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
-from tests.run.ranks import run_ranks
+from tests.run.ranks import one_rank, run_ranks
 from tests.run.test_service_on_ranks import CONFIG as SERVICE_CONFIG
 from tests.run.test_service_on_ranks import JOIN_S
 from tests.run.test_service_on_ranks import _source as service_source
@@ -158,21 +160,83 @@ def test_angles_averaging_on_a_real_scan_on_two_ranks(shared_data: Path,
     assert_same_volume(tmp_path / "one.h5", tmp_path / "ranks.h5")
 
 
-def test_a_later_projection_section_that_changes_the_rows_fails_every_part(
-        tmp_path: Path) -> None:
-    """The bands are the volume's slices: binning rows after the first reslice is an
-    error on every rank that runs it, the others stop at the same reslice, and the
-    output says incomplete and why (nothing hangs)."""
+class UnreadScan(SimulatedScan):
+    """A scan whose frames must not be read (a refusal comes before)."""
+
+    def read(self, first: int, last: int) -> np.ndarray:
+        raise AssertionError(f"frames {first}..{last} were read before the refusal")
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_row_change_after_the_first_reslice_is_refused_before_the_scan(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], ranks: int) -> None:
+    """Binning rows in a later projection section: the slices are planned from the
+    first section's rows (one rank wrote half the volume as NaN, R ranks failed every
+    part at run time): ``check`` and every runner refuse it at its start, one line that
+    names the step, before a frame is read."""
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(AVERAGED.replace("PROJECTION_STEP", "binning").replace("CENTER", "11.5"))
     config = SimulationConfig(rows=4, cols=48, projections=40, flats=4, darks=2)
-    results = on_ranks(2, lambda: SimulatedScan(config),
-                       ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline))
-    output = results[0]
-    assert isinstance(output, ScanOutput) and not output.complete
-    assert output.error is not None
-    assert "changed the detector rows from 4 to 2" in output.error
-    assert "run it on one rank" in output.error
+    settings = ReconSettings(tmp_path / "v.h5", pipeline=pipeline)
+    refused: list[str] = []
+
+    def rank(link: MemoryLink) -> None:
+        with pytest.raises(ConfigError) as error:
+            recon_on_ranks(UnreadScan(config), settings, link)
+        refused.append(str(error.value))
+
+    run_ranks(ranks, rank)
+    assert len(refused) == ranks and len(set(refused)) == 1
+    assert "\n" not in refused[0]
+    assert refused[0].startswith(f"stage 'binning' ({pipeline}:5): it changes the number "
+                                 "of detector rows after reslice 2")
+    assert not (tmp_path / "v.h5").exists()
+    assert main(["check", str(pipeline), "--frame", "4x48", "--projections", "40"]) == 2
+    assert f"stage 'binning' ({pipeline}:5)" in capsys.readouterr().err
+    steps = parse_pipeline(pipeline.read_text(), REGISTRY, source="p.yaml").steps
+    with pytest.raises(ConfigError, match="binning"):
+        one_rank(steps, pipeline.read_text(), tmp_path)  # the `run` service's runner
+    columns = tmp_path / "columns.yaml"  # binning the columns only keeps the rows: valid
+    columns.write_text(AVERAGED.replace("PROJECTION_STEP", "binning\n    parameters: "
+                                        "{factor_rows: 1}").replace("CENTER", "11.5"))
+    assert main(["check", str(columns), "--frame", "4x48", "--projections", "40"]) == 0
+
+
+def test_a_row_change_before_the_first_reslice_runs_on_one_rank_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Binning in the first projection section: one rank's band takes the binned rows;
+    R ranks cut the corrected frames into bands of the scan's rows (they failed at the
+    reslice and waited out its timeout): refused at the start, ``check`` says so."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(FIRST_SECTION_BINNING)
+    config = SimulationConfig(rows=4, cols=48, projections=20, flats=2, darks=2)
+    one = run_recon(SimulatedScan(config), ReconSettings(tmp_path / "one.h5",
+                                                         pipeline=pipeline))
+    assert one.complete and one.slices == 2
+    refused: list[str] = []
+
+    def rank(link: MemoryLink) -> None:
+        with pytest.raises(ConfigError, match=r"stage 'binning' \(.*p\.yaml:4\): it "
+                           "changes the number of detector rows on 2 ranks") as error:
+            recon_on_ranks(UnreadScan(config), ReconSettings(tmp_path / "r.h5",
+                                                             pipeline=pipeline), link)
+        refused.append(str(error.value))
+
+    run_ranks(2, rank)
+    assert len(refused) == 2
+    assert main(["check", str(pipeline), "--frame", "4x48", "--projections", "20"]) == 0
+    assert "binning changes the number of detector rows: one rank follows it; R ranks " \
+           "refuse it" in capsys.readouterr().out
+
+
+FIRST_SECTION_BINNING = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: binning
+  - method: fbp
+    parameters: {center: 11.5}
+"""
 
 
 def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) -> None:
