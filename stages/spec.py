@@ -220,8 +220,8 @@ class StageSpec:
     changes_rows : callable, optional
         ``changes_rows(params) -> bool`` for a stage that can change the number of
         detector rows (the volume's slices: binning, cropping or resampling them). The
-        runners refuse it where the slices are already cut into bands (after the first
-        reslice; on R ranks anywhere), before the scan is read
+        runners refuse it where they do not follow it (a sinogram section; on R ranks the
+        first projection section), before the scan is read
         (:func:`streamer.pipeline.sections.refuse_row_change`).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,

@@ -358,6 +358,9 @@ class ScanProcessor:
         #: Set before the first frame: gets the output of every step marked
         #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
         self.on_result: ResultHook | None = None
+        #: The slices the last section hands out (set before its first block): the rows
+        #: after every section, which a later projection section may bin or crop.
+        self.volume_rows: int | None = None
         #: The device a sinogram section wholly on the device streams its blocks through
         #: (:class:`~stages.backends.device_queue.DeviceQueue`: pinned buffers, copies
         #: overlapping the compute); ``None``: CuPy's streams, made when one runs.
@@ -622,6 +625,8 @@ class ScanProcessor:
         or gathered for the next reslice; ``None`` when stopped or handed out."""
         rows = sinograms.shape[0]
         out_angles = section_angles(steps, angles, int(sinograms.shape[2]))
+        if emit:
+            self.volume_rows = rows
         gathered: npt.NDArray[np.float32] | None = None
         spans = [(first, min(first + self.block_sinograms, rows))
                  for first in range(0, rows, self.block_sinograms)]

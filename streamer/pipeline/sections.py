@@ -27,10 +27,13 @@ in angle, and its band has no rows of its neighbours, so the result would depend
 rank count (ADR 0019); one rank gives every block its real neighbours.
 
 :func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
-at its start), a step that changes the number of detector rows where the slices are
-already cut: after the first reslice on any rank count (the volume, its bands and its
-``detector_row`` map are planned from the rows the first section hands on), and on R
-ranks anywhere (the band exchange cuts every corrected frame into the planned bands).
+at its start), a step that changes the number of detector rows where the runners do not
+follow it: in a sinogram section (a block is a band of the slices: a step that resamples
+across them would mix bands and change the volume's height under the writer), and on R
+ranks in the first projection section (the band exchange cuts every corrected frame into
+bands of the scan's rows). One rank follows it in the first projection section, and
+every rank count in a later projection section (all rows of a range of angles: the next
+bands are cut from its output, :mod:`streamer.run.later_sections`).
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
@@ -117,10 +120,12 @@ def refuse_row_change(steps: tuple[PipelineStep, ...], *, ranks: int = 1) -> Non
             declared = step.spec.changes_rows
             if declared is None or not declared(step.params) or (number == 0 and ranks == 1):
                 continue
+            if number and section.pattern is Pattern.PROJECTION:
+                continue  # all rows of a range of angles: the bands are cut again after it
             if number:
-                where = (f"after reslice {number} (the volume's slices are planned from the "
-                         "rows the first projection section hands on)")
-                fix = "expected it in the first projection section, before the first reslice"
+                where = (f"in the sinogram section after reslice {number} (a block is a "
+                         "band of the volume's slices)")
+                fix = "expected it in a projection section"
             else:
                 where = (f"on {ranks} ranks (the band exchange cuts every corrected frame "
                          "into bands of the scan's rows)")

@@ -245,6 +245,14 @@ class _ScanState:
     peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
     #: R ranks: what each later reslice (a transpose) moved, for the scan's transfers.
     later_moved: list[TransposeResult] = field(default_factory=list)
+    #: R ranks: the volume's slices when a later projection section changed the rows
+    #: (binning, cropping them); None: the scan's rows.
+    volume_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """The volume's slices: every rank's band is cut from them."""
+        return self.volume_rows or self.start.rows
 
 
 @dataclass
@@ -694,7 +702,7 @@ class RankedReconstruction:
                 latency.streaming = scan.streamed
         except StreamerError as error:
             self.last_error = self.last_error or error
-            rows = row_bands(start.rows, self.control.size)[self.control.rank]
+            rows = row_bands(scan.rows, self.control.size)[self.control.rank]
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
@@ -766,10 +774,13 @@ class RankedReconstruction:
         last = None
         if self._later:  # every rank, failed or not: each later reslice needs them all
             try:
-                last = self._run_later(scan, band)
+                last_band, last_steps, scan.volume_rows = self._run_later(scan, band)
+                last = (last_band, last_steps)
             except StreamerError:
                 if scan.failure is None:
                     raise
+            if self.control.rank == 0 and scan.path is not None:  # the master's bands
+                self._closed[scan.start.scan] = (scan.serial, scan.path, scan.rows)
         if scan.failure is not None:
             raise StreamerError(scan.failure)
         if self.control.rank == 0:
@@ -780,9 +791,11 @@ class RankedReconstruction:
         self._settle_streaming_center(scan)
         return part
 
-    def _run_later(self, scan: _ScanState, band: Band) -> tuple[Band, tuple[PipelineStep, ...]]:
+    def _run_later(self, scan: _ScanState, band: Band,
+                   ) -> tuple[Band, tuple[PipelineStep, ...], int]:
         """R ranks, a pipeline past one sinogram section: every section but the last on
-        the bands, resliced between them; the CoR follows the geometry (as on one rank)."""
+        the bands, resliced between them; the CoR follows the geometry (as on one rank).
+        The last section's band and steps, and the rows its bands are cut from."""
         sections, moved = filled_later_sections(
             self.steps, center=scan.center, outputs=scan.center_outputs,
             override=scan.center_method == VIEWER_METHOD, angles=band.angles_deg,
@@ -822,9 +835,10 @@ class RankedReconstruction:
         written = 0
 
         def write(block: ProcessedBlock) -> None:
-            nonlocal writer, center, written
+            nonlocal writer, center, written, rows
             begin, data = int(block.indices[0]), block.data
             if writer is None:
+                rows = processor.volume_rows or rows  # a later section may bin the rows
                 later = tuple(s for section in processor.later_sections for s in section.steps)
                 center = center_in_use(processor.center, later, scan.start.cols)
                 method = center_label(processor.center_method, self.center_source,
@@ -1233,7 +1247,7 @@ class RankedReconstruction:
         # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
         # every row, R ranks refuse such steps)
         halo = section_halo(steps)
-        total_rows = scan.start.rows  # every band is cut from them
+        total_rows = scan.rows  # every band is cut from them
 
         def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
             where = window(begin, end, last - first, halo)
@@ -1295,7 +1309,7 @@ class RankedReconstruction:
                 raise SinkError(f"{master}: cannot write there: {os_reason(error)}") from None
         return ranked_output(self.output_format).open_band(
             master, rank=rank, ranks=ranks, band=rows, first_row=self.first_row,
-            volume_slices=scan.start.rows, overwrite=self.overwrite, **geometry)
+            volume_slices=scan.rows, overwrite=self.overwrite, **geometry)
 
     def _stopped(self, scan: _ScanState) -> str | None:
         """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop

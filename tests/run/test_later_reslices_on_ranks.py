@@ -1,8 +1,10 @@
 """Several reslices on R ranks (in-memory link, ranks in threads): pipelines that go
 projection → sinogram → projection → sinogram, or change the angles or the width, give
 the one-rank volume within 1e-5, with the same CoR, CoR method and angles; a later
-projection section that changes the rows fails every rank's part with its reason (no rank
-waits); the ``run`` service reslices again for every scan. (The image tail on R ranks:
+projection section that bins or crops the rows gives the volume of the same steps with
+the rows changed first, on 1 to 4 ranks; a row change where no runner follows it (a
+sinogram section; R ranks' first section) is refused before a frame is read; the ``run``
+service reslices again for every scan. (The image tail on R ranks:
 tests/run/test_image_tail_on_ranks.py.)"""
 
 from __future__ import annotations
@@ -167,15 +169,70 @@ class UnreadScan(SimulatedScan):
         raise AssertionError(f"frames {first}..{last} were read before the refusal")
 
 
+BINNED_FIRST = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: ROW_STEP
+  - method: average_projection_frames
+  - method: fbp
+    save_result: true
+    parameters: {center: CENTER}
+"""
+
+
+@pytest.mark.parametrize(("ranks", "projections"), [(1, 40), (2, 40), (3, 40), (4, 6)],
+                         ids=["1-rank", "2-ranks", "3-ranks", "4-ranks-one-without-angles"])
+@pytest.mark.parametrize("case", [
+    ("binning", 11.5, 3),  # rows 7 -> 3 (the last row dropped), columns 48 -> 24
+    ("crop\n    parameters: {rows: [1, 6]}", 23.5, 5),
+], ids=["binning", "crop"])
+def test_a_row_change_after_the_first_reslice_is_followed(
+        tmp_path: Path, ranks: int, projections: int, case: tuple[str, float, int]) -> None:
+    """Binning or cropping the rows in a later projection section (after the reslice
+    back from sinograms): the bands of the last section are cut from the new rows, on 1
+    to 4 ranks (a rank without rows, a rank without angles); the volume equals the one
+    of the same steps with the rows changed before the first reslice, on one rank (they
+    commute: binning or cropping the rows and averaging pairs of angles act on other
+    axes); the reconstruction's save_result file has the new rows."""
+    row_step, center, slices = case
+    later = tmp_path / "later.yaml"
+    later.write_text(AVERAGED.replace("PROJECTION_STEP", row_step).replace(
+        "- method: fbp", "- method: fbp\n    save_result: true").replace("CENTER", str(center)))
+    first = tmp_path / "first.yaml"
+    first.write_text(BINNED_FIRST.replace("ROW_STEP", row_step).replace("CENTER", str(center)))
+    config = SimulationConfig(rows=7, cols=48, projections=projections, flats=4, darks=2)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "later").mkdir()
+    run_recon(SimulatedScan(config), ReconSettings(tmp_path / "ref" / "v.h5", pipeline=first,
+                                                   block_frames=7))
+    results = on_ranks(ranks, lambda: SimulatedScan(config),
+                       ReconSettings(tmp_path / "later" / "v.h5", pipeline=later,
+                                     block_frames=7, block_sinograms=1))
+    assert isinstance(results[0], ScanOutput) and results[0].complete, results[0]
+    assert results[0].slices == slices
+    assert_same_volume(tmp_path / "ref" / "v.h5", tmp_path / "later" / "v.h5")
+    with h5py.File(tmp_path / "later" / "v.h5") as file:
+        assert list(file["/entry/reconstruction/slice_written"][()]) == [True] * slices
+    saved = "task_4-stages-fbp.h5"
+    with h5py.File(tmp_path / "ref" / saved) as expected, \
+            h5py.File(tmp_path / "later" / saved) as found:
+        assert found["data"].shape == expected["data"].shape
+        assert found["data"].shape[1] == slices and bool(found.attrs["complete"])
+        scale = float(np.abs(expected["data"][()]).max())
+        np.testing.assert_allclose(found["data"][()], expected["data"][()], rtol=1e-5,
+                                   atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_a_row_change_after_the_first_reslice_is_refused_before_the_scan(
+def test_a_row_change_in_a_sinogram_section_is_refused_before_the_scan(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], ranks: int) -> None:
-    """Binning rows in a later projection section: the slices are planned from the
-    first section's rows (one rank wrote half the volume as NaN, R ranks failed every
-    part at run time): ``check`` and every runner refuse it at its start, one line that
-    names the step, before a frame is read."""
+    """data_resampler across the slices (HTTomo's axis 0) after the reconstruction: the
+    volume's slices are its bands' rows (one rank wrote a broken volume): ``check``
+    and every runner refuse it at its start, one line that names the step, before a
+    frame is read."""
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(AVERAGED.replace("PROJECTION_STEP", "binning").replace("CENTER", "11.5"))
+    pipeline.write_text(RESAMPLED)
     config = SimulationConfig(rows=4, cols=48, projections=40, flats=4, darks=2)
     settings = ReconSettings(tmp_path / "v.h5", pipeline=pipeline)
     refused: list[str] = []
@@ -188,18 +245,28 @@ def test_a_row_change_after_the_first_reslice_is_refused_before_the_scan(
     run_ranks(ranks, rank)
     assert len(refused) == ranks and len(set(refused)) == 1
     assert "\n" not in refused[0]
-    assert refused[0].startswith(f"stage 'binning' ({pipeline}:5): it changes the number "
-                                 "of detector rows after reslice 2")
+    assert refused[0].startswith(f"stage 'data_resampler' ({pipeline}:5): it changes the "
+                                 "number of detector rows in the sinogram section after "
+                                 "reslice 1")
     assert not (tmp_path / "v.h5").exists()
     assert main(["check", str(pipeline), "--frame", "4x48", "--projections", "40"]) == 2
-    assert f"stage 'binning' ({pipeline}:5)" in capsys.readouterr().err
+    assert f"stage 'data_resampler' ({pipeline}:5)" in capsys.readouterr().err
     steps = parse_pipeline(pipeline.read_text(), REGISTRY, source="p.yaml").steps
-    with pytest.raises(ConfigError, match="binning"):
+    with pytest.raises(ConfigError, match="data_resampler"):
         one_rank(steps, pipeline.read_text(), tmp_path)  # the `run` service's runner
-    columns = tmp_path / "columns.yaml"  # binning the columns only keeps the rows: valid
-    columns.write_text(AVERAGED.replace("PROJECTION_STEP", "binning\n    parameters: "
-                                        "{factor_rows: 1}").replace("CENTER", "11.5"))
-    assert main(["check", str(columns), "--frame", "4x48", "--projections", "40"]) == 0
+    within = tmp_path / "within.yaml"  # each slice resampled on its own: valid
+    within.write_text(RESAMPLED.replace("axis: 0", "axis: auto"))
+    assert main(["check", str(within), "--frame", "4x48", "--projections", "40"]) == 0
+
+
+RESAMPLED = """\
+pipeline:
+  - method: normalize
+  - method: fbp
+    parameters: {center: 23.5}
+  - method: data_resampler
+    parameters: {newshape: [24, 24], axis: 0}
+"""
 
 
 def test_a_row_change_before_the_first_reslice_runs_on_one_rank_only(
