@@ -38,7 +38,7 @@ from stages.spec import Pattern
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
 from streamer.sinks.master import part_path
-from streamer.sinks.result_master import PART_FORMAT
+from streamer.sinks.result_master import PART_FORMAT, write_result_master
 from streamer.sources.scan import ScanLayout
 from streamer.wire.protocol import IMAGE_KEY_PROJECTION
 
@@ -254,15 +254,14 @@ class IntermediateResults:
     def write_masters(self, steps: tuple[PipelineStep, ...], *,
                       complete: bool) -> list[tuple[Path, bool, str]]:
         """Rank 0 of R, once every rank has closed its parts: each step's file, a virtual
-        dataset over the parts that exist (:func:`~streamer.sinks.result_master.
-        write_result_master`); (path, complete, why not) per file written. A step no
-        rank wrote a block of gets no file (the run's output says why)."""
-        from streamer.sinks.result_master import write_result_master  # noqa: PLC0415
-
+        dataset over the parts that exist (:func:`write_result_master`); (path,
+        complete, why not) per step; a step no rank wrote a block of gets no file, and
+        says so here (the run's errors say why)."""
         out: list[tuple[Path, bool, str]] = []
         for path in result_paths(steps, self.folder):
             parts = [part_path(path, r, self.ranks) for r in range(self.ranks)]
             if not any(part.exists() for part in parts):
+                out.append((path, False, "not written: no rank wrote a block of it"))
                 continue
             written = write_result_master(path, parts, complete=complete,
                                           detector_x_y=(self.cols, self.rows))

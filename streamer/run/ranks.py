@@ -1629,7 +1629,10 @@ def _finish_results(results: IntermediateResults, ranked: RankedReconstruction,
         return
     try:
         for path, whole, why in results.write_masters(steps, complete=complete):
-            log(f"save_result: {path}" + ("" if whole else f" (INCOMPLETE: {why})"))
+            if not path.exists():
+                log(f"save_result: {path} {why}")
+            else:
+                log(f"save_result: {path}" + ("" if whole else f" (INCOMPLETE: {why})"))
     except StreamerError as error:
         log(f"save_result: {error}")
 
