@@ -217,6 +217,12 @@ class StageSpec:
         :mod:`streamer.pipeline.halo`); the scan's true ends keep the stage's own edge
         mode. A callable ``halo(params) -> int`` where it depends on a parameter; see
         :meth:`reach`. ``0`` (each entry on its own) unless declared.
+    changes_rows : callable, optional
+        ``changes_rows(params) -> bool`` for a stage that can change the number of
+        detector rows (the volume's slices: binning, cropping or resampling them). The
+        runners refuse it where they do not follow it (a sinogram section; on R ranks the
+        first projection section), before the scan is read
+        (:func:`streamer.pipeline.sections.refuse_row_change`).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.
@@ -248,6 +254,7 @@ class StageSpec:
         Callable[[npt.NDArray[np.float32], Any], npt.NDArray[np.float32]] | None
     ) = None
     cache: Callable[[], Any] | None = None
+    changes_rows: Callable[[Any], bool] | None = None
     adapters: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({})
     )

@@ -324,6 +324,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(3.5),
         device=True,
         summary="shrink one axis by 2**level, averaging bins",
+        changes_rows=lambda p: p.axis == 1 and p.level > 0,
         aliases=("tomopy.misc.morph.downsample",),
     ),
     StageSpec(
@@ -335,6 +336,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=_upsample_memory,
         device=True,
         summary="enlarge one axis by 2**level, repeating samples",
+        changes_rows=lambda p: p.axis == 1 and p.level > 0,
         aliases=("tomopy.misc.morph.upsample",),
     ),
     StageSpec(
@@ -348,6 +350,7 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(3.5),
         device=True,
         summary="average factor_rows x factor_cols pixel bins of each frame",
+        changes_rows=lambda p: p.factor_rows > 1,
     ),
     StageSpec(
         name="crop",
@@ -359,5 +362,6 @@ SPECS: tuple[StageSpec, ...] = (
         memory=scaled_memory(2.0),
         device=True,
         summary="keep a (rows, cols) rectangle of each frame (preview)",
+        changes_rows=lambda p: p.rows is not None,
     ),
 )

@@ -215,5 +215,7 @@ SPECS: tuple[StageSpec, ...] = (
               # output (float64), the float32 result
               device_memory=_resampled_device_memory,
               summary="resample every slice to newshape (httomolibgpu, interpn)",
+              # HTTomo's axis 0 or 2 resamples across the slices (module notes)
+              changes_rows=lambda p: p.axis in {0, 2},
               aliases=("httomolibgpu.misc.morph.data_resampler",)),
 )

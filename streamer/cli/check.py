@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
+    from streamer.pipeline.sections import refuse_row_change, sections_of
     from streamer.pipeline.streaming import streaming_kind
     from streamer.run.from_file import ReconSettings, pipeline_for
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                               device="cpu" if device is None else "gpu"),
                                 "flat_dark")
     appended = len(steps) - len(pipeline.steps)
+    refuse_row_change(steps)  # no rank count runs it: refused as recon and run would
     plans = plan_blocks(steps, rows=rows, cols=cols, angles=args.projections,
                         dtype=np.dtype(args.dtype), budget_bytes=budget)
     device_lines = ([] if device is None else  # refused here, before any output
@@ -83,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: step {number} {step.name} reaches {step.spec.reach(step.params)} "
                   "entries across its blocks: each block gets its real neighbours on one "
                   "rank; R ranks refuse it")
+    first_section = sections_of(steps)[0].steps  # (a sinogram section's raised above)
+    for number, step in enumerate(steps, 1):
+        if (step in first_section and step.spec.changes_rows is not None
+                and step.spec.changes_rows(step.params)):
+            print(f"  note: step {number} {step.name} changes the number of detector rows: "
+                  "one rank follows it; R ranks refuse it")
     if pipeline.sweep is not None:
         variants = pipeline.variants()  # validates every value
         print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "

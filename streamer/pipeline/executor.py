@@ -97,6 +97,26 @@ class ResultHook(Protocol):
         """One block of ``step``'s output (see ``IntermediateResults.add``)."""
 
 
+def bind_result(
+    hook: ResultHook | None, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,
+    angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
+) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
+              None] | None:
+    """``apply_steps``'s ``on_result`` for one block: to ``hook``, with where the block
+    lies (``angles``: the block's own, else the step's, e.g. a sinogram block's)."""
+    if hook is None:
+        return None
+
+    def save(step: PipelineStep, data: npt.NDArray[np.float32],
+             step_angles: npt.NDArray[np.float64] | None) -> None:
+        known = angles if angles is not None else step_angles
+        hook(step, pattern, indices=indices, total=total,
+             angles=np.asarray(known if known is not None else [], dtype=np.float64),
+             data=data, by_frame=by_frame)
+
+    return save
+
+
 #: A streaming scan's projection blocks shrink toward its end down to this fraction of
 #: ``block_frames`` (the last block is what is left after the last frame).
 _TAPER_TO = 8
@@ -338,6 +358,9 @@ class ScanProcessor:
         #: Set before the first frame: gets the output of every step marked
         #: ``save_result`` (:meth:`~streamer.pipeline.intermediate.IntermediateResults.add`).
         self.on_result: ResultHook | None = None
+        #: The slices the last section hands out (set before its first block): the rows
+        #: after every section, which a later projection section may bin or crop.
+        self.volume_rows: int | None = None
         #: The device a sinogram section wholly on the device streams its blocks through
         #: (:class:`~stages.backends.device_queue.DeviceQueue`: pinned buffers, copies
         #: overlapping the compute); ``None``: CuPy's streams, made when one runs.
@@ -549,20 +572,9 @@ class ScanProcessor:
         angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
     ) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
                   None] | None:
-        """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`, with where
-        the block lies (``angles``: the block's own, else the step's)."""
-        hook = self.on_result
-        if hook is None:
-            return None
-
-        def save(step: PipelineStep, data: npt.NDArray[np.float32],
-                 step_angles: npt.NDArray[np.float64] | None) -> None:
-            known = angles if angles is not None else step_angles
-            hook(step, pattern, indices=indices, total=total,
-                 angles=np.asarray(known if known is not None else [], dtype=np.float64),
-                 data=data, by_frame=by_frame)
-
-        return save
+        """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`
+        (:func:`bind_result`)."""
+        return bind_result(self.on_result, pattern, indices, total, angles, by_frame=by_frame)
 
     def _stopping(self) -> bool:
         if self.should_stop is not None and self.should_stop():
@@ -613,6 +625,8 @@ class ScanProcessor:
         or gathered for the next reslice; ``None`` when stopped or handed out."""
         rows = sinograms.shape[0]
         out_angles = section_angles(steps, angles, int(sinograms.shape[2]))
+        if emit:
+            self.volume_rows = rows
         gathered: npt.NDArray[np.float32] | None = None
         spans = [(first, min(first + self.block_sinograms, rows))
                  for first in range(0, rows, self.block_sinograms)]

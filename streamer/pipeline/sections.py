@@ -15,14 +15,25 @@ On R ranks the band exchange reslices once; a pipeline that needs more
 ``sino_360_to_180``'s side outputs) runs its later sections with every rank's band, the
 CoR and the finder's side outputs shared, and reslices again between them
 (:mod:`streamer.run.later_sections`, ADR 0009's addendum). :func:`refuse_on_ranks` still
-refuses, before the first scan, what R ranks do not run: ``save_result`` (one HDF5 file,
-several writers) and ``save_to_images`` along an axis other than the slices' (each rank
-writes the images of its own band: :meth:`~streamer.run.ranks.RankedReconstruction`).
+refuses, before the first scan, what R ranks do not run: ``save_to_images`` along an axis
+other than the slices' (each rank writes the images of its own band:
+:meth:`~streamer.run.ranks.RankedReconstruction`). ``save_result`` runs on R ranks (a
+part per rank and a virtual file over them, ADR 0022); only ``recon`` writes it
+(:func:`refuse_save_result`).
 
 :func:`refuse_on_ranks` also refuses a step whose kernel reaches across the block axis
 (:attr:`stages.spec.StageSpec.halo`): a rank's frames are dealt blocks, not contiguous
 in angle, and its band has no rows of its neighbours, so the result would depend on the
 rank count (ADR 0019); one rank gives every block its real neighbours.
+
+:func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
+at its start), a step that changes the number of detector rows where the runners do not
+follow it: in a sinogram section (a block is a band of the slices: a step that resamples
+across them would mix bands and change the volume's height under the writer), and on R
+ranks in the first projection section (the band exchange cuts every corrected frame into
+bands of the scan's rows). One rank follows it in the first projection section, and
+every rank count in a later projection section (all rows of a range of angles: the next
+bands are cut from its output, :mod:`streamer.run.later_sections`).
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
@@ -38,8 +49,8 @@ from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_save_result",
-           "sections_of", "split_sections"]
+__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_row_change",
+           "refuse_save_result", "sections_of", "split_sections"]
 
 
 @dataclass(frozen=True)
@@ -90,13 +101,38 @@ def split_sections(
 
 def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
     """A ``ConfigError`` for HTTomo's ``save_result: true`` where ``command`` does not
-    write intermediate files (only ``recon`` on one rank does), never a silent skip."""
+    write intermediate files (only ``recon`` does, on any number of ranks), never a
+    silent skip."""
     saved = [step for step in steps if step.save_result]
     if saved:
         raise ConfigError(
             f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes an "
-            f"intermediate file with `recon` on one rank; `{command}` does not: remove it "
-            "or use `recon`")
+            f"intermediate file with `recon`; `{command}` does not: remove it or use "
+            "`recon`")
+
+
+def refuse_row_change(steps: tuple[PipelineStep, ...], *, ranks: int = 1) -> None:
+    """A ``ConfigError`` naming the first step that changes the number of detector rows
+    (:attr:`stages.spec.StageSpec.changes_rows`) where ``ranks`` ranks do not follow it
+    (see the module notes); one rank follows it in the first projection section."""
+    for number, section in enumerate(sections_of(steps)):
+        for step in section.steps:
+            declared = step.spec.changes_rows
+            if declared is None or not declared(step.params) or (number == 0 and ranks == 1):
+                continue
+            if number and section.pattern is Pattern.PROJECTION:
+                continue  # all rows of a range of angles: the bands are cut again after it
+            if number:
+                where = (f"in the sinogram section after reslice {number} (a block is a "
+                         "band of the volume's slices)")
+                fix = "expected it in a projection section"
+            else:
+                where = (f"on {ranks} ranks (the band exchange cuts every corrected frame "
+                         "into bands of the scan's rows)")
+                fix = "run it on one rank"
+            raise ConfigError(f"stage {step.name!r} ({step.where}): it changes the number of "
+                              f"detector rows {where}, which is not supported: {fix}, or "
+                              "remove it")
 
 
 def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:
@@ -115,12 +151,6 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
     """A ``ConfigError`` naming the first step R ranks cannot run (see the module notes)."""
     from streamer.pipeline.images import image_tail  # noqa: PLC0415  # images -> h5py
 
-    saved = [step for step in steps if step.save_result]
-    if saved:
-        raise ConfigError(
-            f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes one "
-            "intermediate HDF5 file, which several ranks do not write yet (no parallel "
-            "HDF5; ADR 0020): run `recon` on one rank for it, or remove save_result")
     tail = image_tail(steps)
     if tail is not None and tail.axis != 0:
         saver = [step for step in steps if step.name == "save_to_images"][-1]

@@ -19,10 +19,12 @@ rule of both runners (:func:`~streamer.pipeline.executor.fill_sections`).
 
 Every rank takes part in every reslice, also a rank whose own part failed (a stage
 refused its data, a stop): it reslices as failed, and every rank then raises with the
-same ranks named, so none waits for another. A projection section must keep the number
-of detector rows (the volume's slices; a rank's band is cut from them): a stage that
-changes it is an error that names it. Memory per rank: its band and its range of angles
-(about two ``1/R`` of the scan, each as large as the layout it holds).
+same ranks named, so none waits for another. A projection section may change the number
+of detector rows (binning or cropping them): every rank learns the new count from its
+own output (a rank without angles runs the steps on no frames), the reslice back cuts
+the bands from it, and the runner writes that many slices. Memory per rank: its band and
+its range of angles (about two ``1/R`` of the scan, each as large as the layout it
+holds).
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ from streamer.exchange.reslice import Band, PartsLink, row_bands
 from streamer.exchange.transpose import Shape, TransposeResult, transpose
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
-from streamer.pipeline.executor import StageCaches, apply_steps, fill_sections, section_angles
+from streamer.pipeline.executor import (
+    ResultHook,
+    StageCaches,
+    apply_steps,
+    bind_result,
+    fill_sections,
+    section_angles,
+)
 from streamer.pipeline.sections import sections_of
 
 __all__ = ["LastSection", "SectionTools", "filled_later_sections", "run_later_sections"]
@@ -77,6 +86,8 @@ class SectionTools:
     device: Callable[[], StreamDevice]
     #: What each later reslice moved, in order (the scan's transfers count them all).
     moved: list[TransposeResult] = field(default_factory=list)
+    #: Where the outputs of ``save_result`` steps go (``recon``: this rank's parts).
+    on_result: ResultHook | None = None
 
 
 def filled_later_sections(
@@ -100,9 +111,10 @@ def run_later_sections(
     link: PartsLink, band: Band | None, sections: list[tuple[Pattern, tuple[PipelineStep, ...]]],
     *, rows: int, serial: int, tools: SectionTools, timeout_s: float,
     on_idle: Callable[[], object] | None = None,
-) -> tuple[Band, tuple[PipelineStep, ...]]:
+) -> tuple[Band, tuple[PipelineStep, ...], int]:
     """Run every section but the last on this rank's part, reslicing between them, and
-    return the band and steps of the last one.
+    return the band and steps of the last one, and the rows the bands are cut from (a
+    projection section may bin or crop them: the next bands are cut from its rows).
 
     ``band`` is None when this rank's part failed already: it still takes part in the
     first reslice (as failed), then every rank raises :class:`StreamerError` naming the
@@ -117,10 +129,13 @@ def run_later_sections(
         if data is not None:
             try:
                 if pattern is Pattern.SINOGRAM:
-                    data, angles = _sinogram_section(steps, data, angles, tools)
+                    data, angles = _sinogram_section(steps, data, angles, tools,
+                                                     first_row=row_bands(rows, ranks)[rank][0],
+                                                     rows=rows)
                 else:
                     data = _projection_section(steps, data, angles, rank=rank, ranks=ranks,
                                                 tools=tools)
+                    rows = int(data.shape[1])  # binned or cropped: the bands follow
             except StreamerError as failure:
                 error, data = failure, None
         number += 1
@@ -145,7 +160,7 @@ def run_later_sections(
     first, stop = row_bands(rows, ranks)[rank]
     last = Band((first, stop), band.indices, angles, data, band.received, band.duplicates,
                 dict(band.rejected), band.other_scan)
-    return last, sections[-1][1]
+    return last, sections[-1][1], rows
 
 
 def _shape(data: npt.NDArray[np.float32] | None, rows: int,
@@ -163,10 +178,10 @@ def _shape(data: npt.NDArray[np.float32] | None, rows: int,
 
 def _sinogram_section(
     steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
-    angles: npt.NDArray[np.float64], tools: SectionTools,
+    angles: npt.NDArray[np.float64], tools: SectionTools, *, first_row: int, rows: int,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``); the
-    angles after them."""
+    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``, from row
+    ``first_row`` of ``rows``); the angles after them."""
     band_rows, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
     out_angles = section_angles(steps, angles, cols)
     width = _width_after(steps, angles, cols)
@@ -175,9 +190,12 @@ def _sinogram_section(
              for first in range(0, band_rows, tools.block_sinograms)]
 
     def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
+        places = np.arange(first_row + first, first_row + last, dtype=np.int64)
         return apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
                            angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
-                           keep_on_device=queued)
+                           keep_on_device=queued,
+                           on_result=bind_result(tools.on_result, Pattern.SINOGRAM, places,
+                                                 rows, None))
 
     outputs = band_outputs(steps, spans, lambda first, last: sinograms[first:last], run,
                            device=tools.device, transfers=tools.transfers)
@@ -203,27 +221,35 @@ def _projection_section(
     steps: tuple[PipelineStep, ...], projections: npt.NDArray[np.float32],
     angles: npt.NDArray[np.float64], *, rank: int, ranks: int, tools: SectionTools,
 ) -> npt.NDArray[np.float32]:
-    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``);
-    the detector rows must stay (they are the volume's slices)."""
+    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``).
+    A step may change the rows or the width (binning, cropping): every block must give
+    the first one's shape. A rank without angles runs the steps on no frames, so that
+    it knows the shape the others reslice."""
     first = row_bands(angles.size, ranks)[rank][0] if angles.size else 0
-    count, rows = int(projections.shape[0]), int(projections.shape[1])
+    count = int(projections.shape[0])
     out: npt.NDArray[np.float32] | None = None
+    if count == 0:  # (more ranks than angles)
+        return apply_steps(steps, projections[:0], darks=None, flats=None,
+                           transfers=tools.transfers, angles_deg=angles[:0],
+                           projection_indices=np.zeros(0, np.int64), repairs=tools.repairs,
+                           caches=tools.caches)
     for begin in range(0, count, tools.block_frames):
         end = min(begin + tools.block_frames, count)
+        places = np.arange(first + begin, first + end, dtype=np.int64)
         block = apply_steps(steps, projections[begin:end], darks=None, flats=None,
                             transfers=tools.transfers,
                             angles_deg=angles[first + begin:first + end],
-                            projection_indices=np.arange(first + begin, first + end,
-                                                         dtype=np.int64),
-                            repairs=tools.repairs, caches=tools.caches)
-        if block.shape[1] != rows:
-            raise StageError(f"projection section [{', '.join(s.name for s in steps)}]: it "
-                             f"changed the detector rows from {rows} to {block.shape[1]}, "
-                             "which R ranks do not follow after the first reslice (the "
-                             "bands are the volume's slices): run it on one rank")
+                            projection_indices=places, repairs=tools.repairs,
+                            caches=tools.caches,
+                            on_result=bind_result(tools.on_result, Pattern.PROJECTION,
+                                                  places, int(angles.size),
+                                                  angles[first + begin:first + end]))
         if out is None:
-            out = np.empty((count, rows, block.shape[2]), np.float32)
+            out = np.empty((count, *block.shape[1:]), np.float32)
+        if block.shape[1:] != out.shape[1:]:
+            raise StageError(f"projection section [{', '.join(s.name for s in steps)}]: "
+                             f"expected frames of {out.shape[1]} x {out.shape[2]} as its "
+                             f"first block's, got {block.shape[1]} x {block.shape[2]}")
         out[begin:end] = block
-    if out is None:  # no angle on this rank (more ranks than projections)
-        out = np.empty((0, rows, projections.shape[2]), np.float32)
+    assert out is not None
     return out

@@ -83,8 +83,14 @@ from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanO
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
-from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
-from streamer.pipeline.halo import keep_block, section_halo, window
+from streamer.pipeline.executor import (
+    ProcessedBlock,
+    ScanProcessor,
+    apply_steps,
+    bind_result,
+    section_angles,
+)
+from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
 from streamer.pipeline.images import (
     ImageTail,
     PartialStats,
@@ -101,6 +107,7 @@ from streamer.pipeline.plan import default_budget_bytes, plan_scan
 from streamer.pipeline.sections import (
     beyond_one_band,
     refuse_on_ranks,
+    refuse_row_change,
     refuse_save_result,
     sections_of,
     split_sections,
@@ -238,6 +245,14 @@ class _ScanState:
     peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
     #: R ranks: what each later reslice (a transpose) moved, for the scan's transfers.
     later_moved: list[TransposeResult] = field(default_factory=list)
+    #: R ranks: the volume's slices when a later projection section changed the rows
+    #: (binning, cropping them); None: the scan's rows.
+    volume_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """The volume's slices: every rank's band is cut from them."""
+        return self.volume_rows or self.start.rows
 
 
 @dataclass
@@ -310,8 +325,9 @@ class RankedReconstruction:
     clock: Callable[[], float] = time.monotonic
     #: Told each iteration of an iterative stage, per block of this rank's band.
     on_iteration: Callable[[BandIteration], None] | None = None
-    #: One rank (``recon``): the writer of the steps marked ``save_result`` (HTTomo's
-    #: intermediate files) for its one scan; without it such a pipeline is refused.
+    #: ``recon``: the writer of the steps marked ``save_result`` (HTTomo's intermediate
+    #: files; on R ranks this rank's parts) for its one scan; without it such a pipeline
+    #: is refused.
     results: IntermediateResults | None = None
     #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`),
     #: from the thread that holds the links (the worker's steps from the worker). With
@@ -357,9 +373,10 @@ class RankedReconstruction:
     def __post_init__(self) -> None:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
-            refuse_on_ranks(self.steps)  # save_result; an image axis across the bands
-        elif self.results is None:
+            refuse_on_ranks(self.steps)  # an image axis across the bands, a halo
+        if self.results is None:
             refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
+        refuse_row_change(self.steps, ranks=self.control.size)
         #: One rank: the pipeline needs the processor's own later sections (several
         #: reslices, a geometry change, a side output, ``save_result``), which the band
         #: path below does not run; the processor then runs them at close
@@ -597,6 +614,8 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own,
             )
+            if self.results is not None:  # this rank's frames into its parts
+                processor.on_result = self.results.add
             if streaming is not None:
                 # Taper by this rank's share of the frames; add a round of every rank's
                 # pieces at once (one add's fixed passes per round, not per piece).
@@ -683,12 +702,15 @@ class RankedReconstruction:
                 latency.streaming = scan.streamed
         except StreamerError as error:
             self.last_error = self.last_error or error
-            rows = row_bands(start.rows, self.control.size)[self.control.rank]
+            rows = row_bands(scan.rows, self.control.size)[self.control.rank]
             part = PartWritten(self.control.rank, None, rows, 0, False, str(error))
             if self.log is not None:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
         if self._tail is not None and self.control.size > 1:
             part = self._band_images(scan, part, self._tail)
+        if self.results is not None and self.control.size > 1:
+            # closed before rank 0 hears of the part: it then reads them for its file
+            self.results.close(complete=part.complete)
         self._part_done(scan, part)
 
     def _band_images(self, scan: _ScanState, part: PartWritten, tail: ImageTail) -> PartWritten:
@@ -752,10 +774,13 @@ class RankedReconstruction:
         last = None
         if self._later:  # every rank, failed or not: each later reslice needs them all
             try:
-                last = self._run_later(scan, band)
+                last_band, last_steps, scan.volume_rows = self._run_later(scan, band)
+                last = (last_band, last_steps)
             except StreamerError:
                 if scan.failure is None:
                     raise
+            if self.control.rank == 0 and scan.path is not None:  # the master's bands
+                self._closed[scan.start.scan] = (scan.serial, scan.path, scan.rows)
         if scan.failure is not None:
             raise StreamerError(scan.failure)
         if self.control.rank == 0:
@@ -766,9 +791,11 @@ class RankedReconstruction:
         self._settle_streaming_center(scan)
         return part
 
-    def _run_later(self, scan: _ScanState, band: Band) -> tuple[Band, tuple[PipelineStep, ...]]:
+    def _run_later(self, scan: _ScanState, band: Band,
+                   ) -> tuple[Band, tuple[PipelineStep, ...], int]:
         """R ranks, a pipeline past one sinogram section: every section but the last on
-        the bands, resliced between them; the CoR follows the geometry (as on one rank)."""
+        the bands, resliced between them; the CoR follows the geometry (as on one rank).
+        The last section's band and steps, and the rows its bands are cut from."""
         sections, moved = filled_later_sections(
             self.steps, center=scan.center, outputs=scan.center_outputs,
             override=scan.center_method == VIEWER_METHOD, angles=band.angles_deg,
@@ -781,7 +808,8 @@ class RankedReconstruction:
         tools = SectionTools(processor.block_frames, processor.block_sinograms,
                              processor.transfers, processor.repairs, processor.caches,
                              stopped=lambda: self._stopped(scan),
-                             device=processor.queue_device)
+                             device=processor.queue_device,
+                             on_result=None if self.results is None else self.results.add)
         scan.later_moved = tools.moved  # filled as the transposes run
         return run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
@@ -807,9 +835,10 @@ class RankedReconstruction:
         written = 0
 
         def write(block: ProcessedBlock) -> None:
-            nonlocal writer, center, written
+            nonlocal writer, center, written, rows
             begin, data = int(block.indices[0]), block.data
             if writer is None:
+                rows = processor.volume_rows or rows  # a later section may bin the rows
                 later = tuple(s for section in processor.later_sections for s in section.steps)
                 center = center_in_use(processor.center, later, scan.start.cols)
                 method = center_label(processor.center_method, self.center_source,
@@ -1218,19 +1247,26 @@ class RankedReconstruction:
         # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
         # every row, R ranks refuse such steps)
         halo = section_halo(steps)
+        total_rows = scan.rows  # every band is cut from them
 
         def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
             where = window(begin, end, last - first, halo)
             return band.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
+            rows_in = window(begin, end, last - first, halo)
+            saved = bind_result(None if self.results is None else self.results.add,
+                                Pattern.SINOGRAM,
+                                np.arange(first + begin, first + end, dtype=np.int64),
+                                total_rows, None)
             out = apply_steps(steps, data, darks=None, flats=None,
                               angles_deg=band.angles_deg, transfers=processor.transfers,
                               repairs=processor.repairs, caches=processor.caches,
                               keep_on_device=queued,
                               on_iteration=processor.iterations.listener(
-                                  begin // block, len(spans), first + begin, first + end))
-            return keep_block(out, window(begin, end, last - first, halo), "sinogram section")
+                                  begin // block, len(spans), first + begin, first + end),
+                              on_result=keep_saved(saved, rows_in, angles_along=False))
+            return keep_block(out, rows_in, "sinogram section")
 
         outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
                                transfers=processor.transfers)
@@ -1273,7 +1309,7 @@ class RankedReconstruction:
                 raise SinkError(f"{master}: cannot write there: {os_reason(error)}") from None
         return ranked_output(self.output_format).open_band(
             master, rank=rank, ranks=ranks, band=rows, first_row=self.first_row,
-            volume_slices=scan.start.rows, overwrite=self.overwrite, **geometry)
+            volume_slices=scan.rows, overwrite=self.overwrite, **geometry)
 
     def _stopped(self, scan: _ScanState) -> str | None:
         """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop
@@ -1555,12 +1591,14 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         device, usable = use_device_for_rank(link.rank, link.size, node)
         log(f"rank {link.rank}: {device.describe()}, planning {usable / 2**30:.1f} GiB")
     scan_id = scan_id or output_stem(settings.output.stem)
+    # HTTomo's save_result files beside the output (on R ranks each rank's parts and rank
+    # 0's file over them): existing ones refused now, before anything is read.
+    results = IntermediateResults.for_scan(steps, settings.output.parent, layout,
+                                           overwrite=settings.overwrite, rank=link.rank,
+                                           ranks=link.size)
     control, band_link = link.duplicate(), link.duplicate()
     if link.size > 1:
         refuse_on_ranks(steps)  # before any file is looked at
-    # One rank: HTTomo's save_result files beside the output (existing ones refused now).
-    results = IntermediateResults.for_scan(steps, settings.output.parent, layout,
-                                           overwrite=settings.overwrite)
     ranked = RankedReconstruction(
         steps, text, settings.output.parent, control, band_link,
         block_frames=settings.block_frames, block_sinograms=settings.block_sinograms,
@@ -1573,9 +1611,30 @@ def recon_on_ranks(reader: FrameReader, settings: ReconSettings, link: Any,
         return _feed_ranks(ranked, reader, scan_id, on_read)
     finally:
         if results is not None:
-            results.close(complete=ranked.outputs[-1].complete if ranked.outputs else False)
-            for path in results.written:
-                log(f"save_result: {path}")
+            _finish_results(results, ranked, steps, log)
+
+
+def _finish_results(results: IntermediateResults, ranked: RankedReconstruction,
+                    steps: tuple[PipelineStep, ...], log: Callable[[str], None]) -> None:
+    """Close the ``save_result`` files (R ranks: this rank's parts, if its close did not)
+    and, on rank 0, say each file once: one rank's, or R ranks' virtual file over the
+    parts (written now: every rank has told rank 0 its part is closed, or timed out)."""
+    complete = ranked.outputs[-1].complete if ranked.outputs else False
+    results.close(complete=complete)
+    if ranked.control.size == 1:
+        for path in results.written:
+            log(f"save_result: {path}")
+        return
+    if ranked.control.rank != 0:
+        return
+    try:
+        for path, whole, why in results.write_masters(steps, complete=complete):
+            if not path.exists():
+                log(f"save_result: {path} {why}")
+            else:
+                log(f"save_result: {path}" + ("" if whole else f" (INCOMPLETE: {why})"))
+    except StreamerError as error:
+        log(f"save_result: {error}")
 
 
 def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,

@@ -88,6 +88,10 @@ def plan_streaming(
     if len(found) > 2:  # a second reslice: the later sections need the whole scan
         return StreamingPlan(None, f"reconstruction: at close ({len(found) - 1} reslices)")
     sinogram_steps = found[1].steps
+    saved = [s for s in sinogram_steps if s.save_result]
+    if saved:  # the accumulators never hand a step's output out
+        return StreamingPlan(None, f"reconstruction: at close ({saved[0].name} saves its "
+                                   "result: save_result: true)")
     recon = next(s for s in sinogram_steps if s.spec.needs_angles)
     after = sinogram_steps[sinogram_steps.index(recon) + 1:]
     if section_halo(after):  # the accumulators' bands would be its blocks (ADR 0019)

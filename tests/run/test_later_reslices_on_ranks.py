@@ -1,8 +1,10 @@
 """Several reslices on R ranks (in-memory link, ranks in threads): pipelines that go
 projection → sinogram → projection → sinogram, or change the angles or the width, give
 the one-rank volume within 1e-5, with the same CoR, CoR method and angles; a later
-projection section that changes the rows fails every rank's part with its reason (no rank
-waits); the ``run`` service reslices again for every scan. (The image tail on R ranks:
+projection section that bins or crops the rows gives the volume of the same steps with
+the rows changed first, on 1 to 4 ranks; a row change where no runner follows it (a
+sinogram section; R ranks' first section) is refused before a frame is read; the ``run``
+service reslices again for every scan. (The image tail on R ranks:
 tests/run/test_image_tail_on_ranks.py.)"""
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pytest
 import zmq
 
 from stages.registry import REGISTRY
+from streamer.cli import main
+from streamer.errors import ConfigError
 from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
@@ -30,7 +34,7 @@ from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.transport import Endpoint, open_socket
 from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
-from tests.run.ranks import run_ranks
+from tests.run.ranks import one_rank, run_ranks
 from tests.run.test_service_on_ranks import CONFIG as SERVICE_CONFIG
 from tests.run.test_service_on_ranks import JOIN_S
 from tests.run.test_service_on_ranks import _source as service_source
@@ -158,21 +162,148 @@ def test_angles_averaging_on_a_real_scan_on_two_ranks(shared_data: Path,
     assert_same_volume(tmp_path / "one.h5", tmp_path / "ranks.h5")
 
 
-def test_a_later_projection_section_that_changes_the_rows_fails_every_part(
-        tmp_path: Path) -> None:
-    """The bands are the volume's slices: binning rows after the first reslice is an
-    error on every rank that runs it, the others stop at the same reslice, and the
-    output says incomplete and why (nothing hangs)."""
+class UnreadScan(SimulatedScan):
+    """A scan whose frames must not be read (a refusal comes before)."""
+
+    def read(self, first: int, last: int) -> np.ndarray:
+        raise AssertionError(f"frames {first}..{last} were read before the refusal")
+
+
+BINNED_FIRST = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: ROW_STEP
+  - method: average_projection_frames
+  - method: fbp
+    save_result: true
+    parameters: {center: CENTER}
+"""
+
+
+@pytest.mark.parametrize(("ranks", "projections"), [(1, 40), (2, 40), (3, 40), (4, 6)],
+                         ids=["1-rank", "2-ranks", "3-ranks", "4-ranks-one-without-angles"])
+@pytest.mark.parametrize("case", [
+    ("binning", 11.5, 3),  # rows 7 -> 3 (the last row dropped), columns 48 -> 24
+    ("crop\n    parameters: {rows: [1, 6]}", 23.5, 5),
+], ids=["binning", "crop"])
+def test_a_row_change_after_the_first_reslice_is_followed(
+        tmp_path: Path, ranks: int, projections: int, case: tuple[str, float, int]) -> None:
+    """Binning or cropping the rows in a later projection section (after the reslice
+    back from sinograms): the bands of the last section are cut from the new rows, on 1
+    to 4 ranks (a rank without rows, a rank without angles); the volume equals the one
+    of the same steps with the rows changed before the first reslice, on one rank (they
+    commute: binning or cropping the rows and averaging pairs of angles act on other
+    axes); the reconstruction's save_result file has the new rows."""
+    row_step, center, slices = case
+    later = tmp_path / "later.yaml"
+    later.write_text(AVERAGED.replace("PROJECTION_STEP", row_step).replace(
+        "- method: fbp", "- method: fbp\n    save_result: true").replace("CENTER", str(center)))
+    first = tmp_path / "first.yaml"
+    first.write_text(BINNED_FIRST.replace("ROW_STEP", row_step).replace("CENTER", str(center)))
+    config = SimulationConfig(rows=7, cols=48, projections=projections, flats=4, darks=2)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "later").mkdir()
+    run_recon(SimulatedScan(config), ReconSettings(tmp_path / "ref" / "v.h5", pipeline=first,
+                                                   block_frames=7))
+    results = on_ranks(ranks, lambda: SimulatedScan(config),
+                       ReconSettings(tmp_path / "later" / "v.h5", pipeline=later,
+                                     block_frames=7, block_sinograms=1))
+    assert isinstance(results[0], ScanOutput) and results[0].complete, results[0]
+    assert results[0].slices == slices
+    assert_same_volume(tmp_path / "ref" / "v.h5", tmp_path / "later" / "v.h5")
+    with h5py.File(tmp_path / "later" / "v.h5") as file:
+        assert list(file["/entry/reconstruction/slice_written"][()]) == [True] * slices
+    saved = "task_4-stages-fbp.h5"
+    with h5py.File(tmp_path / "ref" / saved) as expected, \
+            h5py.File(tmp_path / "later" / saved) as found:
+        assert found["data"].shape == expected["data"].shape
+        assert found["data"].shape[1] == slices and bool(found.attrs["complete"])
+        scale = float(np.abs(expected["data"][()]).max())
+        np.testing.assert_allclose(found["data"][()], expected["data"][()], rtol=1e-5,
+                                   atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_row_change_in_a_sinogram_section_is_refused_before_the_scan(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], ranks: int) -> None:
+    """data_resampler across the slices (HTTomo's axis 0) after the reconstruction: the
+    volume's slices are its bands' rows (one rank wrote a broken volume): ``check``
+    and every runner refuse it at its start, one line that names the step, before a
+    frame is read."""
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(AVERAGED.replace("PROJECTION_STEP", "binning").replace("CENTER", "11.5"))
+    pipeline.write_text(RESAMPLED)
     config = SimulationConfig(rows=4, cols=48, projections=40, flats=4, darks=2)
-    results = on_ranks(2, lambda: SimulatedScan(config),
-                       ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline))
-    output = results[0]
-    assert isinstance(output, ScanOutput) and not output.complete
-    assert output.error is not None
-    assert "changed the detector rows from 4 to 2" in output.error
-    assert "run it on one rank" in output.error
+    settings = ReconSettings(tmp_path / "v.h5", pipeline=pipeline)
+    refused: list[str] = []
+
+    def rank(link: MemoryLink) -> None:
+        with pytest.raises(ConfigError) as error:
+            recon_on_ranks(UnreadScan(config), settings, link)
+        refused.append(str(error.value))
+
+    run_ranks(ranks, rank)
+    assert len(refused) == ranks and len(set(refused)) == 1
+    assert "\n" not in refused[0]
+    assert refused[0].startswith(f"stage 'data_resampler' ({pipeline}:5): it changes the "
+                                 "number of detector rows in the sinogram section after "
+                                 "reslice 1")
+    assert not (tmp_path / "v.h5").exists()
+    assert main(["check", str(pipeline), "--frame", "4x48", "--projections", "40"]) == 2
+    assert f"stage 'data_resampler' ({pipeline}:5)" in capsys.readouterr().err
+    steps = parse_pipeline(pipeline.read_text(), REGISTRY, source="p.yaml").steps
+    with pytest.raises(ConfigError, match="data_resampler"):
+        one_rank(steps, pipeline.read_text(), tmp_path)  # the `run` service's runner
+    within = tmp_path / "within.yaml"  # each slice resampled on its own: valid
+    within.write_text(RESAMPLED.replace("axis: 0", "axis: auto"))
+    assert main(["check", str(within), "--frame", "4x48", "--projections", "40"]) == 0
+
+
+RESAMPLED = """\
+pipeline:
+  - method: normalize
+  - method: fbp
+    parameters: {center: 23.5}
+  - method: data_resampler
+    parameters: {newshape: [24, 24], axis: 0}
+"""
+
+
+def test_a_row_change_before_the_first_reslice_runs_on_one_rank_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Binning in the first projection section: one rank's band takes the binned rows;
+    R ranks cut the corrected frames into bands of the scan's rows (they failed at the
+    reslice and waited out its timeout): refused at the start, ``check`` says so."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(FIRST_SECTION_BINNING)
+    config = SimulationConfig(rows=4, cols=48, projections=20, flats=2, darks=2)
+    one = run_recon(SimulatedScan(config), ReconSettings(tmp_path / "one.h5",
+                                                         pipeline=pipeline))
+    assert one.complete and one.slices == 2
+    refused: list[str] = []
+
+    def rank(link: MemoryLink) -> None:
+        with pytest.raises(ConfigError, match=r"stage 'binning' \(.*p\.yaml:4\): it "
+                           "changes the number of detector rows on 2 ranks") as error:
+            recon_on_ranks(UnreadScan(config), ReconSettings(tmp_path / "r.h5",
+                                                             pipeline=pipeline), link)
+        refused.append(str(error.value))
+
+    run_ranks(2, rank)
+    assert len(refused) == 2
+    assert main(["check", str(pipeline), "--frame", "4x48", "--projections", "20"]) == 0
+    assert "binning changes the number of detector rows: one rank follows it; R ranks " \
+           "refuse it" in capsys.readouterr().out
+
+
+FIRST_SECTION_BINNING = """\
+pipeline:
+  - method: normalize
+    parameters: {minus_log: true}
+  - method: binning
+  - method: fbp
+    parameters: {center: 11.5}
+"""
 
 
 def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) -> None:
