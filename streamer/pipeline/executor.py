@@ -52,7 +52,14 @@ from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS, band_outputs
-from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
+from streamer.pipeline.halo import (
+    Window,
+    counted_apart,
+    keep_block,
+    keep_saved,
+    section_halo,
+    window,
+)
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import Section, sections_of
 from streamer.sources.scan import FrameReader
@@ -146,6 +153,8 @@ def apply_steps(
     on_iteration: StepListener | None = None,
     caches: StageCaches | None = None,
     keep_on_device: bool = False,
+    own: Window | None = None,
+    angles_along: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -162,6 +171,11 @@ def apply_steps(
     new ones (:meth:`stages.spec.StageSpec.after`). ``on_result(step, output, angles)``
     gets the output of each step marked ``save_result`` (on the host). Stages with a
     per-scan cache get it from ``caches`` (the same object for every block of the scan).
+
+    ``own``: the block is a haloed window (ADR 0019) whose own entries are these; a step
+    that counts repairs counts them on those entries only (:func:`counted_apart`: the
+    halo entries are counted in their own block). ``angles_along``: the angles run along
+    the block axis (a projection block), so they are cut with it.
     """
     stats = transfers if transfers is not None else TransferStats()
     angles = angles_deg
@@ -185,13 +199,31 @@ def apply_steps(
             step_darks, step_flats = cache.darks, cache.flats
         listener = (None if on_iteration is None or not step.spec.reports_progress
                     else _bound(on_iteration, step))
+        cache_of_step = caches.for_step(step) if caches is not None else None
+
+        def run(entries: slice, counts: RepairCounts | None, *, step: PipelineStep = step,
+                block: Any = data, angles: Any = angles, darks: Any = step_darks,
+                flats: Any = step_flats, listener: Any = listener,
+                cache_of_step: Any = cache_of_step) -> Any:
+            return step.spec.run(
+                block[entries], step.params, darks=darks, flats=flats,
+                angles_deg=angles[entries] if angles is not None and angles_along else angles,
+                frame_indices=None if frame_indices is None else frame_indices[entries],
+                flat_indices=flat_indices,
+                projection_indices=(None if projection_indices is None
+                                    else projection_indices[entries]),
+                backend=step.backend, repairs=counts, on_iteration=listener,
+                cache=cache_of_step)
+
+        apart = (own is not None and repairs is not None and step.spec.counts_repairs
+                 and data.shape[0] == own.high - own.low
+                 and (own.low, own.high) != (own.first, own.last))
         try:
-            data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
-                                 angles_deg=angles, frame_indices=frame_indices,
-                                 flat_indices=flat_indices,
-                                 projection_indices=projection_indices, backend=step.backend,
-                                 repairs=repairs, on_iteration=listener,
-                                 cache=caches.for_step(step) if caches is not None else None)
+            if apart:
+                assert own is not None and repairs is not None
+                data = counted_apart(run, own, repairs)
+            else:
+                data = run(slice(None), repairs)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if step.spec.geometry is not None and angles is not None:
@@ -516,7 +548,7 @@ class ScanProcessor:
                            frame_indices=np.array(wide_indices, dtype=np.int64),
                            flat_indices=self._flat_indices,
                            projection_indices=self._projection_numbers(wide_indices),
-                           repairs=self.repairs,
+                           repairs=self.repairs, own=wide, angles_along=True,
                            on_result=keep_saved(self._saver(
                                Pattern.PROJECTION, np.array(indices, dtype=np.int64),
                                self.start.projections, angles, by_frame=True),
@@ -652,7 +684,7 @@ class ScanProcessor:
             rows_in = window(first, last, rows, halo)
             data = apply_steps(steps, block, darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles,
-                               on_iteration=listener, repairs=self.repairs,
+                               on_iteration=listener, repairs=self.repairs, own=rows_in,
                                caches=self._caches, keep_on_device=queued,
                                on_result=keep_saved(self._saver(
                                    Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64),
@@ -687,7 +719,7 @@ class ScanProcessor:
                                angles_deg=angles[frames.low:frames.high],
                                projection_indices=np.arange(frames.low, frames.high,
                                                             dtype=np.int64),
-                               repairs=self.repairs,
+                               repairs=self.repairs, own=frames, angles_along=True,
                                on_result=keep_saved(self._saver(
                                    Pattern.PROJECTION, np.arange(first, last, dtype=np.int64),
                                    count, None), frames, angles_along=True))

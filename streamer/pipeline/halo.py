@@ -14,6 +14,12 @@ steps, every kept entry only ever saw real neighbours.
 
 A stage in such a window must keep the length of the block axis (a frame-averaging or
 binning step along it cannot be haloed): :func:`keep_block` refuses one that does not.
+
+Repairs are counted once per entry, like the output is kept once: a step that counts the
+values it repairs (``counts_repairs``; each acts entry by entry) runs on the block's own
+entries apart from the halo entries, whose repairs are not counted there
+(:func:`counted_apart`): they are counted when those entries are a block of their own, so
+the counts do not depend on the block size either.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.backends.xp import array_module
+from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Window", "keep_block", "keep_saved", "section_halo", "window"]
+__all__ = ["Window", "counted_apart", "keep_block", "keep_saved", "section_halo", "window"]
 
 
 def section_halo(steps: Iterable[PipelineStep]) -> int:
@@ -92,3 +99,22 @@ def keep_saved(
         hook(step, kept, angles)
 
     return save
+
+
+def counted_apart(
+    run: Callable[[slice, RepairCounts], npt.NDArray[Any]], where: Window,
+    repairs: RepairCounts,
+) -> npt.NDArray[Any]:
+    """A repair-counting step on a haloed window, its repairs counted on the block's own
+    entries only: ``run(entries, counts)`` runs the step on those entries of the window
+    (a step that counts repairs works entry by entry along the block axis, so the pieces
+    joined equal the whole window); the own entries count into ``repairs``, each side's
+    halo entries into a count that is dropped."""
+    inner, length = where.inner, where.high - where.low
+    pieces = (slice(0, inner.start), inner, slice(inner.stop, length))
+    parts = [run(piece, repairs if piece is inner else RepairCounts())
+             for piece in pieces if piece.stop > piece.start]
+    if len(parts) == 1:
+        return parts[0]
+    joined: npt.NDArray[Any] = array_module(parts[0]).concatenate(parts)
+    return joined

@@ -1224,13 +1224,14 @@ class RankedReconstruction:
             return band.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
+            where = window(begin, end, last - first, halo)
             out = apply_steps(steps, data, darks=None, flats=None,
                               angles_deg=band.angles_deg, transfers=processor.transfers,
                               repairs=processor.repairs, caches=processor.caches,
-                              keep_on_device=queued,
+                              keep_on_device=queued, own=where,
                               on_iteration=processor.iterations.listener(
                                   begin // block, len(spans), first + begin, first + end))
-            return keep_block(out, window(begin, end, last - first, halo), "sinogram section")
+            return keep_block(out, where, "sinogram section")
 
         outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
                                transfers=processor.transfers)
