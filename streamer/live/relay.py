@@ -69,6 +69,7 @@ from streamer.live.feed import (
 )
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock
+from streamer.pipeline.halo import WITHOUT_NEIGHBOURS
 from streamer.run.latency import LatencyRecorder
 from streamer.run.output import ScanOutput
 from streamer.wire.protocol import StartHeader
@@ -536,7 +537,8 @@ class FeedRelay:
         if hub.report is not None and self.feed is not None:
             self.feed.scan_closed(hub.report, center=output.center, center_method=method,
                                   output=str(output.path) if output.path else None,
-                                  error=output.error, latency=figures.get("latency"))
+                                  error=output.error, latency=figures.get("latency"),
+                                  without_neighbours=figures.get(WITHOUT_NEIGHBOURS))
         return replace(output, latency=latency_line, figures=figures,
                        notes=output.notes + notes)
 

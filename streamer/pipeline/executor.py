@@ -444,15 +444,23 @@ class ScanProcessor:
 
     def _block_ready(self, size: int) -> bool:
         """Whether the next projection block (``size`` frames) and the ``halo`` frames
-        after it are in (with a halo: every frame up to the last of them has arrived, or
-        two blocks wait, when a missing frame is taken as lost and counted)."""
+        after it are in (with a halo: every frame of its window has arrived, from the
+        first of the ``halo`` frames kept before it to the last after it; or two blocks
+        wait, when a missing frame is taken as lost and the block counted). A frame lost
+        long before does not hold up (or count) the blocks whose windows do not reach it."""
         waiting = len(self._waiting)
         if waiting < size + self.halo:
             return False
         if not self.halo:
             return True
-        last_needed = sorted(self._waiting)[size + self.halo - 1]
+        ordered = sorted(self._waiting)
+        last_needed = ordered[size + self.halo - 1]
         if last_needed < self._arrived_below:
+            return True
+        behind = [frame[0] for frame in self._behind if frame[0] < ordered[0]]
+        first_needed = behind[0] if behind else 0 if not self._behind else ordered[0]
+        if all(index < self._arrived_below or index in self._arrived_above
+               for index in range(first_needed, last_needed + 1)):
             return True
         if waiting >= 2 * size + self.halo:
             self.corrected_without_neighbours += size

@@ -25,7 +25,7 @@ the counts do not depend on the block size either.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +35,13 @@ from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Window", "counted_apart", "keep_block", "keep_saved", "section_halo", "window"]
+__all__ = ["WITHOUT_NEIGHBOURS", "Window", "counted_apart", "keep_block", "keep_saved",
+           "section_halo", "window", "without_neighbours_line"]
+
+#: The run report's entry (and ``scan_end``'s field): projections corrected before all
+#: their halo neighbours had arrived (:attr:`ScanProcessor.corrected_without_neighbours`,
+#: summed over the ranks).
+WITHOUT_NEIGHBOURS: Final = "corrected_without_neighbours"
 
 
 def section_halo(steps: Iterable[PipelineStep]) -> int:
@@ -118,3 +124,10 @@ def counted_apart(
         return parts[0]
     joined: npt.NDArray[Any] = array_module(parts[0]).concatenate(parts)
     return joined
+
+
+def without_neighbours_line(count: int) -> str:
+    """The terminal line for ``count`` projections corrected without all their halo
+    neighbours (a frame lost, or later than two blocks)."""
+    return (f"{count} projections corrected before all their neighbours had arrived (a "
+            "frame lost or late): the kernels across frames saw the frames at hand")

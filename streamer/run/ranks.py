@@ -84,7 +84,13 @@ from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
-from streamer.pipeline.halo import keep_block, section_halo, window
+from streamer.pipeline.halo import (
+    WITHOUT_NEIGHBOURS,
+    keep_block,
+    section_halo,
+    window,
+    without_neighbours_line,
+)
 from streamer.pipeline.images import (
     ImageTail,
     PartialStats,
@@ -174,6 +180,8 @@ class PartWritten:
     pixels: int = 0  # projection pixel values this rank corrected
     observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
     images: int = 0  # save_to_images: the images this rank wrote of its band
+    #: Projections this rank corrected before all their halo neighbours had arrived.
+    without_neighbours: int = 0
 
 
 @dataclass(frozen=True)
@@ -369,6 +377,8 @@ class RankedReconstruction:
         #: again between them (:mod:`streamer.run.later_sections`).
         self._later = self.control.size > 1 and beyond_one_band(self.steps)
         self._tail = image_tail(self.steps)
+        #: Projection blocks need halo neighbours: the report counts those without.
+        self._halo = section_halo(sections_of(self.steps)[0].steps) > 0
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -863,13 +873,15 @@ class RankedReconstruction:
                                     streamed=scan.streamed)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
-                       observed=dict(repairs.observed))
+                       observed=dict(repairs.observed),
+                       without_neighbours=scan.processor.corrected_without_neighbours)
         self.incomplete_parts += not part.complete
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
                                  "repaired": part.repaired, "pixels": part.pixels,
-                                 "observed": part.observed, "images": part.images})
+                                 "observed": part.observed, "images": part.images,
+                                 "without_neighbours": part.without_neighbours})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -1326,6 +1338,12 @@ class RankedReconstruction:
             repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
         figures: dict[str, Any] = {}
+        notes: tuple[str, ...] = ()
+        if self._halo:  # a projection section with a kernel across frames (ADR 0019)
+            without = sum(part.without_neighbours for part in parts.values())
+            document[WITHOUT_NEIGHBOURS] = figures[WITHOUT_NEIGHBOURS] = without
+            if without:
+                notes = (without_neighbours_line(without),)
         iterations = self._iteration_logs.pop(serial, None)
         if iterations is not None and iterations.log.iterations:
             document["iterations"] = figures["iterations"] = iterations.log.as_dict()
@@ -1379,7 +1397,8 @@ class RankedReconstruction:
                          iterations=tuple(iterations.log.summary())
                          if iterations is not None else (),
                          latency=line if output.path is not None else None,
-                         figures=figures if output.path is not None else {})
+                         figures=figures if output.path is not None else {},
+                         notes=(*output.notes, *notes))
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
         if streaming_center is not None:  # the report's ``center`` and a terminal line
@@ -1460,7 +1479,8 @@ class RankedReconstruction:
                                int(message.get("pixels") or 0),
                                {str(key): int(count) for key, count
                                 in dict(message.get("observed") or {}).items()},
-                               int(message.get("images") or 0))
+                               int(message.get("images") or 0),
+                               int(message.get("without_neighbours") or 0))
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now
