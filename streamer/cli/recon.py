@@ -168,7 +168,7 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
               f"projections: {repairs.describe()})")
     if result.images is not None:
         print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
-    for line in result.iterations:
+    for line in (*result.iterations, *result.notes):
         print(f"  {line}")
     return 0 if result.complete else 1
 
@@ -208,6 +208,8 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
     if output.images is not None:
         print(f"save_to_images: {output.images[1]} TIFFs in {output.images[0]} (each rank "
               "its band's)")
+    for line in output.notes:
+        print(f"  {line}")
     if output.error:
         print(f"  errors: {output.error}", file=sys.stderr)
     return 0 if output.complete else 1

@@ -82,7 +82,12 @@ from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.device_bands import band_outputs
+from streamer.pipeline.device_bands import (
+    band_outputs,
+    device_document,
+    device_line,
+    transfer_figures,
+)
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
 from streamer.pipeline.halo import (
     WITHOUT_NEIGHBOURS,
@@ -182,6 +187,8 @@ class PartWritten:
     images: int = 0  # save_to_images: the images this rank wrote of its band
     #: Projections this rank corrected before all their halo neighbours had arrived.
     without_neighbours: int = 0
+    #: This rank's host↔device copies (:func:`~streamer.pipeline.device_bands.transfer_figures`).
+    device: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -874,14 +881,16 @@ class RankedReconstruction:
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
                        observed=dict(repairs.observed),
-                       without_neighbours=scan.processor.corrected_without_neighbours)
+                       without_neighbours=scan.processor.corrected_without_neighbours,
+                       device=transfer_figures(scan.processor.transfers))
         self.incomplete_parts += not part.complete
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
                                  "repaired": part.repaired, "pixels": part.pixels,
                                  "observed": part.observed, "images": part.images,
-                                 "without_neighbours": part.without_neighbours})
+                                 "without_neighbours": part.without_neighbours,
+                                 "device": part.device})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -1344,6 +1353,10 @@ class RankedReconstruction:
             document[WITHOUT_NEIGHBOURS] = figures[WITHOUT_NEIGHBOURS] = without
             if without:
                 notes = (without_neighbours_line(without),)
+        device = device_document({part.rank: part.device for part in parts.values()})
+        if device is not None:  # host↔device copies, every rank's (a GPU run)
+            document["device"] = figures["device"] = device
+            notes = (*notes, device_line(device))
         iterations = self._iteration_logs.pop(serial, None)
         if iterations is not None and iterations.log.iterations:
             document["iterations"] = figures["iterations"] = iterations.log.as_dict()
@@ -1480,7 +1493,8 @@ class RankedReconstruction:
                                {str(key): int(count) for key, count
                                 in dict(message.get("observed") or {}).items()},
                                int(message.get("images") or 0),
-                               int(message.get("without_neighbours") or 0))
+                               int(message.get("without_neighbours") or 0),
+                               _device_figures(message.get("device"), received.source))
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now
@@ -1652,6 +1666,18 @@ def _every_reslice(first: ExchangeStats, later: list[TransposeResult]) -> Exchan
                    pieces_sent=first.pieces_sent + sum(moved.pieces_sent for moved in later),
                    pieces_received=first.pieces_received
                    + sum(moved.pieces_received for moved in later))
+
+
+def _device_figures(value: Any, source: int) -> dict[str, float]:
+    """A peer's host↔device copies from its part message (none: an empty map)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(key, str) and isinstance(number, int | float)
+            and not isinstance(number, bool) for key, number in value.items()):
+        raise ExchangeError(f"rank {source}: part message: device: expected a map of names "
+                            f"to numbers, got {value!r:.200}")
+    return {key: float(number) for key, number in value.items()}
 
 
 def _finder_row(finder: PipelineStep | None, rows: int) -> int:
