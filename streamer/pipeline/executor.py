@@ -88,11 +88,6 @@ class StreamingHook(Protocol):
     def add(self, block: ProcessedBlock) -> None:
         """A corrected projection block."""
 
-    def finish(self, angles: npt.NDArray[np.float64], complete: bool, *,
-               center_override: float | None,
-               should_stop: Callable[[], bool]) -> Iterator[ProcessedBlock] | None:
-        """The volume's blocks, or ``None``: run the sinogram section in batch."""
-
 
 class ResultHook(Protocol):
     """Where the outputs of ``save_result`` steps go (:mod:`streamer.pipeline.intermediate`)."""
@@ -358,8 +353,9 @@ class ScanProcessor:
         self.on_center = on_center
         #: The iterations of iterative stages, per stage and band (the run's summary).
         self.iterations = IterationLog(on_iteration)
-        #: Set before the first frame: the sinogram section runs as blocks arrive, and at
-        #: the end only its ``finish`` (the batch section when it declines).
+        #: Set before the first frame (one rank): gets every corrected block, so that the
+        #: sinogram section runs as blocks arrive; the runner takes the volume from it at
+        #: close (:meth:`streamer.run.streaming.StreamingSection.finish`), not from here.
         self.streaming: StreamingHook | None = None
         #: Set before the first frame on one of R ranks whose bands stream: taper the
         #: projection blocks by this rank's share of the scan (it sees about ``1/R`` of the
@@ -616,15 +612,6 @@ class ScanProcessor:
         angles = assembled.angles_deg
         sinograms_all = assembled.sinograms  # (rows, angles, cols), a view of the buffer
         complete = self.complete
-        if self.streaming is not None and len(self.later_sections) == 1:
-            blocks = self.streaming.finish(angles, complete,
-                                           center_override=self.center_override,
-                                           should_stop=self._stopping)
-            if blocks is not None:
-                for block in blocks:
-                    if self.on_sinograms is not None:
-                        self.on_sinograms(block)
-                return
         # The CoR finders take projections (angles, rows, cols): a transposed view.
         sections = self._with_center(self.later_sections, sinograms_all.transpose(1, 0, 2),
                                      angles)
