@@ -511,13 +511,21 @@ class RankedReconstruction:
             except StreamerError as error:
                 # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
                 # still takes its part in the close, so no peer waits for it.
-                scan.failure = str(error)
-                self.last_error = self.last_error or error
-                if self.log is not None:
-                    self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
-                             f"{error}")
-                raise ScanFailedError(scan.failure) from None
+                self.fail_scan(error)
+                raise ScanFailedError(str(error)) from None
         self._serve(scan)
+
+    def fail_scan(self, error: StreamerError) -> None:
+        """The open scan fails on this rank (bad data, a part of a file it cannot read):
+        no part is written, but the rank still takes its part in the close, so no peer
+        waits for it and rank 0's output says why."""
+        scan = self._scan
+        if scan is None or scan.failure is not None:
+            return
+        scan.failure = str(error)
+        self.last_error = self.last_error or error
+        if self.log is not None:
+            self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: {error}")
 
     def close_scan(self) -> None:
         """The open scan is over on every rank: reslice, reconstruct, write this rank's
@@ -1631,16 +1639,26 @@ def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
         projections_here = number % ranks == rank
         references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))
         if (projections_here or references_here) and ranked.last_error is None:
-            data = reader.read(first, last)
-            # A failure is kept in last_error; this rank still takes its part in the close.
-            with contextlib.suppress(ScanFailedError):
-                ranked.add([
-                    HeldFrame(index, int(keys[index]), float(angles[index]),
-                              data[index - first])
-                    for index in range(first, last)
-                    if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
-                    or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
-                ])
+            try:
+                data = reader.read(first, last)
+            except StreamerError as error:
+                if ranks == 1:
+                    raise
+                # A part of the file this rank cannot read: its band fails, and it still
+                # takes its part in the close (leaving at once would leave rank 0 waiting,
+                # and the job without a master).
+                ranked.fail_scan(error)
+            else:
+                # A failure is kept in last_error; this rank still takes its part in the
+                # close.
+                with contextlib.suppress(ScanFailedError):
+                    ranked.add([
+                        HeldFrame(index, int(keys[index]), float(angles[index]),
+                                  data[index - first])
+                        for index in range(first, last)
+                        if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
+                        or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
+                    ])
         if on_read is not None:
             on_read(last, layout.frames)
     ranked.close_scan()
