@@ -1635,6 +1635,8 @@ def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
     rank, ranks = ranked.control.rank, ranked.control.size
     keys, angles = layout.image_keys, layout.angles_deg
     for number, first in enumerate(range(0, layout.frames, block)):
+        if ranked.stop is not None and ranked.stop.is_set():
+            break  # stopped (Ctrl-C): the close says what is missing, every rank alike
         last = min(first + block, layout.frames)
         projections_here = number % ranks == rank
         references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))

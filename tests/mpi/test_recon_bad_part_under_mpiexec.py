@@ -1,19 +1,21 @@
-"""``recon`` on R ranks, one rank unable to read its part of the file (a frame with NaN
-pixels, refused by the reader): that rank's band fails, but it still takes its part in
-the close, so rank 0 writes the master (incomplete, naming the rank and the frame) and the
-job exits 1.
+"""``recon`` on R ranks, a rank stopped (Ctrl-C) or unable to read its part of the file
+(a frame with NaN pixels, refused by the reader): that rank's band fails, but it still
+takes its part in the close, so rank 0 writes the master (incomplete, naming the rank and
+why) and the job exits 1.
 
-Before, the rank raised out of the reading loop: it printed its error and never exited
-(MPI's finalize waited for the others), while rank 0 waited for its references and part
-(120 s a step), and there was no master. The in-process test runs the same rank logic on
-2 ranks over a memory link (always); the ``mpiexec -n 2`` test launches the CLI (skipped
-without mpiexec; not an ``mpi``-marked test: it launches mpiexec itself).
+Before, a rank that could not read raised out of the reading loop: it printed its error
+and never exited (MPI's finalize waited for the others), while rank 0 waited for its
+references and part (120 s a step), and there was no master; on Ctrl-C every rank died of
+the interrupt, leaving rank 0's placeholder. The in-process test runs the same rank logic
+on 2 ranks over a memory link (always); the ``mpiexec -n 2`` tests launch the CLI
+(skipped without mpiexec; not ``mpi``-marked tests: they launch mpiexec themselves).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,55 @@ def test_under_mpiexec_rank_0_writes_the_master_and_the_job_exits_1(
     assert "INCOMPLETE, from 2 ranks" in result.stdout, output[-3000:]
     assert f"errors: rank {rank}: " in result.stderr, output[-3000:]
     _check_master(master, rank, frame)
+
+
+def test_ctrl_c_under_mpiexec_recon_writes_the_master_of_what_was_done(
+        tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """SIGINT to ``mpiexec -n 2 tomo-streamer recon`` once a rank reconstructs (the log
+    line is the handshake): every rank stops between blocks and leaves with the others,
+    so rank 0 writes the master (incomplete, each rank's stop in it) and the job exits 1.
+    Before, each rank died of the interrupt and the master stayed rank 0's placeholder.
+    The scan's size is the one of the ``run`` test (``test_stop_under_mpiexec.py``): a
+    band takes several times the stop's latency, so no rank finishes before it."""
+    launcher = mpiexec()
+    if launcher is None:
+        pytest.skip("mpiexec not found: pip install 'tomo-streamer[mpi]'")
+    from tests.mpi.test_stop_under_mpiexec import COLS, PROJECTIONS, ROWS, WAIT_S
+
+    path = tmp_path / "big.nxs"
+    write_nxtomo(path, SimulatedScan(SimulationConfig(rows=ROWS, cols=COLS,
+                                                      projections=PROJECTIONS, flats=4,
+                                                      darks=2)))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(PIPELINE.replace("    parameters: {center: 15.5}\n", ""))
+    master = tmp_path / "stopped.h5"
+    job = subprocess.Popen(
+        [launcher, "-n", str(RANKS), sys.executable, "-m", "streamer.cli", "recon", str(path),
+         "-o", str(master), "--pipeline", str(pipeline), "--center", str((COLS - 1) / 2),
+         "--sinogram-block", "1"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert job.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in job.stdout:  # bounded: the job ends by itself at the latest
+            seen.append(line)
+            if "first block written" in line:
+                job.send_signal(signal.SIGINT)
+                break
+        seen.append(job.stdout.read())
+        job.wait(timeout=WAIT_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait(WAIT_S)
+        job.stdout.close()
+    output = "".join(seen)
+    assert job.returncode == 1, output[-3000:]
+    assert "BAD TERMINATION" not in output, output[-3000:]
+    assert "INCOMPLETE, from 2 ranks" in output, output[-3000:]
+    with h5py.File(master) as file:
+        entry = file["/entry"]
+        assert not bool(entry.attrs["complete"])
+        assert 0 < int(entry.attrs["slices_written"]) < ROWS
+        errors = json.loads(file["/entry/process/report"][()])["reconstruction_errors"]
+        assert any("stopped" in error and "SIGINT/SIGTERM" in error for error in errors)
