@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, SupportsFloat
+from typing import Any, Final, Protocol, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -201,12 +201,10 @@ def apply_steps(
                 flats: Any = step_flats, listener: Any = listener,
                 cache_of_step: Any = cache_of_step) -> Any:
             return step.spec.run(
-                block[entries], step.params, darks=darks, flats=flats,
-                angles_deg=angles[entries] if angles is not None and angles_along else angles,
-                frame_indices=None if frame_indices is None else frame_indices[entries],
-                flat_indices=flat_indices,
-                projection_indices=(None if projection_indices is None
-                                    else projection_indices[entries]),
+                _entries(block, entries), step.params, darks=darks, flats=flats,
+                angles_deg=_entries(angles, entries) if angles_along else angles,
+                frame_indices=_entries(frame_indices, entries), flat_indices=flat_indices,
+                projection_indices=_entries(projection_indices, entries),
                 backend=step.backend, repairs=counts, on_iteration=listener,
                 cache=cache_of_step)
 
@@ -218,7 +216,7 @@ def apply_steps(
                 assert own is not None and repairs is not None
                 data = counted_apart(run, own, repairs)
             else:
-                data = run(slice(None), repairs)
+                data = run(_WHOLE, repairs)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if step.spec.geometry is not None and angles is not None:
@@ -237,6 +235,16 @@ def apply_steps(
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
+
+
+#: Every entry of a block (no cut: the block is passed as it is, whatever its type).
+_WHOLE: Final = slice(None)
+
+
+def _entries(value: Any, entries: slice) -> Any:
+    """``value`` (a block, or per-entry angles or indices) cut to ``entries`` along its
+    first axis; the value itself for :data:`_WHOLE` or ``None``."""
+    return value if value is None or entries == _WHOLE else value[entries]
 
 
 def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
