@@ -23,6 +23,7 @@ from streamer.cli.shared import (
     log_to_stderr,
     memory_budget,
     resolve_pipeline,
+    stop_on_signal,
     usable_device_bytes,
 )
 from streamer.errors import SinkError, StageError, StreamerError
@@ -168,7 +169,7 @@ def _recon_one(args: argparse.Namespace, options: LoadOptions,
               f"projections: {repairs.describe()})")
     if result.images is not None:
         print(f"save_to_images: {result.images[1]} TIFFs in {result.images[0]}")
-    for line in result.iterations:
+    for line in (*result.iterations, *result.notes):
         print(f"  {line}")
     return 0 if result.complete else 1
 
@@ -178,6 +179,7 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
     """``mpiexec -n R tomo-streamer recon``: each rank reads and corrects a share of the
     projections and reconstructs a band of rows; rank 0 writes the master file (HDF5) or
     finishes the one store (OME-Zarr)."""
+    from streamer.cli.run import LEAVE_TOGETHER_S
     from streamer.run.center_check import check_center
     from streamer.run.from_file import pipeline_for
     from streamer.run.ranks import recon_on_ranks
@@ -193,8 +195,17 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
             print(f"scan: {layout.projections} projections of {layout.rows}x{layout.cols}, "
                   f"{layout.flats} flats, {layout.darks} darks ({layout.normalisation}); "
                   f"{link.size} MPI ranks", file=sys.stderr, flush=True)
-        output = recon_on_ranks(reader, settings, link,
-                                log=log_to_stderr(args.quiet))
+        # Ctrl-C/SIGTERM: every rank stops between blocks (rank 0 still writes the master
+        # of what was done), and no rank leaves before the others: under mpiexec one that
+        # exits first with an error would get rank 0 killed before its master is written.
+        with stop_on_signal() as stop:
+            try:
+                output = recon_on_ranks(reader, settings, link,
+                                        log=log_to_stderr(args.quiet), stop=stop)
+            finally:
+                if not link.leave_together(LEAVE_TOGETHER_S):
+                    print(f"recon: rank {link.rank}: the other ranks did not finish within "
+                          f"{LEAVE_TOGETHER_S:g} s; leaving", file=sys.stderr, flush=True)
     if output is None:  # not rank 0
         return 0
     if output.path is None:
@@ -208,6 +219,8 @@ def _run_recon_ranks(args: argparse.Namespace, options: LoadOptions,
     if output.images is not None:
         print(f"save_to_images: {output.images[1]} TIFFs in {output.images[0]} (each rank "
               "its band's)")
+    for line in output.notes:
+        print(f"  {line}")
     if output.error:
         print(f"  errors: {output.error}", file=sys.stderr)
     return 0 if output.complete else 1

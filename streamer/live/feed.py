@@ -311,6 +311,7 @@ class _Closed:
     output: str | None
     error: str | None
     latency: dict[str, Any] | None = None
+    without_neighbours: int | None = None
 
 
 _Item = _Opened | _Rows | BinnedSlices | _Closing | _Center | _Closed
@@ -626,9 +627,11 @@ class LiveFeed:
     def scan_closed(self, report: ScanReport, *, center: float | None = None,
                     center_method: str | None = None, output: str | None = None,
                     error: str | None = None, latency: dict[str, Any] | None = None,
-                    ) -> None:
+                    without_neighbours: int | None = None) -> None:
         """The scan is reconstructed (``output`` written) or failed (``error``);
-        ``latency`` is its :meth:`~streamer.run.latency.LatencySummary.as_dict`."""
+        ``latency`` is its :meth:`~streamer.run.latency.LatencySummary.as_dict`;
+        ``without_neighbours`` the projections corrected without all their halo
+        neighbours (a pipeline with a kernel across frames; None: it has none)."""
         with self._center_lock:
             self._center_target = None
             self._center_scan = None
@@ -637,8 +640,8 @@ class LiveFeed:
             pipe.state = "closed"
             self._refresh(force=True, missing=_triple(report.missing),
                           complete=report.complete, received=_triple(report.received))
-        self._put(_Closed(report, center, center_method, output, error, latency), 0,
-                  force=True)
+        self._put(_Closed(report, center, center_method, output, error, latency,
+                          without_neighbours), 0, force=True)
         self._pipe = None
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -967,6 +970,7 @@ class LiveFeed:
             output=item.output[:1024] if item.output else None,
             error=item.error[:1024] if item.error else None,
             latency=ScanLatency.model_validate(item.latency) if item.latency else None,
+            corrected_without_neighbours=item.without_neighbours,
         )
         self._publish(view.end)
 

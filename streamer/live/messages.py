@@ -309,6 +309,9 @@ class ScanEndHeader(_FeedHeader):
     error: Text | None = None
     #: frame received → preview published, last frame → volume complete (seconds).
     latency: ScanLatency | None = None
+    #: A pipeline with a kernel across frames: projections corrected before all their
+    #: neighbours had arrived (a frame lost or late), summed over the ranks.
+    corrected_without_neighbours: Count | None = None
 
 
 class CorSweepHeader(_ImagesHeader):

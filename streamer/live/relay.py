@@ -69,6 +69,7 @@ from streamer.live.feed import (
 )
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock
+from streamer.pipeline.halo import WITHOUT_NEIGHBOURS
 from streamer.run.latency import LatencyRecorder
 from streamer.run.output import ScanOutput
 from streamer.wire.protocol import StartHeader
@@ -149,6 +150,12 @@ def transfers_document(per_rank: dict[int, dict[str, Transfers]]) -> dict[str, A
                                      for kind in kinds}
                          for rank, counts in sorted(per_rank.items())},
             "total": {kind: total[kind].as_dict() for kind in kinds}}
+
+
+def anything_moved(document: dict[str, Any]) -> bool:
+    """Whether a ``transfers`` document counts anything (one rank without ``--feed``
+    moves nothing between ranks: no terminal line for it, the report keeps its zeros)."""
+    return any(any(counts.values()) for counts in document["total"].values())
 
 
 def transfers_line(document: dict[str, Any]) -> str:
@@ -531,12 +538,14 @@ class FeedRelay:
         latency_line = None
         if hub.recorder is not None and "latency" in figures:
             latency_line = hub.recorder.summary().line()
-        notes = (transfers_line(figures["transfers"]),) if "transfers" in figures else ()
+        moved = figures.get("transfers")
+        notes = (transfers_line(moved),) if moved is not None and anything_moved(moved) else ()
         method = hub.center[1] if hub.center is not None else None
         if hub.report is not None and self.feed is not None:
             self.feed.scan_closed(hub.report, center=output.center, center_method=method,
                                   output=str(output.path) if output.path else None,
-                                  error=output.error, latency=figures.get("latency"))
+                                  error=output.error, latency=figures.get("latency"),
+                                  without_neighbours=figures.get(WITHOUT_NEIGHBOURS))
         return replace(output, latency=latency_line, figures=figures,
                        notes=output.notes + notes)
 
@@ -771,5 +780,5 @@ def _slice_image(value: Any) -> tuple[int, npt.NDArray[np.float32]]:
     return _count(value, "index"), _array(value, "shape", "data", ndim=2)
 
 
-__all__ = ["FeedRelay", "Transfers", "preview_geometry",
+__all__ = ["FeedRelay", "Transfers", "anything_moved", "preview_geometry",
            "transfers_document", "transfers_line"]

@@ -9,11 +9,15 @@ while the one before computes, the steps run back to back on the device
 next band computes; every copy is counted and timed in the caller's
 :class:`~stages.backends.xp.TransferStats`. Any other section runs band by band, each
 ``run(..., queued=False)`` moving its band itself (``apply_steps``).
+
+Each rank's copies reach rank 0 with its part, summed there into the run report's
+``device`` entry (:func:`device_document`) and one terminal line (:func:`device_line`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,7 +27,8 @@ from stages.backends.device_queue import DeviceQueue, StreamDevice
 from stages.backends.xp import TransferStats
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["DEVICE_BACKENDS", "BandRunner", "band_outputs", "runs_on_device"]
+__all__ = ["DEVICE_BACKENDS", "BandRunner", "band_outputs", "device_document", "device_line",
+           "runs_on_device", "transfer_figures"]
 
 #: The backends whose stages run on the device (blocks in the device's array module).
 DEVICE_BACKENDS = frozenset({"httomolibgpu", "cupy"})
@@ -74,3 +79,38 @@ def band_outputs(
         return run(block, first, last, queued=True)
 
     yield from DeviceQueue(device(), transfers).map(blocks(), work)
+
+
+def transfer_figures(stats: TransferStats) -> dict[str, float]:
+    """One rank's host↔device copies as plain numbers (the part message to rank 0)."""
+    return {name: value for name, value in asdict(stats).items()}
+
+
+def device_document(per_rank: Mapping[int, Mapping[str, float]]) -> dict[str, Any] | None:
+    """The run report's ``device`` entry: each rank's host↔device copies (counts, bytes,
+    seconds each way) and their sum; ``None`` when no rank made a copy."""
+    ranks = {rank: _stats(figures) for rank, figures in per_rank.items()}
+    if not any(stats.transfers for stats in ranks.values()):
+        return None
+    total = TransferStats()
+    for stats in ranks.values():
+        for name in (field.name for field in fields(TransferStats)):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+    return {"per_rank": {str(rank): asdict(stats) for rank, stats in sorted(ranks.items())},
+            "total": asdict(total)}
+
+
+def device_line(document: Mapping[str, Any]) -> str:
+    """The terminal line of a :func:`device_document`: the sum, and over how many ranks."""
+    total = _stats(document["total"])
+    ranks = len(document["per_rank"])
+    return f"device transfers: {total.describe()}" + (f" ({ranks} ranks)" if ranks > 1 else "")
+
+
+def _stats(figures: Mapping[str, float]) -> TransferStats:
+    """A :class:`TransferStats` from :func:`transfer_figures` (missing names: 0)."""
+    stats = TransferStats()
+    for field in fields(TransferStats):
+        value = figures.get(field.name, 0)
+        setattr(stats, field.name, type(getattr(stats, field.name))(value))
+    return stats

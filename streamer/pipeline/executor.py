@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, SupportsFloat
+from typing import Any, Final, Protocol, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,14 @@ from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS, band_outputs
-from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
+from streamer.pipeline.halo import (
+    Window,
+    counted_apart,
+    keep_block,
+    keep_saved,
+    section_halo,
+    window,
+)
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
 from streamer.pipeline.sections import Section, sections_of
 from streamer.sources.scan import FrameReader
@@ -80,11 +87,6 @@ class StreamingHook(Protocol):
 
     def add(self, block: ProcessedBlock) -> None:
         """A corrected projection block."""
-
-    def finish(self, angles: npt.NDArray[np.float64], complete: bool, *,
-               center_override: float | None,
-               should_stop: Callable[[], bool]) -> Iterator[ProcessedBlock] | None:
-        """The volume's blocks, or ``None``: run the sinogram section in batch."""
 
 
 class ResultHook(Protocol):
@@ -166,6 +168,8 @@ def apply_steps(
     on_iteration: StepListener | None = None,
     caches: StageCaches | None = None,
     keep_on_device: bool = False,
+    own: Window | None = None,
+    angles_along: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -182,6 +186,11 @@ def apply_steps(
     new ones (:meth:`stages.spec.StageSpec.after`). ``on_result(step, output, angles)``
     gets the output of each step marked ``save_result`` (on the host). Stages with a
     per-scan cache get it from ``caches`` (the same object for every block of the scan).
+
+    ``own``: the block is a haloed window (ADR 0019) whose own entries are these; a step
+    that counts repairs counts them on those entries only (:func:`counted_apart`: the
+    halo entries are counted in their own block). ``angles_along``: the angles run along
+    the block axis (a projection block), so they are cut with it.
     """
     stats = transfers if transfers is not None else TransferStats()
     angles = angles_deg
@@ -205,13 +214,29 @@ def apply_steps(
             step_darks, step_flats = cache.darks, cache.flats
         listener = (None if on_iteration is None or not step.spec.reports_progress
                     else _bound(on_iteration, step))
+        cache_of_step = caches.for_step(step) if caches is not None else None
+
+        def run(entries: slice, counts: RepairCounts | None, *, step: PipelineStep = step,
+                block: Any = data, angles: Any = angles, darks: Any = step_darks,
+                flats: Any = step_flats, listener: Any = listener,
+                cache_of_step: Any = cache_of_step) -> Any:
+            return step.spec.run(
+                _entries(block, entries), step.params, darks=darks, flats=flats,
+                angles_deg=_entries(angles, entries) if angles_along else angles,
+                frame_indices=_entries(frame_indices, entries), flat_indices=flat_indices,
+                projection_indices=_entries(projection_indices, entries),
+                backend=step.backend, repairs=counts, on_iteration=listener,
+                cache=cache_of_step)
+
+        apart = (own is not None and repairs is not None and step.spec.counts_repairs
+                 and data.shape[0] == own.high - own.low
+                 and (own.low, own.high) != (own.first, own.last))
         try:
-            data = step.spec.run(data, step.params, darks=step_darks, flats=step_flats,
-                                 angles_deg=angles, frame_indices=frame_indices,
-                                 flat_indices=flat_indices,
-                                 projection_indices=projection_indices, backend=step.backend,
-                                 repairs=repairs, on_iteration=listener,
-                                 cache=caches.for_step(step) if caches is not None else None)
+            if apart:
+                assert own is not None and repairs is not None
+                data = counted_apart(run, own, repairs)
+            else:
+                data = run(_WHOLE, repairs)
         except StageError as error:
             raise StageError(f"{error} (pipeline entry at {step.where})") from None
         if step.spec.geometry is not None and angles is not None:
@@ -230,6 +255,16 @@ def apply_steps(
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
+
+
+#: Every entry of a block (no cut: the block is passed as it is, whatever its type).
+_WHOLE: Final = slice(None)
+
+
+def _entries(value: Any, entries: slice) -> Any:
+    """``value`` (a block, or per-entry angles or indices) cut to ``entries`` along its
+    first axis; the value itself for :data:`_WHOLE` or ``None``."""
+    return value if value is None or entries == _WHOLE else value[entries]
 
 
 def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
@@ -346,8 +381,9 @@ class ScanProcessor:
         self.on_center = on_center
         #: The iterations of iterative stages, per stage and band (the run's summary).
         self.iterations = IterationLog(on_iteration)
-        #: Set before the first frame: the sinogram section runs as blocks arrive, and at
-        #: the end only its ``finish`` (the batch section when it declines).
+        #: Set before the first frame (one rank): gets every corrected block, so that the
+        #: sinogram section runs as blocks arrive; the runner takes the volume from it at
+        #: close (:meth:`streamer.run.streaming.StreamingSection.finish`), not from here.
         self.streaming: StreamingHook | None = None
         #: Set before the first frame on one of R ranks whose bands stream: taper the
         #: projection blocks by this rank's share of the scan (it sees about ``1/R`` of the
@@ -435,15 +471,23 @@ class ScanProcessor:
 
     def _block_ready(self, size: int) -> bool:
         """Whether the next projection block (``size`` frames) and the ``halo`` frames
-        after it are in (with a halo: every frame up to the last of them has arrived, or
-        two blocks wait, when a missing frame is taken as lost and counted)."""
+        after it are in (with a halo: every frame of its window has arrived, from the
+        first of the ``halo`` frames kept before it to the last after it; or two blocks
+        wait, when a missing frame is taken as lost and the block counted). A frame lost
+        long before does not hold up (or count) the blocks whose windows do not reach it."""
         waiting = len(self._waiting)
         if waiting < size + self.halo:
             return False
         if not self.halo:
             return True
-        last_needed = sorted(self._waiting)[size + self.halo - 1]
+        ordered = sorted(self._waiting)
+        last_needed = ordered[size + self.halo - 1]
         if last_needed < self._arrived_below:
+            return True
+        behind = [frame[0] for frame in self._behind if frame[0] < ordered[0]]
+        first_needed = behind[0] if behind else 0 if not self._behind else ordered[0]
+        if all(index < self._arrived_below or index in self._arrived_above
+               for index in range(first_needed, last_needed + 1)):
             return True
         if waiting >= 2 * size + self.halo:
             self.corrected_without_neighbours += size
@@ -539,7 +583,7 @@ class ScanProcessor:
                            frame_indices=np.array(wide_indices, dtype=np.int64),
                            flat_indices=self._flat_indices,
                            projection_indices=self._projection_numbers(wide_indices),
-                           repairs=self.repairs,
+                           repairs=self.repairs, own=wide, angles_along=True,
                            on_result=keep_saved(self._saver(
                                Pattern.PROJECTION, np.array(indices, dtype=np.int64),
                                self.start.projections, angles, by_frame=True),
@@ -588,15 +632,6 @@ class ScanProcessor:
         angles = assembled.angles_deg
         sinograms_all = assembled.sinograms  # (rows, angles, cols), a view of the buffer
         complete = self.complete
-        if self.streaming is not None and len(self.later_sections) == 1:
-            blocks = self.streaming.finish(angles, complete,
-                                           center_override=self.center_override,
-                                           should_stop=self._stopping)
-            if blocks is not None:
-                for block in blocks:
-                    if self.on_sinograms is not None:
-                        self.on_sinograms(block)
-                return
         # The CoR finders take projections (angles, rows, cols): a transposed view.
         sections = self._with_center(self.later_sections, sinograms_all.transpose(1, 0, 2),
                                      angles)
@@ -666,7 +701,7 @@ class ScanProcessor:
             rows_in = window(first, last, rows, halo)
             data = apply_steps(steps, block, darks=None, flats=None,
                                transfers=self.transfers, angles_deg=angles,
-                               on_iteration=listener, repairs=self.repairs,
+                               on_iteration=listener, repairs=self.repairs, own=rows_in,
                                caches=self._caches, keep_on_device=queued,
                                on_result=keep_saved(self._saver(
                                    Pattern.SINOGRAM, np.arange(first, last, dtype=np.int64),
@@ -701,7 +736,7 @@ class ScanProcessor:
                                angles_deg=angles[frames.low:frames.high],
                                projection_indices=np.arange(frames.low, frames.high,
                                                             dtype=np.int64),
-                               repairs=self.repairs,
+                               repairs=self.repairs, own=frames, angles_along=True,
                                on_result=keep_saved(self._saver(
                                    Pattern.PROJECTION, np.arange(first, last, dtype=np.int64),
                                    count, None), frames, angles_along=True))

@@ -14,21 +14,34 @@ steps, every kept entry only ever saw real neighbours.
 
 A stage in such a window must keep the length of the block axis (a frame-averaging or
 binning step along it cannot be haloed): :func:`keep_block` refuses one that does not.
+
+Repairs are counted once per entry, like the output is kept once: a step that counts the
+values it repairs (``counts_repairs``; each acts entry by entry) runs on the block's own
+entries apart from the halo entries, whose repairs are not counted there
+(:func:`counted_apart`): they are counted when those entries are a block of their own, so
+the counts do not depend on the block size either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from stages.backends.xp import array_module
+from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["Window", "keep_block", "keep_saved", "section_halo", "window"]
+__all__ = ["WITHOUT_NEIGHBOURS", "Window", "counted_apart", "keep_block", "keep_saved",
+           "section_halo", "window", "without_neighbours_line"]
+
+#: The run report's entry (and ``scan_end``'s field): projections corrected before all
+#: their halo neighbours had arrived (:attr:`ScanProcessor.corrected_without_neighbours`,
+#: summed over the ranks).
+WITHOUT_NEIGHBOURS: Final = "corrected_without_neighbours"
 
 
 def section_halo(steps: Iterable[PipelineStep]) -> int:
@@ -92,3 +105,29 @@ def keep_saved(
         hook(step, kept, angles)
 
     return save
+
+
+def counted_apart(
+    run: Callable[[slice, RepairCounts], npt.NDArray[Any]], where: Window,
+    repairs: RepairCounts,
+) -> npt.NDArray[Any]:
+    """A repair-counting step on a haloed window, its repairs counted on the block's own
+    entries only: ``run(entries, counts)`` runs the step on those entries of the window
+    (a step that counts repairs works entry by entry along the block axis, so the pieces
+    joined equal the whole window); the own entries count into ``repairs``, each side's
+    halo entries into a count that is dropped."""
+    inner, length = where.inner, where.high - where.low
+    pieces = (slice(0, inner.start), inner, slice(inner.stop, length))
+    parts = [run(piece, repairs if piece is inner else RepairCounts())
+             for piece in pieces if piece.stop > piece.start]
+    if len(parts) == 1:
+        return parts[0]
+    joined: npt.NDArray[Any] = array_module(parts[0]).concatenate(parts)
+    return joined
+
+
+def without_neighbours_line(count: int) -> str:
+    """The terminal line for ``count`` projections corrected without all their halo
+    neighbours (a frame lost, or later than two blocks)."""
+    return (f"{count} projections corrected before all their neighbours had arrived (a "
+            "frame lost or late): the kernels across frames saw the frames at hand")

@@ -91,6 +91,8 @@ class ReconResult:
     images: tuple[Path, int] | None = None  # save_to_images: folder and image count
     #: One line per iterative stage (iterations per band, final residual/change).
     iterations: tuple[str, ...] = ()
+    #: More terminal lines (device transfers, projections corrected without neighbours).
+    notes: tuple[str, ...] = ()
 
 
 def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
@@ -207,4 +209,4 @@ def run_recon(reader: FrameReader, settings: ReconSettings, scan_id: str | None 
                        output.center_method or "", output.complete,
                        time.perf_counter() - began, text, output.repairs or RepairCounts(),
                        output.center_warnings, output.center_confidence, output.images,
-                       output.iterations)
+                       output.iterations, output.notes)

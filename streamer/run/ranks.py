@@ -82,7 +82,12 @@ from streamer.ingest.cluster import Link, MergedReport
 from streamer.ingest.state import FramesAccepted, ScanClosed, ScanClosing, ScanOpened
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.device_bands import band_outputs
+from streamer.pipeline.device_bands import (
+    band_outputs,
+    device_document,
+    device_line,
+    transfer_figures,
+)
 from streamer.pipeline.executor import (
     ProcessedBlock,
     ScanProcessor,
@@ -90,7 +95,14 @@ from streamer.pipeline.executor import (
     bind_result,
     section_angles,
 )
-from streamer.pipeline.halo import keep_block, keep_saved, section_halo, window
+from streamer.pipeline.halo import (
+    WITHOUT_NEIGHBOURS,
+    keep_block,
+    keep_saved,
+    section_halo,
+    window,
+    without_neighbours_line,
+)
 from streamer.pipeline.images import (
     ImageTail,
     PartialStats,
@@ -181,6 +193,10 @@ class PartWritten:
     pixels: int = 0  # projection pixel values this rank corrected
     observed: dict[str, int] = field(default_factory=dict)  # data_checker's observations
     images: int = 0  # save_to_images: the images this rank wrote of its band
+    #: Projections this rank corrected before all their halo neighbours had arrived.
+    without_neighbours: int = 0
+    #: This rank's host↔device copies (:func:`~streamer.pipeline.device_bands.transfer_figures`).
+    device: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -386,6 +402,8 @@ class RankedReconstruction:
         #: again between them (:mod:`streamer.run.later_sections`).
         self._later = self.control.size > 1 and beyond_one_band(self.steps)
         self._tail = image_tail(self.steps)
+        #: Projection blocks need halo neighbours: the report counts those without.
+        self._halo = section_halo(sections_of(self.steps)[0].steps) > 0
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -511,13 +529,21 @@ class RankedReconstruction:
             except StreamerError as error:
                 # Bad data (a closed shutter, all-zero frames…): this scan fails; the rank
                 # still takes its part in the close, so no peer waits for it.
-                scan.failure = str(error)
-                self.last_error = self.last_error or error
-                if self.log is not None:
-                    self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: "
-                             f"{error}")
-                raise ScanFailedError(scan.failure) from None
+                self.fail_scan(error)
+                raise ScanFailedError(str(error)) from None
         self._serve(scan)
+
+    def fail_scan(self, error: StreamerError) -> None:
+        """The open scan fails on this rank (bad data, a part of a file it cannot read):
+        no part is written, but the rank still takes its part in the close, so no peer
+        waits for it and rank 0's output says why."""
+        scan = self._scan
+        if scan is None or scan.failure is not None:
+            return
+        scan.failure = str(error)
+        self.last_error = self.last_error or error
+        if self.log is not None:
+            self.log(f"scan {scan.start.scan}: rank {self.control.rank}: FAILED: {error}")
 
     def close_scan(self) -> None:
         """The open scan is over on every rank: reslice, reconstruct, write this rank's
@@ -892,13 +918,17 @@ class RankedReconstruction:
                                     streamed=scan.streamed)
         repairs = scan.processor.repairs
         part = replace(part, repaired=dict(repairs.counts), pixels=repairs.pixels,
-                       observed=dict(repairs.observed))
+                       observed=dict(repairs.observed),
+                       without_neighbours=scan.processor.corrected_without_neighbours,
+                       device=transfer_figures(scan.processor.transfers))
         self.incomplete_parts += not part.complete
         message = msgpack.packb({"serial": scan.serial, "rank": part.rank, "path": part.path,
                                  "rows": list(part.rows), "slices": part.slices,
                                  "complete": part.complete, "error": part.error,
                                  "repaired": part.repaired, "pixels": part.pixels,
-                                 "observed": part.observed, "images": part.images})
+                                 "observed": part.observed, "images": part.images,
+                                 "without_neighbours": part.without_neighbours,
+                                 "device": part.device})
         if self.control.rank == 0:
             scan.close.part_written(0, part)
         else:
@@ -1254,7 +1284,7 @@ class RankedReconstruction:
             return band.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
-            rows_in = window(begin, end, last - first, halo)
+            where = window(begin, end, last - first, halo)
             saved = bind_result(None if self.results is None else self.results.add,
                                 Pattern.SINOGRAM,
                                 np.arange(first + begin, first + end, dtype=np.int64),
@@ -1262,11 +1292,11 @@ class RankedReconstruction:
             out = apply_steps(steps, data, darks=None, flats=None,
                               angles_deg=band.angles_deg, transfers=processor.transfers,
                               repairs=processor.repairs, caches=processor.caches,
-                              keep_on_device=queued,
+                              keep_on_device=queued, own=where,
                               on_iteration=processor.iterations.listener(
                                   begin // block, len(spans), first + begin, first + end),
-                              on_result=keep_saved(saved, rows_in, angles_along=False))
-            return keep_block(out, rows_in, "sinogram section")
+                              on_result=keep_saved(saved, where, angles_along=False))
+            return keep_block(out, where, "sinogram section")
 
         outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
                                transfers=processor.transfers)
@@ -1361,6 +1391,16 @@ class RankedReconstruction:
             repairs.merge(part.repaired, part.pixels, part.observed)
         document["repairs"] = repairs.as_dict()
         figures: dict[str, Any] = {}
+        notes: tuple[str, ...] = ()
+        if self._halo:  # a projection section with a kernel across frames (ADR 0019)
+            without = sum(part.without_neighbours for part in parts.values())
+            document[WITHOUT_NEIGHBOURS] = figures[WITHOUT_NEIGHBOURS] = without
+            if without:
+                notes = (without_neighbours_line(without),)
+        device = device_document({part.rank: part.device for part in parts.values()})
+        if device is not None:  # host↔device copies, every rank's (a GPU run)
+            document["device"] = figures["device"] = device
+            notes = (*notes, device_line(device))
         iterations = self._iteration_logs.pop(serial, None)
         if iterations is not None and iterations.log.iterations:
             document["iterations"] = figures["iterations"] = iterations.log.as_dict()
@@ -1414,7 +1454,8 @@ class RankedReconstruction:
                          iterations=tuple(iterations.log.summary())
                          if iterations is not None else (),
                          latency=line if output.path is not None else None,
-                         figures=figures if output.path is not None else {})
+                         figures=figures if output.path is not None else {},
+                         notes=(*output.notes, *notes))
         if self.observer is not None:
             output = self.observer.scan_closed(serial, output)
         if streaming_center is not None:  # the report's ``center`` and a terminal line
@@ -1495,7 +1536,9 @@ class RankedReconstruction:
                                int(message.get("pixels") or 0),
                                {str(key): int(count) for key, count
                                 in dict(message.get("observed") or {}).items()},
-                               int(message.get("images") or 0))
+                               int(message.get("images") or 0),
+                               int(message.get("without_neighbours") or 0),
+                               _device_figures(message.get("device"), received.source))
             close = self._closing.get(message["serial"])
             if close is None and closing is not None:
                 close = closing  # the scan whose master rank 0 is writing now
@@ -1651,20 +1694,32 @@ def _feed_ranks(ranked: RankedReconstruction, reader: FrameReader, scan_id: str,
     rank, ranks = ranked.control.rank, ranked.control.size
     keys, angles = layout.image_keys, layout.angles_deg
     for number, first in enumerate(range(0, layout.frames, block)):
+        if ranked.stop is not None and ranked.stop.is_set():
+            break  # stopped (Ctrl-C): the close says what is missing, every rank alike
         last = min(first + block, layout.frames)
         projections_here = number % ranks == rank
         references_here = rank == 0 and bool(np.any(keys[first:last] != IMAGE_KEY_PROJECTION))
         if (projections_here or references_here) and ranked.last_error is None:
-            data = reader.read(first, last)
-            # A failure is kept in last_error; this rank still takes its part in the close.
-            with contextlib.suppress(ScanFailedError):
-                ranked.add([
-                    HeldFrame(index, int(keys[index]), float(angles[index]),
-                              data[index - first])
-                    for index in range(first, last)
-                    if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
-                    or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
-                ])
+            try:
+                data = reader.read(first, last)
+            except StreamerError as error:
+                if ranks == 1:
+                    raise
+                # A part of the file this rank cannot read: its band fails, and it still
+                # takes its part in the close (leaving at once would leave rank 0 waiting,
+                # and the job without a master).
+                ranked.fail_scan(error)
+            else:
+                # A failure is kept in last_error; this rank still takes its part in the
+                # close.
+                with contextlib.suppress(ScanFailedError):
+                    ranked.add([
+                        HeldFrame(index, int(keys[index]), float(angles[index]),
+                                  data[index - first])
+                        for index in range(first, last)
+                        if (keys[index] == IMAGE_KEY_PROJECTION and projections_here)
+                        or (keys[index] != IMAGE_KEY_PROJECTION and references_here)
+                    ])
         if on_read is not None:
             on_read(last, layout.frames)
     ranked.close_scan()
@@ -1690,6 +1745,18 @@ def _every_reslice(first: ExchangeStats, later: list[TransposeResult]) -> Exchan
                    pieces_sent=first.pieces_sent + sum(moved.pieces_sent for moved in later),
                    pieces_received=first.pieces_received
                    + sum(moved.pieces_received for moved in later))
+
+
+def _device_figures(value: Any, source: int) -> dict[str, float]:
+    """A peer's host↔device copies from its part message (none: an empty map)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(key, str) and isinstance(number, int | float)
+            and not isinstance(number, bool) for key, number in value.items()):
+        raise ExchangeError(f"rank {source}: part message: device: expected a map of names "
+                            f"to numbers, got {value!r:.200}")
+    return {key: float(number) for key, number in value.items()}
 
 
 def _finder_row(finder: PipelineStep | None, rows: int) -> int:

@@ -11,7 +11,7 @@ from stages.registry import REGISTRY
 from streamer.ingest.store import HeldFrame
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
-from streamer.run.streaming import plan_streaming
+from streamer.run.streaming import StreamingSection, plan_streaming
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 
@@ -38,9 +38,24 @@ def _run(streaming: bool) -> tuple[list[int], npt.NDArray[np.float32]]:
     for index in range(scan.layout.frames):
         processor.add([HeldFrame(index, int(keys[index]), float(angles[index]),
                                  frames[index])])
-    processor.finish()
+    if streaming:
+        slices = finish_streaming(processor, plan.section)
+    else:
+        processor.finish()
     volume = np.concatenate([b.data for b in sorted(slices, key=lambda b: int(b.indices[0]))])
     return sizes, volume
+
+
+def finish_streaming(processor: ScanProcessor, section: StreamingSection,
+                     ) -> list[ProcessedBlock]:
+    """The scan is over: the last projections corrected (and added), the volume from the
+    streaming section's accumulators, as the runner takes it on one rank."""
+    processor.finish_projections()
+    assert processor.band is not None
+    blocks = section.finish(processor.band.assemble().angles_deg, processor.complete,
+                            center_override=None, should_stop=lambda: False)
+    assert blocks is not None, section.fallback
+    return list(blocks)
 
 
 def test_streaming_blocks_taper_to_a_small_last_block_and_equal_batch() -> None:

@@ -21,6 +21,7 @@ from streamer.pipeline.executor import ProcessedBlock, ScanProcessor
 from streamer.run.streaming import plan_streaming
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
+from tests.pipeline.test_executor_taper import finish_streaming
 from tests.stages import device_like
 
 ROWS, COLS, PROJECTIONS, BLOCK_FRAMES = 4, 64, 100, 16
@@ -53,8 +54,10 @@ def _run(text: str, *, streaming: bool, xp: Any = None,
                                  frames[index])])
     if streaming:
         assert plan.section.fallback is None, plan.section.fallback
+        slices = finish_streaming(processor, plan.section)
         added = plan.section.blocks_added
-    processor.finish()
+    else:
+        processor.finish()
     volume = np.concatenate([b.data for b in sorted(slices, key=lambda b: int(b.indices[0]))])
     return volume, transfers, added
 
