@@ -19,10 +19,13 @@ refuses, before the first scan, what R ranks do not run: ``save_result`` (one HD
 several writers) and ``save_to_images`` along an axis other than the slices' (each rank
 writes the images of its own band: :meth:`~streamer.run.ranks.RankedReconstruction`).
 
-:func:`refuse_on_ranks` also refuses a step whose kernel reaches across the block axis
-(:attr:`stages.spec.StageSpec.halo`): a rank's frames are dealt blocks, not contiguous
-in angle, and its band has no rows of its neighbours, so the result would depend on the
-rank count (ADR 0019); one rank gives every block its real neighbours.
+:func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
+(:attr:`stages.spec.StageSpec.halo`, ADR 0019 and its addendum): overlapping bands serve
+the projection section from its first halo step on (run after the reslice on the band)
+and the sinogram section of a pipeline that reslices once; refused are a step after
+that first halo step that needs whole frames or changes the geometry
+(:func:`~streamer.pipeline.halo.band_tail_refusal`) and a halo step in the later sections
+of a pipeline that reslices more than once.
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.halo import band_tail_refusal
 
 __all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_save_result",
            "sections_of", "split_sections"]
@@ -129,11 +133,20 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
             f"stage 'save_to_images' ({saver.where}): axis {axis!r} cuts across every "
             "rank's band of slices; several ranks write images along the slices only: "
             "expected axis: auto or 1, or run on one rank")
-    for step in steps:
-        halo = step.spec.reach(step.params)
-        if halo and step.spec.finds_center is None:
-            raise ConfigError(
-                f"stage {step.name!r} ({step.where}): its kernel reaches {halo} "
-                f"{'frame' if step.spec.pattern is Pattern.PROJECTION else 'frame/row'}(s) "
-                "across the block axis, and R ranks do not yet give a block its neighbours "
-                "on other ranks (ADR 0019): run it on one rank (`recon`, or --ranks 1)")
+    found = sections_of(steps)
+    refusal = band_tail_refusal(found[0].steps)
+    if refusal is not None:
+        raise ConfigError(refusal)
+    if not beyond_one_band(steps):
+        return
+    for section in found[1:]:
+        for step in section.steps:
+            halo = step.spec.reach(step.params)
+            if halo and step.spec.finds_center is None:
+                raise ConfigError(
+                    f"stage {step.name!r} ({step.where}): its kernel reaches {halo} "
+                    f"{'frame' if section.pattern is Pattern.PROJECTION else 'row'}(s) "
+                    "across the block axis in a pipeline that reslices more than once, "
+                    "and R ranks give a block its neighbours on other ranks only up to "
+                    "the first sinogram section of a pipeline that reslices once "
+                    "(ADR 0019): run it on one rank (`recon`, or --ranks 1)")

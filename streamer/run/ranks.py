@@ -84,7 +84,7 @@ from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
-from streamer.pipeline.halo import keep_block, section_halo, window
+from streamer.pipeline.halo import Window, keep_block, ranks_halo, section_halo, window
 from streamer.pipeline.images import (
     ImageTail,
     PartialStats,
@@ -238,6 +238,9 @@ class _ScanState:
     peer_stats: dict[int, PartialStats | None] = field(default_factory=dict)
     #: R ranks: what each later reslice (a transpose) moved, for the scan's transfers.
     later_moved: list[TransposeResult] = field(default_factory=list)
+    #: R ranks with a halo (ADR 0019): the widened band the exchange delivered (own rows
+    #: and their neighbours), after the projection section's tail; None: no halo.
+    widened: Band | None = None
 
 
 @dataclass
@@ -368,6 +371,13 @@ class RankedReconstruction:
         #: R ranks: the same pipelines run their later sections on the bands, resliced
         #: again between them (:mod:`streamer.run.later_sections`).
         self._later = self.control.size > 1 and beyond_one_band(self.steps)
+        #: R ranks: rows of overlap between the bands, for steps whose kernels reach
+        #: across the block axis after the reslice (ADR 0019's addendum); 0: none.
+        self._halo = 0
+        if self.control.size > 1:
+            found = sections_of(self.steps)
+            self._halo = ranks_halo((found[0].steps, found[1].steps if len(found) > 1
+                                     else ()))
         self._tail = image_tail(self.steps)
 
     # --- ingest hooks ----------------------------------------------------------------
@@ -533,7 +543,8 @@ class RankedReconstruction:
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=-(-start.rows // ranks), device_bytes=self.device_bytes,
+                band_rows=min(start.rows, -(-start.rows // ranks) + 2 * self._halo),
+                device_bytes=self.device_bytes,
             )
             owner = None if self._whole_scan else self._center_owner(start)
         except StreamerError as error:
@@ -557,6 +568,13 @@ class RankedReconstruction:
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
         streaming = None if self._whole_scan or self._later else self._plan_streaming(
             start, admitted.block_sinograms, admitted.memory_left)
+        if streaming is not None and self._halo:
+            # the pieces landing are the widened band, and the steps before the
+            # reconstructor reach across the bands: the band is reconstructed at close
+            streaming = None
+            if self.log is not None and self.control.rank == 0:
+                self.log(f"scan {start.scan}: reconstruction at close: steps reach "
+                         f"{self._halo} rows across the bands (ADR 0019)")
         exchange: BandExchange | None = None
         observer = self.observer
         iterations = ScanIterations(
@@ -583,7 +601,7 @@ class RankedReconstruction:
             exchange = BandExchange(
                 self.band_link, scan_serial=serial, rows=start.rows, cols=start.cols,
                 projections=start.projections, frames=start.frames,
-                first_index=start.darks + start.flats,
+                first_index=start.darks + start.flats, halo=self._halo,
                 on_landed=None if streaming is None else _feeding(streaming))
             sending = exchange
 
@@ -595,7 +613,7 @@ class RankedReconstruction:
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
-                keep_sinogram_section=False, on_iteration=iterations.own,
+                keep_sinogram_section=False, on_iteration=iterations.own, defer_halo=True,
             )
             if streaming is not None:
                 # Taper by this rank's share of the frames; add a round of every rank's
@@ -881,7 +899,10 @@ class RankedReconstruction:
         exchange = scan.exchange
         if exchange is not None:
             exchange.finish_sending()
-            return exchange.wait(self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+            band = exchange.wait(self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+            if not exchange.halo and not scan.processor.band_steps:
+                return band
+            return self._own_rows(scan, band, exchange.own_rows)
         kept = scan.processor.band
         if kept is None:
             cols = scan.start.cols
@@ -891,6 +912,22 @@ class RankedReconstruction:
         return Band((0, kept.height), assembled.indices, assembled.angles_deg,
                     assembled.sinograms, kept.received, kept.duplicates, dict(kept.rejected),
                     0)
+
+    def _own_rows(self, scan: _ScanState, band: Band, own: tuple[int, int]) -> Band:
+        """R ranks with a halo: the projection section's tail run on the widened band
+        (every angle of its rows; a failed scan skips it, its band is not used), kept as
+        :attr:`_ScanState.widened` for the sinogram section's row windows; the band of
+        this rank's own rows (a view) for everything else."""
+        if scan.widened is None:
+            if scan.failure is None:
+                try:
+                    scan.processor.run_band_steps(band.sinograms, band.rows, band.indices)
+                except StreamerError as error:
+                    scan.failure = str(error)
+                    self.last_error = self.last_error or error
+            scan.widened = band
+        inner = slice(own[0] - band.rows[0], own[1] - band.rows[0])
+        return replace(band, rows=own, sinograms=band.sinograms[inner])
 
     def _prepare_close(self, scan: _ScanState) -> None:
         """Settle the references and correct the last projections (once): a stage that
@@ -1216,12 +1253,20 @@ class RankedReconstruction:
         spans = [(begin, min(begin + block, last - first))
                  for begin in range(0, last - first, block)]
         # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
-        # every row, R ranks refuse such steps)
+        # every row; R ranks: the widened band the exchange delivered holds them)
         halo = section_halo(steps)
+        # (a halo in a pipeline's last later section is refused: band is then that one's)
+        widened = scan.widened if scan.widened is not None and halo else band
+        low, high = widened.rows  # rows of the band's array (own rows: first, last)
+
+        def window_of(begin: int, end: int) -> Window:
+            where = window(first + begin, first + end, high, halo)
+            return Window(where.first - low, where.last - low, max(where.low, low) - low,
+                          where.high - low)
 
         def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
-            where = window(begin, end, last - first, halo)
-            return band.sinograms[where.low:where.high]
+            where = window_of(begin, end)
+            return widened.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
             out = apply_steps(steps, data, darks=None, flats=None,
@@ -1230,7 +1275,7 @@ class RankedReconstruction:
                               keep_on_device=queued,
                               on_iteration=processor.iterations.listener(
                                   begin // block, len(spans), first + begin, first + end))
-            return keep_block(out, window(begin, end, last - first, halo), "sinogram section")
+            return keep_block(out, window_of(begin, end), "sinogram section")
 
         outputs = band_outputs(steps, spans, haloed, run, device=processor.queue_device,
                                transfers=processor.transfers)

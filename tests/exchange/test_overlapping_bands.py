@@ -1,0 +1,58 @@
+"""Overlapping bands (ADR 0019 addendum): with a ``halo`` every rank receives its own rows
+and ``halo`` rows of each neighbour band, clipped to the detector, from every frame,
+whatever rank corrected it; the reslice only moves float32 values, so the overlap is
+exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.errors import ExchangeError
+from streamer.exchange.links import MemoryNetwork
+from streamer.exchange.reslice import BandExchange, overlapping_bands, row_bands
+from tests.test_reslice import expect_band, make_exchanges, make_stack, scatter_round_robin, settle
+
+
+def test_bands_widen_by_the_halo_within_the_detector() -> None:
+    assert row_bands(10, 3) == ((0, 4), (4, 7), (7, 10))
+    assert overlapping_bands(10, 3, 0) == row_bands(10, 3)
+    assert overlapping_bands(10, 3, 2) == ((0, 6), (2, 9), (5, 10))
+    assert overlapping_bands(10, 3, 20) == ((0, 10),) * 3
+    # more ranks than rows: an empty band stays empty (it has no row to compute)
+    assert overlapping_bands(2, 3, 1) == ((0, 2), (0, 2), (2, 2))
+
+
+def test_a_negative_halo_is_refused_with_one_line() -> None:
+    with pytest.raises(ExchangeError, match="halo must be an integer >= 0, got -1"):
+        overlapping_bands(10, 2, -1)
+
+
+@pytest.mark.parametrize(("ranks", "rows", "halo"), [(2, 9, 1), (3, 7, 3), (3, 4, 2)])
+def test_each_rank_receives_its_rows_and_its_neighbours(ranks: int, rows: int,
+                                                        halo: int) -> None:
+    # (3, 4, 2): bands of 2, 1 and 1 rows, narrower than the halo: the middle rank gets
+    # rows of both its neighbours' bands and beyond them
+    stack = make_stack(23, rows, 5)
+    _, exchanges = make_exchanges(ranks, rows, 5, len(stack), halo=halo)
+    scatter_round_robin(exchanges, stack)
+    settle(exchanges)
+    for rank, exchange in enumerate(exchanges):
+        own = row_bands(rows, ranks)[rank]
+        assert exchange.own_rows == own
+        assert exchange.band().rows == (max(0, own[0] - halo), min(rows, own[1] + halo))
+        expect_band(exchange, stack)  # every row of the widened band, bit for bit
+    widest = max(b - a for a, b in overlapping_bands(rows, ranks, halo))
+    assert max(e.stats.band_bytes for e in exchanges) == widest * len(stack) * 5 * 4
+
+
+def test_ranks_that_disagree_on_the_halo_are_refused() -> None:
+    stack = make_stack(4, 6, 3)
+    network = MemoryNetwork(2)
+    pair = [BandExchange(network.link(0), scan_serial=1, rows=6, cols=3, projections=4,
+                         halo=1),
+            BandExchange(network.link(1), scan_serial=1, rows=6, cols=3, projections=4)]
+    pair[0].scatter(np.arange(4), np.zeros(4), stack)
+    with pytest.raises(ExchangeError, match="does not fit this band"):
+        for _ in range(20):
+            pair[1].poll()
