@@ -42,8 +42,8 @@ from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.halo import band_tail_refusal
 
-__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_save_result",
-           "sections_of", "split_sections"]
+__all__ = ["Section", "beyond_one_band", "halo_refusal_on_ranks", "refuse_on_ranks",
+           "refuse_save_result", "sections_of", "split_sections"]
 
 
 @dataclass(frozen=True)
@@ -133,20 +133,27 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
             f"stage 'save_to_images' ({saver.where}): axis {axis!r} cuts across every "
             "rank's band of slices; several ranks write images along the slices only: "
             "expected axis: auto or 1, or run on one rank")
-    found = sections_of(steps)
-    refusal = band_tail_refusal(found[0].steps)
+    refusal = halo_refusal_on_ranks(steps)
     if refusal is not None:
         raise ConfigError(refusal)
-    if not beyond_one_band(steps):
-        return
+
+
+def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
+    """Why R ranks cannot give a step of ``steps`` its real neighbours (one line naming
+    the step; ``check`` prints it as a note, the runners refuse with it), or None."""
+    found = sections_of(steps)
+    refusal = band_tail_refusal(found[0].steps)
+    if refusal is not None or not beyond_one_band(steps):
+        return refusal
     for section in found[1:]:
         for step in section.steps:
             halo = step.spec.reach(step.params)
             if halo and step.spec.finds_center is None:
-                raise ConfigError(
+                return (
                     f"stage {step.name!r} ({step.where}): its kernel reaches {halo} "
                     f"{'frame' if section.pattern is Pattern.PROJECTION else 'row'}(s) "
                     "across the block axis in a pipeline that reslices more than once, "
                     "and R ranks give a block its neighbours on other ranks only up to "
                     "the first sinogram section of a pipeline that reslices once "
                     "(ADR 0019): run it on one rank (`recon`, or --ranks 1)")
+    return None

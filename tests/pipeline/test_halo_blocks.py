@@ -185,10 +185,16 @@ def test_pipeline_result_does_not_depend_on_block_size(kind: str) -> None:
                                    atol=1e-6 * scale, err_msg=f"{kind}, blocks of {size}")
 
 
-def test_ranks_refuse_a_kernel_across_the_block_axis_with_one_line() -> None:
-    steps = parse_pipeline(PIPELINES["projection"], REGISTRY, source="halo.yaml").steps
-    with pytest.raises(ConfigError, match=r"remove_outlier3d.*reaches 2 .*one rank") as error:
-        refuse_on_ranks(steps)
+def test_ranks_take_kernels_across_the_block_axis_up_to_one_reslice() -> None:
+    """R ranks give them their neighbours (overlapping bands, ADR 0019's addendum:
+    tests/run/test_halo_on_real_scans.py); a halo step in a later section of a pipeline
+    that reslices more than once is still refused, with one line."""
+    for kind in ("projection", "sinogram"):
+        refuse_on_ranks(parse_pipeline(PIPELINES[kind], REGISTRY, source="h.yaml").steps)
+    later = parse_pipeline(PIPELINES["later"], REGISTRY, source="later.yaml").steps
+    with pytest.raises(ConfigError, match=r"median_filter.*reaches 2 frame.*reslices more "
+                       r"than once.*one rank") as error:
+        refuse_on_ranks(later)
     assert "\n" not in str(error.value)
     local = parse_pipeline("pipeline:\n  - method: normalize\n  - method: median_filter\n"
                            "  - method: fbp\n", REGISTRY, source="local.yaml").steps
@@ -215,7 +221,12 @@ def test_check_says_which_step_needs_neighbours(tmp_path, capsys) -> None:  # ty
     assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
     out = capsys.readouterr().out
     assert ("note: step 2 remove_outlier3d reaches 2 entries across its blocks: each block "
-            "gets its real neighbours on one rank; R ranks refuse it") in out
+            "gets its real neighbours (R ranks: overlapping bands of rows, the band "
+            "reconstructed at close)") in out
+    assert "R ranks refuse it" not in out
+    pipeline.write_text(PIPELINES["later"])
+    assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
+    assert "note: R ranks refuse it: stage 'median_filter'" in capsys.readouterr().out
     assert "step 3 median_filter3d reaches 1" in out and "step 1 normalize reaches" not in out
 
 
