@@ -43,7 +43,8 @@ from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
 __all__ = ["ROW_LOCAL", "Window", "band_tail_refusal", "keep_block", "keep_saved",
-           "ranks_halo", "run_on_band", "section_halo", "split_at_halo", "window"]
+           "local_window", "ranks_halo", "run_on_band", "section_halo", "split_at_halo",
+           "window"]
 
 #: Projection-section stages whose output pixel depends only on pixels of its own
 #: detector row (element-wise maths, flat/dark corrections, repairs along the row), so
@@ -79,6 +80,14 @@ class Window:
 def window(first: int, last: int, total: int, halo: int) -> Window:
     """The block ``[first, last)`` widened by ``halo`` on each side, within ``[0, total)``."""
     return Window(first, last, max(0, first - halo), min(total, last + halo))
+
+
+def local_window(first: int, last: int, halo: int, low: int, high: int) -> Window:
+    """The haloed window of the block ``[first, last)`` within the entries ``[low, high)``
+    a rank holds (its own and its overlap; the scan's ends are where the overlap stops),
+    counted from ``low``: where to cut the rank's array."""
+    where = window(first, last, high, halo)
+    return Window(first - low, last - low, max(where.low, low) - low, where.high - low)
 
 
 def keep_block(data: npt.NDArray[Any], where: Window, what: str) -> npt.NDArray[Any]:

@@ -22,10 +22,9 @@ writes the images of its own band: :meth:`~streamer.run.ranks.RankedReconstructi
 :func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
 (:attr:`stages.spec.StageSpec.halo`, ADR 0019 and its addendum): overlapping bands serve
 the projection section from its first halo step on (run after the reslice on the band)
-and the sinogram section of a pipeline that reslices once; refused are a step after
-that first halo step that needs whole frames or changes the geometry
-(:func:`~streamer.pipeline.halo.band_tail_refusal`) and a halo step in the later sections
-of a pipeline that reslices more than once.
+and every later section (the later reslices overlap too); refused is a step after that
+first halo step that needs whole frames or changes the geometry
+(:func:`~streamer.pipeline.halo.band_tail_refusal`).
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
@@ -141,19 +140,4 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
 def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
     """Why R ranks cannot give a step of ``steps`` its real neighbours (one line naming
     the step; ``check`` prints it as a note, the runners refuse with it), or None."""
-    found = sections_of(steps)
-    refusal = band_tail_refusal(found[0].steps)
-    if refusal is not None or not beyond_one_band(steps):
-        return refusal
-    for section in found[1:]:
-        for step in section.steps:
-            halo = step.spec.reach(step.params)
-            if halo and step.spec.finds_center is None:
-                return (
-                    f"stage {step.name!r} ({step.where}): its kernel reaches {halo} "
-                    f"{'frame' if section.pattern is Pattern.PROJECTION else 'row'}(s) "
-                    "across the block axis in a pipeline that reslices more than once, "
-                    "and R ranks give a block its neighbours on other ranks only up to "
-                    "the first sinogram section of a pipeline that reslices once "
-                    "(ADR 0019): run it on one rank (`recon`, or --ranks 1)")
-    return None
+    return band_tail_refusal(sections_of(steps)[0].steps)

@@ -37,11 +37,12 @@ import numpy.typing as npt
 from stages.backends.device_queue import StreamDevice
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError, StreamerError
-from streamer.exchange.reslice import Band, PartsLink, row_bands
+from streamer.exchange.reslice import Band, PartsLink, overlapping_bands, row_bands
 from streamer.exchange.transpose import Shape, TransposeResult, transpose
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import StageCaches, apply_steps, fill_sections, section_angles
+from streamer.pipeline.halo import keep_block, local_window, section_halo
 from streamer.pipeline.sections import sections_of
 
 __all__ = ["LastSection", "SectionTools", "filled_later_sections", "run_later_sections"]
@@ -77,6 +78,9 @@ class SectionTools:
     device: Callable[[], StreamDevice]
     #: What each later reslice moved, in order (the scan's transfers count them all).
     moved: list[TransposeResult] = field(default_factory=list)
+    #: The last section's widened band (its rows and their overlap), when its steps
+    #: reach across rows (ADR 0019's addendum); empty: no halo there.
+    widened: list[Band] = field(default_factory=list)
 
 
 def filled_later_sections(
@@ -99,7 +103,7 @@ def filled_later_sections(
 def run_later_sections(
     link: PartsLink, band: Band | None, sections: list[tuple[Pattern, tuple[PipelineStep, ...]]],
     *, rows: int, serial: int, tools: SectionTools, timeout_s: float,
-    on_idle: Callable[[], object] | None = None,
+    on_idle: Callable[[], object] | None = None, widened: Band | None = None,
 ) -> tuple[Band, tuple[PipelineStep, ...]]:
     """Run every section but the last on this rank's part, reslicing between them, and
     return the band and steps of the last one.
@@ -107,20 +111,30 @@ def run_later_sections(
     ``band`` is None when this rank's part failed already: it still takes part in the
     first reslice (as failed), then every rank raises :class:`StreamerError` naming the
     failed ranks. ``rows`` is the scan's detector rows (every rank's band is cut from
-    them)."""
+    them). A section whose steps reach across its block axis (ADR 0019) runs on this
+    rank's part widened by its halo: ``widened`` (the band exchange's overlapping band)
+    for the first, the reslice before it (``transpose(halo=...)``) for the others; each
+    block keeps its own entries. The last section's widened band goes to
+    :attr:`SectionTools.widened`."""
     ranks, rank = link.size, link.rank
     error: StreamerError | None = None
     data = None if band is None else band.sinograms
     angles = np.zeros(0) if band is None else band.angles_deg
+    own = (0, 0) if band is None else band.rows  # this rank's entries of axis 0
+    low = own[0]  # the axis-0 entry of data[0] (before own[0] with an overlap)
+    total = rows  # entries of axis 0 in the scan (rows, then angles, …)
+    if band is not None and widened is not None and sections \
+            and section_halo(sections[0][1]):
+        data, low = widened.sinograms, widened.rows[0]
     number = 1  # the band exchange was the first reslice
-    for pattern, steps in sections[:-1]:
+    for position, (pattern, steps) in enumerate(sections[:-1]):
         if data is not None:
+            part = _Part(low, own, total)
             try:
                 if pattern is Pattern.SINOGRAM:
-                    data, angles = _sinogram_section(steps, data, angles, tools)
+                    data, angles = _sinogram_section(steps, data, angles, tools, part)
                 else:
-                    data = _projection_section(steps, data, angles, rank=rank, ranks=ranks,
-                                                tools=tools)
+                    data = _projection_section(steps, data, angles, tools, part)
             except StreamerError as failure:
                 error, data = failure, None
         number += 1
@@ -129,8 +143,9 @@ def run_later_sections(
             error, data = StreamerError(f"{stopped} before reslice {number}"), None
         # bands → ranges of angles after a sinogram section, back after a projection one
         shape = _shape(data, rows, angles, rows_first=pattern is Pattern.SINOGRAM)
+        halo = section_halo(sections[position + 1][1])  # the next section's overlap
         result = transpose(link, data, shape, serial=serial, number=number,
-                           timeout_s=timeout_s, on_idle=on_idle)
+                           timeout_s=timeout_s, on_idle=on_idle, halo=halo)
         tools.moved.append(result)
         if result.failed_ranks:
             if error is not None:
@@ -140,12 +155,36 @@ def run_later_sections(
                                 "(see their errors): this band's later sections need every "
                                 "rank's part")
         data = result.data
+        total = shape.total1
+        own = row_bands(total, ranks)[rank] if total else (0, 0)
+        low = overlapping_bands(total, ranks, halo)[rank][0] if total else 0
     if data is None or band is None:  # no later reslice: this rank's own failure
         raise error or StreamerError("this rank's part failed before its later sections")
     first, stop = row_bands(rows, ranks)[rank]
-    last = Band((first, stop), band.indices, angles, data, band.received, band.duplicates,
+    inner = data[first - low:stop - low]
+    last = Band((first, stop), band.indices, angles, inner, band.received, band.duplicates,
                 dict(band.rejected), band.other_scan)
+    if inner.shape[0] != data.shape[0]:
+        tools.widened.append(Band((low, low + int(data.shape[0])), band.indices, angles,
+                                  data, band.received, band.duplicates, dict(band.rejected),
+                                  band.other_scan))
     return last, sections[-1][1]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Where this rank's array lies along axis 0: it starts at entry ``low`` and holds
+    its own entries ``own`` (and, around them, the overlap), of ``total``."""
+
+    low: int
+    own: tuple[int, int]
+    total: int
+
+    def window(self, first: int, last: int, halo: int, held: int) -> Any:
+        """The haloed window of own-relative block ``[first, last)`` in the array
+        (``held`` entries)."""
+        start = self.own[0]
+        return local_window(start + first, start + last, halo, self.low, self.low + held)
 
 
 def _shape(data: npt.NDArray[np.float32] | None, rows: int,
@@ -163,11 +202,14 @@ def _shape(data: npt.NDArray[np.float32] | None, rows: int,
 
 def _sinogram_section(
     steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
-    angles: npt.NDArray[np.float64], tools: SectionTools,
+    angles: npt.NDArray[np.float64], tools: SectionTools, part: _Part,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``); the
-    angles after them."""
-    band_rows, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
+    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``, with its
+    overlap where ``part`` says), each with its real neighbour rows; the own rows out
+    and the angles after them."""
+    held, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
+    band_rows = part.own[1] - part.own[0]
+    halo = section_halo(steps)
     out_angles = section_angles(steps, angles, cols)
     width = _width_after(steps, angles, cols)
     gathered = np.empty((band_rows, out_angles.size, width), np.float32)
@@ -175,12 +217,17 @@ def _sinogram_section(
              for first in range(0, band_rows, tools.block_sinograms)]
 
     def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
-        return apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
-                           angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
-                           keep_on_device=queued)
+        out = apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
+                          angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
+                          keep_on_device=queued)
+        return keep_block(out, part.window(first, last, halo, held), "sinogram section")
 
-    outputs = band_outputs(steps, spans, lambda first, last: sinograms[first:last], run,
-                           device=tools.device, transfers=tools.transfers)
+    def haloed(first: int, last: int) -> npt.NDArray[np.float32]:
+        where = part.window(first, last, halo, held)
+        return sinograms[where.low:where.high]
+
+    outputs = band_outputs(steps, spans, haloed, run, device=tools.device,
+                           transfers=tools.transfers)
     for (first, last), block in zip(spans, outputs, strict=True):
         if block.shape[1:] != gathered.shape[1:]:
             raise StageError(f"sinogram section [{', '.join(s.name for s in steps)}]: "
@@ -201,21 +248,25 @@ def _width_after(steps: tuple[PipelineStep, ...], angles: npt.NDArray[np.float64
 
 def _projection_section(
     steps: tuple[PipelineStep, ...], projections: npt.NDArray[np.float32],
-    angles: npt.NDArray[np.float64], *, rank: int, ranks: int, tools: SectionTools,
+    angles: npt.NDArray[np.float64], tools: SectionTools, part: _Part,
 ) -> npt.NDArray[np.float32]:
-    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``);
-    the detector rows must stay (they are the volume's slices)."""
-    first = row_bands(angles.size, ranks)[rank][0] if angles.size else 0
-    count, rows = int(projections.shape[0]), int(projections.shape[1])
+    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``,
+    with its overlap where ``part`` says), each with its real neighbour frames; the own
+    frames out. The detector rows must stay (they are the volume's slices)."""
+    held, rows = int(projections.shape[0]), int(projections.shape[1])
+    count = part.own[1] - part.own[0]
+    halo = section_halo(steps)
     out: npt.NDArray[np.float32] | None = None
     for begin in range(0, count, tools.block_frames):
         end = min(begin + tools.block_frames, count)
-        block = apply_steps(steps, projections[begin:end], darks=None, flats=None,
-                            transfers=tools.transfers,
-                            angles_deg=angles[first + begin:first + end],
-                            projection_indices=np.arange(first + begin, first + end,
-                                                         dtype=np.int64),
+        where = part.window(begin, end, halo, held)
+        low, high = part.low + where.low, part.low + where.high  # in the scan's angles
+        block = apply_steps(steps, projections[where.low:where.high], darks=None,
+                            flats=None, transfers=tools.transfers,
+                            angles_deg=angles[low:high],
+                            projection_indices=np.arange(low, high, dtype=np.int64),
                             repairs=tools.repairs, caches=tools.caches)
+        block = keep_block(block, where, "projection section")
         if block.shape[1] != rows:
             raise StageError(f"projection section [{', '.join(s.name for s in steps)}]: it "
                              f"changed the detector rows from {rows} to {block.shape[1]}, "

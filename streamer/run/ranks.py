@@ -801,10 +801,14 @@ class RankedReconstruction:
                              stopped=lambda: self._stopped(scan),
                              device=processor.queue_device)
         scan.later_moved = tools.moved  # filled as the transposes run
-        return run_later_sections(
+        last = run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
             rows=scan.start.rows, serial=scan.serial, tools=tools,
-            timeout_s=self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+            timeout_s=self.exchange_timeout_s, on_idle=lambda: self._serve(scan),
+            widened=scan.widened)
+        # the last section's rows with their overlap, for its row windows (ADR 0019)
+        scan.widened = tools.widened[-1] if tools.widened else None
+        return last
 
     def _write_whole_scan(self, scan: _ScanState, master: Path,
                           viewer: float | None) -> PartWritten:
@@ -1255,7 +1259,7 @@ class RankedReconstruction:
         # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
         # every row; R ranks: the widened band the exchange delivered holds them)
         halo = section_halo(steps)
-        # (a halo in a pipeline's last later section is refused: band is then that one's)
+        # (after later sections: the last one's, set by _run_later)
         widened = scan.widened if scan.widened is not None and halo else band
         low, high = widened.rows  # rows of the band's array (own rows: first, last)
 

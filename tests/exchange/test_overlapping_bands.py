@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from streamer.errors import ExchangeError
-from streamer.exchange.links import MemoryNetwork
+from streamer.exchange import transpose as transpose_module
+from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.exchange.reslice import BandExchange, overlapping_bands, row_bands
+from streamer.exchange.transpose import Shape, transpose
+from tests.run.ranks import run_ranks
 from tests.test_reslice import expect_band, make_exchanges, make_stack, scatter_round_robin, settle
 
 
@@ -56,3 +59,33 @@ def test_ranks_that_disagree_on_the_halo_are_refused() -> None:
     with pytest.raises(ExchangeError, match="does not fit this band"):
         for _ in range(20):
             pair[1].poll()
+
+
+@pytest.mark.parametrize(("ranks", "rows", "angles", "halo"), [(2, 5, 7, 2), (3, 4, 5, 3),
+                                                               (3, 2, 7, 1)])
+def test_later_reslices_overlap_too(monkeypatch: pytest.MonkeyPatch, ranks: int, rows: int,
+                                    angles: int, halo: int) -> None:
+    """``transpose(halo=h)``: each rank gets its range of axis 1 widened by ``h`` on each
+    side (ranges of angles, then bands of rows again), exactly."""
+    monkeypatch.setattr(transpose_module, "PIECE_BYTES", 6 * 4)  # one entry per piece
+    cols = 6
+    scan = np.random.default_rng(ranks).random((rows, angles, cols), dtype=np.float32)
+
+    def rank(link: MemoryLink) -> tuple[int, ...]:
+        first, stop = row_bands(rows, ranks)[link.rank]
+        there = transpose(link, np.ascontiguousarray(scan[first:stop]),
+                          Shape(rows, angles, cols), serial=4, number=2, timeout_s=30,
+                          halo=halo)
+        low, high = overlapping_bands(angles, ranks, halo)[link.rank]
+        assert there.data is not None
+        np.testing.assert_array_equal(there.data, scan[:, low:high].transpose(1, 0, 2))
+        own_low, own_high = row_bands(angles, ranks)[link.rank]
+        mine = np.ascontiguousarray(there.data[own_low - low:own_high - low])
+        back = transpose(link, mine, Shape(angles, rows, cols), serial=4, number=3,
+                         timeout_s=30, halo=halo)
+        low, high = overlapping_bands(rows, ranks, halo)[link.rank]
+        assert back.data is not None
+        np.testing.assert_array_equal(back.data, scan[low:high])
+        return there.failed_ranks + back.failed_ranks
+
+    assert run_ranks(ranks, rank) == [()] * ranks

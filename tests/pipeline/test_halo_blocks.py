@@ -185,16 +185,19 @@ def test_pipeline_result_does_not_depend_on_block_size(kind: str) -> None:
                                    atol=1e-6 * scale, err_msg=f"{kind}, blocks of {size}")
 
 
-def test_ranks_take_kernels_across_the_block_axis_up_to_one_reslice() -> None:
-    """R ranks give them their neighbours (overlapping bands, ADR 0019's addendum:
-    tests/run/test_halo_on_real_scans.py); a halo step in a later section of a pipeline
-    that reslices more than once is still refused, with one line."""
-    for kind in ("projection", "sinogram"):
+def test_ranks_take_kernels_across_the_block_axis() -> None:
+    """R ranks give them their neighbours (overlapping bands and later reslices, ADR
+    0019's addendum: tests/run/test_halo_on_real_scans.py,
+    tests/run/test_halo_later_on_ranks.py); a whole-frame step after a halo step of the
+    projection section is refused with one line."""
+    for kind in ("projection", "sinogram", "later"):
         refuse_on_ranks(parse_pipeline(PIPELINES[kind], REGISTRY, source="h.yaml").steps)
-    later = parse_pipeline(PIPELINES["later"], REGISTRY, source="later.yaml").steps
-    with pytest.raises(ConfigError, match=r"median_filter.*reaches 2 frame.*reslices more "
-                       r"than once.*one rank") as error:
-        refuse_on_ranks(later)
+    paganin = parse_pipeline(PIPELINES["projection"].replace(
+        "  - method: median_filter3d\n", "  - method: paganin_filter\n"), REGISTRY,
+        source="p.yaml").steps
+    with pytest.raises(ConfigError, match=r"paganin_filter.*after the halo step "
+                       r"'remove_outlier3d'.*one rank") as error:
+        refuse_on_ranks(paganin)
     assert "\n" not in str(error.value)
     local = parse_pipeline("pipeline:\n  - method: normalize\n  - method: median_filter\n"
                            "  - method: fbp\n", REGISTRY, source="local.yaml").steps
@@ -224,9 +227,10 @@ def test_check_says_which_step_needs_neighbours(tmp_path, capsys) -> None:  # ty
             "gets its real neighbours (R ranks: overlapping bands of rows, the band "
             "reconstructed at close)") in out
     assert "R ranks refuse it" not in out
-    pipeline.write_text(PIPELINES["later"])
+    pipeline.write_text(PIPELINES["projection"].replace("  - method: median_filter3d\n",
+                                                        "  - method: paganin_filter\n"))
     assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
-    assert "note: R ranks refuse it: stage 'median_filter'" in capsys.readouterr().out
+    assert "note: R ranks refuse it: stage 'paganin_filter'" in capsys.readouterr().out
     assert "step 3 median_filter3d reaches 1" in out and "step 1 normalize reaches" not in out
 
 
