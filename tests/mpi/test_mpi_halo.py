@@ -58,8 +58,12 @@ def test_recon_with_halo_steps_on_ranks_equals_one_rank(link: RankLink, shared_d
         cor = "/entry/process/center_of_rotation"
         assert float(master[cor][()]) == float(one[cor][()])
         expected = one["/entry/reconstruction/data"][()]
+        # standard.yaml (no halo step; fourier_fbp): on 3 ranks a few values differ by
+        # ~1.3e-6 of the max, float32 rounding of other block sizes, hence 1e-5 there
+        # as in the other R-rank tests (a missing neighbour differs by > 1e-3)
+        tolerance = 1e-5 if name == "standard" else 1e-6
         np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
-                                   rtol=0, atol=1e-6 * np.abs(expected).max())
+                                   rtol=0, atol=tolerance * np.abs(expected).max())
 
 
 def test_halo_steps_in_every_section_of_three_reslices_over_mpi(link: RankLink,
