@@ -23,6 +23,12 @@ same ranks named, so none waits for another. A projection section must keep the 
 of detector rows (the volume's slices; a rank's band is cut from them): a stage that
 changes it is an error that names it. Memory per rank: its band and its range of angles
 (about two ``1/R`` of the scan, each as large as the layout it holds).
+
+A section whose steps reach across its block axis (a 3-D median; ADR 0019 and its
+addendum) gets its real neighbours from the reslice before it: ``transpose(halo=h)``
+widens each rank's range by the section's halo, the section runs each block's window
+there and keeps the rank's own entries (the first section: the band exchange's
+overlapping band, ``widened``).
 """
 
 from __future__ import annotations
