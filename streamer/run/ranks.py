@@ -84,7 +84,7 @@ from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
 from streamer.pipeline.executor import ProcessedBlock, ScanProcessor, apply_steps, section_angles
-from streamer.pipeline.halo import Window, keep_block, ranks_halo, section_halo, window
+from streamer.pipeline.halo import Window, keep_block, local_window, ranks_halo, section_halo
 from streamer.pipeline.images import (
     ImageTail,
     PartialStats,
@@ -1264,9 +1264,7 @@ class RankedReconstruction:
         low, high = widened.rows  # rows of the band's array (own rows: first, last)
 
         def window_of(begin: int, end: int) -> Window:
-            where = window(first + begin, first + end, high, halo)
-            return Window(where.first - low, where.last - low, max(where.low, low) - low,
-                          where.high - low)
+            return local_window(first + begin, first + end, halo, low, high)
 
         def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
             where = window_of(begin, end)
