@@ -97,7 +97,7 @@ from streamer.pipeline.images import (
 )
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
-from streamer.pipeline.plan import default_budget_bytes, plan_scan
+from streamer.pipeline.plan import default_budget_bytes, plan_scan, rank_band_rows
 from streamer.pipeline.sections import (
     beyond_one_band,
     refuse_on_ranks,
@@ -543,7 +543,7 @@ class RankedReconstruction:
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=min(start.rows, -(-start.rows // ranks) + 2 * self._halo),
+                band_rows=rank_band_rows(start.rows, ranks, self._halo),
                 device_bytes=self.device_bytes,
             )
             owner = None if self._whole_scan else self._center_owner(start)

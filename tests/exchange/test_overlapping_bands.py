@@ -13,6 +13,7 @@ from streamer.exchange import transpose as transpose_module
 from streamer.exchange.links import MemoryLink, MemoryNetwork
 from streamer.exchange.reslice import BandExchange, overlapping_bands, row_bands
 from streamer.exchange.transpose import Shape, transpose
+from streamer.pipeline.plan import rank_band_rows
 from tests.run.ranks import run_ranks
 from tests.test_reslice import expect_band, make_exchanges, make_stack, scatter_round_robin, settle
 
@@ -89,3 +90,13 @@ def test_later_reslices_overlap_too(monkeypatch: pytest.MonkeyPatch, ranks: int,
         return there.failed_ranks + back.failed_ranks
 
     assert run_ranks(ranks, rank) == [()] * ranks
+
+
+def test_the_memory_plan_holds_the_overlap() -> None:
+    """A rank's band is planned with its overlap (``2H`` rows more, within the detector):
+    the band every rank receives is never larger than the plan's."""
+    assert rank_band_rows(2048, 4, 0) == 512 and rank_band_rows(2048, 4, 3) == 518
+    assert rank_band_rows(2, 2, 3) == 2 and rank_band_rows(10, 3, 2) == 8
+    for rows, ranks, halo in ((10, 3, 2), (7, 3, 3), (4, 3, 2), (2048, 4, 3)):
+        widest = max(b - a for a, b in overlapping_bands(rows, ranks, halo))
+        assert widest <= rank_band_rows(rows, ranks, halo)
