@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
-    from streamer.pipeline.sections import refuse_row_change, sections_of
+    from streamer.pipeline.sections import halo_refusal_on_ranks, refuse_row_change, sections_of
     from streamer.pipeline.streaming import streaming_kind
     from streamer.run.from_file import ReconSettings, pipeline_for
 
@@ -83,14 +83,17 @@ def run(args: argparse.Namespace) -> int:
     for number, step in enumerate(steps, 1):  # kernels across the block axis (ADR 0019)
         if step.spec.reach(step.params) and step.spec.finds_center is None:
             print(f"  note: step {number} {step.name} reaches {step.spec.reach(step.params)} "
-                  "entries across its blocks: each block gets its real neighbours on one "
-                  "rank; R ranks refuse it")
+                  "entries across its blocks: each block gets its real neighbours (R "
+                  "ranks: overlapping bands of rows, the band reconstructed at close)")
     first_section = sections_of(steps)[0].steps  # (a sinogram section's raised above)
     for number, step in enumerate(steps, 1):
         if (step in first_section and step.spec.changes_rows is not None
                 and step.spec.changes_rows(step.params)):
             print(f"  note: step {number} {step.name} changes the number of detector rows: "
                   "one rank follows it; R ranks refuse it")
+    refusal = halo_refusal_on_ranks(steps)
+    if refusal is not None:
+        print(f"  note: R ranks refuse it: {refusal}")
     if pipeline.sweep is not None:
         variants = pipeline.variants()  # validates every value
         print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "

@@ -81,6 +81,17 @@ def row_bands(rows: int, ranks: int) -> tuple[tuple[int, int], ...]:
     return tuple(bands)
 
 
+def overlapping_bands(rows: int, ranks: int, halo: int) -> tuple[tuple[int, int], ...]:
+    """The bands of :func:`row_bands`, each widened by ``halo`` rows on each side within
+    ``[0, rows)``: the rows a rank receives when the steps after the reslice reach
+    ``halo`` rows across its band (ADR 0019). An empty band stays empty (no own row to
+    compute)."""
+    if isinstance(halo, bool) or not isinstance(halo, int) or halo < 0:
+        raise ExchangeError(f"overlapping_bands: halo must be an integer >= 0, got {halo!r}")
+    return tuple((a, b) if a == b else (max(0, a - halo), min(rows, b + halo))
+                 for a, b in row_bands(rows, ranks))
+
+
 def tag_for(scan_serial: int) -> int:
     """The header tag of a scan's messages (its arrays use ``tag + 1``)."""
     return TAG_BASE + 2 * (scan_serial % TAG_SERIALS)
@@ -126,7 +137,8 @@ class Band:
     Attributes
     ----------
     rows : (int, int)
-        Detector rows ``[a, b)`` of the band.
+        Detector rows ``[a, b)`` of the band (with a ``halo``, the rank's own rows and
+        their neighbours: :attr:`BandExchange.own_rows` says which are its own).
     indices : ndarray of shape (n,), int64
         Frame indices of the projections held, sorted.
     angles_deg : ndarray of shape (n,), float64
@@ -329,6 +341,11 @@ class BandExchange:
         ``on_landed(indices, angles_deg, frames)``: each piece of this rank's band as its
         data lands (its own rows and the other ranks'), frames ``(n, band_rows, cols)``
         (see :attr:`~streamer.exchange.sinobuffer.SinogramBand.on_landed`).
+    halo : int
+        Rows of the neighbouring bands each rank also receives on each side (clipped to
+        the detector): overlapping bands for steps that reach across rows after the
+        reslice (ADR 0019). ``0``: the bands of :func:`row_bands`. Every rank must pass
+        the same value (a piece whose rows differ is refused).
     """
 
     def __init__(
@@ -346,10 +363,11 @@ class BandExchange:
         clock: Callable[[], float] = time.monotonic,
         on_landed: Callable[[npt.NDArray[np.int64], npt.NDArray[np.float64],
                              npt.NDArray[np.float32]], None] | None = None,
+        halo: int = 0,
     ) -> None:
         checks = {"scan_serial": (scan_serial, 0), "rows": (rows, 1), "cols": (cols, 1),
                   "projections": (projections, 0), "max_in_flight_bytes":
-                  (max_in_flight_bytes, 0)}
+                  (max_in_flight_bytes, 0), "halo": (halo, 0)}
         if frames is not None:
             checks["frames"] = (frames, 0)
         if first_index is not None:
@@ -368,7 +386,12 @@ class BandExchange:
         self.send_timeout_s = send_timeout_s
         self.clock = clock
         self.tag = tag_for(scan_serial)
-        self.bands = row_bands(rows, self.size)
+        #: This rank's own rows (what it reconstructs and writes).
+        self.own_rows = row_bands(rows, self.size)[self.rank]
+        self.halo = halo
+        #: The rows each rank receives: its own, widened by ``halo`` (sent from every
+        #: frame, so a band narrower than the halo still gets every neighbour row).
+        self.bands = overlapping_bands(rows, self.size, halo)
         self.band_rows = self.bands[self.rank]
         self._sinograms = SinogramBand(self.band_rows, cols, projections, frames, first_index,
                                        on_landed=on_landed)

@@ -45,6 +45,7 @@ from streamer.exchange.reslice import (
     IncomingArray,
     PartsLink,
     Pending,
+    overlapping_bands,
     row_bands,
 )
 
@@ -102,7 +103,7 @@ class TransposeResult:
 def transpose(
     link: PartsLink, data: npt.NDArray[np.float32] | None, shape: Shape, *, serial: int,
     number: int, timeout_s: float, clock: Callable[[], float] = time.monotonic,
-    on_idle: Callable[[], object] | None = None,
+    on_idle: Callable[[], object] | None = None, halo: int = 0,
 ) -> TransposeResult:
     """Reslice ``data`` (``(own0, total1, cols)``, this rank's range of axis 0) into this
     rank's range of axis 1 (``(own1, total0, cols)``) on every rank of ``link``.
@@ -113,24 +114,30 @@ def transpose(
     scan's 2nd, 3rd … reslice: the first is the band exchange's) and ``serial`` must be
     the same on every rank; a message of another scan is drained and dropped.
     ``on_idle`` is called between polls (the caller serves its control link there).
+    ``halo``: each rank gets ``halo`` entries of axis 1 more on each side of its range
+    (clipped; :func:`~streamer.exchange.reslice.overlapping_bands`), for a next section
+    whose kernels reach across its block axis (ADR 0019's addendum): the output is then
+    ``(widened own1, total0, cols)``; every rank must pass the same value.
     Raises :class:`ExchangeError` for a malformed or mismatched message, or when a rank
     has not finished after ``timeout_s``.
     """
-    exchange = _Transpose(link, data, shape, serial=serial, number=number, clock=clock)
+    exchange = _Transpose(link, data, shape, serial=serial, number=number, clock=clock,
+                          halo=halo)
     return exchange.run(timeout_s, on_idle)
 
 
 class _Transpose:
     def __init__(self, link: PartsLink, data: npt.NDArray[np.float32] | None, shape: Shape,
-                 *, serial: int, number: int, clock: Callable[[], float]) -> None:
+                 *, serial: int, number: int, clock: Callable[[], float],
+                 halo: int = 0) -> None:
         self.link, self.shape, self.serial, self.number = link, shape, serial, number
         self.rank, self.size = link.rank, link.size
         self.clock = clock
         self.tag = transpose_tag(number)
         self.parts0 = row_bands(shape.total0, self.size) if shape.total0 else \
             ((0, 0),) * self.size
-        self.parts1 = row_bands(shape.total1, self.size) if shape.total1 else \
-            ((0, 0),) * self.size
+        self.parts1 = overlapping_bands(shape.total1, self.size, halo) if shape.total1 \
+            else ((0, 0),) * self.size
         first0, stop0 = self.parts0[self.rank]
         first1, stop1 = self.parts1[self.rank]
         self.data = data

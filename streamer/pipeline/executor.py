@@ -57,7 +57,9 @@ from streamer.pipeline.halo import (
     counted_apart,
     keep_block,
     keep_saved,
+    run_on_band,
     section_halo,
+    split_at_halo,
     window,
 )
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
@@ -314,6 +316,7 @@ class ScanProcessor:
         | None = None,
         on_center: Callable[[float, str], None] | None = None,
         on_iteration: Callable[[BandIteration], None] | None = None,
+        defer_halo: bool = False,
     ) -> None:
         if block_frames < 1 or block_sinograms < 1:
             raise StageError(
@@ -325,6 +328,12 @@ class ScanProcessor:
         #: with a reslice between each two (in memory, on this rank).
         self.sections = sections_of(steps)
         self.projection_steps = self.sections[0].steps
+        #: R ranks (``defer_halo``): the projection section's steps from its first halo
+        #: step on, which the runner runs after the reslice on its widened band
+        #: (:meth:`run_band_steps`, ADR 0019's addendum); the frames get the head only.
+        self.band_steps: tuple[PipelineStep, ...] = ()
+        if defer_halo:
+            self.projection_steps, self.band_steps = split_at_halo(self.projection_steps)
         self.later_sections: tuple[Section, ...] = self.sections[1:]
         self.sinogram_steps = self.later_sections[0].steps if self.later_sections else ()
         self.start = start
@@ -535,7 +544,8 @@ class ScanProcessor:
         has a ``data_reducer`` (:attr:`StageSpec.reduces_references`); sets the flats'
         frame indices the correction steps get."""
         self._flat_indices = np.array(sorted(self._flats), dtype=np.int64)
-        needs = any(step.spec.needs_references for step in self.projection_steps)
+        section = self.sections[0].steps  # the head and the band steps alike
+        needs = any(step.spec.needs_references for step in section)
         if needs and self.start.normalisation == "flat_dark" and not self._flats:
             raise StageError(
                 f"scan {self.start.scan!r}: no flat frame arrived, so flat/dark "
@@ -545,7 +555,7 @@ class ScanProcessor:
         empty = np.empty((0, *self.frame_shape), dtype=np.float32)
         darks = np.stack([self._darks[i] for i in sorted(self._darks)]) if self._darks else empty
         flats = np.stack([self._flats[i] for i in sorted(self._flats)]) if self._flats else empty
-        for step in self.projection_steps:  # data_reducer: once per scan, in order
+        for step in section:  # data_reducer: once per scan, in order
             reduce = step.spec.reduces_references
             if reduce is not None:
                 darks, flats = reduce(darks, step.params), reduce(flats, step.params)
@@ -589,8 +599,9 @@ class ScanProcessor:
                                self.start.projections, angles, by_frame=True),
                                wide, angles_along=True))
         data = keep_block(data, wide, "projection section")
-        data, count = repair_nonfinite(data)
-        self.repairs.add(NONFINITE_CORRECTED, count)
+        if not self.band_steps:  # else after them (run_band_steps), as on one rank
+            data, count = repair_nonfinite(data)
+            self.repairs.add(NONFINITE_CORRECTED, count)
         self.repairs.pixels += data.size
         self.projections_done += len(indices)
         processed = ProcessedBlock(Pattern.PROJECTION, np.array(indices, dtype=np.int64),
@@ -610,6 +621,34 @@ class ScanProcessor:
             self.band.store(slots, data)
             if self.streaming is not None:
                 self.streaming.add(processed)
+
+    def run_band_steps(self, sinograms: npt.NDArray[np.float32], rows: tuple[int, int],
+                       indices: npt.NDArray[np.int64]) -> None:
+        """R ranks: :attr:`band_steps` on this rank's widened band ``(rows, angles, cols)``
+        of detector rows ``rows`` (every projection of them, frame ``indices``), in place,
+        in blocks of frames with their real neighbours (the references cut to those
+        rows); then NaN/inf repaired and counted as after the projection section."""
+        if not self.band_steps or sinograms.shape[0] == 0 or sinograms.shape[1] == 0:
+            return  # no steps, an empty band (more ranks than rows), no projection
+        if self._references is None:
+            self._references = self._stack_references()
+        darks, flats = self._references
+        low, high = rows
+        darks, flats = darks[:, low:high], flats[:, low:high]
+        numbers = self._projection_numbers([int(i) for i in indices])
+
+        def apply(frames: slice, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            return apply_steps(self.band_steps, block, darks=darks, flats=flats,
+                               transfers=self.transfers,
+                               device_references=self._device_references,
+                               frame_indices=indices[frames], flat_indices=self._flat_indices,
+                               projection_indices=numbers[frames], repairs=self.repairs)
+
+        run_on_band(sinograms, self.block_frames, section_halo(self.band_steps), apply)
+        repaired, count = repair_nonfinite(sinograms)
+        self.repairs.add(NONFINITE_CORRECTED, count)
+        if repaired is not sinograms:
+            sinograms[...] = repaired
 
     def _saver(
         self, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,

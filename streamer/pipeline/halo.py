@@ -20,6 +20,19 @@ values it repairs (``counts_repairs``; each acts entry by entry) runs on the blo
 entries apart from the halo entries, whose repairs are not counted there
 (:func:`counted_apart`): they are counted when those entries are a block of their own, so
 the counts do not depend on the block size either.
+
+**R ranks** (ADR 0019's addendum). A rank's projections are dealt blocks, not contiguous
+in angle, and its band of rows has no rows of its neighbours. So the reslice delivers
+*overlapping* bands (:func:`ranks_halo` rows more on each side,
+:func:`streamer.exchange.reslice.overlapping_bands`): the projection-section steps from
+the first halo step on (:func:`split_at_halo`) run *after* the reslice, on the widened
+band seen as ``(angles, rows, cols)``, where every angle of those rows is at hand
+(:func:`run_on_band`); the sinogram section then runs its row windows on the widened band
+and keeps the rank's own rows. A step in that tail must not reach across rows further
+than the halo accounts for: a halo step reaches no further across rows than along its
+block axis (every declared kernel), a step of :data:`ROW_LOCAL` not at all; any other
+step there (a Paganin filter, a distortion correction: whole frames) and a step that
+changes the geometry are refused on R ranks (:func:`band_tail_refusal`).
 """
 
 from __future__ import annotations
@@ -32,16 +45,27 @@ import numpy.typing as npt
 
 from stages.backends.xp import array_module
 from stages.prep.repair import RepairCounts
+from stages.spec import Pattern
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
-__all__ = ["WITHOUT_NEIGHBOURS", "Window", "counted_apart", "keep_block", "keep_saved",
-           "section_halo", "window", "without_neighbours_line"]
+__all__ = ["ROW_LOCAL", "WITHOUT_NEIGHBOURS", "Window", "band_tail_refusal", "counted_apart",
+           "keep_block", "keep_saved", "local_window", "ranks_halo", "run_on_band",
+           "section_halo", "split_at_halo", "window", "without_neighbours_line"]
 
 #: The run report's entry (and ``scan_end``'s field): projections corrected before all
 #: their halo neighbours had arrived (:attr:`ScanProcessor.corrected_without_neighbours`,
 #: summed over the ranks).
 WITHOUT_NEIGHBOURS: Final = "corrected_without_neighbours"
+
+#: Projection-section stages whose output pixel depends only on pixels of its own
+#: detector row (element-wise maths, flat/dark corrections, repairs along the row), so
+#: they run on a band of rows as on whole frames: they may follow a halo step on R ranks.
+ROW_LOCAL: frozenset[str] = frozenset({
+    "dark_flat_field_correction", "normalize", "normalize_interpolated", "normalize_nf",
+    "minus_log", "remove_nan", "remove_neg", "data_checker", "data_reducer",
+    "median_filter_nonfinite",
+})
 
 
 def section_halo(steps: Iterable[PipelineStep]) -> int:
@@ -68,6 +92,14 @@ class Window:
 def window(first: int, last: int, total: int, halo: int) -> Window:
     """The block ``[first, last)`` widened by ``halo`` on each side, within ``[0, total)``."""
     return Window(first, last, max(0, first - halo), min(total, last + halo))
+
+
+def local_window(first: int, last: int, halo: int, low: int, high: int) -> Window:
+    """The haloed window of the block ``[first, last)`` within the entries ``[low, high)``
+    a rank holds (its own and its overlap; the scan's ends are where the overlap stops),
+    counted from ``low``: where to cut the rank's array."""
+    where = window(first, last, high, halo)
+    return Window(first - low, last - low, max(where.low, low) - low, where.high - low)
 
 
 def keep_block(data: npt.NDArray[Any], where: Window, what: str) -> npt.NDArray[Any]:
@@ -131,3 +163,78 @@ def without_neighbours_line(count: int) -> str:
     neighbours (a frame lost, or later than two blocks)."""
     return (f"{count} projections corrected before all their neighbours had arrived (a "
             "frame lost or late): the kernels across frames saw the frames at hand")
+
+
+def split_at_halo(
+    steps: tuple[PipelineStep, ...],
+) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
+    """A projection section cut before its first halo step: the head (runs on the frames
+    a rank is dealt) and the tail (runs after the reslice on R ranks; empty without a
+    halo step)."""
+    for number, step in enumerate(steps):
+        if step.spec.reach(step.params):
+            return steps[:number], steps[number:]
+    return steps, ()
+
+
+def ranks_halo(sections: tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]) -> int:
+    """Rows of overlap each rank's band needs on each side on R ranks: the halos of the
+    projection section's tail (their row reach is bounded by their halo) plus those of
+    the sinogram section (``sections``: the projection and sinogram sections)."""
+    projection, sinogram = sections
+    return section_halo(split_at_halo(projection)[1]) + section_halo(
+        s for s in sinogram if s.spec.finds_center is None)
+
+
+def band_tail_refusal(projection: tuple[PipelineStep, ...]) -> str | None:
+    """Why the projection section's tail cannot run on a band of rows (one line, naming
+    the step), or None."""
+    tail = split_at_halo(projection)[1]
+    if not tail:
+        return None
+    first = tail[0]
+    for step in tail:
+        if step.spec.geometry is not None:
+            return (f"stage {step.name!r} ({step.where}): it changes the projections' "
+                    f"geometry after the halo step {first.name!r}, which R ranks run on "
+                    "their band of rows after the reslice (ADR 0019): move it before "
+                    f"{first.name!r} or run on one rank")
+        if step.spec.reach(step.params) or step.name in ROW_LOCAL:
+            continue
+        if step.spec.pattern is Pattern.ALL and step.spec.is_angle_local(step.params):
+            continue  # element-wise maths (a cubic kernel declares its halo)
+        return (f"stage {step.name!r} ({step.where}): after the halo step {first.name!r}, "
+                "R ranks run it on their band of rows (every angle of a few rows), and it "
+                "is not a row-by-row step (it needs whole frames or changes their shape; "
+                "ADR 0019): move it before "
+                f"{first.name!r}, to the sinogram section, or run on one rank")
+    return None
+
+
+def run_on_band(
+    sinograms: npt.NDArray[np.float32], block_frames: int, halo: int,
+    apply: Callable[[slice, npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+) -> None:
+    """Run a projection tail on a band ``(rows, angles, cols)`` in place, in blocks of
+    frames with ``halo`` real neighbours each (every angle is at hand): ``apply(frames,
+    data)`` gets the window's frames (a slice of the angles) as ``(angles, rows, cols)``
+    and returns them transformed, same shape. A block's output is written back only once
+    the next window (which reads its last ``halo`` frames) has been read, so every window
+    sees the input."""
+    count = sinograms.shape[1]
+    size = max(block_frames, halo, 1)
+    pending: tuple[int, int, npt.NDArray[np.float32]] | None = None
+    for first in range(0, count, size):
+        last = min(first + size, count)
+        where = window(first, last, count, halo)
+        block = np.ascontiguousarray(sinograms[:, where.low:where.high].transpose(1, 0, 2))
+        out = apply(slice(where.low, where.high), block)
+        if out.shape != block.shape:
+            raise StageError(
+                f"projection section on a band: a step after a halo step must keep the "
+                f"block's shape; expected {block.shape}, got {out.shape}")
+        if pending is not None:
+            sinograms[:, pending[0]:pending[1]] = pending[2].transpose(1, 0, 2)
+        pending = (first, last, out[where.inner])
+    if pending is not None:
+        sinograms[:, pending[0]:pending[1]] = pending[2].transpose(1, 0, 2)

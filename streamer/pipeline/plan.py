@@ -1,8 +1,9 @@
 """Block sizes from a memory budget, per section of a pipeline (no data needed).
 
 What a scan holds for its whole duration is counted first (:func:`plan_scan`): the
-corrected scan in sinogram layout (every row on one rank, the band on each of R ranks)
-and the darks and flats as float32. The blocks are planned in what that leaves of the
+corrected scan in sinogram layout (every row on one rank, the band on each of R ranks,
+with its overlap when steps reach across rows: :func:`rank_band_rows`) and the darks and
+flats as float32. The blocks are planned in what that leaves of the
 budget; a scan whose held part alone exceeds the budget is refused at its ``start``, with
 the figures, before any frame is held.
 
@@ -263,6 +264,14 @@ class ScanMemory:
         return (f"memory {self.total / mib:,.1f} MiB of {self.budget / mib:,.1f} MiB: "
                 f"sinogram buffer {self.sinogram_buffer / mib:,.1f} + references "
                 f"{self.references / mib:,.1f} + largest block {self.blocks / mib:,.1f}")
+
+
+def rank_band_rows(rows: int, ranks: int, halo: int) -> int:
+    """The most detector rows one of ``ranks`` ranks holds in its band: its share of
+    ``rows`` plus the ``halo`` rows of overlap on each side that steps reaching across
+    rows need (:func:`~streamer.pipeline.halo.ranks_halo`, ADR 0019's addendum),
+    within the detector."""
+    return min(rows, -(-rows // max(ranks, 1)) + 2 * halo)
 
 
 def plan_scan(

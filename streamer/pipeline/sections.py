@@ -21,10 +21,12 @@ other than the slices' (each rank writes the images of its own band:
 part per rank and a virtual file over them, ADR 0022); only ``recon`` writes it
 (:func:`refuse_save_result`).
 
-:func:`refuse_on_ranks` also refuses a step whose kernel reaches across the block axis
-(:attr:`stages.spec.StageSpec.halo`): a rank's frames are dealt blocks, not contiguous
-in angle, and its band has no rows of its neighbours, so the result would depend on the
-rank count (ADR 0019); one rank gives every block its real neighbours.
+:func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
+(:attr:`stages.spec.StageSpec.halo`, ADR 0019 and its addendum): overlapping bands serve
+the projection section from its first halo step on (run after the reslice on the band)
+and every later section (the later reslices overlap too); refused is a step after that
+first halo step that needs whole frames or changes the geometry
+(:func:`~streamer.pipeline.halo.band_tail_refusal`).
 
 :func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
 at its start), a step that changes the number of detector rows where the runners do not
@@ -48,8 +50,10 @@ from dataclasses import dataclass
 from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.halo import band_tail_refusal
 
-__all__ = ["Section", "beyond_one_band", "refuse_on_ranks", "refuse_row_change",
+__all__ = ["Section", "beyond_one_band", "halo_refusal_on_ranks", "refuse_on_ranks",
+           "refuse_row_change",
            "refuse_save_result", "sections_of", "split_sections"]
 
 
@@ -159,11 +163,12 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
             f"stage 'save_to_images' ({saver.where}): axis {axis!r} cuts across every "
             "rank's band of slices; several ranks write images along the slices only: "
             "expected axis: auto or 1, or run on one rank")
-    for step in steps:
-        halo = step.spec.reach(step.params)
-        if halo and step.spec.finds_center is None:
-            raise ConfigError(
-                f"stage {step.name!r} ({step.where}): its kernel reaches {halo} "
-                f"{'frame' if step.spec.pattern is Pattern.PROJECTION else 'frame/row'}(s) "
-                "across the block axis, and R ranks do not yet give a block its neighbours "
-                "on other ranks (ADR 0019): run it on one rank (`recon`, or --ranks 1)")
+    refusal = halo_refusal_on_ranks(steps)
+    if refusal is not None:
+        raise ConfigError(refusal)
+
+
+def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
+    """Why R ranks cannot give a step of ``steps`` its real neighbours (one line naming
+    the step; ``check`` prints it as a note, the runners refuse with it), or None."""
+    return band_tail_refusal(sections_of(steps)[0].steps)

@@ -25,6 +25,12 @@ own output (a rank without angles runs the steps on no frames), the reslice back
 the bands from it, and the runner writes that many slices. Memory per rank: its band and
 its range of angles (about two ``1/R`` of the scan, each as large as the layout it
 holds).
+
+A section whose steps reach across its block axis (a 3-D median; ADR 0019 and its
+addendum) gets its real neighbours from the reslice before it: ``transpose(halo=h)``
+widens each rank's range by the section's halo, the section runs each block's window
+there and keeps the rank's own entries (the first section: the band exchange's
+overlapping band, ``widened``).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import numpy.typing as npt
 from stages.backends.device_queue import StreamDevice
 from stages.spec import Geometry, Pattern
 from streamer.errors import StageError, StreamerError
-from streamer.exchange.reslice import Band, PartsLink, row_bands
+from streamer.exchange.reslice import Band, PartsLink, overlapping_bands, row_bands
 from streamer.exchange.transpose import Shape, TransposeResult, transpose
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import band_outputs
@@ -51,6 +57,7 @@ from streamer.pipeline.executor import (
     fill_sections,
     section_angles,
 )
+from streamer.pipeline.halo import keep_block, keep_saved, local_window, section_halo
 from streamer.pipeline.sections import sections_of
 
 __all__ = ["LastSection", "SectionTools", "filled_later_sections", "run_later_sections"]
@@ -88,6 +95,9 @@ class SectionTools:
     moved: list[TransposeResult] = field(default_factory=list)
     #: Where the outputs of ``save_result`` steps go (``recon``: this rank's parts).
     on_result: ResultHook | None = None
+    #: The last section's widened band (its rows and their overlap), when its steps
+    #: reach across rows (ADR 0019's addendum); empty: no halo there.
+    widened: list[Band] = field(default_factory=list)
 
 
 def filled_later_sections(
@@ -110,7 +120,7 @@ def filled_later_sections(
 def run_later_sections(
     link: PartsLink, band: Band | None, sections: list[tuple[Pattern, tuple[PipelineStep, ...]]],
     *, rows: int, serial: int, tools: SectionTools, timeout_s: float,
-    on_idle: Callable[[], object] | None = None,
+    on_idle: Callable[[], object] | None = None, widened: Band | None = None,
 ) -> tuple[Band, tuple[PipelineStep, ...], int]:
     """Run every section but the last on this rank's part, reslicing between them, and
     return the band and steps of the last one, and the rows the bands are cut from (a
@@ -119,22 +129,30 @@ def run_later_sections(
     ``band`` is None when this rank's part failed already: it still takes part in the
     first reslice (as failed), then every rank raises :class:`StreamerError` naming the
     failed ranks. ``rows`` is the scan's detector rows (every rank's band is cut from
-    them)."""
+    them). A section whose steps reach across its block axis (ADR 0019) runs on this
+    rank's part widened by its halo: ``widened`` (the band exchange's overlapping band)
+    for the first, the reslice before it (``transpose(halo=...)``) for the others; each
+    block keeps its own entries. The last section's widened band goes to
+    :attr:`SectionTools.widened`."""
     ranks, rank = link.size, link.rank
     error: StreamerError | None = None
     data = None if band is None else band.sinograms
     angles = np.zeros(0) if band is None else band.angles_deg
+    own = (0, 0) if band is None else band.rows  # this rank's entries of axis 0
+    low = own[0]  # the axis-0 entry of data[0] (before own[0] with an overlap)
+    total = rows  # entries of axis 0 in the scan (rows, then angles, …)
+    if band is not None and widened is not None and sections \
+            and section_halo(sections[0][1]):
+        data, low = widened.sinograms, widened.rows[0]
     number = 1  # the band exchange was the first reslice
-    for pattern, steps in sections[:-1]:
+    for position, (pattern, steps) in enumerate(sections[:-1]):
         if data is not None:
+            part = _Part(low, own, total)
             try:
                 if pattern is Pattern.SINOGRAM:
-                    data, angles = _sinogram_section(steps, data, angles, tools,
-                                                     first_row=row_bands(rows, ranks)[rank][0],
-                                                     rows=rows)
+                    data, angles = _sinogram_section(steps, data, angles, tools, part)
                 else:
-                    data = _projection_section(steps, data, angles, rank=rank, ranks=ranks,
-                                                tools=tools)
+                    data = _projection_section(steps, data, angles, tools, part)
                     rows = int(data.shape[1])  # binned or cropped: the bands follow
             except StreamerError as failure:
                 error, data = failure, None
@@ -144,8 +162,9 @@ def run_later_sections(
             error, data = StreamerError(f"{stopped} before reslice {number}"), None
         # bands → ranges of angles after a sinogram section, back after a projection one
         shape = _shape(data, rows, angles, rows_first=pattern is Pattern.SINOGRAM)
+        halo = section_halo(sections[position + 1][1])  # the next section's overlap
         result = transpose(link, data, shape, serial=serial, number=number,
-                           timeout_s=timeout_s, on_idle=on_idle)
+                           timeout_s=timeout_s, on_idle=on_idle, halo=halo)
         tools.moved.append(result)
         if result.failed_ranks:
             if error is not None:
@@ -155,12 +174,36 @@ def run_later_sections(
                                 "(see their errors): this band's later sections need every "
                                 "rank's part")
         data = result.data
+        total = shape.total1
+        own = row_bands(total, ranks)[rank] if total else (0, 0)
+        low = overlapping_bands(total, ranks, halo)[rank][0] if total else 0
     if data is None or band is None:  # no later reslice: this rank's own failure
         raise error or StreamerError("this rank's part failed before its later sections")
     first, stop = row_bands(rows, ranks)[rank]
-    last = Band((first, stop), band.indices, angles, data, band.received, band.duplicates,
+    inner = data[first - low:stop - low]
+    last = Band((first, stop), band.indices, angles, inner, band.received, band.duplicates,
                 dict(band.rejected), band.other_scan)
+    if inner.shape[0] != data.shape[0]:
+        tools.widened.append(Band((low, low + int(data.shape[0])), band.indices, angles,
+                                  data, band.received, band.duplicates, dict(band.rejected),
+                                  band.other_scan))
     return last, sections[-1][1], rows
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Where this rank's array lies along axis 0: it starts at entry ``low`` and holds
+    its own entries ``own`` (and, around them, the overlap), of ``total``."""
+
+    low: int
+    own: tuple[int, int]
+    total: int
+
+    def window(self, first: int, last: int, halo: int, held: int) -> Any:
+        """The haloed window of own-relative block ``[first, last)`` in the array
+        (``held`` entries)."""
+        start = self.own[0]
+        return local_window(start + first, start + last, halo, self.low, self.low + held)
 
 
 def _shape(data: npt.NDArray[np.float32] | None, rows: int,
@@ -178,11 +221,14 @@ def _shape(data: npt.NDArray[np.float32] | None, rows: int,
 
 def _sinogram_section(
     steps: tuple[PipelineStep, ...], sinograms: npt.NDArray[np.float32],
-    angles: npt.NDArray[np.float64], tools: SectionTools, *, first_row: int, rows: int,
+    angles: npt.NDArray[np.float64], tools: SectionTools, part: _Part,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``, from row
-    ``first_row`` of ``rows``); the angles after them."""
-    band_rows, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
+    """``steps`` on blocks of this rank's band (``(band rows, angles, cols)``, with its
+    overlap where ``part`` says), each with its real neighbour rows; the own rows out
+    and the angles after them."""
+    held, cols = int(sinograms.shape[0]), int(sinograms.shape[2])
+    band_rows = part.own[1] - part.own[0]
+    halo = section_halo(steps)
     out_angles = section_angles(steps, angles, cols)
     width = _width_after(steps, angles, cols)
     gathered = np.empty((band_rows, out_angles.size, width), np.float32)
@@ -190,15 +236,21 @@ def _sinogram_section(
              for first in range(0, band_rows, tools.block_sinograms)]
 
     def run(block: Any, first: int, last: int, *, queued: bool) -> Any:
-        places = np.arange(first_row + first, first_row + last, dtype=np.int64)
-        return apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
-                           angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
-                           keep_on_device=queued,
-                           on_result=bind_result(tools.on_result, Pattern.SINOGRAM, places,
-                                                 rows, None))
+        where = part.window(first, last, halo, held)
+        places = np.arange(part.own[0] + first, part.own[0] + last, dtype=np.int64)
+        saved = bind_result(tools.on_result, Pattern.SINOGRAM, places, part.total, None)
+        out = apply_steps(steps, block, darks=None, flats=None, transfers=tools.transfers,
+                          angles_deg=angles, repairs=tools.repairs, caches=tools.caches,
+                          keep_on_device=queued, own=where,
+                          on_result=keep_saved(saved, where, angles_along=False))
+        return keep_block(out, where, "sinogram section")
 
-    outputs = band_outputs(steps, spans, lambda first, last: sinograms[first:last], run,
-                           device=tools.device, transfers=tools.transfers)
+    def haloed(first: int, last: int) -> npt.NDArray[np.float32]:
+        where = part.window(first, last, halo, held)
+        return sinograms[where.low:where.high]
+
+    outputs = band_outputs(steps, spans, haloed, run, device=tools.device,
+                           transfers=tools.transfers)
     for (first, last), block in zip(spans, outputs, strict=True):
         if block.shape[1:] != gathered.shape[1:]:
             raise StageError(f"sinogram section [{', '.join(s.name for s in steps)}]: "
@@ -219,31 +271,38 @@ def _width_after(steps: tuple[PipelineStep, ...], angles: npt.NDArray[np.float64
 
 def _projection_section(
     steps: tuple[PipelineStep, ...], projections: npt.NDArray[np.float32],
-    angles: npt.NDArray[np.float64], *, rank: int, ranks: int, tools: SectionTools,
+    angles: npt.NDArray[np.float64], tools: SectionTools, part: _Part,
 ) -> npt.NDArray[np.float32]:
-    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``).
-    A step may change the rows or the width (binning, cropping): every block must give
-    the first one's shape. A rank without angles runs the steps on no frames, so that
-    it knows the shape the others reslice."""
-    first = row_bands(angles.size, ranks)[rank][0] if angles.size else 0
-    count = int(projections.shape[0])
-    out: npt.NDArray[np.float32] | None = None
+    """``steps`` on blocks of this rank's projections (``(own angles, rows, cols)``,
+    with its overlap where ``part`` says), each with its real neighbour frames; the own
+    frames out. A step may change the rows or the width (binning, cropping): every block
+    must give the first one's shape. A rank without angles runs the steps on no frames,
+    so that it knows the shape the others reslice."""
+    held = int(projections.shape[0])
+    count = part.own[1] - part.own[0]
+    halo = section_halo(steps)
     if count == 0:  # (more ranks than angles)
         return apply_steps(steps, projections[:0], darks=None, flats=None,
                            transfers=tools.transfers, angles_deg=angles[:0],
                            projection_indices=np.zeros(0, np.int64), repairs=tools.repairs,
                            caches=tools.caches)
+    out: npt.NDArray[np.float32] | None = None
     for begin in range(0, count, tools.block_frames):
         end = min(begin + tools.block_frames, count)
-        places = np.arange(first + begin, first + end, dtype=np.int64)
-        block = apply_steps(steps, projections[begin:end], darks=None, flats=None,
-                            transfers=tools.transfers,
-                            angles_deg=angles[first + begin:first + end],
-                            projection_indices=places, repairs=tools.repairs,
-                            caches=tools.caches,
-                            on_result=bind_result(tools.on_result, Pattern.PROJECTION,
-                                                  places, int(angles.size),
-                                                  angles[first + begin:first + end]))
+        where = part.window(begin, end, halo, held)
+        low, high = part.low + where.low, part.low + where.high  # in the scan's angles
+        first, last = part.own[0] + begin, part.own[0] + end  # the block's own angles
+        places = np.arange(first, last, dtype=np.int64)
+        saved = bind_result(tools.on_result, Pattern.PROJECTION, places, int(angles.size),
+                            angles[first:last])
+        block = apply_steps(steps, projections[where.low:where.high], darks=None,
+                            flats=None, transfers=tools.transfers,
+                            angles_deg=angles[low:high],
+                            projection_indices=np.arange(low, high, dtype=np.int64),
+                            repairs=tools.repairs, caches=tools.caches, own=where,
+                            angles_along=True,
+                            on_result=keep_saved(saved, where, angles_along=True))
+        block = keep_block(block, where, "projection section")
         if out is None:
             out = np.empty((count, *block.shape[1:]), np.float32)
         if block.shape[1:] != out.shape[1:]:

@@ -97,10 +97,12 @@ from streamer.pipeline.executor import (
 )
 from streamer.pipeline.halo import (
     WITHOUT_NEIGHBOURS,
+    Window,
     keep_block,
     keep_saved,
+    local_window,
+    ranks_halo,
     section_halo,
-    window,
     without_neighbours_line,
 )
 from streamer.pipeline.images import (
@@ -115,7 +117,7 @@ from streamer.pipeline.images import (
 )
 from streamer.pipeline.intermediate import IntermediateResults
 from streamer.pipeline.iterations import BandIteration
-from streamer.pipeline.plan import default_budget_bytes, plan_scan
+from streamer.pipeline.plan import default_budget_bytes, plan_scan, rank_band_rows
 from streamer.pipeline.sections import (
     beyond_one_band,
     refuse_on_ranks,
@@ -269,6 +271,9 @@ class _ScanState:
     def rows(self) -> int:
         """The volume's slices: every rank's band is cut from them."""
         return self.volume_rows or self.start.rows
+    #: R ranks with a halo (ADR 0019): the widened band the exchange delivered (own rows
+    #: and their neighbours), after the projection section's tail; None: no halo.
+    widened: Band | None = None
 
 
 @dataclass
@@ -401,9 +406,16 @@ class RankedReconstruction:
         #: R ranks: the same pipelines run their later sections on the bands, resliced
         #: again between them (:mod:`streamer.run.later_sections`).
         self._later = self.control.size > 1 and beyond_one_band(self.steps)
+        #: R ranks: rows of overlap between the bands, for steps whose kernels reach
+        #: across the block axis after the reslice (ADR 0019's addendum); 0: none.
+        self._halo = 0
+        if self.control.size > 1:
+            found = sections_of(self.steps)
+            self._halo = ranks_halo((found[0].steps, found[1].steps if len(found) > 1
+                                     else ()))
         self._tail = image_tail(self.steps)
         #: Projection blocks need halo neighbours: the report counts those without.
-        self._halo = section_halo(sections_of(self.steps)[0].steps) > 0
+        self._frames_halo = section_halo(sections_of(self.steps)[0].steps) > 0
 
     # --- ingest hooks ----------------------------------------------------------------
 
@@ -576,7 +588,8 @@ class RankedReconstruction:
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=-(-start.rows // ranks), device_bytes=self.device_bytes,
+                band_rows=rank_band_rows(start.rows, ranks, self._halo),
+                device_bytes=self.device_bytes,
             )
             owner = None if self._whole_scan else self._center_owner(start)
         except StreamerError as error:
@@ -600,6 +613,13 @@ class RankedReconstruction:
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
         streaming = None if self._whole_scan or self._later else self._plan_streaming(
             start, admitted.block_sinograms, admitted.memory_left)
+        if streaming is not None and self._halo:
+            # the pieces landing are the widened band, and the steps before the
+            # reconstructor reach across the bands: the band is reconstructed at close
+            streaming = None
+            if self.log is not None and self.control.rank == 0:
+                self.log(f"scan {start.scan}: reconstruction at close: steps reach "
+                         f"{self._halo} rows across the bands (ADR 0019)")
         exchange: BandExchange | None = None
         observer = self.observer
         iterations = ScanIterations(
@@ -626,7 +646,7 @@ class RankedReconstruction:
             exchange = BandExchange(
                 self.band_link, scan_serial=serial, rows=start.rows, cols=start.cols,
                 projections=start.projections, frames=start.frames,
-                first_index=start.darks + start.flats,
+                first_index=start.darks + start.flats, halo=self._halo,
                 on_landed=None if streaming is None else _feeding(streaming))
             sending = exchange
 
@@ -638,7 +658,7 @@ class RankedReconstruction:
             processor = ScanProcessor(
                 self.steps, start, block_frames=admitted.block_frames,
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
-                keep_sinogram_section=False, on_iteration=iterations.own,
+                keep_sinogram_section=False, on_iteration=iterations.own, defer_halo=True,
             )
             if self.results is not None:  # this rank's frames into its parts
                 processor.on_result = self.results.add
@@ -837,10 +857,14 @@ class RankedReconstruction:
                              device=processor.queue_device,
                              on_result=None if self.results is None else self.results.add)
         scan.later_moved = tools.moved  # filled as the transposes run
-        return run_later_sections(
+        last = run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
             rows=scan.start.rows, serial=scan.serial, tools=tools,
-            timeout_s=self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+            timeout_s=self.exchange_timeout_s, on_idle=lambda: self._serve(scan),
+            widened=scan.widened)
+        # the last section's rows with their overlap, for its row windows (ADR 0019)
+        scan.widened = tools.widened[-1] if tools.widened else None
+        return last
 
     def _write_whole_scan(self, scan: _ScanState, master: Path,
                           viewer: float | None) -> PartWritten:
@@ -940,7 +964,10 @@ class RankedReconstruction:
         exchange = scan.exchange
         if exchange is not None:
             exchange.finish_sending()
-            return exchange.wait(self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+            band = exchange.wait(self.exchange_timeout_s, on_idle=lambda: self._serve(scan))
+            if not exchange.halo and not scan.processor.band_steps:
+                return band
+            return self._own_rows(scan, band, exchange.own_rows)
         kept = scan.processor.band
         if kept is None:
             cols = scan.start.cols
@@ -950,6 +977,22 @@ class RankedReconstruction:
         return Band((0, kept.height), assembled.indices, assembled.angles_deg,
                     assembled.sinograms, kept.received, kept.duplicates, dict(kept.rejected),
                     0)
+
+    def _own_rows(self, scan: _ScanState, band: Band, own: tuple[int, int]) -> Band:
+        """R ranks with a halo: the projection section's tail run on the widened band
+        (every angle of its rows; a failed scan skips it, its band is not used), kept as
+        :attr:`_ScanState.widened` for the sinogram section's row windows; the band of
+        this rank's own rows (a view) for everything else."""
+        if scan.widened is None:
+            if scan.failure is None:
+                try:
+                    scan.processor.run_band_steps(band.sinograms, band.rows, band.indices)
+                except StreamerError as error:
+                    scan.failure = str(error)
+                    self.last_error = self.last_error or error
+            scan.widened = band
+        inner = slice(own[0] - band.rows[0], own[1] - band.rows[0])
+        return replace(band, rows=own, sinograms=band.sinograms[inner])
 
     def _prepare_close(self, scan: _ScanState) -> None:
         """Settle the references and correct the last projections (once): a stage that
@@ -1275,16 +1318,22 @@ class RankedReconstruction:
         spans = [(begin, min(begin + block, last - first))
                  for begin in range(0, last - first, block)]
         # real neighbour rows for kernels across rows (ADR 0019; one rank: the band is
-        # every row, R ranks refuse such steps)
+        # every row; R ranks: the widened band the exchange delivered holds them)
         halo = section_halo(steps)
         total_rows = scan.rows  # every band is cut from them
+        # (after later sections: the last one's, set by _run_later)
+        widened = scan.widened if scan.widened is not None and halo else band
+        low, high = widened.rows  # rows of the band's array (own rows: first, last)
+
+        def window_of(begin: int, end: int) -> Window:
+            return local_window(first + begin, first + end, halo, low, high)
 
         def haloed(begin: int, end: int) -> npt.NDArray[np.float32]:
-            where = window(begin, end, last - first, halo)
-            return band.sinograms[where.low:where.high]
+            where = window_of(begin, end)
+            return widened.sinograms[where.low:where.high]
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
-            where = window(begin, end, last - first, halo)
+            where = window_of(begin, end)
             saved = bind_result(None if self.results is None else self.results.add,
                                 Pattern.SINOGRAM,
                                 np.arange(first + begin, first + end, dtype=np.int64),
@@ -1392,7 +1441,7 @@ class RankedReconstruction:
         document["repairs"] = repairs.as_dict()
         figures: dict[str, Any] = {}
         notes: tuple[str, ...] = ()
-        if self._halo:  # a projection section with a kernel across frames (ADR 0019)
+        if self._frames_halo:  # a projection section with a kernel across frames (ADR 0019)
             without = sum(part.without_neighbours for part in parts.values())
             document[WITHOUT_NEIGHBOURS] = figures[WITHOUT_NEIGHBOURS] = without
             if without:

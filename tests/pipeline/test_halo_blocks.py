@@ -181,10 +181,19 @@ def test_pipeline_result_does_not_depend_on_block_size(kind: str) -> None:
                                    atol=1e-6 * scale, err_msg=f"{kind}, blocks of {size}")
 
 
-def test_ranks_refuse_a_kernel_across_the_block_axis_with_one_line() -> None:
-    steps = parse_pipeline(PIPELINES["projection"], REGISTRY, source="halo.yaml").steps
-    with pytest.raises(ConfigError, match=r"remove_outlier3d.*reaches 2 .*one rank") as error:
-        refuse_on_ranks(steps)
+def test_ranks_take_kernels_across_the_block_axis() -> None:
+    """R ranks give them their neighbours (overlapping bands and later reslices, ADR
+    0019's addendum: tests/run/test_halo_on_real_scans.py,
+    tests/run/test_halo_later_on_ranks.py); a whole-frame step after a halo step of the
+    projection section is refused with one line."""
+    for kind in ("projection", "sinogram", "later"):
+        refuse_on_ranks(parse_pipeline(PIPELINES[kind], REGISTRY, source="h.yaml").steps)
+    paganin = parse_pipeline(PIPELINES["projection"].replace(
+        "  - method: median_filter3d\n", "  - method: paganin_filter\n"), REGISTRY,
+        source="p.yaml").steps
+    with pytest.raises(ConfigError, match=r"paganin_filter.*after the halo step "
+                       r"'remove_outlier3d'.*one rank") as error:
+        refuse_on_ranks(paganin)
     assert "\n" not in str(error.value)
     local = parse_pipeline("pipeline:\n  - method: normalize\n  - method: median_filter\n"
                            "  - method: fbp\n", REGISTRY, source="local.yaml").steps
@@ -211,7 +220,13 @@ def test_check_says_which_step_needs_neighbours(tmp_path, capsys) -> None:  # ty
     assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
     out = capsys.readouterr().out
     assert ("note: step 2 remove_outlier3d reaches 2 entries across its blocks: each block "
-            "gets its real neighbours on one rank; R ranks refuse it") in out
+            "gets its real neighbours (R ranks: overlapping bands of rows, the band "
+            "reconstructed at close)") in out
+    assert "R ranks refuse it" not in out
+    pipeline.write_text(PIPELINES["projection"].replace("  - method: median_filter3d\n",
+                                                        "  - method: paganin_filter\n"))
+    assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
+    assert "note: R ranks refuse it: stage 'paganin_filter'" in capsys.readouterr().out
     assert "step 3 median_filter3d reaches 1" in out and "step 1 normalize reaches" not in out
 
 

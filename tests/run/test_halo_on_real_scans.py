@@ -1,8 +1,8 @@
 """``remove_outlier`` (httomolibgpu's 3-D median, ``remove_outlier3d``) through ``recon``
 on a real scan: the volume does not depend on the block sizes (every block gets its real
-neighbour projections and rows, ADR 0019), and R ranks, which cannot give them yet,
-refuse it with one line instead of computing a different volume (H38 measured ~5 % of
-the volume max on 2 ranks)."""
+neighbour projections and rows, ADR 0019), nor on the rank count (overlapping bands,
+ADR 0019's addendum: H38 measured ~5 % of the volume max on 2 ranks without them), and
+what R ranks cannot give its neighbours is refused with one line."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+import streamer.run.ranks as ranks_module
 from streamer.errors import ConfigError
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.sources.formats import LoadOptions, open_scan
@@ -59,12 +60,87 @@ def test_i13_volume_does_not_depend_on_block_sizes(shared_data: Path, tmp_path: 
                                    err_msg=f"blocks of {sizes} frames/sinograms")
 
 
+#: A 3-D median in the projection section (after normalize: the frames get the head, the
+#: band the tail) and one in the sinogram section (after a sinogram step).
+MIXED = """\
+pipeline:
+  - method: normalize
+  - method: remove_outlier3d
+    parameters: {kernel_size: 3, dif: 0.02}
+  - method: minus_log
+  - method: remove_stripe_based_sorting
+    parameters: {size: 5}
+  - method: median_filter3d
+    parameters: {kernel_size: 5}
+  - method: fbp
+    parameters: {center: CENTER}
+"""
+
+
+def _tooth(shared_data: Path) -> FrameReader:
+    return open_scan(shared_data / "real/aps_tooth/tooth.h5", LoadOptions())
+
+
+def _mixed(tmp_path: Path, center: float) -> Path:
+    pipeline = tmp_path / "mixed.yaml"
+    pipeline.write_text(MIXED.replace("CENTER", str(center)))
+    return pipeline
+
+
+def _one_rank(reader_for: object, pipeline: Path, out: Path) -> np.ndarray:
+    assert callable(reader_for)
+    with reader_for() as reader:
+        run_recon(reader, ReconSettings(out, pipeline=pipeline))
+    return _volume(out)
+
+
+def _assert_close(found: np.ndarray, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(found, expected, rtol=0,
+                               atol=1e-6 * float(np.abs(expected).max()))
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_ranks_refuse_remove_outlier_with_one_line(shared_data: Path, tmp_path: Path,
-                                                   ranks: int) -> None:
-    pipeline = tmp_path / "outliers.yaml"
-    pipeline.write_text(PIPELINE)
-    with pytest.raises(ConfigError, match=r"remove_outlier3d.*reaches 1 .*one rank") as error:
-        on_ranks(ranks, lambda: _i13(shared_data),
+def test_i13_halo_steps_on_ranks_equal_one_rank(shared_data: Path, tmp_path: Path,
+                                                ranks: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = _mixed(tmp_path, 85.5)
+    one = _one_rank(lambda: _i13(shared_data), pipeline, tmp_path / "one.h5")
+    out = tmp_path / f"ranks{ranks}.h5"
+    on_ranks(ranks, lambda: _i13(shared_data), ReconSettings(out, pipeline=pipeline))
+    _assert_close(_volume(out), one)
+    # the test can fail: without the overlap (each rank's band alone) the band edges
+    # differ, by far more than the tolerance
+    monkeypatch.setattr(ranks_module, "ranks_halo", lambda sections: 0)
+    bare = tmp_path / f"bare{ranks}.h5"
+    on_ranks(ranks, lambda: _i13(shared_data), ReconSettings(bare, pipeline=pipeline))
+    assert np.abs(_volume(bare) - one).max() > 1e-3 * np.abs(one).max()
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_bands_narrower_than_the_halo(shared_data: Path, tmp_path: Path, ranks: int) -> None:
+    # the tooth has 2 rows: bands of 1 row (2 ranks; 3 ranks: one empty band) against a
+    # halo of 1 + 2 rows: each rank needs every row of the others
+    pipeline = _mixed(tmp_path, 295.0)
+    one = _one_rank(lambda: _tooth(shared_data), pipeline, tmp_path / "one.h5")
+    out = tmp_path / f"ranks{ranks}.h5"
+    on_ranks(ranks, lambda: _tooth(shared_data), ReconSettings(out, pipeline=pipeline))
+    _assert_close(_volume(out), one)
+
+
+@pytest.mark.parametrize(("steps", "said"), [
+    ("  - method: remove_outlier3d\n    parameters: {kernel_size: 3, dif: 0.05}\n"
+     "  - method: paganin_filter\n",
+     r"stage 'paganin_filter' .*after the halo step 'remove_outlier3d'.*needs whole frames"),
+    ("  - method: dezinger_temporal\n    parameters: {dif: 0.1}\n"
+     "  - method: binning\n    parameters: {factor_rows: 2}\n",
+     r"stage 'binning' .*after the halo step 'dezinger_temporal'.*changes their shape"),
+])
+def test_ranks_refuse_what_the_bands_cannot_give_with_one_line(
+        shared_data: Path, tmp_path: Path, steps: str, said: str) -> None:
+    pipeline = tmp_path / "refused.yaml"
+    pipeline.write_text("pipeline:\n  - method: normalize\n" + steps
+                        + "  - method: fbp\n    parameters: {center: 85.5}\n")
+    with pytest.raises(ConfigError, match=said) as error:
+        on_ranks(2, lambda: _i13(shared_data),
                  ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline))
     assert "\n" not in str(error.value)
