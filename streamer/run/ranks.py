@@ -128,7 +128,7 @@ from streamer.run.later_sections import SectionTools, filled_later_sections, run
 from streamer.run.observer import RankObserver
 from streamer.run.output import ScanOutput, check_servable, keep_newest
 from streamer.run.rank_iterations import ScanIterations
-from streamer.run.streaming import StreamingSection, plan_streaming
+from streamer.run.streaming import EARLY_FRACTION, StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
 from streamer.sinks.registry import (
@@ -296,6 +296,9 @@ class RankedReconstruction:
     #: redone beyond ``center_tolerance`` px. False (``recon``): such a CoR is found at close.
     estimate_center: bool = False
     center_tolerance: float = DEFAULT_TOLERANCE_PX
+    #: A scan whose pair comes last (180°) with nothing carried: the early estimate from
+    #: the projections in is tried once this fraction of them are (None: at close).
+    early_center_fraction: float | None = EARLY_FRACTION
     #: The last CoR per sample (the same on every rank: every rank sees the same closes).
     center_memory: CenterMemory = field(default_factory=CenterMemory)
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
@@ -649,7 +652,8 @@ class RankedReconstruction:
                               memory_left=memory_left, estimate_center=self.estimate_center,
                               center_known=key is not None
                               and self.center_memory.recall(key) is not None,
-                              scan_range_deg=start.geometry.scan_range_deg)
+                              scan_range_deg=start.geometry.scan_range_deg,
+                              early_fraction=self.early_center_fraction)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: {plan.reason}")
         if plan.section is not None:
@@ -1035,6 +1039,8 @@ class RankedReconstruction:
                          f"carried from the previous scan of sample {key}")
         elif owner == self.control.rank:
             section.on_pair = lambda value: self._pair_found(scan, value)
+            section.early_fraction = self.early_center_fraction
+            section.on_early = lambda value: self._early_found(scan, value)
 
     def _pair_found(self, scan: _ScanState, value: float) -> None:
         """The CoR owner's band completed the opposite pair: every rank starts with it
@@ -1042,6 +1048,26 @@ class RankedReconstruction:
         self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
             {"serial": scan.serial, "pair": value}))
         self._pair_agreed(scan, value)
+
+    def _early_found(self, scan: _ScanState, value: float) -> None:
+        """The CoR owner's early estimate is sure enough: every rank starts with it (sent
+        on the pair's link, so it reaches each peer before the pair and the close)."""
+        self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
+            {"serial": scan.serial, "early": value}))
+        self._early_agreed(scan, value)
+
+    def _early_agreed(self, scan: _ScanState, value: float) -> None:
+        state, section = scan.center_state, scan.streaming
+        if state is None or state.outcome is not None:
+            return
+        start = state.early_found(value)
+        if start is None or section is None:
+            return
+        kept = section.kept_blocks
+        section.start(start.center, early=True)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {scan.start.scan}: CoR {value:.2f} early estimate: streaming "
+                     f"starts ({kept} kept block{'' if kept == 1 else 's'} added)")
 
     def _pair_agreed(self, scan: _ScanState, value: float) -> None:
         state, section = scan.center_state, scan.streaming
@@ -1074,6 +1100,8 @@ class RankedReconstruction:
             self.last_error = self.last_error or failure
             return None, None, str(failure)
         report = state.report()
+        if scan.streaming is not None and scan.streaming.early is not None:
+            report["early"] = scan.streaming.early.as_dict()  # found, or why not
         report.update(streamed_with=streamed_with, final=final if error is None else None,
                       difference=None if before is None or final is None or error
                       else round(abs(final - before), 4))
@@ -1488,7 +1516,10 @@ class RankedReconstruction:
             scan.path = Path(str(message["path"]))
             scan.close.path_received()
         elif received.tag == TAG_STREAM_CENTER:
-            self._pair_agreed(scan, float(message["pair"]))
+            if "early" in message:
+                self._early_agreed(scan, float(message["early"]))
+            else:
+                self._pair_agreed(scan, float(message["pair"]))
         elif received.tag == TAG_CENTER:
             center = message["center"]
             scan.center_outputs = dict(message.get("outputs") or {})
