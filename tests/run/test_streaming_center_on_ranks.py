@@ -375,3 +375,36 @@ def test_run_streams_with_the_pair_and_reports_the_cor(tmp_path: Path, python: s
     assert center["source"] == "pair" and center["streamed"] and not center["redone"]
     assert abs(center["center"] - 22.5) < 0.2 and center["tolerance"] == 0.25
     assert report["latency"]["reconstruction"] == "streaming"
+
+
+@pytest.mark.parametrize("early", ["0.5", "off"])
+def test_run_streams_a_180_scan_with_its_early_estimate(tmp_path: Path, python: str,
+                                                        cli_env: Any, early: str) -> None:
+    """The documented example: ``run --early-center 0.5`` (the default) streams a 180°
+    scan with nothing carried from half-way; ``off`` reconstructs it at close."""
+    pipeline = tmp_path / "found.yaml"
+    pipeline.write_text(FOUND)
+    out = tmp_path / "volumes"
+    process, address = start_consumer_cli(
+        python, cli_env, "run", str(pipeline), "--scans", "1", "--out", str(out),
+        "--early-center", early)
+    try:
+        assert main(["simulate", "--connect", address, "--rows", "4", "--cols", "48",
+                     "--projections", "120", "--cor", "22.5", "--scan-id", "half",
+                     "--quiet"]) == 0
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    report = json.loads((out / "half.json").read_text())
+    if early == "off":
+        assert "center" not in report and "early estimate" not in stdout + stderr
+        assert report["latency"]["reconstruction"] == "at close"
+        return
+    assert "early estimate: streaming starts" in stderr + stdout
+    assert "CoR: early estimate 22." in stdout, stdout
+    center = report["center"]
+    assert center["source"] == "early estimate" and center["streamed"], center
+    assert not center["redone"] and abs(center["center"] - 22.5) < 0.2
+    assert center["early"]["error"] <= 0.1
+    assert report["latency"]["reconstruction"] == "streaming"
