@@ -106,10 +106,13 @@ from streamer.pipeline.sections import (
     split_sections,
 )
 from streamer.run.center_streaming import (
+    CHECK_WINDOW_PX,
     DEFAULT_TOLERANCE_PX,
     CenterMemory,
+    CenterSource,
     StreamingCenter,
     center_note,
+    final_estimate_near,
     sample_key,
     streaming_center_method,
 )
@@ -149,6 +152,8 @@ TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
 TAG_STREAM_CENTER: Final = 307
+#: CoR sources that are estimates: the final estimate at close checks them near their value.
+_ESTIMATED: Final = (CenterSource.EARLY, CenterSource.PAIR, CenterSource.CARRIED)
 TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
 TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
 #: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
@@ -232,6 +237,8 @@ class _ScanState:
     center_state: StreamingCenter | None = None
     #: Its report as the CoR owner decided it at close (``run``'s report ``center``).
     center_report: dict[str, Any] | None = None
+    #: How the final estimate searched (near the estimate used, or the whole range).
+    center_search: str | None = None
     #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
     #: the peers' (rank -> their stats, None: that rank's part failed).
     stats: PartialStats | None = None
@@ -993,7 +1000,10 @@ class RankedReconstruction:
             try:
                 if stopped is not None:
                     raise StreamerError(f"{stopped} before the CoR search")
-                found = _find_center(finder, band, row)
+                state = scan.center_state
+                near = (state.center if finder is None and state is not None
+                        and state.source in _ESTIMATED else None)
+                found = _find_center(finder, band, row, near=near, scan=scan)
                 center, method = float(found), _found_label(finder, found)
                 scan.center_warnings = tuple(getattr(found, "warnings", ()))
                 scan.center_confidence = getattr(found, "confidence", None)
@@ -1100,6 +1110,8 @@ class RankedReconstruction:
             self.last_error = self.last_error or failure
             return None, None, str(failure)
         report = state.report()
+        if scan.center_search is not None:
+            report["final_search"] = scan.center_search
         if scan.streaming is not None and scan.streaming.early is not None:
             report["early"] = scan.streaming.early.as_dict()  # found, or why not
         report.update(streamed_with=streamed_with, final=final if error is None else None,
@@ -1697,13 +1709,23 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
     )
 
 
-def _find_center(finder: PipelineStep | None, band: Band, row: int) -> SupportsFloat:
-    """The CoR from detector row ``row`` of ``band`` (which owns it)."""
+def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
+                 near: float | None = None, scan: _ScanState | None = None) -> SupportsFloat:
+    """The CoR from detector row ``row`` of ``band`` (which owns it); ``near``: the
+    estimate a streamed scan used, checked first near it (``final_estimate_near``; how
+    is kept in ``scan.center_search``)."""
     if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
         raise StreamerError("CoR: no corrected projection reached this rank's band")
     local = row - band.rows[0]
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
+    if finder is None and near is not None:
+        found, whole = final_estimate_near(stack, band.angles_deg, near, auto_center)
+        if scan is not None:
+            scan.center_search = (f"whole range (none within {CHECK_WINDOW_PX:g} px of "
+                                  f"{near:.2f})" if whole
+                                  else f"within {CHECK_WINDOW_PX:g} px of {near:.2f}")
+        return found
     if finder is None:
         return auto_center(stack, band.angles_deg)
     assert finder.spec.finds_center is not None

@@ -175,6 +175,7 @@ def test_a_180_scan_without_a_cor_streams_with_its_early_estimate(
     early = center["early"]
     assert early["center"] == center["center"] and early["reason"] is None, early
     assert early["error"] <= 0.1 and early["angles"] >= CONFIG.projections // (2 * ranks)
+    assert center["final_search"].startswith("within 4 px of"), center  # a check, not a search
     assert "early estimate (streaming)" in (output.center_method or "")
     assert "CoR: early estimate" in " ".join(output.notes)
     assert not any("back to reconstruction at close" in line for line in lines), lines
@@ -282,6 +283,7 @@ def test_a_wrong_carried_cor_streams_then_the_volume_is_redone_at_the_final_cor(
     assert center["streamed_with"] == carried and center["redone"], center
     assert center["source"] == "final" and center["center"] == center["final"]
     assert abs(center["final"] - TRUE_COR) < 0.3 and center["difference"] > 3.5
+    assert center["final_search"].startswith("whole range"), center  # 4 px: off the window
     assert not center["streamed"]
     assert "REDONE" in " ".join(second.notes)
     assert "redone: the final CoR estimate" in (second.center_method or "")
