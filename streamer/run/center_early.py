@@ -15,16 +15,16 @@ it breaks it. So the estimate says how sure it is, and :func:`early_center` decl
 (``center`` ``None`` and the reason) when
 
 - fewer than :data:`MIN_ROWS` rows keep their mass within :data:`MASS_SPREAD` (standard
-  deviation over the angles, relative to the mean) (the rest: truncated, or too faint to tell),
+  deviation over the angles, relative to the mean; the rest are truncated, or too faint),
 - the usable rows disagree: the spread of their estimates (the standard error of their
   median) exceeds ``max_error``,
 - or the fit's own standard error of ``cor`` (from its residual and the angular span
   covered: a short span cannot separate ``cor`` from the sinusoid) exceeds ``max_error``.
 
 The background is taken out first per projection: the mean of the outermost
-:data:`EDGE_FRACTION` of the columns at each side (air when the sample is inside) is subtracted,
-so a flat field that leaves a small offset does not pull the centres toward the
-detector's middle.
+:data:`EDGE_FRACTION` of the columns at each side (air when the sample is inside) is
+subtracted, so a flat field that leaves a small offset does not pull the centres toward
+the detector's middle (a constant offset cannot be told from the CoR by the fit itself).
 """
 
 from __future__ import annotations

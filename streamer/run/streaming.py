@@ -121,8 +121,9 @@ def plan_streaming(
                 and scan_range_deg < 360.0 - 1e-6):
             return StreamingPlan(None, f"reconstruction: at close (the CoR is found at close: "
                                        f"a {scan_range_deg:g}° scan's opposite pair comes with "
-                                       "its last projections; give the CoR, or name the "
-                                       "sample in the start metadata to carry it, to stream)")
+                                       "its last projections; give the CoR, name the "
+                                       "sample in the start metadata to carry it, or let "
+                                       "run --early-center estimate it, to stream)")
         keep = rows * projections * cols * 4
     mib = 2**20
     if need + keep > memory_left:
@@ -269,7 +270,8 @@ class StreamingSection:
                         self.projections, np.unique(np.linspace(
                             0, self._shape[0] - 1, min(self._shape[0], WATCH_ROWS))
                             .round().astype(np.intp)),
-                        self.early_fraction, last_fraction=LATE_FRACTION)
+                        self.early_fraction,
+                        last_fraction=max(LATE_FRACTION, self.early_fraction))
             if self._before:
                 sinograms = apply_steps(self._before, sinograms, darks=None, flats=None,
                                         angles_deg=block.angles_deg, repairs=self.repairs)
