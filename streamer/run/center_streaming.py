@@ -65,8 +65,10 @@ DEFAULT_TOLERANCE_PX: Final = 0.5
 #: (:func:`final_estimate_near`): eight tolerances, so a centre off by more than the
 #: tolerance is still inside the window and found there.
 CHECK_WINDOW_PX: Final = 4.0
-#: Vo's fine search radius of that check (the whole search's is 6 px).
-CHECK_RADIUS_PX: Final = 2.0
+#: Vo's fine search radius of that check (the whole search's is 6 px): the coarse minimum
+#: is a whole column and the centre lies within half a column of it (``vo_search`` widens
+#: the radius to its downsampling step on detectors wider than 1280 columns).
+CHECK_RADIUS_PX: Final = 1.0
 
 
 class CenterSource(StrEnum):

@@ -152,10 +152,10 @@ TAG_PART_DONE: Final = 304
 TAG_PATH: Final = 305
 TAG_STOP: Final = 306
 TAG_STREAM_CENTER: Final = 307
-#: CoR sources that are estimates: the final estimate at close checks them near their value.
-_ESTIMATED: Final = (CenterSource.EARLY, CenterSource.PAIR, CenterSource.CARRIED)
 TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
 TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
+#: CoR sources that are estimates: the final estimate at close checks them near their value.
+_ESTIMATED: Final = (CenterSource.EARLY, CenterSource.PAIR, CenterSource.CARRIED)
 #: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
 _MAX_ITERATION_LOGS: Final = 8
 #: The CoR method of a value set from the viewer (as on one rank).
