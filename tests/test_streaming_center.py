@@ -12,13 +12,13 @@ import pytest
 from stages.registry import REGISTRY
 from streamer.errors import StreamerError
 from streamer.pipeline.config import parse_pipeline
+from streamer.run.center_final import final_estimate_near
 from streamer.run.center_streaming import (
     CenterMemory,
     CenterSource,
     Outcome,
     Start,
     StreamingCenter,
-    final_estimate_near,
     sample_key,
 )
 from streamer.run.from_file import auto_center

@@ -40,9 +40,9 @@ from streamer.cli.shared import (
 )
 from streamer.errors import ConfigError
 from streamer.exchange.links import RankLink, launched_with_ranks
+from streamer.run.center_early import EARLY_FRACTION, LATE_FRACTION
 from streamer.run.center_streaming import DEFAULT_TOLERANCE_PX
 from streamer.run.progress import Progress
-from streamer.run.streaming import EARLY_FRACTION, LATE_FRACTION
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
 if TYPE_CHECKING:

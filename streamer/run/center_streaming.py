@@ -37,22 +37,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-import numpy as np
-import numpy.typing as npt
-
-from stages.recon.center_policy import CorEstimate, find_center
 from streamer.errors import StreamerError
 from streamer.sources.sample_name import SAMPLE_ENTRY
 from streamer.wire.protocol import StartHeader
 
-__all__ = ["CHECK_WINDOW_PX", "DEFAULT_TOLERANCE_PX", "CenterMemory", "CenterSource", "Outcome",
-           "Start", "StreamingCenter", "center_note", "final_estimate_near", "sample_key",
-           "streaming_center_method"]
+__all__ = ["DEFAULT_TOLERANCE_PX", "CenterMemory", "CenterSource", "Outcome", "Start",
+           "StreamingCenter", "center_note", "sample_key", "streaming_center_method"]
 
 #: Samples whose last CoR a service remembers (the newest).
 MAX_REMEMBERED: Final = 1000
@@ -61,14 +55,6 @@ MAX_REMEMBERED: Final = 1000
 #: by eye or by Vo's metric (which refines to 0.25 px), and above the spread of the pair
 #: estimate on the real scans with an exact pair (DIAD 0.0, I13 0.16 px from Vo's).
 DEFAULT_TOLERANCE_PX: Final = 0.5
-#: Columns either side of an estimated CoR in use that the final estimate searches first
-#: (:func:`final_estimate_near`): eight tolerances, so a centre off by more than the
-#: tolerance is still inside the window and found there.
-CHECK_WINDOW_PX: Final = 4.0
-#: Vo's fine search radius of that check (the whole search's is 6 px): the coarse minimum
-#: is a whole column and the centre lies within half a column of it (``vo_search`` widens
-#: the radius to its downsampling step on detectors wider than 1280 columns).
-CHECK_RADIUS_PX: Final = 1.0
 
 
 class CenterSource(StrEnum):
@@ -265,28 +251,6 @@ class CenterMemory:
 
     def recall(self, sample: str) -> float | None:
         return self._centers.get(sample)
-
-
-def final_estimate_near(
-    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], used: float,
-    search_all: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], CorEstimate],
-) -> tuple[CorEstimate, bool]:
-    """The CoR policy's final estimate of a scan that streamed with the estimate ``used``,
-    and whether the whole range was searched.
-
-    The check comes after the last frame, so its time is latency: Vo's coarse search over
-    the whole reliable range (half the detector, one metric per column) is most of it
-    (12 s of the 15 s after the last frame at N = 512 on a busy 2-core machine). Here the
-    coarse search covers :data:`CHECK_WINDOW_PX` either side of ``used`` and the fine one
-    :data:`CHECK_RADIUS_PX`: a minimum inside says where the centre is as the whole search
-    would (the same metric, the same fine step); one within a pixel of the window's
-    edge says the centre may lie outside, and ``search_all`` (the CoR policy with its
-    defaults) searches the whole range."""
-    near = find_center(projections, angles_deg, around=used, smin=-CHECK_WINDOW_PX,
-                       smax=CHECK_WINDOW_PX, srad=CHECK_RADIUS_PX)
-    if abs(near.center - used) <= CHECK_WINDOW_PX - 1:
-        return near, False
-    return search_all(projections, angles_deg), True
 
 
 def sample_key(start: StartHeader) -> str | None:

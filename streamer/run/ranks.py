@@ -105,14 +105,13 @@ from streamer.pipeline.sections import (
     sections_of,
     split_sections,
 )
+from streamer.run.center_final import CHECK_WINDOW_PX, final_estimate_near
 from streamer.run.center_streaming import (
-    CHECK_WINDOW_PX,
     DEFAULT_TOLERANCE_PX,
     CenterMemory,
     CenterSource,
     StreamingCenter,
     center_note,
-    final_estimate_near,
     sample_key,
     streaming_center_method,
 )

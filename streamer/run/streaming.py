@@ -44,25 +44,13 @@ from streamer.pipeline.executor import ProcessedBlock, apply_steps
 from streamer.pipeline.halo import section_halo
 from streamer.pipeline.sections import sections_of
 from streamer.pipeline.streaming import streaming_kind
-from streamer.run.center_early import EarlyCenter, EarlyWatch
+from streamer.run.center_early import EARLY_FRACTION, LATE_FRACTION, EarlyCenter, EarlyWatch
 from streamer.run.center_pair import WATCH_ROWS, PairWatch
 
-__all__ = ["StreamingSection", "plan_streaming"]
+__all__ = ["EARLY_FRACTION", "LATE_FRACTION", "StreamingSection", "plan_streaming"]
 
 #: Angles within this fraction of a step of the plan are on it.
 _STEP_TOLERANCE = 1e-4
-#: A pair whose last projection lies beyond this fraction of the plan comes too late to
-#: start the accumulators: adding the kept blocks then (each costs 1.75-4x its share of
-#: the batch reconstruction) would be slower than reconstructing them at close. A
-#: property of the plan, the same on every rank whatever order the pieces land in.
-LATE_FRACTION = 0.75
-#: Fraction of a scan's projections in before its early CoR estimate is first tried (a
-#: scan whose pair comes last). Half: on the real scans the centre-of-mass fit is within
-#: 0.05 px (I13) of Vo's there, against 0.35 px from a third (60° of a 180° scan: the
-#: sinusoid is poorly told from a constant over a short arc), and the kept half is added
-#: while the second half arrives. A try that is not sure enough is repeated each
-#: eighth of the plan until :data:`LATE_FRACTION`; after that the pair or the close decide.
-EARLY_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
