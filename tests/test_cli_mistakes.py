@@ -200,3 +200,15 @@ def test_a_bad_scan_id_is_one_line_not_a_traceback(command: str,
     err = capsys.readouterr().err
     assert "--scan-id: expected 1-128 characters" in err and "got 'a scan'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "0.9", "half"])
+def test_run_refuses_an_early_center_fraction_it_could_not_use(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "standard", "--early-center", value, "--out", str(tmp_path / "v")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--early-center" in err and repr(value) in err and "Traceback" not in err
+    assert "expected a fraction of the scan in (0, 0.75] or off" in err
+    assert list(tmp_path.iterdir()) == []

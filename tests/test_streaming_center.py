@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stages.registry import REGISTRY
 from streamer.errors import StreamerError
 from streamer.pipeline.config import parse_pipeline
+from streamer.run.center_final import final_estimate_near
 from streamer.run.center_streaming import (
     CenterMemory,
     CenterSource,
@@ -18,8 +21,10 @@ from streamer.run.center_streaming import (
     StreamingCenter,
     sample_key,
 )
+from streamer.run.from_file import auto_center
 from streamer.run.streaming import plan_streaming
 from streamer.wire.protocol import StartHeader
+from tests.test_pair_center import i13_scan
 
 
 def test_given_centre_starts_at_once_and_is_kept_against_the_final_estimate() -> None:
@@ -148,3 +153,47 @@ def test_a_cor_left_to_be_found_streams_only_when_the_kept_blocks_fit_too() -> N
     assert "MiB of blocks kept until the CoR is known" in refused.reason
     assert plan_streaming(steps, **shape, memory_left=fits.section.memory_bytes - kept,
                           estimate_center=False).section is None
+
+
+def test_final_estimate_near_an_estimate_equals_the_whole_search_on_i13(
+        shared_data: Path) -> None:
+    """The check near the CoR in use reads what the whole search reads (I13, Vo 85.5);
+    an estimate 6 px off puts the near minimum on the window's edge: the whole range is
+    searched."""
+    projections, angles = i13_scan(shared_data / "real")
+    stack = np.ascontiguousarray(projections[:, 67:68], dtype=np.float32)
+    whole = auto_center(stack, angles)
+    near, searched_all = final_estimate_near(stack, angles, 85.7, auto_center)
+    assert not searched_all and near.center == pytest.approx(whole.center, abs=0.01)
+    far, searched_all = final_estimate_near(stack, angles, 91.5, auto_center)
+    assert searched_all and far.center == whole.center
+
+
+def test_an_early_estimate_starts_only_without_a_centre_and_the_pair_does_not_restart_it(
+) -> None:
+    machine = StreamingCenter()
+    assert machine.opened() is None
+    assert machine.early_found(33.4) == Start(33.4, CenterSource.EARLY, restart=False)
+    assert machine.pair_found(35.0) is None  # settled at close, not restarted mid-scan
+    assert machine.estimates == {"early": 33.4, "pair": 35.0}
+    outcome = machine.closed(35.0)
+    assert outcome.redone and outcome.source is CenterSource.FINAL and outcome.center == 35.0
+    assert "differs from the early estimate CoR 33.40 by 1.60 px" in (outcome.reason or "")
+    carried = StreamingCenter(carried=12.0)
+    carried.opened()
+    assert carried.early_found(12.9) is None and carried.source is CenterSource.CARRIED
+    with pytest.raises(StreamerError, match="early: expected a finite column"):
+        StreamingCenter().early_found(float("inf"))
+
+
+def test_a_180_scan_with_the_cor_left_to_be_found_streams_with_early_estimates() -> None:
+    steps = parse_pipeline("pipeline:\n  - method: normalize\n    parameters: {}\n"
+                           "  - method: fourier_fbp\n    parameters: {}\n", REGISTRY,
+                           source="found.yaml").steps
+    shape = {"rows": 8, "cols": 64, "projections": 120, "block_sinograms": 2}
+    at_close = plan_streaming(steps, **shape, memory_left=2**30, estimate_center=True,
+                              scan_range_deg=180.0)
+    assert at_close.section is None and "opposite pair comes with" in at_close.reason
+    early = plan_streaming(steps, **shape, memory_left=2**30, estimate_center=True,
+                           scan_range_deg=180.0, early_fraction=0.5)
+    assert early.section is not None and early.section.keep_limit == 8 * 120 * 64 * 4

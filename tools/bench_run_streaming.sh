@@ -9,6 +9,10 @@
 # be held back: frames the consumer cannot take at once are dropped and counted, `DROPPED`).
 # RANKS > 1 runs `mpiexec -n RANKS tomo-streamer run --from ADDR` (every rank connects; the
 # simulated detector binds and deals frames round-robin to the ranks); 1 rank listens.
+# EARLY=1: the CoR is left to be found (nothing carried: a 180° scan's first scan of its
+# sample); *streaming* is `run`'s default early CoR estimate (`--early-center 0.5`), *at
+# close* is `--early-center off` (the CoR policy at close, as before the early estimate);
+# MEMORY_GIB is not used then.
 # TIMELINE=1 (RANKS > 1): the ranks run under tools/rank_timeline.py, which prints per rank
 # what ran after its last projection frame (accumulator adds, projection blocks, close).
 # Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] [TIMELINE=1] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB] [RANKS]
@@ -21,7 +25,9 @@ ts=${TOMO_STREAMER:-$here/.venv/bin/tomo-streamer}
 mpiexec=${MPIEXEC:-$(dirname "$ts")/mpiexec}
 work=$(mktemp -d)
 center=$(python3 -c "print(($width - 1) / 2)")
-printf 'pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fourier_fbp\n    parameters: {center: %s}\n' "$center" > "$work/p.yaml"
+fixed="{center: $center}"
+[ -z "${EARLY:-}" ] || fixed="{}"
+printf 'pipeline:\n  - method: normalize\n    parameters: {minus_log: true}\n  - method: fourier_fbp\n    parameters: %s\n' "$fixed" > "$work/p.yaml"
 one() {  # one scan through run; prints its latency line
   local out=$work/$1; shift
   local port=$((20000 + RANDOM % 20000))
@@ -43,13 +49,17 @@ one() {  # one scan through run; prints its latency line
     --projections "$angles" --rate "$rate" --scan-id s ${CANNOT_WAIT:+--cannot-wait} \
     > "$out.sim.log" 2>&1 || true
   wait "$pid" || true
-  grep -h "^  latency\|reconstruction: \|streaming: back\|^rank [0-9]*: " "$out.log" || true
+  grep -h "^  latency\|reconstruction: \|streaming: back\|^rank [0-9]*: \|^  CoR\|early estimate" "$out.log" || true
   grep -h "^sent\|^DROPPED\|^ABORTED" "$out.sim.log" || true
 }
 uptime
 for i in $(seq "$runs"); do
   [ "${ONLY:-}" = close ] || one "s$i"
-  [ "${ONLY:-}" = streaming ] || one "b$i" --memory "$memory"
+  if [ -n "${EARLY:-}" ]; then
+    [ "${ONLY:-}" = streaming ] || one "b$i" --early-center off
+  else
+    [ "${ONLY:-}" = streaming ] || one "b$i" --memory "$memory"
+  fi
 done
 uptime
 rm -rf "$work"

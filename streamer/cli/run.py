@@ -40,6 +40,7 @@ from streamer.cli.shared import (
 )
 from streamer.errors import ConfigError
 from streamer.exchange.links import RankLink, launched_with_ranks
+from streamer.run.center_early import EARLY_FRACTION, LATE_FRACTION
 from streamer.run.center_streaming import DEFAULT_TOLERANCE_PX
 from streamer.run.progress import Progress
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
@@ -60,6 +61,22 @@ EXAMPLE = (
 )
 
 
+def parse_early_center(text: str) -> float | None:
+    """``--early-center``: a fraction of the scan in (0, LATE_FRACTION], or ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction of the scan in (0, {LATE_FRACTION:g}] or off, "
+            f"got {text!r}") from None
+    if not 0 < value <= LATE_FRACTION:  # later, the estimate would never be tried
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction of the scan in (0, {LATE_FRACTION:g}] or off, got {text!r}")
+    return value
+
+
 def add_parser(commands: Any) -> None:
     """Register ``tomo-streamer run`` and its options."""
     parser = add_command(commands, EXAMPLE,
@@ -78,6 +95,12 @@ def add_parser(commands: Any) -> None:
                              "carried from the sample's previous scan) may differ from the "
                              "final estimate by PX before the volume is redone (default: "
                              f"{DEFAULT_TOLERANCE_PX:g})")
+    parser.add_argument("--early-center", type=parse_early_center, default=EARLY_FRACTION,
+                        metavar="FRACTION|off",
+                        help="a scan whose opposite pair comes last (180°) with no CoR "
+                             "carried: estimate it from the projections in once this "
+                             "fraction of the scan is, and stream with it when sure "
+                             f"(default: {EARLY_FRACTION:g}; off: reconstruct at close)")
     parser.add_argument("--scans", type=int, default=0,
                         help="stop after this many scans (0: serve until interrupted)")
     parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
@@ -198,6 +221,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   output_format=chosen_output_format(args, None),
                                   background=background, estimate_center=True,
                                   center_tolerance=args.center_tolerance,
+                                  early_center_fraction=args.early_center,
                                   on_iteration=iterating.iteration if speaks else None)
     wanted_feed = feed_settings(args)  # checked before any socket is bound
     with zmq.Context() as context, stop_on_signal() as stop:

@@ -8,7 +8,10 @@ authority:
 2. ``viewer``: set by a person in the live viewer during the scan (overrides all);
 3. ``pair``: this scan's own estimate from its opposite projections
    (:func:`streamer.run.center_pair.pair_center`), as soon as they have arrived;
-4. ``carried``: the last CoR of the previous scan of the same sample
+4. ``early estimate``: this scan's estimate from the projections received so far, before
+   its opposite pair (:func:`streamer.run.center_early.early_center`; a 180° scan with
+   nothing carried, whose pair comes last);
+5. ``carried``: the last CoR of the previous scan of the same sample
    (:class:`CenterMemory`).
 
 Each event returns what the runner must do: :class:`Start` (start the accumulator with
@@ -60,6 +63,7 @@ class CenterSource(StrEnum):
     GIVEN = "given"
     VIEWER = "viewer"
     PAIR = "pair"
+    EARLY = "early estimate"
     CARRIED = "carried"
     FINAL = "final"
 
@@ -157,16 +161,29 @@ class StreamingCenter:
         return self._use(value, CenterSource.VIEWER)
 
     def pair_found(self, value: float) -> Start | None:
-        """This scan's opposite pair gave ``value``: use it unless a person chose a centre
-        or the carried one agrees within the tolerance."""
+        """This scan's opposite pair gave ``value``: use it unless a person chose a centre,
+        the carried one agrees within the tolerance, or an early estimate is streaming
+        (like a carried centre it is settled at close, not restarted: the pair of a scan
+        that has it comes with the last projections, when a restart costs the redo)."""
         self._open()
         value = _finite("pair", value)
         self.estimates["pair"] = value
-        if self.source in _CHOSEN:
+        if self.source in _CHOSEN or self.source is CenterSource.EARLY:
             return None
         if self.center is not None and abs(value - self.center) <= self.tolerance:
             return None
         return self._use(value, CenterSource.PAIR)
+
+    def early_found(self, value: float) -> Start | None:
+        """This scan's early estimate (from the projections so far) gave ``value``: use it
+        when no centre is in use yet (a given, viewer, carried or pair centre is not
+        replaced by it)."""
+        self._open()
+        value = _finite("early", value)
+        self.estimates["early"] = value
+        if self.center is not None:
+            return None
+        return self._use(value, CenterSource.EARLY)
 
     def closed(self, final: float | None) -> Outcome:
         """The scan closed; ``final`` is the estimate from the whole scan (``None``: none).
@@ -183,8 +200,8 @@ class StreamingCenter:
         if self.center is None or self.source is None:
             if final is None:
                 raise StreamerError(
-                    "streaming CoR: expected a centre (given, viewer, pair, carried or a "
-                    "final estimate), got none"
+                    "streaming CoR: expected a centre (given, viewer, pair, early estimate, "
+                    "carried or a final estimate), got none"
                 )
             self.outcome = Outcome(final, CenterSource.FINAL, False, True,
                                    "no centre before the scan closed: reconstructed at close "

@@ -126,9 +126,11 @@ from streamer.pipeline.sections import (
     sections_of,
     split_sections,
 )
+from streamer.run.center_final import CHECK_WINDOW_PX, final_estimate_near
 from streamer.run.center_streaming import (
     DEFAULT_TOLERANCE_PX,
     CenterMemory,
+    CenterSource,
     StreamingCenter,
     center_note,
     sample_key,
@@ -149,7 +151,7 @@ from streamer.run.later_sections import SectionTools, filled_later_sections, run
 from streamer.run.observer import RankObserver
 from streamer.run.output import ScanOutput, check_servable, keep_newest
 from streamer.run.rank_iterations import ScanIterations
-from streamer.run.streaming import StreamingSection, plan_streaming
+from streamer.run.streaming import EARLY_FRACTION, StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
 from streamer.sinks.ranked import ranked_output
 from streamer.sinks.registry import (
@@ -172,6 +174,8 @@ TAG_STOP: Final = 306
 TAG_STREAM_CENTER: Final = 307
 TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
 TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
+#: CoR sources that are estimates: the final estimate at close checks them near their value.
+_ESTIMATED: Final = (CenterSource.EARLY, CenterSource.PAIR, CenterSource.CARRIED)
 #: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
 _MAX_ITERATION_LOGS: Final = 8
 #: The CoR method of a value set from the viewer (as on one rank).
@@ -257,6 +261,8 @@ class _ScanState:
     center_state: StreamingCenter | None = None
     #: Its report as the CoR owner decided it at close (``run``'s report ``center``).
     center_report: dict[str, Any] | None = None
+    #: How the final estimate searched (near the estimate used, or the whole range).
+    center_search: str | None = None
     #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
     #: the peers' (rank -> their stats, None: that rank's part failed).
     stats: PartialStats | None = None
@@ -332,6 +338,9 @@ class RankedReconstruction:
     #: redone beyond ``center_tolerance`` px. False (``recon``): such a CoR is found at close.
     estimate_center: bool = False
     center_tolerance: float = DEFAULT_TOLERANCE_PX
+    #: A scan whose pair comes last (180°) with nothing carried: the early estimate from
+    #: the projections in is tried once this fraction of them are (None: at close).
+    early_center_fraction: float | None = EARLY_FRACTION
     #: The last CoR per sample (the same on every rank: every rank sees the same closes).
     center_memory: CenterMemory = field(default_factory=CenterMemory)
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
@@ -714,7 +723,8 @@ class RankedReconstruction:
                               memory_left=memory_left, estimate_center=self.estimate_center,
                               center_known=key is not None
                               and self.center_memory.recall(key) is not None,
-                              scan_range_deg=start.geometry.scan_range_deg)
+                              scan_range_deg=start.geometry.scan_range_deg,
+                              early_fraction=self.early_center_fraction)
         if self.log is not None and self.control.rank == 0:
             self.log(f"scan {start.scan}: {plan.reason}")
         if plan.section is not None:
@@ -1091,7 +1101,10 @@ class RankedReconstruction:
             try:
                 if stopped is not None:
                     raise StreamerError(f"{stopped} before the CoR search")
-                found = _find_center(finder, band, row)
+                state = scan.center_state
+                near = (state.center if finder is None and state is not None
+                        and state.source in _ESTIMATED else None)
+                found = _find_center(finder, band, row, near=near, scan=scan)
                 center, method = float(found), _found_label(finder, found)
                 scan.center_warnings = tuple(getattr(found, "warnings", ()))
                 scan.center_confidence = getattr(found, "confidence", None)
@@ -1137,6 +1150,8 @@ class RankedReconstruction:
                          f"carried from the previous scan of sample {key}")
         elif owner == self.control.rank:
             section.on_pair = lambda value: self._pair_found(scan, value)
+            section.early_fraction = self.early_center_fraction
+            section.on_early = lambda value: self._early_found(scan, value)
 
     def _pair_found(self, scan: _ScanState, value: float) -> None:
         """The CoR owner's band completed the opposite pair: every rank starts with it
@@ -1144,6 +1159,26 @@ class RankedReconstruction:
         self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
             {"serial": scan.serial, "pair": value}))
         self._pair_agreed(scan, value)
+
+    def _early_found(self, scan: _ScanState, value: float) -> None:
+        """The CoR owner's early estimate is sure enough: every rank starts with it (sent
+        on the pair's link, so it reaches each peer before the pair and the close)."""
+        self.control.send_to_others(TAG_STREAM_CENTER, msgpack.packb(
+            {"serial": scan.serial, "early": value}))
+        self._early_agreed(scan, value)
+
+    def _early_agreed(self, scan: _ScanState, value: float) -> None:
+        state, section = scan.center_state, scan.streaming
+        if state is None or state.outcome is not None:
+            return
+        start = state.early_found(value)
+        if start is None or section is None:
+            return
+        kept = section.kept_blocks
+        section.start(start.center, early=True)
+        if self.log is not None and self.control.rank == 0:
+            self.log(f"scan {scan.start.scan}: CoR {value:.2f} early estimate: streaming "
+                     f"starts ({kept} kept block{'' if kept == 1 else 's'} added)")
 
     def _pair_agreed(self, scan: _ScanState, value: float) -> None:
         state, section = scan.center_state, scan.streaming
@@ -1176,6 +1211,10 @@ class RankedReconstruction:
             self.last_error = self.last_error or failure
             return None, None, str(failure)
         report = state.report()
+        if scan.center_search is not None:
+            report["final_search"] = scan.center_search
+        if scan.streaming is not None and scan.streaming.early is not None:
+            report["early"] = scan.streaming.early.as_dict()  # found, or why not
         report.update(streamed_with=streamed_with, final=final if error is None else None,
                       difference=None if before is None or final is None or error
                       else round(abs(final - before), 4))
@@ -1616,7 +1655,10 @@ class RankedReconstruction:
             scan.path = Path(str(message["path"]))
             scan.close.path_received()
         elif received.tag == TAG_STREAM_CENTER:
-            self._pair_agreed(scan, float(message["pair"]))
+            if "early" in message:
+                self._early_agreed(scan, float(message["early"]))
+            else:
+                self._pair_agreed(scan, float(message["pair"]))
         elif received.tag == TAG_CENTER:
             center = message["center"]
             scan.center_outputs = dict(message.get("outputs") or {})
@@ -1841,13 +1883,23 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
     )
 
 
-def _find_center(finder: PipelineStep | None, band: Band, row: int) -> SupportsFloat:
-    """The CoR from detector row ``row`` of ``band`` (which owns it)."""
+def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
+                 near: float | None = None, scan: _ScanState | None = None) -> SupportsFloat:
+    """The CoR from detector row ``row`` of ``band`` (which owns it); ``near``: the
+    estimate a streamed scan used, checked first near it (``final_estimate_near``; how
+    is kept in ``scan.center_search``)."""
     if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
         raise StreamerError("CoR: no corrected projection reached this rank's band")
     local = row - band.rows[0]
     # (angles, 1, cols): the corrected projections of that one row, as the finders take.
     stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
+    if finder is None and near is not None:
+        found, whole = final_estimate_near(stack, band.angles_deg, near, auto_center)
+        if scan is not None:
+            scan.center_search = (f"whole range (none within {CHECK_WINDOW_PX:g} px of "
+                                  f"{near:.2f})" if whole
+                                  else f"within {CHECK_WINDOW_PX:g} px of {near:.2f}")
+        return found
     if finder is None:
         return auto_center(stack, band.angles_deg)
     assert finder.spec.finds_center is not None

@@ -10,7 +10,10 @@ close as before. The CoR is either fixed (given or in the pipeline) or, with
 (:mod:`streamer.run.center_streaming`): until the runner calls :meth:`StreamingSection.start`
 the section keeps the blocks (bounded by :attr:`StreamingSection.keep_limit`, counted in
 the plan) and re-adds them then; the rank that owns the CoR row also watches for the
-opposite pair (:class:`~streamer.run.center_pair.PairWatch`) and tells the runner.
+opposite pair (:class:`~streamer.run.center_pair.PairWatch`) and tells the runner; when
+the plan's pair comes last (a 180° scan) it also watches the rows' centres of mass
+(:class:`~streamer.run.center_early.EarlyWatch`) and tells the runner an early estimate
+once :data:`EARLY_FRACTION` of the projections are in and it is sure enough.
 
 The planned angles are taken from the first corrected block (its smallest angular step,
 anchored near 0°); a later angle off that plan, a scan that closes with projections
@@ -41,17 +44,13 @@ from streamer.pipeline.executor import ProcessedBlock, apply_steps
 from streamer.pipeline.halo import section_halo
 from streamer.pipeline.sections import sections_of
 from streamer.pipeline.streaming import streaming_kind
-from streamer.run.center_pair import PairWatch
+from streamer.run.center_early import EARLY_FRACTION, LATE_FRACTION, EarlyCenter, EarlyWatch
+from streamer.run.center_pair import WATCH_ROWS, PairWatch
 
-__all__ = ["StreamingSection", "plan_streaming"]
+__all__ = ["EARLY_FRACTION", "LATE_FRACTION", "StreamingSection", "plan_streaming"]
 
 #: Angles within this fraction of a step of the plan are on it.
 _STEP_TOLERANCE = 1e-4
-#: A pair whose last projection lies beyond this fraction of the plan comes too late to
-#: start the accumulators: adding the kept blocks then (each costs 1.75-4x its share of
-#: the batch reconstruction) would be slower than reconstructing them at close. A
-#: property of the plan, the same on every rank whatever order the pieces land in.
-LATE_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ def plan_streaming(
     steps: tuple[PipelineStep, ...], *, rows: int, cols: int, projections: int,
     block_sinograms: int, memory_left: int, estimate_center: bool = False,
     center_known: bool = False, scan_range_deg: float | None = None,
+    early_fraction: float | None = None,
 ) -> StreamingPlan:
     """A :class:`StreamingSection` for a scan of ``rows × cols`` and ``projections``, or
     the reason it is reconstructed at close.
@@ -80,7 +80,9 @@ def plan_streaming(
     kept until it is are counted with the accumulators: the whole band (the bound: a
     360° scan keeps about half of it, but pieces land in any order on R ranks); a scan
     known to cover less than 360° is reconstructed at close (its opposite pair comes
-    with its last projections: streaming would only add work after the last frame)."""
+    with its last projections: streaming would only add work after the last frame)
+    unless ``early_fraction`` is given: then its CoR is estimated from the projections
+    received once that fraction is in (:class:`~streamer.run.center_early.EarlyWatch`)."""
     kind = streaming_kind(steps)
     if not kind.streaming:
         return StreamingPlan(None, kind.describe())
@@ -107,11 +109,13 @@ def plan_streaming(
                for first in range(0, rows, band))
     keep = 0
     if params.center is None and not center_known:
-        if scan_range_deg is not None and scan_range_deg < 360.0 - 1e-6:
+        if (early_fraction is None and scan_range_deg is not None
+                and scan_range_deg < 360.0 - 1e-6):
             return StreamingPlan(None, f"reconstruction: at close (the CoR is found at close: "
                                        f"a {scan_range_deg:g}° scan's opposite pair comes with "
-                                       "its last projections; give the CoR, or name the "
-                                       "sample in the start metadata to carry it, to stream)")
+                                       "its last projections; give the CoR, name the "
+                                       "sample in the start metadata to carry it, or let "
+                                       "run --early-center estimate it, to stream)")
         keep = rows * projections * cols * 4
     mib = 2**20
     if need + keep > memory_left:
@@ -178,6 +182,11 @@ class StreamingSection:
     #: Told the CoR of the opposite pair when it has arrived (the rank that watches it);
     #: None: this rank does not watch.
     on_pair: Callable[[float], None] | None = None
+    #: Told the early CoR estimate (:class:`~streamer.run.center_early.EarlyWatch`) when a
+    #: scan's pair comes last and the estimate is sure enough (the rank that watches).
+    on_early: Callable[[float], None] | None = None
+    #: Fraction of the plan in before the early estimate is tried (None: not tried).
+    early_fraction: float | None = None
     #: The array module of the accumulators: numpy, or the device of the reconstructor's
     #: backend (CuPy; a test's namespace); None: chosen from the backend at the first block.
     xp: Any = None
@@ -201,6 +210,9 @@ class StreamingSection:
         default_factory=list)
     _kept_bytes: int = 0
     _pair: PairWatch | None = None
+    _early: EarlyWatch | None = None
+    #: The early estimate's last try (found, or why not), for the report.
+    early: EarlyCenter | None = None
     _pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]] = field(
         default_factory=list)
     _pending_frames: int = 0
@@ -224,7 +236,7 @@ class StreamingSection:
         self.fallback = reason
         self._bands, self._kept, self._kept_bytes = [], [], 0  # the memory goes back at once
         self._pending, self._pending_frames = [], 0
-        self._pair = None
+        self._pair = self._early = None
         if self.log is not None:
             self.log(f"streaming: back to reconstruction at close: {reason}")
 
@@ -244,6 +256,14 @@ class StreamingSection:
                     self.projections - 1)
                 if self.on_pair is not None:
                     self._pair = watch
+                if (self._late and self.on_early is not None and self.center is None
+                        and self.early_fraction is not None):
+                    self._early = EarlyWatch(
+                        self.projections, np.unique(np.linspace(
+                            0, self._shape[0] - 1, min(self._shape[0], WATCH_ROWS))
+                            .round().astype(np.intp)),
+                        self.early_fraction,
+                        last_fraction=max(LATE_FRACTION, self.early_fraction))
             if self._before:
                 sinograms = apply_steps(self._before, sinograms, darks=None, flats=None,
                                         angles_deg=block.angles_deg, repairs=self.repairs)
@@ -255,6 +275,7 @@ class StreamingSection:
             self._give_up(str(error))
             return
         self.blocks_added += 1
+        self._watch_early(block)
         if self._pair is not None and self.on_pair is not None:
             try:
                 found = self._pair.add(block.angles_deg, block.data)
@@ -266,6 +287,30 @@ class StreamingSection:
             if found is not None:
                 self._pair = None
                 self.on_pair(found)
+
+    def _watch_early(self, block: ProcessedBlock) -> None:
+        """The early estimate's share of a block (the rank that watches, while no CoR is
+        known): the runner is told once it is sure enough."""
+        watch = self._early
+        if watch is None or self.on_early is None:
+            return
+        if self.center is not None:  # known otherwise (the viewer, a carried one)
+            self._early = None
+            return
+        try:
+            found = watch.add(block.angles_deg, block.data)
+        except StreamerError as error:  # e.g. non-finite values: no early CoR
+            self._early = None
+            if self.log is not None:
+                self.log(f"streaming: no early CoR estimate: {error}")
+            return
+        self.early = watch.last
+        if watch.done:
+            self._early = None
+            if found is None and self.log is not None and watch.last is not None:
+                self.log(f"streaming: no early CoR estimate: {watch.last.reason}")
+        if found is not None and found.center is not None:
+            self.on_early(found.center)
 
     def _keep(self, angles: npt.NDArray[np.float64],
               sinograms: npt.NDArray[np.float32]) -> None:
@@ -333,10 +378,12 @@ class StreamingSection:
         self.transfers.bytes_to_device += int(sinograms.nbytes)
         return moved
 
-    def start(self, center: float) -> None:
+    def start(self, center: float, *, early: bool = False) -> None:
         """The CoR is known (or changed): (re)start the accumulators with it and add the
         blocks kept so far. A changed CoR with no blocks kept cannot be restarted: the
-        scan goes back to the batch path."""
+        scan goes back to the batch path. ``early``: an early estimate (before
+        :data:`LATE_FRACTION` of the plan on the rank that made it), added even on a scan
+        whose pair comes last."""
         if self.fallback is not None or center == self.center:
             return
         restart = self.center is not None and self.blocks_added > 0
@@ -345,7 +392,7 @@ class StreamingSection:
             self._give_up(f"the CoR changed to {center:.2f} during the scan and the blocks "
                           "were not kept")
             return
-        if self._late and self._kept:
+        if self._late and self._kept and not early:
             self._give_up("the opposite pair comes with the scan's last projections: "
                           "reconstructing at close costs less than adding the kept blocks")
             return

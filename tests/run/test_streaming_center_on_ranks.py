@@ -1,13 +1,15 @@
 """The CoR of a streamed scan on 1..R ranks (in-memory link, ranks in threads): a pipeline
-that leaves the CoR to be found streams with the opposite pair's estimate (or the CoR
-carried from the sample's previous scan), the final estimate at close checks it, and the
-volume is redone when they differ by more than the tolerance. Every volume is compared
+that leaves the CoR to be found streams with the opposite pair's estimate, the early
+estimate of a 180° scan (or the CoR carried from the sample's previous scan), the final
+estimate at close checks it, and the volume is redone when they differ by more than the
+tolerance. Every volume is compared
 with the batch reconstruction of the same scan at the CoR the report says was used."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +146,88 @@ def test_a_360_scan_streams_with_its_pair_from_half_way_and_keeps_it(
     assert 0 < error < 1e-5, error  # 0 would mean the batch path ran twice
 
 
-def test_a_180_scan_without_a_cor_is_reconstructed_at_close(tmp_path: Path) -> None:
-    """Its pair comes with its last projections: streaming would only add work after
-    the last frame, so the plan says at close (the CoR policy's, as before)."""
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_180_scan_without_a_cor_streams_with_its_early_estimate(
+        tmp_path: Path, ranks: int) -> None:
+    """Nothing carried, the pair comes last: the CoR row's rank estimates the CoR from
+    the first half of the projections (centre-of-mass sinusoid), every rank streams
+    with it, the final estimate at close agrees, and the volume is the batch's."""
+    lines: list[str] = []
+    started: list[int | None] = []
+
+    def work(link: MemoryLink) -> ScanOutput | None:
+        ranked = _runner(link, tmp_path, lines)
+        if link.rank == 0:
+            def log(line: str) -> None:
+                if "early estimate: streaming starts" in line:
+                    scan = ranked._scan
+                    started.append(None if scan is None else scan.processor.projections_done)
+                lines.append(line)
+            ranked.log = log
+        return _feed(ranked, SimulatedScan(CONFIG), "half", None)
+
+    output = run_ranks(ranks, work)[0]
+    assert output is not None and output.complete, output
+    center = output.figures["center"]
+    assert center["source"] == "early estimate" and center["streamed"], center
+    assert not center["redone"] and center["streamed_with"] == center["center"]
+    assert abs(center["center"] - TRUE_COR) < 0.2 and center["difference"] <= 0.5
+    early = center["early"]
+    assert early["center"] == center["center"] and early["reason"] is None, early
+    assert early["error"] <= 0.1 and early["angles"] >= CONFIG.projections // (2 * ranks)
+    assert center["final_search"].startswith("within 4 px of"), center  # a check, not a search
+    assert "early estimate (streaming)" in (output.center_method or "")
+    assert "CoR: early estimate" in " ".join(output.notes)
+    assert not any("back to reconstruction at close" in line for line in lines), lines
+    assert started, lines
+    if ranks == 1:  # started half-way, not at the last frame
+        assert started[0] is not None and started[0] <= CONFIG.projections * 0.6, started
+    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, center["center"]))
+    assert 0 < error < 1e-5, error  # 0 would mean the batch path ran twice
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_an_early_estimate_that_is_off_is_redone_at_close(
+        tmp_path: Path, ranks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early estimate (made 2 px off here, as a truncation that starts late or a
+    biased background would) streams, the final estimate at close disagrees, and the
+    volume is redone with it: the report says so, and the volume is the batch's."""
+    from streamer.run import center_early
+    honest = center_early.early_center
+
+    def off(*args: Any, **kwargs: Any) -> center_early.EarlyCenter:
+        found = honest(*args, **kwargs)
+        return found if found.center is None else replace(found, center=found.center + 2)
+
+    monkeypatch.setattr(center_early, "early_center", off)
     lines: list[str] = []
 
     def work(link: MemoryLink) -> ScanOutput | None:
-        return _feed(_runner(link, tmp_path, lines), SimulatedScan(CONFIG), "half", None)
+        return _feed(_runner(link, tmp_path, lines), SimulatedScan(CONFIG), "off", None)
+
+    output = run_ranks(ranks, work)[0]
+    assert output is not None and output.complete, output
+    center = output.figures["center"]
+    assert center["redone"] and center["source"] == "final", center
+    assert abs(center["streamed_with"] - (TRUE_COR + 2)) < 0.2
+    assert abs(center["center"] - TRUE_COR) < 0.3 and center["difference"] > 1.5
+    assert center["estimates"]["early"] == center["streamed_with"]
+    assert "REDONE" in " ".join(output.notes)
+    assert "differs from the early estimate CoR" in (output.center_method or "")
+    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, center["center"]))
+    assert error < 1e-5, error
+
+
+def test_a_180_scan_without_a_cor_is_reconstructed_at_close_without_early_estimates(
+        tmp_path: Path) -> None:
+    """``early_center_fraction=None``: its pair comes with its last projections, so
+    streaming would only add work after the last frame: the plan says at close (the CoR
+    policy's, as before the early estimate)."""
+    lines: list[str] = []
+
+    def work(link: MemoryLink) -> ScanOutput | None:
+        return _feed(_runner(link, tmp_path, lines, early_center_fraction=None),
+                     SimulatedScan(CONFIG), "half", None)
 
     output = run_ranks(1, work)[0]
     assert output is not None and output.complete and "center" not in output.figures
@@ -168,8 +245,8 @@ def test_a_pair_that_comes_last_is_used_at_close_not_added_late(tmp_path: Path,
     lines: list[str] = []
 
     def work(link: MemoryLink) -> ScanOutput | None:
-        return _feed(_runner(link, tmp_path, lines), SimulatedScan(CONFIG), "late", None,
-                     range_known=False)
+        return _feed(_runner(link, tmp_path, lines, early_center_fraction=None),
+                     SimulatedScan(CONFIG), "late", None, range_known=False)
 
     output = run_ranks(ranks, work)[0]
     assert output is not None and output.complete, output
@@ -198,7 +275,7 @@ def test_a_wrong_carried_cor_streams_then_the_volume_is_redone_at_the_final_cor(
 
     first, second = run_ranks(ranks, work)[0]
     assert first is not None and second is not None and second.complete, second
-    carried = first.center  # found at close (a 180° scan with no CoR yet)
+    carried = first.center  # the early estimate, checked at close
     assert carried is not None and abs(carried - (TRUE_COR - 4)) < 0.3, first
     center = second.figures["center"]
     assert any(f"CoR {carried:.2f} carried from the previous scan of sample s1" in line
@@ -206,6 +283,7 @@ def test_a_wrong_carried_cor_streams_then_the_volume_is_redone_at_the_final_cor(
     assert center["streamed_with"] == carried and center["redone"], center
     assert center["source"] == "final" and center["center"] == center["final"]
     assert abs(center["final"] - TRUE_COR) < 0.3 and center["difference"] > 3.5
+    assert center["final_search"].startswith("whole range"), center  # 4 px: off the window
     assert not center["streamed"]
     assert "REDONE" in " ".join(second.notes)
     assert "redone: the final CoR estimate" in (second.center_method or "")
@@ -298,4 +376,37 @@ def test_run_streams_with_the_pair_and_reports_the_cor(tmp_path: Path, python: s
     center = report["center"]
     assert center["source"] == "pair" and center["streamed"] and not center["redone"]
     assert abs(center["center"] - 22.5) < 0.2 and center["tolerance"] == 0.25
+    assert report["latency"]["reconstruction"] == "streaming"
+
+
+@pytest.mark.parametrize("early", ["0.5", "off"])
+def test_run_streams_a_180_scan_with_its_early_estimate(tmp_path: Path, python: str,
+                                                        cli_env: Any, early: str) -> None:
+    """The documented example: ``run --early-center 0.5`` (the default) streams a 180°
+    scan with nothing carried from half-way; ``off`` reconstructs it at close."""
+    pipeline = tmp_path / "found.yaml"
+    pipeline.write_text(FOUND)
+    out = tmp_path / "volumes"
+    process, address = start_consumer_cli(
+        python, cli_env, "run", str(pipeline), "--scans", "1", "--out", str(out),
+        "--early-center", early)
+    try:
+        assert main(["simulate", "--connect", address, "--rows", "4", "--cols", "48",
+                     "--projections", "120", "--cor", "22.5", "--scan-id", "half",
+                     "--quiet"]) == 0
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    report = json.loads((out / "half.json").read_text())
+    if early == "off":
+        assert "center" not in report and "early estimate" not in stdout + stderr
+        assert report["latency"]["reconstruction"] == "at close"
+        return
+    assert "early estimate: streaming starts" in stderr + stdout
+    assert "CoR: early estimate 22." in stdout, stdout
+    center = report["center"]
+    assert center["source"] == "early estimate" and center["streamed"], center
+    assert not center["redone"] and abs(center["center"] - 22.5) < 0.2
+    assert center["early"]["error"] <= 0.1
     assert report["latency"]["reconstruction"] == "streaming"
