@@ -143,7 +143,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
     from streamer.ingest.service import IngestService
     from streamer.live.relay import FeedRelay
     from streamer.run.from_file import ReconSettings, center_source, pipeline_for
-    from streamer.run.ranks import DEFAULT_INTERRUPT_AFTER_S, RankedReconstruction
+    from streamer.run.ranks import RankedReconstruction
 
     link: Any = RankLink.world() if ranks > 1 else MemoryNetwork(1).link(0)
     log = log_to_stderr(args.quiet)
@@ -198,7 +198,6 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   output_format=chosen_output_format(args, None),
                                   background=background, estimate_center=True,
                                   center_tolerance=args.center_tolerance,
-                                  interrupt_after_s=DEFAULT_INTERRUPT_AFTER_S,
                                   on_iteration=iterating.iteration if speaks else None)
     wanted_feed = feed_settings(args)  # checked before any socket is bound
     with zmq.Context() as context, stop_on_signal() as stop:

@@ -158,8 +158,8 @@ VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
-#: ``run``: a new scan's start interrupts the previous scan's reconstruction still running
-#: this long after it (``RankedReconstruction.interrupt_after_s``).
+#: A grace for ``RankedReconstruction.interrupt_after_s`` (not enabled in ``run``: it would
+#: break the backpressure guarantee that a faster source gets every scan complete; ADR 0024).
 DEFAULT_INTERRUPT_AFTER_S: Final = 2.0
 
 
@@ -301,11 +301,12 @@ class RankedReconstruction:
     center_tolerance: float = DEFAULT_TOLERANCE_PX
     #: The last CoR per sample (the same on every rank: every rank sees the same closes).
     center_memory: CenterMemory = field(default_factory=CenterMemory)
-    #: ``run``: a new scan's ``start`` interrupts the reconstruction of the previous one
-    #: (between blocks of its band) once it has run this long after that start came
-    #: (seconds; None: never). A streaming finish (well under a second) completes; an
-    #: at-close reconstruction of minutes gives way to the new scan within seconds, its
-    #: output keeping the slices written, marked incomplete, and saying why. Every rank
+    #: A new scan's ``start`` interrupts the reconstruction of the previous one (between
+    #: blocks of its band) once it has run this long after that start came (seconds;
+    #: None: never, the default and ``run``'s, ADR 0024). A streaming finish (well under
+    #: a second) completes; an at-close reconstruction of minutes gives way to the new scan
+    #: within seconds, its output keeping the slices written, marked incomplete, and
+    #: saying why; a band fully written is never cut. Every rank
     #: sees the start, so each stops by itself (no stop is sent: the job goes on).
     interrupt_after_s: float | None = None
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
@@ -814,12 +815,12 @@ class RankedReconstruction:
         if viewer is not None:
             processor.center_override = viewer
         processor.resolve_center = auto_center
-        processor.should_stop = lambda: (self._stopped(scan) or self._interrupted(scan)
-                                         ) is not None
         rows = processor.band.height if processor.band is not None else scan.start.rows
         writer: VolumeSink | None = None
         center = 0.0
         written = 0
+        processor.should_stop = lambda: self._stopped(scan) is not None or (
+            written < rows and self._interrupted(scan) is not None)  # all written: not cut
 
         def write(block: ProcessedBlock) -> None:
             nonlocal writer, center, written
@@ -1162,7 +1163,9 @@ class RankedReconstruction:
         stopped: str | None = None
         try:
             while True:
-                stopped = self._stopped(scan) or self._interrupted(scan)
+                stopped = self._stopped(scan)
+                if stopped is None and written < last - first:  # all written: not cut
+                    stopped = self._interrupted(scan)
                 if stopped is not None:
                     stopped += f" after {written} of {last - first} slices"
                     break

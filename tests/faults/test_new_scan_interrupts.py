@@ -2,9 +2,10 @@
 (``RankedReconstruction.interrupt_after_s``, issue 19) on the ``run`` service of one
 rank: the interrupted volume keeps the slices written, is marked incomplete and says it
 was interrupted and by which scan; the new scan is then served complete. With the
-interruption off, the same order of events leaves both volumes complete.
+interruption off (``run``'s default, ADR 0024), or when the start comes after the last
+block, the same order of events leaves both volumes complete.
 
-Deterministic: the reconstruction of scan A pauses after its first block (its
+Deterministic: the reconstruction of scan A pauses after its first (or last) block (its
 ``on_block`` waits, bounded) until the service has admitted B's start, which the test
 sends only once that first block is written; no timing is asserted (the grace is 0 s
 here, the order of events decides).
@@ -39,9 +40,11 @@ from tests.faults.test_bad_scan_service import (
 from tests.run.ranks import one_rank
 
 
-@pytest.mark.parametrize("interrupt", [True, False])
+@pytest.mark.parametrize(("interrupt", "pause_after"), [(True, 1), (False, 1), (True, ROWS)])
 def test_a_new_scan_interrupts_the_reconstruction_in_progress(
-        loopback_pair: Any, tmp_path: Path, interrupt: bool) -> None:
+        loopback_pair: Any, tmp_path: Path, interrupt: bool, pause_after: int) -> None:
+    """``pause_after``: A's slices written when B's start is sent (all of them: A is
+    complete, a band fully written is never cut)."""
     steps = parse_pipeline(PIPELINE, REGISTRY, source="interrupt.yaml").steps
     outputs: queue.Queue[ScanOutput] = queue.Queue()
     first_block = threading.Event()  # A's first block is written
@@ -50,7 +53,7 @@ def test_a_new_scan_interrupts_the_reconstruction_in_progress(
 
     def on_block(scan: str, written: int, rows: int) -> None:
         events.append(f"{scan}: {written} of {rows} written")
-        if scan == "A" and written == 1:
+        if scan == "A" and written == pause_after:
             first_block.set()
             assert b_admitted.wait(WAIT_S), "B's start was never taken up"
 
@@ -79,7 +82,7 @@ def test_a_new_scan_interrupts_the_reconstruction_in_progress(
         push.send(start_header("A"))
         push.send_multipart(frames_parts("A", 0, keys, angles, frames))
         push.send(end_header("A", len(keys)))
-        assert first_block.wait(WAIT_S), "A's reconstruction never wrote a block"
+        assert first_block.wait(WAIT_S), "A's reconstruction never reached the pause"
         push.send(start_header("B"))
         push.send_multipart(frames_parts("B", 0, keys, angles, frames))
         push.send(end_header("B", len(keys)))
@@ -91,7 +94,7 @@ def test_a_new_scan_interrupts_the_reconstruction_in_progress(
     assert (first.scan, second.scan) == ("A", "B")
     assert second.complete and second.slices == ROWS
     assert first.path is not None
-    if not interrupt:
+    if not interrupt or pause_after == ROWS:
         assert first.complete and first.slices == ROWS
         assert events.index("A: output") > events.index("B: started")
         return
