@@ -5,8 +5,11 @@ orders it) and stops its band between blocks by itself, so the interrupted scan'
 is incomplete and names each rank's reason; the new scan is served complete, and the
 job goes on (no rank's ``stop`` is set: that is Ctrl-C's, ``test_stop_on_ranks``).
 
-Deterministic: each rank's worker, after the first block of scan ``a``, waits (bounded)
-until its own ingest thread has taken up scan ``b``'s start; no timing is asserted.
+Deterministic: the source sends both scans at once, so ``b``'s start may be taken up
+before or during ``a``'s band; each rank's injected clock stands still (the grace of
+1 s never runs out) until that rank's worker has written ``a``'s first block and seen
+``b``'s start taken up (it waits for it, bounded), then jumps past the grace. So every
+rank stops at its second block whatever the arrival order; no timing is asserted.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def test_a_new_scan_interrupts_every_rank_between_blocks(tmp_path: Path) -> None
     opened_b = [threading.Event() for _ in range(RANKS)]
     waited: list[list[bool]] = [[] for _ in range(RANKS)]
     stops = [threading.Event() for _ in range(RANKS)]
+    grace_over = [False] * RANKS  # per rank: its injected clock jumps past the grace
 
     def rank(link: MemoryLink) -> list[ScanOutput]:
         me = link.rank
@@ -51,12 +55,16 @@ def test_a_new_scan_interrupts_every_rank_between_blocks(tmp_path: Path) -> None
         def on_block(scan: str, slices: int, rows: int) -> None:
             if scan == "a" and not waited[me]:
                 waited[me].append(opened_b[me].wait(JOIN_S))
+                grace_over[me] = True
+
+        def clock() -> float:  # the grace runs out only after a's first block
+            return 100.0 if grace_over[me] else 0.0
 
         ranked = RankedReconstruction(steps, PIPELINE, out, control, band_link,
                                       block_frames=8, block_sinograms=2,
                                       memory_bytes=1 << 28, background=True,
                                       on_block=on_block, stop=stops[me],
-                                      interrupt_after_s=0.0)
+                                      interrupt_after_s=1.0, clock=clock)
 
         def on_event(event: Any) -> None:
             ranked.on_event(event)
