@@ -29,6 +29,7 @@ def test_the_report_lists_what_ended_after_the_last_frame(
     assert lines[0] == "rank 1: 2 adds before the last frame (0.75 s)"
     assert lines[1:] == ["rank 1: correct (up to 50 frames) from -1.000 s for 1.500 s",
                          "rank 1: add (4 frames) from +0.600 s for 0.200 s",
-                         "rank 1: close () from +1.000 s for 0.100 s"]
+                         "rank 1: close () from +1.000 s for 0.100 s",
+                         "rank 1: its last frame at 10.000 s (wall clock mod 1000)"]
     module._report(events, [])  # no projection frame: nothing to say
     assert capsys.readouterr().err == ""

@@ -49,7 +49,7 @@ one() {  # one scan through run; prints its latency line
     --projections "$angles" --rate "$rate" --scan-id s ${CANNOT_WAIT:+--cannot-wait} \
     > "$out.sim.log" 2>&1 || true
   wait "$pid" || true
-  grep -h "^  latency\|reconstruction: \|streaming: back\|^rank [0-9]*: \|^  CoR\|early estimate" "$out.log" || true
+  grep -h "^  latency\|reconstruction: \|streaming: back\|^rank [0-9]*: \|^  CoR\|early estimate\|error\|refused\|FAILED" "$out.log" || true
   grep -h "^sent\|^DROPPED\|^ABORTED" "$out.sim.log" || true
 }
 uptime

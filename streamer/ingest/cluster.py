@@ -22,6 +22,16 @@ a :class:`Link` (MPI in production, :class:`streamer.exchange.links.RankLink`):
    rank 0, which merges them (:meth:`ScanAccount.merge`) into the one scan report.
 
 Only rank 0 produces reports. When rank 0 stops serving it tells the others (``STOP``).
+
+MPI messages wake nobody: a rank hears them when its ingest loop steps the cluster, which
+it does between receives from its socket. So that a scan's close is heard within
+milliseconds, not poll periods, the loop waits for its socket only :meth:`ClusterIngest.
+wait_s` at a time: while a close is in play (a scan open, a close awaiting accounts, a
+start awaiting its turn) a few milliseconds just after anything was heard, growing with
+the quiet (an eighth of it) up to the poll period. The close's messages come right after
+the last frames (each rank's count, ``end``, ``CLOSE``, the accounts), so each is heard
+within milliseconds, and a long quiet costs a few wake-ups per second, not a core (MPICH
+busy-polls in its own blocking calls; nothing here blocks in MPI).
 """
 
 from __future__ import annotations
@@ -55,6 +65,20 @@ COORDINATOR: Final = 0
 PROGRESS_INTERVAL_S: Final = 0.25
 MAX_EARLY: Final = 64  # scans whose notes arrived before their start (bounded)
 SUPERSEDE_GRACE_S: Final = 2.0
+#: While a close is in play, the shortest wait for the socket before the other ranks'
+#: messages are read (seconds) ...
+CONTROL_POLL_S: Final = 0.002
+#: ... and the wait as a fraction of the time since anything was last heard.
+QUIET_FRACTION: Final = 0.125
+
+
+def control_wait_s(quiet_s: float, longest_s: float) -> float:
+    """How long to wait for the socket while a close is in play, ``quiet_s`` after
+    anything was last heard: ``CONTROL_POLL_S`` at first, ``QUIET_FRACTION`` of the
+    quiet later, never more than ``longest_s`` (the poll period). A message that arrives
+    after a quiet ``q`` is heard within ``max(CONTROL_POLL_S, q / 8)``; a quiet of ``T``
+    costs about ``8 ln(T / 16 ms)`` wake-ups beyond the first few, not a busy loop."""
+    return min(longest_s, max(CONTROL_POLL_S, QUIET_FRACTION * max(0.0, quiet_s)))
 
 
 class Link(Protocol):
@@ -124,6 +148,7 @@ class ClusterIngest:
         self._partial_sent: set[str] = set()
         self._last_progress: tuple[str, int] | None = None
         self._last_progress_at = 0.0
+        self._heard_at: float | None = None  # the last time another rank's message came
 
     @property
     def is_coordinator(self) -> bool:
@@ -158,10 +183,28 @@ class ClusterIngest:
 
     # --- every loop iteration --------------------------------------------------------
 
+    def wait_s(self, state: IngestState, now: float, longest_s: float,
+               wire_heard_at: float | None) -> float:
+        """How long the ingest loop may wait for its socket before it steps the cluster
+        again: ``longest_s`` (the poll period) on one rank or with nothing in play; while
+        a close is in play, :func:`control_wait_s` of the quiet since this rank last heard
+        anything (``wire_heard_at``: its socket; or a peer)."""
+        if self.link.size == 1 or not self._in_play(state):
+            return longest_s
+        heard = [t for t in (wire_heard_at, self._heard_at) if t is not None]
+        quiet = now - max(heard) if heard else longest_s / QUIET_FRACTION
+        return control_wait_s(quiet, longest_s)
+
+    def _in_play(self, state: IngestState) -> bool:
+        """A close may need this rank's ear: a scan is open here, or (rank 0) a closed
+        scan awaits accounts or a start awaits its turn."""
+        return state.current is not None or bool(self._starts) or self.pending_merges()
+
     def step(self, state: IngestState, now: float) -> list[Event | MergedReport]:
         """Handle messages from other ranks, report progress, and (rank 0) decide."""
         events: list[Event | MergedReport] = []
         for received in self.link.poll():
+            self._heard_at = now
             events.extend(self._handle(received, state, now))
         self._report_progress(state, now)
         if self.is_coordinator:
@@ -204,6 +247,12 @@ class ClusterIngest:
 
     def pending_merges(self) -> bool:
         return any(t.close_reason is not None for t in self._tracked.values())
+
+    def merge_ready(self, now: float) -> list[Event | MergedReport]:
+        """Rank 0: the reports of closed scans whose every account is in, at once (a close
+        decided in a step is handed its own account while the step's events are
+        dispatched: on one rank that completes it, no poll period later)."""
+        return list(self._merge_ready(now)) if self.is_coordinator else []
 
     def force_merge(self, now: float) -> list[Event | MergedReport]:
         """Rank 0: merge whatever partials arrived, naming the ranks that sent none."""

@@ -147,15 +147,23 @@ class IngestService:
         # one call per message, as a bare PULL loop makes (restored when the run ends).
         timeout_before = self.socket.getsockopt(zmq.RCVTIMEO)
         self.socket.setsockopt(zmq.RCVTIMEO, self.settings.poll_ms)
+        wait_ms = self.settings.poll_ms
         self._stop = stop
         closed_before = self.scans_reported
         idle_since = self.clock()
+        heard_at: float | None = None  # the last message from the socket
         try:
             while stop is None or not stop.is_set():
                 if self.cluster is not None:
                     self._cluster_step()
                     if self.cluster.stopped:
                         break
+                    # While a close is in play on several ranks, wait for the socket only
+                    # a few ms at a time, so the other ranks' messages are heard at once.
+                    wanted = self._wait_ms(self.cluster, heard_at)
+                    if wanted != wait_ms:
+                        self.socket.setsockopt(zmq.RCVTIMEO, wanted)
+                        wait_ms = wanted
                 self._drain()
                 if self.store.full or self.state.pending_full:
                     # Downstream is behind (or frames wait for their scan's start): do not
@@ -166,7 +174,7 @@ class IngestService:
                     self._tick()
                     continue
                 if self._receive_burst():
-                    idle_since = self.clock()
+                    idle_since = heard_at = self.clock()
                 self._tick()
                 if max_scans is not None and self.scans_reported - closed_before >= max_scans:
                     break
@@ -192,6 +200,16 @@ class IngestService:
         assert self.cluster is not None
         for event in self.cluster.step(self.state, self.clock()):
             self._dispatch(event)
+        # A scan closed in this step was handed this rank's account while its events were
+        # dispatched: its report is due now when every account is in (one rank: always).
+        for event in self.cluster.merge_ready(self.clock()):
+            self._dispatch(event)
+
+    def _wait_ms(self, cluster: ClusterIngest, heard_at: float | None) -> int:
+        """The socket's receive timeout for the next burst (whole ms, at least 1)."""
+        longest = self.settings.poll_ms / 1000
+        wait = cluster.wait_s(self.state, self.clock(), longest, heard_at)
+        return max(1, min(self.settings.poll_ms, round(wait * 1000)))
 
     def _cluster_finish(self) -> None:
         """Rank 0 closes what is open everywhere and waits (bounded) for every rank's
@@ -222,7 +240,7 @@ class IngestService:
                 parts = socket.recv_multipart(copy=False)
             except zmq.Again:  # a poll period without a message
                 break
-            self.handle_parts(parts)
+            control = self.handle_parts(parts)
             handled += 1
             # Hand frames downstream after every message: buffers are released while
             # still hot in cache instead of piling up for a whole burst.
@@ -230,10 +248,13 @@ class IngestService:
                 self._drain()
             if self.store.full or self.state.pending_full or self.scans_reported != reported:
                 break
+            if control and self.cluster is not None:
+                break  # a start, end or abort: the cluster decides now, not after the burst
         return handled
 
-    def handle_parts(self, parts: list[Any]) -> None:
-        """Decode, validate and account for one multipart message."""
+    def handle_parts(self, parts: list[Any]) -> bool:
+        """Decode, validate and account for one multipart message. Returns True for a
+        valid ``start``, ``end`` or ``abort`` (a message a scan's open or close waits on)."""
         self.messages += 1
         now = self.clock()
         try:
@@ -242,13 +263,15 @@ class IngestService:
             frames = frames_claimed(parts, self.settings.limits)
             for event in self.state.handle_rejected(error, now, frames):
                 self._dispatch(event)
-            return
-        if self.cluster is not None and isinstance(message, StartHeader | EndHeader | AbortHeader):
+            return False
+        control = isinstance(message, StartHeader | EndHeader | AbortHeader)
+        if self.cluster is not None and control:
             raw = bytes(getattr(parts[0], "buffer", parts[0]))
             if not self.cluster.on_wire(message, raw, now):
-                return
+                return True
         for event in self.state.handle_message(message, now):
             self._dispatch(event)
+        return control
 
     def _pause(self) -> None:
         if self._stop is not None:

@@ -183,6 +183,9 @@ VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
+#: A grace for ``RankedReconstruction.interrupt_after_s`` (not enabled in ``run``: it would
+#: break the backpressure guarantee that a faster source gets every scan complete; ADR 0024).
+DEFAULT_INTERRUPT_AFTER_S: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,14 @@ class RankedReconstruction:
     early_center_fraction: float | None = EARLY_FRACTION
     #: The last CoR per sample (the same on every rank: every rank sees the same closes).
     center_memory: CenterMemory = field(default_factory=CenterMemory)
+    #: A new scan's ``start`` interrupts the reconstruction of the previous one (between
+    #: blocks of its band) once it has run this long after that start came (seconds;
+    #: None: never, the default and ``run``'s, ADR 0024). A streaming finish (well under
+    #: a second) completes; an at-close reconstruction of minutes gives way to the new scan
+    #: within seconds, its output keeping the slices written, marked incomplete, and
+    #: saying why; a band fully written is never cut. Every rank
+    #: sees the start, so each stops by itself (no stop is sent: the job goes on).
+    interrupt_after_s: float | None = None
     #: Reconstruct in a worker thread while ingest keeps reading its socket (the service):
     #: one scan reconstructed at a time, the next scan's frames wait in the ingest store,
     #: its start is taken up on the links once the worker is done. Under MPI the links
@@ -385,6 +396,9 @@ class RankedReconstruction:
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
     _idle: threading.Event = field(default_factory=_set_event)
     _deferred: _Admitted | None = None  # admitted while the worker was busy
+    #: The latest scan admitted while the worker was busy: (serial, scan, when, by
+    #: ``clock``), for ``interrupt_after_s``.
+    _started_while_busy: tuple[int, str, float] | None = None
     #: Rank 0: how the CoR of each closed scan was found (serial -> method, warnings,
     #: confidence), for its output.
     _center_found: dict[int, tuple[str, tuple[str, ...], float | None]] = field(
@@ -582,6 +596,7 @@ class RankedReconstruction:
         admitted = self._admit(start)
         if self.busy:
             self._deferred = admitted
+            self._started_while_busy = (admitted.serial, start.scan, self.clock())
         else:
             self._begin(admitted)
 
@@ -888,11 +903,12 @@ class RankedReconstruction:
         if viewer is not None:
             processor.center_override = viewer
         processor.resolve_center = auto_center
-        processor.should_stop = lambda: self._stopped(scan) is not None
         rows = processor.band.height if processor.band is not None else scan.start.rows
         writer: VolumeSink | None = None
         center = 0.0
         written = 0
+        processor.should_stop = lambda: self._stopped(scan) is not None or (
+            written < rows and self._interrupted(scan) is not None)  # all written: not cut
 
         def write(block: ProcessedBlock) -> None:
             nonlocal writer, center, written, rows
@@ -929,7 +945,8 @@ class RankedReconstruction:
             stopped = str(error)
             self.last_error = self.last_error or error
         if stopped is None and processor.stopped:
-            stopped = f"{self._stopped(scan)} after {written} of {rows} slices"
+            stopped = (f"{self._stopped(scan) or self._interrupted(scan)} after {written} "
+                       f"of {rows} slices")
         complete = processor.complete and stopped is None and written == rows
         if writer is not None:  # the volume itself: closed with the report (write_master)
             self._held[scan.serial] = _HeldVolume(writer, center, complete)
@@ -1288,6 +1305,8 @@ class RankedReconstruction:
         try:
             while True:
                 stopped = self._stopped(scan)
+                if stopped is None and written < last - first:  # all written: not cut
+                    stopped = self._interrupted(scan)
                 if stopped is not None:
                     stopped += f" after {written} of {last - first} slices"
                     break
@@ -1442,6 +1461,17 @@ class RankedReconstruction:
         if scan.stopped_by == self.control.rank:
             return "stopped by the service (SIGINT/SIGTERM)"
         return f"stopped: rank {scan.stopped_by} was stopped (SIGINT/SIGTERM)"
+
+    def _interrupted(self, scan: _ScanState) -> str | None:
+        """Why this rank stops reconstructing ``scan`` for a newer scan (None: go on):
+        one started ``interrupt_after_s`` ago or more (the worker's reads of what the
+        ingest thread set are of one reference: atomic)."""
+        started = self._started_while_busy
+        if self.interrupt_after_s is None or started is None or started[0] <= scan.serial:
+            return None
+        if self.clock() - started[2] < self.interrupt_after_s:
+            return None
+        return f"interrupted: scan {started[1]!r} started"
 
     def write_master(self, scan_id: str, *, complete: bool,
                      document: dict[str, Any] | None) -> ScanOutput | None:
@@ -1920,5 +1950,5 @@ def _found_label(finder: PipelineStep | None, found: SupportsFloat) -> str:
     return center_label(f"{finder.name} (pipeline)", "", warnings=warnings)
 
 
-__all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "TAG_STOP", "PartWritten", "RankedReconstruction",
-           "recon_on_ranks"]
+__all__ = ["DEFAULT_EXCHANGE_TIMEOUT_S", "DEFAULT_INTERRUPT_AFTER_S", "TAG_STOP", "PartWritten",
+           "RankedReconstruction", "recon_on_ranks"]
