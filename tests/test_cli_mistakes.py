@@ -212,3 +212,15 @@ def test_run_refuses_an_early_center_fraction_it_could_not_use(
     assert "--early-center" in err and repr(value) in err and "Traceback" not in err
     assert "expected a fraction of the scan in (0, 0.75] or off" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
+def test_run_refuses_an_interrupt_grace_it_could_not_use(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "standard", "--interrupt-after", value, "--out", str(tmp_path / "v")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--interrupt-after" in err and repr(value) in err and "Traceback" not in err
+    assert "expected seconds (a number >= 0) or off" in err
+    assert list(tmp_path.iterdir()) == []

@@ -77,6 +77,21 @@ def parse_early_center(text: str) -> float | None:
     return value
 
 
+def parse_interrupt_after(text: str) -> float | None:
+    """``--interrupt-after``: seconds (>= 0) a reconstruction may go on after the next
+    scan's ``start`` before it is cut, or ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (a number >= 0) or off, got {text!r}")
+    return value
+
+
 def add_parser(commands: Any) -> None:
     """Register ``tomo-streamer run`` and its options."""
     parser = add_command(commands, EXAMPLE,
@@ -101,6 +116,12 @@ def add_parser(commands: Any) -> None:
                              "carried: estimate it from the projections in once this "
                              "fraction of the scan is, and stream with it when sure "
                              f"(default: {EARLY_FRACTION:g}; off: reconstruct at close)")
+    parser.add_argument("--interrupt-after", type=parse_interrupt_after, default=None,
+                        metavar="S|off",
+                        help="a new scan's start cuts the previous scan's reconstruction "
+                             "still running S s later (its volume keeps the slices written, "
+                             "marked interrupted; default: off, every scan is finished: a "
+                             "series of scans keeps every volume; ADR 0024)")
     parser.add_argument("--scans", type=int, default=0,
                         help="stop after this many scans (0: serve until interrupted)")
     parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
@@ -222,6 +243,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   background=background, estimate_center=True,
                                   center_tolerance=args.center_tolerance,
                                   early_center_fraction=args.early_center,
+                                  interrupt_after_s=args.interrupt_after,
                                   on_iteration=iterating.iteration if speaks else None)
     wanted_feed = feed_settings(args)  # checked before any socket is bound
     with zmq.Context() as context, stop_on_signal() as stop:

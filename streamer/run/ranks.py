@@ -183,8 +183,9 @@ VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
-#: A grace for ``RankedReconstruction.interrupt_after_s`` (not enabled in ``run``: it would
-#: break the backpressure guarantee that a faster source gets every scan complete; ADR 0024).
+#: A grace for ``RankedReconstruction.interrupt_after_s`` (``run --interrupt-after``, off
+#: by default: on, it breaks the guarantee that a faster source gets every scan complete;
+#: ADR 0024).
 DEFAULT_INTERRUPT_AFTER_S: Final = 2.0
 
 
