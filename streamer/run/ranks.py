@@ -996,7 +996,8 @@ class RankedReconstruction:
         if scan.widened is None:
             if scan.failure is None:
                 try:
-                    scan.processor.run_band_steps(band.sinograms, band.rows, band.indices)
+                    scan.processor.run_band_steps(band.sinograms, band.rows, band.indices,
+                                                    own)
                 except StreamerError as error:
                     scan.failure = str(error)
                     self.last_error = self.last_error or error
