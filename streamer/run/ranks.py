@@ -95,6 +95,7 @@ from streamer.pipeline.executor import (
     bind_result,
     section_angles,
 )
+from streamer.pipeline.frame_shape import corrected_frame
 from streamer.pipeline.halo import (
     WITHOUT_NEIGHBOURS,
     Window,
@@ -216,6 +217,10 @@ class _Admitted:
     block_sinograms: int
     memory_left: int
     center_owner: int | None
+    #: ``start`` with the corrected frame's rows and columns (R ranks: a first-section
+    #: step may bin or crop them; ADR 0029): what the exchange, the bands and the writers
+    #: are cut from. ``start`` itself on one rank (the processor shapes its band).
+    shaped: StartHeader
 
 
 def _set_event() -> threading.Event:
@@ -593,14 +598,19 @@ class RankedReconstruction:
         try:
             # The same figures on every rank, so every rank refuses the same scans.
             check_servable(self.steps, start)
+            shaped = start
+            if ranks > 1:  # every rank agrees on the corrected frame before the exchange
+                rows, cols = corrected_frame(self.steps, start.rows, start.cols)
+                if (rows, cols) != (start.rows, start.cols):
+                    shaped = start.model_copy(update={"rows": rows, "cols": cols})
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=rank_band_rows(start.rows, ranks, self._halo),
+                band_rows=rank_band_rows(shaped.rows, ranks, self._halo),
                 device_bytes=self.device_bytes,
             )
-            owner = None if self._whole_scan else self._center_owner(start)
+            owner = None if self._whole_scan else self._center_owner(shaped)
         except StreamerError as error:
             reason = f"refused at its start: {error}"
             if self.control.rank == 0:
@@ -614,14 +624,17 @@ class RankedReconstruction:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
         return _Admitted(self._serial, start, self.block_frames or frames,
                          self.block_sinograms or sinograms, memory.budget - memory.total,
-                         owner)
+                         owner, shaped)
 
     def _begin(self, admitted: _Admitted) -> None:
         """Set the admitted scan up on the links: its reslice, its processor, rank 0's
         output name (told to every rank), the messages that came early."""
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
+        # the corrected frame's shape (R ranks: a first-section binning or crop); the
+        # processor alone takes the frames as they come
+        shaped = admitted.shaped
         streaming = None if self._whole_scan or self._later else self._plan_streaming(
-            start, admitted.block_sinograms, admitted.memory_left)
+            shaped, admitted.block_sinograms, admitted.memory_left)
         if streaming is not None and self._halo:
             # the pieces landing are the widened band, and the steps before the
             # reconstructor reach across the bands: the band is reconstructed at close
@@ -653,7 +666,7 @@ class RankedReconstruction:
             # Projections usually follow the darks and flats: with ``first_index`` a piece
             # lands straight in its sorted column (a wrong guess only costs a final sort).
             exchange = BandExchange(
-                self.band_link, scan_serial=serial, rows=start.rows, cols=start.cols,
+                self.band_link, scan_serial=serial, rows=shaped.rows, cols=shaped.cols,
                 projections=start.projections, frames=start.frames,
                 first_index=start.darks + start.flats, halo=self._halo,
                 on_landed=None if streaming is None else _feeding(streaming))
@@ -697,7 +710,7 @@ class RankedReconstruction:
             center_owner=admitted.center_owner)
         if self.control.rank == 0:
             self._closing[serial] = close
-        self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
+        self._scan = scan = _ScanState(serial, shaped, processor, exchange, path, close,
                                        streaming=streaming)
         if streaming is not None and self.estimate_center:
             self._open_center(scan, streaming, admitted.center_owner)
