@@ -617,9 +617,10 @@ class ScanProcessor:
                            flat_indices=self._flat_indices,
                            projection_indices=self._projection_numbers(wide_indices),
                            repairs=self.repairs, own=wide, angles_along=True,
+                           # placed by projection number (a stream has no layout)
                            on_result=keep_saved(self._saver(
-                               Pattern.PROJECTION, np.array(indices, dtype=np.int64),
-                               self.start.projections, angles, by_frame=True),
+                               Pattern.PROJECTION, self._projection_numbers(indices),
+                               self.start.projections, angles),
                                wide, angles_along=True))
         data = keep_block(data, wide, "projection section")
         if not self.band_steps:  # else after them (run_band_steps), as on one rank

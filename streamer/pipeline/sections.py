@@ -18,7 +18,8 @@ CoR and the finder's side outputs shared, and reslices again between them
 refuses, before the first scan, what R ranks do not run: ``save_to_images`` along an axis
 other than the slices' (each rank writes the images of its own band:
 :meth:`~streamer.run.ranks.RankedReconstruction`). ``save_result`` runs on R ranks (a
-part per rank and a virtual file over them, ADR 0022); only ``recon`` writes it
+part per rank and a virtual file over them, ADR 0022), written by ``recon`` and, per
+scan, by ``run`` (ADR 0029); a runner that writes no intermediate files refuses it
 (:func:`refuse_save_result`).
 
 :func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
@@ -106,14 +107,14 @@ def split_sections(
 
 def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
     """A ``ConfigError`` for HTTomo's ``save_result: true`` where ``command`` does not
-    write intermediate files (only ``recon`` does, on any number of ranks), never a
-    silent skip."""
+    write intermediate files (``recon`` and ``run`` do, on any number of ranks), never
+    a silent skip."""
     saved = [step for step in steps if step.save_result]
     if saved:
         raise ConfigError(
             f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes an "
-            f"intermediate file with `recon`; `{command}` does not: remove it or use "
-            "`recon`")
+            f"intermediate file with `recon` and `run`; `{command}` does not: remove it "
+            "or use `recon`")
 
 
 def refuse_row_change(steps: tuple[PipelineStep, ...], *, ranks: int = 1) -> None:
