@@ -220,9 +220,10 @@ class StageSpec:
     changes_rows : callable, optional
         ``changes_rows(params) -> bool`` for a stage that can change the number of
         detector rows (the volume's slices: binning, cropping or resampling them). The
-        runners refuse it where they do not follow it (a sinogram section; on R ranks the
-        first projection section), before the scan is read
-        (:func:`streamer.pipeline.sections.refuse_row_change`).
+        runners refuse it where they do not follow it (a sinogram section), before the
+        scan is read (:func:`streamer.pipeline.sections.refuse_row_change`); in the first
+        projection section R ranks work out the corrected frame's shape from it
+        (:func:`streamer.pipeline.frame_shape.corrected_frame`, ADR 0029).
     aliases : tuple of str
         Dotted names of equivalent methods in other packages (``tomopy.misc.corr.remove_outlier``,
         ``httomolibgpu.prep.normalize.normalize``) accepted from HTTomo-style YAML.

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         if (step in first_section and step.spec.changes_rows is not None
                 and step.spec.changes_rows(step.params)):
             print(f"  note: step {number} {step.name} changes the number of detector rows: "
-                  "one rank follows it; R ranks refuse it")
+                  "the bands and the volume take the corrected frame's rows (every "
+                  "rank count)")
     refusal = halo_refusal_on_ranks(steps)
     if refusal is not None:
         print(f"  note: R ranks refuse it: {refusal}")

@@ -241,6 +241,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                   center_source=center_source(args.center), log=log,
                                   output_format=chosen_output_format(args, None),
                                   background=background, estimate_center=True,
+                                  save_results=True,  # save_result: per scan (ADR 0029)
                                   center_tolerance=args.center_tolerance,
                                   early_center_fraction=args.early_center,
                                   interrupt_after_s=args.interrupt_after,

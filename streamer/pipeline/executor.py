@@ -172,6 +172,7 @@ def apply_steps(
     keep_on_device: bool = False,
     own: Window | None = None,
     angles_along: bool = False,
+    own_rows: Window | None = None,
 ) -> npt.NDArray[np.float32]:
     """Run ``steps`` in order on one block (float32 in, float32 out, on the host).
 
@@ -192,7 +193,10 @@ def apply_steps(
     ``own``: the block is a haloed window (ADR 0019) whose own entries are these; a step
     that counts repairs counts them on those entries only (:func:`counted_apart`: the
     halo entries are counted in their own block). ``angles_along``: the angles run along
-    the block axis (a projection block), so they are cut with it.
+    the block axis (a projection block), so they are cut with it. ``own_rows``: the
+    block's detector rows (axis 1) are a rank's widened band (ADR 0019's addendum), its
+    own rows these; a repair-counting step (row by row there) counts them on those rows
+    only, so the overlap rows are counted once, on the rank that owns them.
     """
     stats = transfers if transfers is not None else TransferStats()
     angles = angles_deg
@@ -218,17 +222,30 @@ def apply_steps(
                     else _bound(on_iteration, step))
         cache_of_step = caches.for_step(step) if caches is not None else None
 
-        def run(entries: slice, counts: RepairCounts | None, *, step: PipelineStep = step,
-                block: Any = data, angles: Any = angles, darks: Any = step_darks,
-                flats: Any = step_flats, listener: Any = listener,
-                cache_of_step: Any = cache_of_step) -> Any:
+        def run_rows(entries: slice, rows: slice, counts: RepairCounts | None, *,
+                     step: PipelineStep = step, block: Any = data, angles: Any = angles,
+                     darks: Any = step_darks, flats: Any = step_flats, listener: Any = listener,
+                     cache_of_step: Any = cache_of_step) -> Any:
             return step.spec.run(
-                _entries(block, entries), step.params, darks=darks, flats=flats,
+                _rows(_entries(block, entries), rows), step.params,
+                darks=_rows(darks, rows), flats=_rows(flats, rows),
                 angles_deg=_entries(angles, entries) if angles_along else angles,
                 frame_indices=_entries(frame_indices, entries), flat_indices=flat_indices,
                 projection_indices=_entries(projection_indices, entries),
                 backend=step.backend, repairs=counts, on_iteration=listener,
                 cache=cache_of_step)
+
+        by_rows = (own_rows is not None and repairs is not None and step.spec.counts_repairs
+                   and data.ndim == 3 and data.shape[1] == own_rows.high - own_rows.low
+                   and (own_rows.low, own_rows.high) != (own_rows.first, own_rows.last))
+
+        def run(entries: slice, counts: RepairCounts | None, *, by_rows: bool = by_rows,
+                run_rows: Any = run_rows) -> Any:
+            if not by_rows or counts is None:
+                return run_rows(entries, _WHOLE, counts)
+            assert own_rows is not None
+            return counted_apart(lambda rows, kept: run_rows(entries, rows, kept), own_rows,
+                                 counts, axis=1)
 
         apart = (own is not None and repairs is not None and step.spec.counts_repairs
                  and data.shape[0] == own.high - own.low
@@ -267,6 +284,12 @@ def _entries(value: Any, entries: slice) -> Any:
     """``value`` (a block, or per-entry angles or indices) cut to ``entries`` along its
     first axis; the value itself for :data:`_WHOLE` or ``None``."""
     return value if value is None or entries == _WHOLE else value[entries]
+
+
+def _rows(value: Any, rows: slice) -> Any:
+    """``value`` (a block or stacked references, ``(n, rows, cols)``) cut to ``rows``
+    along its detector rows; the value itself for :data:`_WHOLE` or ``None``."""
+    return value if value is None or rows == _WHOLE else value[:, rows]
 
 
 def _bound(listener: StepListener, step: PipelineStep) -> Callable[[Any], None]:
@@ -594,9 +617,10 @@ class ScanProcessor:
                            flat_indices=self._flat_indices,
                            projection_indices=self._projection_numbers(wide_indices),
                            repairs=self.repairs, own=wide, angles_along=True,
+                           # placed by projection number (a stream has no layout)
                            on_result=keep_saved(self._saver(
-                               Pattern.PROJECTION, np.array(indices, dtype=np.int64),
-                               self.start.projections, angles, by_frame=True),
+                               Pattern.PROJECTION, self._projection_numbers(indices),
+                               self.start.projections, angles),
                                wide, angles_along=True))
         data = keep_block(data, wide, "projection section")
         if not self.band_steps:  # else after them (run_band_steps), as on one rank
@@ -623,11 +647,16 @@ class ScanProcessor:
                 self.streaming.add(processed)
 
     def run_band_steps(self, sinograms: npt.NDArray[np.float32], rows: tuple[int, int],
-                       indices: npt.NDArray[np.int64]) -> None:
+                       indices: npt.NDArray[np.int64],
+                       own: tuple[int, int] | None = None) -> None:
         """R ranks: :attr:`band_steps` on this rank's widened band ``(rows, angles, cols)``
         of detector rows ``rows`` (every projection of them, frame ``indices``), in place,
         in blocks of frames with their real neighbours (the references cut to those
-        rows); then NaN/inf repaired and counted as after the projection section."""
+        rows); then NaN/inf repaired and counted as after the projection section.
+
+        Repairs are counted once per pixel over the ranks: on the window's own frames
+        (:func:`counted_apart`) and on the rank's ``own`` rows (default: every row of
+        the band); the overlap rows are counted by the rank that owns them."""
         if not self.band_steps or sinograms.shape[0] == 0 or sinograms.shape[1] == 0:
             return  # no steps, an empty band (more ranks than rows), no projection
         if self._references is None:
@@ -636,19 +665,27 @@ class ScanProcessor:
         low, high = rows
         darks, flats = darks[:, low:high], flats[:, low:high]
         numbers = self._projection_numbers([int(i) for i in indices])
+        first, last = own if own is not None else rows
+        own_rows = Window(first, last, low, high)
 
-        def apply(frames: slice, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        def apply(frames: Window, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            span = slice(frames.low, frames.high)
             return apply_steps(self.band_steps, block, darks=darks, flats=flats,
                                transfers=self.transfers,
                                device_references=self._device_references,
-                               frame_indices=indices[frames], flat_indices=self._flat_indices,
-                               projection_indices=numbers[frames], repairs=self.repairs)
+                               frame_indices=indices[span], flat_indices=self._flat_indices,
+                               projection_indices=numbers[span], repairs=self.repairs,
+                               own=frames, own_rows=own_rows)
 
         run_on_band(sinograms, self.block_frames, section_halo(self.band_steps), apply)
-        repaired, count = repair_nonfinite(sinograms)
-        self.repairs.add(NONFINITE_CORRECTED, count)
-        if repaired is not sinograms:
-            sinograms[...] = repaired
+        for part in (slice(0, first - low), own_rows.inner, slice(last - low, high - low)):
+            if part.stop <= part.start:
+                continue
+            repaired, count = repair_nonfinite(sinograms[part])
+            if part == own_rows.inner:  # the overlap rows: counted by their own rank
+                self.repairs.add(NONFINITE_CORRECTED, count)
+            if count:  # a repaired copy (none: the rows as they are)
+                sinograms[part] = repaired
 
     def _saver(
         self, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,

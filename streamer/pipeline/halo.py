@@ -32,7 +32,10 @@ and keeps the rank's own rows. A step in that tail must not reach across rows fu
 than the halo accounts for: a halo step reaches no further across rows than along its
 block axis (every declared kernel), a step of :data:`ROW_LOCAL` not at all; any other
 step there (a Paganin filter, a distortion correction: whole frames) and a step that
-changes the geometry are refused on R ranks (:func:`band_tail_refusal`).
+changes the geometry are refused on R ranks (:func:`band_tail_refusal`). Repairs in that
+tail are counted once too: on each window's own frames, and on the rank's own rows only
+(:func:`counted_apart` along the rows; a repairing step there is row by row), the overlap
+rows being counted by the rank that owns them (ADR 0029).
 """
 
 from __future__ import annotations
@@ -141,20 +144,22 @@ def keep_saved(
 
 def counted_apart(
     run: Callable[[slice, RepairCounts], npt.NDArray[Any]], where: Window,
-    repairs: RepairCounts,
+    repairs: RepairCounts, *, axis: int = 0,
 ) -> npt.NDArray[Any]:
     """A repair-counting step on a haloed window, its repairs counted on the block's own
     entries only: ``run(entries, counts)`` runs the step on those entries of the window
     (a step that counts repairs works entry by entry along the block axis, so the pieces
     joined equal the whole window); the own entries count into ``repairs``, each side's
-    halo entries into a count that is dropped."""
+    halo entries into a count that is dropped. ``axis``: the output's axis the window
+    runs along (``0``, the block axis; ``1``, the detector rows of a projection block on
+    a rank's widened band, where such a step works row by row: :data:`ROW_LOCAL`)."""
     inner, length = where.inner, where.high - where.low
     pieces = (slice(0, inner.start), inner, slice(inner.stop, length))
     parts = [run(piece, repairs if piece is inner else RepairCounts())
              for piece in pieces if piece.stop > piece.start]
     if len(parts) == 1:
         return parts[0]
-    joined: npt.NDArray[Any] = array_module(parts[0]).concatenate(parts)
+    joined: npt.NDArray[Any] = array_module(parts[0]).concatenate(parts, axis=axis)
     return joined
 
 
@@ -213,11 +218,12 @@ def band_tail_refusal(projection: tuple[PipelineStep, ...]) -> str | None:
 
 def run_on_band(
     sinograms: npt.NDArray[np.float32], block_frames: int, halo: int,
-    apply: Callable[[slice, npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+    apply: Callable[[Window, npt.NDArray[np.float32]], npt.NDArray[np.float32]],
 ) -> None:
     """Run a projection tail on a band ``(rows, angles, cols)`` in place, in blocks of
     frames with ``halo`` real neighbours each (every angle is at hand): ``apply(frames,
-    data)`` gets the window's frames (a slice of the angles) as ``(angles, rows, cols)``
+    data)`` gets the window of frames (its own frames and the halo's, of the angles) and
+    its data as ``(angles, rows, cols)``
     and returns them transformed, same shape. A block's output is written back only once
     the next window (which reads its last ``halo`` frames) has been read, so every window
     sees the input."""
@@ -228,7 +234,7 @@ def run_on_band(
         last = min(first + size, count)
         where = window(first, last, count, halo)
         block = np.ascontiguousarray(sinograms[:, where.low:where.high].transpose(1, 0, 2))
-        out = apply(slice(where.low, where.high), block)
+        out = apply(where, block)
         if out.shape != block.shape:
             raise StageError(
                 f"projection section on a band: a step after a halo step must keep the "

@@ -48,9 +48,10 @@ __all__ = ["IntermediateResults", "result_paths"]
 AXES = "angles:detector_y:detector_x (HTTomo's order)"
 
 
-def result_paths(steps: tuple[PipelineStep, ...], folder: Path) -> list[Path]:
-    """The intermediate files ``steps`` ask for, in ``folder``."""
-    return [folder / f"{step.result_name}.h5" for step in steps if step.save_result]
+def result_paths(steps: tuple[PipelineStep, ...], folder: Path, prefix: str = "") -> list[Path]:
+    """The intermediate files ``steps`` ask for, in ``folder`` (their names after
+    ``prefix``: ``run`` names them per scan, ``{scan}-``)."""
+    return [folder / f"{prefix}{step.result_name}.h5" for step in steps if step.save_result]
 
 
 def _describe(dataset: h5py.Dataset, step: PipelineStep) -> None:
@@ -175,6 +176,8 @@ class IntermediateResults:
     rank, ranks : int
         This process's rank of ``ranks``: more than one, each rank writes its part and
         rank 0 the virtual file over them (:meth:`write_masters`).
+    prefix : str
+        Put before every file's name (``run``: ``{scan}-``, a set of files per scan).
     """
 
     folder: Path
@@ -184,6 +187,7 @@ class IntermediateResults:
     overwrite: bool = False
     rank: int = 0
     ranks: int = 1
+    prefix: str = ""
     #: The files this process wrote (one rank: the results; R ranks: its parts).
     written: list[Path] = field(default_factory=list)
     _open: dict[str, _WholeFile | _PartFile] = field(default_factory=dict)
@@ -206,7 +210,7 @@ class IntermediateResults:
 
     def check(self, steps: tuple[PipelineStep, ...]) -> None:
         """Refuse, before the scan, files that exist (unless ``overwrite``) or repeat."""
-        paths = result_paths(steps, self.folder)
+        paths = result_paths(steps, self.folder, self.prefix)
         if len(set(paths)) != len(paths):
             raise ConfigError(f"save_result: two steps would write the same file "
                               f"{sorted(str(p) for p in paths if paths.count(p) > 1)[0]}; "
@@ -233,7 +237,7 @@ class IntermediateResults:
             indices = self.frame_slots[indices]
         opened = self._open.get(step.result_name)
         if opened is None:
-            path = self.folder / f"{step.result_name}.h5"
+            path = self.folder / f"{self.prefix}{step.result_name}.h5"
             if self.ranks == 1:
                 opened = _WholeFile.create(path, step, pattern, total=total, data=data,
                                            angles=angles)
@@ -258,7 +262,7 @@ class IntermediateResults:
         complete, why not) per step; a step no rank wrote a block of gets no file, and
         says so here (the run's errors say why)."""
         out: list[tuple[Path, bool, str]] = []
-        for path in result_paths(steps, self.folder):
+        for path in result_paths(steps, self.folder, self.prefix):
             parts = [part_path(path, r, self.ranks) for r in range(self.ranks)]
             if not any(part.exists() for part in parts):
                 out.append((path, False, "not written: no rank wrote a block of it"))

@@ -18,7 +18,8 @@ CoR and the finder's side outputs shared, and reslices again between them
 refuses, before the first scan, what R ranks do not run: ``save_to_images`` along an axis
 other than the slices' (each rank writes the images of its own band:
 :meth:`~streamer.run.ranks.RankedReconstruction`). ``save_result`` runs on R ranks (a
-part per rank and a virtual file over them, ADR 0022); only ``recon`` writes it
+part per rank and a virtual file over them, ADR 0022), written by ``recon`` and, per
+scan, by ``run`` (ADR 0029); a runner that writes no intermediate files refuses it
 (:func:`refuse_save_result`).
 
 :func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
@@ -31,11 +32,12 @@ first halo step that needs whole frames or changes the geometry
 :func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
 at its start), a step that changes the number of detector rows where the runners do not
 follow it: in a sinogram section (a block is a band of the slices: a step that resamples
-across them would mix bands and change the volume's height under the writer), and on R
-ranks in the first projection section (the band exchange cuts every corrected frame into
-bands of the scan's rows). One rank follows it in the first projection section, and
-every rank count in a later projection section (all rows of a range of angles: the next
-bands are cut from its output, :mod:`streamer.run.later_sections`).
+across them would mix bands and change the volume's height under the writer). Every rank
+count follows it in a projection section: in the first one, one rank shapes its band from
+the first corrected block and R ranks agree on the corrected frame's shape before the
+band exchange (:func:`streamer.pipeline.frame_shape.corrected_frame`, ADR 0029); in a
+later one every rank holds all rows of a range of angles and the next bands are cut from
+its output (:mod:`streamer.run.later_sections`).
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
 section) for the runners that reslice once (the live one-rank and R-rank services):
@@ -105,38 +107,33 @@ def split_sections(
 
 def refuse_save_result(steps: tuple[PipelineStep, ...], command: str) -> None:
     """A ``ConfigError`` for HTTomo's ``save_result: true`` where ``command`` does not
-    write intermediate files (only ``recon`` does, on any number of ranks), never a
-    silent skip."""
+    write intermediate files (``recon`` and ``run`` do, on any number of ranks), never
+    a silent skip."""
     saved = [step for step in steps if step.save_result]
     if saved:
         raise ConfigError(
             f"stage {saved[0].name!r} ({saved[0].where}): save_result: true writes an "
-            f"intermediate file with `recon`; `{command}` does not: remove it or use "
-            "`recon`")
+            f"intermediate file with `recon` and `run`; `{command}` does not: remove it "
+            "or use `recon`")
 
 
 def refuse_row_change(steps: tuple[PipelineStep, ...], *, ranks: int = 1) -> None:
     """A ``ConfigError`` naming the first step that changes the number of detector rows
-    (:attr:`stages.spec.StageSpec.changes_rows`) where ``ranks`` ranks do not follow it
-    (see the module notes); one rank follows it in the first projection section."""
+    (:attr:`stages.spec.StageSpec.changes_rows`) where the runners do not follow it: a
+    sinogram section (see the module notes). Every rank count follows it in a projection
+    section; ``ranks`` is kept for the callers (the rule no longer depends on it)."""
+    del ranks
     for number, section in enumerate(sections_of(steps)):
+        if section.pattern is Pattern.PROJECTION:
+            continue  # whole frames (first) or all rows of a range of angles (later)
         for step in section.steps:
             declared = step.spec.changes_rows
-            if declared is None or not declared(step.params) or (number == 0 and ranks == 1):
+            if declared is None or not declared(step.params):
                 continue
-            if number and section.pattern is Pattern.PROJECTION:
-                continue  # all rows of a range of angles: the bands are cut again after it
-            if number:
-                where = (f"in the sinogram section after reslice {number} (a block is a "
-                         "band of the volume's slices)")
-                fix = "expected it in a projection section"
-            else:
-                where = (f"on {ranks} ranks (the band exchange cuts every corrected frame "
-                         "into bands of the scan's rows)")
-                fix = "run it on one rank"
             raise ConfigError(f"stage {step.name!r} ({step.where}): it changes the number of "
-                              f"detector rows {where}, which is not supported: {fix}, or "
-                              "remove it")
+                              f"detector rows in the sinogram section after reslice {number} "
+                              "(a block is a band of the volume's slices), which is not "
+                              "supported: expected it in a projection section, or remove it")
 
 
 def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:

@@ -95,6 +95,7 @@ from streamer.pipeline.executor import (
     bind_result,
     section_angles,
 )
+from streamer.pipeline.frame_shape import corrected_frame
 from streamer.pipeline.halo import (
     WITHOUT_NEIGHBOURS,
     Window,
@@ -115,7 +116,7 @@ from streamer.pipeline.images import (
     make_image_folder,
     write_image,
 )
-from streamer.pipeline.intermediate import IntermediateResults
+from streamer.pipeline.intermediate import IntermediateResults, result_paths
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import default_budget_bytes, plan_scan, rank_band_rows
 from streamer.pipeline.sections import (
@@ -220,6 +221,12 @@ class _Admitted:
     block_sinograms: int
     memory_left: int
     center_owner: int | None
+    #: ``start`` with the corrected frame's rows and columns (R ranks: a first-section
+    #: step may bin or crop them; ADR 0029): what the exchange, the bands and the writers
+    #: are cut from. ``start`` itself on one rank (the processor shapes its band).
+    shaped: StartHeader
+    #: The scan's ``save_result`` writer (``recon``'s, or ``run``'s per scan), or None.
+    results: IntermediateResults | None = None
 
 
 def _set_event() -> threading.Event:
@@ -281,6 +288,8 @@ class _ScanState:
     def rows(self) -> int:
         """The volume's slices: every rank's band is cut from them."""
         return self.volume_rows or self.start.rows
+    #: The scan's ``save_result`` writer (``recon``'s, or ``run``'s per scan), or None.
+    results: IntermediateResults | None = None
     #: R ranks with a halo (ADR 0019): the widened band the exchange delivered (own rows
     #: and their neighbours), after the projection section's tail; None: no halo.
     widened: Band | None = None
@@ -371,6 +380,11 @@ class RankedReconstruction:
     #: files; on R ranks this rank's parts) for its one scan; without it such a pipeline
     #: is refused.
     results: IntermediateResults | None = None
+    #: ``run``: write the steps marked ``save_result`` for every scan, as ``recon`` does
+    #: (one file per step; on R ranks a part per rank and rank 0's file over them), named
+    #: per scan: ``{scan}-{task}-{package}-{method}.h5`` in ``out_dir`` (``{scan}-2-…``
+    #: when an earlier scan's file has that name). ADR 0029.
+    save_results: bool = False
     #: Told each step of every scan (the live feed's relay: :mod:`streamer.live.relay`),
     #: from the thread that holds the links (the worker's steps from the worker). With
     #: an observer, the latency and transfers figures are the observer's.
@@ -406,6 +420,12 @@ class RankedReconstruction:
         default_factory=dict)
     #: Rank 0: the streaming CoR report of each closed scan (serial -> report ``center``).
     _center_streaming: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Rank 0, ``save_results``: each open or closing scan's ``save_result`` writer
+    #: (serial -> it), its files closed (R ranks: written over the parts) with the volume.
+    _scan_results: dict[int, IntermediateResults] = field(default_factory=dict)
+    #: ``save_results``: the name prefixes given to this run's scans (never given twice,
+    #: so every rank names a scan alike whatever the disk shows at its start).
+    _result_prefixes: set[str] = field(default_factory=set)
     #: Rank 0: every rank's iterations of each open or closing scan (serial -> them).
     _iteration_logs: dict[int, ScanIterations] = field(default_factory=dict)
     #: Rank 0: each open or closing scan's latencies (scan -> recorder), until its output.
@@ -419,8 +439,9 @@ class RankedReconstruction:
         if self.control.size > 1:
             ranked_output(self.output_format)  # a format R ranks cannot share: refused now
             refuse_on_ranks(self.steps)  # an image axis across the bands, a halo
-        if self.results is None:
-            refuse_save_result(self.steps, "run")  # intermediate files: `recon` only
+        if self.results is None and not self.save_results:
+            # intermediate files: `recon` (results) and `run` (save_results) write them
+            refuse_save_result(self.steps, "RankedReconstruction without save_results")
         refuse_row_change(self.steps, ranks=self.control.size)
         #: One rank: the pipeline needs the processor's own later sections (several
         #: reslices, a geometry change, a side output, ``save_result``), which the band
@@ -609,14 +630,19 @@ class RankedReconstruction:
         try:
             # The same figures on every rank, so every rank refuses the same scans.
             check_servable(self.steps, start)
+            shaped = start
+            if ranks > 1:  # every rank agrees on the corrected frame before the exchange
+                rows, cols = corrected_frame(self.steps, start.rows, start.cols)
+                if (rows, cols) != (start.rows, start.cols):
+                    shaped = start.model_copy(update={"rows": rows, "cols": cols})
             frames, sinograms, plans, memory = plan_scan(
                 self.steps, rows=start.rows, cols=start.cols, angles=start.projections,
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
-                band_rows=rank_band_rows(start.rows, ranks, self._halo),
+                band_rows=rank_band_rows(shaped.rows, ranks, self._halo),
                 device_bytes=self.device_bytes,
             )
-            owner = None if self._whole_scan else self._center_owner(start)
+            owner = None if self._whole_scan else self._center_owner(shaped)
         except StreamerError as error:
             reason = f"refused at its start: {error}"
             if self.control.rank == 0:
@@ -630,14 +656,17 @@ class RankedReconstruction:
                 self.log(f"scan {start.scan}: plan: {plan.describe()}")
         return _Admitted(self._serial, start, self.block_frames or frames,
                          self.block_sinograms or sinograms, memory.budget - memory.total,
-                         owner)
+                         owner, shaped, self.results or self._results_for(start))
 
     def _begin(self, admitted: _Admitted) -> None:
         """Set the admitted scan up on the links: its reslice, its processor, rank 0's
         output name (told to every rank), the messages that came early."""
         start, serial, ranks = admitted.start, admitted.serial, self.control.size
+        # the corrected frame's shape (R ranks: a first-section binning or crop); the
+        # processor alone takes the frames as they come
+        shaped = admitted.shaped
         streaming = None if self._whole_scan or self._later else self._plan_streaming(
-            start, admitted.block_sinograms, admitted.memory_left)
+            shaped, admitted.block_sinograms, admitted.memory_left)
         if streaming is not None and self._halo:
             # the pieces landing are the widened band, and the steps before the
             # reconstructor reach across the bands: the band is reconstructed at close
@@ -663,13 +692,13 @@ class RankedReconstruction:
                 on_iteration=iterations.own,
                 on_projections=observer.projections if observer is not None else None)
             processor.streaming = streaming
-            if self.results is not None:
-                processor.on_result = self.results.add
+            if admitted.results is not None:
+                processor.on_result = admitted.results.add
         else:
             # Projections usually follow the darks and flats: with ``first_index`` a piece
             # lands straight in its sorted column (a wrong guess only costs a final sort).
             exchange = BandExchange(
-                self.band_link, scan_serial=serial, rows=start.rows, cols=start.cols,
+                self.band_link, scan_serial=serial, rows=shaped.rows, cols=shaped.cols,
                 projections=start.projections, frames=start.frames,
                 first_index=start.darks + start.flats, halo=self._halo,
                 on_landed=None if streaming is None else _feeding(streaming))
@@ -685,8 +714,8 @@ class RankedReconstruction:
                 block_sinograms=admitted.block_sinograms, on_projections=corrected,
                 keep_sinogram_section=False, on_iteration=iterations.own, defer_halo=True,
             )
-            if self.results is not None:  # this rank's frames into its parts
-                processor.on_result = self.results.add
+            if admitted.results is not None:  # this rank's frames into its parts
+                processor.on_result = admitted.results.add
             if streaming is not None:
                 # Taper by this rank's share of the frames; add a round of every rank's
                 # pieces at once (one add's fixed passes per round, not per piece).
@@ -713,8 +742,11 @@ class RankedReconstruction:
             center_owner=admitted.center_owner)
         if self.control.rank == 0:
             self._closing[serial] = close
-        self._scan = scan = _ScanState(serial, start, processor, exchange, path, close,
-                                       streaming=streaming)
+        self._scan = scan = _ScanState(serial, shaped, processor, exchange, path, close,
+                                       streaming=streaming, results=admitted.results)
+        if admitted.results is not None and admitted.results is not self.results \
+                and self.control.rank == 0:
+            self._scan_results[serial] = admitted.results
         if streaming is not None and self.estimate_center:
             self._open_center(scan, streaming, admitted.center_owner)
         if self.control.rank == 0 and ranks > 1:  # peers' iterations between rank 0's own
@@ -780,9 +812,9 @@ class RankedReconstruction:
                 self.log(f"scan {start.scan}: rank {self.control.rank}: {error}")
         if self._tail is not None and self.control.size > 1:
             part = self._band_images(scan, part, self._tail)
-        if self.results is not None and self.control.size > 1:
+        if scan.results is not None and self.control.size > 1:
             # closed before rank 0 hears of the part: it then reads them for its file
-            self.results.close(complete=part.complete)
+            scan.results.close(complete=part.complete)
         self._part_done(scan, part)
 
     def _band_images(self, scan: _ScanState, part: PartWritten, tail: ImageTail) -> PartWritten:
@@ -881,7 +913,7 @@ class RankedReconstruction:
                              processor.transfers, processor.repairs, processor.caches,
                              stopped=lambda: self._stopped(scan),
                              device=processor.queue_device,
-                             on_result=None if self.results is None else self.results.add)
+                             on_result=None if scan.results is None else scan.results.add)
         scan.later_moved = tools.moved  # filled as the transposes run
         last = run_later_sections(
             self.band_link, None if scan.failure is not None else band, sections,
@@ -1014,7 +1046,8 @@ class RankedReconstruction:
         if scan.widened is None:
             if scan.failure is None:
                 try:
-                    scan.processor.run_band_steps(band.sinograms, band.rows, band.indices)
+                    scan.processor.run_band_steps(band.sinograms, band.rows, band.indices,
+                                                    own)
                 except StreamerError as error:
                     scan.failure = str(error)
                     self.last_error = self.last_error or error
@@ -1393,7 +1426,7 @@ class RankedReconstruction:
 
         def run(data: Any, begin: int, end: int, *, queued: bool) -> Any:
             where = window_of(begin, end)
-            saved = bind_result(None if self.results is None else self.results.add,
+            saved = bind_result(None if scan.results is None else scan.results.add,
                                 Pattern.SINOGRAM,
                                 np.arange(first + begin, first + end, dtype=np.int64),
                                 total_rows, None)
@@ -1567,6 +1600,7 @@ class RankedReconstruction:
                                 slices if held is not None else 0,
                                 held.center if held is not None else None, False,
                                 "; ".join([*errors, str(failure)]))
+        self._finish_results(serial, scan_id, output.complete)  # ``run``'s save_result
         method, warnings, confidence = self._center_found.pop(serial, (None, (), None))
         output = replace(output, repairs=repairs, center_method=method,
                          center_warnings=warnings, center_confidence=confidence,
@@ -1712,6 +1746,47 @@ class RankedReconstruction:
             if isinstance(outcome, TimedOut):
                 raise ExchangeError(outcome.message)
             time.sleep(_POLL_PAUSE_S)
+
+    def _results_for(self, start: StartHeader) -> IntermediateResults | None:
+        """``run``'s ``save_result`` writer for the scan ``start`` opens (None: not
+        asked for): files named ``{scan}-…``, ``{scan}-2-…`` … where a file of that name
+        exists or an earlier scan of this run took it (the same on every rank: the
+        files over the parts are written after every rank has begun the scan)."""
+        if not self.save_results or not any(step.save_result for step in self.steps):
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = output_stem(start.scan)
+        prefix, number = f"{stem}-", 2
+        while prefix in self._result_prefixes or any(
+                path.exists() for path in result_paths(self.steps, self.out_dir, prefix)):
+            prefix, number = f"{stem}-{number}-", number + 1
+        self._result_prefixes.add(prefix)
+        # a part left by a run that never wrote its file over them is replaced
+        return IntermediateResults(self.out_dir, start.rows, start.cols, overwrite=True,
+                                   rank=self.control.rank, ranks=self.control.size,
+                                   prefix=prefix)
+
+    def _finish_results(self, serial: int, scan_id: str, complete: bool) -> None:
+        """Rank 0, ``run``: the scan's ``save_result`` files, with its volume: closed (one
+        rank), or written over the parts every rank has closed (R ranks); each named in
+        the log."""
+        results = self._scan_results.pop(serial, None)
+        if results is None:
+            return
+        said: list[str] = []
+        try:
+            results.close(complete=complete)
+            if self.control.size == 1:
+                said = [str(path) for path in results.written]
+            else:
+                for path, whole, why in results.write_masters(self.steps, complete=complete):
+                    said.append(f"{path} {why}" if not path.exists() else
+                                str(path) + ("" if whole else f" (INCOMPLETE: {why})"))
+        except StreamerError as error:
+            said.append(str(error))
+        if self.log is not None:
+            for line in said:
+                self.log(f"scan {scan_id}: save_result: {line}")
 
     def _master_path(self, scan: str) -> Path:
         """``<scan>.h5`` in ``out_dir`` (or ``output``), ``<scan>-2.h5`` … when that name

@@ -75,8 +75,10 @@ def test_save_result_is_refused_where_it_is_not_written(tmp_path: Path) -> None:
     assert [s.result_name for s in steps if s.save_result] == [
         "task_1-httomolibgpu-dark_flat_field_correction",
         "task_3-httomolibgpu-remove_all_stripe", "task_5-httomolibgpu-FBP3d_tomobar"]
-    with pytest.raises(ConfigError, match=r"save_result: true .* `run` does not"):
-        one_rank(steps, "", tmp_path)  # the `run` service's runner
+    with pytest.raises(ConfigError, match=r"save_result: true .* `RankedReconstruction "
+                       "without save_results` does not"):
+        one_rank(steps, "", tmp_path)  # the `run` service's runner, not as `run` wires it
+    one_rank(steps, "", tmp_path, save_results=True)  # as `run` wires it: written per scan
     refuse_on_ranks(steps)  # R ranks write it too (tests/run/test_save_result_on_ranks.py)
     with pytest.raises(ConfigError, match="save_result: expected true or false"):
         parse_pipeline((FULL / "FBP3d_tomobar.yaml").read_text().replace(

@@ -1,0 +1,59 @@
+"""The shape of a corrected frame: the detector rows and columns after the first section.
+
+A step of the first projection section may bin, crop or resample the frames (a fast live
+preview bins them 2× before the reslice). On one rank the processor shapes its band from
+the first corrected block; on R ranks every rank must agree on the corrected frame's rows
+and columns *before* the band exchange starts (the bands are cut from them, the writers
+and the plan sized by them), including a rank that is dealt no frame. So each rank runs
+the steps of the first projection section that come before its first halo step (what R
+ranks run on the frames they are dealt) on a block of *no* frames of the scan's shape:
+the output's shape is the rule of the steps themselves, the same on every rank, with no
+data and no message (the way a rank without angles learns the shape a later projection
+section gives, ADR 0022). ADR 0029.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.prep.repair import RepairCounts
+from streamer.errors import StageError
+from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.executor import apply_steps
+from streamer.pipeline.halo import split_at_halo
+from streamer.pipeline.sections import sections_of
+
+__all__ = ["corrected_frame", "may_change_frame"]
+
+
+def may_change_frame(steps: tuple[PipelineStep, ...]) -> bool:
+    """Whether a step of the first projection section can change the frames' rows or
+    columns (declares :attr:`~stages.spec.StageSpec.changes_rows`: binning, cropping,
+    resampling), so that the corrected frame's shape must be worked out."""
+    return any(step.spec.changes_rows is not None for step in sections_of(steps)[0].steps)
+
+
+def corrected_frame(steps: tuple[PipelineStep, ...], rows: int, cols: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a frame of ``rows`` x ``cols`` after the first projection
+    section's steps up to its first halo step (the rest keeps the shape on a band: ADR
+    0019's addendum); the frame's own shape where no step may change it. A
+    ``StageError`` naming the cause where the steps refuse such a frame."""
+    if not may_change_frame(steps):
+        return rows, cols
+    head = split_at_halo(sections_of(steps)[0].steps)[0]
+    darks = np.zeros((1, rows, cols), np.float32)
+    flats = np.ones((1, rows, cols), np.float32)
+    none = np.zeros(0, np.int64)
+    try:
+        out = apply_steps(head, np.zeros((0, rows, cols), np.float32), darks=darks,
+                          flats=flats, angles_deg=np.zeros(0, np.float64), frame_indices=none,
+                          flat_indices=np.zeros(1, np.int64), projection_indices=none,
+                          repairs=RepairCounts())
+    except StageError as error:
+        raise StageError(f"the corrected frame's shape (rows, cols) from a {rows} x {cols} "
+                         f"frame: {error}") from None
+    if out.ndim != 3 or out.shape[1] < 1 or out.shape[2] < 1:
+        raise StageError(f"the first projection section makes frames of shape "
+                         f"{tuple(out.shape[1:])} from {rows} x {cols}: expected at least "
+                         "one row and one column")
+    return int(out.shape[1]), int(out.shape[2])
