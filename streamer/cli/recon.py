@@ -112,15 +112,14 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, memory_bytes=memory_budget(args.memory),
         device=args.device, device_bytes=usable_device_bytes(args.device),
     )
-    if launched_with_ranks() > 1:
-        return _run_recon_ranks(args, options, settings)
+    recon_one = _run_recon_ranks if launched_with_ranks() > 1 else _recon_one
     sweep = (load_pipeline(args.pipeline, REGISTRY).variants()
              if args.pipeline is not None else [("", ())])
-    if len(sweep) > 1 or sweep[0][0]:  # one output per sweep value, named by it
-        return max(_recon_one(args, options, replace(
+    if len(sweep) > 1 or sweep[0][0]:  # one output per sweep value, named by it (any ranks)
+        return max([recon_one(args, options, replace(
             settings, sweep_value=label, output=_sweep_output(args.output, label)))
-            for label, _ in sweep)
-    return _recon_one(args, options, settings)
+            for label, _ in sweep])
+    return recon_one(args, options, settings)
 
 
 def _sweep_output(output: Path, label: str) -> Path:
