@@ -92,6 +92,24 @@ def parse_interrupt_after(text: str) -> float | None:
     return value
 
 
+def refuse_unchosen_sweep(pipeline: Path | None, sweep_value: str | None) -> None:
+    """The service reconstructs one variant of a swept pipeline per scan: without
+    ``--sweep-value`` a one-line error naming the variants (not the first one silently)."""
+    if pipeline is None or sweep_value is not None:
+        return
+    from stages.registry import REGISTRY  # (heavy: only when needed)
+    from streamer.pipeline.config import load_pipeline
+
+    loaded = load_pipeline(pipeline, REGISTRY)
+    if loaded.sweep is None:
+        return
+    labels = [label for label, _ in loaded.variants()]
+    raise ConfigError(
+        f"{pipeline}: a parameter sweep ({loaded.sweep.where}, {len(labels)} variants): "
+        "run reconstructs one variant per scan: expected --sweep-value, one of "
+        f"{', '.join(labels)} (recon runs every variant of a stored scan)")
+
+
 def add_parser(commands: Any) -> None:
     """Register ``tomo-streamer run`` and its options."""
     parser = add_command(commands, EXAMPLE,
@@ -122,6 +140,9 @@ def add_parser(commands: Any) -> None:
                              "still running S s later (its volume keeps the slices written, "
                              "marked interrupted; default: off, every scan is finished: a "
                              "series of scans keeps every volume; ADR 0024)")
+    parser.add_argument("--sweep-value", default=None, metavar="LABEL",
+                        help="a pipeline with a parameter sweep: the variant to run on every "
+                             "scan (e.g. center=80; `check` lists them); `recon` runs them all")
     parser.add_argument("--scans", type=int, default=0,
                         help="stop after this many scans (0: serve until interrupted)")
     parser.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
@@ -145,6 +166,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``tomo-streamer run`` with the parsed ``args``; returns the exit status."""
     resolve_pipeline(args, "PIPELINE")
+    refuse_unchosen_sweep(args.pipeline, args.sweep_value)  # before anything is written
     from streamer.sinks.disk import check_writable
 
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
@@ -202,7 +224,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
         device_bytes = usable_device_bytes(args.device)
     settings_for_pipeline = ReconSettings(output=args.out, pipeline=args.pipeline,
                                           center=args.center, device=args.device,
-                                          device_bytes=device_bytes)
+                                          device_bytes=device_bytes,
+                                          sweep_value=args.sweep_value)
     steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
     limits, settings = ingest_settings(args)
     control, band_link = link.duplicate(), link.duplicate()
