@@ -450,7 +450,7 @@ class RankedReconstruction:
         self._whole_scan = self.control.size == 1 and not _runs_on_bands(self.steps)
         #: R ranks: the same pipelines run their later sections on the bands, resliced
         #: again between them (:mod:`streamer.run.later_sections`).
-        self._later = self.control.size > 1 and beyond_one_band(self.steps)
+        self._later = self.control.size > 1 and beyond_one_band(self.steps, on_ranks=True)
         #: R ranks: rows of overlap between the bands, for steps whose kernels reach
         #: across the block axis after the reslice (ADR 0019's addendum); 0: none.
         self._halo = 0
