@@ -198,7 +198,7 @@ def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
         return (f"stage {finders[0].name!r} ({finders[0].where}): R ranks find the CoR "
                 f"before {rest[0].name!r}, which they run after a later reslice (it needs "
                 "whole frames after a halo step), so the CoR would differ from one rank's: "
-                "give the reconstruction a center, or run on one rank")
+                "remove the finder and give the reconstruction a center, or run on one rank")
     return None
 
 
