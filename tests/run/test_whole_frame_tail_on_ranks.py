@@ -17,6 +17,7 @@ from stages.registry import REGISTRY
 from streamer.pipeline import executor, halo, sections
 from streamer.pipeline.config import PipelineStep, parse_pipeline
 from streamer.pipeline.halo import split_band_tail
+from streamer.pipeline.plan import plan_scan
 from streamer.pipeline.sections import rank_sections, ranks_reslices, sections_of
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.sources.formats import LoadOptions, open_scan
@@ -119,3 +120,19 @@ def test_paganin_on_the_bands_would_differ(shared_data: Path, tmp_path: Path,
     out = tmp_path / "band.h5"
     on_ranks(2, lambda: _i13(shared_data), ReconSettings(out, pipeline=pipeline))
     assert np.abs(_volume(out) - one).max() > 1e-3 * np.abs(one).max()
+
+
+def test_the_memory_plan_on_ranks_counts_the_two_more_reslices() -> None:
+    """R ranks hold the scan's part twice more (a range of whole frames and the band it
+    is resliced back to): their plan's sinogram buffer counts it, one rank's does not."""
+    steps = parse_pipeline(PAGANIN, REGISTRY, source="p.yaml").steps
+
+    def buffer(on_ranks: bool) -> int:
+        memory = plan_scan(steps, rows=135, cols=160, angles=91, references=2,
+                           dtype=np.dtype("float32"), budget_bytes=1 << 30, band_rows=70,
+                           on_ranks=on_ranks)[3]
+        return int(memory.sinogram_buffer)
+
+    band = 70 * 91 * 160 * 4
+    assert buffer(False) == band
+    assert buffer(True) == 3 * band
