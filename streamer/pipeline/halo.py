@@ -30,12 +30,14 @@ band seen as ``(angles, rows, cols)``, where every angle of those rows is at han
 (:func:`run_on_band`); the sinogram section then runs its row windows on the widened band
 and keeps the rank's own rows. A step in that tail must not reach across rows further
 than the halo accounts for: a halo step reaches no further across rows than along its
-block axis (every declared kernel), a step of :data:`ROW_LOCAL` not at all; any other
-step there (a Paganin filter, a distortion correction: whole frames) and a step that
-changes the geometry are refused on R ranks (:func:`band_tail_refusal`). Repairs in that
-tail are counted once too: on each window's own frames, and on the rank's own rows only
-(:func:`counted_apart` along the rows; a repairing step there is row by row), the overlap
-rows being counted by the rank that owns them (ADR 0029).
+block axis (every declared kernel), a step of :data:`ROW_LOCAL` not at all. From the
+first other step there on (a Paganin filter, a binning, a distortion correction: whole
+frames) the steps run as a later projection section, resliced to ranges of whole frames
+and back (:func:`split_band_tail`, :func:`streamer.pipeline.sections.rank_sections`); a
+step that changes the geometry there is refused on R ranks (:func:`band_tail_refusal`).
+Repairs in that tail are counted once too: on each window's own frames, and on the
+rank's own rows only (:func:`counted_apart` along the rows; a repairing step there is row
+by row), the overlap rows being counted by the rank that owns them (ADR 0029).
 """
 
 from __future__ import annotations

@@ -25,9 +25,12 @@ scan, by ``run`` (ADR 0029); a runner that writes no intermediate files refuses 
 :func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
 (:attr:`stages.spec.StageSpec.halo`, ADR 0019 and its addendum): overlapping bands serve
 the projection section from its first halo step on (run after the reslice on the band)
-and every later section (the later reslices overlap too); refused is a step after that
-first halo step that needs whole frames or changes the geometry
-(:func:`~streamer.pipeline.halo.band_tail_refusal`).
+and every later section (the later reslices overlap too); a step after that first halo
+step that needs whole frames runs as a later projection section
+(:func:`rank_sections`, the one place that sections a pipeline for R ranks); refused are
+a step there that changes the geometry
+(:func:`~streamer.pipeline.halo.band_tail_refusal`) and a CoR finder in such a pipeline
+(R ranks would find the CoR before the whole-frame steps).
 
 :func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
 at its start), a step that changes the number of detector rows where the runners do not

@@ -3,7 +3,9 @@
 After the band exchange rank ``r`` holds its band of rows × every angle and the CoR (with
 the finder's side outputs) is agreed. A pipeline that goes on past one sinogram section
 (:func:`~streamer.pipeline.sections.beyond_one_band`: HTTomo's Paganin after
-``sino_360_to_180``, ADR 0009) runs here, each section on its layout:
+``sino_360_to_180``, ADR 0009; a whole-frame step after a halo step of the first section,
+which R ranks section apart: :func:`~streamer.pipeline.sections.rank_sections`, ADR
+0019's H56 addendum) runs here, each section on its layout:
 
 - a **sinogram** section on blocks of the band (a step may change the angles or the
   width: ``sino_360_to_180``, ``average_projection_frames``; every rank applies the same
