@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
-    from streamer.pipeline.sections import halo_refusal_on_ranks, refuse_row_change, sections_of
+    from streamer.pipeline.sections import (
+        halo_refusal_on_ranks,
+        ranks_reslices,
+        refuse_row_change,
+        sections_of,
+    )
     from streamer.pipeline.streaming import streaming_kind
     from streamer.run.from_file import ReconSettings, pipeline_for
 
@@ -95,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     refusal = halo_refusal_on_ranks(steps)
     if refusal is not None:
         print(f"  note: R ranks refuse it: {refusal}")
+    elif ranks_reslices(steps) != max(len(sections_of(steps)) - 1, 0):
+        print(f"  note: R ranks: {ranks_reslices(steps)} reslices (a step that needs whole "
+              "frames after a halo step runs after a reslice to ranges of whole frames, "
+              "and back to bands: ADR 0019)")
     if pipeline.sweep is not None:
         variants = pipeline.variants()  # validates every value
         print(f"  sweep: {pipeline.sweep.where}: {len(variants)} variants, one output each: "

@@ -59,7 +59,7 @@ from streamer.pipeline.halo import (
     keep_saved,
     run_on_band,
     section_halo,
-    split_at_halo,
+    split_band_tail,
     window,
 )
 from streamer.pipeline.iterations import BandIteration, IterationLog, StepListener
@@ -355,8 +355,9 @@ class ScanProcessor:
         #: step on, which the runner runs after the reslice on its widened band
         #: (:meth:`run_band_steps`, ADR 0019's addendum); the frames get the head only.
         self.band_steps: tuple[PipelineStep, ...] = ()
-        if defer_halo:
-            self.projection_steps, self.band_steps = split_at_halo(self.projection_steps)
+        if defer_halo:  # a whole-frame rest runs as a later section (rank_sections)
+            self.projection_steps, self.band_steps, _rest = split_band_tail(
+                self.projection_steps)
         self.later_sections: tuple[Section, ...] = self.sections[1:]
         self.sinogram_steps = self.later_sections[0].steps if self.later_sections else ()
         self.start = start

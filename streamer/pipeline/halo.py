@@ -30,12 +30,14 @@ band seen as ``(angles, rows, cols)``, where every angle of those rows is at han
 (:func:`run_on_band`); the sinogram section then runs its row windows on the widened band
 and keeps the rank's own rows. A step in that tail must not reach across rows further
 than the halo accounts for: a halo step reaches no further across rows than along its
-block axis (every declared kernel), a step of :data:`ROW_LOCAL` not at all; any other
-step there (a Paganin filter, a distortion correction: whole frames) and a step that
-changes the geometry are refused on R ranks (:func:`band_tail_refusal`). Repairs in that
-tail are counted once too: on each window's own frames, and on the rank's own rows only
-(:func:`counted_apart` along the rows; a repairing step there is row by row), the overlap
-rows being counted by the rank that owns them (ADR 0029).
+block axis (every declared kernel), a step of :data:`ROW_LOCAL` not at all. From the
+first other step there on (a Paganin filter, a binning, a distortion correction: whole
+frames) the steps run as a later projection section, resliced to ranges of whole frames
+and back (:func:`split_band_tail`, :func:`streamer.pipeline.sections.rank_sections`); a
+step that changes the geometry there is refused on R ranks (:func:`band_tail_refusal`).
+Repairs in that tail are counted once too: on each window's own frames, and on the
+rank's own rows only (:func:`counted_apart` along the rows; a repairing step there is row
+by row), the overlap rows being counted by the rank that owns them (ADR 0029).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from streamer.pipeline.config import PipelineStep
 
 __all__ = ["ROW_LOCAL", "WITHOUT_NEIGHBOURS", "Window", "band_tail_refusal", "counted_apart",
            "keep_block", "keep_saved", "local_window", "ranks_halo", "run_on_band",
-           "section_halo", "split_at_halo", "window", "without_neighbours_line"]
+           "section_halo", "split_at_halo", "split_band_tail", "window", "without_neighbours_line"]
 
 #: The run report's entry (and ``scan_end``'s field): projections corrected before all
 #: their halo neighbours had arrived (:attr:`ScanProcessor.corrected_without_neighbours`,
@@ -182,37 +184,57 @@ def split_at_halo(
     return steps, ()
 
 
+def _row_by_row(step: PipelineStep) -> bool:
+    """Whether ``step`` may run on a band of rows after a halo step (its row reach is
+    bounded by its halo, or it has none)."""
+    if step.spec.reach(step.params) or step.name in ROW_LOCAL:
+        return True
+    # element-wise maths (a cubic kernel declares its halo)
+    return step.spec.pattern is Pattern.ALL and step.spec.is_angle_local(step.params)
+
+
+def split_band_tail(
+    projection: tuple[PipelineStep, ...],
+) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
+    """R ranks: the first projection section cut in three: the head (the dealt frames),
+    the band tail (from the first halo step on, every step row by row: run on the
+    widened band after the band exchange) and the whole-frame rest (from the first step
+    of that tail that needs whole frames on: a Paganin filter, a 2-D filter, a
+    distortion correction), which R ranks run as a later projection section, resliced
+    to ranges of whole frames and back (ADR 0019's addendum); empty where there is
+    none."""
+    head, tail = split_at_halo(projection)
+    for number, step in enumerate(tail):
+        if not _row_by_row(step):
+            return head, tail[:number], tail[number:]
+    return head, tail, ()
+
+
 def ranks_halo(sections: tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]) -> int:
     """Rows of overlap each rank's band needs on each side on R ranks: the halos of the
-    projection section's tail (their row reach is bounded by their halo) plus those of
-    the sinogram section (``sections``: the projection and sinogram sections)."""
+    projection section's band tail (their row reach is bounded by their halo) plus those
+    of the sinogram section (``sections``: the projection and sinogram sections); the
+    band tail's only when a whole-frame rest follows it (the sinogram section then gets
+    its overlap from the reslice back to bands)."""
     projection, sinogram = sections
-    return section_halo(split_at_halo(projection)[1]) + section_halo(
+    _head, tail, rest = split_band_tail(projection)
+    if rest:
+        return section_halo(tail)
+    return section_halo(tail) + section_halo(
         s for s in sinogram if s.spec.finds_center is None)
 
 
 def band_tail_refusal(projection: tuple[PipelineStep, ...]) -> str | None:
-    """Why the projection section's tail cannot run on a band of rows (one line, naming
-    the step), or None."""
+    """Why R ranks cannot run the projection section's tail (one line, naming the step),
+    or None: a step that changes the geometry after the first halo step. A step there
+    that needs whole frames runs as a later projection section (:func:`split_band_tail`)."""
     tail = split_at_halo(projection)[1]
-    if not tail:
-        return None
-    first = tail[0]
     for step in tail:
         if step.spec.geometry is not None:
             return (f"stage {step.name!r} ({step.where}): it changes the projections' "
-                    f"geometry after the halo step {first.name!r}, which R ranks run on "
-                    "their band of rows after the reslice (ADR 0019): move it before "
-                    f"{first.name!r} or run on one rank")
-        if step.spec.reach(step.params) or step.name in ROW_LOCAL:
-            continue
-        if step.spec.pattern is Pattern.ALL and step.spec.is_angle_local(step.params):
-            continue  # element-wise maths (a cubic kernel declares its halo)
-        return (f"stage {step.name!r} ({step.where}): after the halo step {first.name!r}, "
-                "R ranks run it on their band of rows (every angle of a few rows), and it "
-                "is not a row-by-row step (it needs whole frames or changes their shape; "
-                "ADR 0019): move it before "
-                f"{first.name!r}, to the sinogram section, or run on one rank")
+                    f"geometry after the halo step {tail[0].name!r}, which R ranks run "
+                    "on their band of rows after the reslice (ADR 0019): move it before "
+                    f"{tail[0].name!r} or run on one rank")
     return None
 
 

@@ -40,7 +40,7 @@ from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS
 from streamer.pipeline.halo import section_halo
-from streamer.pipeline.sections import sections_of
+from streamer.pipeline.sections import rank_sections, sections_of
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,17 @@ def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[Pipeli
 
 
 def shaped_sections(
-    steps: tuple[PipelineStep, ...], *, angles: int, cols: int,
+    steps: tuple[PipelineStep, ...], *, angles: int, cols: int, on_ranks: bool = False,
 ) -> list[tuple[Pattern, list[PipelineStep], int, int]]:
     """Each non-empty section with the number of projections and the detector width it
     starts with: a step that changes them (``average_projection_frames``,
     ``sino_360_to_180``, :attr:`stages.spec.StageSpec.geometry`) changes them for the
-    sections after it (within a section, the largest is planned)."""
+    sections after it (within a section, the largest is planned). ``on_ranks``: the
+    sections R ranks run (:func:`~streamer.pipeline.sections.rank_sections`: a whole-frame
+    step after a halo step is a later section there)."""
     geometry = Geometry(np.zeros(angles), cols)
     out = []
-    for section in sections_of(steps):
+    for section in rank_sections(steps) if on_ranks else sections_of(steps):
         count, width = geometry.angles_deg.size, geometry.cols
         for step in section.steps:
             geometry = step.spec.after(geometry, step.params)
@@ -285,6 +287,7 @@ def plan_scan(
     budget_bytes: int,
     band_rows: int | None = None,
     device_bytes: int | None = None,
+    on_ranks: bool = False,
 ) -> tuple[int, int, list[SectionPlan], ScanMemory]:
     """Block sizes and the memory of one scan on one rank, or a ``ConfigError`` with the
     figures when the scan cannot fit ``budget_bytes``.
@@ -292,12 +295,13 @@ def plan_scan(
     ``band_rows`` is the most detector rows one rank reconstructs (all ``rows`` on one
     rank); ``references`` the darks and flats the scan announces; ``device_bytes`` the
     usable memory of the rank's device (``--device gpu``), whose plan also bounds the
-    blocks (the host figures count the host plans only).
+    blocks (the host figures count the host plans only); ``on_ranks``: R ranks, whose
+    further reslices follow :func:`~streamer.pipeline.sections.rank_sections`.
     """
     if budget_bytes < 1:
         raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
     mib = 2**20
-    shaped = shaped_sections(steps, angles=angles, cols=cols)
+    shaped = shaped_sections(steps, angles=angles, cols=cols, on_ranks=on_ranks)
     has_sinogram_section = any(p is Pattern.SINOGRAM for p, *_ in shaped)
     band = rows if band_rows is None else band_rows
     buffer = band * max(angles, 1) * cols * 4 if has_sinogram_section else 0

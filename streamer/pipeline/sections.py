@@ -25,9 +25,12 @@ scan, by ``run`` (ADR 0029); a runner that writes no intermediate files refuses 
 :func:`refuse_on_ranks` also refuses what R ranks cannot give its real neighbours
 (:attr:`stages.spec.StageSpec.halo`, ADR 0019 and its addendum): overlapping bands serve
 the projection section from its first halo step on (run after the reslice on the band)
-and every later section (the later reslices overlap too); refused is a step after that
-first halo step that needs whole frames or changes the geometry
-(:func:`~streamer.pipeline.halo.band_tail_refusal`).
+and every later section (the later reslices overlap too); a step after that first halo
+step that needs whole frames runs as a later projection section
+(:func:`rank_sections`, the one place that sections a pipeline for R ranks); refused are
+a step there that changes the geometry
+(:func:`~streamer.pipeline.halo.band_tail_refusal`) and a CoR finder in such a pipeline
+(R ranks would find the CoR before the whole-frame steps).
 
 :func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
 at its start), a step that changes the number of detector rows where the runners do not
@@ -52,10 +55,10 @@ from dataclasses import dataclass
 from stages.spec import Pattern
 from streamer.errors import ConfigError, StageError
 from streamer.pipeline.config import PipelineStep
-from streamer.pipeline.halo import band_tail_refusal
+from streamer.pipeline.halo import band_tail_refusal, split_band_tail
 
-__all__ = ["Section", "beyond_one_band", "halo_refusal_on_ranks", "refuse_on_ranks",
-           "refuse_row_change",
+__all__ = ["Section", "beyond_one_band", "halo_refusal_on_ranks", "rank_sections",
+           "ranks_reslices", "refuse_on_ranks", "refuse_row_change",
            "refuse_save_result", "sections_of", "split_sections"]
 
 
@@ -136,13 +139,31 @@ def refuse_row_change(steps: tuple[PipelineStep, ...], *, ranks: int = 1) -> Non
                               "supported: expected it in a projection section, or remove it")
 
 
-def beyond_one_band(steps: tuple[PipelineStep, ...]) -> bool:
+def rank_sections(steps: tuple[PipelineStep, ...]) -> tuple[Section, ...]:
+    """The sections R ranks run (the one place that decides it, for ``check`` and the
+    runners): :func:`sections_of`, except that a first projection section with a step
+    that needs whole frames after a halo step (:func:`~streamer.pipeline.halo.
+    split_band_tail`: HTTomo's ``remove_outlier`` → … → ``paganin_filter``) is cut
+    before that step: the head and the row-by-row band tail stay first (the band
+    exchange's overlapping band), an empty sinogram section follows, and the rest runs as
+    a projection section of its own on ranges of whole frames (two more reslices)."""
+    found = sections_of(steps)
+    head, tail, rest = split_band_tail(found[0].steps)
+    if not rest:
+        return found
+    return (Section(Pattern.PROJECTION, head + tail), Section(Pattern.SINOGRAM, ()),
+            Section(Pattern.PROJECTION, rest), *found[1:])
+
+
+def beyond_one_band(steps: tuple[PipelineStep, ...], *, on_ranks: bool = False) -> bool:
     """Whether ``steps`` need more than one reslice and the sinogram section on each band
     with the CoR filled in: a second reslice, a geometry-changing stage or a parameter
     filled from a side output other than the CoR (the runners then run the later
     sections themselves: :meth:`~streamer.pipeline.executor.ScanProcessor.finish` on one
-    rank, :mod:`streamer.run.later_sections` on R ranks)."""
-    if len(sections_of(steps)) > 2:
+    rank, :mod:`streamer.run.later_sections` on R ranks). ``on_ranks``: as R ranks
+    section it (:func:`rank_sections`)."""
+    found = rank_sections(steps) if on_ranks else sections_of(steps)
+    if len(found) > 2:
         return True
     return any(step.spec.geometry is not None
                or any(param != "center" for param, _ in step.linked) for step in steps)
@@ -168,4 +189,22 @@ def refuse_on_ranks(steps: tuple[PipelineStep, ...]) -> None:
 def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
     """Why R ranks cannot give a step of ``steps`` its real neighbours (one line naming
     the step; ``check`` prints it as a note, the runners refuse with it), or None."""
-    return band_tail_refusal(sections_of(steps)[0].steps)
+    found = sections_of(steps)
+    refusal = band_tail_refusal(found[0].steps)
+    if refusal is not None:
+        return refusal
+    rest = split_band_tail(found[0].steps)[2]
+    finders = [s for s in steps if s.spec.finds_center is not None]
+    if rest and finders:
+        # R ranks find the CoR on the band exchange's band, before the whole-frame rest:
+        # the CoR would differ from one rank's (found after it)
+        return (f"stage {finders[0].name!r} ({finders[0].where}): R ranks find the CoR "
+                f"before {rest[0].name!r}, which they run after a later reslice (it needs "
+                "whole frames after a halo step), so the CoR would differ from one rank's: "
+                "remove the finder and give the reconstruction a center, or run on one rank")
+    return None
+
+
+def ranks_reslices(steps: tuple[PipelineStep, ...]) -> int:
+    """How many reslices R ranks run for ``steps`` (``check``'s note)."""
+    return max(len(rank_sections(steps)) - 1, 0)

@@ -3,7 +3,9 @@
 After the band exchange rank ``r`` holds its band of rows × every angle and the CoR (with
 the finder's side outputs) is agreed. A pipeline that goes on past one sinogram section
 (:func:`~streamer.pipeline.sections.beyond_one_band`: HTTomo's Paganin after
-``sino_360_to_180``, ADR 0009) runs here, each section on its layout:
+``sino_360_to_180``, ADR 0009; a whole-frame step after a halo step of the first section,
+which R ranks section apart: :func:`~streamer.pipeline.sections.rank_sections`, ADR
+0019's H56 addendum) runs here, each section on its layout:
 
 - a **sinogram** section on blocks of the band (a step may change the angles or the
   width: ``sino_360_to_180``, ``average_projection_frames``; every rank applies the same
@@ -58,7 +60,7 @@ from streamer.pipeline.executor import (
     section_angles,
 )
 from streamer.pipeline.halo import keep_block, keep_saved, local_window, section_halo
-from streamer.pipeline.sections import sections_of
+from streamer.pipeline.sections import rank_sections
 
 __all__ = ["LastSection", "SectionTools", "filled_later_sections", "run_later_sections"]
 
@@ -104,12 +106,14 @@ def filled_later_sections(
     steps: tuple[PipelineStep, ...], *, center: float | None, outputs: dict[str, Any],
     override: bool, angles: npt.NDArray[np.float64], cols: int,
 ) -> tuple[list[tuple[Pattern, tuple[PipelineStep, ...]]], float | None]:
-    """Every section after the first, finders left out, with the run-time values in
+    """Every section after the first as R ranks section it (:func:`~streamer.pipeline.
+    sections.rank_sections`: a whole-frame step after a halo step opens a projection
+    section after an empty sinogram one), finders left out, with the run-time values in
     (as on one rank); a trailing projection section gets an empty sinogram section after
     it (its output is resliced back to bands)."""
     data_sections = [(section.pattern, tuple(s for s in section.steps
                                              if s.spec.finds_center is None))
-                     for section in sections_of(steps)[1:]]
+                     for section in rank_sections(steps)[1:]]
     filled, moved = fill_sections(data_sections, center=center, outputs=outputs,
                                   override=override, angles=angles, cols=cols)
     if filled and filled[-1][0] is Pattern.PROJECTION:
@@ -149,7 +153,9 @@ def run_later_sections(
         if data is not None:
             part = _Part(low, own, total)
             try:
-                if pattern is Pattern.SINOGRAM:
+                if pattern is Pattern.SINOGRAM and not steps:
+                    pass  # the band as it is (before a whole-frame rest: rank_sections)
+                elif pattern is Pattern.SINOGRAM:
                     data, angles = _sinogram_section(steps, data, angles, tools, part)
                 else:
                     data = _projection_section(steps, data, angles, tools, part)

@@ -450,7 +450,7 @@ class RankedReconstruction:
         self._whole_scan = self.control.size == 1 and not _runs_on_bands(self.steps)
         #: R ranks: the same pipelines run their later sections on the bands, resliced
         #: again between them (:mod:`streamer.run.later_sections`).
-        self._later = self.control.size > 1 and beyond_one_band(self.steps)
+        self._later = self.control.size > 1 and beyond_one_band(self.steps, on_ranks=True)
         #: R ranks: rows of overlap between the bands, for steps whose kernels reach
         #: across the block axis after the reslice (ADR 0019's addendum); 0: none.
         self._halo = 0
@@ -640,7 +640,7 @@ class RankedReconstruction:
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
                 band_rows=rank_band_rows(shaped.rows, ranks, self._halo),
-                device_bytes=self.device_bytes,
+                device_bytes=self.device_bytes, on_ranks=ranks > 1,
             )
             owner = None if self._whole_scan else self._center_owner(shaped)
         except StreamerError as error:

@@ -25,6 +25,7 @@ from tests.pipeline.test_httomo_full_pipelines import FULL
 from tests.run.test_halo_later_on_ranks import CONFIG as LATER_CONFIG
 from tests.run.test_halo_later_on_ranks import PIPELINE as LATER
 from tests.run.test_later_reslices_on_ranks import without_image_tail
+from tests.run.test_whole_frame_tail_on_ranks import PAGANIN
 from tests.test_recon_real import i13_options
 
 __all__ = ["link", "shared_dir"]  # fixtures used by the tests below
@@ -90,3 +91,30 @@ def test_halo_steps_in_every_section_of_three_reslices_over_mpi(link: RankLink,
         expected = one["/entry/reconstruction/data"][()]
         np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
                                    rtol=0, atol=1e-6 * np.abs(expected).max())
+
+
+def test_whole_frame_step_after_a_halo_step_over_mpi(link: RankLink, shared_dir: Path,
+                                                     shared_data: Path) -> None:
+    """HTTomo's ``remove_outlier3d → normalize → minus_log → Paganin → FBP``: the Paganin
+    filter after the halo step runs after a reslice to ranges of whole frames and back
+    (tests/run/test_whole_frame_tail_on_ranks.py); under mpiexec it equals one rank."""
+    base = shared_data / "real/dls_i13_24737"
+    options, args = i13_options(base, (0, 135))
+    pipeline = shared_dir / "paganin.yaml"
+    if link.rank == 0:
+        pipeline.write_text(PAGANIN)
+    link.comm.Barrier()
+    out = shared_dir / "ranks.h5"
+    assert main(["recon", str(base / "tiffs"), "-o", str(out), "--pipeline", str(pipeline),
+                 *args, "--quiet"]) == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return
+    single = shared_dir / "single.h5"
+    with open_scan(base / "tiffs", options) as reader:
+        run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
+    with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
+        assert bool(master["/entry"].attrs["complete"])
+        expected = one["/entry/reconstruction/data"][()]
+        np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
+                                   rtol=0, atol=1e-5 * np.abs(expected).max())

@@ -30,7 +30,7 @@ from streamer.pipeline.executor import (
 )
 from streamer.pipeline.halo import keep_block, window
 from streamer.pipeline.plan import plan_blocks
-from streamer.pipeline.sections import refuse_on_ranks, sections_of
+from streamer.pipeline.sections import rank_sections, refuse_on_ranks, sections_of
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from tests.pipeline.test_executor_device_queue import FakeStreams, device_backend  # noqa: F401
@@ -185,15 +185,20 @@ def test_ranks_take_kernels_across_the_block_axis() -> None:
     """R ranks give them their neighbours (overlapping bands and later reslices, ADR
     0019's addendum: tests/run/test_halo_on_real_scans.py,
     tests/run/test_halo_later_on_ranks.py); a whole-frame step after a halo step of the
-    projection section is refused with one line."""
+    projection section runs after a later reslice (test_whole_frame_tail_on_ranks.py)."""
     for kind in ("projection", "sinogram", "later"):
         refuse_on_ranks(parse_pipeline(PIPELINES[kind], REGISTRY, source="h.yaml").steps)
     paganin = parse_pipeline(PIPELINES["projection"].replace(
         "  - method: median_filter3d\n", "  - method: paganin_filter\n"), REGISTRY,
         source="p.yaml").steps
-    with pytest.raises(ConfigError, match=r"paganin_filter.*after the halo step "
-                       r"'remove_outlier3d'.*one rank") as error:
-        refuse_on_ranks(paganin)
+    refuse_on_ranks(paganin)
+    assert len(rank_sections(paganin)) == len(sections_of(paganin)) + 2
+    finder = parse_pipeline(PIPELINES["projection"].replace(
+        "  - method: median_filter3d\n", "  - method: paganin_filter\n  - method: "
+        "find_center_vo\n"), REGISTRY, source="f.yaml").steps
+    with pytest.raises(ConfigError, match=r"find_center_vo.*before 'paganin_filter'.*one "
+                       "rank") as error:
+        refuse_on_ranks(finder)  # the CoR would be found before the Paganin filter
     assert "\n" not in str(error.value)
     local = parse_pipeline("pipeline:\n  - method: normalize\n  - method: median_filter\n"
                            "  - method: fbp\n", REGISTRY, source="local.yaml").steps
@@ -226,7 +231,9 @@ def test_check_says_which_step_needs_neighbours(tmp_path, capsys) -> None:  # ty
     pipeline.write_text(PIPELINES["projection"].replace("  - method: median_filter3d\n",
                                                         "  - method: paganin_filter\n"))
     assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
-    assert "note: R ranks refuse it: stage 'paganin_filter'" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "R ranks refuse it" not in said
+    assert "note: R ranks: 3 reslices (a step that needs whole frames after a halo step" in said
     assert "step 3 median_filter3d reaches 1" in out and "step 1 normalize reaches" not in out
 
 

@@ -1,8 +1,8 @@
 """``remove_outlier`` (httomolibgpu's 3-D median, ``remove_outlier3d``) through ``recon``
 on a real scan: the volume does not depend on the block sizes (every block gets its real
 neighbour projections and rows, ADR 0019), nor on the rank count (overlapping bands,
-ADR 0019's addendum: H38 measured ~5 % of the volume max on 2 ranks without them), and
-what R ranks cannot give its neighbours is refused with one line."""
+ADR 0019's addendum: H38 measured ~5 % of the volume max on 2 ranks without them). A
+whole-frame step after a halo step: tests/run/test_whole_frame_tail_on_ranks.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import streamer.run.ranks as ranks_module
-from streamer.errors import ConfigError
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.scan import FrameReader
@@ -125,22 +124,3 @@ def test_bands_narrower_than_the_halo(shared_data: Path, tmp_path: Path, ranks: 
     out = tmp_path / f"ranks{ranks}.h5"
     on_ranks(ranks, lambda: _tooth(shared_data), ReconSettings(out, pipeline=pipeline))
     _assert_close(_volume(out), one)
-
-
-@pytest.mark.parametrize(("steps", "said"), [
-    ("  - method: remove_outlier3d\n    parameters: {kernel_size: 3, dif: 0.05}\n"
-     "  - method: paganin_filter\n",
-     r"stage 'paganin_filter' .*after the halo step 'remove_outlier3d'.*needs whole frames"),
-    ("  - method: dezinger_temporal\n    parameters: {dif: 0.1}\n"
-     "  - method: binning\n    parameters: {factor_rows: 2}\n",
-     r"stage 'binning' .*after the halo step 'dezinger_temporal'.*changes their shape"),
-])
-def test_ranks_refuse_what_the_bands_cannot_give_with_one_line(
-        shared_data: Path, tmp_path: Path, steps: str, said: str) -> None:
-    pipeline = tmp_path / "refused.yaml"
-    pipeline.write_text("pipeline:\n  - method: normalize\n" + steps
-                        + "  - method: fbp\n    parameters: {center: 85.5}\n")
-    with pytest.raises(ConfigError, match=said) as error:
-        on_ranks(2, lambda: _i13(shared_data),
-                 ReconSettings(tmp_path / "ranks.h5", pipeline=pipeline))
-    assert "\n" not in str(error.value)

@@ -66,8 +66,11 @@ def _source(ready: threading.Event, address: list[str]) -> threading.Thread:
     return thread
 
 
-def test_run_service_on_two_ranks_with_halo_steps_equals_one_rank(tmp_path: Path) -> None:
-    steps = parse_pipeline(PIPELINE, REGISTRY, source="service.yaml").steps
+def _served_and_one_rank(tmp_path: Path, text: str,
+                         ) -> tuple[ScanOutput, np.ndarray, np.ndarray, list[str]]:
+    """``text`` served on 2 ranks (the output, its volume) and recon on one rank (its
+    volume), and rank 0's log."""
+    steps = parse_pipeline(text, REGISTRY, source="service.yaml").steps
     ready, address = threading.Event(), []
     source = _source(ready, address)
     assert ready.wait(JOIN_S)
@@ -76,7 +79,7 @@ def test_run_service_on_two_ranks_with_halo_steps_equals_one_rank(tmp_path: Path
 
     def rank(link: MemoryLink) -> list[ScanOutput]:
         control, band_link = link.duplicate(), link.duplicate()
-        ranked = RankedReconstruction(steps, PIPELINE, out, control, band_link,
+        ranked = RankedReconstruction(steps, text, out, control, band_link,
                                       block_frames=4, block_sinograms=2,
                                       memory_bytes=1 << 28, background=True,
                                       log=said.append if link.rank == 0 else None)
@@ -98,7 +101,7 @@ def test_run_service_on_two_ranks_with_halo_steps_equals_one_rank(tmp_path: Path
     assert output.complete, output
     reference = tmp_path / "one.h5"
     pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(PIPELINE)
+    pipeline.write_text(text)
     run_ranks(1, lambda link: recon_on_ranks(
         SimulatedScan(CONFIG), ReconSettings(reference, pipeline=pipeline), link))
     with h5py.File(reference) as file:
@@ -106,6 +109,32 @@ def test_run_service_on_two_ranks_with_halo_steps_equals_one_rank(tmp_path: Path
     with h5py.File(output.path) as file:
         assert bool(file["/entry"].attrs["complete"])
         data = file["/entry/reconstruction/data"][...]
+    return output, data, expected, said
+
+
+def test_run_service_on_two_ranks_with_halo_steps_equals_one_rank(tmp_path: Path) -> None:
+    _output, data, expected, said = _served_and_one_rank(tmp_path, PIPELINE)
     np.testing.assert_allclose(data, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
     assert any("at close" in line and "remove_outlier3d needs whole sinograms" in line
                for line in said), said
+
+
+#: HTTomo's order with a Paganin filter after the 3-D median: R ranks run the filter after
+#: a reslice to ranges of whole frames and back (tests/run/test_whole_frame_tail_on_ranks.py).
+PAGANIN = """\
+pipeline:
+  - method: remove_outlier3d
+    parameters: {kernel_size: 3, dif: 0.05}
+  - method: normalize
+  - method: minus_log
+  - method: paganin
+    parameters: {pixel_size: 0.0001, dist: 50.0, energy: 20.0, alpha: 0.001}
+  - method: fbp
+    parameters: {center: 16.0}
+"""
+
+
+def test_run_service_on_two_ranks_with_paganin_after_a_halo_step(tmp_path: Path) -> None:
+    """A later-sections pipeline: served, every section run and reconstructed at close."""
+    _output, data, expected, _said = _served_and_one_rank(tmp_path, PAGANIN)
+    np.testing.assert_allclose(data, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
