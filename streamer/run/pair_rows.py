@@ -40,10 +40,13 @@ class PairRows:
     error: str | None = None
 
 
-def rows_of_pair(band: Band) -> PairRows:
+def rows_of_pair(band: Band, failure: str | None = None) -> PairRows:
     """This band's rows of the pair, chosen as the finder chooses it (the first
-    projection and the one 180° (± tolerance) later); an ``error`` when there is none."""
+    projection and the one 180° (± tolerance) later); an ``error`` when there is none,
+    or when this rank's scan failed (``failure``: its rows cannot be trusted)."""
     empty = np.zeros((0, band.sinograms.shape[2]), np.float32)
+    if failure is not None:
+        return PairRows(band.rows, (-1, -1), empty, empty, f"its scan failed: {failure}")
     if band.sinograms.shape[1] == 0:
         return PairRows(band.rows, (-1, -1), empty, empty,
                         "no corrected projection reached its band")

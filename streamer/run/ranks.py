@@ -1188,7 +1188,7 @@ class RankedReconstruction:
         else:
             if self.control.size > 1 and _sees_pair(self._finder()):
                 self.control.send(owner, TAG_CENTER_PAIR, msgpack.packb(
-                    pair_rows_message(scan.serial, rows_of_pair(band))))
+                    pair_rows_message(scan.serial, rows_of_pair(band, scan.failure))))
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
         assert agreed is not None

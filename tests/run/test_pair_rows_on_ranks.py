@@ -97,6 +97,9 @@ def test_a_failed_rank_names_itself_and_its_reason() -> None:
     failed = parse_pair_rows(msgpack.unpackb(msgpack.packb(
         pair_rows_message(1, rows_of_pair(empty))), raw=False), 1, COLS)
     assert failed.error == "no corrected projection reached its band"
+    refused = rows_of_pair(_band((2, 5), angles, volume), "stage 'x' refused the data")
+    assert refused.error == "its scan failed: stage 'x' refused the data"
+    assert refused.first.size == 0  # a failed rank's rows are not used
     with pytest.raises(StreamerError, match=r"^find_center_pc: rank 1: no corrected "):
         assemble_pair({0: rows_of_pair(_band((0, 2), angles, volume)), 1: failed})
 
