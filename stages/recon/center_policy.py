@@ -291,12 +291,16 @@ def find_center(
 def find_center_from_pair(
     projections: npt.NDArray[np.floating], angles_deg: npt.NDArray[np.float64], *,
     around: float | None = None,
+    pair: tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]] | None = None,
 ) -> CorEstimate:
     """The CoR from the 0°/180° projection pair (HTTomo's ``find_center_pc``), cross-checked
     with Vo's method as :func:`find_center` does the other way round.
 
     ``around`` (``rotc_guess``) restricts the pair search to the reliable range around it.
-    Raises :class:`StageError` when the scan has no projection 180° from the first.
+    ``pair``: the whole first projection and the one 180° later, ``(rows, cols)`` each,
+    when ``projections`` holds only some rows of the scan (R ranks gather the pair's rows
+    from every band, so the pair is correlated as on one rank). Raises
+    :class:`StageError` when the scan has no projection 180° from the first.
     """
     data = np.asarray(projections)
     angles = np.asarray(angles_deg, dtype=np.float64)
@@ -313,27 +317,31 @@ def find_center_from_pair(
     middle = (cols - 1) / 2
     reach = max(abs(lo_ok - middle), abs(hi_ok - middle))
     shift = min(int(np.ceil(2 * reach)), cols - 2)
-    pair = find_center_pair(data[0], data[pair_at], max_shift=shift)
+    first, opposite = (data[0], data[pair_at]) if pair is None else pair
+    if np.shape(first) != np.shape(opposite) or np.shape(first)[-1:] != (cols,):
+        raise StageError(f"find_center_pc: expected the pair as two (rows, {cols}) "
+                         f"projections, got {np.shape(first)} and {np.shape(opposite)}")
+    paired = find_center_pair(first, opposite, max_shift=shift)
     warnings: list[str] = []
     notes: list[str] = []
-    if around is not None and abs(pair.center - around) > reach:
-        warnings.append(f"the pair's centre {pair.center:.2f} is far from rotc_guess {around}")
+    if around is not None and abs(paired.center - around) > reach:
+        warnings.append(f"the pair's centre {paired.center:.2f} is far from rotc_guess {around}")
     vo = find_center(data, angles, smin=None, smax=None)
     tolerance = max(1.0, cols / 500)
-    confidence = max(pair.confidence, 0.0)
+    confidence = max(paired.confidence, 0.0)
     method = "pair"
-    if abs(vo.center - pair.center) <= tolerance:
+    if abs(vo.center - paired.center) <= tolerance:
         method = "pair+vo"
         confidence = 1 - (1 - confidence) * (1 - vo.confidence)
         notes.append(f"Vo's method agrees: {vo.center:.2f}")
     else:
         confidence = min(confidence, 0.2)
-        warnings.append(f"the pair's centre {pair.center:.2f} and Vo's {vo.center:.2f} "
+        warnings.append(f"the pair's centre {paired.center:.2f} and Vo's {vo.center:.2f} "
                         f"disagree by more than {tolerance:.1f} px")
     if confidence < LOW_CONFIDENCE:
         warnings.append(f"low confidence {confidence:.2f} (< {LOW_CONFIDENCE}): check the "
                         "centre (e.g. a centre sweep) or give it")
-    return CorEstimate(pair.center, float(confidence), method, (lo_ok, hi_ok), tuple(notes),
+    return CorEstimate(paired.center, float(confidence), method, (lo_ok, hi_ok), tuple(notes),
                        tuple(warnings))
 
 

@@ -74,10 +74,13 @@ class FindCenterPcParams(StageParams):
 
 
 def center_from_pair(
-    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any
+    projections: npt.NDArray[np.float32], angles_deg: npt.NDArray[np.float64], params: Any,
+    *, pair: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
 ) -> CorEstimate:
-    """Once per scan: the 0°/180° pair, cross-checked with Vo's method."""
-    return find_center_from_pair(projections, angles_deg, around=params.rotc_guess)
+    """Once per scan: the 0°/180° pair, cross-checked with Vo's method; ``pair``: the
+    whole two projections when ``projections`` holds only some rows (R ranks)."""
+    return find_center_from_pair(projections, angles_deg, around=params.rotc_guess,
+                                 pair=pair)
 
 
 class FindCenter360Params(StageParams):

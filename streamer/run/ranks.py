@@ -66,6 +66,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
+from stages.recon.centering import center_from_pair
 from stages.spec import Pattern
 from streamer.errors import (
     ConfigError,
@@ -151,6 +152,13 @@ from streamer.run.latency import LatencyRecorder
 from streamer.run.later_sections import SectionTools, filled_later_sections, run_later_sections
 from streamer.run.observer import RankObserver
 from streamer.run.output import ScanOutput, check_servable, keep_newest
+from streamer.run.pair_rows import (
+    PairRows,
+    assemble_pair,
+    pair_rows_message,
+    parse_pair_rows,
+    rows_of_pair,
+)
 from streamer.run.rank_iterations import ScanIterations
 from streamer.run.streaming import EARLY_FRACTION, StreamingSection, plan_streaming
 from streamer.sinks.disk import os_reason
@@ -175,6 +183,7 @@ TAG_STOP: Final = 306
 TAG_STREAM_CENTER: Final = 307
 TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
 TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
+TAG_CENTER_PAIR: Final = 370  # a rank's rows of the 0°/180° pair, to the CoR owner
 #: CoR sources that are estimates: the final estimate at close checks them near their value.
 _ESTIMATED: Final = (CenterSource.EARLY, CenterSource.PAIR, CenterSource.CARRIED)
 #: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
@@ -261,6 +270,8 @@ class _ScanState:
     center_confidence: float | None = None
     #: The finder's side outputs (``overlap``, ``side`` …), shared with the CoR.
     center_outputs: dict[str, Any] = field(default_factory=dict)
+    #: The CoR owner, a pair finder on R ranks: each peer's rows of the 0°/180° pair.
+    pair_rows: dict[int, PairRows] = field(default_factory=dict)
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
@@ -1155,7 +1166,9 @@ class RankedReconstruction:
                 state = scan.center_state
                 near = (state.center if finder is None and state is not None
                         and state.source in _ESTIMATED else None)
-                found = _find_center(finder, band, row, near=near, scan=scan)
+                pair = (self._gather_pair(scan, band)
+                        if self.control.size > 1 and _sees_pair(finder) else None)
+                found = _find_center(finder, band, row, near=near, scan=scan, pair=pair)
                 center, method = float(found), _found_label(finder, found)
                 scan.center_warnings = tuple(getattr(found, "warnings", ()))
                 scan.center_confidence = getattr(found, "confidence", None)
@@ -1173,12 +1186,33 @@ class RankedReconstruction:
                 "error": error, "outputs": scan.center_outputs,
                 "streaming": scan.center_report}))
         else:
+            if self.control.size > 1 and _sees_pair(self._finder()):
+                self.control.send(owner, TAG_CENTER_PAIR, msgpack.packb(
+                    pair_rows_message(scan.serial, rows_of_pair(band, scan.failure))))
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
         assert agreed is not None
         if agreed.error is not None:
             raise StreamerError(agreed.error)
         scan.center, scan.center_method = agreed.center, agreed.method
+
+    def _gather_pair(self, scan: _ScanState, band: Band,
+                     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The CoR owner, a pair finder on R ranks: the whole 0°/180° pair from every
+        rank's rows (each sends them, failed or not, before it waits for the CoR); a peer
+        silent past ``exchange_timeout_s`` is named in the error."""
+        began = time.monotonic()
+        while len(scan.pair_rows) < self.control.size - 1:
+            self._serve(scan)
+            if time.monotonic() - began > self.exchange_timeout_s:
+                silent = sorted(set(range(self.control.size)) - {self.control.rank}
+                                - set(scan.pair_rows))
+                raise ExchangeError(
+                    f"scan {scan.start.scan!r}: find_center_pc: rank {self.control.rank} "
+                    f"waited {self.exchange_timeout_s:g} s for the 0°/180° pair's rows "
+                    f"from ranks {silent}: none came (a rank died or is stuck)")
+            time.sleep(_POLL_PAUSE_S)
+        return assemble_pair({**scan.pair_rows, self.control.rank: rows_of_pair(band)})
 
     # --- the streaming CoR (``estimate_center``) -----------------------------------------
 
@@ -1714,6 +1748,9 @@ class RankedReconstruction:
             stats = message.get("stats")
             scan.peer_stats[received.source] = (None if stats is None
                                                 else PartialStats.from_dict(dict(stats)))
+        elif received.tag == TAG_CENTER_PAIR:
+            scan.pair_rows[received.source] = parse_pair_rows(message, received.source,
+                                                              scan.start.cols)
         elif received.tag == TAG_REFERENCES_DONE:
             scan.close.references_announced(received.source, int(message["count"]))
         elif received.tag == TAG_PATH:
@@ -1989,11 +2026,20 @@ def _share_threads(steps: tuple[PipelineStep, ...], ranks: int) -> tuple[Pipelin
     )
 
 
+def _sees_pair(finder: PipelineStep | None) -> bool:
+    """Whether ``finder`` correlates the whole 0°/180° projections (``find_center_pc``)
+    rather than one sinogram row: on R ranks it is given the whole pair."""
+    return finder is not None and finder.spec.finds_center is center_from_pair
+
+
 def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
-                 near: float | None = None, scan: _ScanState | None = None) -> SupportsFloat:
+                 near: float | None = None, scan: _ScanState | None = None,
+                 pair: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
+                 ) -> SupportsFloat:
     """The CoR from detector row ``row`` of ``band`` (which owns it); ``near``: the
     estimate a streamed scan used, checked first near it (``final_estimate_near``; how
-    is kept in ``scan.center_search``)."""
+    is kept in ``scan.center_search``); ``pair``: the whole 0°/180° projections for a
+    pair finder (R ranks gather them: :meth:`RankedReconstruction._gather_pair`)."""
     if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
         raise StreamerError("CoR: no corrected projection reached this rank's band")
     local = row - band.rows[0]
@@ -2013,6 +2059,8 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
     if "ind" in type(params).model_fields:
         params = params.model_copy(update={"ind": 0})
     try:
+        if pair is not None:
+            return center_from_pair(stack, band.angles_deg, params, pair=pair)
         return finder.spec.finds_center(stack, band.angles_deg, params)
     except StageError as error:
         raise StageError(f"{error} (pipeline entry at {finder.where})") from None

@@ -1,7 +1,8 @@
 """httomo-backends' full pipelines under ``mpiexec -n R tomo-streamer recon`` for real, as an
 HTTomo user runs them: FBP3d_tomobar on I13 rows (find_center_vo, the stripe filter on
 sinogram blocks, the image tail: every rank its band's TIFFs, rescaled with the merged
-statistics) and the centre sweep on the tooth (one output per value, on every rank
+statistics), titaren_center_pc_FBP3d_resample on I13 rows (find_center_pc given the
+whole 0°/180° pair) and the centre sweep on the tooth (one output per value, on every rank
 count). Rank 0 compares with one rank (``recon``'s batch path in this process): the same
 CoR and method, the volume bit for bit, the images file by file.
 
@@ -89,3 +90,32 @@ def test_centre_sweep_writes_every_value_on_ranks(
         data, found, *_ = read(shared_dir / "ranks" / f"rec_{label}.h5")
         assert found == center == float(label.split("=")[1])
         np.testing.assert_array_equal(data, expected)
+
+
+def test_pair_finder_on_i13_rows_equals_one_rank(
+        link: RankLink, shared_dir: Path, shared_data: Path) -> None:
+    """titaren_center_pc_FBP3d_resample: ``find_center_pc`` gets the whole 0°/180° pair
+    on R ranks too (every rank sends the CoR owner its rows of the two over MPI), so the
+    CoR and the volume are one rank's (before: 85.883 against 85.870)."""
+    name = "titaren_center_pc_FBP3d_resample.yaml"
+    path, options, args = _scan(shared_data, "i13")
+    if link.rank == 0:
+        for where in ("pc_ranks", "pc_one"):
+            (shared_dir / where).mkdir()
+        _pipeline(shared_dir, name)  # newshape: [80, 80] (left REQUIRED upstream)
+    link.comm.Barrier()
+    pipeline = shared_dir / name
+    out = shared_dir / "pc_ranks" / "rec.h5"
+    assert main(["recon", str(path), "-o", str(out), "--pipeline", str(pipeline), *args,
+                 "--quiet"]) == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return
+    with open_scan(path, options) as reader:
+        run_recon(reader, ReconSettings(shared_dir / "pc_one" / "rec.h5", pipeline=pipeline,
+                                        first_row=60))
+    expected, center, method, complete, _ = read(shared_dir / "pc_one" / "rec.h5")
+    data, found, found_method, found_complete, _ = read(out)
+    assert complete and found_complete
+    assert (found, found_method) == (center, method) and found == pytest.approx(85.5, abs=0.5)
+    np.testing.assert_array_equal(data, expected)

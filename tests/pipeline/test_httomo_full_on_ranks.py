@@ -11,9 +11,11 @@ Two measured differences, each asserted with its cause rather than hidden by a t
   (``ranks._share_threads``), and the iterations amplify the threads' rounding (6.8e-4
   of the max against one rank with every CPU, measured on 2 CPUs); so the one-rank run
   here gets that share (``threads``), and is equal bit for bit.
-* find_center_pc (titaren_center_pc_FBP3d_resample): one rank correlates the whole 0°/180°
-  projections, R ranks only the finder's row on the rank that owns it (85.883 against
-  85.870 on I13 rows 60-63): within 0.05 px, and the volume follows that CoR.
+* find_center_pc (titaren_center_pc_FBP3d_resample) correlates the whole 0°/180°
+  projections on R ranks as on one rank: every rank sends its rows of the pair to the
+  CoR owner (``ranks.TAG_CENTER_PAIR``). Before, R ranks correlated the owner's band
+  only (85.883 against 85.870 on I13 rows 60-63); now the CoR and the volume are equal
+  bit for bit, on 2 ranks here and on 3 in ``test_pair_finder_on_three_ranks``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ CASES = [*RUNS, ("FBP3d_tomobar.yaml", "i13"), ("sweep_center_FBP3d_tomobar.yaml
 #: averaged angles) agree within 1e-5 of the max (measured <= 3e-6).
 BIT_FOR_BIT = {"FISTA3d_tomobar.yaml", "FBP3d_tomobar.yaml", "FBP3d_tomobar_noimagesaving.yaml",
                "FBP3d_tomobar_tomobank.yaml", "FBP2d_astra.yaml", "FBP3d_tomobar_denoising.yaml",
-               "sweep_paganin_FBP3d_tomobar.yaml", "sweep_center_FBP3d_tomobar.yaml"}
+               "sweep_paganin_FBP3d_tomobar.yaml", "sweep_center_FBP3d_tomobar.yaml",
+               "titaren_center_pc_FBP3d_resample.yaml"}
 #: One rank's threads for a stage with ``threads: None`` on R ranks (every CPU shared).
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -134,12 +137,6 @@ def test_full_pipeline_on_two_ranks_equals_one_rank(shared_data: Path, tmp_path:
         swept = float(label.split("=")[1]) if label.startswith("center=") else None
         assert found == pytest.approx(swept or TRUTH[scan], abs=0.5), label
         scale = float(np.abs(expected).max())
-        if name == "titaren_center_pc_FBP3d_resample.yaml":
-            _assert_pair_finder_on_ranks(found, center, data, expected, scale)
-            # the slices follow the CoR: measured <= 2 levels on 12.5-14 % of the pixels
-            assert_same_tail(one.images, output.images, exact=False, levels=2,
-                             fraction=0.2)
-            continue
         assert found == center
         if name in BIT_FOR_BIT:
             np.testing.assert_array_equal(data, expected)
@@ -148,14 +145,31 @@ def test_full_pipeline_on_two_ranks_equals_one_rank(shared_data: Path, tmp_path:
         assert_same_tail(one.images, output.images, exact=bool(np.array_equal(data, expected)))
 
 
-def _assert_pair_finder_on_ranks(found: float, center: float, data: np.ndarray,
-                                 expected: np.ndarray, scale: float) -> None:
-    """find_center_pc: one rank's whole pair against the owner's row on R ranks."""
-    assert found == pytest.approx(center, abs=0.05)  # measured 85.883 against 85.870
-    assert found == pytest.approx(85.5, abs=0.5)  # the README's CoR
-    # the volumes differ by the CoR alone: close where the slices are (80 x 80)
-    assert np.abs(data - expected).max() <= 0.05 * scale  # measured 0.011
-    assert np.corrcoef(data.ravel(), expected.ravel())[0, 1] > 0.999
+def test_pair_finder_on_three_ranks(shared_data: Path, tmp_path: Path) -> None:
+    """find_center_pc on 3 ranks (I13 rows 60-63: bands of 2, 1 and 1 rows, the owner
+    of the middle row gathers the other two's rows of the pair): the CoR of one rank,
+    and its volume, bit for bit."""
+    name = "titaren_center_pc_FBP3d_resample.yaml"
+    path, options, _ = _scan(shared_data, "i13")
+    pipeline = _pipeline(tmp_path, name)
+    options = with_loader(options, load_pipeline(pipeline, REGISTRY).loader)
+
+    def reader() -> FrameReader:
+        return open_scan(path, options)
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "ranks").mkdir()
+    settings = ReconSettings(tmp_path / "one" / "rec.h5", pipeline=pipeline,
+                             first_row=options.rows[0] if options.rows else 0)
+    with reader() as scan_reader:
+        run_recon(scan_reader, settings)
+    output = on_ranks(3, reader, replace(settings, output=tmp_path / "ranks" / "rec.h5"))[0]
+    assert isinstance(output, ScanOutput) and output.complete, output
+    expected, center, method, complete, _ = read(tmp_path / "one" / "rec.h5")
+    data, found, found_method, found_complete, _ = read(tmp_path / "ranks" / "rec.h5")
+    assert complete and found_complete and found_method == method
+    assert found == center and found == pytest.approx(TRUTH["i13"], abs=0.5)
+    np.testing.assert_array_equal(data, expected)
 
 
 def test_deg360_distortion_on_two_ranks_equals_one_rank(tmp_path: Path) -> None:
