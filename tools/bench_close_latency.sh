@@ -37,9 +37,9 @@ measure() {  # code mode width rows p rate memory ranks: one run, its latency li
   local code=$1 mode=$2; shift 2
   local line
   if [ "$code" = old ]; then
-    line=$(cd /tmp && PYTHONPATH=$OLD ONLY=$mode "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1)
+    line=$(cd /tmp && PYTHONPATH=$OLD ONLY=$mode "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1 < /dev/null)
   else
-    line=$(ONLY=$mode "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1)
+    line=$(ONLY=$mode "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1 < /dev/null)
   fi
   local latency
   latency=$(sed -n 's/.*last frame→volume \([0-9.]*\) s.*/\1/p' <<< "$line" | head -1)
@@ -51,9 +51,9 @@ measure_batch() {  # code width rows p rate memory ranks: one streamed run, one 
   local code=$1; shift
   local lines
   if [ "$code" = old ]; then
-    lines=$(cd /tmp && PYTHONPATH=$OLD BATCH=1 "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1)
+    lines=$(cd /tmp && PYTHONPATH=$OLD BATCH=1 "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1 < /dev/null)
   else
-    lines=$(BATCH=1 "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1)
+    lines=$(BATCH=1 "$here/tools/bench_run_streaming.sh" 1 "$@" 2>&1 < /dev/null)
   fi
   local latency wall load
   latency=$(sed -n 's/.*last frame→volume \([0-9.]*\) s.*/\1/p' <<< "$lines" | head -1)
@@ -78,7 +78,7 @@ while read -r width rows p rate memory ranks; do
       [ -z "${OLD:-}" ] || measure old "$mode" "$width" "$rows" "$p" "$rate" "$memory" "$ranks"
     done
   done
-done <<< "$cases"
+done < <(printf "%s\n" "$cases")
 for ranks in 1 2; do
   for rate in ${RATES:-}; do
     echo "rate $rate frames/s, $ranks rank(s), N = 1024, 32 rows, P = 1200, streaming:"
