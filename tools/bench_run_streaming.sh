@@ -13,9 +13,15 @@
 # sample); *streaming* is `run`'s default early CoR estimate (`--early-center 0.5`), *at
 # close* is `--early-center off` (the CoR policy at close, as before the early estimate);
 # MEMORY_GIB is not used then.
+# BATCH=1: the second figure is not `run` at close but issue 19's denominator: the wall time
+# of `tomo-streamer recon` (under `mpiexec -n RANKS` for RANKS > 1) of the same scan, saved
+# once by `simulate --save` with the same options (the same seed: the same frames), with the
+# same pipeline file and recon's own memory plan; printed as `recon wall X s` (the whole
+# command, start-up included), then the largest difference between its volume and the
+# streamed one relative to the volume's peak (`recon vs run`: the two are the same scan).
 # TIMELINE=1 (RANKS > 1): the ranks run under tools/rank_timeline.py, which prints per rank
 # what ran after its last projection frame (accumulator adds, projection blocks, close).
-# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] [TIMELINE=1] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB] [RANKS]
+# Usage: [CANNOT_WAIT=1] [ONLY=streaming|close] [BATCH=1] [TIMELINE=1] tools/bench_run_streaming.sh [RUNS] [WIDTH] [ROWS] [P] [RATE] [MEMORY_GIB] [RANKS]
 set -euo pipefail
 runs=${1:-5}; width=${2:-512}; rows=${3:-32}; angles=${4:-600}; rate=${5:-60}
 memory=${6:-0.1}  # at-close runs (per rank): small enough that the accumulators do not fit
@@ -52,10 +58,45 @@ one() {  # one scan through run; prints its latency line
   grep -h "^  latency\|reconstruction: \|streaming: back\|^rank [0-9]*: \|^  CoR\|early estimate\|error\|refused\|FAILED" "$out.log" || true
   grep -h "^sent\|^DROPPED\|^ABORTED" "$out.sim.log" || true
 }
+batch() {  # the same scan as a file, reconstructed by `recon`: its wall time
+  local out=$work/$1.h5
+  if [ ! -f "$work/scan.nxs" ]; then
+    "$ts" simulate --rows "$rows" --cols "$width" --projections "$angles" \
+      --save "$work/scan.nxs" > /dev/null
+  fi
+  local launcher=()
+  [ "$ranks" -le 1 ] || launcher=("$mpiexec" -n "$ranks")
+  local start end
+  start=$(date +%s.%N)
+  "${launcher[@]}" "$ts" recon "$work/scan.nxs" -o "$out" --pipeline "$work/p.yaml" --quiet \
+    > "$out.log" 2>&1 || { echo "recon FAILED:"; tail -3 "$out.log"; return 0; }
+  end=$(date +%s.%N)
+  python3 -c "print(f'  recon wall {$end - $start:.2f} s')"
+  "$(dirname "$ts")/python" - "$out" "$work" <<'EOF'
+import pathlib, sys
+import h5py, numpy as np
+def volume(path):
+    with h5py.File(path, "r") as f:
+        found = []
+        f.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset)
+                     and obj.ndim == 3 else None)
+        return np.asarray(found[0][...], dtype=np.float64) if found else None
+batch = volume(sys.argv[1])
+streamed = sorted(pathlib.Path(sys.argv[2]).glob("s*/s.h5"))  # the master of scan s
+run = volume(streamed[-1]) if streamed else None
+if batch is None or run is None or batch.shape != run.shape:
+    print(f"  recon vs run: not compared ({None if run is None else run.shape} against "
+          f"{None if batch is None else batch.shape})")
+else:
+    print(f"  recon vs run: {np.abs(batch - run).max() / np.abs(batch).max():.1e} of the peak")
+EOF
+}
 uptime
 for i in $(seq "$runs"); do
   [ "${ONLY:-}" = close ] || one "s$i"
-  if [ -n "${EARLY:-}" ]; then
+  if [ -n "${BATCH:-}" ]; then
+    [ "${ONLY:-}" = streaming ] || batch "r$i"
+  elif [ -n "${EARLY:-}" ]; then
     [ "${ONLY:-}" = streaming ] || one "b$i" --early-center off
   else
     [ "${ONLY:-}" = streaming ] || one "b$i" --memory "$memory"
