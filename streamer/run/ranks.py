@@ -1253,30 +1253,26 @@ class RankedReconstruction:
         self._early_agreed(scan, value)
 
     def _early_agreed(self, scan: _ScanState, value: float) -> None:
-        state, section = scan.center_state, scan.streaming
-        if state is None or state.outcome is not None:
-            return
-        start = state.early_found(value)
-        if start is None or section is None:
-            return
-        kept = section.kept_blocks
-        section.start(start.center, early=True)
-        if self.log is not None and self.control.rank == 0:
-            self.log(f"scan {scan.start.scan}: CoR {value:.2f} early estimate: streaming "
-                     f"starts ({kept} kept block{'' if kept == 1 else 's'} added)")
+        self._estimate_agreed(scan, value, early=True)
 
     def _pair_agreed(self, scan: _ScanState, value: float) -> None:
+        self._estimate_agreed(scan, value, early=False)
+
+    def _estimate_agreed(self, scan: _ScanState, value: float, *, early: bool) -> None:
+        """Every rank: a CoR estimated while the scan streams (the early estimate, or the
+        opposite pair) starts the streaming section with it, the kept blocks added."""
         state, section = scan.center_state, scan.streaming
         if state is None or state.outcome is not None:
             return
-        start = state.pair_found(value)
+        start = state.early_found(value) if early else state.pair_found(value)
         if start is None or section is None:
             return
         kept = section.kept_blocks
-        section.start(start.center)
+        section.start(start.center, early=early)
         if self.log is not None and self.control.rank == 0:
-            self.log(f"scan {scan.start.scan}: CoR {value:.2f} from the opposite pair: "
-                     f"streaming starts ({kept} kept block{'' if kept == 1 else 's'} added)")
+            source = "early estimate:" if early else "from the opposite pair:"
+            self.log(f"scan {scan.start.scan}: CoR {value:.2f} {source} streaming starts "
+                     f"({kept} kept block{'' if kept == 1 else 's'} added)")
 
     def _decide_center(self, scan: _ScanState, final: float | None, method: str | None,
                        error: str | None, viewer: float | None,
