@@ -56,7 +56,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, SupportsFloat
@@ -838,16 +838,11 @@ class RankedReconstruction:
         mine = (scan.stats or PartialStats()) if written else None
         self.control.send_to_others(TAG_STATS, msgpack.packb(
             {"serial": scan.serial, "stats": None if mine is None else mine.as_dict()}))
-        began = time.monotonic()
-        while len(scan.peer_stats) < self.control.size - 1:
-            self._serve(scan)
-            if time.monotonic() - began > self.exchange_timeout_s:
-                silent = sorted(set(range(self.control.size)) - {self.control.rank}
-                                - set(scan.peer_stats))
-                return self._without_images(part, f"save_to_images: rank {silent[0]} sent "
-                                            f"no calculate_stats within "
-                                            f"{self.exchange_timeout_s:g} s")
-            time.sleep(_POLL_PAUSE_S)
+        silent = self._await_peers(scan, scan.peer_stats)
+        if silent:
+            return self._without_images(part, f"save_to_images: rank {silent[0]} sent "
+                                        f"no calculate_stats within "
+                                        f"{self.exchange_timeout_s:g} s")
         failed = sorted(rank for rank, stats in scan.peer_stats.items() if stats is None)
         if mine is None or failed or part.path is None:
             return part  # a failed part says why (rank 0's output: no images); no rows
@@ -865,6 +860,19 @@ class RankedReconstruction:
         except (StreamerError, OSError, KeyError) as error:
             return self._without_images(part, f"save_to_images: {error}")
         return replace(part, images=count)
+
+    def _await_peers(self, scan: _ScanState, received: Mapping[int, object]) -> list[int]:
+        """Serve the links until every other rank has an entry in ``received`` (filled by
+        :meth:`_serve` as their messages come); the ranks still silent after
+        ``exchange_timeout_s`` (empty: every rank answered)."""
+        began = time.monotonic()
+        while len(received) < self.control.size - 1:
+            self._serve(scan)
+            if time.monotonic() - began > self.exchange_timeout_s:
+                return sorted(set(range(self.control.size)) - {self.control.rank}
+                              - set(received))
+            time.sleep(_POLL_PAUSE_S)
+        return []
 
     def _without_images(self, part: PartWritten, why: str) -> PartWritten:
         if self.log is not None:
@@ -1201,17 +1209,12 @@ class RankedReconstruction:
         """The CoR owner, a pair finder on R ranks: the whole 0°/180° pair from every
         rank's rows (each sends them, failed or not, before it waits for the CoR); a peer
         silent past ``exchange_timeout_s`` is named in the error."""
-        began = time.monotonic()
-        while len(scan.pair_rows) < self.control.size - 1:
-            self._serve(scan)
-            if time.monotonic() - began > self.exchange_timeout_s:
-                silent = sorted(set(range(self.control.size)) - {self.control.rank}
-                                - set(scan.pair_rows))
-                raise ExchangeError(
-                    f"scan {scan.start.scan!r}: find_center_pc: rank {self.control.rank} "
-                    f"waited {self.exchange_timeout_s:g} s for the 0°/180° pair's rows "
-                    f"from ranks {silent}: none came (a rank died or is stuck)")
-            time.sleep(_POLL_PAUSE_S)
+        silent = self._await_peers(scan, scan.pair_rows)
+        if silent:
+            raise ExchangeError(
+                f"scan {scan.start.scan!r}: find_center_pc: rank {self.control.rank} "
+                f"waited {self.exchange_timeout_s:g} s for the 0°/180° pair's rows "
+                f"from ranks {silent}: none came (a rank died or is stuck)")
         return assemble_pair({**scan.pair_rows, self.control.rank: rows_of_pair(band)})
 
     # --- the streaming CoR (``estimate_center``) -----------------------------------------

@@ -131,6 +131,8 @@ def test_the_owner_names_a_silent_rank_after_its_timeout() -> None:
 
     owner = SimpleNamespace(control=SimpleNamespace(rank=0, size=3),
                             exchange_timeout_s=0.001, _serve=serve)
+    owner._await_peers = lambda scan, received: RankedReconstruction._await_peers(
+        owner, scan, received)  # type: ignore[arg-type]
     scan = SimpleNamespace(start=SimpleNamespace(scan="s1"), pair_rows={
         1: rows_of_pair(_band((2, 3), angles, volume))})
     with pytest.raises(ExchangeError) as error:
