@@ -48,7 +48,7 @@ from stages.recon.rotation import find_center_pair
 from streamer.errors import StageError
 
 __all__ = ["LOW_CONFIDENCE", "PAIR_TOLERANCE_DEG", "CorEstimate", "VoSearch", "find_center",
-           "find_center_from_pair", "reliable_window", "vo_search"]
+           "find_center_from_pair", "pair_index", "reliable_window", "vo_search"]
 
 #: Below this confidence the CoR is reported with a warning.
 LOW_CONFIDENCE = 0.5
@@ -162,7 +162,7 @@ def vo_search(
                     window=(float(candidates[0] * dsp_col), float(candidates[-1] * dsp_col)))
 
 
-def _pair_index(angles_deg: npt.NDArray[np.float64]) -> int | None:
+def pair_index(angles_deg: npt.NDArray[np.float64]) -> int | None:
     """Index of the projection 180° after the first, if one is within tolerance."""
     gap = np.abs(angles_deg - angles_deg[0] - 180.0)
     index = int(np.argmin(gap))
@@ -256,7 +256,7 @@ def find_center(
                         f"[{vo.window[0]:.1f}, {vo.window[1]:.1f}]: the centre may be "
                         "outside it")
 
-    pair_at = _pair_index(angles)
+    pair_at = pair_index(angles)
     if pair_at is None:
         notes.append("no projection 180° from the first: no 0°/180° cross-check")
     else:
@@ -308,7 +308,7 @@ def find_center_from_pair(
         raise StageError(f"CoR: expected projections (angles, rows, cols) and one angle "
                          f"each, got {data.shape} and {angles.shape}")
     cols = data.shape[2]
-    pair_at = _pair_index(angles)
+    pair_at = pair_index(angles)
     if pair_at is None:
         raise StageError(f"find_center_pc: needs a projection 180° (± {PAIR_TOLERANCE_DEG}°) "
                          f"from the first, got none (last at "

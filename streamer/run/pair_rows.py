@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stages.recon.center_policy import _pair_index
+from stages.recon.center_policy import pair_index
 from streamer.errors import ExchangeError, StreamerError
 from streamer.exchange.reslice import Band
 
@@ -50,7 +50,7 @@ def rows_of_pair(band: Band, failure: str | None = None) -> PairRows:
     if band.sinograms.shape[1] == 0:
         return PairRows(band.rows, (-1, -1), empty, empty,
                         "no corrected projection reached its band")
-    at = _pair_index(np.asarray(band.angles_deg, dtype=np.float64))
+    at = pair_index(np.asarray(band.angles_deg, dtype=np.float64))
     if at is None:
         return PairRows(band.rows, (-1, -1), empty, empty,
                         "no projection 180° from the first in its band")
