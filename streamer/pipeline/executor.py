@@ -96,14 +96,13 @@ class ResultHook(Protocol):
 
     def __call__(self, step: PipelineStep, pattern: Pattern, *,
                  indices: npt.NDArray[np.int64], total: int,
-                 angles: npt.NDArray[np.float64], data: npt.NDArray[Any],
-                 by_frame: bool) -> None:
+                 angles: npt.NDArray[np.float64], data: npt.NDArray[Any]) -> None:
         """One block of ``step``'s output (see ``IntermediateResults.add``)."""
 
 
 def bind_result(
     hook: ResultHook | None, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,
-    angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
+    angles: npt.NDArray[np.float64] | None,
 ) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
               None] | None:
     """``apply_steps``'s ``on_result`` for one block: to ``hook``, with where the block
@@ -116,7 +115,7 @@ def bind_result(
         known = angles if angles is not None else step_angles
         hook(step, pattern, indices=indices, total=total,
              angles=np.asarray(known if known is not None else [], dtype=np.float64),
-             data=data, by_frame=by_frame)
+             data=data)
 
     return save
 
@@ -690,12 +689,12 @@ class ScanProcessor:
 
     def _saver(
         self, pattern: Pattern, indices: npt.NDArray[np.int64], total: int,
-        angles: npt.NDArray[np.float64] | None, *, by_frame: bool = False,
+        angles: npt.NDArray[np.float64] | None,
     ) -> Callable[[PipelineStep, npt.NDArray[np.float32], npt.NDArray[np.float64] | None],
                   None] | None:
         """``apply_steps``'s ``on_result`` for one block: to :attr:`on_result`
         (:func:`bind_result`)."""
-        return bind_result(self.on_result, pattern, indices, total, angles, by_frame=by_frame)
+        return bind_result(self.on_result, pattern, indices, total, angles)
 
     def _stopping(self) -> bool:
         if self.should_stop is not None and self.should_stop():

@@ -40,7 +40,6 @@ from streamer.pipeline.config import PipelineStep
 from streamer.sinks.master import part_path
 from streamer.sinks.result_master import PART_FORMAT, write_result_master
 from streamer.sources.scan import ScanLayout
-from streamer.wire.protocol import IMAGE_KEY_PROJECTION
 
 __all__ = ["IntermediateResults", "result_paths"]
 
@@ -168,9 +167,6 @@ class IntermediateResults:
         Where the files go (the output's folder).
     rows, cols : int
         The scan's detector size (``/data_dims/detector_x_y``).
-    frame_slots : ndarray of int, optional
-        Frame index → projection number (``-1`` for darks and flats), to place blocks of
-        the first projection section, whose indices are frame indices.
     overwrite : bool
         Replace existing files (else an existing file is refused before the scan).
     rank, ranks : int
@@ -183,7 +179,6 @@ class IntermediateResults:
     folder: Path
     rows: int
     cols: int
-    frame_slots: npt.NDArray[np.int64] | None = None
     overwrite: bool = False
     rank: int = 0
     ranks: int = 1
@@ -201,10 +196,8 @@ class IntermediateResults:
         file and the parts: :meth:`check`)."""
         if not any(step.save_result for step in steps):
             return None
-        projection = np.asarray(layout.image_keys) == IMAGE_KEY_PROJECTION
-        slots = np.where(projection, np.cumsum(projection) - 1, -1).astype(np.int64)
-        results = cls(folder, layout.rows, layout.cols, frame_slots=slots,
-                      overwrite=overwrite, rank=rank, ranks=ranks)
+        results = cls(folder, layout.rows, layout.cols, overwrite=overwrite, rank=rank,
+                      ranks=ranks)
         results.check(steps)
         return results
 
@@ -226,15 +219,11 @@ class IntermediateResults:
                                       "(--overwrite replaces it)")
 
     def add(self, step: PipelineStep, pattern: Pattern, *, indices: npt.NDArray[np.int64],
-            total: int, angles: npt.NDArray[np.float64], data: npt.NDArray[Any],
-            by_frame: bool) -> None:
+            total: int, angles: npt.NDArray[np.float64], data: npt.NDArray[Any]) -> None:
         """One block of ``step``'s output: ``indices`` along the block's first axis
-        (frame indices when ``by_frame``, else projection numbers or rows of the scan),
+        (projection numbers or rows of the scan),
         ``total`` of them in the scan, ``angles`` those of the block (projection) or the
         scan's (sinogram)."""
-        if by_frame:
-            assert self.frame_slots is not None, "frame indices need the scan's layout"
-            indices = self.frame_slots[indices]
         opened = self._open.get(step.result_name)
         if opened is None:
             path = self.folder / f"{self.prefix}{step.result_name}.h5"

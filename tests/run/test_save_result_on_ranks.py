@@ -164,7 +164,7 @@ def test_a_place_no_part_holds_reads_nan_and_the_file_says_incomplete(tmp_path: 
     for rank, first in ((0, 0), (1, 2)):
         results = IntermediateResults(tmp_path, 4, 5, rank=rank, ranks=2)
         results.add(step, Pattern.SINOGRAM, indices=np.arange(first, first + 2), total=4,
-                    angles=angles, data=block + first, by_frame=False)
+                    angles=angles, data=block + first)
         results.close(complete=True)
     part_path(tmp_path / f"{step.result_name}.h5", 1, 2).unlink()
     written = IntermediateResults(tmp_path, 4, 5, rank=0, ranks=2).write_masters(
