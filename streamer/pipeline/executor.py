@@ -234,9 +234,8 @@ def apply_steps(
                 backend=step.backend, repairs=counts, on_iteration=listener,
                 cache=cache_of_step)
 
-        by_rows = (own_rows is not None and repairs is not None and step.spec.counts_repairs
-                   and data.ndim == 3 and data.shape[1] == own_rows.high - own_rows.low
-                   and (own_rows.low, own_rows.high) != (own_rows.first, own_rows.last))
+        counting = repairs is not None and step.spec.counts_repairs
+        by_rows = counting and data.ndim == 3 and _with_halo(own_rows, int(data.shape[1]))
 
         def run(entries: slice, counts: RepairCounts | None, *, by_rows: bool = by_rows,
                 run_rows: Any = run_rows) -> Any:
@@ -246,9 +245,7 @@ def apply_steps(
             return counted_apart(lambda rows, kept: run_rows(entries, rows, kept), own_rows,
                                  counts, axis=1)
 
-        apart = (own is not None and repairs is not None and step.spec.counts_repairs
-                 and data.shape[0] == own.high - own.low
-                 and (own.low, own.high) != (own.first, own.last))
+        apart = counting and _with_halo(own, int(data.shape[0]))
         try:
             if apart:
                 assert own is not None and repairs is not None
@@ -273,6 +270,13 @@ def apply_steps(
         data = to_host(data, stats)
     result: npt.NDArray[np.float32] = np.ascontiguousarray(data, dtype=np.float32)
     return result
+
+
+def _with_halo(where: Window | None, length: int) -> bool:
+    """Whether an axis of ``length`` entries is the haloed window ``where`` with entries
+    around its own (whose repairs :func:`counted_apart` counts apart)."""
+    return (where is not None and length == where.high - where.low
+            and (where.low, where.high) != (where.first, where.last))
 
 
 #: Every entry of a block (no cut: the block is passed as it is, whatever its type).
