@@ -21,7 +21,9 @@ from streamer.ingest.cluster import ClusterIngest
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.live.relay import FeedRelay
 from streamer.pipeline.config import PipelineStep
+from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction
+from streamer.wire.transport import Endpoint, open_socket
 
 JOIN_TIMEOUT_S = 120.0
 
@@ -73,6 +75,24 @@ class OneRank:
                                 **options)
         self.relay.watch(service.state)
         return service
+
+
+def serve_scans(link: MemoryLink, ranked: RankedReconstruction, address: str, *,
+                scans: int, wait_s: float) -> list[ScanOutput]:
+    """One in-process rank of the ``run`` service: PULL from ``address``, ingest ``scans``
+    scans into ``ranked`` (its worker thread reconstructs them) and wait at most
+    ``wait_s`` for the worker; the rank's outputs."""
+    with zmq.Context() as context:
+        pull = open_socket(context, "pull", Endpoint(address, bind=False), hwm=8)
+        try:
+            service = IngestService(pull, IngestSettings(idle_timeout_s=10),
+                                    drain=ranked.drain, on_event=ranked.on_event,
+                                    cluster=ClusterIngest(link, 10.0))
+            service.run(max_scans=scans)
+            assert ranked.wait(wait_s), "the worker never finished"
+        finally:
+            pull.close()
+    return ranked.outputs
 
 
 def one_rank(steps: tuple[PipelineStep, ...], text: str, out_dir: Path, *,

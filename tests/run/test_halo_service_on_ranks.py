@@ -15,8 +15,6 @@ import zmq
 
 from stages.registry import REGISTRY
 from streamer.exchange.links import MemoryLink
-from streamer.ingest.cluster import ClusterIngest
-from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings
 from streamer.run.output import ScanOutput
@@ -25,7 +23,7 @@ from streamer.sources.sender import SendOptions, send_scan
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
 from streamer.wire.transport import Endpoint, bound_address, open_socket
 from tests.mpi.test_mpi_ingest import wait_for_peers
-from tests.run.ranks import run_ranks
+from tests.run.ranks import run_ranks, serve_scans
 
 JOIN_S = 60.0
 CONFIG = SimulationConfig(rows=9, cols=32, projections=40, flats=4, darks=2,
@@ -83,17 +81,7 @@ def _served_and_one_rank(tmp_path: Path, text: str,
                                       block_frames=4, block_sinograms=2,
                                       memory_bytes=1 << 28, background=True,
                                       log=said.append if link.rank == 0 else None)
-        with zmq.Context() as context:
-            pull = open_socket(context, "pull", Endpoint(address[0], bind=False), hwm=8)
-            try:
-                service = IngestService(pull, IngestSettings(idle_timeout_s=10),
-                                        drain=ranked.drain, on_event=ranked.on_event,
-                                        cluster=ClusterIngest(link, 10.0))
-                service.run(max_scans=1)
-                assert ranked.wait(JOIN_S), "the worker never finished"
-            finally:
-                pull.close()
-        return ranked.outputs
+        return serve_scans(link, ranked, address[0], scans=1, wait_s=JOIN_S)
 
     results = run_ranks(2, rank)
     source.join(JOIN_S)

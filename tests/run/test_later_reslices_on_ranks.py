@@ -16,14 +16,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import zmq
 
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.exchange.links import MemoryLink, MemoryNetwork
-from streamer.ingest.cluster import ClusterIngest
-from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.sections import beyond_one_band, sections_of
 from streamer.run.from_file import ReconSettings, run_recon
@@ -33,9 +30,8 @@ from streamer.sources.formats import LoadOptions, open_scan
 from streamer.sources.scan import FrameReader
 from streamer.sources.sender import start_header
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.wire.transport import Endpoint, open_socket
 from tests.pipeline.test_httomo_full_pipelines import FULL, _offset_axis_scan
-from tests.run.ranks import one_rank, run_ranks
+from tests.run.ranks import one_rank, run_ranks, serve_scans
 from tests.run.test_service_on_ranks import CONFIG as SERVICE_CONFIG
 from tests.run.test_service_on_ranks import JOIN_S
 from tests.run.test_service_on_ranks import _source as service_source
@@ -315,17 +311,7 @@ def test_run_service_on_two_ranks_reslices_again_for_every_scan(tmp_path: Path) 
         ranked = RankedReconstruction(steps, text, out, link.duplicate(), link.duplicate(),
                                       block_frames=8, block_sinograms=3,
                                       memory_bytes=1 << 28, background=True)
-        with zmq.Context() as context:
-            pull = open_socket(context, "pull", Endpoint(address[0], bind=False), hwm=8)
-            try:
-                service = IngestService(pull, IngestSettings(idle_timeout_s=10),
-                                        drain=ranked.drain, on_event=ranked.on_event,
-                                        cluster=ClusterIngest(link, 10.0))
-                service.run(max_scans=2)
-                assert ranked.wait(JOIN_S), "the worker never finished"
-            finally:
-                pull.close()
-        return ranked.outputs
+        return serve_scans(link, ranked, address[0], scans=2, wait_s=JOIN_S)
 
     results = run_ranks(2, rank)
     source.join(JOIN_S)

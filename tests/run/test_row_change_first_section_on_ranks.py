@@ -17,21 +17,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import zmq
 
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.exchange.links import MemoryLink
-from streamer.ingest.cluster import ClusterIngest
-from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.pipeline.frame_shape import corrected_frame, may_change_frame
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction, recon_on_ranks
 from streamer.sources.simulate import SimulatedScan, SimulationConfig
-from streamer.wire.transport import Endpoint, open_socket
-from tests.run.ranks import run_ranks
+from tests.run.ranks import run_ranks, serve_scans
 from tests.run.test_later_reslices_on_ranks import assert_same_volume
 from tests.run.test_service_on_ranks import CONFIG as SERVICE_CONFIG
 from tests.run.test_service_on_ranks import JOIN_S
@@ -143,17 +139,7 @@ def test_run_service_on_two_ranks_with_binning_first(tmp_path: Path) -> None:
         ranked = RankedReconstruction(steps, text, out, link.duplicate(), link.duplicate(),
                                       block_frames=8, block_sinograms=3,
                                       memory_bytes=1 << 28, background=True)
-        with zmq.Context() as context:
-            pull = open_socket(context, "pull", Endpoint(address[0], bind=False), hwm=8)
-            try:
-                service = IngestService(pull, IngestSettings(idle_timeout_s=10),
-                                        drain=ranked.drain, on_event=ranked.on_event,
-                                        cluster=ClusterIngest(link, 10.0))
-                service.run(max_scans=2)
-                assert ranked.wait(JOIN_S), "the worker never finished"
-            finally:
-                pull.close()
-        return ranked.outputs
+        return serve_scans(link, ranked, address[0], scans=2, wait_s=JOIN_S)
 
     results = run_ranks(2, rank)
     source.join(JOIN_S)

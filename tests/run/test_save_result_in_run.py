@@ -11,22 +11,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import zmq
 
 from stages.registry import REGISTRY
 from streamer.cli import main
 from streamer.exchange.links import MemoryLink
-from streamer.ingest.cluster import ClusterIngest
-from streamer.ingest.service import IngestService, IngestSettings
 from streamer.pipeline.config import parse_pipeline
 from streamer.run.from_file import ReconSettings, run_recon
 from streamer.run.output import ScanOutput
 from streamer.run.ranks import RankedReconstruction
 from streamer.sinks.master import part_path
 from streamer.sources.simulate import SimulatedScan
-from streamer.wire.transport import Endpoint, open_socket
 from tests.conftest import start_consumer_cli
-from tests.run.ranks import run_ranks
+from tests.run.ranks import run_ranks, serve_scans
 from tests.run.test_save_result_on_ranks import read_result
 from tests.run.test_service_on_ranks import CONFIG, JOIN_S
 from tests.run.test_service_on_ranks import _source as service_source
@@ -57,17 +53,7 @@ def _serve(ranks: int, out: Path, lines: list[str]) -> list[ScanOutput]:
                                       memory_bytes=1 << 28, background=True,
                                       save_results=True, estimate_center=True,
                                       log=lines.append if link.rank == 0 else None)
-        with zmq.Context() as context:
-            pull = open_socket(context, "pull", Endpoint(address[0], bind=False), hwm=8)
-            try:
-                service = IngestService(pull, IngestSettings(idle_timeout_s=10),
-                                        drain=ranked.drain, on_event=ranked.on_event,
-                                        cluster=ClusterIngest(link, 10.0))
-                service.run(max_scans=2)
-                assert ranked.wait(JOIN_S), "the worker never finished"
-            finally:
-                pull.close()
-        return ranked.outputs
+        return serve_scans(link, ranked, address[0], scans=2, wait_s=JOIN_S)
 
     results = run_ranks(ranks, rank)
     source.join(JOIN_S)
