@@ -30,14 +30,16 @@ pipeline:
 """
 
 
-def _i13(shared_data: Path) -> FrameReader:
+def i13_reader(shared_data: Path) -> FrameReader:
+    """The I13 scan (darks, flats and angles from its files), as a frame reader."""
     base = shared_data / "real/dls_i13_24737"
     return open_scan(base / "tiffs", LoadOptions(
         darks=(str(base / "dark_00001.tiff"),), flats=(str(base / "flat_00001.tiff"),),
         angles_path=f"{base / '24737_processed.nxs'}:/entry/input_data/tomo/rotation_angle"))
 
 
-def _volume(path: Path) -> np.ndarray:
+def complete_volume(path: Path) -> np.ndarray:
+    """The reconstruction stored at ``path``, which must be marked complete."""
     with h5py.File(path) as file:
         assert bool(file["/entry"].attrs["complete"])
         return np.asarray(file["/entry/reconstruction/data"][...])
@@ -49,10 +51,10 @@ def test_i13_volume_does_not_depend_on_block_sizes(shared_data: Path, tmp_path: 
     volumes = {}
     for frames, sinograms in ((200, 200), (2, 3)):
         out = tmp_path / f"v{frames}-{sinograms}.h5"
-        with _i13(shared_data) as reader:
+        with i13_reader(shared_data) as reader:
             run_recon(reader, ReconSettings(out, pipeline=pipeline, block_frames=frames,
                                             block_sinograms=sinograms))
-        volumes[frames, sinograms] = _volume(out)
+        volumes[frames, sinograms] = complete_volume(out)
     whole = volumes.pop((200, 200))
     for sizes, volume in volumes.items():
         np.testing.assert_allclose(volume, whole, rtol=0, atol=1e-6 * np.abs(whole).max(),
@@ -90,7 +92,7 @@ def _one_rank(reader_for: object, pipeline: Path, out: Path) -> np.ndarray:
     assert callable(reader_for)
     with reader_for() as reader:
         run_recon(reader, ReconSettings(out, pipeline=pipeline))
-    return _volume(out)
+    return complete_volume(out)
 
 
 def _assert_close(found: np.ndarray, expected: np.ndarray) -> None:
@@ -103,16 +105,16 @@ def test_i13_halo_steps_on_ranks_equal_one_rank(shared_data: Path, tmp_path: Pat
                                                 ranks: int,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline = _mixed(tmp_path, 85.5)
-    one = _one_rank(lambda: _i13(shared_data), pipeline, tmp_path / "one.h5")
+    one = _one_rank(lambda: i13_reader(shared_data), pipeline, tmp_path / "one.h5")
     out = tmp_path / f"ranks{ranks}.h5"
-    on_ranks(ranks, lambda: _i13(shared_data), ReconSettings(out, pipeline=pipeline))
-    _assert_close(_volume(out), one)
+    on_ranks(ranks, lambda: i13_reader(shared_data), ReconSettings(out, pipeline=pipeline))
+    _assert_close(complete_volume(out), one)
     # the test can fail: without the overlap (each rank's band alone) the band edges
     # differ, by far more than the tolerance
     monkeypatch.setattr(ranks_module, "ranks_halo", lambda sections: 0)
     bare = tmp_path / f"bare{ranks}.h5"
-    on_ranks(ranks, lambda: _i13(shared_data), ReconSettings(bare, pipeline=pipeline))
-    assert np.abs(_volume(bare) - one).max() > 1e-3 * np.abs(one).max()
+    on_ranks(ranks, lambda: i13_reader(shared_data), ReconSettings(bare, pipeline=pipeline))
+    assert np.abs(complete_volume(bare) - one).max() > 1e-3 * np.abs(one).max()
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -123,4 +125,4 @@ def test_bands_narrower_than_the_halo(shared_data: Path, tmp_path: Path, ranks: 
     one = _one_rank(lambda: _tooth(shared_data), pipeline, tmp_path / "one.h5")
     out = tmp_path / f"ranks{ranks}.h5"
     on_ranks(ranks, lambda: _tooth(shared_data), ReconSettings(out, pipeline=pipeline))
-    _assert_close(_volume(out), one)
+    _assert_close(complete_volume(out), one)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -20,8 +19,7 @@ from streamer.pipeline.halo import split_band_tail
 from streamer.pipeline.plan import plan_scan
 from streamer.pipeline.sections import rank_sections, ranks_reslices, sections_of
 from streamer.run.from_file import ReconSettings, run_recon
-from streamer.sources.formats import LoadOptions, open_scan
-from streamer.sources.scan import FrameReader
+from tests.run.test_halo_on_real_scans import complete_volume, i13_reader
 from tests.run.test_later_reslices_on_ranks import on_ranks
 
 #: HTTomo's order: the 3-D median on the raw frames, then the corrections (row by row, on
@@ -52,19 +50,6 @@ pipeline:
 """
 
 
-def _i13(shared_data: Path) -> FrameReader:
-    base = shared_data / "real/dls_i13_24737"
-    return open_scan(base / "tiffs", LoadOptions(
-        darks=(str(base / "dark_00001.tiff"),), flats=(str(base / "flat_00001.tiff"),),
-        angles_path=f"{base / '24737_processed.nxs'}:/entry/input_data/tomo/rotation_angle"))
-
-
-def _volume(path: Path) -> np.ndarray:
-    with h5py.File(path) as file:
-        assert bool(file["/entry"].attrs["complete"])
-        return np.asarray(file["/entry/reconstruction/data"][...])
-
-
 def test_the_rank_sections_cut_before_the_whole_frame_step() -> None:
     steps = parse_pipeline(PAGANIN, REGISTRY, source="p.yaml").steps
     head, tail, rest = split_band_tail(sections_of(steps)[0].steps)
@@ -89,12 +74,12 @@ def test_i13_whole_frame_step_after_a_halo_step_on_ranks_equals_one_rank(
     pipeline = tmp_path / "tail.yaml"
     pipeline.write_text(text)
     one_out = tmp_path / "one.h5"
-    with _i13(shared_data) as reader:
+    with i13_reader(shared_data) as reader:
         run_recon(reader, ReconSettings(one_out, pipeline=pipeline))
-    one = _volume(one_out)
+    one = complete_volume(one_out)
     out = tmp_path / f"ranks{ranks}.h5"
-    on_ranks(ranks, lambda: _i13(shared_data), ReconSettings(out, pipeline=pipeline))
-    found = _volume(out)
+    on_ranks(ranks, lambda: i13_reader(shared_data), ReconSettings(out, pipeline=pipeline))
+    found = complete_volume(out)
     assert found.shape == one.shape
     np.testing.assert_allclose(found, one, rtol=0, atol=1e-5 * float(np.abs(one).max()))
 
@@ -106,9 +91,9 @@ def test_paganin_on_the_bands_would_differ(shared_data: Path, tmp_path: Path,
     pipeline = tmp_path / "tail.yaml"
     pipeline.write_text(PAGANIN)
     one_out = tmp_path / "one.h5"
-    with _i13(shared_data) as reader:
+    with i13_reader(shared_data) as reader:
         run_recon(reader, ReconSettings(one_out, pipeline=pipeline))
-    one = _volume(one_out)
+    one = complete_volume(one_out)
 
     def on_the_band(projection: tuple[PipelineStep, ...]) -> tuple[
             tuple[PipelineStep, ...], tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
@@ -118,8 +103,8 @@ def test_paganin_on_the_bands_would_differ(shared_data: Path, tmp_path: Path,
     for module in (halo, sections, executor):
         monkeypatch.setattr(module, "split_band_tail", on_the_band)
     out = tmp_path / "band.h5"
-    on_ranks(2, lambda: _i13(shared_data), ReconSettings(out, pipeline=pipeline))
-    assert np.abs(_volume(out) - one).max() > 1e-3 * np.abs(one).max()
+    on_ranks(2, lambda: i13_reader(shared_data), ReconSettings(out, pipeline=pipeline))
+    assert np.abs(complete_volume(out) - one).max() > 1e-3 * np.abs(one).max()
 
 
 def test_the_memory_plan_on_ranks_counts_the_two_more_reslices() -> None:
