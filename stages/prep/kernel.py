@@ -48,7 +48,7 @@ from stages.prep.repair import repair_no_signal
 #: Values per tile: 128 Ki float32 values (512 KiB). Smaller tiles spend more in Python
 #: per value (a tile is ~8 NumPy calls); larger ones fall out of the caches. Measured on
 #: the 2-core EPYC: 32 Ki–256 Ki values within 10 % of each other, 128 Ki the fastest.
-TILE_ELEMENTS: Final = 1 << 17
+TILE_ELEMENTS: Final = 1 << 18
 
 #: Blocks smaller than this many values are corrected on the calling thread: starting
 #: threads costs more than it saves.
@@ -102,8 +102,7 @@ def mean_of_frames(stack: npt.NDArray[Any]) -> FloatArray:
 
     NumPy reduces over the first axis with a float32 accumulator: ``0 + s[0] + s[1] +
     ...`` in that order (the identity first: ``-0.0`` becomes ``+0.0``), then divides by
-    the count (an ``intp``: computed in float64, rounded once to float32, which is the
-    float32 quotient). Doing the same with one ufunc per frame avoids the reduction's
+    the count. Doing the same with one ufunc per frame avoids the reduction's
     buffered casting (a uint16 stack was 3× slower per value than a float32 one there).
     The test suite checks the equality on float, integer and special values.
     """
@@ -124,7 +123,10 @@ def mean_of_frames(stack: npt.NDArray[Any]) -> FloatArray:
         else:  # converted first: exact for integers, as the reduction converts them
             np.copyto(spare, stack[index], casting="unsafe")
             np.add(acc, spare, out=acc)
-    np.true_divide(acc, np.intp(frames), out=acc, casting="unsafe")
+    # NumPy divides by an intp count in float64 and rounds to float32; float64 has more
+    # than 2 × 24 + 2 bits, so that double rounding is the float32 quotient (Figueroa):
+    # dividing in float32 gives the same bits without the float64 round trip
+    np.true_divide(acc, np.float32(frames), out=acc)
     return acc
 
 
@@ -337,49 +339,43 @@ def _correct_tile(src: npt.NDArray[Any], part: FloatArray, band: _Band,
                   frames: tuple[int, int], steps: Correction) -> int:
     """Correct the frames ``a0:a1`` (``frames``) of one band into ``part``; the repairs."""
     a0, a1 = frames
-    denom = band.denom
-    dead = band.dead
+    denom, dead = band.denom, band.dead
     if band.per_frame:
         denom = None if denom is None else denom[a0:a1]
         dead = None if dead is None else dead[a0:a1]
         if dead is not None and not dead.any():
             dead = None
-    converted = src.dtype == np.float32
-    if band.dark is not None:
-        if converted:
-            np.subtract(src, band.dark, out=part)
-        else:  # exact for integers; the ufunc would convert the same way
-            np.copyto(part, src, casting="unsafe")
-            np.subtract(part, band.dark, out=part)
-    elif denom is not None and converted:
-        np.divide(src, denom, out=part)  # (src - 0) / denom: the same bits
-        denom = None
-    elif denom is None and dead is None and converted and steps.minus_log \
-            and steps.cutoff is None:
-        return _minus_log_tile(src, part, band.bounded, steps)
-    else:
-        np.copyto(part, src, casting="unsafe")
-    if denom is not None:
-        np.divide(part, denom, out=part)
+    if (band.dark is None and denom is None and dead is None and steps.minus_log
+            and steps.cutoff is None and src.dtype == np.float32
+            and not _needs_repair(src, True, band.bounded)):
+        np.log(src, out=part)  # a clean float32 transmission: -log without a copy
+        np.negative(part, out=part)
+        _finish_tile(part, Correction(nonnegative=steps.nonnegative,
+                                      remove_nans=steps.remove_nans))
+        return 0
+    _transmission(src, part, band.dark, denom)
     repaired = _repair_tile(part, dead, steps.minus_log, band.bounded)
     _finish_tile(part, steps)
     return repaired
 
 
-def _minus_log_tile(src: FloatArray, part: FloatArray, bounded: bool,
-                    steps: Correction) -> int:
-    """``-log`` of a float32 transmission tile read straight from ``src`` when it needs
-    no repair (checked on ``src``), else copied and repaired first."""
-    if _needs_repair(src, True, bounded):
-        np.copyto(part, src)
-        repaired = repair_no_signal(part, dead=None, positive=True)
-    else:
-        np.log(src, out=part)
-        np.negative(part, out=part)
-        steps = Correction(nonnegative=steps.nonnegative, remove_nans=steps.remove_nans)
-        repaired = 0
-    _finish_tile(part, steps)
-    return repaired
+def _transmission(src: npt.NDArray[Any], part: FloatArray, dark: FloatArray | None,
+                  denom: FloatArray | None) -> None:
+    """``part = (src - dark) / denom`` in float32 (``dark``, ``denom``: ``None`` to skip)."""
+    if src.dtype == np.float32:
+        if dark is not None:
+            np.subtract(src, dark, out=part)
+        elif denom is not None:
+            np.divide(src, denom, out=part)  # (src - 0) / denom: the same bits
+            return
+        else:
+            np.copyto(part, src)
+    else:  # exact for integers; the ufuncs would convert the same way
+        np.copyto(part, src, casting="unsafe")
+        if dark is not None:
+            np.subtract(part, dark, out=part)
+    if denom is not None:
+        np.divide(part, denom, out=part)
 
 
 class _WorkQueue:
@@ -470,7 +466,8 @@ def _cannot_overflow(dtype: np.dtype[Any], dark: FloatArray | None,
 
 def _needs_repair(tile: npt.NDArray[Any], positive: bool, bounded: bool) -> bool:
     """Whether a tile may hold a value :func:`repair_no_signal` would change (without
-    dead pixels): reductions only. ``bounded``: the values are finite (integer counts
+    dead pixels), from one or two SIMD reductions: not all finite, or (``positive``,
+    before ``-log``) not all above 0. ``bounded``: the values are finite (integer counts
     over a bounded divisor), so only ``<= 0`` before ``-log`` is possible."""
     if bounded and not positive:
         return False
