@@ -6,17 +6,29 @@ Done as whole-block NumPy passes, each step streams the block through memory onc
 (a 2048² float32 frame is 16 MiB, far above the caches) and ``np.log`` runs on one core.
 
 Here the frame is cut into *bands* of detector rows and every band of every frame into
-*tiles* of about :data:`TILE_ELEMENTS` values (512 KiB of float32: a tile and its
-references stay in a core's L2/L3 between the steps); every step runs on a tile before
-the next tile is read. The work is shared out in *units* (a band, or a run of frames of a
-band) to the calling thread, which takes units from the front of the block, and helper
-threads, which take them from the back: NumPy's ufuncs release the GIL in their inner
-loops, so the threads run on separate cores, on distant parts of the output.
+*tiles* of :data:`TILE_ELEMENTS` values (1 MiB of float32: a tile and its references
+stay in a core's L2/L3 between the steps); every step runs on a tile before the next
+tile is read. The work is shared out in *units* (a band, or a run of frames of a band) to
+the calling thread, which takes units from the front of the block, and helper threads,
+which take them from the back: NumPy's ufuncs release the GIL in their inner loops, so
+the threads run on separate cores, on distant parts of the output.
 
 When the stage hands over the raw reference stacks (:class:`RawReferences`), the dark,
 the divisor and the mask of dead pixels are also computed band by band in the threads,
 once per band, and used from the cache for every frame of the band: averaging the
-references is a per-pixel operation, so a band of the average is the average of the band.
+references is a per-pixel operation, so a band of the average is the average of the band
+(:func:`mean_of_frames` is NumPy's float32 mean, bit for bit, without its slow buffered
+reduction over the first axis).
+
+What the profile showed (``docs/performance.md``, "Correction"): with both threads
+running, every NumPy call hands the GIL over, and a hand-over to a waiting thread is a
+futex wake-up and a cross-CPU interrupt (in a VM, two exits): the first kernel's ~1000
+calls per 8 × 1024² block (256 KiB tiles, references averaged on the calling thread)
+cost ~20 ms of system time, more than the whole of plain NumPy. Hence few, large tiles
+(~60 calls per such block, plus ~12 per band), no per-tile allocation, and the
+references inside the threaded pass. What remains is the arithmetic, the first read of
+the block and references, and the kernel zeroing the new output block's pages (~3.5 ms
+per 32 MiB here), which plain NumPy pays too.
 
 Each step is the same float32 NumPy operation as the whole-block code, applied to the
 same values, so the results are identical bit for bit: an integer block is converted to
@@ -26,14 +38,15 @@ counts are added up per tile.
 
 Why not numexpr: it would fuse the arithmetic too, but the repair between the division
 and the log needs the tile anyway, its ``log`` is not NumPy's (the results would change),
-and a pool of two threads over tiles gets both cores with no new dependency
-(``docs/explanation/dependencies.md``, ``docs/performance.md``).
+and two threads over large tiles get both cores with no new dependency
+(``docs/explanation/dependencies.md``).
 """
 
 from __future__ import annotations
 
 import _thread
 import math
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -45,9 +58,10 @@ import numpy.typing as npt
 
 from stages.prep.repair import repair_no_signal
 
-#: Values per tile: 128 Ki float32 values (512 KiB). Smaller tiles spend more in Python
-#: per value (a tile is ~8 NumPy calls); larger ones fall out of the caches. Measured on
-#: the 2-core EPYC: 32 Ki–256 Ki values within 10 % of each other, 128 Ki the fastest.
+#: Values per tile: 256 Ki float32 values (1 MiB). Smaller tiles cost more GIL hand-overs
+#: between the threads (a tile is 5–7 NumPy calls, each one a hand-over); larger ones
+#: fall out of the caches. On the 2-core EPYC, one thread: 128 Ki–256 Ki the fastest
+#: (16 Ki +30 %, 1 Mi +15 %); two threads: 256 Ki–512 Ki the fastest.
 TILE_ELEMENTS: Final = 1 << 18
 
 #: Blocks smaller than this many values are corrected on the calling thread: starting
@@ -287,6 +301,9 @@ class _Plan:
         """The corrected block, the repairs and the frame's pixels with no signal."""
         block = self.block
         out = np.empty(block.shape, dtype=np.float32)
+        threaded = self.workers > 1 and len(self.units) > 1
+        if threaded:
+            _touch_pages(out)
         bands = _BandCache(self.bands, band_of)
         step = self.frames_per_tile
 
@@ -301,12 +318,27 @@ class _Plan:
                                           (a, end), steps)
             return repaired
 
-        if self.workers <= 1 or len(self.units) < 2:
+        if not threaded:
             repaired = sum(work(unit) for unit in self.units)
         else:
             repaired = _WorkQueue(self.units, work).run_with_helpers(self.workers - 1)
         # bands no unit needed (a block of 0 frames) still say whether the flats are good
         return out, repaired, bands.no_signal()
+
+
+def _touch_pages(out: FloatArray) -> None:
+    """Write one value in every memory page of the new block, on the calling thread, so
+    that the kernel maps and zeroes its pages here, one fault at a time, before the
+    helpers start.
+
+    First touches of a new block from two threads at once cost 1.5–3× the system time of
+    the same faults on one thread on the project's 2-core VM (8 × 1024² float32: 17–20 ms
+    of CPU per call against 12.5–14 ms touched first; 4 × 2048²: 40–58 ms against 29–35),
+    and up to 3× the wall time in some runs; touched first, the block costs one serial
+    zeroing (~3.5 ms per 32 MiB here), which plain NumPy pays too. The values written are
+    overwritten by the correction."""
+    flat = out.reshape(-1)
+    flat[:: max(1, mmap.PAGESIZE // out.itemsize)] = 0
 
 
 class _BandCache:

@@ -711,9 +711,10 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
         # the float32 output (1) plus the caller's block when it is float32 (1);
-        # references are frame-sized, not block-sized. The kernel's temporaries and the
-        # repair's masks are per tile (stages.prep.kernel: a few hundred KiB per thread),
-        # so the third block is headroom kept from the whole-block implementation.
+        # references are frame-sized, not block-sized. The kernel's temporaries (a band
+        # of the averaged references, a few MiB) and the repair's masks are per band or
+        # tile (stages.prep.kernel), so the third block is headroom kept from the
+        # whole-block implementation.
         memory=scaled_memory(3),
         summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log; "
         "pixels without signal repaired from their row neighbours",
