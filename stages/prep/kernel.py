@@ -45,6 +45,7 @@ and two threads over large tiles get both cores with no new dependency
 from __future__ import annotations
 
 import _thread
+import contextlib
 import math
 import mmap
 import os
@@ -302,8 +303,6 @@ class _Plan:
         block = self.block
         out = np.empty(block.shape, dtype=np.float32)
         threaded = self.workers > 1 and len(self.units) > 1
-        if threaded:
-            _touch_pages(out)
         bands = _BandCache(self.bands, band_of)
         step = self.frames_per_tile
 
@@ -318,18 +317,32 @@ class _Plan:
                                           (a, end), steps)
             return repaired
 
+        def prepare(still_needed: Callable[[], bool]) -> None:
+            # a helper's first job, while the calling thread touches the new block's
+            # pages: the bands' references, from the back (the helper's end)
+            for index in reversed(range(len(self.bands))):
+                if not still_needed():
+                    return
+                bands.get(index)
+
         if not threaded:
             repaired = sum(work(unit) for unit in self.units)
         else:
-            repaired = _WorkQueue(self.units, work).run_with_helpers(self.workers - 1)
+            def touch(unit: tuple[int, int, int]) -> None:
+                r0, r1 = self.bands[unit[0]]
+                for a in range(unit[1], unit[2]):
+                    _touch_pages(out[a, r0:r1])
+
+            repaired = _WorkQueue(self.units, work).run_with_helpers(
+                self.workers - 1, touch=touch, prelude=prepare)
         # bands no unit needed (a block of 0 frames) still say whether the flats are good
         return out, repaired, bands.no_signal()
 
 
 def _touch_pages(out: FloatArray) -> None:
-    """Write one value in every memory page of the new block, on the calling thread, so
-    that the kernel maps and zeroes its pages here, one fault at a time, before the
-    helpers start.
+    """Write one value in every memory page of (a part of) the new block, on the calling
+    thread, so that the kernel maps and zeroes its pages there, one fault at a time,
+    before a helper writes there.
 
     First touches of a new block from two threads at once cost 1.5–3× the system time of
     the same faults on one thread on the project's 2-core VM (8 × 1024² float32: 17–20 ms
@@ -337,7 +350,7 @@ def _touch_pages(out: FloatArray) -> None:
     and up to 3× the wall time in some runs; touched first, the block costs one serial
     zeroing (~3.5 ms per 32 MiB here), which plain NumPy pays too. The values written are
     overwritten by the correction."""
-    flat = out.reshape(-1)
+    flat = out.reshape(-1)  # a view: ``out`` is one frame's rows, contiguous
     flat[:: max(1, mmap.PAGESIZE // out.itemsize)] = 0
 
 
@@ -417,9 +430,13 @@ class _WorkQueue:
     Helpers are started with ``_thread.start_new_thread``, which does not wait for the new
     thread to be scheduled (``threading.Thread.start`` does: on a loaded 2-core machine
     that wait was ~4 ms per thread, a third of a block's correction). The calling thread
-    starts on the units at once; a helper takes units whenever it gets a core, and one
-    that starts after the last unit was taken finds none and ends without touching the
-    block. The call returns when every unit taken is done.
+    first runs ``touch`` on every unit, from the back (touching the output's pages, see
+    :func:`_touch_pages`), then takes units from the front; a helper first runs
+    ``prelude`` (work that does not touch the output: the references), then takes units
+    from the back as soon as they are touched, whenever it gets a core. A helper that
+    starts after the last unit was taken finds none and ends without touching the block.
+    The call returns when every unit taken is done; a helper still in its prelude is not
+    waited for (it stops at its next check of ``still_needed``).
     """
 
     def __init__(self, units: list[tuple[int, int, int]],
@@ -428,16 +445,24 @@ class _WorkQueue:
         self._work = work
         self._front = 0
         self._back = len(units)
+        self._touched = 0  # units from this index on may be written by helpers
         self._busy = 0
         self._repaired = 0
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
-    def run_with_helpers(self, helpers: int) -> int:
+    def run_with_helpers(
+        self, helpers: int, *,
+        touch: Callable[[tuple[int, int, int]], None] | None = None,
+        prelude: Callable[[Callable[[], bool]], None] | None = None,
+    ) -> int:
         """Process every unit with ``helpers`` extra threads; the repairs, summed."""
+        self._touched = len(self._units) if touch is not None else 0
         for _ in range(helpers):
-            _thread.start_new_thread(self._drain, (True,))
+            _thread.start_new_thread(self._help, (prelude,))
+        if touch is not None:
+            self._touch_all(touch)
         self._drain(False)
         with self._idle:
             while self._busy:
@@ -446,8 +471,45 @@ class _WorkQueue:
                 raise self._error
             return self._repaired
 
-    def _claim(self, from_back: bool) -> tuple[int, int, int] | None:
+    def _touch_all(self, touch: Callable[[tuple[int, int, int]], None]) -> None:
+        """``touch`` every unit from the back, letting helpers at each one once done."""
+        try:
+            for index in reversed(range(len(self._units))):
+                with self._lock:
+                    if self._error is not None or index < self._front:
+                        break
+                touch(self._units[index])
+                with self._idle:
+                    self._touched = index
+                    self._idle.notify_all()
+        except BaseException as exc:
+            with self._idle:
+                self._error = exc  # helpers find no unit to take
+                self._idle.notify_all()
+            raise
+        finally:
+            with self._idle:
+                self._touched = 0
+                self._idle.notify_all()
+
+    def _still_needed(self) -> bool:
+        """Whether units are left to take (a prelude's work may still serve them)."""
         with self._lock:
+            return self._error is None and self._front < self._back
+
+    def _help(self, prelude: Callable[[Callable[[], bool]], None] | None) -> None:
+        if prelude is not None:
+            # a failure here is not lost: the unit that needs what failed computes it
+            # again on its own thread, and raises there
+            with contextlib.suppress(BaseException):
+                prelude(self._still_needed)
+        self._drain(True)
+
+    def _claim(self, from_back: bool) -> tuple[int, int, int] | None:
+        with self._idle:
+            while from_back and self._back - 1 < self._touched and self._error is None \
+                    and self._front < self._back:
+                self._idle.wait()  # the next unit's pages are being touched
             if self._error is not None or self._front >= self._back:
                 return None
             if from_back:

@@ -194,3 +194,42 @@ def test_reference_stacks_of_the_wrong_shape_are_refused() -> None:
     with pytest.raises(ValueError, match="flats: expected at least 1 frame"):
         correct_raw(block, RawReferences(flats, flats[:0], mean_of_frames, 1e-6),
                     Correction())
+
+
+def test_helpers_write_only_units_whose_pages_were_touched() -> None:
+    """The calling thread touches every unit from the back before a helper may take it;
+    then takes its own from the front. Every unit is done once, after its touch."""
+    units = [(index, 0, 1) for index in range(23)]
+    touched: set[int] = set()
+    done_before_touch: list[int] = []
+    done: list[int] = []
+
+    def touch(unit: tuple[int, int, int]) -> None:
+        touched.add(unit[0])
+
+    def work(unit: tuple[int, int, int]) -> int:
+        if unit[0] not in touched:
+            done_before_touch.append(unit[0])
+        done.append(unit[0])
+        return 1
+
+    assert kernel._WorkQueue(units, work).run_with_helpers(1, touch=touch) == 23
+    assert sorted(done) == list(range(23))
+    assert touched == set(range(23)) and not done_before_touch
+
+
+def test_an_error_while_touching_reaches_the_caller_and_stops_the_helpers() -> None:
+    done: list[int] = []
+
+    def touch(unit: tuple[int, int, int]) -> None:
+        if unit[0] == 3:
+            raise MemoryError("touching unit 3")
+
+    def work(unit: tuple[int, int, int]) -> int:
+        done.append(unit[0])
+        return 0
+
+    with pytest.raises(MemoryError, match="touching unit 3"):
+        kernel._WorkQueue([(index, 0, 1) for index in range(6)], work).run_with_helpers(
+            1, touch=touch)
+    assert 3 not in done and 0 not in done  # never touched, never written
