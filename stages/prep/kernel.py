@@ -10,8 +10,8 @@ Here the frame is cut into *bands* of detector rows and every band of every fram
 stay in a core's L2/L3 between the steps); every step runs on a tile before the next
 tile is read. The work is shared out in *units* (a band, or a run of frames of a band) to
 the calling thread, which takes units from the front of the block, and helper threads,
-which take them from the back: NumPy's ufuncs release the GIL in their inner loops, so
-the threads run on separate cores, on distant parts of the output.
+which take them from the back (:class:`_WorkQueue`): NumPy's ufuncs release the GIL in
+their inner loops, so the threads run on separate cores, on distant parts of the output.
 
 When the stage hands over the raw reference stacks (:class:`RawReferences`), the dark,
 the divisor and the mask of dead pixels are also computed band by band in the threads,
@@ -20,15 +20,18 @@ references is a per-pixel operation, so a band of the average is the average of 
 (:func:`mean_of_frames` is NumPy's float32 mean, bit for bit, without its slow buffered
 reduction over the first axis).
 
-What the profile showed (``docs/performance.md``, "Correction"): with both threads
-running, every NumPy call hands the GIL over, and a hand-over to a waiting thread is a
-futex wake-up and a cross-CPU interrupt (in a VM, two exits): the first kernel's ~1000
-calls per 8 × 1024² block (256 KiB tiles, references averaged on the calling thread)
-cost ~20 ms of system time, more than the whole of plain NumPy. Hence few, large tiles
-(~60 calls per such block, plus ~12 per band), no per-tile allocation, and the
-references inside the threaded pass. What remains is the arithmetic, the first read of
-the block and references, and the kernel zeroing the new output block's pages (~3.5 ms
-per 32 MiB here), which plain NumPy pays too.
+What the profile showed (``docs/performance.md``, "Correction"), on the project's 2-core
+VM: (1) the first kernel's two threads took their first writes to the new output block
+at the same time, and page faults from two threads at once cost 2–3× the CPU of the same
+faults on one (8 × 1024² float32: ~20 ms of system time per call in some runs, more than
+the whole of plain NumPy); (2) every NumPy call hands the GIL over, a futex wake-up and a
+cross-CPU interrupt when the other thread waits: ~1000 calls per such block (256 KiB
+tiles, references averaged on the calling thread first) cost ~60 context switches per
+call. Hence: the calling thread touches the output's pages (:func:`_touch_pages`) while
+a helper averages the references, and a helper writes only pages already touched; few,
+large tiles (~60 calls per such block, plus ~12 per band); no per-tile allocation. What
+remains is the arithmetic, the first read of block and references, and the zeroing of
+the output's new pages by the OS (~3.5 ms per 32 MiB here), which plain NumPy pays too.
 
 Each step is the same float32 NumPy operation as the whole-block code, applied to the
 same values, so the results are identical bit for bit: an integer block is converted to
