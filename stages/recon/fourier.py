@@ -677,14 +677,66 @@ def _add_reflected(
     target[1:, 1:] += source[:0:-1, :0:-1]
 
 
+#: Grid rows a spread point can reach on each side of its own cell (finufft's kernel is
+#: at most 16 cells wide: half of it, plus one for the rounding of the point's cell).
+_KERNEL_REACH = 9
+
+
+def _reflected_runs(rows_y: npt.NDArray[np.float32], grid: int) -> tuple[tuple[int, int], ...]:
+    """The runs ``(first, end)`` of target rows that :func:`_add_reflected` can change
+    when the source grid is the spreading of points at ``rows_y``: the rows ``m`` whose
+    mirror ``-m mod G`` a point's kernel reaches.
+
+    Grid row ``m`` sits at ``2π(m - G/2)/G``, so a point at ``y`` reaches the rows within
+    the kernel's half-width of ``y·G/2π + G/2`` (periodically); every other source row
+    is exactly zero and adding it changes nothing. The half set's points lie at
+    ``y ≥ 0`` for angles in ``[0°, 180°)`` (``ω ≥ 0``, ``sin θ ≥ 0``): about half the
+    rows, so the reflection reads and writes half the grid.
+    """
+    centre = np.floor(rows_y.astype(np.float64) * (grid / (2.0 * np.pi)) + grid / 2)
+    touched = np.zeros(grid, dtype=bool)
+    touched[np.unique(centre.astype(np.int64)) % grid] = True
+    reach = _KERNEL_REACH
+    padded = np.concatenate([touched[-reach:], touched, touched[:reach]]).astype(np.int64)
+    counts = np.concatenate([[0], np.cumsum(padded)])
+    dilated = (counts[2 * reach + 1 :] - counts[: -2 * reach - 1]) > 0  # (grid,)
+    needed = dilated[(-np.arange(grid)) % grid]  # target m reads source -m
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], needed.astype(np.int8), [0]])))
+    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+
+
+def _add_reflected_runs(
+    target: npt.NDArray[np.complex64],
+    source: npt.NDArray[np.complex64],
+    runs: tuple[tuple[int, int], ...],
+) -> None:
+    """:func:`_add_reflected` on the target rows of ``runs`` only (``G × G``, ``G``
+    even): the same sums, bit for bit, where the other source rows are zero."""
+    grid = target.shape[0]
+    for start, end in runs:
+        first = start
+        if first == 0:  # row 0 reflects onto itself
+            target[0, 0] += source[0, 0]
+            target[0, 1:] += source[0, :0:-1]
+            first = 1
+        if end <= first:
+            continue
+        # Target rows first … end-1 read source rows G-first down to G-end+1.
+        rows = source[grid - first : grid - end : -1]
+        target[first:end, 0] += rows[:, 0]
+        target[first:end, 1:] += rows[:, :0:-1]
+
+
 class _Gridder:
     """Type-1 NUFFT of one pair's strengths onto ``size × size`` modes (one per thread).
 
     finufft spreads (``spreadinterponly``; points sorted once by ``setpts``) the two rows
     of strengths (half set and mirrors, see :func:`_pair_strengths`) onto two oversampled
-    grids; the second is reflected into the first (:func:`_add_reflected`); the FFT is
-    scipy's, pruned to the ``size`` wanted columns before the second axis; the kernel's
-    transform is divided out on the copy to the output.
+    grids; the second is reflected into the first on the rows it reaches
+    (:func:`_add_reflected_runs`: about half the grid); the FFT is scipy's, in place,
+    pruned to the ``size`` wanted columns before the second axis; the kernel's transform
+    is divided out as the real and imaginary parts are written to the two slices (one
+    pass, no image copy).
     (finufft's own FFT is FFTW: with ESTIMATE plans it is 3-5x slower than scipy's here,
     with MEASURE plans it costs seconds of planning per size and process.)
     On a CuPy block the same steps run on the device: cufinufft spreads (same options,
@@ -702,6 +754,7 @@ class _Gridder:
         self.plan = spreading_plan(xp, 1, (grid, grid), n_trans=2, eps=eps,
                                    upsampfac=_UPSAMPFAC, threads=threads, stage=_STAGE)
         self.plan.setpts(xp.asarray(lines.rows_y), xp.asarray(lines.cols_x))
+        self.runs = _reflected_runs(lines.rows_y, grid)
         # Modes -size//2 … -1 sit at the end of the grid's FFT, 0 … at its start.
         self.negative = size // 2
         self.nonnegative = size - size // 2
@@ -716,24 +769,41 @@ class _Gridder:
     def __call__(
         self,
         strengths: npt.NDArray[np.complex64],
-        out: npt.NDArray[np.complex64],
         grids: npt.NDArray[np.complex64],
+        factor: npt.NDArray[np.float32],
+        real: npt.NDArray[np.float32],
+        imag: npt.NDArray[np.float32] | None,
     ) -> None:
-        """Write the image (modes ``(k_y, k_x)`` in C order, not yet deconvolved, see
-        :func:`_deconvolution`) into ``out`` of shape ``(size, size)``; ``grids`` (from
-        :meth:`grids`) is overwritten."""
+        """Grid one pair: write the slice of the packed real part into ``real`` and that
+        of the imaginary part into ``imag`` (``None``: a lone row), both ``(size, size)``,
+        deconvolved by ``factor`` (:func:`_deconvolution`, stored upside down as the
+        slices are read); ``grids`` (from :meth:`grids`) is overwritten."""
+        xp = self.xp
         neg, nonneg = self.negative, self.nonnegative
         spread = self.plan.execute(strengths, out=grids)
-        _add_reflected(spread[0], spread[1])
+        _add_reflected_runs(spread[0], spread[1], self.runs)
         # In place (contiguous complex64): the first grid becomes the row transform.
         rows = self.fft.ifft(spread[0], axis=-1, norm="forward", overwrite_x=True,
                              **self.fft_options)
-        # Second axis only on the wanted columns (two runs of the grid, no gather copy).
-        for target, columns in ((out[:, :neg], rows[:, -neg:] if neg else rows[:, :0]),
-                                (out[:, neg:], rows[:, :nonneg])):
-            full = self.fft.ifft(columns, axis=0, norm="forward", **self.fft_options)
-            target[:neg] = full[full.shape[0] - neg :]
-            target[neg:] = full[:nonneg]
+        # Second axis only on the wanted columns (two runs of the grid, no gather copy),
+        # in place on the host. Image row ``k_y + neg`` (modes ``k_y`` from ``-neg``) is
+        # slice row ``size - 1 - k_y - neg`` (y = (N-1)/2 - iy): slice rows ``0 …
+        # nonneg-1`` are grid rows ``nonneg-1 … 0``, rows ``nonneg …`` are grid rows
+        # ``G-1 … G-neg``, each read upside down (a view) and multiplied by the factor
+        # straight into the slice.
+        for columns, wanted in ((rows[:, rows.shape[1] - neg :], slice(0, neg)),
+                                (rows[:, :nonneg], slice(neg, neg + nonneg))):
+            if columns.shape[1] == 0:
+                continue
+            full = self.fft.ifft(columns, axis=0, norm="forward", overwrite_x=True,
+                                 **self.fft_options)
+            grid_rows = full.shape[0]
+            upper, lower = full[nonneg - 1 :: -1], full[grid_rows - 1 : grid_rows - neg - 1 : -1]
+            xp.multiply(upper.real, factor[:nonneg, wanted], out=real[:nonneg, wanted])
+            xp.multiply(lower.real, factor[nonneg:, wanted], out=real[nonneg:, wanted])
+            if imag is not None:
+                xp.multiply(upper.imag, factor[:nonneg, wanted], out=imag[:nonneg, wanted])
+                xp.multiply(lower.imag, factor[nonneg:, wanted], out=imag[nonneg:, wanted])
 
 
 @dataclass(frozen=True)
@@ -1002,7 +1072,6 @@ def _reconstruct(
 
     def work(gridder: _Gridder, setup: _Filter, tables: _Tables, factor: Any) -> None:
         """Take pairs until none is left: filter, grid, deconvolve, write out."""
-        image = xp.empty((size, size), dtype=xp.complex64)
         grids = gridder.grids()
         try:
             while True:
@@ -1010,12 +1079,8 @@ def _reconstruct(
                     pair = next(pending, None)
                 if pair is None:
                     return
-                gridder(_pair_strengths(sino, pair, setup, per_worker, tables), image, grids)
-                # Modes run along +y; the slice's rows run down (y = (N-1)/2 - iy):
-                # read the image upside down (a view; the factor is stored so).
-                xp.multiply(image.real[::-1], factor, out=out[2 * pair])
-                if 2 * pair + 1 < rows:
-                    xp.multiply(image.imag[::-1], factor, out=out[2 * pair + 1])
+                gridder(_pair_strengths(sino, pair, setup, per_worker, tables), grids, factor,
+                        out[2 * pair], out[2 * pair + 1] if 2 * pair + 1 < rows else None)
         finally:
             plan.give_back(gridder)
 
