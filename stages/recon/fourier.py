@@ -1007,9 +1007,10 @@ class FourierFbpCache:
     caller keeps this object for the scan (the executor does: :class:`StageSpec.cache`)
     and passes it as ``fourier_fbp(..., cache=...)``. Only the last geometry is kept (a
     new one replaces it). One call at a time uses it; a call that finds it in use by
-    another thread works without it. It holds about 48 bytes per NUFFT point between
-    calls (points, multipliers and their conjugates, one sort index per thread) plus the
-    ``N²`` deconvolution: about 30 MB at N = 1024, P = 1200 (docs/decisions/0010).
+    another thread works without it. It holds about 80 bytes per NUFFT point between
+    calls (points, multipliers and their conjugates, the gridders' point order and its
+    inverse, per thread a sort index and the points in that order) plus the ``N²``
+    deconvolution: about 50 MB at N = 1024, P = 1200 with 2 threads (docs/decisions/0010).
     """
 
     def __init__(self) -> None:
@@ -1186,10 +1187,12 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
 
     Held for the whole call: the input (and a float32 copy of any other dtype), the
     float32 output, the multipliers and points (``8 + 8`` bytes per projection and
-    frequency, made from float64 temporaries), the kernel probe and the deconvolution.
+    frequency, made from float64 temporaries), the gridders' point order and its inverse
+    (``8 + 8``), the kernel probe and the deconvolution.
     Measured at N = 1024, 16 rows, 2 threads: about 240 MB at the peak, estimate 429 MB. Per
     worker thread
-    (``w = min(pairs, threads)``): finufft's sort index (8 bytes per point), one pair's
+    (``w = min(pairs, threads)``): finufft's sort index and the points in the gridder's
+    order (8 + 8 bytes per point), one pair's
     strengths (8 bytes per point, twice with merged 360° lines), the filtering chunks
     (a few ``_CHUNK × L`` complex64), and the gridding's two spread grids (half set and
     mirrors), its first FFT and one column half of the second (``≤ 4 G²`` complex64,
@@ -1207,12 +1210,13 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
         rows * angles * cols * np.dtype(dtype).itemsize  # input
         + (0 if np.dtype(dtype) == np.float32 else rows * angles * cols * 4)  # float32 copy
         + rows * size * size * 4  # output
-        + points * (8 + 8 + 4 * 8)  # multipliers, coordinates, float64 temporaries
+        + points * (8 + 8 + 2 * 8 + 4 * 8)  # multipliers, coordinates, point order
+        # and its inverse, float64 temporaries
         + (_PROBE_SPACING * (_PROBE_STEPS + 2)) ** 2 * 8  # the kernel probe's grid
         + 2 * size * _PROBE_SPACING * _PROBE_STEPS * 8  # its quadrature
         + size * size * 4  # deconvolution
         + workers * (
-            points * (8 + 2 * 8)  # sort index, strengths (+ merged lines)
+            points * (8 + 8 + 2 * 8)  # sort index, ordered points, strengths
             + 6 * _CHUNK * length * 8  # filtering chunks
             + (4 * grid * grid + size * size) * 8  # gridding (two spread grids)
         )
@@ -1225,9 +1229,10 @@ def _fourier_device_memory(shape: tuple[int, int, int], dtype: np.dtype[Any],
 
     One worker takes the pairs in turn (:func:`_reconstruct`): the input (and its
     float32 copy), the output and the deconvolution; the plan's tables (multipliers and
-    conjugates, points, processing order, merged lines' gathers: ``≤ 48`` bytes a point)
-    and cufinufft's sorting of the points (``≤ 16`` bytes a point); per pair the
-    strengths (twice for merged 360° lines), one chunk of the filtering
+    conjugates, points, processing order, merged lines' gathers, the gridder's point
+    order: ``≤ 56`` bytes a point) and cufinufft's sorting of the points (``≤ 16`` bytes
+    a point); per pair the strengths in line order and in the gridder's (twice for merged
+    360° lines), one chunk of the filtering
     (:data:`_DEVICE_CHUNK` projections, four ``L``-sample complex64 arrays), the two
     spread grids, their FFTs' temporaries (one more grid, cuFFT's work area as much
     again) and the image.
@@ -1245,8 +1250,8 @@ def _fourier_device_memory(shape: tuple[int, int, int], dtype: np.dtype[Any],
         + (0 if np.dtype(dtype) == np.float32 else rows * angles * cols * 4)
         + rows * size * size * 4  # output
         + size * size * 4  # deconvolution
-        + points * (48 + 16)  # tables, cufinufft's sort
-        + points * 3 * 8  # strengths (+ merged lines)
+        + points * (56 + 16)  # tables (with the point order), cufinufft's sort
+        + points * 5 * 8  # strengths in line order and the gridder's (+ merged lines)
         + 4 * chunk * length * 8  # filtering chunk
         + 4 * grid * grid * 8  # two spread grids, FFT temporaries and work area
         + size * size * 8  # image
