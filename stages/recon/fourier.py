@@ -809,7 +809,7 @@ class _Gridder:
     """
 
     def __init__(self, lines: _Lines, size: int, eps: float, threads: int, xp: Any = np, *,
-                 order: npt.NDArray[np.intp]) -> None:
+                 points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]) -> None:
         grid = _grid_size(size)
         self.grid = grid
         self.threads = threads
@@ -818,7 +818,8 @@ class _Gridder:
         self.fft_options: dict[str, Any] = {"workers": threads} if xp is np else {}
         self.plan = spreading_plan(xp, 1, (grid, grid), n_trans=2, eps=eps,
                                    upsampfac=_UPSAMPFAC, threads=threads, stage=_STAGE)
-        self.plan.setpts(xp.asarray(lines.rows_y[order]), xp.asarray(lines.cols_x[order]))
+        # The points in the plan's order (:func:`_point_order`; a device keeps its copy).
+        self.plan.setpts(xp.asarray(points[0]), xp.asarray(points[1]))
         self.runs = _reflected_runs(lines.rows_y, grid)
         # Modes -size//2 … -1 sit at the end of the grid's FFT, 0 … at its start.
         self.negative = size // 2
@@ -918,6 +919,7 @@ class _Plan:
         self._tables: dict[str, _Tables] = {}
         self._device_deconvolution: dict[str, Any] = {}
         self._order: npt.NDArray[np.intp] | None = None
+        self._ordered_points: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
         self._order_lock = threading.Lock()
         #: Tables other users of the same geometry derive from it (the streaming
         #: contributions, the last block's gridding plan), by name.
@@ -957,6 +959,16 @@ class _Plan:
                 self._order = _point_order(self.lines, _grid_size(self.geometry.size))
             return self._order
 
+    def ordered_points(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The points ``(rows_y, cols_x)`` in the gridders' order, one copy for all of
+        them (finufft reads them at every spreading: each plan keeps a reference)."""
+        order = self.point_order()
+        with self._order_lock:
+            if self._ordered_points is None:
+                self._ordered_points = (np.ascontiguousarray(self.lines.rows_y[order]),
+                                        np.ascontiguousarray(self.lines.cols_x[order]))
+            return self._ordered_points
+
     def make_tables(self, xp: Any) -> _Tables:
         """The filter set-up's arrays for blocks of ``xp`` (uploaded once for a device)."""
         key = _module_name(xp)
@@ -985,7 +997,7 @@ class _Plan:
 
     def make_gridder(self, threads: int, xp: Any = np) -> _Gridder:
         return _Gridder(self.lines, self.geometry.size, self.geometry.eps, threads, xp,
-                        order=self.point_order())
+                        points=self.ordered_points())
 
     def give_back(self, gridder: _Gridder) -> None:
         key = (gridder.threads, _module_name(gridder.xp))
@@ -1007,10 +1019,11 @@ class FourierFbpCache:
     caller keeps this object for the scan (the executor does: :class:`StageSpec.cache`)
     and passes it as ``fourier_fbp(..., cache=...)``. Only the last geometry is kept (a
     new one replaces it). One call at a time uses it; a call that finds it in use by
-    another thread works without it. It holds about 80 bytes per NUFFT point between
-    calls (points, multipliers and their conjugates, the gridders' point order and its
-    inverse, per thread a sort index and the points in that order) plus the ``N²``
-    deconvolution: about 50 MB at N = 1024, P = 1200 with 2 threads (docs/decisions/0010).
+    another thread works without it. It holds about 64 bytes per NUFFT point between
+    calls with 2 threads (the points in line order and in the gridders' order,
+    multipliers and their conjugates, that order and its inverse, one sort index per
+    thread) plus the ``N²`` deconvolution: about 42 MB at N = 1024, P = 1200
+    (docs/decisions/0010).
     """
 
     def __init__(self) -> None:
@@ -1187,12 +1200,11 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
 
     Held for the whole call: the input (and a float32 copy of any other dtype), the
     float32 output, the multipliers and points (``8 + 8`` bytes per projection and
-    frequency, made from float64 temporaries), the gridders' point order and its inverse
-    (``8 + 8``), the kernel probe and the deconvolution.
+    frequency, made from float64 temporaries), the gridders' point order, its inverse and
+    the points in that order (``8 + 8 + 8``), the kernel probe and the deconvolution.
     Measured at N = 1024, 16 rows, 2 threads: about 240 MB at the peak, estimate 429 MB. Per
     worker thread
-    (``w = min(pairs, threads)``): finufft's sort index and the points in the gridder's
-    order (8 + 8 bytes per point), one pair's
+    (``w = min(pairs, threads)``): finufft's sort index (8 bytes per point), one pair's
     strengths (8 bytes per point, twice with merged 360° lines), the filtering chunks
     (a few ``_CHUNK × L`` complex64), and the gridding's two spread grids (half set and
     mirrors), its first FFT and one column half of the second (``≤ 4 G²`` complex64,
@@ -1210,13 +1222,13 @@ def _fourier_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
         rows * angles * cols * np.dtype(dtype).itemsize  # input
         + (0 if np.dtype(dtype) == np.float32 else rows * angles * cols * 4)  # float32 copy
         + rows * size * size * 4  # output
-        + points * (8 + 8 + 2 * 8 + 4 * 8)  # multipliers, coordinates, point order
-        # and its inverse, float64 temporaries
+        + points * (8 + 8 + 3 * 8 + 4 * 8)  # multipliers, coordinates (twice), point
+        # order and its inverse, float64 temporaries
         + (_PROBE_SPACING * (_PROBE_STEPS + 2)) ** 2 * 8  # the kernel probe's grid
         + 2 * size * _PROBE_SPACING * _PROBE_STEPS * 8  # its quadrature
         + size * size * 4  # deconvolution
         + workers * (
-            points * (8 + 8 + 2 * 8)  # sort index, ordered points, strengths
+            points * (8 + 2 * 8)  # sort index, strengths (+ merged lines)
             + 6 * _CHUNK * length * 8  # filtering chunks
             + (4 * grid * grid + size * size) * 8  # gridding (two spread grids)
         )
