@@ -36,8 +36,11 @@ Algorithm
    rounding; spreading ``±ω`` directly lets the partner leak in at ~``eps/10``).
    finufft spreads onto a 1.25× oversampled grid
    (single precision, tolerance ``eps``; its ``spreadinterponly`` mode, points sorted
-   once per plan); scipy's FFT (pruned to the wanted columns) and the kernel's deconvolution finish
-   the transform, as finufft's own type 1 would, without FFTW's planning stalls.
+   once per plan and handed to it in the order of its bins, so that it reads them in
+   memory order); the reflection touches only the rows the points reach; scipy's FFT
+   (in place, pruned to the wanted columns) and the kernel's deconvolution, fused into
+   the writes of the two slices, finish the transform, as finufft's own type 1 would,
+   without FFTW's planning stalls.
    Each thread takes whole row pairs, one plan per thread for the block.
 5. **Angles.** Weights are :func:`stages.recon.fbp.angle_weights` (180°, 360°,
    non-uniform, missing wedge). A projection at ``θ + 180°`` lies on the same line of
