@@ -36,4 +36,5 @@ def test_bench_fourier_ab_compares_a_revision_with_the_checkout(
                      "bound, strict"]
     for row in rows[1:]:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert float(cells[1]) > 0 and float(cells[2]) >= 0  # wall, CPU (ms)
+        # wall, CPU (ms): numbers; a tiny case may print 0.0 at the table's precision
+        assert float(cells[1]) >= 0 and float(cells[2]) >= 0
