@@ -295,7 +295,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                 report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster, gate=gate, log=log)
+                                on_event=on_event, cluster=cluster, gate=gate, log=log,
+                                await_downstream=ranked.wait)
         relay.watch(service.state)
         if ranks > 1:
             if speaks and not args.quiet:
