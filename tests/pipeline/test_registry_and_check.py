@@ -85,7 +85,8 @@ def test_check_reports_errors_with_file_and_line(tmp_path: Path,
     err = capsys.readouterr().err
     assert f"{bad}:1: pipeline[0].method: unknown method " in err
     assert "'httomolibgpu.recon.algorithm.FBP4d_tomobar'" in err
-    assert f"{bad}:5: pipeline[1].parameters.dif: Input should be greater than 0" in err
+    assert (f"{bad}:5: pipeline[1] (stage remove_outlier).parameters.dif: Input should be "
+            "greater than 0") in err
 
 
 def test_check_refuses_a_frame_that_cannot_fit(capsys: pytest.CaptureFixture[str]) -> None:
