@@ -6,9 +6,13 @@ The stages are the shipped ones (``stages.registry.REGISTRY``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from pydantic import model_validator
 
 from stages.registry import REGISTRY
+from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import ConfigError
 from streamer.pipeline.config import parse_pipeline
 
@@ -63,3 +67,28 @@ def test_a_bad_sweep_value_names_the_stage_and_has_no_boilerplate() -> None:
     assert problem("method: rescale\n    parameters: {window: !Sweep [[0, 1], [1, 0]]}") == (
         "p.yaml:3: pipeline[0] (stage rescale).parameters.window: sweep value [1, 0]: "
         "expected -inf <= low < high <= inf, got (1.0, 0.0)")
+
+
+class _EitherParams(StageParams):
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _one_of_them(self) -> _EitherParams:
+        if (self.low is None) == (self.high is None):
+            raise ValueError("give exactly one of low and high")
+        return self
+
+
+def _identity(block: Any, **params: Any) -> Any:
+    return block
+
+
+def test_a_model_validators_error_that_names_no_parameter_ends_at_parameters() -> None:
+    registry = {"either": StageSpec("either", _identity, Pattern.PROJECTION, _EitherParams,
+                                    scaled_memory(1), "one bound")}
+    with pytest.raises(ConfigError) as error:
+        parse_pipeline("pipeline:\n  - method: either\n    parameters: {low: 1, high: 2}\n",
+                       registry, source="p.yaml")
+    assert str(error.value) == (
+        "p.yaml:3: pipeline[0] (stage either).parameters: give exactly one of low and high")
