@@ -46,7 +46,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import yaml
@@ -392,12 +392,10 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
     try:
         params = spec.params.model_validate(raw, context=context.validation)
     except ValidationError as error:
-        for item in error.errors(include_url=False):
-            field = ".".join(str(part) for part in item["loc"])
-            key_node = _key_node(parameters_node, str(item["loc"][0])) if item["loc"] else None
-            got = "" if item["type"] == "missing" else f", got {item.get('input')!r}"
+        for field, message in parameter_problems(error, spec):
+            key_node = _key_node(parameters_node, field.split(".")[0]) if field else None
             problems.add(key_node or parameters_node or node,
-                         f"{where}.parameters.{field}", f"{item['msg']}{got}")
+                         _parameters_label(where, spec, field), message)
         return
     backend_node = fields.get("backend")
     backend = _scalar(backend_node) if backend_node is not None else spec.backends[0]
@@ -547,7 +545,7 @@ def _sweeps(raw: dict[str, Any], spec: StageSpec, parameters_node: yaml.Node | N
     out = dict(raw)
     for key, sweep in swept:
         spot = _key_node(parameters_node, key) or node
-        label = f"{where}.parameters.{key}"
+        label = _parameters_label(where, spec, key)
         if context.sweep is not None or len(swept) > 1:
             context.problems.add(spot, label, "one parameter sweep per pipeline; another is "
                                  f"at {context.sweep.where if context.sweep else where}")
@@ -556,8 +554,10 @@ def _sweeps(raw: dict[str, Any], spec: StageSpec, parameters_node: yaml.Node | N
             try:
                 spec.params.model_validate({**raw, key: value}, context=context.validation)
             except ValidationError as error:
-                first = error.errors(include_url=False)[0]
-                context.problems.add(spot, label, f"sweep value {value!r}: {first['msg']}")
+                field, message = parameter_problems(error, spec)[0]
+                if field and field != key:
+                    message = f"{field}: {message}"
+                context.problems.add(spot, label, f"sweep value {value!r}: {message}")
                 return None
         line = f"{context.problems.source}:{spot.start_mark.line + 1}"
         context.sweep = Sweep(len(context.steps), key, sweep.values, line)
@@ -621,6 +621,50 @@ def _construct(node: yaml.Node | None) -> Any:
         return document.construct_object(node, deep=True)
     finally:
         document.dispose()
+
+
+def _parameters_label(where: str, spec: StageSpec, field: str) -> str:
+    """``pipeline[N] (stage NAME).parameters.FIELD`` (no field: ``….parameters``)."""
+    return f"{where} (stage {spec.name}).parameters{'.' + field if field else ''}"
+
+
+#: What pydantic puts before the text of an error raised in a validator.
+_PYDANTIC_PREFIXES: Final = ("Value error, ", "Assertion failed, ")
+
+
+def parameter_problems(error: ValidationError, spec: StageSpec) -> list[tuple[str, str]]:
+    """Each problem pydantic found in ``spec``'s parameters as ``(field, message)``: the
+    field path (``""`` when a model validator's error names no parameter) and the
+    message without pydantic's boilerplate (``Value error,``, ``Field required``,
+    ``Extra inputs are not permitted``), with the value given where there is one.
+    A model validator's message that starts with a parameter's name (``window: …``,
+    the stages' convention; a parameter of the model or one given) is placed on it."""
+    fields = spec.params.model_fields
+    found: list[tuple[str, str]] = []
+    for item in error.errors(include_url=False):
+        loc = [str(part) for part in item["loc"]]
+        kind = item["type"]
+        message = str(item.get("ctx", {}).get("error", item["msg"])) \
+            if kind in ("value_error", "assertion_error") else str(item["msg"])
+        for prefix in _PYDANTIC_PREFIXES:
+            message = message.removeprefix(prefix)
+        if not loc:  # a model validator: the whole mapping is its input
+            name, _, rest = message.partition(": ")
+            given = item.get("input")
+            if rest and (name in fields or (isinstance(given, dict) and name in given)):
+                found.append((name, rest))
+            else:
+                found.append(("", message))
+            continue
+        if kind == "missing":
+            message = "required, not given"
+        elif kind == "extra_forbidden":
+            message = (f"unknown parameter (got {item.get('input')!r}); {spec.name} takes "
+                       f"{', '.join(sorted(fields)) or 'no parameters'}")
+        elif not (kind in ("value_error", "assertion_error") and "got " in message):
+            message = f"{message}, got {item.get('input')!r}"  # (not twice)
+        found.append((".".join(loc), message))
+    return found
 
 
 def _key_node(mapping: yaml.Node | None, key: str) -> yaml.Node | None:
