@@ -30,7 +30,12 @@ understood as HTTomo's checker (``httomo/yaml_checker.py``) and runner understan
   {method}.h5`` beside the output, as HTTomo's ``save_intermediate_data`` (``recon``;
   :mod:`streamer.pipeline.intermediate`);
 * duplicate keys anywhere, non-string parameter names and parameters left as
-  ``REQUIRED`` are refused.
+  ``REQUIRED`` are refused;
+* names from older httomolibgpu releases (``FBP``, ``paganin_filter_tomopy``,
+  ``median_filter3d``, ...) are translated to the current method where the maths is the
+  same, with a note, or refused naming the current equivalent
+  (:mod:`streamer.pipeline.old_names`); HTTomo 1.x's layout (``- module: {method:
+  {...}}``) is refused in one line.
 
 Anything else we cannot map is refused, saying which entry and why, with the closest
 known names. All problems are reported together, each as ``FILE:LINE: pipeline[i].field:
@@ -54,7 +59,13 @@ from pydantic import ValidationError
 
 from stages.spec import PIPELINE_FOLDER, Pattern, StageParams, StageSpec
 from streamer.errors import ConfigError
-from streamer.pipeline.httomo_loader import LOADER_MODULES, LoaderSettings, loader_settings
+from streamer.pipeline import old_names
+from streamer.pipeline.httomo_loader import (
+    IGNORED_OLD,
+    LOADER_MODULES,
+    LoaderSettings,
+    loader_settings,
+)
 
 ENTRY_KEYS = frozenset({"method", "module_path", "parameters", "backend", "id", "save_result",
                         "side_outputs"})
@@ -221,6 +232,7 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
+    _refuse_httomo1_layout(root, source)
     problems = _Problems(source)
     _duplicate_keys(root, problems)
     entries = _entry_nodes(root, problems)
@@ -246,6 +258,28 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
         raise ConfigError("\n".join(problems.messages))
     return Pipeline(tuple(context.steps), source, text, tuple(context.notes), context.sweep,
                     context.loader, folder)
+
+
+def _refuse_httomo1_layout(root: yaml.Node | None, source: str) -> None:
+    """HTTomo 1.x wrote ``- module.path: {method: {data_in: ..., params}}``; HTTomo 2.0
+    replaced it. One line naming the first such entry and how to write it now."""
+    if not isinstance(root, yaml.SequenceNode):
+        return
+    for index, node in enumerate(root.value):
+        pairs = node.value if isinstance(node, yaml.MappingNode) else []
+        if len(pairs) != 1 or not isinstance(pairs[0][1], yaml.MappingNode):
+            continue
+        module = pairs[0][0].value
+        inner = pairs[0][1].value
+        if not isinstance(module, str) or "." not in module or module in ENTRY_KEYS or (
+                len(inner) != 1):
+            continue
+        method = inner[0][0].value
+        raise ConfigError(
+            f"{source}:{node.start_mark.line + 1}: pipeline[{index}]: HTTomo 1.x layout "
+            f"('- {module}: {{{method}: {{...}}}}'): expected HTTomo 2.0's entries: "
+            f"'- method: {method}', 'module_path: {module}', 'parameters: {{...}}' without "
+            "data_in/data_out (a finder's data_out becomes id + side_outputs: cor)")
 
 
 def _reference_reducers_first(steps: list[PipelineStep], problems: _Problems) -> None:
@@ -368,13 +402,20 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
         if entry_id is not None:
             problems.add(fields["id"], f"{where}.id", "a loader has no side outputs to name")
         return
-    spec = _resolve(method, module, context.registry, context.aliases)
+    translated = _old_name(method, module, raw, fields, where=where, context=context)
+    if translated is None:
+        spec = None  # an old name without an equivalent: refused, said by _old_name
+    else:
+        spec = _resolve(translated[0], translated[1], context.registry, context.aliases)
+        raw = translated[2]
+        if spec is None:
+            wanted = f"{module}.{method}" if module else method
+            close = difflib.get_close_matches(method, list(context.registry), n=3,
+                                              cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no "
+                         f"stage of ours is registered under that name{hint}")
     if spec is None:
-        wanted = f"{module}.{method}" if module else method
-        close = difflib.get_close_matches(method, list(context.registry), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no stage "
-                     f"of ours is registered under that name{hint}")
         if entry_id is not None:  # keep its id known: references to it are not errors too
             side = _construct(fields["side_outputs"]) if "side_outputs" in fields else None
             named = {str(v): str(k) for k, v in side.items()} if isinstance(side, dict) else {}
@@ -422,6 +463,33 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
     context.steps.append(PipelineStep(spec, params, str(backend),
                                       f"{problems.source}{line}", linked, save,
                                       f"{task}-{package}-{method}"))
+
+
+def _old_name(method: str, module: str | None, raw: dict[str, Any] | None,
+              fields: Mapping[str, yaml.Node], *, where: str, context: _Context,
+              ) -> tuple[str, str | None, dict[str, Any] | None] | None:
+    """``(method, module, parameters)`` to resolve: a name from an older httomolibgpu
+    release translated to the current one (:mod:`streamer.pipeline.old_names`, a note
+    for ``check``), or the entry as given; ``None`` when the old name has no equivalent
+    or its parameters cannot be translated (said as a problem)."""
+    entry = old_names.find(module, method, raw or {}) if module else None
+    if entry is None:
+        return method, module, raw
+    if isinstance(entry, old_names.Removed):
+        context.problems.add(fields.get("method"), f"{where}.method", old_names.refusal(entry))
+        return None
+    if raw is None:
+        return method, module, raw
+    translation = old_names.translate(entry, raw)
+    for key, message in translation.problems:
+        spot = _key_node(fields.get("parameters"), key) if key else None
+        context.problems.add(spot or fields.get("method"), f"{where}.parameters.{key}",
+                             message)
+    if translation.problems:
+        return None
+    if translation.note:
+        context.notes.append(f"{where}: {translation.note}")
+    return translation.method, translation.module, translation.params
 
 
 def _parameters(parameters_node: yaml.Node | None, where: str, node: yaml.Node,
@@ -585,8 +653,10 @@ def _loader_entry(index: int, method: str, module: str, raw: dict[str, Any] | No
 
     context.loader = loader_settings(raw, problem)
     given = ", ".join(f"{k}={v!r}" for k, v in context.loader.given().items()) or "auto-detect"
+    ignored = sorted(set(raw) & IGNORED_OLD)
+    unread = f"; {', '.join(ignored)} ignored, as HTTomo 2.0 did" if ignored else ""
     context.notes.append(f"{where}: HTTomo loader {method}: {given} (used by `recon`; "
-                         "command-line options win)")
+                         f"command-line options win){unread}")
 
 
 def _alias_table(registry: Mapping[str, StageSpec]) -> dict[str, StageSpec]:
