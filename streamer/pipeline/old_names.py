@@ -217,6 +217,8 @@ def translate(entry: Renamed, params: Mapping[str, Any]) -> Translation:
                 problems.append((key, f"{entry.old} is translated to {entry.current}, which "
                                  f"has no {key}: expected {allowed}, got {value!r}; "
                                  f"{entry.dropped_hint.get(key, 'remove it')}"))
+            else:
+                said.append(f"{key}: {value!r} dropped (what {entry.current} does)")
             continue
         new_key = entry.renames.get(key, key)
         if new_key != key:
