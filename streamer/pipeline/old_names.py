@@ -166,6 +166,20 @@ TABLE: tuple[OldName, ...] = (
     Removed(f"{_GPU}.prep.phase.fresnel_filter", "httomolibgpu 1.0–1.2",
             "httomolibgpu removed it in 2.0 with no successor; for phase retrieval use "
             "httomolibgpu.prep.phase.paganin_filter"),
+    *(Renamed(f"{_GPU}.recon.algorithm.{name}", f"{_GPU}.recon.algorithm.{name}",
+              "httomolibgpu 2.4–4.x", "its `neglog` was removed in 5.0",
+              dropped=_NEGLOG, dropped_hint=_NEGLOG_HINT, only_with=("neglog",))
+      for name in ("FBP2d_astra", "FBP3d_tomobar", "LPRec3d_tomobar", "SIRT3d_tomobar",
+                   "CGLS3d_tomobar", "FISTA3d_tomobar")),
+    Removed(f"{_GPU}.prep.alignment.distortion_correction_proj_discorpy",
+            "httomolibgpu 2.0–2.1.2",
+            "its `preview` (filled by HTTomo) became shift_xy/step_xy in 2.1.3, and its "
+            "defaults order 1, mode reflect became 3, constant: remove preview and write "
+            "order: 1, mode: reflect to keep that release's result",
+            only_with=("preview",)),
+    Removed("httomolib.misc.corr.inpainting_filter3d", "httomolib 1.0–1.2",
+            "httomolib removed it in 2.0 with no successor; no stage of ours inpaints a "
+            "mask (for non-finite values: tomopy.misc.corr.median_filter_nonfinite)"),
     Removed(f"{_GPU}.prep.alignment.distortion_correction_proj", "httomolibgpu 1.0–1.2",
             "renamed distortion_correction_proj_discorpy in 2.0 with other parameters: "
             "use it with metadata_path (discorpy's coefficients file) or xcenter, "

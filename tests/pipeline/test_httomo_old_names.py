@@ -192,6 +192,16 @@ def test_360_spellings_of_httomolibgpu_2() -> None:
         parse_pipeline(text.replace("side: 0", "side: 2"), REGISTRY, source="old.yaml")
 
 
+def test_neglog_of_httomolibgpu_2_4_to_4() -> None:
+    name, params, notes = _steps(_entry("FISTA3d_tomobar", "httomolibgpu.recon.algorithm",
+                                        "{iterations: 2, neglog: false}"))
+    assert name == "fista" and params["iterations"] == 2
+    assert any("neglog: False dropped" in note for note in notes)
+    with pytest.raises(ConfigError, match="put a minus_log step"):
+        parse_pipeline(_entry("LPRec3d_tomobar", "httomolibgpu.recon.algorithm",
+                              "{neglog: true}"), REGISTRY, source="old.yaml")
+
+
 def test_current_names_are_not_touched() -> None:
     text = (AUTO_LOADER + "- method: find_center_360\n  module_path: httomolibgpu.recon."
             "rotation\n  parameters: {side: left}\n")
@@ -201,27 +211,32 @@ def test_current_names_are_not_touched() -> None:
     assert name == "paganin_filter" and notes == ()
 
 
-@pytest.mark.parametrize(("method", "module", "parameters", "current"), [
-    ("paganin_filter_savu", "httomolibgpu.prep.phase", "{ratio: 250.0, resolution: 1.28}",
+@pytest.mark.parametrize(("dotted", "parameters", "current"), [
+    ("httomolibgpu.prep.phase.paganin_filter_savu", "{ratio: 250.0, resolution: 1.28}",
      "paganin_filter_savu_legacy"),
-    ("paganin_filter", "httomolibgpu.prep.phase", "{ratio: 250.0, resolution: 1.28}",
+    ("httomolibgpu.prep.phase.paganin_filter", "{ratio: 250.0, resolution: 1.28}",
      "ratio_delta_beta"),
-    ("paganin_filter2", "httomolibgpu.prep.phase", "{alpha: 0.001}",
+    ("httomolibgpu.prep.phase.paganin_filter2", "{alpha: 0.001}",
      "httomolib.prep.phase.paganin_filter"),
-    ("fresnel_filter", "httomolibgpu.prep.phase", "{pattern: PROJECTION, ratio: 100.0}",
+    ("httomolibgpu.prep.phase.fresnel_filter", "{pattern: PROJECTION, ratio: 100.0}",
      "httomolibgpu.prep.phase.paganin_filter"),
-    ("distortion_correction_proj", "httomolibgpu.prep.alignment", "{crop: 0}",
+    ("httomolibgpu.prep.alignment.distortion_correction_proj", "{crop: 0}",
      "distortion_correction_proj_discorpy"),
+    ("httomolibgpu.prep.alignment.distortion_correction_proj_discorpy",
+     "{metadata_path: coefficients.txt, preview: null, order: 1, mode: reflect}",
+     "order: 1, mode: reflect"),
+    ("httomolib.misc.corr.inpainting_filter3d", "{iter: 3}", "median_filter_nonfinite"),
 ])
 def test_old_names_without_an_equivalent_are_one_line(
-        method: str, module: str, parameters: str, current: str, tmp_path: Path,
+        dotted: str, parameters: str, current: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
+    module, _, method = dotted.rpartition(".")
     path = tmp_path / "old.yaml"
     path.write_text(_entry(method, module, parameters))
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and f"{module}.{method}" in err and current in err
+    assert err.startswith("error: ") and dotted in err and current in err
     assert "expected a method of the current API" in err
 
 
