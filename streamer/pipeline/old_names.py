@@ -111,12 +111,18 @@ TABLE: tuple[OldName, ...] = (
     Renamed(f"{_GPU}.prep.phase.retrieve_phase", "tomopy.prep.phase.retrieve_phase",
             "httomolibgpu 1.0", "a port of TomoPy's retrieve_phase, removed in 1.1"),
     Renamed(f"{_GPU}.recon.algorithm.FBP", f"{_GPU}.recon.algorithm.FBP3d_tomobar",
-            "httomolibgpu 1.0–2.4", "renamed FBP3d_tomobar in 2.5",
+            "httomolibgpu 1.0–1.2", "renamed FBP3d_tomobar in 2.5; 1.x's FBP(center, "
+            "objsize) ran ToMoBAR's FBP3D, whose SINC filter had a fixed a = 1.1 and no mask",
+            renames={"objsize": "recon_size"},
+            fixed={"filter_freq_cutoff": 1.1, "recon_mask_radius": None},
+            dropped=_GPU_ID, dropped_hint=_ITERATIVE_HINT, only_with=("objsize",)),
+    Renamed(f"{_GPU}.recon.algorithm.FBP", f"{_GPU}.recon.algorithm.FBP3d_tomobar",
+            "httomolibgpu 2.0–2.4", "renamed FBP3d_tomobar in 2.5",
             renames={"objsize": "recon_size"},
             required={
-                "filter_freq_cutoff": "its default changed between releases (1.x: 1.1, "
-                "no parameter; 2.0: 0.6; 2.1–2.2: 1.1; 2.3–2.4: 0.35)",
-                "recon_mask_radius": "its default changed between releases (1.x–2.2: "
+                "filter_freq_cutoff": "its default changed between releases (2.0: 0.6; "
+                "2.1–2.2: 1.1; 2.3–2.4: 0.35)",
+                "recon_mask_radius": "its default changed between releases (2.0–2.2: "
                 "null, no mask; 2.3–2.4: 0.95)",
             },
             dropped={**_NEGLOG, **_GPU_ID}, dropped_hint=_ITERATIVE_HINT),

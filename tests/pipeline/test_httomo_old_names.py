@@ -119,15 +119,24 @@ def _steps(text: str) -> tuple[str, dict[str, object], tuple[str, ...]]:
     return step.name, dict(step.params), translated
 
 
-def test_fbp_translation_renames_and_keeps_what_was_given() -> None:
+def test_fbp_translation_keeps_what_was_given() -> None:
     name, params, notes = _steps(_entry(
         "FBP", "httomolibgpu.recon.algorithm",
-        "{center: 295.0, objsize: 600, filter_freq_cutoff: 1.1, recon_mask_radius: null, "
+        "{center: 295.0, recon_size: 600, filter_freq_cutoff: 0.6, recon_mask_radius: null, "
         "neglog: false, gpu_id: 0}"))
     assert name == "FBP3d_tomobar"
-    assert params["recon_size"] == 600 and params["filter_freq_cutoff"] == 1.1
+    assert params["recon_size"] == 600 and params["filter_freq_cutoff"] == 0.6
     assert params["recon_mask_radius"] is None and params["center"] == 295.0
-    assert any("objsize → recon_size" in note for note in notes)
+    assert any("httomolibgpu 2.0–2.4" in note for note in notes)
+
+
+def test_fbp_of_httomolibgpu_1_is_tomobars_fixed_sinc() -> None:
+    name, params, notes = _steps(_entry("FBP", "httomolibgpu.recon.algorithm",
+                                        "{center: 295.0, objsize: null}"))
+    assert name == "FBP3d_tomobar" and params["recon_size"] is None
+    assert params["filter_freq_cutoff"] == 1.1 and params["recon_mask_radius"] is None
+    assert any("objsize → recon_size" in note and "httomolibgpu 1.0–1.2" in note
+               for note in notes)
 
 
 @pytest.mark.parametrize(("parameters", "said"), [
