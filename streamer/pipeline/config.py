@@ -35,7 +35,8 @@ understood as HTTomo's checker (``httomo/yaml_checker.py``) and runner understan
   ``median_filter3d``, ...) are translated to the current method where the maths is the
   same, with a note, or refused naming the current equivalent
   (:mod:`streamer.pipeline.old_names`); HTTomo 1.x's layout (``- module: {method:
-  {...}}``) is refused in one line.
+  {...}}``) is read as the 2.0 entries it stands for
+  (:mod:`streamer.pipeline.httomo1_layout`).
 
 Anything else we cannot map is refused, saying which entry and why, with the closest
 known names. All problems are reported together, each as ``FILE:LINE: pipeline[i].field:
@@ -59,7 +60,7 @@ from pydantic import ValidationError
 
 from stages.spec import PIPELINE_FOLDER, Pattern, StageParams, StageSpec
 from streamer.errors import ConfigError
-from streamer.pipeline import old_names
+from streamer.pipeline import httomo1_layout, old_names
 from streamer.pipeline.httomo_loader import (
     IGNORED_OLD,
     LOADER_MODULES,
@@ -232,15 +233,22 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
-    _refuse_httomo1_layout(root, source)
     problems = _Problems(source)
     _duplicate_keys(root, problems)
+    layout_1x = isinstance(root, yaml.SequenceNode) and httomo1_layout.is_httomo1(root)
+    if isinstance(root, yaml.SequenceNode) and layout_1x:
+        if problems.messages:  # duplicated keys: said before the layout is read
+            raise ConfigError("\n".join(problems.messages))
+        root = httomo1_layout.to_httomo2(root, source)
     entries = _entry_nodes(root, problems)
     context = _Context(registry, _alias_table(registry), problems)
     context.validation = {PIPELINE_FOLDER: folder}
     context.httomo = isinstance(root, yaml.SequenceNode) and any(
         _is_foreign(_scalar(dict(_pairs(node)).get("module_path"))) for node in entries)
     context.later_ids = {str(_scalar(dict(_pairs(node)).get("id"))) for node in entries}
+    if layout_1x:
+        context.notes.append("HTTomo 1.x layout read as HTTomo 2.0's entries (data_in/"
+                             "data_out dropped, a finder's data_out as id + side_outputs)")
     for index, node in enumerate(entries):
         _parse_entry(index, node, context)
     if context.httomo and entries and not context.loader_seen_first:
@@ -258,28 +266,6 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
         raise ConfigError("\n".join(problems.messages))
     return Pipeline(tuple(context.steps), source, text, tuple(context.notes), context.sweep,
                     context.loader, folder)
-
-
-def _refuse_httomo1_layout(root: yaml.Node | None, source: str) -> None:
-    """HTTomo 1.x wrote ``- module.path: {method: {data_in: ..., params}}``; HTTomo 2.0
-    replaced it. One line naming the first such entry and how to write it now."""
-    if not isinstance(root, yaml.SequenceNode):
-        return
-    for index, node in enumerate(root.value):
-        pairs = node.value if isinstance(node, yaml.MappingNode) else []
-        if len(pairs) != 1 or not isinstance(pairs[0][1], yaml.MappingNode):
-            continue
-        module = pairs[0][0].value
-        inner = pairs[0][1].value
-        if not isinstance(module, str) or "." not in module or module in ENTRY_KEYS or (
-                len(inner) != 1):
-            continue
-        method = inner[0][0].value
-        raise ConfigError(
-            f"{source}:{node.start_mark.line + 1}: pipeline[{index}]: HTTomo 1.x layout "
-            f"('- {module}: {{{method}: {{...}}}}'): expected HTTomo 2.0's entries: "
-            f"'- method: {method}', 'module_path: {module}', 'parameters: {{...}}' without "
-            "data_in/data_out (a finder's data_out becomes id + side_outputs: cor)")
 
 
 def _reference_reducers_first(steps: list[PipelineStep], problems: _Problems) -> None:

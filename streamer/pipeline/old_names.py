@@ -24,7 +24,7 @@ dotted name was reused by a later release with other parameters (httomolibgpu 1.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -191,6 +191,57 @@ TABLE: tuple[OldName, ...] = (
             "use it with metadata_path (discorpy's coefficients file) or xcenter, "
             "ycenter, list_fact; HTTomo sets shift_xy from its preview"),
 )
+
+#: HTTomo 1.0 named the GPU library ``httomolib`` (its templates, ``templates/httomolib/
+#: 1.0/``); it became httomolibgpu 1.0 in June 2023 with the same bodies (compared in
+#: httomolibgpu's history, commit 3c0f8a6 against v1.0), some renamed: old name → the
+#: httomolibgpu 1.x name whose entry above it follows. ``reconstruct_tomobar`` (before
+#: 2023-04) is the same SINC ``a = 1.1`` filter and back-projection as ``FBP_rec``.
+_HTTOMOLIB_GPU: Mapping[str, str] = MappingProxyType({
+    "misc.corr.median_filter3d": "misc.corr.median_filter3d",
+    "misc.corr.remove_outlier3d": "misc.corr.remove_outlier3d",
+    "misc.morph.sino_360_to_180": "misc.morph.sino_360_to_180",
+    "prep.alignment.distortion_correction_proj": "prep.alignment.distortion_correction_proj",
+    "prep.alignment.distortion_correction_proj_discorpy":
+        "prep.alignment.distortion_correction_proj_discorpy",
+    "prep.phase.fresnel_filter": "prep.phase.fresnel_filter",
+    "prep.phase.paganin_filter": "prep.phase.paganin_filter",
+    "prep.phase.retrieve_phase": "prep.phase.retrieve_phase",
+    "recon.algorithm.FBP_rec": "recon.algorithm.FBP",
+    "recon.algorithm.reconstruct_tomobar": "recon.algorithm.FBP",
+    "recon.algorithm.SIRT_rec": "recon.algorithm.SIRT",
+    "recon.algorithm.CGLS_rec": "recon.algorithm.CGLS",
+    "recon.rotation.find_center_360": "recon.rotation.find_center_360",
+})
+_HTTOMOLIB_GPU_RELEASES = "httomolib (GPU) of HTTomo 1.0"
+
+
+def _httomolib_gpu() -> tuple[OldName, ...]:
+    """The httomolibgpu 1.x entries again under HTTomo 1.0's ``httomolib`` names, plus
+    the names that kept their meaning and only changed package."""
+    out: list[OldName] = []
+    for old, new in _HTTOMOLIB_GPU.items():
+        for entry in TABLE:
+            first_form = not isinstance(entry, Renamed) or "1.0" in entry.releases
+            if entry.old == f"{_GPU}.{new}" and first_form:
+                # the parameters that told two forms apart are not needed here, but for
+                # paganin_filter: httomolib's current CPU method has that name
+                keep = entry.only_with if old == "prep.phase.paganin_filter" else ()
+                out.append(replace(entry, old=f"httomolib.{old}",
+                                   releases=_HTTOMOLIB_GPU_RELEASES, only_with=keep))
+    for name in ("prep.stripe.remove_stripe_based_sorting", "prep.stripe.remove_stripe_ti",
+                 "recon.rotation.find_center_vo"):
+        out.append(Renamed(f"httomolib.{name}", f"{_GPU}.{name}", _HTTOMOLIB_GPU_RELEASES,
+                           "the same method in httomolibgpu"))
+    out.append(Removed("httomolib.recon.algorithm.reconstruct_tomopy_astra",
+                       _HTTOMOLIB_GPU_RELEASES,
+                       "TomoPy's ASTRA wrapper (algorithm, iterations, proj_type) has no "
+                       "equivalent here: for algorithm FBP_CUDA use httomolibgpu.recon."
+                       "algorithm.FBP2d_astra (filter_type ram-lak)"))
+    return tuple(out)
+
+
+TABLE = TABLE + _httomolib_gpu()
 
 _BY_NAME: Mapping[str, tuple[OldName, ...]] = MappingProxyType({
     name: tuple(entry for entry in TABLE if entry.old == name)

@@ -59,13 +59,88 @@ def test_httomo2_samples_pass_check_with_a_note(name: str,
     assert re.search(r"httomolibgpu\.\S+ \(httomolibgpu [0-9.–]+\) translated to ", out)
 
 
-def test_httomo1_layout_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    path = OLD / "httomo-1.2_03_basic_gpu_pipeline_tomo_standard.yaml"
-    assert main(["check", str(path)]) == 2
+HTTOMO12_GPU = OLD / "httomo-1.2_03_basic_gpu_pipeline_tomo_standard.yaml"
+AUTO_LOADER_1X = """- httomo.data.hdf.loaders:
+    standard_tomo:
+      name: tomo
+      data_path: auto
+      image_key_path: auto
+      rotation_angles: auto
+"""
+
+
+def _projections_only(text: str) -> str:
+    """HTTomo 1.2's sample with its outlier filter on the projections only (what the
+    refusal asks for)."""
+    out = text.replace("data_in_multi: [tomo, flats, darks]", "data_in: tomo").replace(
+        "data_out_multi: [tomo, flats, darks]", "data_out: tomo")
+    assert "_multi" not in out
+    return out
+
+
+def test_httomo1_filter_of_the_references_is_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(HTTOMO12_GPU)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith("error: ") and "HTTomo 1.x layout" in err
-    assert "'- method: standard_tomo'" in err
+    assert err.startswith("error: ") and "HTTomo 1.x layout: data_in_multi" in err
+    assert "write data_in: tomo, data_out: tomo" in err
+
+
+@pytest.mark.parametrize("name", ["httomo-1.0_04_basic_gpu_pipeline_tomo_standard.yaml",
+                                  "httomo-1.2_03_basic_gpu_pipeline_tomo_standard.yaml"])
+def test_httomo1_layout_passes_check(name: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / name
+    path.write_text(_projections_only((OLD / name).read_text()))
+    assert main(["check", str(path), "--memory", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "HTTomo 1.x layout read as HTTomo 2.0's entries" in out
+    assert "translated to httomolibgpu.recon.algorithm.FBP3d_tomobar" in out
+    assert "FBP3d_tomobar" in out and "filter_freq_cutoff=1.1" in out
+
+
+def test_httomo1_layout_keeps_the_files_lines() -> None:
+    text = _projections_only(HTTOMO12_GPU.read_text()).replace("kernel_size: 3",
+                                                               "kernel_size: 4")
+    with pytest.raises(ConfigError, match=r"^old\.yaml:16: pipeline\[1\]\.parameters\."
+                       "kernel_size"):
+        parse_pipeline(text, REGISTRY, source="old.yaml")
+
+
+def test_httomo12_gpu_sample_equals_todays_names_on_the_tooth(shared_data: Path,
+                                                              tmp_path: Path) -> None:
+    # httomolibgpu 1.x: remove_outlier3d, normalize, find_center_vo (data_out: cor),
+    # remove_stripe_based_sorting, FBP(center: cor, objsize), save_to_images
+    text = _projections_only(HTTOMO12_GPU.read_text())
+    old = AUTO_LOADER_1X + text[text.index("\n- httomolibgpu") + 1:]
+    new = AUTO_LOADER + """- method: remove_outlier
+  module_path: httomolibgpu.misc.corr
+  parameters: {kernel_size: 3, dif: 0.1}
+- method: normalize
+  module_path: httomolibgpu.prep.normalize
+  parameters: {cutoff: 10.0, minus_log: true, nonnegativity: false}
+- method: find_center_vo
+  module_path: httomolibgpu.recon.rotation
+  parameters: {ind: mid, smin: -50, smax: 50, srad: 6.0, step: 0.25, ratio: 0.5, drop: 20}
+  id: centering
+  side_outputs: {cor: cor}
+- method: remove_stripe_based_sorting
+  module_path: httomolibgpu.prep.stripe
+  parameters: {size: 11, dim: 1}
+- method: FBP3d_tomobar
+  module_path: httomolibgpu.recon.algorithm
+  parameters: {center: "${{centering.side_outputs.cor}}", recon_size: null,
+               filter_freq_cutoff: 1.1, recon_mask_radius: null}
+- method: save_to_images
+  module_path: httomolib.misc.images
+  parameters: {subfolder_name: images, axis: 0, file_format: tif, bits: 8,
+               perc_range_min: 0.0, perc_range_max: 100.0, jpeg_quality: 95}
+"""
+    volume = _recon(shared_data, tmp_path / "old", old)
+    np.testing.assert_array_equal(volume, _recon(shared_data, tmp_path / "new", new))
+    assert sorted(p.name for p in (tmp_path / "old/images").glob("*.tif")) == sorted(
+        p.name for p in (tmp_path / "new/images").glob("*.tif"))
 
 
 def test_httomo21_fbp_equals_fbp3d_tomobar_on_the_tooth(shared_data: Path,
