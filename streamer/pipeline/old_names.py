@@ -1,7 +1,8 @@
-"""Method names from older httomolibgpu releases: translated where the maths is the same,
-refused with the current equivalent where it is not.
+"""Method names from older httomolibgpu/httomolib releases: translated where the maths is
+the same, refused with the current equivalent where it is not.
 
-HTTomo 2.x pipelines name methods as the httomolibgpu release of their day did; several
+HTTomo pipelines name methods as the library release of their day did (HTTomo 1.0 called
+the GPU library ``httomolib``; its names follow httomolibgpu 1.x's entries); several
 were renamed, re-parametrised or removed since (``docs/reference/httomo-methods.md``,
 "Names from older releases", lists every one with the release that changed it). This
 module is a table, read by :mod:`streamer.pipeline.config` before a ``module_path.method``
