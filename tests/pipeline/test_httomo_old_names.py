@@ -57,6 +57,10 @@ def test_httomo2_samples_pass_check_with_a_note(name: str,
     out = capsys.readouterr().out
     assert "valid" in out
     assert re.search(r"httomolibgpu\.\S+ \(httomolibgpu [0-9.–]+\) translated to ", out)
+    if name == "httomo-2.1_pipeline_gpu1.yaml":  # the example in docs/reference/pipeline.md
+        assert ("note: pipeline[5]: httomolibgpu.recon.algorithm.FBP (httomolibgpu 2.0–2.4) "
+                "translated to httomolibgpu.recon.algorithm.FBP3d_tomobar: renamed "
+                "FBP3d_tomobar in 2.5") in out
 
 
 HTTOMO12_GPU = OLD / "httomo-1.2_03_basic_gpu_pipeline_tomo_standard.yaml"
