@@ -30,7 +30,13 @@ understood as HTTomo's checker (``httomo/yaml_checker.py``) and runner understan
   {method}.h5`` beside the output, as HTTomo's ``save_intermediate_data`` (``recon``;
   :mod:`streamer.pipeline.intermediate`);
 * duplicate keys anywhere, non-string parameter names and parameters left as
-  ``REQUIRED`` are refused.
+  ``REQUIRED`` are refused;
+* names from older httomolibgpu releases (``FBP``, ``paganin_filter_tomopy``,
+  ``median_filter3d``, ...) are translated to the current method where the maths is the
+  same, with a note, or refused naming the current equivalent
+  (:mod:`streamer.pipeline.old_names`); HTTomo 1.x's layout (``- module: {method:
+  {...}}``) is read as the 2.0 entries it stands for
+  (:mod:`streamer.pipeline.httomo1_layout`).
 
 Anything else we cannot map is refused, saying which entry and why, with the closest
 known names. All problems are reported together, each as ``FILE:LINE: pipeline[i].field:
@@ -54,7 +60,13 @@ from pydantic import ValidationError
 
 from stages.spec import PIPELINE_FOLDER, Pattern, StageParams, StageSpec
 from streamer.errors import ConfigError
-from streamer.pipeline.httomo_loader import LOADER_MODULES, LoaderSettings, loader_settings
+from streamer.pipeline import httomo1_layout, old_names
+from streamer.pipeline.httomo_loader import (
+    IGNORED_OLD,
+    LOADER_MODULES,
+    LoaderSettings,
+    loader_settings,
+)
 
 ENTRY_KEYS = frozenset({"method", "module_path", "parameters", "backend", "id", "save_result",
                         "side_outputs"})
@@ -223,12 +235,20 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
     problems = _Problems(source)
     _duplicate_keys(root, problems)
+    layout_1x = isinstance(root, yaml.SequenceNode) and httomo1_layout.is_httomo1(root)
+    if isinstance(root, yaml.SequenceNode) and layout_1x:
+        if problems.messages:  # duplicated keys: said before the layout is read
+            raise ConfigError("\n".join(problems.messages))
+        root = httomo1_layout.to_httomo2(root, source)
     entries = _entry_nodes(root, problems)
     context = _Context(registry, _alias_table(registry), problems)
     context.validation = {PIPELINE_FOLDER: folder}
     context.httomo = isinstance(root, yaml.SequenceNode) and any(
         _is_foreign(_scalar(dict(_pairs(node)).get("module_path"))) for node in entries)
     context.later_ids = {str(_scalar(dict(_pairs(node)).get("id"))) for node in entries}
+    if layout_1x:
+        context.notes.append("HTTomo 1.x layout read as HTTomo 2.0's entries (data_in/"
+                             "data_out dropped, a finder's data_out as id + side_outputs)")
     for index, node in enumerate(entries):
         _parse_entry(index, node, context)
     if context.httomo and entries and not context.loader_seen_first:
@@ -368,13 +388,20 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
         if entry_id is not None:
             problems.add(fields["id"], f"{where}.id", "a loader has no side outputs to name")
         return
-    spec = _resolve(method, module, context.registry, context.aliases)
+    translated = _old_name(method, module, raw, fields, where=where, context=context)
+    if translated is None:
+        spec = None  # an old name without an equivalent: refused, said by _old_name
+    else:
+        spec = _resolve(translated[0], translated[1], context.registry, context.aliases)
+        raw = translated[2]
+        if spec is None:
+            wanted = f"{module}.{method}" if module else method
+            close = difflib.get_close_matches(method, list(context.registry), n=3,
+                                              cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no "
+                         f"stage of ours is registered under that name{hint}")
     if spec is None:
-        wanted = f"{module}.{method}" if module else method
-        close = difflib.get_close_matches(method, list(context.registry), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no stage "
-                     f"of ours is registered under that name{hint}")
         if entry_id is not None:  # keep its id known: references to it are not errors too
             side = _construct(fields["side_outputs"]) if "side_outputs" in fields else None
             named = {str(v): str(k) for k, v in side.items()} if isinstance(side, dict) else {}
@@ -420,6 +447,33 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
     context.steps.append(PipelineStep(spec, params, str(backend),
                                       f"{problems.source}{line}", linked, save,
                                       f"{task}-{package}-{method}"))
+
+
+def _old_name(method: str, module: str | None, raw: dict[str, Any] | None,
+              fields: Mapping[str, yaml.Node], *, where: str, context: _Context,
+              ) -> tuple[str, str | None, dict[str, Any] | None] | None:
+    """``(method, module, parameters)`` to resolve: a name from an older httomolibgpu
+    release translated to the current one (:mod:`streamer.pipeline.old_names`, a note
+    for ``check``), or the entry as given; ``None`` when the old name has no equivalent
+    or its parameters cannot be translated (said as a problem)."""
+    entry = old_names.find(module, method, raw or {}) if module else None
+    if entry is None:
+        return method, module, raw
+    if isinstance(entry, old_names.Removed):
+        context.problems.add(fields.get("method"), f"{where}.method", old_names.refusal(entry))
+        return None
+    if raw is None:
+        return method, module, raw
+    translation = old_names.translate(entry, raw)
+    for key, message in translation.problems:
+        spot = _key_node(fields.get("parameters"), key) if key else None
+        context.problems.add(spot or fields.get("method"), f"{where}.parameters.{key}",
+                             message)
+    if translation.problems:
+        return None
+    if translation.note:
+        context.notes.append(f"{where}: {translation.note}")
+    return translation.method, translation.module, translation.params
 
 
 def _parameters(parameters_node: yaml.Node | None, where: str, node: yaml.Node,
@@ -585,8 +639,10 @@ def _loader_entry(index: int, method: str, module: str, raw: dict[str, Any] | No
 
     context.loader = loader_settings(raw, problem)
     given = ", ".join(f"{k}={v!r}" for k, v in context.loader.given().items()) or "auto-detect"
+    ignored = sorted(set(raw) & IGNORED_OLD)
+    unread = f"; {', '.join(ignored)} ignored, as HTTomo 2.0 did" if ignored else ""
     context.notes.append(f"{where}: HTTomo loader {method}: {given} (used by `recon`; "
-                         "command-line options win)")
+                         f"command-line options win){unread}")
 
 
 def _alias_table(registry: Mapping[str, StageSpec]) -> dict[str, StageSpec]:
