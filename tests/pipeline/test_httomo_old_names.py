@@ -107,8 +107,8 @@ def test_httomo1_layout_passes_check(name: str, tmp_path: Path,
 def test_httomo1_layout_keeps_the_files_lines() -> None:
     text = _projections_only(HTTOMO12_GPU.read_text()).replace("kernel_size: 3",
                                                                "kernel_size: 4")
-    with pytest.raises(ConfigError, match=r"^old\.yaml:16: pipeline\[1\]\.parameters\."
-                       "kernel_size"):
+    with pytest.raises(ConfigError, match=r"^old\.yaml:16: pipeline\[1\] "
+                       r"\(stage remove_outlier3d\)\.parameters\.kernel_size"):
         parse_pipeline(text, REGISTRY, source="old.yaml")
 
 
