@@ -199,21 +199,33 @@ def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
     refusal = band_tail_refusal(found[0].steps)
     if refusal is not None:
         return refusal
+    from streamer.pipeline.finder_tap import finder_tap  # noqa: PLC0415  # it sections
+
     head, tail, rest = split_band_tail(found[0].steps)
     finders = [s for s in steps if s.spec.finds_center is not None]
     if not rest or not finders:
         return None
-    # R ranks find the CoR on the band after the band tail: the data at the finder's
-    # place when it stands before the whole-frame rest (finder_tap), not after it
-    place = steps.index(finders[-1])
-    before = sum(1 for s in steps[:place] if s in found[0].steps)
-    if before <= len(head) + len(tail):
+    # R ranks find the CoR on the band after the band tail, before the whole-frame rest:
+    # the data at the finder's place where it is tapped there or before (finder_tap)
+    tap = finder_tap(steps)
+    if tap is not None and tap.at <= len(head) + len(tail):
         return None
-    return (f"stage {finders[-1].name!r} ({finders[-1].where}): R ranks find the CoR "
-            f"before {rest[0].name!r}, which they run after a later reslice (it needs "
-            "whole frames after a halo step), and the finder stands after it: move the "
-            f"finder before {rest[0].name!r}, give the reconstruction a center, or run on "
-            "one rank")
+    finder = finders[-1]
+    after = _after_rest(steps, finder, len(head) + len(tail), found[0].steps)
+    why = ("and the finder stands after it" if after else
+           "while one rank's finder sees the frames after it (find_center_pc, or a step "
+           "that changes the frame's shape follows)")
+    return (f"stage {finder.name!r} ({finder.where}): R ranks find the CoR before "
+            f"{rest[0].name!r}, which they run after a later reslice (it needs whole "
+            f"frames after a halo step), {why}: give the reconstruction a center, move "
+            f"a Vo-type finder before {rest[0].name!r}, or run on one rank")
+
+
+def _after_rest(steps: tuple[PipelineStep, ...], finder: PipelineStep, rest_at: int,
+                first: tuple[PipelineStep, ...]) -> bool:
+    """Whether ``finder`` stands after the first section's step ``rest_at``."""
+    place = steps.index(finder)
+    return sum(1 for s in steps[:place] if s in first) > rest_at
 
 
 def ranks_reslices(steps: tuple[PipelineStep, ...]) -> int:

@@ -19,6 +19,7 @@ import tifffile
 from stages.recon import centering
 from stages.recon.center_policy import find_center
 from stages.registry import REGISTRY
+from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.pipeline import executor
 from streamer.pipeline.config import parse_pipeline
@@ -71,6 +72,15 @@ def test_ranks_take_a_finder_before_the_whole_frame_rest_not_after_it() -> None:
                        "after it") as error:
         refuse_on_ranks(_steps(after))
     assert "\n" not in str(error.value)
+    # one rank's finder sees the frames after the rest there: R ranks still refuse them
+    pair = AFTER_HALO.replace("find_center_vo", "find_center_pc")
+    binned = AFTER_HALO.replace("  - method: paganin_filter\n" + PAGANIN,
+                                "  - method: binning\n    parameters: {factor_rows: 2}\n")
+    for text, name, before in ((pair, "find_center_pc", "paganin_filter"),
+                               (binned, "find_center_vo", "binning")):
+        with pytest.raises(ConfigError, match=rf"{name}.*before '{before}'.*one rank's "
+                           "finder sees the frames after it"):
+            refuse_on_ranks(_steps(text))
 
 
 def _normalized_row(shared_data: Path, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,3 +161,19 @@ def test_i13_halo_then_finder_then_paganin_on_ranks_equals_one_rank(
     assert (found_center, found_method) == (center, method) and center == pytest.approx(85.5)
     np.testing.assert_array_equal(found_angles, angles)
     np.testing.assert_allclose(found, one, rtol=0, atol=1e-5 * float(np.abs(one).max()))
+
+
+def test_check_says_where_the_finder_takes_its_data(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = tmp_path / "paganin.yaml"
+    pipeline.write_text(AFTER_HALO)
+    assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: step 3 find_center_vo sees the data at its place: its rows are taken "
+            "before step 4 paganin_filter (a whole-frame step), as HTTomo's centering "
+            "does") in out
+    assert "R ranks refuse it" not in out
+    pipeline.write_text(BEFORE_PAGANIN.replace("  - method: find_center_vo\n", "").replace(
+        "  - method: fbp\n", "  - method: find_center_vo\n  - method: fbp\n"))
+    assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
+    assert "sees the data at its place" not in capsys.readouterr().out
