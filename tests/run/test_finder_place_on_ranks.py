@@ -23,9 +23,11 @@ from streamer.cli import main
 from streamer.errors import ConfigError
 from streamer.pipeline import executor
 from streamer.pipeline.config import parse_pipeline
+from streamer.pipeline.executor import process_reader
 from streamer.pipeline.finder_tap import finder_tap
 from streamer.pipeline.sections import refuse_on_ranks
 from streamer.run.from_file import ReconSettings, run_recon
+from streamer.sources.sender import start_header
 from tests.run.test_halo_on_real_scans import i13_reader
 from tests.run.test_later_reslices_on_ranks import on_ranks, read
 
@@ -177,3 +179,21 @@ def test_check_says_where_the_finder_takes_its_data(
         "  - method: fbp\n", "  - method: find_center_vo\n  - method: fbp\n"))
     assert main(["check", str(pipeline), "--frame", "64x64", "--projections", "90"]) == 0
     assert "sees the data at its place" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tapped", [True, False])
+def test_i13_the_processor_of_several_reslices_finds_it_where_it_stands(
+        shared_data: Path, monkeypatch: pytest.MonkeyPatch, tapped: bool) -> None:
+    """The one-rank processor's own later sections (a second reslice: the path of
+    ``recon`` for a pipeline beyond one band) take the tapped rows too."""
+    if not tapped:
+        monkeypatch.setattr(executor, "finder_tap", lambda steps: None)
+    steps = _steps(BEFORE_PAGANIN.replace(
+        "  - method: fbp\n", "  - method: remove_outlier1d\n    parameters: {dif: 0.1}\n"
+        "  - method: median_filter\n"
+        "    parameters: {axis: 1, size: 3}\n  - method: fbp\n"))
+    with i13_reader(shared_data) as reader:
+        processor = process_reader(steps, reader, start_header(reader.layout, "i13"),
+                                   block_frames=16, block_sinograms=32)
+    assert len(processor.later_sections) == 3 and processor.center is not None
+    assert (abs(processor.center - 85.5) < 0.3) == tapped
