@@ -1239,7 +1239,8 @@ class RankedReconstruction:
                 f"waited {self.exchange_timeout_s:g} s for the finder's rows from ranks "
                 f"{silent}: none came (a rank died or is stuck)")
         return join_finder_rows(tap.finder.name, {
-            **scan.finder_rows, self.control.rank: rows_tapped(scan.processor.tapped)})
+            **scan.finder_rows,
+            self.control.rank: rows_tapped(scan.processor.tapped, scan.failure)})
 
     def _gather_pair(self, scan: _ScanState, band: Band,
                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
