@@ -22,7 +22,7 @@ from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.simulate import SimulatedScan
 from tests.mpi.test_mpi_ingest import link, shared_dir
 from tests.pipeline.test_httomo_full_pipelines import FULL
-from tests.run.test_finder_place_on_ranks import AFTER_HALO, BEFORE_PAGANIN
+from tests.run.test_finder_place_on_ranks import BEFORE_PAGANIN
 from tests.run.test_halo_later_on_ranks import CONFIG as LATER_CONFIG
 from tests.run.test_halo_later_on_ranks import PIPELINE as LATER
 from tests.run.test_later_reslices_on_ranks import without_image_tail
@@ -121,27 +121,25 @@ def test_whole_frame_step_after_a_halo_step_over_mpi(link: RankLink, shared_dir:
                                    rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("text", [BEFORE_PAGANIN, AFTER_HALO], ids=["tapped", "halo-band"])
 def test_finder_before_a_paganin_filter_over_mpi(link: RankLink, shared_dir: Path,
-                                                 shared_data: Path, text: str) -> None:
+                                                 shared_data: Path) -> None:
     """A CoR finder before a Paganin filter sees the data at its place under mpiexec
     too: its rows tapped from each rank's dealt frames and sent to the CoR owner (tag
-    390), or (after a halo step) the band before the whole-frame rest
-    (tests/run/test_finder_place_on_ranks.py): the CoR and the volume equal one rank's."""
+    390; the in-process rank tests also run the once-refused halo → finder → Paganin:
+    tests/run/test_finder_place_on_ranks.py): the CoR and the volume equal one rank's."""
     base = shared_data / "real/dls_i13_24737"
     options, args = i13_options(base, (0, 135))
-    name = "tapped" if text == BEFORE_PAGANIN else "band"
-    pipeline = shared_dir / f"finder-{name}.yaml"
+    pipeline = shared_dir / "finder.yaml"
     if link.rank == 0:
-        pipeline.write_text(text)
+        pipeline.write_text(BEFORE_PAGANIN)
     link.comm.Barrier()
-    out = shared_dir / f"finder-{name}-ranks.h5"
+    out = shared_dir / "finder-ranks.h5"
     assert main(["recon", str(base / "tiffs"), "-o", str(out), "--pipeline", str(pipeline),
                  *args, "--quiet"]) == 0
     link.comm.Barrier()
     if link.rank != 0:
         return
-    single = shared_dir / f"finder-{name}-single.h5"
+    single = shared_dir / "finder-single.h5"
     with open_scan(base / "tiffs", options) as reader:
         run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
     with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
