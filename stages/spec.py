@@ -166,7 +166,9 @@ class StageSpec:
         stages that replace bad pixel values count them there, per scan.
     finds_center : callable, optional
         A CoR finder, not a transform: ``finds_center(projections, angles_deg, params)``
-        on the corrected ``(angles, rows, cols)`` projections, run once per scan; its
+        on the corrected ``(angles, rows, cols)`` projections (or, where a whole-frame
+        step follows it, the rows it reads as they are before that step, its ``ind``
+        moved into them: :mod:`streamer.pipeline.finder_tap`), run once per scan; its
         result (a float, or a :class:`~stages.recon.center_policy.CorEstimate` with a
         confidence and warnings) becomes the ``center`` of the reconstruction (HTTomo's
         ``find_center_vo`` entries map here).

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_pipeline(args, "PIPELINE")
     from stages.registry import REGISTRY
     from streamer.pipeline.config import load_pipeline
+    from streamer.pipeline.finder_tap import finder_tap
     from streamer.pipeline.plan import default_budget_bytes, plan_blocks
     from streamer.pipeline.sections import (
         halo_refusal_on_ranks,
@@ -97,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: step {number} {step.name} changes the number of detector rows: "
                   "the bands and the volume take the corrected frame's rows (every "
                   "rank count)")
+    tap = finder_tap(steps)
+    if tap is not None:  # where the finder's data is taken (every rank count)
+        print(f"  note: step {steps.index(tap.finder) + 1} {tap.finder.name} sees the data at "
+              f"its place: its rows are taken before step {steps.index(tap.before) + 1} "
+              f"{tap.before.name} (a whole-frame step), as HTTomo's centering does")
     refusal = halo_refusal_on_ranks(steps)
     if refusal is not None:
         print(f"  note: R ranks refuse it: {refusal}")

@@ -52,6 +52,7 @@ from streamer.exchange.sinobuffer import SinogramBand
 from streamer.ingest.store import FrameStore, HeldFrame
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS, band_outputs
+from streamer.pipeline.finder_tap import TappedRows, finder_rows, finder_tap, run_finder_on_rows
 from streamer.pipeline.halo import (
     Window,
     counted_apart,
@@ -362,6 +363,13 @@ class ScanProcessor:
             self.projection_steps, self.band_steps, _rest = split_band_tail(
                 self.projection_steps)
         self.later_sections: tuple[Section, ...] = self.sections[1:]
+        #: Where the CoR finder's rows are tapped from the frames (a whole-frame step
+        #: follows it in this processor's projection steps, :mod:`~streamer.pipeline.
+        #: finder_tap`), and the rows tapped so far (this processor's frames).
+        tap = finder_tap(steps)
+        self.finder_tap = tap if tap is not None and tap.at < len(self.projection_steps) \
+            else None
+        self.tapped: TappedRows | None = None
         self.sinogram_steps = self.later_sections[0].steps if self.later_sections else ()
         self.start = start
         self.block_frames = block_frames
@@ -613,19 +621,34 @@ class ScanProcessor:
         wide = window(len(behind), len(behind) + len(own), len(frames), self.halo)
         wide_indices = [frame[0] for frame in frames]
         darks, flats = self._references
-        data = apply_steps(self.projection_steps, np.stack([frame[2] for frame in frames]),
-                           darks=darks, flats=flats,
-                           transfers=self.transfers,
-                           device_references=self._device_references,
-                           frame_indices=np.array(wide_indices, dtype=np.int64),
-                           flat_indices=self._flat_indices,
-                           projection_indices=self._projection_numbers(wide_indices),
-                           repairs=self.repairs, own=wide, angles_along=True,
-                           # placed by projection number (a stream has no layout)
-                           on_result=keep_saved(self._saver(
-                               Pattern.PROJECTION, self._projection_numbers(indices),
-                               self.start.projections, angles),
-                               wide, angles_along=True))
+
+        def run(steps: tuple[PipelineStep, ...],
+                block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            return apply_steps(steps, block, darks=darks, flats=flats,
+                               transfers=self.transfers,
+                               device_references=self._device_references,
+                               frame_indices=np.array(wide_indices, dtype=np.int64),
+                               flat_indices=self._flat_indices,
+                               projection_indices=self._projection_numbers(wide_indices),
+                               repairs=self.repairs, own=wide, angles_along=True,
+                               # placed by projection number (a stream has no layout)
+                               on_result=keep_saved(self._saver(
+                                   Pattern.PROJECTION, self._projection_numbers(indices),
+                                   self.start.projections, angles),
+                                   wide, angles_along=True))
+
+        data = np.stack([frame[2] for frame in frames])
+        tap = self.finder_tap
+        if tap is not None:  # the CoR finder's rows where it stands (finder_tap)
+            data = run(self.projection_steps[:tap.at], data)
+            kept = keep_block(data, wide, "projection section")
+            if self.tapped is None:
+                self.tapped = TappedRows(finder_rows(tap.finder, int(kept.shape[1])),
+                                         (int(kept.shape[1]), int(kept.shape[2])))
+            self.tapped.add(np.array(indices, dtype=np.int64), angles, kept)
+            data = run(self.projection_steps[tap.at:], data)
+        else:
+            data = run(self.projection_steps, data)
         data = keep_block(data, wide, "projection section")
         if not self.band_steps:  # else after them (run_band_steps), as on one rank
             data, count = repair_nonfinite(data)
@@ -859,10 +882,14 @@ class ScanProcessor:
             if finders:
                 finder = finders[-1]
                 assert finder.spec.finds_center is not None
-                try:
-                    found = finder.spec.finds_center(stack, angles, finder.params)
-                except StageError as error:
-                    raise StageError(f"{error} (pipeline entry at {finder.where})") from None
+                if self.tapped is not None:  # its rows where it stands (finder_tap)
+                    found = run_finder_on_rows(finder, self.tapped)
+                else:
+                    try:
+                        found = finder.spec.finds_center(stack, angles, finder.params)
+                    except StageError as error:
+                        raise StageError(
+                            f"{error} (pipeline entry at {finder.where})") from None
                 method = f"{finder.name} (pipeline)"
             elif override is None and self.resolve_center is not None:
                 found = self.resolve_center(stack, angles)

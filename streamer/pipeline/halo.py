@@ -55,7 +55,7 @@ from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
 
 __all__ = ["ROW_LOCAL", "WITHOUT_NEIGHBOURS", "Window", "band_tail_refusal", "counted_apart",
-           "keep_block", "keep_saved", "local_window", "ranks_halo", "run_on_band",
+           "keep_block", "keep_saved", "local_window", "ranks_halo", "row_by_row", "run_on_band",
            "section_halo", "split_at_halo", "split_band_tail", "window", "without_neighbours_line"]
 
 #: The run report's entry (and ``scan_end``'s field): projections corrected before all
@@ -184,7 +184,7 @@ def split_at_halo(
     return steps, ()
 
 
-def _row_by_row(step: PipelineStep) -> bool:
+def row_by_row(step: PipelineStep) -> bool:
     """Whether ``step`` may run on a band of rows after a halo step (its row reach is
     bounded by its halo, or it has none)."""
     if step.spec.reach(step.params) or step.name in ROW_LOCAL:
@@ -205,7 +205,7 @@ def split_band_tail(
     none."""
     head, tail = split_at_halo(projection)
     for number, step in enumerate(tail):
-        if not _row_by_row(step):
+        if not row_by_row(step):
             return head, tail[:number], tail[number:]
     return head, tail, ()
 

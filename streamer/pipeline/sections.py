@@ -3,8 +3,12 @@
 ``check``, the memory plan and the run all split a pipeline here, so they never
 disagree. As in HTTomo, a step's pattern is ``projection``, ``sinogram`` or ``all``
 (works on either layout: element-wise maths, cubic 3-D kernels, output steps), and a
-CoR finder transforms nothing (it runs once, on the corrected projections, whatever its
-place). A section is a run of steps in one layout: the pipeline starts in projections,
+CoR finder transforms nothing: it runs once per scan, at the start of the first sinogram
+section, on the data at its place (the corrected projections; where a whole-frame step
+such as a Paganin filter follows it in the first section, its rows tapped from the frames
+before that step, as HTTomo's centering wrapper gathers its sinogram where the finder
+stands: :mod:`streamer.pipeline.finder_tap`). A section is a run of steps in one
+layout: the pipeline starts in projections,
 and every step whose pattern is not the current layout (nor ``all``) starts a new
 section, i.e. a reslice. A pipeline may so go projection → sinogram → projection →
 sinogram (HTTomo's Paganin after ``sino_360_to_180``): :func:`sections_of` gives every
@@ -29,8 +33,10 @@ and every later section (the later reslices overlap too); a step after that firs
 step that needs whole frames runs as a later projection section
 (:func:`rank_sections`, the one place that sections a pipeline for R ranks); refused are
 a step there that changes the geometry
-(:func:`~streamer.pipeline.halo.band_tail_refusal`) and a CoR finder in such a pipeline
-(R ranks would find the CoR before the whole-frame steps).
+(:func:`~streamer.pipeline.halo.band_tail_refusal`) and a CoR finder that stands after
+the first whole-frame step of such a pipeline (R ranks find the CoR before it). A finder
+before it sees the data at its place on every rank count
+(:mod:`streamer.pipeline.finder_tap`).
 
 :func:`refuse_row_change` refuses, before the scan is read (``check``, and every runner
 at its start), a step that changes the number of detector rows where the runners do not
@@ -199,16 +205,33 @@ def halo_refusal_on_ranks(steps: tuple[PipelineStep, ...]) -> str | None:
     refusal = band_tail_refusal(found[0].steps)
     if refusal is not None:
         return refusal
-    rest = split_band_tail(found[0].steps)[2]
+    from streamer.pipeline.finder_tap import finder_tap  # noqa: PLC0415  # it sections
+
+    head, tail, rest = split_band_tail(found[0].steps)
     finders = [s for s in steps if s.spec.finds_center is not None]
-    if rest and finders:
-        # R ranks find the CoR on the band exchange's band, before the whole-frame rest:
-        # the CoR would differ from one rank's (found after it)
-        return (f"stage {finders[0].name!r} ({finders[0].where}): R ranks find the CoR "
-                f"before {rest[0].name!r}, which they run after a later reslice (it needs "
-                "whole frames after a halo step), so the CoR would differ from one rank's: "
-                "remove the finder and give the reconstruction a center, or run on one rank")
-    return None
+    if not rest or not finders:
+        return None
+    # R ranks find the CoR on the band after the band tail, before the whole-frame rest:
+    # the data at the finder's place where it is tapped there or before (finder_tap)
+    tap = finder_tap(steps)
+    if tap is not None and tap.at <= len(head) + len(tail):
+        return None
+    finder = finders[-1]
+    after = _after_rest(steps, finder, len(head) + len(tail), found[0].steps)
+    why = ("and the finder stands after it" if after else
+           "while one rank's finder sees the frames after it (find_center_pc, or a step "
+           "that changes the frame's shape follows)")
+    return (f"stage {finder.name!r} ({finder.where}): R ranks find the CoR before "
+            f"{rest[0].name!r}, which they run after a later reslice (it needs whole "
+            f"frames after a halo step), {why}: give the reconstruction a center, move "
+            f"a Vo-type finder before {rest[0].name!r}, or run on one rank")
+
+
+def _after_rest(steps: tuple[PipelineStep, ...], finder: PipelineStep, rest_at: int,
+                first: tuple[PipelineStep, ...]) -> bool:
+    """Whether ``finder`` stands after the first section's step ``rest_at``."""
+    place = steps.index(finder)
+    return sum(1 for s in steps[:place] if s in first) > rest_at
 
 
 def ranks_reslices(steps: tuple[PipelineStep, ...]) -> int:

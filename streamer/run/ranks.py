@@ -96,6 +96,7 @@ from streamer.pipeline.executor import (
     bind_result,
     section_angles,
 )
+from streamer.pipeline.finder_tap import TappedRows, finder_row, run_finder_on_rows
 from streamer.pipeline.frame_shape import corrected_frame
 from streamer.pipeline.halo import (
     WITHOUT_NEIGHBOURS,
@@ -139,6 +140,13 @@ from streamer.run.center_streaming import (
     streaming_center_method,
 )
 from streamer.run.close import CenterAgreed, CloseHandshake, Ready, Step, TimedOut, Waiting
+from streamer.run.finder_rows import (
+    FinderRows,
+    finder_rows_message,
+    join_finder_rows,
+    parse_finder_rows,
+    rows_tapped,
+)
 from streamer.run.from_file import (
     ReconSettings,
     auto_center,
@@ -184,6 +192,7 @@ TAG_STREAM_CENTER: Final = 307
 TAG_ITERATION: Final = 308  # an iteration of an iterative stage, to rank 0
 TAG_STATS: Final = 309  # calculate_stats of a rank's written slices (the image tail)
 TAG_CENTER_PAIR: Final = 370  # a rank's rows of the 0°/180° pair, to the CoR owner
+TAG_FINDER_ROWS: Final = 390  # a rank's CoR-finder rows tapped where it stands, to the owner
 #: CoR sources that are estimates: the final estimate at close checks them near their value.
 _ESTIMATED: Final = (CenterSource.EARLY, CenterSource.PAIR, CenterSource.CARRIED)
 #: Rank 0: scans whose iterations are kept until their output (older ones are dropped).
@@ -272,6 +281,8 @@ class _ScanState:
     center_outputs: dict[str, Any] = field(default_factory=dict)
     #: The CoR owner, a pair finder on R ranks: each peer's rows of the 0°/180° pair.
     pair_rows: dict[int, PairRows] = field(default_factory=dict)
+    #: The CoR owner, a finder tapped where it stands (finder_tap): each peer's rows.
+    finder_rows: dict[int, FinderRows] = field(default_factory=dict)
     failure: str | None = None  # a stage refused this rank's data: no part is written
     prepared: bool = False  # references settled and projections corrected
     close_error: str | None = None  # settling failed (a rank did not answer)
@@ -1134,7 +1145,7 @@ class RankedReconstruction:
         if not unset and not linked:
             return None
         finder = self._finder()
-        row = _finder_row(finder, start.rows)
+        row = finder_row(finder, start.rows)
         bands = row_bands(start.rows, self.control.size)
         owner = next((r for r, (a, b) in enumerate(bands) if a <= row < b), None)
         if owner is None:
@@ -1161,7 +1172,7 @@ class RankedReconstruction:
             finder = self._finder()
             # One rank: the band's own height (a projection stage may crop or bin).
             rows = scan.start.rows if self.control.size > 1 else band.sinograms.shape[0]
-            row = _finder_row(finder, rows)
+            row = finder_row(finder, rows)
             center: float | None = None
             method: str | None = None
             error: str | None = None
@@ -1176,7 +1187,8 @@ class RankedReconstruction:
                         and state.source in _ESTIMATED else None)
                 pair = (self._gather_pair(scan, band)
                         if self.control.size > 1 and _sees_pair(finder) else None)
-                found = _find_center(finder, band, row, near=near, scan=scan, pair=pair)
+                found = _find_center(finder, band, row, near=near, scan=scan, pair=pair,
+                                     tapped=self._finder_input(scan))
                 center, method = float(found), _found_label(finder, found)
                 scan.center_warnings = tuple(getattr(found, "warnings", ()))
                 scan.center_confidence = getattr(found, "confidence", None)
@@ -1197,12 +1209,38 @@ class RankedReconstruction:
             if self.control.size > 1 and _sees_pair(self._finder()):
                 self.control.send(owner, TAG_CENTER_PAIR, msgpack.packb(
                     pair_rows_message(scan.serial, rows_of_pair(band, scan.failure))))
+            if scan.processor.finder_tap is not None:
+                self.control.send(owner, TAG_FINDER_ROWS, msgpack.packb(finder_rows_message(
+                    scan.serial, rows_tapped(scan.processor.tapped, scan.failure))))
             self._wait(scan, Step.CENTER)
         agreed = scan.close.center
         assert agreed is not None
         if agreed.error is not None:
             raise StreamerError(agreed.error)
         scan.center, scan.center_method = agreed.center, agreed.method
+
+    def _finder_input(self, scan: _ScanState) -> TappedRows | None:
+        """The CoR owner: the finder's rows tapped where it stands (finder_tap: this
+        rank's, and on R ranks every peer's, gathered in frame order), or None where the
+        band is the data at its place; a peer silent past ``exchange_timeout_s`` is named
+        in the error."""
+        tap = scan.processor.finder_tap
+        if tap is None:
+            return None
+        if self.control.size == 1:
+            if scan.processor.tapped is None:
+                raise StreamerError(f"{tap.finder.name}: no corrected projection reached "
+                                    "the CoR finder")
+            return scan.processor.tapped
+        silent = self._await_peers(scan, scan.finder_rows)
+        if silent:
+            raise ExchangeError(
+                f"scan {scan.start.scan!r}: {tap.finder.name}: rank {self.control.rank} "
+                f"waited {self.exchange_timeout_s:g} s for the finder's rows from ranks "
+                f"{silent}: none came (a rank died or is stuck)")
+        return join_finder_rows(tap.finder.name, {
+            **scan.finder_rows,
+            self.control.rank: rows_tapped(scan.processor.tapped, scan.failure)})
 
     def _gather_pair(self, scan: _ScanState, band: Band,
                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -1747,6 +1785,9 @@ class RankedReconstruction:
             stats = message.get("stats")
             scan.peer_stats[received.source] = (None if stats is None
                                                 else PartialStats.from_dict(dict(stats)))
+        elif received.tag == TAG_FINDER_ROWS:
+            scan.finder_rows[received.source] = parse_finder_rows(
+                message, received.source, scan.start.frames)
         elif received.tag == TAG_CENTER_PAIR:
             scan.pair_rows[received.source] = parse_pair_rows(message, received.source,
                                                               scan.start.cols)
@@ -1992,16 +2033,6 @@ def _device_figures(value: Any, source: int) -> dict[str, float]:
     return {key: float(number) for key, number in value.items()}
 
 
-def _finder_row(finder: PipelineStep | None, rows: int) -> int:
-    """The detector row the CoR finder looks at, as the finder itself picks it: its
-    ``ind`` (``mid``: the middle row); unset, the middle row, except ``find_center_360``
-    (row 0, as upstream)."""
-    ind = dict(finder.params).get("ind") if finder is not None else None
-    if ind == "mid" or (ind is None and (finder is None or finder.name != "find_center_360")):
-        return rows // 2
-    return 0 if ind is None else int(ind)
-
-
 def _feeding(section: StreamingSection) -> Callable[
         [npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float32]], None]:
     """The exchange's ``on_landed``: each landed piece of the band into ``section``."""
@@ -2034,11 +2065,15 @@ def _sees_pair(finder: PipelineStep | None) -> bool:
 def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
                  near: float | None = None, scan: _ScanState | None = None,
                  pair: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
-                 ) -> SupportsFloat:
+                 tapped: TappedRows | None = None) -> SupportsFloat:
     """The CoR from detector row ``row`` of ``band`` (which owns it); ``near``: the
     estimate a streamed scan used, checked first near it (``final_estimate_near``; how
     is kept in ``scan.center_search``); ``pair``: the whole 0°/180° projections for a
-    pair finder (R ranks gather them: :meth:`RankedReconstruction._gather_pair`)."""
+    pair finder (R ranks gather them: :meth:`RankedReconstruction._gather_pair`);
+    ``tapped``: the finder's rows where it stands (:mod:`~streamer.pipeline.finder_tap`),
+    which it then gets instead of the band."""
+    if finder is not None and tapped is not None:
+        return run_finder_on_rows(finder, tapped)
     if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
         raise StreamerError("CoR: no corrected projection reached this rank's band")
     local = row - band.rows[0]

@@ -22,6 +22,7 @@ from streamer.sources.formats import LoadOptions, open_scan, write_nxtomo
 from streamer.sources.simulate import SimulatedScan
 from tests.mpi.test_mpi_ingest import link, shared_dir
 from tests.pipeline.test_httomo_full_pipelines import FULL
+from tests.run.test_finder_place_on_ranks import BEFORE_PAGANIN
 from tests.run.test_halo_later_on_ranks import CONFIG as LATER_CONFIG
 from tests.run.test_halo_later_on_ranks import PIPELINE as LATER
 from tests.run.test_later_reslices_on_ranks import without_image_tail
@@ -115,6 +116,36 @@ def test_whole_frame_step_after_a_halo_step_over_mpi(link: RankLink, shared_dir:
         run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
     with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
         assert bool(master["/entry"].attrs["complete"])
+        expected = one["/entry/reconstruction/data"][()]
+        np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
+                                   rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_finder_before_a_paganin_filter_over_mpi(link: RankLink, shared_dir: Path,
+                                                 shared_data: Path) -> None:
+    """A CoR finder before a Paganin filter sees the data at its place under mpiexec
+    too: its rows tapped from each rank's dealt frames and sent to the CoR owner (tag
+    390; the in-process rank tests also run the once-refused halo → finder → Paganin:
+    tests/run/test_finder_place_on_ranks.py): the CoR and the volume equal one rank's."""
+    base = shared_data / "real/dls_i13_24737"
+    options, args = i13_options(base, (0, 135))
+    pipeline = shared_dir / "finder.yaml"
+    if link.rank == 0:
+        pipeline.write_text(BEFORE_PAGANIN)
+    link.comm.Barrier()
+    out = shared_dir / "finder-ranks.h5"
+    assert main(["recon", str(base / "tiffs"), "-o", str(out), "--pipeline", str(pipeline),
+                 *args, "--quiet"]) == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return
+    single = shared_dir / "finder-single.h5"
+    with open_scan(base / "tiffs", options) as reader:
+        run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
+    with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
+        assert bool(master["/entry"].attrs["complete"])
+        cor = "/entry/process/center_of_rotation"
+        assert float(master[cor][()]) == float(one[cor][()]) == 85.5
         expected = one["/entry/reconstruction/data"][()]
         np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
                                    rtol=0, atol=1e-5 * np.abs(expected).max())
