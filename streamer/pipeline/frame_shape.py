@@ -18,11 +18,14 @@ the sections after it are planned at the rows it gives.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from stages.prep.repair import RepairCounts
 from streamer.errors import StageError
 from streamer.pipeline.config import PipelineStep
+from streamer.pipeline.device_bands import DEVICE_BACKENDS
 from streamer.pipeline.executor import apply_steps
 from streamer.pipeline.halo import split_at_halo
 from streamer.pipeline.sections import sections_of
@@ -49,21 +52,27 @@ def corrected_frame(steps: tuple[PipelineStep, ...], rows: int, cols: int) -> tu
                            what="the first projection section")
 
 
-def frame_after(steps: tuple[PipelineStep, ...], rows: int, cols: int, *,
-                references: bool) -> tuple[int, int]:
+def frame_after(steps: tuple[PipelineStep, ...], rows: int,
+                cols: int) -> tuple[int, int]:
     """``(rows, cols)`` of a frame of ``rows`` x ``cols`` after the projection steps
-    ``steps`` (a whole section: ``references`` for the first one, whose flat-field
-    steps take darks and flats); the frame's own shape where no step declares that it
-    may change the rows. A ``StageError`` naming the cause where the steps refuse it."""
-    if not any(step.spec.changes_rows is not None for step in steps):
-        return rows, cols
-    return _zero_frame_run(steps, rows, cols, references=references,
-                           what=f"the projection section [{', '.join(s.name for s in steps)}]")
+    ``steps``: each step that declares it may change the frame
+    (:attr:`~stages.spec.StageSpec.changes_rows`) runs on a block of no frames of the
+    shape it gets (only those change it; a step across frames, which refuses an empty
+    block, never runs here). A ``StageError`` naming the cause where a step refuses it."""
+    for step in steps:
+        if step.spec.changes_rows is not None:
+            rows, cols = _zero_frame_run((step,), rows, cols, references=False,
+                                         what=f"stage {step.name!r}")
+    return rows, cols
 
 
 def _zero_frame_run(steps: tuple[PipelineStep, ...], rows: int, cols: int, *,
                     references: bool, what: str) -> tuple[int, int]:
-    """The steps on a block of no frames of ``rows`` x ``cols``: the shape they give."""
+    """The steps on a block of no frames of ``rows`` x ``cols``: the shape they give. A
+    step on a device backend runs on ``numpy`` here (the same code, or our port of the
+    adapter's), so that a plan needs no device (``check --device 16`` on any machine)."""
+    steps = tuple(replace(step, backend="numpy") if step.backend in DEVICE_BACKENDS
+                  else step for step in steps)
     darks = np.zeros((1, rows, cols), np.float32) if references else None
     flats = np.ones((1, rows, cols), np.float32) if references else None
     none = np.zeros(0, np.int64)

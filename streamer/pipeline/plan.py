@@ -136,14 +136,12 @@ def shaped_with_rows(
         for step in section.steps:
             geometry = step.spec.after(geometry, step.params)
             count, width = max(count, geometry.angles_deg.size), max(width, geometry.cols)
-        rows_in, cols_in = frame_rows, frame_cols
+        rows_in = frame_rows
         step_rows = []
-        for number, step in enumerate(section.steps):
+        for step in section.steps:
             step_rows.append(frame_rows)
-            if follow_rows and section.pattern is Pattern.PROJECTION \
-                    and step.spec.changes_rows is not None:
-                frame_rows, frame_cols = frame_after(section.steps[:number + 1], rows_in,
-                                                     cols_in, references=place == 0)
+            if follow_rows and section.pattern is Pattern.PROJECTION:
+                frame_rows, frame_cols = frame_after((step,), frame_rows, frame_cols)
         if section.steps:
             out.append(ShapedSection(section.pattern, list(section.steps), count, width,
                                      rows_in, frame_rows, place, tuple(step_rows)))

@@ -234,3 +234,35 @@ def test_check_plans_the_sections_after_an_upsampling_at_its_rows(
     assert (f"projection section [upsample, binning]: blocks of 90 frames (of 90), peak "
             f"{binning / 2**20:,.1f} MiB set by 'binning'") in out, out
     assert "sinogram section [fbp]: blocks of 35 sinograms (of 128)" in out, out
+    # the device plan follows the rows too, and needs no device (the frame's shape is
+    # worked out on numpy)
+    assert main(["check", str(pipeline), "--frame", "16x64", "--projections", "90",
+                 "--memory", "0.01", "--device", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "device: sinogram section [fbp]: blocks of 128 sinograms (of 128)" in out, out
+
+
+def test_the_rows_follow_every_reshaping_step_also_after_a_step_across_frames() -> None:
+    """Only the steps that may change the frame run on a block of no frames (a 3-D
+    median refuses one): binning halves the rows, upsample doubles them back, and the
+    later parts on 2 ranks are those of 8 rows before the upsampling and 16 after."""
+    steps = _steps("""\
+pipeline:
+  - method: normalize
+  - method: binning
+    parameters: {factor_rows: 2, factor_cols: 1}
+  - method: remove_outlier3d
+    parameters: {kernel_size: 3, dif: 0.05}
+  - method: paganin_filter
+  - method: upsample
+    parameters: {axis: 1, level: 1}
+  - method: fbp
+    parameters: {center: 31.5}
+""")
+    angles, cols, frame = CONFIG.projections, CONFIG.cols, 4 * CONFIG.cols
+    parts = later_parts_bytes(steps, rows=16, cols=cols, angles=angles, ranks=2,
+                              on_ranks=True)
+    # the reslice back to bands: 45 frames of 16 rows sent, 8 rows x 90 angles received
+    assert parts == 45 * 16 * frame + 8 * angles * frame
+    assert later_parts_bytes(steps, rows=16, cols=cols, angles=angles, ranks=1,
+                             on_ranks=False) == 0  # one rank: one reslice
