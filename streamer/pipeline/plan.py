@@ -103,6 +103,8 @@ class ShapedSection:
     place: int
     #: The detector rows each step takes in (its estimate is made at them).
     step_rows: tuple[int, ...] = ()
+    #: The detector columns of the frames it ends with (a projection section's steps).
+    cols_out: int = 0
 
 
 def shaped_sections(
@@ -144,7 +146,8 @@ def shaped_with_rows(
                 frame_rows, frame_cols = frame_after((step,), frame_rows, frame_cols)
         if section.steps:
             out.append(ShapedSection(section.pattern, list(section.steps), count, width,
-                                     rows_in, frame_rows, place, tuple(step_rows)))
+                                     rows_in, frame_rows, place, tuple(step_rows),
+                                     frame_cols))
     return out
 
 
@@ -363,7 +366,13 @@ def plan_scan(
     shaped = shaped_sections(steps, angles=angles, cols=cols, on_ranks=on_ranks)
     has_sinogram_section = any(p is Pattern.SINOGRAM for p, *_ in shaped)
     band = rows if band_rows is None else band_rows
-    buffer = band * max(angles, 1) * cols * 4 if has_sinogram_section else 0
+    band_cols = cols
+    first = shaped_with_rows(steps, angles=angles, cols=cols, rows=rows)[:1]
+    if ranks == 1 and first and first[0].place == 0:
+        # one rank holds every row of the corrected frame (its band is shaped by the first
+        # corrected block): more than the scan's where a step upsamples the frame
+        band, band_cols = max(band, first[0].rows_out), max(cols, first[0].cols_out)
+    buffer = band * max(angles, 1) * band_cols * 4 if has_sinogram_section else 0
     # Each further reslice holds the scan once more, in its shape then (in and out of a
     # middle section), on top of the band.
     later = [band * max(count, 1) * width * 4 for _, _, count, width in shaped[2:]]
@@ -375,7 +384,7 @@ def plan_scan(
     if buffer + held >= budget_bytes:
         raise ConfigError(
             f"memory: the scan needs {(buffer + held) / mib:,.1f} MiB held while it runs "
-            f"(sinogram buffer {band} rows x {angles} projections x {cols} columns float32 "
+            f"(sinogram buffer {band} rows x {angles} projections x {band_cols} columns float32 "
             f"= {buffer / mib:,.1f} MiB + {references} darks and flats "
             f"{held / mib:,.1f} MiB) before any block, the memory budget is "
             f"{budget_bytes / mib:,.1f} MiB (--memory)")

@@ -33,6 +33,7 @@ import pytest
 import streamer.run.later_sections as later_module
 from stages.registry import REGISTRY
 from streamer.cli import main
+from streamer.exchange.sinobuffer import SinogramBand
 from streamer.pipeline.config import PipelineStep, parse_pipeline
 from streamer.pipeline.executor import ScanProcessor
 from streamer.pipeline.frame_shape import corrected_frame
@@ -266,3 +267,25 @@ pipeline:
     assert parts == 45 * 16 * frame + 8 * angles * frame
     assert later_parts_bytes(steps, rows=16, cols=cols, angles=angles, ranks=1,
                              on_ranks=False) == 0  # one rank: one reslice
+
+
+def test_one_rank_plans_the_band_of_a_first_section_that_upsamples(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rank shapes its band from the first corrected block: a first-section upsample
+    (4x the rows) makes it 4x the scan's rows, and the plan's sinogram buffer holds it."""
+    text = UPSAMPLE.replace("  - method: remove_all_stripe\n", "").replace(
+        "level: 3", "level: 2")
+    steps = _steps(text)
+    buffers: list[int] = []
+    post_init = SinogramBand.__post_init__
+
+    def noted(band: SinogramBand) -> None:
+        post_init(band)
+        buffers.append(int(band.buffer.nbytes))
+
+    monkeypatch.setattr(SinogramBand, "__post_init__", noted)
+    _run(tmp_path, text, 1, "first")
+    new, old, _ = _plans(steps, 1)
+    assert buffers == [4 * CONFIG.rows * CONFIG.projections * CONFIG.cols * 4]
+    assert new.sinogram_buffer == buffers[0]
+    assert old.sinogram_buffer < buffers[0]  # the scan's rows: a quarter of it
