@@ -5,12 +5,16 @@ corrected scan in sinogram layout (every row on one rank, the band on each of R 
 with its overlap when steps reach across rows: :func:`rank_band_rows`) and the darks and
 flats as float32. The blocks are planned in what that leaves of the
 budget; a scan whose held part alone exceeds the budget is refused at its ``start``, with
-the figures, before any frame is held.
+the figures, before any frame is held. A pipeline that reslices again holds parts of the
+scan in its later sections too (:func:`later_parts_bytes`: each part as the runners hold
+it, widened by its section's halo on R ranks, at the rows a step upsamples them to).
 
 A pipeline splits into sections as the run splits it
 (:func:`~streamer.pipeline.sections.sections_of`, as in HTTomo: projection, sinogram and
 again, a reslice between each two; a stage that changes the number of projections or the
-width changes the shape planned for the sections after it). Within a section, a
+width changes the shape planned for the sections after it, one that changes the rows
+(:func:`~streamer.pipeline.frame_shape.frame_after`) the rows each later step is
+estimated at, never fewer than the scan's). Within a section, a
 block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
 its stages' ``memory`` estimates, at ``n`` plus twice the section's halo (the real
 neighbours a block gets when a kernel reaches across its axis, ADR 0019); the plan
