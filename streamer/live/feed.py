@@ -96,6 +96,7 @@ from streamer.live.preview import (
     sweep_image,
     to_uint8,
 )
+from streamer.live.preview_stage import PreviewStage
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.run.from_file import center_label
 from streamer.wire.protocol import StartHeader
@@ -268,6 +269,7 @@ class _Opened:
     center: float
     center_method: str
     at: float
+    stage: PreviewStage | None = None
 
 
 @dataclass(frozen=True)
@@ -515,10 +517,13 @@ class LiveFeed:
         self._watched = state
 
     def scan_opened(self, start: StartHeader, *, target: CenterTarget | None = None,
-                    center: float | None = None, slice_size: int | None = None) -> None:
+                    center: float | None = None, slice_size: int | None = None,
+                    stage: PreviewStage | None = None) -> None:
         """A scan opened. ``target`` takes a CoR set from a viewer (the scan's processor);
         ``center`` is the pipeline's CoR if fixed (else the start's geometry, else the
-        middle); ``slice_size`` the reconstruction's output edge if not ``cols``."""
+        middle); ``slice_size`` the reconstruction's output edge if not ``cols``;
+        ``stage`` how far the projections handed to :meth:`projections` are corrected
+        (:func:`~streamer.live.preview_stage.preview_stage`), said with every preview."""
         rows = preview_rows_for(self.settings, start.rows)
         geometry = PreviewGeometry.for_detector(start.cols, self.settings.preview_size,
                                                 slice_size)
@@ -535,7 +540,8 @@ class LiveFeed:
         if target is not None:
             target.on_center = self.center_resolved
         self._refresh(force=True)  # before the scan's first message: counters are ready
-        self._put(_Opened(start, rows, geometry, float(center), method, now), 0, force=True)
+        self._put(_Opened(start, rows, geometry, float(center), method, now, stage), 0,
+                  force=True)
 
     def center_resolved(self, center: float, method: str) -> None:
         """The processor settled the CoR the scan is reconstructed at (found by a finder
@@ -910,6 +916,7 @@ class LiveFeed:
             flats=start.flats, darks=start.darks, preview_rows=list(item.rows),
             binning=geometry.binning, preview_size=geometry.size, center=item.center,
             center_method=item.center_method, source=start.source,
+            **_stage_fields(item.stage, "preview_stage", "preview_not_applied"),
         ))
         self._publish_counters()
 
@@ -1019,6 +1026,7 @@ class LiveFeed:
             projections=view.previewed, expected=opened.start.projections,
             center=view.center, center_method=view.center_method, binning=geometry.binning,
             newest_frame=newest_frame, newest_at=newest_at,
+            **_stage_fields(opened.stage, "stage", "not_applied"),
         ), arrays)
         view.published_version = view.version
         view.shown = view.previewed
@@ -1281,6 +1289,14 @@ class LiveFeed:
             counters=counters.model_dump(mode="python", exclude_none=True)
             if counters is not None else None,
         )
+
+
+def _stage_fields(stage: PreviewStage | None, label: str, missing: str) -> dict[str, Any]:
+    """A header's fields that say how far the previewed frames are corrected (none when
+    the runner did not say)."""
+    if stage is None:
+        return {}
+    return {label: stage.label, missing: list(stage.not_applied)}
 
 
 def _item_bytes(item: _Item) -> int:

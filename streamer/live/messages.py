@@ -168,6 +168,12 @@ class ScanStartHeader(_FeedHeader):
     center: FiniteFloat
     center_method: Text | None = None
     source: Text = ""
+    #: How far the previewed projections are corrected (``after normalize``; ``as
+    #: received``), and the projection steps they have not been through, which the
+    #: reconstruction applies (R ranks run a halo step and those after it on their
+    #: bands: :mod:`streamer.live.preview_stage`). ``None``: not said (an older feed).
+    preview_stage: Text | None = None
+    preview_not_applied: Annotated[list[Text], Field(max_length=256)] = []
 
 
 class CountersHeader(_FeedHeader):
@@ -226,6 +232,10 @@ class PreviewHeader(_ImagesHeader):
     #: it to the feed (Unix seconds): for latency figures.
     newest_frame: Count | None = None
     newest_at: FiniteFloat | None = None
+    #: As ``scan_start``'s ``preview_stage`` and ``preview_not_applied``: what the
+    #: back-projected frames have been through (a viewer that joins late learns it here).
+    stage: Text | None = None
+    not_applied: Annotated[list[Text], Field(max_length=256)] = []
 
     @model_validator(mode="after")
     def _one_image_per_row(self) -> PreviewHeader:

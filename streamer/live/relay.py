@@ -67,6 +67,7 @@ from streamer.live.feed import (
     slice_binning,
     slice_stride,
 )
+from streamer.live.preview_stage import preview_stage
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.executor import ProcessedBlock
 from streamer.pipeline.halo import WITHOUT_NEIGHBOURS
@@ -320,7 +321,11 @@ class FeedRelay:
         self._target = _ViewerCenter()
         if self.feed is not None:
             center, size = preview_geometry(self.steps)
-            self.feed.scan_opened(start, target=self._target, center=center, slice_size=size)
+            # what the frames every rank hands over have been through (the same rule on
+            # every rank: R ranks correct their frames up to the first halo step)
+            stage = preview_stage(self.steps, ranks=self.link.size)
+            self.feed.scan_opened(start, target=self._target, center=center, slice_size=size,
+                                  stage=stage)
             self.feed.on_preview = _previews_of(start.scan, recorder)
         early, self._early = self._early, []
         self._take_all(early)

@@ -5,12 +5,16 @@ corrected scan in sinogram layout (every row on one rank, the band on each of R 
 with its overlap when steps reach across rows: :func:`rank_band_rows`) and the darks and
 flats as float32. The blocks are planned in what that leaves of the
 budget; a scan whose held part alone exceeds the budget is refused at its ``start``, with
-the figures, before any frame is held.
+the figures, before any frame is held. A pipeline that reslices again holds parts of the
+scan in its later sections too (:func:`later_parts_bytes`: each part as the runners hold
+it, widened by its section's halo on R ranks, at the rows a step upsamples them to).
 
 A pipeline splits into sections as the run splits it
 (:func:`~streamer.pipeline.sections.sections_of`, as in HTTomo: projection, sinogram and
 again, a reslice between each two; a stage that changes the number of projections or the
-width changes the shape planned for the sections after it). Within a section, a
+width changes the shape planned for the sections after it, one that changes the rows
+(:func:`~streamer.pipeline.frame_shape.frame_after`) the rows each later step is
+estimated at, never fewer than the scan's). Within a section, a
 block of ``n`` frames (projection) or ``n`` sinograms (sinogram) needs the largest of
 its stages' ``memory`` estimates, at ``n`` plus twice the section's halo (the real
 neighbours a block gets when a kernel reaches across its axis, ADR 0019); the plan
@@ -39,6 +43,7 @@ from stages.spec import Geometry, MemoryEstimate, Pattern, StageSpec
 from streamer.errors import ConfigError
 from streamer.pipeline.config import PipelineStep
 from streamer.pipeline.device_bands import DEVICE_BACKENDS
+from streamer.pipeline.frame_shape import frame_after
 from streamer.pipeline.halo import section_halo
 from streamer.pipeline.sections import rank_sections, sections_of
 
@@ -83,6 +88,29 @@ def sections(steps: tuple[PipelineStep, ...]) -> list[tuple[Pattern, list[Pipeli
             if section.steps]
 
 
+@dataclass(frozen=True)
+class ShapedSection:
+    """A non-empty section with the shape it is planned at: the number of projections
+    and the detector width it starts with (the largest within it, as a step that changes
+    them changes them for the steps after it), and the detector rows it starts and ends
+    with (a projection step may bin, crop or upsample the rows:
+    :func:`~streamer.pipeline.frame_shape.frame_after`). ``place``: its position among
+    every section, empty ones included (an empty sinogram section passes the band on
+    as it is)."""
+
+    pattern: Pattern
+    steps: list[PipelineStep]
+    count: int
+    width: int
+    rows_in: int
+    rows_out: int
+    place: int
+    #: The detector rows each step takes in (its estimate is made at them).
+    step_rows: tuple[int, ...] = ()
+    #: The detector columns of the frames it ends with (a projection section's steps).
+    cols_out: int = 0
+
+
 def shaped_sections(
     steps: tuple[PipelineStep, ...], *, angles: int, cols: int, on_ranks: bool = False,
 ) -> list[tuple[Pattern, list[PipelineStep], int, int]]:
@@ -92,15 +120,38 @@ def shaped_sections(
     sections after it (within a section, the largest is planned). ``on_ranks``: the
     sections R ranks run (:func:`~streamer.pipeline.sections.rank_sections`: a whole-frame
     step after a halo step is a later section there)."""
+    return [(section.pattern, section.steps, section.count, section.width)
+            for section in shaped_with_rows(steps, angles=angles, cols=cols, rows=1,
+                                            on_ranks=on_ranks, follow_rows=False)]
+
+
+def shaped_with_rows(
+    steps: tuple[PipelineStep, ...], *, angles: int, cols: int, rows: int,
+    on_ranks: bool = False, follow_rows: bool = True,
+) -> list[ShapedSection]:
+    """:func:`shaped_sections` with the detector rows each section starts and ends with,
+    from a frame of ``rows`` (the steps run on a block of no frames, as every rank
+    learns the corrected frame's shape, ADR 0029; ``follow_rows=False``: the rows are
+    left at ``rows``)."""
     geometry = Geometry(np.zeros(angles), cols)
+    frame_rows, frame_cols = rows, cols
     out = []
-    for section in rank_sections(steps) if on_ranks else sections_of(steps):
+    found = rank_sections(steps) if on_ranks else sections_of(steps)
+    for place, section in enumerate(found):
         count, width = geometry.angles_deg.size, geometry.cols
         for step in section.steps:
             geometry = step.spec.after(geometry, step.params)
             count, width = max(count, geometry.angles_deg.size), max(width, geometry.cols)
+        rows_in = frame_rows
+        step_rows = []
+        for step in section.steps:
+            step_rows.append(frame_rows)
+            if follow_rows and section.pattern is Pattern.PROJECTION:
+                frame_rows, frame_cols = frame_after((step,), frame_rows, frame_cols)
         if section.steps:
-            out.append((section.pattern, list(section.steps), count, width))
+            out.append(ShapedSection(section.pattern, list(section.steps), count, width,
+                                     rows_in, frame_rows, place, tuple(step_rows),
+                                     frame_cols))
     return out
 
 
@@ -171,15 +222,20 @@ def _plan(
     if budget_bytes < 1:
         raise ConfigError(f"{what}: expected > 0 bytes, got {budget_bytes}")
     plans = []
-    for pattern, all_members, count, width in shaped_sections(steps, angles=angles,
-                                                               cols=cols):
+    for shaped in shaped_with_rows(steps, angles=angles, cols=cols, rows=rows):
+        pattern, all_members, count, width = (shaped.pattern, shaped.steps, shaped.count,
+                                              shaped.width)
         members = [step for step in all_members if not device or on_device(step)]
         if not members:
             continue
+        # a step after one that upsamples the rows takes more of them (its estimate is
+        # made at them); one after binning or cropping at the scan's rows (never fewer)
+        planes = {id(s): max(rows, taken) if pattern is Pattern.PROJECTION else count
+                  for s, taken in zip(all_members, shaped.step_rows, strict=True)}
         if pattern is Pattern.PROJECTION:
-            units, unit_shape = count, (1, rows, width)
-        else:
-            units, unit_shape = rows, (1, count, width)
+            units, unit_shape = count, (1, max(planes[id(s)] for s in members), width)
+        else:  # a sinogram section's blocks are of the rows it takes
+            units, unit_shape = max(rows, shaped.rows_in), (1, count, width)
         # a block of n runs as n plus its halo of real neighbours on each side (ADR 0019)
         halo = section_halo(all_members)
 
@@ -187,9 +243,13 @@ def _plan(
             return min(units, n + 2 * halo)
 
         unit_shape = (widened(1), unit_shape[1], unit_shape[2])
-        per_unit = {s.name: _estimate(s, device)(unit_shape, dtype, s.params) for s in members}
+        per_unit = {s.name: _estimate(s, device)((widened(1), planes[id(s)], width), dtype,
+                                                 s.params) for s in members}
         limiting = max(per_unit, key=lambda name: per_unit[name])
         need = per_unit[limiting]
+        if pattern is Pattern.PROJECTION:  # the limiting step's frame
+            unit_shape = (widened(1), planes[id(next(s for s in members
+                                                     if s.name == limiting))], width)
         if need > budget_bytes:
             unit = "frame" if pattern is Pattern.PROJECTION else "sinogram"
             with_halo = f" (with its {halo} neighbours on each side)" if halo else ""
@@ -198,8 +258,9 @@ def _plan(
                 f"{need / 2**20:,.1f} MiB, the {what} is {budget_bytes / 2**20:,.1f} MiB"
             )
         def need_at(count: int, members: list[PipelineStep] = members,
-                    tail: tuple[int, int] = (unit_shape[1], unit_shape[2])) -> dict[str, int]:
-            return {s.name: _estimate(s, device)((widened(count), *tail), dtype, s.params)
+                    planes: dict[int, int] = planes, width: int = width) -> dict[str, int]:
+            return {s.name: _estimate(s, device)((widened(count), planes[id(s)], width),
+                                                 dtype, s.params)
                     for s in members}
 
         def peak_for(count: int) -> int:
@@ -288,6 +349,7 @@ def plan_scan(
     band_rows: int | None = None,
     device_bytes: int | None = None,
     on_ranks: bool = False,
+    ranks: int | None = None,
 ) -> tuple[int, int, list[SectionPlan], ScanMemory]:
     """Block sizes and the memory of one scan on one rank, or a ``ConfigError`` with the
     figures when the scan cannot fit ``budget_bytes``.
@@ -296,7 +358,11 @@ def plan_scan(
     rank); ``references`` the darks and flats the scan announces; ``device_bytes`` the
     usable memory of the rank's device (``--device gpu``), whose plan also bounds the
     blocks (the host figures count the host plans only); ``on_ranks``: R ranks, whose
-    further reslices follow :func:`~streamer.pipeline.sections.rank_sections`.
+    further reslices follow :func:`~streamer.pipeline.sections.rank_sections`;
+    ``ranks``: how many ranks share the scan (the runners give it), so that each later
+    section's part is counted as it is held (:func:`later_parts_bytes`: its overlap
+    when its steps reach across its block axis, the rows a step upsamples them to); the
+    figure is then never below the estimate made without it.
     """
     if budget_bytes < 1:
         raise ConfigError(f"memory budget: expected > 0 bytes, got {budget_bytes}")
@@ -304,16 +370,25 @@ def plan_scan(
     shaped = shaped_sections(steps, angles=angles, cols=cols, on_ranks=on_ranks)
     has_sinogram_section = any(p is Pattern.SINOGRAM for p, *_ in shaped)
     band = rows if band_rows is None else band_rows
-    buffer = band * max(angles, 1) * cols * 4 if has_sinogram_section else 0
+    band_cols = cols
+    first = shaped_with_rows(steps, angles=angles, cols=cols, rows=rows)[:1]
+    if ranks == 1 and first and first[0].place == 0:
+        # one rank holds every row of the corrected frame (its band is shaped by the first
+        # corrected block): more than the scan's where a step upsamples the frame
+        band, band_cols = max(band, first[0].rows_out), max(cols, first[0].cols_out)
+    buffer = band * max(angles, 1) * band_cols * 4 if has_sinogram_section else 0
     # Each further reslice holds the scan once more, in its shape then (in and out of a
     # middle section), on top of the band.
     later = [band * max(count, 1) * width * 4 for _, _, count, width in shaped[2:]]
-    buffer += 2 * max(later, default=0)
+    buffer += max(2 * max(later, default=0),
+                  0 if ranks is None else later_parts_bytes(
+                      steps, rows=rows, cols=cols, angles=angles, ranks=ranks,
+                      on_ranks=on_ranks))
     held = references * rows * cols * 4
     if buffer + held >= budget_bytes:
         raise ConfigError(
             f"memory: the scan needs {(buffer + held) / mib:,.1f} MiB held while it runs "
-            f"(sinogram buffer {band} rows x {angles} projections x {cols} columns float32 "
+            f"(sinogram buffer {band} rows x {angles} projections x {band_cols} columns float32 "
             f"= {buffer / mib:,.1f} MiB + {references} darks and flats "
             f"{held / mib:,.1f} MiB) before any block, the memory budget is "
             f"{budget_bytes / mib:,.1f} MiB (--memory)")
@@ -329,3 +404,52 @@ def plan_scan(
         ) from None
     peak = max((p.peak_bytes for p in plans if not p.device), default=0)
     return frames, sinograms, plans, ScanMemory(buffer, held, peak, budget_bytes)
+
+
+def later_parts_bytes(
+    steps: tuple[PipelineStep, ...], *, rows: int, cols: int, angles: int, ranks: int,
+    on_ranks: bool,
+) -> int:
+    """The most bytes one of ``ranks`` ranks holds at once in the later sections of a
+    scan of ``angles`` frames of ``rows`` x ``cols`` (on top of the band, which stays
+    held), part by part as the runners hold them:
+
+    - R ranks (:mod:`streamer.run.later_sections`): a reslice holds the part it sends
+      (the previous section's output, this rank's own entries) and the part it
+      receives; a section holds its input part and its output. A part is this rank's
+      share of the section's axis (angles in a projection section, rows in a sinogram
+      one) widened by the section's halo on each side (``transpose(halo=h)``, ADR 0019's
+      addendum), at the rows the section starts with; its output has the rows the
+      section ends with (a step that upsamples them makes more).
+    - One rank (:meth:`~streamer.pipeline.executor.ScanProcessor.finish`): a section
+      reads the previous section's output in place (a transposed view) and gathers its
+      own, so two outputs are held at once.
+
+    ``0`` for a pipeline without a second reslice."""
+    found = shaped_with_rows(steps, angles=angles, cols=cols, rows=rows, on_ranks=on_ranks)
+    if not any(section.place >= 2 for section in found):
+        return 0
+    share = max(ranks, 1)
+    peaks = []
+    previous_out = 0  # bytes of the previous section's output on this rank (0: the band)
+    for number, section in enumerate(found):
+        if section.place == 0:
+            continue
+        along_angles = section.pattern is Pattern.PROJECTION
+        entries = section.count if along_angles else section.rows_in  # the block axis
+        plane = section.rows_in if along_angles else section.count
+        out_plane = section.rows_out if along_angles else section.count
+        if section.place == 1:
+            held = 0  # the band itself
+        elif share == 1:
+            held = previous_out  # read in place (a transposed view)
+        else:  # received by a reslice while the previous output is sent
+            held = (rank_band_rows(entries, share, section_halo(section.steps))
+                    * plane * section.width * 4)
+            peaks.append(previous_out + held)
+        if number == len(found) - 1:
+            peaks.append(held)  # the last section's output leaves block by block
+            break
+        previous_out = -(-entries // share) * out_plane * section.width * 4
+        peaks.append(held + previous_out)
+    return max(peaks, default=0)

@@ -26,7 +26,8 @@ of detector rows (binning or cropping them): every rank learns the new count fro
 own output (a rank without angles runs the steps on no frames), the reslice back cuts
 the bands from it, and the runner writes that many slices. Memory per rank: its band and
 its range of angles (about two ``1/R`` of the scan, each as large as the layout it
-holds).
+holds, widened by a section's halo, with the rows a step upsamples them to: the plan
+counts them so, :func:`~streamer.pipeline.plan.later_parts_bytes`).
 
 A section whose steps reach across its block axis (a 3-D median; ADR 0019 and its
 addendum) gets its real neighbours from the reslice before it: ``transpose(halo=h)``

@@ -662,7 +662,7 @@ class RankedReconstruction:
                 references=start.darks + start.flats, dtype=start.wire_dtype,
                 budget_bytes=self.memory_bytes or default_budget_bytes(),
                 band_rows=rank_band_rows(shaped.rows, ranks, self._halo),
-                device_bytes=self.device_bytes, on_ranks=ranks > 1,
+                device_bytes=self.device_bytes, on_ranks=ranks > 1, ranks=ranks,
             )
             owner = None if self._whole_scan else self._center_owner(shaped)
         except StreamerError as error:

@@ -146,7 +146,8 @@
     badge("scan-state", "open", "ok");
     setCenter(m.center, m.center_method || "preview");
     setRows(m.preview_rows);
-    text("preview-info", `rows ${m.preview_rows.join(", ")}, binning ${m.binning}`);
+    text("preview-info", `rows ${m.preview_rows.join(", ")}, binning ${m.binning}`
+      + stageText(m.preview_stage, m.preview_not_applied));
     text("scan-result", "");
     $("scan-result").className = "";
     $("previews").replaceChildren();
@@ -239,7 +240,17 @@
     setRows(meta.rows);
     const method = meta.center_method ? ` (${meta.center_method})` : "";
     text("preview-info", `${meta.projections} / ${meta.expected} projections, CoR `
-      + `${meta.center.toFixed(2)}${method}, binning ${meta.binning}`);
+      + `${meta.center.toFixed(2)}${method}, binning ${meta.binning}`
+      + stageText(meta.stage, meta.not_applied));
+  }
+
+  // How far the previewed projections are corrected, and the steps the preview lacks
+  // (R ranks run a halo step and those after it on their bands, after the exchange).
+  function stageText(stage, notApplied) {
+    if (!stage) return "";
+    const missing = notApplied && notApplied.length
+      ? `; not in the preview: ${notApplied.join(", ")}` : "";
+    return `, frames ${stage}${missing}`;
   }
 
   function onSlice(meta, images) {
