@@ -169,6 +169,27 @@ def test_final_estimate_near_an_estimate_equals_the_whole_search_on_i13(
     assert searched_all and far.center == whole.center
 
 
+@pytest.mark.parametrize(("scan", "row", "used"), [
+    ("i13", 20, None), ("i13", 110, None), ("tooth", 0, 295.4), ("tooth", 1, 294.7)])
+def test_final_estimate_near_reads_what_the_whole_search_reads_on_real_rows(
+        shared_data: Path, scan: str, row: int, used: float | None) -> None:
+    """The close's check near the CoR in use (± 4 px, the fine search ± 1 px) against the
+    CoR policy's whole search, on I13 and tooth rows: the same centre (``used``: a
+    streamed estimate a few tenths off the whole search's; None: 0.4 px off it)."""
+    if scan == "i13":
+        projections, angles = i13_scan(shared_data / "real")
+    else:
+        from tests.stages.test_center_policy import projections as real_projections
+
+        projections, angles = real_projections(shared_data, "tooth")
+    stack = np.ascontiguousarray(projections[:, row:row + 1], dtype=np.float32)
+    whole = auto_center(stack, angles)
+    near, searched_all = final_estimate_near(
+        stack, angles, whole.center + 0.4 if used is None else used, auto_center)
+    assert not searched_all
+    assert near.center == whole.center
+
+
 def test_an_early_estimate_starts_only_without_a_centre_and_the_pair_does_not_restart_it(
 ) -> None:
     machine = StreamingCenter()

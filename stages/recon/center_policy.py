@@ -15,8 +15,10 @@ smaller than that of the true centre. The policy:
    at least half the detector. A window entirely outside it falls back to the whole
    reliable range. Clamping is reported as a note.
 2. **Vo's metric** (algotom's :func:`~algotom.prep.calculation.calculate_center_metric`,
-   same mask and smoothing as algotom's ``find_center_vo``) at every whole column of
-   the window, then algotom's fine search (``± srad`` in steps of ``step``). The metric
+   same mask and smoothing as algotom's ``find_center_vo``; computed by
+   :class:`~stages.recon.vo_metric.VoMetric`, the same scores with a fifth of the work)
+   at every whole column of the window, then algotom's fine search (``± srad`` in steps
+   of ``step``: :func:`~stages.recon.vo_metric.fine_search`). The metric
    curve gives a *distinctness*: how far the best minimum lies below the best
    alternative minimum (more than ``max(2, 3 % of the width)`` away), relative to the
    curve's median; 1 is an unambiguous minimum, 0 a tie.
@@ -45,6 +47,7 @@ from algotom.prep import calculation
 from scipy import ndimage
 
 from stages.recon.rotation import find_center_pair
+from stages.recon.vo_metric import VoMetric, fine_search
 from streamer.errors import StageError
 
 __all__ = ["LOW_CONFIDENCE", "PAIR_TOLERANCE_DEG", "CorEstimate", "VoSearch", "find_center",
@@ -131,19 +134,13 @@ def vo_search(
     smooth = ndimage.gaussian_filter(sino, (3, 1), mode="reflect")
     coarse_sino = calculation.downsample_cor(smooth, dsp_row, dsp_col) if (
         dsp_col > 1 or dsp_row > 1) else smooth
-    c_rows, c_cols = coarse_sino.shape
     first = int(np.ceil(start / dsp_col))
     last = int(np.floor(stop / dsp_col))
     if last <= first:
         last = first + 1
     candidates = np.arange(first, last + 1)
-    mask = calculation.make_inverse_double_wedge_mask(2 * c_rows, c_cols,
-                                                      0.5 * ratio * c_cols, drop)
-    flipped, reversed_ = np.fliplr(coarse_sino), np.flipud(coarse_sino)
-    metric = np.array([
-        calculation.calculate_center_metric(int(k), coarse_sino, flipped, reversed_, mask)
-        for k in candidates
-    ], dtype=np.float64)
+    score = VoMetric(coarse_sino, ratio=ratio, drop=drop)  # algotom's metric, less work
+    metric = np.array([np.float32(score(float(k))) for k in candidates], dtype=np.float64)
     best = int(np.argmin(metric))
     coarse = float(candidates[best] * dsp_col + (0.5 * dsp_col if dsp_col > 1 else 0.0))
     median = float(np.median(metric))
@@ -155,8 +152,7 @@ def vo_search(
         distinctness = float(np.clip((metric[far].min() - metric[best]) / spread, 0, 1))
     else:
         distinctness = 1.0
-    center = calculation.fine_search_cor(sino, coarse, max(radius, dsp_col), step, ratio,
-                                         denoise=True, ncore=1, hor_drop=drop)
+    center = fine_search(sino, coarse, max(radius, dsp_col), step, ratio=ratio, drop=drop)
     return VoSearch(float(center), coarse, distinctness,
                     at_edge=best in (0, candidates.size - 1),
                     window=(float(candidates[0] * dsp_col), float(candidates[-1] * dsp_col)))

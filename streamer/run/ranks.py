@@ -66,6 +66,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stages.prep.repair import RepairCounts
+from stages.recon.center_policy import CorEstimate
 from stages.recon.centering import center_from_pair
 from stages.spec import Pattern
 from streamer.errors import (
@@ -129,11 +130,12 @@ from streamer.pipeline.sections import (
     sections_of,
     split_sections,
 )
-from streamer.run.center_final import CHECK_WINDOW_PX, final_estimate_near
+from streamer.run.center_final import CheckInThread, final_estimate_near, search_label
 from streamer.run.center_streaming import (
     DEFAULT_TOLERANCE_PX,
     CenterMemory,
     CenterSource,
+    Outcome,
     StreamingCenter,
     center_note,
     sample_key,
@@ -202,6 +204,8 @@ VIEWER_METHOD: Final = "user (viewer)"
 #: How long a rank waits for its peers at each step of a scan's close.
 DEFAULT_EXCHANGE_TIMEOUT_S: Final = 120.0
 _POLL_PAUSE_S: Final = 0.0005
+#: How long the CoR owner waits on the check's thread between serving its links.
+_CHECK_POLL_S: Final = 0.005
 #: A grace for ``RankedReconstruction.interrupt_after_s`` (``run --interrupt-after``, off
 #: by default: on, it breaks the guarantee that a faster source gets every scan complete;
 #: ADR 0024).
@@ -296,6 +300,9 @@ class _ScanState:
     center_report: dict[str, Any] | None = None
     #: How the final estimate searched (near the estimate used, or the whole range).
     center_search: str | None = None
+    #: The early estimate's report, kept when the accumulators are finished before the
+    #: CoR check's verdict (ADR 0033).
+    early_report: dict[str, Any] | None = None
     #: R ranks, HTTomo's image tail: calculate_stats of this rank's written slices, and
     #: the peers' (rank -> their stats, None: that rank's part failed).
     stats: PartialStats | None = None
@@ -396,6 +403,9 @@ class RankedReconstruction:
     background: bool = False
     #: Monotonic seconds for the latency figures (injected in tests).
     clock: Callable[[], float] = time.monotonic
+    #: Called in the CoR check's thread before it searches, when the check runs beside
+    #: the write (tests: hold it until the write has begun, to show the two overlap).
+    center_check_hook: Callable[[], None] | None = None
     #: Told each iteration of an iterative stage, per block of this rank's band.
     on_iteration: Callable[[BandIteration], None] | None = None
     #: ``recon``: the writer of the steps marked ``save_result`` (HTTomo's intermediate
@@ -897,8 +907,11 @@ class RankedReconstruction:
         # A streaming CoR is checked at close even when the viewer set one (its difference
         # to the final estimate is reported).
         checked = scan.center_state is not None and scan.close.center_owner is not None
+        beside = self._check_beside_write(scan, viewer)
         if viewer is not None and not checked:
             scan.center, scan.center_method = viewer, VIEWER_METHOD
+        elif beside:
+            return self._write_then_verdict(scan, band, path)
         else:
             try:  # every rank takes part, failed or not, so no peer waits for it
                 self._agree_center(scan, band, viewer)
@@ -1197,14 +1210,7 @@ class RankedReconstruction:
                 error = str(failure)
                 if scan.center_state is None:
                     self.last_error = self.last_error or failure
-            if scan.center_state is not None:
-                center, method, error = self._decide_center(scan, center, method, error,
-                                                            viewer)
-            scan.close.center_agreed(CenterAgreed(center, method, error))
-            self.control.send_to_others(TAG_CENTER, msgpack.packb({
-                "serial": scan.serial, "center": center, "method": method,
-                "error": error, "outputs": scan.center_outputs,
-                "streaming": scan.center_report}))
+            self._announce_center(scan, center, method, error, viewer)
         else:
             if self.control.size > 1 and _sees_pair(self._finder()):
                 self.control.send(owner, TAG_CENTER_PAIR, msgpack.packb(
@@ -1213,6 +1219,21 @@ class RankedReconstruction:
                 self.control.send(owner, TAG_FINDER_ROWS, msgpack.packb(finder_rows_message(
                     scan.serial, rows_tapped(scan.processor.tapped, scan.failure))))
             self._wait(scan, Step.CENTER)
+        self._adopt_center(scan)
+
+    def _announce_center(self, scan: _ScanState, center: float | None, method: str | None,
+                         error: str | None, viewer: float | None) -> None:
+        """The CoR owner: the CoR found (with a streaming CoR: the decision it leads to)
+        is the scan's, and every other rank is told."""
+        if scan.center_state is not None:
+            center, method, error = self._decide_center(scan, center, method, error, viewer)
+        scan.close.center_agreed(CenterAgreed(center, method, error))
+        self.control.send_to_others(TAG_CENTER, msgpack.packb({
+            "serial": scan.serial, "center": center, "method": method,
+            "error": error, "outputs": scan.center_outputs,
+            "streaming": scan.center_report}))
+
+    def _adopt_center(self, scan: _ScanState) -> None:
         agreed = scan.close.center
         assert agreed is not None
         if agreed.error is not None:
@@ -1241,6 +1262,128 @@ class RankedReconstruction:
         return join_finder_rows(tap.finder.name, {
             **scan.finder_rows,
             self.control.rank: rows_tapped(scan.processor.tapped, scan.failure)})
+
+    # --- the CoR check beside the write (ADR 0033) ------------------------------------
+
+    def _check_beside_write(self, scan: _ScanState, viewer: float | None) -> bool:
+        """Whether this rank writes its band with the estimated CoR in use and learns the
+        check's verdict after (the order is each rank's own: the owner sends the verdict
+        once, whenever the others wait for it). A viewer's CoR, a pipeline's finder, later
+        sections, ``save_result`` or a failed band keep the check first; so do R ranks
+        writing a shared store (Zarr, TIFF), whose CoR the first band's writer sets."""
+        state = scan.center_state
+        return (viewer is None and scan.close.center_owner is not None
+                and scan.failure is None and scan.results is None and not self._later
+                and state is not None and state.outcome is None and state.center is not None
+                and state.source in _ESTIMATED and self._finder() is None
+                and (self.control.size == 1 or self.output_format == "hdf5"))
+
+    def _write_then_verdict(self, scan: _ScanState, band: Band, path: Path) -> PartWritten:
+        """This rank's band written with the estimated CoR in use while the owner checks it
+        in a thread; then the verdict: it agrees (the volume stands) or every rank
+        rewrites its band with the final CoR. A band reconstructed at close (the
+        accumulators fell back) waits for the verdict first, so it is computed once."""
+        state = scan.center_state
+        assert state is not None and state.center is not None and state.source is not None
+        used = state.center
+        scan.center = used
+        scan.center_method = streaming_center_method(
+            Outcome(used, state.source, False, False, None), None)  # as if it agrees
+        if scan.streaming is not None and scan.streaming.early is not None:
+            scan.early_report = scan.streaming.early.as_dict()  # the write takes the section
+        check = self._start_check(scan, band, used)
+        learned: list[bool] = []
+
+        def verdict() -> None:
+            if not learned:
+                learned.append(True)
+                self._learn_verdict(scan, check)
+
+        try:
+            part = self._write_part(scan, band, path, settle=verdict)
+        except StreamerError:
+            with contextlib.suppress(StreamerError):
+                verdict()  # the others wait for it
+            raise
+        written_with_estimate = not learned  # else learned before a reconstruction at close
+        verdict()
+        if self.control.rank == 0:
+            self._center_found[scan.serial] = (
+                center_label(scan.center_method, self.center_source),
+                scan.center_warnings, scan.center_confidence)
+        if written_with_estimate and scan.center != used:
+            part = self._rewrite(scan, band, path, part, used)
+        self._settle_streaming_center(scan)
+        return part
+
+    def _start_check(self, scan: _ScanState, band: Band, used: float,
+                     ) -> CheckInThread | None:
+        """The CoR owner: the CoR policy's check near ``used`` on the CoR row, in a thread
+        (it reads one row of the band, which the write does not change); None elsewhere."""
+        if scan.close.center_owner != self.control.rank:
+            return None
+        # One rank: the band's own height (a projection stage may crop or bin).
+        rows = scan.start.rows if self.control.size > 1 else band.sinograms.shape[0]
+        row = finder_row(None, rows)
+
+        def search() -> tuple[CorEstimate, bool]:
+            return final_estimate_near(_row_stack(band, row), band.angles_deg, used,
+                                       auto_center)
+
+        return CheckInThread(search, used, before=self.center_check_hook)
+
+    def _learn_verdict(self, scan: _ScanState, check: CheckInThread | None) -> None:
+        """Every rank: the check's verdict (the owner waits for its thread, decides and
+        tells the others; they wait for that, bounded by ``exchange_timeout_s``)."""
+        if check is not None:
+            center, method, error = self._await_check(scan, check)
+            self._announce_center(scan, center, method, error, None)
+        else:
+            self._wait(scan, Step.CENTER)
+        self._adopt_center(scan)
+
+    def _await_check(self, scan: _ScanState, check: CheckInThread,
+                     ) -> tuple[float | None, str | None, str | None]:
+        """The owner: the check's (centre, how, error), serving the links meanwhile; a stop
+        (SIGINT/SIGTERM) or a check past ``exchange_timeout_s`` gives up on it (the CoR in
+        use is kept, the report says why)."""
+        began = time.monotonic()
+        while not check.wait(_CHECK_POLL_S):
+            stopped = self._stopped(scan)
+            if stopped is not None:
+                return None, None, f"{stopped} before the CoR check ended"
+            if time.monotonic() - began > self.exchange_timeout_s:
+                return None, None, (f"the CoR check took more than "
+                                    f"{self.exchange_timeout_s:g} s")
+            self._serve(scan)
+        try:
+            found, whole = check.result()
+        except StreamerError as failure:
+            return None, None, str(failure)
+        scan.center_warnings = found.warnings
+        scan.center_confidence = found.confidence
+        scan.center_outputs = dict(found.side_outputs)
+        scan.center_search = search_label(check.used, whole)
+        return float(found), _found_label(None, found), None
+
+    def _rewrite(self, scan: _ScanState, band: Band, path: Path, part: PartWritten,
+                 used: float) -> PartWritten:
+        """The verdict redid the volume: this rank's band, written with ``used``, is
+        reconstructed at close with the final CoR and written again over it (a part that
+        stopped or failed is left as it is, saying so)."""
+        assert scan.center is not None
+        if part.error is not None:
+            return replace(part, error=f"{part.error}; not redone with the final CoR "
+                                       f"{scan.center:.2f}")
+        if self.log is not None:
+            self.log(f"scan {scan.start.scan}: rank {self.control.rank}: rewriting the band "
+                     f"with the final CoR {scan.center:.2f} (streamed with {used:.2f})")
+        held = self._held.pop(scan.serial, None)
+        if held is not None:  # one rank: the volume written with ``used`` is replaced
+            with contextlib.suppress(StreamerError):
+                held.writer.close(complete=False)
+        scan.streamed, scan.stats = False, None
+        return self._write_part(scan, band, path, rewrite=True)
 
     def _gather_pair(self, scan: _ScanState, band: Band,
                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -1337,6 +1480,8 @@ class RankedReconstruction:
             report["final_search"] = scan.center_search
         if scan.streaming is not None and scan.streaming.early is not None:
             report["early"] = scan.streaming.early.as_dict()  # found, or why not
+        elif scan.early_report is not None:
+            report["early"] = scan.early_report
         report.update(streamed_with=streamed_with, final=final if error is None else None,
                       difference=None if before is None or final is None or error
                       else round(abs(final - before), 4))
@@ -1367,10 +1512,13 @@ class RankedReconstruction:
     # --- writing -----------------------------------------------------------------------
 
     def _write_part(self, scan: _ScanState, band: Band, master: Path,
-                    last_section: tuple[Band, tuple[PipelineStep, ...]] | None = None,
+                    last_section: tuple[Band, tuple[PipelineStep, ...]] | None = None, *,
+                    settle: Callable[[], None] | None = None, rewrite: bool = False,
                     ) -> PartWritten:
         """This rank's band through the sinogram section (or ``last_section``: the band
-        and filled steps of a pipeline's last section) into its writer."""
+        and filled steps of a pipeline's last section) into its writer. ``settle``: the
+        CoR check's verdict, learned first when the band is reconstructed at close (not
+        from the accumulators); ``rewrite``: replace what this rank wrote before."""
         rank, ranks = self.control.rank, self.control.size
         held = band.sinograms.shape[1]  # projections this rank's band holds
         if last_section is not None:
@@ -1381,6 +1529,12 @@ class RankedReconstruction:
         if band.sinograms.shape[1] == 0:
             return PartWritten(rank, None, band.rows, 0, False,
                                "no projection arrived: nothing to reconstruct")
+        references = scan.references_here + scan.close.references
+        complete = (held == scan.start.projections
+                    and references == scan.start.darks + scan.start.flats)
+        blocks = self._streamed(scan, band, complete)
+        if blocks is None and settle is not None:
+            settle()  # at close: with the CoR the check decides (computed once)
         if last_section is not None:  # run-time values filled (later_sections)
             data_steps = last_section[1]
         else:
@@ -1397,10 +1551,6 @@ class RankedReconstruction:
         method = center_label(scan.center_method, self.center_source)
         if self.observer is not None:
             self.observer.center_settled(scan.serial, center, method)
-        references = scan.references_here + scan.close.references
-        complete = (held == scan.start.projections
-                    and references == scan.start.darks + scan.start.flats)
-        blocks = self._streamed(scan, band, complete)
         if blocks is None:
             blocks = self._band_blocks(scan, band, data_steps)
         path = master
@@ -1428,7 +1578,8 @@ class RankedReconstruction:
                         "center_of_rotation": center,
                         "center_method": method, "pipeline_yaml": self.pipeline_text,
                         "scan": scan.start.scan}
-                    path, writer = self._open_band(scan, band.rows, master, geometry)
+                    path, writer = self._open_band(scan, band.rows, master, geometry,
+                                                   rewrite=rewrite)
                 writer.write(begin, data)
                 if self._tail is not None and ranks > 1:  # calculate_stats, this band
                     scan.stats = scan.stats or PartialStats()
@@ -1537,21 +1688,24 @@ class RankedReconstruction:
         return ((int(block.indices[0]), block.data) for block in blocks)
 
     def _open_band(self, scan: _ScanState, rows: tuple[int, int], master: Path,
-                   geometry: dict[str, Any]) -> tuple[Path, VolumeSink]:
+                   geometry: dict[str, Any], *, rewrite: bool = False,
+                   ) -> tuple[Path, VolumeSink]:
         """This rank's writer: on one rank the format's own writer of the whole volume
-        (from the registry), on R ranks the format's band writer (:mod:`streamer.sinks.ranked`)."""
+        (from the registry), on R ranks the format's band writer (:mod:`streamer.sinks.ranked`).
+        ``rewrite``: over what this rank wrote of the scan before (a redone volume)."""
         rank, ranks = self.control.rank, self.control.size
+        overwrite = self.overwrite or rewrite
         if ranks == 1:
             try:
                 return master, open_sink(
-                    self.output_format, master, overwrite=self.overwrite,
+                    self.output_format, master, overwrite=overwrite,
                     detector_rows=list(range(self.first_row, self.first_row + rows[1])),
                     metadata=scan.processor.repairs.as_metadata(), **geometry)
             except OSError as error:
                 raise SinkError(f"{master}: cannot write there: {os_reason(error)}") from None
         return ranked_output(self.output_format).open_band(
             master, rank=rank, ranks=ranks, band=rows, first_row=self.first_row,
-            volume_slices=scan.rows, overwrite=self.overwrite, **geometry)
+            volume_slices=scan.rows, overwrite=overwrite, **geometry)
 
     def _stopped(self, scan: _ScanState) -> str | None:
         """Why this rank stops reconstructing ``scan`` now (None: go on). Its own stop
@@ -2074,17 +2228,11 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
     which it then gets instead of the band."""
     if finder is not None and tapped is not None:
         return run_finder_on_rows(finder, tapped)
-    if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
-        raise StreamerError("CoR: no corrected projection reached this rank's band")
-    local = row - band.rows[0]
-    # (angles, 1, cols): the corrected projections of that one row, as the finders take.
-    stack = np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
+    stack = _row_stack(band, row)
     if finder is None and near is not None:
         found, whole = final_estimate_near(stack, band.angles_deg, near, auto_center)
         if scan is not None:
-            scan.center_search = (f"whole range (none within {CHECK_WINDOW_PX:g} px of "
-                                  f"{near:.2f})" if whole
-                                  else f"within {CHECK_WINDOW_PX:g} px of {near:.2f}")
+            scan.center_search = search_label(near, whole)
         return found
     if finder is None:
         return auto_center(stack, band.angles_deg)
@@ -2098,6 +2246,15 @@ def _find_center(finder: PipelineStep | None, band: Band, row: int, *,
         return finder.spec.finds_center(stack, band.angles_deg, params)
     except StageError as error:
         raise StageError(f"{error} (pipeline entry at {finder.where})") from None
+
+
+def _row_stack(band: Band, row: int) -> npt.NDArray[np.float32]:
+    """The corrected projections of detector row ``row`` of ``band`` (which owns it),
+    ``(angles, 1, cols)`` as the CoR finders take them."""
+    if band.sinograms.shape[1] == 0:  # e.g. the scan failed: no projection was corrected
+        raise StreamerError("CoR: no corrected projection reached this rank's band")
+    local = row - band.rows[0]
+    return np.ascontiguousarray(band.sinograms[local:local + 1].transpose(1, 0, 2))
 
 
 def _found_label(finder: PipelineStep | None, found: SupportsFloat) -> str:

@@ -214,8 +214,42 @@ def test_an_early_estimate_that_is_off_is_redone_at_close(
     assert center["estimates"]["early"] == center["streamed_with"]
     assert "REDONE" in " ".join(output.notes)
     assert "differs from the early estimate CoR" in (output.center_method or "")
+    # every rank wrote its band with the estimate beside the check, then again (ADR 0033)
+    rewrites = [line for line in lines if "rewriting the band with the final CoR" in line]
+    assert len(rewrites) == ranks, lines
     error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, center["center"]))
     assert error < 1e-5, error
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_cor_check_runs_beside_the_write(tmp_path: Path, ranks: int) -> None:
+    """The early estimate agrees: the owner's check is held (in its own thread) until
+    its rank has written a block of the band with the estimate, so it cannot have run
+    before the write; the verdict comes after, nothing is rewritten, and the volume is
+    the batch's at the CoR used."""
+    import threading
+
+    lines: list[str] = []
+    seen: list[bool] = []
+
+    def work(link: MemoryLink) -> ScanOutput | None:
+        ranked = _runner(link, tmp_path, lines)
+        written = threading.Event()
+        ranked.on_block = lambda scan, slices, rows: written.set()
+        ranked.center_check_hook = lambda: seen.append(written.wait(60))
+        return _feed(ranked, SimulatedScan(CONFIG), "beside", None)
+
+    output = run_ranks(ranks, work)[0]
+    assert output is not None and output.complete, output
+    assert seen == [True], seen  # one check (the owner's), after its first block written
+    center = output.figures["center"]
+    assert center["source"] == "early estimate" and center["streamed"], center
+    assert not center["redone"] and center["final"] is not None
+    assert center["final_search"].startswith("within 4 px of"), center
+    assert not any("rewriting the band" in line for line in lines), lines
+    assert "early estimate (streaming)" in (output.center_method or "")
+    error = _close(_volume(output.path), _batch(tmp_path, CONFIG, ranks, center["center"]))
+    assert 0 < error < 1e-5, error
 
 
 def test_a_180_scan_without_a_cor_is_reconstructed_at_close_without_early_estimates(
