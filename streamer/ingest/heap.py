@@ -13,15 +13,21 @@ frame; 350 per 8 MiB frame at 2048². With the threshold raised, none (ADR 0031)
 :func:`keep_freed_heap` raises glibc's trim threshold to a set number of bytes and fixes
 its mmap threshold at glibc's own dynamic maximum (32 MiB on 64-bit), so that buffers up
 to that size come from the heap and at most ``keep_bytes`` per heap stay mapped for the
-next ones. It is a process-wide allocator setting (it cannot be read back, so it is not
-restored); calling it again with the same value changes nothing. Elsewhere than glibc it
-does nothing and says so.
+next ones. These are the values glibc adopts by itself once a 32 MiB block has been
+freed; ingest of smaller frames never gets there. It is a process-wide allocator setting
+(it cannot be read back, so it is not restored); calling it again with the same value
+changes nothing. An allocator pinned through the environment (``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_`` or their
+``GLIBC_TUNABLES`` names, e.g. to make RSS follow what the code holds, see
+``docs/explanation/memory.md``) is left as it is. Elsewhere than glibc it does nothing
+and says so.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 from typing import Final
 
 from streamer.errors import ConfigError
@@ -36,6 +42,11 @@ MMAP_THRESHOLD_BYTES: Final = 32 * 1024**2
 DEFAULT_KEEP_BYTES: Final = 64 * 1024**2
 #: ``mallopt`` takes a C ``int``.
 MAX_KEEP_BYTES: Final = 2**31 - 1
+#: Environment variables through which a user pins what :func:`keep_freed_heap` sets.
+PINNING_VARIABLES: Final = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
+                            "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+PINNING_TUNABLES: Final = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold",
+                           "glibc.malloc.top_pad", "glibc.malloc.mmap_max")
 
 
 def check_keep_bytes(keep_bytes: int) -> None:
@@ -50,12 +61,13 @@ def check_keep_bytes(keep_bytes: int) -> None:
 def keep_freed_heap(keep_bytes: int) -> str | None:
     """Keep up to ``keep_bytes`` of freed memory at the top of each glibc heap mapped.
 
-    Returns None once set (or when ``keep_bytes`` is 0: nothing asked), else the reason
-    it could not be (not glibc, ``mallopt`` refused), for a log line: the service works
-    the same either way, only slower per message.
+    Returns None once set, and when nothing is to be done (``keep_bytes`` 0, or the
+    environment pins the allocator: the user's choice stands); else why it could not be
+    set (not glibc, ``mallopt`` refused), for a log line: the service works the same
+    either way, only with more CPU per message.
     """
     check_keep_bytes(keep_bytes)
-    if keep_bytes == 0:
+    if keep_bytes == 0 or pinned_by_environment(os.environ):
         return None
     library = c_library()
     if not library.startswith("glibc "):
@@ -68,6 +80,13 @@ def keep_freed_heap(keep_bytes: int) -> str | None:
     if not mallopt(M_TRIM_THRESHOLD, keep_bytes):
         return f"mallopt(M_TRIM_THRESHOLD, {keep_bytes}) was refused"
     return None
+
+
+def pinned_by_environment(environment: Mapping[str, str]) -> bool:
+    """The environment sets one of the allocator parameters :func:`keep_freed_heap` would."""
+    tunables = environment.get("GLIBC_TUNABLES", "")
+    return (any(name in environment for name in PINNING_VARIABLES)
+            or any(name in tunables for name in PINNING_TUNABLES))
 
 
 def c_library() -> str:
