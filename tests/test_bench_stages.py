@@ -31,5 +31,6 @@ def test_bench_stages_runs_every_case(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [row["stage"] for row in results] == [case.label for case in module.CASES]
     for row in results:
         assert row["ours"]["units_per_s"] > 0
+        assert row["ours"]["cpu_median_s"] >= 0  # the CPU time per call is kept
         assert ("ratio" in row) == (row["peer_name"] != "(TomoPy absent)")
     assert "| stage | block | peer |" in capsys.readouterr().out

@@ -19,7 +19,10 @@ same operation is done the most direct way with the library a user would otherwi
   absolute figures only.
 
 Runs of "ours" and "peer" are interleaved (order alternating from run to run) so machine
-noise hits both alike; each figure is the median of ``--runs`` runs. Throughput is
+noise hits both alike; each figure is the median of ``--runs`` runs. The CPU time per call
+(``time.process_time``: all the process's threads) is printed and kept in the JSON
+(``cpu_median_s``) beside the wall time: on a loaded machine it still says how much work
+each side does, where the wall-time ratio says little. Throughput is
 frames/s (projection stages) or sinograms/s (sinogram stages), and GB/s of the input
 block.
 
@@ -174,10 +177,12 @@ def units_of(case: Case, block: Array) -> int:
     return int(block.shape[1] if case.layout == "projection" else block.shape[0])
 
 
-def time_once(fn: Callable[[], Array]) -> float:
-    began = time.perf_counter()
+def time_once(fn: Callable[[], Array]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (all the process's threads) of one call: the CPU time
+    is the work done whatever the load, the wall time what a user waits."""
+    began, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 
 def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
@@ -197,10 +202,13 @@ def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
     if case.kind == "frames":
         sides["copy"] = lambda: _copy_to_float32(block)
     times: dict[str, list[float]] = {side: [] for side in sides}
+    cpu: dict[str, list[float]] = {side: [] for side in sides}
     order = list(sides)
     for run in range(runs):
         for side in order if run % 2 == 0 else order[::-1]:
-            times[side].append(time_once(sides[side]))
+            wall, used = time_once(sides[side])
+            times[side].append(wall)
+            cpu[side].append(used)
     units = units_of(case, block)
     row: dict[str, Any] = {
         "stage": case.label, "params": case.params, "peer_name": case.peer_name,
@@ -212,6 +220,7 @@ def bench_case(case: Case, data: dict[str, Array], runs: int) -> dict[str, Any]:
         median = statistics.median(values)
         row[side] = {"median_s": median, "units_per_s": units / median,
                      "GB_per_s": block.nbytes / median / 1e9,
+                     "cpu_median_s": statistics.median(cpu[side]),
                      "all_s": [round(v, 4) for v in values]}
     if "peer" in row:
         row["ratio"] = row["ours"]["units_per_s"] / row["peer"]["units_per_s"]
@@ -293,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer = f" | {row['peer_name']}: {_fmt(row['peer'], row['unit'])}" if "peer" in row else ""
         print(f"{row['stage']:>28s}: ours {_fmt(row['ours'], row['unit'])}{peer}{ratio}",
               flush=True)
+        cpu = ", ".join(f"{side} {1e3 * row[side]['cpu_median_s']:.1f} ms"
+                        for side in ("ours", "peer") if side in row)
+        print(f"{'':>28s}  CPU per call (all threads, median): {cpu}", flush=True)
     print()
     print(markdown_table(rows))
     if args.json:

@@ -33,7 +33,13 @@ from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module
 from stages.prep import device_correct
-from stages.prep.kernel import Correction, correct
+from stages.prep.kernel import (
+    Correction,
+    RawReferences,
+    correct,
+    correct_raw,
+    mean_of_frames,
+)
 from stages.prep.repair import NO_SIGNAL, RepairCounts
 from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
@@ -157,6 +163,35 @@ def _correct(
     return out
 
 
+def _normalize_host(
+    block: npt.NDArray[Any],
+    darks: npt.NDArray[Any],
+    flats: npt.NDArray[Any],
+    *,
+    averaging: str,
+    eps: float,
+    repairs: RepairCounts | None,
+    steps: Correction,
+) -> npt.NDArray[np.float32]:
+    """:func:`normalize` of a host block: the references are averaged in the kernel, band
+    by band on its threads (:func:`stages.prep.kernel.correct_raw`), not in extra
+    whole-frame passes first; the same values as :func:`_dark_reference` and
+    :func:`_average` give. Flats without beam are refused once the shares are known."""
+
+    def average(stack: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        return mean_of_frames(stack) if averaging == "mean" else _average(stack, averaging)
+
+    result = correct_raw(block, RawReferences(darks, flats, average, eps), steps)
+    rows, cols = block.shape[1:]
+    if result.flat_not_above_dark > _MAX_DARK_FLAT_SHARE * rows * cols:
+        # the message's means: whole frames, on this error path only
+        _check_flat_signal("normalize", _average(flats, averaging),
+                           _dark_reference("normalize", darks, block, averaging))
+    if repairs is not None:
+        repairs.add(NO_SIGNAL, result.repaired)
+    return result.out
+
+
 # ------------------------------------------------------------------------- normalize
 
 
@@ -228,6 +263,12 @@ def normalize(
     """
     _check_block("normalize", block)
     flat_frames = _flat_stack("normalize", flats, block)
+    if array_module(block) is np:
+        return _normalize_host(block, _check_refs("normalize", "darks", darks, block),
+                               flat_frames, averaging=averaging, eps=eps, repairs=repairs,
+                               steps=Correction(cutoff=cutoff, minus_log=minus_log,
+                                                nonnegative=nonnegative,
+                                                remove_nans=remove_nans))
     dark = _dark_reference("normalize", darks, block, averaging)
     flat = _average(flat_frames, averaging)
     _check_flat_signal("normalize", flat, dark)
@@ -670,9 +711,10 @@ SPECS: tuple[StageSpec, ...] = (
         pattern=Pattern.PROJECTION,
         params=NormalizeParams,
         # the float32 output (1) plus the caller's block when it is float32 (1);
-        # references are frame-sized, not block-sized. The kernel's temporaries and the
-        # repair's masks are per tile (stages.prep.kernel: a few hundred KiB per thread),
-        # so the third block is headroom kept from the whole-block implementation.
+        # references are frame-sized, not block-sized. The kernel's temporaries (a band
+        # of the averaged references, a few MiB) and the repair's masks are per band or
+        # tile (stages.prep.kernel), so the third block is headroom kept from the
+        # whole-block implementation.
         memory=scaled_memory(3),
         summary="flat/dark-field correction (T = (P - dark) / (flat - dark)), optional -log; "
         "pixels without signal repaired from their row neighbours",

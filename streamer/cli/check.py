@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     device = None if args.device is None else _planned_device(args.device)
     steps, _text = pipeline_for(ReconSettings(output=Path(), pipeline=args.pipeline,
                                               device="cpu" if device is None else "gpu"),
-                                "flat_dark")
+                                "flat_dark", loaded=pipeline)  # parsed once
     appended = len(steps) - len(pipeline.steps)
     refuse_row_change(steps)  # no rank count runs it: refused as recon and run would
     plans = plan_blocks(steps, rows=rows, cols=cols, angles=args.projections,

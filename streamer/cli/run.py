@@ -46,6 +46,7 @@ from streamer.run.progress import Progress
 from streamer.wire.transport import DEFAULT_SOURCE_ADDRESS
 
 if TYPE_CHECKING:
+    from streamer.pipeline.config import Pipeline
     from streamer.run.output import ScanOutput
 
 #: The longest a rank waits at the end of ``run`` for the others (rank 0 writing the
@@ -92,17 +93,18 @@ def parse_interrupt_after(text: str) -> float | None:
     return value
 
 
-def refuse_unchosen_sweep(pipeline: Path | None, sweep_value: str | None) -> None:
-    """The service reconstructs one variant of a swept pipeline per scan: without
+def load_run_pipeline(pipeline: Path | None, sweep_value: str | None) -> Pipeline | None:
+    """The pipeline file parsed, once for the whole run (None: no file, the default
+    pipeline). The service reconstructs one variant of a swept pipeline per scan: without
     ``--sweep-value`` a one-line error naming the variants (not the first one silently)."""
-    if pipeline is None or sweep_value is not None:
-        return
+    if pipeline is None:
+        return None
     from stages.registry import REGISTRY  # (heavy: only when needed)
     from streamer.pipeline.config import load_pipeline
 
     loaded = load_pipeline(pipeline, REGISTRY)
-    if loaded.sweep is None:
-        return
+    if loaded.sweep is None or sweep_value is not None:
+        return loaded
     labels = [label for label, _ in loaded.variants()]
     raise ConfigError(
         f"{pipeline}: a parameter sweep ({loaded.sweep.where}, {len(labels)} variants): "
@@ -166,13 +168,13 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """``tomo-streamer run`` with the parsed ``args``; returns the exit status."""
     resolve_pipeline(args, "PIPELINE")
-    refuse_unchosen_sweep(args.pipeline, args.sweep_value)  # before anything is written
+    loaded = load_run_pipeline(args.pipeline, args.sweep_value)  # before anything is written
     from streamer.sinks.disk import check_writable
 
     check_writable(args.out, folder=True, what="--out")  # before any scan is received
     if args.report_dir is not None:
         check_writable(args.report_dir, folder=True, what="--report-dir")
-    return _run_on_ranks(args, launched_with_ranks())
+    return _run_on_ranks(args, launched_with_ranks(), loaded)
 
 
 def _print_output(output: ScanOutput, ranks: int) -> None:
@@ -195,10 +197,11 @@ def _print_output(output: ScanOutput, ranks: int) -> None:
         print(f"  warning: CoR {center}: {warning}", flush=True)
 
 
-def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
+def _run_on_ranks(args: argparse.Namespace, ranks: int, loaded: Pipeline | None) -> int:
     """The service on the one runner: one rank (an in-memory link) or ``mpiexec -n R``
     (every rank pulls, reslices and reconstructs its band; rank 0 reports and writes
-    each scan's output; with ``--feed`` rank 0 serves the feed, the others relay to it)."""
+    each scan's output; with ``--feed`` rank 0 serves the feed, the others relay to it).
+    ``loaded``: the pipeline file as :func:`load_run_pipeline` parsed it."""
     if args.listen and ranks > 1:
         raise ConfigError(
             "--listen: with several MPI ranks every rank connects to the source; "
@@ -226,7 +229,7 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                                           center=args.center, device=args.device,
                                           device_bytes=device_bytes,
                                           sweep_value=args.sweep_value)
-    steps, text = pipeline_for(settings_for_pipeline, "flat_dark")
+    steps, text = pipeline_for(settings_for_pipeline, "flat_dark", loaded=loaded)
     limits, settings = ingest_settings(args)
     control, band_link = link.duplicate(), link.duplicate()
     relay_link = link.duplicate()  # the feed's relay to rank 0 (one rank: to itself)
@@ -295,7 +298,8 @@ def _run_on_ranks(args: argparse.Namespace, ranks: int) -> int:
                 report, service.state.between_scans, config, report_dir))
 
         service = IngestService(socket, settings, drain=ranked.drain, on_report=on_report,
-                                on_event=on_event, cluster=cluster, gate=gate, log=log)
+                                on_event=on_event, cluster=cluster, gate=gate, log=log,
+                                await_downstream=ranked.wait)
         relay.watch(service.state)
         if ranks > 1:
             if speaks and not args.quiet:

@@ -70,6 +70,9 @@ SUPERSEDE_GRACE_S: Final = 2.0
 CONTROL_POLL_S: Final = 0.002
 #: ... and the wait as a fraction of the time since anything was last heard.
 QUIET_FRACTION: Final = 0.125
+#: A wait for the other ranks' MPI messages (which wake nobody) begins this short and
+#: doubles each round it is still unanswered (:func:`backoff_s`).
+FIRST_BACKOFF_S: Final = 0.001
 
 
 def control_wait_s(quiet_s: float, longest_s: float) -> float:
@@ -79,6 +82,16 @@ def control_wait_s(quiet_s: float, longest_s: float) -> float:
     after a quiet ``q`` is heard within ``max(CONTROL_POLL_S, q / 8)``; a quiet of ``T``
     costs about ``8 ln(T / 16 ms)`` wake-ups beyond the first few, not a busy loop."""
     return min(longest_s, max(CONTROL_POLL_S, QUIET_FRACTION * max(0.0, quiet_s)))
+
+
+def backoff_s(rounds: int, longest_s: float) -> float:
+    """How long to wait in the ``rounds``-th consecutive round (from 0) of a loop that
+    polls for messages nothing wakes on (a peer's account, a start from rank 0):
+    ``FIRST_BACKOFF_S`` doubling each round, never more than ``longest_s`` (the poll
+    period). A message that comes after ``t`` of waiting is seen within about ``t`` more
+    (at most ``longest_s``), and a long wait costs ``log2(longest_s / 1 ms)`` extra
+    wake-ups, not a busy loop."""
+    return min(longest_s, FIRST_BACKOFF_S * 2.0 ** min(rounds, 30))
 
 
 class Link(Protocol):

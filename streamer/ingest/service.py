@@ -22,7 +22,7 @@ import zmq
 
 from streamer.errors import ProtocolError, ScanFailedError
 from streamer.ingest.accounting import ScanReport
-from streamer.ingest.cluster import ClusterIngest, MergedReport
+from streamer.ingest.cluster import ClusterIngest, MergedReport, backoff_s
 from streamer.ingest.heap import DEFAULT_KEEP_BYTES, check_keep_bytes, keep_freed_heap
 from streamer.ingest.peers import PeerGate
 from streamer.ingest.state import (
@@ -108,6 +108,15 @@ class IngestService:
         :attr:`IngestState.between_scans` (``peer_refused``: one per attempt) and logged.
     log : callable, optional
         Where the service's log lines go (refused peers).
+    await_downstream : callable, optional
+        Called with a number of seconds when the store is full after a drain (downstream
+        is behind): waits at most that long, returning as soon as the next drain will
+        take frames (``RankedReconstruction.wait``: its worker is idle). The service then
+        reads on at once instead of a poll period later. Without it, a full store is
+        retried after a short back-off (:func:`~streamer.ingest.cluster.backoff_s`).
+    sleep : callable
+        How the service waits when nothing wakes it (no ``stop`` event): injectable
+        for tests.
     """
 
     def __init__(
@@ -122,6 +131,8 @@ class IngestService:
         cluster: ClusterIngest | None = None,
         gate: PeerGate | None = None,
         log: Callable[[str], None] | None = None,
+        await_downstream: Callable[[float], object] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.socket = socket
         self.gate = gate
@@ -135,6 +146,10 @@ class IngestService:
         self.on_report = on_report
         self.on_event = on_event
         self.clock = clock
+        self.await_downstream = await_downstream
+        self.sleep = sleep
+        #: Consecutive pauses so far (the back-off's round; 0 once the service reads).
+        self._pauses = 0
         #: The most recent reports (at most ``MAX_KEPT_REPORTS``: a service that runs for
         #: months must not grow); ``scans_reported`` counts them all.
         self.reports: list[ScanReport] = []
@@ -181,12 +196,14 @@ class IngestService:
                 self._drain()
                 if self.store.full or self.state.pending_full:
                     # Downstream is behind (or frames wait for their scan's start): do not
-                    # read; the HWMs fill and the source waits. Wake on stop or after a
+                    # read; the HWMs fill and the source waits. Wake when downstream can
+                    # take frames again (or the start came), on stop, or after at most a
                     # poll period to try again.
-                    self._pause()
+                    self._pause(downstream=self.store.full)
                     self.state.paused(self.clock())
                     self._tick()
                     continue
+                self._pauses = 0
                 if self._receive_burst():
                     idle_since = heard_at = self.clock()
                 self._tick()
@@ -234,11 +251,15 @@ class IngestService:
             return
         for event in cluster.finish(self.state, self.clock()):
             self._dispatch(event)
+        # The accounts come as MPI messages, which wake nobody: poll with a back-off
+        # from 1 ms (the last account is usually in flight already), bounded as before.
         deadline = self.clock() + self.settings.idle_timeout_s
+        rounds = 0
         while cluster.pending_merges() and self.clock() < deadline:
             self._cluster_step()
             if cluster.pending_merges():
-                time.sleep(self.settings.poll_ms / 1000)
+                self._rest(backoff_s(rounds, self.settings.poll_ms / 1000))
+                rounds += 1
         for event in cluster.force_merge(self.clock()):
             self._dispatch(event)
 
@@ -287,11 +308,24 @@ class IngestService:
             self._dispatch(event)
         return control
 
-    def _pause(self) -> None:
-        if self._stop is not None:
-            self._stop.wait(self.settings.poll_ms / 1000)
+    def _pause(self, *, downstream: bool) -> None:
+        """Wait, at most a poll period, for what ends a pause: for ``downstream`` (the
+        store is full, or holds frames a close waits for) downstream's own signal when it
+        has one (:attr:`await_downstream`); otherwise (no signal, or frames wait for a
+        start that rank 0 sends over MPI) a back-off from 1 ms."""
+        longest = self.settings.poll_ms / 1000
+        if downstream and self.await_downstream is not None:
+            self.await_downstream(longest)
         else:
-            time.sleep(self.settings.poll_ms / 1000)
+            self._rest(backoff_s(self._pauses, longest))
+        self._pauses += 1
+
+    def _rest(self, seconds: float) -> None:
+        """Wait ``seconds``; a ``stop`` ends the wait at once."""
+        if self._stop is not None:
+            self._stop.wait(seconds)
+        else:
+            self.sleep(seconds)
 
     def _drain(self) -> None:
         """Hand held frames downstream; a scan downstream cannot process
@@ -319,7 +353,7 @@ class IngestService:
                 return str(failure)
             if not len(self.store) or (self._stop is not None and self._stop.is_set()):
                 return None
-            self._pause()
+            self._pause(downstream=True)
 
     def _tick(self) -> None:
         for event in self.state.handle_tick(self.clock()):

@@ -30,7 +30,13 @@ understood as HTTomo's checker (``httomo/yaml_checker.py``) and runner understan
   {method}.h5`` beside the output, as HTTomo's ``save_intermediate_data`` (``recon``;
   :mod:`streamer.pipeline.intermediate`);
 * duplicate keys anywhere, non-string parameter names and parameters left as
-  ``REQUIRED`` are refused.
+  ``REQUIRED`` are refused;
+* names from older httomolibgpu releases (``FBP``, ``paganin_filter_tomopy``,
+  ``median_filter3d``, ...) are translated to the current method where the maths is the
+  same, with a note, or refused naming the current equivalent
+  (:mod:`streamer.pipeline.old_names`); HTTomo 1.x's layout (``- module: {method:
+  {...}}``) is read as the 2.0 entries it stands for
+  (:mod:`streamer.pipeline.httomo1_layout`).
 
 Anything else we cannot map is refused, saying which entry and why, with the closest
 known names. All problems are reported together, each as ``FILE:LINE: pipeline[i].field:
@@ -46,7 +52,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import yaml
@@ -54,7 +60,13 @@ from pydantic import ValidationError
 
 from stages.spec import PIPELINE_FOLDER, Pattern, StageParams, StageSpec
 from streamer.errors import ConfigError
-from streamer.pipeline.httomo_loader import LOADER_MODULES, LoaderSettings, loader_settings
+from streamer.pipeline import httomo1_layout, old_names
+from streamer.pipeline.httomo_loader import (
+    IGNORED_OLD,
+    LOADER_MODULES,
+    LoaderSettings,
+    loader_settings,
+)
 
 ENTRY_KEYS = frozenset({"method", "module_path", "parameters", "backend", "id", "save_result",
                         "side_outputs"})
@@ -223,12 +235,20 @@ def parse_pipeline(text: str, registry: Mapping[str, StageSpec], *, source: str,
         raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
     problems = _Problems(source)
     _duplicate_keys(root, problems)
+    layout_1x = isinstance(root, yaml.SequenceNode) and httomo1_layout.is_httomo1(root)
+    if isinstance(root, yaml.SequenceNode) and layout_1x:
+        if problems.messages:  # duplicated keys: said before the layout is read
+            raise ConfigError("\n".join(problems.messages))
+        root = httomo1_layout.to_httomo2(root, source)
     entries = _entry_nodes(root, problems)
     context = _Context(registry, _alias_table(registry), problems)
     context.validation = {PIPELINE_FOLDER: folder}
     context.httomo = isinstance(root, yaml.SequenceNode) and any(
         _is_foreign(_scalar(dict(_pairs(node)).get("module_path"))) for node in entries)
     context.later_ids = {str(_scalar(dict(_pairs(node)).get("id"))) for node in entries}
+    if layout_1x:
+        context.notes.append("HTTomo 1.x layout read as HTTomo 2.0's entries (data_in/"
+                             "data_out dropped, a finder's data_out as id + side_outputs)")
     for index, node in enumerate(entries):
         _parse_entry(index, node, context)
     if context.httomo and entries and not context.loader_seen_first:
@@ -368,13 +388,20 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
         if entry_id is not None:
             problems.add(fields["id"], f"{where}.id", "a loader has no side outputs to name")
         return
-    spec = _resolve(method, module, context.registry, context.aliases)
+    translated = _old_name(method, module, raw, fields, where=where, context=context)
+    if translated is None:
+        spec = None  # an old name without an equivalent: refused, said by _old_name
+    else:
+        spec = _resolve(translated[0], translated[1], context.registry, context.aliases)
+        raw = translated[2]
+        if spec is None:
+            wanted = f"{module}.{method}" if module else method
+            close = difflib.get_close_matches(method, list(context.registry), n=3,
+                                              cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no "
+                         f"stage of ours is registered under that name{hint}")
     if spec is None:
-        wanted = f"{module}.{method}" if module else method
-        close = difflib.get_close_matches(method, list(context.registry), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        problems.add(method_node, f"{where}.method", f"unknown method {wanted!r}: no stage "
-                     f"of ours is registered under that name{hint}")
         if entry_id is not None:  # keep its id known: references to it are not errors too
             side = _construct(fields["side_outputs"]) if "side_outputs" in fields else None
             named = {str(v): str(k) for k, v in side.items()} if isinstance(side, dict) else {}
@@ -392,12 +419,10 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
     try:
         params = spec.params.model_validate(raw, context=context.validation)
     except ValidationError as error:
-        for item in error.errors(include_url=False):
-            field = ".".join(str(part) for part in item["loc"])
-            key_node = _key_node(parameters_node, str(item["loc"][0])) if item["loc"] else None
-            got = "" if item["type"] == "missing" else f", got {item.get('input')!r}"
+        for field, message in parameter_problems(error, spec):
+            key_node = _key_node(parameters_node, field.split(".")[0]) if field else None
             problems.add(key_node or parameters_node or node,
-                         f"{where}.parameters.{field}", f"{item['msg']}{got}")
+                         _parameters_label(where, spec, field), message)
         return
     backend_node = fields.get("backend")
     backend = _scalar(backend_node) if backend_node is not None else spec.backends[0]
@@ -422,6 +447,33 @@ def _parse_entry(index: int, node: yaml.Node, context: _Context) -> None:
     context.steps.append(PipelineStep(spec, params, str(backend),
                                       f"{problems.source}{line}", linked, save,
                                       f"{task}-{package}-{method}"))
+
+
+def _old_name(method: str, module: str | None, raw: dict[str, Any] | None,
+              fields: Mapping[str, yaml.Node], *, where: str, context: _Context,
+              ) -> tuple[str, str | None, dict[str, Any] | None] | None:
+    """``(method, module, parameters)`` to resolve: a name from an older httomolibgpu
+    release translated to the current one (:mod:`streamer.pipeline.old_names`, a note
+    for ``check``), or the entry as given; ``None`` when the old name has no equivalent
+    or its parameters cannot be translated (said as a problem)."""
+    entry = old_names.find(module, method, raw or {}) if module else None
+    if entry is None:
+        return method, module, raw
+    if isinstance(entry, old_names.Removed):
+        context.problems.add(fields.get("method"), f"{where}.method", old_names.refusal(entry))
+        return None
+    if raw is None:
+        return method, module, raw
+    translation = old_names.translate(entry, raw)
+    for key, message in translation.problems:
+        spot = _key_node(fields.get("parameters"), key) if key else None
+        context.problems.add(spot or fields.get("method"), f"{where}.parameters.{key}",
+                             message)
+    if translation.problems:
+        return None
+    if translation.note:
+        context.notes.append(f"{where}: {translation.note}")
+    return translation.method, translation.module, translation.params
 
 
 def _parameters(parameters_node: yaml.Node | None, where: str, node: yaml.Node,
@@ -547,7 +599,7 @@ def _sweeps(raw: dict[str, Any], spec: StageSpec, parameters_node: yaml.Node | N
     out = dict(raw)
     for key, sweep in swept:
         spot = _key_node(parameters_node, key) or node
-        label = f"{where}.parameters.{key}"
+        label = _parameters_label(where, spec, key)
         if context.sweep is not None or len(swept) > 1:
             context.problems.add(spot, label, "one parameter sweep per pipeline; another is "
                                  f"at {context.sweep.where if context.sweep else where}")
@@ -556,8 +608,10 @@ def _sweeps(raw: dict[str, Any], spec: StageSpec, parameters_node: yaml.Node | N
             try:
                 spec.params.model_validate({**raw, key: value}, context=context.validation)
             except ValidationError as error:
-                first = error.errors(include_url=False)[0]
-                context.problems.add(spot, label, f"sweep value {value!r}: {first['msg']}")
+                field, message = parameter_problems(error, spec)[0]
+                if field and field != key:
+                    message = f"{field}: {message}"
+                context.problems.add(spot, label, f"sweep value {value!r}: {message}")
                 return None
         line = f"{context.problems.source}:{spot.start_mark.line + 1}"
         context.sweep = Sweep(len(context.steps), key, sweep.values, line)
@@ -585,8 +639,10 @@ def _loader_entry(index: int, method: str, module: str, raw: dict[str, Any] | No
 
     context.loader = loader_settings(raw, problem)
     given = ", ".join(f"{k}={v!r}" for k, v in context.loader.given().items()) or "auto-detect"
+    ignored = sorted(set(raw) & IGNORED_OLD)
+    unread = f"; {', '.join(ignored)} ignored, as HTTomo 2.0 did" if ignored else ""
     context.notes.append(f"{where}: HTTomo loader {method}: {given} (used by `recon`; "
-                         "command-line options win)")
+                         f"command-line options win){unread}")
 
 
 def _alias_table(registry: Mapping[str, StageSpec]) -> dict[str, StageSpec]:
@@ -621,6 +677,50 @@ def _construct(node: yaml.Node | None) -> Any:
         return document.construct_object(node, deep=True)
     finally:
         document.dispose()
+
+
+def _parameters_label(where: str, spec: StageSpec, field: str) -> str:
+    """``pipeline[N] (stage NAME).parameters.FIELD`` (no field: ``….parameters``)."""
+    return f"{where} (stage {spec.name}).parameters{'.' + field if field else ''}"
+
+
+#: What pydantic puts before the text of an error raised in a validator.
+_PYDANTIC_PREFIXES: Final = ("Value error, ", "Assertion failed, ")
+
+
+def parameter_problems(error: ValidationError, spec: StageSpec) -> list[tuple[str, str]]:
+    """Each problem pydantic found in ``spec``'s parameters as ``(field, message)``: the
+    field path (``""`` when a model validator's error names no parameter) and the
+    message without pydantic's boilerplate (``Value error,``, ``Field required``,
+    ``Extra inputs are not permitted``), with the value given where there is one.
+    A model validator's message that starts with a parameter's name (``window: …``,
+    the stages' convention; a parameter of the model or one given) is placed on it."""
+    fields = spec.params.model_fields
+    found: list[tuple[str, str]] = []
+    for item in error.errors(include_url=False):
+        loc = [str(part) for part in item["loc"]]
+        kind = item["type"]
+        message = str(item.get("ctx", {}).get("error", item["msg"])) \
+            if kind in ("value_error", "assertion_error") else str(item["msg"])
+        for prefix in _PYDANTIC_PREFIXES:
+            message = message.removeprefix(prefix)
+        if not loc:  # a model validator: the whole mapping is its input
+            name, _, rest = message.partition(": ")
+            given = item.get("input")
+            if rest and (name in fields or (isinstance(given, dict) and name in given)):
+                found.append((name, rest))
+            else:
+                found.append(("", message))
+            continue
+        if kind == "missing":
+            message = "required, not given"
+        elif kind == "extra_forbidden":
+            message = (f"unknown parameter (got {item.get('input')!r}); {spec.name} takes "
+                       f"{', '.join(sorted(fields)) or 'no parameters'}")
+        elif not (kind in ("value_error", "assertion_error") and "got " in message):
+            message = f"{message}, got {item.get('input')!r}"  # (not twice)
+        found.append((".".join(loc), message))
+    return found
 
 
 def _key_node(mapping: yaml.Node | None, key: str) -> yaml.Node | None:

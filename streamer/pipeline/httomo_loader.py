@@ -19,11 +19,16 @@ from typing import Any
 
 from streamer.sources.formats.options import LoadOptions
 
-__all__ = ["LOADER_MODULES", "LoaderSettings", "loader_settings", "with_loader"]
+__all__ = ["IGNORED_OLD", "LOADER_MODULES", "LoaderSettings", "loader_settings",
+           "with_loader"]
 
 LOADER_MODULES = ("httomo.data.hdf.loaders",)
 _KNOWN = frozenset({"data_path", "image_key_path", "rotation_angles", "preview", "darks",
                     "flats", "continuous_scan_subset"})
+#: Loader parameters of HTTomo 1.x/2.0 pipelines that HTTomo 2.0's loader never read
+#: (``ui_layer._setup_loader``; its ``in_file`` is the command line's) and 2.1 dropped:
+#: accepted and ignored, as there.
+IGNORED_OLD = frozenset({"name", "in_file", "dimension", "pad"})
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def _references(value: Any, what: str) -> tuple[str, ...]:
 def loader_settings(parameters: Mapping[str, Any],
                     problem: Callable[[str, str], None]) -> LoaderSettings:
     """Read ``standard_tomo``'s parameters; each problem goes to ``problem(field, text)``."""
-    unknown = sorted(str(key) for key in set(parameters) - _KNOWN)
+    unknown = sorted(str(key) for key in set(parameters) - _KNOWN - IGNORED_OLD)
     for key in unknown:
         problem(key, f"unknown loader parameter; expected one of {', '.join(sorted(_KNOWN))}")
     fields: dict[str, Any] = {}

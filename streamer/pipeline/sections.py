@@ -43,9 +43,12 @@ later one every rank holds all rows of a range of angles and the next bands are 
 its output (:mod:`streamer.run.later_sections`).
 
 :func:`split_sections` is the single-reslice view (projection section, sinogram
-section) for the runners that reslice once (the live one-rank and R-rank services):
-a pipeline that needs more reslices is refused there with a one-line error naming the
-step and the command that runs it (``recon``).
+section) of the band path (:class:`~streamer.run.ranks.RankedReconstruction`'s sinogram
+section on each band). The runners send a pipeline that needs more reslices elsewhere
+before they get there — ``recon`` and ``run``, on any number of ranks: one rank runs its
+later sections at the scan's close (:meth:`~streamer.pipeline.executor.ScanProcessor.finish`),
+R ranks in :mod:`streamer.run.later_sections` — so a caller that still hands one to
+:func:`split_sections` gets a one-line error naming the step and those runners.
 """
 
 from __future__ import annotations
@@ -94,14 +97,17 @@ def split_sections(
     steps: tuple[PipelineStep, ...],
 ) -> tuple[tuple[PipelineStep, ...], tuple[PipelineStep, ...]]:
     """The projection section and the sinogram section (finders first) of a pipeline
-    with at most one reslice; a ``StageError`` for one that needs more."""
+    with at most one reslice; a ``StageError`` for one that needs more, naming the
+    runners that run it (see the module notes)."""
     found = sections_of(steps)
     if len(found) > 2:
         step = found[2].steps[0]
         raise StageError(
             f"stage {step.name!r} ({step.where}): a {step.spec.pattern.value} stage after "
             f"the sinogram stage {found[1].steps[-1].name!r} needs a second reslice, which "
-            "only `recon` runs (one rank, from a file); the live services reslice once"
+            "the one-reslice band path does not run; `recon` and `run` run such a pipeline "
+            "on any number of ranks (one rank: the scan processor's later sections at the "
+            "scan's close; R ranks: streamer.run.later_sections)"
         )
     if len(found) == 1:
         return found[0].steps, ()

@@ -233,7 +233,7 @@ def run_demo(
         )
         config["address"] = bound_address(pull)
         service = IngestService(pull, settings, drain=runner.drain, on_event=runner.on_event,
-                                on_report=on_report, log=log,
+                                on_report=on_report, log=log, await_downstream=runner.wait,
                                 cluster=ClusterIngest(link, settings.idle_timeout_s,
                                                       settings.limits))
         if inner is not None:

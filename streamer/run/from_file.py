@@ -33,7 +33,7 @@ from stages.prep.repair import RepairCounts
 from stages.recon.center_policy import CorEstimate, find_center
 from stages.registry import REGISTRY
 from streamer.errors import ConfigError, StreamerError
-from streamer.pipeline.config import PipelineStep, load_pipeline, parse_pipeline
+from streamer.pipeline.config import Pipeline, PipelineStep, load_pipeline, parse_pipeline
 from streamer.pipeline.iterations import BandIteration
 from streamer.pipeline.plan import steps_on_device
 from streamer.sinks.registry import DEFAULT_FORMAT
@@ -95,13 +95,14 @@ class ReconResult:
     notes: tuple[str, ...] = ()
 
 
-def pipeline_for(settings: ReconSettings, normalisation: Normalisation) -> tuple[
-    tuple[PipelineStep, ...], str
-]:
-    """The steps to run and their YAML (stored in the output)."""
+def pipeline_for(settings: ReconSettings, normalisation: Normalisation, *,
+                 loaded: Pipeline | None = None) -> tuple[tuple[PipelineStep, ...], str]:
+    """The steps to run and their YAML (stored in the output). ``loaded``: the file
+    ``settings.pipeline`` as the caller already parsed it (``run`` checks its sweep
+    before anything is written), so it is not parsed twice; None: parsed here."""
     if settings.pipeline is not None:
         text = settings.pipeline.read_text()
-        pipeline = load_pipeline(settings.pipeline, REGISTRY)
+        pipeline = loaded if loaded is not None else load_pipeline(settings.pipeline, REGISTRY)
         steps = pipeline.steps
         if pipeline.sweep is not None:
             variants = dict(pipeline.variants())

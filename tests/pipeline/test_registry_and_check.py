@@ -85,9 +85,27 @@ def test_check_reports_errors_with_file_and_line(tmp_path: Path,
     err = capsys.readouterr().err
     assert f"{bad}:1: pipeline[0].method: unknown method " in err
     assert "'httomolibgpu.recon.algorithm.FBP4d_tomobar'" in err
-    assert f"{bad}:5: pipeline[1].parameters.dif: Input should be greater than 0" in err
+    assert (f"{bad}:5: pipeline[1] (stage remove_outlier).parameters.dif: Input should be "
+            "greater than 0") in err
 
 
 def test_check_refuses_a_frame_that_cannot_fit(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(REPO / "configs/standard.yaml"), "--memory", "0.01"]) == 2
     assert "one frame of shape (2048, 2048) needs" in capsys.readouterr().err
+
+
+def test_check_parses_the_pipeline_file_once(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.pipeline import config
+
+    sources: list[str] = []
+    real_parse = config.parse_pipeline
+
+    def counting(text: str, *args: object, source: str, **kwargs: object) -> object:
+        sources.append(source)
+        return real_parse(text, *args, source=source, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(config, "parse_pipeline", counting)
+    path = REPO / "configs/standard.yaml"
+    assert main(["check", str(path), "--memory", "4"]) == 0
+    assert sources.count(str(path)) == 1

@@ -34,8 +34,16 @@ def test_deg360_paganin_has_four_sections() -> None:
         ["paganin_filter"],
         ["FBP3d_tomobar", "calculate_stats", "rescale_to_int", "save_to_images"],
     ]
-    with pytest.raises(StageError, match=r"'paganin_filter' .* needs a second reslice"):
+    with pytest.raises(StageError, match=r"'paganin_filter' .* needs a second reslice") as error:
         split_sections(steps)
+    # the text names the runners that do run it, and they do take it off the band path
+    # (RankedReconstruction: one rank's whole-scan path, R ranks' later sections)
+    assert "`recon` and `run` run such a pipeline on any number of ranks" in str(error.value)
+    assert "one rank: the scan processor's later sections at the scan's close" in \
+        str(error.value)
+    assert "R ranks: streamer.run.later_sections" in str(error.value)
+    assert "only `recon`" not in str(error.value)
+    assert beyond_one_band(steps) and beyond_one_band(steps, on_ranks=True)
 
 
 def test_a_pipeline_starting_on_sinograms_has_an_empty_first_section() -> None:

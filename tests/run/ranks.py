@@ -70,6 +70,7 @@ class OneRank:
         """The ingest service on ``socket`` that feeds the runner (``on_event``: instead
         of the runner's own, e.g. to watch the events; it must pass them on)."""
         service = IngestService(socket, settings, drain=self.ranked.drain,
+                                await_downstream=self.ranked.wait,
                                 on_event=on_event or self.ranked.on_event,
                                 cluster=ClusterIngest(self.link, settings.idle_timeout_s),
                                 **options)
@@ -87,6 +88,7 @@ def serve_scans(link: MemoryLink, ranked: RankedReconstruction, address: str, *,
         try:
             service = IngestService(pull, IngestSettings(idle_timeout_s=10),
                                     drain=ranked.drain, on_event=ranked.on_event,
+                                    await_downstream=ranked.wait,
                                     cluster=ClusterIngest(link, 10.0))
             service.run(max_scans=scans)
             assert ranked.wait(wait_s), "the worker never finished"

@@ -41,6 +41,7 @@ def test_interrupt_after_reaches_the_runner(given: list[str], expected: float | 
 
 
 SWEEP = Path(__file__).parents[1] / "pipeline/httomo_full/sweep_center_FBP3d_tomobar.yaml"
+STANDARD = Path(__file__).parents[2] / "configs/standard.yaml"
 
 
 def test_run_refuses_a_sweep_without_a_chosen_value(tmp_path: Path,
@@ -71,3 +72,38 @@ def test_run_serves_the_chosen_sweep_value(tmp_path: Path,
               "tcp://127.0.0.1:0", "--scans", "1", "--out", str(tmp_path / "v"), "--quiet"])
     recon = [step for step in seen["steps"] if step.spec.needs_angles][-1]
     assert dict(recon.params)["center"] == 1150
+
+
+@pytest.mark.parametrize(("pipeline", "given"), [
+    (STANDARD, []), (SWEEP, ["--sweep-value", "center=1150"])])
+def test_run_parses_its_pipeline_file_once(pipeline: Path, given: list[str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep is checked before anything is written and the steps come from the same
+    parse: the file is read and validated once, not twice."""
+    from streamer.pipeline import config
+
+    sources: list[str] = []
+    real_parse = config.parse_pipeline
+
+    def counting(text: str, *args: Any, source: str, **kwargs: Any) -> Any:
+        sources.append(source)
+        return real_parse(text, *args, source=source, **kwargs)
+
+    def built(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise _BuiltError
+
+    monkeypatch.setattr(config, "parse_pipeline", counting)
+    monkeypatch.setattr(ranks.RankedReconstruction, "__init__", built)
+    with pytest.raises(_BuiltError):
+        main(["run", str(pipeline), *given, "--listen", "tcp://127.0.0.1:0", "--scans", "1",
+              "--out", str(tmp_path / "v"), "--quiet"])
+    assert sources.count(str(pipeline)) == 1
+
+
+def test_run_refuses_a_sweep_value_the_pipeline_does_not_have(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(SWEEP), "--sweep-value", "center=1", "--listen",
+                 "tcp://127.0.0.1:0", "--scans", "1", "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert f"{SWEEP}: sweep value: expected one of center=1100, center=1125" in err
+    assert "got 'center=1'" in err and "Traceback" not in err
