@@ -23,6 +23,7 @@ import zmq
 from streamer.errors import ProtocolError, ScanFailedError
 from streamer.ingest.accounting import ScanReport
 from streamer.ingest.cluster import ClusterIngest, MergedReport, backoff_s
+from streamer.ingest.heap import DEFAULT_KEEP_BYTES, check_keep_bytes, keep_freed_heap
 from streamer.ingest.peers import PeerGate
 from streamer.ingest.state import (
     FramesAccepted,
@@ -64,6 +65,10 @@ class IngestSettings:
         Most messages handled per poll before timers and the store are checked.
     store_bytes : int
         Capacity of the frame store (bytes of held frames).
+    heap_keep_bytes : int
+        Freed memory each glibc heap keeps mapped for the next received messages instead
+        of returning it to the kernel (:func:`streamer.ingest.heap.keep_freed_heap`, set
+        when the service runs; process-wide). 0 leaves the allocator alone.
     """
 
     limits: Limits = field(default_factory=Limits)
@@ -71,6 +76,10 @@ class IngestSettings:
     poll_ms: int = 100
     burst: int = 64
     store_bytes: int = 2 * 1024**3
+    heap_keep_bytes: int = DEFAULT_KEEP_BYTES
+
+    def __post_init__(self) -> None:
+        check_keep_bytes(self.heap_keep_bytes)
 
 
 class IngestService:
@@ -158,6 +167,11 @@ class IngestService:
         """Serve until ``max_scans`` scans closed, ``stop`` is set, or nothing at all
         arrived for ``max_idle_s`` while no scan is open. Returns the reports of the
         scans closed in this call."""
+        # Received buffers freed back to a heap that trims faults them in again, page by
+        # page, for the next messages: keep them mapped (ADR 0031).
+        not_kept = keep_freed_heap(self.settings.heap_keep_bytes)
+        if not_kept is not None and self.log is not None:
+            self.log(f"ingest: {not_kept}")
         # Receives wait at most a poll period (RCVTIMEO) instead of a poll before each:
         # one call per message, as a bare PULL loop makes (restored when the run ends).
         timeout_before = self.socket.getsockopt(zmq.RCVTIMEO)
