@@ -110,7 +110,7 @@ def print_and_write_report(report: ScanReport, between_scans: Rejections | None,
     from streamer.sinks.disk import os_reason
 
     document = report_document(report, config=config, between_scans=between_scans)
-    print(format_report(report))
+    print(format_report(report), flush=True)  # on screen before its JSON file appears
     try:
         path = write_report(document, report_dir)
     except OSError as error:

@@ -208,12 +208,10 @@ def test_recon_refuses_an_unwritable_output_before_reading_the_scan(
         out, reason = tmp_path / "plain.txt" / "recon.h5", "plain.txt is a file, not a folder"
     else:
         out, reason = small_fs(64, read_only=True) / "recon.h5", "Read-only file system"
-    began = time.perf_counter()
     result = cli(python, cli_env, "recon", str(scan), "-o", str(out), "--quiet")
     assert result.returncode == 2
     assert_one_error_line(result.stderr, str(out), "-o/--output: cannot write", reason)
     assert "scan:" not in result.stderr  # refused before the scan was opened
-    assert time.perf_counter() - began < 30
 
 
 @pytest.mark.parametrize("how", ["under_a_file", "read_only_fs"])
