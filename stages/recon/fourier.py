@@ -773,26 +773,34 @@ def _reflected_runs(rows_y: npt.NDArray[np.float32], grid: int) -> tuple[tuple[i
     return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
 
 
+def add_reflected_rows(
+    target: npt.NDArray[np.complex64], source: npt.NDArray[np.complex64], first: int, end: int
+) -> None:
+    """:func:`_add_reflected` on rows ``first … end-1`` of ``target`` only:
+    ``target[m] += source[-m mod G]`` on both axes (``G × G``, ``G`` even); the same
+    sums, bit for bit, where the other source rows are zero (the streaming
+    accumulator's rows too: :mod:`stages.recon.streaming`)."""
+    grid = target.shape[0]
+    if first == 0:  # row 0 reflects onto itself
+        target[0, 0] += source[0, 0]
+        target[0, 1:] += source[0, :0:-1]
+        first = 1
+    if end <= first:
+        return
+    # Rows first … end-1 read source rows G-first down to G-end+1.
+    rows = source[grid - first : grid - end : -1]
+    target[first:end, 0] += rows[:, 0]
+    target[first:end, 1:] += rows[:, :0:-1]
+
+
 def _add_reflected_runs(
     target: npt.NDArray[np.complex64],
     source: npt.NDArray[np.complex64],
     runs: tuple[tuple[int, int], ...],
 ) -> None:
-    """:func:`_add_reflected` on the target rows of ``runs`` only (``G × G``, ``G``
-    even): the same sums, bit for bit, where the other source rows are zero."""
-    grid = target.shape[0]
+    """:func:`add_reflected_rows` on the target rows of each of ``runs``."""
     for start, end in runs:
-        first = start
-        if first == 0:  # row 0 reflects onto itself
-            target[0, 0] += source[0, 0]
-            target[0, 1:] += source[0, :0:-1]
-            first = 1
-        if end <= first:
-            continue
-        # Target rows first … end-1 read source rows G-first down to G-end+1.
-        rows = source[grid - first : grid - end : -1]
-        target[first:end, 0] += rows[:, 0]
-        target[first:end, 1:] += rows[:, :0:-1]
+        add_reflected_rows(target, source, start, end)
 
 
 class _Gridder:

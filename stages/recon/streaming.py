@@ -73,6 +73,7 @@ from stages.recon.fourier import (
     _negated,
     _Plan,
     _threads,
+    add_reflected_rows,
     window_length,
 )
 from streamer.errors import StageError
@@ -217,24 +218,6 @@ def _row_runs(rows_y: npt.NDArray[np.float32], grid: int) -> tuple[tuple[int, in
         return ((0, grid),)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], dilated.astype(np.int8), [0]])))
     return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
-
-
-def _add_reflected_rows(
-    target: npt.NDArray[np.complex64], source: npt.NDArray[np.complex64], first: int, end: int
-) -> None:
-    """:func:`stages.recon.fourier._add_reflected` on rows ``first … end-1`` of ``target``
-    only: ``target[m] += source[-m mod G]`` on both axes (``G × G``, ``G`` even)."""
-    grid = target.shape[0]
-    if first == 0:  # row 0 reflects onto itself
-        target[0, 0] += source[0, 0]
-        target[0, 1:] += source[0, :0:-1]
-        first = 1
-    if end <= first:
-        return
-    # Rows first … end-1 read source rows G-first down to G-end+1.
-    rows = source[grid - first : grid - end : -1]
-    target[first:end, 0] += rows[:, 0]
-    target[first:end, 1:] += rows[:, :0:-1]
 
 
 class StreamingFbp:
@@ -505,7 +488,7 @@ class StreamingFbp:
             for first, end in gridding.rows:  # the other rows stay 0
                 # Rows ``first … end-1`` of the grid are rows ``first - offset …`` here.
                 low, high = first - offset, end - offset
-                _add_reflected_rows(spread[0], spread[1], low, high)
+                add_reflected_rows(spread[0], spread[1], low, high)
                 if self.rows_early:
                     self._fold_rows(spread[0, low:high], self.spread[pair, first:end])
                 else:
