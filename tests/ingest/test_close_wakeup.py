@@ -9,10 +9,7 @@ decides and how long the loop would wait.
 
 from __future__ import annotations
 
-from collections import deque
-
 import pytest
-import zmq
 
 from streamer.exchange.links import MemoryNetwork
 from streamer.ingest.cluster import (
@@ -23,21 +20,10 @@ from streamer.ingest.cluster import (
 )
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.wire.protocol import EndHeader, encode_header
+from tests.ingest.queue_socket import QueueSocket
 from tests.ingest.test_cluster import IDLE_S, START, Clock, frames, make_ranks
 
 POLL_S = IngestSettings().poll_ms / 1000
-
-
-class QueueSocket:
-    """The PULL socket's receive: queued multipart messages, ``zmq.Again`` when none."""
-
-    def __init__(self, messages: list[list[object]]) -> None:
-        self.messages = deque(messages)
-
-    def recv_multipart(self, copy: bool = True) -> list[object]:
-        if not self.messages:
-            raise zmq.Again()
-        return self.messages.popleft()
 
 
 def test_the_wait_starts_short_and_grows_with_the_quiet_up_to_the_poll_period() -> None:

@@ -9,41 +9,19 @@ no timing is asserted, only which waits the loop asked for.
 
 from __future__ import annotations
 
-from collections import deque
-
 import pytest
-import zmq
 
 from streamer.ingest.cluster import FIRST_BACKOFF_S, backoff_s
 from streamer.ingest.service import IngestService, IngestSettings
 from streamer.ingest.store import FrameStore
 from streamer.wire.protocol import EndHeader, encode_header
+from tests.ingest.queue_socket import QueueSocket
 from tests.ingest.test_cluster import IDLE_S, START, frames, make_ranks
 
 POLL_S = IngestSettings().poll_ms / 1000
 #: One frame of ``test_cluster``'s scan (2 x 3 uint8): a store of this size is full
 #: with one frame held.
 FRAME_BYTES = 6
-
-
-class QueueSocket:
-    """A PULL socket's receive side: queued multipart messages, ``zmq.Again`` when none."""
-
-    closed = False
-
-    def __init__(self, messages: list[list[object]]) -> None:
-        self.messages = deque(messages)
-
-    def recv_multipart(self, copy: bool = True) -> list[object]:
-        if not self.messages:
-            raise zmq.Again()
-        return self.messages.popleft()
-
-    def getsockopt(self, option: int) -> int:
-        return -1
-
-    def setsockopt(self, option: int, value: int) -> None:
-        pass
 
 
 class BusyDownstream:
