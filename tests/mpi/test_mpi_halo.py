@@ -94,31 +94,45 @@ def test_halo_steps_in_every_section_of_three_reslices_over_mpi(link: RankLink,
                                    rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
+def _i13_on_ranks_and_one(link: RankLink, shared_dir: Path, shared_data: Path, text: str,
+                          name: str) -> tuple[h5py.File, h5py.File] | None:
+    """``recon`` of I13 rows 0–135 with the pipeline ``text`` on every rank, then (rank
+    0) on one rank in-process: both files open for reading (None on the other ranks)."""
+    base = shared_data / "real/dls_i13_24737"
+    options, args = i13_options(base, (0, 135))
+    pipeline = shared_dir / f"{name}.yaml"
+    if link.rank == 0:
+        pipeline.write_text(text)
+    link.comm.Barrier()
+    out = shared_dir / f"{name}-ranks.h5"
+    assert main(["recon", str(base / "tiffs"), "-o", str(out), "--pipeline", str(pipeline),
+                 *args, "--quiet"]) == 0
+    link.comm.Barrier()
+    if link.rank != 0:
+        return None
+    single = shared_dir / f"{name}-single.h5"
+    with open_scan(base / "tiffs", options) as reader:
+        run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
+    return h5py.File(out, "r"), h5py.File(single, "r")
+
+
+def _assert_volumes_equal(master: h5py.File, one: h5py.File) -> None:
+    assert bool(master["/entry"].attrs["complete"])
+    expected = one["/entry/reconstruction/data"][()]
+    np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
+                               rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 def test_whole_frame_step_after_a_halo_step_over_mpi(link: RankLink, shared_dir: Path,
                                                      shared_data: Path) -> None:
     """HTTomo's ``remove_outlier3d → normalize → minus_log → Paganin → FBP``: the Paganin
     filter after the halo step runs after a reslice to ranges of whole frames and back
     (tests/run/test_whole_frame_tail_on_ranks.py); under mpiexec it equals one rank."""
-    base = shared_data / "real/dls_i13_24737"
-    options, args = i13_options(base, (0, 135))
-    pipeline = shared_dir / "paganin.yaml"
-    if link.rank == 0:
-        pipeline.write_text(PAGANIN)
-    link.comm.Barrier()
-    out = shared_dir / "ranks.h5"
-    assert main(["recon", str(base / "tiffs"), "-o", str(out), "--pipeline", str(pipeline),
-                 *args, "--quiet"]) == 0
-    link.comm.Barrier()
-    if link.rank != 0:
+    files = _i13_on_ranks_and_one(link, shared_dir, shared_data, PAGANIN, "paganin")
+    if files is None:
         return
-    single = shared_dir / "single.h5"
-    with open_scan(base / "tiffs", options) as reader:
-        run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
-    with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
-        assert bool(master["/entry"].attrs["complete"])
-        expected = one["/entry/reconstruction/data"][()]
-        np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
-                                   rtol=0, atol=1e-5 * np.abs(expected).max())
+    with files[0] as master, files[1] as one:
+        _assert_volumes_equal(master, one)
 
 
 def test_finder_before_a_paganin_filter_over_mpi(link: RankLink, shared_dir: Path,
@@ -127,25 +141,10 @@ def test_finder_before_a_paganin_filter_over_mpi(link: RankLink, shared_dir: Pat
     too: its rows tapped from each rank's dealt frames and sent to the CoR owner (tag
     390; the in-process rank tests also run the once-refused halo → finder → Paganin:
     tests/run/test_finder_place_on_ranks.py): the CoR and the volume equal one rank's."""
-    base = shared_data / "real/dls_i13_24737"
-    options, args = i13_options(base, (0, 135))
-    pipeline = shared_dir / "finder.yaml"
-    if link.rank == 0:
-        pipeline.write_text(BEFORE_PAGANIN)
-    link.comm.Barrier()
-    out = shared_dir / "finder-ranks.h5"
-    assert main(["recon", str(base / "tiffs"), "-o", str(out), "--pipeline", str(pipeline),
-                 *args, "--quiet"]) == 0
-    link.comm.Barrier()
-    if link.rank != 0:
+    files = _i13_on_ranks_and_one(link, shared_dir, shared_data, BEFORE_PAGANIN, "finder")
+    if files is None:
         return
-    single = shared_dir / "finder-single.h5"
-    with open_scan(base / "tiffs", options) as reader:
-        run_recon(reader, ReconSettings(output=single, pipeline=pipeline))
-    with h5py.File(out, "r") as master, h5py.File(single, "r") as one:
-        assert bool(master["/entry"].attrs["complete"])
+    with files[0] as master, files[1] as one:
         cor = "/entry/process/center_of_rotation"
         assert float(master[cor][()]) == float(one[cor][()]) == 85.5
-        expected = one["/entry/reconstruction/data"][()]
-        np.testing.assert_allclose(master["/entry/reconstruction/data"][()], expected,
-                                   rtol=0, atol=1e-5 * np.abs(expected).max())
+        _assert_volumes_equal(master, one)
