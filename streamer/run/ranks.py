@@ -1253,12 +1253,7 @@ class RankedReconstruction:
                 raise StreamerError(f"{tap.finder.name}: no corrected projection reached "
                                     "the CoR finder")
             return scan.processor.tapped
-        silent = self._await_peers(scan, scan.finder_rows)
-        if silent:
-            raise ExchangeError(
-                f"scan {scan.start.scan!r}: {tap.finder.name}: rank {self.control.rank} "
-                f"waited {self.exchange_timeout_s:g} s for the finder's rows from ranks "
-                f"{silent}: none came (a rank died or is stuck)")
+        self._await_rows(scan, scan.finder_rows, tap.finder.name, "the finder's rows")
         return join_finder_rows(tap.finder.name, {
             **scan.finder_rows,
             self.control.rank: rows_tapped(scan.processor.tapped, scan.failure)})
@@ -1385,17 +1380,23 @@ class RankedReconstruction:
         scan.streamed, scan.stats = False, None
         return self._write_part(scan, band, path, rewrite=True)
 
+    def _await_rows(self, scan: _ScanState, received: Mapping[int, object], finder: str,
+                    what: str) -> None:
+        """The CoR owner: every peer's share of ``what`` for ``finder`` in ``received``; a
+        peer silent past ``exchange_timeout_s`` is named in the error."""
+        silent = self._await_peers(scan, received)
+        if silent:
+            raise ExchangeError(
+                f"scan {scan.start.scan!r}: {finder}: rank {self.control.rank} waited "
+                f"{self.exchange_timeout_s:g} s for {what} from ranks {silent}: none came "
+                "(a rank died or is stuck)")
+
     def _gather_pair(self, scan: _ScanState, band: Band,
                      ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """The CoR owner, a pair finder on R ranks: the whole 0°/180° pair from every
         rank's rows (each sends them, failed or not, before it waits for the CoR); a peer
         silent past ``exchange_timeout_s`` is named in the error."""
-        silent = self._await_peers(scan, scan.pair_rows)
-        if silent:
-            raise ExchangeError(
-                f"scan {scan.start.scan!r}: find_center_pc: rank {self.control.rank} "
-                f"waited {self.exchange_timeout_s:g} s for the 0°/180° pair's rows "
-                f"from ranks {silent}: none came (a rank died or is stuck)")
+        self._await_rows(scan, scan.pair_rows, "find_center_pc", "the 0°/180° pair's rows")
         return assemble_pair({**scan.pair_rows, self.control.rank: rows_of_pair(band)})
 
     # --- the streaming CoR (``estimate_center``) -----------------------------------------
