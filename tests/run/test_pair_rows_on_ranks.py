@@ -133,6 +133,8 @@ def test_the_owner_names_a_silent_rank_after_its_timeout() -> None:
                             exchange_timeout_s=0.001, _serve=serve)
     owner._await_peers = lambda scan, received: RankedReconstruction._await_peers(
         owner, scan, received)  # type: ignore[arg-type]
+    owner._await_rows = lambda scan, received, finder, what: (
+        RankedReconstruction._await_rows(owner, scan, received, finder, what))  # type: ignore[arg-type]
     scan = SimpleNamespace(start=SimpleNamespace(scan="s1"), pair_rows={
         1: rows_of_pair(_band((2, 3), angles, volume))})
     with pytest.raises(ExchangeError) as error:
