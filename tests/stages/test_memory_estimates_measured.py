@@ -34,6 +34,15 @@ CASES: tuple[tuple[str, tuple[int, int, int], dict[str, Any], str], ...] = (
     ("paganin_filter_httomolib", (6, 90, 64), {}, "float32"),
     ("paganin", (4, 64, 64), {}, "float32"),
     ("paganin", (20, 200, 200), {}, "float32"),
+    # Vo's stripe methods (algotom): float64 sinogram copies, few sinograms a block
+    ("remove_stripe_based_sorting", (2, 900, 300), {"size": 51}, "float32"),
+    ("remove_stripe_based_filtering", (4, 360, 512), {}, "uint16"),
+    ("remove_stripe_based_fitting", (2, 900, 300), {}, "float32"),
+    ("remove_stripe_based_fitting", (8, 180, 256), {}, "float32"),
+    ("remove_dead_stripe", (8, 180, 256), {}, "float32"),
+    ("remove_large_stripe", (2, 900, 300), {}, "float32"),
+    ("remove_all_stripe", (16, 90, 64), {}, "float32"),
+    ("remove_all_stripe", (4, 360, 512), {}, "float32"),
 )
 
 
