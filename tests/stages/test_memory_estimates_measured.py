@@ -43,6 +43,9 @@ CASES: tuple[tuple[str, tuple[int, int, int], dict[str, Any], str], ...] = (
     ("remove_large_stripe", (2, 900, 300), {}, "float32"),
     ("remove_all_stripe", (16, 90, 64), {}, "float32"),
     ("remove_all_stripe", (4, 360, 512), {}, "float32"),
+    # Raven's filter: the whole padded block through complex64 FFTs
+    ("raven_filter", (16, 90, 64), {}, "float32"),
+    ("raven_filter", (2, 900, 300), {"pad_x": 50}, "uint16"),
 )
 
 
