@@ -75,3 +75,18 @@ def test_estimate_covers_the_measured_peak(name: str, shape: tuple[int, int, int
     estimate = spec.memory(shape, block.dtype, params)
     assert estimate >= peak, f"{name}: estimate {estimate} B below the measured {peak} B"
     assert estimate <= 1.6 * peak + (1 << 20), f"{name}: estimate {estimate} B, peak {peak} B"
+
+
+def test_median3d_row_bands_give_the_whole_plane_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunking that bounds the neighbour stack does not change the median."""
+    from stages.prep import httomo_prep
+
+    block = np.random.default_rng(3).random((5, 23, 16), dtype=np.float32)
+    whole = httomo_prep.median3d(block, 3)
+    assert httomo_prep.median_chunk(block.shape, 3) == (5, 23)
+    monkeypatch.setattr(httomo_prep, "MEDIAN_STACK_BYTES", 27 * 4 * 16 * 5)  # 5-row bands
+    assert httomo_prep.median_chunk(block.shape, 3) == (1, 5)
+    np.testing.assert_array_equal(httomo_prep.median3d(block, 3), whole)
+    monkeypatch.setattr(httomo_prep, "MEDIAN_STACK_BYTES", 27 * 4 * 23 * 16 * 2)  # 2 planes
+    assert httomo_prep.median_chunk(block.shape, 3) == (2, 23)
+    np.testing.assert_array_equal(httomo_prep.median3d(block, 3), whole)
