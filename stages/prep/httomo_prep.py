@@ -152,30 +152,77 @@ def _clamped_offsets(length: int, offset: int) -> npt.NDArray[np.intp]:
     return np.where(inside, index, np.arange(length)).astype(np.intp)
 
 
+#: Bound on the neighbour stack of :func:`median3d` (float32 values of one chunk).
+MEDIAN_STACK_BYTES = 64 << 20
+
+
+def median_chunk(shape: tuple[int, int, int], kernel_size: int) -> tuple[int, int]:
+    """``(planes, rows)`` of one :func:`median3d` chunk: whole planes while the
+    ``kernel_size³`` neighbour stack of one plane fits in :data:`MEDIAN_STACK_BYTES`,
+    else one plane cut into row bands (at least one row: a stack of one row may exceed
+    the bound, ``kernel_size³ × width × 4`` bytes)."""
+    depth, height, width = shape
+    per_row = kernel_size**3 * 4 * max(1, width)
+    rows = max(1, min(height, MEDIAN_STACK_BYTES // per_row))
+    planes = max(1, min(depth, MEDIAN_STACK_BYTES // (per_row * max(1, height))))
+    return (planes, height) if rows == height else (1, rows)
+
+
 def median3d(data: npt.NDArray[np.float32], kernel_size: int) -> npt.NDArray[np.float32]:
-    """The ``kernel_size³`` median of every voxel, with httomolibgpu's edge rule; slabs of
-    the first axis keep the neighbour stack within ~64 MiB."""
+    """The ``kernel_size³`` median of every voxel, with httomolibgpu's edge rule; chunks
+    of planes (or of rows of one plane, see :func:`median_chunk`) keep the neighbour
+    stack within :data:`MEDIAN_STACK_BYTES`, and the median sorts it in place."""
     radius = kernel_size // 2
     depth, height, width = data.shape
     xp = array_module(data)
     offsets = range(-radius, radius + 1)
-    rows = [xp.asarray(_clamped_offsets(height, o)) for o in offsets]
+    rows = [_clamped_offsets(height, o) for o in offsets]
     cols = [xp.asarray(_clamped_offsets(width, o)) for o in offsets]
     out: npt.NDArray[np.float32] = xp.empty_like(data)
-    per_voxel = kernel_size**3 * 4
-    slab = max(1, (64 << 20) // max(1, per_voxel * height * width))
-    for first in range(0, depth, slab):
-        last = min(depth, first + slab)
-        stack = xp.empty((kernel_size**3, last - first, height, width), xp.float32)
-        count = 0
-        for dz in offsets:
-            planes = xp.asarray(_clamped_offsets(depth, dz)[first:last])
-            for row_index in rows:
-                for col_index in cols:
-                    stack[count] = data[planes][:, row_index][:, :, col_index]
-                    count += 1
-        out[first:last] = xp.median(stack, axis=0)
+    planes_per_chunk, rows_per_chunk = median_chunk(data.shape, kernel_size)
+    for first in range(0, depth, planes_per_chunk):
+        last = min(depth, first + planes_per_chunk)
+        for top in range(0, height, rows_per_chunk):
+            bottom = min(height, top + rows_per_chunk)
+            stack = xp.empty((kernel_size**3, last - first, bottom - top, width), xp.float32)
+            count = 0
+            for dz in offsets:
+                planes = xp.asarray(_clamped_offsets(depth, dz)[first:last])
+                for row_index in rows:
+                    band = data[planes][:, xp.asarray(row_index[top:bottom])]
+                    for col_index in cols:
+                        stack[count] = band[:, :, col_index]
+                        count += 1
+            out[first:last, top:bottom] = xp.median(stack, axis=0, overwrite_input=True)
+            del stack  # free before the next chunk's stack is allocated: one at a time
     return out
+
+
+def median3d_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+    """Peak bytes of :func:`remove_outlier3d` / :func:`median_filter3d` on one block.
+
+    The median phase holds the input (plus its float32 copy when it is not float32),
+    the float32 output, one chunk's neighbour stack (``kernel_size³`` float32 values a
+    voxel of the chunk, at most :data:`MEDIAN_STACK_BYTES` unless one row alone is
+    larger, see :func:`median_chunk`), the gathered whole planes of the chunk and four
+    chunk-sized temporaries (the row band, one shifted copy, the median and its mean).
+    With ``dif > 0`` the replacement phase holds data, median, ``data - median``, its
+    ``abs``, the mask (1 B) and the result: 4.25 float32 blocks. The peak is the larger
+    of the two, plus the clamped index arrays and a fixed 256 KiB for NumPy's small
+    objects.
+    """
+    depth, height, width = shape
+    kernel = int(getattr(params, "kernel_size", 3))
+    elements = depth * height * width
+    itemsize = np.dtype(dtype).itemsize
+    data = 4 * elements + (0 if np.dtype(dtype) == np.float32 else itemsize * elements)
+    planes, rows = median_chunk(shape, kernel)
+    chunk = 4 * planes * rows * width
+    gathered_planes = 4 * planes * height * width
+    median_phase = data + 4 * elements + kernel**3 * chunk + gathered_planes + 4 * chunk
+    replace_phase = data + int(3.25 * 4 * elements) if float(getattr(params, "dif", 0)) > 0 else 0
+    indices = 8 * kernel * (depth + height + width) + 8 * (planes + rows)
+    return max(median_phase, replace_phase) + indices + (256 << 10)
 
 
 def remove_outlier3d(block: npt.NDArray[Any], *, kernel_size: int = 3,
@@ -191,7 +238,7 @@ def remove_outlier3d(block: npt.NDArray[Any], *, kernel_size: int = 3,
     median = median3d(data, kernel_size)
     xp = array_module(data)
     result: npt.NDArray[np.float32] = xp.where(xp.abs(data - median) >= np.float32(dif), median,
-                                               data).astype(xp.float32)
+                                               data).astype(xp.float32, copy=False)
     return result
 
 
@@ -211,7 +258,7 @@ def median_filter3d(block: npt.NDArray[Any], *, kernel_size: int = 3, dif: float
         return median
     xp = array_module(data)
     result: npt.NDArray[np.float32] = xp.where(xp.abs(data - median) >= np.float32(dif), median,
-                                               data).astype(xp.float32)
+                                               data).astype(xp.float32, copy=False)
     return result
 
 
@@ -325,6 +372,24 @@ def raven_filter(block: npt.NDArray[Any], *, pad_y: int = 20, pad_x: int = 20,
     return result
 
 
+def raven_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+    """Peak bytes of :func:`raven_filter`: it transforms the whole padded block at once.
+
+    The input (plus its float32 copy when it is not float32) and the float32 result; the
+    float32 padded block (4 B a padded voxel) and up to six complex64 arrays of it alive
+    at once (8 B each: the transform and its intermediate along the first axis, the
+    shifted spectrum, the unshifted one, the inverse and its intermediate; measured 5.6-5.8
+    with tracemalloc on (16, 90, 64) and (4, 360, 512)), and 256 KiB for small objects.
+    """
+    rows, angles, cols = shape
+    pad_y, pad_x = int(getattr(params, "pad_y", 20)), int(getattr(params, "pad_x", 20))
+    elements = rows * angles * cols
+    padded = rows * (angles + 2 * pad_y) * (cols + 2 * pad_x)
+    data = 4 * elements + (0 if np.dtype(dtype) == np.float32
+                           else np.dtype(dtype).itemsize * elements)
+    return data + 4 * elements + (4 + 6 * 8) * padded + (256 << 10)
+
+
 SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="dark_flat_field_correction", fn=dark_flat_field_correction,
@@ -340,8 +405,7 @@ SPECS: tuple[StageSpec, ...] = (
         angle_local=False,  # a 3-D median: neighbouring frames
         halo=lambda p: p.kernel_size // 2,
         params=Outlier3dParams,
-        # input, float32 copy, median, result, plus a slab of neighbours (<= 64 MiB)
-        memory=scaled_memory(4.5),
+        memory=median3d_memory,  # measured: tests/stages/test_memory_estimates_measured.py
         device=True,
         summary="replace voxels at least dif from their 3-D median, both signs "
         "(httomolibgpu)",
@@ -351,7 +415,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="median_filter3d", fn=median_filter3d, pattern=Pattern.ALL,
         angle_local=False,  # a 3-D median: neighbouring frames
         halo=lambda p: p.kernel_size // 2,
-        params=Median3dParams, memory=scaled_memory(4.5),
+        params=Median3dParams, memory=median3d_memory,
         device=True,
         summary="3-D kernel_size³ median, or a dezinger with dif > 0 (httomolibgpu)",
         aliases=("httomolibgpu.misc.corr.median_filter",),
@@ -367,7 +431,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="raven_filter", fn=raven_filter, pattern=Pattern.SINOGRAM,
         angle_local=False,  # the whole sinogram (Fourier along the angles)
-        params=RavenParams, memory=scaled_memory(8),
+        params=RavenParams, memory=raven_memory,
         device=True,
         summary="Raven's Fourier-domain stripe filter (httomolibgpu)",
         aliases=("httomolibgpu.prep.stripe.raven_filter",),

@@ -164,9 +164,34 @@ def paganin(
     return out
 
 
+def _chunked_fft_memory(shape: tuple[int, int, int], dtype: np.dtype[Any],
+                        padded: tuple[int, int], *, minus_log: bool) -> int:
+    """Peak bytes of the chunked padded-FFT loop of :func:`paganin` and
+    :func:`_lorentzian_minus_log` (what tracemalloc sees of NumPy's buffers).
+
+    Outside the loop: the input, the float32 output and the float64 filter of one padded
+    frame (while the filter is built, about five float64 padded frames of temporaries).
+    A chunk of ``c`` frames of ``F`` pixels, padded to ``P``, holds its float64 frames
+    (8 B·F), the float64 padded frames (8 B·P), their complex128 spectrum (16 B·P) and
+    the complex128 inverse transform (16 B·P). When there is more than one chunk, the
+    previous chunk's spectrum and inverse are still referenced while the next ones are
+    computed: 16 B·P more. ``-ln`` adds two float64 frame-sized temporaries (16 B·F).
+    Not counted: pocketfft's own work buffers (allocated outside NumPy).
+    """
+    n_frames, rows, cols = shape
+    frame, padded_frame = rows * cols, padded[0] * padded[1]
+    elements = n_frames * frame
+    block_bytes = elements * np.dtype(dtype).itemsize + 4 * elements
+    chunk = _frames_per_chunk(padded_frame, n_frames)
+    per_padded = 24 + (16 if chunk < n_frames else 0)
+    per_frame = 8 + (16 if minus_log else 0)
+    loop = 8 * padded_frame + chunk * (per_padded * padded_frame + per_frame * frame)
+    build = 5 * 8 * padded_frame
+    return block_bytes + max(loop, build) + (256 << 10)  # + NumPy's small objects
+
+
 def _paganin_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
-    """Input + float32 output, plus the scratch of one chunk of padded frames: float64
-    padded frames (8 B), their complex128 spectrum (16 B) and the float64 filter."""
+    """:func:`_chunked_fft_memory` with TomoPy's power-of-two padding (no ``-ln``)."""
     _, rows, cols = shape
     pad = bool(getattr(params, "pad", True))
     args = (
@@ -176,10 +201,7 @@ def _paganin_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: A
     )
     n_r = rows + 2 * pad_width(rows, *args) if pad else rows
     n_c = cols + 2 * pad_width(cols, *args) if pad else cols
-    block_bytes = int(np.prod(shape)) * max(4, np.dtype(dtype).itemsize)
-    chunk = _frames_per_chunk(n_r * n_c, shape[0])
-    scratch = chunk * n_r * n_c * _BYTES_PER_PADDED_PIXEL + n_r * n_c * 8
-    return 2 * block_bytes + scratch
+    return _chunked_fft_memory(shape, dtype, (n_r, n_c), minus_log=False)
 
 
 # -------------------------------------------------------------------- paganin_filter
@@ -491,19 +513,15 @@ def _power_of_2_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params
 
 
 def _paganin_filter_memory(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
-    """Input + float32 output, plus one chunk of float64 padded frames and their
-    complex128 spectrum (8 + 16 B a padded pixel), and the float64 filter."""
+    """:func:`_chunked_fft_memory` with the stage's padding, then ``-ln``."""
     _, rows, cols = shape
     if not isinstance(params, PaganinFilterParams):
         params = PaganinFilterParams()
     pad_r, pad_c = _paganin_filter_padding(
         (rows, cols), params.calculate_padding_value_method, params.pad_x_y
     )
-    n_r, n_c = rows + sum(pad_r), cols + sum(pad_c)
-    block_bytes = int(np.prod(shape)) * max(4, np.dtype(dtype).itemsize)
-    chunk = _frames_per_chunk(n_r * n_c, shape[0])
-    scratch = chunk * n_r * n_c * _BYTES_PER_PADDED_PIXEL + n_r * n_c * 8
-    return 2 * block_bytes + scratch
+    return _chunked_fft_memory(shape, dtype, (rows + sum(pad_r), cols + sum(pad_c)),
+                               minus_log=True)
 
 
 SPECS: tuple[StageSpec, ...] = (

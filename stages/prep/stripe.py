@@ -35,7 +35,7 @@ from pydantic import AliasChoices, Field
 
 from stages.backends.xp import array_module, ndimage_module
 from stages.prep import fw_device, stripe_device, ti_device
-from stages.spec import Pattern, StageParams, StageSpec, scaled_memory
+from stages.spec import MemoryEstimate, Pattern, StageParams, StageSpec, scaled_memory
 from streamer.errors import StageError
 
 __all__ = [
@@ -674,11 +674,27 @@ class TiParams(StageParams):
 #
 # Memory: every method holds the float32 input (converted if needed) and the float32
 # output block, plus per-sinogram temporaries (algotom: a few float64 (angles, cols)
-# copies; fw: the padded sinogram and its wavelet bands),
-# which we bound by one more block: 3 blocks for Vo/fw. Ti works one sinogram at a time
-# in float64 (a few (angles, cols) copies) on top of input and output: 4 bounds it with
-# room (it converted the whole block to float64 before it took sinogram blocks).
-_VO_MEMORY = scaled_memory(3.0)
+# copies; fw: the padded sinogram and its wavelet bands). For Vo's methods these are
+# 9-21 float64 sinograms, measured (see _vo_memory): one more block does not bound them
+# when a block holds few sinograms. fw: one more block, 3 in all. Ti works one sinogram
+# at a time in float64 (a few (angles, cols) copies) on top of input and output: 4 bounds
+# it with room (it converted the whole block to float64 before it took sinogram blocks).
+
+
+def _vo_memory(sinogram_copies: float) -> MemoryEstimate:
+    """Input and float32 output blocks, plus ``sinogram_copies`` float64 ``(angles,
+    cols)`` sinograms that algotom holds at once on one sinogram (sorted copies, index
+    arrays, filtered and fitted images), counted from tracemalloc's peak on blocks of
+    (8, 180, 256), (4, 360, 512) and (2, 900, 300) (the largest count, rounded up), and
+    256 KiB for NumPy's small objects; tests/stages/test_memory_estimates_measured.py."""
+
+    def estimate(shape: tuple[int, int, int], dtype: np.dtype[Any], params: Any) -> int:
+        rows, angles, cols = shape
+        block = rows * angles * cols
+        data = block * (np.dtype(dtype).itemsize + (0 if np.dtype(dtype) == np.float32 else 4))
+        return int(data + 4 * block + sinogram_copies * 8 * angles * cols) + (256 << 10)
+
+    return estimate
 #: The device path (stages.prep.stripe_device) holds the whole block at once, in float64
 #: where algotom is: the float32 copy (1), the sort order and its inverse (int64: 2 + 2),
 #: the sorted and filtered float64 blocks (2 + 2), the sorted-back one (2), the float64
@@ -689,7 +705,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec(
         name="remove_stripe_based_sorting", fn=remove_stripe_based_sorting,
         angle_local=False,  # the whole sinogram
-        pattern=Pattern.SINOGRAM, params=SortingParams, memory=_VO_MEMORY, device=True,
+        pattern=Pattern.SINOGRAM, params=SortingParams, memory=_vo_memory(10), device=True,
         # the whole block at once: input, float32 copy, int64 order and inverse (2 each),
         # sorted, filtered, result
         device_memory=scaled_memory(9.0),
@@ -704,7 +720,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_based_filtering", fn=remove_stripe_based_filtering,
         angle_local=False,  # the whole sinogram
         device=True, device_memory=_VO_DEVICE_MEMORY,
-        pattern=Pattern.SINOGRAM, params=FilteringParams, memory=_VO_MEMORY,
+        pattern=Pattern.SINOGRAM, params=FilteringParams, memory=_vo_memory(11),
         summary="Vo's filtering-based stripe removal (algotom)",
         aliases=(
             "algotom.prep.removal.remove_stripe_based_filtering",
@@ -715,7 +731,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_stripe_based_fitting", fn=remove_stripe_based_fitting,
         angle_local=False,  # the whole sinogram
         device=True, device_memory=_VO_DEVICE_MEMORY,
-        pattern=Pattern.SINOGRAM, params=FittingParams, memory=_VO_MEMORY,
+        pattern=Pattern.SINOGRAM, params=FittingParams, memory=_vo_memory(22),
         summary="Vo's fitting-based stripe removal (algotom)",
         aliases=(
             "algotom.prep.removal.remove_stripe_based_fitting",
@@ -726,7 +742,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_dead_stripe", fn=remove_dead_stripe,
         angle_local=False,  # the whole sinogram
         device=True, device_memory=_VO_DEVICE_MEMORY,
-        pattern=Pattern.SINOGRAM, params=DeadStripeParams, memory=_VO_MEMORY,
+        pattern=Pattern.SINOGRAM, params=DeadStripeParams, memory=_vo_memory(13),
         summary="Vo's unresponsive/fluctuating stripe removal (algotom)",
         aliases=(
             "algotom.prep.removal.remove_dead_stripe",
@@ -737,7 +753,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_large_stripe", fn=remove_large_stripe,
         angle_local=False,  # the whole sinogram
         device=True, device_memory=_VO_DEVICE_MEMORY,
-        pattern=Pattern.SINOGRAM, params=LargeStripeParams, memory=_VO_MEMORY,
+        pattern=Pattern.SINOGRAM, params=LargeStripeParams, memory=_vo_memory(11),
         summary="Vo's large-stripe removal (algotom)",
         aliases=(
             "algotom.prep.removal.remove_large_stripe",
@@ -748,7 +764,7 @@ SPECS: tuple[StageSpec, ...] = (
         name="remove_all_stripe", fn=remove_all_stripe,
         angle_local=False,  # the whole sinogram
         device=True, device_memory=_VO_DEVICE_MEMORY,
-        pattern=Pattern.SINOGRAM, params=AllStripeParams, memory=_VO_MEMORY,
+        pattern=Pattern.SINOGRAM, params=AllStripeParams, memory=_vo_memory(12),
         summary="Vo's combined dead/large/small stripe removal (algotom)",
         aliases=(
             "algotom.prep.removal.remove_all_stripe",
