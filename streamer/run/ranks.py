@@ -1560,9 +1560,9 @@ class RankedReconstruction:
         stopped: str | None = None
         try:
             while True:
-                stopped = self._stopped(scan)
-                if stopped is None and written < last - first:  # all written: not cut
-                    stopped = self._interrupted(scan)
+                stopped = None
+                if written < last - first:  # a band fully written is never cut
+                    stopped = self._stopped(scan) or self._interrupted(scan)
                 if stopped is not None:
                     stopped += f" after {written} of {last - first} slices"
                     break

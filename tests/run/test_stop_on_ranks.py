@@ -124,3 +124,30 @@ def test_a_stop_before_the_cor_search_skips_it_on_every_rank(tmp_path: Path) -> 
         result.error)
     assert written == []
     assert stops[0].is_set()  # rank 1 told rank 0
+
+
+def test_a_stop_after_the_last_slice_leaves_the_volume_complete(tmp_path: Path) -> None:
+    """A stop that comes once every slice of the band is written does not cut it: the
+    volume is complete (it was marked INCOMPLETE "after 32 of 32 slices" when the stop
+    came between the last block and the close)."""
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    output = tmp_path / "whole.h5"
+    stop = threading.Event()
+
+    def on_block(scan: str, slices: int, rows: int) -> None:
+        if slices == CONFIG.rows:
+            stop.set()  # "Ctrl-C" right after the last block
+
+    def rank(link: MemoryLink) -> ScanOutput | None:
+        settings = ReconSettings(output, pipeline=pipeline, center=16.0, block_frames=8,
+                                 block_sinograms=2)
+        return recon_on_ranks(SimulatedScan(CONFIG), settings, link, stop=stop,
+                              on_block=on_block)
+
+    result = run_ranks(1, rank)[0]
+    assert stop.is_set()
+    assert result is not None and result.complete, result
+    with h5py.File(output) as file:
+        assert bool(file["/entry"].attrs["complete"])
+        assert np.isfinite(file["/entry/reconstruction/data"][...]).all()
