@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from streamer.errors import ExchangeError, StreamerError
 from streamer.pipeline.finder_tap import TappedRows
+from streamer.run.pair_rows import float32_rows
 
 __all__ = ["FinderRows", "finder_rows_message", "join_finder_rows", "parse_finder_rows",
            "rows_tapped"]
@@ -91,15 +92,10 @@ def parse_finder_rows(message: dict[str, Any], source: int, projections: int) ->
     if not rows[0] <= rows[1] <= frame[0]:
         raise ExchangeError(f"{where}: rows: expected [a, b] within the frame's {frame[0]} "
                             f"rows, got {list(rows)}")
-    height = rows[1] - rows[0]
-    data = message.get("data")
-    size = len(indices) * height * frame[1] * _DTYPE.itemsize
-    if not isinstance(data, bytes) or len(data) != size:
-        got = len(data) if isinstance(data, bytes) else type(data).__name__
-        raise ExchangeError(f"{where}: data: expected {size} bytes of float32 rows, got {got}")
-    stack = np.frombuffer(data, _DTYPE).reshape(len(indices), height, frame[1])
+    stack = float32_rows(message.get("data"), (len(indices), rows[1] - rows[0], frame[1]),
+                         where, "data")
     return FinderRows(rows, frame, np.array(indices, dtype=np.int64),
-                      np.array(angles, dtype=np.float64), stack.astype(np.float32))
+                      np.array(angles, dtype=np.float64), stack)
 
 
 def join_finder_rows(name: str, parts: dict[int, FinderRows]) -> TappedRows:

@@ -21,8 +21,8 @@ from stages.recon.center_policy import pair_index
 from streamer.errors import ExchangeError, StreamerError
 from streamer.exchange.reslice import Band
 
-__all__ = ["PairRows", "assemble_pair", "pair_rows_message", "parse_pair_rows",
-           "rows_of_pair"]
+__all__ = ["PairRows", "assemble_pair", "float32_rows", "pair_rows_message",
+           "parse_pair_rows", "rows_of_pair"]
 
 _DTYPE = np.dtype("<f4")
 
@@ -84,17 +84,22 @@ def parse_pair_rows(message: dict[str, Any], source: int, cols: int) -> PairRows
         return PairRows((rows[0], rows[1]), (frames[0], frames[1]), empty, empty, str(error))
     if message.get("cols") != cols:
         raise ExchangeError(f"{where}: cols: expected {cols}, got {message.get('cols')!r:.40}")
-    size = (rows[1] - rows[0]) * cols * _DTYPE.itemsize
-    arrays = []
-    for name in ("first", "opposite"):
-        data = message.get(name)
-        if not isinstance(data, bytes) or len(data) != size:
-            got = len(data) if isinstance(data, bytes) else type(data).__name__
-            raise ExchangeError(f"{where}: {name}: expected {size} bytes of float32 rows, "
-                                f"got {got}")
-        arrays.append(np.frombuffer(data, _DTYPE).reshape(rows[1] - rows[0], cols)
-                      .astype(np.float32))
-    return PairRows((rows[0], rows[1]), (frames[0], frames[1]), arrays[0], arrays[1])
+    shape = (rows[1] - rows[0], cols)
+    first, opposite = (float32_rows(message.get(name), shape, where, name)
+                       for name in ("first", "opposite"))
+    return PairRows((rows[0], rows[1]), (frames[0], frames[1]), first, opposite)
+
+
+def float32_rows(data: Any, shape: tuple[int, ...], where: str, name: str,
+                 ) -> npt.NDArray[np.float32]:
+    """A control message's ``name`` field as float32 rows of ``shape`` (a copy), its byte
+    count checked before it is viewed; else a one-line :class:`ExchangeError`."""
+    size = int(np.prod(shape)) * _DTYPE.itemsize
+    if not isinstance(data, bytes) or len(data) != size:
+        got = len(data) if isinstance(data, bytes) else type(data).__name__
+        raise ExchangeError(f"{where}: {name}: expected {size} bytes of float32 rows, "
+                            f"got {got}")
+    return np.frombuffer(data, _DTYPE).reshape(shape).astype(np.float32)
 
 
 def assemble_pair(parts: dict[int, PairRows],
